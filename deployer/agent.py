@@ -1,0 +1,273 @@
+"""The code that runs on the cron host (as root, stdlib only): one call = one SSH round trip.
+
+remote.py sends this file as the argument of `python3 -c` and the request as JSON on
+stdin (never in process arguments, so secrets stay out of `ps`). It answers one JSON
+document on stdout. It must run on any python3 >= 3.7 and import nothing of ours.
+"""
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+MARKER = b"# Managed by deployer"
+LOCK_PATH = "/run/lock/deployer.lock"
+LOCK_WAIT_SECONDS = 60
+
+
+class AgentError(Exception):
+    pass
+
+
+def sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def managed_files(request):
+    """path -> sha256 of every file the deployer owns: marked units and its library files."""
+    found = {}
+    unit_dir, prefix = request["unit_dir"], request["unit_prefix"]
+    try:
+        names = sorted(os.listdir(unit_dir))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        path = os.path.join(unit_dir, name)
+        if name.startswith(prefix) and os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as handle:
+                content = handle.read()
+            if content.startswith(MARKER):
+                found[path] = hashlib.sha256(content).hexdigest()
+    lib_dir = request["lib_dir"]
+    if os.path.isdir(lib_dir):
+        for name in sorted(os.listdir(lib_dir)):
+            path = os.path.join(lib_dir, name)
+            if os.path.isfile(path):
+                found[path] = sha256(path)
+    return found
+
+
+# systemctl prints times in the local zone; in UTC they can be parsed without guessing what
+# an abbreviation such as CST means.
+SYSTEMCTL_ENV = dict(os.environ, TZ="UTC", LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
+
+
+def systemctl(*args, check=True):
+    result = subprocess.run(("systemctl",) + args, stdout=subprocess.PIPE, env=SYSTEMCTL_ENV,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    if check and result.returncode != 0:
+        raise AgentError("systemctl %s: %s" % (" ".join(args[:3]), result.stderr.strip()))
+    return result
+
+
+def op_state(request):
+    files = managed_files(request)
+    answer = {"files": files}
+    if request.get("contents"):
+        answer["contents"] = {}
+        for path in files:
+            if path.startswith(request["unit_dir"]):
+                with open(path, "rb") as handle:
+                    answer["contents"][path] = base64.b64encode(handle.read()).decode()
+    return answer
+
+
+def lock():
+    """Serialise pushes: a second one waits, then gives up with a clear message."""
+    os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+    handle = open(LOCK_PATH, "w")
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AgentError("another push holds %s for over %ds" % (LOCK_PATH, LOCK_WAIT_SECONDS))
+            time.sleep(0.2)
+
+
+def staging_path(path):
+    directory, name = os.path.split(path)
+    return os.path.join(directory, ".deployer-staging", name)
+
+
+def write_staged(path, content, mode):
+    staged = staging_path(path)
+    os.makedirs(os.path.dirname(staged), mode=0o755, exist_ok=True)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(staged, mode)
+    return staged
+
+
+def verify(unit_paths):
+    """systemd-analyze verify on the staged units; any complaint aborts the push."""
+    if not unit_paths:
+        return
+    result = subprocess.run(["systemd-analyze", "verify"] + unit_paths, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True)
+    complaints = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or complaints:
+        raise AgentError("systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
+
+
+def unit_name(path):
+    return os.path.basename(path)
+
+
+def op_apply(request):
+    unit_dir = request["unit_dir"]
+    writes = request["write"]  # [{"path", "content" (base64), "mode"}]
+    removes = request["remove"]
+    held = lock()
+    try:
+        current = managed_files(request)
+        if current != request["expect"]:
+            raise AgentError("the host changed since it was read (another push?); run the push again")
+        staged = {}
+        for item in writes:
+            staged[item["path"]] = write_staged(item["path"], base64.b64decode(item["content"]), item["mode"])
+        try:
+            verify(sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/")))
+        except AgentError:
+            for s in staged.values():
+                os.unlink(s)
+            raise
+        # Services before timers, so that no timer ever points at a missing service.
+        order = sorted(staged, key=lambda p: (p.startswith(unit_dir + "/"), p.endswith(".timer"), p))
+        added_timers = [unit_name(p) for p in order if p.endswith(".timer") and p not in current]
+        changed_timers = [unit_name(p) for p in order if p.endswith(".timer") and p in current]
+        removed_timers = [unit_name(p) for p in removes if p.endswith(".timer")]
+        if removed_timers:
+            # Stop the timers only: a run already in progress finishes, it is not killed.
+            systemctl("--no-reload", "disable", "--now", *removed_timers)
+        for path in order:
+            os.rename(staged[path], path)
+        for path in sorted(removes, key=lambda p: not p.endswith(".timer")):
+            os.unlink(path)
+        units_touched = any(p.startswith(unit_dir + "/") for p in list(staged) + removes)
+        if units_touched:
+            systemctl("daemon-reload")
+        if added_timers:
+            systemctl("--no-reload", "enable", "--now", *added_timers)
+        if changed_timers:
+            systemctl("restart", *changed_timers)
+        return {"reloaded": units_touched, "started": added_timers,
+                "restarted": changed_timers, "stopped": removed_timers}
+    finally:
+        held.close()
+
+
+def show(units, properties):
+    """`systemctl show` for many units in one call -> {unit: {property: value}}."""
+    if not units:
+        return {}
+    result = systemctl("show", "-p", ",".join(["Id"] + properties), *units)
+    shown, block = {}, {}
+    for line in result.stdout.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                shown[block["Id"]] = block
+            block = {}
+            continue
+        key, _, value = line.partition("=")
+        block[key] = value
+    return shown
+
+
+def iso_time(value):
+    """`Tue 2026-11-24 07:41:06 UTC` (as printed under TZ=UTC) or `@<unix>` -> ISO 8601, or ""."""
+    value = value.strip()
+    if value.startswith("@"):
+        seconds = int(value[1:].split(".")[0])
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds)) if seconds else ""
+    parts = value.split()
+    if len(parts) == 4 and parts[3] == "UTC":
+        return "%sT%s+00:00" % (parts[1], parts[2])
+    return ""
+
+
+def calendar_info(value):
+    """TimersCalendar=`{ OnCalendar=X ; next_elapse=@N }...` -> ([X, ...], earliest next)."""
+    lines, nexts = [], []
+    for chunk in value.split("{")[1:]:
+        fields = dict(part.strip().partition("=")[::2] for part in chunk.rstrip("} ").split(" ; "))
+        if "OnCalendar" in fields:
+            lines.append(fields["OnCalendar"])
+        nexts.append(iso_time(fields.get("next_elapse", "")))
+    return lines, min([n for n in nexts if n] or [""])
+
+
+def op_status(request):
+    prefix = request["unit_prefix"]
+    timers = sorted(unit_name(p) for p in managed_files(request) if p.endswith(".timer"))
+    services = [t[: -len(".timer")] + ".service" for t in timers]
+    timer_props = show(timers, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
+                                "LastTriggerUSec", "TimersCalendar"])
+    service_props = show(services, ["ActiveState", "Result", "ExecMainStatus",
+                                    "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
+    jobs = []
+    for timer, service in zip(timers, services):
+        t, s = timer_props.get(timer, {}), service_props.get(service, {})
+        calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
+        active = t.get("ActiveState", "") == "active"
+        jobs.append({"job": timer[len(prefix): -len(".timer")], "timer": timer, "service": service,
+                     "timer_state": t.get("ActiveState", ""), "enabled": t.get("UnitFileState", ""),
+                     "calendar": calendar, "next": next_elapse if active else "",
+                     "last": iso_time(t.get("LastTriggerUSec", "")),
+                     "service_state": s.get("ActiveState", ""), "result": s.get("Result", ""),
+                     "exit_status": int(s.get("ExecMainStatus") or 0),
+                     "started": iso_time(s.get("ExecMainStartTimestamp", "")),
+                     "finished": iso_time(s.get("ExecMainExitTimestamp", ""))})
+    return {"jobs": jobs}
+
+
+def journal(service, lines=None, invocation=None):
+    args = ["journalctl", "--no-pager", "-o", "short-iso", "-u", service]
+    if invocation:
+        args.append("_SYSTEMD_INVOCATION_ID=" + invocation)
+    if lines:
+        args += ["-n", str(lines)]
+    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return result.stdout
+
+
+def op_run(request):
+    service = request["service"]
+    if not os.path.exists(os.path.join(request["unit_dir"], service)):
+        raise AgentError("%s is not installed here (push first?)" % service)
+    started = systemctl("start", service, check=False)
+    props = show([service], ["InvocationID", "Result", "ExecMainStatus"]).get(service, {})
+    invocation = props.get("InvocationID", "")
+    return {"ok": started.returncode == 0, "result": props.get("Result", ""),
+            "exit_status": props.get("ExecMainStatus", ""),
+            "output": journal(service, invocation=invocation) if invocation else "",
+            "error": started.stderr.strip()}
+
+
+def op_logs(request):
+    return {"output": journal(request["service"], lines=request.get("lines"))}
+
+
+OPERATIONS = {"state": op_state, "apply": op_apply, "status": op_status, "run": op_run, "logs": op_logs}
+
+
+def main():
+    request = json.loads(sys.stdin.read())
+    try:
+        answer = {"ok": True, "result": OPERATIONS[request["op"]](request)}
+    except AgentError as error:
+        answer = {"ok": False, "error": str(error)}
+    sys.stdout.write(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    main()

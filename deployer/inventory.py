@@ -1,0 +1,381 @@
+"""inventory.ini -> Inventory: typed sections, [defaults] inheritance, ${VAR}, every problem at once."""
+from __future__ import annotations
+
+import configparser
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+from urllib.parse import urlsplit
+
+import trigger
+
+from .errors import InventoryError, Problem, ScheduleError
+from .models import Alert, Host, Inventory, Job, Secret
+from .schedule import cron_to_oncalendar
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+
+ALERT_TYPES = ("dingtalk", "wecom", "feishu", "slack", "webhook")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+HOST_KEY_POLICIES = ("strict", "accept-new")
+MAX_TIMEOUT = 24 * 3600
+MAX_RETRIES = 10
+
+
+class Invalid(ValueError):
+    """Raised by a key parser; the message completes "[section] key: ..."."""
+
+
+# --- value parsers: str -> typed value, or Invalid ------------------------------------------
+
+
+def text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise Invalid("contains a control character")
+    return value
+
+
+def name(value: str) -> str:
+    if not NAME.match(value):
+        raise Invalid(f"{value!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+    return value
+
+
+def port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise Invalid(f"{value!r} is not a port (1-65535)")
+    return int(value)
+
+
+def boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise Invalid(f"{value!r} is not true or false")
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise Invalid(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def duration(value: str) -> int:
+    """`90s`, `5m`, `1h30m`, or plain seconds -> seconds."""
+    match = _DURATION.match(value.replace(" ", ""))
+    if not value or not match or not any(match.groups()):
+        raise Invalid(f"{value!r} is not a duration (90s, 5m, 1h30m)")
+    hours, minutes, secs = (int(g or 0) for g in match.groups())
+    total = hours * 3600 + minutes * 60 + secs
+    if not 1 <= total <= MAX_TIMEOUT:
+        raise Invalid(f"{value!r} must be between 1s and 24h")
+    return total
+
+
+def retries(value: str) -> int:
+    if not value.isdigit() or int(value) > MAX_RETRIES:
+        raise Invalid(f"{value!r} is not a whole number from 0 to {MAX_RETRIES}")
+    return int(value)
+
+
+def url(value: str) -> str:
+    text(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"{value!r} is not an http:// or https:// URL with a host")
+    if any(c.isspace() for c in value):
+        raise Invalid(f"{value!r} contains white space (encode it as %20)")
+    return value
+
+
+def method(value: str) -> str:
+    return one_of(METHODS)(value.upper())
+
+
+def timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError):
+        raise Invalid(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC)") from None
+    return value
+
+
+def expect_status(value: str) -> str:
+    try:
+        trigger.parse_expect_status(value)
+    except trigger.RuleError as error:
+        raise Invalid(str(error)) from None
+    return value
+
+
+def expect_json(value: str) -> str:
+    try:
+        trigger.parse_expect_json(value)
+    except trigger.RuleError as error:
+        raise Invalid(str(error)) from None
+    return value
+
+
+def calendar_lines(value: str) -> tuple[str, ...]:
+    lines = tuple(line.strip() for line in value.splitlines() if line.strip())
+    for line in lines:
+        text(line)
+    if not lines:
+        raise Invalid("is empty")
+    return lines
+
+
+def optional(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An empty value means "none" (e.g. `alert =` turns alerting off)."""
+    return lambda value: parse(value) if value else None
+
+
+# --- the schema ---------------------------------------------------------------------------
+
+SHARED_JOB_KEYS: Mapping[str, Callable[[str], object]] = {
+    "timezone": timezone,
+    "timeout": duration,
+    "retries": retries,
+    "alert": optional(name),
+    "host": name,
+    "ping_url": optional(url),
+    "method": method,
+    "expect_status": expect_status,
+    "expect_json": expect_json,
+}
+
+SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
+    "host": {
+        "address": text,
+        "port": port,
+        "user": text,
+        "identity_file": text,
+        "known_hosts": text,
+        "host_key": one_of(HOST_KEY_POLICIES),
+        "sudo": boolean,
+        "python": text,
+    },
+    "defaults": SHARED_JOB_KEYS,
+    "alert": {"type": one_of(ALERT_TYPES), "token": text, "secret": text, "endpoint": url},
+    "job": {
+        **SHARED_JOB_KEYS,
+        "schedule": text,
+        "on_calendar": calendar_lines,
+        "url": url,
+    },
+}
+REQUIRED = {"host": ("address",), "alert": ("type",), "job": ("url",)}
+SECRET_KEYS = {"token", "secret"}
+
+
+@dataclass
+class _Collector:
+    """Gathers problems so that one `validate` shows every mistake at once."""
+
+    path: str
+    lines: dict[tuple[str, Optional[str]], int]
+
+    def __post_init__(self):
+        self.problems: list[Problem] = []
+
+    def add(self, section: Optional[str], key: Optional[str], message: str) -> None:
+        line = self.lines.get((section, key)) or self.lines.get((section, None))
+        self.problems.append(Problem(self.path, section, key, message, line))
+
+
+def _line_numbers(source: str) -> dict[tuple[str, Optional[str]], int]:
+    """(section, key) -> first line, so an error points where the operator must look."""
+    found: dict[tuple[str, Optional[str]], int] = {}
+    section = None
+    for number, raw in enumerate(source.splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("[") and "]" in stripped:
+            section = stripped[1 : stripped.index("]")].strip()
+            found.setdefault((section, None), number)
+        elif section and stripped and not raw[0].isspace() and stripped[0] not in ";#":
+            key = re.split(r"[=:]", stripped, 1)[0].strip().lower()
+            found.setdefault((section, key), number)
+    return found
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_config(path: str, source: str, report: _Collector) -> Optional[configparser.RawConfigParser]:
+    config = configparser.RawConfigParser(
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        empty_lines_in_values=False,
+        default_section="\0no-default-section",  # [DEFAULT] is not ours: report it as unknown
+    )
+    try:
+        config.read_string(source, source=path)
+    except configparser.DuplicateSectionError as error:
+        report.problems.append(Problem(path, error.section, None, "section appears twice", error.lineno))
+    except configparser.DuplicateOptionError as error:
+        report.problems.append(Problem(path, error.section, error.option, "key appears twice", error.lineno))
+    except configparser.MissingSectionHeaderError as error:
+        report.problems.append(Problem(path, None, None, "a key before any [section]", error.lineno))
+    except configparser.ParsingError as error:
+        for lineno, line in error.errors:
+            report.problems.append(Problem(path, None, None, f"cannot parse {line.strip()!r}", lineno))
+    else:
+        return config
+    return None
+
+
+def _expand(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    missing: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        if match.group(1) not in env:
+            missing.append(match.group(1))
+            return ""
+        return env[match.group(1)]
+
+    return _VARIABLE.sub(replace, value), missing
+
+
+def _section_values(config, section: str, kind: str, env, report) -> dict[str, object]:
+    """Parse one section's keys with the schema; unknown, unset and invalid keys are reported."""
+    schema = SCHEMA[kind]
+    values: dict[str, object] = {}
+    for key, raw in config.items(section):
+        if key not in schema:
+            report.add(section, key, "unknown key" + _suggest(key, schema))
+            continue
+        expanded, missing = _expand(raw.strip(), env)
+        if missing:
+            report.add(section, key, f"environment variable {missing[0]} is not set")
+            continue
+        try:
+            value = schema[key](expanded)
+        except Invalid as error:
+            report.add(section, key, str(error))
+            continue
+        values[key] = Secret(value) if key in SECRET_KEYS and value else value
+    for key in REQUIRED.get(kind, ()):
+        if key not in values and not any(p.section == section and p.key == key for p in report.problems):
+            report.add(section, key, "is required")
+    return values
+
+
+def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
+    """Read and check an inventory; raise InventoryError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read()
+    except OSError as error:
+        raise InventoryError([Problem(path, None, None, f"cannot read: {error.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise InventoryError([Problem(path, None, None, "is not UTF-8 text")]) from None
+    return parse(source, path, env)
+
+
+def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
+    report = _Collector(path, _line_numbers(source))
+    config = _read_config(path, source, report)
+    if config is None:
+        raise InventoryError(report.problems)
+
+    hosts: list[Host] = []
+    alerts: list[Alert] = []
+    job_sections: list[tuple[str, str, dict]] = []
+    defaults: dict[str, object] = {}
+    for section in config.sections():
+        kind, _, title = section.partition(":")
+        kind, title = kind.strip(), title.strip()
+        if section == "defaults":
+            defaults = _section_values(config, section, "defaults", env, report)
+            continue
+        if kind not in ("host", "alert", "job") or not title:
+            hint = _suggest(kind, ("host", "alert", "job", "defaults"))
+            report.add(section, None, "unknown section; use [host:NAME], [alert:NAME], "
+                       "[job:NAME] or [defaults]" + hint)
+            continue
+        if not NAME.match(title):
+            report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+            continue
+        values = _section_values(config, section, kind, env, report)
+        if kind == "host" and "address" in values:
+            hosts.append(Host(name=title, **values))
+        elif kind == "alert" and "type" in values:
+            alerts.append(_alert(title, values, section, report))
+        elif kind == "job":
+            job_sections.append((section, title, values))
+
+    host_names = {h.name for h in hosts}
+    alert_names = {a.name for a in alerts}
+    for key in ("host", "alert"):
+        ref = defaults.get(key)
+        known = host_names if key == "host" else alert_names
+        if ref and ref not in known:
+            report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, known))
+    jobs = [j for j in (_job(s, t, v, defaults, hosts, alert_names, report)
+                        for s, t, v in job_sections) if j]
+    if report.problems:
+        raise InventoryError(report.problems)
+    return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs))
+
+
+def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
+    kind = values["type"]
+    if kind in ("dingtalk", "wecom", "feishu") and not values.get("token"):
+        report.add(section, "token", f"is required for type = {kind}")
+    if kind in ("slack", "webhook") and not values.get("endpoint"):
+        report.add(section, "endpoint", f"is required for type = {kind}")
+    if values.get("secret") and kind not in ("dingtalk", "feishu"):
+        report.add(section, "secret", f"signing is only for dingtalk and feishu, not {kind}")
+    return Alert(name=title, type=kind, token=values.get("token", Secret("")),
+                 secret=values.get("secret"), endpoint=values.get("endpoint"))
+
+
+def _job(section, title, values, defaults, hosts, alert_names, report) -> Optional[Job]:
+    merged = {**defaults, **values}
+    ok = True
+    if ("schedule" in merged) == ("on_calendar" in merged):
+        report.add(section, "schedule", "give exactly one of schedule (cron) or on_calendar (systemd)")
+        ok = False
+    host = merged.get("host")
+    if host is None:
+        if len(hosts) == 1:
+            host = hosts[0].name
+        else:
+            report.add(section, "host", "is required: the inventory has "
+                       f"{len(hosts) or 'no'} [host:*] sections; set host here or in [defaults]")
+            ok = False
+    elif "host" in values and host not in {h.name for h in hosts}:
+        report.add(section, "host", f"no [host:{host}]" + _suggest(host, [h.name for h in hosts]))
+        ok = False
+    alert = merged.get("alert")
+    if "alert" in values and alert and alert not in alert_names:
+        report.add(section, "alert", f"no [alert:{alert}]" + _suggest(alert, alert_names))
+        ok = False
+    zone = merged.get("timezone", "UTC")
+    if "schedule" in merged:
+        try:
+            cron_to_oncalendar(merged["schedule"], zone)
+        except ScheduleError as error:
+            report.add(section, "schedule", str(error))
+            ok = False
+    if not ok or "url" not in merged:
+        return None
+    fields = {k: v for k, v in merged.items() if k in Job.__dataclass_fields__}
+    fields.update(name=title, host=host, alert=alert)
+    return Job(**fields)

@@ -1,0 +1,167 @@
+"""A real systemd cron host in ~1 s: this machine's OS booted with systemd-nspawn, sshd on loopback.
+
+Used by the end-to-end tests, the demo and the benchmark (see shared/CRONHOST.md for why
+each flag is there). The host's /etc is never touched: the container's /etc is an overlay
+whose upper layer is a directory we own, and its root is a tmpfs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+# Units of this machine that a cron host under test does not need (and that slow its boot).
+MASKED = (
+    "postgresql.service", "getty@.service", "console-getty.service", "serial-getty@.service",
+    "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "dpkg-db-backup.timer",
+    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
+    "systemd-pstore.service", "systemd-tmpfiles-clean.timer",
+)
+REQUIRED_COMMANDS = ("systemd-nspawn", "sshd", "ssh-keygen", "ssh")
+BOOT_TIMEOUT = 60
+
+
+class CronHostError(RuntimeError):
+    pass
+
+
+def missing_commands() -> list[str]:
+    paths = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [c for c in REQUIRED_COMMANDS if not shutil.which(c, path=paths)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class CronHost:
+    """One booted container. `start()` returns when `systemctl is-system-running` says so."""
+
+    def __init__(self, name: str, workdir: Optional[Path] = None, timer_state: Optional[Path] = None,
+                 users: tuple[str, ...] = ()):
+        self.name = name
+        self.machine = f"{name}-{os.getpid()}"
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"cronhost-{name}-"))
+        self.timer_state = timer_state
+        self.users = users
+        self.port = free_port()
+        self.process: Optional[subprocess.Popen] = None
+        self.key = self.workdir / "id_ed25519"
+        self.known_hosts = self.workdir / "known_hosts"
+        self.log = self.workdir / "console.log"
+
+    # -- preparing the overlay ----------------------------------------------------------
+
+    def _prepare(self) -> None:
+        upper = self.workdir / "upper"
+        if upper.exists():
+            shutil.rmtree(upper)
+        (upper / "ssh" / "sshd_config.d").mkdir(parents=True)
+        (upper / "ssh" / "keys").mkdir()
+        (upper / "systemd" / "system").mkdir(parents=True)
+        if not self.key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        host_key = upper / "ssh" / "deployer_test_host_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        public = self.key.with_suffix(".pub").read_text()
+        for user in ("root",) + self.users:
+            (upper / "ssh" / "keys" / user).write_text(public)
+        (upper / "ssh" / "sshd_config.d" / "00-deployer-test.conf").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/deployer_test_host_key\n"
+            "AuthorizedKeysFile /etc/ssh/keys/%u\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nUseDNS no\n"
+        )
+        host_public = host_key.with_suffix(".pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
+        for unit in MASKED:
+            (upper / "systemd" / "system" / unit).symlink_to("/dev/null")
+        self.upper = upper
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "CronHost":
+        missing = missing_commands()
+        if missing:
+            raise CronHostError(f"missing {', '.join(missing)}: apt-get install systemd-container openssh-server")
+        self._prepare()
+        command = [
+            "systemd-nspawn", "--directory=/", "--volatile=yes",
+            f"--overlay=/etc:{self.upper}:/etc", f"--machine={self.machine}",
+            "--register=no", "--keep-unit", "--link-journal=no", "--console=passive", "--boot",
+        ]
+        if self.timer_state is not None:
+            self.timer_state.mkdir(parents=True, exist_ok=True)
+            command.insert(-1, f"--bind={self.timer_state}:/var/lib/systemd/timers")
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise CronHostError(f"{self.name}: systemd-nspawn exited: {self.log.read_text()[-2000:]}")
+            probe = self.ssh("systemctl is-system-running --wait", check=False, timeout=BOOT_TIMEOUT)
+            if probe.returncode == 0 or probe.stdout.strip() == "degraded":
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise CronHostError(f"{self.name}: not ready after {BOOT_TIMEOUT}s")
+
+    def stop(self) -> None:
+        """SIGTERM asks the container to halt; once it hung, so escalate to SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def restart(self) -> None:
+        self.stop()
+        self.port = free_port()
+        self.start()
+
+    # -- using it -----------------------------------------------------------------------
+
+    def ssh_args(self, user: str = "root") -> list[str]:
+        return ["ssh", "-i", str(self.key), "-p", str(self.port), "-F", "/dev/null",
+                "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"]
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 60, user: str = "root",
+            input: Optional[str] = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.ssh_args(user) + [command], capture_output=True, text=True,
+                                timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise CronHostError(f"{self.name}: {command!r} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def inventory_host(self, user: str = "root", **extra: str) -> str:
+        """The [host:NAME] section that points the deployer at this container."""
+        lines = [f"[host:{self.name}]", "address = 127.0.0.1", f"port = {self.port}", f"user = {user}",
+                 f"identity_file = {self.key}", f"known_hosts = {self.known_hosts}"]
+        lines += [f"{k} = {v}" for k, v in extra.items()]
+        return "\n".join(lines) + "\n"
+
+    def __enter__(self) -> "CronHost":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,171 @@
+"""push / plan / status / run / logs against a real systemd host over real SSH."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.httpserver import Reply, json_reply
+
+pytestmark = pytest.mark.e2e
+
+FAST = "*:*:0/2"  # every two seconds
+
+
+def jobs_ini(server, **jobs: str) -> str:
+    """[job:NAME] sections; each value is `calendar|path` or a full section body."""
+    out = []
+    for name, spec in jobs.items():
+        if "\n" in spec:
+            out.append(f"[job:{name}]\n{spec}\n")
+        else:
+            calendar, path = spec.split("|")
+            key = "on_calendar" if calendar.startswith("*:") else "schedule"
+            out.append(f"[job:{name}]\n{key} = {calendar}\nurl = {server.url(path)}\n")
+    return "\n".join(out)
+
+
+def timers(host) -> list[str]:
+    out = host.ssh("systemctl list-timers --all --no-legend --plain 'deployer-*'").stdout
+    return sorted(line.split()[-2] for line in out.splitlines() if line.strip())
+
+
+def generation(host) -> str:
+    """Changes on every daemon-reload (systemd stamps each unit (re)load)."""
+    return host.ssh("systemctl show -p UnitsLoadTimestampMonotonic --value").stdout.strip()
+
+
+def file_stamps(host) -> str:
+    return host.ssh("stat -c '%n %i %Y' /etc/systemd/system/deployer-* /var/lib/deployer/lib/*").stdout
+
+
+def test_push_installs_every_job_and_a_fast_job_really_posts(cron01, server, deployer, write_inventory):
+    server.routes["/fast"] = json_reply({"code": 0})
+    inventory = write_inventory(cron01.inventory_host() + """
+[defaults]
+timezone = Asia/Shanghai
+""" + jobs_ini(server, fast=f"{FAST}|/fast", hourly="0 * * * *|/hourly",
+               nightly="30 2 * * 1-5|/nightly"))
+
+    result = deployer("push", "--host", "cron01", "-i", inventory, check=True)
+
+    assert "host cron01: pushed: 7 add" in result.stdout
+    assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
+    request = server.wait_for("/fast", timeout=15)[0]
+    assert request.method == "POST"
+    assert request.headers["X-Deployer-Job"] == "fast"
+    calendar = cron01.ssh("systemctl show -p TimersCalendar --value deployer-nightly.timer").stdout
+    assert "Mon..Fri *-*-* 02:30:00 Asia/Shanghai" in calendar
+    enabled = cron01.ssh("systemctl is-enabled deployer-fast.timer deployer-hourly.timer").stdout.split()
+    assert enabled == ["enabled", "enabled"]
+
+
+def test_second_identical_push_writes_nothing_and_does_not_reload(cron01, server, deployer, write_inventory):
+    inventory = write_inventory(cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a", b="5 4 * * *|/b"))
+    before_first = generation(cron01)
+    deployer("push", "-i", inventory, check=True)
+    after_first = generation(cron01)
+    stamps = file_stamps(cron01)
+
+    again = deployer("push", "-i", inventory, "--json", check=True)
+
+    assert after_first != before_first, "the first push must reload systemd (or this test proves nothing)"
+    assert json.loads(again.stdout)["add"] == [] and json.loads(again.stdout)["change"] == []
+    assert len(json.loads(again.stdout)["unchanged"]) == 5
+    assert generation(cron01) == after_first
+    assert file_stamps(cron01) == stamps
+
+
+def test_changed_and_removed_jobs_are_updated_and_pruned(cron01, server, deployer, write_inventory):
+    path = write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
+                                                               gone="0 * * * *|/gone"))
+    deployer("push", "-i", path, check=True)
+    write_inventory(cron01.inventory_host() + jobs_ini(server, keep="15 * * * *|/keep"))
+
+    plan = deployer("plan", "-i", path, check=True)
+    assert "~ /etc/systemd/system/deployer-keep.timer" in plan.stdout
+    assert "-OnCalendar=*-*-* *:00:00 UTC" in plan.stdout
+    assert "+OnCalendar=*-*-* *:15:00 UTC" in plan.stdout
+    assert "- /etc/systemd/system/deployer-gone.timer" in plan.stdout
+    assert timers(cron01) == ["deployer-gone.timer", "deployer-keep.timer"], "plan must change nothing"
+
+    pushed = deployer("push", "-i", path, check=True)
+
+    assert "1 change, 2 remove" in pushed.stdout
+    assert timers(cron01) == ["deployer-keep.timer"]
+    assert cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == ["deployer-keep.timer"]
+    assert "*:15:00" in cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
+    assert cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
+
+
+def test_run_status_and_logs(cron01, server, deployer, write_inventory):
+    server.routes["/good"] = json_reply({"code": 0})
+    server.routes["/bad"] = Reply(500, b"settlement exploded")
+    path = write_inventory(cron01.inventory_host() + jobs_ini(
+        server, good="0 3 * * *|/good",
+        bad=f"schedule = 0 4 * * *\nurl = {server.url('/bad')}\nretries = 0"))
+    deployer("push", "-i", path, check=True)
+
+    ok = deployer("run", "good", "-i", path, check=True)
+    failed = deployer("run", "bad", "-i", path, check=False)
+    status = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)
+    logs = deployer("logs", "bad", "-i", path, "-n", "20", check=True)
+    table = deployer("status", "-i", path, check=True).stdout
+
+    assert "POST http://127.0.0.1" in ok.stdout and "-> 200" in ok.stdout
+    assert failed.returncode == 1
+    assert "-> 500" in failed.stdout and "settlement exploded" in failed.stdout
+    assert "job bad failed" in failed.stderr
+    rows = {row["job"]: row for row in status["jobs"]}
+    assert rows["good"]["result"] == "ok"
+    assert rows["bad"]["result"].startswith("failed") and rows["bad"]["exit_status"] == 1
+    assert rows["good"]["schedule"] == ["*-*-* 03:00:00 UTC"]
+    assert rows["good"]["next"].endswith("+00:00")
+    assert "settlement exploded" in logs.stdout
+    assert table.splitlines()[0].split() == ["JOB", "NEXT", "LAST", "RESULT", "SCHEDULE"]
+    assert len(server.received("/good")) == 1
+
+
+def test_bad_inventory_is_refused_and_changes_nothing(cron01, server, deployer, write_inventory):
+    path = write_inventory(cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a"))
+    deployer("push", "-i", path, check=True)
+    stamps = file_stamps(cron01)
+    write_inventory(cron01.inventory_host() + "[job:a]\nschedule = 0 * * * *\nurl = " + server.url("/a")
+                    + "\nretires = 3\n")
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "[job:a] retires: unknown key (did you mean 'retries'?)" in result.stderr
+    assert path in result.stderr
+    assert "Traceback" not in result.stderr
+    assert file_stamps(cron01) == stamps
+
+
+def test_unknown_host_key_is_refused_by_default(cron01, deployer, write_inventory, tmp_path, server):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    host = cron01.inventory_host().replace(str(cron01.known_hosts), str(empty))
+    path = write_inventory(host + jobs_ini(server, a="0 * * * *|/a"))
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.returncode == 1
+    assert "not in known_hosts and host_key = strict" in result.stderr
+    assert cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
+
+
+def test_accept_new_trusts_first_key_then_refuses_a_changed_one(cron01, deployer, write_inventory, tmp_path, server):
+    known = tmp_path / "tofu_known_hosts"
+    host = cron01.inventory_host(host_key="accept-new").replace(str(cron01.known_hosts), str(known))
+    path = write_inventory(host + jobs_ini(server, a="0 * * * *|/a"))
+
+    deployer("push", "-i", path, check=True)
+    assert "ssh-ed25519" in known.read_text()
+    another_key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    known.write_text(f"{cron01.known_hosts.read_text().split()[0]} ssh-ed25519 {another_key}\n")
+    changed = deployer("push", "-i", path, check=False)
+
+    assert changed.returncode == 1
+    assert "CHANGED" in changed.stderr
