@@ -178,6 +178,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
 }
 REQUIRED = {"host": ("address",), "alert": ("type",), "job": ("url",)}
 SECRET_KEYS = {"token", "secret"}
+MULTILINE_KEYS = {"on_calendar"}  # one calendar expression per (continuation) line
 
 
 @dataclass
@@ -189,6 +190,9 @@ class _Collector:
 
     def __post_init__(self):
         self.problems: list[Problem] = []
+
+    def has(self, section: str, key: str) -> bool:
+        return any(p.section == section and p.key == key for p in self.problems)
 
     def add(self, section: Optional[str], key: Optional[str], message: str) -> None:
         line = self.lines.get((section, key)) or self.lines.get((section, None))
@@ -264,13 +268,15 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
             report.add(section, key, f"environment variable {missing[0]} is not set")
             continue
         try:
+            for line in expanded.splitlines() if key in MULTILINE_KEYS else [expanded]:
+                text(line)
             value = schema[key](expanded)
         except Invalid as error:
             report.add(section, key, str(error))
             continue
         values[key] = Secret(value) if key in SECRET_KEYS and value else value
     for key in REQUIRED.get(kind, ()):
-        if key not in values and not any(p.section == section and p.key == key for p in report.problems):
+        if key not in values and not report.has(section, key):
             report.add(section, key, "is required")
     return values
 
@@ -336,9 +342,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
     kind = values["type"]
-    if kind in ("dingtalk", "wecom", "feishu") and not values.get("token"):
+    if kind in ("dingtalk", "wecom", "feishu") and not values.get("token") and not report.has(section, "token"):
         report.add(section, "token", f"is required for type = {kind}")
-    if kind in ("slack", "webhook") and not values.get("endpoint"):
+    if kind in ("slack", "webhook") and not values.get("endpoint") and not report.has(section, "endpoint"):
         report.add(section, "endpoint", f"is required for type = {kind}")
     if values.get("secret") and kind not in ("dingtalk", "feishu"):
         report.add(section, "secret", f"signing is only for dingtalk and feishu, not {kind}")
@@ -349,7 +355,8 @@ def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
 def _job(section, title, values, defaults, hosts, alert_names, report) -> Optional[Job]:
     merged = {**defaults, **values}
     ok = True
-    if ("schedule" in merged) == ("on_calendar" in merged):
+    already_wrong = report.has(section, "schedule") or report.has(section, "on_calendar")
+    if ("schedule" in merged) == ("on_calendar" in merged) and not already_wrong:
         report.add(section, "schedule", "give exactly one of schedule (cron) or on_calendar (systemd)")
         ok = False
     host = merged.get("host")

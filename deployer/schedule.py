@@ -149,9 +149,19 @@ def _compress(values: frozenset[int], spec_low: int, spec_high: int, width: int)
 
 
 def _weekdays(values: frozenset[int]) -> str:
+    """`Mon..Fri `, `Sat,Sun `, or "" for every day; runs follow systemd's Monday-first week."""
     if values == frozenset(range(7)):
         return ""
-    return ",".join(SYSTEMD_WEEKDAYS[v] for v in sorted(values)) + " "
+    monday_first = sorted((v + 6) % 7 for v in values)
+    runs: list[list[int]] = []
+    for v in monday_first:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    names = [SYSTEMD_WEEKDAYS[(v + 1) % 7] for v in range(7)]
+    parts = [f"{names[r[0]]}..{names[r[-1]]}" if len(r) > 2 else ",".join(names[v] for v in r) for r in runs]
+    return ",".join(parts) + " "
 
 
 def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:

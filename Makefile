@@ -1,0 +1,37 @@
+# Everything runs from a virtualenv in .venv; system packages come from apt (Debian, as root).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SYSTEM_PACKAGES := systemd-container openssh-server openssh-client python3 python3-venv
+
+.PHONY: install system-packages test test-fast demo bench clean
+
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+## All tests, end-to-end ones included (they boot real systemd hosts; they need root).
+test: install
+	$(PY) -m pytest
+
+## Unit tests only: no root, no containers.
+test-fast: install
+	$(PY) -m pytest -m 'not e2e' --ignore=tests/e2e
+
+## Boot a local demo cron host, push ./inventory.ini to it, show the timers and first results.
+demo: install
+	$(PY) -m tests.demo
+
+bench: install
+	$(PY) bench/push.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import pytest
+
+from deployer import inventory
+from deployer.errors import InventoryError
+from deployer.models import Host, Job
+
+HOST = "[host:cron01]\naddress = 10.0.0.5\n"
+ENV = {"DINGTALK_TOKEN": "tok-123", "DINGTALK_SECRET": "sec-456"}
+
+
+def parse(text: str, env=ENV):
+    return inventory.parse(text, "inv.ini", env)
+
+
+def problems(text: str, env=ENV) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        parse(text, env)
+    return caught.value.lines()
+
+
+def test_contract_example_parses_with_defaults_inherited():
+    inv = parse(HOST + """
+[defaults]                    ; inherited by every job unless it overrides
+timezone = Asia/Shanghai
+timeout = 90s
+retries = 1
+alert = ops
+
+[alert:ops]
+type = dingtalk
+token = ${DINGTALK_TOKEN}     ; secret
+secret = ${DINGTALK_SECRET}
+endpoint = https://oapi.dingtalk.com/robot/send
+
+[job:settle-hourly]
+schedule = 0 * * * *
+url = http://settle-service:8080/api/settle
+expect_json = code=0, data.state="DONE"
+
+[job:report]
+on_calendar = Mon..Fri *-*-* 09:00:00
+  Sat *-*-* 10:00:00
+url = https://report/api
+method = get
+timeout = 5m
+alert =
+""")
+    assert inv.hosts == (Host(name="cron01", address="10.0.0.5"),)
+    settle, report = inv.jobs
+    assert settle == Job(name="settle-hourly", url="http://settle-service:8080/api/settle", host="cron01",
+                         schedule="0 * * * *", timezone="Asia/Shanghai", timeout=90, retries=1,
+                         alert="ops", expect_json='code=0, data.state="DONE"')
+    assert report.on_calendar == ("Mon..Fri *-*-* 09:00:00", "Sat *-*-* 10:00:00")
+    assert (report.method, report.timeout, report.alert) == ("GET", 300, None)
+    alert = inv.alert("ops")
+    assert alert.token == "tok-123" and alert.secret == "sec-456"
+    assert "tok-123" not in repr(alert), "a secret must never show in a repr"
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nretires = 2\n",
+                 "inv.ini:6: [job:a] retires: unknown key (did you mean 'retries'?)", id="typo-suggests"),
+    pytest.param("[jobs:a]\nurl = http://x/\n",
+                 "inv.ini:3: [jobs:a]: unknown section; use [host:NAME], [alert:NAME], [job:NAME] or "
+                 "[defaults] (did you mean 'job'?)", id="unknown-section"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = ftp://x/\n",
+                 "inv.ini:5: [job:a] url: 'ftp://x/' is not an http:// or https:// URL with a host", id="url-scheme"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\n",
+                 "inv.ini:3: [job:a] url: is required", id="missing-url"),
+    pytest.param("[job:a]\nurl = http://x/\n",
+                 "inv.ini:3: [job:a] schedule: give exactly one of schedule (cron) or on_calendar (systemd)",
+                 id="no-schedule"),
+    pytest.param("[job:a]\nschedule = 0 25 * * *\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] schedule: cron '0 25 * * *': hour field: 25 is outside 0-23", id="bad-cron"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = soon\n",
+                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (90s, 5m, 1h30m)", id="duration"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimezone = Mars/Olympus\n",
+                 "inv.ini:6: [job:a] timezone: 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Shanghai, UTC)",
+                 id="timezone"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert = opz\n",
+                 "inv.ini:6: [job:a] alert: no [alert:opz]", id="missing-alert"),
+    pytest.param("[job:A_b]\nschedule = 0 * * * *\nurl = http://x/\n",
+                 "inv.ini:3: [job:A_b]: name 'A_b' must match [a-z0-9][a-z0-9-]{0,62}", id="job-name"),
+    pytest.param("[job:../etc]\nschedule = 0 * * * *\nurl = http://x/\n",
+                 "inv.ini:3: [job:../etc]: name '../etc' must match [a-z0-9][a-z0-9-]{0,62}", id="path-escape"),
+    pytest.param("[alert:ops]\ntype = dingtalk\ntoken = ${NOPE}\n",
+                 "inv.ini:5: [alert:ops] token: environment variable NOPE is not set", id="unset-variable"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code=ok\n",
+                 "inv.ini:6: [job:a] expect_json: value of 'code' is not a JSON literal (quote strings: code=\"DONE\")",
+                 id="expect-json"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
+                 "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
+])
+def test_each_mistake_is_one_line_naming_file_section_and_key(text, expected):
+    assert problems(HOST + text) == [expected]
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems(HOST + "[job:a]\nschedul = 0 * * * *\nurl = nope\n[job:b]\nschedule = 0 * * *\nurl = http://x/\n")
+    assert [p.split(": ")[1] for p in found] == [
+        "[job:a] schedul", "[job:a] url", "[job:a] schedule", "[job:b] schedule"]
+
+
+def test_several_hosts_require_each_job_to_name_one():
+    two = HOST + "[host:cron02]\naddress = 10.0.0.6\n"
+    assert problems(two + "[job:a]\nschedule = 0 * * * *\nurl = http://x/\n") == [
+        "inv.ini:5: [job:a] host: is required: the inventory has 2 [host:*] sections; "
+        "set host here or in [defaults]"]
+    inv = parse(two + "[defaults]\nhost = cron02\n[job:a]\nschedule = 0 * * * *\nurl = http://x/\n")
+    assert inv.jobs_for("cron02")[0].name == "a" and inv.jobs_for("cron01") == ()
+
+
+def test_odd_but_legal_url_is_kept_byte_for_byte():
+    odd = "https://h.example/a%20b/$x;y?q='\"&z=\\é#frag"
+    inv = parse(HOST + f"[job:a]\nschedule = 0 * * * *\nurl = {odd}\n")
+    assert inv.jobs[0].url == odd
+
+
+def test_a_control_character_in_a_value_is_refused():
+    assert "contains a control character" in problems(HOST + "[job:a]\nschedule = 0 * * * *\nurl = http://x/\n"
+                                                      "expect_status = 2xx\x1b\n")[0]
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    with pytest.raises(InventoryError) as caught:
+        inventory.load(str(tmp_path / "missing.ini"))
+    assert caught.value.lines() == [f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"]
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("45", 45), ("2h", 7200)])
+def test_durations(text, seconds):
+    assert inventory.duration(text) == seconds
