@@ -174,6 +174,15 @@ class JobSpec:
     retries: int = 0
     expect_status: tuple = ((200, 299),)
     expect_json: tuple = ()
+    resolution: int = 60  # seconds: a cron job's slot is its minute
+
+
+def scheduled_at(now: float, resolution: int) -> str:
+    """The nominal time of this run: the timer fires within AccuracySec=1s of it, so the start
+    time floored to the schedule's resolution names the slot (a catch-up run after downtime
+    names the slot it ran in, not the one it missed)."""
+    slot = now - (now % max(resolution, 1))
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(slot))
 
 
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
@@ -188,7 +197,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         "User-Agent": "deployer-trigger/1",
         "X-Deployer-Job": spec.name,
         "X-Deployer-Run-Id": run_id,
-        "X-Deployer-Scheduled-At": time.strftime("%Y-%m-%dT%H:%M:00%z", time.localtime()),
+        "X-Deployer-Scheduled-At": scheduled_at(time.time(), spec.resolution),
     }
     verify = SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else True
     shown = redact_url(spec.url)
@@ -235,6 +244,290 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     return verdict
 
 
+# --- alerts -------------------------------------------------------------------------------
+#
+# An OnFailure= unit runs `trigger --alert` once per failed run, whatever made it fail.
+# Tokens arrive as systemd credentials ($CREDENTIALS_DIRECTORY/token), never as arguments.
+
+DEFAULT_ENDPOINTS = {
+    "dingtalk": "https://oapi.dingtalk.com/robot/send",
+    "wecom": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send",
+    "feishu": "https://open.feishu.cn/open-apis/bot/v2/hook/",
+    "slack": "https://hooks.slack.com/services/",
+}
+# DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
+RATE_LIMIT = 18
+RATE_WINDOW = 60.0
+DELIVERY_ATTEMPTS = 3
+MAX_LINES = 12
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    type: str
+    token: str = ""
+    secret: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One HTTP request that delivers an alert, and how to tell that it was accepted."""
+
+    url: str
+    params: dict
+    json: dict
+    headers: dict
+    judge: str  # errcode | code | slack | status
+
+
+def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
+    """base64(HMAC-SHA256(key=secret, msg="{timestamp_ms}\n{secret}")); requests URL-encodes it."""
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def feishu_sign(secret: str, timestamp_s: int) -> str:
+    """Feishu's own scheme: the key is "{timestamp}\n{secret}" and the message is empty."""
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(f"{timestamp_s}\n{secret}".encode(), b"", hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def build_outbound(channel: Channel, title: str, text: str, event: dict, now: float) -> Outbound:
+    """The request for one message on one channel (pure: `now` is given)."""
+    endpoint = channel.endpoint or DEFAULT_ENDPOINTS.get(channel.type, "")
+    if channel.type == "dingtalk":
+        params = {"access_token": channel.token}
+        if channel.secret:
+            stamp = int(now * 1000)
+            params.update(timestamp=str(stamp), sign=dingtalk_sign(channel.secret, stamp))
+        body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
+        return Outbound(endpoint, params, body, {}, "errcode")
+    if channel.type == "wecom":
+        return Outbound(endpoint, {"key": channel.token},
+                        {"msgtype": "markdown", "markdown": {"content": text}}, {}, "errcode")
+    if channel.type == "feishu":
+        body: dict = {"msg_type": "text", "content": {"text": plain(text)}}
+        if channel.secret:
+            stamp = int(now)
+            body.update(timestamp=str(stamp), sign=feishu_sign(channel.secret, stamp))
+        return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, body, {}, "code")
+    if channel.type == "slack":
+        return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, {"text": plain(text)}, {}, "slack")
+    headers = {"Authorization": f"Bearer {channel.token}"} if channel.token else {}
+    return Outbound(endpoint, {}, {"title": title, "text": plain(text), **event}, headers, "status")
+
+
+def accepted(outbound: Outbound, status: int, body: bytes) -> tuple[bool, str]:
+    """Did the channel take the message? DingTalk and WeCom say so in errcode, even on HTTP 200."""
+    if status >= 300:
+        return False, f"HTTP {status}"
+    if outbound.judge == "status":
+        return True, f"HTTP {status}"
+    if outbound.judge == "slack":
+        return body.strip() == b"ok", body[:100].decode("utf-8", "replace")
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False, "answer is not JSON"
+    key = "errcode" if outbound.judge == "errcode" else "code"
+    code = answer.get(key, answer.get("StatusCode"))
+    return code == 0, f"{key} {code}: {answer.get('errmsg') or answer.get('msg') or ''}".strip()
+
+
+def plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("> ", "  ")
+
+
+def format_events(events: list[dict]) -> tuple[str, str]:
+    """One message for one or several failed runs: (title, markdown text), bounded in size."""
+    if len(events) == 1:
+        e = events[0]
+        verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
+        title = f"deployer: job {e['job']} {verb} on {e['host']}"
+    else:
+        title = f"deployer: {len(events)} job runs failed on {events[0]['host']}"
+    parts = [f"**{title}**"]
+    for e in events:
+        if len(events) > 1:
+            parts.append(f"**{e['job']}**")
+        if e.get("kind") == "recovered":
+            parts.append(f"succeeded again at {e['time']}")
+            continue
+        parts.append(f"{e.get('method', '')} {e.get('url', '')}".strip())
+        parts.append(f"result: {e['result']}, exit status {e['exit_status']}, at {e['time']}")
+        lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
+        parts += [f"> {line[:200]}" for line in lines]
+    text = "\n\n".join(parts)
+    return title, text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n\n(truncated)"
+
+
+def deliver(channel: Channel, events: list[dict], log: Callable[[str], None] = print,
+            sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Send one message, a few tries with backoff; never loops forever; never logs the token."""
+    import requests
+
+    title, text = format_events(events)
+    for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+        outbound = build_outbound(channel, title, text, events[-1], time.time())
+        try:
+            response = requests.post(outbound.url, params=outbound.params, json=outbound.json,
+                                     headers=outbound.headers, timeout=10)
+            ok, detail = accepted(outbound, response.status_code, response.content)
+        except requests.RequestException as error:
+            ok, detail = False, describe_error(error)
+        log(f"alert via {channel.name} ({channel.type}), attempt {attempt}/{DELIVERY_ATTEMPTS}: "
+            f"{'accepted' if ok else 'not accepted'} ({detail})")
+        if ok:
+            return True
+        if attempt < DELIVERY_ATTEMPTS:
+            sleep(2.0 * attempt)
+    return False
+
+
+class Coalescer:
+    """Per channel, at most RATE_LIMIT messages per RATE_WINDOW; a burst beyond that is merged.
+
+    Each alert queues its event in `state_dir`. Under the limit an alert sends its own event
+    (with any left behind by an earlier failed delivery). Over it, alerts wait for the window;
+    the first to get through sends every queued event as one message, and the others find
+    theirs already sent. A failed delivery leaves the event queued for the next alert to
+    carry: nothing is lost, and nothing loops.
+    """
+
+    def __init__(self, state_dir: str, channel: str, now=time.time, sleep=time.sleep):
+        self.dir = os.path.join(state_dir, "queue", channel)
+        self.sent_log = os.path.join(state_dir, f"{channel}.sent")
+        self.lock_path = os.path.join(state_dir, f"{channel}.lock")
+        self.now, self.sleep = now, sleep
+        os.makedirs(self.dir, exist_ok=True)
+
+    def enqueue(self, event: dict) -> str:
+        name = f"{self.now():.6f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        path = os.path.join(self.dir, name)
+        with open(path + ".tmp", "w") as handle:
+            json.dump(event, handle)
+        os.rename(path + ".tmp", path)
+        return name
+
+    def _recent_sends(self) -> list[float]:
+        try:
+            with open(self.sent_log) as handle:
+                stamps = [float(x) for x in handle.read().split()]
+        except (OSError, ValueError):
+            stamps = []
+        return [t for t in stamps if t > self.now() - RATE_WINDOW]
+
+    def _batch(self, mine: str, waited: bool) -> list[str]:
+        queued = sorted(p for p in os.listdir(self.dir) if p.endswith(".json"))
+        if waited:
+            return queued
+        orphaned = self.now() - RATE_WINDOW - 180  # older than any live alert: its owner gave up
+        return [p for p in queued if p == mine or float(p.split("-", 1)[0]) < orphaned]
+
+    def run(self, mine: str, send: Callable[[list[dict]], bool], give_up_after: float = 120.0) -> bool:
+        import fcntl
+
+        deadline = self.now() + give_up_after
+        waited = False
+        while True:
+            with open(self.lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not os.path.exists(os.path.join(self.dir, mine)):
+                    return True  # sent by another alert, merged into its message
+                recent = self._recent_sends()
+                if len(recent) < RATE_LIMIT:
+                    batch = self._batch(mine, waited)
+                    events = []
+                    for name in batch:
+                        with open(os.path.join(self.dir, name)) as handle:
+                            events.append(json.load(handle))
+                    if not send(events):
+                        return False
+                    for name in batch:
+                        os.unlink(os.path.join(self.dir, name))
+                    with open(self.sent_log, "w") as handle:
+                        handle.write(" ".join(f"{t:.3f}" for t in recent + [self.now()]))
+                    return True
+                wait = min(recent) + RATE_WINDOW - self.now()
+            if self.now() + wait > deadline:
+                return False
+            waited = True
+            self.sleep(max(wait, 0.1))
+
+
+def failed_run_event(job: str, host: str) -> dict:
+    """What the OnFailure= unit knows: systemd's $MONITOR_* and the run's journal lines."""
+    import subprocess
+
+    invocation = os.environ.get("MONITOR_INVOCATION_ID", "")
+    lines: list[str] = []
+    if invocation:
+        result = subprocess.run(
+            ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}", "+",
+             f"INVOCATION_ID={invocation}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            universal_newlines=True)
+        lines = [line for line in result.stdout.splitlines() if line.strip()][-MAX_LINES:]
+    method, url = job_request(job)
+    return {"kind": "failed", "job": job, "host": host, "method": method, "url": url,
+            "result": os.environ.get("MONITOR_SERVICE_RESULT", "unknown"),
+            "exit_status": os.environ.get("MONITOR_EXIT_STATUS", "?"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "invocation": invocation, "lines": lines}
+
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+def job_request(job: str) -> tuple[str, str]:
+    """METHOD and URL from the job unit's Description= (rendered by the deployer: 'deployer job
+    NAME: METHOD URL', with % doubled)."""
+    try:
+        with open(os.path.join(UNIT_DIR, f"deployer-{job}.service"), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("Description=deployer job ") and ": " in line:
+                    method, _, url = line.split(": ", 1)[1].strip().partition(" ")
+                    return method, redact_url(url.replace("%%", "%"))
+    except OSError:
+        pass
+    return "", "(unknown)"
+
+
+def read_credential(name: str) -> str:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return ""
+    try:
+        with open(os.path.join(directory, name), encoding="utf-8") as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def alert_main(args) -> int:
+    channel = Channel(name=args.channel, type=args.type, token=read_credential("token"),
+                      secret=read_credential("secret"), endpoint=args.endpoint or "")
+    event = failed_run_event(args.job, args.host_name)
+    print(f"job {args.job} failed ({event['result']}, exit status {event['exit_status']}); "
+          f"alerting via {channel.name}", flush=True)
+    state = os.environ.get("STATE_DIRECTORY") or "/tmp"
+    coalescer = Coalescer(state, channel.name)
+    mine = coalescer.enqueue(event)
+    delivered = coalescer.run(mine, lambda events: deliver(channel, events, log=lambda l: print(l, flush=True)))
+    if not delivered:
+        print("alert not delivered; it stays queued and goes out with the next alert", flush=True)
+    return EXIT_OK if delivered else EXIT_FAILED
+
+
 # --- command line -------------------------------------------------------------------------
 
 
@@ -251,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trigger", allow_abbrev=False,
         description="Call a job's HTTP endpoint, judge the response, exit 0 on success, 1 on failure.",
     )
-    parser.add_argument("-url", "--url", required=True, help="the job endpoint")
-    parser.add_argument("-token", "--token", help="DingTalk robot token to alert on failure "
-                        "(original recipe; visible in process lists, units use credentials)")
+    parser.add_argument("-url", "--url", help="the job endpoint (required unless --alert)")
+    parser.add_argument("-token", "--token", help="DingTalk robot token to alert on failure (the "
+                        "original recipe; visible in process lists: installed units use credentials)")
     parser.add_argument("--job", default="job", help="job name, sent as X-Deployer-Job")
     parser.add_argument("--method", default="POST")
     parser.add_argument("--timeout", type=parse_duration, default=60.0,
@@ -261,47 +554,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=int, default=0, help="extra attempts after a failure")
     parser.add_argument("--expect-status", default="2xx")
     parser.add_argument("--expect-json", default="")
+    parser.add_argument("--resolution", type=int, default=60,
+                        help="seconds the nominal time is floored to (60 for cron schedules)")
+    parser.add_argument("--ping-url", help="Healthchecks-style heartbeat: /start, then success or /fail")
+    alert = parser.add_argument_group("alert mode (run by a job's OnFailure= unit)")
+    alert.add_argument("--alert", action="store_true", help="report the failed run of --job")
+    alert.add_argument("--channel", help="alert channel name")
+    alert.add_argument("--type", choices=["dingtalk", "wecom", "feishu", "slack", "webhook"])
+    alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
+    alert.add_argument("--host-name", default=os.uname().nodename)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.alert:
+        if not (args.channel and args.type):
+            parser.error("--alert needs --channel and --type")
+        return alert_main(args)
+    if not args.url:
+        parser.error("the following arguments are required: -url/--url")
     try:
         spec = JobSpec(
             name=args.job, url=args.url, method=args.method.upper(), timeout=args.timeout,
             retries=max(args.retries, 0),
             expect_status=parse_expect_status(args.expect_status),
-            expect_json=parse_expect_json(args.expect_json),
+            expect_json=parse_expect_json(args.expect_json), resolution=args.resolution,
         )
     except RuleError as error:
         parser.error(str(error))
-    verdict = run_job(spec, log=lambda line: print(line, flush=True))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    ping(args.ping_url, "/start", log)
+    verdict = run_job(spec, log=log)
+    ping(args.ping_url, "" if verdict.ok else "/fail", log)
     if verdict.ok:
         print(f"job {spec.name}: ok ({verdict.reason})", flush=True)
         return EXIT_OK
     print(f"job {spec.name}: FAILED ({verdict.reason})", flush=True)
-    if args.token:
-        send_dingtalk_text(args.token, f"job {spec.name} failed: {spec.method} "
-                           f"{redact_url(spec.url)}: {verdict.reason}")
+    if args.token:  # the original recipe: alert the DingTalk robot with this token
+        event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
+                 "url": redact_url(spec.url), "result": verdict.reason, "exit_status": EXIT_FAILED,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
+        deliver(Channel("recipe", "dingtalk", token=args.token, endpoint=args.endpoint or ""), [event], log=log)
     return EXIT_FAILED
 
 
-def send_dingtalk_text(token: str, text: str,
-                       endpoint: str = "https://oapi.dingtalk.com/robot/send") -> bool:
-    """The original recipe's alert: a text message to a DingTalk robot; judged by errcode."""
+def ping(url: Optional[str], suffix: str, log: Callable[[str], None]) -> None:
+    """Tell an outside monitor (Healthchecks-style) that a run started, succeeded or failed;
+    a host that stops running timers is then noticed by what it no longer sends."""
+    if not url:
+        return
     import requests
 
     try:
-        response = requests.post(endpoint, params={"access_token": token}, timeout=10,
-                                 json={"msgtype": "text", "text": {"content": text}})
-        ok = response.status_code == 200 and response.json().get("errcode") == 0
-    except (requests.RequestException, ValueError) as error:
-        print(f"alert to DingTalk failed: {type(error).__name__}", flush=True)
-        return False
-    if not ok:
-        print(f"alert to DingTalk refused: HTTP {response.status_code}", flush=True)
-    return ok
+        requests.get(url.rstrip("/") + suffix, timeout=5)
+    except requests.RequestException as error:
+        log(f"ping {suffix or 'success'} to {redact_url(url)} failed: {describe_error(error)}")
 
 
 if __name__ == "__main__":

@@ -42,12 +42,12 @@ def managed_files(request):
                 content = handle.read()
             if content.startswith(MARKER):
                 found[path] = hashlib.sha256(content).hexdigest()
-    lib_dir = request["lib_dir"]
-    if os.path.isdir(lib_dir):
-        for name in sorted(os.listdir(lib_dir)):
-            path = os.path.join(lib_dir, name)
-            if os.path.isfile(path):
-                found[path] = sha256(path)
+    for directory in (request["lib_dir"], request["credentials_dir"]):
+        if os.path.isdir(directory):
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                if os.path.isfile(path):
+                    found[path] = sha256(path)
     return found
 
 
@@ -98,7 +98,11 @@ def staging_path(path):
 
 def write_staged(path, content, mode):
     staged = staging_path(path)
-    os.makedirs(os.path.dirname(staged), mode=0o755, exist_ok=True)
+    # A directory holding secrets (mode 0600 files) is itself closed to others.
+    private = mode & 0o077 == 0
+    os.makedirs(os.path.dirname(staged), mode=0o700 if private else 0o755, exist_ok=True)
+    if private:
+        os.chmod(os.path.dirname(path), 0o700)
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)

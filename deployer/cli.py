@@ -100,11 +100,11 @@ def validate(inventory_path):
 @inventory_option
 @click.option("--out", type=click.Path(file_okay=False), help="Write the units into DIR instead of stdout.")
 def render(inventory_path, out):
-    """Show (or write) the unit files push would install, for every job."""
-    from .render import render_units
+    """Show (or write) the unit files push would install, for every job (credentials never)."""
+    from .render import host_files
 
     inv = Options(inventory_path).inventory()
-    files = [f for host in inv.hosts for f in render_units(inv.jobs_for(host.name), host.python)]
+    files = [f for host in inv.hosts for f in host_files(inv, host.name) if not f.secret]
     if out:
         os.makedirs(out, exist_ok=True)
         for f in files:

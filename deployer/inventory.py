@@ -342,10 +342,10 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
     kind = values["type"]
-    if kind in ("dingtalk", "wecom", "feishu") and not values.get("token") and not report.has(section, "token"):
+    if kind != "webhook" and not values.get("token") and not report.has(section, "token"):
         report.add(section, "token", f"is required for type = {kind}")
-    if kind in ("slack", "webhook") and not values.get("endpoint") and not report.has(section, "endpoint"):
-        report.add(section, "endpoint", f"is required for type = {kind}")
+    if kind == "webhook" and not values.get("endpoint") and not report.has(section, "endpoint"):
+        report.add(section, "endpoint", "is required for type = webhook")
     if values.get("secret") and kind not in ("dingtalk", "feishu"):
         report.add(section, "secret", f"signing is only for dingtalk and feishu, not {kind}")
     return Alert(name=title, type=kind, token=values.get("token", Secret("")),

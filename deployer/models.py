@@ -81,6 +81,7 @@ class ManagedFile:
     path: str
     content: bytes
     mode: int = 0o644
+    secret: bool = False  # a credential: never shown in a diff or a log
 
     @property
     def name(self) -> str:

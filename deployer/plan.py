@@ -38,11 +38,12 @@ def render_diff(plan: Plan, state: RemoteState) -> str:
     """A unified diff per file, as `git diff` would show it; binary files by name only."""
     out: list[str] = []
     for f in plan.add:
-        out.append(f"+ {f.path}\n")
-        out += _unified([], _text(f.content), f.path)
+        out.append(f"+ {f.path}" + (" (secret, not shown)\n" if f.secret else "\n"))
+        if not f.secret:
+            out += _unified([], _text(f.content), f.path)
     for f in plan.change:
-        out.append(f"~ {f.path}\n")
-        if f.path in state.contents:
+        out.append(f"~ {f.path}" + (" (secret, not shown)\n" if f.secret else "\n"))
+        if f.path in state.contents and not f.secret:
             out += _unified(_text(state.contents[f.path]), _text(f.content), f.path)
     for path in plan.remove:
         out.append(f"- {path}\n")

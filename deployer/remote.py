@@ -18,9 +18,10 @@ from typing import Any, Optional
 from . import systemd
 from .errors import RemoteCommandError, RemoteError
 from .models import Host, Plan, RemoteState
-from .render import LIB_DIR, UNIT_DIR
+from .render import CREDENTIALS_DIR, LIB_DIR, UNIT_DIR
 
-LAYOUT = {"unit_dir": UNIT_DIR, "lib_dir": LIB_DIR, "unit_prefix": systemd.UNIT_PREFIX}
+LAYOUT = {"unit_dir": UNIT_DIR, "lib_dir": LIB_DIR, "credentials_dir": CREDENTIALS_DIR,
+          "unit_prefix": systemd.UNIT_PREFIX}
 CONNECT_TIMEOUT = 15
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Iterable
 
 from . import systemd
-from .models import Inventory, Job, ManagedFile
+from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import job_oncalendar
 
 UNIT_DIR = "/etc/systemd/system"
 LIB_DIR = "/var/lib/deployer/lib"
 TRIGGER_PATH = f"{LIB_DIR}/trigger.pyz"
+CREDENTIALS_DIR = "/etc/deployer/credentials"
 
 
 def templates_dir() -> Path:
@@ -50,7 +51,34 @@ def trigger_argv(job: Job, python: str) -> list[str]:
             "--expect-status", job.expect_status]
     if job.expect_json:
         argv += ["--expect-json", job.expect_json]
+    if job.ping_url:
+        argv += ["--ping-url", job.ping_url]
+    if job.schedule is None:
+        argv += ["--resolution", "1"]  # native calendars may fire every second
     return argv
+
+
+def alert_argv(alert: Alert, host: Host) -> list[str]:
+    argv = [host.python, TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
+            "--host-name", host.name, "--job", systemd.Specifier("%i")]
+    if alert.endpoint:
+        argv += ["--endpoint", alert.endpoint]
+    return argv
+
+
+def credential_files(alert: Alert) -> tuple[ManagedFile, ...]:
+    """Root-only files that systemd hands to the alert unit with LoadCredential=."""
+    return tuple(ManagedFile(f"{CREDENTIALS_DIR}/{alert.name}.{kind}", value.encode(), 0o600, secret=True)
+                 for kind, value in (("token", alert.token), ("secret", alert.secret)) if value)
+
+
+def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
+    """The channel's OnFailure= handler template and its credentials."""
+    credentials = credential_files(alert)
+    text = _environment().get_template("alert.service.j2").render(
+        alert=alert, marker=systemd.MARKER, argv=alert_argv(alert, host),
+        credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
+    return (ManagedFile(f"{UNIT_DIR}/{systemd.alert_template(alert.name)}", text.encode()),) + credentials
 
 
 def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ManagedFile]:
@@ -59,8 +87,9 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
     service = systemd.job_unit(job.name, "service")
     timer = systemd.job_unit(job.name, "timer")
     common = dict(job=job, marker=systemd.MARKER, service=service, service_name=service[:-8])
+    on_failure = systemd.alert_instance(job.alert, job.name) if job.alert else None
     service_text = env.get_template("job.service.j2").render(
-        **common, argv=trigger_argv(job, python), on_failure=None)
+        **common, argv=trigger_argv(job, python), on_failure=on_failure)
     timer_text = env.get_template("job.timer.j2").render(
         **common, calendar=job_oncalendar(job.schedule, job.on_calendar, job.timezone))
     return (ManagedFile(f"{UNIT_DIR}/{service}", service_text.encode()),
@@ -71,10 +100,17 @@ def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple
     return tuple(f for job in jobs for f in job_units(job, python))
 
 
+def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
+    """The units and credentials of one host: its jobs, and the alert channels they use."""
+    host = inventory.host(host_name)
+    jobs = inventory.jobs_for(host_name)
+    channels = sorted({j.alert for j in jobs if j.alert})
+    alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
+    return render_units(jobs, host.python) + alerts
+
+
 def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
-    """Everything `push --host` makes the host hold: its jobs' units and the trigger bundle."""
+    """Everything `push --host` makes the host hold, the trigger bundle included."""
     from .bundle import trigger_bundle
 
-    host = inventory.host(host_name)
-    units = render_units(inventory.jobs_for(host_name), host.python)
-    return units + (ManagedFile(TRIGGER_PATH, trigger_bundle()),)
+    return host_files(inventory, host_name) + (ManagedFile(TRIGGER_PATH, trigger_bundle()),)

@@ -39,11 +39,33 @@ def escape_specifiers(value: str) -> str:
     return check_no_control(value).replace("%", "%%")
 
 
+class Specifier(str):
+    """An Exec argument that must reach systemd unescaped, e.g. `%i` (the instance name)."""
+
+    def __new__(cls, value: str):
+        if not re.fullmatch(r"%[a-zA-Z]", value):
+            raise UnsafeValue(f"{value!r} is not a single systemd specifier")
+        return super().__new__(cls, value)
+
+
 def quote_exec_arg(value: str) -> str:
     """One Exec*= argument that systemd passes to the process byte for byte."""
+    if isinstance(value, Specifier):
+        return str(value)
     check_no_control(value)
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+
+
+def alert_template(channel: str) -> str:
+    """`deployer-alert-<channel>@.service`: the OnFailure= handler of every job using it."""
+    if not _UNIT_WORD.match(channel):
+        raise UnsafeValue(f"{channel!r} is not a valid unit name part")
+    return f"{UNIT_PREFIX}alert-{channel}@.service"
+
+
+def alert_instance(channel: str, job: str) -> str:
+    return alert_template(channel).replace("@.service", f"@{job}.service")
 
 
 def exec_line(argv: list[str]) -> str:

@@ -1,0 +1,111 @@
+"""Alert channels of trigger.py against chat robots on loopback; coalescing with a fake clock."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import trigger
+from tests.conftest import REPO
+from tests.httpserver import Reply
+from tests.robots import Robot, openssl_hmac_b64
+
+EVENT = {"kind": "failed", "job": "settle", "host": "cron01", "method": "POST", "url": "http://svc/settle",
+         "result": "exit-code", "exit_status": "1", "time": "2026-11-24T15:00:01+0800",
+         "lines": ["attempt 1/1: POST http://svc/settle -> 500 in 0.01s: status 500 not expected: boom"]}
+
+
+@pytest.fixture
+def robot():
+    with Robot(token="tok-1", secret="SEC-abc") as running:
+        yield running
+
+
+def test_dingtalk_signature_matches_an_independent_hmac():
+    assert trigger.dingtalk_sign("SEC", 1700000000000) == openssl_hmac_b64(b"SEC", b"1700000000000\nSEC")
+
+
+def test_feishu_signature_matches_an_independent_hmac():
+    assert trigger.feishu_sign("SEC", 1700000000) == openssl_hmac_b64(b"1700000000\nSEC", b"")
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "wecom", "feishu", "slack", "webhook"])
+def test_each_channel_is_accepted_by_its_robot(robot, kind):
+    secret = robot.secret if kind in ("dingtalk", "feishu") else ""
+    channel = trigger.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    assert trigger.deliver(channel, [EVENT], log=lambda _: None)
+    message = robot.accepted[0]
+    assert "settle" in json.dumps(message) and "cron01" in json.dumps(message)
+    assert robot.refused == []
+
+
+def test_a_wrong_secret_is_refused_even_though_dingtalk_answers_200(robot):
+    channel = trigger.Channel("ops", "dingtalk", token=robot.token, secret="wrong", endpoint=robot.endpoint("dingtalk"))
+    lines: list[str] = []
+    assert not trigger.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
+    assert robot.refused == ["sign not match"] * trigger.DELIVERY_ATTEMPTS
+    assert "errcode 310000" in lines[-1]
+    assert all("wrong" not in line and robot.token not in line for line in lines), "secrets in a log line"
+
+
+def test_delivery_failure_is_retried_a_little_then_given_up():
+    with Robot() as robot:
+        robot.routes["/robot/send"] = Reply(502, b"bad gateway")
+        pauses: list[float] = []
+        channel = trigger.Channel("ops", "dingtalk", token="t", endpoint=robot.endpoint("dingtalk"))
+        assert not trigger.deliver(channel, [EVENT], log=lambda _: None, sleep=pauses.append)
+        assert len(robot.received("/robot/send")) == trigger.DELIVERY_ATTEMPTS and pauses == [2.0, 4.0]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_000_000.0
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += seconds
+
+
+def test_a_burst_beyond_the_rate_limit_is_merged_not_dropped(tmp_path):
+    clock = Clock()
+    sent: list[list[dict]] = []
+    coalescer = trigger.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    for i in range(trigger.RATE_LIMIT):
+        mine = coalescer.enqueue({**EVENT, "job": f"job{i}"})
+        assert coalescer.run(mine, lambda events: sent.append(events) or True)
+    late = [coalescer.enqueue({**EVENT, "job": f"late{i}"}) for i in range(5)]
+
+    assert coalescer.run(late[0], lambda events: sent.append(events) or True)
+    assert all(coalescer.run(m, lambda events: sent.append(events) or True) for m in late[1:])
+
+    assert [len(batch) for batch in sent] == [1] * trigger.RATE_LIMIT + [5]
+    assert clock.t >= 1_000_000.0 + trigger.RATE_WINDOW
+    title, text = trigger.format_events(sent[-1])
+    assert title == "deployer: 5 job runs failed on cron01" and "late4" in text
+
+
+def test_a_failed_delivery_stays_queued_and_goes_out_with_the_next_alert(tmp_path):
+    clock = Clock()
+    coalescer = trigger.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    first = coalescer.enqueue({**EVENT, "job": "first"})
+    assert not coalescer.run(first, lambda events: False)
+    clock.t += trigger.RATE_WINDOW + 200
+    sent: list[list[dict]] = []
+    second = coalescer.enqueue({**EVENT, "job": "second"})
+    assert coalescer.run(second, lambda events: sent.append(events) or True)
+    assert [e["job"] for e in sent[0]] == ["first", "second"]
+
+
+def test_original_recipe_alerts_dingtalk_with_the_token(server):
+    server.routes["/down"] = Reply(500, b"down")
+    with Robot(token="recipe-token") as robot:
+        result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "-url", server.url("/down"),
+                                 "-token", "recipe-token", "--endpoint", robot.endpoint("dingtalk")],
+                                capture_output=True, text=True)
+        assert result.returncode == 1
+        assert len(robot.accepted) == 1
+        assert "FAILED" in robot.accepted[0]["markdown"]["title"]
