@@ -516,10 +516,21 @@ def read_credential(name: str) -> str:
 def alert_main(args) -> int:
     channel = Channel(name=args.channel, type=args.type, token=read_credential("token"),
                       secret=read_credential("secret"), endpoint=args.endpoint or "")
-    event = failed_run_event(args.job, args.host_name)
-    print(f"job {args.job} failed ({event['result']}, exit status {event['exit_status']}); "
-          f"alerting via {channel.name}", flush=True)
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
+    failing = os.path.join(state, "failing", args.job)
+    if args.recovered:
+        if not os.path.exists(failing):
+            return EXIT_OK
+        os.unlink(failing)
+        event = {"kind": "recovered", "job": args.job, "host": args.host_name,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        print(f"job {args.job} succeeded after failing; telling {channel.name}", flush=True)
+    else:
+        event = failed_run_event(args.job, args.host_name)
+        os.makedirs(os.path.dirname(failing), exist_ok=True)
+        open(failing, "w").close()
+        print(f"job {args.job} failed ({event['result']}, exit status {event['exit_status']}); "
+              f"alerting via {channel.name}", flush=True)
     coalescer = Coalescer(state, channel.name)
     mine = coalescer.enqueue(event)
     delivered = coalescer.run(mine, lambda events: deliver(channel, events, log=lambda l: print(l, flush=True)))
@@ -559,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-url", help="Healthchecks-style heartbeat: /start, then success or /fail")
     alert = parser.add_argument_group("alert mode (run by a job's OnFailure= unit)")
     alert.add_argument("--alert", action="store_true", help="report the failed run of --job")
+    alert.add_argument("--recovered", action="store_true", help="with --alert: report that --job "
+                       "succeeded after failing (run by OnSuccess=)")
     alert.add_argument("--channel", help="alert channel name")
     alert.add_argument("--type", choices=["dingtalk", "wecom", "feishu", "slack", "webhook"])
     alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")

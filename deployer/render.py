@@ -14,6 +14,8 @@ UNIT_DIR = "/etc/systemd/system"
 LIB_DIR = "/var/lib/deployer/lib"
 TRIGGER_PATH = f"{LIB_DIR}/trigger.pyz"
 CREDENTIALS_DIR = "/etc/deployer/credentials"
+# Where alert units (DynamicUser, StateDirectory=deployer-alerts) mark jobs that are failing.
+FAILING_DIR = "/var/lib/private/deployer-alerts/failing"
 
 
 def templates_dir() -> Path:
@@ -58,9 +60,11 @@ def trigger_argv(job: Job, python: str) -> list[str]:
     return argv
 
 
-def alert_argv(alert: Alert, host: Host) -> list[str]:
+def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
     argv = [host.python, TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
             "--host-name", host.name, "--job", systemd.Specifier("%i")]
+    if recovered:
+        argv.append("--recovered")
     if alert.endpoint:
         argv += ["--endpoint", alert.endpoint]
     return argv
@@ -75,10 +79,15 @@ def credential_files(alert: Alert) -> tuple[ManagedFile, ...]:
 def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     """The channel's OnFailure= handler template and its credentials."""
     credentials = credential_files(alert)
-    text = _environment().get_template("alert.service.j2").render(
-        alert=alert, marker=systemd.MARKER, argv=alert_argv(alert, host),
-        credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
-    return (ManagedFile(f"{UNIT_DIR}/{systemd.alert_template(alert.name)}", text.encode()),) + credentials
+    template = _environment().get_template("alert.service.j2")
+    units = []
+    for recovered, name in ((False, systemd.alert_template(alert.name)),
+                            (True, systemd.recovery_template(alert.name))):
+        text = template.render(alert=alert, marker=systemd.MARKER, argv=alert_argv(alert, host, recovered),
+                               recovered=recovered, failing_dir=FAILING_DIR,
+                               credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
+        units.append(ManagedFile(f"{UNIT_DIR}/{name}", text.encode()))
+    return tuple(units) + credentials
 
 
 def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ManagedFile]:
@@ -87,9 +96,10 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
     service = systemd.job_unit(job.name, "service")
     timer = systemd.job_unit(job.name, "timer")
     common = dict(job=job, marker=systemd.MARKER, service=service, service_name=service[:-8])
-    on_failure = systemd.alert_instance(job.alert, job.name) if job.alert else None
     service_text = env.get_template("job.service.j2").render(
-        **common, argv=trigger_argv(job, python), on_failure=on_failure)
+        **common, argv=trigger_argv(job, python),
+        on_failure=systemd.alert_instance(job.alert, job.name) if job.alert else None,
+        on_success=systemd.recovery_instance(job.alert, job.name) if job.alert else None)
     timer_text = env.get_template("job.timer.j2").render(
         **common, calendar=job_oncalendar(job.schedule, job.on_calendar, job.timezone))
     return (ManagedFile(f"{UNIT_DIR}/{service}", service_text.encode()),

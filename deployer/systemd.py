@@ -64,8 +64,17 @@ def alert_template(channel: str) -> str:
     return f"{UNIT_PREFIX}alert-{channel}@.service"
 
 
+def recovery_template(channel: str) -> str:
+    """`deployer-recovery-<channel>@.service`: the OnSuccess= handler (sends "recovered")."""
+    return alert_template(channel).replace("-alert-", "-recovery-", 1)
+
+
 def alert_instance(channel: str, job: str) -> str:
     return alert_template(channel).replace("@.service", f"@{job}.service")
+
+
+def recovery_instance(channel: str, job: str) -> str:
+    return recovery_template(channel).replace("@.service", f"@{job}.service")
 
 
 def exec_line(argv: list[str]) -> str:

@@ -129,7 +129,7 @@ def test_trigger_and_alert_units_rate_2_or_better_in_systemd_analyze_security(cr
                                                                                write_inventory):
     path = write_inventory(alert_inventory(cron01, robot, server, job("safe", server.url("/x"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
-    for unit in ("deployer-safe.service", "deployer-alert-ops@safe.service"):
+    for unit in ("deployer-safe.service", "deployer-alert-ops@safe.service", "deployer-recovery-ops@safe.service"):
         report = cron01.ssh(f"systemd-analyze security --no-pager {unit}").stdout
         exposure = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report).group(1))
         assert exposure <= 2.0, f"{unit}: {exposure}\n{report}"
@@ -147,3 +147,23 @@ def test_ping_url_gets_start_then_success_or_fail(cron01, server, robot, deploye
     deployer("run", "b", "-i", path, env=SECRETS_ENV, check=False)
     order = [r.path for r in server.requests]
     assert order == ["/hc/a/start", "/ok", "/hc/a", "/hc/b/start", "/bad", "/hc/b/fail"]
+
+
+def test_a_job_that_succeeds_after_failing_sends_one_recovered_notice(cron01, server, robot, deployer,
+                                                                       write_inventory):
+    answers = iter([Reply(500, b"down"), json_reply({"code": 0}), json_reply({"code": 0})])
+    server.routes["/flip"] = lambda request: next(answers)
+    path = write_inventory(alert_inventory(cron01, robot, server, job("flip", server.url("/flip"))))
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+
+    deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=False)
+    robot.wait_accepted(1)
+    wait_alert_units_idle(cron01)
+    deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=True)
+    robot.wait_accepted(2)
+    wait_alert_units_idle(cron01)
+    deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=True)
+    wait_alert_units_idle(cron01)
+
+    assert [m["markdown"]["title"] for m in robot.accepted] == [
+        "deployer: job flip FAILED on cron01", "deployer: job flip recovered on cron01"]

@@ -169,3 +169,18 @@ def test_accept_new_trusts_first_key_then_refuses_a_changed_one(cron01, deployer
 
     assert changed.returncode == 1
     assert "CHANGED" in changed.stderr
+
+
+def test_an_odd_but_legal_url_reaches_the_service_unchanged(cron01, server, deployer, write_inventory):
+    import requests
+
+    odd = server.url("/odd/a%20b/$x;y$$z%%i?q='\"&z=\\é&p=%2F")
+    sent = requests.Request("POST", odd).prepare().path_url  # what requests sends for this exact string
+    server.routes[sent.split("?")[0]] = json_reply({"code": 0})
+    path = write_inventory(cron01.inventory_host() + f"[job:odd]\nschedule = 0 3 * * *\nurl = {odd}\n")
+    deployer("push", "-i", path, check=True)
+
+    ran = deployer("run", "odd", "-i", path, check=True)
+
+    assert server.received(sent.split("?")[0])[0].path == sent
+    assert f"POST {odd} -> 200" in ran.stdout, "the trigger must have been given the URL byte for byte"
