@@ -147,12 +147,21 @@ def op_apply(request):
             raise
         # Services before timers, so that no timer ever points at a missing service.
         order = sorted(staged, key=lambda p: (p.startswith(unit_dir + "/"), p.endswith(".timer"), p))
-        added_timers = [unit_name(p) for p in order if p.endswith(".timer") and p not in current]
-        changed_timers = [unit_name(p) for p in order if p.endswith(".timer") and p in current]
+        starts = {item["path"]: item.get("start", True) for item in writes}
+        timers = [p for p in order if p.endswith(".timer")]
+        added_timers = [unit_name(p) for p in timers if p not in current]
+        changed_timers = [unit_name(p) for p in timers if p in current]
+        boot_only = {unit_name(p) for p in timers if not starts[p]}
         removed_timers = [unit_name(p) for p in removes if p.endswith(".timer")]
         if removed_timers:
             # Stop the timers only: a run already in progress finishes, it is not killed.
             systemctl("--no-reload", "disable", "--now", *removed_timers)
+        if changed_timers:
+            # systemd issue 16732: with a new OnCalendar= whose next time after the last trigger
+            # is already past, a persistent timer fires at once on reload. Forget the last
+            # trigger of a changed timer, so that it next fires on its new schedule.
+            systemctl("stop", *changed_timers)
+            systemctl("clean", "--what=state", *changed_timers, check=False)
         for path in order:
             os.rename(staged[path], path)
         for path in sorted(removes, key=lambda p: not p.endswith(".timer")):
@@ -161,11 +170,13 @@ def op_apply(request):
         if units_touched:
             systemctl("daemon-reload")
         if added_timers:
-            systemctl("--no-reload", "enable", "--now", *added_timers)
-        if changed_timers:
-            systemctl("restart", *changed_timers)
-        return {"reloaded": units_touched, "started": added_timers,
-                "restarted": changed_timers, "stopped": removed_timers}
+            systemctl("--no-reload", "enable", *added_timers)
+        to_start = [t for t in added_timers + changed_timers if t not in boot_only]
+        if to_start:
+            systemctl("start", *to_start)
+        return {"reloaded": units_touched, "started": [t for t in added_timers if t not in boot_only],
+                "restarted": [t for t in changed_timers if t not in boot_only], "stopped": removed_timers,
+                "enabled_for_boot": sorted(boot_only)}
     finally:
         held.close()
 

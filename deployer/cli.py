@@ -82,18 +82,80 @@ def main():
     """
 
 
+def _local(moment, zone: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo(zone)).isoformat()
+
+
 @main.command(epilog=EPILOG)
 @inventory_option
-def validate(inventory_path):
-    """Check the inventory offline; list every problem (file, section, key)."""
-    from .schedule import job_oncalendar
+@click.option("--count", type=click.IntRange(0, 100), default=2, show_default=True,
+              help="How many next runs to show per job.")
+def validate(inventory_path, count):
+    """Check the inventory offline; list every problem (file, section, key).
+
+    When it is valid, shows each job's host, calendar and next runs, computed by
+    this machine's systemd from the exact lines its timer will hold.
+    """
+    from .schedule import next_runs_many, to_calendar
 
     inv = Options(inventory_path).inventory()
-    for job in inv.jobs:
-        calendar = " | ".join(job_oncalendar(job.schedule, job.on_calendar, job.timezone))
-        click.echo(f"{job.name:<24} {job.host:<12} {calendar}")
+    calendars = [to_calendar(j.schedule, j.on_calendar, j.timezone) for j in inv.jobs]
+    runs = next_runs_many([c.lines for c in calendars], count)
+    for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
+        when = "at boot" if calendar.on_boot else ", ".join(_local(t, calendar.timezone) for t in upcoming)
+        click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
+        if count:
+            click.echo(f"    next: {when or 'never'}")
     click.echo(f"{inventory_path}: ok ({len(inv.hosts)} hosts, {len(inv.alerts)} alerts, "
                f"{len(inv.jobs)} jobs)")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("expression")
+@click.option("--timezone", "zone", default="UTC", show_default=True, help="IANA zone the schedule is in.")
+@click.option("--count", type=click.IntRange(0, 1000), default=5, show_default=True)
+@json_option
+def schedule(expression, zone, count, as_json):
+    """The OnCalendar= lines for a cron, Quartz or systemd calendar EXPRESSION, and its next runs.
+
+    EXPRESSION: 5 fields (cron, Debian semantics: day-of-month and day-of-week are OR-ed
+    when both are restricted), a @macro (@hourly ... @reboot), `CRON_TZ=Zone <cron>`,
+    6 or 7 fields (Quartz: seconds first, `?`, L, W, #), or a native systemd calendar
+    ("Mon..Fri *-*-* 09:00"). Next runs are computed by systemd from the lines shown.
+    """
+    from .schedule import check_calendar_lines, next_runs, to_calendar
+
+    _check_zone_option(zone)
+    fields = len(expression.split())
+    cron_like = expression.strip().startswith("@") or fields >= 5 or "TZ=" in expression
+    calendar = to_calendar(expression if cron_like else None, () if cron_like else (expression,), zone)
+    refused = check_calendar_lines(list(calendar.lines))
+    if refused:
+        raise DeployerError(f"systemd cannot parse {expression!r}: {next(iter(refused.values()))}")
+    upcoming = [_local(t, calendar.timezone) for t in next_runs(calendar.lines, count)]
+    if as_json:
+        document = {"oncalendar": list(calendar.lines), "next": upcoming, "timezone": calendar.timezone}
+        if calendar.on_boot:
+            document["on_boot"] = True
+        click.echo(json.dumps(document, indent=2))
+        return
+    for line in calendar.lines:
+        click.echo(f"OnCalendar={line}")
+    if calendar.on_boot:
+        click.echo("OnBootSec=0    (runs once at every boot)")
+    for moment in upcoming:
+        click.echo(f"  {moment}")
+
+
+def _check_zone_option(zone: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(zone)
+    except (ValueError, KeyError, OSError):
+        raise click.BadParameter(f"{zone!r} is not an IANA time zone", param_hint="--timezone") from None
 
 
 @main.command(epilog=EPILOG)

@@ -13,7 +13,7 @@ import trigger
 
 from .errors import InventoryError, Problem, ScheduleError
 from .models import Alert, Host, Inventory, Job, Secret
-from .schedule import cron_to_oncalendar
+from .schedule import check_calendar_lines, to_calendar
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -335,9 +335,23 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
             report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, known))
     jobs = [j for j in (_job(s, t, v, defaults, hosts, alert_names, report)
                         for s, t, v in job_sections) if j]
+    _check_native_calendars(jobs, report)
     if report.problems:
         raise InventoryError(report.problems)
     return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs))
+
+
+def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
+    """systemd itself judges on_calendar lines (one local systemd-analyze call for all)."""
+    lines = {(job.name, line): to_calendar(None, (line,), job.timezone).lines[0]
+             for job in jobs for line in job.on_calendar}
+    try:
+        refused = check_calendar_lines(sorted(set(lines.values())))
+    except ScheduleError:
+        return  # no systemd-analyze here: the host's `systemd-analyze verify` will judge them
+    for (job, line), zoned in lines.items():
+        if zoned in refused:
+            report.add(f"job:{job}", "on_calendar", f"systemd cannot parse {line!r}")
 
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
@@ -377,7 +391,7 @@ def _job(section, title, values, defaults, hosts, alert_names, report) -> Option
     zone = merged.get("timezone", "UTC")
     if "schedule" in merged:
         try:
-            cron_to_oncalendar(merged["schedule"], zone)
+            to_calendar(merged["schedule"], (), zone)
         except ScheduleError as error:
             report.add(section, "schedule", str(error))
             ok = False

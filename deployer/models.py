@@ -82,6 +82,7 @@ class ManagedFile:
     content: bytes
     mode: int = 0o644
     secret: bool = False  # a credential: never shown in a diff or a log
+    start: bool = True  # for a timer: start it on push (a boot-only timer would fire at once)
 
     @property
     def name(self) -> str:

@@ -146,8 +146,8 @@ def read_state(connection, contents: bool = False) -> RemoteState:
 
 def apply(connection, plan: Plan, state: RemoteState) -> dict:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile."""
-    writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode}
-              for f in plan.add + plan.change]
+    writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode,
+               "start": f.start} for f in plan.add + plan.change]
     return call_agent(connection, "apply", write=writes, remove=list(plan.remove), expect=state.files)
 
 

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from . import systemd
 from .models import Alert, Host, Inventory, Job, ManagedFile
-from .schedule import job_oncalendar
+from .schedule import to_calendar
 
 UNIT_DIR = "/etc/systemd/system"
 LIB_DIR = "/var/lib/deployer/lib"
@@ -55,8 +55,8 @@ def trigger_argv(job: Job, python: str) -> list[str]:
         argv += ["--expect-json", job.expect_json]
     if job.ping_url:
         argv += ["--ping-url", job.ping_url]
-    if job.schedule is None:
-        argv += ["--resolution", "1"]  # native calendars may fire every second
+    if job.schedule is None or len(job.schedule.split()) >= 6:
+        argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
     return argv
 
 
@@ -100,10 +100,10 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
         **common, argv=trigger_argv(job, python),
         on_failure=systemd.alert_instance(job.alert, job.name) if job.alert else None,
         on_success=systemd.recovery_instance(job.alert, job.name) if job.alert else None)
-    timer_text = env.get_template("job.timer.j2").render(
-        **common, calendar=job_oncalendar(job.schedule, job.on_calendar, job.timezone))
+    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+    timer_text = env.get_template("job.timer.j2").render(**common, calendar=calendar)
     return (ManagedFile(f"{UNIT_DIR}/{service}", service_text.encode()),
-            ManagedFile(f"{UNIT_DIR}/{timer}", timer_text.encode()))
+            ManagedFile(f"{UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot))
 
 
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:

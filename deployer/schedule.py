@@ -120,7 +120,7 @@ def parse_cron(expression: str) -> CronSchedule:
     if len(parts) != 5:
         raise ScheduleError(
             f"cron {expression!r}: expected 5 fields (minute hour day-of-month month "
-            f"day-of-week) or a @macro, got {len(parts)}"
+            f"day-of-week), a @macro, or 6-7 Quartz fields; got {len(parts)}"
         )
     sets = [parse_field(part, spec, expression) for part, spec in zip(parts, FIELDS)]
     return CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"))
@@ -183,8 +183,237 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
     return (line(all_weekdays, cron.days), line(cron.weekdays, all_days))
 
 
+# --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------
+
+QUARTZ_WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # 1..7
+QUARTZ_FIELDS = (
+    CronField("second", 0, 59), CronField("minute", 0, 59), CronField("hour", 0, 23),
+    CronField("day-of-month", 1, 31), CronField("month", 1, 12, MONTHS),
+    CronField("day-of-week", 1, 7, QUARTZ_WEEKDAYS), CronField("year", 1970, 2099),
+)
+_QUARTZ_ELEMENT = re.compile(r"^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$")
+
+
+def _quartz_number(text: str, spec: CronField, expr: str) -> int:
+    if text.isdigit():
+        value = int(text)
+    elif spec.names and text in spec.names:
+        value = spec.names.index(text) + 1
+    else:
+        raise ScheduleError(f"quartz {expr!r}: {spec.name} field: {text!r} is not a number or name")
+    if not spec.low <= value <= spec.high:
+        raise ScheduleError(f"quartz {expr!r}: {spec.name} field: {value} is outside {spec.low}-{spec.high}")
+    return value
+
+
+def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
+    """Quartz lists, ranges and steps; `N/step` means N to the maximum, every step."""
+    values: set[int] = set()
+    for element in text.lower().split(","):
+        match = _QUARTZ_ELEMENT.match(element)
+        if not match:
+            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: {element!r} cannot be expressed "
+                                "in systemd (or is not Quartz syntax)")
+        star, first, last, step = match.groups()
+        low = spec.low if star else _quartz_number(first, spec, expr)
+        high = spec.high if star or (last is None and step) else \
+            _quartz_number(last, spec, expr) if last is not None else low
+        if high < low:
+            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: range {element!r} runs backwards")
+        stride = int(step) if step else 1
+        if stride == 0:
+            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: step 0 in {element!r}")
+        values.update(range(low, high + 1, stride))
+    return frozenset(values)
+
+
+def _quartz_days(dom: str, expr: str) -> list[str]:
+    """Day-of-month -> systemd day parts (`-01,15`, `~01`...); several parts are OR-ed lines."""
+    dom = dom.upper()
+    if dom in ("?", "*"):
+        return ["-*"]
+    if dom == "L":
+        return ["~01"]
+    match = re.fullmatch(r"L-(\d+)", dom)
+    if match:
+        back = int(match.group(1))
+        if back > 27:
+            raise ScheduleError(f"quartz {expr!r}: day-of-month: L-{back} goes back further than any month")
+        return [f"~{back + 1:02d}"]
+    if dom == "LW":  # the last weekday: the last day if a weekday, else the Friday before it
+        return ["MF~01", "Fri~02", "Fri~03"]
+    match = re.fullmatch(r"(\d+)W", dom)
+    if match:
+        day = int(match.group(1))
+        if not 1 <= day <= 27:
+            # A Sunday 28th is February's last day in common years: Quartz then moves back to
+            # Friday, which depends on the month's length, which a calendar line cannot test.
+            raise ScheduleError(f"quartz {expr!r}: day-of-month: {day}W (nearest weekday near a month's "
+                                "end) cannot be expressed in systemd; use 1W..27W or LW")
+        # The day itself if a weekday; a Saturday moves to Friday (day-1), a Sunday to Monday
+        # (day+1); the 1st never moves into the previous month: a Saturday 1st runs Monday 3rd.
+        parts = [f"MF-{day:02d}", f"Mon-{day + 1:02d}"]
+        parts.append(f"Fri-{day - 1:02d}" if day > 1 else "Mon-03")
+        return parts
+    if re.search(r"[LW#]", dom):
+        raise ScheduleError(f"quartz {expr!r}: day-of-month: {dom!r} cannot be expressed in systemd")
+    return ["-" + _compress(_quartz_field(dom, QUARTZ_FIELDS[3], expr), 1, 31, 2)]
+
+
+def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
+    """Day-of-week -> (cron weekdays 0..6, a day part it implies, e.g. last week `~07/1`)."""
+    dow = dow.upper()
+    if dow in ("?", "*"):
+        return frozenset(range(7)), ""
+    if dow == "L":
+        return frozenset({6}), ""  # Quartz: a lone L is day 7, Saturday
+    match = re.fullmatch(r"([0-9A-Z]+)L", dow)
+    if match:
+        return frozenset({_quartz_number(match.group(1).lower(), QUARTZ_FIELDS[5], expr) - 1}), "~07/1"
+    match = re.fullmatch(r"([0-9A-Z]+)#(\d+)", dow)
+    if match:
+        nth = int(match.group(2))
+        if not 1 <= nth <= 5:
+            raise ScheduleError(f"quartz {expr!r}: day-of-week: #{nth} must be 1 to 5")
+        weekday = _quartz_number(match.group(1).lower(), QUARTZ_FIELDS[5], expr) - 1
+        return frozenset({weekday}), f"-{(nth - 1) * 7 + 1:02d}..{min(nth * 7, 31):02d}"
+    if re.search(r"[LW#]", dow):
+        raise ScheduleError(f"quartz {expr!r}: day-of-week: {dow!r} cannot be expressed in systemd")
+    return frozenset(v - 1 for v in _quartz_field(dow, QUARTZ_FIELDS[5], expr)), ""
+
+
+def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
+    parts = expression.split()
+    if len(parts) not in (6, 7):
+        raise ScheduleError(f"quartz {expression!r}: expected 6 or 7 fields, got {len(parts)}")
+    sec, minute, hour, dom, month, dow = parts[:6]
+    if (dom == "?") == (dow == "?"):
+        raise ScheduleError(f"quartz {expression!r}: put '?' in exactly one of day-of-month and "
+                            "day-of-week (Quartz does not combine them)")
+    time = ":".join(_compress(_quartz_field(f, QUARTZ_FIELDS[i], expression), 0, 23 if i == 2 else 59, 2)
+                    for i, f in ((2, hour), (1, minute), (0, sec)))
+    months = _compress(_quartz_field(month, QUARTZ_FIELDS[4], expression), 1, 12, 2)
+    years = _compress(_quartz_field(parts[6], QUARTZ_FIELDS[6], expression), 1970, 2099, 4) \
+        if len(parts) == 7 else "*"
+    weekdays, implied_day = _quartz_weekdays(dow, expression)
+    lines = []
+    for day in ([implied_day] if implied_day else _quartz_days(dom, expression)):
+        names = _weekdays(weekdays).strip()
+        for prefix, weekday in (("MF", "Mon..Fri"), ("Fri", "Fri"), ("Mon", "Mon")):
+            if day.startswith(prefix):
+                day, names = day[len(prefix):], weekday
+        lines.append(f"{names + ' ' if names else ''}{years}-{months}{day} {time} {timezone}".strip())
+    return tuple(lines)
+
+
+# --- one entry point for every kind of schedule ---------------------------------------------
+
+_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """What a timer needs: OnCalendar= lines (in their zone), or `on_boot` for @reboot."""
+
+    lines: tuple[str, ...]
+    timezone: str
+    on_boot: bool = False
+
+
+def _check_zone(zone: str, expression: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(zone)
+    except (ValueError, KeyError, OSError):
+        raise ScheduleError(f"{expression!r}: {zone!r} is not an IANA time zone") from None
+    return zone
+
+
+def has_zone(line: str) -> bool:
+    """Does a native calendar line end in a time zone (`UTC` or an IANA name)?"""
+    from zoneinfo import ZoneInfo
+
+    last = line.split()[-1] if line.split() else ""
+    if last == "UTC" or "/" in last:
+        try:
+            ZoneInfo(last)
+            return True
+        except (ValueError, KeyError, OSError):
+            return False
+    return False
+
+
+def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str = "UTC") -> Calendar:
+    """A job's schedule (cron, @macro, CRON_TZ=..., Quartz) or native lines -> Calendar."""
+    if schedule is None:
+        return Calendar(tuple(line if has_zone(line) else f"{line} {timezone}" for line in on_calendar), timezone)
+    text = schedule.strip()
+    prefixed = _TZ_PREFIX.match(text)
+    if prefixed:
+        timezone, text = _check_zone(prefixed.group(1), schedule), prefixed.group(2).strip()
+    if text.lower() == "@reboot":
+        return Calendar((), timezone, on_boot=True)
+    if len(text.split()) in (6, 7):
+        return Calendar(quartz_to_oncalendar(text, timezone), timezone)
+    return Calendar(cron_to_oncalendar(text, timezone), timezone)
+
+
 def job_oncalendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str) -> tuple[str, ...]:
     """The calendar lines of a job's timer, from whichever of the two keys it uses."""
-    if schedule is not None:
-        return cron_to_oncalendar(schedule, timezone)
-    return on_calendar
+    return to_calendar(schedule, on_calendar, timezone).lines
+
+
+# --- systemd as the judge of calendars and next runs ----------------------------------------
+
+_ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def _analyze(lines: list[str], count: int, base=None):
+    import subprocess
+
+    args = ["systemd-analyze", "calendar", f"--iterations={count}"]
+    if base is not None:
+        args.append(f"--base-time=@{int(base.timestamp())}")
+    try:
+        return subprocess.run(args + lines, capture_output=True, text=True,
+                              env={"TZ": "UTC", "LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    except FileNotFoundError:
+        raise ScheduleError("systemd-analyze is not installed here (Debian: package systemd)") from None
+
+
+def check_calendar_lines(lines: list[str]) -> dict[str, str]:
+    """Every line systemd refuses, with its reason. One call when all are fine."""
+    if not lines or _analyze(lines, 1).returncode == 0:
+        return {}
+    bad = {}
+    for line in lines:
+        result = _analyze([line], 1)
+        if result.returncode != 0:
+            bad[line] = (result.stderr.strip().splitlines() or ["invalid"])[-1]
+    return bad
+
+
+def next_runs_many(calendars: list[tuple[str, ...]], count: int, base=None) -> list[list]:
+    """For each tuple of lines, the next `count` elapses of their union, as systemd computes
+    them (UTC datetimes). One systemd-analyze call for all, so that validating 1,000 jobs is
+    one process, not 1,000."""
+    from datetime import datetime, timezone
+
+    flat = [line for lines in calendars for line in lines]
+    if not flat or count <= 0:
+        return [[] for _ in calendars]
+    result = _analyze(flat, count, base)
+    if result.returncode != 0:
+        bad = check_calendar_lines(flat)
+        raise ScheduleError("systemd refuses " + "; ".join(f"{k!r}: {v}" for k, v in bad.items()))
+    blocks = [b for b in result.stdout.split("\n\n") if "Normalized form:" in b]
+    if len(blocks) != len(flat):
+        raise ScheduleError(f"unexpected systemd-analyze output ({len(blocks)} blocks for {len(flat)} lines)")
+    per_line = iter([{datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+                      for m in _ELAPSE.findall(block)} for block in blocks])
+    return [sorted(set().union(*(next(per_line) for _ in lines)))[:count] for lines in calendars]
+
+
+def next_runs(lines: tuple[str, ...], count: int, base=None) -> list:
+    return next_runs_many([lines], count, base)[0]

@@ -45,12 +45,14 @@ def free_port() -> int:
 class CronHost:
     """One booted container. `start()` returns when `systemctl is-system-running` says so."""
 
-    def __init__(self, name: str, workdir: Optional[Path] = None, timer_state: Optional[Path] = None,
+    def __init__(self, name: str, workdir: Optional[Path] = None, persistent: bool = False,
                  users: tuple[str, ...] = ()):
+        """`persistent`: keep /var/lib/deployer and timer stamps across restart(), as a disk would
+        (the container's /var is otherwise a tmpfs)."""
         self.name = name
         self.machine = f"{name}-{os.getpid()}"
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"cronhost-{name}-"))
-        self.timer_state = timer_state
+        self.persistent = persistent
         self.users = users
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
@@ -83,7 +85,6 @@ class CronHost:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
         for unit in MASKED:
             (upper / "systemd" / "system" / unit).symlink_to("/dev/null")
-        self.upper = upper
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -91,15 +92,20 @@ class CronHost:
         missing = missing_commands()
         if missing:
             raise CronHostError(f"missing {', '.join(missing)}: apt-get install systemd-container openssh-server")
-        self._prepare()
+        if not (self.workdir / "upper").exists():
+            self._prepare()
+        self.upper = self.workdir / "upper"
         command = [
             "systemd-nspawn", "--directory=/", "--volatile=yes",
             f"--overlay=/etc:{self.upper}:/etc", f"--machine={self.machine}",
             "--register=no", "--keep-unit", "--link-journal=no", "--console=passive", "--boot",
         ]
-        if self.timer_state is not None:
-            self.timer_state.mkdir(parents=True, exist_ok=True)
-            command.insert(-1, f"--bind={self.timer_state}:/var/lib/systemd/timers")
+        if self.persistent:
+            for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private"):
+                outside = self.workdir / "disk" / inside.strip("/").replace("/", "_")
+                outside.mkdir(parents=True, exist_ok=True)
+                outside.chmod(0o700 if inside.endswith("private") else 0o755)  # systemd insists
+                command.insert(-1, f"--bind={outside}:{inside}")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,8 +140,8 @@ class CronHost:
                 continue
 
     def restart(self) -> None:
+        """Power-cycle: /etc (the overlay) survives, and with `persistent` so does the disk state."""
         self.stop()
-        self.port = free_port()
         self.start()
 
     # -- using it -----------------------------------------------------------------------

@@ -113,3 +113,131 @@ def test_systemd_expands_our_lines_to_exactly_crons_run_times(expression, zone, 
     # Both tools start strictly after `base`.
     assert systemd_runs(lines, base, ITERATIONS) == cron_runs(expression, zone, base, ITERATIONS), \
         (expression, zone, lines)
+
+
+# --- Quartz ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("quartz, lines", [
+    pytest.param("0 0/15 9-17 ? * MON-FRI", ["Mon..Fri *-*-* 09..17:00,15,30,45:00 UTC"], id="steps"),
+    pytest.param("30 0 12 L * ?", ["*-*~01 12:00:30 UTC"], id="last-day"),
+    pytest.param("0 0 12 L-2 * ?", ["*-*~03 12:00:00 UTC"], id="last-minus"),
+    pytest.param("0 0 12 ? * 6L", ["Fri *-*~07/1 12:00:00 UTC"], id="last-friday"),
+    pytest.param("0 0 12 ? * 6#3", ["Fri *-*-15..21 12:00:00 UTC"], id="third-friday"),
+    pytest.param("0 0 12 ? * 1", ["Sun *-*-* 12:00:00 UTC"], id="quartz-1-is-sunday"),
+    pytest.param("0 0 8 1 1 ? 2027-2029", ["2027..2029-01-01 08:00:00 UTC"], id="years"),
+])
+def test_quartz_conversions(quartz, lines):
+    assert list(cron_to_oncalendar_any(quartz)) == lines
+
+
+def cron_to_oncalendar_any(expression: str, zone: str = "UTC"):
+    from deployer.schedule import to_calendar
+
+    return to_calendar(expression, (), zone).lines
+
+
+@pytest.mark.parametrize("quartz, part", [
+    ("0 0 12 31W * ?", "31W"), ("0 0 12 28W * ?", "28W"), ("0 0 12 1,15 * 2", "exactly one"), ("0 0 12 ? * 6#6", "#6"),
+    ("0 0 12 ? * 2L,3", "cannot be expressed"), ("0 0 12 * * ? 2030 x", "got 8"),
+])
+def test_quartz_that_systemd_cannot_express_is_refused_naming_the_part(quartz, part):
+    with pytest.raises(ScheduleError, match=re.escape(part)):
+        cron_to_oncalendar_any(quartz)
+
+
+def quartz_day_matches(day, dom: str, dow: str) -> bool:
+    """An independent oracle for Quartz's day rules, straight from its documentation."""
+    import calendar as cal
+
+    last = cal.monthrange(day.year, day.month)[1]
+    weekday = (day.weekday() + 1) % 7 + 1  # Quartz: 1 = Sunday ... 7 = Saturday
+    if dom != "?":
+        if dom == "L":
+            return day.day == last
+        if dom.startswith("L-"):
+            return day.day == last - int(dom[2:])
+        if dom in ("LW",) or dom.endswith("W"):
+            target = last if dom == "LW" else int(dom[:-1])
+            probe = day.replace(day=target)
+            if probe.weekday() == 5:  # Saturday -> Friday, or Monday if that leaves the month
+                probe = probe.replace(day=target - 1) if target > 1 else probe.replace(day=target + 2)
+            elif probe.weekday() == 6:  # Sunday -> Monday, or Friday at the month's end
+                probe = probe.replace(day=target + 1) if target < last else probe.replace(day=target - 2)
+            return day == probe
+        return day.day == int(dom)
+    if dow.endswith("L"):
+        return weekday == int(dow[:-1]) and day.day > last - 7
+    if "#" in dow:
+        wanted, nth = map(int, dow.split("#"))
+        return weekday == wanted and (day.day - 1) // 7 + 1 == nth
+    return weekday == int(dow)
+
+
+quartz_days = st.one_of(
+    st.tuples(st.sampled_from(["L", "LW", "L-1", "L-5"] + [f"{d}W" for d in (1, 2, 7, 15, 27)]
+                              + [str(d) for d in (1, 13, 29, 31)]), st.just("?")),
+    st.tuples(st.just("?"), st.one_of(st.integers(1, 7).map(lambda d: f"{d}L"),
+                                      st.tuples(st.integers(1, 7), st.integers(1, 5)).map(lambda t: f"{t[0]}#{t[1]}"),
+                                      st.integers(1, 7).map(str))),
+)
+
+
+@needs_systemd
+@settings(max_examples=150, deadline=None)
+@given(days=quartz_days, hour=st.integers(0, 23), zone=st.sampled_from(ZONES),
+       base=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2030, 12, 31)))
+def test_systemd_expands_quartz_day_rules_exactly(days, hour, zone, base):
+    from datetime import timedelta
+
+    dom, dow = days
+    expression = f"0 30 {hour} {dom} * {dow}"
+    base = base.replace(second=0, microsecond=0, tzinfo=timezone.utc)
+    lines = list(cron_to_oncalendar_any(expression, zone))
+    expected, day = [], base.astimezone(ZoneInfo(zone)).date()
+    while len(expected) < 6:
+        if quartz_day_matches(day, dom, dow):
+            moment = datetime(day.year, day.month, day.day, hour, 30, tzinfo=ZoneInfo(zone))
+            if moment > base:
+                expected.append(moment.astimezone(timezone.utc))
+        day += timedelta(days=1)
+    assert systemd_runs(lines, base, 6) == expected, (expression, zone, lines)
+
+
+# --- other forms ----------------------------------------------------------------------------
+
+def test_cron_tz_prefix_sets_the_zone():
+    assert list(cron_to_oncalendar_any("CRON_TZ=Asia/Shanghai 0 9 * * *", "UTC")) == \
+        ["*-*-* 09:00:00 Asia/Shanghai"]
+
+
+def test_reboot_is_a_boot_timer_without_calendar():
+    from deployer.schedule import to_calendar
+
+    assert to_calendar("@reboot", (), "UTC").on_boot
+
+
+def test_native_lines_get_the_job_zone_unless_they_name_one():
+    from deployer.schedule import to_calendar
+
+    assert to_calendar(None, ("Mon *-*-* 09:00", "*-*-* 10:00 Europe/Berlin"), "Asia/Shanghai").lines == (
+        "Mon *-*-* 09:00 Asia/Shanghai", "*-*-* 10:00 Europe/Berlin")
+
+
+@needs_systemd
+def test_schedule_command_json_contract(deployer):
+    import json as jsonlib
+
+    out = deployer("schedule", "30 4 1,15 * 5", "--timezone", "Asia/Shanghai", "--count", "4", "--json", check=True)
+    document = jsonlib.loads(out.stdout)
+    assert document["oncalendar"] == ["*-*-01,15 04:30:00 Asia/Shanghai", "Fri *-*-* 04:30:00 Asia/Shanghai"]
+    assert len(document["next"]) == 4 and all(t.endswith("+08:00") for t in document["next"])
+    moments = [datetime.fromisoformat(t) for t in document["next"]]
+    assert moments == sorted(moments)
+    assert all(m.day in (1, 15) or m.weekday() == 4 for m in moments)
+
+
+def test_schedule_command_refuses_bad_input_in_one_line(deployer):
+    bad = deployer("schedule", "0 0 12 31W * ?", check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "31W" in bad.stderr
+    usage = deployer("schedule", "0 * * * *", "--timezone", "Mars/Base", check=False)
+    assert usage.returncode == 2

@@ -1,0 +1,74 @@
+"""Schedules on a real host: no unplanned run on a schedule change (systemd issue 16732),
+@reboot at boot only, and one catch-up run after downtime (Persistent=true)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.cronhost import CronHost
+from tests.httpserver import json_reply
+
+pytestmark = pytest.mark.e2e
+
+
+def calendar_job(server, name: str, calendar: str, key: str = "on_calendar") -> str:
+    return f"[job:{name}]\n{key} = {calendar}\nurl = {server.url('/' + name)}\nretries = 0\n"
+
+
+def test_a_schedule_change_causes_no_unplanned_run(cron01, server, deployer, write_inventory):
+    server.routes["/tick"] = json_reply({"code": 0})
+    path = write_inventory(cron01.inventory_host() + calendar_job(server, "tick", "*:*:0/10"))
+    deployer("push", "-i", path, check=True)
+    fired = server.wait_for("/tick", timeout=25)[0].at
+    while time.time() < fired + 4:  # the last run was 4+ s ago
+        time.sleep(0.1)
+    # The new schedule's first time after the last run (fired + 3 s) is already past: systemd
+    # issue 16732 would run the job at once on reload. It must wait for fired + 13 s instead.
+    write_inventory(cron01.inventory_host() + calendar_job(server, "tick", "*:*:03/10"))
+    changed = deployer("push", "-i", path, check=True)
+    assert "1 change" in changed.stdout
+
+    next_run = server.wait_for("/tick", count=2, timeout=20)[1].at
+    assert next_run >= fired + 12.5, f"unplanned run {next_run - fired:.1f}s after the last one"
+
+
+def test_reboot_job_runs_at_boot_not_at_push(tmp_path, server, deployer, write_inventory):
+    server.routes["/boot"] = json_reply({"code": 0})
+    with CronHost("cron01", workdir=tmp_path / "cron01", persistent=True) as host:
+        path = write_inventory(host.inventory_host() + calendar_job(server, "boot", "@reboot", key="schedule"))
+        pushed = deployer("push", "-i", path, "--json", check=True)
+        assert "deployer-boot.timer" in pushed.stdout
+        assert host.ssh("systemctl is-enabled deployer-boot.timer").stdout.strip() == "enabled"
+        assert host.ssh("systemctl is-active deployer-boot.timer", check=False).stdout.strip() == "inactive"
+        host.ssh("systemctl list-timers --all >/dev/null")  # a round trip after the push
+        assert server.received("/boot") == []
+
+        host.restart()
+
+        server.wait_for("/boot", timeout=20)
+        assert deployer("push", "-i", path, check=True).stdout.strip().endswith("unchanged")
+        assert len(server.received("/boot")) == 1
+
+
+def test_downtime_across_several_runs_gives_one_catch_up_run(tmp_path, server, deployer, write_inventory):
+    server.routes["/often"] = json_reply({"code": 0})
+    with CronHost("cron01", workdir=tmp_path / "cron01", persistent=True) as host:
+        path = write_inventory(host.inventory_host() + calendar_job(server, "often", "*:*:0/10"))
+        deployer("push", "-i", path, check=True)
+        server.wait_for("/often", timeout=25)
+        host.stop()
+        down_at = time.time()
+        while time.time() < down_at + 25:  # at least two scheduled times pass while it is down
+            time.sleep(0.5)
+        before = len(server.received("/often"))
+
+        host.start()
+        booted = time.time()
+
+        server.wait_for("/often", count=before + 1, timeout=20)
+        next_slot = (int(booted) // 10 + 1) * 10  # the first regular time after boot
+        while time.time() < min(next_slot - 0.5, booted + 9):
+            time.sleep(0.1)
+        catch_up = [r for r in server.received("/often")[before:] if r.at < next_slot - 0.5]
+        assert len(catch_up) == 1, f"{len(catch_up)} runs on return; Persistent= should give one"
