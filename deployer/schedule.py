@@ -9,6 +9,7 @@ The traps this module exists for:
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -111,6 +112,7 @@ class CronSchedule:
     weekdays: frozenset[int]
     days_star: bool
     weekdays_star: bool
+    fixed_time: bool = False  # minute and hour fields do not start with '*' (Debian's DST rule)
 
 
 def parse_cron(expression: str) -> CronSchedule:
@@ -123,7 +125,8 @@ def parse_cron(expression: str) -> CronSchedule:
             f"day-of-week), a @macro, or 6-7 Quartz fields; got {len(parts)}"
         )
     sets = [parse_field(part, spec, expression) for part, spec in zip(parts, FIELDS)]
-    return CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"))
+    return CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"),
+                        not parts[0].startswith("*") and not parts[1].startswith("*"))
 
 
 def _compress(values: frozenset[int], spec_low: int, spec_high: int, width: int) -> str:
@@ -178,9 +181,106 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
 
     all_days, all_weekdays = frozenset(range(1, 32)), frozenset(range(7))
     if cron.days_star or cron.weekdays_star:
-        return (line(cron.weekdays, cron.days),)
-    # Both restricted: cron runs on either match, systemd would need both.
-    return (line(all_weekdays, cron.days), line(cron.weekdays, all_days))
+        lines = [line(cron.weekdays, cron.days)]
+    else:
+        # Both restricted: cron runs on either match, systemd would need both.
+        lines = [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
+    if cron.fixed_time and timezone:
+        lines += [extra for extra in dst_catch_up_lines(cron, timezone) if extra not in lines]
+    return tuple(lines)
+
+
+# --- daylight saving time: Debian cron runs a skipped fixed time right after the jump ---------
+#
+# When clocks spring forward (02:00 -> 03:00), Debian cron runs each fixed-time job whose time
+# fell in the gap once, right after the jump; systemd simply skips that day. The zone's
+# current rule (the POSIX TZ string ending its TZif file, e.g. EST5EDT,M3.2.0,M11.1.0) says
+# on which day of which month the gap comes, which a calendar line can express: "second
+# Sunday of March" is `Sun *-03-08..14`, "last Sunday" is `Sun *-03~07/1`. Falling back
+# needs nothing: cron runs a repeated fixed time once, and so does systemd.
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A forward jump: local times [start, start + length) do not exist on that day."""
+
+    month: int
+    week: int  # 1..4, or 5 = the last
+    weekday: int  # 0 = Sunday
+    start: int  # seconds after local midnight, in the time before the jump
+    length: int  # seconds
+
+
+_POSIX_OFFSET = r"[+-]?\d{1,3}(?::\d{2}){0,2}"
+_POSIX_NAME = r"(?:<[^>]+>|[A-Za-z]{3,})"
+_POSIX_TZ = re.compile(rf"^{_POSIX_NAME}({_POSIX_OFFSET})(?:{_POSIX_NAME}({_POSIX_OFFSET})?,([^,]+),([^,]+))?$")
+_POSIX_RULE = re.compile(r"^M(\d{1,2})\.([1-5])\.([0-6])(?:/(" + _POSIX_OFFSET + r"))?$")
+
+
+def _posix_seconds(text: str) -> int:
+    sign = -1 if text.startswith("-") else 1
+    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
+    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
+
+
+def _posix_tz(zone: str) -> str:
+    import zoneinfo
+    from pathlib import Path
+
+    for root in list(zoneinfo.TZPATH):
+        path = Path(root) / zone
+        if path.is_file():
+            return path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii", "replace")
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def dst_gaps(zone: str) -> tuple[Gap, ...]:
+    """The forward jumps in `zone`'s current rule (none for UTC, Asia/Shanghai...)."""
+    match = _POSIX_TZ.match(_posix_tz(zone))
+    if not match or not match.group(3):
+        return ()
+    standard = -_posix_seconds(match.group(1))  # POSIX offsets count west: EST5 is UTC-5
+    daylight = -_posix_seconds(match.group(2)) if match.group(2) else standard + 3600
+    gaps = []
+    for rule, change in ((match.group(3), daylight - standard), (match.group(4), standard - daylight)):
+        parsed = _POSIX_RULE.match(rule)
+        if change <= 0:
+            continue
+        if not parsed:
+            raise ScheduleError(f"time zone {zone}: DST rule {rule!r} cannot be expressed in systemd")
+        month, week, weekday, at = parsed.groups()
+        gaps.append(Gap(int(month), int(week), int(weekday), _posix_seconds(at) if at else 7200, change))
+    return tuple(gaps)
+
+
+def dst_catch_up_lines(cron: CronSchedule, zone: str) -> list[str]:
+    """Lines that run `cron` right after a forward jump that swallowed one of its times."""
+    import calendar
+
+    lines = []
+    for gap in dst_gaps(zone):
+        swallowed = any(gap.start <= h * 3600 + m * 60 < gap.start + gap.length
+                        for h in cron.hours for m in cron.minutes)
+        if not swallowed or gap.month not in cron.months:
+            continue
+        after = gap.start + gap.length
+        if gap.month == 2 or not 0 <= gap.start < after < 86400:
+            raise ScheduleError(f"cron {cron.expression!r}: the DST change in {zone} cannot be expressed")
+        if gap.week == 5:  # the last such weekday: in the month's last seven days
+            last = calendar.monthrange(2001, gap.month)[1]
+            days = frozenset(range(last - 6, last + 1))
+        else:
+            days = frozenset(range(gap.week * 7 - 6, gap.week * 7 + 1))
+        by_weekday = gap.weekday in cron.weekdays
+        if cron.days_star or cron.weekdays_star:  # cron ANDs the two day fields
+            days = days & cron.days if by_weekday else frozenset()
+        elif not by_weekday:  # cron ORs them: the date may still match day-of-month
+            days = days & cron.days
+        if days:
+            lines.append(f"{SYSTEMD_WEEKDAYS[gap.weekday]} *-{gap.month:02d}-{_compress(days, 1, 31, 2)} "
+                         f"{after // 3600:02d}:{after % 3600 // 60:02d}:00 {zone}")
+    return lines
 
 
 # --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,6 +36,21 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reas
 ])
 def test_known_conversions(cron, lines):
     assert list(cron_to_oncalendar(cron, "UTC")) == lines
+
+
+@pytest.mark.parametrize("cron, zone, lines", [
+    pytest.param("30 2 * * *", "America/New_York",
+                 ["*-*-* 02:30:00 America/New_York", "Sun *-03-08..14 03:00:00 America/New_York"], id="us-gap"),
+    pytest.param("0 2 * * 1-5", "America/New_York", ["Mon..Fri *-*-* 02:00:00 America/New_York"],
+                 id="gap-on-a-day-it-does-not-run"),
+    pytest.param("15 2 * * *", "Europe/Berlin",
+                 ["*-*-* 02:15:00 Europe/Berlin", "Sun *-03-25..31 03:00:00 Europe/Berlin"], id="eu-last-sunday"),
+    pytest.param("*/30 2 * * *", "Europe/Berlin", ["*-*-* 02:00,30:00 Europe/Berlin"], id="wildcard-minute-no-catch-up"),
+    pytest.param("30 1 * * *", "America/New_York", ["*-*-* 01:30:00 America/New_York"], id="overlap-needs-nothing"),
+    pytest.param("30 2 * * *", "Asia/Shanghai", ["*-*-* 02:30:00 Asia/Shanghai"], id="no-dst"),
+])
+def test_dst_catch_up_lines(cron, zone, lines):
+    assert list(cron_to_oncalendar(cron, zone)) == lines
 
 
 @pytest.mark.parametrize("cron, message", [
@@ -79,6 +94,7 @@ cron_expressions = st.tuples(
 ).map(" ".join)
 
 ZONES = ["UTC", "Asia/Shanghai"]
+DST_ZONES = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Europe/Dublin", "Australia/Lord_Howe"]
 ITERATIONS = 12
 
 
@@ -101,6 +117,33 @@ def cron_runs(expression: str, zone: str, base: datetime, count: int) -> list[da
         if len(runs) == count:
             break
     return runs
+
+
+def near_dst_changes():
+    """Base times a few days before a DST change (either way), where the traps are."""
+    return st.tuples(st.integers(2024, 2031), st.sampled_from([(3, 5), (3, 24), (10, 1), (10, 22), (11, 1), (4, 1)]),
+                     st.integers(0, 6 * 24)).map(lambda t: datetime(t[0], *t[1]) + timedelta(hours=t[2]))
+
+
+fixed_time_crons = st.tuples(
+    st.lists(st.integers(0, 59), min_size=1, max_size=3).map(lambda v: ",".join(map(str, v))),
+    st.one_of(st.integers(0, 4).map(str), st.tuples(st.integers(0, 3), st.integers(1, 4)).map(
+        lambda t: f"{t[0]}-{t[0] + t[1]}")),
+    _field(1, 31), _field(1, 12, ["mar", "oct"]), _field(0, 7, ["sun", "mon"]),
+).map(" ".join)
+
+
+@needs_systemd
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expression=st.one_of(cron_expressions, fixed_time_crons), zone=st.sampled_from(DST_ZONES),
+       base=near_dst_changes())
+def test_across_dst_changes_systemd_runs_exactly_when_debian_cron_would(expression, zone, base):
+    """cronsim models Debian cron's DST rules: a fixed time swallowed by a forward jump runs
+    right after it, a repeated one runs once, wildcard jobs follow the wall clock."""
+    base = base.replace(tzinfo=timezone.utc)
+    lines = list(cron_to_oncalendar(expression, zone))
+    assert systemd_runs(lines, base, ITERATIONS) == cron_runs(expression, zone, base, ITERATIONS), \
+        (expression, zone, lines)
 
 
 @needs_systemd
