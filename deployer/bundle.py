@@ -7,8 +7,10 @@ sorted entries, no bytecode) so that an unchanged deployer never re-uploads it.
 from __future__ import annotations
 
 import functools
-import importlib
+import hashlib
+import importlib.util
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -31,18 +33,52 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
     archive.writestr(info, data)
 
 
-@functools.lru_cache(maxsize=1)
-def trigger_bundle() -> bytes:
+def _sources() -> list[tuple[str, Path]]:
+    """(name in the archive, file) for trigger.py and every file of the packages it needs."""
     import trigger
 
+    found = [("trigger.py", Path(trigger.__file__))]
+    for package in PACKAGES:
+        root = Path(importlib.util.find_spec(package).origin).parent
+        found += [(f"{package}/{path.relative_to(root).as_posix()}", path) for path in sorted(root.rglob("*"))
+                  if path.is_file() and "__pycache__" not in path.parts and not path.name.endswith(SKIPPED_SUFFIXES)]
+    return found
+
+
+def _cache_path(sources: list[tuple[str, Path]]) -> Path:
+    """Keyed by every source's name, size and mtime: a changed trigger.py or upgraded
+    `requests` gives a new key, and an unchanged one costs a stat per file, not a zip."""
+    key = hashlib.sha256(MAIN)
+    for name, path in sources:
+        stat = path.stat()
+        key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deployer"
+    return cache / f"trigger-{key.hexdigest()[:24]}.pyz"
+
+
+@functools.lru_cache(maxsize=1)
+def trigger_bundle() -> bytes:
+    sources = _sources()
+    cached = _cache_path(sources)
+    try:
+        return cached.read_bytes()
+    except OSError:
+        pass
+    content = _build(sources)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_bytes(content)
+        temporary.replace(cached)
+    except OSError:
+        pass  # a read-only home only costs the rebuild
+    return content
+
+
+def _build(sources: list[tuple[str, Path]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         _add(archive, "__main__.py", MAIN)
-        _add(archive, "trigger.py", Path(trigger.__file__).read_bytes())
-        for package in PACKAGES:
-            root = Path(importlib.import_module(package).__file__).parent
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts \
-                        and not path.name.endswith(SKIPPED_SUFFIXES):
-                    _add(archive, f"{package}/{path.relative_to(root).as_posix()}", path.read_bytes())
+        for name, path in sources:
+            _add(archive, name, path.read_bytes())
     return b"#!/usr/bin/env python3\n" + buffer.getvalue()
