@@ -164,6 +164,15 @@ class Stopwatch:
         self.last = now
 
 
+def progress(text):
+    """A step the client may show on a terminal; a lost client must not stop the push."""
+    try:
+        sys.stderr.write("@progress " + text + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
 def op_apply(request):
     watch = Stopwatch()
     unit_dir = request["unit_dir"]
@@ -175,11 +184,13 @@ def op_apply(request):
         current = managed_files(request)
         if current != request["expect"]:
             raise AgentError("the host changed since it was read (another push?); run the push again")
+        progress("writing %d files" % len(writes))
         staged = {}
         for item in writes:
             staged[item["path"]] = write_staged(item["path"], base64.b64decode(item["content"]), item["mode"])
         os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
         watch.lap("stage")
+        progress("systemd-analyze verify: %d units" % sum(p.startswith(unit_dir + "/") for p in staged))
         try:
             verify(sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/")))
         except AgentError:
@@ -211,13 +222,16 @@ def op_apply(request):
         units_touched = any(p.startswith(unit_dir + "/") for p in list(staged) + removes)
         watch.lap("switch")
         if units_touched:
+            progress("systemctl daemon-reload")
             systemctl("daemon-reload")
         watch.lap("daemon-reload")
         if added_timers:
+            progress("enabling %d timers" % len(added_timers))
             systemctl("--no-reload", "enable", *added_timers)
         watch.lap("enable")
         to_start = [t for t in added_timers + changed_timers if t not in boot_only]
         if to_start:
+            progress("starting %d timers" % len(to_start))
             # --no-block: one D-Bus call per timer without waiting for each job, then one check.
             systemctl("start", "--no-block", *to_start)
             wait_active(to_start)

@@ -219,12 +219,18 @@ def push(inventory_path, host_name, as_json):
     """
     from . import remote
     from .plan import as_dict, summary
+    from .progress import Progress
 
     inv = Options(inventory_path).inventory()
     host_name = _host_name(inv, host_name)
+    progress = Progress(f"push {host_name}", enabled=not as_json)
     conn = _connect(inv, host_name)
+    progress.update("reading the host's state")
     the_plan, state = _plan(inv, host_name, conn)
-    result = {} if the_plan.is_noop else remote.apply(conn, the_plan, state)
+    try:
+        result = {} if the_plan.is_noop else remote.apply(conn, the_plan, state, progress=progress.update)
+    finally:
+        progress.done()
     if as_json:
         click.echo(json.dumps({"host": host_name, **as_dict(the_plan), **result}, indent=2))
         return

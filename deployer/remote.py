@@ -13,7 +13,7 @@ import shlex
 import socket
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import systemd
 from .errors import RemoteCommandError, RemoteError
@@ -93,17 +93,27 @@ def _open(connection) -> None:
         raise RemoteError(host.name, f"cannot connect to {host.address}: {error}") from None
 
 
-def execute(connection, command: str, stdin: bytes = b"", step: str = "command") -> bytes:
+PROGRESS_PREFIX = b"@progress "
+UPLOAD_CHUNK = 1 << 18
+
+
+def execute(connection, command: str, stdin: bytes = b"", step: str = "command",
+            progress: Optional[Callable[[str], None]] = None) -> bytes:
     """Run one command with `stdin`; return stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
-    which would make a large push crawl.
+    which would make a large push crawl. Lines `@progress ...` on the command's stderr
+    are steps reported by the agent, passed to `progress`.
     """
     _open(connection)
     channel = connection.client.get_transport().open_session()
+    report = progress or (lambda text: None)
     try:
         channel.exec_command(command)
-        channel.sendall(stdin)
+        for offset in range(0, len(stdin), UPLOAD_CHUNK):
+            if len(stdin) > UPLOAD_CHUNK:
+                report(f"uploading {offset / 1e6:.1f} of {len(stdin) / 1e6:.1f} MB")
+            channel.sendall(stdin[offset:offset + UPLOAD_CHUNK])
         channel.shutdown_write()
         out, err = bytearray(), bytearray()
         while True:
@@ -111,6 +121,11 @@ def execute(connection, command: str, stdin: bytes = b"", step: str = "command")
                 out += channel.recv(1 << 16)
             elif channel.recv_stderr_ready():
                 err += channel.recv_stderr(1 << 16)
+                while PROGRESS_PREFIX in err and b"\n" in err[err.index(PROGRESS_PREFIX):]:
+                    start = err.index(PROGRESS_PREFIX)
+                    end = err.index(b"\n", start)
+                    report("host: " + err[start + len(PROGRESS_PREFIX):end].decode("utf-8", "replace"))
+                    del err[start:end + 1]
             elif channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                 break
             else:
@@ -123,10 +138,10 @@ def execute(connection, command: str, stdin: bytes = b"", step: str = "command")
     return bytes(out)
 
 
-def call_agent(connection, op: str, **request: Any) -> Any:
+def call_agent(connection, op: str, progress: Optional[Callable[[str], None]] = None, **request: Any) -> Any:
     host: Host = connection.deployer_host
     payload = json.dumps({"op": op, **LAYOUT, **request}).encode()
-    raw = execute(connection, _agent_command(host), payload, step=f"agent {op}")
+    raw = execute(connection, _agent_command(host), payload, step=f"agent {op}", progress=progress)
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -144,11 +159,12 @@ def read_state(connection, contents: bool = False) -> RemoteState:
     )
 
 
-def apply(connection, plan: Plan, state: RemoteState) -> dict:
+def apply(connection, plan: Plan, state: RemoteState, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile."""
     writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode,
                "start": f.start} for f in plan.add + plan.change]
-    return call_agent(connection, "apply", write=writes, remove=list(plan.remove), expect=state.files)
+    return call_agent(connection, "apply", progress=progress, write=writes, remove=list(plan.remove),
+                      expect=state.files)
 
 
 def status(connection) -> list[dict]:
