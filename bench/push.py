@@ -129,6 +129,24 @@ def measure(size: int, repeat: int, with_ansible: bool, workdir: Path) -> dict[s
     return {k: statistics.median(v) for k, v in samples.items() if v}
 
 
+def offline(jobs: int, workdir: Path) -> dict[str, float]:
+    """Parse + check, render and next runs of `jobs` jobs, in this process: no host involved."""
+    from deployer import inventory
+    from deployer.render import host_files
+    from deployer.schedule import next_runs_many, to_calendar
+
+    path = workdir / f"offline-{jobs}.ini"
+    path.write_text("[host:h]\naddress = 10.0.0.1\n" + "".join(
+        f"[job:job{i:04d}]\nschedule = {i % 60} {i % 24} * * 1-5\nurl = http://svc/job/{i}\n" for i in range(jobs)))
+    started = time.perf_counter()
+    inv = inventory.load(str(path))
+    parsed = time.perf_counter()
+    host_files(inv, "h")
+    rendered = time.perf_counter()
+    next_runs_many([to_calendar(j.schedule, j.on_calendar, j.timezone).lines for j in inv.jobs], 2)
+    return {"parse": parsed - started, "render": rendered - parsed, "next": time.perf_counter() - rendered}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,1000", help="job counts (default 10,100,1000)")
@@ -156,6 +174,10 @@ def main() -> int:
                      f"{m['ansible_noop']:>8.1f}s {m['ansible_noop'] / m['noop']:>8.0f}x")
         print(line)
     print(f"(medians of {args.repeat}; targets: first/raw <= 3x at 100 jobs, no-op/ssh <= 4x)")
+    with tempfile.TemporaryDirectory() as tmp:
+        o = offline(1000, Path(tmp))
+    print(f"offline, 1000 jobs: parse+check {o['parse']:.2f}s, render {o['render']:.2f}s, "
+          f"next runs (systemd-analyze) {o['next']:.2f}s, total {sum(o.values()):.2f}s")
     return 0
 
 

@@ -184,3 +184,33 @@ def test_an_odd_but_legal_url_reaches_the_service_unchanged(cron01, server, depl
 
     assert server.received(sent.split("?")[0])[0].path == sent
     assert f"POST {odd} -> 200" in ran.stdout, "the trigger must have been given the URL byte for byte"
+
+
+def test_ssh_round_trips_do_not_grow_with_the_number_of_jobs(cron01, server, write_inventory, isolated_home,
+                                                             monkeypatch):
+    """Counted on real pushes: 2 round trips for a push that changes something, 1 for a no-op."""
+    from click.testing import CliRunner
+
+    from deployer import remote
+    from deployer.cli import main
+
+    calls: list[str] = []
+    real_execute = remote.execute
+
+    def counting(connection, command, *args, **kwargs):
+        calls.append(kwargs.get("step", "?"))
+        return real_execute(connection, command, *args, **kwargs)
+
+    monkeypatch.setattr(remote, "execute", counting)
+    monkeypatch.setenv("HOME", str(isolated_home))
+    counts = {}
+    for jobs in (3, 60):
+        body = "".join(f"[job:j{i}]\nschedule = 0 * * * *\nurl = {server.url('/x')}\n" for i in range(jobs))
+        path = write_inventory(cron01.inventory_host() + body, name=f"inv{jobs}.ini")
+        for kind in ("push", "no-op"):
+            calls.clear()
+            result = CliRunner().invoke(main, ["push", "-i", path])
+            assert result.exit_code == 0, result.output
+            counts[(jobs, kind)] = list(calls)
+    assert counts[(3, "push")] == counts[(60, "push")] == ["agent state", "agent apply"]
+    assert counts[(3, "no-op")] == counts[(60, "no-op")] == ["agent state"]
