@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ def op_state(request):
             if path.startswith(request["unit_dir"]):
                 with open(path, "rb") as handle:
                     answer["contents"][path] = base64.b64encode(handle.read()).decode()
+    answer["paused"] = sorted(paused_timers())
     return answer
 
 
@@ -173,17 +175,110 @@ def progress(text):
         pass
 
 
+STATE_DIR = "/var/lib/deployer"
+JOURNAL = STATE_DIR + "/pending-switch.json"
+PAUSED_DIR = STATE_DIR + "/paused"
+TIMER_STAMPS = "/var/lib/systemd/timers"
+
+
+def paused_timers():
+    try:
+        return set(os.listdir(PAUSED_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def write_atomically(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(path + ".tmp", path)
+
+
+def set_last_trigger(timers, when):
+    """A timer's last trigger (its Persistent= stamp), as systemd reads it when it starts."""
+    for timer in timers:
+        stamp = os.path.join(TIMER_STAMPS, "stamp-" + timer)
+        os.makedirs(TIMER_STAMPS, exist_ok=True)
+        open(stamp, "a").close()
+        os.utime(stamp, (when, when))
+
+
+def play(journal):
+    """Carry out a switch. Every step may be repeated, so an interrupted switch is finished
+    by playing its journal again (roll_forward)."""
+    if journal["disable"]:
+        # Stop the timers only: a run already in progress finishes, it is not killed.
+        systemctl("--no-reload", "disable", "--now", *journal["disable"], check=False)
+    if journal["restamp"]:
+        # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
+        # last trigger and now fires at once on reload. Its last trigger becomes the moment it
+        # was stopped: an old-schedule gap never fires, a slot inside the push still does.
+        systemctl("stop", *journal["restamp"], check=False)
+        systemctl("clean", "--what=state", *journal["restamp"], check=False)
+        set_last_trigger(journal["restamp"], journal["stopped_at"])
+    for timer, when in journal["stamps"].items():
+        set_last_trigger([timer], when)
+    for staged, target in journal["renames"]:
+        if os.path.exists(staged):
+            os.rename(staged, target)
+    for path in journal["removes"]:
+        if os.path.exists(path):
+            os.unlink(path)
+    for timer in journal["unpause"]:
+        if os.path.exists(os.path.join(PAUSED_DIR, timer)):
+            os.unlink(os.path.join(PAUSED_DIR, timer))
+    if journal["reload"]:
+        progress("systemctl daemon-reload")
+        systemctl("daemon-reload")
+    if journal["enable"]:
+        progress("enabling %d timers" % len(journal["enable"]))
+        systemctl("--no-reload", "enable", *journal["enable"])
+    if journal["start"]:
+        progress("starting %d timers" % len(journal["start"]))
+        # --no-block: one D-Bus call per timer without waiting for each job, then one check.
+        systemctl("start", "--no-block", *journal["start"])
+        wait_active(journal["start"])
+
+
+def roll_forward():
+    """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
+    try:
+        with open(JOURNAL) as handle:
+            journal = json.load(handle)
+    except FileNotFoundError:
+        return False
+    play(journal)
+    os.unlink(JOURNAL)
+    return True
+
+
+def clear_staging(request):
+    for directory in (request["unit_dir"], request["lib_dir"], request["credentials_dir"]):
+        staging = os.path.join(directory, ".deployer-staging")
+        if os.path.isdir(staging):
+            for name in os.listdir(staging):
+                os.unlink(os.path.join(staging, name))
+
+
 def op_apply(request):
+    # A client that dies (killed, connection lost) must not stop a switch under way.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = Stopwatch()
     unit_dir = request["unit_dir"]
-    writes = request["write"]  # [{"path", "content" (base64), "mode"}]
+    writes = request["write"]  # [{"path", "content" (base64), "mode", "start"}]
     removes = request["remove"]
     held = lock()
     watch.lap("lock")
     try:
+        recovered = roll_forward()
         current = managed_files(request)
         if current != request["expect"]:
             raise AgentError("the host changed since it was read (another push?); run the push again")
+        clear_staging(request)
         progress("writing %d files" % len(writes))
         staged = {}
         for item in writes:
@@ -194,51 +289,40 @@ def op_apply(request):
         try:
             verify(sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/")))
         except AgentError:
-            for s in staged.values():
-                os.unlink(s)
+            clear_staging(request)
             raise
         watch.lap("verify")
-        # Services before timers, so that no timer ever points at a missing service.
-        order = sorted(staged, key=lambda p: (p.startswith(unit_dir + "/"), p.endswith(".timer"), p))
+        paused = paused_timers()
         starts = {item["path"]: item.get("start", True) for item in writes}
-        timers = [p for p in order if p.endswith(".timer")]
-        added_timers = [unit_name(p) for p in timers if p not in current]
-        changed_timers = [unit_name(p) for p in timers if p in current]
+        timers = [p for p in staged if p.endswith(".timer")]
+        added = [unit_name(p) for p in timers if p not in current]
+        changed = [unit_name(p) for p in timers if p in current]
         boot_only = {unit_name(p) for p in timers if not starts[p]}
-        removed_timers = [unit_name(p) for p in removes if p.endswith(".timer")]
-        if removed_timers:
-            # Stop the timers only: a run already in progress finishes, it is not killed.
-            systemctl("--no-reload", "disable", "--now", *removed_timers)
-        if changed_timers:
-            # systemd issue 16732: with a new OnCalendar= whose next time after the last trigger
-            # is already past, a persistent timer fires at once on reload. Forget the last
-            # trigger of a changed timer, so that it next fires on its new schedule.
-            systemctl("stop", *changed_timers)
-            systemctl("clean", "--what=state", *changed_timers, check=False)
-        for path in order:
-            os.rename(staged[path], path)
-        for path in sorted(removes, key=lambda p: not p.endswith(".timer")):
-            os.unlink(path)
-        units_touched = any(p.startswith(unit_dir + "/") for p in list(staged) + removes)
+        removed = [unit_name(p) for p in removes if p.endswith(".timer")]
+        journal = {
+            "disable": removed,
+            "restamp": [t for t in changed if t not in paused],
+            "stopped_at": time.time(),
+            "stamps": {t: w for t, w in request.get("stamps", {}).items() if t in added},
+            # Library files, then services, then timers: no timer ever points at a missing service.
+            "renames": [[staged[p], p] for p in sorted(staged, key=lambda p: (
+                p.startswith(unit_dir + "/"), p.endswith(".timer"), p))],
+            # Timers before their services, for the same reason.
+            "removes": sorted(removes, key=lambda p: not p.endswith(".timer")),
+            "unpause": [t for t in removed if t in paused],
+            "reload": any(p.startswith(unit_dir + "/") for p in list(staged) + removes),
+            "enable": [t for t in added if t not in paused],
+            "start": [t for t in added + changed if t not in boot_only and t not in paused],
+        }
+        write_atomically(JOURNAL, json.dumps(journal))  # from here on, the new set is what the host holds
         watch.lap("switch")
-        if units_touched:
-            progress("systemctl daemon-reload")
-            systemctl("daemon-reload")
-        watch.lap("daemon-reload")
-        if added_timers:
-            progress("enabling %d timers" % len(added_timers))
-            systemctl("--no-reload", "enable", *added_timers)
-        watch.lap("enable")
-        to_start = [t for t in added_timers + changed_timers if t not in boot_only]
-        if to_start:
-            progress("starting %d timers" % len(to_start))
-            # --no-block: one D-Bus call per timer without waiting for each job, then one check.
-            systemctl("start", "--no-block", *to_start)
-            wait_active(to_start)
-        watch.lap("start")
-        return {"reloaded": units_touched, "started": [t for t in added_timers if t not in boot_only],
-                "restarted": [t for t in changed_timers if t not in boot_only], "stopped": removed_timers,
-                "enabled_for_boot": sorted(boot_only), "seconds": watch.steps}
+        play(journal)
+        os.unlink(JOURNAL)
+        watch.lap("activate")
+        return {"reloaded": journal["reload"], "started": [t for t in journal["start"] if t in added],
+                "restarted": [t for t in journal["start"] if t in changed], "stopped": removed,
+                "enabled_for_boot": sorted(boot_only), "kept_paused": sorted(paused & set(added + changed)),
+                "recovered_interrupted_push": recovered, "seconds": watch.steps}
     finally:
         held.close()
 
@@ -340,10 +424,20 @@ OPERATIONS = {"state": op_state, "apply": op_apply, "status": op_status, "run": 
 def main():
     request = json.loads(sys.stdin.read())
     try:
+        if request["op"] in ("state", "status", "run") and os.path.exists(JOURNAL):
+            held = lock()  # an interrupted switch is finished before anything reads the host
+            try:
+                roll_forward()
+            finally:
+                held.close()
         answer = {"ok": True, "result": OPERATIONS[request["op"]](request)}
     except AgentError as error:
         answer = {"ok": False, "error": str(error)}
-    sys.stdout.write(json.dumps(answer))
+    try:
+        sys.stdout.write(json.dumps(answer))
+        sys.stdout.flush()
+    except OSError:
+        pass  # the client is gone; the work is done all the same
 
 
 if __name__ == "__main__":

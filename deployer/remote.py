@@ -156,6 +156,7 @@ def read_state(connection, contents: bool = False) -> RemoteState:
     return RemoteState(
         files=result["files"],
         contents={p: base64.b64decode(c) for p, c in result.get("contents", {}).items()},
+        paused=frozenset(result.get("paused", ())),
     )
 
 
