@@ -167,8 +167,20 @@ def _weekdays(values: frozenset[int]) -> str:
     return ",".join(parts) + " "
 
 
+# systemd 252 miscomputes calendars in zones that tzdata models with negative DST: iterating
+# "*-03-26 00:00:00 Europe/Dublin" from 2028 skips 2029 (found by the DST property test), so
+# a timer would silently miss that run. Europe/London has had Dublin's clock every hour since
+# 1996 through 2099 (tests/test_schedule.py checks), and systemd gets it right.
+SYSTEMD_ZONE = {"Europe/Dublin": "Europe/London", "Eire": "Europe/London"}
+
+
+def systemd_zone(zone: str) -> str:
+    return SYSTEMD_ZONE.get(zone, zone)
+
+
 def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
     """The OnCalendar= values whose union fires exactly when cron would run `expression`."""
+    timezone = systemd_zone(timezone) if timezone else timezone
     cron = parse_cron(expression)
     time = (
         f"{_compress(cron.hours, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00"
@@ -185,8 +197,9 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
     else:
         # Both restricted: cron runs on either match, systemd would need both.
         lines = [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
-    if cron.fixed_time and timezone:
-        lines += [extra for extra in dst_catch_up_lines(cron, timezone) if extra not in lines]
+    if timezone:
+        extras = dst_catch_up_lines(cron, timezone) if cron.fixed_time else dst_repeat_lines(cron, timezone)
+        lines += [extra for extra in extras if extra not in lines]
     return tuple(lines)
 
 
@@ -202,13 +215,17 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
 
 @dataclass(frozen=True)
 class Gap:
-    """A forward jump: local times [start, start + length) do not exist on that day."""
+    """A clock change on the day a rule names. Forward (`length` > 0): local times
+    [start, start + length) do not exist. Backward (`length` < 0): local times
+    [start + length, start) happen twice, the second time at UTC offset `offset_after`."""
 
     month: int
     week: int  # 1..4, or 5 = the last
     weekday: int  # 0 = Sunday
-    start: int  # seconds after local midnight, in the time before the jump
-    length: int  # seconds
+    day_after: bool  # the jump happens on the day after that weekday (a "24:00" rule)
+    start: int  # seconds after local midnight, in the time before the change
+    length: int  # seconds: positive forward, negative backward
+    offset_after: int = 0  # seconds east of UTC after the change
 
 
 _POSIX_OFFSET = r"[+-]?\d{1,3}(?::\d{2}){0,2}"
@@ -234,30 +251,60 @@ def _posix_tz(zone: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=None)
 def dst_gaps(zone: str) -> tuple[Gap, ...]:
     """The forward jumps in `zone`'s current rule (none for UTC, Asia/Shanghai...)."""
+    return tuple(change for change in clock_changes(zone) if change.length > 0)
+
+
+def dst_overlaps(zone: str) -> tuple[Gap, ...]:
+    return tuple(change for change in clock_changes(zone) if change.length < 0)
+
+
+@functools.lru_cache(maxsize=None)
+def clock_changes(zone: str) -> tuple[Gap, ...]:
+    """Both clock changes of `zone`'s current DST rule."""
     match = _POSIX_TZ.match(_posix_tz(zone))
     if not match or not match.group(3):
         return ()
     standard = -_posix_seconds(match.group(1))  # POSIX offsets count west: EST5 is UTC-5
     daylight = -_posix_seconds(match.group(2)) if match.group(2) else standard + 3600
     gaps = []
-    for rule, change in ((match.group(3), daylight - standard), (match.group(4), standard - daylight)):
+    for rule, change, after in ((match.group(3), daylight - standard, daylight),
+                                (match.group(4), standard - daylight, standard)):
         parsed = _POSIX_RULE.match(rule)
-        if change <= 0:
-            continue
         if not parsed:
             raise ScheduleError(f"time zone {zone}: DST rule {rule!r} cannot be expressed in systemd")
-        month, week, weekday, at = parsed.groups()
-        gaps.append(Gap(int(month), int(week), int(weekday), _posix_seconds(at) if at else 7200, change))
+        month, week, weekday, at = (int(g) if i < 3 else g for i, g in enumerate(parsed.groups()))
+        start = _posix_seconds(at) if at else 7200
+        day_after = start >= 86400 and week < 5  # "24:00 on Saturday" (Chile): 00:00 on Sunday
+        if day_after:
+            start, weekday = start - 86400, (weekday + 1) % 7
+        gaps.append(Gap(month, week, weekday, day_after, start, change, after))
     return tuple(gaps)
+
+
+def _change_days(change: Gap, cron: CronSchedule) -> frozenset[int]:
+    """The days of the change's month on which it may fall and on which the job runs."""
+    import calendar
+
+    if change.week == 5:  # the last such weekday: in the month's last seven days
+        last = calendar.monthrange(2001, change.month)[1]
+        days = frozenset(range(last - 6, last + 1))
+    else:  # the n-th such weekday (or the day after it)
+        first = change.week * 7 - 6 + change.day_after
+        days = frozenset(range(first, first + 7))
+    by_weekday = change.weekday in cron.weekdays
+    if cron.days_star or cron.weekdays_star:  # cron ANDs the two day fields
+        return days & cron.days if by_weekday else frozenset()
+    return days if by_weekday else days & cron.days  # cron ORs them
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:00"
 
 
 def dst_catch_up_lines(cron: CronSchedule, zone: str) -> list[str]:
     """Lines that run `cron` right after a forward jump that swallowed one of its times."""
-    import calendar
-
     lines = []
     for gap in dst_gaps(zone):
         swallowed = any(gap.start <= h * 3600 + m * 60 < gap.start + gap.length
@@ -267,19 +314,35 @@ def dst_catch_up_lines(cron: CronSchedule, zone: str) -> list[str]:
         after = gap.start + gap.length
         if gap.month == 2 or not 0 <= gap.start < after < 86400:
             raise ScheduleError(f"cron {cron.expression!r}: the DST change in {zone} cannot be expressed")
-        if gap.week == 5:  # the last such weekday: in the month's last seven days
-            last = calendar.monthrange(2001, gap.month)[1]
-            days = frozenset(range(last - 6, last + 1))
-        else:
-            days = frozenset(range(gap.week * 7 - 6, gap.week * 7 + 1))
-        by_weekday = gap.weekday in cron.weekdays
-        if cron.days_star or cron.weekdays_star:  # cron ANDs the two day fields
-            days = days & cron.days if by_weekday else frozenset()
-        elif not by_weekday:  # cron ORs them: the date may still match day-of-month
-            days = days & cron.days
+        days = _change_days(gap, cron)
         if days:
             lines.append(f"{SYSTEMD_WEEKDAYS[gap.weekday]} *-{gap.month:02d}-{_compress(days, 1, 31, 2)} "
-                         f"{after // 3600:02d}:{after % 3600 // 60:02d}:00 {zone}")
+                         f"{_clock(after)} {zone}")
+    return lines
+
+
+def dst_repeat_lines(cron: CronSchedule, zone: str) -> list[str]:
+    """Lines for the second pass through a repeated hour, which Debian cron gives wildcard
+    jobs and systemd skips: the same wall-clock times at the fixed offset in force after
+    the change (Etc/GMT-10 is UTC+10). Zones whose offset is not whole hours have no such
+    name in tzdata; there systemd's single pass stands (a documented limitation)."""
+    lines = []
+    for overlap in dst_overlaps(zone):
+        if overlap.month not in cron.months or overlap.month == 2 or overlap.offset_after % 3600:
+            continue
+        low, high = overlap.start + overlap.length, overlap.start
+        if not 0 <= low < high <= 86400:
+            continue
+        days = _change_days(overlap, cron)
+        hours = sorted(h for h in cron.hours if any(low <= h * 3600 + m * 60 < high for m in cron.minutes))
+        if not days or not hours:
+            continue
+        offset_hours = overlap.offset_after // 3600
+        fixed = "UTC" if offset_hours == 0 else f"Etc/GMT{-offset_hours:+d}"
+        for hour in hours:
+            minutes = frozenset(m for m in cron.minutes if low <= hour * 3600 + m * 60 < high)
+            lines.append(f"{SYSTEMD_WEEKDAYS[overlap.weekday]} *-{overlap.month:02d}-{_compress(days, 1, 31, 2)} "
+                         f"{hour:02d}:{_compress(minutes, 0, 59, 2)}:00 {fixed}")
     return lines
 
 
@@ -383,6 +446,7 @@ def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
 
 
 def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
+    timezone = systemd_zone(timezone)
     parts = expression.split()
     if len(parts) not in (6, 7):
         raise ScheduleError(f"quartz {expression!r}: expected 6 or 7 fields, got {len(parts)}")
@@ -447,7 +511,8 @@ def has_zone(line: str) -> bool:
 def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str = "UTC") -> Calendar:
     """A job's schedule (cron, @macro, CRON_TZ=..., Quartz) or native lines -> Calendar."""
     if schedule is None:
-        return Calendar(tuple(line if has_zone(line) else f"{line} {timezone}" for line in on_calendar), timezone)
+        return Calendar(tuple(line if has_zone(line) else f"{line} {systemd_zone(timezone)}"
+                              for line in on_calendar), timezone)
     text = schedule.strip()
     prefixed = _TZ_PREFIX.match(text)
     if prefixed:

@@ -53,6 +53,24 @@ def test_dst_catch_up_lines(cron, zone, lines):
     assert list(cron_to_oncalendar(cron, zone)) == lines
 
 
+def test_a_24_00_transition_is_the_next_days_midnight():
+    """Chile springs forward at "24:00" on the first Saturday of September: Sunday 00:00."""
+    assert list(cron_to_oncalendar("30 0 * * *", "America/Santiago")) == [
+        "*-*-* 00:30:00 America/Santiago", "Sun *-09-02..08 01:00:00 America/Santiago"]
+
+
+def test_dublin_is_written_as_london_which_has_its_clock():
+    """systemd 252 skips runs in Europe/Dublin (negative DST); London is the same clock."""
+    from datetime import timedelta
+
+    dublin, london = ZoneInfo("Europe/Dublin"), ZoneInfo("Europe/London")
+    moment = datetime(1996, 1, 1, tzinfo=timezone.utc)
+    while moment < datetime(2100, 1, 1, tzinfo=timezone.utc):
+        assert moment.astimezone(dublin).utcoffset() == moment.astimezone(london).utcoffset(), moment
+        moment += timedelta(hours=6)
+    assert cron_to_oncalendar("0 0 26 3 *", "Europe/Dublin") == ("*-03-26 00:00:00 Europe/London",)
+
+
 @pytest.mark.parametrize("cron, message", [
     ("* * * *", "expected 5 fields"),
     ("60 * * * *", "minute field: 60 is outside 0-59"),
@@ -94,7 +112,8 @@ cron_expressions = st.tuples(
 ).map(" ".join)
 
 ZONES = ["UTC", "Asia/Shanghai"]
-DST_ZONES = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Europe/Dublin", "Australia/Lord_Howe"]
+DST_ZONES = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Europe/Dublin", "Pacific/Auckland",
+             "America/Santiago"]
 ITERATIONS = 12
 
 
@@ -121,7 +140,7 @@ def cron_runs(expression: str, zone: str, base: datetime, count: int) -> list[da
 
 def near_dst_changes():
     """Base times a few days before a DST change (either way), where the traps are."""
-    return st.tuples(st.integers(2024, 2031), st.sampled_from([(3, 5), (3, 24), (10, 1), (10, 22), (11, 1), (4, 1)]),
+    return st.tuples(st.integers(2024, 2031), st.sampled_from([(3, 5), (3, 24), (10, 1), (10, 22), (11, 1), (4, 1), (9, 1)]),
                      st.integers(0, 6 * 24)).map(lambda t: datetime(t[0], *t[1]) + timedelta(hours=t[2]))
 
 
@@ -284,3 +303,14 @@ def test_schedule_command_refuses_bad_input_in_one_line(deployer):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "31W" in bad.stderr
     usage = deployer("schedule", "0 * * * *", "--timezone", "Mars/Base", check=False)
     assert usage.returncode == 2
+
+
+def test_repeated_hour_for_wildcard_jobs_uses_the_fixed_offset_after_the_change():
+    assert cron_to_oncalendar("*/20 * * * *", "America/New_York") == (
+        "*-*-* *:00,20,40:00 America/New_York", "Sun *-11-01..07 01:00,20,40:00 Etc/GMT+5")
+
+
+def test_half_hour_zones_keep_systemds_single_pass_a_known_limitation():
+    """tzdata has no fixed-offset name for UTC+9:30: the repeated hour in Adelaide runs once
+    (Debian cron would run a wildcard job in it twice). Documented in the README."""
+    assert cron_to_oncalendar("*/20 * * * *", "Australia/Adelaide") == ("*-*-* *:00,20,40:00 Australia/Adelaide",)
