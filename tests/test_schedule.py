@@ -45,7 +45,9 @@ def test_known_conversions(cron, lines):
                  id="gap-on-a-day-it-does-not-run"),
     pytest.param("15 2 * * *", "Europe/Berlin",
                  ["*-*-* 02:15:00 Europe/Berlin", "Sun *-03-25..31 03:00:00 Europe/Berlin"], id="eu-last-sunday"),
-    pytest.param("*/30 2 * * *", "Europe/Berlin", ["*-*-* 02:00,30:00 Europe/Berlin"], id="wildcard-minute-no-catch-up"),
+    pytest.param("*/30 2 * * *", "Europe/Berlin",
+                 ["*-*-* 02:00,30:00 Europe/Berlin", "Sun *-10-25..31 02:00,30:00 Etc/GMT-1"],
+                 id="wildcard-minute-no-catch-up-but-a-second-pass-in-autumn"),
     pytest.param("30 1 * * *", "America/New_York", ["*-*-* 01:30:00 America/New_York"], id="overlap-needs-nothing"),
     pytest.param("30 2 * * *", "Asia/Shanghai", ["*-*-* 02:30:00 Asia/Shanghai"], id="no-dst"),
 ])
