@@ -75,6 +75,7 @@ def op_state(request):
                 with open(path, "rb") as handle:
                     answer["contents"][path] = base64.b64encode(handle.read()).decode()
     answer["paused"] = sorted(paused_timers())
+    answer["owner"] = read_owner()
     return answer
 
 
@@ -275,6 +276,7 @@ def op_apply(request):
     watch.lap("lock")
     try:
         recovered = roll_forward()
+        check_owner(request)
         current = managed_files(request)
         if current != request["expect"]:
             raise AgentError("the host changed since it was read (another push?); run the push again")
@@ -314,6 +316,7 @@ def op_apply(request):
             "enable": [t for t in added if t not in paused],
             "start": [t for t in added + changed if t not in boot_only and t not in paused],
         }
+        write_atomically(OWNER, json.dumps({"host": request["host"], "inventory": request.get("inventory", "?")}))
         write_atomically(JOURNAL, json.dumps(journal))  # from here on, the new set is what the host holds
         watch.lap("switch")
         play(journal)
@@ -376,6 +379,7 @@ def op_status(request):
     service_props = show(services, ["ActiveState", "Result", "ExecMainStatus",
                                     "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
     jobs = []
+    paused = paused_timers()
     for timer, service in zip(timers, services):
         t, s = timer_props.get(timer, {}), service_props.get(service, {})
         calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
@@ -383,6 +387,7 @@ def op_status(request):
         jobs.append({"job": timer[len(prefix): -len(".timer")], "timer": timer, "service": service,
                      "timer_state": t.get("ActiveState", ""), "enabled": t.get("UnitFileState", ""),
                      "calendar": calendar, "next": next_elapse if active else "",
+                     "paused": timer in paused,
                      "last": iso_time(t.get("LastTriggerUSec", "")),
                      "service_state": s.get("ActiveState", ""), "result": s.get("Result", ""),
                      "exit_status": int(s.get("ExecMainStatus") or 0),
@@ -414,11 +419,78 @@ def op_run(request):
             "error": started.stderr.strip()}
 
 
+OWNER = STATE_DIR + "/owner.json"
+
+
+def read_owner():
+    try:
+        with open(OWNER) as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def check_owner(request):
+    """One machine serves one [host:NAME]: another host's jobs must never land here."""
+    owner = read_owner()
+    if owner and owner.get("host") != request["host"] and not request.get("take_over"):
+        raise AgentError("this machine runs the jobs of host %r (pushed from %s); refusing to install host "
+                         "%r's jobs here. Check the address in the inventory, or hand the jobs over with "
+                         "`deployer move`" % (owner.get("host"), owner.get("inventory", "?"), request["host"]))
+
+
+def op_pause(request):
+    held = lock()
+    try:
+        timer = request["timer"]
+        if not os.path.exists(os.path.join(request["unit_dir"], timer)):
+            raise AgentError("%s is not installed here" % timer)
+        os.makedirs(PAUSED_DIR, exist_ok=True)
+        open(os.path.join(PAUSED_DIR, timer), "w").close()
+        # Disabled as well as stopped, so that a reboot does not bring it back.
+        systemctl("disable", "--now", timer)
+        return {"paused": timer}
+    finally:
+        held.close()
+
+
+def op_resume(request):
+    held = lock()
+    try:
+        timer = request["timer"]
+        if not os.path.exists(os.path.join(request["unit_dir"], timer)):
+            raise AgentError("%s is not installed here" % timer)
+        marker = os.path.join(PAUSED_DIR, timer)
+        if os.path.exists(marker):
+            os.unlink(marker)
+        # Runs missed while paused are not made up: the last trigger becomes now.
+        systemctl("stop", timer, check=False)
+        systemctl("clean", "--what=state", timer, check=False)
+        set_last_trigger([timer], time.time())
+        systemctl("enable", "--now", timer)
+        return {"resumed": timer}
+    finally:
+        held.close()
+
+
+def op_handoff(request):
+    """The first step of `deployer move`: stop these timers here and say when."""
+    held = lock()
+    try:
+        timers = [t for t in request["timers"] if os.path.exists(os.path.join(request["unit_dir"], t))]
+        if timers:
+            systemctl("disable", "--now", *timers)
+        return {"stopped": timers, "at": time.time()}
+    finally:
+        held.close()
+
+
 def op_logs(request):
     return {"output": journal(request["service"], lines=request.get("lines"))}
 
 
-OPERATIONS = {"state": op_state, "apply": op_apply, "status": op_status, "run": op_run, "logs": op_logs}
+OPERATIONS = {"state": op_state, "apply": op_apply, "status": op_status, "run": op_run, "logs": op_logs,
+              "pause": op_pause, "resume": op_resume, "handoff": op_handoff}
 
 
 def main():

@@ -179,32 +179,40 @@ def render(inventory_path, out):
         click.echo(f.content.decode(), nl=False)
 
 
-def _plan(inv, host_name, conn, contents=False):
-    from . import remote
-    from .plan import make_plan
-    from .render import desired_files
-
-    desired = desired_files(inv, host_name)
-    state = remote.read_state(conn, contents=contents)
-    return make_plan(desired, state), state
-
-
 @main.command(epilog=EPILOG)
 @inventory_option
 @host_option
 @json_option
 def plan(inventory_path, host_name, as_json):
     """Connect and show, as a diff, what push would add, change and remove. Changes nothing."""
+    from .deploy import plan_push
     from .plan import as_dict, render_diff, summary
 
     inv = Options(inventory_path).inventory()
     host_name = _host_name(inv, host_name)
-    the_plan, state = _plan(inv, host_name, _connect(inv, host_name), contents=True)
+    the_plan, state = plan_push(inv, host_name, _connect(inv, host_name), contents=True)
     if as_json:
         click.echo(json.dumps({"host": host_name, **as_dict(the_plan)}, indent=2))
         return
     click.echo(render_diff(the_plan, state), nl=False)
     click.echo(f"host {host_name}: {summary(the_plan)}")
+
+
+def _print_push(pushed, as_json: bool) -> None:
+    from .plan import as_dict, summary
+
+    if as_json:
+        click.echo(json.dumps({"host": pushed.host, **as_dict(pushed.plan), **pushed.result}, indent=2))
+        return
+    for marker, files in (("+", pushed.plan.add), ("~", pushed.plan.change)):
+        for f in files:
+            click.echo(f"{marker} {f.name}")
+    for path in pushed.plan.remove:
+        click.echo(f"- {path.rsplit('/', 1)[-1]}")
+    for timer in pushed.result.get("kept_paused", []):
+        click.echo(f"  {timer} stays paused (deployer resume)")
+    verb = "up to date" if pushed.plan.is_noop else "pushed"
+    click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
 
 
 @main.command(epilog=EPILOG)
@@ -216,31 +224,52 @@ def push(inventory_path, host_name, as_json):
 
     Reads the host's state in one round trip and uploads only what differs; new units
     are checked with `systemd-analyze verify` on the host before anything is switched.
+    A job new to this host must not still be installed on another host of the inventory.
     """
-    from . import remote
-    from .plan import as_dict, summary
+    from . import deploy
     from .progress import Progress
 
     inv = Options(inventory_path).inventory()
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
-    conn = _connect(inv, host_name)
-    progress.update("reading the host's state")
-    the_plan, state = _plan(inv, host_name, conn)
     try:
-        result = {} if the_plan.is_noop else remote.apply(conn, the_plan, state, progress=progress.update)
+        pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
+                             progress=progress.update)
+    finally:
+        progress.done()
+    _print_push(pushed, as_json)
+
+
+@main.command(epilog=EPILOG)
+@inventory_option
+@click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.")
+@click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.")
+@json_option
+def move(inventory_path, source, target, as_json):
+    """Hand jobs from one host to another without a double or a missed run.
+
+    First set `host = TARGET` on the jobs in the inventory. Then this stops their timers on
+    SOURCE, installs them on TARGET (a time that passed during the hand-over runs once
+    there), and pushes SOURCE, which removes them. If TARGET refuses, SOURCE resumes.
+    """
+    from . import deploy
+    from .progress import Progress
+
+    inv = Options(inventory_path).inventory()
+    for name in (source, target):
+        inv.host(name)
+    progress = Progress(f"move {source} -> {target}", enabled=not as_json)
+    try:
+        moving, to_target, to_source = deploy.move(inv, source, target, lambda name: _connect(inv, name),
+                                                   progress=progress.update)
     finally:
         progress.done()
     if as_json:
-        click.echo(json.dumps({"host": host_name, **as_dict(the_plan), **result}, indent=2))
+        click.echo(json.dumps({"moved": moving, "from": source, "to": target}, indent=2))
         return
-    for marker, names in (("+", the_plan.add), ("~", the_plan.change)):
-        for f in names:
-            click.echo(f"{marker} {f.name}")
-    for path in the_plan.remove:
-        click.echo(f"- {path.rsplit('/', 1)[-1]}")
-    verb = "up to date" if the_plan.is_noop else "pushed"
-    click.echo(f"host {host_name}: {verb}: {summary(the_plan).replace('to ', '')}")
+    click.echo(f"moved {len(moving)} jobs from {source} to {target}: {', '.join(moving)}")
+    _print_push(to_target, False)
+    _print_push(to_source, False)
 
 
 def _status_row(job: dict) -> dict:
@@ -253,7 +282,9 @@ def _status_row(job: dict) -> dict:
         result = "ok"
     else:
         result = f"failed ({job['result']}, exit {job['exit_status']})"
-    return {"job": job["job"], "schedule": job["calendar"],
+    if job.get("paused"):
+        result += " (paused)"
+    return {"job": job["job"], "schedule": job["calendar"], "paused": bool(job.get("paused")),
             "timer": "active" if job["timer_state"] == "active" else "inactive",
             "next": job["next"] or None, "last": job["last"] or None, "result": result,
             "exit_status": job["exit_status"]}
@@ -301,6 +332,38 @@ def run(job, inventory_path, host_name):
         click.echo(f"deployer: job {job} failed ({result['result']}, exit {result['exit_status']})", err=True)
         raise JobFailed(job)
     click.echo(f"job {job}: ok")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("job")
+@inventory_option
+@host_option
+def pause(job, inventory_path, host_name):
+    """Stop JOB's timer without removing it; pushes keep it paused until `resume`.
+
+    A run in progress finishes. Like Kubernetes' `suspend`; runs missed while paused are not
+    made up on resume.
+    """
+    from . import remote
+
+    inv = Options(inventory_path).inventory()
+    host_name = _host_name(inv, host_name)
+    remote.pause(_connect(inv, host_name), job)
+    click.echo(f"job {job} paused on {host_name}")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("job")
+@inventory_option
+@host_option
+def resume(job, inventory_path, host_name):
+    """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
+    from . import remote
+
+    inv = Options(inventory_path).inventory()
+    host_name = _host_name(inv, host_name)
+    remote.resume(_connect(inv, host_name), job)
+    click.echo(f"job {job} resumed on {host_name}")
 
 
 @main.command(epilog=EPILOG)

@@ -102,6 +102,7 @@ class RemoteState:
     files: dict[str, str] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict)
     paused: frozenset[str] = frozenset()
+    owner: Optional[str] = None  # the [host:NAME] whose jobs this machine runs, if pushed before
 
 
 @dataclass(frozen=True)

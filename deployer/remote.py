@@ -157,15 +157,32 @@ def read_state(connection, contents: bool = False) -> RemoteState:
         files=result["files"],
         contents={p: base64.b64decode(c) for p, c in result.get("contents", {}).items()},
         paused=frozenset(result.get("paused", ())),
+        owner=(result.get("owner") or {}).get("host"),
     )
 
 
-def apply(connection, plan: Plan, state: RemoteState, progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Stage, verify, then switch; `state` guards against a host that changed meanwhile."""
+def apply(connection, plan: Plan, state: RemoteState, inventory_path: str,
+          progress: Optional[Callable[[str], None]] = None, stamps: Optional[dict] = None) -> dict:
+    """Stage, verify, then switch; `state` guards against a host that changed meanwhile.
+    `stamps`: timer -> last trigger (unix time) to give added timers (see `deployer move`)."""
+    host: Host = connection.deployer_host
     writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode,
                "start": f.start} for f in plan.add + plan.change]
     return call_agent(connection, "apply", progress=progress, write=writes, remove=list(plan.remove),
-                      expect=state.files)
+                      expect=state.files, host=host.name, inventory=os.path.abspath(inventory_path),
+                      stamps=stamps or {})
+
+
+def pause(connection, job: str) -> dict:
+    return call_agent(connection, "pause", timer=systemd.job_unit(job, "timer"))
+
+
+def resume(connection, job: str) -> dict:
+    return call_agent(connection, "resume", timer=systemd.job_unit(job, "timer"))
+
+
+def handoff(connection, jobs: list[str]) -> dict:
+    return call_agent(connection, "handoff", timers=[systemd.job_unit(j, "timer") for j in jobs])
 
 
 def status(connection) -> list[dict]:

@@ -1,0 +1,102 @@
+"""The push and move sequences: plan against the host's state, keep each job on one host, apply.
+
+Connections are given (the CLI builds them); `connect` opens another host of the inventory
+when a step must look there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import remote, systemd
+from .errors import DeployerError
+from .models import Inventory, Plan, RemoteState
+from .plan import make_plan
+from .render import desired_files
+
+Connect = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    host: str
+    plan: Plan
+    state: RemoteState
+    result: dict = field(default_factory=dict)
+
+
+def job_of_timer(path: str) -> Optional[str]:
+    name = path.rsplit("/", 1)[-1]
+    if name.startswith(systemd.UNIT_PREFIX) and name.endswith(".timer") and "@" not in name:
+        return name[len(systemd.UNIT_PREFIX):-len(".timer")]
+    return None
+
+
+def check_owner(state: RemoteState, host_name: str) -> None:
+    if state.owner and state.owner != host_name:
+        raise DeployerError(f"host {host_name}: that machine runs the jobs of host {state.owner}; refusing to "
+                            f"install {host_name}'s jobs there (check its address, or use deployer move)")
+
+
+def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect: Connect) -> None:
+    """A job being added here must not still be installed on another host: it would run twice."""
+    for other in (h.name for h in inv.hosts if h.name != host_name):
+        try:
+            state = remote.read_state(connect(other))
+        except DeployerError as error:
+            raise DeployerError(f"cannot check that {other} no longer runs {', '.join(jobs)} ({error}); "
+                                f"push {other} first, or use deployer move --from {other} --to {host_name}") from None
+        still = sorted(j for j in jobs if any(job_of_timer(p) == j for p in state.files))
+        if still:
+            raise DeployerError(f"job {', '.join(still)} is still installed on {other}: running it on {host_name} "
+                                f"too would run it twice. Use: deployer move --from {other} --to {host_name}")
+
+
+def plan_push(inv: Inventory, host_name: str, connection, contents: bool = False) -> tuple[Plan, RemoteState]:
+    state = remote.read_state(connection, contents=contents)
+    check_owner(state, host_name)
+    return make_plan(desired_files(inv, host_name), state), state
+
+
+def push(inv: Inventory, host_name: str, connection, connect: Connect,
+         progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
+         cross_check: bool = True) -> Pushed:
+    """Make the host hold exactly the inventory's files for it (one read, one apply)."""
+    progress("reading the host's state")
+    the_plan, state = plan_push(inv, host_name, connection)
+    if the_plan.is_noop:
+        return Pushed(host_name, the_plan, state)
+    added = [j for j in (job_of_timer(f.path) for f in the_plan.add) if j]
+    if added and cross_check and len(inv.hosts) > 1:
+        progress("checking that no other host runs the new jobs")
+        check_not_elsewhere(inv, host_name, added, connect)
+    result = remote.apply(connection, the_plan, state, inv.path, progress=progress, stamps=stamps)
+    return Pushed(host_name, the_plan, state, result)
+
+
+def move(inv: Inventory, source: str, target: str, connect: Connect,
+         progress: Callable[[str], None] = lambda text: None) -> tuple[list[str], Pushed, Pushed]:
+    """Hand the jobs the inventory designates to `target` but `source` still runs over to `target`.
+
+    Their timers stop on `source` first; on `target` each starts with its last trigger set to
+    that moment, so Persistent= runs a time that passed during the hand-over once, and never
+    one that `source` already ran. Then `source` is pushed, which removes them there.
+    """
+    source_conn, target_conn = connect(source), connect(target)
+    on_source = {job_of_timer(p) for p in remote.read_state(source_conn).files} - {None}
+    moving = sorted(on_source & {j.name for j in inv.jobs_for(target)})
+    if not moving:
+        raise DeployerError(f"nothing to move: no job designated to {target} (host = {target}) is installed "
+                            f"on {source}")
+    progress(f"stopping {len(moving)} timers on {source}")
+    stopped = remote.handoff(source_conn, moving)
+    stamps = {systemd.job_unit(j, "timer"): stopped["at"] for j in moving}
+    try:
+        to_target = push(inv, target, target_conn, connect, progress, stamps=stamps, cross_check=False)
+    except DeployerError:
+        progress(f"restarting the timers on {source}")
+        for job in moving:
+            remote.resume(source_conn, job)
+        raise
+    to_source = push(inv, source, source_conn, connect, progress, cross_check=False)
+    return moving, to_target, to_source

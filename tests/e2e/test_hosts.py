@@ -1,0 +1,92 @@
+"""One job, one host: ownership, the cross-host check, `move`, and pause/resume, on real hosts."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.httpserver import json_reply
+
+pytestmark = pytest.mark.e2e
+
+
+def job(server, name: str, host: str, calendar: str = "0 3 * * *") -> str:
+    key = "on_calendar" if calendar.startswith("*:") else "schedule"
+    return f"[job:{name}]\n{key} = {calendar}\nurl = {server.url('/' + name)}\nhost = {host}\nretries = 0\n"
+
+
+def installed(host) -> list[str]:
+    return host.ssh("ls /etc/systemd/system | grep '^deployer-.*timer$' || true").stdout.split()
+
+
+def test_another_hosts_jobs_are_refused_on_a_machine_that_has_an_owner(cron01, server, deployer, write_inventory):
+    deployer("push", "-i", write_inventory(cron01.inventory_host() + job(server, "a", "cron01")), check=True)
+    # An inventory whose cron02 points, by mistake, at the machine cron01 already is.
+    mistaken = cron01.inventory_host().replace("[host:cron01]", "[host:cron02]")
+    path = write_inventory(mistaken + job(server, "b", "cron02"), name="mistake.ini")
+
+    result = deployer("push", "--host", "cron02", "-i", path, check=False)
+
+    assert result.returncode == 1
+    assert "that machine runs the jobs of host cron01" in result.stderr
+    assert installed(cron01) == ["deployer-a.timer"]
+
+
+def test_a_job_still_installed_elsewhere_is_not_pushed_to_a_second_host(cron01, cron02, server, deployer,
+                                                                         write_inventory):
+    hosts = cron01.inventory_host() + cron02.inventory_host()
+    path = write_inventory(hosts + job(server, "settle", "cron01"))
+    deployer("push", "--host", "cron01", "-i", path, check=True)
+    write_inventory(hosts + job(server, "settle", "cron02"))
+
+    result = deployer("push", "--host", "cron02", "-i", path, check=False)
+
+    assert result.returncode == 1
+    assert "job settle is still installed on cron01" in result.stderr
+    assert "deployer move --from cron01 --to cron02" in result.stderr
+    assert installed(cron02) == []
+
+
+def test_move_hands_a_job_over_without_a_double_or_a_missed_run(cron01, cron02, server, deployer, write_inventory):
+    server.routes["/tick"] = json_reply({"code": 0})
+    hosts = cron01.inventory_host() + cron02.inventory_host()
+    path = write_inventory(hosts + job(server, "tick", "cron01", "*:*:0/5"))
+    deployer("push", "--host", "cron01", "-i", path, check=True)
+    server.wait_for("/tick", count=2, timeout=20)
+    write_inventory(hosts + job(server, "tick", "cron02", "*:*:0/5"))
+
+    moved = deployer("move", "--from", "cron01", "--to", "cron02", "-i", path, "--json", check=True)
+    assert json.loads(moved.stdout)["moved"] == ["tick"]
+    count = len(server.received("/tick"))
+    server.wait_for("/tick", count=count + 3, timeout=30)
+
+    assert installed(cron01) == [] and installed(cron02) == ["deployer-tick.timer"]
+    times = sorted(r.at for r in server.received("/tick"))
+    first, last = int(times[0]) // 5 * 5, int(times[-1]) // 5 * 5
+    assert len(times) == (last - first) // 5 + 1, f"runs at {[round(t % 60, 1) for t in times]}"
+    assert "up to date" in deployer("push", "--host", "cron02", "-i", path, check=True).stdout
+
+
+def test_pause_survives_a_push_and_resume_restarts_the_timer(cron01, server, deployer, write_inventory):
+    server.routes["/tick"] = json_reply({"code": 0})
+    path = write_inventory(cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2"))
+    deployer("push", "-i", path, check=True)
+    server.wait_for("/tick", timeout=10)
+
+    deployer("pause", "tick", "-i", path, check=True)
+    write_inventory(cron01.inventory_host() + job(server, "tick", "cron01", "*:*:1/2"))  # a change while paused
+    pushed = deployer("push", "-i", path, check=True)
+    paused_at = time.time()
+    status = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)["jobs"][0]
+    time.sleep(5)  # long enough for two runs, were the timer running (it must not be)
+
+    assert "deployer-tick.timer stays paused" in pushed.stdout
+    assert status["paused"] and status["next"] is None
+    assert cron01.ssh("systemctl is-enabled deployer-tick.timer", check=False).stdout.strip() == "disabled"
+    assert [r for r in server.received("/tick") if r.at > paused_at + 1] == []
+
+    deployer("resume", "tick", "-i", path, check=True)
+    resumed = len(server.received("/tick"))
+    server.wait_for("/tick", count=resumed + 1, timeout=10)
+    assert not json.loads(deployer("status", "-i", path, "--json", check=True).stdout)["jobs"][0]["paused"]
