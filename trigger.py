@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     alert.add_argument("--channel", help="alert channel name")
     alert.add_argument("--type", choices=["dingtalk", "wecom", "feishu", "slack", "webhook"])
     alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
-    alert.add_argument("--host-name", default=os.uname().nodename)
+    alert.add_argument("--host-name", default=os.environ.get("DEPLOYER_HOST_NAME") or os.uname().nodename)
     return parser
 
 
@@ -605,12 +605,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"job {spec.name}: ok ({verdict.reason})", flush=True)
         return EXIT_OK
     print(f"job {spec.name}: FAILED ({verdict.reason})", flush=True)
-    if args.token:  # the original recipe: alert the DingTalk robot with this token
+    channel = inline_channel(args)
+    if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
         event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
                  "url": redact_url(spec.url), "result": verdict.reason, "exit_status": EXIT_FAILED,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
-        deliver(Channel("recipe", "dingtalk", token=args.token, endpoint=args.endpoint or ""), [event], log=log)
+        deliver(channel, [event], log=log)
     return EXIT_FAILED
+
+
+def inline_channel(args) -> Optional[Channel]:
+    """Where a run alerts by itself (no OnFailure= unit): `-token`, else the environment."""
+    env = os.environ
+    kind = args.type or env.get("DEPLOYER_ALERT_TYPE") or ("dingtalk" if args.token else "")
+    token = args.token or env.get("DEPLOYER_ALERT_TOKEN", "")
+    if not kind or (kind != "webhook" and not token):
+        return None
+    return Channel("inline", kind, token=token, secret=env.get("DEPLOYER_ALERT_SECRET", ""),
+                   endpoint=args.endpoint or env.get("DEPLOYER_ALERT_ENDPOINT", ""))
 
 
 def ping(url: Optional[str], suffix: str, log: Callable[[str], None]) -> None:

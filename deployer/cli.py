@@ -382,5 +382,33 @@ def logs(job, inventory_path, host_name, lines):
     click.echo(remote.logs(_connect(inv, host_name), job, lines), nl=False)
 
 
+@main.group()
+def export():
+    """The inventory's jobs in another scheduler's format."""
+
+
+@export.command("k8s", epilog=EPILOG)
+@inventory_option
+@click.option("--image", default="deployer-trigger:latest", show_default=True,
+              help="The trigger image (docs/kubernetes/Dockerfile builds it).")
+@click.option("--namespace", metavar="NS", help="Set metadata.namespace on every manifest.")
+@click.option("--skip-unexpressible", is_flag=True,
+              help="Leave out, with a comment, jobs Kubernetes cannot schedule (else: error).")
+def export_k8s(inventory_path, image, namespace, skip_unexpressible):
+    """batch/v1 CronJobs (YAML) running the same trigger with the same success rules.
+
+    Keeps the cron expression and time zone; concurrencyPolicy Forbid; retries ->
+    backoffLimit; timeout -> activeDeadlineSeconds. Alert tokens are referenced from a
+    Secret per channel (the header says how to create them); no secret is printed.
+    """
+    from . import k8s
+
+    inv = Options(inventory_path).inventory()
+    manifests, skipped = k8s.export(inv, image, namespace, skip_unexpressible)
+    click.echo(k8s.render_yaml(inv, manifests, skipped, namespace), nl=False)
+    for item in skipped:
+        click.echo(f"deployer: warning: skipped {item.job}: {item.reason}", err=True)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -109,3 +109,19 @@ def test_original_recipe_alerts_dingtalk_with_the_token(server):
         assert result.returncode == 1
         assert len(robot.accepted) == 1
         assert "FAILED" in robot.accepted[0]["markdown"]["title"]
+
+
+def test_a_run_alerts_by_itself_from_the_environment_as_in_kubernetes(server):
+    """No OnFailure= in Kubernetes: the trigger alerts itself with DEPLOYER_ALERT_* from a Secret."""
+    import os
+
+    server.routes["/down"] = Reply(503, b"down")
+    with Robot(token="k8s-token", secret="k8s-secret") as robot:
+        env = dict(os.environ, DEPLOYER_ALERT_TYPE="dingtalk", DEPLOYER_ALERT_TOKEN="k8s-token",
+                   DEPLOYER_ALERT_SECRET="k8s-secret", DEPLOYER_ALERT_ENDPOINT=robot.endpoint("dingtalk"),
+                   DEPLOYER_HOST_NAME="kubernetes")
+        result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "--job", "settle", "--url",
+                                 server.url("/down")], capture_output=True, text=True, env=env)
+        assert result.returncode == 1
+        assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job settle FAILED on kubernetes"]
+        assert "k8s-token" not in result.stdout + result.stderr

@@ -1,0 +1,201 @@
+"""The inventory's jobs as Kubernetes batch/v1 CronJobs running the same trigger (pure; no I/O).
+
+Semantics kept: the original cron expression and time zone, Forbid (systemd never starts a
+job that is still running), retries -> backoffLimit (the trigger itself then makes one
+attempt per pod), timeout -> activeDeadlineSeconds (the whole run). Alert tokens come from a
+Secret per channel, by reference: no secret value is ever printed.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import DeployerError
+from .models import Inventory, Job
+from .schedule import MACROS, QUARTZ_WEEKDAYS, _TZ_PREFIX
+
+DEFAULT_IMAGE = "deployer-trigger:latest"
+MAX_CRONJOB_NAME = 52  # Kubernetes appends 11 characters for the Jobs it creates
+# If the controller was down, a run up to an hour late still happens (once), like Persistent=.
+STARTING_DEADLINE_SECONDS = 3600
+LABELS = {"app.kubernetes.io/managed-by": "deployer"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    job: str
+    reason: str
+
+
+def k8s_schedule(job: Job) -> tuple[str, str]:
+    """(schedule, timeZone) as Kubernetes' cron reads them, or DeployerError saying why not."""
+    if job.schedule is None:
+        raise DeployerError(f"job {job.name}: on_calendar has no cron equivalent; give it a schedule")
+    text, zone = job.schedule.strip(), job.timezone
+    prefixed = _TZ_PREFIX.match(text)
+    if prefixed:  # Kubernetes refuses CRON_TZ= in the schedule: it goes to .spec.timeZone
+        zone, text = prefixed.group(1), prefixed.group(2).strip()
+    if text.lower() == "@reboot":
+        raise DeployerError(f"job {job.name}: @reboot has no Kubernetes equivalent")
+    if text.lower() in MACROS:
+        return text.lower(), zone
+    fields = text.split()
+    if len(fields) in (6, 7):
+        fields = _quartz_as_cron(job.name, fields)
+    if len(fields) != 5:
+        raise DeployerError(f"job {job.name}: {text!r} is not a 5-field cron expression")
+    day, weekday = fields[2], fields[4]
+    if (day.startswith("*") and day != "*" and weekday != "*") or \
+            (weekday.startswith("*") and weekday != "*" and day != "*"):
+        # Debian cron treats a field starting with '*' (like */2) as unrestricted when
+        # combining day-of-month and day-of-week; Kubernetes only treats '*' so.
+        raise DeployerError(f"job {job.name}: {text!r}: Kubernetes combines {day!r} and {weekday!r} "
+                            "differently from cron; write the day fields without a leading */")
+    return " ".join(fields), zone
+
+
+def _quartz_as_cron(name: str, fields: list[str]) -> list[str]:
+    seconds, minute, hour, day, month, weekday = fields[:6]
+    if seconds != "0" or (len(fields) == 7 and fields[6] != "*") or re.search(r"[LW#]", day + weekday):
+        raise DeployerError(f"job {name}: Quartz {' '.join(fields)!r} needs seconds, years or L/W/#, "
+                            "which Kubernetes' cron cannot express")
+
+    def weekday_number(token: str) -> str:
+        token = token.lower()
+        value = QUARTZ_WEEKDAYS.index(token) + 1 if token in QUARTZ_WEEKDAYS else int(token)
+        return str(value - 1)  # Quartz 1 = Sunday; cron 0 = Sunday
+
+    if weekday not in ("?", "*"):
+        weekday = re.sub(r"[0-9a-zA-Z]+", lambda m: weekday_number(m.group()), weekday)
+    return [minute, hour, "*" if day == "?" else day, month, "*" if weekday == "?" else weekday]
+
+
+def trigger_args(job: Job) -> list[str]:
+    args = ["--job", job.name, "--url", job.url, "--method", job.method, "--timeout", f"{job.timeout}s",
+            "--retries", "0", "--expect-status", job.expect_status]
+    if job.expect_json:
+        args += ["--expect-json", job.expect_json]
+    if job.ping_url:
+        args += ["--ping-url", job.ping_url]
+    return args
+
+
+def secret_name(channel: str) -> str:
+    return f"deployer-alert-{channel}"
+
+
+def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str]) -> dict[str, Any]:
+    schedule, zone = k8s_schedule(job)
+    if len(job.name) > MAX_CRONJOB_NAME:
+        raise DeployerError(f"job {job.name}: Kubernetes limits CronJob names to {MAX_CRONJOB_NAME} characters")
+    labels = {**LABELS, "deployer/job": job.name}
+    env: list[dict[str, Any]] = [{"name": "DEPLOYER_HOST_NAME", "value": "kubernetes"}]
+    if job.alert:
+        alert = inv.alert(job.alert)
+        env += [{"name": "DEPLOYER_ALERT_TYPE", "value": alert.type}]
+        if alert.endpoint:
+            env += [{"name": "DEPLOYER_ALERT_ENDPOINT", "value": alert.endpoint}]
+        for key in ("token", "secret"):
+            if getattr(alert, key):
+                env.append({"name": f"DEPLOYER_ALERT_{key.upper()}", "valueFrom": {
+                    "secretKeyRef": {"name": secret_name(alert.name), "key": key}}})
+    container = {
+        "name": "trigger", "image": image, "args": trigger_args(job), "env": env,
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    metadata: dict[str, Any] = {"name": job.name, "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata,
+        "spec": {
+            "schedule": schedule, "timeZone": zone, "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"metadata": {"labels": labels}, "spec": {
+                "backoffLimit": job.retries, "activeDeadlineSeconds": job.timeout,
+                "template": {"metadata": {"labels": labels}, "spec": {
+                    "restartPolicy": "Never", "containers": [container],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                }},
+            }},
+        },
+    }
+
+
+def export(inv: Inventory, image: str = DEFAULT_IMAGE, namespace: Optional[str] = None,
+           skip_unexpressible: bool = False) -> tuple[list[dict[str, Any]], list[Skipped]]:
+    manifests, skipped, problems = [], [], []
+    for job in inv.jobs:
+        try:
+            manifests.append(cronjob(inv, job, image, namespace))
+        except DeployerError as error:
+            (skipped.append(Skipped(job.name, str(error))) if skip_unexpressible else problems.append(str(error)))
+    if problems:
+        raise DeployerError("cannot export: " + "; ".join(problems) + " (--skip-unexpressible leaves them out)")
+    return manifests, skipped
+
+
+def secret_commands(inv: Inventory, namespace: Optional[str]) -> list[str]:
+    """How to create the Secrets the CronJobs reference, with placeholders, never values."""
+    used = sorted({j.alert for j in inv.jobs if j.alert})
+    flag = f" -n {namespace}" if namespace else ""
+    commands = []
+    for name in used:
+        alert = inv.alert(name)
+        literals = " ".join(f"--from-literal={k}=\"${{{name.upper().replace('-', '_')}_{k.upper()}}}\""
+                            for k in ("token", "secret") if getattr(alert, k))
+        commands.append(f"kubectl{flag} create secret generic {secret_name(name)} {literals}")
+    return commands
+
+
+# --- a small YAML writer: every string JSON-quoted, which YAML reads as the same string ----------
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 1)}")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        lines = []
+        for item in value:
+            if isinstance(item, dict) and item:
+                body = to_yaml(item, indent + 1)
+                lines.append(f"{pad}- {body.lstrip()}")
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+        return "\n".join(lines)
+    return pad + _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return "{}" if isinstance(value, dict) else "[]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[Skipped],
+                namespace: Optional[str]) -> str:
+    header = ["# Generated by `deployer export k8s` from " + inv.path + ". Alert secrets are referenced,",
+              "# never included; create them first:"]
+    header += [f"#   {command}" for command in secret_commands(inv, namespace)] or ["#   (no alerts)"]
+    header += [f"# skipped {s.job}: {s.reason}" for s in skipped]
+    return "\n".join(header) + "\n" + "".join(f"---\n{to_yaml(m)}\n" for m in manifests)

@@ -1,0 +1,138 @@
+"""Exported CronJobs, validated against the Kubernetes schema in strict mode."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from kubernetes_validate import validate
+
+from deployer import inventory
+from deployer.errors import DeployerError
+from deployer.k8s import export, k8s_schedule, render_yaml
+
+SECRETS = {"TOKEN": "tok-never-printed-123", "SECRET": "sec-never-printed-456"}
+INVENTORY = """[host:cron01]
+address = 10.0.0.5
+
+[alert:ops]
+type = dingtalk
+token = ${TOKEN}
+secret = ${SECRET}
+
+[defaults]
+alert = ops
+retries = 2
+timeout = 90s
+
+[job:settle-hourly]
+schedule = 0 * * * *
+timezone = Asia/Shanghai
+url = http://settle:8080/api/settle
+expect_json = code=0, data.state="DONE"
+
+[job:weekly-report]
+schedule = 30 9 * * MON
+timezone = Europe/Berlin
+url = https://report/api/weekly?x=1&y='2'
+retries = 0
+timeout = 10m
+
+[job:quartz-daily]
+schedule = 0 15 10 ? * MON-FRI
+url = http://svc/daily
+
+[job:boot-only]
+schedule = @reboot
+url = http://svc/boot
+
+[job:native]
+on_calendar = Mon..Fri *-*-* 09:00:00
+url = http://svc/native
+"""
+
+
+@pytest.fixture
+def inv(tmp_path):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY)
+    return inventory.load(str(path), env=SECRETS)
+
+
+def exported(inv, **kw) -> tuple[str, list[dict]]:
+    manifests, skipped = export(inv, image="registry.example/deployer-trigger:1", namespace="jobs",
+                                skip_unexpressible=True, **kw)
+    text = render_yaml(inv, manifests, skipped, "jobs")
+    return text, [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_every_manifest_passes_strict_schema_validation(inv):
+    text, documents = exported(inv)
+    assert len(documents) == 3
+    for document in documents:
+        validate(document, "1.30.0", strict=True)
+
+
+def test_semantics_are_kept(inv):
+    _, documents = exported(inv)
+    jobs = {d["metadata"]["name"]: d for d in documents}
+    hourly = jobs["settle-hourly"]["spec"]
+    assert (hourly["schedule"], hourly["timeZone"], hourly["concurrencyPolicy"]) == ("0 * * * *", "Asia/Shanghai", "Forbid")
+    template = hourly["jobTemplate"]["spec"]
+    assert (template["backoffLimit"], template["activeDeadlineSeconds"]) == (2, 90)
+    args = template["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--expect-json") + 1] == 'code=0, data.state="DONE"'
+    assert args[args.index("--retries") + 1] == "0", "Kubernetes retries the pod; the trigger must not too"
+    weekly = jobs["weekly-report"]["spec"]
+    assert (weekly["schedule"], weekly["timeZone"]) == ("30 9 * * MON", "Europe/Berlin")
+    assert weekly["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 600
+    assert jobs["quartz-daily"]["spec"]["schedule"] == "15 10 * * 1-5"  # Quartz MON-FRI is 2-6
+
+
+def test_no_secret_value_is_ever_printed(inv):
+    text, documents = exported(inv)
+    assert SECRETS["TOKEN"] not in text and SECRETS["SECRET"] not in text
+    env = documents[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "DEPLOYER_ALERT_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "deployer-alert-ops", "key": "token"}}} in env
+    assert "kubectl -n jobs create secret generic deployer-alert-ops" in text
+
+
+def test_jobs_cron_cannot_express_are_named(inv):
+    with pytest.raises(DeployerError) as caught:
+        export(inv)
+    assert "job boot-only: @reboot" in str(caught.value) and "job native: on_calendar" in str(caught.value)
+    text, _ = exported(inv)
+    assert "# skipped native: job native: on_calendar has no cron equivalent" in text
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("CRON_TZ=Asia/Tokyo 0 9 * * *", ("0 9 * * *", "Asia/Tokyo")),
+    ("@weekly", ("@weekly", "UTC")),
+    ("0 0 12 ? * 1,7", ("0 12 * * 0,6", "UTC")),
+])
+def test_schedules(schedule, expected):
+    from deployer.models import Job
+
+    assert k8s_schedule(Job(name="j", url="http://x/", host="h", schedule=schedule)) == expected
+
+
+@pytest.mark.parametrize("schedule", ["0 0 */2 * 1", "0 0 0 L * ?", "30 0 12 * * ?", "0 0 12 ? * 6#3"])
+def test_schedules_kubernetes_would_read_differently_are_refused(schedule):
+    from deployer.models import Job
+
+    with pytest.raises(DeployerError):
+        k8s_schedule(Job(name="j", url="http://x/", host="h", schedule=schedule))
+
+
+def test_cli_validates_with_the_kubernetes_validate_command(tmp_path, deployer):
+    import subprocess
+    import sys
+
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY)
+    out = deployer("export", "k8s", "-i", str(path), "--skip-unexpressible", env=SECRETS, check=True)
+    manifest = tmp_path / "cronjobs.yaml"
+    manifest.write_text(out.stdout)
+    checked = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", str(manifest)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "skipped boot-only" in out.stderr
