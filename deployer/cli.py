@@ -394,7 +394,8 @@ def export():
 @click.option("--namespace", metavar="NS", help="Set metadata.namespace on every manifest.")
 @click.option("--skip-unexpressible", is_flag=True,
               help="Leave out, with a comment, jobs Kubernetes cannot schedule (else: error).")
-def export_k8s(inventory_path, image, namespace, skip_unexpressible):
+@click.option("--suspend", is_flag=True, help="Emit the CronJobs suspended (to switch over job by job).")
+def export_k8s(inventory_path, image, namespace, skip_unexpressible, suspend):
     """batch/v1 CronJobs (YAML) running the same trigger with the same success rules.
 
     Keeps the cron expression and time zone; concurrencyPolicy Forbid; retries ->
@@ -404,7 +405,7 @@ def export_k8s(inventory_path, image, namespace, skip_unexpressible):
     from . import k8s
 
     inv = Options(inventory_path).inventory()
-    manifests, skipped = k8s.export(inv, image, namespace, skip_unexpressible)
+    manifests, skipped = k8s.export(inv, image, namespace, skip_unexpressible, suspend)
     click.echo(k8s.render_yaml(inv, manifests, skipped, namespace), nl=False)
     for item in skipped:
         click.echo(f"deployer: warning: skipped {item.job}: {item.reason}", err=True)

@@ -86,7 +86,7 @@ def secret_name(channel: str) -> str:
     return f"deployer-alert-{channel}"
 
 
-def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str]) -> dict[str, Any]:
+def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], suspend: bool = False) -> dict[str, Any]:
     schedule, zone = k8s_schedule(job)
     if len(job.name) > MAX_CRONJOB_NAME:
         raise DeployerError(f"job {job.name}: Kubernetes limits CronJob names to {MAX_CRONJOB_NAME} characters")
@@ -113,7 +113,7 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str]) -> d
     return {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata,
         "spec": {
-            "schedule": schedule, "timeZone": zone, "concurrencyPolicy": "Forbid",
+            "schedule": schedule, "timeZone": zone, "concurrencyPolicy": "Forbid", "suspend": suspend,
             "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
             "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
             "jobTemplate": {"metadata": {"labels": labels}, "spec": {
@@ -129,11 +129,11 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str]) -> d
 
 
 def export(inv: Inventory, image: str = DEFAULT_IMAGE, namespace: Optional[str] = None,
-           skip_unexpressible: bool = False) -> tuple[list[dict[str, Any]], list[Skipped]]:
+           skip_unexpressible: bool = False, suspend: bool = False) -> tuple[list[dict[str, Any]], list[Skipped]]:
     manifests, skipped, problems = [], [], []
     for job in inv.jobs:
         try:
-            manifests.append(cronjob(inv, job, image, namespace))
+            manifests.append(cronjob(inv, job, image, namespace, suspend))
         except DeployerError as error:
             (skipped.append(Skipped(job.name, str(error))) if skip_unexpressible else problems.append(str(error)))
     if problems:
