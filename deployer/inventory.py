@@ -90,7 +90,11 @@ def retries(value: str) -> int:
 
 def url(value: str) -> str:
     text(value)
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as error:
+        raise Invalid(f"{value!r} is not a valid URL ({error})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"{value!r} is not an http:// or https:// URL with a host")
     if any(c.isspace() for c in value):
