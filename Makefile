@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SYSTEM_PACKAGES := systemd-container openssh-server openssh-client python3 python3-venv
+SYSTEM_PACKAGES := systemd-container openssh-server openssh-client sudo python3 python3-venv
 
 .PHONY: install system-packages test test-fast demo bench clean
 

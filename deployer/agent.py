@@ -496,6 +496,9 @@ OPERATIONS = {"state": op_state, "apply": op_apply, "status": op_status, "run": 
 def main():
     request = json.loads(sys.stdin.read())
     try:
+        if os.geteuid() != 0:
+            raise AgentError("needs root on the host: log in as root, or set `sudo = true` (passwordless "
+                             "sudo for this user) in [host:%s]" % request.get("host", "?"))
         if request["op"] in ("state", "status", "run") and os.path.exists(JOURNAL):
             held = lock()  # an interrupted switch is finished before anything reads the host
             try:

@@ -140,7 +140,7 @@ def execute(connection, command: str, stdin: bytes = b"", step: str = "command",
 
 def call_agent(connection, op: str, progress: Optional[Callable[[str], None]] = None, **request: Any) -> Any:
     host: Host = connection.deployer_host
-    payload = json.dumps({"op": op, **LAYOUT, **request}).encode()
+    payload = json.dumps({"op": op, **LAYOUT, "host": host.name, **request}).encode()
     raw = execute(connection, _agent_command(host), payload, step=f"agent {op}", progress=progress)
     try:
         answer = json.loads(raw)
@@ -165,12 +165,10 @@ def apply(connection, plan: Plan, state: RemoteState, inventory_path: str,
           progress: Optional[Callable[[str], None]] = None, stamps: Optional[dict] = None) -> dict:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile.
     `stamps`: timer -> last trigger (unix time) to give added timers (see `deployer move`)."""
-    host: Host = connection.deployer_host
     writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode,
                "start": f.start} for f in plan.add + plan.change]
     return call_agent(connection, "apply", progress=progress, write=writes, remove=list(plan.remove),
-                      expect=state.files, host=host.name, inventory=os.path.abspath(inventory_path),
-                      stamps=stamps or {})
+                      expect=state.files, inventory=os.path.abspath(inventory_path), stamps=stamps or {})
 
 
 def pause(connection, job: str) -> dict:

@@ -76,6 +76,8 @@ class CronHost:
         public = self.key.with_suffix(".pub").read_text()
         for user in ("root",) + self.users:
             (upper / "ssh" / "keys" / user).write_text(public)
+        if self.users:
+            self._add_users(upper)
         (upper / "ssh" / "sshd_config.d" / "00-deployer-test.conf").write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/deployer_test_host_key\n"
             "AuthorizedKeysFile /etc/ssh/keys/%u\nPermitRootLogin prohibit-password\n"
@@ -85,6 +87,21 @@ class CronHost:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
         for unit in MASKED:
             (upper / "systemd" / "system" / unit).symlink_to("/dev/null")
+
+    def _add_users(self, upper: Path) -> None:
+        """Unprivileged accounts with passwordless sudo, as an ops team's deploy user has."""
+        passwd, group, shadow = (Path("/etc", f).read_text() for f in ("passwd", "group", "shadow"))
+        for number, user in enumerate(self.users, start=2001):
+            passwd += f"{user}:x:{number}:{number}::/tmp:/bin/sh\n"
+            group += f"{user}:x:{number}:\n"
+            shadow += f"{user}:*:19000:0:99999:7:::\n"
+        for name, content, mode in (("passwd", passwd, 0o644), ("group", group, 0o644), ("shadow", shadow, 0o640)):
+            (upper / name).write_text(content)
+            (upper / name).chmod(mode)
+        (upper / "sudoers.d").mkdir()
+        rules = upper / "sudoers.d" / "deployer-test"
+        rules.write_text("".join(f"{user} ALL=(root) NOPASSWD: ALL\n" for user in self.users))
+        rules.chmod(0o440)
 
     # -- lifecycle ----------------------------------------------------------------------
 
