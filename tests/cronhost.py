@@ -82,6 +82,9 @@ class CronHost:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/deployer_test_host_key\n"
             "AuthorizedKeysFile /etc/ssh/keys/%u\nPermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\nUseDNS no\n"
+            # Without PAM, no logind session per connection: with it, a connection arriving while
+            # the previous session's user@0.service is stopping waited ~120 s for pam_systemd.
+            "UsePAM no\n"
         )
         host_public = host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")

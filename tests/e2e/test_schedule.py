@@ -72,3 +72,21 @@ def test_downtime_across_several_runs_gives_one_catch_up_run(tmp_path, server, d
             time.sleep(0.1)
         catch_up = [r for r in server.received("/often")[before:] if r.at < next_slot - 0.5]
         assert len(catch_up) == 1, f"{len(catch_up)} runs on return; Persistent= should give one"
+
+
+def test_pushes_during_firing_windows_neither_double_nor_drop_a_run(cron01, server, deployer, write_inventory):
+    """Each push rewrites the timer (same times, other text), so systemd restarts it mid-stream."""
+    server.routes["/every2"] = json_reply({"code": 0})
+    calendars = ["*:*:0/2", "*:*:00/2", "*-*-* *:*:0/2"]
+    path = write_inventory(cron01.inventory_host() + calendar_job(server, "every2", calendars[0]))
+    deployer("push", "-i", path, check=True)
+    server.wait_for("/every2", count=2, timeout=10)
+    for i in range(1, 7):
+        write_inventory(cron01.inventory_host() + calendar_job(server, "every2", calendars[i % 3]))
+        assert "1 change" in deployer("push", "-i", path, check=True).stdout
+    count = len(server.received("/every2"))
+    server.wait_for("/every2", count=count + 2, timeout=10)
+
+    times = sorted(r.at for r in server.received("/every2"))
+    first, last = int(times[0]) // 2 * 2, int(times[-1]) // 2 * 2
+    assert len(times) == (last - first) // 2 + 1, f"runs at {[round(t % 60, 2) for t in times]}"
