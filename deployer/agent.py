@@ -5,6 +5,7 @@ stdin (never in process arguments, so secrets stay out of `ps`). It answers one 
 document on stdout. It must run on any python3 >= 3.7 and import nothing of ours.
 """
 import base64
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -79,19 +80,21 @@ def op_state(request):
     return answer
 
 
-def lock():
+@contextlib.contextmanager
+def locked():
     """Serialise pushes: a second one waits, then gives up with a clear message."""
     os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
-    handle = open(LOCK_PATH, "w")
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise AgentError("another push holds %s for over %ds" % (LOCK_PATH, LOCK_WAIT_SECONDS))
-            time.sleep(0.2)
+    with open(LOCK_PATH, "w") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AgentError("another push holds %s for over %ds" % (LOCK_PATH, LOCK_WAIT_SECONDS))
+                time.sleep(0.2)
+        yield
 
 
 def staging_path(path):
@@ -269,65 +272,67 @@ def op_apply(request):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = Stopwatch()
+    with locked():
+        watch.lap("lock")
+        return apply_locked(request, watch)
+
+
+def apply_locked(request, watch):
+    """Everything apply does under the host lock: recover, check, stage, verify, switch."""
     unit_dir = request["unit_dir"]
     writes = request["write"]  # [{"path", "content" (base64), "mode", "start"}]
     removes = request["remove"]
-    held = lock()
-    watch.lap("lock")
+    recovered = roll_forward()
+    check_owner(request)
+    current = managed_files(request)
+    if current != request["expect"]:
+        raise AgentError("the host changed since it was read (another push?); run the push again")
+    clear_staging(request)
+    progress("writing %d files" % len(writes))
+    staged = {}
+    for item in writes:
+        staged[item["path"]] = write_staged(item["path"], base64.b64decode(item["content"]), item["mode"])
+    os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+    watch.lap("stage")
+    progress("systemd-analyze verify: %d units" % sum(p.startswith(unit_dir + "/") for p in staged))
     try:
-        recovered = roll_forward()
-        check_owner(request)
-        current = managed_files(request)
-        if current != request["expect"]:
-            raise AgentError("the host changed since it was read (another push?); run the push again")
+        verify(sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/")))
+    except AgentError:
         clear_staging(request)
-        progress("writing %d files" % len(writes))
-        staged = {}
-        for item in writes:
-            staged[item["path"]] = write_staged(item["path"], base64.b64decode(item["content"]), item["mode"])
-        os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
-        watch.lap("stage")
-        progress("systemd-analyze verify: %d units" % sum(p.startswith(unit_dir + "/") for p in staged))
-        try:
-            verify(sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/")))
-        except AgentError:
-            clear_staging(request)
-            raise
-        watch.lap("verify")
-        paused = paused_timers()
-        starts = {item["path"]: item.get("start", True) for item in writes}
-        timers = [p for p in staged if p.endswith(".timer")]
-        added = [unit_name(p) for p in timers if p not in current]
-        changed = [unit_name(p) for p in timers if p in current]
-        boot_only = {unit_name(p) for p in timers if not starts[p]}
-        removed = [unit_name(p) for p in removes if p.endswith(".timer")]
-        journal = {
-            "disable": removed,
-            "restamp": [t for t in changed if t not in paused],
-            "stopped_at": time.time(),
-            "stamps": {t: w for t, w in request.get("stamps", {}).items() if t in added},
-            # Library files, then services, then timers: no timer ever points at a missing service.
-            "renames": [[staged[p], p] for p in sorted(staged, key=lambda p: (
-                p.startswith(unit_dir + "/"), p.endswith(".timer"), p))],
-            # Timers before their services, for the same reason.
-            "removes": sorted(removes, key=lambda p: not p.endswith(".timer")),
-            "unpause": [t for t in removed if t in paused],
-            "reload": any(p.startswith(unit_dir + "/") for p in list(staged) + removes),
-            "enable": [t for t in added if t not in paused],
-            "start": [t for t in added + changed if t not in boot_only and t not in paused],
-        }
-        write_atomically(OWNER, json.dumps({"host": request["host"], "inventory": request.get("inventory", "?")}))
-        write_atomically(JOURNAL, json.dumps(journal))  # from here on, the new set is what the host holds
-        watch.lap("switch")
-        play(journal)
-        os.unlink(JOURNAL)
-        watch.lap("activate")
-        return {"reloaded": journal["reload"], "started": [t for t in journal["start"] if t in added],
-                "restarted": [t for t in journal["start"] if t in changed], "stopped": removed,
-                "enabled_for_boot": sorted(boot_only), "kept_paused": sorted(paused & set(added + changed)),
-                "recovered_interrupted_push": recovered, "seconds": watch.steps}
-    finally:
-        held.close()
+        raise
+    watch.lap("verify")
+    paused = paused_timers()
+    starts = {item["path"]: item.get("start", True) for item in writes}
+    timers = [p for p in staged if p.endswith(".timer")]
+    added = [unit_name(p) for p in timers if p not in current]
+    changed = [unit_name(p) for p in timers if p in current]
+    boot_only = {unit_name(p) for p in timers if not starts[p]}
+    removed = [unit_name(p) for p in removes if p.endswith(".timer")]
+    journal = {
+        "disable": removed,
+        "restamp": [t for t in changed if t not in paused],
+        "stopped_at": time.time(),
+        "stamps": {t: w for t, w in request.get("stamps", {}).items() if t in added},
+        # Library files, then services, then timers: no timer ever points at a missing service.
+        "renames": [[staged[p], p] for p in sorted(staged, key=lambda p: (
+            p.startswith(unit_dir + "/"), p.endswith(".timer"), p))],
+        # Timers before their services, for the same reason.
+        "removes": sorted(removes, key=lambda p: not p.endswith(".timer")),
+        "unpause": [t for t in removed if t in paused],
+        "reload": any(p.startswith(unit_dir + "/") for p in list(staged) + removes),
+        "enable": [t for t in added if t not in paused],
+        "start": [t for t in added + changed if t not in boot_only and t not in paused],
+    }
+    write_atomically(OWNER, json.dumps({"host": request["host"], "inventory": request.get("inventory", "?")}))
+    write_atomically(JOURNAL, json.dumps(journal))  # from here on, the new set is what the host holds
+    watch.lap("switch")
+    play(journal)
+    os.unlink(JOURNAL)
+    watch.lap("activate")
+    return {"reloaded": journal["reload"], "started": [t for t in journal["start"] if t in added],
+            "restarted": [t for t in journal["start"] if t in changed], "stopped": removed,
+            "enabled_for_boot": sorted(boot_only), "kept_paused": sorted(paused & set(added + changed)),
+            "recovered_interrupted_push": recovered, "seconds": watch.steps}
 
 
 def show(units, properties):
@@ -439,27 +444,26 @@ def check_owner(request):
                          "`deployer move`" % (owner.get("host"), owner.get("inventory", "?"), request["host"]))
 
 
+def installed_timer(request):
+    timer = request["timer"]
+    if not os.path.exists(os.path.join(request["unit_dir"], timer)):
+        raise AgentError("%s is not installed here" % timer)
+    return timer
+
+
 def op_pause(request):
-    held = lock()
-    try:
-        timer = request["timer"]
-        if not os.path.exists(os.path.join(request["unit_dir"], timer)):
-            raise AgentError("%s is not installed here" % timer)
+    with locked():
+        timer = installed_timer(request)
         os.makedirs(PAUSED_DIR, exist_ok=True)
         open(os.path.join(PAUSED_DIR, timer), "w").close()
         # Disabled as well as stopped, so that a reboot does not bring it back.
         systemctl("disable", "--now", timer)
         return {"paused": timer}
-    finally:
-        held.close()
 
 
 def op_resume(request):
-    held = lock()
-    try:
-        timer = request["timer"]
-        if not os.path.exists(os.path.join(request["unit_dir"], timer)):
-            raise AgentError("%s is not installed here" % timer)
+    with locked():
+        timer = installed_timer(request)
         marker = os.path.join(PAUSED_DIR, timer)
         if os.path.exists(marker):
             os.unlink(marker)
@@ -469,20 +473,15 @@ def op_resume(request):
         set_last_trigger([timer], time.time())
         systemctl("enable", "--now", timer)
         return {"resumed": timer}
-    finally:
-        held.close()
 
 
 def op_handoff(request):
     """The first step of `deployer move`: stop these timers here and say when."""
-    held = lock()
-    try:
+    with locked():
         timers = [t for t in request["timers"] if os.path.exists(os.path.join(request["unit_dir"], t))]
         if timers:
             systemctl("disable", "--now", *timers)
         return {"stopped": timers, "at": time.time()}
-    finally:
-        held.close()
 
 
 def op_logs(request):
@@ -500,11 +499,8 @@ def main():
             raise AgentError("needs root on the host: log in as root, or set `sudo = true` (passwordless "
                              "sudo for this user) in [host:%s]" % request.get("host", "?"))
         if request["op"] in ("state", "status", "run") and os.path.exists(JOURNAL):
-            held = lock()  # an interrupted switch is finished before anything reads the host
-            try:
+            with locked():  # an interrupted switch is finished before anything reads the host
                 roll_forward()
-            finally:
-                held.close()
         answer = {"ok": True, "result": OPERATIONS[request["op"]](request)}
     except AgentError as error:
         answer = {"ok": False, "error": str(error)}

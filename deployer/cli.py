@@ -65,6 +65,13 @@ def _connect(inv, host_name):
     return remote.connect(inv.host(host_name))
 
 
+def _open_host(inventory_path: str, host_name: Optional[str]):
+    """What every host command starts with: the inventory, the host's name, a connection."""
+    inv = Options(inventory_path).inventory()
+    host_name = _host_name(inv, host_name)
+    return inv, host_name, _connect(inv, host_name)
+
+
 def _job(inv, host_name: str, job: str):
     for candidate in inv.jobs_for(host_name):
         if candidate.name == job:
@@ -188,9 +195,8 @@ def plan(inventory_path, host_name, as_json):
     from .deploy import plan_push
     from .plan import as_dict, render_diff, summary
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
-    the_plan, state = plan_push(inv, host_name, _connect(inv, host_name), contents=True)
+    inv, host_name, connection = _open_host(inventory_path, host_name)
+    the_plan, state = plan_push(inv, host_name, connection, contents=True)
     if as_json:
         click.echo(json.dumps({"host": host_name, **as_dict(the_plan)}, indent=2))
         return
@@ -298,9 +304,8 @@ def status(inventory_path, host_name, as_json):
     """Every managed job on the host: schedule, next run, last run, last result."""
     from . import remote
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
-    rows = [_status_row(j) for j in remote.status(_connect(inv, host_name))]
+    _, host_name, connection = _open_host(inventory_path, host_name)
+    rows = [_status_row(j) for j in remote.status(connection)]
     if as_json:
         click.echo(json.dumps({"host": host_name, "jobs": rows}, indent=2))
         return
@@ -323,10 +328,9 @@ def run(job, inventory_path, host_name):
     """Run JOB now on the host, wait for it, show its output; exit with its result."""
     from . import remote
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
+    inv, host_name, connection = _open_host(inventory_path, host_name)
     _job(inv, host_name, job)
-    result = remote.run(_connect(inv, host_name), job)
+    result = remote.run(connection, job)
     click.echo(result["output"], nl=False)
     if not result["ok"]:
         click.echo(f"deployer: job {job} failed ({result['result']}, exit {result['exit_status']})", err=True)
@@ -346,9 +350,8 @@ def pause(job, inventory_path, host_name):
     """
     from . import remote
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
-    remote.pause(_connect(inv, host_name), job)
+    _, host_name, connection = _open_host(inventory_path, host_name)
+    remote.pause(connection, job)
     click.echo(f"job {job} paused on {host_name}")
 
 
@@ -360,9 +363,8 @@ def resume(job, inventory_path, host_name):
     """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
     from . import remote
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
-    remote.resume(_connect(inv, host_name), job)
+    _, host_name, connection = _open_host(inventory_path, host_name)
+    remote.resume(connection, job)
     click.echo(f"job {job} resumed on {host_name}")
 
 
@@ -376,10 +378,9 @@ def logs(job, inventory_path, host_name, lines):
     """Show JOB's journal on the host (every run, newest last)."""
     from . import remote
 
-    inv = Options(inventory_path).inventory()
-    host_name = _host_name(inv, host_name)
+    inv, host_name, connection = _open_host(inventory_path, host_name)
     _job(inv, host_name, job)
-    click.echo(remote.logs(_connect(inv, host_name), job, lines), nl=False)
+    click.echo(remote.logs(connection, job, lines), nl=False)
 
 
 @main.group()

@@ -524,11 +524,6 @@ def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone:
     return Calendar(cron_to_oncalendar(text, timezone), timezone)
 
 
-def job_oncalendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str) -> tuple[str, ...]:
-    """The calendar lines of a job's timer, from whichever of the two keys it uses."""
-    return to_calendar(schedule, on_calendar, timezone).lines
-
-
 # --- systemd as the judge of calendars and next runs ----------------------------------------
 
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
