@@ -155,7 +155,7 @@ fixed_time_crons = st.tuples(
 
 
 @needs_systemd
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expression=st.one_of(cron_expressions, fixed_time_crons), zone=st.sampled_from(DST_ZONES),
        base=near_dst_changes())
 def test_across_dst_changes_systemd_runs_exactly_when_debian_cron_would(expression, zone, base):
@@ -168,7 +168,7 @@ def test_across_dst_changes_systemd_runs_exactly_when_debian_cron_would(expressi
 
 
 @needs_systemd
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expression=cron_expressions, zone=st.sampled_from(ZONES),
        base=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2030, 12, 31)))
 def test_systemd_expands_our_lines_to_exactly_crons_run_times(expression, zone, base):
