@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-MARKER = b"# Managed by deployer"
 LOCK_PATH = "/run/lock/deployer.lock"
 LOCK_WAIT_SECONDS = 60
 
@@ -32,7 +31,7 @@ def sha256(path):
 def managed_files(request):
     """path -> sha256 of every file the deployer owns: marked units and its library files."""
     found = {}
-    unit_dir, prefix = request["unit_dir"], request["unit_prefix"]
+    unit_dir, prefix, marker = request["unit_dir"], request["unit_prefix"], request["marker"].encode()
     try:
         names = sorted(os.listdir(unit_dir))
     except FileNotFoundError:
@@ -42,7 +41,7 @@ def managed_files(request):
         if name.startswith(prefix) and os.path.isfile(path) and not os.path.islink(path):
             with open(path, "rb") as handle:
                 content = handle.read()
-            if content.startswith(MARKER):
+            if content.startswith(marker):
                 found[path] = hashlib.sha256(content).hexdigest()
     for directory in (request["lib_dir"], request["credentials_dir"]):
         if os.path.isdir(directory):

@@ -157,12 +157,10 @@ def schedule(expression, zone, count, as_json):
 
 
 def _check_zone_option(zone: str) -> None:
-    from zoneinfo import ZoneInfo
+    from .schedule import is_zone
 
-    try:
-        ZoneInfo(zone)
-    except (ValueError, KeyError, OSError):
-        raise click.BadParameter(f"{zone!r} is not an IANA time zone", param_hint="--timezone") from None
+    if not is_zone(zone):
+        raise click.BadParameter(f"{zone!r} is not an IANA time zone", param_hint="--timezone")
 
 
 @main.command(epilog=EPILOG)

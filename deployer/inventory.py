@@ -13,7 +13,7 @@ import trigger
 
 from .errors import InventoryError, Problem, ScheduleError
 from .models import Alert, Host, Inventory, Job, Secret
-from .schedule import check_calendar_lines, to_calendar
+from .schedule import check_calendar_lines, is_zone, to_calendar
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -107,12 +107,8 @@ def method(value: str) -> str:
 
 
 def timezone(value: str) -> str:
-    from zoneinfo import ZoneInfo
-
-    try:
-        ZoneInfo(value)
-    except (ValueError, KeyError, OSError):
-        raise Invalid(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC)") from None
+    if not is_zone(value):
+        raise Invalid(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC)")
     return value
 
 

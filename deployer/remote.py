@@ -21,7 +21,7 @@ from .models import Host, Plan, RemoteState
 from .render import CREDENTIALS_DIR, LIB_DIR, UNIT_DIR
 
 LAYOUT = {"unit_dir": UNIT_DIR, "lib_dir": LIB_DIR, "credentials_dir": CREDENTIALS_DIR,
-          "unit_prefix": systemd.UNIT_PREFIX}
+          "unit_prefix": systemd.UNIT_PREFIX, "marker": systemd.MARKER}
 CONNECT_TIMEOUT = 15
 
 

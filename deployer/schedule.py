@@ -37,30 +37,29 @@ class CronField:
     low: int
     high: int
     names: Optional[list[str]] = None
+    first_name: int = 0  # the value of names[0]: jan is 1, cron's sun 0, Quartz's sun 1
 
 
 FIELDS = (
     CronField("minute", 0, 59),
     CronField("hour", 0, 23),
     CronField("day-of-month", 1, 31),
-    CronField("month", 1, 12, MONTHS),
+    CronField("month", 1, 12, MONTHS, first_name=1),
     CronField("day-of-week", 0, 7, WEEKDAYS),
 )
 
 _ELEMENT = re.compile(r"^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$")
 
 
-def _number(text: str, spec: CronField, expr: str) -> int:
+def _number(text: str, spec: CronField, expr: str, dialect: str = "cron") -> int:
     if text.isdigit():
         value = int(text)
     elif spec.names and text in spec.names:
-        value = spec.names.index(text) + (1 if spec.name == "month" else 0)
+        value = spec.names.index(text) + spec.first_name
     else:
-        raise ScheduleError(f"cron {expr!r}: {spec.name} field: {text!r} is not a number or name")
+        raise ScheduleError(f"{dialect} {expr!r}: {spec.name} field: {text!r} is not a number or name")
     if not spec.low <= value <= spec.high:
-        raise ScheduleError(
-            f"cron {expr!r}: {spec.name} field: {value} is outside {spec.low}-{spec.high}"
-        )
+        raise ScheduleError(f"{dialect} {expr!r}: {spec.name} field: {value} is outside {spec.low}-{spec.high}")
     return value
 
 
@@ -351,22 +350,14 @@ def dst_repeat_lines(cron: CronSchedule, zone: str) -> list[str]:
 QUARTZ_WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # 1..7
 QUARTZ_FIELDS = (
     CronField("second", 0, 59), CronField("minute", 0, 59), CronField("hour", 0, 23),
-    CronField("day-of-month", 1, 31), CronField("month", 1, 12, MONTHS),
-    CronField("day-of-week", 1, 7, QUARTZ_WEEKDAYS), CronField("year", 1970, 2099),
+    CronField("day-of-month", 1, 31), CronField("month", 1, 12, MONTHS, first_name=1),
+    CronField("day-of-week", 1, 7, QUARTZ_WEEKDAYS, first_name=1), CronField("year", 1970, 2099),
 )
 _QUARTZ_ELEMENT = re.compile(r"^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$")
 
 
 def _quartz_number(text: str, spec: CronField, expr: str) -> int:
-    if text.isdigit():
-        value = int(text)
-    elif spec.names and text in spec.names:
-        value = spec.names.index(text) + 1
-    else:
-        raise ScheduleError(f"quartz {expr!r}: {spec.name} field: {text!r} is not a number or name")
-    if not spec.low <= value <= spec.high:
-        raise ScheduleError(f"quartz {expr!r}: {spec.name} field: {value} is outside {spec.low}-{spec.high}")
-    return value
+    return _number(text, spec, expr, dialect="quartz")
 
 
 def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
@@ -484,28 +475,21 @@ class Calendar:
     on_boot: bool = False
 
 
-def _check_zone(zone: str, expression: str) -> str:
+def is_zone(name: str) -> bool:
+    """An IANA time zone this machine's tzdata knows (what systemd accepts too)."""
     from zoneinfo import ZoneInfo
 
     try:
-        ZoneInfo(zone)
+        ZoneInfo(name)
+        return True
     except (ValueError, KeyError, OSError):
-        raise ScheduleError(f"{expression!r}: {zone!r} is not an IANA time zone") from None
-    return zone
+        return False
 
 
 def has_zone(line: str) -> bool:
     """Does a native calendar line end in a time zone (`UTC` or an IANA name)?"""
-    from zoneinfo import ZoneInfo
-
     last = line.split()[-1] if line.split() else ""
-    if last == "UTC" or "/" in last:
-        try:
-            ZoneInfo(last)
-            return True
-        except (ValueError, KeyError, OSError):
-            return False
-    return False
+    return (last == "UTC" or "/" in last) and is_zone(last)
 
 
 def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str = "UTC") -> Calendar:
@@ -516,7 +500,9 @@ def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone:
     text = schedule.strip()
     prefixed = _TZ_PREFIX.match(text)
     if prefixed:
-        timezone, text = _check_zone(prefixed.group(1), schedule), prefixed.group(2).strip()
+        timezone, text = prefixed.group(1), prefixed.group(2).strip()
+        if not is_zone(timezone):
+            raise ScheduleError(f"{schedule!r}: {timezone!r} is not an IANA time zone")
     if text.lower() == "@reboot":
         return Calendar((), timezone, on_boot=True)
     if len(text.split()) in (6, 7):
