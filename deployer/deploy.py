@@ -21,7 +21,6 @@ Connect = Callable[[str], object]
 class Pushed:
     host: str
     plan: Plan
-    state: RemoteState
     result: dict = field(default_factory=dict)
 
 
@@ -65,13 +64,13 @@ def push(inv: Inventory, host_name: str, connection, connect: Connect,
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, connection)
     if the_plan.is_noop:
-        return Pushed(host_name, the_plan, state)
+        return Pushed(host_name, the_plan)
     added = [j for j in (job_of_timer(f.path) for f in the_plan.add) if j]
     if added and cross_check and len(inv.hosts) > 1:
         progress("checking that no other host runs the new jobs")
         check_not_elsewhere(inv, host_name, added, connect)
     result = remote.apply(connection, the_plan, state, inv.path, progress=progress, stamps=stamps)
-    return Pushed(host_name, the_plan, state, result)
+    return Pushed(host_name, the_plan, result)
 
 
 def move(inv: Inventory, source: str, target: str, connect: Connect,
