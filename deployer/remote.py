@@ -18,10 +18,10 @@ from typing import Any, Callable, Optional
 from . import systemd
 from .errors import RemoteCommandError, RemoteError
 from .models import Host, Plan, RemoteState
-from .render import CREDENTIALS_DIR, LIB_DIR, UNIT_DIR
+from .hostside import paths
 
-LAYOUT = {"unit_dir": UNIT_DIR, "lib_dir": LIB_DIR, "credentials_dir": CREDENTIALS_DIR,
-          "unit_prefix": systemd.UNIT_PREFIX, "marker": systemd.MARKER}
+LAYOUT = {"unit_dir": paths.UNIT_DIR, "lib_dir": paths.LIB_DIR, "credentials_dir": paths.CREDENTIALS_DIR,
+          "unit_prefix": paths.UNIT_PREFIX, "marker": paths.MARKER}
 CONNECT_TIMEOUT = 15
 
 
