@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import DeployerError
+from . import render
 from .models import Inventory, Job
 from .schedule import MACROS, QUARTZ_WEEKDAYS, _TZ_PREFIX
 
@@ -73,12 +74,9 @@ def _quartz_as_cron(name: str, fields: list[str]) -> list[str]:
 
 
 def trigger_args(job: Job) -> list[str]:
-    args = ["--job", job.name, "--url", job.url, "--method", job.method, "--timeout", f"{job.timeout}s",
-            "--retries", "0", "--expect-status", job.expect_status]
-    if job.expect_json:
-        args += ["--expect-json", job.expect_json]
-    if job.ping_url:
-        args += ["--ping-url", job.ping_url]
+    """The unit's trigger arguments, but one attempt per pod: Kubernetes retries (backoffLimit)."""
+    args = render.trigger_args(job)
+    args[args.index("--retries") + 1] = "0"
     return args
 
 

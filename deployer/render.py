@@ -8,6 +8,7 @@ from typing import Iterable
 
 from . import systemd
 from .hostside import paths
+from .hostside.options import OPTIONS_BY_KEY, command_line
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
@@ -42,17 +43,20 @@ def _environment():
     return env
 
 
+def trigger_args(job: Job) -> list[str]:
+    """The trigger's arguments for a job (the unit's, and the Kubernetes container's)."""
+    return ["--job", job.name] + command_line({key: getattr(job, key) for key in OPTIONS_BY_KEY})
+
+
 def trigger_argv(job: Job, python: str) -> list[str]:
-    argv = [python, paths.TRIGGER_PATH, "--job", job.name, "--url", job.url, "--method", job.method,
-            "--timeout", f"{job.timeout}s", "--retries", str(job.retries),
-            "--expect-status", job.expect_status]
-    if job.expect_json:
-        argv += ["--expect-json", job.expect_json]
-    if job.ping_url:
-        argv += ["--ping-url", job.ping_url]
+    argv = [python, paths.TRIGGER_PATH] + trigger_args(job)
     if job.schedule is None or len(job.schedule.split()) >= 6:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
     return argv
+
+
+def calendar_of(job: Job):
+    return to_calendar(job.schedule, job.on_calendar, job.timezone)
 
 
 def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
@@ -95,7 +99,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
         **common, argv=trigger_argv(job, python),
         on_failure=paths.instance(paths.alert_template(job.alert), job.name) if job.alert else None,
         on_success=paths.instance(paths.recovery_template(job.alert), job.name) if job.alert else None)
-    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+    calendar = calendar_of(job)
     timer_text = env.get_template("job.timer.j2").render(**common, calendar=calendar)
     return (ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import trigger
+from deployer.hostside import rules, run
 from tests.conftest import REPO
 from tests.httpserver import Reply, json_reply
 
@@ -17,21 +17,21 @@ ANY_2XX = ((200, 299),)
     ("2xx", ((200, 299),)), ("200", ((200, 200),)), ("200-204, 304", ((200, 204), (304, 304))),
 ])
 def test_parse_expect_status(text, ranges):
-    assert trigger.parse_expect_status(text) == ranges
+    assert rules.parse_expect_status(text) == ranges
 
 
 @pytest.mark.parametrize("text", ["2XX0", "600", "204-200", "", "ok"])
 def test_parse_expect_status_refuses(text):
-    with pytest.raises(trigger.RuleError):
-        trigger.parse_expect_status(text)
+    with pytest.raises(rules.RuleError):
+        rules.parse_expect_status(text)
 
 
 def test_parse_expect_json_values_are_json_literals():
-    assert trigger.parse_expect_json('code=0, data.state="DONE, really", ok=true, items.0.id=null') == (
+    assert rules.parse_expect_json('code=0, data.state="DONE, really", ok=true, items.0.id=null') == (
         (("code",), 0), (("data", "state"), "DONE, really"), (("ok",), True), (("items", "0", "id"), None))
 
 
-@pytest.mark.parametrize("status, body, rules, ok, retryable", [
+@pytest.mark.parametrize("status, body, json_rules, ok, retryable", [
     pytest.param(200, b'{"code":0}', (), True, False, id="2xx"),
     pytest.param(500, b"", (), False, True, id="5xx-retried"),
     pytest.param(429, b"", (), False, True, id="429-retried"),
@@ -42,23 +42,23 @@ def test_parse_expect_json_values_are_json_literals():
     pytest.param(200, b'{"data":{"state":"DONE"}}', ((("data", "state"), "DONE"),), True, False, id="nested"),
     pytest.param(200, b'{"data":{}}', ((("data", "state"), "DONE"),), False, False, id="missing"),
 ])
-def test_judge(status, body, rules, ok, retryable):
-    verdict = trigger.judge(status, body, ANY_2XX, rules)
+def test_judge(status, body, json_rules, ok, retryable):
+    verdict = rules.judge(status, body, ANY_2XX, json_rules)
     assert (verdict.ok, verdict.retryable) == (ok, retryable)
 
 
 def test_redact_url_hides_a_password():
-    assert trigger.redact_url("https://u:pw@h:8443/x?y=1") == "https://u:***@h:8443/x?y=1"
+    assert run.redact_url("https://u:pw@h:8443/x?y=1") == "https://u:***@h:8443/x?y=1"
 
 
 def spec(server, path, **kw):
-    return trigger.JobSpec(name="settle", url=server.url(path), **kw)
+    return run.JobSpec(name="settle", url=server.url(path), **kw)
 
 
 def test_run_job_posts_with_idempotency_headers(server):
     server.routes["/settle"] = json_reply({"code": 0})
     lines: list[str] = []
-    verdict = trigger.run_job(spec(server, "/settle"), log=lines.append)
+    verdict = run.run_job(spec(server, "/settle"), log=lines.append)
     assert verdict.ok
     request = server.received("/settle")[0]
     assert request.method == "POST"
@@ -70,7 +70,7 @@ def test_run_job_posts_with_idempotency_headers(server):
 def test_retries_5xx_with_the_same_run_id_then_fails(server):
     server.routes["/flaky"] = Reply(503, b"busy")
     pauses: list[float] = []
-    verdict = trigger.run_job(spec(server, "/flaky", retries=2), log=lambda _: None, sleep=pauses.append)
+    verdict = run.run_job(spec(server, "/flaky", retries=2), log=lambda _: None, sleep=pauses.append)
     got = server.received("/flaky")
     assert not verdict.ok and len(got) == 3
     assert len({r.headers["X-Deployer-Run-Id"] for r in got}) == 1
@@ -80,21 +80,21 @@ def test_retries_5xx_with_the_same_run_id_then_fails(server):
 def test_business_failure_is_not_retried(server):
     server.routes["/biz"] = json_reply({"code": 7, "msg": "insufficient funds"})
     lines: list[str] = []
-    verdict = trigger.run_job(spec(server, "/biz", retries=3, expect_json=((("code",), 0),)), log=lines.append)
+    verdict = run.run_job(spec(server, "/biz", retries=3, expect_json="code=0"), log=lines.append)
     assert not verdict.ok and len(server.received("/biz")) == 1
     assert 'code is 7, expected 0: {"code": 7, "msg": "insufficient funds"}' in lines[0]
 
 
 def test_the_timeout_bounds_the_whole_run(server):
     server.routes["/slow"] = Reply(200, b"{}", delay=3)
-    verdict = trigger.run_job(spec(server, "/slow", timeout=0.5, retries=5), log=lambda _: None)
+    verdict = run.run_job(spec(server, "/slow", timeout=0.5, retries=5), log=lambda _: None)
     assert not verdict.ok and "timed out after 0.5s" in verdict.reason
     assert len(server.received("/slow")) == 1
 
 
 def test_connection_refused_is_a_short_clear_line(server):
     lines: list[str] = []
-    verdict = trigger.run_job(trigger.JobSpec(name="x", url="http://127.0.0.1:1/x"), log=lines.append)
+    verdict = run.run_job(run.JobSpec(name="x", url="http://127.0.0.1:1/x"), log=lines.append)
     assert not verdict.ok
     assert lines[0].endswith("connection failed: connection refused")
 
