@@ -183,9 +183,16 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     alerts: list[Alert] = []
     job_sections: list[tuple[str, str, dict]] = []
     defaults: dict[str, object] = {}
+    seen: dict[tuple[str, str], str] = {}
     for section in config.sections():
         kind, _, title = section.partition(":")
         kind, title = kind.strip(), title.strip()
+        if (kind, title) in seen and kind in ("host", "alert", "job"):
+            # configparser compares names as written: [job:a] and [job: a] would be two sections
+            report.add(section, None, f"the same section as [{seen[kind, title]}] (spaces around the "
+                       "name do not count)")
+            continue
+        seen[kind, title] = section
         if section == "defaults":
             defaults = _section_values(config, section, "defaults", env, report)
             continue

@@ -14,6 +14,10 @@ from .schedule import to_calendar
 
 
 
+# The memory ceiling of one job run or alert (a run needs ~30 MB; the body read is capped at 1 MiB).
+UNIT_MEMORY_MAX = "128M"
+
+
 def templates_dir() -> Path:
     """units/ beside the package in a checkout, else where the wheel installed it."""
     for candidate in (Path(__file__).resolve().parent.parent / "units",
@@ -35,6 +39,7 @@ def _environment():
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.globals.update(memory_max=UNIT_MEMORY_MAX)
     env.filters.update(
         exec_line=systemd.exec_line,
         specifiers=systemd.escape_specifiers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -125,3 +126,42 @@ def test_a_run_alerts_by_itself_from_the_environment_as_in_kubernetes(server):
         assert result.returncode == 1
         assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job settle FAILED on kubernetes"]
         assert "k8s-token" not in result.stdout + result.stderr
+
+
+# --- what the hostile probe of the host side found (issue 16) ---------------------------------
+
+
+def test_probe16_17_alerts_do_not_follow_redirects(server):
+    """Before: a 307 re-POSTed the alert body to wherever the Location pointed."""
+    from tests.httpserver import RecordingServer
+
+    with RecordingServer() as elsewhere:
+        elsewhere.routes["/steal"] = Reply(200, b"ok")
+        server.routes["/hook"] = Reply(307, b"", headers={"Location": elsewhere.url("/steal")})
+        channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+        assert not alert.deliver(channel, [EVENT], log=lambda _: None, sleep=lambda _: None)
+        assert elsewhere.received("/steal") == []
+
+
+def test_probe16_13_a_slow_channel_receives_the_alert_once(server, monkeypatch):
+    """Before: an endpoint slower than the client's timeout got every alert three times."""
+    server.routes["/hook"] = Reply(200, b"ok", delay=1.5)
+    monkeypatch.setattr(alert, "DELIVERY_TIMEOUT", (1.0, 0.5))
+    lines: list[str] = []
+    channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+    assert alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
+    time.sleep(2)
+    assert len(server.received("/hook")) == 1
+    assert "not sent again" in lines[-1]
+
+
+def test_probe16_3_the_alert_goes_out_when_its_queue_cannot_be_written(server, tmp_path):
+    """Before: with /var full the handler died writing its queue file and sent nothing. Here the
+    queue directory is a file, so every write into it fails as on a full disk."""
+    server.routes["/hook"] = Reply(200, b"ok")
+    (tmp_path / "queue").write_text("")
+    lines: list[str] = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", log=lines.append)
+    channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+    assert coalescer.run(EVENT, lambda events: alert.deliver(channel, events, log=lines.append))
+    assert len(server.received("/hook")) == 1

@@ -92,6 +92,15 @@ alert =
                  id="expect-json"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
+                 "inv.ini:6: [job: a]: the same section as [job:a] (spaces around the name do not count)",
+                 id="probe16-14-same-job-with-a-space"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job:\u00a0a]\nschedule = 0 * * * *\nurl = http://y/\n",
+                 "inv.ini:6: [job:\u00a0a]: the same section as [job:a] (spaces around the name do not count)",
+                 id="probe16-14-same-job-with-a-no-break-space"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/" + "a" * 150_000 + "\n",
+                 "inv.ini:5: [job:a] url: is 150009 characters long; at most 8192",
+                 id="probe16-15-a-url-longer-than-a-command-line-argument"),
 ])
 def test_each_mistake_is_one_line_naming_file_section_and_key(text, expected):
     assert problems(HOST + text) == [expected]

@@ -8,7 +8,7 @@ import pytest
 
 from deployer.hostside import rules, run
 from tests.conftest import REPO
-from tests.httpserver import Reply, json_reply
+from tests.httpserver import RecordingServer, Reply, json_reply
 
 ANY_2XX = ((200, 299),)
 
@@ -109,3 +109,74 @@ def test_original_recipe_command_line_still_works(server):
                           capture_output=True, text=True)
     assert (ok.returncode, down.returncode) == (0, 1)
     assert "job job: FAILED (status 502 not expected)" in down.stdout
+
+
+# --- what the hostile probe of the host side found (issue 16), one test per finding ----------
+
+
+def test_probe16_12_a_large_body_is_read_only_up_to_the_cap(server):
+    server.routes["/big"] = Reply(200, b"x" * (run.MAX_BODY * 3))
+    response = run.request("POST", server.url("/big"), {}, (5, 5))
+    assert response.truncated and len(response.body) == run.MAX_BODY
+
+
+def test_probe16_12_an_endless_body_costs_neither_memory_nor_the_run(server):
+    """Before: an endless body grew the trigger to 1.17 GB in 4 s."""
+    import resource
+
+    server.routes["/endless"] = Reply(200, endless_for=8)
+    result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "-url", server.url("/endless"),
+                             "--timeout", "6s", "--retries", "0"], capture_output=True, text=True, timeout=60)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert peak_kib < 150 * 1024, f"the trigger grew to {peak_kib // 1024} MiB"
+
+
+def test_probe16_16_a_deeply_nested_body_is_a_failed_verdict_not_a_crash():
+    verdict = rules.judge(200, b"[" * 100000 + b"]" * 100000, ANY_2XX, rules.parse_expect_json("code=0"))
+    assert not verdict.ok and "nested too deeply" in verdict.reason
+
+
+def test_probe16_5_a_slow_dripping_ping_never_holds_up_the_job(server):
+    """Before: the /start ping took 25.7 s, the job endpoint was never called, a false alert followed."""
+    server.routes["/settle"] = json_reply({"code": 0})
+    server.routes["/ping/start"] = Reply(200, b"OK" * 40, drip=0.5)
+    result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "--job", "settle", "--url",
+                             server.url("/settle"), "--timeout", "10s", "--ping-url", server.url("/ping")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert len(server.received("/settle")) == 1 and len(server.received("/ping")) == 1
+    assert f"no answer within {run.PING_BUDGET:g}s; going on" in result.stdout
+
+
+def test_probe16_17_pings_do_not_follow_redirects(server):
+    with RecordingServer() as elsewhere:
+        elsewhere.routes["/steal"] = Reply(200, b"ok")
+        server.routes["/hc"] = Reply(307, b"", headers={"Location": elsewhere.url("/steal")})
+        run.ping(server.url("/hc"), "", log=lambda _: None)
+        assert len(server.received("/hc")) == 1 and elsewhere.received("/steal") == []
+
+
+def test_probe16_4_a_certificate_that_fails_verification_is_not_retried(tmp_path):
+    """A TLS verification error is not transient: retrying it only delays the alert."""
+    import http.server
+    import ssl
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        lines: list[str] = []
+        pauses: list[float] = []
+        verdict = run.run_job(run.JobSpec(name="x", url=f"https://127.0.0.1:{httpd.server_address[1]}/x",
+                                          retries=3), log=lines.append, sleep=pauses.append)
+        assert not verdict.ok and "TLS error" in verdict.reason and "certificate verify failed" in verdict.reason
+        assert len(lines) == 1 and pauses == []
+    finally:
+        httpd.shutdown()

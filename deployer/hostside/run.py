@@ -51,6 +51,7 @@ class Response:
     truncated: bool
 
 
+_TLS_VERIFY = re.compile(r"certificate verify failed: ([^(]+)")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
@@ -67,9 +68,13 @@ def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = 
             content = response.raw.read(max_body + 1, decode_content=True)
             return Response(response.status_code, content[:max_body], len(content) > max_body)
     except requests.exceptions.SSLError as error:
-        detail = str(error).rsplit(": ", 1)[-1].rstrip(")'\"")
-        raise TransportError("TLS error: " + detail, retryable="CERTIFICATE_VERIFY_FAILED" not in str(error)
-                             and "hostname" not in str(error)) from None
+        text = str(error)
+        found = _TLS_VERIFY.search(text)
+        if found:  # the peer is not who it claims, or not trusted: another attempt cannot help
+            raise TransportError("TLS error: certificate verify failed: " + found.group(1).strip(),
+                                 retryable=False) from None
+        detail = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text.rsplit(": ", 1)[-1]).rstrip(")'\" ")
+        raise TransportError("TLS error: " + detail) from None
     except requests.Timeout as error:
         connecting = isinstance(error, requests.ConnectTimeout)
         raise TransportError("timed out " + ("connecting" if connecting else "reading")) from None
