@@ -31,8 +31,9 @@ Progress = Optional[Callable[[str], None]]
 HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
                     "deployer.hostside.agent")
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
-# and a `deployer` installed there cannot shadow the version the client speaks.
-BOOTSTRAP = """import sys,zlib,base64,json,importlib.abc,importlib.util
+# and an installed `deployer` cannot shadow the version the client speaks. It starts with
+# `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
+BOOTSTRAP = """import zlib,base64,sys,json,importlib.abc,importlib.util
 S=json.loads(zlib.decompress(base64.b64decode('%s')))
 class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):
  def find_spec(self,name,path=None,target=None):
