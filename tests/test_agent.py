@@ -194,3 +194,60 @@ def test_status_reads_recorded_systemctl_show(host):
     assert jobs["bad"].last == "2026-11-24T04:00:00+00:00"
     assert jobs["good"].calendar == ("*-*-* 03:00:00 UTC",) and jobs["good"].next == "2026-11-25T03:00:00+00:00"
     assert jobs["good"].last == "" and jobs["good"].exit_status == 0
+
+
+# -- issue 16 item 1: root-owned state, no links followed, corrupt state reported --------------------
+
+def test_a_link_planted_at_the_lock_is_not_followed_and_nothing_is_truncated(host, tmp_path):
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    os.makedirs(host.layout.run_dir)
+    os.symlink(victim, host.layout.lock)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest())
+    assert refused.value.code == protocol.CORRUPT_STATE and "/run/deployer/lock" in str(refused.value)
+    assert victim.read_text() == "precious\n"
+
+
+def test_the_lock_lives_in_a_private_directory(host):
+    os.makedirs(host.layout.run_dir, mode=0o777)
+    os.chmod(host.layout.run_dir, 0o777)
+    host.call(ApplyRequest())
+    assert os.stat(host.layout.run_dir).st_mode & 0o777 == 0o700
+    assert os.stat(host.layout.lock).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("content", [pytest.param("", id="empty"), pytest.param("{\"disable\": [", id="torn"),
+                                     pytest.param("{\"disable\": 3}", id="wrong-type")])
+def test_a_corrupt_journal_is_reported_plainly_and_recoverable(host, content):
+    os.makedirs(host.layout.state_dir)
+    Path(host.layout.journal).write_text(content)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(StatusRequest())
+    message = str(refused.value)
+    assert refused.value.code == protocol.CORRUPT_STATE
+    assert "/var/lib/deployer/pending-switch.json (the switch journal) is corrupt" in message
+    assert "mv /var/lib/deployer/pending-switch.json" in message
+    os.rename(host.layout.journal, host.layout.journal + ".broken")  # what the message says to do
+    assert host.call(StatusRequest()).jobs == ()
+
+
+def test_a_corrupt_owner_file_is_reported_and_recoverable(host):
+    os.makedirs(host.layout.state_dir)
+    Path(host.layout.owner).write_text("")
+    with pytest.raises(AgentRefused) as refused:
+        host.call(StateRequest())
+    assert refused.value.code == protocol.CORRUPT_STATE and "rm /var/lib/deployer/owner.json" in str(refused.value)
+    os.unlink(host.layout.owner)
+    assert host.call(StateRequest()).owner is None
+
+
+def test_state_files_are_written_without_following_a_planted_link(host, tmp_path):
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    os.makedirs(host.layout.state_dir)
+    os.symlink(victim, host.layout.owner + ".tmp")
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert victim.read_text() == "precious\n"
+    assert json.loads(Path(host.layout.owner).read_text()) == {"host": "cron01"}
+

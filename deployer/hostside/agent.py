@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -300,16 +301,38 @@ class Host:
         except FileNotFoundError:
             return set()
 
+    def private_dir(self, directory, mode=0o700):
+        """`directory`, created if missing, checked to be a real directory owned by us and not
+        writable by others: no local user can plant a link in it or hold a file there."""
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            pass
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory owned by root (a link, or planted "
+                             "by another user?): remove it and run the command again"
+                             % self.layout.to_host(directory))
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(directory, mode)
+        return directory
+
     @contextlib.contextmanager
     def locked(self):
-        """Serialise pushes: a second one waits, then gives up with a clear message."""
-        lock = self.layout.lock
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        with open(lock, "w") as handle:
+        """Serialise pushes: a second one waits, then gives up with a clear message. The lock
+        lives in root's own 0700 directory and is opened without following links or truncating."""
+        lock = os.path.join(self.private_dir(self.layout.run_dir), os.path.basename(self.layout.lock))
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "cannot open the lock %s (%s): remove it and run the "
+                             "command again" % (self.layout.to_host(lock), error.strerror))
+        try:
             deadline = time.monotonic() + LOCK_WAIT_SECONDS
             while True:
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
@@ -317,6 +340,30 @@ class Host:
                                          % (self.layout.to_host(lock), LOCK_WAIT_SECONDS))
                     time.sleep(0.2)
             yield
+        finally:
+            os.close(fd)
+
+    def read_state_file(self, path, what, recovery):
+        """A root-owned state file as JSON, None when absent; never through a link. Anything
+        unreadable is reported as corrupt_state, naming the file and the way out."""
+        shown = self.layout.to_host(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) cannot be opened: %s (a symbolic link?). %s"
+                             % (shown, what, error.strerror, recovery))
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read()
+        try:
+            document = json.loads(raw.decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            return document
+        except ValueError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) is corrupt (%s). %s"
+                             % (shown, what, "empty" if not raw.strip() else error, recovery))
 
     def write_staged(self, path, content, mode):
         staged = staging_path(path)
@@ -338,18 +385,35 @@ class Host:
                 for name in os.listdir(staging):
                     os.unlink(os.path.join(staging, name))
 
-    def write_atomically(self, path, text):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as handle:
+    def write_atomically(self, path, text, mode=0o600):
+        """Write a state file whole or not at all; never through a link, never another's file."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        temporary = path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a leftover of a crash (unlink removes a link, not its target)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.rename(path + ".tmp", path)
+        os.rename(temporary, path)
+
+    def stamp(self, timer):
+        return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
+
+    def triggered_since(self, timer, when):
+        """Whether the timer's Persistent= stamp says it ran after `when` (systemd touches the
+        stamp to the trigger time each time the timer elapses)."""
+        try:
+            return os.stat(self.stamp(timer)).st_mtime > when + 0.001
+        except FileNotFoundError:
+            return False
 
     def set_last_trigger(self, timers, when):
         """A timer's last trigger (its Persistent= stamp), as systemd reads it when it starts."""
         for timer in timers:
-            stamp = os.path.join(self.layout.timer_stamps, "stamp-" + timer)
+            stamp = self.stamp(timer)
             os.makedirs(self.layout.timer_stamps, exist_ok=True)
             open(stamp, "a").close()
             os.utime(stamp, (when, when))
@@ -360,13 +424,14 @@ class Host:
         if journal.disable:
             # Stop the timers only: a run already in progress finishes, it is not killed.
             systemd.systemctl("--no-reload", "disable", "--now", *journal.disable, check=False)
-        if journal.restamp:
-            # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
-            # last trigger and now fires at once on reload. Its last trigger becomes the moment it
-            # was stopped: an old-schedule gap never fires, a slot inside the push still does.
-            systemd.systemctl("stop", *journal.restamp, check=False)
-            systemd.systemctl("clean", "--what=state", *journal.restamp, check=False)
-            self.set_last_trigger(journal.restamp, journal.stopped_at)
+        # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
+        # last trigger and now fires at once on reload. Its last trigger becomes the moment it
+        # was stopped: an old-schedule gap never fires, a slot inside the push still does.
+        restamp = list(journal.restamp)
+        if restamp:
+            systemd.systemctl("stop", *restamp, check=False)
+            systemd.systemctl("clean", "--what=state", *restamp, check=False)
+            self.set_last_trigger(restamp, journal.stopped_at)
         for timer, when in journal.stamps.items():
             self.set_last_trigger([timer], when)
         for staged, target in journal.renames:
@@ -392,21 +457,25 @@ class Host:
 
     def roll_forward(self):
         """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
-        try:
-            with open(self.layout.journal) as handle:
-                journal = journal_from_json(handle.read())
-        except FileNotFoundError:
+        shown = self.layout.to_host(self.layout.journal)
+        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
+                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
+        document = self.read_state_file(self.layout.journal, "the switch journal", recovery)
+        if document is None:
             return False
+        try:
+            journal = protocol.from_json(Journal, document)
+        except protocol.ProtocolError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
+                             % (shown, error.message, recovery))
         self.play(journal)
         os.unlink(self.layout.journal)
         return True
 
     def read_owner(self):
-        try:
-            with open(self.layout.owner) as handle:
-                return json.load(handle)
-        except (FileNotFoundError, ValueError):
-            return None
+        shown = self.layout.to_host(self.layout.owner)
+        return self.read_state_file(self.layout.owner, "which [host:NAME] this machine serves",
+                                    "Remove it (rm %s): the next push writes it again" % shown)
 
     def check_owner(self):
         """One machine serves one [host:NAME]: another host's jobs must never land here."""
@@ -524,7 +593,8 @@ def op_pause(host, request):
     with host.locked():
         timer = host.installed(request.job, "timer")
         os.makedirs(host.layout.paused_dir, exist_ok=True)
-        open(os.path.join(host.layout.paused_dir, timer), "w").close()
+        os.close(os.open(os.path.join(host.layout.paused_dir, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                         0o644))
         # Disabled as well as stopped, so that a reboot does not bring it back.
         host.systemd.systemctl("disable", "--now", timer)
         return PauseAnswer(timer=timer)
