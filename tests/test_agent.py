@@ -251,3 +251,26 @@ def test_state_files_are_written_without_following_a_planted_link(host, tmp_path
     assert victim.read_text() == "precious\n"
     assert json.loads(Path(host.layout.owner).read_text()) == {"host": "cron01"}
 
+
+# -- issue 16 item 2: a replay never creates a run ------------------------------------------------
+
+def test_a_replay_keeps_the_stamp_of_a_timer_that_ran_after_the_interrupted_switch(host):
+    timer = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+    journal = Journal(restamp=("deployer-a.timer", "deployer-b.timer"), stopped_at=1000.0,
+                      stamps={"deployer-c.timer": 1000.0}, start=("deployer-a.timer",))
+    stamps = Path(host.layout.timer_stamps)
+    stamps.mkdir(parents=True)
+    for name, ran_at in (("a", 1030.0), ("c", 1040.0)):  # ran after the switch started them
+        (stamps / f"stamp-deployer-{name}.timer").touch()
+        os.utime(stamps / f"stamp-deployer-{name}.timer", (ran_at, ran_at))
+    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+    host.systemd.calls.clear()
+
+    files(host)  # replays the journal
+
+    assert os.stat(stamps / "stamp-deployer-a.timer").st_mtime == 1030.0
+    assert os.stat(stamps / "stamp-deployer-c.timer").st_mtime == 1040.0
+    assert os.stat(stamps / "stamp-deployer-b.timer").st_mtime == 1000.0  # never ran: restamped
+    assert ("stop", "deployer-b.timer") in host.systemd.systemctl_calls()
+    assert not any("deployer-a.timer" in c and c[0] in ("stop", "clean") for c in host.systemd.systemctl_calls())

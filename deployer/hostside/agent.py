@@ -427,13 +427,17 @@ class Host:
         # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
         # last trigger and now fires at once on reload. Its last trigger becomes the moment it
         # was stopped: an old-schedule gap never fires, a slot inside the push still does.
-        restamp = list(journal.restamp)
+        # A replay must never create a run: a timer that triggered after that moment (it was
+        # started by the interrupted switch, then ran) keeps its stamp, else Persistent= would
+        # run again a slot that already ran.
+        restamp = [t for t in journal.restamp if not self.triggered_since(t, journal.stopped_at)]
         if restamp:
             systemd.systemctl("stop", *restamp, check=False)
             systemd.systemctl("clean", "--what=state", *restamp, check=False)
             self.set_last_trigger(restamp, journal.stopped_at)
         for timer, when in journal.stamps.items():
-            self.set_last_trigger([timer], when)
+            if not self.triggered_since(timer, when):
+                self.set_last_trigger([timer], when)
         for staged, target in journal.renames:
             if os.path.exists(staged):
                 os.rename(staged, target)

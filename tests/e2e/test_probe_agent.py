@@ -61,3 +61,40 @@ def test_a_corrupt_journal_is_reported_in_one_line_and_recoverable(cron01, deplo
     assert "deployer-a" not in deployer("status", "-i", path, check=True).stderr
     assert "up to date" in deployer("push", "-i", path, check=True).stdout
 
+
+# -- item 2 ------------------------------------------------------------------------------------
+
+def wait_until_second(modulo: int, at: float) -> float:
+    """Sleep until the wall clock is `at` seconds into a `modulo`-second period; return the time."""
+    now = time.time()
+    time.sleep((at - now % modulo) % modulo)
+    return time.time()
+
+
+def test_replaying_an_interrupted_push_never_creates_a_run(cron01, deployer, write_inventory, server):
+    """The agent dies after starting the timers and before removing its journal: the host holds
+    the new units, the timers run, the journal is still there. The next command replays it."""
+    server.routes["/tick"] = json_reply({"code": 0})
+    path = write_inventory(cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/20"))
+    deployer("push", "-i", path, check=True)
+    # Keep the journal of the next push as it was when the switch ran (the state a kill between
+    # `systemctl start` and its removal leaves); then let the push finish.
+    keep = subprocess.Popen(cron01.ssh_args() + [f"until cp {JOURNAL} /root/kept 2>/dev/null; do :; done"])
+    write_inventory(cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/10"))
+    deployer("push", "-i", path, check=True)
+    keep.wait(timeout=30)
+    pushed = time.time()
+    before = len(server.received("/tick"))
+    server.wait_for("/tick", count=before + 1, timeout=15)  # the new timer ran once after the switch
+    ran = len(server.received("/tick"))
+    cron01.ssh(f"cp /root/kept {JOURNAL}")  # the agent "died" before removing it
+
+    replay = wait_until_second(10, 3.0)  # replay away from a slot, so an extra run stands out
+    deployer("status", "-i", path, check=True)
+    assert cron01.ssh(f"test -e {JOURNAL}", check=False).returncode != 0, "the journal was replayed"
+    next_slot = replay - replay % 10 + 10
+    time.sleep(max(0.0, next_slot - time.time()))
+    extra = [r for r in server.received("/tick") if replay <= r.at < next_slot]
+
+    assert extra == [], f"the replay ran the job {len(extra)} extra time(s) (pushed {pushed:.1f})"
+    server.wait_for("/tick", count=ran + 1, timeout=15)  # and the timer still runs on schedule
