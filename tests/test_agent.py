@@ -274,3 +274,48 @@ def test_a_replay_keeps_the_stamp_of_a_timer_that_ran_after_the_interrupted_swit
     assert os.stat(stamps / "stamp-deployer-b.timer").st_mtime == 1000.0  # never ran: restamped
     assert ("stop", "deployer-b.timer") in host.systemd.systemctl_calls()
     assert not any("deployer-a.timer" in c and c[0] in ("stop", "clean") for c in host.systemd.systemctl_calls())
+
+
+# -- issue 16 item 10: a deployer-* file we did not write is never overwritten or pruned ---------------
+
+@pytest.mark.parametrize("existing", [pytest.param(b"[Timer]\nOnCalendar=daily\n", id="unmarked"),
+                                      pytest.param(None, id="link")])
+def test_an_unmarked_unit_is_not_overwritten(host, tmp_path, existing):
+    target = Path(host.layout.at(f"{U}/deployer-ok2.timer"))
+    target.parent.mkdir(parents=True)
+    if existing is None:
+        (tmp_path / "elsewhere").write_text("theirs")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.write_bytes(existing)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-ok2.timer", unit("ok2")),), expect=files(host)))
+    assert refused.value.code == protocol.UNMANAGED_FILE
+    assert f"{U}/deployer-ok2.timer exists and was not written by deployer" in str(refused.value)
+    if existing is None:
+        assert (tmp_path / "elsewhere").read_text() == "theirs"
+    else:
+        assert target.read_bytes() == existing
+
+
+def test_an_unmarked_unit_is_not_pruned(host):
+    target = Path(host.layout.at(f"{U}/deployer-ok2.timer"))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"[Timer]\n")
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(remove=(f"{U}/deployer-ok2.timer",), expect=files(host)))
+    assert refused.value.code == protocol.UNMANAGED_FILE and "deployer-ok2.timer" in str(refused.value)
+    assert target.exists()
+
+
+# -- issue 16 item 19 ------------------------------------------------------------------------------
+
+def test_owner_file_is_private_and_names_only_the_host(host):
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert os.stat(host.layout.owner).st_mode & 0o777 == 0o600
+    assert json.loads(Path(host.layout.owner).read_text()) == {"host": "cron01"}
+
+
+def test_systemd_analyze_never_reads_a_value_as_an_option():
+    argv = agent.verify_argv(["-h", "/x/deployer-a.timer"])
+    assert argv.index("--") < argv.index("-h")

@@ -98,6 +98,12 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
     )
 
 
+def verify_argv(unit_paths):
+    """`--` ends the options: no file name or calendar value is ever read as one (`-h`)."""
+    # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
+    return ["systemd-analyze", "verify", "--man=no", "--"] + list(unit_paths)
+
+
 def journal_to_json(journal):
     return json.dumps(protocol.to_json(journal))
 
@@ -192,8 +198,7 @@ class Systemd:
         workers = max(os.cpu_count() or 1, 1)
         for chunk in chunks + [None] * workers:
             if chunk is not None:
-                # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
-                running.append(subprocess.Popen(["systemd-analyze", "verify", "--man=no"] + chunk,
+                running.append(subprocess.Popen(verify_argv(chunk),
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                 universal_newlines=True, env=SYSTEMD_ENV))
             while running and (chunk is None or len(running) >= workers):
@@ -532,6 +537,7 @@ def apply_locked(host, request, watch):
     if current != request.expect:
         raise AgentError(protocol.HOST_CHANGED,
                          "the host changed since it was read (another push?); run the push again")
+    check_unmanaged(host, current, [w.path for w in request.write], request.remove)
     host.clear_staging()
     progress("writing %d files" % len(request.write))
     staged = {}
@@ -564,6 +570,19 @@ def apply_locked(host, request, watch):
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
                        recovered_interrupted_push=recovered, seconds=watch.steps)
+
+
+def check_unmanaged(host, current, writes, removes):
+    """A deployer-* unit that is not ours (no marker, or a link) is never overwritten or pruned."""
+    for path in list(writes) + list(removes):
+        if path not in current and os.path.lexists(host.local(path)):
+            raise AgentError(protocol.UNMANAGED_FILE, "%s exists and was not written by deployer (no \"%s\" "
+                             "first line): refusing to overwrite it. Rename the job, or remove the file if "
+                             "it is an old copy" % (path, paths.MARKER[:24] + "..."))
+    for path in removes:
+        if path not in current:
+            raise AgentError(protocol.UNMANAGED_FILE, "%s is not a file deployer manages here: refusing to "
+                             "remove it" % path)
 
 
 def op_status(host, request):
