@@ -8,7 +8,7 @@ from typing import Iterable
 
 from . import systemd
 from .hostside import paths
-from .hostside.options import OPTIONS_BY_KEY, command_line
+from .hostside.options import OPTIONS_BY_KEY, command_line, credentials
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
@@ -94,20 +94,30 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     return tuple(units) + credentials
 
 
-def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ManagedFile]:
-    """The .service and .timer of one job, rendered byte for byte."""
+def job_credentials(job: Job) -> dict[str, ManagedFile]:
+    """credential name -> the root-only file with a secret or large option (headers, body, keys),
+    which systemd hands to the run with LoadCredential=."""
+    values = {key: getattr(job, key) for key in OPTIONS_BY_KEY}
+    return {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
+            for name, content in credentials(values).items()}
+
+
+def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:
+    """The .service and .timer of one job, rendered byte for byte, and its credential files."""
     env = _environment()
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
+    secrets = job_credentials(job)
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8])
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
+        credentials=[(name, f.path) for name, f in secrets.items()],
         on_failure=paths.instance(paths.alert_template(job.alert), job.name) if job.alert else None,
         on_success=paths.instance(paths.recovery_template(job.alert), job.name) if job.alert else None)
     calendar = calendar_of(job)
     timer_text = env.get_template("job.timer.j2").render(**common, calendar=calendar)
     return (ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode()),
-            ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot))
+            ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot)) + tuple(secrets.values())
 
 
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:

@@ -65,7 +65,11 @@ def main(argv: Optional[list] = None) -> int:
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered) else EXIT_FAILED
     if not args.url:
         parser.error("the following arguments are required: -url/--url")
-    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0),
+    try:
+        from_credentials = credential_values()
+    except options.Invalid as error:
+        parser.error(str(error))
+    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **from_credentials,
                    **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
     log = lambda line: print(line, flush=True)  # noqa: E731
     ping(spec.ping_url, "/start", log)
@@ -82,6 +86,23 @@ def main(argv: Optional[list] = None) -> int:
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
         deliver(channel, [event], log=log)
     return EXIT_FAILED
+
+
+def credential_values() -> dict:
+    """The options that reach a run as systemd credentials (or, in Kubernetes, as files of a
+    mounted Secret named by $CREDENTIALS_DIRECTORY): files are used where they lie."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    values: dict = {}
+    for option in options.CREDENTIAL_OPTIONS if directory else ():
+        path = os.path.join(directory, option.credential)
+        if not os.path.exists(path):
+            continue
+        if option.parse is options.local_file:
+            values[option.key] = path
+        else:
+            with open(path, encoding="utf-8") as handle:
+                values[option.key] = option.parse(handle.read())
+    return values
 
 
 def inline_channel(args) -> Optional[Channel]:

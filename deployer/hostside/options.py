@@ -155,6 +155,60 @@ def seconds_text(value: float) -> str:
     return "%gs" % value
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Set by the trigger itself: a job must not be able to forge them.
+RESERVED_HEADERS = ("host", "content-length", "transfer-encoding", "connection")
+
+
+def headers(value: str) -> tuple:
+    """One `Name: value` per line -> ((name, value), ...)."""
+    found = []
+    for line in (line.strip() for line in value.splitlines()):
+        if not line:
+            continue
+        name_, colon, content = line.partition(":")
+        name_ = name_.strip()
+        if not colon or not _HEADER_NAME.match(name_):
+            raise Invalid("%r is not a `Name: value` header line" % (line.split(":")[0],))
+        if name_.lower() in RESERVED_HEADERS or name_.lower().startswith("x-deployer-"):
+            raise Invalid("%s is set by the trigger itself" % (name_,))
+        found.append((name_, text(content.strip())))
+    if not found:
+        raise Invalid("is empty")
+    return tuple(found)
+
+
+def header_lines(value: tuple) -> str:
+    return "".join("%s: %s\n" % pair for pair in value)
+
+
+class LocalFile(str):
+    """A file on the deployer's machine (its path), read when the inventory is read; its bytes
+    travel to the host as a credential."""
+
+    content: bytes = b""
+
+
+def local_file(value: str) -> LocalFile:
+    import os
+
+    path = os.path.expanduser(value)
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except OSError as error:
+        raise Invalid("cannot read %s: %s" % (value, error.strerror)) from None
+    found = LocalFile(value)
+    found.content = content
+    return found
+
+
+def secret_text(value: str) -> str:
+    if not value:
+        raise Invalid("is empty")
+    return text(value)
+
+
 # --- the declaration -----------------------------------------------------------------------
 
 
@@ -162,8 +216,11 @@ def seconds_text(value: float) -> str:
 class Option:
     """One key of a [job:NAME] section (and of [defaults] unless `job_only`).
 
-    `flag`: the trigger's argument for it (None: the deployer alone uses it). On the command
-    line it is written when set, or always with `always` (so that a unit says what it does).
+    How it reaches the trigger: `flag`, an argument on its command line, written when set, or
+    always with `always` (so that a unit says what it does); or `credential`, the name of a
+    root-only file that systemd hands to the run (LoadCredential=), for anything secret or
+    too large for a command line: never in a unit file, `ps`, `systemctl show` or the journal.
+    Neither: the deployer alone uses it.
     """
 
     key: str
@@ -175,6 +232,8 @@ class Option:
     required: bool = False
     multiline: bool = False
     format: Callable[[Any], str] = str
+    credential: Optional[str] = None
+    content: Callable[[Any], bytes] = lambda value: str(value).encode()  # the credential's bytes
     help: str = ""
 
     @property
@@ -200,12 +259,32 @@ JOB_OPTIONS = (
            help="rules on the JSON body: dotted.path=JSON literal, comma-separated"),
     Option("ping_url", optional(url), flag="--ping-url",
            help="Healthchecks-style heartbeat: /start, then success or /fail"),
+    Option("body", text, default="", credential="body", help="the request body (may hold ${SECRETS}: "
+           "it travels as a credential, never on a command line)"),
+    Option("content_type", text, default="application/json", flag="--content-type",
+           help="the body's Content-Type"),
+    Option("headers", headers, default=(), credential="headers", multiline=True,
+           content=lambda value: header_lines(value).encode(),
+           help="request headers, one `Name: value` per line (e.g. Authorization: Bearer ${TOKEN})"),
+    Option("ca_file", local_file, credential="ca.pem", content=lambda value: value.content,
+           help="CA bundle (PEM) to verify the service's TLS certificate, instead of the host's"),
+    Option("client_cert", local_file, credential="client.pem", content=lambda value: value.content,
+           help="client certificate (PEM) for mutual TLS"),
+    Option("client_key", local_file, credential="client.key", content=lambda value: value.content,
+           help="the client certificate's private key (PEM)"),
+    Option("sign_secret", secret_text, credential="sign-secret", content=lambda value: str(value).encode(),
+           help="HMAC-SHA256 key: each request is signed (X-Deployer-Signature; see docs/signing.md)"),
     Option("timezone", timezone, default="UTC", help="the IANA zone the schedule is in"),
     Option("alert", optional(name), help="the [alert:NAME] told when a run fails; empty: none"),
     Option("host", name, help="the [host:NAME] that runs the job"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in JOB_OPTIONS}
 TRIGGER_OPTIONS = tuple(option for option in JOB_OPTIONS if option.flag)
+CREDENTIAL_OPTIONS = tuple(option for option in JOB_OPTIONS if option.credential)
+
+
+def is_set(option: Option, value: Any) -> bool:
+    return value not in (None, "", ()) and value != option.default
 
 
 def command_line(values: dict) -> list:
@@ -213,6 +292,11 @@ def command_line(values: dict) -> list:
     argv = []
     for option in TRIGGER_OPTIONS:
         value = values.get(option.key, option.default)
-        if option.always or (value not in (None, "", ()) and value != option.default):
+        if option.always or is_set(option, value):
             argv += [option.flag, option.format(value)]
     return argv
+
+
+def credentials(values: dict) -> dict:
+    """credential name -> bytes, for the credential options a job sets."""
+    return {o.credential: o.content(values[o.key]) for o in CREDENTIAL_OPTIONS if is_set(o, values.get(o.key))}

@@ -76,6 +76,11 @@ def credential(channel: str, kind: str) -> str:
     return "%s/%s.%s" % (CREDENTIALS_DIR, _word(channel), kind)
 
 
+def job_credential(job: str, name: str) -> str:
+    """A job's credential file. Channel names hold no dot, so `jobs.` never meets a channel's."""
+    return "%s/jobs.%s.%s" % (CREDENTIALS_DIR, _word(job), name)
+
+
 @dataclass(frozen=True)
 class Layout:
     """The paths above under `root` ("/" on a real host)."""

@@ -56,15 +56,16 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = b"",
-            max_body: int = MAX_BODY, session=None) -> Response:
-    """One HTTP request: never follows a redirect, verifies TLS against the host's trust store,
-    reads at most `max_body` bytes of the answer."""
+            max_body: int = MAX_BODY, session=None, ca_file: Optional[str] = None,
+            client_cert: Optional[tuple] = None) -> Response:
+    """One HTTP request: never follows a redirect, verifies TLS against the host's trust store
+    (or `ca_file`), reads at most `max_body` bytes of the answer."""
     import requests
 
     try:
         with (session or requests).request(method, url, headers=headers, data=body or None,
-                                           verify=trust_store(), timeout=timeout, allow_redirects=False,
-                                           stream=True) as response:
+                                           verify=ca_file or trust_store(), cert=client_cert, timeout=timeout,
+                                           allow_redirects=False, stream=True) as response:
             content = response.raw.read(max_body + 1, decode_content=True)
             return Response(response.status_code, content[:max_body], len(content) > max_body)
     except requests.exceptions.SSLError as error:
@@ -107,7 +108,27 @@ class JobSpec:
     expect_status: str = "2xx"
     expect_json: str = ""
     ping_url: Optional[str] = None
+    content_type: str = "application/json"
     resolution: int = 60  # seconds: a cron job's slot is its minute
+    # From credentials (options.CREDENTIAL_OPTIONS): never on the command line.
+    headers: tuple = ()
+    body: str = ""
+    ca_file: Optional[str] = None
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+    sign_secret: Optional[str] = None
+
+
+def sign(secret: str, method: str, url: str, timestamp: int, run_id: str, body: bytes) -> str:
+    """`v1=` + hex HMAC-SHA256 over method, path with query, timestamp, run id and the body's
+    SHA-256, one per line (docs/signing.md shows the service's ten-line check)."""
+    import hashlib
+    import hmac
+
+    parts = urlsplit(url)
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    message = "\n".join((method, target, str(timestamp), run_id, hashlib.sha256(body).hexdigest()))
+    return "v1=" + hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 def scheduled_at(now: float, resolution: int) -> str:
@@ -133,6 +154,11 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         "X-Deployer-Run-Id": run_id,
         "X-Deployer-Scheduled-At": scheduled_at(time.time(), spec.resolution),
     }
+    headers.update(spec.headers)
+    body = spec.body.encode()
+    if body:
+        headers["Content-Type"] = spec.content_type
+    client_cert = (spec.client_cert, spec.client_key) if spec.client_cert else None
     shown = redact_url(spec.url)
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
@@ -149,8 +175,13 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                 prefix = f"attempt {attempt}/{attempts}: {spec.method} {shown}"
                 try:
                     remaining = max(deadline - begin, 0.001)
+                    if spec.sign_secret:  # per attempt: a fresh timestamp, the same run id
+                        stamp = int(time.time())
+                        headers["X-Deployer-Timestamp"] = str(stamp)
+                        headers["X-Deployer-Signature"] = sign(spec.sign_secret, spec.method, spec.url, stamp,
+                                                               run_id, body)
                     response = request(spec.method, spec.url, headers, (min(remaining, 10.0), remaining),
-                                       session=session)
+                                       session=session, body=body, ca_file=spec.ca_file, client_cert=client_cert)
                     verdict = judge(response.status, response.body, expect_status, expect_json)
                     line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
                     log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
