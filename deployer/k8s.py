@@ -79,6 +79,13 @@ def trigger_args(job: Job) -> list[str]:
     return args
 
 
+CREDENTIALS_MOUNT = "/run/deployer-credentials"
+
+
+def job_secret_name(job: str) -> str:
+    return f"deployer-job-{job}"
+
+
 def secret_name(channel: str) -> str:
     return f"deployer-alert-{channel}"
 
@@ -98,8 +105,16 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
             if getattr(alert, key):
                 env.append({"name": f"DEPLOYER_ALERT_{key.upper()}", "valueFrom": {
                     "secretKeyRef": {"name": secret_name(alert.name), "key": key}}})
+    credentials = sorted(render.job_credentials(job))
+    pod: dict[str, Any] = {}
+    mounts: dict[str, Any] = {}
+    if credentials:  # the trigger reads them from $CREDENTIALS_DIRECTORY, as under systemd
+        env.append({"name": "CREDENTIALS_DIRECTORY", "value": CREDENTIALS_MOUNT})
+        mounts = {"volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True}]}
+        pod = {"volumes": [{"name": "credentials", "secret": {"secretName": job_secret_name(job.name),
+                                                              "defaultMode": 0o400}}]}
     container = {
-        "name": "trigger", "image": image, "args": trigger_args(job), "env": env,
+        "name": "trigger", "image": image, "args": trigger_args(job), "env": env, **mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
@@ -116,7 +131,7 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
             "jobTemplate": {"metadata": {"labels": labels}, "spec": {
                 "backoffLimit": job.retries, "activeDeadlineSeconds": job.timeout,
                 "template": {"metadata": {"labels": labels}, "spec": {
-                    "restartPolicy": "Never", "containers": [container],
+                    "restartPolicy": "Never", "containers": [container], **pod,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                 }},
@@ -148,6 +163,10 @@ def secret_commands(inv: Inventory, namespace: Optional[str]) -> list[str]:
         literals = " ".join(f"--from-literal={k}=\"${{{name.upper().replace('-', '_')}_{k.upper()}}}\""
                             for k in ("token", "secret") if getattr(alert, k))
         commands.append(f"kubectl{flag} create secret generic {secret_name(name)} {literals}")
+    for job in inv.jobs:
+        files = " ".join(f"--from-file={name}=./{job.name}.{name}" for name in sorted(render.job_credentials(job)))
+        if files:
+            commands.append(f"kubectl{flag} create secret generic {job_secret_name(job.name)} {files}")
     return commands
 
 

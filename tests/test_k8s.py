@@ -34,6 +34,7 @@ schedule = 30 9 * * MON
 timezone = Europe/Berlin
 url = https://report/api/weekly?x=1&y='2'
 retries = 0
+headers = Authorization: Bearer ${TOKEN}
 timeout = 10m
 
 [job:quartz-daily]
@@ -136,3 +137,16 @@ def test_cli_validates_with_the_kubernetes_validate_command(tmp_path, deployer):
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "skipped boot-only" in out.stderr
+
+
+def test_credential_options_come_from_a_mounted_secret_never_the_manifest(inv):
+    """headers, body, keys: the trigger reads them from $CREDENTIALS_DIRECTORY, here a Secret's files."""
+    text, documents = exported(inv)
+    weekly = next(d for d in documents if d["metadata"]["name"] == "weekly-report")
+    pod = weekly["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["volumes"] == [{"name": "credentials", "secret": {"secretName": "deployer-job-weekly-report",
+                                                                 "defaultMode": 0o400}}]
+    assert {"name": "CREDENTIALS_DIRECTORY", "value": container["volumeMounts"][0]["mountPath"]} in container["env"]
+    assert "--from-file=headers=./weekly-report.headers" in text
+    assert SECRETS["TOKEN"] not in text
