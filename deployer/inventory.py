@@ -29,6 +29,25 @@ def port(value: str) -> int:
     return int(value)
 
 
+_SIZE = re.compile(r"^\d+[KMGT]?$")
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise Invalid(f"{value!r} is not a whole number from {low} to {high}")
+        return int(value)
+
+    return parse
+
+
+def size(value: str) -> str:
+    """A systemd byte size: 512M, 2G, or bytes."""
+    if not _SIZE.match(value) or int(value.rstrip("KMGT")) == 0:
+        raise Invalid(f"{value!r} is not a size (e.g. 512M, 2G)")
+    return value
+
+
 def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -50,6 +69,9 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "host_key": one_of(HOST_KEY_POLICIES),
         "sudo": boolean,
         "python": text,
+        "cpu_weight": whole_number(1, 10000),
+        "memory_max": size,
+        "tasks_max": whole_number(1, 1 << 22),
     },
     "defaults": {o.key: o.parse for o in JOB_OPTIONS if not o.job_only},
     "alert": {"type": one_of(tuple(CHANNEL_TYPES)), "token": text, "secret": text, "endpoint": url},

@@ -23,6 +23,10 @@ class Host:
     host_key: str = "strict"  # strict | accept-new
     sudo: bool = False
     python: str = "/usr/bin/python3"
+    # The ceiling of all job runs together (deployer-jobs.slice); None: no limit.
+    cpu_weight: Optional[int] = None
+    memory_max: Optional[str] = None
+    tasks_max: Optional[int] = None
 
 
 def _job_fields():

@@ -108,7 +108,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
     secrets = job_credentials(job)
-    common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8])
+    common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()],
@@ -124,13 +124,19 @@ def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple
     return tuple(f for job in jobs for f in job_units(job, python))
 
 
+def jobs_slice(host: Host) -> ManagedFile:
+    """The slice every job run of the host runs in, with the host's optional ceiling."""
+    text = _environment().get_template("jobs.slice.j2").render(host=host, marker=paths.MARKER)
+    return ManagedFile(f"{paths.UNIT_DIR}/{paths.JOBS_SLICE}", text.encode())
+
+
 def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     """The units and credentials of one host: its jobs, and the alert channels they use."""
     host = inventory.host(host_name)
     jobs = inventory.jobs_for(host_name)
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
-    return render_units(jobs, host.python) + alerts
+    return (jobs_slice(host),) + render_units(jobs, host.python) + alerts
 
 
 def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:

@@ -136,3 +136,18 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     with pytest.raises(InventoryError) as caught:
         inventory.load(str(tmp_path / "missing.ini"))
     assert caught.value.lines() == [f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    pytest.param("memory_max", "lots", "'lots' is not a size (e.g. 512M, 2G)", id="memory"),
+    pytest.param("memory_max", "0M", "'0M' is not a size (e.g. 512M, 2G)", id="memory-zero"),
+    pytest.param("cpu_weight", "0", "'0' is not a whole number from 1 to 10000", id="cpu-weight"),
+    pytest.param("tasks_max", "-1", "'-1' is not a whole number from 1 to 4194304", id="tasks"),
+])
+def test_host_ceiling_values(key, value, message):
+    assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
+
+
+def test_host_ceiling_parsed():
+    inv = parse(HOST + "memory_max = 2G\ncpu_weight = 50\ntasks_max = 512\n")
+    assert (inv.hosts[0].memory_max, inv.hosts[0].cpu_weight, inv.hosts[0].tasks_max) == ("2G", 50, 512)

@@ -58,6 +58,11 @@ def job_of_unit(name: str):
     return None
 
 
+# Every job run of this machine, together under one cgroup (systemd-cgtop shows them as one),
+# with the host's optional ceiling. Alerts stay outside it: they report what the ceiling kills.
+JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
+
+
 def alert_template(channel: str) -> str:
     """`deployer-alert-<channel>@.service`: the OnFailure= handler of every job using it."""
     return "%salert-%s@.service" % (UNIT_PREFIX, _word(channel))

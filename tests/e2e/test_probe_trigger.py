@@ -38,3 +38,31 @@ def test_probe16_12_job_and_alert_units_have_a_memory_ceiling(cron01, server, ro
     shown = cron01.ssh("systemctl show -p MemoryMax --value deployer-settle.service "
                        "deployer-alert-ops@settle.service").stdout.split()
     assert shown == [str(128 << 20)] * 2
+
+
+def test_job_runs_share_the_hosts_slice_and_a_killed_run_is_alerted(cron01, server, robot, deployer,  # noqa: F811
+                                                                     write_inventory):
+    """Issue 11: one slice per host (systemd-cgtop shows the runs together) with an optional
+    ceiling; a run the ceiling kills is a failed run and alerts like any other.
+
+    The test hosts cannot enforce the ceiling itself: this VM runs cgroup v1 and nspawn mounts
+    its controllers read-only in the container. So this checks the slice and its limits as
+    systemd reads them, each run's membership, and that a run SIGKILLed the way the kernel's
+    OOM killer does ends failed and alerted."""
+    server.routes["/settle"] = Reply(200, b'{"code":0}', delay=30)
+    inventory = alert_inventory(cron01, robot, server, job("settle", server.url("/settle"), "timeout = 60s"))
+    inventory = inventory.replace("[alert:ops]", "memory_max = 64M\ntasks_max = 64\ncpu_weight = 50\n\n[alert:ops]", 1)
+    path = write_inventory(inventory)
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+    assert sorted(cron01.ssh("systemctl show -p MemoryMax,TasksMax,CPUWeight --value deployer-jobs.slice").stdout.split()) \
+        == sorted([str(64 << 20), "64", "50"])
+
+    cron01.ssh("systemctl start --no-block deployer-settle.service")
+    server.wait_for("/settle")
+    cgroup = cron01.ssh("systemctl show -p ControlGroup --value deployer-settle.service").stdout.strip()
+    assert cgroup == "/deployer.slice/deployer-jobs.slice/deployer-settle.service"
+    cron01.ssh("systemctl kill --signal=SIGKILL deployer-settle.service")
+    robot.wait_accepted(1)
+    wait_alert_units_idle(cron01)
+    assert cron01.ssh("systemctl show -p Result --value deployer-settle.service").stdout.strip() == "signal"
+    assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job settle FAILED on cron01"]
