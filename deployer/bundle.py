@@ -1,8 +1,9 @@
 """The trigger as one self-contained zipapp: deployer/hostside plus pure-Python `requests` and its deps.
 
 The cron host may have nothing but python3 (Debian's has no `requests`), and we install
-nothing there with pip or apt. The archive is byte-for-byte reproducible (fixed timestamps,
-sorted entries, no bytecode) so that an unchanged deployer never re-uploads it.
+nothing there with pip or apt. The archive is reproducible (fixed timestamps, sorted entries)
+so that an unchanged deployer never re-uploads it. The host-side package also travels as
+bytecode for this Python's version (used where the host's Python has the same).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _sources() -> list[tuple[str, Path]]:
 def _cache_path(sources: list[tuple[str, Path]]) -> Path:
     """Keyed by every source's name, size and mtime: a changed trigger.py or upgraded
     `requests` gives a new key, and an unchanged one costs a stat per file, not a zip."""
-    key = hashlib.sha256(MAIN)
+    key = hashlib.sha256(MAIN + importlib.util.MAGIC_NUMBER)
     for name, path in sources:
         stat = path.stat()
         key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
@@ -77,10 +78,25 @@ def trigger_bundle() -> bytes:
     return content
 
 
+def _bytecode(name: str, source: bytes) -> bytes:
+    """An unchecked hash-based .pyc (PEP 552): zipimport cannot cache bytecode, so without it
+    every run would compile the package again. Unchecked, because the archive holds exactly the
+    source it was compiled from; a host whose Python has another magic number ignores it and
+    compiles the source."""
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_hash_pyc
+
+    code = compile(source, f"trigger.pyz/{name}", "exec", dont_inherit=True, optimize=0)
+    return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+
 def _build(sources: list[tuple[str, Path]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         _add(archive, "__main__.py", MAIN)
         for name, path in sources:
-            _add(archive, name, path.read_bytes())
+            source = path.read_bytes()
+            _add(archive, name, source)
+            if name.startswith("deployer/"):
+                _add(archive, name[:-3] + ".pyc", _bytecode(name, source))
     return b"#!/usr/bin/env python3\n" + buffer.getvalue()

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from . import paths
 from .channels import Channel, build_outbound
-from .run import TransportError, redact_url, request
+from .run import redact_url, trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
 RATE_LIMIT = 18
@@ -52,6 +52,30 @@ def format_events(events: list[dict]) -> tuple[str, str]:
     return title, text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n\n(truncated)"
 
 
+class NotSent(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _post(url: str, params: dict, body: bytes, headers: dict) -> tuple:
+    """POST one alert with `requests` (rare and off the jobs' hot path, and it honours the
+    host's proxy settings): the host's trust store, no redirects, a bounded answer."""
+    import requests
+
+    try:
+        with requests.post(url, params=params, data=body, headers=headers, timeout=DELIVERY_TIMEOUT,
+                           verify=trust_store() or True, allow_redirects=False, stream=True) as response:
+            return response.status_code, response.raw.read(65536, decode_content=True)
+    except requests.exceptions.ConnectTimeout:
+        raise NotSent("timed out connecting") from None
+    except requests.Timeout:
+        raise NotSent("timed out reading") from None
+    except requests.RequestException as error:
+        cause = str(error).rsplit("] ", 1)[-1].rstrip(")'\" ")[:200]
+        raise NotSent(f"{type(error).__name__}: {cause}") from None
+
+
 def deliver(channel: Channel, events: list, log: Callable[[str], None] = print,
             sleep: Callable[[float], None] = time.sleep) -> bool:
     """Send one message, a few tries with backoff; never loops forever; never logs the token.
@@ -63,16 +87,11 @@ def deliver(channel: Channel, events: list, log: Callable[[str], None] = print,
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
         outbound = build_outbound(channel, title, text, events[-1], time.time())
         body = json.dumps(outbound.json).encode()
-        url = outbound.url
-        if outbound.params:
-            from urllib.parse import urlencode
-
-            url += ("&" if "?" in url else "?") + urlencode(outbound.params)
         try:
-            response = request("POST", url, {"Content-Type": "application/json", "User-Agent": "deployer-alert/1",
-                                             **outbound.headers}, DELIVERY_TIMEOUT, body=body, max_body=65536)
-            ok, detail = outbound.accepted(response.status, response.body)
-        except TransportError as error:
+            status, answer = _post(outbound.url, outbound.params, body, {
+                "Content-Type": "application/json", "User-Agent": "deployer-alert/1", **outbound.headers})
+            ok, detail = outbound.accepted(status, answer)
+        except NotSent as error:
             if error.reason == "timed out reading":
                 log(f"alert via {channel.name} ({channel.type}), attempt {attempt}/{DELIVERY_ATTEMPTS}: "
                     "sent, but no answer in time; not sent again, which could deliver it twice")

@@ -9,7 +9,6 @@ import time
 from typing import Optional
 
 from . import options
-from .alert import alert_main, deliver, read_credential
 from .channels import CHANNEL_TYPES, Channel, Secret
 from .run import JobSpec, ping, redact_url, run_job
 
@@ -60,6 +59,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")
+        from .alert import alert_main, read_credential  # a job run never loads the alert program
         channel = Channel(args.channel, args.type, token=Secret(read_credential("token")),
                           secret=Secret(read_credential("secret")), endpoint=args.endpoint or "")
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered) else EXIT_FAILED
@@ -84,6 +84,8 @@ def main(argv: Optional[list] = None) -> int:
         event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
                  "url": redact_url(spec.url), "result": verdict.reason, "exit_status": EXIT_FAILED,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
+        from .alert import deliver
+
         deliver(channel, [event], log=log)
     return EXIT_FAILED
 

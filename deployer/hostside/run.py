@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -11,6 +10,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from . import http
+from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
+from .http import Response
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 
 BODY_EXCERPT = 200
@@ -21,9 +23,9 @@ MAX_BODY = 1 << 20
 PING_BUDGET = 3.0
 
 
-def trust_store():
+def trust_store() -> Optional[str]:
     """The host's CA bundle (what curl and the jobs' services trust), for jobs, alerts and pings."""
-    return SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else True
+    return SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
 
 
 def redact_url(url: str) -> str:
@@ -35,55 +37,19 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class TransportError(Exception):
-    """The request got no response: `reason` says why in a few words; `retryable` whether
-    another attempt may help (a refused connection may; a certificate that fails does not)."""
-
-    def __init__(self, reason: str, retryable: bool = True):
-        super().__init__(reason)
-        self.reason, self.retryable = reason, retryable
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes  # at most max_body bytes
-    truncated: bool
-
-
-_TLS_VERIFY = re.compile(r"certificate verify failed: ([^(]+)")
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
-
-
 def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = b"",
-            max_body: int = MAX_BODY, session=None, ca_file: Optional[str] = None,
+            max_body: int = MAX_BODY, ca_file: Optional[str] = None,
             client_cert: Optional[tuple] = None) -> Response:
-    """One HTTP request: never follows a redirect, verifies TLS against the host's trust store
-    (or `ca_file`), reads at most `max_body` bytes of the answer."""
-    import requests
-
+    """One HTTP request with the standard-library client (hostside.http): never follows a
+    redirect, verifies TLS against the host's trust store (or `ca_file`), reads at most
+    `max_body` bytes of the answer, and holds the whole read to one deadline."""
+    cert, key = client_cert or (None, None)
     try:
-        with (session or requests).request(method, url, headers=headers, data=body or None,
-                                           verify=ca_file or trust_store(), cert=client_cert, timeout=timeout,
-                                           allow_redirects=False, stream=True) as response:
-            content = response.raw.read(max_body + 1, decode_content=True)
-            return Response(response.status_code, content[:max_body], len(content) > max_body)
-    except requests.exceptions.SSLError as error:
-        text = str(error)
-        found = _TLS_VERIFY.search(text)
-        if found:  # the peer is not who it claims, or not trusted: another attempt cannot help
-            raise TransportError("TLS error: certificate verify failed: " + found.group(1).strip(),
-                                 retryable=False) from None
-        detail = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text.rsplit(": ", 1)[-1]).rstrip(")'\" ")
-        raise TransportError("TLS error: " + detail) from None
-    except requests.Timeout as error:
-        connecting = isinstance(error, requests.ConnectTimeout)
-        raise TransportError("timed out " + ("connecting" if connecting else "reading")) from None
-    except requests.RequestException as error:
-        found = _ERRNO.search(str(error))
-        if found:
-            raise TransportError("connection failed: " + found.group(1).strip().lower()) from None
-        raise TransportError(f"{type(error).__name__}: {str(error)[:200]}") from None
+        return http.request(method, url, headers=headers, body=body, timeout=timeout,
+                            ca_file=ca_file or trust_store(), client_cert=cert, client_key=key,
+                            max_body=max_body)
+    except ValueError as error:
+        raise TransportError(f"cannot send: {error}", retryable=False) from None
 
 
 def excerpt(body: bytes) -> str:
@@ -142,8 +108,6 @@ def scheduled_at(now: float, resolution: int) -> str:
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
             sleep: Callable[[float], None] = time.sleep) -> Verdict:
     """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them."""
-    import requests
-
     started = time.monotonic()
     deadline = started + spec.timeout
     expect_status, expect_json = parse_expect_status(spec.expect_status), parse_expect_json(spec.expect_json)
@@ -169,31 +133,30 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, spec.timeout)
     try:
-        with requests.Session() as session:
-            for attempt in range(1, attempts + 1):
-                begin = time.monotonic()
-                prefix = f"attempt {attempt}/{attempts}: {spec.method} {shown}"
-                try:
-                    remaining = max(deadline - begin, 0.001)
-                    if spec.sign_secret:  # per attempt: a fresh timestamp, the same run id
-                        stamp = int(time.time())
-                        headers["X-Deployer-Timestamp"] = str(stamp)
-                        headers["X-Deployer-Signature"] = sign(spec.sign_secret, spec.method, spec.url, stamp,
-                                                               run_id, body)
-                    response = request(spec.method, spec.url, headers, (min(remaining, 10.0), remaining),
-                                       session=session, body=body, ca_file=spec.ca_file, client_cert=client_cert)
-                    verdict = judge(response.status, response.body, expect_status, expect_json)
-                    line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
-                    log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
-                except TransportError as error:
-                    verdict = Verdict(False, error.reason, retryable=error.retryable)
-                    log(f"{prefix} -> error in {time.monotonic() - begin:.2f}s: {verdict.reason}")
-                if verdict.ok or not verdict.retryable or attempt == attempts:
-                    break
-                pause = min(2.0 ** (attempt - 1), deadline - time.monotonic())
-                if pause <= 0:
-                    break
-                sleep(pause)
+        for attempt in range(1, attempts + 1):
+            begin = time.monotonic()
+            prefix = f"attempt {attempt}/{attempts}: {spec.method} {shown}"
+            try:
+                remaining = max(deadline - begin, 0.001)
+                if spec.sign_secret:  # per attempt: a fresh timestamp, the same run id
+                    stamp = int(time.time())
+                    headers["X-Deployer-Timestamp"] = str(stamp)
+                    headers["X-Deployer-Signature"] = sign(spec.sign_secret, spec.method, spec.url, stamp,
+                                                           run_id, body)
+                response = request(spec.method, spec.url, headers, (min(remaining, 10.0), remaining),
+                                   body=body, ca_file=spec.ca_file, client_cert=client_cert)
+                verdict = judge(response.status, response.body, expect_status, expect_json)
+                line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
+                log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
+            except TransportError as error:
+                verdict = Verdict(False, error.reason, retryable=error.retryable)
+                log(f"{prefix} -> error in {time.monotonic() - begin:.2f}s: {verdict.reason}")
+            if verdict.ok or not verdict.retryable or attempt == attempts:
+                break
+            pause = min(2.0 ** (attempt - 1), deadline - time.monotonic())
+            if pause <= 0:
+                break
+            sleep(pause)
     except RunTimeout:
         verdict = Verdict(False, f"timed out after {spec.timeout:g}s (whole run, retries included)")
         log(f"{spec.method} {shown}: {verdict.reason}")
