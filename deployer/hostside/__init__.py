@@ -1,0 +1,1 @@
+"""Code that runs on the cron host: standard library only."""
