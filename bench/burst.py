@@ -26,7 +26,8 @@ Machines are noisy: read the ratios. This is a benchmark, nothing asserts a time
 
     make bench-burst                               # --jobs 100
     .venv/bin/python bench/burst.py --jobs 100,300
-    .venv/bin/python bench/burst.py --jobs 100 --sets --bursts 2 --no-variants
+    .venv/bin/python bench/burst.py --jobs 100 --sets --bursts 1 --no-variants --no-cost
+    .venv/bin/python bench/burst.py --sets full,static-no-kernel --no-variants --no-cost
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ from tests.cronhost import CronHost  # noqa: E402
 UNIT_DIR = "/etc/systemd/system"
 STATIC_USER = "deployer"
 VARIANTS = ("deployer", "py-sandbox", "py-bare", "curl-sandbox", "curl-bare")
+# Opt-in (--variants): deployer.hostside.http from a zip on the host, in the sandbox: what a
+# trigger built on it would cost at least.
+EXTRA_VARIANTS = ("hostside-sandbox",)
+HOSTSIDE_ZIP = "/var/lib/deployer-bench/hostside.zip"
 
 
 # --- the recording server ------------------------------------------------------------------
@@ -129,22 +134,38 @@ SECCOMP = ("SystemCallFilter", "SystemCallArchitectures", "SystemCallErrorNumber
            "RestrictSUIDSGID")
 
 
-def hardening_sets() -> dict[str, list[str]]:
-    """Part B: deployer's set, and sets with groups of directives dropped or replaced."""
+KERNEL = ("ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups")
+
+
+def hardening_sets() -> dict[str, tuple[str, list[str]]]:
+    """Part B: id -> (description, directives): deployer's set, and sets with groups dropped."""
     full = hardening_lines()
     static = without(full, "DynamicUser", add=(f"User={STATIC_USER}",))
     return {
-        "full (deployer)": full,
-        "none": [],
-        "-DynamicUser +User=": static,
-        "-PrivateUsers": without(full, "PrivateUsers"),
-        "-ProtectProc/ProcSubset": without(full, "ProtectProc", "ProcSubset"),
-        "-PrivateDevices": without(full, "PrivateDevices", "DevicePolicy"),
-        "-seccomp group": without(full, *SECCOMP),
-        "User=, -mount-ns group": without(static, *MOUNT_NS),
-        "User=, -PrivateUsers": without(static, "PrivateUsers"),
-        "User=, -PrivateUsers -ProcSubset": without(static, "PrivateUsers", "ProtectProc", "ProcSubset"),
+        "full": ("full (deployer)", full),
+        "none": ("none", []),
+        "static": ("-DynamicUser +User=", static),
+        "-privusers": ("-PrivateUsers", without(full, "PrivateUsers")),
+        "-proc": ("-ProtectProc/ProcSubset", without(full, "ProtectProc", "ProcSubset")),
+        "-privdev": ("-PrivateDevices", without(full, "PrivateDevices", "DevicePolicy")),
+        "-kernel": ("-ProtectKernel*/ControlGroups", without(full, *KERNEL)),
+        "-seccomp": ("-seccomp group", without(full, *SECCOMP)),
+        "dyn-mountns": ("-mount-ns group (DynamicUser implies some)", without(full, *MOUNT_NS)),
+        "static-mountns": ("User=, -mount-ns group", without(static, *MOUNT_NS)),
+        "static-privusers": ("User=, -PrivateUsers", without(static, "PrivateUsers")),
+        "static-min-mount": ("User=, mounts: System/Home/Tmp only",
+                             without(static, *(set(MOUNT_NS) - {"ProtectSystem", "ProtectHome", "PrivateTmp"}))),
+        "static-no-kernel": ("User=, -PrivateDevices -ProtectKernel*", without(static, "PrivateDevices", "DevicePolicy", *KERNEL)),
+        "no-kernel": ("-PrivateDevices -ProtectKernel*", without(full, "PrivateDevices", "DevicePolicy", *KERNEL)),
+        "-tunables": ("-ProtectKernelTunables", without(full, "ProtectKernelTunables")),
+        "-tunables-privdev": ("-ProtectKernelTunables -PrivateDevices",
+                              without(full, "ProtectKernelTunables", "PrivateDevices", "DevicePolicy")),
+        "-tunables-cgroups": ("-ProtectKernelTunables -ProtectControlGroups",
+                              without(full, "ProtectKernelTunables", "ProtectControlGroups")),
     }
+
+
+ROUND1 = "full,none,static,-privusers,-proc,-privdev,-seccomp,static-mountns,static-privusers"
 
 
 def python_post(url: str) -> list[str]:
@@ -154,6 +175,25 @@ def python_post(url: str) -> list[str]:
             f"c.request('POST','/{rest}',body=b'');r=c.getresponse();r.read();"
             f"raise SystemExit(r.status//100!=2)")
     return ["/usr/bin/python3", "-I", "-S", "-c", code]
+
+
+def hostside_post(url: str) -> list[str]:
+    code = (f"import sys;sys.path.insert(0,'{HOSTSIDE_ZIP}');from deployer.hostside.http import request;"
+            f"raise SystemExit(request('POST','{url}').status//100!=2)")
+    return ["/usr/bin/python3", "-I", "-S", "-c", code]
+
+
+def hostside_zip() -> bytes:
+    """deployer/hostside/ as source: zipimport compiles it on every run (a few ms; bytecode
+    compiled for the host's Python at push time would save them)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("deployer/__init__.py", "deployer/hostside/__init__.py", "deployer/hostside/http.py"):
+            archive.writestr(name, b"" if name == "deployer/__init__.py" else (REPO / name).read_bytes())
+    return buffer.getvalue()
 
 
 def curl_post(url: str) -> list[str]:
@@ -270,6 +310,12 @@ class Bench:
         self.inventory.write_text(self.host.inventory_host())
         self.deployer("push", "--host", "bench", "-i", str(self.inventory))
 
+    def upload_hostside(self) -> None:
+        import base64
+
+        self.host.ssh(f"mkdir -p {os.path.dirname(HOSTSIDE_ZIP)} && base64 -d > {HOSTSIDE_ZIP}",
+                      input=base64.b64encode(hostside_zip()).decode())
+
     # per-run cost ----------------------------------------------------------------------
 
     def cost(self, runs: int = 5) -> dict[str, dict[str, float]]:
@@ -293,7 +339,9 @@ class Bench:
         job = inventory.load(str(self.inventory)).jobs[0]
         commands = {"trigger": trigger_argv(job, "/usr/bin/python3"),
                     "stdlib POST": python_post(self.server.url("/cost/stdlib")),
+                    "hostside POST": hostside_post(self.server.url("/cost/hostside")),
                     "curl": curl_post(self.server.url("/cost/curl"))}
+        self.upload_hostside()
         result = {}
         for name, argv in commands.items():
             out = self.host.ssh(f"python3 /root/rusage.py {runs} {shlex.join(argv)}").stdout
@@ -338,11 +386,12 @@ def print_table(jobs: int, results: dict[str, list[Burst]]) -> None:
     for name, s in stats.items():
         per = " ".join(f"{v:.2f}" for v in s["bursts_p99"])
         print(f"{name:<14} | {s['p50']:>5.2f}s {s['p99']:>5.2f}s {s['max']:>5.2f}s | {per}")
-    if "deployer" in stats:
-        d = stats["deployer"]["p99"]
+    for subject in ("deployer", "hostside-sandbox"):
+        if subject not in stats:
+            continue
         for ref in ("py-sandbox", "py-bare", "curl-sandbox", "curl-bare"):
             if ref in stats:
-                print(f"p99 deployer / {ref}: {d / stats[ref]['p99']:.2f}x")
+                print(f"p99 {subject} / {ref}: {stats[subject]['p99'] / stats[ref]['p99']:.2f}x")
     if "py-sandbox" in stats and "py-bare" in stats:
         print(f"p99 py-sandbox / py-bare: {stats['py-sandbox']['p99'] / stats['py-bare']['p99']:.2f}x;  "
               f"curl-sandbox / curl-bare: "
@@ -376,10 +425,14 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
             custom = {
                 "py-sandbox": (python_post, full), "py-bare": (python_post, []),
                 "curl-sandbox": (curl_post, full), "curl-bare": (curl_post, []),
+                "hostside-sandbox": (hostside_post, full),
             }
-            results: dict[str, list[Burst]] = {v: [] for v in VARIANTS}
+            variants = args.variants.split(",")
+            if "hostside-sandbox" in variants:
+                bench.upload_hostside()
+            results: dict[str, list[Burst]] = {v: [] for v in variants}
             for number in range(args.bursts):
-                for variant in VARIANTS:
+                for variant in variants:
                     print(f"{jobs} jobs, burst {number + 1}/{args.bursts}: {variant}", file=sys.stderr, flush=True)
                     key = f"{tag}-{number}"
                     if variant == "deployer":
@@ -395,28 +448,34 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
             failures += exactly_once(results)
         if args.cost:
             cost = bench.cost()
-            t, s = cost["trigger"], cost["stdlib POST"]
+            s = cost["stdlib POST"]
             print(f"\nper run on the host (median of 5): {'':>2}CPU s   peak RSS MB")
             for name, c in cost.items():
                 print(f"  {name:<12} {c['cpu']:>8.3f} {c['rss']:>10.1f}")
-            print(f"  trigger / stdlib POST: CPU {t['cpu'] / s['cpu']:.2f}x, peak memory {t['rss'] / s['rss']:.2f}x")
+            for name in ("trigger", "hostside POST"):
+                c = cost[name]
+                print(f"  {name} / stdlib POST: CPU {c['cpu'] / s['cpu']:.2f}x, peak memory {c['rss'] / s['rss']:.2f}x")
         if args.sets:
             sets_results: dict[str, list[Burst]] = {}
             scores: dict[str, float] = {}
-            for name, lines in hardening_sets().items():
-                sets_results[name] = []
-                unit = "bx-set"
-                for number in range(args.bursts):
+            known = hardening_sets()
+            chosen = ROUND1 if args.sets == "round1" else args.sets
+            unit = "bx-set"
+            chosen_sets = [known[key] for key in chosen.split(",")]
+            for number in range(args.bursts):  # interleaved, so that noise spreads over all sets
+                for index, (name, lines) in enumerate(chosen_sets):
                     print(f"{jobs} jobs, set {name!r} burst {number + 1}", file=sys.stderr, flush=True)
-                    key = f"{tag}-set{len(scores)}-{number}"
-                    argv = python_post(server.url(f"/set/{key}/%i"))
-                    sets_results[name].append(bench.burst("set", key, lambda: bench.arm_custom(unit, argv, lines)))
-                scores[name] = bench.exposure(unit)
-                bench.cleanup_custom(unit)
-            base = summary(sets_results["none"])["p99"]
+                    burst_key = f"{tag}-set{index}-{number}"
+                    argv = python_post(server.url(f"/set/{burst_key}/%i"))
+                    sets_results.setdefault(name, []).append(
+                        bench.burst("set", burst_key, lambda: bench.arm_custom(unit, argv, lines)))
+                    if number == 0:
+                        scores[name] = bench.exposure(unit)
+            bench.cleanup_custom(unit)
+            base = summary(sets_results.get("none") or sets_results["full (deployer)"])["p99"]
             print(f"\nPart B: the stdlib POST under sets of hardening directives, {jobs} timers, "
                   f"{args.bursts} burst(s) each")
-            header = f"{'set':<34} | {'p50':>6} {'p99':>6} {'max':>6} | {'p99/none':>8} | exposure"
+            header = f"{'set':<34} | {'p50':>6} {'p99':>6} {'max':>6} | {'p99/base':>8} | exposure"
             print(header)
             print("-" * len(header))
             for name, bursts in sets_results.items():
@@ -436,8 +495,12 @@ def main() -> int:
     parser.add_argument("--jobs", default="100", help="timer counts (default 100)")
     parser.add_argument("--bursts", type=int, default=3, help="bursts per variant (default 3)")
     parser.add_argument("--no-cost", dest="cost", action="store_false", help="skip the per-run cost")
-    parser.add_argument("--sets", action="store_true", help="Part B: hardening sets (one more burst each)")
-    parser.add_argument("--no-variants", action="store_true", help="skip the five variants")
+    parser.add_argument("--sets", nargs="?", const="round1", default="",
+                        help="Part B: hardening sets by id, comma-separated (default: round1); "
+                             "the ratio column is to 'none' if run, else to 'full'")
+    parser.add_argument("--no-variants", action="store_true", help="skip the burst variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS + EXTRA_VARIANTS)} (default: the first five)")
     args = parser.parse_args()
     check_prerequisites()
     server = Arrivals()
