@@ -241,15 +241,18 @@ class Bench:
         self.env = dict(os.environ, HOME=str(workdir / "home"))
         (workdir / "home").mkdir(exist_ok=True)
         self.inventory = workdir / f"inventory-{jobs}.ini"
+        self.lead_factor = 1.0
 
     def due_second(self, push: bool = False) -> int:
-        """A whole second far enough ahead for the arming (a push of N jobs, or one ssh) to end."""
-        lead = 3.0 + self.jobs / 40 if push else 1.5 + self.jobs / 150
+        """A whole second far enough ahead for the arming (a push of N jobs, or one ssh) to end;
+        each overrun (a loaded machine) doubles the lead of later bursts."""
+        lead = (3.0 + self.jobs / 40 if push else 1.5 + self.jobs / 150) * self.lead_factor
         return int(time.time() + lead) + 1
 
     # arming ----------------------------------------------------------------------------
 
     def arm_deployer(self, key: str) -> int:
+        """Push N jobs due the same second, each calling /deployer/KEY/<i>."""
         due = self.due_second(push=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(due))
         body = "".join(f"[job:burst{i:03d}]\non_calendar = {stamp} UTC\n"
@@ -258,7 +261,9 @@ class Bench:
         self.deployer("push", "--host", "bench", "-i", str(self.inventory))
         return due
 
-    def arm_custom(self, unit: str, argv: list[str], hardening: list[str]) -> int:
+    def arm_custom(self, unit: str, variant: str, make, key: str, hardening: list[str]) -> int:
+        """N instances of UNIT@.service running make(URL of /VARIANT/KEY/<i>), due the same second."""
+        argv = make(self.server.url(f"/{variant}/{key}/%i"))
         due = self.due_second()
         script = (f"cat > {UNIT_DIR}/{unit}@.service <<'EOF'\n{service_text(argv, hardening)}EOF\n"
                   f"cat > {UNIT_DIR}/{unit}@.timer <<'EOF'\n{timer_text(due)}EOF\n"
@@ -274,11 +279,23 @@ class Bench:
 
     # one burst -------------------------------------------------------------------------
 
-    def burst(self, variant: str, number: str, arm) -> Burst:
-        prefix = f"/{variant}/{number}/"
-        due = arm()
-        if time.time() > due - 0.2:
-            raise SystemExit(f"{variant}: arming took past the due second; raise the lead in due_second()")
+    def burst(self, variant: str, key: str, arm) -> Burst:
+        """arm(key) installs the timers and returns their due second. If the arming ended after
+        it (a loaded machine), the timers may fire or not: that attempt is dropped (its key is
+        never read again) and the burst is armed again with a new key and a longer lead."""
+        for attempt in range(3):
+            due = arm(key)
+            if time.time() < due - 0.2:
+                break
+            print(f"  {variant}: arming ended after the due second; again with a longer lead",
+                  file=sys.stderr, flush=True)
+            self.lead_factor *= 2
+            time.sleep(2)
+            self.wait_idle()
+            key += "r"
+        else:
+            raise SystemExit(f"{variant}: arming never ended before the due second")
+        prefix = f"/{variant}/{key}/"
         deadline = due + 120
         while time.time() < deadline and len({p for p, _ in self.server.under(prefix)}) < self.jobs:
             time.sleep(0.2)
@@ -287,10 +304,16 @@ class Bench:
         counts: dict[str, int] = {}
         for path, _ in seen:
             counts[path] = counts.get(path, 0) + 1
+        if len(counts) < self.jobs:
+            why = self.host.ssh("systemctl list-units --no-legend --plain --failed 'bx-*' 'deployer-*'; "
+                                "journalctl --no-pager -o cat -p warning -n 8 -u 'bx-*' -u 'deployer-*'",
+                                check=False).stdout
+            print(f"  {variant} {key}: {self.jobs - len(counts)} missing; on the host:\n{why}",
+                  file=sys.stderr, flush=True)
         first = {}
         for path, at in seen:
             first.setdefault(path, at)
-        return Burst(variant, number, due, [at - due for at in first.values()],
+        return Burst(variant, key, due, [at - due for at in first.values()],
                      missing=self.jobs - len(counts), duplicates=sum(c - 1 for c in counts.values()))
 
     def wait_idle(self) -> None:
@@ -436,12 +459,12 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
                     print(f"{jobs} jobs, burst {number + 1}/{args.bursts}: {variant}", file=sys.stderr, flush=True)
                     key = f"{tag}-{number}"
                     if variant == "deployer":
-                        results[variant].append(bench.burst(variant, key, lambda: bench.arm_deployer(key)))
+                        results[variant].append(bench.burst(variant, key, bench.arm_deployer))
                     else:
                         make, hardening = custom[variant]
                         unit = "bx-" + variant
-                        argv = make(server.url(f"/{variant}/{key}/%i"))
-                        results[variant].append(bench.burst(variant, key, lambda: bench.arm_custom(unit, argv, hardening)))
+                        results[variant].append(bench.burst(
+                            variant, key, lambda k: bench.arm_custom(unit, variant, make, k, hardening)))
                         bench.cleanup_custom(unit)
             bench.cleanup_deployer()
             print_table(jobs, results)
@@ -466,9 +489,8 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
                 for index, (name, lines) in enumerate(chosen_sets):
                     print(f"{jobs} jobs, set {name!r} burst {number + 1}", file=sys.stderr, flush=True)
                     burst_key = f"{tag}-set{index}-{number}"
-                    argv = python_post(server.url(f"/set/{burst_key}/%i"))
                     sets_results.setdefault(name, []).append(
-                        bench.burst("set", burst_key, lambda: bench.arm_custom(unit, argv, lines)))
+                        bench.burst("set", burst_key, lambda k: bench.arm_custom(unit, "set", python_post, k, lines)))
                     if number == 0:
                         scores[name] = bench.exposure(unit)
             bench.cleanup_custom(unit)
