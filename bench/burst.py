@@ -157,6 +157,9 @@ def hardening_sets() -> dict[str, tuple[str, list[str]]]:
                              without(static, *(set(MOUNT_NS) - {"ProtectSystem", "ProtectHome", "PrivateTmp"}))),
         "static-no-kernel": ("User=, -PrivateDevices -ProtectKernel*", without(static, "PrivateDevices", "DevicePolicy", *KERNEL)),
         "no-kernel": ("-PrivateDevices -ProtectKernel*", without(full, "PrivateDevices", "DevicePolicy", *KERNEL)),
+        "lean-cgroups": ("-PrivateDevices -ProtectKernelTunables -ProtectControlGroups",
+                         without(full, "PrivateDevices", "ProtectKernelTunables", "ProtectControlGroups")),
+        "lean": ("-PrivateDevices -ProtectKernelTunables", without(full, "PrivateDevices", "ProtectKernelTunables")),
         "-tunables": ("-ProtectKernelTunables", without(full, "ProtectKernelTunables")),
         "-tunables-privdev": ("-ProtectKernelTunables -PrivateDevices",
                               without(full, "ProtectKernelTunables", "PrivateDevices", "DevicePolicy")),
@@ -305,9 +308,10 @@ class Bench:
         for path, _ in seen:
             counts[path] = counts.get(path, 0) + 1
         if len(counts) < self.jobs:
-            why = self.host.ssh("systemctl list-units --no-legend --plain --failed 'bx-*' 'deployer-*'; "
-                                "journalctl --no-pager -o cat -p warning -n 8 -u 'bx-*' -u 'deployer-*'",
-                                check=False).stdout
+            why = self.host.ssh(
+                "systemctl list-units --no-legend --plain --failed 'bx-*' 'deployer-*'; for u in $(systemctl "
+                "list-units --no-legend --plain --failed 'bx-*' 'deployer-*' | cut -d' ' -f1 | head -3); do "
+                "journalctl --no-pager -o cat -n 6 -u $u; done", check=False).stdout
             print(f"  {variant} {key}: {self.jobs - len(counts)} missing; on the host:\n{why}",
                   file=sys.stderr, flush=True)
         first = {}
