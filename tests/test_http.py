@@ -226,6 +226,15 @@ def test_malformed_urls_are_refused(url):
         request("GET", url)
 
 
+def test_control_characters_in_the_path_are_encoded_not_sent(base):
+    assert echo(request("GET", base + "/a\r\nX-Injected: 1"))["path"] == "/a%0D%0AX-Injected:%201"
+
+
+def test_a_host_with_control_characters_is_refused():
+    with pytest.raises(ValueError):
+        request("GET", "http://h\r\nX: 1/")
+
+
 def test_header_injection_is_refused(base):
     with pytest.raises(ValueError):
         request("GET", base, headers={"X-A": "1\r\nX-Injected: 1"})

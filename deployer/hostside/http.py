@@ -57,12 +57,16 @@ class _Target:
         return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 
 
+def _safe(c: str) -> bool:
+    return " " < c < "\x7f"
+
+
 def _percent_encode_unsafe(text: str) -> str:
-    """Keep every ASCII character (and existing %XX) as is; UTF-8-encode and escape the rest."""
-    if text.isascii() and " " not in text:
+    """Keep printable ASCII (and existing %XX) as is; UTF-8-encode and escape the rest, so that
+    neither a space nor a CR/LF can end the request line."""
+    if all(_safe(c) for c in text):
         return text
-    return "".join(c if c.isascii() and c != " " else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
-                   for c in text)
+    return "".join(c if _safe(c) else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
 
 
 def _unquote(text: str) -> str:
@@ -107,8 +111,8 @@ def parse_url(url: str) -> _Target:
         port_text = after[1:]
     else:
         host, _, port_text = hostport.partition(":")
-    if not host:
-        raise ValueError(f"no host in {url!r}")
+    if not host or not all(_safe(c) and c not in "/?#@[]" for c in host):
+        raise ValueError(f"no usable host in {url!r}")
     if port_text and not port_text.isdigit():
         raise ValueError(f"bad port in {url!r}")
     port = int(port_text) if port_text else DEFAULT_PORTS[scheme]
