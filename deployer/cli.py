@@ -55,6 +55,8 @@ def _host_name(inv, host_name: Optional[str]) -> str:
         return host_name
     if len(inv.hosts) == 1:
         return inv.hosts[0].name
+    if not inv.hosts:
+        raise DeployerError(f"{inv.path}: no [host:NAME] section: add one with its address")
     raise DeployerError(f"{inv.path}: several hosts; choose one with --host "
                         f"({', '.join(h.name for h in inv.hosts)})")
 
