@@ -53,8 +53,13 @@ def trigger_args(job: Job) -> list[str]:
     return ["--job", job.name] + command_line({key: getattr(job, key) for key in OPTIONS_BY_KEY})
 
 
+# -I -S: no site-packages to scan and no PYTHON* variables to honour on every start; the
+# zipapp carries all it imports.
+PYTHON_FLAGS = ["-I", "-S"]
+
+
 def trigger_argv(job: Job, python: str) -> list[str]:
-    argv = [python, paths.TRIGGER_PATH] + trigger_args(job)
+    argv = [python, *PYTHON_FLAGS, paths.TRIGGER_PATH] + trigger_args(job)
     if job.schedule is None or len(job.schedule.split()) >= 6:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
     return argv
@@ -65,7 +70,7 @@ def calendar_of(job: Job):
 
 
 def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
-    argv = [host.python, paths.TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
+    argv = [host.python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
             "--host-name", host.name, "--job", systemd.Specifier("%i")]
     if recovered:
         argv.append("--recovered")
