@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 from .errors import ScheduleError
@@ -197,152 +198,188 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
         # Both restricted: cron runs on either match, systemd would need both.
         lines = [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
     if timezone:
-        extras = dst_catch_up_lines(cron, timezone) if cron.fixed_time else dst_repeat_lines(cron, timezone)
-        lines += [extra for extra in extras if extra not in lines]
+        lines += [extra for extra in cron_dst_lines(cron, timezone) if extra not in lines]
     return tuple(lines)
 
 
-# --- daylight saving time: Debian cron runs a skipped fixed time right after the jump ---------
+# --- clock changes: the zone's actual transitions, as tzdata (zoneinfo) records them -------
 #
-# When clocks spring forward (02:00 -> 03:00), Debian cron runs each fixed-time job whose time
-# fell in the gap once, right after the jump; systemd simply skips that day. The zone's
-# current rule (the POSIX TZ string ending its TZif file, e.g. EST5EDT,M3.2.0,M11.1.0) says
-# on which day of which month the gap comes, which a calendar line can express: "second
-# Sunday of March" is `Sun *-03-08..14`, "last Sunday" is `Sun *-03~07/1`. Falling back
-# needs nothing: cron runs a repeated fixed time once, and so does systemd.
+# systemd resolves a local time in a calendar's zone like this: a time swallowed by a forward
+# jump does not happen; a time that happens twice (clocks fall back) happens in its first
+# pass only. Where the job's meaning differs, we add lines for the exact instants, written
+# in UTC (any zone's offset, half hours included, is expressible that way), for every
+# transition tzdata has between FIRST_YEAR and LAST_YEAR:
+# - Debian cron (modelled by cronsim): a fixed-time job whose time was swallowed runs once
+#   right after the jump; a wildcard job (minute or hour field starting with '*') runs in
+#   both passes through a repeated time.
+# - Quartz: see quartz_to_oncalendar (second pass only, nothing after a jump).
+# The transitions come from the zone's real history and rule (zoneinfo), not from the POSIX
+# rule string: Asia/Hebron's changes 50 hours past the nominal day, America/Nuuk's at 23:00
+# on Saturday, Chile's at 24:00 are all just transitions here. Lines name their weekday
+# and a window of days when the transitions follow a rule for a run of years (`Sun
+# 2007..2099-03-08..14 07:00:00 UTC`), and the date itself otherwise.
+
+FIRST_YEAR, LAST_YEAR = 2000, 2099  # the extra lines cover clock changes in these years
+_PROBE = timedelta(days=7)  # tzdata has no pair of opposite changes within a week since 2000
 
 
 @dataclass(frozen=True)
-class Gap:
-    """A clock change on the day a rule names. Forward (`length` > 0): local times
-    [start, start + length) do not exist. Backward (`length` < 0): local times
-    [start + length, start) happen twice, the second time at UTC offset `offset_after`."""
+class Transition:
+    """A change of `zone`'s UTC offset at the UTC instant `at` (offsets in seconds east)."""
 
-    month: int
-    week: int  # 1..4, or 5 = the last
-    weekday: int  # 0 = Sunday
-    day_after: bool  # the jump happens on the day after that weekday (a "24:00" rule)
-    start: int  # seconds after local midnight, in the time before the change
-    length: int  # seconds: positive forward, negative backward
-    offset_after: int = 0  # seconds east of UTC after the change
+    at: datetime
+    before: int
+    after: int
 
+    def wall(self, offset: int) -> datetime:
+        """The local wall clock at the instant, read with `offset` (naive)."""
+        return (self.at + timedelta(seconds=offset)).replace(tzinfo=None)
 
-_POSIX_OFFSET = r"[+-]?\d{1,3}(?::\d{2}){0,2}"
-_POSIX_NAME = r"(?:<[^>]+>|[A-Za-z]{3,})"
-_POSIX_TZ = re.compile(rf"^{_POSIX_NAME}({_POSIX_OFFSET})(?:{_POSIX_NAME}({_POSIX_OFFSET})?,([^,]+),([^,]+))?$")
-_POSIX_RULE = re.compile(r"^M(\d{1,2})\.([1-5])\.([0-6])(?:/(" + _POSIX_OFFSET + r"))?$")
+    @property
+    def gap(self) -> tuple[datetime, datetime]:
+        """Local times [start, end) that do not exist (empty unless clocks jump forward)."""
+        return self.wall(self.before), self.wall(self.after)
 
-
-def _posix_seconds(text: str) -> int:
-    sign = -1 if text.startswith("-") else 1
-    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
-    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
-
-
-def _posix_tz(zone: str) -> str:
-    import zoneinfo
-    from pathlib import Path
-
-    for root in list(zoneinfo.TZPATH):
-        path = Path(root) / zone
-        if path.is_file():
-            return path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii", "replace")
-    return ""
-
-
-def dst_gaps(zone: str) -> tuple[Gap, ...]:
-    """The forward jumps in `zone`'s current rule (none for UTC, Asia/Shanghai...)."""
-    return tuple(change for change in clock_changes(zone) if change.length > 0)
-
-
-def dst_overlaps(zone: str) -> tuple[Gap, ...]:
-    return tuple(change for change in clock_changes(zone) if change.length < 0)
+    @property
+    def repeated(self) -> tuple[datetime, datetime]:
+        """Local times [start, end) that happen twice (empty unless clocks fall back)."""
+        return self.wall(self.after), self.wall(self.before)
 
 
 @functools.lru_cache(maxsize=None)
-def clock_changes(zone: str) -> tuple[Gap, ...]:
-    """Both clock changes of `zone`'s current DST rule."""
-    match = _POSIX_TZ.match(_posix_tz(zone))
-    if not match or not match.group(3):
-        return ()
-    standard = -_posix_seconds(match.group(1))  # POSIX offsets count west: EST5 is UTC-5
-    daylight = -_posix_seconds(match.group(2)) if match.group(2) else standard + 3600
-    gaps = []
-    for rule, change, after in ((match.group(3), daylight - standard, daylight),
-                                (match.group(4), standard - daylight, standard)):
-        parsed = _POSIX_RULE.match(rule)
-        if not parsed:
-            raise ScheduleError(f"time zone {zone}: DST rule {rule!r} cannot be expressed in systemd")
-        month, week, weekday, at = (int(g) if i < 3 else g for i, g in enumerate(parsed.groups()))
-        start = _posix_seconds(at) if at else 7200
-        day_after = start >= 86400 and week < 5  # "24:00 on Saturday" (Chile): 00:00 on Sunday
-        if day_after:
-            start, weekday = start - 86400, (weekday + 1) % 7
-        gaps.append(Gap(month, week, weekday, day_after, start, change, after))
-    return tuple(gaps)
+def clock_transitions(zone: str) -> tuple[Transition, ...]:
+    """Every change of `zone`'s UTC offset from FIRST_YEAR to LAST_YEAR, from tzdata."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+
+    def offset(moment: datetime) -> int:
+        return int(moment.astimezone(tz).utcoffset().total_seconds())
+
+    found = []
+    moment, end = datetime(FIRST_YEAR - 1, 12, 25, tzinfo=timezone.utc), \
+        datetime(LAST_YEAR + 1, 1, 8, tzinfo=timezone.utc)
+    current = offset(moment)
+    while moment < end:
+        probe = moment + _PROBE
+        later = offset(probe)
+        if later != current:
+            low, high = moment, probe  # offset(low) == current != offset(high)
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if offset(middle) == current else (low, middle)
+            high = high.replace(microsecond=0)
+            if high.year in range(FIRST_YEAR - 1, LAST_YEAR + 2):
+                found.append(Transition(high, current, offset(high)))
+            current = offset(high)
+            moment = high
+            continue
+        moment = probe
+    return tuple(t for t in found if FIRST_YEAR <= t.wall(t.after).year <= LAST_YEAR)
 
 
-def _change_days(change: Gap, cron: CronSchedule) -> frozenset[int]:
-    """The days of the change's month on which it may fall and on which the job runs."""
+def _minutes_between(hours, minutes, low: datetime, high: datetime):
+    """Wall-clock minutes h:m in [low, high) (naive datetimes), in order."""
+    day = low.date()
+    while day <= high.date():
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                moment = datetime(day.year, day.month, day.day, hour, minute)
+                if low <= moment < high:
+                    yield moment
+        day += timedelta(days=1)
+
+
+def _date_specs(dates: frozenset) -> list[str]:
+    """Calendar date parts (`Sun 2007..2099-03-08..14`, `2022-03-26`...) whose union is
+    exactly `dates`: a weekday in a window of at most seven days for a run of years where
+    every such day is in `dates`, else the dates themselves."""
     import calendar
 
-    if change.week == 5:  # the last such weekday: in the month's last seven days
-        last = calendar.monthrange(2001, change.month)[1]
-        days = frozenset(range(last - 6, last + 1))
-    else:  # the n-th such weekday (or the day after it)
-        first = change.week * 7 - 6 + change.day_after
-        days = frozenset(range(first, first + 7))
-    by_weekday = change.weekday in cron.weekdays
-    if cron.days_star or cron.weekdays_star:  # cron ANDs the two day fields
-        return days & cron.days if by_weekday else frozenset()
-    return days if by_weekday else days & cron.days  # cron ORs them
+    uncovered, specs = set(dates), []
+    names = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+    def day_in(year, month, weekday, first, last):
+        for day in range(first, last + 1):
+            if date(year, month, day).weekday() == weekday:
+                return date(year, month, day)
+        return None
+
+    def fits(year, month, weekday, first, last):
+        hit = day_in(year, month, weekday, first, last)
+        return hit is None or hit in dates
+
+    while uncovered:
+        seed = min(uncovered)
+        shortest = 28 if seed.month == 2 else calendar.monthrange(2001, seed.month)[1]
+        best = None
+        for first in range(max(1, seed.day - 6), seed.day + 1):
+            for last in range(seed.day, min(first + 6, shortest) + 1):
+                low = high = seed.year
+                while low - 1 >= FIRST_YEAR and fits(low - 1, seed.month, seed.weekday(), first, last):
+                    low -= 1
+                while high + 1 <= LAST_YEAR and fits(high + 1, seed.month, seed.weekday(), first, last):
+                    high += 1
+                hits = {day_in(y, seed.month, seed.weekday(), first, last) for y in range(low, high + 1)}
+                covered = (hits - {None}) & uncovered
+                score = (len(covered), last - first)
+                if best is None or score > best[0]:
+                    best = (score, first, last, covered)
+        (count, _), first, last, covered = best
+        if count == 1:  # nothing to generalise: name the date
+            specs.append(f"{seed:%Y-%m-%d}")
+        else:
+            years = sorted({d.year for d in covered})
+            span = f"{years[0]}..{years[-1]}" if years[-1] > years[0] + 1 else ",".join(map(str, years))
+            days = f"{first:02d}" if first == last else f"{first:02d}..{last:02d}"
+            specs.append(f"{names[seed.weekday()]} {span}-{seed.month:02d}-{days}")
+        uncovered -= covered
+    return specs
 
 
-def _clock(seconds: int) -> str:
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:00"
-
-
-def dst_catch_up_lines(cron: CronSchedule, zone: str) -> list[str]:
-    """Lines that run `cron` right after a forward jump that swallowed one of its times."""
+def _instant_lines(instants, seconds: str = "00") -> list[str]:
+    """UTC lines that fire at exactly the given UTC minutes (each at `seconds`)."""
+    by_time: dict[tuple[int, int], set] = {}
+    for moment in instants:
+        by_time.setdefault((moment.hour, moment.minute), set()).add(moment.date())
+    by_dates: dict[frozenset, dict[int, set]] = {}
+    for (hour, minute), days in sorted(by_time.items()):
+        by_dates.setdefault(frozenset(days), {}).setdefault(hour, set()).add(minute)
     lines = []
-    for gap in dst_gaps(zone):
-        swallowed = any(gap.start <= h * 3600 + m * 60 < gap.start + gap.length
-                        for h in cron.hours for m in cron.minutes)
-        if not swallowed or gap.month not in cron.months:
-            continue
-        after = gap.start + gap.length
-        if gap.month == 2 or not 0 <= gap.start < after < 86400:
-            raise ScheduleError(f"cron {cron.expression!r}: the DST change in {zone} cannot be expressed")
-        days = _change_days(gap, cron)
-        if days:
-            lines.append(f"{SYSTEMD_WEEKDAYS[gap.weekday]} *-{gap.month:02d}-{_compress(days, 1, 31, 2)} "
-                         f"{_clock(after)} {zone}")
+    for days, hours in by_dates.items():
+        by_minutes: dict[frozenset, set] = {}
+        for hour, minutes in hours.items():
+            by_minutes.setdefault(frozenset(minutes), set()).add(hour)
+        for spec in _date_specs(days):
+            for minutes, hour_set in by_minutes.items():
+                lines.append(f"{spec} {_compress(frozenset(hour_set), 0, 23, 2)}:"
+                             f"{_compress(minutes, 0, 59, 2)}:{seconds} UTC")
     return lines
 
 
-def dst_repeat_lines(cron: CronSchedule, zone: str) -> list[str]:
-    """Lines for the second pass through a repeated hour, which Debian cron gives wildcard
-    jobs and systemd skips: the same wall-clock times at the fixed offset in force after
-    the change (Etc/GMT-10 is UTC+10). Zones whose offset is not whole hours have no such
-    name in tzdata; there systemd's single pass stands (a documented limitation)."""
-    lines = []
-    for overlap in dst_overlaps(zone):
-        if overlap.month not in cron.months or overlap.month == 2 or overlap.offset_after % 3600:
-            continue
-        low, high = overlap.start + overlap.length, overlap.start
-        if not 0 <= low < high <= 86400:
-            continue
-        days = _change_days(overlap, cron)
-        hours = sorted(h for h in cron.hours if any(low <= h * 3600 + m * 60 < high for m in cron.minutes))
-        if not days or not hours:
-            continue
-        offset_hours = overlap.offset_after // 3600
-        fixed = "UTC" if offset_hours == 0 else f"Etc/GMT{-offset_hours:+d}"
-        for hour in hours:
-            minutes = frozenset(m for m in cron.minutes if low <= hour * 3600 + m * 60 < high)
-            lines.append(f"{SYSTEMD_WEEKDAYS[overlap.weekday]} *-{overlap.month:02d}-{_compress(days, 1, 31, 2)} "
-                         f"{hour:02d}:{_compress(minutes, 0, 59, 2)}:00 {fixed}")
-    return lines
+def _cron_day_matches(cron: CronSchedule, day: date) -> bool:
+    if day.month not in cron.months:
+        return False
+    by_day, by_weekday = day.day in cron.days, (day.weekday() + 1) % 7 in cron.weekdays
+    if cron.days_star or cron.weekdays_star:
+        return by_day and by_weekday
+    return by_day or by_weekday
+
+
+def cron_dst_lines(cron: CronSchedule, zone: str) -> list[str]:
+    """Lines for the runs Debian cron makes around `zone`'s clock changes and systemd would
+    not: the catch-up run after a jump for fixed-time jobs, the second pass for wildcard ones."""
+    instants = set()
+    for change in clock_transitions(zone):
+        if change.after > change.before and cron.fixed_time:
+            if any(_cron_day_matches(cron, m.date())
+                   for m in _minutes_between(cron.hours, cron.minutes, *change.gap)):
+                instants.add(change.at)
+        elif change.after < change.before and not cron.fixed_time:
+            for moment in _minutes_between(cron.hours, cron.minutes, *change.repeated):
+                if _cron_day_matches(cron, moment.date()):
+                    instants.add(moment.replace(tzinfo=timezone.utc) - timedelta(seconds=change.after))
+    return _instant_lines(instants)
 
 
 # --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------
