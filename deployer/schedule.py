@@ -125,8 +125,23 @@ def parse_cron(expression: str) -> CronSchedule:
             f"day-of-week), a @macro, or 6-7 Quartz fields; got {len(parts)}"
         )
     sets = [parse_field(part, spec, expression) for part, spec in zip(parts, FIELDS)]
-    return CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"),
+    cron = CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"),
                         not parts[0].startswith("*") and not parts[1].startswith("*"))
+    # Debian cron accepts `* * 30 2 *` and never runs it; a timer that never fires is a bug.
+    _refuse_never(_CronDays(cron), "cron", "day-of-month", parts[2])
+    return cron
+
+
+@dataclass(frozen=True)
+class _CronDays:
+    cron: CronSchedule
+
+    @property
+    def expression(self) -> str:
+        return self.cron.expression
+
+    def matches_day(self, day: date) -> bool:
+        return _cron_day_matches(self.cron, day)
 
 
 def _compress(values: frozenset[int], spec_low: int, spec_high: int, width: int) -> str:
@@ -383,6 +398,15 @@ def cron_dst_lines(cron: CronSchedule, zone: str) -> list[str]:
 
 
 # --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------
+#
+# Semantics are Quartz's own (org.quartz.CronExpression, quartz-scheduler/quartz on GitHub):
+# buildExpression/addToSet for the syntax (an increment must stay below the field's range,
+# `N/step` runs to the maximum, a backwards range wraps around), getTimeAfter for the times.
+# getTimeAfter walks the wall clock with java.util.GregorianCalendar, which reads a local time
+# that happens twice as the later one (the offset after the change) and moves a local time
+# swallowed by a jump forward, out of the hour the walk asked for (setCalendarHour), so:
+# Quartz never fires in the first pass through a repeated time, only in the second, and
+# never makes up a time swallowed by a jump. tests/quartz_reference.py is that model.
 
 QUARTZ_WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # 1..7
 QUARTZ_FIELDS = (
@@ -398,8 +422,10 @@ def _quartz_number(text: str, spec: CronField, expr: str) -> int:
 
 
 def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
-    """Quartz lists, ranges and steps; `N/step` means N to the maximum, every step."""
+    """Quartz lists, ranges and steps; `N/step` means N to the maximum, every step; a range
+    that runs backwards (`FRI-MON`, `22-2`) wraps around, as in Quartz's addToSet."""
     values: set[int] = set()
+    size = spec.high - spec.low + 1
     for element in text.lower().split(","):
         match = _QUARTZ_ELEMENT.match(element)
         if not match:
@@ -409,20 +435,22 @@ def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
         low = spec.low if star else _quartz_number(first, spec, expr)
         high = spec.high if star or (last is None and step) else \
             _quartz_number(last, spec, expr) if last is not None else low
-        if high < low:
-            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: range {element!r} runs backwards")
         stride = int(step) if step else 1
         if stride == 0:
             raise ScheduleError(f"quartz {expr!r}: {spec.name} field: step 0 in {element!r}")
-        values.update(range(low, high + 1, stride))
+        if step and stride >= size and spec.name != "year":
+            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: increment {stride} in {element!r} "
+                                f"must be less than {size} (Quartz refuses it)")
+        if high < low:
+            if spec.name == "year":
+                raise ScheduleError(f"quartz {expr!r}: {spec.name} field: range {element!r} runs backwards")
+            high += size
+        values.update((v - spec.low) % size + spec.low for v in range(low, high + 1, stride))
     return frozenset(values)
 
 
-def _quartz_days(dom: str, expr: str) -> list[str]:
-    """Day-of-month -> systemd day parts (`-01,15`, `~01`...); several parts are OR-ed lines."""
-    dom = dom.upper()
-    if dom in ("?", "*"):
-        return ["-*"]
+def _quartz_day_element(dom: str, expr: str) -> list[str]:
+    """One element of day-of-month -> systemd day parts (`-01,15`, `~01`, `MF~02`...)."""
     if dom == "L":
         return ["~01"]
     match = re.fullmatch(r"L-(\d+)", dom)
@@ -431,8 +459,15 @@ def _quartz_days(dom: str, expr: str) -> list[str]:
         if back > 27:
             raise ScheduleError(f"quartz {expr!r}: day-of-month: L-{back} goes back further than any month")
         return [f"~{back + 1:02d}"]
-    if dom == "LW":  # the last weekday: the last day if a weekday, else the Friday before it
-        return ["MF~01", "Fri~02", "Fri~03"]
+    match = re.fullmatch(r"L(?:-(\d+))?W", dom)
+    if match:  # the weekday nearest to the last day (minus n): Saturday -> Friday, Sunday -> Monday
+        back = int(match.group(1) or 0)
+        if back > 26:
+            raise ScheduleError(f"quartz {expr!r}: day-of-month: {dom} near a month's start depends on "
+                                "the month's length, which systemd cannot test; use L-0W..L-26W")
+        if back == 0:  # a Sunday last day has no Monday after it in the month: Friday
+            return ["MF~01", "Fri~02", "Fri~03"]
+        return [f"MF~{back + 1:02d}", f"Fri~{back + 2:02d}", f"Mon~{back:02d}"]
     match = re.fullmatch(r"(\d+)W", dom)
     if match:
         day = int(match.group(1))
@@ -449,6 +484,18 @@ def _quartz_days(dom: str, expr: str) -> list[str]:
     if re.search(r"[LW#]", dom):
         raise ScheduleError(f"quartz {expr!r}: day-of-month: {dom!r} cannot be expressed in systemd")
     return ["-" + _compress(_quartz_field(dom, QUARTZ_FIELDS[3], expr), 1, 31, 2)]
+
+
+def _quartz_days(dom: str, expr: str) -> list[str]:
+    """Day-of-month -> systemd day parts; a list (`1,L`, `2W,16`) is the union of its elements."""
+    dom = dom.upper()
+    if dom in ("?", "*"):
+        return ["-*"]
+    plain = [e for e in dom.split(",") if not re.search(r"[LW#]", e)]
+    parts = [part for e in dom.split(",") if re.search(r"[LW#]", e) for part in _quartz_day_element(e, expr)]
+    if plain:
+        parts.insert(0, _quartz_day_element(",".join(plain), expr)[0])
+    return list(dict.fromkeys(parts))
 
 
 def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
@@ -468,13 +515,68 @@ def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
             raise ScheduleError(f"quartz {expr!r}: day-of-week: #{nth} must be 1 to 5")
         weekday = _quartz_number(match.group(1).lower(), QUARTZ_FIELDS[5], expr) - 1
         return frozenset({weekday}), f"-{(nth - 1) * 7 + 1:02d}..{min(nth * 7, 31):02d}"
-    if re.search(r"[LW#]", dow):
+    if "#" in dow or re.search(r"(?<![A-Z])L|\dL", dow):  # names may contain W (WED) but no L
         raise ScheduleError(f"quartz {expr!r}: day-of-week: {dow!r} cannot be expressed in systemd")
     return frozenset(v - 1 for v in _quartz_field(dow, QUARTZ_FIELDS[5], expr)), ""
 
 
-def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
-    timezone = systemd_zone(timezone)
+_DAY_NAMES = {"MF": "Mon..Fri", "Fri": "Fri", "Mon": "Mon"}
+
+
+@dataclass(frozen=True)
+class QuartzSchedule:
+    """A parsed Quartz expression: times, months, years and `days`, the OR-ed day clauses as
+    (systemd weekday names or "", systemd day part)."""
+
+    expression: str
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    months: frozenset[int]
+    years: Optional[frozenset[int]]
+    days: tuple[tuple[str, str], ...]
+
+    def matches_day(self, day: date) -> bool:
+        """Does the job run on `day` (the same clauses systemd is given, read in Python)?"""
+        import calendar
+
+        if day.month not in self.months or (self.years is not None and day.year not in self.years):
+            return False
+        last = calendar.monthrange(day.year, day.month)[1]
+        for names, part in self.days:
+            if names and day.weekday() not in _weekday_set(names):
+                continue
+            if _day_part_days(part, last) is None or day.day in _day_part_days(part, last):
+                return True
+        return False
+
+
+def _weekday_set(names: str) -> set[int]:
+    """`Mon..Fri`, `Sat,Sun` -> Python weekdays (Monday 0)."""
+    order = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    days: set[int] = set()
+    for item in names.split(","):
+        first, _, last = item.partition("..")
+        days.update(range(order.index(first), order.index(last or first) + 1))
+    return days
+
+
+def _day_part_days(part: str, last: int) -> Optional[set[int]]:
+    """The days a systemd day part (`-*`, `-01,15..20`, `~03`, `~07/1`) names; None for all."""
+    if part == "-*":
+        return None
+    if part.startswith("~"):
+        back, _, repeat = part[1:].partition("/")
+        first = last - int(back) + 1
+        return set(range(first, last + 1)) if repeat else {first}
+    days: set[int] = set()
+    for item in part[1:].split(","):
+        low, _, high = item.partition("..")
+        days.update(range(int(low), int(high or low) + 1))
+    return days
+
+
+def parse_quartz(expression: str) -> QuartzSchedule:
     parts = expression.split()
     if len(parts) not in (6, 7):
         raise ScheduleError(f"quartz {expression!r}: expected 6 or 7 fields, got {len(parts)}")
@@ -482,34 +584,148 @@ def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, .
     if (dom == "?") == (dow == "?"):
         raise ScheduleError(f"quartz {expression!r}: put '?' in exactly one of day-of-month and "
                             "day-of-week (Quartz does not combine them)")
-    time = ":".join(_compress(_quartz_field(f, QUARTZ_FIELDS[i], expression), 0, 23 if i == 2 else 59, 2)
-                    for i, f in ((2, hour), (1, minute), (0, sec)))
-    months = _compress(_quartz_field(month, QUARTZ_FIELDS[4], expression), 1, 12, 2)
-    years = _compress(_quartz_field(parts[6], QUARTZ_FIELDS[6], expression), 1970, 2099, 4) \
-        if len(parts) == 7 else "*"
+    times = [_quartz_field(f, QUARTZ_FIELDS[i], expression) for i, f in enumerate((sec, minute, hour))]
+    months = _quartz_field(month, QUARTZ_FIELDS[4], expression)
+    years = _quartz_field(parts[6], QUARTZ_FIELDS[6], expression) if len(parts) == 7 else None
     weekdays, implied_day = _quartz_weekdays(dow, expression)
-    lines = []
+    clauses = []
     for day in ([implied_day] if implied_day else _quartz_days(dom, expression)):
         names = _weekdays(weekdays).strip()
-        for prefix, weekday in (("MF", "Mon..Fri"), ("Fri", "Fri"), ("Mon", "Mon")):
+        for prefix, weekday in _DAY_NAMES.items():
             if day.startswith(prefix):
                 day, names = day[len(prefix):], weekday
-        lines.append(f"{names + ' ' if names else ''}{years}-{months}{day} {time} {timezone}".strip())
-    return tuple(lines)
+        clauses.append((names, day))
+    schedule = QuartzSchedule(expression, *times, months, years, tuple(clauses))
+    _refuse_never(schedule, "quartz", "day-of-month", dom)
+    return schedule
+
+
+def _refuse_never(schedule, dialect: str, name: str, text: str) -> None:
+    """Refuse a schedule whose days never come (30 February, 31 April): no timer that never fires."""
+    years = sorted(schedule.years) if getattr(schedule, "years", None) else range(2024, 2032)
+    day = date(years[0], 1, 1)
+    for year in years:
+        day = date(year, 1, 1)
+        while day.year == year:
+            if schedule.matches_day(day):
+                return
+            day += timedelta(days=1)
+    raise ScheduleError(f"{dialect} {schedule.expression!r}: {name} field {text!r} never falls in the "
+                        "months (and years) given: the job would never run")
+
+
+def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
+    """OnCalendar= lines that fire when Quartz would: in a repeated time, the second pass only
+    (see the note above)."""
+    quartz = parse_quartz(expression)
+    zone = systemd_zone(timezone)
+    years = _compress(quartz.years, 1970, 2099, 4) if quartz.years is not None else "*"
+    months = _compress(quartz.months, 1, 12, 2)
+    minute_second = f"{_compress(quartz.minutes, 0, 59, 2)}:{_compress(quartz.seconds, 0, 59, 2)}"
+
+    def lines(hours, year_spec=years, month_spec=months, clauses=quartz.days, where=zone):
+        hour = _compress(hours, 0, 23, 2)
+        return [f"{names + ' ' if names else ''}{year_spec}-{month_spec}{day} {hour}:{minute_second} {where}"
+                for names, day in clauses]
+
+    repeated = _quartz_repeated_days(quartz, timezone)
+    if not repeated:
+        return tuple(lines(quartz.hours))
+    # On a day with a repeated time, the hours it touches run at explicit UTC instants, and
+    # the zone's line for those hours skips that day (systemd would pick the first pass).
+    touched = frozenset(h for hours in repeated.values() for h in hours)
+    out = lines(quartz.hours - touched) if quartz.hours - touched else []
+    skip = {(d.year, d.month) for d in repeated}
+    by_years: dict[str, set[int]] = {}
+    for month in sorted(quartz.months):
+        skipped = {y for y, m in skip if m == month}
+        allowed = set(quartz.years or range(1970, 2200)) - skipped
+        if allowed:
+            by_years.setdefault(_compress(frozenset(allowed), -1, -1, 4) if skipped else years, set()).add(month)
+    for year_spec, month_set in by_years.items():
+        out += lines(touched, year_spec, _compress(frozenset(month_set), 1, 12, 2))
+    import calendar
+    by_month: dict[tuple[int, str], set[int]] = {}
+    for year, month in sorted(skip):
+        last = calendar.monthrange(year, month)[1]
+        days = frozenset(d for d in range(1, last + 1) if date(year, month, d) not in repeated
+                         and quartz.matches_day(date(year, month, d)))
+        if days:
+            by_month.setdefault((month, _compress(days, 1, 31, 2)), set()).add(year)
+    for (month, days), year_set in by_month.items():
+        out += lines(touched, _compress(frozenset(year_set), -1, -1, 4), f"{month:02d}", (("", "-" + days),))
+    out += _instant_lines(_quartz_instants(quartz, timezone, repeated, touched),
+                          seconds=_compress(quartz.seconds, 0, 59, 2))
+    return tuple(dict.fromkeys(out))
+
+
+def _quartz_repeated_days(quartz: QuartzSchedule, zone: str) -> dict[date, set[int]]:
+    """Local days on which one of the job's times happens twice, with the hours concerned."""
+    found: dict[date, set[int]] = {}
+    for change in clock_transitions(zone):
+        if change.after < change.before:
+            for moment in _minutes_between(quartz.hours, quartz.minutes, *change.repeated):
+                if quartz.matches_day(moment.date()):
+                    found.setdefault(moment.date(), set()).add(moment.hour)
+    return found
+
+
+def _quartz_instants(quartz: QuartzSchedule, zone: str, days, touched) -> set[datetime]:
+    """UTC minutes at which Quartz fires on `days` in the `touched` hours: a repeated local
+    time in its second pass (fold=1), a time swallowed by a jump not at all."""
+    from zoneinfo import ZoneInfo
+
+    tz, instants = ZoneInfo(zone), set()
+    for day in days:
+        for hour in sorted(touched & quartz.hours):
+            for minute in sorted(quartz.minutes):
+                wall = datetime(day.year, day.month, day.day, hour, minute)
+                moment = wall.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
+                if moment.astimezone(tz).replace(tzinfo=None) == wall:
+                    instants.add(moment)
+    return instants
 
 
 # --- one entry point for every kind of schedule ---------------------------------------------
 
-_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")
+_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")  # kept for k8s.py; use split_zone_prefix
+
+
+def split_zone_prefix(text: str) -> tuple[Optional[str], str]:
+    """`CRON_TZ=Zone rest` or `TZ=Zone rest` -> (Zone, rest); anything else -> (None, text)."""
+    prefixed = _TZ_PREFIX.match(text)
+    if prefixed:
+        return prefixed.group(1), prefixed.group(2).strip()
+    return None, text.strip()
+
+
+def schedule_kind(expression: str) -> str:
+    """"boot" (@reboot), "quartz" (6 or 7 fields) or "cron" (everything else: 5 fields,
+    @macros, and malformed text, which the cron parser then explains). The one place
+    that tells cron from Quartz."""
+    text = split_zone_prefix(expression)[1]
+    if text.lower() == "@reboot":
+        return "boot"
+    return "quartz" if len(text.split()) in (6, 7) else "cron"
+
+
+RESOLUTION = {"cron": 60, "boot": 60, "quartz": 1, "calendar": 1}  # seconds a timer may fire at
 
 
 @dataclass(frozen=True)
 class Calendar:
-    """What a timer needs: OnCalendar= lines (in their zone), or `on_boot` for @reboot."""
+    """What a timer needs: OnCalendar= lines (in their zone), or `on_boot` for @reboot.
+    `kind` is "cron", "quartz", "boot" or "calendar" (native lines); `resolution` is the
+    finest step in seconds at which it may fire (60 for cron, 1 for Quartz and native)."""
 
     lines: tuple[str, ...]
     timezone: str
     on_boot: bool = False
+    kind: str = "calendar"
+
+    @property
+    def resolution(self) -> int:
+        return RESOLUTION[self.kind]
 
 
 def is_zone(name: str) -> bool:
@@ -534,17 +750,16 @@ def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone:
     if schedule is None:
         return Calendar(tuple(line if has_zone(line) else f"{line} {systemd_zone(timezone)}"
                               for line in on_calendar), timezone)
-    text = schedule.strip()
-    prefixed = _TZ_PREFIX.match(text)
-    if prefixed:
-        timezone, text = prefixed.group(1), prefixed.group(2).strip()
-        if not is_zone(timezone):
-            raise ScheduleError(f"{schedule!r}: {timezone!r} is not an IANA time zone")
-    if text.lower() == "@reboot":
-        return Calendar((), timezone, on_boot=True)
-    if len(text.split()) in (6, 7):
-        return Calendar(quartz_to_oncalendar(text, timezone), timezone)
-    return Calendar(cron_to_oncalendar(text, timezone), timezone)
+    zone, text = split_zone_prefix(schedule)
+    if zone is not None:
+        if not is_zone(zone):
+            raise ScheduleError(f"{schedule!r}: {zone!r} is not an IANA time zone")
+        timezone = zone
+    kind = schedule_kind(text)
+    if kind == "boot":
+        return Calendar((), timezone, on_boot=True, kind=kind)
+    convert = quartz_to_oncalendar if kind == "quartz" else cron_to_oncalendar
+    return Calendar(convert(text, timezone), timezone, kind=kind)
 
 
 # --- systemd as the judge of calendars and next runs ----------------------------------------
