@@ -48,11 +48,12 @@ class QuartzReference:
             return day.day in self.days
         return (day.weekday() + 1) % 7 + 1 in self.weekdays
 
-    def next_runs(self, base: datetime, count: int) -> list[datetime]:
-        """The first `count` UTC fire times strictly after `base`."""
+    def next_runs(self, base: datetime, count: int, until: datetime | None = None) -> list[datetime]:
+        """The first `count` UTC fire times strictly after `base` (and before `until`)."""
         runs: list[datetime] = []
         day = (base.astimezone(self.zone) - timedelta(days=1)).date()
-        while len(runs) < count:
+        last_day = (until.astimezone(self.zone) + timedelta(days=1)).date() if until else None
+        while len(runs) < count and (last_day is None or day <= last_day):
             if self._day(day):
                 for hour in sorted(self.hours):
                     for minute in sorted(self.minutes):
@@ -65,4 +66,4 @@ class QuartzReference:
                             if utc > base:
                                 runs.append(utc)
             day += timedelta(days=1)
-        return sorted(runs)[:count]
+        return [t for t in sorted(runs) if until is None or t < until][:count]
