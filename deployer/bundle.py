@@ -1,4 +1,4 @@
-"""The trigger as one self-contained zipapp: trigger.py plus pure-Python `requests` and its deps.
+"""The trigger as one self-contained zipapp: deployer/hostside plus pure-Python `requests` and its deps.
 
 The cron host may have nothing but python3 (Debian's has no `requests`), and we install
 nothing there with pip or apt. The archive is byte-for-byte reproducible (fixed timestamps,
@@ -21,8 +21,8 @@ SKIPPED_SUFFIXES = (".so", ".pyd", ".pyc", ".pyi")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 MAIN = b"""import sys
-import trigger
-sys.exit(trigger.main())
+from deployer.hostside.cli import main
+sys.exit(main())
 """
 
 
@@ -34,10 +34,12 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def _sources() -> list[tuple[str, Path]]:
-    """(name in the archive, file) for trigger.py and every file of the packages it needs."""
-    import trigger
+    """(name in the archive, file) for the host-side package and every file of the packages it needs."""
+    from . import hostside
 
-    found = [("trigger.py", Path(trigger.__file__))]
+    package = Path(hostside.__file__).parent
+    found = [("deployer/__init__.py", package.parent / "__init__.py")]
+    found += [(f"deployer/hostside/{path.name}", path) for path in sorted(package.glob("*.py"))]
     for package in PACKAGES:
         root = Path(importlib.util.find_spec(package).origin).parent
         found += [(f"{package}/{path.relative_to(root).as_posix()}", path) for path in sorted(root.rglob("*"))

@@ -60,13 +60,14 @@ def _host_name(inv, host_name: Optional[str]) -> str:
 
 
 def _connect(inv, host_name):
+    """The agent of one host, over SSH: the only place that builds one."""
     from . import remote
 
-    return remote.connect(inv.host(host_name))
+    return remote.ssh_agent(inv.host(host_name))
 
 
 def _open_host(inventory_path: str, host_name: Optional[str]):
-    """What every host command starts with: the inventory, the host's name, a connection."""
+    """What every host command starts with: the inventory, the host's name, its agent."""
     inv = Options(inventory_path).inventory()
     host_name = _host_name(inv, host_name)
     return inv, host_name, _connect(inv, host_name)
@@ -198,8 +199,8 @@ def plan(inventory_path, host_name, as_json):
     from .deploy import plan_push
     from .plan import as_dict, render_diff, summary
 
-    inv, host_name, connection = _open_host(inventory_path, host_name)
-    the_plan, state = plan_push(inv, host_name, connection, contents=True)
+    inv, host_name, agent = _open_host(inventory_path, host_name)
+    the_plan, state = plan_push(inv, host_name, agent, contents=True)
     if as_json:
         click.echo(json.dumps({"host": host_name, **as_dict(the_plan)}, indent=2))
         return
@@ -207,18 +208,30 @@ def plan(inventory_path, host_name, as_json):
     click.echo(f"host {host_name}: {summary(the_plan)}")
 
 
+def _push_document(pushed) -> dict:
+    """`push --json`: the plan and what the switch did; the agent's step timings stay out."""
+    from .plan import as_dict
+
+    result = pushed.result
+    done = {"reloaded": result.reloaded, "started": list(result.started), "restarted": list(result.restarted),
+            "stopped": list(result.stopped), "enabled_for_boot": list(result.enabled_for_boot),
+            "kept_paused": list(result.kept_paused),
+            "recovered_interrupted_push": result.recovered_interrupted_push} if result else {}
+    return {"host": pushed.host, **as_dict(pushed.plan), **done}
+
+
 def _print_push(pushed, as_json: bool) -> None:
-    from .plan import as_dict, summary
+    from .plan import summary
 
     if as_json:
-        click.echo(json.dumps({"host": pushed.host, **as_dict(pushed.plan), **pushed.result}, indent=2))
+        click.echo(json.dumps(_push_document(pushed), indent=2))
         return
     for marker, files in (("+", pushed.plan.add), ("~", pushed.plan.change)):
         for f in files:
             click.echo(f"{marker} {f.name}")
     for path in pushed.plan.remove:
         click.echo(f"- {path.rsplit('/', 1)[-1]}")
-    for timer in pushed.result.get("kept_paused", []):
+    for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
     click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
@@ -281,22 +294,22 @@ def move(inventory_path, source, target, as_json):
     _print_push(to_source, False)
 
 
-def _status_row(job: dict) -> dict:
-    """The agent's raw facts -> what an operator reads: ok / failed (why) / running / never run."""
-    if job["service_state"] in ("activating", "deactivating"):
+def _status_row(job) -> dict:
+    """The agent's facts (a JobStatus) -> what an operator reads: ok / failed (why) / running / never run."""
+    if job.service_state in ("activating", "deactivating"):
         result = "running"
-    elif not job["finished"]:
+    elif not job.finished:
         result = "never run"
-    elif job["result"] == "success":
+    elif job.result == "success":
         result = "ok"
     else:
-        result = f"failed ({job['result']}, exit {job['exit_status']})"
-    if job.get("paused"):
+        result = f"failed ({job.result}, exit {job.exit_status})"
+    if job.paused:
         result += " (paused)"
-    return {"job": job["job"], "schedule": job["calendar"], "paused": bool(job.get("paused")),
-            "timer": "active" if job["timer_state"] == "active" else "inactive",
-            "next": job["next"] or None, "last": job["last"] or None, "result": result,
-            "exit_status": job["exit_status"]}
+    return {"job": job.job, "schedule": list(job.calendar), "paused": job.paused,
+            "timer": "active" if job.timer_state == "active" else "inactive",
+            "next": job.next or None, "last": job.last or None, "result": result,
+            "exit_status": job.exit_status}
 
 
 @main.command(epilog=EPILOG)
@@ -307,8 +320,8 @@ def status(inventory_path, host_name, as_json):
     """Every managed job on the host: schedule, next run, last run, last result."""
     from . import remote
 
-    _, host_name, connection = _open_host(inventory_path, host_name)
-    rows = [_status_row(j) for j in remote.status(connection)]
+    _, host_name, agent = _open_host(inventory_path, host_name)
+    rows = [_status_row(j) for j in remote.status(agent)]
     if as_json:
         click.echo(json.dumps({"host": host_name, "jobs": rows}, indent=2))
         return
@@ -331,12 +344,12 @@ def run(job, inventory_path, host_name):
     """Run JOB now on the host, wait for it, show its output; exit with its result."""
     from . import remote
 
-    inv, host_name, connection = _open_host(inventory_path, host_name)
+    inv, host_name, agent = _open_host(inventory_path, host_name)
     _job(inv, host_name, job)
-    result = remote.run(connection, job)
-    click.echo(result["output"], nl=False)
-    if not result["ok"]:
-        click.echo(f"deployer: job {job} failed ({result['result']}, exit {result['exit_status']})", err=True)
+    result = remote.run(agent, job)
+    click.echo(result.output, nl=False)
+    if not result.ok:
+        click.echo(f"deployer: job {job} failed ({result.result}, exit {result.exit_status})", err=True)
         raise JobFailed(job)
     click.echo(f"job {job}: ok")
 
@@ -353,8 +366,8 @@ def pause(job, inventory_path, host_name):
     """
     from . import remote
 
-    _, host_name, connection = _open_host(inventory_path, host_name)
-    remote.pause(connection, job)
+    _, host_name, agent = _open_host(inventory_path, host_name)
+    remote.pause(agent, job)
     click.echo(f"job {job} paused on {host_name}")
 
 
@@ -366,8 +379,8 @@ def resume(job, inventory_path, host_name):
     """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
     from . import remote
 
-    _, host_name, connection = _open_host(inventory_path, host_name)
-    remote.resume(connection, job)
+    _, host_name, agent = _open_host(inventory_path, host_name)
+    remote.resume(agent, job)
     click.echo(f"job {job} resumed on {host_name}")
 
 
@@ -381,9 +394,9 @@ def logs(job, inventory_path, host_name, lines):
     """Show JOB's journal on the host (every run, newest last)."""
     from . import remote
 
-    inv, host_name, connection = _open_host(inventory_path, host_name)
+    inv, host_name, agent = _open_host(inventory_path, host_name)
     _job(inv, host_name, job)
-    click.echo(remote.logs(connection, job, lines), nl=False)
+    click.echo(remote.logs(agent, job, lines), nl=False)
 
 
 @main.group()

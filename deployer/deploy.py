@@ -1,34 +1,33 @@
 """The push and move sequences: plan against the host's state, keep each job on one host, apply.
 
-Connections are given (the CLI builds them); `connect` opens another host of the inventory
-when a step must look there.
+Agents are given (only the CLI builds the SSH ones); `connect` gives the agent of another host
+of the inventory when a step must look there. Tests pass in-process agents (remote.LocalAgent).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import remote, systemd
+from . import remote
 from .errors import DeployerError
+from .hostside import paths
+from .hostside.protocol import ApplyAnswer
 from .models import Inventory, Plan, RemoteState
 from .plan import make_plan
 from .render import desired_files
 
-Connect = Callable[[str], object]
+Connect = Callable[[str], remote.Agent]
 
 
 @dataclass(frozen=True)
 class Pushed:
     host: str
     plan: Plan
-    result: dict = field(default_factory=dict)
+    result: Optional[ApplyAnswer] = None  # None when there was nothing to do
 
 
 def job_of_timer(path: str) -> Optional[str]:
-    name = path.rsplit("/", 1)[-1]
-    if name.startswith(systemd.UNIT_PREFIX) and name.endswith(".timer") and "@" not in name:
-        return name[len(systemd.UNIT_PREFIX):-len(".timer")]
-    return None
+    return paths.job_of_unit(path) if path.endswith(".timer") else None
 
 
 def check_owner(state: RemoteState, host_name: str) -> None:
@@ -51,25 +50,25 @@ def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect
                                 f"too would run it twice. Use: deployer move --from {other} --to {host_name}")
 
 
-def plan_push(inv: Inventory, host_name: str, connection, contents: bool = False) -> tuple[Plan, RemoteState]:
-    state = remote.read_state(connection, contents=contents)
+def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: bool = False) -> tuple[Plan, RemoteState]:
+    state = remote.read_state(agent, contents=contents)
     check_owner(state, host_name)
     return make_plan(desired_files(inv, host_name), state), state
 
 
-def push(inv: Inventory, host_name: str, connection, connect: Connect,
+def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
          cross_check: bool = True) -> Pushed:
     """Make the host hold exactly the inventory's files for it (one read, one apply)."""
     progress("reading the host's state")
-    the_plan, state = plan_push(inv, host_name, connection)
+    the_plan, state = plan_push(inv, host_name, agent)
     if the_plan.is_noop:
         return Pushed(host_name, the_plan)
     added = [j for j in (job_of_timer(f.path) for f in the_plan.add) if j]
     if added and cross_check and len(inv.hosts) > 1:
         progress("checking that no other host runs the new jobs")
         check_not_elsewhere(inv, host_name, added, connect)
-    result = remote.apply(connection, the_plan, state, inv.path, progress=progress, stamps=stamps)
+    result = remote.apply(agent, the_plan, state, progress=progress, stamps=stamps)
     return Pushed(host_name, the_plan, result)
 
 
@@ -89,7 +88,7 @@ def move(inv: Inventory, source: str, target: str, connect: Connect,
                             f"on {source}")
     progress(f"stopping {len(moving)} timers on {source}")
     stopped = remote.handoff(source_conn, moving)
-    stamps = {systemd.job_unit(j, "timer"): stopped["at"] for j in moving}
+    stamps = {paths.job_unit(j, "timer"): stopped.at for j in moving}
     try:
         to_target = push(inv, target, target_conn, connect, progress, stamps=stamps, cross_check=False)
     except DeployerError:

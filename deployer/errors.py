@@ -68,3 +68,12 @@ class RemoteCommandError(RemoteError):
 
 class JobFailed(DeployerError):
     """`deployer run` started a job and it failed; its output was already shown."""
+
+
+class AgentRefused(RemoteError):
+    """The agent on the host refused a request; `code` is one of hostside.protocol.ERROR_CODES
+    (`locked`, `host_changed`, `wrong_owner`, ...), so callers can tell refusals apart."""
+
+    def __init__(self, host: str, code: str, message: str):
+        self.code = code
+        super().__init__(host, message)

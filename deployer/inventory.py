@@ -9,56 +9,24 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
-import trigger
-
 from .errors import InventoryError, Problem, ScheduleError
+from .hostside.channels import CHANNEL_TYPES
+from .hostside.options import (JOB_OPTIONS, Invalid, boolean, calendar_lines, name, optional, text,
+                               url)
 from .models import Alert, Host, Inventory, Job, Secret
-from .schedule import check_calendar_lines, is_zone, to_calendar
+from .schedule import check_calendar_lines, to_calendar
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
-ALERT_TYPES = ("dingtalk", "wecom", "feishu", "slack", "webhook")
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 HOST_KEY_POLICIES = ("strict", "accept-new")
-MAX_TIMEOUT = 24 * 3600
-MAX_RETRIES = 10
-
-
-class Invalid(ValueError):
-    """Raised by a key parser; the message completes "[section] key: ..."."""
-
-
-# --- value parsers: str -> typed value, or Invalid ------------------------------------------
-
-
-def text(value: str) -> str:
-    if _CONTROL.search(value):
-        raise Invalid("contains a control character")
-    return value
-
-
-def name(value: str) -> str:
-    if not NAME.match(value):
-        raise Invalid(f"{value!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
-    return value
 
 
 def port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise Invalid(f"{value!r} is not a port (1-65535)")
     return int(value)
-
-
-def boolean(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return True
-    if lowered in ("false", "no", "off", "0"):
-        return False
-    raise Invalid(f"{value!r} is not true or false")
 
 
 def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -70,91 +38,7 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-def duration(value: str) -> int:
-    """`90s`, `5m`, `1h30m`, or plain seconds -> seconds."""
-    match = _DURATION.match(value.replace(" ", ""))
-    if not value or not match or not any(match.groups()):
-        raise Invalid(f"{value!r} is not a duration (90s, 5m, 1h30m)")
-    hours, minutes, secs = (int(g or 0) for g in match.groups())
-    total = hours * 3600 + minutes * 60 + secs
-    if not 1 <= total <= MAX_TIMEOUT:
-        raise Invalid(f"{value!r} must be between 1s and 24h")
-    return total
-
-
-def retries(value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_RETRIES:
-        raise Invalid(f"{value!r} is not a whole number from 0 to {MAX_RETRIES}")
-    return int(value)
-
-
-def url(value: str) -> str:
-    text(value)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as error:
-        raise Invalid(f"{value!r} is not a valid URL ({error})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"{value!r} is not an http:// or https:// URL with a host")
-    if any(c.isspace() for c in value):
-        raise Invalid(f"{value!r} contains white space (encode it as %20)")
-    return value
-
-
-def method(value: str) -> str:
-    return one_of(METHODS)(value.upper())
-
-
-def timezone(value: str) -> str:
-    if not is_zone(value):
-        raise Invalid(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC)")
-    return value
-
-
-def expect_status(value: str) -> str:
-    try:
-        trigger.parse_expect_status(value)
-    except trigger.RuleError as error:
-        raise Invalid(str(error)) from None
-    return value
-
-
-def expect_json(value: str) -> str:
-    try:
-        trigger.parse_expect_json(value)
-    except trigger.RuleError as error:
-        raise Invalid(str(error)) from None
-    return value
-
-
-def calendar_lines(value: str) -> tuple[str, ...]:
-    lines = tuple(line.strip() for line in value.splitlines() if line.strip())
-    for line in lines:
-        text(line)
-    if not lines:
-        raise Invalid("is empty")
-    return lines
-
-
-def optional(parse: Callable[[str], object]) -> Callable[[str], object]:
-    """An empty value means "none" (e.g. `alert =` turns alerting off)."""
-    return lambda value: parse(value) if value else None
-
-
 # --- the schema ---------------------------------------------------------------------------
-
-SHARED_JOB_KEYS: Mapping[str, Callable[[str], object]] = {
-    "timezone": timezone,
-    "timeout": duration,
-    "retries": retries,
-    "alert": optional(name),
-    "host": name,
-    "ping_url": optional(url),
-    "method": method,
-    "expect_status": expect_status,
-    "expect_json": expect_json,
-}
 
 SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
     "host": {
@@ -167,18 +51,13 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "sudo": boolean,
         "python": text,
     },
-    "defaults": SHARED_JOB_KEYS,
-    "alert": {"type": one_of(ALERT_TYPES), "token": text, "secret": text, "endpoint": url},
-    "job": {
-        **SHARED_JOB_KEYS,
-        "schedule": text,
-        "on_calendar": calendar_lines,
-        "url": url,
-    },
+    "defaults": {o.key: o.parse for o in JOB_OPTIONS if not o.job_only},
+    "alert": {"type": one_of(tuple(CHANNEL_TYPES)), "token": text, "secret": text, "endpoint": url},
+    "job": {o.key: o.parse for o in JOB_OPTIONS},
 }
-REQUIRED = {"host": ("address",), "alert": ("type",), "job": ("url",)}
+REQUIRED = {"host": ("address",), "alert": ("type",), "job": tuple(o.key for o in JOB_OPTIONS if o.required)}
 SECRET_KEYS = {"token", "secret"}
-MULTILINE_KEYS = {"on_calendar"}  # one calendar expression per (continuation) line
+MULTILINE_KEYS = {o.key for o in JOB_OPTIONS if o.multiline}  # one value per (continuation) line
 
 
 @dataclass
@@ -304,9 +183,16 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     alerts: list[Alert] = []
     job_sections: list[tuple[str, str, dict]] = []
     defaults: dict[str, object] = {}
+    seen: dict[tuple[str, str], str] = {}
     for section in config.sections():
         kind, _, title = section.partition(":")
         kind, title = kind.strip(), title.strip()
+        if (kind, title) in seen and kind in ("host", "alert", "job"):
+            # configparser compares names as written: [job:a] and [job: a] would be two sections
+            report.add(section, None, f"the same section as [{seen[kind, title]}] (spaces around the "
+                       "name do not count)")
+            continue
+        seen[kind, title] = section
         if section == "defaults":
             defaults = _section_values(config, section, "defaults", env, report)
             continue
@@ -355,14 +241,15 @@ def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
 
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
-    kind = values["type"]
-    if kind != "webhook" and not values.get("token") and not report.has(section, "token"):
-        report.add(section, "token", f"is required for type = {kind}")
-    if kind == "webhook" and not values.get("endpoint") and not report.has(section, "endpoint"):
-        report.add(section, "endpoint", "is required for type = webhook")
-    if values.get("secret") and kind not in ("dingtalk", "feishu"):
-        report.add(section, "secret", f"signing is only for dingtalk and feishu, not {kind}")
-    return Alert(name=title, type=kind, token=values.get("token", Secret("")),
+    kind = CHANNEL_TYPES[values["type"]]
+    if kind.token_required and not values.get("token") and not report.has(section, "token"):
+        report.add(section, "token", f"is required for type = {kind.name}")
+    if not kind.endpoint and not values.get("endpoint") and not report.has(section, "endpoint"):
+        report.add(section, "endpoint", f"is required for type = {kind.name}")
+    if values.get("secret") and not kind.signs:
+        signing = " and ".join(t.name for t in CHANNEL_TYPES.values() if t.signs)
+        report.add(section, "secret", f"signing is only for {signing}, not {kind.name}")
+    return Alert(name=title, type=kind.name, token=values.get("token", Secret("")),
                  secret=values.get("secret"), endpoint=values.get("endpoint"))
 
 

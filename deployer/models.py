@@ -1,15 +1,15 @@
 """Frozen value types passed between the modules: inventory, units, remote state, plan."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Optional
 
+from .hostside.channels import Channel, Secret
+from .hostside.options import JOB_OPTIONS
 
-class Secret(str):
-    """A string that never shows itself in a repr, a log line or a traceback."""
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
+# An [alert:NAME] is the channel record the alert sender delivers through.
+Alert = Channel
+__all__ = ["Alert", "Secret"]
 
 
 @dataclass(frozen=True)
@@ -25,30 +25,16 @@ class Host:
     python: str = "/usr/bin/python3"
 
 
-@dataclass(frozen=True)
-class Alert:
-    name: str
-    type: str
-    token: Secret
-    secret: Optional[Secret] = None
-    endpoint: Optional[str] = None
+def _job_fields():
+    required = [o for o in JOB_OPTIONS if o.required]
+    return ([("name", str), ("host", str)] + [(o.key, Any) for o in required] +
+            [(o.key, Any, field(default=o.default)) for o in JOB_OPTIONS if not o.required and o.key != "host"])
 
 
-@dataclass(frozen=True)
-class Job:
-    name: str
-    url: str
-    host: str
-    schedule: Optional[str] = None
-    on_calendar: tuple[str, ...] = ()
-    method: str = "POST"
-    timezone: str = "UTC"
-    timeout: int = 60  # seconds, the whole run with its retries
-    retries: int = 2
-    alert: Optional[str] = None
-    expect_status: str = "2xx"
-    expect_json: str = ""
-    ping_url: Optional[str] = None
+# One [job:NAME]: its name, its host, and a field per option of options.JOB_OPTIONS.
+Job = make_dataclass("Job", _job_fields(), frozen=True)
+Job.__module__ = __name__
+Job.__doc__ = "One [job:NAME] with every option of options.JOB_OPTIONS resolved ([defaults] applied)."
 
 
 @dataclass(frozen=True)

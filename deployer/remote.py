@@ -1,7 +1,9 @@
 """The one module that touches the cron host: SSH connection policy and the agent round trips.
 
-Every function takes its connection as a parameter; only the CLI calls `connect`.
-Each operation is one SSH exec of agent.py with a JSON request on stdin.
+`Agent` is the seam: `SSHAgent` (built only by the CLI, over a fabric.Connection) runs
+deployer/hostside/agent.py on the host, one SSH exec per request; `LocalAgent` runs the same
+agent in this process against a temporary root, for tests. The functions below take an Agent
+and speak the typed protocol (deployer/hostside/protocol.py).
 """
 from __future__ import annotations
 
@@ -15,21 +17,56 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import systemd
-from .errors import RemoteCommandError, RemoteError
+from .errors import AgentRefused, RemoteCommandError, RemoteError
+from .hostside import paths, protocol
+from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
+                                LogsRequest, PauseRequest, ResumeRequest, RunAnswer, RunRequest, StateRequest,
+                                StatusRequest)
 from .models import Host, Plan, RemoteState
-from .render import CREDENTIALS_DIR, LIB_DIR, UNIT_DIR
 
-LAYOUT = {"unit_dir": UNIT_DIR, "lib_dir": LIB_DIR, "credentials_dir": CREDENTIALS_DIR,
-          "unit_prefix": systemd.UNIT_PREFIX, "marker": systemd.MARKER}
 CONNECT_TIMEOUT = 15
+Progress = Optional[Callable[[str], None]]
+
+# The modules the agent runs with, shipped in the `python3 -c` argument (an in-memory package).
+HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
+                    "deployer.hostside.agent")
+# A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
+# and an installed `deployer` cannot shadow the version the client speaks. It starts with
+# `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
+BOOTSTRAP = """import zlib,base64,sys,json,importlib.abc,importlib.util
+S=json.loads(zlib.decompress(base64.b64decode('%s')))
+class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):
+ def find_spec(self,name,path=None,target=None):
+  return importlib.util.spec_from_loader(name,self,is_package=S[name][0]) if name in S else None
+ def create_module(self,spec):return None
+ def exec_module(self,module):exec(compile(S[module.__name__][1],'<deployer>/'+module.__name__,'exec'),module.__dict__)
+sys.meta_path.insert(0,F())
+import deployer.hostside.agent as agent
+agent.main()
+"""
+MAX_ARGUMENT = 128 * 1024  # Linux's limit for one argv string (MAX_ARG_STRLEN)
+
+
+def _source(module: str) -> tuple[bool, str]:
+    root = Path(__file__).resolve().parent.parent
+    parts = module.split(".")
+    package = root.joinpath(*parts, "__init__.py")
+    if package.exists():
+        return True, package.read_text()
+    return False, root.joinpath(*parts[:-1], parts[-1] + ".py").read_text()
+
+
+def bootstrap() -> str:
+    """The `python3 -c` program: the agent package packed in, zlib + base64."""
+    sources = {m: _source(m) for m in HOSTSIDE_MODULES}
+    packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
+    program = BOOTSTRAP % packed
+    assert len(program) < MAX_ARGUMENT // 2, "the agent bootstrap grew too large for one argument"
+    return program
 
 
 def _agent_command(host: Host) -> str:
-    source = (Path(__file__).with_name("agent.py")).read_bytes()
-    packed = base64.b64encode(zlib.compress(source, 9)).decode()
-    bootstrap = f"import zlib,base64;exec(zlib.decompress(base64.b64decode('{packed}')))"
-    command = f"{shlex.quote(host.python)} -c {shlex.quote(bootstrap)}"
+    command = f"{shlex.quote(host.python)} -c {shlex.quote(bootstrap())}"
     return f"sudo -n {command}" if host.sudo else command
 
 
@@ -56,7 +93,6 @@ def connect(host: Host):
         client.set_missing_host_key_policy(_AcceptNew(known_hosts))
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    connection.deployer_host = host
     return connection
 
 
@@ -74,10 +110,9 @@ class _AcceptNew:
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def _open(connection) -> None:
+def _open(connection, host: Host) -> None:
     import paramiko
 
-    host: Host = connection.deployer_host
     try:
         connection.open()
     except paramiko.BadHostKeyException as error:
@@ -97,15 +132,15 @@ PROGRESS_PREFIX = b"@progress "
 UPLOAD_CHUNK = 1 << 18
 
 
-def execute(connection, command: str, stdin: bytes = b"", step: str = "command",
-            progress: Optional[Callable[[str], None]] = None) -> bytes:
+def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str = "command",
+            progress: Progress = None) -> bytes:
     """Run one command with `stdin`; return stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
     which would make a large push crawl. Lines `@progress ...` on the command's stderr
     are steps reported by the agent, passed to `progress`.
     """
-    _open(connection)
+    _open(connection, host)
     channel = connection.client.get_transport().open_session()
     report = progress or (lambda text: None)
     try:
@@ -134,62 +169,104 @@ def execute(connection, command: str, stdin: bytes = b"", step: str = "command",
     finally:
         channel.close()
     if status != 0:
-        raise RemoteCommandError(connection.deployer_host.name, step, status, err.decode("utf-8", "replace"))
+        raise RemoteCommandError(host.name, step, status, err.decode("utf-8", "replace"))
     return bytes(out)
 
 
-def call_agent(connection, op: str, progress: Optional[Callable[[str], None]] = None, **request: Any) -> Any:
-    host: Host = connection.deployer_host
-    payload = json.dumps({"op": op, **LAYOUT, "host": host.name, **request}).encode()
-    raw = execute(connection, _agent_command(host), payload, step=f"agent {op}", progress=progress)
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        raise RemoteError(host.name, f"agent {op}: unreadable answer: {raw[:200]!r}") from None
-    if not answer["ok"]:
-        raise RemoteError(host.name, answer["error"])
-    return answer["result"]
+class Agent:
+    """The agent on one host, behind one method: a typed request in, its typed answer out.
+    A refusal raises AgentRefused carrying the protocol's error code."""
+
+    host: str
+
+    def call(self, request: Any, progress: Progress = None) -> Any:
+        raise NotImplementedError
+
+    def _answer(self, request: Any, raw: bytes) -> Any:
+        op = protocol.OP_OF_REQUEST[type(request)]
+        try:
+            answer = protocol.decode_answer(request, raw)
+        except protocol.ProtocolError as error:
+            raise AgentRefused(self.host, error.code, f"agent {op}: {error.message}") from None
+        if isinstance(answer, protocol.Failure):
+            raise AgentRefused(self.host, answer.code, answer.message)
+        return answer
 
 
-def read_state(connection, contents: bool = False) -> RemoteState:
-    result = call_agent(connection, "state", contents=contents)
-    return RemoteState(
-        files=result["files"],
-        contents={p: base64.b64decode(c) for p, c in result.get("contents", {}).items()},
-        paused=frozenset(result.get("paused", ())),
-        owner=(result.get("owner") or {}).get("host"),
-    )
+class SSHAgent(Agent):
+    """The agent run as `python3 -c <bootstrap>` over one SSH exec per request."""
+
+    def __init__(self, connection, host: Host):
+        self.connection = connection
+        self.host_config = host
+        self.host = host.name
+
+    def call(self, request: Any, progress: Progress = None) -> Any:
+        op = protocol.OP_OF_REQUEST[type(request)]
+        raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
+                      protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+        return self._answer(request, raw)
 
 
-def apply(connection, plan: Plan, state: RemoteState, inventory_path: str,
-          progress: Optional[Callable[[str], None]] = None, stamps: Optional[dict] = None) -> dict:
+class LocalAgent(Agent):
+    """The same agent code, run in this process against `root` (a Layout) and a `systemd` boundary
+    (tests pass a fake that answers from recorded outputs). Requests and answers still go
+    through JSON, so the protocol is exercised exactly as over SSH."""
+
+    def __init__(self, host: str, root: str, systemd: Any):
+        self.host = host
+        self.layout = paths.Layout(root)
+        self.systemd = systemd
+
+    def call(self, request: Any, progress: Progress = None) -> Any:
+        from .hostside import agent
+
+        raw = agent.handle(protocol.encode_request(self.host, request), layout=self.layout,
+                           systemd=self.systemd, require_root=False)
+        return self._answer(request, raw)
+
+
+def ssh_agent(host: Host) -> SSHAgent:
+    return SSHAgent(connect(host), host)
+
+
+def read_state(agent: Agent, contents: bool = False) -> RemoteState:
+    answer = agent.call(StateRequest(contents=contents))
+    return RemoteState(files=dict(answer.files),
+                       contents={p: base64.b64decode(c) for p, c in answer.contents.items()},
+                       paused=frozenset(answer.paused), owner=answer.owner)
+
+
+def apply(agent: Agent, plan: Plan, state: RemoteState, progress: Progress = None,
+          stamps: Optional[dict] = None) -> ApplyAnswer:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile.
     `stamps`: timer -> last trigger (unix time) to give added timers (see `deployer move`)."""
-    writes = [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode,
-               "start": f.start} for f in plan.add + plan.change]
-    return call_agent(connection, "apply", progress=progress, write=writes, remove=list(plan.remove),
-                      expect=state.files, inventory=os.path.abspath(inventory_path), stamps=stamps or {})
+    writes = tuple(FileWrite(path=f.path, content=base64.b64encode(f.content).decode(), mode=f.mode,
+                             start=f.start) for f in plan.add + plan.change)
+    request = ApplyRequest(write=writes, remove=tuple(plan.remove), expect=dict(state.files),
+                           stamps=dict(stamps or {}))
+    return agent.call(request, progress=progress)
 
 
-def pause(connection, job: str) -> dict:
-    return call_agent(connection, "pause", timer=systemd.job_unit(job, "timer"))
+def pause(agent: Agent, job: str) -> str:
+    return agent.call(PauseRequest(job=job)).timer
 
 
-def resume(connection, job: str) -> dict:
-    return call_agent(connection, "resume", timer=systemd.job_unit(job, "timer"))
+def resume(agent: Agent, job: str) -> str:
+    return agent.call(ResumeRequest(job=job)).timer
 
 
-def handoff(connection, jobs: list[str]) -> dict:
-    return call_agent(connection, "handoff", timers=[systemd.job_unit(j, "timer") for j in jobs])
+def handoff(agent: Agent, jobs: list[str]) -> HandoffAnswer:
+    return agent.call(HandoffRequest(jobs=tuple(jobs)))
 
 
-def status(connection) -> list[dict]:
-    return call_agent(connection, "status")["jobs"]
+def status(agent: Agent) -> tuple[JobStatus, ...]:
+    return agent.call(StatusRequest()).jobs
 
 
-def run(connection, job: str) -> dict:
-    return call_agent(connection, "run", service=systemd.job_unit(job, "service"))
+def run(agent: Agent, job: str) -> RunAnswer:
+    return agent.call(RunRequest(job=job))
 
 
-def logs(connection, job: str, lines: Optional[int]) -> str:
-    return call_agent(connection, "logs", service=systemd.job_unit(job, "service"), lines=lines)["output"]
+def logs(agent: Agent, job: str, lines: Optional[int]) -> str:
+    return agent.call(LogsRequest(job=job, lines=lines)).output

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Iterable
 
 from . import systemd
+from .hostside import paths
+from .hostside.options import OPTIONS_BY_KEY, command_line
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
-UNIT_DIR = "/etc/systemd/system"
-LIB_DIR = "/var/lib/deployer/lib"
-TRIGGER_PATH = f"{LIB_DIR}/trigger.pyz"
-CREDENTIALS_DIR = "/etc/deployer/credentials"
-# Where alert units (DynamicUser, StateDirectory=deployer-alerts) mark jobs that are failing.
-FAILING_DIR = "/var/lib/private/deployer-alerts/failing"
+
+
+# The memory ceiling of one job run or alert (a run needs ~30 MB; the body read is capped at 1 MiB).
+UNIT_MEMORY_MAX = "128M"
 
 
 def templates_dir() -> Path:
@@ -39,6 +39,7 @@ def _environment():
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.globals.update(memory_max=UNIT_MEMORY_MAX)
     env.filters.update(
         exec_line=systemd.exec_line,
         specifiers=systemd.escape_specifiers,
@@ -47,21 +48,24 @@ def _environment():
     return env
 
 
+def trigger_args(job: Job) -> list[str]:
+    """The trigger's arguments for a job (the unit's, and the Kubernetes container's)."""
+    return ["--job", job.name] + command_line({key: getattr(job, key) for key in OPTIONS_BY_KEY})
+
+
 def trigger_argv(job: Job, python: str) -> list[str]:
-    argv = [python, TRIGGER_PATH, "--job", job.name, "--url", job.url, "--method", job.method,
-            "--timeout", f"{job.timeout}s", "--retries", str(job.retries),
-            "--expect-status", job.expect_status]
-    if job.expect_json:
-        argv += ["--expect-json", job.expect_json]
-    if job.ping_url:
-        argv += ["--ping-url", job.ping_url]
+    argv = [python, paths.TRIGGER_PATH] + trigger_args(job)
     if job.schedule is None or len(job.schedule.split()) >= 6:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
     return argv
 
 
+def calendar_of(job: Job):
+    return to_calendar(job.schedule, job.on_calendar, job.timezone)
+
+
 def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
-    argv = [host.python, TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
+    argv = [host.python, paths.TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
             "--host-name", host.name, "--job", systemd.Specifier("%i")]
     if recovered:
         argv.append("--recovered")
@@ -72,7 +76,7 @@ def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
 
 def credential_files(alert: Alert) -> tuple[ManagedFile, ...]:
     """Root-only files that systemd hands to the alert unit with LoadCredential=."""
-    return tuple(ManagedFile(f"{CREDENTIALS_DIR}/{alert.name}.{kind}", value.encode(), 0o600, secret=True)
+    return tuple(ManagedFile(paths.credential(alert.name, kind), value.encode(), 0o600, secret=True)
                  for kind, value in (("token", alert.token), ("secret", alert.secret)) if value)
 
 
@@ -81,29 +85,29 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     credentials = credential_files(alert)
     template = _environment().get_template("alert.service.j2")
     units = []
-    for recovered, name in ((False, systemd.alert_template(alert.name)),
-                            (True, systemd.recovery_template(alert.name))):
-        text = template.render(alert=alert, marker=systemd.MARKER, argv=alert_argv(alert, host, recovered),
-                               recovered=recovered, failing_dir=FAILING_DIR,
+    for recovered, name in ((False, paths.alert_template(alert.name)),
+                            (True, paths.recovery_template(alert.name))):
+        text = template.render(alert=alert, marker=paths.MARKER, argv=alert_argv(alert, host, recovered),
+                               recovered=recovered, failing_dir=paths.FAILING_DIR,
                                credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
-        units.append(ManagedFile(f"{UNIT_DIR}/{name}", text.encode()))
+        units.append(ManagedFile(f"{paths.UNIT_DIR}/{name}", text.encode()))
     return tuple(units) + credentials
 
 
 def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ManagedFile]:
     """The .service and .timer of one job, rendered byte for byte."""
     env = _environment()
-    service = systemd.job_unit(job.name, "service")
-    timer = systemd.job_unit(job.name, "timer")
-    common = dict(job=job, marker=systemd.MARKER, service=service, service_name=service[:-8])
+    service = paths.job_unit(job.name, "service")
+    timer = paths.job_unit(job.name, "timer")
+    common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8])
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
-        on_failure=systemd.alert_instance(job.alert, job.name) if job.alert else None,
-        on_success=systemd.recovery_instance(job.alert, job.name) if job.alert else None)
-    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+        on_failure=paths.instance(paths.alert_template(job.alert), job.name) if job.alert else None,
+        on_success=paths.instance(paths.recovery_template(job.alert), job.name) if job.alert else None)
+    calendar = calendar_of(job)
     timer_text = env.get_template("job.timer.j2").render(**common, calendar=calendar)
-    return (ManagedFile(f"{UNIT_DIR}/{service}", service_text.encode()),
-            ManagedFile(f"{UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot))
+    return (ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot))
 
 
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:
@@ -123,4 +127,4 @@ def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ..
     """Everything `push --host` makes the host hold, the trigger bundle included."""
     from .bundle import trigger_bundle
 
-    return host_files(inventory, host_name) + (ManagedFile(TRIGGER_PATH, trigger_bundle()),)
+    return host_files(inventory, host_name) + (ManagedFile(paths.TRIGGER_PATH, trigger_bundle()),)

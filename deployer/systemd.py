@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 
-UNIT_PREFIX = "deployer-"
-MARKER = "# Managed by deployer: edits are overwritten by the next push."
+from .hostside.paths import (  # noqa: F401 - names live with the paths, for every side
+    MARKER, UNIT_PREFIX, BadName, alert_template, instance, job_unit, recovery_template)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class UnsafeValue(ValueError):
+class UnsafeValue(BadName):
     """A value that cannot be written into a unit file without changing its structure."""
 
 
@@ -25,13 +24,6 @@ def check_no_control(value: str) -> str:
     if _CONTROL.search(value):
         raise UnsafeValue(f"control character {_CONTROL.search(value).group()!r} in {value!r}")
     return value
-
-
-def job_unit(job: str, suffix: str) -> str:
-    """`deployer-<job>.<suffix>`: the name an operator sees in `systemctl list-timers`."""
-    if not _UNIT_WORD.match(job):
-        raise UnsafeValue(f"{job!r} is not a valid unit name part")
-    return f"{UNIT_PREFIX}{job}.{suffix}"
 
 
 def escape_specifiers(value: str) -> str:
@@ -55,26 +47,6 @@ def quote_exec_arg(value: str) -> str:
     check_no_control(value)
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
-
-
-def alert_template(channel: str) -> str:
-    """`deployer-alert-<channel>@.service`: the OnFailure= handler of every job using it."""
-    if not _UNIT_WORD.match(channel):
-        raise UnsafeValue(f"{channel!r} is not a valid unit name part")
-    return f"{UNIT_PREFIX}alert-{channel}@.service"
-
-
-def recovery_template(channel: str) -> str:
-    """`deployer-recovery-<channel>@.service`: the OnSuccess= handler (sends "recovered")."""
-    return alert_template(channel).replace("-alert-", "-recovery-", 1)
-
-
-def alert_instance(channel: str, job: str) -> str:
-    return alert_template(channel).replace("@.service", f"@{job}.service")
-
-
-def recovery_instance(channel: str, job: str) -> str:
-    return recovery_template(channel).replace("@.service", f"@{job}.service")
 
 
 def exec_line(argv: list[str]) -> str:

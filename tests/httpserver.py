@@ -24,6 +24,9 @@ class Reply:
     body: bytes = b'{"code": 0}'
     delay: float = 0.0
     content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
+    drip: float = 0.0  # seconds between the body's bytes (a slow-dripping server)
+    endless_for: float = 0.0  # stream a chunked body for this long (bounded: a test must end)
 
 
 class RecordingServer:
@@ -49,9 +52,28 @@ class RecordingServer:
                     time.sleep(reply.delay)
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                try:
+                    if reply.endless_for:
+                        self.send_header("Transfer-Encoding", "chunked")
+                        self.end_headers()
+                        chunk, until = b"x" * 65536, time.monotonic() + reply.endless_for
+                        while time.monotonic() < until:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    if reply.drip:
+                        for byte in reply.body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(reply.drip)
+                    else:
+                        self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading, as it should past its limit
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
-import trigger
+from deployer.hostside import alert, channels
 from tests.conftest import REPO
 from tests.httpserver import Reply
 from tests.robots import Robot, openssl_hmac_b64
@@ -24,28 +25,28 @@ def robot():
 
 
 def test_dingtalk_signature_matches_an_independent_hmac():
-    assert trigger.dingtalk_sign("SEC", 1700000000000) == openssl_hmac_b64(b"SEC", b"1700000000000\nSEC")
+    assert channels.dingtalk_sign("SEC", 1700000000000) == openssl_hmac_b64(b"SEC", b"1700000000000\nSEC")
 
 
 def test_feishu_signature_matches_an_independent_hmac():
-    assert trigger.feishu_sign("SEC", 1700000000) == openssl_hmac_b64(b"1700000000\nSEC", b"")
+    assert channels.feishu_sign("SEC", 1700000000) == openssl_hmac_b64(b"1700000000\nSEC", b"")
 
 
 @pytest.mark.parametrize("kind", ["dingtalk", "wecom", "feishu", "slack", "webhook"])
 def test_each_channel_is_accepted_by_its_robot(robot, kind):
     secret = robot.secret if kind in ("dingtalk", "feishu") else ""
-    channel = trigger.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
-    assert trigger.deliver(channel, [EVENT], log=lambda _: None)
+    channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    assert alert.deliver(channel, [EVENT], log=lambda _: None)
     message = robot.accepted[0]
     assert "settle" in json.dumps(message) and "cron01" in json.dumps(message)
     assert robot.refused == []
 
 
 def test_a_wrong_secret_is_refused_even_though_dingtalk_answers_200(robot):
-    channel = trigger.Channel("ops", "dingtalk", token=robot.token, secret="wrong", endpoint=robot.endpoint("dingtalk"))
+    channel = channels.Channel("ops", "dingtalk", token=robot.token, secret="wrong", endpoint=robot.endpoint("dingtalk"))
     lines: list[str] = []
-    assert not trigger.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
-    assert robot.refused == ["sign not match"] * trigger.DELIVERY_ATTEMPTS
+    assert not alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
+    assert robot.refused == ["sign not match"] * alert.DELIVERY_ATTEMPTS
     assert "errcode 310000" in lines[-1]
     assert all("wrong" not in line and robot.token not in line for line in lines), "secrets in a log line"
 
@@ -54,9 +55,9 @@ def test_delivery_failure_is_retried_a_little_then_given_up():
     with Robot() as robot:
         robot.routes["/robot/send"] = Reply(502, b"bad gateway")
         pauses: list[float] = []
-        channel = trigger.Channel("ops", "dingtalk", token="t", endpoint=robot.endpoint("dingtalk"))
-        assert not trigger.deliver(channel, [EVENT], log=lambda _: None, sleep=pauses.append)
-        assert len(robot.received("/robot/send")) == trigger.DELIVERY_ATTEMPTS and pauses == [2.0, 4.0]
+        channel = channels.Channel("ops", "dingtalk", token="t", endpoint=robot.endpoint("dingtalk"))
+        assert not alert.deliver(channel, [EVENT], log=lambda _: None, sleep=pauses.append)
+        assert len(robot.received("/robot/send")) == alert.DELIVERY_ATTEMPTS and pauses == [2.0, 4.0]
 
 
 class Clock:
@@ -73,30 +74,30 @@ class Clock:
 def test_a_burst_beyond_the_rate_limit_is_merged_not_dropped(tmp_path):
     clock = Clock()
     sent: list[list[dict]] = []
-    coalescer = trigger.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
-    for i in range(trigger.RATE_LIMIT):
-        mine = coalescer.enqueue({**EVENT, "job": f"job{i}"})
-        assert coalescer.run(mine, lambda events: sent.append(events) or True)
-    late = [coalescer.enqueue({**EVENT, "job": f"late{i}"}) for i in range(5)]
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    for i in range(alert.RATE_LIMIT):
+        assert coalescer.run({**EVENT, "job": f"job{i}"}, lambda events: sent.append(events) or True)
+    # Five alerts over the limit: each queued its event and waits for the window.
+    late = [{**EVENT, "job": f"late{i}"} for i in range(5)]
+    queued = [coalescer.enqueue(event) for event in late]
 
-    assert coalescer.run(late[0], lambda events: sent.append(events) or True)
-    assert all(coalescer.run(m, lambda events: sent.append(events) or True) for m in late[1:])
+    assert coalescer.run(late[0], lambda events: sent.append(events) or True, queued=queued[0])
+    assert all(coalescer.run(e, lambda events: sent.append(events) or True, queued=q)
+               for e, q in zip(late[1:], queued[1:]))
 
-    assert [len(batch) for batch in sent] == [1] * trigger.RATE_LIMIT + [5]
-    assert clock.t >= 1_000_000.0 + trigger.RATE_WINDOW
-    title, text = trigger.format_events(sent[-1])
+    assert [len(batch) for batch in sent] == [1] * alert.RATE_LIMIT + [5]
+    assert clock.t >= 1_000_000.0 + alert.RATE_WINDOW
+    title, text = alert.format_events(sent[-1])
     assert title == "deployer: 5 job runs failed on cron01" and "late4" in text
 
 
 def test_a_failed_delivery_stays_queued_and_goes_out_with_the_next_alert(tmp_path):
     clock = Clock()
-    coalescer = trigger.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
-    first = coalescer.enqueue({**EVENT, "job": "first"})
-    assert not coalescer.run(first, lambda events: False)
-    clock.t += trigger.RATE_WINDOW + 200
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    assert not coalescer.run({**EVENT, "job": "first"}, lambda events: False)
+    clock.t += alert.RATE_WINDOW + 200
     sent: list[list[dict]] = []
-    second = coalescer.enqueue({**EVENT, "job": "second"})
-    assert coalescer.run(second, lambda events: sent.append(events) or True)
+    assert coalescer.run({**EVENT, "job": "second"}, lambda events: sent.append(events) or True)
     assert [e["job"] for e in sent[0]] == ["first", "second"]
 
 
@@ -125,3 +126,42 @@ def test_a_run_alerts_by_itself_from_the_environment_as_in_kubernetes(server):
         assert result.returncode == 1
         assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job settle FAILED on kubernetes"]
         assert "k8s-token" not in result.stdout + result.stderr
+
+
+# --- what the hostile probe of the host side found (issue 16) ---------------------------------
+
+
+def test_probe16_17_alerts_do_not_follow_redirects(server):
+    """Before: a 307 re-POSTed the alert body to wherever the Location pointed."""
+    from tests.httpserver import RecordingServer
+
+    with RecordingServer() as elsewhere:
+        elsewhere.routes["/steal"] = Reply(200, b"ok")
+        server.routes["/hook"] = Reply(307, b"", headers={"Location": elsewhere.url("/steal")})
+        channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+        assert not alert.deliver(channel, [EVENT], log=lambda _: None, sleep=lambda _: None)
+        assert elsewhere.received("/steal") == []
+
+
+def test_probe16_13_a_slow_channel_receives_the_alert_once(server, monkeypatch):
+    """Before: an endpoint slower than the client's timeout got every alert three times."""
+    server.routes["/hook"] = Reply(200, b"ok", delay=1.5)
+    monkeypatch.setattr(alert, "DELIVERY_TIMEOUT", (1.0, 0.5))
+    lines: list[str] = []
+    channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+    assert alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
+    time.sleep(2)
+    assert len(server.received("/hook")) == 1
+    assert "not sent again" in lines[-1]
+
+
+def test_probe16_3_the_alert_goes_out_when_its_queue_cannot_be_written(server, tmp_path):
+    """Before: with /var full the handler died writing its queue file and sent nothing. Here the
+    queue directory is a file, so every write into it fails as on a full disk."""
+    server.routes["/hook"] = Reply(200, b"ok")
+    (tmp_path / "queue").write_text("")
+    lines: list[str] = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", log=lines.append)
+    channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
+    assert coalescer.run(EVENT, lambda events: alert.deliver(channel, events, log=lines.append))
+    assert len(server.received("/hook")) == 1

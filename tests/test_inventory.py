@@ -75,7 +75,7 @@ alert =
     pytest.param("[job:a]\nschedule = 0 25 * * *\nurl = http://x/\n",
                  "inv.ini:4: [job:a] schedule: cron '0 25 * * *': hour field: 25 is outside 0-23", id="bad-cron"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = soon\n",
-                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (90s, 5m, 1h30m)", id="duration"),
+                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="duration"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimezone = Mars/Olympus\n",
                  "inv.ini:6: [job:a] timezone: 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Shanghai, UTC)",
                  id="timezone"),
@@ -92,6 +92,15 @@ alert =
                  id="expect-json"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
+                 "inv.ini:6: [job: a]: the same section as [job:a] (spaces around the name do not count)",
+                 id="probe16-14-same-job-with-a-space"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job:\u00a0a]\nschedule = 0 * * * *\nurl = http://y/\n",
+                 "inv.ini:6: [job:\u00a0a]: the same section as [job:a] (spaces around the name do not count)",
+                 id="probe16-14-same-job-with-a-no-break-space"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/" + "a" * 150_000 + "\n",
+                 "inv.ini:5: [job:a] url: is 150009 characters long; at most 8192",
+                 id="probe16-15-a-url-longer-than-a-command-line-argument"),
 ])
 def test_each_mistake_is_one_line_naming_file_section_and_key(text, expected):
     assert problems(HOST + text) == [expected]
@@ -127,8 +136,3 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     with pytest.raises(InventoryError) as caught:
         inventory.load(str(tmp_path / "missing.ini"))
     assert caught.value.lines() == [f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"]
-
-
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("45", 45), ("2h", 7200)])
-def test_durations(text, seconds):
-    assert inventory.duration(text) == seconds

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-import trigger
+from deployer.hostside import rules, run
 from tests.conftest import REPO
-from tests.httpserver import Reply, json_reply
+from tests.httpserver import RecordingServer, Reply, json_reply
 
 ANY_2XX = ((200, 299),)
 
@@ -17,21 +17,21 @@ ANY_2XX = ((200, 299),)
     ("2xx", ((200, 299),)), ("200", ((200, 200),)), ("200-204, 304", ((200, 204), (304, 304))),
 ])
 def test_parse_expect_status(text, ranges):
-    assert trigger.parse_expect_status(text) == ranges
+    assert rules.parse_expect_status(text) == ranges
 
 
 @pytest.mark.parametrize("text", ["2XX0", "600", "204-200", "", "ok"])
 def test_parse_expect_status_refuses(text):
-    with pytest.raises(trigger.RuleError):
-        trigger.parse_expect_status(text)
+    with pytest.raises(rules.RuleError):
+        rules.parse_expect_status(text)
 
 
 def test_parse_expect_json_values_are_json_literals():
-    assert trigger.parse_expect_json('code=0, data.state="DONE, really", ok=true, items.0.id=null') == (
+    assert rules.parse_expect_json('code=0, data.state="DONE, really", ok=true, items.0.id=null') == (
         (("code",), 0), (("data", "state"), "DONE, really"), (("ok",), True), (("items", "0", "id"), None))
 
 
-@pytest.mark.parametrize("status, body, rules, ok, retryable", [
+@pytest.mark.parametrize("status, body, json_rules, ok, retryable", [
     pytest.param(200, b'{"code":0}', (), True, False, id="2xx"),
     pytest.param(500, b"", (), False, True, id="5xx-retried"),
     pytest.param(429, b"", (), False, True, id="429-retried"),
@@ -42,23 +42,23 @@ def test_parse_expect_json_values_are_json_literals():
     pytest.param(200, b'{"data":{"state":"DONE"}}', ((("data", "state"), "DONE"),), True, False, id="nested"),
     pytest.param(200, b'{"data":{}}', ((("data", "state"), "DONE"),), False, False, id="missing"),
 ])
-def test_judge(status, body, rules, ok, retryable):
-    verdict = trigger.judge(status, body, ANY_2XX, rules)
+def test_judge(status, body, json_rules, ok, retryable):
+    verdict = rules.judge(status, body, ANY_2XX, json_rules)
     assert (verdict.ok, verdict.retryable) == (ok, retryable)
 
 
 def test_redact_url_hides_a_password():
-    assert trigger.redact_url("https://u:pw@h:8443/x?y=1") == "https://u:***@h:8443/x?y=1"
+    assert run.redact_url("https://u:pw@h:8443/x?y=1") == "https://u:***@h:8443/x?y=1"
 
 
 def spec(server, path, **kw):
-    return trigger.JobSpec(name="settle", url=server.url(path), **kw)
+    return run.JobSpec(name="settle", url=server.url(path), **kw)
 
 
 def test_run_job_posts_with_idempotency_headers(server):
     server.routes["/settle"] = json_reply({"code": 0})
     lines: list[str] = []
-    verdict = trigger.run_job(spec(server, "/settle"), log=lines.append)
+    verdict = run.run_job(spec(server, "/settle"), log=lines.append)
     assert verdict.ok
     request = server.received("/settle")[0]
     assert request.method == "POST"
@@ -70,7 +70,7 @@ def test_run_job_posts_with_idempotency_headers(server):
 def test_retries_5xx_with_the_same_run_id_then_fails(server):
     server.routes["/flaky"] = Reply(503, b"busy")
     pauses: list[float] = []
-    verdict = trigger.run_job(spec(server, "/flaky", retries=2), log=lambda _: None, sleep=pauses.append)
+    verdict = run.run_job(spec(server, "/flaky", retries=2), log=lambda _: None, sleep=pauses.append)
     got = server.received("/flaky")
     assert not verdict.ok and len(got) == 3
     assert len({r.headers["X-Deployer-Run-Id"] for r in got}) == 1
@@ -80,21 +80,21 @@ def test_retries_5xx_with_the_same_run_id_then_fails(server):
 def test_business_failure_is_not_retried(server):
     server.routes["/biz"] = json_reply({"code": 7, "msg": "insufficient funds"})
     lines: list[str] = []
-    verdict = trigger.run_job(spec(server, "/biz", retries=3, expect_json=((("code",), 0),)), log=lines.append)
+    verdict = run.run_job(spec(server, "/biz", retries=3, expect_json="code=0"), log=lines.append)
     assert not verdict.ok and len(server.received("/biz")) == 1
     assert 'code is 7, expected 0: {"code": 7, "msg": "insufficient funds"}' in lines[0]
 
 
 def test_the_timeout_bounds_the_whole_run(server):
     server.routes["/slow"] = Reply(200, b"{}", delay=3)
-    verdict = trigger.run_job(spec(server, "/slow", timeout=0.5, retries=5), log=lambda _: None)
+    verdict = run.run_job(spec(server, "/slow", timeout=0.5, retries=5), log=lambda _: None)
     assert not verdict.ok and "timed out after 0.5s" in verdict.reason
     assert len(server.received("/slow")) == 1
 
 
 def test_connection_refused_is_a_short_clear_line(server):
     lines: list[str] = []
-    verdict = trigger.run_job(trigger.JobSpec(name="x", url="http://127.0.0.1:1/x"), log=lines.append)
+    verdict = run.run_job(run.JobSpec(name="x", url="http://127.0.0.1:1/x"), log=lines.append)
     assert not verdict.ok
     assert lines[0].endswith("connection failed: connection refused")
 
@@ -109,3 +109,74 @@ def test_original_recipe_command_line_still_works(server):
                           capture_output=True, text=True)
     assert (ok.returncode, down.returncode) == (0, 1)
     assert "job job: FAILED (status 502 not expected)" in down.stdout
+
+
+# --- what the hostile probe of the host side found (issue 16), one test per finding ----------
+
+
+def test_probe16_12_a_large_body_is_read_only_up_to_the_cap(server):
+    server.routes["/big"] = Reply(200, b"x" * (run.MAX_BODY * 3))
+    response = run.request("POST", server.url("/big"), {}, (5, 5))
+    assert response.truncated and len(response.body) == run.MAX_BODY
+
+
+def test_probe16_12_an_endless_body_costs_neither_memory_nor_the_run(server):
+    """Before: an endless body grew the trigger to 1.17 GB in 4 s."""
+    import resource
+
+    server.routes["/endless"] = Reply(200, endless_for=8)
+    result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "-url", server.url("/endless"),
+                             "--timeout", "6s", "--retries", "0"], capture_output=True, text=True, timeout=60)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert peak_kib < 150 * 1024, f"the trigger grew to {peak_kib // 1024} MiB"
+
+
+def test_probe16_16_a_deeply_nested_body_is_a_failed_verdict_not_a_crash():
+    verdict = rules.judge(200, b"[" * 100000 + b"]" * 100000, ANY_2XX, rules.parse_expect_json("code=0"))
+    assert not verdict.ok and "nested too deeply" in verdict.reason
+
+
+def test_probe16_5_a_slow_dripping_ping_never_holds_up_the_job(server):
+    """Before: the /start ping took 25.7 s, the job endpoint was never called, a false alert followed."""
+    server.routes["/settle"] = json_reply({"code": 0})
+    server.routes["/ping/start"] = Reply(200, b"OK" * 40, drip=0.5)
+    result = subprocess.run([sys.executable, str(REPO / "trigger.py"), "--job", "settle", "--url",
+                             server.url("/settle"), "--timeout", "10s", "--ping-url", server.url("/ping")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert len(server.received("/settle")) == 1 and len(server.received("/ping")) == 1
+    assert f"no answer within {run.PING_BUDGET:g}s; going on" in result.stdout
+
+
+def test_probe16_17_pings_do_not_follow_redirects(server):
+    with RecordingServer() as elsewhere:
+        elsewhere.routes["/steal"] = Reply(200, b"ok")
+        server.routes["/hc"] = Reply(307, b"", headers={"Location": elsewhere.url("/steal")})
+        run.ping(server.url("/hc"), "", log=lambda _: None)
+        assert len(server.received("/hc")) == 1 and elsewhere.received("/steal") == []
+
+
+def test_probe16_4_a_certificate_that_fails_verification_is_not_retried(tmp_path):
+    """A TLS verification error is not transient: retrying it only delays the alert."""
+    import http.server
+    import ssl
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        lines: list[str] = []
+        pauses: list[float] = []
+        verdict = run.run_job(run.JobSpec(name="x", url=f"https://127.0.0.1:{httpd.server_address[1]}/x",
+                                          retries=3), log=lines.append, sleep=pauses.append)
+        assert not verdict.ok and "TLS error" in verdict.reason and "certificate verify failed" in verdict.reason
+        assert len(lines) == 1 and pauses == []
+    finally:
+        httpd.shutdown()

@@ -38,7 +38,7 @@ def expected(path: str) -> dict[str, str]:
 
 
 def host_files(host) -> dict[str, str]:
-    host.ssh("flock /run/lock/deployer.lock true")  # an agent still at work finishes first
+    host.ssh("flock /run/deployer/lock true")  # an agent still at work finishes first
     out = host.ssh("cd / && sha256sum /etc/systemd/system/deployer-* /var/lib/deployer/lib/* 2>/dev/null || true").stdout
     return {path: digest for digest, path in (line.split() for line in out.splitlines())}
 

@@ -1,0 +1,1 @@
+"""Code that runs on the cron host: standard library only (the alert sender may use requests)."""

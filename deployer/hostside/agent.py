@@ -1,0 +1,688 @@
+"""The code that runs on the cron host (as root, stdlib only, python3 >= 3.7): one call = one round trip.
+
+The client ships this package (deployer.hostside: paths, protocol, agent) in the argument of
+`python3 -c` and the request as JSON on stdin (never in process arguments, so secrets stay out
+of `ps`); the agent answers one JSON document on stdout (protocol.py). Every host path comes
+from `paths.Layout`, every systemctl/systemd-analyze/journalctl call goes through one
+`Systemd` object: tests run this file in-process against a temporary root and a fake Systemd.
+
+Order: paths -> pure functions -> side effects -> operations -> dispatch.
+"""
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from deployer.hostside import paths, protocol
+from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest,
+                                        JobStatus, LogsAnswer, LogsRequest, PauseAnswer, PauseRequest,
+                                        ResumeAnswer, ResumeRequest, RunAnswer, RunRequest, StateAnswer,
+                                        StateRequest, StatusAnswer, StatusRequest)
+
+# -- paths ------------------------------------------------------------------------------------
+
+LOCK_WAIT_SECONDS = 60
+VERIFY_CHUNK = 150  # verify's cost grows faster than linearly with the units it loads at once
+
+
+class AgentError(Exception):
+    """A refusal the client shows as one line; `code` is one of protocol.ERROR_CODES."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# -- pure functions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Journal:
+    """A switch, written before it starts: every step may be repeated, so an interrupted switch
+    is finished by playing it again (roll_forward)."""
+
+    disable: Tuple[str, ...] = ()
+    restamp: Tuple[str, ...] = ()
+    stopped_at: float = 0.0
+    stamps: Dict[str, float] = field(default_factory=dict)
+    renames: Tuple[Tuple[str, str], ...] = ()
+    removes: Tuple[str, ...] = ()
+    unpause: Tuple[str, ...] = ()
+    reload: bool = False
+    enable: Tuple[str, ...] = ()
+    start: Tuple[str, ...] = ()
+
+
+def unit_name(path):
+    return os.path.basename(path)
+
+
+def staging_path(path):
+    directory, name = os.path.split(path)
+    return os.path.join(directory, paths.STAGING, name)
+
+
+def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lambda path: path):
+    """What a switch does, as data: which timers to disable, restamp, enable and start, which
+    files to rename and remove. `current`: host path -> sha256; `staged`: host path -> staged
+    file; `starts`: host path -> start it now (else: enabled for boot only); `local`: host path
+    -> the file under the agent's layout."""
+    in_units = paths.UNIT_DIR + "/"
+    timers = [p for p in staged if p.endswith(".timer")]
+    added = [unit_name(p) for p in timers if p not in current]
+    changed = [unit_name(p) for p in timers if p in current]
+    boot_only = {unit_name(p) for p in timers if not starts.get(p, True)}
+    removed = [unit_name(p) for p in removes if p.endswith(".timer")]
+    return Journal(
+        disable=tuple(removed),
+        restamp=tuple(t for t in changed if t not in paused),
+        stopped_at=now,
+        stamps={t: w for t, w in stamps.items() if t in added},
+        # Library files, then services, then timers: no timer ever points at a missing service.
+        renames=tuple((staged[p], local(p)) for p in sorted(staged, key=lambda p: (
+            p.startswith(in_units), p.endswith(".timer"), p))),
+        # Timers before their services, for the same reason.
+        removes=tuple(local(p) for p in sorted(removes, key=lambda p: not p.endswith(".timer"))),
+        unpause=tuple(t for t in removed if t in paused),
+        reload=any(p.startswith(in_units) for p in list(staged) + list(removes)),
+        enable=tuple(t for t in added if t not in paused),
+        start=tuple(t for t in added + changed if t not in boot_only and t not in paused),
+    )
+
+
+def verify_argv(unit_paths):
+    """`--` ends the options: no file name or calendar value is ever read as one (`-h`)."""
+    # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
+    return ["systemd-analyze", "verify", "--man=no", "--"] + list(unit_paths)
+
+
+def journal_to_json(journal):
+    return json.dumps(protocol.to_json(journal))
+
+
+def journal_from_json(text):
+    return protocol.from_json(Journal, json.loads(text))
+
+
+def parse_show(text):
+    """`systemctl show -p Id,...` output -> {unit: {property: value}}."""
+    shown, block = {}, {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                shown[block["Id"]] = block
+            block = {}
+            continue
+        key, _, value = line.partition("=")
+        block[key] = value
+    return shown
+
+
+def iso_time(value):
+    """`Tue 2026-11-24 07:41:06 UTC` (as printed under TZ=UTC) or `@<unix>` -> ISO 8601, or ""."""
+    value = value.strip()
+    if value.startswith("@"):
+        seconds = int(value[1:].split(".")[0])
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds)) if seconds else ""
+    parts = value.split()
+    if len(parts) == 4 and parts[3] == "UTC":
+        return "%sT%s+00:00" % (parts[1], parts[2])
+    return ""
+
+
+def calendar_info(value):
+    """TimersCalendar=`{ OnCalendar=X ; next_elapse=@N }...` -> ([X, ...], earliest next)."""
+    lines, nexts = [], []
+    for chunk in value.split("{")[1:]:
+        fields_ = dict(part.strip().partition("=")[::2] for part in chunk.rstrip("} ").split(" ; "))
+        if "OnCalendar" in fields_:
+            lines.append(fields_["OnCalendar"])
+        nexts.append(iso_time(fields_.get("next_elapse", "")))
+    return lines, min([n for n in nexts if n] or [""])
+
+
+def job_status(timer, t, s, paused):
+    """One job's `systemctl show` facts (timer `t`, service `s`) -> its JobStatus."""
+    calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
+    active = t.get("ActiveState", "") == "active"
+    return JobStatus(job=paths.job_of_unit(timer), timer=timer, service=timer[:-len(".timer")] + ".service",
+                     timer_state=t.get("ActiveState", ""), enabled=t.get("UnitFileState", ""),
+                     calendar=tuple(calendar), next=next_elapse if active else "", paused=paused,
+                     last=iso_time(t.get("LastTriggerUSec", "")),
+                     service_state=s.get("ActiveState", ""), result=s.get("Result", ""),
+                     exit_status=int(s.get("ExecMainStatus") or 0),
+                     started=iso_time(s.get("ExecMainStartTimestamp", "")),
+                     finished=iso_time(s.get("ExecMainExitTimestamp", "")))
+
+
+# -- side effects -----------------------------------------------------------------------------
+
+# systemctl prints times in the local zone; in UTC they can be parsed without guessing what
+# an abbreviation such as CST means.
+SYSTEMD_ENV = dict(os.environ, TZ="UTC", LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
+
+
+class Systemd:
+    """Every call to systemctl, systemd-analyze and journalctl: the boundary a test replaces."""
+
+    def run(self, args):
+        """-> (returncode, stdout, stderr)"""
+        result = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SYSTEMD_ENV,
+                                universal_newlines=True)
+        return result.returncode, result.stdout, result.stderr
+
+    def systemctl(self, *args, check=True):
+        code, out, err = self.run(("systemctl",) + args)
+        if check and code != 0:
+            raise AgentError(protocol.SYSTEMD, "systemctl %s: %s" % (" ".join(args[:3]), err.strip()))
+        return code, out, err
+
+    def show(self, units, properties):
+        """`systemctl show` for many units in one call -> {unit: {property: value}}."""
+        if not units:
+            return {}
+        return parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *units)[1])
+
+    def verify(self, unit_paths):
+        """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines."""
+        chunks = [unit_paths[i:i + VERIFY_CHUNK] for i in range(0, len(unit_paths), VERIFY_CHUNK)]
+        complaints, running = [], []
+        workers = max(os.cpu_count() or 1, 1)
+        for chunk in chunks + [None] * workers:
+            if chunk is not None:
+                running.append(subprocess.Popen(verify_argv(chunk),
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                universal_newlines=True, env=SYSTEMD_ENV))
+            while running and (chunk is None or len(running) >= workers):
+                process = running.pop(0)
+                output = process.communicate()[0]
+                lines = [line for line in output.splitlines() if line.strip()]
+                if process.returncode != 0 or lines:
+                    complaints += lines or ["exit status %d" % process.returncode]
+                if chunk is not None:
+                    break
+        return complaints
+
+    def journal(self, service, lines=None, invocation=None):
+        args = ["journalctl", "--no-pager", "-o", "short-iso", "-u", service]
+        if invocation:
+            args.append("_SYSTEMD_INVOCATION_ID=" + invocation)
+        if lines:
+            args += ["-n", str(lines)]
+        return self.run(args)[1]
+
+    def wait_active(self, units, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.systemctl("is-active", *units, check=False)[1].split()
+            pending = [u for u, state in zip(units, states) if state != "active"]
+            if not pending:
+                return
+            if time.monotonic() > deadline or any(s == "failed" for s in states):
+                raise AgentError(protocol.SYSTEMD, "timers did not start: %s" % ", ".join(pending[:5]))
+            time.sleep(0.05)
+
+
+class Stopwatch:
+    """Seconds per step, returned with the answer so that a slow push says where it was slow."""
+
+    def __init__(self):
+        self.steps, self.last = {}, time.monotonic()
+
+    def lap(self, name):
+        now = time.monotonic()
+        self.steps[name] = round(self.steps.get(name, 0) + now - self.last, 3)
+        self.last = now
+
+
+def progress(text):
+    """A step the client may show on a terminal; a lost client must not stop the push."""
+    try:
+        sys.stderr.write("@progress " + text + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+@dataclass
+class Host:
+    """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host name."""
+
+    layout: paths.Layout
+    systemd: Systemd
+    name: str = "?"
+
+    def sha256(self, path):
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+
+    def local(self, path):
+        """A host path of a managed file (from a request) -> the file under this layout. Refuses
+        anything but a plain name in one of the managed directories."""
+        directory, name = os.path.split(path)
+        if directory not in (paths.UNIT_DIR, paths.LIB_DIR, paths.CREDENTIALS_DIR) or not name \
+                or name.startswith(".") or name in ("..",):
+            raise AgentError(protocol.BAD_REQUEST, "%r is not a file the deployer manages" % (path,))
+        return self.layout.at(path)
+
+    def managed_files(self):
+        """host path -> sha256 of every file the deployer owns: marked units and its library files."""
+        return {self.layout.to_host(p): digest for p, digest in self.managed_local_files().items()}
+
+    def managed_local_files(self):
+        """managed_files, keyed by the path under this layout."""
+        found = {}
+        unit_dir, marker = self.layout.unit_dir, paths.MARKER.encode()
+        try:
+            names = sorted(os.listdir(unit_dir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            path = os.path.join(unit_dir, name)
+            if name.startswith(paths.UNIT_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    content = handle.read()
+                if content.startswith(marker):
+                    found[path] = hashlib.sha256(content).hexdigest()
+        for directory in (self.layout.lib_dir, self.layout.credentials_dir):
+            if os.path.isdir(directory):
+                for name in sorted(os.listdir(directory)):
+                    path = os.path.join(directory, name)
+                    if os.path.isfile(path):
+                        found[path] = self.sha256(path)
+        return found
+
+    def paused_timers(self):
+        try:
+            return set(os.listdir(self.layout.paused_dir))
+        except FileNotFoundError:
+            return set()
+
+    def private_dir(self, directory, mode=0o700):
+        """`directory`, created if missing, checked to be a real directory owned by us and not
+        writable by others: no local user can plant a link in it or hold a file there."""
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            pass
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory owned by root (a link, or planted "
+                             "by another user?): remove it and run the command again"
+                             % self.layout.to_host(directory))
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(directory, mode)
+        return directory
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Serialise pushes: a second one waits, then gives up with a clear message. The lock
+        lives in root's own 0700 directory and is opened without following links or truncating."""
+        lock = os.path.join(self.private_dir(self.layout.run_dir), os.path.basename(self.layout.lock))
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "cannot open the lock %s (%s): remove it and run the "
+                             "command again" % (self.layout.to_host(lock), error.strerror))
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise AgentError(protocol.LOCKED, "another push holds %s for over %ds"
+                                         % (self.layout.to_host(lock), LOCK_WAIT_SECONDS))
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    def read_state_file(self, path, what, recovery):
+        """A root-owned state file as JSON, None when absent; never through a link. Anything
+        unreadable is reported as corrupt_state, naming the file and the way out."""
+        shown = self.layout.to_host(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) cannot be opened: %s (a symbolic link?). %s"
+                             % (shown, what, error.strerror, recovery))
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read()
+        try:
+            document = json.loads(raw.decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            return document
+        except ValueError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) is corrupt (%s). %s"
+                             % (shown, what, "empty" if not raw.strip() else error, recovery))
+
+    def write_staged(self, path, content, mode):
+        staged = staging_path(path)
+        # A directory holding secrets (mode 0600 files) is itself closed to others.
+        private = mode & 0o077 == 0
+        os.makedirs(os.path.dirname(staged), mode=0o700 if private else 0o755, exist_ok=True)
+        if private:
+            os.chmod(os.path.dirname(path), 0o700)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(staged, mode)
+        return staged
+
+    def clear_staging(self):
+        for directory in self.layout.managed_dirs():
+            staging = os.path.join(directory, paths.STAGING)
+            if os.path.isdir(staging):
+                for name in os.listdir(staging):
+                    os.unlink(os.path.join(staging, name))
+
+    def write_atomically(self, path, text, mode=0o600):
+        """Write a state file whole or not at all; never through a link, never another's file."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        temporary = path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a leftover of a crash (unlink removes a link, not its target)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temporary, path)
+
+    def stamp(self, timer):
+        return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
+
+    def triggered_since(self, timer, when):
+        """Whether the timer's Persistent= stamp says it ran after `when` (systemd touches the
+        stamp to the trigger time each time the timer elapses)."""
+        try:
+            return os.stat(self.stamp(timer)).st_mtime > when + 0.001
+        except FileNotFoundError:
+            return False
+
+    def set_last_trigger(self, timers, when):
+        """A timer's last trigger (its Persistent= stamp), as systemd reads it when it starts."""
+        for timer in timers:
+            stamp = self.stamp(timer)
+            os.makedirs(self.layout.timer_stamps, exist_ok=True)
+            open(stamp, "a").close()
+            os.utime(stamp, (when, when))
+
+    def play(self, journal):
+        """Carry out a switch; every step may be repeated."""
+        systemd = self.systemd
+        if journal.disable:
+            # Stop the timers only: a run already in progress finishes, it is not killed.
+            systemd.systemctl("--no-reload", "disable", "--now", *journal.disable, check=False)
+        # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
+        # last trigger and now fires at once on reload. Its last trigger becomes the moment it
+        # was stopped: an old-schedule gap never fires, a slot inside the push still does.
+        # A replay must never create a run: a timer that triggered after that moment (it was
+        # started by the interrupted switch, then ran) keeps its stamp, else Persistent= would
+        # run again a slot that already ran.
+        restamp = [t for t in journal.restamp if not self.triggered_since(t, journal.stopped_at)]
+        if restamp:
+            systemd.systemctl("stop", *restamp, check=False)
+            systemd.systemctl("clean", "--what=state", *restamp, check=False)
+            self.set_last_trigger(restamp, journal.stopped_at)
+        for timer, when in journal.stamps.items():
+            if not self.triggered_since(timer, when):
+                self.set_last_trigger([timer], when)
+        for staged, target in journal.renames:
+            if os.path.exists(staged):
+                os.rename(staged, target)
+        for path in journal.removes:
+            if os.path.exists(path):
+                os.unlink(path)
+        for timer in journal.unpause:
+            if os.path.exists(os.path.join(self.layout.paused_dir, timer)):
+                os.unlink(os.path.join(self.layout.paused_dir, timer))
+        if journal.reload:
+            progress("systemctl daemon-reload")
+            systemd.systemctl("daemon-reload")
+        if journal.enable:
+            progress("enabling %d timers" % len(journal.enable))
+            systemd.systemctl("--no-reload", "enable", *journal.enable)
+        if journal.start:
+            progress("starting %d timers" % len(journal.start))
+            # --no-block: one D-Bus call per timer without waiting for each job, then one check.
+            systemd.systemctl("start", "--no-block", *journal.start)
+            systemd.wait_active(list(journal.start))
+
+    def roll_forward(self):
+        """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
+        shown = self.layout.to_host(self.layout.journal)
+        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
+                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
+        document = self.read_state_file(self.layout.journal, "the switch journal", recovery)
+        if document is None:
+            return False
+        try:
+            journal = protocol.from_json(Journal, document)
+        except protocol.ProtocolError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
+                             % (shown, error.message, recovery))
+        self.play(journal)
+        os.unlink(self.layout.journal)
+        return True
+
+    def read_owner(self):
+        shown = self.layout.to_host(self.layout.owner)
+        return self.read_state_file(self.layout.owner, "which [host:NAME] this machine serves",
+                                    "Remove it (rm %s): the next push writes it again" % shown)
+
+    def check_owner(self):
+        """One machine serves one [host:NAME]: another host's jobs must never land here."""
+        owner = self.read_owner()
+        if owner and owner.get("host") != self.name:
+            raise AgentError(protocol.WRONG_OWNER, "this machine runs the jobs of host %r; refusing to install "
+                             "host %r's jobs here. Check the address in the inventory, or hand the jobs over "
+                             "with `deployer move`" % (owner.get("host"), self.name))
+
+    def installed(self, job, suffix):
+        unit = paths.job_unit(job, suffix)
+        if not os.path.exists(os.path.join(self.layout.unit_dir, unit)):
+            raise AgentError(protocol.NOT_INSTALLED, "%s is not installed here (push first?)" % unit)
+        return unit
+
+
+# -- operations -------------------------------------------------------------------------------
+
+def op_state(host, request):
+    files = host.managed_files()
+    contents = {}
+    if request.contents:
+        for path in files:
+            if path.startswith(paths.UNIT_DIR + "/"):
+                with open(host.layout.at(path), "rb") as handle:
+                    contents[path] = base64.b64encode(handle.read()).decode()
+    owner = host.read_owner()
+    return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
+                       owner=(owner or {}).get("host"))
+
+
+def op_apply(host, request):
+    # A client that dies (killed, connection lost) must not stop a switch under way.
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    watch = Stopwatch()
+    with host.locked():
+        watch.lap("lock")
+        return apply_locked(host, request, watch)
+
+
+def apply_locked(host, request, watch):
+    """Everything apply does under the host lock: recover, check, stage, verify, switch."""
+    layout = host.layout
+    unit_dir = paths.UNIT_DIR
+    recovered = host.roll_forward()
+    host.check_owner()
+    current = host.managed_files()
+    if current != request.expect:
+        raise AgentError(protocol.HOST_CHANGED,
+                         "the host changed since it was read (another push?); run the push again")
+    check_unmanaged(host, current, [w.path for w in request.write], request.remove)
+    host.clear_staging()
+    progress("writing %d files" % len(request.write))
+    staged = {}
+    for item in request.write:
+        staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
+    os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+    watch.lap("stage")
+    units = sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/"))
+    progress("systemd-analyze verify: %d units" % len(units))
+    complaints = host.systemd.verify(units) if units else []
+    if complaints:
+        host.clear_staging()
+        raise AgentError(protocol.VERIFY_FAILED,
+                         "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
+    watch.lap("verify")
+    paused = host.paused_timers()
+    journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
+                          [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
+                          local=host.local)
+    host.write_atomically(layout.owner, json.dumps({"host": host.name}))
+    host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+    watch.lap("switch")
+    host.play(journal)
+    os.unlink(layout.journal)
+    watch.lap("activate")
+    added = {unit_name(p) for p in staged if p not in current}
+    boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
+    touched = {unit_name(p) for p in staged if p.endswith(".timer")}
+    return ApplyAnswer(reloaded=journal.reload, started=tuple(t for t in journal.start if t in added),
+                       restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
+                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
+                       recovered_interrupted_push=recovered, seconds=watch.steps)
+
+
+def check_unmanaged(host, current, writes, removes):
+    """A deployer-* unit that is not ours (no marker, or a link) is never overwritten or pruned."""
+    for path in list(writes) + list(removes):
+        if path not in current and os.path.lexists(host.local(path)):
+            raise AgentError(protocol.UNMANAGED_FILE, "%s exists and was not written by deployer (no \"%s\" "
+                             "first line): refusing to overwrite it. Rename the job, or remove the file if "
+                             "it is an old copy" % (path, paths.MARKER[:24] + "..."))
+    for path in removes:
+        if path not in current:
+            raise AgentError(protocol.UNMANAGED_FILE, "%s is not a file deployer manages here: refusing to "
+                             "remove it" % path)
+
+
+def op_status(host, request):
+    timers = sorted(unit_name(p) for p in host.managed_files() if p.endswith(".timer"))
+    services = [t[:-len(".timer")] + ".service" for t in timers]
+    timer_props = host.systemd.show(timers, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
+                                             "LastTriggerUSec", "TimersCalendar"])
+    service_props = host.systemd.show(services, ["ActiveState", "Result", "ExecMainStatus",
+                                                 "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
+    paused = host.paused_timers()
+    return StatusAnswer(jobs=tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
+                                   for t, s in zip(timers, services)))
+
+
+def op_run(host, request):
+    service = host.installed(request.job, "service")
+    code, _, err = host.systemd.systemctl("start", service, check=False)
+    props = host.systemd.show([service], ["InvocationID", "Result", "ExecMainStatus"]).get(service, {})
+    invocation = props.get("InvocationID", "")
+    return RunAnswer(ok=code == 0, result=props.get("Result", ""),
+                     exit_status=int(props.get("ExecMainStatus") or 0),
+                     output=host.systemd.journal(service, invocation=invocation) if invocation else "",
+                     error=err.strip())
+
+
+def op_logs(host, request):
+    return LogsAnswer(output=host.systemd.journal(paths.job_unit(request.job, "service"), lines=request.lines))
+
+
+def op_pause(host, request):
+    with host.locked():
+        timer = host.installed(request.job, "timer")
+        os.makedirs(host.layout.paused_dir, exist_ok=True)
+        os.close(os.open(os.path.join(host.layout.paused_dir, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                         0o644))
+        # Disabled as well as stopped, so that a reboot does not bring it back.
+        host.systemd.systemctl("disable", "--now", timer)
+        return PauseAnswer(timer=timer)
+
+
+def op_resume(host, request):
+    with host.locked():
+        timer = host.installed(request.job, "timer")
+        marker = os.path.join(host.layout.paused_dir, timer)
+        if os.path.exists(marker):
+            os.unlink(marker)
+        # Runs missed while paused are not made up: the last trigger becomes now.
+        host.systemd.systemctl("stop", timer, check=False)
+        host.systemd.systemctl("clean", "--what=state", timer, check=False)
+        host.set_last_trigger([timer], time.time())
+        host.systemd.systemctl("enable", "--now", timer)
+        return ResumeAnswer(timer=timer)
+
+
+def op_handoff(host, request):
+    """The first step of `deployer move`: stop these timers here and say when."""
+    with host.locked():
+        timers = [paths.job_unit(j, "timer") for j in request.jobs]
+        timers = [t for t in timers if os.path.exists(os.path.join(host.layout.unit_dir, t))]
+        if timers:
+            host.systemd.systemctl("disable", "--now", *timers)
+        return HandoffAnswer(stopped=tuple(timers), at=time.time())
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+
+OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
+              LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
+              HandoffRequest: op_handoff}
+
+
+def handle(raw, layout=None, systemd=None, require_root=True):
+    """One request (bytes) -> one answer (bytes). The in-process client calls this directly."""
+    try:
+        name, request = protocol.decode_request(raw)
+        host = Host(layout or paths.Layout(), systemd or Systemd(), name)
+        if require_root and os.geteuid() != 0:
+            raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
+                             "(passwordless sudo for this user) in [host:%s]" % name)
+        if isinstance(request, (StateRequest, StatusRequest, RunRequest)) and os.path.exists(host.layout.journal):
+            with host.locked():  # an interrupted switch is finished before anything reads the host
+                host.roll_forward()
+        answer = OPERATIONS[type(request)](host, request)
+    except protocol.ProtocolError as error:
+        answer = Failure(error.code, error.message)
+    except AgentError as error:
+        answer = Failure(error.code, str(error))
+    except paths.BadName as error:
+        answer = Failure(protocol.BAD_REQUEST, str(error))
+    return protocol.encode_answer(answer)
+
+
+def main():
+    answer = handle(sys.stdin.buffer.read())
+    try:
+        sys.stdout.buffer.write(answer)
+        sys.stdout.flush()
+    except OSError:
+        pass  # the client is gone; the work is done all the same
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Alert channels, each declared once: its endpoint, whether it takes a token and a signing
+secret, the request that delivers a message, and how to tell that the channel accepted it.
+
+The inventory's `[alert:NAME] type =` choices, its token/secret/endpoint rules, the trigger's
+`--type` choices and the message requests all read CHANNEL_TYPES. Pure: `now` is given.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One `[alert:NAME]`: the inventory's record and what the alert sender delivers through."""
+
+    name: str
+    type: str
+    token: Secret = Secret("")
+    secret: Optional[Secret] = None
+    endpoint: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One HTTP request that delivers an alert, and how to tell that it was accepted."""
+
+    url: str
+    params: dict
+    json: dict
+    headers: dict
+    accepted: Callable[[int, bytes], "tuple[bool, str]"]
+
+
+def plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("> ", "  ")
+
+
+# --- how each channel says "accepted" ------------------------------------------------------
+
+
+def by_status(status: int, body: bytes) -> tuple[bool, str]:
+    return status < 300, f"HTTP {status}"
+
+
+def _by_code(key: str) -> Callable[[int, bytes], tuple[bool, str]]:
+    """DingTalk and WeCom (errcode) and Feishu (code) answer HTTP 200 even when they refuse."""
+
+    def accepted(status: int, body: bytes) -> tuple[bool, str]:
+        if status >= 300:
+            return False, f"HTTP {status}"
+        try:
+            answer = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return False, "answer is not JSON"
+        if not isinstance(answer, dict):
+            return False, "answer is not a JSON object"
+        code = answer.get(key, answer.get("StatusCode"))
+        return code == 0, f"{key} {code}: {answer.get('errmsg') or answer.get('msg') or ''}".strip()
+
+    return accepted
+
+
+def by_slack_ok(status: int, body: bytes) -> tuple[bool, str]:
+    if status >= 300:
+        return False, f"HTTP {status}"
+    return body.strip() == b"ok", body[:100].decode("utf-8", "replace")
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
+    """base64(HMAC-SHA256(key=secret, msg="{timestamp_ms}\n{secret}")); URL-encoded when sent."""
+    digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def feishu_sign(secret: str, timestamp_s: int) -> str:
+    """Feishu's own scheme: the key is "{timestamp}\n{secret}" and the message is empty."""
+    digest = hmac.new(f"{timestamp_s}\n{secret}".encode(), b"", hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+# --- the messages --------------------------------------------------------------------------
+
+
+def _dingtalk(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+    params = {"access_token": channel.token}
+    if channel.secret:
+        stamp = int(now * 1000)
+        params.update(timestamp=str(stamp), sign=dingtalk_sign(channel.secret, stamp))
+    body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
+    return Outbound(endpoint, params, body, {}, _by_code("errcode"))
+
+
+def _wecom(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+    return Outbound(endpoint, {"key": channel.token}, {"msgtype": "markdown", "markdown": {"content": text}},
+                    {}, _by_code("errcode"))
+
+
+def _feishu(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+    body: dict = {"msg_type": "text", "content": {"text": plain(text)}}
+    if channel.secret:
+        stamp = int(now)
+        body.update(timestamp=str(stamp), sign=feishu_sign(channel.secret, stamp))
+    return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, body, {}, _by_code("code"))
+
+
+def _slack(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+    return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, {"text": plain(text)}, {}, by_slack_ok)
+
+
+def _webhook(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+    headers = {"Authorization": f"Bearer {channel.token}"} if channel.token else {}
+    return Outbound(endpoint, {}, {"title": title, "text": plain(text), **event}, headers, by_status)
+
+
+@dataclass(frozen=True)
+class ChannelType:
+    name: str
+    build: Callable[..., Outbound]
+    endpoint: str = ""  # the default; empty: the inventory must give one
+    token_required: bool = True
+    signs: bool = False  # takes a signing `secret`
+
+
+CHANNEL_TYPES = {t.name: t for t in (
+    ChannelType("dingtalk", _dingtalk, "https://oapi.dingtalk.com/robot/send", signs=True),
+    ChannelType("wecom", _wecom, "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"),
+    ChannelType("feishu", _feishu, "https://open.feishu.cn/open-apis/bot/v2/hook/", signs=True),
+    ChannelType("slack", _slack, "https://hooks.slack.com/services/"),
+    ChannelType("webhook", _webhook, token_required=False),
+)}
+
+
+def build_outbound(channel: Channel, title: str, text: str, event: dict, now: float) -> Outbound:
+    """The request for one message on one channel."""
+    kind = CHANNEL_TYPES[channel.type]
+    return kind.build(channel, channel.endpoint or kind.endpoint, title, text, event, now)

@@ -1,0 +1,99 @@
+"""The trigger's command line: `trigger -url URL [-token TOKEN]` runs a job (the original recipe),
+`trigger --alert ...` is the alert program. The job arguments come from options.JOB_OPTIONS."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+from . import options
+from .alert import alert_main, deliver, read_credential
+from .channels import CHANNEL_TYPES, Channel, Secret
+from .run import JobSpec, ping, redact_url, run_job
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _argument_type(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except options.Invalid as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trigger", allow_abbrev=False,
+        description="Call a job's HTTP endpoint, judge the response, exit 0 on success, 1 on failure.",
+    )
+    parser.add_argument("--job", default="job", help="job name, sent as X-Deployer-Job")
+    for option in options.TRIGGER_OPTIONS:
+        flags = [option.flag] + (["-url"] if option.key == "url" else [])
+        default = None if option.key == "url" else option.default
+        parser.add_argument(*flags, dest=option.dest, type=_argument_type(option.parse), default=default,
+                            help=option.help)
+    parser.add_argument("-token", "--token", help="DingTalk robot token to alert on failure (the "
+                        "original recipe; visible in process lists: installed units use credentials)")
+    parser.add_argument("--resolution", type=int, default=60,
+                        help="seconds the nominal time is floored to (60 for cron schedules)")
+    alert = parser.add_argument_group("alert mode (run by a job's OnFailure= unit)")
+    alert.add_argument("--alert", action="store_true", help="report the failed run of --job")
+    alert.add_argument("--recovered", action="store_true", help="with --alert: report that --job "
+                       "succeeded after failing (run by OnSuccess=)")
+    alert.add_argument("--channel", help="alert channel name")
+    alert.add_argument("--type", choices=sorted(CHANNEL_TYPES))
+    alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
+    alert.add_argument("--host-name", default=os.environ.get("DEPLOYER_HOST_NAME") or os.uname().nodename)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.alert:
+        if not (args.channel and args.type):
+            parser.error("--alert needs --channel and --type")
+        channel = Channel(args.channel, args.type, token=Secret(read_credential("token")),
+                          secret=Secret(read_credential("secret")), endpoint=args.endpoint or "")
+        return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered) else EXIT_FAILED
+    if not args.url:
+        parser.error("the following arguments are required: -url/--url")
+    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0),
+                   **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    ping(spec.ping_url, "/start", log)
+    verdict = run_job(spec, log=log)
+    ping(spec.ping_url, "" if verdict.ok else "/fail", log)
+    if verdict.ok:
+        log(f"job {spec.name}: ok ({verdict.reason})")
+        return EXIT_OK
+    log(f"job {spec.name}: FAILED ({verdict.reason})")
+    channel = inline_channel(args)
+    if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
+        event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
+                 "url": redact_url(spec.url), "result": verdict.reason, "exit_status": EXIT_FAILED,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
+        deliver(channel, [event], log=log)
+    return EXIT_FAILED
+
+
+def inline_channel(args) -> Optional[Channel]:
+    """Where a run alerts by itself (no OnFailure= unit): `-token`, else the environment."""
+    env = os.environ
+    kind = args.type or env.get("DEPLOYER_ALERT_TYPE") or ("dingtalk" if args.token else "")
+    token = args.token or env.get("DEPLOYER_ALERT_TOKEN", "")
+    if kind not in CHANNEL_TYPES or (CHANNEL_TYPES[kind].token_required and not token):
+        return None
+    return Channel("inline", kind, token=Secret(token), secret=Secret(env.get("DEPLOYER_ALERT_SECRET", "")),
+                   endpoint=args.endpoint or env.get("DEPLOYER_ALERT_ENDPOINT", ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Every job option, declared once: the inventory schema, the `Job` record, the trigger's
+arguments, the unit's command line and the Kubernetes export all follow from JOB_OPTIONS.
+
+Adding an option is one `Option(...)` here (plus its test): the deployer reads it from the
+inventory, renders it onto the trigger's command line, and the trigger parses it back with
+the same parser. Parsers are pure and standard-library only, because the trigger runs them
+on the cron host; each raises `Invalid` with a message that completes "[section] key: ...".
+"""
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from . import rules
+
+
+class Invalid(ValueError):
+    """A value an option refuses; the message completes "[section] key: ..."."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s)?)+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600}
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+MAX_TIMEOUT = 24 * 3600
+MAX_RETRIES = 10
+# Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN) with "Argument list too long",
+# at every run; a URL anywhere near that is a mistake, so refuse it long before.
+MAX_URL = 8192
+
+
+# --- parsers: text -> value, or Invalid ------------------------------------------------------
+
+
+def text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise Invalid("contains a control character")
+    return value
+
+
+def name(value: str) -> str:
+    if not _NAME.match(value):
+        raise Invalid("%r must match [a-z0-9][a-z0-9-]{0,62}" % (value,))
+    return value
+
+
+def boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise Invalid("%r is not true or false" % (value,))
+
+
+def duration_seconds(value: str) -> float:
+    """`500ms`, `90s`, `5m`, `1h30m`, `1.5h` or plain seconds -> seconds (the one duration syntax
+    of the inventory and the trigger)."""
+    compact = value.replace(" ", "")
+    if not compact or not _DURATION.match(compact):
+        raise Invalid("%r is not a duration (500ms, 90s, 5m, 1h30m)" % (value,))
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(compact))
+
+
+def timeout(value: str) -> float:
+    seconds = duration_seconds(value)
+    if not 1 <= seconds <= MAX_TIMEOUT:
+        raise Invalid("%r must be between 1s and 24h" % (value,))
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
+def retries(value: str) -> int:
+    if not value.isdigit() or int(value) > MAX_RETRIES:
+        raise Invalid("%r is not a whole number from 0 to %d" % (value, MAX_RETRIES))
+    return int(value)
+
+
+def url(value: str) -> str:
+    text(value)
+    if len(value) > MAX_URL:
+        raise Invalid("is %d characters long; at most %d" % (len(value), MAX_URL))
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as error:
+        raise Invalid("%r is not a valid URL (%s)" % (value, error)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("%r is not an http:// or https:// URL with a host" % (value,))
+    if any(c.isspace() for c in value):
+        raise Invalid("%r contains white space (encode it as %%20)" % (value,))
+    return value
+
+
+def method(value: str) -> str:
+    if value.upper() not in METHODS:
+        raise Invalid("%r is not one of %s" % (value, ", ".join(METHODS)))
+    return value.upper()
+
+
+def expect_status(value: str) -> str:
+    try:
+        rules.parse_expect_status(value)
+    except rules.RuleError as error:
+        raise Invalid(str(error)) from None
+    return value
+
+
+def expect_json(value: str) -> str:
+    try:
+        rules.parse_expect_json(value)
+    except rules.RuleError as error:
+        raise Invalid(str(error)) from None
+    return value
+
+
+def timezone(value: str) -> str:
+    if not is_zone(value):
+        raise Invalid("%r is not an IANA time zone (e.g. Asia/Shanghai, UTC)" % (value,))
+    return value
+
+
+def is_zone(value: str) -> bool:
+    """An IANA time zone this machine's tzdata knows (what systemd accepts too)."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+        return True
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def calendar_lines(value: str) -> tuple:
+    lines = tuple(line.strip() for line in value.splitlines() if line.strip())
+    for line in lines:
+        text(line)
+    if not lines:
+        raise Invalid("is empty")
+    return lines
+
+
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An empty value means "none" (e.g. `alert =` turns alerting off)."""
+
+    def parse_optional(value: str) -> Any:
+        return parse(value) if value else None
+
+    return parse_optional
+
+
+def seconds_text(value: float) -> str:
+    return "%gs" % value
+
+
+# --- the declaration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key of a [job:NAME] section (and of [defaults] unless `job_only`).
+
+    `flag`: the trigger's argument for it (None: the deployer alone uses it). On the command
+    line it is written when set, or always with `always` (so that a unit says what it does).
+    """
+
+    key: str
+    parse: Callable[[str], Any]
+    default: Any = None
+    flag: Optional[str] = None
+    always: bool = False
+    job_only: bool = False
+    required: bool = False
+    multiline: bool = False
+    format: Callable[[Any], str] = str
+    help: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.key
+
+
+JOB_OPTIONS = (
+    Option("url", url, flag="--url", always=True, job_only=True, required=True,
+           help="the job endpoint (http:// or https://)"),
+    Option("schedule", text, job_only=True,
+           help="cron (5 fields, @macros, CRON_TZ=) or Quartz (6-7 fields)"),
+    Option("on_calendar", calendar_lines, default=(), job_only=True, multiline=True,
+           help="native systemd calendar expressions, one per line"),
+    Option("method", method, default="POST", flag="--method", always=True, help="the HTTP method"),
+    Option("timeout", timeout, default=60, flag="--timeout", always=True, format=seconds_text,
+           help="the whole run, retries included (default 60s)"),
+    Option("retries", retries, default=2, flag="--retries", always=True,
+           help="extra attempts after a connection error, a timeout, a 5xx or a 429"),
+    Option("expect_status", expect_status, default="2xx", flag="--expect-status", always=True,
+           help="accepted statuses: 2xx, 200, 200-204, comma-separated"),
+    Option("expect_json", expect_json, default="", flag="--expect-json",
+           help="rules on the JSON body: dotted.path=JSON literal, comma-separated"),
+    Option("ping_url", optional(url), flag="--ping-url",
+           help="Healthchecks-style heartbeat: /start, then success or /fail"),
+    Option("timezone", timezone, default="UTC", help="the IANA zone the schedule is in"),
+    Option("alert", optional(name), help="the [alert:NAME] told when a run fails; empty: none"),
+    Option("host", name, help="the [host:NAME] that runs the job"),
+)
+OPTIONS_BY_KEY = {option.key: option for option in JOB_OPTIONS}
+TRIGGER_OPTIONS = tuple(option for option in JOB_OPTIONS if option.flag)
+
+
+def command_line(values: dict) -> list:
+    """The trigger's arguments for a job's option values, in declaration order."""
+    argv = []
+    for option in TRIGGER_OPTIONS:
+        value = values.get(option.key, option.default)
+        if option.always or (value not in (None, "", ()) and value != option.default):
+            argv += [option.flag, option.format(value)]
+    return argv

@@ -1,0 +1,136 @@
+"""Every path and name the deployer uses on the cron host, declared once for every side.
+
+The renderer writes units that name these paths, the agent manages them as root, the trigger
+and the alert sender read them. `Layout(root)` maps them under another root, so that the agent
+can run against a temporary directory in tests.
+"""
+import os
+import re
+from dataclasses import dataclass
+
+UNIT_PREFIX = "deployer-"
+MARKER = "# Managed by deployer: edits are overwritten by the next push."
+
+UNIT_DIR = "/etc/systemd/system"
+CREDENTIALS_DIR = "/etc/deployer/credentials"
+STATE_DIR = "/var/lib/deployer"
+LIB_DIR = STATE_DIR + "/lib"
+TRIGGER_PATH = LIB_DIR + "/trigger.pyz"
+JOURNAL = STATE_DIR + "/pending-switch.json"
+PAUSED_DIR = STATE_DIR + "/paused"
+OWNER = STATE_DIR + "/owner.json"
+# Root-owned and created 0700 by the agent: unlike /run/lock (world-writable), no local user
+# can plant a link or hold the lock here.
+RUN_DIR = "/run/deployer"
+LOCK = RUN_DIR + "/lock"
+TIMER_STAMPS = "/var/lib/systemd/timers"
+# The alert units' StateDirectory= (DynamicUser: systemd keeps it under /var/lib/private).
+ALERT_STATE_NAME = "deployer-alerts"
+FAILING_DIR = "/var/lib/private/" + ALERT_STATE_NAME + "/failing"
+STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
+
+_UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class BadName(ValueError):
+    """A job or channel name that cannot be part of a unit name."""
+
+
+def _word(value: str) -> str:
+    if not _UNIT_WORD.match(value):
+        raise BadName("%r is not a valid unit name part" % (value,))
+    return value
+
+
+def job_unit(job: str, suffix: str) -> str:
+    """`deployer-<job>.<suffix>`: the name an operator sees in `systemctl list-timers`."""
+    return "%s%s.%s" % (UNIT_PREFIX, _word(job), suffix)
+
+
+def job_of_unit(name: str):
+    """The job a `deployer-<job>.timer|service` belongs to, or None for any other name."""
+    base = os.path.basename(name)
+    for suffix in (".timer", ".service"):
+        if base.startswith(UNIT_PREFIX) and base.endswith(suffix) and "@" not in base:
+            job = base[len(UNIT_PREFIX):-len(suffix)]
+            if _UNIT_WORD.match(job):
+                return job
+    return None
+
+
+def alert_template(channel: str) -> str:
+    """`deployer-alert-<channel>@.service`: the OnFailure= handler of every job using it."""
+    return "%salert-%s@.service" % (UNIT_PREFIX, _word(channel))
+
+
+def recovery_template(channel: str) -> str:
+    """`deployer-recovery-<channel>@.service`: the OnSuccess= handler (sends "recovered")."""
+    return "%srecovery-%s@.service" % (UNIT_PREFIX, _word(channel))
+
+
+def instance(template: str, job: str) -> str:
+    return template.replace("@.service", "@%s.service" % _word(job))
+
+
+def credential(channel: str, kind: str) -> str:
+    return "%s/%s.%s" % (CREDENTIALS_DIR, _word(channel), kind)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths above under `root` ("/" on a real host)."""
+
+    root: str = "/"
+
+    def at(self, absolute: str) -> str:
+        return os.path.join(self.root, absolute.lstrip("/")) if self.root != "/" else absolute
+
+    @property
+    def unit_dir(self) -> str:
+        return self.at(UNIT_DIR)
+
+    @property
+    def lib_dir(self) -> str:
+        return self.at(LIB_DIR)
+
+    @property
+    def credentials_dir(self) -> str:
+        return self.at(CREDENTIALS_DIR)
+
+    @property
+    def state_dir(self) -> str:
+        return self.at(STATE_DIR)
+
+    @property
+    def journal(self) -> str:
+        return self.at(JOURNAL)
+
+    @property
+    def paused_dir(self) -> str:
+        return self.at(PAUSED_DIR)
+
+    @property
+    def owner(self) -> str:
+        return self.at(OWNER)
+
+    @property
+    def run_dir(self) -> str:
+        return self.at(RUN_DIR)
+
+    @property
+    def lock(self) -> str:
+        return self.at(LOCK)
+
+    @property
+    def timer_stamps(self) -> str:
+        return self.at(TIMER_STAMPS)
+
+    def managed_dirs(self):
+        """The directories whose files the deployer owns (units only when marked)."""
+        return (self.unit_dir, self.lib_dir, self.credentials_dir)
+
+    def to_host(self, path: str) -> str:
+        """A path under this layout -> the path a real host would have."""
+        if self.root == "/":
+            return path
+        return "/" + os.path.relpath(path, self.root)

@@ -1,0 +1,305 @@
+"""The typed protocol between the deployer (client) and the agent on the cron host.
+
+One frozen dataclass per request and per answer, sent as JSON in an envelope that carries
+PROTOCOL_VERSION: each side refuses, saying so plainly, to talk to another version. Errors
+carry a code (ERROR_CODES) so that a client can tell a lock held by another push from a host
+that changed since it was read. Standard library only, python3 >= 3.7 (this module runs on
+the host too).
+"""
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, Optional, Tuple
+
+# 1: untyped dicts with paths in the request (deployer <= 0.x). 2: this module.
+PROTOCOL_VERSION = 2
+
+# Error codes: what went wrong, for a program; the message says it for a person.
+LOCKED = "locked"                  # another push holds the host lock
+HOST_CHANGED = "host_changed"      # the host's files differ from the state the plan was made on
+NOT_ROOT = "not_root"
+WRONG_OWNER = "wrong_owner"        # the machine runs another [host:NAME]'s jobs
+NOT_INSTALLED = "not_installed"    # the job asked for is not on this host
+VERIFY_FAILED = "verify_failed"    # systemd-analyze verify refused the staged units
+CORRUPT_STATE = "corrupt_state"    # a state file of ours is unreadable (names it and the way out)
+UNMANAGED_FILE = "unmanaged_file"  # a deployer-* unit we did not write is in the way
+VERSION = "version"                # the two sides speak different protocol versions
+BAD_REQUEST = "bad_request"
+SYSTEMD = "systemd"                # a systemctl step failed
+NO_SPACE = "no_space"              # the host's disk is full
+ERROR_CODES = (LOCKED, HOST_CHANGED, NOT_ROOT, WRONG_OWNER, NOT_INSTALLED, VERIFY_FAILED, CORRUPT_STATE,
+               UNMANAGED_FILE, VERSION, BAD_REQUEST, SYSTEMD, NO_SPACE)
+
+
+class ProtocolError(Exception):
+    """An answer or request that cannot be read; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- requests and answers ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StateRequest:
+    contents: bool = False  # also send the text of the managed units (for `plan`'s diff)
+
+
+@dataclass(frozen=True)
+class StateAnswer:
+    files: Dict[str, str] = field(default_factory=dict)      # path -> sha256
+    contents: Dict[str, str] = field(default_factory=dict)   # unit path -> base64 text, if asked
+    paused: Tuple[str, ...] = ()                             # timers kept paused
+    owner: Optional[str] = None                              # the [host:NAME] last pushed here
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    path: str
+    content: str  # base64
+    mode: int = 0o644
+    start: bool = True  # a timer started by the push (False: enabled for boot only)
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    write: Tuple[FileWrite, ...] = ()
+    remove: Tuple[str, ...] = ()
+    expect: Dict[str, str] = field(default_factory=dict)  # the StateAnswer.files the plan was made on
+    stamps: Dict[str, float] = field(default_factory=dict)  # added timer -> its last trigger (move)
+
+
+@dataclass(frozen=True)
+class ApplyAnswer:
+    reloaded: bool = False
+    started: Tuple[str, ...] = ()
+    restarted: Tuple[str, ...] = ()
+    stopped: Tuple[str, ...] = ()
+    enabled_for_boot: Tuple[str, ...] = ()
+    kept_paused: Tuple[str, ...] = ()
+    recovered_interrupted_push: bool = False
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    timer: str
+    service: str
+    timer_state: str = ""
+    enabled: str = ""
+    calendar: Tuple[str, ...] = ()
+    next: str = ""      # ISO 8601, "" when none
+    last: str = ""
+    paused: bool = False
+    service_state: str = ""
+    result: str = ""
+    exit_status: int = 0
+    started: str = ""
+    finished: str = ""
+
+
+@dataclass(frozen=True)
+class StatusAnswer:
+    jobs: Tuple[JobStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    job: str
+
+
+@dataclass(frozen=True)
+class RunAnswer:
+    ok: bool
+    result: str = ""
+    exit_status: int = 0
+    output: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class LogsRequest:
+    job: str
+    lines: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class LogsAnswer:
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class PauseRequest:
+    job: str
+
+
+@dataclass(frozen=True)
+class PauseAnswer:
+    timer: str
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    job: str
+
+
+@dataclass(frozen=True)
+class ResumeAnswer:
+    timer: str
+
+
+@dataclass(frozen=True)
+class HandoffRequest:
+    jobs: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HandoffAnswer:
+    stopped: Tuple[str, ...] = ()
+    at: float = 0.0  # when the timers were stopped (unix time)
+
+
+# op name -> (request type, answer type)
+OPERATIONS = {
+    "state": (StateRequest, StateAnswer),
+    "apply": (ApplyRequest, ApplyAnswer),
+    "status": (StatusRequest, StatusAnswer),
+    "run": (RunRequest, RunAnswer),
+    "logs": (LogsRequest, LogsAnswer),
+    "pause": (PauseRequest, PauseAnswer),
+    "resume": (ResumeRequest, ResumeAnswer),
+    "handoff": (HandoffRequest, HandoffAnswer),
+}
+OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a refused request answers instead of its answer type."""
+
+    code: str
+    message: str
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+def to_json(value):
+    """A dataclass (nested ones, tuples, dicts) -> JSON-ready data."""
+    if is_dataclass(value):
+        return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(kind, data):
+    """JSON data -> an instance of `kind` (a dataclass, Tuple[X, ...], Dict[str, X], Optional[X]...).
+    Unknown keys are refused: both sides speak the same version, so one is a bug."""
+    origin = getattr(kind, "__origin__", None)
+    args = getattr(kind, "__args__", ()) or ()
+    if origin is typing.Union:
+        if data is None and type(None) in args:
+            return None
+        return from_json([a for a in args if a is not type(None)][0], data)
+    if origin in (tuple, typing.Tuple):
+        _expect(isinstance(data, list), kind, data)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_json(args[0], item) for item in data)
+        _expect(len(args) == len(data), kind, data)
+        return tuple(from_json(a, item) for a, item in zip(args, data))
+    if origin in (dict, typing.Dict):
+        _expect(isinstance(data, dict), kind, data)
+        return {k: from_json(args[1], v) for k, v in data.items()}
+    if is_dataclass(kind):
+        _expect(isinstance(data, dict), kind, data)
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in fields(kind)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ProtocolError(BAD_REQUEST, "%s: unknown field(s) %s" % (kind.__name__, ", ".join(unknown)))
+        try:
+            return kind(**{k: from_json(hints[k], v) for k, v in data.items()})
+        except TypeError as error:
+            raise ProtocolError(BAD_REQUEST, "%s: %s" % (kind.__name__, error))
+    if kind is float:
+        _expect(isinstance(data, (int, float)) and not isinstance(data, bool), kind, data)
+        return float(data)
+    if kind in (int, bool, str):
+        _expect(type(data) is kind, kind, data)
+        return data
+    if kind is Any:
+        return data
+    raise TypeError("no JSON mapping for %r" % (kind,))
+
+
+def _expect(ok, kind, data):
+    if not ok:
+        raise ProtocolError(BAD_REQUEST, "expected %s, got %r" % (getattr(kind, "__name__", kind), data))
+
+
+def encode_request(host, request):
+    """The bytes the client sends on the agent's stdin. `host`: the [host:NAME] acting."""
+    op = OP_OF_REQUEST[type(request)]
+    return json.dumps({"version": PROTOCOL_VERSION, "op": op, "host": host,
+                       "body": to_json(request)}).encode()
+
+
+def decode_request(raw):
+    """Agent side: bytes -> (host, request); ProtocolError(VERSION) for another client version."""
+    try:
+        envelope = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except ValueError as error:
+        raise ProtocolError(BAD_REQUEST, "unreadable request: %s" % error)
+    if not isinstance(envelope, dict):
+        raise ProtocolError(BAD_REQUEST, "unreadable request")
+    version = envelope.get("version", 1)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(VERSION, "the deployer speaks agent protocol %s and this agent speaks %d: %s"
+                            % (version, PROTOCOL_VERSION, _advice(version)))
+    if envelope.get("op") not in OPERATIONS:
+        raise ProtocolError(BAD_REQUEST, "unknown operation %r" % (envelope.get("op"),))
+    request_type = OPERATIONS[envelope["op"]][0]
+    return envelope.get("host") or "?", from_json(request_type, envelope.get("body") or {})
+
+
+def encode_answer(answer):
+    """Agent side: an answer dataclass or a Failure -> bytes for stdout."""
+    if isinstance(answer, Failure):
+        document = {"version": PROTOCOL_VERSION, "ok": False, "error": to_json(answer)}
+    else:
+        document = {"version": PROTOCOL_VERSION, "ok": True, "body": to_json(answer)}
+    return json.dumps(document).encode()
+
+
+def decode_answer(request, raw):
+    """Client side: bytes -> the answer type of `request`, or a Failure. ProtocolError when the
+    bytes are not an answer of this version."""
+    try:
+        document = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except ValueError:
+        raise ProtocolError(BAD_REQUEST, "unreadable answer: %r" % (raw[:200],))
+    if not isinstance(document, dict):
+        raise ProtocolError(BAD_REQUEST, "unreadable answer: %r" % (raw[:200],))
+    version = document.get("version", 1)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(VERSION, "the agent on the host speaks protocol %s and this deployer speaks %d: %s"
+                            % (version, PROTOCOL_VERSION, _advice(version)))
+    if not document.get("ok"):
+        return from_json(Failure, document.get("error") or {})
+    return from_json(OPERATIONS[OP_OF_REQUEST[type(request)]][1], document.get("body") or {})
+
+
+def _advice(version):
+    if isinstance(version, int) and version < PROTOCOL_VERSION:
+        return "the other side is an older deployer; upgrade it (or run this version's deployer)"
+    return "the other side is a newer deployer; upgrade this one"

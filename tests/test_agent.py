@@ -1,0 +1,321 @@
+"""The host agent, in-process against a temporary root and a fake Systemd (recorded outputs)."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import AgentRefused
+from deployer.hostside import agent, paths, protocol
+from deployer.hostside.agent import Journal, switch_plan
+from deployer.hostside.protocol import ApplyRequest, FileWrite, StateRequest, StatusRequest
+from deployer.remote import LocalAgent
+
+DATA = Path(__file__).parent / "data" / "agent"
+U = paths.UNIT_DIR
+
+
+class FakeSystemd(agent.Systemd):
+    """Records every command; `systemctl show` answers from tests/data/agent/, `is-active` says
+    active, verify says `complaints`. Timers started are remembered in `active`."""
+
+    def __init__(self, complaints=(), fail=()):
+        self.calls: list[tuple[str, ...]] = []
+        self.complaints = list(complaints)
+        self.fail = set(fail)  # first words after systemctl that exit 1 (e.g. "disable")
+        self.shown = {}
+        for name in ("show-timers.txt", "show-services.txt"):
+            self.shown.update(agent.parse_show((DATA / name).read_text()))
+
+    def run(self, args):
+        args = tuple(args)
+        self.calls.append(args)
+        words = [a for a in args[1:] if not a.startswith("-")]
+        if args[0] == "systemctl" and words and words[0] in self.fail:
+            return 1, "", "Failed to %s: Connection timed out" % words[0]
+        if args[:2] == ("systemctl", "show"):
+            wanted = ["Id"] + args[3].split(",")[1:]
+            blocks = [{k: v for k, v in self.shown[u].items() if k in wanted} for u in args[4:] if u in self.shown]
+            return 0, "\n\n".join("\n".join(f"{k}={v}" for k, v in b.items()) for b in blocks) + "\n", ""
+        if args[:2] == ("systemctl", "is-active"):
+            return 0, "\n".join("active" for _ in args[2:]) + "\n", ""
+        return 0, "", ""
+
+    def verify(self, unit_paths):
+        self.calls.append(("systemd-analyze", "verify", "--man=no") + tuple(unit_paths))
+        return list(self.complaints)
+
+    def systemctl_calls(self):
+        return [c[1:] for c in self.calls if c[0] == "systemctl" and c[1] != "is-active"]
+
+
+def unit(name: str, body: str = "[Timer]\nOnCalendar=daily\n") -> bytes:
+    return (paths.MARKER + "\n" + body).encode()
+
+
+def write(path: str, content: bytes, start: bool = True) -> FileWrite:
+    import base64
+
+    return FileWrite(path=path, content=base64.b64encode(content).decode(), mode=0o644, start=start)
+
+
+@pytest.fixture
+def host(tmp_path):
+    return LocalAgent("cron01", str(tmp_path), FakeSystemd())
+
+
+def files(host: LocalAgent) -> dict:
+    return host.call(StateRequest()).files
+
+
+# -- the switch plan, as data --------------------------------------------------------------------
+
+@pytest.mark.parametrize("current, staged, starts, removes, paused, stamps, expected", [
+    pytest.param({}, {f"{U}/deployer-a.service": "S/a.service", f"{U}/deployer-a.timer": "S/a.timer"}, {},
+                 [], set(), {}, Journal(
+                     stopped_at=1.0, renames=(("S/a.service", f"{U}/deployer-a.service"),
+                                              ("S/a.timer", f"{U}/deployer-a.timer")),
+                     reload=True, enable=("deployer-a.timer",), start=("deployer-a.timer",)), id="add"),
+    pytest.param({f"{U}/deployer-a.timer": "x"}, {f"{U}/deployer-a.timer": "S/a.timer"}, {}, [], set(), {},
+                 Journal(restamp=("deployer-a.timer",), stopped_at=1.0,
+                         renames=(("S/a.timer", f"{U}/deployer-a.timer"),), reload=True,
+                         start=("deployer-a.timer",)), id="change-restamps-and-restarts"),
+    pytest.param({f"{U}/deployer-a.timer": "x"}, {f"{U}/deployer-a.timer": "S/a.timer"}, {},
+                 [], {"deployer-a.timer"}, {},
+                 Journal(stopped_at=1.0, renames=(("S/a.timer", f"{U}/deployer-a.timer"),), reload=True),
+                 id="change-of-a-paused-timer-keeps-it-stopped"),
+    pytest.param({}, {}, {}, [f"{U}/deployer-a.service", f"{U}/deployer-a.timer"], {"deployer-a.timer"}, {},
+                 Journal(disable=("deployer-a.timer",), stopped_at=1.0,
+                         removes=(f"{U}/deployer-a.timer", f"{U}/deployer-a.service"),
+                         unpause=("deployer-a.timer",), reload=True), id="remove-timer-first"),
+    pytest.param({}, {f"{U}/deployer-b.timer": "S/b.timer", paths.TRIGGER_PATH: "S/t.pyz"},
+                 {f"{U}/deployer-b.timer": False}, [], set(), {"deployer-b.timer": 5.0, "deployer-z.timer": 6.0},
+                 Journal(stopped_at=1.0, stamps={"deployer-b.timer": 5.0},
+                         renames=(("S/t.pyz", paths.TRIGGER_PATH), ("S/b.timer", f"{U}/deployer-b.timer")),
+                         reload=True, enable=("deployer-b.timer",)), id="boot-only-library-first-move-stamps"),
+])
+def test_switch_plan(current, staged, starts, removes, paused, stamps, expected):
+    assert switch_plan(current, staged, starts, removes, paused, stamps, 1.0) == expected
+
+
+def test_journal_round_trips_through_json():
+    journal = switch_plan({}, {f"{U}/deployer-a.timer": "S"}, {}, [f"{U}/deployer-b.timer"], set(),
+                          {"deployer-a.timer": 2.0}, 1.0)
+    assert agent.journal_from_json(agent.journal_to_json(journal)) == journal
+
+
+# -- apply, replay, ownership, lock -----------------------------------------------------------------
+
+def test_apply_installs_then_reports_the_files_and_a_second_state_matches(host):
+    timer = f"{U}/deployer-a.timer"
+    answer = host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+    assert answer.started == ("deployer-a.timer",) and answer.reloaded
+    assert set(files(host)) == {timer}
+    assert Path(host.layout.at(timer)).read_bytes() == unit("a")
+    assert not os.path.exists(host.layout.journal)
+    assert ("daemon-reload",) in host.systemd.systemctl_calls()
+
+
+def test_an_interrupted_switch_is_replayed_by_the_next_read(host, tmp_path):
+    staged = Path(host.layout.unit_dir) / paths.STAGING / "deployer-a.timer"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(unit("a"))
+    target = host.layout.at(f"{U}/deployer-a.timer")
+    journal = Journal(stopped_at=1.0, renames=((str(staged), target),), reload=True,
+                      enable=("deployer-a.timer",), start=("deployer-a.timer",))
+    Path(host.layout.journal).parent.mkdir(parents=True)
+    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+
+    assert f"{U}/deployer-a.timer" in files(host)
+    assert not os.path.exists(host.layout.journal) and not staged.exists()
+    assert host.systemd.systemctl_calls() == [("daemon-reload",), ("--no-reload", "enable", "deployer-a.timer"),
+                                              ("start", "--no-block", "deployer-a.timer")]
+
+
+def test_a_replay_repeated_after_a_second_crash_ends_the_same(host):
+    """Every step may be repeated: playing a journal twice leaves what playing it once leaves."""
+    target = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(target, unit("a")),), expect={}))
+    journal = Journal(stopped_at=1.0, removes=(host.layout.at(target),), disable=("deployer-a.timer",),
+                      reload=True)
+    for _ in range(2):
+        Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+        assert files(host) == {}
+
+
+def test_another_hosts_jobs_are_refused(host):
+    Path(host.layout.owner).parent.mkdir(parents=True)
+    Path(host.layout.owner).write_text(json.dumps({"host": "cron02"}))
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert refused.value.code == protocol.WRONG_OWNER and "'cron02'" in str(refused.value)
+    assert files(host) == {}
+
+
+def test_a_host_that_changed_since_it_was_read_is_told_apart_from_a_held_lock(host, monkeypatch):
+    with pytest.raises(AgentRefused) as changed:
+        host.call(ApplyRequest(expect={f"{U}/deployer-x.timer": "0" * 64}))
+    assert changed.value.code == protocol.HOST_CHANGED
+
+    monkeypatch.setattr(agent, "LOCK_WAIT_SECONDS", 0.3)
+    os.makedirs(host.layout.run_dir, exist_ok=True)
+    with open(host.layout.lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(AgentRefused) as locked:
+            host.call(ApplyRequest())
+    assert locked.value.code == protocol.LOCKED and "another push holds /run/deployer/lock" in str(locked.value)
+
+
+def test_verify_complaints_refuse_the_push_and_leave_nothing_staged(tmp_path):
+    host = LocalAgent("cron01", str(tmp_path), FakeSystemd(complaints=["deployer-a.timer:3: bad"]))
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert refused.value.code == protocol.VERIFY_FAILED and "deployer-a.timer:3: bad" in str(refused.value)
+    assert os.listdir(Path(host.layout.unit_dir) / paths.STAGING) == []
+    assert files(host) == {}
+
+
+def test_a_request_may_not_name_a_file_outside_the_managed_directories(host):
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=(write("/etc/passwd", b"x"),), expect={}))
+    assert refused.value.code == protocol.BAD_REQUEST
+
+
+# -- status from recorded facts -------------------------------------------------------------------
+
+def test_status_reads_recorded_systemctl_show(host):
+    for job in ("good", "bad"):
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-{job}.timer", unit(job)),), expect=files(host)))
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    assert jobs["bad"].exit_status == 1 and jobs["bad"].result == "exit-code"
+    assert jobs["bad"].last == "2026-11-24T04:00:00+00:00"
+    assert jobs["good"].calendar == ("*-*-* 03:00:00 UTC",) and jobs["good"].next == "2026-11-25T03:00:00+00:00"
+    assert jobs["good"].last == "" and jobs["good"].exit_status == 0
+
+
+# -- issue 16 item 1: root-owned state, no links followed, corrupt state reported --------------------
+
+def test_a_link_planted_at_the_lock_is_not_followed_and_nothing_is_truncated(host, tmp_path):
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    os.makedirs(host.layout.run_dir)
+    os.symlink(victim, host.layout.lock)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest())
+    assert refused.value.code == protocol.CORRUPT_STATE and "/run/deployer/lock" in str(refused.value)
+    assert victim.read_text() == "precious\n"
+
+
+def test_the_lock_lives_in_a_private_directory(host):
+    os.makedirs(host.layout.run_dir, mode=0o777)
+    os.chmod(host.layout.run_dir, 0o777)
+    host.call(ApplyRequest())
+    assert os.stat(host.layout.run_dir).st_mode & 0o777 == 0o700
+    assert os.stat(host.layout.lock).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("content", [pytest.param("", id="empty"), pytest.param("{\"disable\": [", id="torn"),
+                                     pytest.param("{\"disable\": 3}", id="wrong-type")])
+def test_a_corrupt_journal_is_reported_plainly_and_recoverable(host, content):
+    os.makedirs(host.layout.state_dir)
+    Path(host.layout.journal).write_text(content)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(StatusRequest())
+    message = str(refused.value)
+    assert refused.value.code == protocol.CORRUPT_STATE
+    assert "/var/lib/deployer/pending-switch.json (the switch journal) is corrupt" in message
+    assert "mv /var/lib/deployer/pending-switch.json" in message
+    os.rename(host.layout.journal, host.layout.journal + ".broken")  # what the message says to do
+    assert host.call(StatusRequest()).jobs == ()
+
+
+def test_a_corrupt_owner_file_is_reported_and_recoverable(host):
+    os.makedirs(host.layout.state_dir)
+    Path(host.layout.owner).write_text("")
+    with pytest.raises(AgentRefused) as refused:
+        host.call(StateRequest())
+    assert refused.value.code == protocol.CORRUPT_STATE and "rm /var/lib/deployer/owner.json" in str(refused.value)
+    os.unlink(host.layout.owner)
+    assert host.call(StateRequest()).owner is None
+
+
+def test_state_files_are_written_without_following_a_planted_link(host, tmp_path):
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    os.makedirs(host.layout.state_dir)
+    os.symlink(victim, host.layout.owner + ".tmp")
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert victim.read_text() == "precious\n"
+    assert json.loads(Path(host.layout.owner).read_text()) == {"host": "cron01"}
+
+
+# -- issue 16 item 2: a replay never creates a run ------------------------------------------------
+
+def test_a_replay_keeps_the_stamp_of_a_timer_that_ran_after_the_interrupted_switch(host):
+    timer = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+    journal = Journal(restamp=("deployer-a.timer", "deployer-b.timer"), stopped_at=1000.0,
+                      stamps={"deployer-c.timer": 1000.0}, start=("deployer-a.timer",))
+    stamps = Path(host.layout.timer_stamps)
+    stamps.mkdir(parents=True)
+    for name, ran_at in (("a", 1030.0), ("c", 1040.0)):  # ran after the switch started them
+        (stamps / f"stamp-deployer-{name}.timer").touch()
+        os.utime(stamps / f"stamp-deployer-{name}.timer", (ran_at, ran_at))
+    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+    host.systemd.calls.clear()
+
+    files(host)  # replays the journal
+
+    assert os.stat(stamps / "stamp-deployer-a.timer").st_mtime == 1030.0
+    assert os.stat(stamps / "stamp-deployer-c.timer").st_mtime == 1040.0
+    assert os.stat(stamps / "stamp-deployer-b.timer").st_mtime == 1000.0  # never ran: restamped
+    assert ("stop", "deployer-b.timer") in host.systemd.systemctl_calls()
+    assert not any("deployer-a.timer" in c and c[0] in ("stop", "clean") for c in host.systemd.systemctl_calls())
+
+
+# -- issue 16 item 10: a deployer-* file we did not write is never overwritten or pruned ---------------
+
+@pytest.mark.parametrize("existing", [pytest.param(b"[Timer]\nOnCalendar=daily\n", id="unmarked"),
+                                      pytest.param(None, id="link")])
+def test_an_unmarked_unit_is_not_overwritten(host, tmp_path, existing):
+    target = Path(host.layout.at(f"{U}/deployer-ok2.timer"))
+    target.parent.mkdir(parents=True)
+    if existing is None:
+        (tmp_path / "elsewhere").write_text("theirs")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.write_bytes(existing)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-ok2.timer", unit("ok2")),), expect=files(host)))
+    assert refused.value.code == protocol.UNMANAGED_FILE
+    assert f"{U}/deployer-ok2.timer exists and was not written by deployer" in str(refused.value)
+    if existing is None:
+        assert (tmp_path / "elsewhere").read_text() == "theirs"
+    else:
+        assert target.read_bytes() == existing
+
+
+def test_an_unmarked_unit_is_not_pruned(host):
+    target = Path(host.layout.at(f"{U}/deployer-ok2.timer"))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"[Timer]\n")
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(remove=(f"{U}/deployer-ok2.timer",), expect=files(host)))
+    assert refused.value.code == protocol.UNMANAGED_FILE and "deployer-ok2.timer" in str(refused.value)
+    assert target.exists()
+
+
+# -- issue 16 item 19 ------------------------------------------------------------------------------
+
+def test_owner_file_is_private_and_names_only_the_host(host):
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect={}))
+    assert os.stat(host.layout.owner).st_mode & 0o777 == 0o600
+    assert json.loads(Path(host.layout.owner).read_text()) == {"host": "cron01"}
+
+
+def test_systemd_analyze_never_reads_a_value_as_an_option():
+    argv = agent.verify_argv(["-h", "/x/deployer-a.timer"])
+    assert argv.index("--") < argv.index("-h")

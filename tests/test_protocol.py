@@ -1,0 +1,99 @@
+"""The typed protocol to the agent: every request and answer survives JSON, versions are checked."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployer.errors import AgentRefused
+from deployer.hostside import protocol
+from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, FileWrite, HandoffAnswer,
+                                        HandoffRequest, JobStatus, LogsAnswer, LogsRequest, PauseAnswer,
+                                        PauseRequest, ResumeAnswer, ResumeRequest, RunAnswer, RunRequest,
+                                        StateAnswer, StateRequest, StatusAnswer, StatusRequest)
+from deployer.remote import Agent
+
+EXAMPLES = [
+    (StateRequest(contents=True), StateAnswer(files={"/etc/systemd/system/deployer-a.timer": "ab"},
+                                               contents={"/etc/systemd/system/deployer-a.timer": "eA=="},
+                                               paused=("deployer-a.timer",), owner="cron01")),
+    (ApplyRequest(write=(FileWrite("/etc/systemd/system/deployer-a.timer", "eA==", 0o644, False),),
+                  remove=("/etc/systemd/system/deployer-b.timer",), expect={"/x": "y"},
+                  stamps={"deployer-a.timer": 17.5}),
+     ApplyAnswer(reloaded=True, started=("deployer-a.timer",), seconds={"lock": 0.01})),
+    (StatusRequest(), StatusAnswer(jobs=(JobStatus("a", "deployer-a.timer", "deployer-a.service",
+                                                   calendar=("*-*-* 03:00:00 UTC",), exit_status=1),))),
+    (RunRequest("a"), RunAnswer(ok=False, result="exit-code", exit_status=1, output="POST ...")),
+    (LogsRequest("a", lines=20), LogsAnswer("lines")),
+    (PauseRequest("a"), PauseAnswer("deployer-a.timer")),
+    (ResumeRequest("a"), ResumeAnswer("deployer-a.timer")),
+    (HandoffRequest(("a", "b")), HandoffAnswer(("deployer-a.timer",), at=12.25)),
+]
+
+
+def test_every_operation_has_an_example():
+    assert {type(r) for r, _ in EXAMPLES} == set(protocol.OP_OF_REQUEST)
+
+
+@pytest.mark.parametrize("request_, answer", [pytest.param(r, a, id=type(r).__name__) for r, a in EXAMPLES])
+def test_round_trip(request_, answer):
+    assert protocol.decode_request(protocol.encode_request("cron01", request_)) == ("cron01", request_)
+    assert protocol.decode_answer(request_, protocol.encode_answer(answer)) == answer
+
+
+def test_exit_status_is_an_int_in_every_answer():
+    for kind in (JobStatus, RunAnswer):
+        assert kind.__dataclass_fields__["exit_status"].type is int
+    raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": True,
+                      "body": {"ok": False, "exit_status": "1"}})
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode_answer(RunRequest("a"), raw.encode())
+
+
+def test_an_unknown_field_is_refused_not_ignored():
+    raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "op": "apply", "host": "h",
+                      "body": {"take_over": True}})
+    with pytest.raises(protocol.ProtocolError, match="unknown field.*take_over"):
+        protocol.decode_request(raw.encode())
+
+
+@pytest.mark.parametrize("version, says", [
+    pytest.param(1, "older deployer", id="older-client"),
+    pytest.param(protocol.PROTOCOL_VERSION + 1, "newer deployer", id="newer-client"),
+])
+def test_the_agent_refuses_another_clients_version_plainly(version, says):
+    raw = json.dumps({"version": version, "op": "state", "host": "h", "body": {}}).encode()
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode_request(raw)
+    assert refused.value.code == protocol.VERSION and says in refused.value.message
+
+
+class Canned(Agent):
+    """An agent that answers fixed bytes: what an older or newer agent would print."""
+
+    def __init__(self, raw: bytes):
+        self.host, self.raw = "cron01", raw
+
+    def call(self, request, progress=None):
+        return self._answer(request, self.raw)
+
+
+@pytest.mark.parametrize("raw, code, says", [
+    pytest.param(b'{"ok": true, "result": {"files": {}}}', protocol.VERSION, "speaks protocol 1", id="older-agent"),
+    pytest.param(json.dumps({"version": 99, "ok": True, "body": {}}).encode(), protocol.VERSION,
+                 "upgrade this one", id="newer-agent"),
+    pytest.param(b"Traceback (most", protocol.BAD_REQUEST, "unreadable answer", id="garbage"),
+    pytest.param(protocol.encode_answer(Failure(protocol.LOCKED, "another push holds /run/deployer/lock")),
+                 protocol.LOCKED, "another push", id="locked"),
+    pytest.param(protocol.encode_answer(Failure(protocol.HOST_CHANGED, "the host changed")),
+                 protocol.HOST_CHANGED, "changed", id="host-changed"),
+])
+def test_the_client_tells_refusals_apart(raw, code, says):
+    with pytest.raises(AgentRefused) as refused:
+        Canned(raw).call(StateRequest())
+    assert refused.value.code == code and says in str(refused.value)
+    assert str(refused.value).startswith("host cron01: ")
+
+
+def test_error_codes_are_distinct():
+    assert len(set(protocol.ERROR_CODES)) == len(protocol.ERROR_CODES)
