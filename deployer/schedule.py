@@ -197,24 +197,78 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
     """The OnCalendar= values whose union fires exactly when cron would run `expression`."""
     timezone = systemd_zone(timezone) if timezone else timezone
     cron = parse_cron(expression)
-    time = (
-        f"{_compress(cron.hours, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00"
-    )
-    month = _compress(cron.months, 1, 12, 2)
     zone = f" {timezone}" if timezone else ""
-
-    def line(weekdays: frozenset[int], days: frozenset[int]) -> str:
-        return f"{_weekdays(weekdays)}*-{month}-{_compress(days, 1, 31, 2)} {time}{zone}"
-
     all_days, all_weekdays = frozenset(range(1, 32)), frozenset(range(7))
-    if cron.days_star or cron.weekdays_star:
-        lines = [line(cron.weekdays, cron.days)]
-    else:
+
+    def lines_for(hours: frozenset[int], months: frozenset[int], years: str = "*") -> list[str]:
+        time = f"{_compress(hours, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00"
+        month = _compress(months, 1, 12, 2)
+
+        def line(weekdays: frozenset[int], days: frozenset[int]) -> str:
+            return f"{_weekdays(weekdays)}{years}-{month}-{_compress(days, 1, 31, 2)} {time}{zone}"
+
+        if cron.days_star or cron.weekdays_star:
+            return [line(cron.weekdays, cron.days)]
         # Both restricted: cron runs on either match, systemd would need both.
-        lines = [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
+        return [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
+
+    split = _off_hour_gap_days(timezone, cron.hours, cron.minutes,
+                               lambda day: _cron_day_matches(cron, day)) if timezone else {}
+    if not split:
+        lines = lines_for(cron.hours, cron.months)
+    else:
+        # The hours next to an off-the-hour gap run at UTC instants on the gap's days; the
+        # zone's lines for those hours skip those days (see _off_hour_gap_days).
+        touched = frozenset(h for hours in split.values() for h in hours)
+        lines = lines_for(cron.hours - touched, cron.months) if cron.hours - touched else []
+        skip = {(day.year, day.month) for day in split}
+        by_years: dict[str, set[int]] = {}
+        for month in sorted(cron.months):
+            skipped = {year for year, m in skip if m == month}
+            # to LAST_YEAR: the gaps after it are not known, and one would stop the line
+            years = _compress(frozenset(set(range(1970, LAST_YEAR + 1)) - skipped), -1, -1, 4) if skipped else "*"
+            by_years.setdefault(years, set()).add(month)
+        for years, months in by_years.items():
+            lines += lines_for(touched, frozenset(months), years)
+        lines += _split_month_lines(skip, split, lambda day: _cron_day_matches(cron, day),
+                                    f"{_compress(touched, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00{zone}")
+        lines += _instant_lines(_existing_instants(timezone, split, touched, cron.minutes, (0,)))
     if timezone:
         lines += [extra for extra in cron_dst_lines(cron, timezone) if extra not in lines]
     return tuple(lines)
+
+
+def _split_month_lines(skip, split, matches_day, time: str) -> list[str]:
+    """For each (year, month) in `skip`: a line for the month's matching days but those in
+    `split`, years with the same days sharing one line."""
+    import calendar
+
+    by_days: dict[tuple[int, str], set[int]] = {}
+    for year, month in sorted(skip):
+        last = calendar.monthrange(year, month)[1]
+        days = frozenset(d for d in range(1, last + 1)
+                         if date(year, month, d) not in split and matches_day(date(year, month, d)))
+        if days:
+            by_days.setdefault((month, _compress(days, 1, 31, 2)), set()).add(year)
+    return [f"{_compress(frozenset(years), -1, -1, 4)}-{month:02d}-{days} {time}"
+            for (month, days), years in by_days.items()]
+
+
+def _existing_instants(zone: str, days, hours, minutes, seconds) -> set[datetime]:
+    """The UTC instants of the wall times h:m:s (h in `hours`) on each of `days` that exist in
+    `zone`; times swallowed by a jump are left out."""
+    from zoneinfo import ZoneInfo
+
+    tz, instants = ZoneInfo(zone), set()
+    for day in days:
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                for second in seconds:
+                    wall = datetime(day.year, day.month, day.day, hour, minute, second)
+                    moment = wall.replace(tzinfo=tz).astimezone(timezone.utc)
+                    if moment.astimezone(tz).replace(tzinfo=None) == wall:
+                        instants.add(moment)
+    return instants
 
 
 # --- clock changes: the zone's actual transitions, as tzdata (zoneinfo) records them -------
@@ -340,6 +394,10 @@ def _date_specs(dates: frozenset) -> list[str]:
                 score = (len(covered), last - first)
                 if best is None or score > best[0]:
                     best = (score, first, last, covered)
+        if best is None:  # 29 February: no window of it recurs every year; name the date
+            specs.append(f"{seed:%Y-%m-%d}")
+            uncovered.discard(seed)
+            continue
         (count, _), first, last, covered = best
         if count == 1:  # nothing to generalise: name the date
             specs.append(f"{seed:%Y-%m-%d}")
@@ -395,6 +453,30 @@ def cron_dst_lines(cron: CronSchedule, zone: str) -> list[str]:
                 if _cron_day_matches(cron, moment.date()):
                     instants.add(moment.replace(tzinfo=timezone.utc) - timedelta(seconds=change.after))
     return _instant_lines(instants)
+
+
+def _off_hour_gap_days(zone: str, hours, minutes, matches_day) -> dict[date, set[int]]:
+    """Local days (with the job's hours concerned) that systemd 252 cannot step over: a jump
+    forward whose gap starts off the whole hour (Pacific/Chatham 02:45 -> 03:45 every
+    September, Asia/Hebron 00:01 in 2011, Newfoundland 00:01 until 2011) while the job has a
+    time in the gap. From before such a gap, systemd's search for the next elapse of the
+    zone's line either fails ("Resource deadlock avoided": a timer drops that OnCalendar=
+    value and, with no other, stops firing) or jumps to the next day, skipping the first
+    time after the gap (03:45). On those days the hours from the gap's start through its end
+    are written as UTC instants, and the zone's lines skip those days."""
+    found: dict[date, set[int]] = {}
+    for change in clock_transitions(zone):
+        start, end = change.gap
+        if change.after <= change.before or not (start.minute or start.second):
+            continue
+        if not any(matches_day(m.date()) for m in _minutes_between(hours, minutes, start, end)):
+            continue
+        hour = start.replace(minute=0, second=0)
+        while hour <= end:
+            if hour.hour in hours and matches_day(hour.date()):
+                found.setdefault(hour.date(), set()).add(hour.hour)
+            hour += timedelta(hours=1)
+    return found
 
 
 # --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------
@@ -629,6 +711,12 @@ def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, .
                 for names, day in clauses]
 
     repeated = _quartz_repeated_days(quartz, timezone)
+    gaps = _off_hour_gap_days(timezone, quartz.hours, quartz.minutes, quartz.matches_day)
+    for day, hours in gaps.items():
+        repeated.setdefault(day, set()).update(hours)
+    # With such gaps, split months end at LAST_YEAR: later gaps are not known, and one would
+    # stop the line (see _off_hour_gap_days).
+    last_year = LAST_YEAR if gaps else 2199
     if not repeated:
         return tuple(lines(quartz.hours))
     # On a day with a repeated time, the hours it touches run at explicit UTC instants, and
@@ -639,7 +727,7 @@ def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, .
     by_years: dict[str, set[int]] = {}
     for month in sorted(quartz.months):
         skipped = {y for y, m in skip if m == month}
-        allowed = set(quartz.years or range(1970, 2200)) - skipped
+        allowed = set(quartz.years or range(1970, last_year + 1)) - skipped
         if allowed:
             by_years.setdefault(_compress(frozenset(allowed), -1, -1, 4) if skipped else years, set()).add(month)
     for year_spec, month_set in by_years.items():

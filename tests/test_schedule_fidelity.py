@@ -43,6 +43,63 @@ def test_cron_around_unusual_transitions_matches_cronsim(cron, zone, base, must_
         assert must_include in expected
 
 
+# --- 1b. A gap that starts off the whole hour (found by the walk) ----------------------------
+
+def _analyze_error(line: str, base: datetime) -> str:
+    import subprocess
+
+    result = subprocess.run(["systemd-analyze", "calendar", f"--base-time=@{int(base.timestamp())}", line],
+                            capture_output=True, text=True, env={"TZ": "UTC", "LC_ALL": "C"})
+    return result.stderr if result.returncode else ""
+
+
+@needs_systemd
+def test_systemd_cannot_step_over_a_gap_that_starts_off_the_hour():
+    """The reason for the split lines below: systemd 252 finds no next elapse for a time in
+    Pacific/Chatham's gap (02:45 -> 03:45, every September), so a timer drops the value."""
+    assert "Resource deadlock avoided" in _analyze_error(
+        "*-*-* 02:45:00 Pacific/Chatham", datetime(2027, 9, 25, tzinfo=UTC))
+    assert "Resource deadlock avoided" in _analyze_error(
+        "*-*-* 00:31:00 Asia/Hebron", datetime(2011, 3, 31, tzinfo=UTC))
+
+
+@needs_systemd
+@pytest.mark.parametrize("expression, zone, base", [
+    pytest.param("45 2 * * *", "Pacific/Chatham", datetime(2027, 9, 25, tzinfo=UTC), id="chatham-0245-2027"),
+    pytest.param("50 2 * * *", "Pacific/Chatham", datetime(2027, 9, 24, 12, tzinfo=UTC), id="chatham-0250-2027"),
+    pytest.param("*/15 2-3 * * *", "Pacific/Chatham", datetime(2027, 9, 25, tzinfo=UTC), id="chatham-0345-after-gap"),
+    pytest.param("45 2 * * 6,0", "Pacific/Chatham", datetime(2036, 9, 20, tzinfo=UTC), id="chatham-weekends-2036"),
+    pytest.param("0 45 2 * * ?", "Pacific/Chatham", datetime(2027, 9, 25, tzinfo=UTC), id="chatham-quartz-0245"),
+    pytest.param("0 0/15 2-3 * * ?", "Pacific/Chatham", datetime(2027, 9, 25, tzinfo=UTC), id="chatham-quartz-wild"),
+    pytest.param("31 0 * * *", "Asia/Hebron", datetime(2011, 3, 31, tzinfo=UTC), id="hebron-0031-2011"),
+    pytest.param("0 31 0 * * ?", "Asia/Hebron", datetime(2011, 3, 31, tzinfo=UTC), id="hebron-quartz-0031-2011"),
+    pytest.param("*/10 0 * * *", "America/St_Johns", datetime(2010, 3, 13, tzinfo=UTC), id="st-johns-0001-2010"),
+    # not an off-the-hour gap: Almaty fell back at 00:00 on 1 March 2024, so the second pass
+    # is on 29 February, a date no yearly window holds (this crashed the conversion)
+    pytest.param("0 0/15 23 * * ?", "Asia/Almaty", datetime(2024, 2, 29, tzinfo=UTC), id="almaty-quartz-29-february"),
+])
+def test_a_gap_starting_off_the_hour_keeps_every_line_alive(expression, zone, base):
+    lines = lines_for(expression, zone)
+    expected = (QuartzReference(expression, zone).next_runs(base, 40) if len(expression.split()) == 6
+                else cron_runs(expression, zone, base, 40))
+    assert systemd_runs(lines, base, 40) == expected, lines  # systemd-analyze fails if any line does
+    assert [line for line in lines if _analyze_error(line, base)] == []
+
+
+@needs_systemd
+def test_almaty_2024_cron_wildcard_first_pass_is_a_named_difference():
+    """README: Asia/Almaty (and Qostanay) moved from +6 to +5 at 00:00 on 1 March 2024, a
+    change of standard time (no DST flag on either side). systemd then reads 23:15..23:45 on
+    29 February in the second pass, not the first, so cron's first pass 23:15, 23:30, 23:45
+    (17:15..17:45 UTC) is missing. Past only; the conversion itself used to crash."""
+    base = datetime(2024, 2, 29, tzinfo=UTC)
+    lines = lines_for("*/15 23 * * *", "Asia/Almaty")
+    assert lines == ["*-*-* 23:00,15,30,45:00 Asia/Almaty", "2024-02-29 18:00,15,30,45:00 UTC"]
+    expected = cron_runs("*/15 23 * * *", "Asia/Almaty", base, 12)
+    missing = [datetime(2024, 2, 29, 17, m, tzinfo=UTC) for m in (15, 30, 45)]
+    assert systemd_runs(lines, base, 9) == [t for t in expected if t not in missing]
+
+
 # --- 2. Quartz in a repeated hour: the second pass, as Quartz ------------------------------
 
 @needs_systemd
