@@ -122,8 +122,8 @@ def validate(inventory_path, count):
                f"{len(inv.jobs)} jobs)")
 
 
-@main.command(epilog=EPILOG)
-@click.argument("expression")
+@main.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})
+@click.argument("expression", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--timezone", "zone", default="UTC", show_default=True, help="IANA zone the schedule is in.")
 @click.option("--count", type=click.IntRange(0, 1000), default=5, show_default=True)
 @json_option
@@ -134,16 +134,21 @@ def schedule(expression, zone, count, as_json):
     when both are restricted), a @macro (@hourly ... @reboot), `CRON_TZ=Zone <cron>`,
     6 or 7 fields (Quartz: seconds first, `?`, L, W, #), or a native systemd calendar
     ("Mon..Fri *-*-* 09:00"). Next runs are computed by systemd from the lines shown.
+    A leading '-' is part of the expression, not an option.
     """
     from .schedule import check_calendar_lines, next_runs, to_calendar
 
     _check_zone_option(zone)
+    expression = " ".join(expression)
     fields = len(expression.split())
     cron_like = expression.strip().startswith("@") or fields >= 5 or "TZ=" in expression
     calendar = to_calendar(expression if cron_like else None, () if cron_like else (expression,), zone)
     refused = check_calendar_lines(list(calendar.lines))
     if refused:
-        raise DeployerError(f"systemd cannot parse {expression!r}: {next(iter(refused.values()))}")
+        raise DeployerError(
+            f"{expression!r} is not a cron expression (5 fields: minute hour day-of-month month "
+            f"day-of-week; got {fields}), a @macro, Quartz (6-7 fields), nor a systemd calendar "
+            f"(systemd: {next(iter(refused.values()))})")
     upcoming = [_local(t, calendar.timezone) for t in next_runs(calendar.lines, count)]
     if as_json:
         document = {"oncalendar": list(calendar.lines), "next": upcoming, "timezone": calendar.timezone}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 from .errors import ScheduleError
@@ -124,8 +125,23 @@ def parse_cron(expression: str) -> CronSchedule:
             f"day-of-week), a @macro, or 6-7 Quartz fields; got {len(parts)}"
         )
     sets = [parse_field(part, spec, expression) for part, spec in zip(parts, FIELDS)]
-    return CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"),
+    cron = CronSchedule(expression, *sets, parts[2].startswith("*"), parts[4].startswith("*"),
                         not parts[0].startswith("*") and not parts[1].startswith("*"))
+    # Debian cron accepts `* * 30 2 *` and never runs it; a timer that never fires is a bug.
+    _refuse_never(_CronDays(cron), "cron", "day-of-month", parts[2])
+    return cron
+
+
+@dataclass(frozen=True)
+class _CronDays:
+    cron: CronSchedule
+
+    @property
+    def expression(self) -> str:
+        return self.cron.expression
+
+    def matches_day(self, day: date) -> bool:
+        return _cron_day_matches(self.cron, day)
 
 
 def _compress(values: frozenset[int], spec_low: int, spec_high: int, width: int) -> str:
@@ -181,171 +197,298 @@ def cron_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...
     """The OnCalendar= values whose union fires exactly when cron would run `expression`."""
     timezone = systemd_zone(timezone) if timezone else timezone
     cron = parse_cron(expression)
-    time = (
-        f"{_compress(cron.hours, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00"
-    )
-    month = _compress(cron.months, 1, 12, 2)
     zone = f" {timezone}" if timezone else ""
-
-    def line(weekdays: frozenset[int], days: frozenset[int]) -> str:
-        return f"{_weekdays(weekdays)}*-{month}-{_compress(days, 1, 31, 2)} {time}{zone}"
-
     all_days, all_weekdays = frozenset(range(1, 32)), frozenset(range(7))
-    if cron.days_star or cron.weekdays_star:
-        lines = [line(cron.weekdays, cron.days)]
-    else:
+
+    def lines_for(hours: frozenset[int], months: frozenset[int], years: str = "*") -> list[str]:
+        time = f"{_compress(hours, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00"
+        month = _compress(months, 1, 12, 2)
+
+        def line(weekdays: frozenset[int], days: frozenset[int]) -> str:
+            return f"{_weekdays(weekdays)}{years}-{month}-{_compress(days, 1, 31, 2)} {time}{zone}"
+
+        if cron.days_star or cron.weekdays_star:
+            return [line(cron.weekdays, cron.days)]
         # Both restricted: cron runs on either match, systemd would need both.
-        lines = [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
+        return [line(all_weekdays, cron.days), line(cron.weekdays, all_days)]
+
+    split = _off_hour_gap_days(timezone, cron.hours, cron.minutes,
+                               lambda day: _cron_day_matches(cron, day)) if timezone else {}
+    if not split:
+        lines = lines_for(cron.hours, cron.months)
+    else:
+        # The hours next to an off-the-hour gap run at UTC instants on the gap's days; the
+        # zone's lines for those hours skip those days (see _off_hour_gap_days).
+        touched = frozenset(h for hours in split.values() for h in hours)
+        lines = lines_for(cron.hours - touched, cron.months) if cron.hours - touched else []
+        skip = {(day.year, day.month) for day in split}
+        by_years: dict[str, set[int]] = {}
+        for month in sorted(cron.months):
+            skipped = {year for year, m in skip if m == month}
+            # to LAST_YEAR: the gaps after it are not known, and one would stop the line
+            years = _compress(frozenset(set(range(1970, LAST_YEAR + 1)) - skipped), -1, -1, 4) if skipped else "*"
+            by_years.setdefault(years, set()).add(month)
+        for years, months in by_years.items():
+            lines += lines_for(touched, frozenset(months), years)
+        lines += _split_month_lines(skip, split, lambda day: _cron_day_matches(cron, day),
+                                    f"{_compress(touched, 0, 23, 2)}:{_compress(cron.minutes, 0, 59, 2)}:00{zone}")
+        lines += _instant_lines(_existing_instants(timezone, split, touched, cron.minutes, (0,)))
     if timezone:
-        extras = dst_catch_up_lines(cron, timezone) if cron.fixed_time else dst_repeat_lines(cron, timezone)
-        lines += [extra for extra in extras if extra not in lines]
+        lines += [extra for extra in cron_dst_lines(cron, timezone) if extra not in lines]
     return tuple(lines)
 
 
-# --- daylight saving time: Debian cron runs a skipped fixed time right after the jump ---------
+def _split_month_lines(skip, split, matches_day, time: str) -> list[str]:
+    """For each (year, month) in `skip`: a line for the month's matching days but those in
+    `split`, years with the same days sharing one line."""
+    import calendar
+
+    by_days: dict[tuple[int, str], set[int]] = {}
+    for year, month in sorted(skip):
+        last = calendar.monthrange(year, month)[1]
+        days = frozenset(d for d in range(1, last + 1)
+                         if date(year, month, d) not in split and matches_day(date(year, month, d)))
+        if days:
+            by_days.setdefault((month, _compress(days, 1, 31, 2)), set()).add(year)
+    return [f"{_compress(frozenset(years), -1, -1, 4)}-{month:02d}-{days} {time}"
+            for (month, days), years in by_days.items()]
+
+
+def _existing_instants(zone: str, days, hours, minutes, seconds) -> set[datetime]:
+    """The UTC instants of the wall times h:m:s (h in `hours`) on each of `days` that exist in
+    `zone`; times swallowed by a jump are left out."""
+    from zoneinfo import ZoneInfo
+
+    tz, instants = ZoneInfo(zone), set()
+    for day in days:
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                for second in seconds:
+                    wall = datetime(day.year, day.month, day.day, hour, minute, second)
+                    moment = wall.replace(tzinfo=tz).astimezone(timezone.utc)
+                    if moment.astimezone(tz).replace(tzinfo=None) == wall:
+                        instants.add(moment)
+    return instants
+
+
+# --- clock changes: the zone's actual transitions, as tzdata (zoneinfo) records them -------
 #
-# When clocks spring forward (02:00 -> 03:00), Debian cron runs each fixed-time job whose time
-# fell in the gap once, right after the jump; systemd simply skips that day. The zone's
-# current rule (the POSIX TZ string ending its TZif file, e.g. EST5EDT,M3.2.0,M11.1.0) says
-# on which day of which month the gap comes, which a calendar line can express: "second
-# Sunday of March" is `Sun *-03-08..14`, "last Sunday" is `Sun *-03~07/1`. Falling back
-# needs nothing: cron runs a repeated fixed time once, and so does systemd.
+# systemd resolves a local time in a calendar's zone like this: a time swallowed by a forward
+# jump does not happen; a time that happens twice (clocks fall back) happens in its first
+# pass only. Where the job's meaning differs, we add lines for the exact instants, written
+# in UTC (any zone's offset, half hours included, is expressible that way), for every
+# transition tzdata has between FIRST_YEAR and LAST_YEAR:
+# - Debian cron (modelled by cronsim): a fixed-time job whose time was swallowed runs once
+#   right after the jump; a wildcard job (minute or hour field starting with '*') runs in
+#   both passes through a repeated time.
+# - Quartz: see quartz_to_oncalendar (second pass only, nothing after a jump).
+# The transitions come from the zone's real history and rule (zoneinfo), not from the POSIX
+# rule string: Asia/Hebron's changes 50 hours past the nominal day, America/Nuuk's at 23:00
+# on Saturday, Chile's at 24:00 are all just transitions here. Lines name their weekday
+# and a window of days when the transitions follow a rule for a run of years (`Sun
+# 2007..2099-03-08..14 07:00:00 UTC`), and the date itself otherwise.
+
+FIRST_YEAR, LAST_YEAR = 2000, 2099  # the extra lines cover clock changes in these years
+_PROBE = timedelta(days=7)  # tzdata has no pair of opposite changes within a week since 2000
 
 
 @dataclass(frozen=True)
-class Gap:
-    """A clock change on the day a rule names. Forward (`length` > 0): local times
-    [start, start + length) do not exist. Backward (`length` < 0): local times
-    [start + length, start) happen twice, the second time at UTC offset `offset_after`."""
+class Transition:
+    """A change of `zone`'s UTC offset at the UTC instant `at` (offsets in seconds east)."""
 
-    month: int
-    week: int  # 1..4, or 5 = the last
-    weekday: int  # 0 = Sunday
-    day_after: bool  # the jump happens on the day after that weekday (a "24:00" rule)
-    start: int  # seconds after local midnight, in the time before the change
-    length: int  # seconds: positive forward, negative backward
-    offset_after: int = 0  # seconds east of UTC after the change
+    at: datetime
+    before: int
+    after: int
 
+    def wall(self, offset: int) -> datetime:
+        """The local wall clock at the instant, read with `offset` (naive)."""
+        return (self.at + timedelta(seconds=offset)).replace(tzinfo=None)
 
-_POSIX_OFFSET = r"[+-]?\d{1,3}(?::\d{2}){0,2}"
-_POSIX_NAME = r"(?:<[^>]+>|[A-Za-z]{3,})"
-_POSIX_TZ = re.compile(rf"^{_POSIX_NAME}({_POSIX_OFFSET})(?:{_POSIX_NAME}({_POSIX_OFFSET})?,([^,]+),([^,]+))?$")
-_POSIX_RULE = re.compile(r"^M(\d{1,2})\.([1-5])\.([0-6])(?:/(" + _POSIX_OFFSET + r"))?$")
+    @property
+    def gap(self) -> tuple[datetime, datetime]:
+        """Local times [start, end) that do not exist (empty unless clocks jump forward)."""
+        return self.wall(self.before), self.wall(self.after)
 
-
-def _posix_seconds(text: str) -> int:
-    sign = -1 if text.startswith("-") else 1
-    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
-    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
-
-
-def _posix_tz(zone: str) -> str:
-    import zoneinfo
-    from pathlib import Path
-
-    for root in list(zoneinfo.TZPATH):
-        path = Path(root) / zone
-        if path.is_file():
-            return path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii", "replace")
-    return ""
-
-
-def dst_gaps(zone: str) -> tuple[Gap, ...]:
-    """The forward jumps in `zone`'s current rule (none for UTC, Asia/Shanghai...)."""
-    return tuple(change for change in clock_changes(zone) if change.length > 0)
-
-
-def dst_overlaps(zone: str) -> tuple[Gap, ...]:
-    return tuple(change for change in clock_changes(zone) if change.length < 0)
+    @property
+    def repeated(self) -> tuple[datetime, datetime]:
+        """Local times [start, end) that happen twice (empty unless clocks fall back)."""
+        return self.wall(self.after), self.wall(self.before)
 
 
 @functools.lru_cache(maxsize=None)
-def clock_changes(zone: str) -> tuple[Gap, ...]:
-    """Both clock changes of `zone`'s current DST rule."""
-    match = _POSIX_TZ.match(_posix_tz(zone))
-    if not match or not match.group(3):
-        return ()
-    standard = -_posix_seconds(match.group(1))  # POSIX offsets count west: EST5 is UTC-5
-    daylight = -_posix_seconds(match.group(2)) if match.group(2) else standard + 3600
-    gaps = []
-    for rule, change, after in ((match.group(3), daylight - standard, daylight),
-                                (match.group(4), standard - daylight, standard)):
-        parsed = _POSIX_RULE.match(rule)
-        if not parsed:
-            raise ScheduleError(f"time zone {zone}: DST rule {rule!r} cannot be expressed in systemd")
-        month, week, weekday, at = (int(g) if i < 3 else g for i, g in enumerate(parsed.groups()))
-        start = _posix_seconds(at) if at else 7200
-        day_after = start >= 86400 and week < 5  # "24:00 on Saturday" (Chile): 00:00 on Sunday
-        if day_after:
-            start, weekday = start - 86400, (weekday + 1) % 7
-        gaps.append(Gap(month, week, weekday, day_after, start, change, after))
-    return tuple(gaps)
+def clock_transitions(zone: str) -> tuple[Transition, ...]:
+    """Every change of `zone`'s UTC offset from FIRST_YEAR to LAST_YEAR, from tzdata."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+
+    def offset(moment: datetime) -> int:
+        return int(moment.astimezone(tz).utcoffset().total_seconds())
+
+    found = []
+    moment, end = datetime(FIRST_YEAR - 1, 12, 25, tzinfo=timezone.utc), \
+        datetime(LAST_YEAR + 1, 1, 8, tzinfo=timezone.utc)
+    current = offset(moment)
+    while moment < end:
+        probe = moment + _PROBE
+        later = offset(probe)
+        if later != current:
+            low, high = moment, probe  # offset(low) == current != offset(high)
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if offset(middle) == current else (low, middle)
+            high = high.replace(microsecond=0)
+            if high.year in range(FIRST_YEAR - 1, LAST_YEAR + 2):
+                found.append(Transition(high, current, offset(high)))
+            current = offset(high)
+            moment = high
+            continue
+        moment = probe
+    return tuple(t for t in found if FIRST_YEAR <= t.wall(t.after).year <= LAST_YEAR)
 
 
-def _change_days(change: Gap, cron: CronSchedule) -> frozenset[int]:
-    """The days of the change's month on which it may fall and on which the job runs."""
+def _minutes_between(hours, minutes, low: datetime, high: datetime):
+    """Wall-clock minutes h:m in [low, high) (naive datetimes), in order."""
+    day = low.date()
+    while day <= high.date():
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                moment = datetime(day.year, day.month, day.day, hour, minute)
+                if low <= moment < high:
+                    yield moment
+        day += timedelta(days=1)
+
+
+def _date_specs(dates: frozenset) -> list[str]:
+    """Calendar date parts (`Sun 2007..2099-03-08..14`, `2022-03-26`...) whose union is
+    exactly `dates`: a weekday in a window of at most seven days for a run of years where
+    every such day is in `dates`, else the dates themselves."""
     import calendar
 
-    if change.week == 5:  # the last such weekday: in the month's last seven days
-        last = calendar.monthrange(2001, change.month)[1]
-        days = frozenset(range(last - 6, last + 1))
-    else:  # the n-th such weekday (or the day after it)
-        first = change.week * 7 - 6 + change.day_after
-        days = frozenset(range(first, first + 7))
-    by_weekday = change.weekday in cron.weekdays
-    if cron.days_star or cron.weekdays_star:  # cron ANDs the two day fields
-        return days & cron.days if by_weekday else frozenset()
-    return days if by_weekday else days & cron.days  # cron ORs them
+    uncovered, specs = set(dates), []
+    names = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
+    def day_in(year, month, weekday, first, last):
+        for day in range(first, last + 1):
+            if date(year, month, day).weekday() == weekday:
+                return date(year, month, day)
+        return None
 
-def _clock(seconds: int) -> str:
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:00"
+    def fits(year, month, weekday, first, last):
+        hit = day_in(year, month, weekday, first, last)
+        return hit is None or hit in dates
 
-
-def dst_catch_up_lines(cron: CronSchedule, zone: str) -> list[str]:
-    """Lines that run `cron` right after a forward jump that swallowed one of its times."""
-    lines = []
-    for gap in dst_gaps(zone):
-        swallowed = any(gap.start <= h * 3600 + m * 60 < gap.start + gap.length
-                        for h in cron.hours for m in cron.minutes)
-        if not swallowed or gap.month not in cron.months:
+    while uncovered:
+        seed = min(uncovered)
+        shortest = 28 if seed.month == 2 else calendar.monthrange(2001, seed.month)[1]
+        best = None
+        for first in range(max(1, seed.day - 6), seed.day + 1):
+            for last in range(seed.day, min(first + 6, shortest) + 1):
+                low = high = seed.year
+                while low - 1 >= FIRST_YEAR and fits(low - 1, seed.month, seed.weekday(), first, last):
+                    low -= 1
+                while high + 1 <= LAST_YEAR and fits(high + 1, seed.month, seed.weekday(), first, last):
+                    high += 1
+                hits = {day_in(y, seed.month, seed.weekday(), first, last) for y in range(low, high + 1)}
+                covered = (hits - {None}) & uncovered
+                score = (len(covered), last - first)
+                if best is None or score > best[0]:
+                    best = (score, first, last, covered)
+        if best is None:  # 29 February: no window of it recurs every year; name the date
+            specs.append(f"{seed:%Y-%m-%d}")
+            uncovered.discard(seed)
             continue
-        after = gap.start + gap.length
-        if gap.month == 2 or not 0 <= gap.start < after < 86400:
-            raise ScheduleError(f"cron {cron.expression!r}: the DST change in {zone} cannot be expressed")
-        days = _change_days(gap, cron)
-        if days:
-            lines.append(f"{SYSTEMD_WEEKDAYS[gap.weekday]} *-{gap.month:02d}-{_compress(days, 1, 31, 2)} "
-                         f"{_clock(after)} {zone}")
+        (count, _), first, last, covered = best
+        if count == 1:  # nothing to generalise: name the date
+            specs.append(f"{seed:%Y-%m-%d}")
+        else:
+            years = sorted({d.year for d in covered})
+            span = f"{years[0]}..{years[-1]}" if years[-1] > years[0] + 1 else ",".join(map(str, years))
+            days = f"{first:02d}" if first == last else f"{first:02d}..{last:02d}"
+            specs.append(f"{names[seed.weekday()]} {span}-{seed.month:02d}-{days}")
+        uncovered -= covered
+    return specs
+
+
+def _instant_lines(instants, seconds: str = "00") -> list[str]:
+    """UTC lines that fire at exactly the given UTC minutes (each at `seconds`)."""
+    by_time: dict[tuple[int, int], set] = {}
+    for moment in instants:
+        by_time.setdefault((moment.hour, moment.minute), set()).add(moment.date())
+    by_dates: dict[frozenset, dict[int, set]] = {}
+    for (hour, minute), days in sorted(by_time.items()):
+        by_dates.setdefault(frozenset(days), {}).setdefault(hour, set()).add(minute)
+    lines = []
+    for days, hours in by_dates.items():
+        by_minutes: dict[frozenset, set] = {}
+        for hour, minutes in hours.items():
+            by_minutes.setdefault(frozenset(minutes), set()).add(hour)
+        for spec in _date_specs(days):
+            for minutes, hour_set in by_minutes.items():
+                lines.append(f"{spec} {_compress(frozenset(hour_set), 0, 23, 2)}:"
+                             f"{_compress(minutes, 0, 59, 2)}:{seconds} UTC")
     return lines
 
 
-def dst_repeat_lines(cron: CronSchedule, zone: str) -> list[str]:
-    """Lines for the second pass through a repeated hour, which Debian cron gives wildcard
-    jobs and systemd skips: the same wall-clock times at the fixed offset in force after
-    the change (Etc/GMT-10 is UTC+10). Zones whose offset is not whole hours have no such
-    name in tzdata; there systemd's single pass stands (a documented limitation)."""
-    lines = []
-    for overlap in dst_overlaps(zone):
-        if overlap.month not in cron.months or overlap.month == 2 or overlap.offset_after % 3600:
+def _cron_day_matches(cron: CronSchedule, day: date) -> bool:
+    if day.month not in cron.months:
+        return False
+    by_day, by_weekday = day.day in cron.days, (day.weekday() + 1) % 7 in cron.weekdays
+    if cron.days_star or cron.weekdays_star:
+        return by_day and by_weekday
+    return by_day or by_weekday
+
+
+def cron_dst_lines(cron: CronSchedule, zone: str) -> list[str]:
+    """Lines for the runs Debian cron makes around `zone`'s clock changes and systemd would
+    not: the catch-up run after a jump for fixed-time jobs, the second pass for wildcard ones."""
+    instants = set()
+    for change in clock_transitions(zone):
+        if change.after > change.before and cron.fixed_time:
+            if any(_cron_day_matches(cron, m.date())
+                   for m in _minutes_between(cron.hours, cron.minutes, *change.gap)):
+                instants.add(change.at)
+        elif change.after < change.before and not cron.fixed_time:
+            for moment in _minutes_between(cron.hours, cron.minutes, *change.repeated):
+                if _cron_day_matches(cron, moment.date()):
+                    instants.add(moment.replace(tzinfo=timezone.utc) - timedelta(seconds=change.after))
+    return _instant_lines(instants)
+
+
+def _off_hour_gap_days(zone: str, hours, minutes, matches_day) -> dict[date, set[int]]:
+    """Local days (with the job's hours concerned) that systemd 252 cannot step over: a jump
+    forward whose gap starts off the whole hour (Pacific/Chatham 02:45 -> 03:45 every
+    September, Asia/Hebron 00:01 in 2011, Newfoundland 00:01 until 2011) while the job has a
+    time in the gap. From before such a gap, systemd's search for the next elapse of the
+    zone's line either fails ("Resource deadlock avoided": a timer drops that OnCalendar=
+    value and, with no other, stops firing) or jumps to the next day, skipping the first
+    time after the gap (03:45). On those days the hours from the gap's start through its end
+    are written as UTC instants, and the zone's lines skip those days."""
+    found: dict[date, set[int]] = {}
+    for change in clock_transitions(zone):
+        start, end = change.gap
+        if change.after <= change.before or not (start.minute or start.second):
             continue
-        low, high = overlap.start + overlap.length, overlap.start
-        if not 0 <= low < high <= 86400:
+        if not any(matches_day(m.date()) for m in _minutes_between(hours, minutes, start, end)):
             continue
-        days = _change_days(overlap, cron)
-        hours = sorted(h for h in cron.hours if any(low <= h * 3600 + m * 60 < high for m in cron.minutes))
-        if not days or not hours:
-            continue
-        offset_hours = overlap.offset_after // 3600
-        fixed = "UTC" if offset_hours == 0 else f"Etc/GMT{-offset_hours:+d}"
-        for hour in hours:
-            minutes = frozenset(m for m in cron.minutes if low <= hour * 3600 + m * 60 < high)
-            lines.append(f"{SYSTEMD_WEEKDAYS[overlap.weekday]} *-{overlap.month:02d}-{_compress(days, 1, 31, 2)} "
-                         f"{hour:02d}:{_compress(minutes, 0, 59, 2)}:00 {fixed}")
-    return lines
+        hour = start.replace(minute=0, second=0)
+        while hour <= end:
+            if hour.hour in hours and matches_day(hour.date()):
+                found.setdefault(hour.date(), set()).add(hour.hour)
+            hour += timedelta(hours=1)
+    return found
 
 
 # --- Quartz (xxl-job, ElasticJob): sec min hour dom month dow [year] -------------------------
+#
+# Semantics are Quartz's own (org.quartz.CronExpression, quartz-scheduler/quartz on GitHub):
+# buildExpression/addToSet for the syntax (an increment must stay below the field's range,
+# `N/step` runs to the maximum, a backwards range wraps around), getTimeAfter for the times.
+# getTimeAfter walks the wall clock with java.util.GregorianCalendar, which reads a local time
+# that happens twice as the later one (the offset after the change) and moves a local time
+# swallowed by a jump forward, out of the hour the walk asked for (setCalendarHour), so:
+# Quartz never fires in the first pass through a repeated time, only in the second, and
+# never makes up a time swallowed by a jump. tests/quartz_reference.py is that model.
 
 QUARTZ_WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # 1..7
 QUARTZ_FIELDS = (
@@ -361,8 +504,10 @@ def _quartz_number(text: str, spec: CronField, expr: str) -> int:
 
 
 def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
-    """Quartz lists, ranges and steps; `N/step` means N to the maximum, every step."""
+    """Quartz lists, ranges and steps; `N/step` means N to the maximum, every step; a range
+    that runs backwards (`FRI-MON`, `22-2`) wraps around, as in Quartz's addToSet."""
     values: set[int] = set()
+    size = spec.high - spec.low + 1
     for element in text.lower().split(","):
         match = _QUARTZ_ELEMENT.match(element)
         if not match:
@@ -372,20 +517,22 @@ def _quartz_field(text: str, spec: CronField, expr: str) -> frozenset[int]:
         low = spec.low if star else _quartz_number(first, spec, expr)
         high = spec.high if star or (last is None and step) else \
             _quartz_number(last, spec, expr) if last is not None else low
-        if high < low:
-            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: range {element!r} runs backwards")
         stride = int(step) if step else 1
         if stride == 0:
             raise ScheduleError(f"quartz {expr!r}: {spec.name} field: step 0 in {element!r}")
-        values.update(range(low, high + 1, stride))
+        if step and stride >= size and spec.name != "year":
+            raise ScheduleError(f"quartz {expr!r}: {spec.name} field: increment {stride} in {element!r} "
+                                f"must be less than {size} (Quartz refuses it)")
+        if high < low:
+            if spec.name == "year":
+                raise ScheduleError(f"quartz {expr!r}: {spec.name} field: range {element!r} runs backwards")
+            high += size
+        values.update((v - spec.low) % size + spec.low for v in range(low, high + 1, stride))
     return frozenset(values)
 
 
-def _quartz_days(dom: str, expr: str) -> list[str]:
-    """Day-of-month -> systemd day parts (`-01,15`, `~01`...); several parts are OR-ed lines."""
-    dom = dom.upper()
-    if dom in ("?", "*"):
-        return ["-*"]
+def _quartz_day_element(dom: str, expr: str) -> list[str]:
+    """One element of day-of-month -> systemd day parts (`-01,15`, `~01`, `MF~02`...)."""
     if dom == "L":
         return ["~01"]
     match = re.fullmatch(r"L-(\d+)", dom)
@@ -394,8 +541,15 @@ def _quartz_days(dom: str, expr: str) -> list[str]:
         if back > 27:
             raise ScheduleError(f"quartz {expr!r}: day-of-month: L-{back} goes back further than any month")
         return [f"~{back + 1:02d}"]
-    if dom == "LW":  # the last weekday: the last day if a weekday, else the Friday before it
-        return ["MF~01", "Fri~02", "Fri~03"]
+    match = re.fullmatch(r"L(?:-(\d+))?W", dom)
+    if match:  # the weekday nearest to the last day (minus n): Saturday -> Friday, Sunday -> Monday
+        back = int(match.group(1) or 0)
+        if back > 26:
+            raise ScheduleError(f"quartz {expr!r}: day-of-month: {dom} near a month's start depends on "
+                                "the month's length, which systemd cannot test; use L-0W..L-26W")
+        if back == 0:  # a Sunday last day has no Monday after it in the month: Friday
+            return ["MF~01", "Fri~02", "Fri~03"]
+        return [f"MF~{back + 1:02d}", f"Fri~{back + 2:02d}", f"Mon~{back:02d}"]
     match = re.fullmatch(r"(\d+)W", dom)
     if match:
         day = int(match.group(1))
@@ -412,6 +566,18 @@ def _quartz_days(dom: str, expr: str) -> list[str]:
     if re.search(r"[LW#]", dom):
         raise ScheduleError(f"quartz {expr!r}: day-of-month: {dom!r} cannot be expressed in systemd")
     return ["-" + _compress(_quartz_field(dom, QUARTZ_FIELDS[3], expr), 1, 31, 2)]
+
+
+def _quartz_days(dom: str, expr: str) -> list[str]:
+    """Day-of-month -> systemd day parts; a list (`1,L`, `2W,16`) is the union of its elements."""
+    dom = dom.upper()
+    if dom in ("?", "*"):
+        return ["-*"]
+    plain = [e for e in dom.split(",") if not re.search(r"[LW#]", e)]
+    parts = [part for e in dom.split(",") if re.search(r"[LW#]", e) for part in _quartz_day_element(e, expr)]
+    if plain:
+        parts.insert(0, _quartz_day_element(",".join(plain), expr)[0])
+    return list(dict.fromkeys(parts))
 
 
 def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
@@ -431,13 +597,68 @@ def _quartz_weekdays(dow: str, expr: str) -> tuple[frozenset[int], str]:
             raise ScheduleError(f"quartz {expr!r}: day-of-week: #{nth} must be 1 to 5")
         weekday = _quartz_number(match.group(1).lower(), QUARTZ_FIELDS[5], expr) - 1
         return frozenset({weekday}), f"-{(nth - 1) * 7 + 1:02d}..{min(nth * 7, 31):02d}"
-    if re.search(r"[LW#]", dow):
+    if "#" in dow or re.search(r"(?<![A-Z])L|\dL", dow):  # names may contain W (WED) but no L
         raise ScheduleError(f"quartz {expr!r}: day-of-week: {dow!r} cannot be expressed in systemd")
     return frozenset(v - 1 for v in _quartz_field(dow, QUARTZ_FIELDS[5], expr)), ""
 
 
-def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
-    timezone = systemd_zone(timezone)
+_DAY_NAMES = {"MF": "Mon..Fri", "Fri": "Fri", "Mon": "Mon"}
+
+
+@dataclass(frozen=True)
+class QuartzSchedule:
+    """A parsed Quartz expression: times, months, years and `days`, the OR-ed day clauses as
+    (systemd weekday names or "", systemd day part)."""
+
+    expression: str
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    months: frozenset[int]
+    years: Optional[frozenset[int]]
+    days: tuple[tuple[str, str], ...]
+
+    def matches_day(self, day: date) -> bool:
+        """Does the job run on `day` (the same clauses systemd is given, read in Python)?"""
+        import calendar
+
+        if day.month not in self.months or (self.years is not None and day.year not in self.years):
+            return False
+        last = calendar.monthrange(day.year, day.month)[1]
+        for names, part in self.days:
+            if names and day.weekday() not in _weekday_set(names):
+                continue
+            if _day_part_days(part, last) is None or day.day in _day_part_days(part, last):
+                return True
+        return False
+
+
+def _weekday_set(names: str) -> set[int]:
+    """`Mon..Fri`, `Sat,Sun` -> Python weekdays (Monday 0)."""
+    order = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    days: set[int] = set()
+    for item in names.split(","):
+        first, _, last = item.partition("..")
+        days.update(range(order.index(first), order.index(last or first) + 1))
+    return days
+
+
+def _day_part_days(part: str, last: int) -> Optional[set[int]]:
+    """The days a systemd day part (`-*`, `-01,15..20`, `~03`, `~07/1`) names; None for all."""
+    if part == "-*":
+        return None
+    if part.startswith("~"):
+        back, _, repeat = part[1:].partition("/")
+        first = last - int(back) + 1
+        return set(range(first, last + 1)) if repeat else {first}
+    days: set[int] = set()
+    for item in part[1:].split(","):
+        low, _, high = item.partition("..")
+        days.update(range(int(low), int(high or low) + 1))
+    return days
+
+
+def parse_quartz(expression: str) -> QuartzSchedule:
     parts = expression.split()
     if len(parts) not in (6, 7):
         raise ScheduleError(f"quartz {expression!r}: expected 6 or 7 fields, got {len(parts)}")
@@ -445,34 +666,154 @@ def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, .
     if (dom == "?") == (dow == "?"):
         raise ScheduleError(f"quartz {expression!r}: put '?' in exactly one of day-of-month and "
                             "day-of-week (Quartz does not combine them)")
-    time = ":".join(_compress(_quartz_field(f, QUARTZ_FIELDS[i], expression), 0, 23 if i == 2 else 59, 2)
-                    for i, f in ((2, hour), (1, minute), (0, sec)))
-    months = _compress(_quartz_field(month, QUARTZ_FIELDS[4], expression), 1, 12, 2)
-    years = _compress(_quartz_field(parts[6], QUARTZ_FIELDS[6], expression), 1970, 2099, 4) \
-        if len(parts) == 7 else "*"
+    times = [_quartz_field(f, QUARTZ_FIELDS[i], expression) for i, f in enumerate((sec, minute, hour))]
+    months = _quartz_field(month, QUARTZ_FIELDS[4], expression)
+    years = _quartz_field(parts[6], QUARTZ_FIELDS[6], expression) if len(parts) == 7 else None
     weekdays, implied_day = _quartz_weekdays(dow, expression)
-    lines = []
+    clauses = []
     for day in ([implied_day] if implied_day else _quartz_days(dom, expression)):
         names = _weekdays(weekdays).strip()
-        for prefix, weekday in (("MF", "Mon..Fri"), ("Fri", "Fri"), ("Mon", "Mon")):
+        for prefix, weekday in _DAY_NAMES.items():
             if day.startswith(prefix):
                 day, names = day[len(prefix):], weekday
-        lines.append(f"{names + ' ' if names else ''}{years}-{months}{day} {time} {timezone}".strip())
-    return tuple(lines)
+        clauses.append((names, day))
+    schedule = QuartzSchedule(expression, *times, months, years, tuple(clauses))
+    _refuse_never(schedule, "quartz", "day-of-month", dom)
+    return schedule
+
+
+def _refuse_never(schedule, dialect: str, name: str, text: str) -> None:
+    """Refuse a schedule whose days never come (30 February, 31 April): no timer that never fires."""
+    years = sorted(schedule.years) if getattr(schedule, "years", None) else range(2024, 2032)
+    day = date(years[0], 1, 1)
+    for year in years:
+        day = date(year, 1, 1)
+        while day.year == year:
+            if schedule.matches_day(day):
+                return
+            day += timedelta(days=1)
+    raise ScheduleError(f"{dialect} {schedule.expression!r}: {name} field {text!r} never falls in the "
+                        "months (and years) given: the job would never run")
+
+
+def quartz_to_oncalendar(expression: str, timezone: str = "UTC") -> tuple[str, ...]:
+    """OnCalendar= lines that fire when Quartz would: in a repeated time, the second pass only
+    (see the note above)."""
+    quartz = parse_quartz(expression)
+    zone = systemd_zone(timezone)
+    years = _compress(quartz.years, 1970, 2099, 4) if quartz.years is not None else "*"
+    months = _compress(quartz.months, 1, 12, 2)
+    minute_second = f"{_compress(quartz.minutes, 0, 59, 2)}:{_compress(quartz.seconds, 0, 59, 2)}"
+
+    def lines(hours, year_spec=years, month_spec=months, clauses=quartz.days, where=zone):
+        hour = _compress(hours, 0, 23, 2)
+        return [f"{names + ' ' if names else ''}{year_spec}-{month_spec}{day} {hour}:{minute_second} {where}"
+                for names, day in clauses]
+
+    repeated = _quartz_repeated_days(quartz, timezone)
+    gaps = _off_hour_gap_days(timezone, quartz.hours, quartz.minutes, quartz.matches_day)
+    for day, hours in gaps.items():
+        repeated.setdefault(day, set()).update(hours)
+    # With such gaps, split months end at LAST_YEAR: later gaps are not known, and one would
+    # stop the line (see _off_hour_gap_days).
+    last_year = LAST_YEAR if gaps else 2199
+    if not repeated:
+        return tuple(lines(quartz.hours))
+    # On a day with a repeated time, the hours it touches run at explicit UTC instants, and
+    # the zone's line for those hours skips that day (systemd would pick the first pass).
+    touched = frozenset(h for hours in repeated.values() for h in hours)
+    out = lines(quartz.hours - touched) if quartz.hours - touched else []
+    skip = {(d.year, d.month) for d in repeated}
+    by_years: dict[str, set[int]] = {}
+    for month in sorted(quartz.months):
+        skipped = {y for y, m in skip if m == month}
+        allowed = set(quartz.years or range(1970, last_year + 1)) - skipped
+        if allowed:
+            by_years.setdefault(_compress(frozenset(allowed), -1, -1, 4) if skipped else years, set()).add(month)
+    for year_spec, month_set in by_years.items():
+        out += lines(touched, year_spec, _compress(frozenset(month_set), 1, 12, 2))
+    import calendar
+    by_month: dict[tuple[int, str], set[int]] = {}
+    for year, month in sorted(skip):
+        last = calendar.monthrange(year, month)[1]
+        days = frozenset(d for d in range(1, last + 1) if date(year, month, d) not in repeated
+                         and quartz.matches_day(date(year, month, d)))
+        if days:
+            by_month.setdefault((month, _compress(days, 1, 31, 2)), set()).add(year)
+    for (month, days), year_set in by_month.items():
+        out += lines(touched, _compress(frozenset(year_set), -1, -1, 4), f"{month:02d}", (("", "-" + days),))
+    out += _instant_lines(_quartz_instants(quartz, timezone, repeated, touched),
+                          seconds=_compress(quartz.seconds, 0, 59, 2))
+    return tuple(dict.fromkeys(out))
+
+
+def _quartz_repeated_days(quartz: QuartzSchedule, zone: str) -> dict[date, set[int]]:
+    """Local days on which one of the job's times happens twice, with the hours concerned."""
+    found: dict[date, set[int]] = {}
+    for change in clock_transitions(zone):
+        if change.after < change.before:
+            for moment in _minutes_between(quartz.hours, quartz.minutes, *change.repeated):
+                if quartz.matches_day(moment.date()):
+                    found.setdefault(moment.date(), set()).add(moment.hour)
+    return found
+
+
+def _quartz_instants(quartz: QuartzSchedule, zone: str, days, touched) -> set[datetime]:
+    """UTC minutes at which Quartz fires on `days` in the `touched` hours: a repeated local
+    time in its second pass (fold=1), a time swallowed by a jump not at all."""
+    from zoneinfo import ZoneInfo
+
+    tz, instants = ZoneInfo(zone), set()
+    for day in days:
+        for hour in sorted(touched & quartz.hours):
+            for minute in sorted(quartz.minutes):
+                wall = datetime(day.year, day.month, day.day, hour, minute)
+                moment = wall.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
+                if moment.astimezone(tz).replace(tzinfo=None) == wall:
+                    instants.add(moment)
+    return instants
 
 
 # --- one entry point for every kind of schedule ---------------------------------------------
 
-_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")
+_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")  # kept for k8s.py; use split_zone_prefix
+
+
+def split_zone_prefix(text: str) -> tuple[Optional[str], str]:
+    """`CRON_TZ=Zone rest` or `TZ=Zone rest` -> (Zone, rest); anything else -> (None, text)."""
+    prefixed = _TZ_PREFIX.match(text)
+    if prefixed:
+        return prefixed.group(1), prefixed.group(2).strip()
+    return None, text.strip()
+
+
+def schedule_kind(expression: str) -> str:
+    """"boot" (@reboot), "quartz" (6 or 7 fields) or "cron" (everything else: 5 fields,
+    @macros, and malformed text, which the cron parser then explains). The one place
+    that tells cron from Quartz."""
+    text = split_zone_prefix(expression)[1]
+    if text.lower() == "@reboot":
+        return "boot"
+    return "quartz" if len(text.split()) in (6, 7) else "cron"
+
+
+RESOLUTION = {"cron": 60, "boot": 60, "quartz": 1, "calendar": 1}  # seconds a timer may fire at
 
 
 @dataclass(frozen=True)
 class Calendar:
-    """What a timer needs: OnCalendar= lines (in their zone), or `on_boot` for @reboot."""
+    """What a timer needs: OnCalendar= lines (in their zone), or `on_boot` for @reboot.
+    `kind` is "cron", "quartz", "boot" or "calendar" (native lines); `resolution` is the
+    finest step in seconds at which it may fire (60 for cron, 1 for Quartz and native)."""
 
     lines: tuple[str, ...]
     timezone: str
     on_boot: bool = False
+    kind: str = "calendar"
+
+    @property
+    def resolution(self) -> int:
+        return RESOLUTION[self.kind]
 
 
 def is_zone(name: str) -> bool:
@@ -497,17 +838,16 @@ def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone:
     if schedule is None:
         return Calendar(tuple(line if has_zone(line) else f"{line} {systemd_zone(timezone)}"
                               for line in on_calendar), timezone)
-    text = schedule.strip()
-    prefixed = _TZ_PREFIX.match(text)
-    if prefixed:
-        timezone, text = prefixed.group(1), prefixed.group(2).strip()
-        if not is_zone(timezone):
-            raise ScheduleError(f"{schedule!r}: {timezone!r} is not an IANA time zone")
-    if text.lower() == "@reboot":
-        return Calendar((), timezone, on_boot=True)
-    if len(text.split()) in (6, 7):
-        return Calendar(quartz_to_oncalendar(text, timezone), timezone)
-    return Calendar(cron_to_oncalendar(text, timezone), timezone)
+    zone, text = split_zone_prefix(schedule)
+    if zone is not None:
+        if not is_zone(zone):
+            raise ScheduleError(f"{schedule!r}: {zone!r} is not an IANA time zone")
+        timezone = zone
+    kind = schedule_kind(text)
+    if kind == "boot":
+        return Calendar((), timezone, on_boot=True, kind=kind)
+    convert = quartz_to_oncalendar if kind == "quartz" else cron_to_oncalendar
+    return Calendar(convert(text, timezone), timezone, kind=kind)
 
 
 # --- systemd as the judge of calendars and next runs ----------------------------------------

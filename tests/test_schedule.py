@@ -40,13 +40,14 @@ def test_known_conversions(cron, lines):
 
 @pytest.mark.parametrize("cron, zone, lines", [
     pytest.param("30 2 * * *", "America/New_York",
-                 ["*-*-* 02:30:00 America/New_York", "Sun *-03-08..14 03:00:00 America/New_York"], id="us-gap"),
+                 ["*-*-* 02:30:00 America/New_York", "Sun 2000..2006-04-01..07 07:00:00 UTC",
+                  "Sun 2007..2099-03-08..14 07:00:00 UTC"], id="us-gap"),
     pytest.param("0 2 * * 1-5", "America/New_York", ["Mon..Fri *-*-* 02:00:00 America/New_York"],
                  id="gap-on-a-day-it-does-not-run"),
     pytest.param("15 2 * * *", "Europe/Berlin",
-                 ["*-*-* 02:15:00 Europe/Berlin", "Sun *-03-25..31 03:00:00 Europe/Berlin"], id="eu-last-sunday"),
+                 ["*-*-* 02:15:00 Europe/Berlin", "Sun 2000..2099-03-25..31 01:00:00 UTC"], id="eu-last-sunday"),
     pytest.param("*/30 2 * * *", "Europe/Berlin",
-                 ["*-*-* 02:00,30:00 Europe/Berlin", "Sun *-10-25..31 02:00,30:00 Etc/GMT-1"],
+                 ["*-*-* 02:00,30:00 Europe/Berlin", "Sun 2000..2099-10-25..31 01:00,30:00 UTC"],
                  id="wildcard-minute-no-catch-up-but-a-second-pass-in-autumn"),
     pytest.param("30 1 * * *", "America/New_York", ["*-*-* 01:30:00 America/New_York"], id="overlap-needs-nothing"),
     pytest.param("30 2 * * *", "Asia/Shanghai", ["*-*-* 02:30:00 Asia/Shanghai"], id="no-dst"),
@@ -56,9 +57,10 @@ def test_dst_catch_up_lines(cron, zone, lines):
 
 
 def test_a_24_00_transition_is_the_next_days_midnight():
-    """Chile springs forward at "24:00" on the first Saturday of September: Sunday 00:00."""
-    assert list(cron_to_oncalendar("30 0 * * *", "America/Santiago")) == [
-        "*-*-* 00:30:00 America/Santiago", "Sun *-09-02..08 01:00:00 America/Santiago"]
+    """Chile springs forward at "24:00" on Saturday: the catch-up runs at Sunday 00:00 local
+    (04:00 UTC), on the Sunday tzdata says, rule or not (2022 moved a week)."""
+    lines = cron_to_oncalendar("30 0 * * *", "America/Santiago")
+    assert "Sun 2023..2096-09-02..08 04:00:00 UTC" in lines and "2022-09-11 04:00:00 UTC" in lines
 
 
 def test_dublin_is_written_as_london_which_has_its_clock():
@@ -307,12 +309,13 @@ def test_schedule_command_refuses_bad_input_in_one_line(deployer):
     assert usage.returncode == 2
 
 
-def test_repeated_hour_for_wildcard_jobs_uses_the_fixed_offset_after_the_change():
+def test_repeated_hour_for_wildcard_jobs_is_the_second_pass_in_utc():
     assert cron_to_oncalendar("*/20 * * * *", "America/New_York") == (
-        "*-*-* *:00,20,40:00 America/New_York", "Sun *-11-01..07 01:00,20,40:00 Etc/GMT+5")
+        "*-*-* *:00,20,40:00 America/New_York", "Sun 2000..2006-10-25..31 06:00,20,40:00 UTC",
+        "Sun 2007..2099-11-01..07 06:00,20,40:00 UTC")
 
 
-def test_half_hour_zones_keep_systemds_single_pass_a_known_limitation():
-    """tzdata has no fixed-offset name for UTC+9:30: the repeated hour in Adelaide runs once
-    (Debian cron would run a wildcard job in it twice). Documented in the README."""
-    assert cron_to_oncalendar("*/20 * * * *", "Australia/Adelaide") == ("*-*-* *:00,20,40:00 Australia/Adelaide",)
+def test_half_hour_zones_get_their_second_pass_too():
+    """UTC+9:30 has no Etc/ name, but the second pass is an instant, and UTC names it."""
+    lines = cron_to_oncalendar("*/20 * * * *", "Australia/Adelaide")
+    assert "Sat 2006..2099-04-01..06 16:30,50:00 UTC" in lines and "Sat 2006..2099-04-01..06 17:10:00 UTC" in lines
