@@ -136,13 +136,12 @@ def schedule(expression, zone, count, as_json):
     ("Mon..Fri *-*-* 09:00"). Next runs are computed by systemd from the lines shown.
     A leading '-' is part of the expression, not an option.
     """
-    from .schedule import check_calendar_lines, next_runs, to_calendar
+    from .schedule import calendar_for_expression, check_calendar_lines, next_runs
 
     _check_zone_option(zone)
     expression = " ".join(expression)
     fields = len(expression.split())
-    cron_like = expression.strip().startswith("@") or fields >= 5 or "TZ=" in expression
-    calendar = to_calendar(expression if cron_like else None, () if cron_like else (expression,), zone)
+    calendar = calendar_for_expression(expression, zone)
     refused = check_calendar_lines(list(calendar.lines))
     if refused:
         raise DeployerError(

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from .errors import DeployerError
 from . import render
 from .models import Inventory, Job
-from .schedule import MACROS, QUARTZ_WEEKDAYS, _TZ_PREFIX
+from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
 DEFAULT_IMAGE = "deployer-trigger:latest"
 MAX_CRONJOB_NAME = 52  # Kubernetes appends 11 characters for the Jobs it creates
@@ -33,16 +33,16 @@ def k8s_schedule(job: Job) -> tuple[str, str]:
     """(schedule, timeZone) as Kubernetes' cron reads them, or DeployerError saying why not."""
     if job.schedule is None:
         raise DeployerError(f"job {job.name}: on_calendar has no cron equivalent; give it a schedule")
-    text, zone = job.schedule.strip(), job.timezone
-    prefixed = _TZ_PREFIX.match(text)
-    if prefixed:  # Kubernetes refuses CRON_TZ= in the schedule: it goes to .spec.timeZone
-        zone, text = prefixed.group(1), prefixed.group(2).strip()
-    if text.lower() == "@reboot":
+    # Kubernetes refuses CRON_TZ= in the schedule: it goes to .spec.timeZone
+    prefixed_zone, text = split_zone_prefix(job.schedule)
+    zone = prefixed_zone or job.timezone
+    kind = schedule_kind(text)
+    if kind == "boot":
         raise DeployerError(f"job {job.name}: @reboot has no Kubernetes equivalent")
     if text.lower() in MACROS:
         return text.lower(), zone
     fields = text.split()
-    if len(fields) in (6, 7):
+    if kind == "quartz":
         fields = _quartz_as_cron(job.name, fields)
     if len(fields) != 5:
         raise DeployerError(f"job {job.name}: {text!r} is not a 5-field cron expression")

@@ -60,7 +60,7 @@ PYTHON_FLAGS = ["-I", "-S"]
 
 def trigger_argv(job: Job, python: str) -> list[str]:
     argv = [python, *PYTHON_FLAGS, paths.TRIGGER_PATH] + trigger_args(job)
-    if job.schedule is None or len(job.schedule.split()) >= 6:
+    if calendar_of(job).resolution == 1:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
     return argv
 

@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 from .errors import ScheduleError
+from .hostside.options import is_zone  # noqa: F401 - the one time-zone check, shared with the host side
 
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -776,7 +777,7 @@ def _quartz_instants(quartz: QuartzSchedule, zone: str, days, touched) -> set[da
 
 # --- one entry point for every kind of schedule ---------------------------------------------
 
-_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")  # kept for k8s.py; use split_zone_prefix
+_TZ_PREFIX = re.compile(r"^\s*(?:CRON_)?TZ=(\S+)\s+(.*)$")
 
 
 def split_zone_prefix(text: str) -> tuple[Optional[str], str]:
@@ -785,6 +786,13 @@ def split_zone_prefix(text: str) -> tuple[Optional[str], str]:
     if prefixed:
         return prefixed.group(1), prefixed.group(2).strip()
     return None, text.strip()
+
+
+def calendar_for_expression(expression: str, zone: str) -> "Calendar":
+    """A free-form EXPRESSION (`deployer schedule`): cron or Quartz when it looks like one (a
+    @macro, a TZ= prefix, five or more fields), else a native systemd calendar line."""
+    cron_like = expression.strip().startswith("@") or len(expression.split()) >= 5 or "TZ=" in expression
+    return to_calendar(expression if cron_like else None, () if cron_like else (expression,), zone)
 
 
 def schedule_kind(expression: str) -> str:
@@ -814,17 +822,6 @@ class Calendar:
     @property
     def resolution(self) -> int:
         return RESOLUTION[self.kind]
-
-
-def is_zone(name: str) -> bool:
-    """An IANA time zone this machine's tzdata knows (what systemd accepts too)."""
-    from zoneinfo import ZoneInfo
-
-    try:
-        ZoneInfo(name)
-        return True
-    except (ValueError, KeyError, OSError):
-        return False
 
 
 def has_zone(line: str) -> bool:
