@@ -282,17 +282,6 @@ def read_credential(name: str) -> str:
         return ""
 
 
-def read_credential(name: str) -> str:
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        return ""
-    try:
-        with open(os.path.join(directory, name), encoding="utf-8") as handle:
-            return handle.read().strip()
-    except FileNotFoundError:
-        return ""
-
-
 def now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
