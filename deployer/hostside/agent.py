@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -243,13 +244,38 @@ class Stopwatch:
         self.last = now
 
 
-def progress(text):
-    """A step the client may show on a terminal; a lost client must not stop the push."""
+HEARTBEAT_SECONDS = 5  # the client gives up after remote.READ_TIMEOUT seconds of silence
+
+
+STDERR = threading.Lock()  # whole lines from the heartbeat and the work, never interleaved
+
+
+def say(line):
+    """One line to the client on stderr; a lost client must not stop the work."""
     try:
-        sys.stderr.write("@progress " + text + "\n")
-        sys.stderr.flush()
-    except OSError:
-        pass
+        with STDERR:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def heartbeat():
+    """`@alive` on stderr every few seconds from a daemon thread: a long, quiet step (verify of
+    thousands of units) is told apart from a host that stopped answering."""
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            if not say("@alive"):
+                return
+
+    threading.Thread(target=beat, daemon=True).start()
+
+
+def progress(text):
+    """A step the client may show on a terminal."""
+    say("@progress " + text)
 
 
 @dataclass
@@ -676,6 +702,7 @@ def handle(raw, layout=None, systemd=None, require_root=True):
 
 
 def main():
+    heartbeat()
     answer = handle(sys.stdin.buffer.read())
     try:
         sys.stdout.buffer.write(answer)

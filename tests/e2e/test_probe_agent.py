@@ -1,7 +1,10 @@
 """Issue 16, the agent side, on real cron hosts: each test reproduces a finding of the hostile probe."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -98,3 +101,53 @@ def test_replaying_an_interrupted_push_never_creates_a_run(cron01, deployer, wri
 
     assert extra == [], f"the replay ran the job {len(extra)} extra time(s) (pushed {pushed:.1f})"
     server.wait_for("/tick", count=ran + 1, timeout=15)  # and the timer still runs on schedule
+
+
+# -- item 7 ------------------------------------------------------------------------------------
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_black_holed_host_gives_a_one_line_error_naming_it_in_bounded_time(cron01, deployer, write_inventory,
+                                                                           server, isolated_home):
+    from deployer import remote
+    from tests.httpserver import Reply
+
+    server.routes["/slow"] = Reply(200, b"{}", delay=300)
+    path = write_inventory(cron01.inventory_host() + job("slow", server.url("/slow")).replace("5s", "600s"))
+    deployer("push", "-i", path, check=True)
+    environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    environment["HOME"] = str(isolated_home)
+    started = time.monotonic()
+    run = subprocess.Popen([sys.executable, "-m", "deployer", "run", "slow", "-i", path], env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server.wait_for("/slow", timeout=30)  # the agent is waiting for the job: the session is quiet
+    sessions = [p for p in descendants(cron01.process.pid) if open(f"/proc/{p}/comm").read().strip() == "sshd"]
+    stopped = time.monotonic()
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)  # the container's sshd (listener and sessions) stops answering
+    try:
+        _, err = run.communicate(timeout=remote.READ_TIMEOUT + 60)
+    finally:
+        for pid in sessions:
+            os.kill(pid, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "host cron01: " in err and "127.0.0.1 stopped answering" in err
+    assert time.monotonic() - stopped < remote.READ_TIMEOUT + 30, f"took {time.monotonic() - started:.0f}s"
