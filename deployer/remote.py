@@ -13,6 +13,7 @@ import os
 import select
 import shlex
 import socket
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -129,21 +130,36 @@ def _open(connection, host: Host) -> None:
 
 
 PROGRESS_PREFIX = b"@progress "
+ALIVE_LINE = b"@alive"  # the agent's heartbeat (agent.HEARTBEAT_SECONDS), so silence means trouble
+READ_TIMEOUT = 45.0
+KEEPALIVE_SECONDS = 10
 UPLOAD_CHUNK = 1 << 18
 
 
 def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str = "command",
-            progress: Progress = None) -> bytes:
-    """Run one command with `stdin`; return stdout; raise RemoteCommandError on non-zero exit.
+            progress: Progress = None, read_timeout: float = None) -> bytes:
+    """Run one command with `stdin`; return all of stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
     which would make a large push crawl. Lines `@progress ...` on the command's stderr
-    are steps reported by the agent, passed to `progress`.
+    are steps reported by the agent, passed to `progress`; `@alive` lines are its heartbeat.
+    Reads until the host's end-of-file, not until its exit status (which may arrive first).
+    A host silent for `read_timeout` seconds (a network black hole, a stopped sshd) is an error
+    naming it; SSH keepalives keep idle NAT and firewall state open meanwhile.
     """
+    read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
     _open(connection, host)
-    channel = connection.client.get_transport().open_session()
+    transport = connection.client.get_transport()
+    transport.set_keepalive(KEEPALIVE_SECONDS)
+    silent = (f"{step}: {host.address} stopped answering (nothing for {read_timeout:.0f}s; host down or "
+              "network black hole?)")
     report = progress or (lambda text: None)
     try:
+        channel = transport.open_session(timeout=read_timeout)
+    except (socket.error, EOFError, paramiko_errors()) as error:
+        raise RemoteError(host.name, f"{step}: cannot open a session on {host.address}: {error}") from None
+    try:
+        channel.settimeout(read_timeout)  # sendall() of the request gives up after it too
         channel.exec_command(command)
         for offset in range(0, len(stdin), UPLOAD_CHUNK):
             if len(stdin) > UPLOAD_CHUNK:
@@ -151,26 +167,52 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
             channel.sendall(stdin[offset:offset + UPLOAD_CHUNK])
         channel.shutdown_write()
         out, err = bytearray(), bytearray()
+        heard = time.monotonic()
         while True:
-            if channel.recv_ready():
+            got = False
+            while channel.recv_ready():
                 out += channel.recv(1 << 16)
-            elif channel.recv_stderr_ready():
+                got = True
+            while channel.recv_stderr_ready():
                 err += channel.recv_stderr(1 << 16)
-                while PROGRESS_PREFIX in err and b"\n" in err[err.index(PROGRESS_PREFIX):]:
-                    start = err.index(PROGRESS_PREFIX)
-                    end = err.index(b"\n", start)
-                    report("host: " + err[start + len(PROGRESS_PREFIX):end].decode("utf-8", "replace"))
-                    del err[start:end + 1]
-            elif channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                got = True
+            _take_reports(err, report)
+            if (channel.eof_received or channel.closed) and not channel.recv_ready() \
+                    and not channel.recv_stderr_ready():
                 break
+            if got:
+                heard = time.monotonic()
+            elif time.monotonic() - heard > read_timeout:
+                raise RemoteError(host.name, silent)
             else:
                 select.select([channel], [], [], 0.5)
+        if not channel.status_event.wait(read_timeout):
+            raise RemoteError(host.name, silent)
         status = channel.recv_exit_status()
+    except socket.timeout:
+        raise RemoteError(host.name, silent) from None
     finally:
         channel.close()
     if status != 0:
         raise RemoteCommandError(host.name, step, status, err.decode("utf-8", "replace"))
     return bytes(out)
+
+
+def _take_reports(err: bytearray, report: Callable[[str], None]) -> None:
+    """Remove the agent's complete `@progress` and `@alive` lines from `err`, reporting progress."""
+    for prefix in (PROGRESS_PREFIX, ALIVE_LINE):
+        while prefix in err and b"\n" in err[err.index(prefix):]:
+            start = err.index(prefix)
+            end = err.index(b"\n", start)
+            if prefix == PROGRESS_PREFIX:
+                report("host: " + err[start + len(prefix):end].decode("utf-8", "replace"))
+            del err[start:end + 1]
+
+
+def paramiko_errors():
+    import paramiko
+
+    return paramiko.SSHException
 
 
 class Agent:

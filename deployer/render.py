@@ -144,8 +144,20 @@ def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     return (jobs_slice(host),) + render_units(jobs, host.python) + alerts
 
 
+def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:
+    """deployer-recover.service: at boot, before any timer, the agent (from the trigger zipapp)
+    finishes a switch that a crash interrupted."""
+    from .hostside.agent import RECOVER_UNIT
+
+    text = _environment().get_template("recover.service.j2").render(
+        marker=paths.MARKER, journal=paths.JOURNAL, state_dir=paths.STATE_DIR, trigger=paths.TRIGGER_PATH,
+        python=python)
+    return ManagedFile(f"{paths.UNIT_DIR}/{RECOVER_UNIT}", text.encode())
+
+
 def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     """Everything `push --host` makes the host hold, the trigger bundle included."""
     from .bundle import trigger_bundle
 
-    return host_files(inventory, host_name) + (ManagedFile(paths.TRIGGER_PATH, trigger_bundle()),)
+    return host_files(inventory, host_name) + (recover_unit(inventory.host(host_name).python),
+                                                ManagedFile(paths.TRIGGER_PATH, trigger_bundle()))

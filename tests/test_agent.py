@@ -26,6 +26,8 @@ class FakeSystemd(agent.Systemd):
         self.calls: list[tuple[str, ...]] = []
         self.complaints = list(complaints)
         self.fail = set(fail)  # first words after systemctl that exit 1 (e.g. "disable")
+        self.stopped: set[str] = set()
+        self.stuck: set[str] = set()  # units that stay active whatever is asked
         self.shown = {}
         for name in ("show-timers.txt", "show-services.txt"):
             self.shown.update(agent.parse_show((DATA / name).read_text()))
@@ -41,7 +43,13 @@ class FakeSystemd(agent.Systemd):
             blocks = [{k: v for k, v in self.shown[u].items() if k in wanted} for u in args[4:] if u in self.shown]
             return 0, "\n\n".join("\n".join(f"{k}={v}" for k, v in b.items()) for b in blocks) + "\n", ""
         if args[:2] == ("systemctl", "is-active"):
-            return 0, "\n".join("active" for _ in args[2:]) + "\n", ""
+            states = ["inactive" if u in self.stopped and u not in self.stuck else "active" for u in args[2:]]
+            return 0, "\n".join(states) + "\n", ""
+        units = [a for a in args[1:] if a.startswith("deployer-")]
+        if words and (words[0] == "stop" or (words[0] == "disable" and "--now" in args)):
+            self.stopped.update(units)
+        elif words and (words[0] == "start" or (words[0] == "enable" and "--now" in args)):
+            self.stopped.difference_update(units)
         return 0, "", ""
 
     def verify(self, unit_paths):
@@ -319,3 +327,121 @@ def test_owner_file_is_private_and_names_only_the_host(host):
 def test_systemd_analyze_never_reads_a_value_as_an_option():
     argv = agent.verify_argv(["-h", "/x/deployer-a.timer"])
     assert argv.index("--") < argv.index("-h")
+
+
+# -- issue 16 item 11: removing many jobs is batched and checked -------------------------------------
+
+def many(host, count):
+    writes = tuple(write(f"{U}/deployer-j{i:05d}.{kind}", unit(f"j{i}")) for i in range(count)
+                   for kind in ("service", "timer"))
+    host.call(ApplyRequest(write=writes, expect={}))
+    return [w.path for w in writes]
+
+
+def test_removing_many_timers_is_done_in_chunks_and_checked(host):
+    removed = many(host, 1200)
+    host.systemd.calls.clear()
+    host.call(ApplyRequest(remove=tuple(removed), expect=files(host)))
+    disables = [c for c in host.systemd.systemctl_calls() if "disable" in c]
+    assert [len(c) - 3 for c in disables] == [500, 500, 200]
+    assert files(host) == {}
+
+
+@pytest.mark.parametrize("failure", [pytest.param("disable", id="disable-fails"),
+                                     pytest.param("stuck", id="still-active")])
+def test_files_of_timers_that_did_not_stop_are_kept(host, failure):
+    removed = many(host, 3)
+    if failure == "stuck":
+        host.systemd.stuck.add("deployer-j00001.timer")
+    else:
+        host.systemd.fail.add("disable")
+    state = files(host)
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(remove=tuple(removed), expect=state))
+    assert refused.value.code == protocol.SYSTEMD
+    assert all(os.path.exists(host.layout.at(p)) for p in removed)
+    assert os.path.exists(host.layout.journal), "the switch stays journalled, to be finished later"
+
+
+def test_status_asks_systemctl_show_in_chunks(host):
+    many(host, 1200)
+    host.systemd.calls.clear()
+    assert len(host.call(StatusRequest()).jobs) == 1200
+    shows = [c for c in host.systemd.systemctl_calls() if c[0] == "show"]
+    assert sorted(len(c) - 3 for c in shows) == [200, 200, 500, 500, 500, 500]
+
+
+# -- issue 16 item 9: roll forward at boot, before timers start ----------------------------------------
+
+def test_a_push_enables_the_boot_recovery_unit_once():
+    recover = f"{U}/{agent.RECOVER_UNIT}"
+    assert switch_plan({}, {recover: "S/r"}, {}, [], set(), {}, 1.0).enable == (agent.RECOVER_UNIT,)
+    assert switch_plan({recover: "x"}, {recover: "S/r"}, {}, [], set(), {}, 1.0).enable == ()
+
+
+def test_boot_recovery_finishes_the_switch_and_queues_timers_without_waiting(tmp_path, capsys):
+    layout = paths.Layout(str(tmp_path))
+    systemd = FakeSystemd()
+    staged = Path(layout.unit_dir) / paths.STAGING / "deployer-a.timer"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(unit("a"))
+    journal = Journal(stopped_at=1.0, renames=((str(staged), layout.at(f"{U}/deployer-a.timer")),), reload=True,
+                      enable=("deployer-a.timer",), start=("deployer-a.timer",))
+    os.makedirs(layout.state_dir)
+    Path(layout.journal).write_text(agent.journal_to_json(journal))
+
+    assert agent.boot(layout, systemd) == 0
+
+    assert not os.path.exists(layout.journal) and os.path.exists(layout.at(f"{U}/deployer-a.timer"))
+    # Timers wait for sysinit.target, which waits for this unit: waiting for them would deadlock.
+    assert systemd.systemctl_calls()[-1] == ("start", "--no-block", "deployer-a.timer")
+    assert not any(c[:2] == ("systemctl", "is-active") for c in systemd.calls)
+    assert "finished an interrupted switch" in capsys.readouterr().out
+
+
+def test_the_recovery_unit_runs_the_agent_from_the_zipapp_before_timers():
+    from deployer.render import recover_unit
+
+    text = recover_unit().content.decode()
+    assert text.startswith(paths.MARKER + "\n")
+    for line in ("DefaultDependencies=no", "Before=sysinit.target shutdown.target",
+                 f"ConditionPathExists={paths.JOURNAL}", f"Environment=PYTHONPATH={paths.TRIGGER_PATH}",
+                 "ExecStart=/usr/bin/python3 -m deployer.hostside.agent --boot", "WantedBy=sysinit.target"):
+        assert line in text.splitlines()
+
+
+# -- issue 16 item 18: a full disk ---------------------------------------------------------------------
+
+def test_a_full_disk_is_one_clear_refusal_and_leaves_no_staged_file(host, monkeypatch):
+    import errno
+
+    real_fdopen, opened = os.fdopen, []
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, *args, **kwargs):
+        opened.append(fd)
+        handle = real_fdopen(fd, *args, **kwargs)
+        return Full(handle) if len(opened) == 2 else handle
+
+    monkeypatch.setattr(agent.os, "fdopen", fdopen)
+    writes = tuple(write(f"{U}/deployer-{n}.timer", unit(n)) for n in ("a", "b", "c"))
+    with pytest.raises(AgentRefused) as refused:
+        host.call(ApplyRequest(write=writes, expect={}))
+    monkeypatch.undo()
+    assert refused.value.code == protocol.NO_SPACE and "nothing was changed" in str(refused.value)
+    assert os.listdir(Path(host.layout.unit_dir) / paths.STAGING) == []
+    assert files(host) == {}

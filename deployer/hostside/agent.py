@@ -10,6 +10,7 @@ Order: paths -> pure functions -> side effects -> operations -> dispatch.
 """
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -31,6 +33,10 @@ from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, Hand
 # -- paths ------------------------------------------------------------------------------------
 
 LOCK_WAIT_SECONDS = 60
+# Enabled by every push: at boot, before any timer, it finishes an interrupted switch (--boot).
+RECOVER_UNIT = paths.UNIT_PREFIX + "recover.service"
+# Units per systemctl call: 10,000 in one `disable --now` outlive systemctl's D-Bus timeout.
+UNIT_CHUNK = 500
 VERIFY_CHUNK = 150  # verify's cost grows faster than linearly with the units it loads at once
 
 
@@ -59,6 +65,10 @@ class Journal:
     reload: bool = False
     enable: Tuple[str, ...] = ()
     start: Tuple[str, ...] = ()
+
+
+def chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def unit_name(path):
@@ -93,7 +103,8 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
         removes=tuple(local(p) for p in sorted(removes, key=lambda p: not p.endswith(".timer"))),
         unpause=tuple(t for t in removed if t in paused),
         reload=any(p.startswith(in_units) for p in list(staged) + list(removes)),
-        enable=tuple(t for t in added if t not in paused),
+        enable=tuple(t for t in added if t not in paused) + tuple(
+            RECOVER_UNIT for p in staged if unit_name(p) == RECOVER_UNIT and p not in current),
         start=tuple(t for t in added + changed if t not in boot_only and t not in paused),
     )
 
@@ -186,17 +197,17 @@ class Systemd:
         return code, out, err
 
     def show(self, units, properties):
-        """`systemctl show` for many units in one call -> {unit: {property: value}}."""
-        if not units:
-            return {}
-        return parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *units)[1])
+        """`systemctl show` for many units, UNIT_CHUNK per call -> {unit: {property: value}}."""
+        shown = {}
+        for chunk in chunks(list(units), UNIT_CHUNK):
+            shown.update(parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *chunk)[1]))
+        return shown
 
     def verify(self, unit_paths):
         """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines."""
-        chunks = [unit_paths[i:i + VERIFY_CHUNK] for i in range(0, len(unit_paths), VERIFY_CHUNK)]
         complaints, running = [], []
         workers = max(os.cpu_count() or 1, 1)
-        for chunk in chunks + [None] * workers:
+        for chunk in chunks(list(unit_paths), VERIFY_CHUNK) + [None] * workers:
             if chunk is not None:
                 running.append(subprocess.Popen(verify_argv(chunk),
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -243,13 +254,38 @@ class Stopwatch:
         self.last = now
 
 
-def progress(text):
-    """A step the client may show on a terminal; a lost client must not stop the push."""
+HEARTBEAT_SECONDS = 5  # the client gives up after remote.READ_TIMEOUT seconds of silence
+
+
+STDERR = threading.Lock()  # whole lines from the heartbeat and the work, never interleaved
+
+
+def say(line):
+    """One line to the client on stderr; a lost client must not stop the work."""
     try:
-        sys.stderr.write("@progress " + text + "\n")
-        sys.stderr.flush()
-    except OSError:
-        pass
+        with STDERR:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def heartbeat():
+    """`@alive` on stderr every few seconds from a daemon thread: a long, quiet step (verify of
+    thousands of units) is told apart from a host that stopped answering."""
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            if not say("@alive"):
+                return
+
+    threading.Thread(target=beat, daemon=True).start()
+
+
+def progress(text):
+    """A step the client may show on a terminal."""
+    say("@progress " + text)
 
 
 @dataclass
@@ -371,15 +407,22 @@ class Host:
                              % (shown, what, "empty" if not raw.strip() else error, recovery))
 
     def write_staged(self, path, content, mode):
+        """`content` beside `path`, in the staging directory; a partial file never stays."""
         staged = staging_path(path)
         # A directory holding secrets (mode 0600 files) is itself closed to others.
         private = mode & 0o077 == 0
         os.makedirs(os.path.dirname(staged), mode=0o700 if private else 0o755, exist_ok=True)
         if private:
             os.chmod(os.path.dirname(path), 0o700)
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+            error.filename = error.filename or staged
+            raise
         os.chmod(staged, mode)
         return staged
 
@@ -398,11 +441,16 @@ class Host:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)  # a leftover of a crash (unlink removes a link, not its target)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(temporary, path)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)  # no partial file left behind (a full disk)
+            raise
 
     def stamp(self, timer):
         return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
@@ -423,12 +471,12 @@ class Host:
             open(stamp, "a").close()
             os.utime(stamp, (when, when))
 
-    def play(self, journal):
-        """Carry out a switch; every step may be repeated."""
+    def play(self, journal, boot=False):
+        """Carry out a switch; every step may be repeated. At boot (before sysinit.target, which
+        timers wait for) the timers are queued to start, not waited for."""
         systemd = self.systemd
         if journal.disable:
-            # Stop the timers only: a run already in progress finishes, it is not killed.
-            systemd.systemctl("--no-reload", "disable", "--now", *journal.disable, check=False)
+            self.disable_timers(journal.disable)
         # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
         # last trigger and now fires at once on reload. Its last trigger becomes the moment it
         # was stopped: an old-schedule gap never fires, a slot inside the push still does.
@@ -462,9 +510,26 @@ class Host:
             progress("starting %d timers" % len(journal.start))
             # --no-block: one D-Bus call per timer without waiting for each job, then one check.
             systemd.systemctl("start", "--no-block", *journal.start)
-            systemd.wait_active(list(journal.start))
+            if not boot:
+                systemd.wait_active(list(journal.start))
 
-    def roll_forward(self):
+    def disable_timers(self, timers):
+        """Stop and disable timers, in chunks (one call for 10,000 units times out), each call
+        checked; then check that none is still active. Only after that may their files go.
+        Timers whose file is already gone were disabled by the play this one repeats."""
+        present = [t for t in timers if os.path.exists(os.path.join(self.layout.unit_dir, t))]
+        for chunk in chunks(present, UNIT_CHUNK):
+            progress("stopping %d timers" % len(chunk))
+            # Stop the timers only: a run already in progress finishes, it is not killed.
+            self.systemd.systemctl("--no-reload", "disable", "--now", *chunk)
+        still = [t for chunk in chunks(present, UNIT_CHUNK)
+                 for t, state in zip(chunk, self.systemd.systemctl("is-active", *chunk, check=False)[1].split())
+                 if state in ("active", "activating", "reloading")]
+        if still:
+            raise AgentError(protocol.SYSTEMD, "%d timers are still active after `systemctl disable --now` "
+                             "(%s); their files are kept. Run the command again" % (len(still), ", ".join(still[:5])))
+
+    def roll_forward(self, boot=False):
         """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
         shown = self.layout.to_host(self.layout.journal)
         recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
@@ -477,7 +542,7 @@ class Host:
         except protocol.ProtocolError as error:
             raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
                              % (shown, error.message, recovery))
-        self.play(journal)
+        self.play(journal, boot=boot)
         os.unlink(self.layout.journal)
         return True
 
@@ -539,26 +604,34 @@ def apply_locked(host, request, watch):
                          "the host changed since it was read (another push?); run the push again")
     check_unmanaged(host, current, [w.path for w in request.write], request.remove)
     host.clear_staging()
-    progress("writing %d files" % len(request.write))
-    staged = {}
-    for item in request.write:
-        staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
-    os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
-    watch.lap("stage")
-    units = sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/"))
-    progress("systemd-analyze verify: %d units" % len(units))
-    complaints = host.systemd.verify(units) if units else []
-    if complaints:
-        host.clear_staging()
-        raise AgentError(protocol.VERIFY_FAILED,
-                         "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
-    watch.lap("verify")
-    paused = host.paused_timers()
-    journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
-                          [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
-                          local=host.local)
-    host.write_atomically(layout.owner, json.dumps({"host": host.name}))
-    host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+    try:
+        progress("writing %d files" % len(request.write))
+        staged = {}
+        for item in request.write:
+            staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
+        os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+        watch.lap("stage")
+        units = sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/"))
+        progress("systemd-analyze verify: %d units" % len(units))
+        complaints = host.systemd.verify(units) if units else []
+        if complaints:
+            host.clear_staging()
+            raise AgentError(protocol.VERIFY_FAILED,
+                             "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
+        watch.lap("verify")
+        paused = host.paused_timers()
+        journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
+                              [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
+                              local=host.local)
+        host.write_atomically(layout.owner, json.dumps({"host": host.name}))
+        host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        host.clear_staging()  # nothing was switched: the host keeps its current set
+        raise AgentError(protocol.NO_SPACE, "no space left on the host's disk (%s): nothing was changed; free "
+                         "some space and push again" % (layout.to_host(error.filename) if error.filename
+                                                         else "writing the new files"))
     watch.lap("switch")
     host.play(journal)
     os.unlink(layout.journal)
@@ -675,7 +748,24 @@ def handle(raw, layout=None, systemd=None, require_root=True):
     return protocol.encode_answer(answer)
 
 
-def main():
+def boot(layout=None, systemd=None):
+    """deployer-recover.service: finish an interrupted switch before timers start. -> exit status"""
+    host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
+    try:
+        with host.locked():
+            finished = host.roll_forward(boot=True)
+    except AgentError as error:
+        sys.stderr.write("deployer agent --boot: %s\n" % error)
+        return 1
+    print("deployer: finished an interrupted switch" if finished else "deployer: no interrupted switch")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--boot"]:
+        sys.exit(boot())
+    heartbeat()
     answer = handle(sys.stdin.buffer.read())
     try:
         sys.stdout.buffer.write(answer)

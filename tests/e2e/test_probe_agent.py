@@ -1,7 +1,11 @@
 """Issue 16, the agent side, on real cron hosts: each test reproduces a finding of the hostile probe."""
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -98,3 +102,146 @@ def test_replaying_an_interrupted_push_never_creates_a_run(cron01, deployer, wri
 
     assert extra == [], f"the replay ran the job {len(extra)} extra time(s) (pushed {pushed:.1f})"
     server.wait_for("/tick", count=ran + 1, timeout=15)  # and the timer still runs on schedule
+
+
+# -- item 7 ------------------------------------------------------------------------------------
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_black_holed_host_gives_a_one_line_error_naming_it_in_bounded_time(cron01, deployer, write_inventory,
+                                                                           server, isolated_home):
+    from deployer import remote
+    from tests.httpserver import Reply
+
+    server.routes["/slow"] = Reply(200, b"{}", delay=300)
+    path = write_inventory(cron01.inventory_host() + job("slow", server.url("/slow")).replace("5s", "600s"))
+    deployer("push", "-i", path, check=True)
+    environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    environment["HOME"] = str(isolated_home)
+    started = time.monotonic()
+    run = subprocess.Popen([sys.executable, "-m", "deployer", "run", "slow", "-i", path], env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server.wait_for("/slow", timeout=30)  # the agent is waiting for the job: the session is quiet
+    sessions = [p for p in descendants(cron01.process.pid) if open(f"/proc/{p}/comm").read().strip() == "sshd"]
+    stopped = time.monotonic()
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)  # the container's sshd (listener and sessions) stops answering
+    try:
+        _, err = run.communicate(timeout=remote.READ_TIMEOUT + 60)
+    finally:
+        for pid in sessions:
+            os.kill(pid, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "host cron01: " in err and "127.0.0.1 stopped answering" in err
+    assert time.monotonic() - stopped < remote.READ_TIMEOUT + 30, f"took {time.monotonic() - started:.0f}s"
+
+
+# -- item 11 -----------------------------------------------------------------------------------
+
+JOBS = 1000
+
+
+def thousand_jobs(host, write_inventory) -> str:
+    body = "".join(f"[job:j{i:04d}]\nschedule = {i % 60} {i % 24} * * *\nurl = http://127.0.0.1:9/j{i}\n"
+                   for i in range(JOBS))
+    return write_inventory(host.inventory_host() + body)
+
+
+def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(cron01, deployer, write_inventory):
+    path = thousand_jobs(cron01, write_inventory)
+    deployer("push", "-i", path, check=True)
+    write_inventory(cron01.inventory_host())
+    started = time.monotonic()
+    removed = deployer("push", "-i", path, check=True)
+    print(f"removing {JOBS} jobs: {time.monotonic() - started:.1f}s")
+
+    assert sum(line.startswith("- deployer-j") for line in removed.stdout.splitlines()) == 2 * JOBS
+    assert cron01.ssh("systemctl list-units --all --no-legend 'deployer-j*' | wc -l").stdout.strip() == "0"
+    assert cron01.ssh("ls /etc/systemd/system | grep -c '^deployer-j' || true").stdout.strip() == "0"
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: right after a 1,000-job push the first `systemctl show` of "
+                   "the units takes 45-65 s (PID 1 idle; later calls 3-6 s); cause not found yet")
+def test_status_of_a_thousand_jobs_right_after_the_push_takes_seconds(cron01, deployer, write_inventory):
+    path = thousand_jobs(cron01, write_inventory)
+    deployer("push", "-i", path, check=True)
+    started = time.monotonic()
+    status = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)
+    seconds = time.monotonic() - started
+    print(f"status of {JOBS} jobs: {seconds:.1f}s")
+    assert len(status["jobs"]) == JOBS and all(j["timer"] == "active" for j in status["jobs"])
+    assert seconds < 20
+
+
+# -- item 9 ------------------------------------------------------------------------------------
+
+def zipapp_carries_the_agent() -> bool:
+    import io
+    import zipfile
+
+    from deployer.bundle import trigger_bundle
+
+    return "deployer/hostside/agent.py" in zipfile.ZipFile(io.BytesIO(trigger_bundle())).namelist()
+
+
+@pytest.mark.skipif(not zipapp_carries_the_agent(),
+                    reason="the trigger zipapp does not carry deployer/hostside yet (the lead's bundle.py change)")
+def test_a_host_that_crashed_mid_switch_boots_with_the_switch_finished(tmp_path, deployer, write_inventory, server):
+    from tests.e2e.conftest import _require_nspawn
+
+    _require_nspawn()
+    with CronHost("cron01", workdir=tmp_path / "cron01", persistent=True) as host:
+        path = write_inventory(host.inventory_host() + job("a", server.url("/a")))
+        deployer("push", "-i", path, check=True)
+        # The crash: the new timer is staged and journalled, nothing of the switch done yet.
+        staged = "/etc/systemd/system/.deployer-staging/deployer-b.timer"
+        host.ssh(f"mkdir -p {staged.rsplit('/', 1)[0]} && sed s/deployer-a/deployer-b/ "
+                 f"/etc/systemd/system/deployer-a.timer > {staged} && "
+                 "cp /etc/systemd/system/deployer-a.service /etc/systemd/system/deployer-b.service")
+        journal = {"renames": [[staged, "/etc/systemd/system/deployer-b.timer"]], "reload": True,
+                   "enable": ["deployer-b.timer"], "start": ["deployer-b.timer"], "stopped_at": time.time()}
+        host.ssh(f"cat > {JOURNAL}", input=json.dumps(journal))
+        host.ssh("sync")
+
+        host.restart()
+
+        assert host.ssh(f"test -e {JOURNAL}", check=False).returncode != 0
+        assert host.ssh("systemctl is-active deployer-b.timer deployer-a.timer").stdout.split() == ["active"] * 2
+        log = host.ssh("journalctl -b -u deployer-recover.service -o cat").stdout
+        assert "finished an interrupted switch" in log
+
+
+# -- item 18 -----------------------------------------------------------------------------------
+
+def test_a_push_onto_a_full_disk_is_one_line_and_leaves_no_staged_file(cron01, deployer, write_inventory, server):
+    # The trigger zipapp (~450 kB) cannot fit in the library directory: its disk is full.
+    cron01.ssh("mkdir -p /var/lib/deployer/lib && mount -t tmpfs -o size=64k tmpfs /var/lib/deployer/lib")
+    path = write_inventory(cron01.inventory_host() + job("a", server.url("/a")))
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, \
+        result.stderr
+    assert "no space left on the host's disk" in result.stderr and "nothing was changed" in result.stderr
+    staged = cron01.ssh("find /etc/systemd/system/.deployer-staging /var/lib/deployer/lib -type f "
+                        "2>/dev/null | grep -v '^$' || true").stdout
+    assert staged == ""
+    assert cron01.ssh("ls /etc/systemd/system | grep -c '^deployer-' || true").stdout.strip() == "0"

@@ -49,7 +49,9 @@ timezone = Asia/Shanghai
 
     result = deployer("push", "--host", "cron01", "-i", inventory, check=True)
 
-    assert "host cron01: pushed: 7 add" in result.stdout
+    # 3 jobs x 2 units, deployer-recover.service (issue 16 item 9), trigger.pyz
+    assert "host cron01: pushed: 8 add" in result.stdout
+    assert cron01.ssh("systemctl is-enabled deployer-recover.service").stdout.strip() == "enabled"
     assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
     request = server.wait_for("/fast", timeout=15)[0]
     assert request.method == "POST"
@@ -71,7 +73,7 @@ def test_second_identical_push_writes_nothing_and_does_not_reload(cron01, server
 
     assert after_first != before_first, "the first push must reload systemd (or this test proves nothing)"
     assert json.loads(again.stdout)["add"] == [] and json.loads(again.stdout)["change"] == []
-    assert len(json.loads(again.stdout)["unchanged"]) == 5
+    assert len(json.loads(again.stdout)["unchanged"]) == 6  # 2 jobs x 2 units, the recover unit, trigger.pyz
     assert generation(cron01) == after_first
     assert file_stamps(cron01) == stamps
 
