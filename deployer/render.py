@@ -147,12 +147,10 @@ def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
 def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:
     """deployer-recover.service: at boot, before any timer, the agent (from the trigger zipapp)
     finishes a switch that a crash interrupted."""
-    from .hostside.agent import RECOVER_UNIT
-
     text = _environment().get_template("recover.service.j2").render(
         marker=paths.MARKER, journal=paths.JOURNAL, state_dir=paths.STATE_DIR, trigger=paths.TRIGGER_PATH,
         python=python)
-    return ManagedFile(f"{paths.UNIT_DIR}/{RECOVER_UNIT}", text.encode())
+    return ManagedFile(f"{paths.UNIT_DIR}/{paths.RECOVER_UNIT}", text.encode())
 
 
 def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:

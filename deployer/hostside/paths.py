@@ -61,6 +61,8 @@ def job_of_unit(name: str):
 # Every job run of this machine, together under one cgroup (systemd-cgtop shows them as one),
 # with the host's optional ceiling. Alerts stay outside it: they report what the ceiling kills.
 JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
+# At boot, before any timer: finishes a switch that a crash interrupted.
+RECOVER_UNIT = UNIT_PREFIX + "recover.service"
 
 
 def alert_template(channel: str) -> str:

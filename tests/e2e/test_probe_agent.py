@@ -193,17 +193,6 @@ def test_status_of_a_thousand_jobs_right_after_the_push_takes_seconds(cron01, de
 
 # -- item 9 ------------------------------------------------------------------------------------
 
-def zipapp_carries_the_agent() -> bool:
-    import io
-    import zipfile
-
-    from deployer.bundle import trigger_bundle
-
-    return "deployer/hostside/agent.py" in zipfile.ZipFile(io.BytesIO(trigger_bundle())).namelist()
-
-
-@pytest.mark.skipif(not zipapp_carries_the_agent(),
-                    reason="the trigger zipapp does not carry deployer/hostside yet (the lead's bundle.py change)")
 def test_a_host_that_crashed_mid_switch_boots_with_the_switch_finished(tmp_path, deployer, write_inventory, server):
     from tests.e2e.conftest import _require_nspawn
 
