@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -9,6 +10,7 @@ from typing import Iterable
 from . import systemd
 from .hostside import paths
 from .hostside.options import OPTIONS_BY_KEY, command_line, credentials
+from .hostside.run import redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
@@ -116,7 +118,8 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
-        credentials=[(name, f.path) for name, f in secrets.items()],
+        credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
+        request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
         on_failure=paths.instance(paths.alert_template(job.alert), job.name) if job.alert else None,
         on_success=paths.instance(paths.recovery_template(job.alert), job.name) if job.alert else None)
     calendar = calendar_of(job)

@@ -165,3 +165,19 @@ def test_probe16_3_the_alert_goes_out_when_its_queue_cannot_be_written(server, t
     channel = channels.Channel("ops", "webhook", endpoint=server.url("/hook"))
     assert coalescer.run(EVENT, lambda events: alert.deliver(channel, events, log=lines.append))
     assert len(server.received("/hook")) == 1
+
+
+def test_the_alert_reads_the_jobs_method_and_url_from_the_unit_the_renderer_wrote(tmp_path, monkeypatch):
+    """One fact, written by the renderer and read back by the alert program (not parsed out of
+    Description=); the URL arrives without its password."""
+    from deployer import render
+    from deployer.hostside import paths
+    from deployer.models import Job
+
+    job = Job(name="odd", host="cron01", url="https://u:pw@h.example/a%20b/$x;y?q='\"&z=\\é", method="PUT",
+              schedule="0 * * * *")
+    service = render.job_units(job)[0]
+    monkeypatch.setattr(paths, "UNIT_DIR", str(tmp_path))
+    (tmp_path / service.name).write_bytes(service.content)
+    assert alert.job_request("odd") == ("PUT", "https://u:***@h.example/a%20b/$x;y?q='\"&z=\\é")
+    assert alert.job_request("missing") == ("", "(unknown)")

@@ -258,15 +258,15 @@ def failed_run_event(job: str, host: str) -> dict:
 
 
 def job_request(job: str) -> tuple[str, str]:
-    """METHOD and URL from the job unit's Description= (rendered by the deployer: 'deployer job
-    NAME: METHOD URL', with % doubled)."""
+    """METHOD and URL of a job, from the X-Deployer-Request= line the renderer wrote for us."""
+    prefix = paths.REQUEST_KEY + "="
     try:
         with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("Description=deployer job ") and ": " in line:
-                    method, _, url = line.split(": ", 1)[1].strip().partition(" ")
-                    return method, redact_url(url.replace("%%", "%"))
-    except OSError:
+                if line.startswith(prefix):
+                    request = json.loads(line[len(prefix):])
+                    return request["method"], request["url"]
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     return "", "(unknown)"
 

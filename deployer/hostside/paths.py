@@ -61,6 +61,9 @@ def job_of_unit(name: str):
 # Every job run of this machine, together under one cgroup (systemd-cgtop shows them as one),
 # with the host's optional ceiling. Alerts stay outside it: they report what the ceiling kills.
 JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
+# A key systemd ignores (X- prefix) in a job's [Unit]: one JSON line {"method", "url"} that the
+# alert program reads back, the URL without its password.
+REQUEST_KEY = "X-Deployer-Request"
 # At boot, before any timer: finishes a switch that a crash interrupted.
 RECOVER_UNIT = UNIT_PREFIX + "recover.service"
 
