@@ -51,7 +51,8 @@ def _sources() -> list[tuple[str, Path]]:
 def _cache_path(sources: list[tuple[str, Path]]) -> Path:
     """Keyed by every source's name, size and mtime: a changed trigger.py or upgraded
     `requests` gives a new key, and an unchanged one costs a stat per file, not a zip."""
-    key = hashlib.sha256(MAIN + importlib.util.MAGIC_NUMBER)
+    # This file too: a change in how the bundle is built must not reuse one built the old way.
+    key = hashlib.sha256(MAIN + importlib.util.MAGIC_NUMBER + Path(__file__).read_bytes())
     for name, path in sources:
         stat = path.stat()
         key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
@@ -78,25 +79,45 @@ def trigger_bundle() -> bytes:
     return content
 
 
-def _bytecode(name: str, source: bytes) -> bytes:
-    """An unchecked hash-based .pyc (PEP 552): zipimport cannot cache bytecode, so without it
-    every run would compile the package again. Unchecked, because the archive holds exactly the
-    source it was compiled from; a host whose Python has another magic number ignores it and
-    compiles the source."""
-    import importlib.util
-    from importlib._bootstrap_external import _code_to_hash_pyc
+# Compiles every module in a fresh interpreter: marshal's output depends on the state of the
+# process (which objects are shared, and set order under hash randomisation), so bytecode made
+# inside a long-lived deployer would differ from one run to the next, and so would the bundle.
+_COMPILE = """
+import base64, importlib.util, json, sys
+from importlib._bootstrap_external import _code_to_hash_pyc
+out = {}
+for name, text in sorted(json.load(sys.stdin).items()):
+    source = text.encode()
+    code = compile(source, "trigger.pyz/" + name, "exec", dont_inherit=True, optimize=0)
+    out[name] = base64.b64encode(_code_to_hash_pyc(code, importlib.util.source_hash(source), False)).decode()
+json.dump(out, sys.stdout)
+"""
 
-    code = compile(source, f"trigger.pyz/{name}", "exec", dont_inherit=True, optimize=0)
-    return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+def _bytecode(sources: dict[str, bytes]) -> dict[str, bytes]:
+    """Unchecked hash-based .pyc files (PEP 552): zipimport cannot cache bytecode, so without
+    them every run would compile the package again. Unchecked, because the archive holds exactly
+    the source they were compiled from; a host whose Python has another magic number ignores
+    them and compiles the source."""
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", _COMPILE], check=True, capture_output=True,
+                            input=json.dumps({n: s.decode() for n, s in sources.items()}).encode(),
+                            env={"PYTHONHASHSEED": "0"})
+    return {name: base64.b64decode(pyc) for name, pyc in json.loads(result.stdout).items()}
 
 
 def _build(sources: list[tuple[str, Path]]) -> bytes:
     buffer = io.BytesIO()
+    contents = {name: path.read_bytes() for name, path in sources}
+    compiled = _bytecode({name: source for name, source in contents.items() if name.startswith("deployer/")})
     with zipfile.ZipFile(buffer, "w") as archive:
         _add(archive, "__main__.py", MAIN)
-        for name, path in sources:
-            source = path.read_bytes()
+        for name, source in contents.items():
             _add(archive, name, source)
-            if name.startswith("deployer/"):
-                _add(archive, name[:-3] + ".pyc", _bytecode(name, source))
+            if name in compiled:
+                _add(archive, name[:-3] + ".pyc", compiled[name])
     return b"#!/usr/bin/env python3\n" + buffer.getvalue()
