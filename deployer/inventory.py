@@ -69,6 +69,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "host_key": one_of(HOST_KEY_POLICIES),
         "sudo": boolean,
         "python": text,
+        "sandbox": one_of(("strict", "fast")),
         "cpu_weight": whole_number(1, 10000),
         "memory_max": size,
         "tasks_max": whole_number(1, 1 << 22),

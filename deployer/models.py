@@ -23,6 +23,7 @@ class Host:
     host_key: str = "strict"  # strict | accept-new
     sudo: bool = False
     python: str = "/usr/bin/python3"
+    sandbox: str = "strict"  # strict | fast (job units without the mount directives)
     # The ceiling of all job runs together (deployer-jobs.slice); None: no limit.
     cpu_weight: Optional[int] = None
     memory_max: Optional[str] = None

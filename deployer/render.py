@@ -95,7 +95,7 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     for recovered, name in ((False, paths.alert_template(alert.name)),
                             (True, paths.recovery_template(alert.name))):
         text = template.render(alert=alert, marker=paths.MARKER, argv=alert_argv(alert, host, recovered),
-                               recovered=recovered, failing_dir=paths.FAILING_DIR,
+                               recovered=recovered, failing_dir=paths.FAILING_DIR, sandbox="strict",
                                credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
         units.append(ManagedFile(f"{paths.UNIT_DIR}/{name}", text.encode()))
     return tuple(units) + credentials
@@ -109,13 +109,14 @@ def job_credentials(job: Job) -> dict[str, ManagedFile]:
             for name, content in credentials(values).items()}
 
 
-def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:
+def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict") -> tuple[ManagedFile, ...]:
     """The .service and .timer of one job, rendered byte for byte, and its credential files."""
     env = _environment()
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
     secrets = job_credentials(job)
-    common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE)
+    common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
+                  sandbox=sandbox)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
@@ -128,8 +129,9 @@ def job_units(job: Job, python: str = "/usr/bin/python3") -> tuple[ManagedFile, 
             ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot)) + tuple(secrets.values())
 
 
-def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3") -> tuple[ManagedFile, ...]:
-    return tuple(f for job in jobs for f in job_units(job, python))
+def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3",
+                 sandbox: str = "strict") -> tuple[ManagedFile, ...]:
+    return tuple(f for job in jobs for f in job_units(job, python, sandbox))
 
 
 def jobs_slice(host: Host) -> ManagedFile:
@@ -144,7 +146,7 @@ def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     jobs = inventory.jobs_for(host_name)
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
-    return (jobs_slice(host),) + render_units(jobs, host.python) + alerts
+    return (jobs_slice(host),) + render_units(jobs, host.python, host.sandbox) + alerts
 
 
 def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:

@@ -143,6 +143,7 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     pytest.param("memory_max", "0M", "'0M' is not a size (e.g. 512M, 2G)", id="memory-zero"),
     pytest.param("cpu_weight", "0", "'0' is not a whole number from 1 to 10000", id="cpu-weight"),
     pytest.param("tasks_max", "-1", "'-1' is not a whole number from 1 to 4194304", id="tasks"),
+    pytest.param("sandbox", "none", "'none' is not one of strict, fast", id="sandbox"),
 ])
 def test_host_ceiling_values(key, value, message):
     assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
