@@ -25,6 +25,12 @@ def failed_invocations(host, job_name: str) -> list[str]:
     return [json.loads(line)["INVOCATION_ID"] for line in out.splitlines() if line.strip()]
 
 
+def alert_log(host) -> str:
+    """What the alert units said (for a failing assertion)."""
+    return host.ssh("journalctl --no-pager -o short-monotonic -b -u 'deployer-*alert*' -u 'deployer-*.service' "
+                    "| tail -40", check=False).stdout
+
+
 def reported(robot, invocation: str) -> int:
     """In how many delivered messages a run appears."""
     return sum(invocation in m["markdown"]["text"] for m in robot.accepted)
@@ -59,7 +65,7 @@ def test_probe16_13_failures_during_a_slow_alert_are_each_reported_once(cron01, 
 def test_probe16_13_an_alert_goes_out_soon_after_its_channel_comes_back(cron01, server, robot, deployer,  # noqa: F811
                                                                         write_inventory):
     """Before: an alert that could not be delivered waited for the next failure (forever if none).
-    Now the alert unit restarts itself (RestartSec=30s) and sends what is queued."""
+    Now the alert unit restarts itself (RestartSec=20s) and sends what is queued."""
     server.routes["/e500"] = Reply(500, b"settlement exploded")
     down = Reply(502, b"bad gateway")
     robot.routes["/robot/send"], working = down, robot.routes["/robot/send"]
@@ -75,8 +81,8 @@ def test_probe16_13_an_alert_goes_out_soon_after_its_channel_comes_back(cron01, 
     back = time.monotonic()
     [invocation] = failed_invocations(cron01, "lonely")
     wait_reported(robot, [invocation], timeout=60)
-    assert reported(robot, invocation) == 1, "not delivered within a minute of the channel coming back"
-    assert time.monotonic() - back < 45
+    assert reported(robot, invocation) == 1, f"not delivered soon after the channel came back:\n{alert_log(cron01)}"
+    assert time.monotonic() - back < 60, "the issue asks for soon: within a minute"
     wait_alert_units_idle(cron01)
     assert len(robot.accepted) == 1
 
@@ -103,7 +109,7 @@ def test_probe16_8_a_run_interrupted_by_a_reboot_is_alerted_after_boot(persisten
 
     [invocation] = failed_invocations(host, "nightly")
     wait_reported(robot, [invocation], timeout=45)
-    assert reported(robot, invocation) == 1, f"messages: {robot.accepted}"
+    assert reported(robot, invocation) == 1, f"messages: {robot.accepted}\n{alert_log(host)}"
     [message] = robot.accepted
     assert message["markdown"]["title"] == "deployer: job nightly FAILED on cron01"
     assert "interrupted" in message["markdown"]["text"]
