@@ -332,8 +332,11 @@ def save_seen(path: str, seen: Seen) -> None:
         with open(path + ".tmp", "w") as handle:
             json.dump({"watermark": seen.watermark, "ids": [list(x) for x in seen.ids]}, handle)
         os.rename(path + ".tmp", path)
-    except OSError:
-        pass  # a full disk: the next alert may report these runs again, never fewer
+    except OSError:  # a full disk: the next alert may report these runs again, never fewer
+        try:
+            os.unlink(path + ".tmp")
+        except OSError:
+            pass
 
 
 def run_lines(invocation: str) -> list:
