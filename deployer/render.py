@@ -71,11 +71,23 @@ def calendar_of(job: Job):
     return to_calendar(job.schedule, job.on_calendar, job.timezone)
 
 
-def alert_argv(alert: Alert, host: Host, recovered: bool = False) -> list[str]:
+# An undelivered alert is sent again this long after (the alert unit's RestartSec=): a channel
+# that was down hears within about this of coming back, and a down channel costs one short
+# process per failed job this often.
+ALERT_RESTART_SEC = 20
+# The boot sweep waits this long after boot (the network is up; a failing run shows now).
+ALERT_BOOT_DELAY = 10
+
+
+def alert_argv(alert: Alert, host: Host, recovered: bool = False, mode: str = "") -> list[str]:
+    """mode: "" (ExecStart), "sweep" (ExecStopPost) or "boot" (the channel's boot sweep)."""
     argv = [host.python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--alert", "--channel", alert.name, "--type", alert.type,
-            "--host-name", host.name, "--job", systemd.Specifier("%i")]
+            "--host-name", host.name]
+    argv += [] if mode == "boot" else ["--job", systemd.Specifier("%i")]
     if recovered:
         argv.append("--recovered")
+    if mode:
+        argv.append("--" + mode)
     if alert.endpoint:
         argv += ["--endpoint", alert.endpoint]
     return argv
@@ -92,12 +104,19 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     credentials = credential_files(alert)
     template = _environment().get_template("alert.service.j2")
     units = []
-    for recovered, name in ((False, paths.alert_template(alert.name)),
-                            (True, paths.recovery_template(alert.name))):
-        text = template.render(alert=alert, marker=paths.MARKER, argv=alert_argv(alert, host, recovered),
-                               recovered=recovered, failing_dir=paths.FAILING_DIR, sandbox="strict",
+    for recovered, boot, name in ((False, False, paths.alert_template(alert.name)),
+                                  (True, False, paths.recovery_template(alert.name)),
+                                  (False, True, paths.boot_alert_unit(alert.name, "service"))):
+        text = template.render(alert=alert, marker=paths.MARKER, recovered=recovered, boot=boot,
+                               argv=alert_argv(alert, host, recovered, "boot" if boot else ""),
+                               sweep_argv=None if boot or recovered else alert_argv(alert, host, False, "sweep"),
+                               restart_sec=ALERT_RESTART_SEC, failing_dir=paths.FAILING_DIR, sandbox="strict",
                                credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
         units.append(ManagedFile(f"{paths.UNIT_DIR}/{name}", text.encode()))
+    timer = _environment().get_template("alert-boot.timer.j2").render(
+        alert=alert, marker=paths.MARKER, delay=f"{ALERT_BOOT_DELAY}s", service=paths.boot_alert_unit(alert.name, "service"))
+    # Enabled for boot only: started now it would fire at once.
+    units.append(ManagedFile(f"{paths.UNIT_DIR}/{paths.boot_alert_unit(alert.name, 'timer')}", timer.encode(), start=False))
     return tuple(units) + credentials
 
 

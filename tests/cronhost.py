@@ -47,8 +47,9 @@ class CronHost:
 
     def __init__(self, name: str, workdir: Optional[Path] = None, persistent: bool = False,
                  users: tuple[str, ...] = ()):
-        """`persistent`: keep /var/lib/deployer and timer stamps across restart(), as a disk would
-        (the container's /var is otherwise a tmpfs)."""
+        """`persistent`: keep /var/lib/deployer, timer stamps and the journal (/var/log/journal,
+        as on a Debian 12 host) across restart(), as a disk would (the container's /var is
+        otherwise a tmpfs)."""
         self.name = name
         self.machine = f"{name}-{os.getpid()}"
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"cronhost-{name}-"))
@@ -121,7 +122,7 @@ class CronHost:
             "--register=no", "--keep-unit", "--link-journal=no", "--console=passive", "--boot",
         ]
         if self.persistent:
-            for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private"):
+            for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private", "/var/log/journal"):
                 outside = self.workdir / "disk" / inside.strip("/").replace("/", "_")
                 outside.mkdir(parents=True, exist_ok=True)
                 outside.chmod(0o700 if inside.endswith("private") else 0o755)  # systemd insists

@@ -181,3 +181,125 @@ def test_the_alert_reads_the_jobs_method_and_url_from_the_unit_the_renderer_wrot
     (tmp_path / service.name).write_bytes(service.content)
     assert alert.job_request("odd") == ("PUT", "https://u:***@h.example/a%20b/$x;y?q='\"&z=\\é")
     assert alert.job_request("missing") == ("", "(unknown)")
+
+
+# --- every failed run, from systemd's record in the journal (issue 16 items 13 and 8) -----------
+
+# Recorded on a test host (`journalctl -o json MESSAGE_ID=... _PID=1 UNIT=...`), trimmed to the
+# fields that matter, plus one forged by a local user (not _PID=1) and a line that is not JSON.
+JOURNAL = [
+    '{"MESSAGE_ID":"98e322203f7a4ed290d09fe03c09fe15","UNIT":"deployer-x.service","_PID":"1",'
+    '"INVOCATION_ID":"fec9114269294a4db38b20c39f08e831","EXIT_CODE":"exited","EXIT_STATUS":"3",'
+    '"__REALTIME_TIMESTAMP":"1795606629404741","_BOOT_ID":"e49bb3a4"}',
+    '{"MESSAGE_ID":"d9b373ed55a64feb8242e02dbe79a49c","UNIT":"deployer-x.service","_PID":"1",'
+    '"MESSAGE":"deployer-x.service: Failed with result \'exit-code\'.","UNIT_RESULT":"exit-code",'
+    '"INVOCATION_ID":"fec9114269294a4db38b20c39f08e831","__REALTIME_TIMESTAMP":"1795606629404814",'
+    '"_BOOT_ID":"e49bb3a4"}',
+    '{"MESSAGE_ID":"d9b373ed55a64feb8242e02dbe79a49c","UNIT":"deployer-x.service","_PID":"4242",'
+    '"UNIT_RESULT":"exit-code","INVOCATION_ID":"forged","__REALTIME_TIMESTAMP":"1795606629500000"}',
+    '-- No entries --',
+    '{"MESSAGE_ID":"d9b373ed55a64feb8242e02dbe79a49c","UNIT":"deployer-x.service","_PID":"1",'
+    '"UNIT_RESULT":"signal","INVOCATION_ID":"0b1d","__REALTIME_TIMESTAMP":"1795606630000000","_BOOT_ID":"e49bb3a4"}',
+]
+
+
+def test_failed_runs_are_read_from_pid1s_record_with_their_exit_status():
+    assert alert.parse_failed_runs(JOURNAL) == [
+        alert.FailedRun("deployer-x.service", "fec9114269294a4db38b20c39f08e831", "exit-code", "3",
+                        1795606629404814, "e49bb3a4"),
+        alert.FailedRun("deployer-x.service", "0b1d", "signal", "?", 1795606630000000, "e49bb3a4"),
+    ]
+
+
+def run(invocation: str, seconds: float) -> alert.FailedRun:
+    return alert.FailedRun("deployer-x.service", invocation, "exit-code", "1", int(seconds * 1e6))
+
+
+def test_seen_runs_are_not_reported_again_and_the_watermark_moves_forward():
+    seen = alert.Seen(int(1000e6)).add([run("a", 1000), run("b", 1001)])
+    assert seen.watermark == int(1001e6) and seen.since() == 1001 - alert.SEEN_MARGIN
+    assert seen.new([run("a", 1000), run("b", 1001), run("c", 999)]) == [run("c", 999)], \
+        "a run journald indexed late (older than the watermark) is still new"
+    later = seen.add([run("d", 1001 + 3 * alert.SEEN_MARGIN)])
+    assert [i for i, _ in later.ids] == ["d"], "ids far behind the watermark are forgotten"
+
+
+def test_seen_survives_a_round_trip_and_a_corrupt_file_means_first_time(tmp_path):
+    seen = alert.Seen(5).add([run("a", 10)])
+    alert.save_seen(str(tmp_path / "seen" / "x"), seen)
+    assert alert.load_seen(str(tmp_path / "seen" / "x")) == seen
+    (tmp_path / "seen" / "x").write_text("{")
+    assert alert.load_seen(str(tmp_path / "seen" / "x")) is None
+
+
+class Journal:
+    """A fake journal: the runs systemd recorded so far; `find` as journal_failed_runs."""
+
+    def __init__(self, runs=(), boots=None):
+        self.runs = list(runs)
+        self.boots = boots or {}
+
+    def find(self, unit, since=None, boot=None):
+        if boot is not None:
+            return list(self.boots.get(boot, []))
+        return [r for r in self.runs if since is None or r.realtime >= since * 1e6]
+
+
+def reporter(tmp_path, journal, batches, on_send=lambda: None, ok=True):
+    def send(events, take_queued):
+        batches.append([e["invocation"] for e in events])
+        on_send()
+        return ok
+
+    def report(**how):
+        return alert.report_failures("x", "cron01", str(tmp_path), send, lambda _: None, find=journal.find,
+                                     sleep=lambda _: None, **how)
+
+    return report
+
+
+def test_runs_merged_into_a_running_alert_are_each_reported_once(tmp_path):
+    """systemd merges an OnFailure= start into the alert still running for the job: the alert
+    for run a must also report b (failed before it looked) and c (failed while it was sending),
+    and the sweep after it finds nothing left."""
+    now = time.time()
+    journal = Journal([run("old", now - 50), run("a", now), run("b", now + 1)])
+    batches: list = []
+    arrive = iter([lambda: journal.runs.append(run("c", now + 2))])
+    report = reporter(tmp_path, journal, batches, on_send=lambda: next(arrive, lambda: None)())
+    assert report(monitored=run("a", now))
+    assert report(sweep=True)
+    assert batches == [["a", "b"], ["c"]], "the first time, older history is not reported"
+
+
+def test_the_monitored_run_is_reported_even_before_journald_has_it(tmp_path):
+    now = time.time()
+    journal = Journal([])
+    batches: list = []
+    report = reporter(tmp_path, journal, batches)
+    assert report(monitored=run("a", now))
+    journal.runs.append(run("a", now))
+    assert report(sweep=True)
+    assert batches == [["a"]]
+
+
+def test_a_sweep_at_boot_reports_the_run_the_shutdown_interrupted(tmp_path):
+    journal = Journal(boots={"-1": [run("cut", time.time() - 600)], "0": []})
+    batches: list = []
+    assert reporter(tmp_path, journal, batches)()
+    assert batches == [["cut"]]
+    batches.clear()
+    assert reporter(tmp_path, journal, batches)(sweep=True)
+    assert batches == []
+
+
+def test_a_restart_sends_what_an_undelivered_alert_left_queued(tmp_path):
+    """The alert unit's Restart= runs without $MONITOR_*: it takes the queue."""
+    clock = Clock()
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    assert not coalescer.run({**EVENT, "job": "first"}, lambda events: False)
+    sent: list = []
+    assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
+    assert [e["job"] for e in sent[0]] == ["first"]
+    assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
+    assert len(sent) == 1, "nothing left: nothing sent"

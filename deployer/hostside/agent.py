@@ -659,7 +659,8 @@ def check_unmanaged(host, current, writes, removes):
 
 
 def op_status(host, request):
-    timers = sorted(unit_name(p) for p in host.managed_files() if p.endswith(".timer"))
+    timers = sorted(unit_name(p) for p in host.managed_files()
+                    if p.endswith(".timer") and paths.job_of_unit(p) is not None)
     services = [t[:-len(".timer")] + ".service" for t in timers]
     timer_props = host.systemd.show(timers, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
                                              "LastTriggerUSec", "TimersCalendar"])

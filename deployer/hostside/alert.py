@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import paths
@@ -45,7 +46,8 @@ def format_events(events: list[dict]) -> tuple[str, str]:
             parts.append(f"succeeded again at {e['time']}")
             continue
         parts.append(f"{e.get('method', '')} {e.get('url', '')}".strip())
-        parts.append(f"result: {e['result']}, exit status {e['exit_status']}, at {e['time']}")
+        parts.append(f"result: {e['result']}, exit status {e['exit_status']}, at {e['time']}"
+                     + (f", run {e['invocation']}" if e.get("invocation") else ""))
         lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
         parts += [f"> {line[:200]}" for line in lines]
     text = "\n\n".join(parts)
@@ -202,32 +204,40 @@ class Coalescer:
         fcntl.flock(handle, fcntl.LOCK_EX)
         return handle
 
-    def run(self, event: dict, send: Callable[[list], bool], give_up_after: float = 120.0,
-            queued: Optional[str] = None) -> bool:
-        """Deliver `event` (merged with queued ones when the channel is busy); whether it went out.
-        `queued`: the name under which this alert already queued it."""
+    def run(self, events, send: Callable[[list], bool], give_up_after: float = 120.0,
+            queued=None, take_queued: bool = False) -> bool:
+        """Deliver `events` (one event or a list; merged with queued ones when the channel is
+        busy, or always with `take_queued`); whether they went out (True when there was nothing
+        to send). `queued`: the name(s) under which this alert already queued them."""
+        events = [events] if isinstance(events, dict) else list(events)
+        queued = [queued] if isinstance(queued, str) else list(queued or [])
         deadline = self.now() + give_up_after
         waited = False
         while True:
             lock = self._locked()
             try:
-                if queued and not os.path.exists(os.path.join(self.dir, queued)):
+                if queued and not any(os.path.exists(os.path.join(self.dir, q)) for q in queued):
                     return True  # sent by another alert, merged into its message
                 recent = self._recent_sends()
                 if len(recent) < RATE_LIMIT:
                     orphaned = self.now() - ORPHANED_AFTER
-                    others = [n for n in self._queued() if n != queued and
-                              (waited or float(n.split("-", 1)[0]) < orphaned)]
-                    events, loaded = self._load(others)
-                    if not send(events + [event]):
+                    others = [n for n in self._queued() if n not in queued and
+                              (waited or take_queued or float(n.split("-", 1)[0]) < orphaned)]
+                    carried, loaded = self._load(others)
+                    if not carried + events:
+                        return True
+                    if not send(carried + events):
                         if not queued:
-                            self.enqueue(event)
+                            for event in events:
+                                self.enqueue(event)
                         return False
-                    self._remove(loaded + ([queued] if queued else []))
+                    self._remove(loaded + queued)
                     self._record_send(recent)
                     return True
+                if not events:
+                    return False  # only queued events, and the channel is busy: a later alert
                 if not queued:
-                    queued = self.enqueue(event)
+                    queued = [name for name in map(self.enqueue, events) if name]
                 wait = min(recent) + RATE_WINDOW - self.now()
             finally:
                 if lock:
@@ -238,23 +248,147 @@ class Coalescer:
             self.sleep(max(wait, 0.1))
 
 
-def failed_run_event(job: str, host: str) -> dict:
-    """What the OnFailure= unit knows: systemd's $MONITOR_* and the run's journal lines."""
+# -- which runs failed: systemd's own record in the journal --------------------------------------
+# PID 1 logs "Failed with result '...'" (UNIT=, INVOCATION_ID=, UNIT_RESULT=) for every failed
+# run, and "Main process exited" (EXIT_CODE=, EXIT_STATUS=) for every run. Only PID 1 can write
+# entries with _PID=1, so no local user can forge (or hide) a failure.
+FAILED_MESSAGE = "d9b373ed55a64feb8242e02dbe79a49c"
+EXITED_MESSAGE = "98e322203f7a4ed290d09fe03c09fe15"
+# Runs are looked up from this long before the watermark (journald may index an entry a little
+# after a later one was read) and recognised by invocation id; ids are kept for twice as long.
+SEEN_MARGIN = 120.0
+# After sending, look again this many times (failures that came in meanwhile go out now).
+ROUNDS = 5
+# A sweep that finds nothing looks once more after this long (journald lag).
+JOURNAL_LAG = 1.0
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """One failed run of a unit, as PID 1 recorded it."""
+
+    unit: str
+    invocation: str
+    result: str
+    exit_status: str
+    realtime: int  # microseconds since the epoch
+    boot: str = ""
+
+
+def parse_failed_runs(lines) -> list:
+    """`journalctl -o json` lines of FAILED_MESSAGE and EXITED_MESSAGE -> FailedRun, oldest
+    first; an exit message gives its run's exit status (or signal)."""
+    failed, exits = [], {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
+            continue
+        if entry.get("MESSAGE_ID") == EXITED_MESSAGE:
+            exits[entry["INVOCATION_ID"]] = str(entry.get("EXIT_STATUS", "?"))
+        elif entry.get("MESSAGE_ID") == FAILED_MESSAGE and entry.get("UNIT"):
+            failed.append(entry)
+    runs = [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
+                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""))
+            for e in failed]
+    return sorted(runs, key=lambda r: r.realtime)
+
+
+def journal_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: Optional[str] = None) -> list:
+    """The failed runs of `unit` (every unit: None) since `since` (epoch seconds) or in `boot`."""
     import subprocess
 
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json"]
+    if since is not None:
+        argv.append(f"--since=@{max(int(since), 0)}")
+    if boot is not None:
+        argv.append(f"--boot={boot}")
+    argv += [f"MESSAGE_ID={FAILED_MESSAGE}"] + ([f"MESSAGE_ID={EXITED_MESSAGE}"] if unit else []) + ["_PID=1"]
+    if unit:
+        argv.append(f"UNIT={unit}")
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
+    return parse_failed_runs(result.stdout.splitlines())
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Per job, what its alerts have already taken care of: a watermark (microseconds) and the
+    invocation ids of the runs around it."""
+
+    watermark: int
+    ids: tuple = ()  # ((invocation, realtime), ...)
+
+    def new(self, runs: list, floor: int = 0) -> list:
+        known = {i for i, _ in self.ids}
+        return [r for r in runs if r.invocation not in known and r.realtime >= floor]
+
+    def since(self) -> float:
+        """Where the next journal lookup starts (epoch seconds)."""
+        return self.watermark / 1e6 - SEEN_MARGIN
+
+    def add(self, runs: list) -> "Seen":
+        watermark = max([self.watermark] + [r.realtime for r in runs])
+        ids = dict(self.ids)
+        ids.update((r.invocation, r.realtime) for r in runs)
+        keep = watermark - int(2 * SEEN_MARGIN * 1e6)
+        return Seen(watermark, tuple(sorted(((i, t) for i, t in ids.items() if t >= keep), key=lambda x: x[1])))
+
+
+def load_seen(path: str) -> Optional[Seen]:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        return Seen(int(data["watermark"]), tuple((str(i), int(t)) for i, t in data["ids"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_seen(path: str, seen: Seen) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"watermark": seen.watermark, "ids": [list(x) for x in seen.ids]}, handle)
+        os.rename(path + ".tmp", path)
+    except OSError:  # a full disk: the next alert may report these runs again, never fewer
+        try:
+            os.unlink(path + ".tmp")
+        except OSError:
+            pass
+
+
+def run_lines(invocation: str) -> list:
+    """The run's own journal lines (the trigger's log), the last MAX_LINES."""
+    import subprocess
+
+    if not invocation:
+        return []
+    result = subprocess.run(
+        ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}", "+",
+         f"INVOCATION_ID={invocation}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        universal_newlines=True)
+    return [line for line in result.stdout.splitlines() if line.strip()][-MAX_LINES:]
+
+
+def monitored_run(job: str) -> Optional[FailedRun]:
+    """The run an OnFailure= start names in $MONITOR_* (None for a restart or a sweep)."""
     invocation = os.environ.get("MONITOR_INVOCATION_ID", "")
-    lines: list[str] = []
-    if invocation:
-        result = subprocess.run(
-            ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}", "+",
-             f"INVOCATION_ID={invocation}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            universal_newlines=True)
-        lines = [line for line in result.stdout.splitlines() if line.strip()][-MAX_LINES:]
+    if not invocation:
+        return None
+    return FailedRun(paths.job_unit(job, "service"), invocation, os.environ.get("MONITOR_SERVICE_RESULT", "unknown"),
+                     os.environ.get("MONITOR_EXIT_STATUS", "?"), int(time.time() * 1e6))
+
+
+def failed_run_event(job: str, host: str, run: Optional[FailedRun] = None) -> dict:
+    """One failed run as an alert event: systemd's record of it and the run's journal lines."""
+    run = run or monitored_run(job) or FailedRun(paths.job_unit(job, "service"), "", "unknown", "?",
+                                                 int(time.time() * 1e6))
     method, url = job_request(job)
     return {"kind": "failed", "job": job, "host": host, "method": method, "url": url,
-            "result": os.environ.get("MONITOR_SERVICE_RESULT", "unknown"),
-            "exit_status": os.environ.get("MONITOR_EXIT_STATUS", "?"),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "invocation": invocation, "lines": lines}
+            "result": run.result, "exit_status": run.exit_status,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.realtime / 1e6)),
+            "invocation": run.invocation, "lines": run_lines(run.invocation)}
 
 
 def job_request(job: str) -> tuple[str, str]:
@@ -298,23 +432,134 @@ def mark(path: str, failing: bool) -> None:
         pass
 
 
-def alert_main(job: str, host_name: str, channel: Channel, recovered: bool) -> bool:
-    """What an OnFailure=/OnSuccess= unit runs; whether the message went out (or was not needed)."""
+def report_failures(job: str, host_name: str, state: str, send_events: Callable[..., bool],
+                    log: Callable[[str], None], monitored: Optional[FailedRun] = None, sweep: bool = False,
+                    take_queued: bool = False, find=journal_failed_runs, sleep=time.sleep) -> bool:
+    """Report every failed run of `job` that no alert has reported yet (systemd merges an
+    OnFailure= start into an alert still running for the same job, so $MONITOR_* may name only
+    one of several). Then look again, until nothing new: a failure during the send goes out now.
+
+    The first time for a job: the monitored run and later ones, or without one (a sweep at boot)
+    those of the previous and the current boot; never older history. `sweep`: also look once
+    more after JOURNAL_LAG when nothing is found. Whether everything went out (or was queued and
+    `send_events` said so)."""
+    import fcntl
+
+    unit = paths.job_unit(job, "service")
+    seen_path = os.path.join(state, "seen", job)
+    try:
+        os.makedirs(os.path.dirname(seen_path), exist_ok=True)
+        lock = open(seen_path + ".lock", "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one reporter per job at a time: a run is claimed once
+    except OSError:
+        lock = None
+    try:
+        seen, floor = load_seen(seen_path), 0
+        if seen is None:
+            if monitored:
+                found = find(unit, since=monitored.realtime / 1e6 - SEEN_MARGIN)
+                floor = next((r.realtime for r in found if r.invocation == monitored.invocation), monitored.realtime)
+                seen = Seen(floor).add([r for r in found if r.realtime < floor])
+            else:
+                found = find(unit, boot="-1") + find(unit, boot="0")
+                seen = Seen(int(time.time() * 1e6))
+        else:
+            found = find(unit, since=seen.since())
+        pending = [monitored] if monitored and monitored.invocation not in {r.invocation for r in found} else []
+        delivered = True
+        for round_ in range(ROUNDS):
+            runs = seen.new(found, floor) + seen.new(pending)
+            pending = []
+            if not runs and sweep and round_ == 0:
+                sleep(JOURNAL_LAG)
+                runs = seen.new(find(unit, since=seen.since()), floor)
+            if not runs and not take_queued:
+                break
+            if runs:
+                log(f"job {job}: {len(runs)} failed run(s) to report: "
+                    + ", ".join(f"{r.invocation or '?'} ({r.result})" for r in runs))
+            delivered = send_events([failed_run_event(job, host_name, r) for r in runs], take_queued) and delivered
+            seen = seen.add(runs)
+            save_seen(seen_path, seen)
+            take_queued = False
+            if not runs:
+                break
+            found = find(unit, since=seen.since())
+        save_seen(seen_path, seen)
+        return delivered
+    finally:
+        if lock:
+            lock.close()
+
+
+def boot_jobs(channel: str, find=journal_failed_runs) -> list:
+    """The jobs alerting via `channel` that failed in the previous boot or this one (a run the
+    shutdown interrupted ends there, and its OnFailure= start was refused by the shutdown)."""
+    units = {r.unit for r in find(None, boot="-1") + find(None, boot="0")}
+    jobs = []
+    for unit in sorted(units):
+        job = paths.job_of_unit(unit)
+        if job and unit.endswith(".service") and channel_of(job) == channel:
+            jobs.append(job)
+    return jobs
+
+
+def channel_of(job: str) -> str:
+    """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
+    prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
+    try:
+        with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(prefix) and "@" in line:
+                    return line[len(prefix):].split("@", 1)[0]
+    except OSError:
+        pass
+    return ""
+
+
+def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode: str = "") -> bool:
+    """What the alert units run; whether the message went out (or was not needed).
+
+    mode "": an OnFailure= start ($MONITOR_*) or the unit's Restart= (no $MONITOR_*: it sends
+    what an earlier attempt queued); "sweep": the unit's ExecStopPost= (failures whose start
+    systemd merged into this run); "boot": every job of the channel, once at boot."""
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    failing = os.path.join(state, "failing", job)
+    coalescer = Coalescer(state, channel.name, log=log)
+
+    def send(events: list, take_queued: bool = False) -> bool:
+        delivered = coalescer.run(events, lambda batch: deliver(channel, batch, log=log), take_queued=take_queued)
+        if not delivered:
+            log("alert not delivered; it stays queued and goes out when this unit restarts")
+        return delivered
+
     if recovered:
+        failing = os.path.join(state, "failing", job)
         if not os.path.exists(failing):
             return True
         mark(failing, False)
-        event = {"kind": "recovered", "job": job, "host": host_name, "time": now_text()}
         log(f"job {job} succeeded after failing; telling {channel.name}")
-    else:
-        event = failed_run_event(job, host_name)
-        mark(failing, True)
-        log(f"job {job} failed ({event['result']}, exit status {event['exit_status']}); alerting via {channel.name}")
-    coalescer = Coalescer(state, channel.name, log=log)
-    delivered = coalescer.run(event, lambda events: deliver(channel, events, log=log))
-    if not delivered:
-        log("alert not delivered; it stays queued and goes out with the next alert")
-    return delivered
+        return send([{"kind": "recovered", "job": job, "host": host_name, "time": now_text()}])
+
+    def report(name: str, **how) -> bool:
+        def send_and_mark(events: list, take_queued: bool) -> bool:
+            if events:
+                mark(os.path.join(state, "failing", name), True)
+            return send(events, take_queued)
+
+        return report_failures(name, host_name, state, send_and_mark, log, **how)
+
+    if mode == "boot":
+        return all([report(name) for name in boot_jobs(channel.name)] + [send([], take_queued=True)])
+    if mode == "sweep":
+        # ExecStopPost= cannot read the unit's credentials (v252: permission denied): queue what
+        # it finds and fail, so that the restart (RestartSec=) sends it.
+        def queue(events: list, take_queued: bool) -> bool:
+            for event in events:
+                mark(os.path.join(state, "failing", job), True)
+                coalescer.enqueue(event)
+            return not events
+
+        return report_failures(job, host_name, state, queue, log, sweep=True)
+    monitored = monitored_run(job)
+    return report(job, monitored=monitored, take_queued=True)

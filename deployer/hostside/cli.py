@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from typing import Optional
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     alert.add_argument("--alert", action="store_true", help="report the failed run of --job")
     alert.add_argument("--recovered", action="store_true", help="with --alert: report that --job "
                        "succeeded after failing (run by OnSuccess=)")
+    alert.add_argument("--sweep", action="store_true", help="with --alert: report failed runs of --job that "
+                       "no alert reported yet (run by the alert unit's ExecStopPost=)")
+    alert.add_argument("--boot", action="store_true", help="with --alert: report the failed runs of every job "
+                       "of --channel that no alert reported (the previous boot's interrupted ones)")
     alert.add_argument("--channel", help="alert channel name")
     alert.add_argument("--type", choices=sorted(CHANNEL_TYPES))
     alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
@@ -60,9 +65,11 @@ def main(argv: Optional[list] = None) -> int:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")
         from .alert import alert_main, read_credential  # a job run never loads the alert program
-        channel = Channel(args.channel, args.type, token=Secret(read_credential("token")),
-                          secret=Secret(read_credential("secret")), endpoint=args.endpoint or "")
-        return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered) else EXIT_FAILED
+        mode = "boot" if args.boot else "sweep" if args.sweep else ""
+        token, secret = ("", "") if args.sweep else (read_credential("token"), read_credential("secret"))
+        channel = Channel(args.channel, args.type, token=Secret(token), secret=Secret(secret),
+                          endpoint=args.endpoint or "")
+        return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered, mode) else EXIT_FAILED
     if not args.url:
         parser.error("the following arguments are required: -url/--url")
     try:
@@ -72,8 +79,17 @@ def main(argv: Optional[list] = None) -> int:
     spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **from_credentials,
                    **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
     log = lambda line: print(line, flush=True)  # noqa: E731
-    ping(spec.ping_url, "/start", log)
-    verdict = run_job(spec, log=log)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        ping(spec.ping_url, "/start", log)
+        verdict = run_job(spec, log=log)
+    except Interrupted:
+        # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
+        # death (a clean stop for some service types): exit 1, and say why for the alert.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log(f"job {spec.name}: FAILED (interrupted: SIGTERM, the host is shutting down or the run was stopped)")
+        return EXIT_FAILED
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     ping(spec.ping_url, "" if verdict.ok else "/fail", log)
     if verdict.ok:
         log(f"job {spec.name}: ok ({verdict.reason})")
@@ -88,6 +104,14 @@ def main(argv: Optional[list] = None) -> int:
 
         deliver(channel, [event], log=log)
     return EXIT_FAILED
+
+
+class Interrupted(BaseException):
+    """SIGTERM during a run (BaseException: no `except Exception` on the way swallows it)."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted()
 
 
 def credential_values() -> dict:

@@ -78,6 +78,12 @@ def recovery_template(channel: str) -> str:
     return "%srecovery-%s@.service" % (UNIT_PREFIX, _word(channel))
 
 
+def boot_alert_unit(channel: str, suffix: str) -> str:
+    """`deployer-boot-alert@<channel>.timer|service`: the channel's sweep at boot. An instance
+    name (the files are not templates) because a name with "@" is never taken for a job's."""
+    return "%sboot-alert@%s.%s" % (UNIT_PREFIX, _word(channel), suffix)
+
+
 def instance(template: str, job: str) -> str:
     return template.replace("@.service", "@%s.service" % _word(job))
 
