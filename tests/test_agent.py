@@ -363,6 +363,14 @@ def test_files_of_timers_that_did_not_stop_are_kept(host, failure):
     assert os.path.exists(host.layout.journal), "the switch stays journalled, to be finished later"
 
 
+def test_status_lists_jobs_only_not_the_channels_boot_timer(host):
+    boot_timer = f"{U}/deployer-boot-alert@ops.timer"
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-good.timer", unit("good")), write(boot_timer, unit("ops"))),
+                           expect=files(host)))
+    assert boot_timer in files(host)
+    assert [j.job for j in host.call(StatusRequest()).jobs] == ["good"]
+
+
 def test_status_asks_systemctl_show_in_chunks(host):
     many(host, 1200)
     host.systemd.calls.clear()
