@@ -111,6 +111,7 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
                                argv=alert_argv(alert, host, recovered, "boot" if boot else ""),
                                sweep_argv=None if boot or recovered else alert_argv(alert, host, False, "sweep"),
                                restart_sec=ALERT_RESTART_SEC, failing_dir=paths.FAILING_DIR, sandbox="strict",
+                               state_name=paths.ALERT_STATE_NAME,
                                credentials=[(f.path.rsplit(".", 1)[1], f.path) for f in credentials])
         units.append(ManagedFile(f"{paths.UNIT_DIR}/{name}", text.encode()))
     timer = _environment().get_template("alert-boot.timer.j2").render(
