@@ -303,3 +303,48 @@ def test_a_restart_sends_what_an_undelivered_alert_left_queued(tmp_path):
     assert [e["job"] for e in sent[0]] == ["first"]
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
     assert len(sent) == 1, "nothing left: nothing sent"
+
+
+def test_probe16_4_alerts_and_pings_trust_the_hosts_store_like_jobs(tmp_path, monkeypatch):
+    """Before: alerts and pings used the zipapp's bundled CA store, so an internal endpoint that
+    jobs reached fine failed in alerts and pings. Here only the "host's store" (our CA) trusts
+    the server."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deployer.hostside import run
+    from tests.tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(self.path.split("?")[0])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"https://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        monkeypatch.setattr(run, "SYSTEM_CA_BUNDLE", str(pki.ca))
+        channel = channels.Channel("ops", "webhook", endpoint=base + "/hook")
+        lines: list[str] = []
+        assert alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None), lines
+        run.ping(base + "/hc", "", log=lines.append)
+        assert received == ["/hook", "/hc"], lines
+    finally:
+        httpd.shutdown()
