@@ -346,5 +346,12 @@ def test_probe16_4_alerts_and_pings_trust_the_hosts_store_like_jobs(tmp_path, mo
         assert alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None), lines
         run.ping(base + "/hc", "", log=lines.append)
         assert received == ["/hook", "/hc"], lines
+
+        # A store that does not trust the server: refused once, not retried as if transient.
+        monkeypatch.setattr(run, "SYSTEM_CA_BUNDLE", str(pki.other_ca))
+        lines.clear()
+        assert not alert.deliver(channel, [EVENT], log=lines.append, sleep=lambda _: None)
+        assert len(lines) == 1 and "certificate verify failed" in lines[0] and "not retried" in lines[0], lines
+        assert received == ["/hook", "/hc"]
     finally:
         httpd.shutdown()

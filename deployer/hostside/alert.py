@@ -55,9 +55,9 @@ def format_events(events: list[dict]) -> tuple[str, str]:
 
 
 class NotSent(Exception):
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, retryable: bool = True):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.retryable = reason, retryable
 
 
 def _post(url: str, params: dict, body: bytes, headers: dict) -> tuple:
@@ -69,6 +69,10 @@ def _post(url: str, params: dict, body: bytes, headers: dict) -> tuple:
         with requests.post(url, params=params, data=body, headers=headers, timeout=DELIVERY_TIMEOUT,
                            verify=trust_store() or True, allow_redirects=False, stream=True) as response:
             return response.status_code, response.raw.read(65536, decode_content=True)
+    except requests.exceptions.SSLError as error:
+        cause = str(error).rsplit("] ", 1)[-1].rstrip(")'\" ")[:200]
+        # A certificate that fails verification fails the same way every time.
+        raise NotSent(f"TLS error: {cause}", retryable="CERTIFICATE_VERIFY_FAILED" not in str(error)) from None
     except requests.exceptions.ConnectTimeout:
         raise NotSent("timed out connecting") from None
     except requests.Timeout:
@@ -99,6 +103,9 @@ def deliver(channel: Channel, events: list, log: Callable[[str], None] = print,
                     "sent, but no answer in time; not sent again, which could deliver it twice")
                 return True
             ok, detail = False, error.reason
+            if not error.retryable:
+                log(f"alert via {channel.name} ({channel.type}): not accepted ({detail}); not retried")
+                return False
         log(f"alert via {channel.name} ({channel.type}), attempt {attempt}/{DELIVERY_ATTEMPTS}: "
             f"{'accepted' if ok else 'not accepted'} ({detail})")
         if ok:
