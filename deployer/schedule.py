@@ -305,12 +305,12 @@ class Transition:
         """The local wall clock at the instant, read with `offset` (naive)."""
         return (self.at + timedelta(seconds=offset)).replace(tzinfo=None)
 
-    @property
+    @functools.cached_property  # every expression of the zone asks again (frozen: cached in __dict__)
     def gap(self) -> tuple[datetime, datetime]:
         """Local times [start, end) that do not exist (empty unless clocks jump forward)."""
         return self.wall(self.before), self.wall(self.after)
 
-    @property
+    @functools.cached_property
     def repeated(self) -> tuple[datetime, datetime]:
         """Local times [start, end) that happen twice (empty unless clocks fall back)."""
         return self.wall(self.after), self.wall(self.before)
@@ -830,6 +830,7 @@ def has_zone(line: str) -> bool:
     return (last == "UTC" or "/" in last) and is_zone(last)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; jobs share schedules, and render asks twice per job
 def to_calendar(schedule: Optional[str], on_calendar: tuple[str, ...], timezone: str = "UTC") -> Calendar:
     """A job's schedule (cron, @macro, CRON_TZ=..., Quartz) or native lines -> Calendar."""
     if schedule is None:
