@@ -57,7 +57,7 @@ STATIC_USER = "deployer"
 VARIANTS = ("deployer", "py-sandbox", "py-bare", "curl-sandbox", "curl-bare")
 # Opt-in (--variants): deployer.hostside.http from a zip on the host, in the sandbox: what a
 # trigger built on it would cost at least.
-EXTRA_VARIANTS = ("hostside-sandbox",)
+EXTRA_VARIANTS = ("hostside-sandbox", "deployer-fast")  # deployer-fast: the host's `sandbox = fast`
 HOSTSIDE_ZIP = "/var/lib/deployer-bench/hostside.zip"
 
 
@@ -254,13 +254,13 @@ class Bench:
 
     # arming ----------------------------------------------------------------------------
 
-    def arm_deployer(self, key: str) -> int:
-        """Push N jobs due the same second, each calling /deployer/KEY/<i>."""
+    def arm_deployer(self, key: str, variant: str = "deployer", sandbox: str = "strict") -> int:
+        """Push N jobs due the same second, each calling /VARIANT/KEY/<i> (the host's `sandbox`)."""
         due = self.due_second(push=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(due))
         body = "".join(f"[job:burst{i:03d}]\non_calendar = {stamp} UTC\n"
-                       f"url = {self.server.url(f'/deployer/{key}/{i}')}\n" for i in range(self.jobs))
-        self.inventory.write_text(self.host.inventory_host() + body)
+                       f"url = {self.server.url(f'/{variant}/{key}/{i}')}\n" for i in range(self.jobs))
+        self.inventory.write_text(self.host.inventory_host(sandbox=sandbox) + body)
         self.deployer("push", "--host", "bench", "-i", str(self.inventory))
         return due
 
@@ -413,7 +413,7 @@ def print_table(jobs: int, results: dict[str, list[Burst]]) -> None:
     for name, s in stats.items():
         per = " ".join(f"{v:.2f}" for v in s["bursts_p99"])
         print(f"{name:<14} | {s['p50']:>5.2f}s {s['p99']:>5.2f}s {s['max']:>5.2f}s | {per}")
-    for subject in ("deployer", "hostside-sandbox"):
+    for subject in ("deployer", "deployer-fast", "hostside-sandbox"):
         if subject not in stats:
             continue
         for ref in ("py-sandbox", "py-bare", "curl-sandbox", "curl-bare"):
@@ -464,6 +464,9 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
                     key = f"{tag}-{number}"
                     if variant == "deployer":
                         results[variant].append(bench.burst(variant, key, bench.arm_deployer))
+                    elif variant == "deployer-fast":
+                        results[variant].append(bench.burst(
+                            variant, key, lambda k: bench.arm_deployer(k, "deployer-fast", "fast")))
                     else:
                         make, hardening = custom[variant]
                         unit = "bx-" + variant
