@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -453,3 +454,40 @@ def test_a_full_disk_is_one_clear_refusal_and_leaves_no_staged_file(host, monkey
     assert refused.value.code == protocol.NO_SPACE and "nothing was changed" in str(refused.value)
     assert os.listdir(Path(host.layout.unit_dir) / paths.STAGING) == []
     assert files(host) == {}
+
+
+class ElapsesWhileStopping(FakeSystemd):
+    """The timer elapses after the switch noted its stop time, just before the stop takes
+    effect (systemd touches its stamp); `clean --what=state` removes the stamp, as systemd does."""
+
+    def __init__(self, stamps: str):
+        super().__init__()
+        self.stamps, self.fired = stamps, None
+
+    def run(self, args):
+        words = [a for a in args[1:] if not a.startswith("-")]
+        if args[0] == "systemctl" and words[:1] in (["stop"], ["clean"]):
+            for timer in (w for w in words[1:] if w.endswith(".timer")):
+                path = os.path.join(self.stamps, "stamp-" + timer)
+                if words[0] == "stop":
+                    os.makedirs(self.stamps, exist_ok=True)
+                    open(path, "a").close()
+                    self.fired = time.time()
+                    os.utime(path, (self.fired, self.fired))
+                elif os.path.exists(path):
+                    os.unlink(path)
+        return super().run(args)
+
+
+def test_a_timer_that_fires_while_the_push_stops_it_keeps_that_run(tmp_path):
+    """Found by test_pushes_during_firing_windows: the stamp was set back to the moment the
+    switch was planned, before a run that happened just after it, so the restarted timer ran
+    that slot a second time."""
+    host = LocalAgent("cron01", str(tmp_path), FakeSystemd())
+    timer = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect=files(host)))
+    host.systemd = ElapsesWhileStopping(host.layout.timer_stamps)
+    host.call(ApplyRequest(write=(write(timer, unit("a", "[Timer]\nOnCalendar=*:*:0/2\n")),), expect=files(host)))
+    assert host.systemd.fired is not None, "the change must restamp the timer, or this test proves nothing"
+    stamp = os.stat(os.path.join(host.layout.timer_stamps, "stamp-deployer-a.timer")).st_mtime
+    assert stamp >= host.systemd.fired - 0.001

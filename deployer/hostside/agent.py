@@ -463,6 +463,12 @@ class Host:
         except FileNotFoundError:
             return False
 
+    def last_stamp(self, timer):
+        try:
+            return os.stat(self.stamp(timer)).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def set_last_trigger(self, timers, when):
         """A timer's last trigger (its Persistent= stamp), as systemd reads it when it starts."""
         for timer in timers:
@@ -483,11 +489,16 @@ class Host:
         # A replay must never create a run: a timer that triggered after that moment (it was
         # started by the interrupted switch, then ran) keeps its stamp, else Persistent= would
         # run again a slot that already ran.
+        # And a stamp never moves back: a timer that elapsed after `stopped_at` was noted but
+        # before its stop took effect keeps the time of that run (read once it can no longer
+        # fire, before `clean` removes the stamp), else its restart would run that slot again.
         restamp = [t for t in journal.restamp if not self.triggered_since(t, journal.stopped_at)]
         if restamp:
             systemd.systemctl("stop", *restamp, check=False)
+            last = {t: max(journal.stopped_at, self.last_stamp(t)) for t in restamp}
             systemd.systemctl("clean", "--what=state", *restamp, check=False)
-            self.set_last_trigger(restamp, journal.stopped_at)
+            for timer, when in last.items():
+                self.set_last_trigger([timer], when)
         for timer, when in journal.stamps.items():
             if not self.triggered_since(timer, when):
                 self.set_last_trigger([timer], when)
