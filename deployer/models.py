@@ -28,6 +28,8 @@ class Host:
     cpu_weight: Optional[int] = None
     memory_max: Optional[str] = None
     tasks_max: Optional[int] = None
+    # Seconds the host's lease on its jobs lasts: back after longer than this, it holds them.
+    lease: float = 300.0
 
 
 def _job_fields():

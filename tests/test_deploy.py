@@ -38,7 +38,7 @@ def test_a_second_push_plans_nothing(tmp_path, hosts):
     inv = load(tmp_path, jobs("cron01"))
     first = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
     again = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
-    assert first.result.started == ("deployer-a.timer", "deployer-b.timer")
+    assert first.result.started == ("deployer-a.timer", "deployer-b.timer", paths.LEASE_TIMER)
     assert again.plan.is_noop and again.result is None
 
 
