@@ -96,6 +96,7 @@ class RemoteState:
     contents: dict[str, bytes] = field(default_factory=dict)
     paused: frozenset[str] = frozenset()
     owner: Optional[str] = None  # the [host:NAME] whose jobs this machine runs, if pushed before
+    held: Optional[Any] = None  # protocol.Held when the host holds its jobs (a push releases them)
 
 
 @dataclass(frozen=True)
