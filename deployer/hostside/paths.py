@@ -27,6 +27,8 @@ TIMER_STAMPS = "/var/lib/systemd/timers"
 # The alert units' StateDirectory= (DynamicUser: systemd keeps it under /var/lib/private).
 ALERT_STATE_NAME = "deployer-alerts"
 FAILING_DIR = "/var/lib/private/" + ALERT_STATE_NAME + "/failing"
+# journald's native socket: where a run sends its structured record (hostside/record.py).
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
 
 _UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
