@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -49,10 +50,15 @@ timezone = Asia/Shanghai
 
     result = deployer("push", "--host", "cron01", "-i", inventory, check=True)
 
-    # 3 jobs x 2 units, deployer-jobs.slice, deployer-recover.service (issue 16 item 9), trigger.pyz
-    assert "host cron01: pushed: 9 add" in result.stdout
-    assert cron01.ssh("systemctl is-enabled deployer-recover.service").stdout.strip() == "enabled"
-    assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
+    # 3 jobs x 2 units, deployer-jobs.slice, deployer-recover.service (issue 16 item 9), the lease's
+    # timer, service and hold-at-boot unit (issue 13 item 1), trigger.pyz
+    assert "host cron01: pushed: 12 add" in result.stdout
+    assert cron01.ssh("systemctl is-enabled deployer-recover.service deployer-lease@boot.service "
+                      "deployer-lease@renew.timer").stdout.split() == ["enabled"] * 3
+    assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-lease@renew.timer",
+                              "deployer-nightly.timer"]
+    lease = json.loads(cron01.ssh("cat /var/lib/deployer/lease.json").stdout)
+    assert lease["seconds"] == 300 and abs(lease["renewed"] - time.time()) < 60
     request = server.wait_for("/fast", timeout=15)[0]
     assert request.method == "POST"
     assert request.headers["X-Deployer-Job"] == "fast"
@@ -73,8 +79,8 @@ def test_second_identical_push_writes_nothing_and_does_not_reload(cron01, server
 
     assert after_first != before_first, "the first push must reload systemd (or this test proves nothing)"
     assert json.loads(again.stdout)["add"] == [] and json.loads(again.stdout)["change"] == []
-    # 2 jobs x 2 units, the job slice, the recover unit, trigger.pyz
-    assert len(json.loads(again.stdout)["unchanged"]) == 7
+    # 2 jobs x 2 units, the job slice, the recover unit, the lease's 3 units, trigger.pyz
+    assert len(json.loads(again.stdout)["unchanged"]) == 10
     assert generation(cron01) == after_first
     assert file_stamps(cron01) == stamps
 
@@ -90,13 +96,15 @@ def test_changed_and_removed_jobs_are_updated_and_pruned(cron01, server, deploye
     assert "-OnCalendar=*-*-* *:00:00 UTC" in plan.stdout
     assert "+OnCalendar=*-*-* *:15:00 UTC" in plan.stdout
     assert "- /etc/systemd/system/deployer-gone.timer" in plan.stdout
-    assert timers(cron01) == ["deployer-gone.timer", "deployer-keep.timer"], "plan must change nothing"
+    assert timers(cron01) == ["deployer-gone.timer", "deployer-keep.timer", "deployer-lease@renew.timer"], \
+        "plan must change nothing"
 
     pushed = deployer("push", "-i", path, check=True)
 
     assert "1 change, 2 remove" in pushed.stdout
-    assert timers(cron01) == ["deployer-keep.timer"]
-    assert cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == ["deployer-keep.timer"]
+    assert timers(cron01) == ["deployer-keep.timer", "deployer-lease@renew.timer"]
+    assert cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == [
+        "deployer-keep.timer", "deployer-lease@renew.timer"]
     assert "*:15:00" in cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
     assert cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
 
