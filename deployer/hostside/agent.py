@@ -660,7 +660,8 @@ class Host:
             held = self.read_held()
         except AgentError:
             held = Held()  # a corrupt marker still holds; releasing it is what was asked
-        timers = [t for t in self.job_timers() if t not in self.paused_timers() and t not in set(skip)]
+        leave = self.paused_timers() | set(skip)
+        timers = [t for t in self.job_timers() if t not in leave]
         self.set_last_trigger(timers, time.time())
         os.unlink(self.layout.held)
         if timers:

@@ -4,6 +4,7 @@ from their old disk: the lease, the hold at boot, `deployer move` from an unreac
 from __future__ import annotations
 
 import collections
+import json
 import time
 
 import pytest
@@ -174,5 +175,32 @@ def test_a_reboot_within_the_lease_catches_the_missed_run_up_once(tmp_path, serv
         after = [r.at for r in server.received("/tick") if r.at > down]
         assert len(after) == 1, f"runs after the reboot at {[round(t % 60, 1) for t in after]}"
         assert "held" not in deployer("status", "-i", path, env=SECRETS_ENV, check=True).stdout
+    finally:
+        cron01.stop()
+
+
+def test_move_with_force_takes_over_at_once_and_says_what_it_risks(tmp_path, server, robot, deployer,
+                                                                   write_inventory):
+    from tests.cronhost import free_port
+
+    server.routes["/tick"] = json_reply({"code": 0})
+    cron01 = boot(tmp_path, "cron01")
+    try:
+        # cron02: an address where nothing answers (a machine that is off), with a lease of an hour.
+        dead = cron01.inventory_host(lease="1h").replace("[host:cron01]", "[host:cron02]").replace(
+            f"port = {cron01.port}", f"port = {free_port()}")
+        path = write_inventory(cron01.inventory_host(lease="10s") + dead + inventory((), server, robot, "cron01"))
+        started = time.monotonic()
+
+        moved = deployer("move", "--from", "cron02", "--to", "cron01", "--force", "-i", path, "--json",
+                         env=SECRETS_ENV, check=True)
+
+        assert time.monotonic() - started < 60, "--force must not wait out the hour"
+        assert "warning: --force" in moved.stderr and "runs tick too" in moved.stderr
+        document = json.loads(moved.stdout)
+        assert document["moved"] == ["tick"] and document["forced"] is True and document["source_unreachable"]
+        assert installed(cron01) == ["deployer-tick.timer"]
+        server.wait_for("/tick", count=1, timeout=15)
+        assert '"forced": true' in cron01.ssh("cat /var/lib/deployer/takeovers.json").stdout
     finally:
         cron01.stop()
