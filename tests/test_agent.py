@@ -580,9 +580,9 @@ def test_the_takeover_is_recorded_on_the_host_that_took_the_jobs(host, tmp_path)
 
 
 def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_while_held():
+    from deployer.models import Host
     from deployer.render import lease_units
 
-    from deployer.models import Host
     service, timer, hold = (f.content.decode().splitlines() for f in lease_units(Host("cron01", "x", lease=10.0)))
     for line in ("DefaultDependencies=no", f"Before=sysinit.target shutdown.target {paths.RECOVER_UNIT}",
                  f"ConditionPathExists={paths.LEASE}", "WantedBy=sysinit.target",

@@ -928,10 +928,11 @@ def hold_at_boot(layout=None, systemd=None, now=None):
     except (AgentError, OSError) as error:
         sys.stderr.write("deployer agent --hold-at-boot: %s\n" % error)
         return 1
-    print("deployer: HOLDING every job: the lease (%s) ran out while this host was down (%s); no job "
-          "runs until `deployer push` or `deployer release` confirms what it still owns"
-          % (protocol.duration_text(held.lease_seconds), protocol.duration_text(held.down_for_seconds)
-             if held.lease_seconds else "the lease file is unreadable"))
+    why = ("the lease (%s) ran out while this host was down (%s)"
+           % (protocol.duration_text(held.lease_seconds), protocol.duration_text(held.down_for_seconds))
+           if held.lease_seconds else "the lease file is unreadable")
+    print("deployer: HOLDING every job: %s; no job runs until `deployer push` or `deployer release` confirms "
+          "what this host still owns" % why)
     return 0
 
 
