@@ -37,15 +37,22 @@ class Options:
         return inventory.load(self.inventory_path)
 
 
+def _or_group(ctx, param, value):
+    """An option given after the subcommand wins; else the same option given before it
+    (`deployer -i inv.ini status`), else its default."""
+    if value is None:
+        value = ctx.find_root().params.get(param.name)
+    return value
+
+
+INVENTORY_DEFAULT = "inventory.ini"
+INVENTORY_HELP = "The inventory file (hosts, alerts, jobs)."
+HOST_HELP = "The [host:NAME] to act on (may be left out when the inventory has one host)."
 inventory_option = click.option(
-    "-i", "--inventory", "inventory_path", default="inventory.ini", show_default=True,
-    envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
-    help="The inventory file (hosts, alerts, jobs).",
+    "-i", "--inventory", "inventory_path", type=click.Path(dir_okay=False), callback=_or_group,
+    help=INVENTORY_HELP + f"  [default: {INVENTORY_DEFAULT}, or $DEPLOYER_INVENTORY]",
 )
-host_option = click.option(
-    "--host", "host_name", metavar="NAME",
-    help="The [host:NAME] to act on (may be left out when the inventory has one host).",
-)
+host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -84,7 +91,11 @@ def _job(inv, host_name: str, job: str):
 
 @click.group(cls=Deployer, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deployer")
-def main():
+@click.option("-i", "--inventory", "inventory_path", default=INVENTORY_DEFAULT, show_default=True,
+              envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
+              help=INVENTORY_HELP + " Also accepted after the command.")
+@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.")
+def main(inventory_path, host_name):
     """Run HTTP-triggered scheduled jobs from one systemd cron host.
 
     Typical use: `deployer validate`, `deployer plan --host cron01`, then
