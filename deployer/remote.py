@@ -111,22 +111,94 @@ class _AcceptNew:
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def _open(connection, host: Host) -> None:
-    import paramiko
+def _quiet_paramiko() -> None:
+    """paramiko's transport thread logs a failed handshake with its traceback (22 lines on stderr,
+    through logging's last-resort handler, before our one line). The exception that follows
+    says it all; nothing here configures logging, so this handler only takes that fallback."""
+    import logging
 
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+
+
+def _keys_tried(connection) -> str:
+    """What paramiko offers, in its order: the identity files, the ssh-agent, ~/.ssh/id_*."""
+    kwargs = connection.connect_kwargs
+    files = kwargs.get("key_filename") or []
+    tried = [files] if isinstance(files, str) else list(files)
+    if kwargs.get("allow_agent", True) and os.environ.get("SSH_AUTH_SOCK"):
+        tried.append("the ssh-agent's keys")
+    if kwargs.get("look_for_keys", True):
+        tried += [p for p in (os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "ecdsa", "ed25519"))
+                  if os.path.isfile(p) and p not in tried]
+    return ", ".join(tried) or "none"
+
+
+def _open(connection, host: Host) -> None:
+    _quiet_paramiko()
+    if host.identity_file and not os.path.isfile(os.path.expanduser(host.identity_file)):
+        raise RemoteError(host.name, f"identity_file {host.identity_file}: no such file")
     try:
         connection.open()
-    except paramiko.BadHostKeyException as error:
-        raise RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
-                          f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
-                          "was rebuilt, remove the old key from known_hosts") from None
-    except paramiko.SSHException as error:
-        if "not found in known_hosts" in str(error):
-            raise RemoteError(host.name, f"{host.address} is not in known_hosts and host_key = strict; "
-                              "add its key (ssh-keyscan) or set host_key = accept-new") from None
-        raise RemoteError(host.name, f"ssh: {error}") from None
-    except (socket.error, EOFError) as error:
-        raise RemoteError(host.name, f"cannot connect to {host.address}: {error}") from None
+    except Exception as error:
+        translated = _connect_error(error, connection, host)
+        if translated is None:
+            raise  # not a connection problem: a bug, keeps its traceback
+        raise translated from None
+
+
+def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteError]:
+    """paramiko's and the socket's failures -> one line naming what to check, or None."""
+    import paramiko
+
+    where = f"{host.address} port {connection.port}"  # fabric's: the inventory, else ~/.ssh/config
+    who = f"{connection.user}@{where}"
+    message = str(error)
+    if isinstance(error, paramiko.BadHostKeyException):
+        return RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
+                           f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
+                           "was rebuilt, remove the old key from known_hosts")
+    if isinstance(error, paramiko.PasswordRequiredException):
+        return RemoteError(host.name, f"ssh {who}: a key is protected by a passphrase (tried "
+                           f"{_keys_tried(connection)}); load it into ssh-agent (ssh-add) or use a key without one")
+    if isinstance(error, paramiko.AuthenticationException):
+        return RemoteError(host.name, f"ssh {who}: authentication failed: the host accepted none of the keys "
+                           f"tried ({_keys_tried(connection)}): check user and identity_file in "
+                           f"[host:{host.name}], and that the key's .pub is in that user's ~/.ssh/authorized_keys")
+    if isinstance(error, paramiko.SSHException):
+        if "not found in known_hosts" in message:
+            known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
+            missing = "" if os.path.exists(known) else f" (the file {known} does not exist)"
+            return RemoteError(host.name, f"{host.address} is not in known_hosts{missing} and host_key = strict; "
+                               "add its key (ssh-keyscan) or set host_key = accept-new")
+        if "No authentication methods available" in message:
+            return RemoteError(host.name, f"ssh {who}: no key to offer (no identity_file, no ssh-agent, no "
+                               f"~/.ssh/id_*): set identity_file in [host:{host.name}]")
+        # No banner: something else listens there (HTTP), or nothing answers ("No existing session"
+        # is what paramiko says after its banner timeout).
+        if "protocol banner" in message or "No existing session" in message:
+            return RemoteError(host.name, f"{where} does not answer as an SSH server (no SSH banner): check "
+                               f"address and port in [host:{host.name}]")
+        if "private key file" in message and host.identity_file:
+            public = " (that is the public key: give the file without .pub)" \
+                if host.identity_file.endswith(".pub") else ""
+            return RemoteError(host.name, f"identity_file {host.identity_file}: not a private key that ssh can "
+                               f"read{public}")
+        return RemoteError(host.name, f"ssh {who}: {message}")
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = sorted({(e.strerror or str(e)).lower() for e in error.errors.values()})
+        return RemoteError(host.name, f"cannot connect to {where}: {'; '.join(reasons)} (is sshd running there, "
+                           "and is the port right?)")
+    if isinstance(error, socket.gaierror):
+        return RemoteError(host.name, f"cannot resolve address {host.address}: {error.strerror}")
+    if isinstance(error, (socket.timeout, TimeoutError)):
+        return RemoteError(host.name, f"cannot connect to {where}: no answer within {CONNECT_TIMEOUT}s (host "
+                           "down, or a firewall dropping the connection?)")
+    if isinstance(error, (OSError, EOFError)):
+        reason = getattr(error, "strerror", None) or message or type(error).__name__
+        return RemoteError(host.name, f"cannot connect to {where}: {reason.lower()}")
+    return None
 
 
 PROGRESS_PREFIX = b"@progress "
