@@ -1,0 +1,66 @@
+"""Connecting to a real host with the wrong settings: one line naming what to fix, nothing changed."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.e2e.test_push import jobs_ini
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def other_key(tmp_path):
+    key = tmp_path / "not-authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture
+def encrypted_key(tmp_path):
+    key = tmp_path / "encrypted"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)], check=True)
+    return key
+
+
+def wrong(cron01, **changes: str) -> str:
+    section = cron01.inventory_host()
+    for key, value in changes.items():
+        section = "\n".join(f"{key} = {value}" if line.startswith(f"{key} =") else line
+                            for line in section.splitlines()) + "\n"
+    return section
+
+
+@pytest.mark.parametrize("changes, expected", [
+    pytest.param({"identity_file": "{other_key}"},
+                 "ssh root@127.0.0.1 port {port}: authentication failed: the host accepted none of the keys tried "
+                 "({other_key}): check user and identity_file in [host:cron01], and that the key's .pub is in "
+                 "that user's ~/.ssh/authorized_keys", id="wrong-key"),
+    pytest.param({"user": "nobody"},
+                 "ssh nobody@127.0.0.1 port {port}: authentication failed: the host accepted none of the keys "
+                 "tried ({key}): check user", id="wrong-user"),
+    pytest.param({"identity_file": "{key}.pub"},
+                 "identity_file {key}.pub: not a private key that ssh can read (that is the public key: give "
+                 "the file without .pub)", id="public-key-given"),
+    pytest.param({"identity_file": "{encrypted_key}"},
+                 "ssh root@127.0.0.1 port {port}: a key is protected by a passphrase (tried {encrypted_key}); "
+                 "load it into ssh-agent (ssh-add) or use a key without one", id="passphrase"),
+    pytest.param({"known_hosts": "{tmp}/no-such-known-hosts"},
+                 "127.0.0.1 is not in known_hosts (the file {tmp}/no-such-known-hosts does not exist) and "
+                 "host_key = strict", id="known-hosts-file-missing"),
+])
+def test_a_wrong_ssh_setting_is_one_line_naming_user_host_port_and_key(cron01, server, deployer, write_inventory,
+                                                                       tmp_path, other_key, encrypted_key,
+                                                                       changes, expected):
+    """Before: `host cron01: ssh: Authentication failed.` (no user, no key)."""
+    values = dict(other_key=other_key, encrypted_key=encrypted_key, key=cron01.key, port=cron01.port, tmp=tmp_path)
+    inventory = wrong(cron01, **{k: v.format(**values) for k, v in changes.items()})
+    path = write_inventory(inventory + jobs_ini(server, a="0 * * * *|/a"))
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"deployer: error: host cron01: {expected.format(**values)}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
