@@ -29,6 +29,24 @@ def port(value: str) -> int:
     return int(value)
 
 
+def address(value: str) -> str:
+    """A host name or IP address, alone: ssh's user@host:port shorthand would otherwise reach the
+    SSH library, which refuses it with its own traceback when port or user is also set."""
+    if not value or any(c.isspace() for c in value):
+        raise Invalid(f"{value!r} is not a host name or IP address")
+    if "://" in value:
+        raise Invalid(f"{value!r} is a URL; give the host name or IP address alone")
+    user, at, rest = value.rpartition("@")
+    if at:
+        raise Invalid(f"{value!r} holds a user: write user = {user} and address = {rest}")
+    bracketed = re.match(r"^\[([^\]]*)\](?::(.*))?$", value)
+    host, port_ = bracketed.groups() if bracketed else value.partition(":")[::2]
+    if bracketed or value.count(":") == 1:
+        where = f"write port = {port_} and address = {host}" if port_ else f"write address = {host}"
+        raise Invalid(f"{value!r} holds {'a port' if port_ else 'brackets' if bracketed else 'a colon'}: {where}")
+    return value
+
+
 _SIZE = re.compile(r"^\d+[KMGT]?$")
 
 
@@ -62,7 +80,7 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
     "host": {
-        "address": text,
+        "address": address,
         "port": port,
         "user": text,
         "identity_file": text,

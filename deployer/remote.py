@@ -317,8 +317,15 @@ class SSHAgent(Agent):
 
     def call(self, request: Any, progress: Progress = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
-        raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
-                      protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+        try:
+            raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
+                          protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+        except RemoteCommandError as error:
+            # 127: the shell found no such program; sudo says "command not found" and exits 1
+            if error.status == 127 or "command not found" in str(error):
+                raise RemoteError(self.host, f"{self.host_config.python} is not on {self.host_config.address}: "
+                                  f"install python3 there, or set python in [host:{self.host}]") from None
+            raise
         return self._answer(request, raw)
 
 

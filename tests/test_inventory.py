@@ -217,3 +217,22 @@ def test_indentation_stays_legal_where_ini_means_it():
 ])
 def test_a_broken_section_is_reported_once_not_again_where_it_is_used(text, expected):
     assert problems(HOST + text) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    pytest.param("10.0.0.5:2222", "'10.0.0.5:2222' holds a port: write port = 2222 and address = 10.0.0.5", id="port"),
+    pytest.param("ops@cron01.example", "'ops@cron01.example' holds a user: write user = ops and address = "
+                 "cron01.example", id="user"),
+    pytest.param("[fd00::5]:2222", "'[fd00::5]:2222' holds a port: write port = 2222 and address = fd00::5",
+                 id="ipv6-port"),
+    pytest.param("[fd00::5]", "'[fd00::5]' holds brackets: write address = fd00::5", id="ipv6-brackets"),
+    pytest.param("ssh://cron01", "'ssh://cron01' is a URL; give the host name or IP address alone", id="url"),
+])
+def test_an_address_with_ssh_shorthand_says_where_each_part_goes(value, message):
+    """Before: `address = 10.0.0.5:22` (or ops@...) ended in fabric's ValueError traceback."""
+    assert problems(f"[host:cron01]\naddress = {value}\n") == [f"inv.ini:2: [host:cron01] address: {message}"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "cron01.example.com", "fd00::5", "fe80::1%eth0"])
+def test_plain_addresses_and_ipv6_are_accepted(value):
+    assert parse(f"[host:cron01]\naddress = {value}\n").hosts[0].address == value

@@ -64,3 +64,12 @@ def test_a_wrong_ssh_setting_is_one_line_naming_user_host_port_and_key(cron01, s
     assert result.stderr.startswith(f"deployer: error: host cron01: {expected.format(**values)}"), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
+
+
+def test_a_python_missing_on_the_host_names_the_key_to_set(cron01, server, deployer, write_inventory):
+    path = write_inventory(cron01.inventory_host(python="/usr/bin/python9") + jobs_ini(server, a="0 * * * *|/a"))
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.stderr == ("deployer: error: host cron01: /usr/bin/python9 is not on 127.0.0.1: install python3 "
+                             "there, or set python in [host:cron01]\n")
