@@ -18,6 +18,7 @@ from .schedule import check_calendar_lines, to_calendar
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BARE_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
@@ -240,6 +241,11 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
         if key not in schema:
             report.add(section, key, "unknown key" + _suggest(key, schema))
             continue
+        bare = _BARE_VARIABLE.match(raw.strip())
+        if bare:  # shell habit: `$TOKEN` would be pushed as the five characters "$TOKEN"
+            report.add(section, key, f"{raw.strip()!r} is taken literally: write ${{{bare.group(1)}}} to read it "
+                       "from the environment")
+            continue
         expanded, missing = _expand(raw.strip(), env)
         if missing:
             report.add(section, key, f"environment variable {missing[0]} is not set")
@@ -309,7 +315,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
                        "[job:NAME] or [defaults]" + hint)
             continue
         if not NAME.match(title):
-            report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+            meant = title.lower().replace("_", "-").replace(" ", "-")
+            hint = f" (did you mean [{kind}:{meant}]?)" if NAME.match(meant) else ""
+            report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}{hint}")
             continue
         values = _section_values(config, section, kind, env, report)
         if kind in declared:
