@@ -30,7 +30,7 @@ Progress = Optional[Callable[[str], None]]
 
 # The modules the agent runs with, shipped in the `python3 -c` argument (an in-memory package).
 HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
-                    "deployer.hostside.agent")
+                    "deployer.hostside.dbus", "deployer.hostside.agent")
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
 # `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.

@@ -11,7 +11,8 @@ from typing import Optional
 
 from . import options
 from .channels import CHANNEL_TYPES, Channel, Secret
-from .run import JobSpec, ping, redact_url, run_job
+from . import paths, record
+from .run import INTERRUPTED, Interrupted, JobSpec, RunResult, current_run_id, ping, redact_url, run_job, slot_of
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -82,23 +83,27 @@ def main(argv: Optional[list] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         ping(spec.ping_url, "/start", log)
-        verdict = run_job(spec, log=log)
-    except Interrupted:
+        result = run_job(spec, log=log)
+    except Interrupted:  # during the /start ping, before the first attempt
+        result = RunResult(ok=False, reason=INTERRUPTED, run_id=current_run_id(),
+                           slot=slot_of(time.time(), spec.resolution), started=time.time(), duration=0.0,
+                           attempts=0, interrupted=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    record.send(result.record(spec.name), _identifier(spec.name))
+    if result.interrupted:
         # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
         # death (a clean stop for some service types): exit 1, and say why for the alert.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        log(f"job {spec.name}: FAILED (interrupted: SIGTERM, the host is shutting down or the run was stopped)")
+        log(f"job {spec.name}: FAILED ({result.reason})")
         return EXIT_FAILED
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    ping(spec.ping_url, "" if verdict.ok else "/fail", log)
-    if verdict.ok:
-        log(f"job {spec.name}: ok ({verdict.reason})")
+    ping(spec.ping_url, "" if result.ok else "/fail", log)
+    if result.ok:
+        log(f"job {spec.name}: ok ({result.reason})")
         return EXIT_OK
-    log(f"job {spec.name}: FAILED ({verdict.reason})")
+    log(f"job {spec.name}: FAILED ({result.reason})")
     channel = inline_channel(args)
     if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
         event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
-                 "url": redact_url(spec.url), "result": verdict.reason, "exit_status": EXIT_FAILED,
+                 "url": redact_url(spec.url), "result": result.reason, "exit_status": EXIT_FAILED,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
         from .alert import deliver
 
@@ -106,8 +111,12 @@ def main(argv: Optional[list] = None) -> int:
     return EXIT_FAILED
 
 
-class Interrupted(BaseException):
-    """SIGTERM during a run (BaseException: no `except Exception` on the way swallows it)."""
+def _identifier(job: str) -> str:
+    """The record's SYSLOG_IDENTIFIER: the unit's (SyslogIdentifier=), so `journalctl -t` finds both."""
+    try:
+        return paths.job_unit(job, "service")[:-len(".service")]
+    except paths.BadName:  # a bare `trigger.py --job "Some Name"` outside the units
+        return "trigger"
 
 
 def _interrupt(signum, frame):

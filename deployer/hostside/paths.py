@@ -12,6 +12,8 @@ UNIT_PREFIX = "deployer-"
 MARKER = "# Managed by deployer: edits are overwritten by the next push."
 
 UNIT_DIR = "/etc/systemd/system"
+# Where `systemctl enable` links a timer (its WantedBy=timers.target), relative to UNIT_DIR.
+TIMERS_WANTS = "timers.target.wants"
 CREDENTIALS_DIR = "/etc/deployer/credentials"
 STATE_DIR = "/var/lib/deployer"
 LIB_DIR = STATE_DIR + "/lib"
@@ -27,6 +29,8 @@ TIMER_STAMPS = "/var/lib/systemd/timers"
 # The alert units' StateDirectory= (DynamicUser: systemd keeps it under /var/lib/private).
 ALERT_STATE_NAME = "deployer-alerts"
 FAILING_DIR = "/var/lib/private/" + ALERT_STATE_NAME + "/failing"
+# journald's native socket: where a run sends its structured record (hostside/record.py).
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
 
 _UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

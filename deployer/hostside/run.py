@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from .http import Response
+from .record import RunRecord
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 
 BODY_EXCERPT = 200
@@ -97,26 +98,64 @@ def sign(secret: str, method: str, url: str, timestamp: int, run_id: str, body: 
     return "v1=" + hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def scheduled_at(now: float, resolution: int) -> str:
+def slot_of(now: float, resolution: int) -> int:
     """The nominal time of this run: the timer fires within AccuracySec=1s of it, so the start
     time floored to the schedule's resolution names the slot (a catch-up run after downtime
     names the slot it ran in, not the one it missed)."""
-    slot = now - (now % max(resolution, 1))
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(slot))
+    return int(now - (now % max(resolution, 1)))
+
+
+def scheduled_at(now: float, resolution: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(slot_of(now, resolution)))
+
+
+INTERRUPTED = "interrupted: SIGTERM, the host is shutting down or the run was stopped"
+
+
+class Interrupted(BaseException):
+    """SIGTERM during a run (BaseException: no `except Exception` on the way swallows it)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run went: the verdict of its last attempt and what the record needs."""
+
+    ok: bool
+    reason: str
+    run_id: str
+    slot: int
+    started: float  # unix seconds
+    duration: float
+    attempts: int
+    http_status: Optional[int] = None
+    interrupted: bool = False
+
+    def record(self, job: str) -> RunRecord:
+        return RunRecord(job=job, run=self.run_id, slot=self.slot, started=self.started,
+                         duration=self.duration, attempts=self.attempts,
+                         result="ok" if self.ok else "failed", reason=self.reason,
+                         http_status=self.http_status)
+
+
+def current_run_id() -> str:
+    return os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
 
 
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
-            sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them."""
+            sleep: Callable[[float], None] = time.sleep) -> RunResult:
+    """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them.
+    A SIGTERM (raised as Interrupted by the caller's handler) ends the run as a failed one."""
+    wall = time.time()
     started = time.monotonic()
     deadline = started + spec.timeout
     expect_status, expect_json = parse_expect_status(spec.expect_status), parse_expect_json(spec.expect_json)
-    run_id = os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
+    run = current_run_id()
+    slot = slot_of(wall, spec.resolution)
     headers = {
         "User-Agent": "deployer-trigger/1",
         "X-Deployer-Job": spec.name,
-        "X-Deployer-Run-Id": run_id,
-        "X-Deployer-Scheduled-At": scheduled_at(time.time(), spec.resolution),
+        "X-Deployer-Run-Id": run,
+        "X-Deployer-Scheduled-At": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(slot)),
     }
     headers.update(spec.headers)
     body = spec.body.encode()
@@ -126,6 +165,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     shown = redact_url(spec.url)
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
+    attempt, status, interrupted = 0, None, False
 
     def expire(signum, frame):
         raise RunTimeout()
@@ -142,9 +182,10 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                     stamp = int(time.time())
                     headers["X-Deployer-Timestamp"] = str(stamp)
                     headers["X-Deployer-Signature"] = sign(spec.sign_secret, spec.method, spec.url, stamp,
-                                                           run_id, body)
+                                                           run, body)
                 response = request(spec.method, spec.url, headers, (min(remaining, 10.0), remaining),
                                    body=body, ca_file=spec.ca_file, client_cert=client_cert)
+                status = response.status
                 verdict = judge(response.status, response.body, expect_status, expect_json)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
                 log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
@@ -160,10 +201,15 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     except RunTimeout:
         verdict = Verdict(False, f"timed out after {spec.timeout:g}s (whole run, retries included)")
         log(f"{spec.method} {shown}: {verdict.reason}")
+    except Interrupted:
+        interrupted = True
+        verdict = Verdict(False, INTERRUPTED)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    return verdict
+    return RunResult(ok=verdict.ok, reason=verdict.reason, run_id=run, slot=slot, started=wall,
+                     duration=time.monotonic() - started, attempts=attempt, http_status=status,
+                     interrupted=interrupted)
 
 
 def ping(url: Optional[str], suffix: str, log: Callable[[str], None], budget: float = PING_BUDGET) -> None:

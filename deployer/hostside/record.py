@@ -1,0 +1,88 @@
+"""The record a run leaves: one structured journal entry per run, written by the trigger.
+
+`journalctl DEPLOYER_JOB=settle -o json` on the host lists a job's runs; `deployer history`
+and the metrics read the same fields. A run killed before it could write (systemd's timeout
+backstop, an OOM kill, a power loss) has no record: PID 1's own entries for the unit say so
+(hostside/alert.py reads them for alerts).
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+from .paths import JOURNAL_SOCKET
+
+# `journalctl MESSAGE_ID=...` finds every run of every job.
+RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
+RESULTS = ("ok", "failed")
+MAX_REASON = 1000
+PRIORITY_INFO, PRIORITY_ERR = "6", "3"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    job: str
+    run: str  # the run id: systemd's $INVOCATION_ID, sent to the service as X-Deployer-Run-Id
+    slot: int  # the scheduled slot, unix seconds (X-Deployer-Scheduled-At)
+    started: float  # unix seconds
+    duration: float  # seconds, retries included
+    attempts: int
+    result: str  # one of RESULTS
+    reason: str  # the verdict's reason, one line
+    http_status: Optional[int] = None  # of the last attempt that got an answer
+
+    @property
+    def message(self) -> str:
+        plural = "" if self.attempts == 1 else "s"
+        verdict = "ok" if self.result == "ok" else f"FAILED ({self.reason})"
+        return f"{self.job}: {verdict} in {self.duration:.2f}s ({self.attempts} attempt{plural})"
+
+    def journal_fields(self) -> dict:
+        return {
+            "MESSAGE": self.message,
+            "MESSAGE_ID": RUN_FINISHED,
+            "PRIORITY": PRIORITY_INFO if self.result == "ok" else PRIORITY_ERR,
+            "DEPLOYER_JOB": self.job,
+            "DEPLOYER_RUN": self.run,
+            "DEPLOYER_SLOT": str(self.slot),
+            "DEPLOYER_STARTED": f"{self.started:.3f}",
+            "DEPLOYER_DURATION": f"{self.duration:.3f}",
+            "DEPLOYER_ATTEMPTS": str(self.attempts),
+            "DEPLOYER_RESULT": self.result,
+            "DEPLOYER_REASON": " ".join(self.reason.split())[:MAX_REASON],
+            "DEPLOYER_HTTP_STATUS": "" if self.http_status is None else str(self.http_status),
+        }
+
+    @classmethod
+    def from_journal(cls, entry: dict) -> "RunRecord":
+        """From one `journalctl -o json` entry (raises ValueError/KeyError on a foreign one)."""
+        status = entry.get("DEPLOYER_HTTP_STATUS") or ""
+        return cls(job=entry["DEPLOYER_JOB"], run=entry.get("DEPLOYER_RUN", ""),
+                   slot=int(entry["DEPLOYER_SLOT"]), started=float(entry["DEPLOYER_STARTED"]),
+                   duration=float(entry["DEPLOYER_DURATION"]), attempts=int(entry["DEPLOYER_ATTEMPTS"]),
+                   result=entry["DEPLOYER_RESULT"], reason=entry.get("DEPLOYER_REASON", ""),
+                   http_status=int(status) if status.isdigit() else None)
+
+
+def encode(fields: dict) -> bytes:
+    """journald's native protocol: `KEY=value` lines; a value with a newline is length-prefixed."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = str(value).encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def send(record: RunRecord, identifier: str, path: str = JOURNAL_SOCKET) -> bool:
+    """Send the record to the journal; False where there is none (Kubernetes, a laptop)."""
+    fields = {"SYSLOG_IDENTIFIER": identifier, **record.journal_fields()}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+            journal.sendto(encode(fields), path)
+        return True
+    except OSError:
+        return False
