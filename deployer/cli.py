@@ -178,7 +178,9 @@ def _check_zone_option(zone: str) -> None:
     from .schedule import is_zone
 
     if not is_zone(zone):
-        raise click.BadParameter(f"{zone!r} is not an IANA time zone", param_hint="--timezone")
+        from .hostside.options import zone_hint
+
+        raise click.BadParameter(f"{zone!r} is not an IANA time zone{zone_hint(zone)}", param_hint="--timezone")
 
 
 @main.command(epilog=EPILOG)
