@@ -170,8 +170,10 @@ def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteE
         if "not found in known_hosts" in message:
             known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
             missing = "" if os.path.exists(known) else f" (the file {known} does not exist)"
+            port = f"-p {connection.port} " if connection.port != 22 else ""
             return RemoteError(host.name, f"{host.address} is not in known_hosts{missing} and host_key = strict; "
-                               "add its key (ssh-keyscan) or set host_key = accept-new")
+                               f"add its key (ssh-keyscan {port}{host.address} >> {known}, after checking its "
+                               "fingerprint) or set host_key = accept-new")
         if "No authentication methods available" in message:
             return RemoteError(host.name, f"ssh {who}: no key to offer (no identity_file, no ssh-agent, no "
                                f"~/.ssh/id_*): set identity_file in [host:{host.name}]")

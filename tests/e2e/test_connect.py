@@ -1,6 +1,7 @@
 """Connecting to a real host with the wrong settings: one line naming what to fix, nothing changed."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -73,3 +74,17 @@ def test_a_python_missing_on_the_host_names_the_key_to_set(cron01, server, deplo
 
     assert result.stderr == ("deployer: error: host cron01: /usr/bin/python9 is not on 127.0.0.1: install python3 "
                              "there, or set python in [host:cron01]\n")
+
+
+def test_the_unknown_host_message_gives_a_keyscan_that_works(cron01, server, deployer, write_inventory, tmp_path):
+    """A port other than 22 is written `[host]:port` in known_hosts: a bare `ssh-keyscan host` would not do."""
+    known = tmp_path / "fresh_known_hosts"
+    path = write_inventory(cron01.inventory_host().replace(str(cron01.known_hosts), str(known))
+                           + jobs_ini(server, a="0 * * * *|/a"))
+    refused = deployer("push", "-i", path, check=False)
+    command = re.search(r"\(ssh-keyscan (.*?), after checking", refused.stderr).group(1)
+    assert command == f"-p {cron01.port} 127.0.0.1 >> {known}"
+
+    subprocess.run(f"ssh-keyscan {command}", shell=True, check=True, timeout=30, stderr=subprocess.DEVNULL)
+
+    deployer("push", "-i", path, check=True)
