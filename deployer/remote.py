@@ -156,9 +156,11 @@ def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteE
     who = f"{connection.user}@{where}"
     message = str(error)
     if isinstance(error, paramiko.BadHostKeyException):
+        known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
+        entry = error.hostname if connection.port == 22 else f"[{error.hostname}]:{connection.port}"
         return RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
                            f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
-                           "was rebuilt, remove the old key from known_hosts")
+                           f"was rebuilt, remove the old key: ssh-keygen -R '{entry}' -f {known}")
     if isinstance(error, paramiko.PasswordRequiredException):
         return RemoteError(host.name, f"ssh {who}: a key is protected by a passphrase (tried "
                            f"{_keys_tried(connection)}); load it into ssh-agent (ssh-add) or use a key without one")

@@ -88,3 +88,22 @@ def test_the_unknown_host_message_gives_a_keyscan_that_works(cron01, server, dep
     subprocess.run(f"ssh-keyscan {command}", shell=True, check=True, timeout=30, stderr=subprocess.DEVNULL)
 
     deployer("push", "-i", path, check=True)
+
+
+def test_a_changed_host_key_message_gives_the_removal_that_works(cron01, server, deployer, write_inventory,
+                                                                 tmp_path):
+    known = tmp_path / "stale_known_hosts"
+    another_key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    known.write_text(f"[127.0.0.1]:{cron01.port} ssh-ed25519 {another_key}\n")
+    path = write_inventory(cron01.inventory_host().replace(str(cron01.known_hosts), str(known))
+                           + jobs_ini(server, a="0 * * * *|/a"))
+    refused = deployer("push", "-i", path, check=False)
+    assert "CHANGED" in refused.stderr and refused.stderr.count("\n") == 1
+    removal = re.search(r"remove the old key: (ssh-keygen -R .*)$", refused.stderr.strip()).group(1)
+
+    subprocess.run(removal, shell=True, check=True, timeout=30, capture_output=True)
+    subprocess.run(f"ssh-keyscan -p {cron01.port} 127.0.0.1 >> {known}", shell=True, check=True, timeout=30,
+                   stderr=subprocess.DEVNULL)
+
+    deployer("push", "-i", path, check=True)
+    assert another_key not in known.read_text()
