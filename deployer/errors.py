@@ -66,6 +66,15 @@ class RemoteCommandError(RemoteError):
         super().__init__(host, f"{step} failed (exit {status})" + (f": {tail}" if tail else ""))
 
 
+class ProgramMissing(RemoteCommandError):
+    """The host has no such program (the agent's python). It answered: it is not down."""
+
+    def __init__(self, host: str, step: str, status: int, message: str):
+        self.step = step
+        self.status = status
+        RemoteError.__init__(self, host, message)
+
+
 class JobFailed(DeployerError):
     """`deployer run` started a job and it failed; its output was already shown."""
 

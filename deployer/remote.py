@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import AgentRefused, RemoteCommandError, RemoteError
+from .errors import AgentRefused, ProgramMissing, RemoteCommandError, RemoteError
 from .hostside import paths, protocol
 from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
                                 LogsRequest, PauseRequest, ResumeRequest, RunAnswer, RunRequest, StateRequest,
@@ -327,8 +327,9 @@ class SSHAgent(Agent):
         except RemoteCommandError as error:
             # 127: the shell found no such program; sudo says "command not found" and exits 1
             if error.status == 127 or "command not found" in str(error):
-                raise RemoteError(self.host, f"{self.host_config.python} is not on {self.host_config.address}: "
-                                  f"install python3 there, or set python in [host:{self.host}]") from None
+                raise ProgramMissing(self.host, error.step, error.status, f"{self.host_config.python} is not on "
+                                     f"{self.host_config.address}: install python3 there, or set python in "
+                                     f"[host:{self.host}]") from None
             raise
         return self._answer(request, raw)
 
