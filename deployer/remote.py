@@ -87,14 +87,36 @@ def connect(host: Host):
         connect_timeout=CONNECT_TIMEOUT,
     )
     client = connection.client
+    # As ssh does: the given file, else ~/.ssh/known_hosts and the system's (fabric loads none).
     known_hosts = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
-    if host.known_hosts and os.path.exists(known_hosts):
-        client.load_host_keys(known_hosts)
+    for path in [known_hosts] + ([] if host.known_hosts else [SYSTEM_KNOWN_HOSTS]):
+        if os.path.exists(path):
+            _load_known_hosts(client, path, host, system=path != known_hosts)
     if host.host_key == "accept-new":
         client.set_missing_host_key_policy(_AcceptNew(known_hosts))
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return connection
+
+
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+
+
+def _load_known_hosts(client, path: str, host: Host, system: bool) -> None:
+    import paramiko
+
+    try:
+        (client.load_system_host_keys if system else client.load_host_keys)(path)
+    except paramiko.hostkeys.InvalidHostKey as error:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            number = next((n for n, line in enumerate(handle, 1) if line.strip() == error.line.strip()), None)
+        where = f"{path}:{number}" if number else path
+        line = error.line.strip()
+        shown = repr(line[:40]) + ("..." if len(line) > 40 else "")
+        raise RemoteError(host.name, f"{where}: not a known_hosts entry ({shown}): remove or fix that line") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise RemoteError(host.name, f"known_hosts {path}: cannot read: {reason}") from None
 
 
 class _AcceptNew:
@@ -138,7 +160,8 @@ def _keys_tried(connection) -> str:
 def _open(connection, host: Host) -> None:
     _quiet_paramiko()
     if host.identity_file and not os.path.isfile(os.path.expanduser(host.identity_file)):
-        raise RemoteError(host.name, f"identity_file {host.identity_file}: no such file")
+        exists = os.path.exists(os.path.expanduser(host.identity_file))
+        raise RemoteError(host.name, f"identity_file {host.identity_file}: {'not a file' if exists else 'no such file'}")
     try:
         connection.open()
     except Exception as error:

@@ -159,3 +159,24 @@ def test_the_keys_tried_are_the_identity_files_the_agent_and_the_default_keys(tm
     monkeypatch.delenv("SSH_AUTH_SOCK")
     (tmp_path / ".ssh" / "id_ed25519").unlink()
     assert remote._keys_tried(remote.connect(Host(name="cron01", address="10.0.0.5"))) == "none"
+
+
+def test_a_known_hosts_file_ssh_cannot_read_is_one_line_naming_it(tmp_path):
+    broken = tmp_path / "known_hosts"
+    broken.write_text("# a comment\n10.0.0.5 ssh-ed25519 AAAA!!!notbase64\n")
+    with pytest.raises(RemoteError) as refused:
+        remote.connect(Host(name="cron01", address="10.0.0.5", known_hosts=str(broken)))
+    assert str(refused.value) == (f"host cron01: {broken}:2: not a known_hosts entry ('10.0.0.5 ssh-ed25519 "
+                                  "AAAA!!!notbase64'): remove or fix that line")
+    with pytest.raises(RemoteError, match=rf"^host cron01: known_hosts {tmp_path}: cannot read: Is a directory$"):
+        remote.connect(Host(name="cron01", address="10.0.0.5", known_hosts=str(tmp_path)))
+
+
+def test_without_known_hosts_in_the_inventory_the_users_file_is_read_as_ssh_does(tmp_path, monkeypatch):
+    """Before: ~/.ssh/known_hosts was never loaded, so every host was refused as unknown."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    (tmp_path / ".ssh" / "known_hosts").write_text(f"[10.0.0.5]:2222 ssh-ed25519 {key}\n")
+    client = remote.connect(Host(name="cron01", address="10.0.0.5", port=2222)).client
+    assert client.get_host_keys().lookup("[10.0.0.5]:2222")["ssh-ed25519"].get_base64() == key

@@ -107,3 +107,15 @@ def test_a_changed_host_key_message_gives_the_removal_that_works(cron01, server,
 
     deployer("push", "-i", path, check=True)
     assert another_key not in known.read_text()
+
+
+def test_without_known_hosts_in_the_inventory_the_users_own_file_is_trusted(cron01, server, deployer,
+                                                                            write_inventory, isolated_home):
+    """As ssh: a host already in ~/.ssh/known_hosts is known. Before: refused as not in known_hosts."""
+    (isolated_home / ".ssh").mkdir(exist_ok=True)
+    (isolated_home / ".ssh" / "known_hosts").write_text(cron01.known_hosts.read_text())
+    section = "".join(line + "\n" for line in cron01.inventory_host().splitlines()
+                      if not line.startswith("known_hosts"))
+    path = write_inventory(section + jobs_ini(server, a="0 * * * *|/a"))
+
+    deployer("push", "-i", path, check=True)
