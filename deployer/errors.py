@@ -66,8 +66,9 @@ class RemoteCommandError(RemoteError):
         super().__init__(host, f"{step} failed (exit {status})" + (f": {tail}" if tail else ""))
 
 
-class ProgramMissing(RemoteCommandError):
-    """The host has no such program (the agent's python). It answered: it is not down."""
+class HostSetupError(RemoteCommandError):
+    """The host answered but lacks what the agent needs (its python, passwordless sudo): it is
+    not down, and the message says what to set up."""
 
     def __init__(self, host: str, step: str, status: int, message: str):
         self.step = step

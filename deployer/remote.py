@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import AgentRefused, ProgramMissing, RemoteCommandError, RemoteError
+from .errors import AgentRefused, HostSetupError, RemoteCommandError, RemoteError
 from .hostside import paths, protocol
 from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
                                 LogsRequest, PauseRequest, ResumeRequest, RunAnswer, RunRequest, StateRequest,
@@ -348,13 +348,23 @@ class SSHAgent(Agent):
             raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
                           protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
         except RemoteCommandError as error:
-            # 127: the shell found no such program; sudo says "command not found" and exits 1
-            if error.status == 127 or "command not found" in str(error):
-                raise ProgramMissing(self.host, error.step, error.status, f"{self.host_config.python} is not on "
-                                     f"{self.host_config.address}: install python3 there, or set python in "
-                                     f"[host:{self.host}]") from None
+            problem = _setup_problem(self.host_config, self.connection.user, error)
+            if problem:
+                raise HostSetupError(self.host, error.step, error.status, problem) from None
             raise
         return self._answer(request, raw)
+
+
+def _setup_problem(host: Host, user: str, error: RemoteCommandError) -> Optional[str]:
+    """What the host lacks to run the agent, said as what to do, or None."""
+    said = str(error)
+    # 127: the shell found no such program; sudo says "command not found" and exits 1
+    if error.status == 127 or "command not found" in said:
+        return f"{host.python} is not on {host.address}: install python3 there, or set python in [host:{host.name}]"
+    if host.sudo and ("a password is required" in said or "not in the sudoers" in said or "may not run sudo" in said):
+        return (f"sudo = true, but {user} on {host.address} may not run sudo without a password: give it a "
+                "NOPASSWD rule in /etc/sudoers.d/, or log in as root")
+    return None
 
 
 class LocalAgent(Agent):
