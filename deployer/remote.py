@@ -359,7 +359,7 @@ def _setup_problem(host: Host, user: str, error: RemoteCommandError) -> Optional
     """What the host lacks to run the agent, said as what to do, or None."""
     said = str(error)
     # 127: the shell found no such program; sudo says "command not found" and exits 1
-    if error.status == 127 or "command not found" in said:
+    if error.status == 127 or (host.sudo and f"sudo: {host.python}: command not found" in said):
         return f"{host.python} is not on {host.address}: install python3 there, or set python in [host:{host.name}]"
     if host.sudo and ("a password is required" in said or "not in the sudoers" in said or "may not run sudo" in said):
         return (f"sudo = true, but {user} on {host.address} may not run sudo without a password: give it a "
