@@ -72,6 +72,9 @@ def test_on_a_terminal_push_names_the_jobs_and_no_changes_nothing(cron01, pushed
            "--yes removes without asking)" in shown
     assert "Traceback" not in shown and stdout == ""
     assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
+    ended, shown, _ = on_a_terminal(["push", "-i", pushed_three], "\x04", isolated_home)  # Ctrl-D: no answer
+    assert ended == 1 and "push cancelled, nothing changed" in shown and "Aborted" not in shown, shown
+    assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
 
 
 def test_on_a_terminal_yes_removes_them(cron01, pushed_three, isolated_home):
