@@ -345,7 +345,7 @@ def status(inventory_path, host_name, as_json):
     jobs.update({(None, j.name): j for j in inv.jobs})
     now = now_utc()
     document = status_document(answers, jobs, now)
-    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=not as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
     unreachable = [a.name for a in answers if a.error]
     if unreachable:
         click.echo(f"deployer: error: {len(unreachable)} of {len(answers)} hosts did not answer: "
@@ -365,7 +365,8 @@ def history(job, inventory_path, host_name, since, as_json):
     runs, failures, p50/max duration, and the slots its schedule had with no run.
 
     Read from the per-run records in the host's journal (`journalctl DEPLOYER_JOB=JOB`), plus
-    PID 1's entries for runs killed before they could write one.
+    PID 1's entries for runs killed before they could write one. Missed slots are counted from
+    when the job's timer was last installed or changed by a push.
     """
     from . import remote
     from .report import history_document, history_text, job_zone, now_utc, since_time
@@ -378,9 +379,11 @@ def history(job, inventory_path, host_name, since, as_json):
     inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
     answer = remote.history(agent, job, start)
     until = answer.now or now
-    slots, slots_until = _slots(the_job, start, until)
+    # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
+    slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
+        else (None, None)
     document = history_document(host_name, job, job_zone(the_job), start, until, answer.runs, slots, slots_until)
-    click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=not as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
 
 
 MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job every 2 s: about 11 h)

@@ -40,10 +40,11 @@ def parse_iso(text: str) -> Optional[float]:
     return datetime.fromisoformat(text).timestamp() if text else None
 
 
-def iso(moment: Optional[float], zone: str) -> Optional[str]:
+def iso(moment: Optional[float], zone: str, precise: bool = False) -> Optional[str]:
+    """ISO 8601 in `zone`, to the second (`precise`: to the millisecond, for a run's start)."""
     if moment is None:
         return None
-    return datetime.fromtimestamp(moment, ZoneInfo(zone)).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(moment, ZoneInfo(zone)).isoformat(timespec="milliseconds" if precise else "seconds")
 
 
 def span(seconds: float) -> str:
@@ -195,23 +196,27 @@ def status_text(document: dict, now: float) -> str:
 
 # -- history -------------------------------------------------------------------------------------
 
-# A run covers the slot it names, or one it started at most this late (a killed run names none).
-LATE_TOLERANCE = 300
+# A run that names no slot of the schedule (it started late, or was killed before it could name
+# one) covers the latest uncovered slot at most this long before it started.
+LATE_TOLERANCE = 60
 
 
 def run_entry(run: RunInfo, zone: str) -> dict:
-    return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone),
+    return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
             "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
             "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source}
 
 
-def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo]) -> list[float]:
-    """The scheduled slots no run covers. A run covers the slot it names (its record's), or else
-    the latest slot at most LATE_TOLERANCE before it started; each run covers one slot."""
+def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
+    """The scheduled slots (up to `until`) no run covers. A run covers the slot its record names;
+    a run that names none of the slots (late, manual, or killed before it could name one) covers
+    the latest uncovered one at most LATE_TOLERANCE before its start."""
     ordered = sorted(slots)
-    covered = set()
+    covered = {run.slot for run in runs if run.slot in set(ordered)}
     for run in runs:
         named = run.slot or run.started
+        if run.slot in covered or named > until:
+            continue
         candidates = [s for s in ordered if s <= named < s + LATE_TOLERANCE and s not in covered]
         if candidates:
             covered.add(candidates[-1])
@@ -223,7 +228,7 @@ def history_document(host: str, job: str, zone: str, since: float, until: float,
     """`history --json`. `slots`: the schedule's slots in [since, slots_until] (None: unknown,
     e.g. @reboot or a job not in the inventory); a missed slot is one no run covers."""
     durations = sorted(r.duration for r in runs if r.duration >= 0)
-    missed = missed_slots(slots, runs) if slots is not None else None
+    missed = missed_slots(slots, runs, slots_until) if slots is not None else None
     return envelope("history", host=host, job=job, timezone=zone, since=iso(since, zone), until=iso(until, zone),
                     runs=[run_entry(r, zone) for r in runs], summary={
                         "runs": len(runs), "failures": sum(r.result != "ok" for r in runs),

@@ -33,7 +33,7 @@ EXAMPLES = [
                                             source="systemd"))),
     (LogsRequest("a", lines=20, since=1764064800.0, follow=True), LogsAnswer("lines")),
     (HistoryRequest("a", since=1764064800.0), HistoryAnswer(runs=(RunInfo("f00d", 17.5, "ok", "status 200"),),
-                                                             now=1764068400.5)),
+                                                             now=1764068400.5, scheduled_since=1764000000.5)),
     (PauseRequest("a"), PauseAnswer("deployer-a.timer")),
     (ResumeRequest("a"), ResumeAnswer("deployer-a.timer")),
     (HandoffRequest(("a", "b")), HandoffAnswer(("deployer-a.timer",), at=12.25)),

@@ -214,6 +214,10 @@ def killed_reason(failed, exited):
     reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
     code, status = entry_text((exited or {}).get("EXIT_CODE")), entry_text((exited or {}).get("EXIT_STATUS"))
     if code in ("killed", "dumped"):
+        try:  # PID 1 logs the number (9); people know the name (KILL)
+            status = signal.Signals(int(status)).name[3:]
+        except ValueError:
+            pass
         reason += " (%s, signal %s)" % (code, status)
     elif code:
         reason += " (exit status %s)" % status
@@ -829,7 +833,12 @@ def op_history(host, request):
     entries = host.systemd.journal_entries(["--since=@%d" % max(int(request.since), 0),
                                             "--output-fields=" + ",".join(RUN_FIELDS)] + run_matches([request.job]))
     runs = runs_from_journal(entries).get(request.job, [])
-    return HistoryAnswer(runs=tuple(r for r in runs if r.started >= request.since - 1), now=time.time())
+    try:  # a push that changes the schedule rewrites the timer: slots before it were another schedule's
+        installed = os.stat(os.path.join(host.layout.unit_dir, paths.job_unit(request.job, "timer"))).st_mtime
+    except OSError:
+        installed = 0.0
+    return HistoryAnswer(runs=tuple(r for r in runs if r.started >= request.since - 1), now=time.time(),
+                         scheduled_since=installed)
 
 
 # After its run ends, how long `run` waits for the run's last lines (its record) to reach the journal.

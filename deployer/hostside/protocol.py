@@ -164,6 +164,7 @@ class HistoryRequest:
 class HistoryAnswer:
     runs: Tuple[RunInfo, ...] = ()  # oldest first
     now: float = 0.0  # the host's clock when it answered
+    scheduled_since: float = 0.0  # when the job's timer, as it is now, was installed (0: not installed)
 
 
 @dataclass(frozen=True)
