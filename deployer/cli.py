@@ -316,10 +316,15 @@ def _host_status(inv, host):
     from . import remote
     from .report import HostStatus, held_text
 
+    from .errors import AgentRefused, RemoteCommandError
+
     try:
         answer = remote.status(_connect(inv, host.name))
     except DeployerError as error:
-        return HostStatus(host.name, host.address, error=" ".join(error.lines()))
+        message = " ".join(error.lines()).removeprefix(f"host {host.name}: ")
+        # An agent that answered with a refusal (corrupt state...) is reachable, but has no status.
+        return HostStatus(host.name, host.address, error=message,
+                          reachable=isinstance(error, (AgentRefused, RemoteCommandError)))
     return HostStatus(host.name, host.address, jobs=answer.jobs, held=held_text(getattr(answer, "held", None)))
 
 
@@ -346,10 +351,10 @@ def status(inventory_path, host_name, as_json):
     now = now_utc()
     document = status_document(answers, jobs, now)
     click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
-    unreachable = [a.name for a in answers if a.error]
-    if unreachable:
-        click.echo(f"deployer: error: {len(unreachable)} of {len(answers)} hosts did not answer: "
-                   f"{', '.join(unreachable)}", err=True)
+    failed = [a for a in answers if a.error]
+    for answer in failed:
+        click.echo(f"deployer: error: host {answer.name}: {answer.error}", err=True)
+    if failed:
         sys.exit(1)
 
 

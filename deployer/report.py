@@ -89,6 +89,7 @@ class HostStatus:
     jobs: tuple = ()  # JobStatus
     held: Optional[str] = None  # "was down 2h13m" when the host holds its jobs (failover)
     error: Optional[str] = None
+    reachable: bool = True  # False: no connection; an agent that refused (error set) was reached
 
 
 def held_text(held: Any) -> Optional[str]:
@@ -156,7 +157,7 @@ def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: floa
     rows = [job_row(h, s, inventory_jobs.get((h.name, s.job)) or inventory_jobs.get((None, s.job)), now)
             for h in hosts for s in h.jobs]
     return envelope("status", now=iso(now, "UTC"), hosts=[
-        {"host": h.name, "address": h.address, "reachable": h.error is None, "error": h.error,
+        {"host": h.name, "address": h.address, "reachable": h.reachable, "error": h.error,
          "held": h.held, "jobs": len(h.jobs)} for h in hosts], jobs=rows)
 
 
@@ -185,8 +186,8 @@ def status_text(document: dict, now: float) -> str:
                      shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row)])
     lines = _table(rows)
     for host in document["hosts"]:
-        if not host["reachable"]:
-            lines.append(f"host {host['host']}: UNREACHABLE: {host['error']}")
+        if host["error"]:
+            lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: {host['error']}")
         elif host["held"]:
             lines.append(f"host {host['host']}: held: {host['held']} (deployer release --host {host['host']})")
         elif not host["jobs"]:

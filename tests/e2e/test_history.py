@@ -87,7 +87,7 @@ def test_fleet_status_shows_every_host_reasons_zones_paused_and_an_unreachable_h
     assert sorted(r["job"] for r in document["jobs"]) == ["good", "quiet"]
     assert [line for line in text.stdout.splitlines() if "cron02" in line] == [
         f"host cron02: UNREACHABLE: {document['hosts'][1]['error']}"]
-    assert text.stderr.strip() == "deployer: error: 1 of 2 hosts did not answer: cron02"
+    assert text.stderr.strip() == f"deployer: error: host cron02: {document['hosts'][1]['error']}"
 
 
 def test_history_lists_runs_a_killed_run_and_missed_slots(cron01, server, deployer, write_inventory):
