@@ -24,7 +24,7 @@ SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "mi
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
                                 "run", "output"}
-PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged"}
+PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
 PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
                          "recovered_interrupted_push"}
 MOVE_KEYS = ENVELOPE | {"moved", "from", "to"}
