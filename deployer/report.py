@@ -62,6 +62,16 @@ def span(seconds: float) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+def compact_span(seconds: float) -> str:
+    """`2h13m`, `4m05s`, `12s`: how long a host was down (as the failover's boot alert says it)."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    if seconds >= 60:
+        return "%dm%02ds" % (seconds // 60, seconds % 60)
+    return "%ds" % seconds
+
+
 def relative(moment: float, now: float) -> str:
     """`in 51 s`, `3 min ago`, `now`."""
     delta = moment - now
@@ -99,13 +109,13 @@ def held_text(held: Any) -> Optional[str]:
     if isinstance(held, bool):
         return "held"
     if isinstance(held, (int, float)):
-        return f"was down {span(held)}"
+        return f"was down {compact_span(held)}"
     if isinstance(held, str):
         return held
-    for name in ("down_seconds", "down", "seconds"):
+    for name in ("down_for_seconds", "down_seconds", "seconds"):
         value = getattr(held, name, None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"was down {span(value)}"
+            return f"was down {compact_span(value)}"
     return str(getattr(held, "message", None) or getattr(held, "reason", None) or "held")
 
 

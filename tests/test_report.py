@@ -84,7 +84,7 @@ def test_every_result_is_in_the_vocabulary():
                 status(last_run=RECORD)]
     results = [row["result"] for row in document(*statuses)["jobs"]]
     assert results == ["never", "paused", "running", "ok", "failed"]
-    assert [row["result"] for row in document(status(), held="was down 2 h 13 min")["jobs"]] == ["held"]
+    assert [row["result"] for row in document(status(), held="was down 2h13m")["jobs"]] == ["held"]
     assert set(results) <= set(report.RESULTS)
 
 
@@ -168,5 +168,11 @@ def test_since_dates_and_refusals():
 
 def test_held_text_reads_the_shapes_the_agent_may_answer():
     assert report.held_text(None) is None and report.held_text(False) is None
-    assert report.held_text(7980) == "was down 2 h 13 min"
+    assert report.held_text(7980) == "was down 2h13m"
     assert report.held_text("was down 2h13m") == "was down 2h13m"
+
+    class Held:  # the failover's StatusAnswer.held
+        since, down_for_seconds, lease_seconds = "2026-11-25T14:00:00+00:00", 7980.0, 300.0
+
+    assert report.held_text(Held()) == "was down 2h13m"
+    assert [row["result"] for row in document(status(), held=report.held_text(Held()))["jobs"]] == ["held"]
