@@ -604,3 +604,13 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
     answer = host.call(RunRequest("settle"), output=streamed.append)
     assert [line.split(": ", 1)[1] for line in streamed] == ["POST http://x -> 200", "settle: ok in 0.50s (1 attempt)"]
     assert answer.output.splitlines() == streamed and answer.ok and answer.run.run == "inv1"
+
+
+def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_asked(host):
+    many(host, agent.PER_JOB_MATCHES + 1)
+    host.systemd.journal = [record_entry("elsewhere", "x1", 3000.0), record_entry("j00001", "a1", 2000.0)]
+    host.systemd.calls.clear()
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
+    assert not [a for a in call if a.startswith(("DEPLOYER_JOB=", "UNIT="))]  # journalctl slows with each term
+    assert jobs["j00001"].last_run.run == "a1" and "elsewhere" not in jobs and jobs["j00002"].last_run is None

@@ -172,6 +172,13 @@ def test_run_streams_its_lines_as_they_happen(cron01, server, deployer, write_in
     assert len([line for _, line in seen if "FAILED" in line and "flaky" in line]) >= 1
     assert len(seen) == len(set(line for _, line in seen))  # nothing printed twice
 
+    document = json.loads(deployer("run", "flaky", "-i", path, "--json", check=False).stdout)
+    assert (document["version"], document["command"], document["result"], document["exit_status"]) == (
+        1, "run", "failed", 1)
+    assert document["reason"].startswith("status 503") and document["run"]["attempts"] == 3
+    assert document["run"]["source"] == "record" and document["run"]["http_status"] == 503
+    assert sum("-> 503" in line for line in document["output"]) == 3
+
 
 def test_logs_follow_streams_until_interrupted_and_since_limits(cron01, server, deployer, write_inventory,
                                                                  isolated_home):
