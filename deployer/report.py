@@ -143,8 +143,10 @@ def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Option
     return "never", None, None, None, None
 
 
-def job_row(host: HostStatus, status: JobStatus, job, now: float) -> dict:
-    """One job of one host, as `status --json` lists it (keys pinned by tests/test_report.py)."""
+def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool = True) -> dict:
+    """One job of one host, as `status --json` lists it (keys pinned by tests/test_report.py).
+    `job`: the inventory's Job of that name (its zone), None if none; `listed`: the inventory
+    puts it on this host (else a push removes it here)."""
     zone = job_zone(job)
     last_result, last, reason, exit_status, duration = _last_run(status)
     held = host.held or held_text(getattr(status, "held", None))
@@ -157,15 +159,15 @@ def job_row(host: HostStatus, status: JobStatus, job, now: float) -> dict:
         "held": held, "timer": "active" if status.timer_state == "active" else "inactive",
         "schedule": list(status.calendar), "timezone": zone,
         "expression": (job.schedule if job.schedule is not None else " | ".join(job.on_calendar)) if job else None,
-        "in_inventory": job is not None,
+        "in_inventory": job is not None and listed,
     }
 
 
 def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: float) -> dict:
     """`status --json`: every host asked (reachable or not) and every job of those that answered.
     `inventory_jobs`: (host, job name) -> Job, for zones and expressions."""
-    rows = [job_row(h, s, inventory_jobs.get((h.name, s.job)) or inventory_jobs.get((None, s.job)), now)
-            for h in hosts for s in h.jobs]
+    rows = [job_row(h, s, inventory_jobs.get((h.name, s.job)) or inventory_jobs.get((None, s.job)), now,
+                    listed=(h.name, s.job) in inventory_jobs) for h in hosts for s in h.jobs]
     return envelope("status", now=iso(now, "UTC"), hosts=[
         {"host": h.name, "address": h.address, "reachable": h.reachable, "error": h.error,
          "held": h.held, "jobs": len(h.jobs)} for h in hosts], jobs=rows)

@@ -176,3 +176,12 @@ def test_held_text_reads_the_shapes_the_agent_may_answer():
 
     assert report.held_text(Held()) == "was down 2h13m"
     assert [row["result"] for row in document(status(), held=report.held_text(Held()))["jobs"]] == ["held"]
+
+
+def test_a_job_the_inventory_puts_elsewhere_keeps_its_zone_but_is_not_listed_here():
+    class Job:
+        name, host, schedule, on_calendar, timezone = "settle", "cron02", "0 * * * *", (), "Asia/Shanghai"
+
+    host = report.HostStatus("cron01", "10.0.0.5", jobs=(status(),))
+    [row] = report.status_document([host], {("cron02", "settle"): Job, (None, "settle"): Job}, NOW)["jobs"]
+    assert (row["timezone"], row["expression"], row["in_inventory"]) == ("Asia/Shanghai", "0 * * * *", False)
