@@ -358,14 +358,6 @@ class Systemd:
                     break
         return complaints
 
-    def journal(self, service, lines=None, invocation=None):
-        args = ["journalctl", "--no-pager", "-o", "short-iso", "-u", service]
-        if invocation:
-            args.append("_SYSTEMD_INVOCATION_ID=" + invocation)
-        if lines:
-            args += ["-n", str(lines)]
-        return self.run(args)[1]
-
     def journal_entries(self, args, stop=None, limit=None):
         """`journalctl -o json ARGS` -> entries, read as they come: `stop(entry)` true, or `limit`
         entries, ends the read (and journalctl) early."""
