@@ -82,11 +82,33 @@ def _open_host(inventory_path: str, host_name: Optional[str]):
     return inv, host_name, _connect(inv, host_name)
 
 
-def _job(inv, host_name: str, job: str):
-    for candidate in inv.jobs_for(host_name):
-        if candidate.name == job:
-            return candidate
-    raise DeployerError(f"{inv.path}: no [job:{job}] on host {host_name}")
+def _did_you_mean(name: str, names) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(names)), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _job_host(inv, job: str, host_name: Optional[str]) -> tuple[str, object]:
+    """The host a job command acts on: --host, else the job's `host =`. -> (host name, Job)."""
+    if host_name:
+        inv.host(host_name)
+    for candidate in inv.jobs:
+        if candidate.name == job and (host_name is None or candidate.host == host_name):
+            return candidate.host, candidate
+    elsewhere = [j.host for j in inv.jobs if j.name == job]
+    if elsewhere:
+        raise DeployerError(f"{inv.path}: [job:{job}] runs on host {elsewhere[0]}, not {host_name}")
+    names = [j.name for j in inv.jobs if host_name is None or j.host == host_name]
+    where = f" on host {host_name}" if host_name else ""
+    raise DeployerError(f"{inv.path}: no [job:{job}]{where}{_did_you_mean(job, names)}")
+
+
+def _open_job(inventory_path: str, job: str, host_name: Optional[str]):
+    """What every job command starts with: the inventory, the job's host, the Job, that host's agent."""
+    inv = Options(inventory_path).inventory()
+    host_name, the_job = _job_host(inv, job, host_name)
+    return inv, host_name, the_job, _connect(inv, host_name)
 
 
 @click.group(cls=Deployer, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -233,12 +255,13 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import as_dict, removed_jobs, render_diff, summary
+    from .plan import removed_jobs, render_diff, summary
+    from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
     the_plan, state = plan_push(inv, host_name, agent, contents=True, prune=not no_prune)
     if as_json:
-        click.echo(json.dumps({"host": host_name, **as_dict(the_plan)}, indent=2))
+        click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
     else:
         click.echo(render_diff(the_plan, state), nl=False)
         click.echo(f"host {host_name}: {summary(the_plan)}")
@@ -253,24 +276,13 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
         click.get_current_context().exit(CHANGES_PENDING)
 
 
-def _push_document(pushed) -> dict:
-    """`push --json`: the plan and what the switch did; the agent's step timings stay out."""
-    from .plan import as_dict
-
-    result = pushed.result
-    done = {"reloaded": result.reloaded, "started": list(result.started), "restarted": list(result.restarted),
-            "stopped": list(result.stopped), "enabled_for_boot": list(result.enabled_for_boot),
-            "kept_paused": list(result.kept_paused),
-            "recovered_interrupted_push": result.recovered_interrupted_push,
-            "released": _held_document(result.released)} if result else {}
-    return {"host": pushed.host, **as_dict(pushed.plan), **done}
-
-
 def _print_push(pushed, as_json: bool) -> None:
     from .plan import jobs_of, summary
 
     if as_json:
-        click.echo(json.dumps(_push_document(pushed), indent=2))
+        from .report import push_document
+
+        click.echo(json.dumps(push_document(pushed), indent=2))
         return
     for marker, files in (("+", pushed.plan.add), ("~", pushed.plan.change)):
         for f in files:
@@ -393,10 +405,9 @@ def move(inventory_path, source, target, force, as_json):
                    f"it is powered off or cut off from the jobs' service; and if it boots within "
                    f"{_duration(inv.host(source).lease)} of its last lease renewal, it runs them again.", err=True)
     if as_json:
-        document = {"moved": moving, "from": source, "to": target}
-        if takeover:
-            document.update(source_unreachable=True, waited_seconds=takeover.waited_seconds, forced=takeover.forced)
-        click.echo(json.dumps(document, indent=2))
+        from .report import move_document
+
+        click.echo(json.dumps(move_document(moving, source, target, takeover), indent=2))
         return
     if takeover:
         click.echo(f"took over {len(moving)} jobs of unreachable {source} on {target}: {', '.join(moving)}")
@@ -442,29 +453,21 @@ def release(inventory_path, host_name):
                f"{len(answer.started)} job timers started")
 
 
-def _held_document(held) -> Optional[dict]:
-    """A hold as `status --json` and `push --json` show it: None when the host holds nothing."""
-    if held is None:
-        return None
-    return {"since": held.since, "down_for_seconds": held.down_for_seconds, "lease_seconds": held.lease_seconds}
+def _host_status(inv, host):
+    """One host's status, or the one line saying why there is none (unreachable, refused)."""
+    from . import remote
+    from .report import HostStatus
 
+    from .errors import AgentRefused, RemoteCommandError
 
-def _status_row(job) -> dict:
-    """The agent's facts (a JobStatus) -> what an operator reads: ok / failed (why) / running / never run."""
-    if job.service_state in ("activating", "deactivating"):
-        result = "running"
-    elif not job.finished:
-        result = "never run"
-    elif job.result == "success":
-        result = "ok"
-    else:
-        result = f"failed ({job.result}, exit {job.exit_status})"
-    if job.paused:
-        result += " (paused)"
-    return {"job": job.job, "schedule": list(job.calendar), "paused": job.paused,
-            "timer": "active" if job.timer_state == "active" else "inactive",
-            "next": job.next or None, "last": job.last or None, "result": result,
-            "exit_status": job.exit_status}
+    try:
+        answer = remote.status(_connect(inv, host.name))
+    except DeployerError as error:
+        message = " ".join(error.lines()).removeprefix(f"host {host.name}: ")
+        # An agent that answered with a refusal (corrupt state...) is reachable, but has no status.
+        return HostStatus(host.name, host.address, error=message,
+                          reachable=isinstance(error, (AgentRefused, RemoteCommandError)))
+    return HostStatus(host.name, host.address, jobs=answer.jobs, held=answer.held)
 
 
 @main.command(epilog=EPILOG)
@@ -472,45 +475,119 @@ def _status_row(job) -> dict:
 @host_option
 @json_option
 def status(inventory_path, host_name, as_json):
-    """Every managed job on the host: schedule, next run, last run, last result."""
-    from . import remote
+    """Every managed job of every host (or of --host): result and why it failed, last and next
+    run in the job's own time zone, paused and held jobs.
 
-    _, host_name, agent = _open_host(inventory_path, host_name)
-    answer = remote.host_status(agent)
-    rows = [_status_row(j) for j in answer.jobs]
-    if as_json:
-        click.echo(json.dumps({"host": host_name, "held": _held_document(answer.held), "jobs": rows}, indent=2))
-        return
-    if answer.held:
-        click.echo(f"host {host_name}: held: was down {_duration(answer.held.down_for_seconds)}: no job runs "
-                   f"until `deployer push` or `deployer release --host {host_name}`")
-    headers = ("job", "next", "last", "result", "schedule")
-    table = [[h.upper() for h in headers]] + [
-        [r["job"], r["next"] or "-", r["last"] or "-", r["result"], " | ".join(r["schedule"])]
-        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if not rows:
-        click.echo(f"host {host_name}: no jobs installed")
+    Hosts are asked in parallel; an unreachable one is one line saying so, and exit status 1.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .report import now_utc, status_document, status_text
+
+    inv = Options(inventory_path).inventory()
+    hosts = [inv.host(_host_name(inv, host_name))] if host_name or len(inv.hosts) <= 1 else list(inv.hosts)
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 16)) as pool:
+        answers = list(pool.map(lambda h: _host_status(inv, h), hosts))
+    jobs = {(j.host, j.name): j for j in inv.jobs}
+    jobs.update({(None, j.name): j for j in inv.jobs})
+    now = now_utc()
+    document = status_document(answers, jobs, now)
+    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
+    failed = [a for a in answers if a.error]
+    for answer in failed:
+        click.echo(f"deployer: error: host {answer.name}: {answer.error}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("job")
 @inventory_option
 @host_option
-def run(job, inventory_path, host_name):
-    """Run JOB now on the host, wait for it, show its output; exit with its result."""
-    from . import remote
+@click.option("--since", default="7d", show_default=True, metavar="WHEN",
+              help="How far back: a duration (7d, 36h, 90m) or an ISO 8601 date or time.")
+@json_option
+def history(job, inventory_path, host_name, since, as_json):
+    """One line per run of JOB (slot, start, duration, attempts, result, reason) and a summary:
+    runs, failures, p50/max duration, and the slots its schedule had with no run.
 
-    inv, host_name, agent = _open_host(inventory_path, host_name)
-    _job(inv, host_name, job)
-    result = remote.run(agent, job)
-    click.echo(result.output, nl=False)
+    Read from the per-run records in the host's journal (`journalctl DEPLOYER_JOB=JOB`), plus
+    PID 1's entries for runs killed before they could write one. Missed slots are counted from
+    when the job's timer was last installed or changed by a push.
+    """
+    from . import remote
+    from .report import history_document, history_text, job_zone, now_utc, since_time
+
+    now = now_utc()
+    try:
+        start = since_time(since, now)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    answer = remote.history(agent, job, start)
+    until = answer.now or now
+    # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
+    slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
+        else (None, None)
+    document = history_document(host_name, job, job_zone(the_job), start, until, answer.runs, slots, slots_until)
+    click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
+
+
+MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job every 2 s: about 11 h)
+
+
+def _slots(job, start: float, until: float):
+    """The job's scheduled slots in [start, until - grace] (a slot younger than the job's timeout
+    may still be running) -> (slots, the end of the window they cover); (None, None) for @reboot."""
+    from datetime import datetime, timezone
+
+    from .schedule import next_runs, to_calendar
+
+    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+    if calendar.on_boot:
+        return None, None
+    end = until - float(job.timeout) - 10
+    if end <= start:
+        return [], end
+    found = [t.timestamp() for t in next_runs(calendar.lines, MAX_SLOTS,
+                                               base=datetime.fromtimestamp(start - 1, timezone.utc))]
+    slots = [t for t in found if start <= t <= end]
+    if len(found) == MAX_SLOTS and found[-1] < end:
+        end = found[-1]  # the schedule is too dense to count the whole window: say up to where
+    return slots, end
+
+
+@main.command(epilog=EPILOG)
+@click.argument("job")
+@inventory_option
+@host_option
+@json_option
+def run(job, inventory_path, host_name, as_json):
+    """Run JOB now on its host, showing its journal lines as they happen; exit with its result."""
+    from . import remote
+    from .report import job_zone, run_document
+
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    streamed: list[str] = []
+
+    def show(line: str) -> None:
+        streamed.append(line)
+        click.echo(line)
+
+    result = remote.run(agent, job, output=None if as_json else show)
+    if as_json:
+        click.echo(json.dumps(run_document(host_name, job, job_zone(the_job), result), indent=2))
+    else:
+        for line in result.output.splitlines():  # whatever the stream missed (journald's lag)
+            if line not in streamed:
+                click.echo(line)
     if not result.ok:
-        click.echo(f"deployer: job {job} failed ({result.result}, exit {result.exit_status})", err=True)
+        if not as_json:
+            reason = result.run.reason if result.run else f"{result.result}, exit {result.exit_status}"
+            click.echo(f"deployer: job {job} failed ({reason})", err=True)
         raise JobFailed(job)
-    click.echo(f"job {job}: ok")
+    if not as_json:
+        click.echo(f"job {job}: ok")
 
 
 @main.command(epilog=EPILOG)
@@ -525,7 +602,7 @@ def pause(job, inventory_path, host_name):
     """
     from . import remote
 
-    _, host_name, agent = _open_host(inventory_path, host_name)
+    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
     remote.pause(agent, job)
     click.echo(f"job {job} paused on {host_name}")
 
@@ -538,7 +615,7 @@ def resume(job, inventory_path, host_name):
     """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
     from . import remote
 
-    _, host_name, agent = _open_host(inventory_path, host_name)
+    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
     remote.resume(agent, job)
     click.echo(f"job {job} resumed on {host_name}")
 
@@ -547,15 +624,31 @@ def resume(job, inventory_path, host_name):
 @click.argument("job")
 @inventory_option
 @host_option
-@click.option("-n", "--lines", type=click.IntRange(min=1), default=50, show_default=True,
-              help="How many of the latest journal lines.")
-def logs(job, inventory_path, host_name, lines):
-    """Show JOB's journal on the host (every run, newest last)."""
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=None,
+              help="How many of the latest journal lines  [default: 50, or all with --since]")
+@click.option("--since", metavar="WHEN", help="Only lines since: a duration (2h, 7d) or an ISO 8601 date or time.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come, until Ctrl-C.")
+def logs(job, inventory_path, host_name, lines, since, follow):
+    """Show JOB's journal on its host (every run, newest last); --follow streams new lines."""
     from . import remote
+    from .report import now_utc, since_time
 
-    inv, host_name, agent = _open_host(inventory_path, host_name)
-    _job(inv, host_name, job)
-    click.echo(remote.logs(agent, job, lines), nl=False)
+    start = None
+    if since:
+        try:
+            start = since_time(since, now_utc())
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--since") from None
+    if lines is None and start is None:
+        lines = 50
+    _, _, _, agent = _open_job(inventory_path, job, host_name)
+    if not follow:
+        click.echo(remote.logs(agent, job, lines, since=start), nl=False)
+        return
+    try:
+        remote.logs(agent, job, lines, since=start, follow=True, output=click.echo)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends; the agent stops when its next write finds no client
 
 
 @main.group()

@@ -20,9 +20,10 @@ from typing import Any, Callable, Optional
 
 from .errors import AgentRefused, HostSetupError, RemoteCommandError, RemoteError
 from .hostside import paths, protocol
-from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
-                                LogsRequest, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeRequest, RunAnswer,
-                                RunRequest, StateRequest, StatusAnswer, StatusRequest, Takeover)
+from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, HistoryAnswer,
+                                HistoryRequest, LogsRequest, PauseRequest, ReleaseAnswer, ReleaseRequest,
+                                ResumeRequest, RunAnswer, RunRequest, StateRequest, StatusAnswer, StatusRequest,
+                                Takeover)
 from .models import Host, Plan, RemoteState
 
 CONNECT_TIMEOUT = 15
@@ -30,7 +31,7 @@ Progress = Optional[Callable[[str], None]]
 
 # The modules the agent runs with, shipped in the `python3 -c` argument (an in-memory package).
 HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
-                    "deployer.hostside.dbus", "deployer.hostside.agent")
+                    "deployer.hostside.dbus", "deployer.hostside.record", "deployer.hostside.agent")
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
 # `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
@@ -229,6 +230,7 @@ def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteE
 
 
 PROGRESS_PREFIX = b"@progress "
+LINE_PREFIX = b"@line "  # a journal line of the job, streamed by `run` and `logs --follow`
 ALIVE_LINE = b"@alive"  # the agent's heartbeat (agent.HEARTBEAT_SECONDS), so silence means trouble
 READ_TIMEOUT = 45.0
 KEEPALIVE_SECONDS = 10
@@ -236,12 +238,13 @@ UPLOAD_CHUNK = 1 << 18
 
 
 def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str = "command",
-            progress: Progress = None, read_timeout: float = None) -> bytes:
+            progress: Progress = None, read_timeout: float = None, output: Progress = None) -> bytes:
     """Run one command with `stdin`; return all of stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
     which would make a large push crawl. Lines `@progress ...` on the command's stderr
-    are steps reported by the agent, passed to `progress`; `@alive` lines are its heartbeat.
+    are steps reported by the agent, passed to `progress`; `@line ...` lines are journal lines
+    streamed as they happen, passed to `output`; `@alive` lines are its heartbeat.
     Reads until the host's end-of-file, not until its exit status (which may arrive first).
     A host silent for `read_timeout` seconds (a network black hole, a stopped sshd) is an error
     naming it; SSH keepalives keep idle NAT and firewall state open meanwhile.
@@ -275,7 +278,7 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(1 << 16)
                 got = True
-            _take_reports(err, report)
+            _take_reports(err, report, output)
             if (channel.eof_received or channel.closed) and not channel.recv_ready() \
                     and not channel.recv_stderr_ready():
                 break
@@ -297,15 +300,24 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     return bytes(out)
 
 
-def _take_reports(err: bytearray, report: Callable[[str], None]) -> None:
-    """Remove the agent's complete `@progress` and `@alive` lines from `err`, reporting progress."""
-    for prefix in (PROGRESS_PREFIX, ALIVE_LINE):
-        while prefix in err and b"\n" in err[err.index(prefix):]:
-            start = err.index(prefix)
-            end = err.index(b"\n", start)
-            if prefix == PROGRESS_PREFIX:
-                report("host: " + err[start + len(prefix):end].decode("utf-8", "replace"))
-            del err[start:end + 1]
+def _take_reports(err: bytearray, report: Callable[[str], None], output: Progress = None) -> None:
+    """Remove the agent's complete `@progress`, `@line` and `@alive` lines from `err`, in the order
+    they came, reporting progress and passing journal lines to `output`; anything else stays."""
+    kept, start = bytearray(), 0
+    while True:
+        end = err.find(b"\n", start)
+        if end < 0:
+            break
+        line = bytes(err[start:end])
+        if line.startswith(PROGRESS_PREFIX):
+            report("host: " + line[len(PROGRESS_PREFIX):].decode("utf-8", "replace"))
+        elif line.startswith(LINE_PREFIX):
+            if output is not None:
+                output(line[len(LINE_PREFIX):].decode("utf-8", "replace"))
+        elif line != ALIVE_LINE:
+            kept += err[start:end + 1]
+        start = end + 1
+    err[:] = kept + err[start:]
 
 
 def paramiko_errors():
@@ -320,7 +332,8 @@ class Agent:
 
     host: str
 
-    def call(self, request: Any, progress: Progress = None) -> Any:
+    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
+        """`output`: called with each journal line the agent streams while it works."""
         raise NotImplementedError
 
     def _answer(self, request: Any, raw: bytes) -> Any:
@@ -342,11 +355,12 @@ class SSHAgent(Agent):
         self.host_config = host
         self.host = host.name
 
-    def call(self, request: Any, progress: Progress = None) -> Any:
+    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
         try:
             raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
-                          protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+                          protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress,
+                          output=output)
         except RemoteCommandError as error:
             problem = _setup_problem(self.host_config, self.connection.user, error)
             if problem:
@@ -377,11 +391,11 @@ class LocalAgent(Agent):
         self.layout = paths.Layout(root)
         self.systemd = systemd
 
-    def call(self, request: Any, progress: Progress = None) -> Any:
+    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
         from .hostside import agent
 
         raw = agent.handle(protocol.encode_request(self.host, request), layout=self.layout,
-                           systemd=self.systemd, require_root=False)
+                           systemd=self.systemd, require_root=False, emit=output or (lambda line: True))
         return self._answer(request, raw)
 
 
@@ -419,12 +433,7 @@ def handoff(agent: Agent, jobs: list[str]) -> HandoffAnswer:
     return agent.call(HandoffRequest(jobs=tuple(jobs)))
 
 
-def status(agent: Agent) -> tuple[JobStatus, ...]:
-    return agent.call(StatusRequest()).jobs
-
-
-def host_status(agent: Agent) -> StatusAnswer:
-    """The jobs and, when the host holds them, since when (StatusAnswer.held)."""
+def status(agent: Agent) -> StatusAnswer:
     return agent.call(StatusRequest())
 
 
@@ -432,9 +441,16 @@ def release(agent: Agent) -> ReleaseAnswer:
     return agent.call(ReleaseRequest())
 
 
-def run(agent: Agent, job: str) -> RunAnswer:
-    return agent.call(RunRequest(job=job))
+def run(agent: Agent, job: str, output: Progress = None) -> RunAnswer:
+    """Run `job` now; `output` gets its journal lines as they happen."""
+    return agent.call(RunRequest(job=job), output=output)
 
 
-def logs(agent: Agent, job: str, lines: Optional[int]) -> str:
-    return agent.call(LogsRequest(job=job, lines=lines)).output
+def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,
+         output: Progress = None) -> str:
+    """The job's journal; with `follow`, its lines go to `output` as they come, until interrupted."""
+    return agent.call(LogsRequest(job=job, lines=lines, since=since, follow=follow), output=output).output
+
+
+def history(agent: Agent, job: str, since: float) -> HistoryAnswer:
+    return agent.call(HistoryRequest(job=job, since=since))

@@ -60,6 +60,18 @@ class FakeSystemd(agent.Systemd):
         self.calls.append(("systemd-analyze", "verify", "--man=no") + tuple(unit_paths))
         return list(self.complaints)
 
+    journal: list = []  # the entries every journalctl call answers, in the order given
+
+    def journal_entries(self, args, stop=None, limit=None):
+        self.calls.append(("journalctl",) + tuple(args))
+        read = []
+        for entry in self.journal:
+            read.append(entry)
+            if (stop is not None and stop(entry)) or (limit and len(read) >= limit):
+                break
+        self.read = len(read)
+        return read
+
     def systemctl_calls(self):
         return [c[1:] for c in self.calls if c[0] == "systemctl" and c[1] != "is-active"]
 
@@ -591,3 +603,110 @@ def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_w
     assert "OnUnitActiveSec=3.333s" in timer and "OnBootSec=0" in timer
     assert 'ExecStart="/usr/bin/python3" "-m" "deployer.hostside.agent" "--renew-lease" "10"' in service
     assert switch_plan({}, {f"{U}/{paths.HOLD_UNIT}": "S/h"}, {}, [], set(), {}, 1.0).enable == (paths.HOLD_UNIT,)
+
+# -- issue 13: runs from the journal (records, and PID 1's entries for runs killed without one) ------
+
+def record_entry(job, run, started, result="ok", reason="status 200", **extra):
+    from deployer.hostside.record import RunRecord
+
+    fields = RunRecord(job, run, int(started) // 60 * 60, started, 0.5, 1, result, reason, 200).journal_fields()
+    return {**fields, "__REALTIME_TIMESTAMP": str(int((started + 0.5) * 1e6)), "_PID": "812", **extra}
+
+
+def pid1(job, invocation, message_id, at, **fields):
+    return {"MESSAGE_ID": message_id, "_PID": "1", "UNIT": f"deployer-{job}.service", "INVOCATION_ID": invocation,
+            "__REALTIME_TIMESTAMP": str(int(at * 1e6)), **fields}
+
+
+def test_runs_from_the_journal_records_and_a_run_killed_before_its_record():
+    from deployer.hostside.record import UNIT_EXITED, UNIT_FAILED
+
+    entries = [
+        pid1("settle", "aa", agent.UNIT_STARTING, 1000.0), record_entry("settle", "aa", 1000.1),
+        pid1("settle", "aa", UNIT_EXITED, 1000.7, EXIT_CODE="exited", EXIT_STATUS="0"),
+        pid1("settle", "bb", agent.UNIT_STARTING, 2000.0),
+        pid1("settle", "bb", UNIT_EXITED, 2075.0, EXIT_CODE="killed", EXIT_STATUS="9"),
+        pid1("settle", "bb", UNIT_FAILED, 2075.0, UNIT_RESULT="timeout"),
+        pid1("settle", "cc", agent.UNIT_STARTING, 3000.0), record_entry("settle", "cc", 3000.1, "failed", "code is 7"),
+        pid1("settle", "cc", UNIT_EXITED, 3000.7, EXIT_CODE="exited", EXIT_STATUS="1"),
+        pid1("settle", "cc", UNIT_FAILED, 3000.7, UNIT_RESULT="exit-code"),
+        record_entry("other", "dd", 1500.0),
+    ]
+    runs = agent.runs_from_journal(entries)
+    assert [(r.run, r.result, r.reason, r.source) for r in runs["settle"]] == [
+        ("aa", "ok", "status 200", "record"), ("bb", "failed", "timeout (killed, signal KILL)", "systemd"),
+        ("cc", "failed", "code is 7", "record")]
+    assert (runs["settle"][1].started, runs["settle"][1].duration, runs["settle"][1].slot) == (2000.0, 75.0, 0)
+    assert [r.run for r in runs["other"]] == ["dd"]
+
+
+def test_status_reads_last_runs_with_one_journal_call_that_ends_once_each_job_has_its_record(host):
+    for job in ("good", "bad", "new"):
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-{job}.timer", unit(job)),), expect=files(host)))
+    host.systemd.journal = [record_entry("bad", "b2", 3000.0, "failed", "status 500, expected 2xx"),
+                            record_entry("new", "n1", 2000.0), record_entry("bad", "b1", 1000.0),
+                            record_entry("new", "n0", 500.0)]
+    host.systemd.calls.clear()
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
+    # `good` succeeded and systemd knows its run: it is not asked about; `new` never ran per systemd.
+    assert [a for a in call if a.startswith("DEPLOYER_JOB=")] == ["DEPLOYER_JOB=bad", "DEPLOYER_JOB=new"]
+    assert call[1] == "-r" and host.systemd.read == 2  # newest first, stopped at the second record
+    assert jobs["bad"].last_run.reason == "status 500, expected 2xx" and jobs["new"].last_run.run == "n1"
+    assert jobs["good"].last_run is None
+
+
+def test_history_is_one_journal_call_and_keeps_runs_since(host):
+    from deployer.hostside.protocol import HistoryRequest
+
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.timer", unit("settle")),), expect=files(host)))
+    host.systemd.journal = [record_entry("settle", "a", 900.0), record_entry("settle", "b", 1100.0)]
+    host.systemd.calls.clear()
+    answer = host.call(HistoryRequest("settle", since=1000.0))
+    assert [c[:2] for c in host.systemd.calls] == [("journalctl", "--since=@1000")]
+    assert [r.run for r in answer.runs] == ["b"] and answer.scheduled_since > 0
+
+
+def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
+    """`emit` gets each line of the run as journalctl -f hands it over; the answer repeats them."""
+    import io
+
+    from deployer.hostside.protocol import RunRequest
+
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
+                           expect=files(host)))
+    now = time.time()
+    lines = [dict(record_entry("settle", "inv1", now + 1), _SYSTEMD_INVOCATION_ID="inv1",
+                  SYSLOG_IDENTIFIER="deployer-settle")]
+    lines.insert(0, {"MESSAGE": "POST http://x -> 200", "_SYSTEMD_INVOCATION_ID": "inv1", "_PID": "812",
+                     "SYSLOG_IDENTIFIER": "deployer-settle", "__REALTIME_TIMESTAMP": str(int((now + 0.5) * 1e6))})
+    lines.insert(0, {"MESSAGE": "an earlier run", "_SYSTEMD_INVOCATION_ID": "inv0", "_PID": "811",
+                     "__REALTIME_TIMESTAMP": str(int((now - 30) * 1e6))})
+
+    class Follower:
+        stdout = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+
+        def kill(self):
+            pass
+
+        def wait(self):
+            pass
+
+    host.systemd.follow = lambda args: Follower()
+    host.systemd.shown["deployer-settle.service"] = {"Id": "deployer-settle.service", "InvocationID": "inv1",
+                                                     "Result": "success", "ExecMainStatus": "0"}
+    host.systemd.journal = lines[1:]
+    streamed = []
+    answer = host.call(RunRequest("settle"), output=streamed.append)
+    assert [line.split(": ", 1)[1] for line in streamed] == ["POST http://x -> 200", "settle: ok in 0.50s (1 attempt)"]
+    assert answer.output.splitlines() == streamed and answer.ok and answer.run.run == "inv1"
+
+
+def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_asked(host):
+    many(host, agent.PER_JOB_MATCHES + 1)
+    host.systemd.journal = [record_entry("elsewhere", "x1", 3000.0), record_entry("j00001", "a1", 2000.0)]
+    host.systemd.calls.clear()
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
+    assert not [a for a in call if a.startswith(("DEPLOYER_JOB=", "UNIT="))]  # journalctl slows with each term
+    assert jobs["j00001"].last_run.run == "a1" and "elsewhere" not in jobs and jobs["j00002"].last_run is None

@@ -8,9 +8,10 @@ import pytest
 from deployer.errors import AgentRefused
 from deployer.hostside import protocol
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, FileWrite, HandoffAnswer,
-                                        HandoffRequest, Held, JobStatus, LogsAnswer, LogsRequest, PauseAnswer,
-                                        PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer, ResumeRequest,
-                                        RunAnswer, RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
+                                        HandoffRequest, Held, HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer,
+                                        LogsRequest, PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest,
+                                        ResumeAnswer, ResumeRequest, RunAnswer, RunInfo, RunRequest, StateAnswer,
+                                        StateRequest, StatusAnswer, StatusRequest)
 from deployer.remote import Agent
 
 EXAMPLES = [
@@ -24,9 +25,17 @@ EXAMPLES = [
                   takeover=protocol.Takeover("cron02", ("a",), unreachable_at=10.5, waited_seconds=300.0)),
      ApplyAnswer(reloaded=True, started=("deployer-a.timer",), seconds={"lock": 0.01})),
     (StatusRequest(), StatusAnswer(jobs=(JobStatus("a", "deployer-a.timer", "deployer-a.service",
-                                                   calendar=("*-*-* 03:00:00 UTC",), exit_status=1),))),
-    (RunRequest("a"), RunAnswer(ok=False, result="exit-code", exit_status=1, output="POST ...")),
-    (LogsRequest("a", lines=20), LogsAnswer("lines")),
+                                                   calendar=("*-*-* 03:00:00 UTC",), exit_status=1),
+                                         JobStatus("b", "deployer-b.timer", "deployer-b.service", paused=True,
+                                                   last_run=RunInfo("f00d", 1764064800.25, "failed",
+                                                                    "status 500, expected 2xx", slot=1764064800,
+                                                                    duration=0.5, attempts=3, http_status=500))))),
+    (RunRequest("a"), RunAnswer(ok=False, result="exit-code", exit_status=1, output="POST ...",
+                                run=RunInfo("f00d", 17.5, "failed", "timeout (killed, signal KILL)",
+                                            source="systemd"))),
+    (LogsRequest("a", lines=20, since=1764064800.0, follow=True), LogsAnswer("lines")),
+    (HistoryRequest("a", since=1764064800.0), HistoryAnswer(runs=(RunInfo("f00d", 17.5, "ok", "status 200"),),
+                                                             now=1764068400.5, scheduled_since=1764000000.5)),
     (PauseRequest("a"), PauseAnswer("deployer-a.timer")),
     (ResumeRequest("a"), ResumeAnswer("deployer-a.timer")),
     (HandoffRequest(("a", "b")), HandoffAnswer(("deployer-a.timer",), at=12.25)),

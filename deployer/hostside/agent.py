@@ -15,19 +15,21 @@ import fcntl
 import hashlib
 import json
 import os
+import select
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
-from deployer.hostside import dbus, paths, protocol
+from deployer.hostside import dbus, paths, protocol, record
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
-                                        JobStatus, LogsAnswer, LogsRequest, PauseAnswer, PauseRequest,
-                                        ReleaseAnswer, ReleaseRequest, ResumeAnswer, ResumeRequest, RunAnswer,
+                                        HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
+                                        PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
+                                        ResumeRequest, RunAnswer, RunInfo,
                                         RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
 
 # -- paths ------------------------------------------------------------------------------------
@@ -216,6 +218,98 @@ def job_status(timer, t, s, paused):
                      finished=iso_time(s.get("ExecMainExitTimestamp", "")))
 
 
+# PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+# The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
+RUN_FIELDS = ("MESSAGE_ID", "DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED",
+              "DEPLOYER_DURATION", "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON",
+              "DEPLOYER_HTTP_STATUS", "_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE", "EXIT_STATUS")
+# A status reads the journal newest first and stops once every job it asks about has its
+# record; a job that never ran has none, so the read stops after this many entries at most.
+STATUS_SCAN_LIMIT = 50000
+
+
+def entry_text(value):
+    """A journal field as text: journalctl -o json gives non-UTF-8 values as lists of bytes."""
+    if isinstance(value, list):
+        return bytes(v for v in value if isinstance(v, int)).decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def format_entry(entry):
+    """One journal entry as one line: `2026-11-25T14:03:01+00:00 deployer-settle[812]: POST ...` (UTC)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
+    ident = entry_text(entry.get("SYSLOG_IDENTIFIER")) or entry_text(entry.get("_COMM")) or "?"
+    pid = entry_text(entry.get("_PID"))
+    return "%s %s%s: %s" % (stamp, ident, "[%s]" % pid if pid else "",
+                            " ".join(entry_text(entry.get("MESSAGE")).splitlines()))
+
+
+# Above this many jobs, a read matches every job's entries and leaves the others out itself:
+# journalctl slows with the number of match terms (1,000 jobs, 5,000 records: 2.1 s with a term
+# per job, 0.23 s without; bench/status_journal.py).
+PER_JOB_MATCHES = 50
+
+
+def run_matches(jobs):
+    """journalctl matches for the records and PID 1's run entries of `jobs` (one call for all);
+    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out)."""
+    per_job = len(jobs) <= PER_JOB_MATCHES
+    return (["MESSAGE_ID=" + record.RUN_FINISHED] + (["DEPLOYER_JOB=" + j for j in jobs] if per_job else [])
+            + ["+", "_PID=1"] + ["MESSAGE_ID=" + m for m in (UNIT_STARTING, record.UNIT_FAILED, record.UNIT_EXITED)]
+            + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
+
+
+def killed_reason(failed, exited):
+    """What PID 1 says of a run that wrote no record: `timeout (killed, signal KILL)`, `oom-kill`..."""
+    reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
+    code, status = entry_text((exited or {}).get("EXIT_CODE")), entry_text((exited or {}).get("EXIT_STATUS"))
+    if code in ("killed", "dumped"):
+        try:  # PID 1 logs the number (9); people know the name (KILL)
+            status = signal.Signals(int(status)).name[3:]
+        except ValueError:
+            pass
+        reason += " (%s, signal %s)" % (code, status)
+    elif code:
+        reason += " (exit status %s)" % status
+    return reason
+
+
+def runs_from_journal(entries):
+    """Records and PID 1's entries (any order) -> {job: [RunInfo, ...] oldest first}. A run is told
+    by its record; a failed run without one (killed before it could write) by PID 1's entries."""
+    recorded, seen = {}, {}
+    for entry in entries:
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and entry.get("DEPLOYER_JOB"):
+            try:
+                r = record.RunRecord.from_journal(entry)
+            except (KeyError, ValueError, TypeError):
+                continue
+            recorded[r.run or str(len(recorded))] = (r.job, RunInfo(
+                run=r.run, started=r.started, result=r.result, reason=r.reason, slot=r.slot,
+                duration=r.duration, attempts=r.attempts, http_status=r.http_status))
+        elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
+            run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
+            kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",
+                    record.UNIT_EXITED: "exited"}.get(entry.get("MESSAGE_ID"))
+            if kind:
+                run[kind] = entry
+    found = {}
+    for job, info in recorded.values():
+        found.setdefault(job, []).append(info)
+    for invocation, run in seen.items():
+        job = paths.job_of_unit(run["unit"])
+        if invocation in recorded or "failed" not in run or job is None:
+            continue
+        ended = int(run["failed"].get("__REALTIME_TIMESTAMP") or 0) / 1e6
+        began = int(run["starting"].get("__REALTIME_TIMESTAMP") or 0) / 1e6 if "starting" in run else 0.0
+        found.setdefault(job, []).append(RunInfo(
+            run=invocation, started=began or ended, result="failed", reason=killed_reason(run["failed"],
+                                                                                        run.get("exited")),
+            duration=round(ended - began, 3) if began else -1.0, source="systemd"))
+    return {job: sorted(runs, key=lambda r: r.started) for job, runs in found.items()}
+
+
 # -- side effects -----------------------------------------------------------------------------
 
 # systemctl prints times in the local zone; in UTC they can be parsed without guessing what
@@ -281,13 +375,30 @@ class Systemd:
                     break
         return complaints
 
-    def journal(self, service, lines=None, invocation=None):
-        args = ["journalctl", "--no-pager", "-o", "short-iso", "-u", service]
-        if invocation:
-            args.append("_SYSTEMD_INVOCATION_ID=" + invocation)
-        if lines:
-            args += ["-n", str(lines)]
-        return self.run(args)[1]
+    def journal_entries(self, args, stop=None, limit=None):
+        """`journalctl -o json ARGS` -> entries, read as they come: `stop(entry)` true, or `limit`
+        entries, ends the read (and journalctl) early."""
+        process = subprocess.Popen(["journalctl", "--no-pager", "-q", "-o", "json"] + list(args),
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
+        entries = []
+        try:
+            for line in process.stdout:
+                try:
+                    entry = json.loads(line.decode("utf-8", "replace"))
+                except ValueError:
+                    continue
+                entries.append(entry)
+                if (stop is not None and stop(entry)) or (limit and len(entries) >= limit):
+                    break
+        finally:
+            process.kill()
+            process.wait()
+        return entries
+
+    def follow(self, args):
+        """`journalctl -f -o json ARGS` as a running process (its stdout: one entry per line)."""
+        return subprocess.Popen(["journalctl", "--no-pager", "-q", "-f", "-o", "json"] + list(args),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
 
     def wait_active(self, units, timeout=60):
         deadline = time.monotonic() + timeout
@@ -317,6 +428,7 @@ HEARTBEAT_SECONDS = 5  # the client gives up after remote.READ_TIMEOUT seconds o
 
 
 STDERR = threading.Lock()  # whole lines from the heartbeat and the work, never interleaved
+CLIENT_GONE = threading.Event()  # a write to the client failed: a `logs --follow` ends
 
 
 def say(line):
@@ -327,7 +439,13 @@ def say(line):
             sys.stderr.flush()
         return True
     except (OSError, ValueError):
+        CLIENT_GONE.set()
         return False
+
+
+def emit_line(text):
+    """A journal line the client prints as it comes (`deployer run`, `logs --follow`)."""
+    return say("@line " + text)
 
 
 def heartbeat():
@@ -354,6 +472,7 @@ class Host:
     layout: paths.Layout
     systemd: Systemd
     name: str = "?"
+    emit: object = emit_line  # where streamed journal lines go (in-process tests pass their own)
 
     def sha256(self, path):
         with open(path, "rb") as handle:
@@ -799,23 +918,135 @@ def op_status(host, request):
     for timer, props in timer_props.items():
         props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
     paused = host.paused_timers()
-    return StatusAnswer(jobs=tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
-                                   for t, s in zip(timers, services)), held=host.read_held())
+    jobs = [job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
+            for t, s in zip(timers, services)]
+    return StatusAnswer(jobs=with_last_runs(host, jobs), held=host.read_held())
+
+
+def needs_last_run(job):
+    """Does systemd leave out what status must say of this job's last run? A failure's reason is
+    in its record only; a paused timer's units are unloaded and a reboot forgets every last run."""
+    return job.paused or not job.finished or job.result not in ("", "success")
+
+
+def with_last_runs(host, jobs):
+    """`jobs` with `last_run` from ONE journalctl call for all that need it (needs_last_run), read
+    newest first and ended once each has its record (one that never ran has none:
+    STATUS_SCAN_LIMIT bounds the read)."""
+    asked = [j.job for j in jobs if needs_last_run(j)]
+    if not asked:
+        return tuple(jobs)
+    waiting = set(asked)
+
+    def done(entry):
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED:
+            waiting.discard(entry.get("DEPLOYER_JOB"))
+        return not waiting
+
+    entries = host.systemd.journal_entries(["-r", "--output-fields=" + ",".join(RUN_FIELDS)] + run_matches(asked),
+                                           stop=done, limit=STATUS_SCAN_LIMIT)
+    wanted = set(asked)
+    last = {job: runs[-1] for job, runs in runs_from_journal(entries).items() if job in wanted}
+    return tuple(replace(j, last_run=last[j.job]) if j.job in last else j for j in jobs)
+
+
+def op_history(host, request):
+    """Every run of one job since `request.since`: one journalctl call, records and PID 1's entries."""
+    paths.job_unit(request.job, "service")  # a bad name is refused before it reaches journalctl
+    entries = host.systemd.journal_entries(["--since=@%d" % max(int(request.since), 0),
+                                            "--output-fields=" + ",".join(RUN_FIELDS)] + run_matches([request.job]))
+    runs = runs_from_journal(entries).get(request.job, [])
+    try:  # a push that changes the schedule rewrites the timer: slots before it were another schedule's
+        installed = os.stat(os.path.join(host.layout.unit_dir, paths.job_unit(request.job, "timer"))).st_mtime
+    except OSError:
+        installed = 0.0
+    return HistoryAnswer(runs=tuple(r for r in runs if r.started >= request.since - 1), now=time.time(),
+                         scheduled_since=installed)
+
+
+# After its run ends, how long `run` waits for the run's last lines (its record) to reach the journal.
+JOURNAL_LAG = 3.0
 
 
 def op_run(host, request):
+    """Start the job's service and wait for it, streaming the run's journal lines as they come
+    (`@line` on stderr); the answer carries every line and the run's record."""
     service = host.installed(request.job, "service")
-    code, _, err = host.systemd.systemctl("start", service, check=False)
-    props = host.systemd.show([service], ["InvocationID", "Result", "ExecMainStatus"]).get(service, {})
+    since = time.time()
+    follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
+    finished = threading.Event()  # the run's record was streamed
+    reader = threading.Thread(target=stream_run_lines, args=(host, follower, since, finished), daemon=True)
+    reader.start()
+    try:
+        code, _, err = host.systemd.systemctl("start", service, check=False)
+        props = host.systemd.show([service], ["InvocationID", "Result", "ExecMainStatus"]).get(service, {})
+        finished.wait(JOURNAL_LAG)
+    finally:
+        follower.kill()
+        follower.wait()
+        reader.join(1.0)
     invocation = props.get("InvocationID", "")
+    entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
+    runs = runs_from_journal(entries).get(request.job, [])
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
-                     output=host.systemd.journal(service, invocation=invocation) if invocation else "",
-                     error=err.strip())
+                     output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
+                     error=err.strip(), run=runs[-1] if runs else None)
+
+
+def stream_run_lines(host, follower, since, finished):
+    """The follower's entries written by the run (not PID 1's, not an earlier run's) -> host.emit."""
+    for line in follower.stdout:
+        try:
+            entry = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6 < since or not entry.get("_SYSTEMD_INVOCATION_ID"):
+            continue
+        host.emit(format_entry(entry))
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED:
+            finished.set()
 
 
 def op_logs(host, request):
-    return LogsAnswer(output=host.systemd.journal(paths.job_unit(request.job, "service"), lines=request.lines))
+    args = ["-u", paths.job_unit(request.job, "service")]
+    if request.lines:
+        args += ["-n", str(request.lines)]
+    if request.since is not None:
+        args.append("--since=@%d" % max(int(request.since), 0))
+    if not request.follow:
+        return LogsAnswer(output="".join(format_entry(e) + "\n" for e in host.systemd.journal_entries(args)
+                                         if "MESSAGE" in e))
+    follower = host.systemd.follow(args)
+    try:
+        follow_lines(host, follower)
+    finally:
+        follower.kill()
+        follower.wait()
+    return LogsAnswer()
+
+
+def follow_lines(host, follower):
+    """Stream entries until journalctl ends or the client goes away (a failed write, of a line
+    or of the heartbeat, sets CLIENT_GONE)."""
+    pending = b""
+    descriptor = follower.stdout.fileno()
+    while not CLIENT_GONE.is_set():
+        ready, _, _ = select.select([descriptor], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(descriptor, 1 << 16)
+        if not chunk:
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                entry = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if "MESSAGE" in entry and host.emit(format_entry(entry)) is False:
+                return
 
 
 def op_pause(host, request):
@@ -864,14 +1095,15 @@ def op_release(host, request):
 
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
-              HandoffRequest: op_handoff, ReleaseRequest: op_release}
+              HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history}
 
 
-def handle(raw, layout=None, systemd=None, require_root=True):
-    """One request (bytes) -> one answer (bytes). The in-process client calls this directly."""
+def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
+    """One request (bytes) -> one answer (bytes). The in-process client calls this directly
+    (`emit`: where streamed journal lines go; else `@line` on stderr)."""
     try:
         name, request = protocol.decode_request(raw)
-        host = Host(layout or paths.Layout(), systemd or Systemd(), name)
+        host = Host(layout or paths.Layout(), systemd or Systemd(), name, emit or emit_line)
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
                              "(passwordless sudo for this user) in [host:%s]" % name)

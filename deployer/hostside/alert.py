@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import paths
+from . import paths, record
 from .channels import Channel, build_outbound
 from .run import redact_url, trust_store
 
@@ -270,8 +270,8 @@ class Coalescer:
 # PID 1 logs "Failed with result '...'" (UNIT=, INVOCATION_ID=, UNIT_RESULT=) for every failed
 # run, and "Main process exited" (EXIT_CODE=, EXIT_STATUS=) for every run. Only PID 1 can write
 # entries with _PID=1, so no local user can forge (or hide) a failure.
-FAILED_MESSAGE = "d9b373ed55a64feb8242e02dbe79a49c"
-EXITED_MESSAGE = "98e322203f7a4ed290d09fe03c09fe15"
+FAILED_MESSAGE = record.UNIT_FAILED
+EXITED_MESSAGE = record.UNIT_EXITED
 # Runs are looked up from this long before the watermark (journald may index an entry a little
 # after a later one was read) and recognised by invocation id; ids are kept for twice as long.
 SEEN_MARGIN = 120.0

@@ -137,6 +137,26 @@ class JobStatus:
     exit_status: int = 0
     started: str = ""
     finished: str = ""
+    # The last run as the journal remembers it (its record, else PID 1's): systemd forgets a
+    # paused timer's units, and a reboot forgets every unit's last run.
+    last_run: Optional["RunInfo"] = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of a job: its journal record (source "record"), or, for a run killed before it
+    could write one (timeout backstop, OOM kill, power loss), what PID 1 logged (source
+    "systemd": slot 0, attempts 0, reason = systemd's result such as `timeout`)."""
+
+    run: str                 # the invocation id
+    started: float           # unix seconds
+    result: str              # ok | failed
+    reason: str = ""
+    slot: int = 0            # the scheduled slot, unix seconds; 0 when unknown
+    duration: float = -1.0   # seconds; -1 when unknown
+    attempts: int = 0
+    http_status: Optional[int] = None
+    source: str = "record"   # record | systemd
 
 
 @dataclass(frozen=True)
@@ -155,14 +175,30 @@ class RunAnswer:
     ok: bool
     result: str = ""
     exit_status: int = 0
-    output: str = ""
+    output: str = ""  # every journal line of the run (also streamed as `@line` while it ran)
     error: str = ""
+    run: Optional[RunInfo] = None  # its record, when it wrote one
 
 
 @dataclass(frozen=True)
 class LogsRequest:
     job: str
     lines: Optional[int] = None
+    since: Optional[float] = None  # unix seconds
+    follow: bool = False  # stream new lines as `@line` until the client goes away (no answer)
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    job: str
+    since: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class HistoryAnswer:
+    runs: Tuple[RunInfo, ...] = ()  # oldest first
+    now: float = 0.0  # the host's clock when it answered
+    scheduled_since: float = 0.0  # when the job's timer, as it is now, was installed (0: not installed)
 
 
 @dataclass(frozen=True)
@@ -223,6 +259,7 @@ OPERATIONS = {
     "resume": (ResumeRequest, ResumeAnswer),
     "handoff": (HandoffRequest, HandoffAnswer),
     "release": (ReleaseRequest, ReleaseAnswer),
+    "history": (HistoryRequest, HistoryAnswer),
 }
 OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
 

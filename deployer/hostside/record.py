@@ -16,6 +16,11 @@ from .paths import JOURNAL_SOCKET
 # `journalctl MESSAGE_ID=...` finds every run of every job.
 RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
 RESULTS = ("ok", "failed")
+# PID 1's own entries about a unit's run (they carry UNIT=, INVOCATION_ID=): "Failed with
+# result 'timeout'" (UNIT_RESULT=) and "Main process exited" (EXIT_CODE=, EXIT_STATUS=). They are
+# all a run killed before it could write its record leaves.
+UNIT_FAILED = "d9b373ed55a64feb8242e02dbe79a49c"
+UNIT_EXITED = "98e322203f7a4ed290d09fe03c09fe15"
 MAX_REASON = 1000
 PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 

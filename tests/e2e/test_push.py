@@ -133,7 +133,9 @@ def test_run_status_and_logs(cron01, server, deployer, write_inventory):
     assert rows["good"]["schedule"] == ["*-*-* 03:00:00 UTC"]
     assert rows["good"]["next"].endswith("+00:00")
     assert "settlement exploded" in logs.stdout
-    assert table.splitlines()[0].split() == ["JOB", "NEXT", "LAST", "RESULT", "SCHEDULE"]
+    assert table.splitlines()[0].split() == ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT"]
+    assert [line.split()[:3] for line in table.splitlines()[1:]] == [["cron01", "bad", "0"], ["cron01", "good", "0"]]
+    assert "failed: status 500" in table
     assert len(server.received("/good")) == 1
 
 

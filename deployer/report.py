@@ -1,0 +1,338 @@
+"""What the host commands print: one JSON shape (`version`, `command`, fixed vocabularies) for
+status, history, run, plan, push and move, and the text an operator reads. Pure: no I/O.
+
+docs/json.md documents every key; tests/test_report.py pins them (a renamed or dropped key
+fails it). Times are ISO 8601 in the job's own zone (its schedule's: `timezone =` or CRON_TZ=).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence
+from zoneinfo import ZoneInfo
+
+from .hostside.protocol import Held, JobStatus, RunInfo, duration_text
+
+VERSION = 1  # of these documents; a key renamed or dropped is a new version
+# `result` of a job: its last run (ok, failed, running, never), unless it is paused or held.
+RESULTS = ("ok", "failed", "running", "never", "paused", "held")
+RUN_RESULTS = ("ok", "failed")  # of one run
+
+
+def envelope(command: str, **body: Any) -> dict:
+    return {"version": VERSION, "command": command, **body}
+
+
+# -- times ---------------------------------------------------------------------------------------
+
+def job_zone(job) -> str:
+    """The zone a job's schedule is read in (CRON_TZ= wins over `timezone =`); UTC when unknown."""
+    if job is None:
+        return "UTC"
+    from .schedule import to_calendar
+
+    return to_calendar(job.schedule, job.on_calendar, job.timezone).timezone
+
+
+def parse_iso(text: str) -> Optional[float]:
+    """The agent's ISO 8601 (`2026-11-25T14:00:00+00:00`) -> unix seconds; "" -> None."""
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def iso(moment: Optional[float], zone: str, precise: bool = False) -> Optional[str]:
+    """ISO 8601 in `zone`, to the second (`precise`: to the millisecond, for a run's start)."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, ZoneInfo(zone)).isoformat(timespec="milliseconds" if precise else "seconds")
+
+
+def span(seconds: float) -> str:
+    """A length of time as people say it: `51 s`, `3 min`, `2 h 13 min`, `3 d 4 h`."""
+    seconds = abs(int(round(seconds)))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def relative(moment: float, now: float) -> str:
+    """`in 51 s`, `3 min ago`, `now`."""
+    delta = moment - now
+    if abs(delta) < 1:
+        return "now"
+    return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
+
+
+def shown(moment: Optional[float], zone: str, now: float) -> str:
+    """`2026-11-25 22:00:00 CST (in 51 s)`, in the job's zone; "-" for none."""
+    if moment is None:
+        return "-"
+    local = datetime.fromtimestamp(moment, ZoneInfo(zone))
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({relative(moment, now)})"
+
+
+# -- status --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One host's answer to `status`, or why there is none (`error`: unreachable, refused)."""
+
+    name: str
+    address: str
+    jobs: tuple = ()  # JobStatus
+    held: Optional[Held] = None  # the host holds its jobs: its lease ran out while it was down
+    error: Optional[str] = None
+    reachable: bool = True  # False: no connection; an agent that refused (error set) was reached
+
+
+def held_text(held: Optional[Held]) -> Optional[str]:
+    """`was down 2h13m` while the host holds its jobs (its lease ran out while it was down)."""
+    return None if held is None else f"was down {duration_text(held.down_for_seconds)}"
+
+
+def held_document(held: Optional[Held]) -> Optional[dict]:
+    """A hold as `status --json` and `push --json` show it on the host: None when not held."""
+    if held is None:
+        return None
+    return {"since": held.since, "down_for_seconds": held.down_for_seconds, "lease_seconds": held.lease_seconds,
+            "text": held_text(held)}
+
+
+def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Optional[str], Optional[int],
+                                          Optional[float]]:
+    """-> (last result, last start, reason, exit status, duration) from systemd's facts and the
+    journal's (status.last_run), whichever is newer; systemd alone knows a run in progress."""
+    if status.service_state in ("activating", "deactivating"):
+        return "running", parse_iso(status.started), None, None, None
+    run: Optional[RunInfo] = status.last_run
+    started = parse_iso(status.started) if status.finished else None
+    if started is not None and (run is None or run.started < started - 1):
+        ok = status.result == "success"
+        finished = parse_iso(status.finished)
+        reason = None if ok else (status.result if status.result in ("timeout", "oom-kill", "signal", "core-dump")
+                                  else f"{status.result or 'failed'} (exit status {status.exit_status})")
+        return ("ok" if ok else "failed"), started, reason, status.exit_status, \
+            (round(finished - started, 3) if finished else None)
+    if run is not None:
+        exit_status = (0 if run.result == "ok" else 1) if run.source == "record" else None
+        if started is not None and status.result:  # systemd still knows this very run
+            exit_status = status.exit_status
+        return run.result, run.started, (None if run.result == "ok" else run.reason), exit_status, \
+            (run.duration if run.duration >= 0 else None)
+    return "never", None, None, None, None
+
+
+def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool = True) -> dict:
+    """One job of one host, as `status --json` lists it (keys pinned by tests/test_report.py).
+    `job`: the inventory's Job of that name (its zone), None if none; `listed`: the inventory
+    puts it on this host (else a push removes it here)."""
+    zone = job_zone(job)
+    last_result, last, reason, exit_status, duration = _last_run(status)
+    held = held_text(host.held)
+    result = "held" if held else "paused" if status.paused else last_result
+    next_run = parse_iso(status.next) if status.next else None
+    return {
+        "host": host.name, "job": status.job, "result": result, "reason": reason,
+        "last_result": last_result, "last": iso(last, zone), "duration": duration,
+        "exit_status": exit_status, "next": iso(next_run, zone), "paused": status.paused,
+        "held": held, "timer": "active" if status.timer_state == "active" else "inactive",
+        "schedule": list(status.calendar), "timezone": zone,
+        "expression": (job.schedule if job.schedule is not None else " | ".join(job.on_calendar)) if job else None,
+        "in_inventory": job is not None and listed,
+    }
+
+
+def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: float) -> dict:
+    """`status --json`: every host asked (reachable or not) and every job of those that answered.
+    `inventory_jobs`: (host, job name) -> Job, for zones and expressions."""
+    rows = [job_row(h, s, inventory_jobs.get((h.name, s.job)) or inventory_jobs.get((None, s.job)), now,
+                    listed=(h.name, s.job) in inventory_jobs) for h in hosts for s in h.jobs]
+    return envelope("status", now=iso(now, "UTC"), hosts=[
+        {"host": h.name, "address": h.address, "reachable": h.reachable, "error": h.error,
+         "held": held_document(h.held), "jobs": len(h.jobs)} for h in hosts], jobs=rows)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def result_text(row: dict) -> str:
+    """`failed: status 500, expected 2xx`, `paused (last: ok)`, `held: was down 2 h 13 min`."""
+    last = row["last_result"] + (f": {row['reason']}" if row["reason"] else "")
+    if row["result"] == "held":
+        return f"held: {row['held']} (last: {last})"
+    if row["result"] == "paused":
+        return f"paused (last: {last})"
+    return last
+
+
+def status_text(document: dict, now: float) -> str:
+    header = ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT"]
+    rows = [header]
+    for row in document["jobs"]:
+        zone = row["timezone"]
+        rows.append([row["host"], row["job"], row["expression"] or " | ".join(row["schedule"]) or "-",
+                     shown(parse_iso(row["last"]) if row["last"] else None, zone, now),
+                     shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row)])
+    lines = _table(rows)
+    for host in document["hosts"]:
+        if host["error"]:
+            lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: {host['error']}")
+        elif host["held"]:
+            lines.append(f"host {host['host']}: held: {host['held']['text']}: no job runs until `deployer push` "
+                         f"or `deployer release --host {host['host']}`")
+        elif not host["jobs"]:
+            lines.append(f"host {host['host']}: no jobs installed")
+    return "\n".join(lines) + "\n"
+
+
+# -- history -------------------------------------------------------------------------------------
+
+# A run that names no slot of the schedule (it started late, or was killed before it could name
+# one) covers the latest uncovered slot at most this long before it started.
+LATE_TOLERANCE = 60
+
+
+def run_entry(run: RunInfo, zone: str) -> dict:
+    return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
+            "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
+            "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source}
+
+
+def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
+    """The scheduled slots (up to `until`) no run covers. A run covers the slot its record names;
+    a run that names none of the slots (late, manual, or killed before it could name one) covers
+    the latest uncovered one at most LATE_TOLERANCE before its start."""
+    ordered = sorted(slots)
+    covered = {run.slot for run in runs if run.slot in set(ordered)}
+    for run in runs:
+        named = run.slot or run.started
+        if run.slot in covered or named > until:
+            continue
+        candidates = [s for s in ordered if s <= named < s + LATE_TOLERANCE and s not in covered]
+        if candidates:
+            covered.add(candidates[-1])
+    return [s for s in ordered if s not in covered]
+
+
+def history_document(host: str, job: str, zone: str, since: float, until: float, runs: Sequence[RunInfo],
+                     slots: Optional[Sequence[float]], slots_until: Optional[float]) -> dict:
+    """`history --json`. `slots`: the schedule's slots in [since, slots_until] (None: unknown,
+    e.g. @reboot or a job not in the inventory); a missed slot is one no run covers."""
+    durations = sorted(r.duration for r in runs if r.duration >= 0)
+    missed = missed_slots(slots, runs, slots_until) if slots is not None else None
+    return envelope("history", host=host, job=job, timezone=zone, since=iso(since, zone), until=iso(until, zone),
+                    runs=[run_entry(r, zone) for r in runs], summary={
+                        "runs": len(runs), "failures": sum(r.result != "ok" for r in runs),
+                        "p50_duration": round(statistics.median(durations), 3) if durations else None,
+                        "max_duration": durations[-1] if durations else None,
+                        "slots": len(slots) if slots is not None else None,
+                        "missed_slots": len(missed) if missed is not None else None,
+                        "missed": [iso(s, zone) for s in missed] if missed is not None else None,
+                        "slots_until": iso(slots_until, zone) if slots_until is not None else None})
+
+
+def _local(text: Optional[str], with_zone: bool = True) -> str:
+    if not text:
+        return "-"
+    moment = datetime.fromisoformat(text)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()}" if with_zone else f"{moment:%H:%M:%S}"
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def history_text(document: dict) -> str:
+    rows = [["SLOT", "STARTED", "DURATION", "ATTEMPTS", "RESULT", "REASON"]]
+    for run in document["runs"]:
+        rows.append([_local(run["slot"]), _local(run["started"], with_zone=False), _seconds(run["duration"]),
+                     str(run["attempts"] or "-"), run["result"], run["reason"] or ""])
+    lines = _table(rows) if document["runs"] else []
+    s = document["summary"]
+    text = (f"{document['job']} on {document['host']} since {_local(document['since'])}: {s['runs']} runs, "
+            f"{s['failures']} failed, duration p50 {_seconds(s['p50_duration'])}, max {_seconds(s['max_duration'])}")
+    if s["missed_slots"] is None:
+        text += ", missed slots: not known (no schedule to compare with)"
+    else:
+        text += f", {s['missed_slots']} missed of {s['slots']} slots"
+        if s["missed"]:
+            shown_missed = ", ".join(_local(m) for m in s["missed"][:5])
+            text += f" ({shown_missed}{', ...' if len(s['missed']) > 5 else ''})"
+    return "\n".join(lines + [text]) + "\n"
+
+
+# -- run, plan, push, move -----------------------------------------------------------------------
+
+def run_document(host: str, job: str, zone: str, answer) -> dict:
+    """`run --json`: how the run went (from its record when it wrote one) and its journal lines."""
+    run = answer.run
+    reason = run.reason if run is not None else (None if answer.ok else
+                                                 f"{answer.result or 'failed'} (exit status {answer.exit_status})")
+    return envelope("run", host=host, job=job, result="ok" if answer.ok else "failed",
+                    reason=None if answer.ok and run is None else reason, exit_status=answer.exit_status,
+                    systemd_result=answer.result or None, timezone=zone,
+                    run=run_entry(run, zone) if run is not None else None, output=answer.output.splitlines())
+
+
+def plan_document(host: str, plan) -> dict:
+    from .plan import as_dict
+
+    return envelope("plan", host=host, **as_dict(plan))
+
+
+def push_document(pushed) -> dict:
+    """`push --json`: the plan and what the switch did (the same keys when nothing was to do)."""
+    from .plan import as_dict
+
+    result = pushed.result
+    return envelope("push", host=pushed.host, **as_dict(pushed.plan),
+                    reloaded=bool(result and result.reloaded),
+                    started=list(result.started) if result else [],
+                    restarted=list(result.restarted) if result else [],
+                    stopped=list(result.stopped) if result else [],
+                    enabled_for_boot=list(result.enabled_for_boot) if result else [],
+                    kept_paused=list(result.kept_paused) if result else [],
+                    recovered_interrupted_push=bool(result and result.recovered_interrupted_push),
+                    released=held_document(result.released if result else None))
+
+
+def move_document(moving: Sequence[str], source: str, target: str, takeover: Any = None) -> dict:
+    """`takeover`: the protocol's Takeover when the source did not answer (move waited out its
+    lease, or --force did not)."""
+    return envelope("move", moved=list(moving), **{"from": source, "to": target},
+                    source_unreachable=takeover is not None,
+                    waited_seconds=takeover.waited_seconds if takeover else None,
+                    forced=bool(takeover and takeover.forced))
+
+
+def now_utc() -> float:
+    return datetime.now(timezone.utc).timestamp()
+
+
+_SINCE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def since_time(text: str, now: float) -> float:
+    """`--since`: a duration back from now (`7d`, `36h`, `1d12h`, `90m`, `30s`) or an ISO 8601
+    date or time (`2026-11-20`, `2026-11-20T08:00+08:00`; without an offset, this machine's zone).
+    Raises ValueError naming the accepted forms."""
+    import re
+
+    compact = text.strip().replace(" ", "")
+    if re.fullmatch(r"(\d+[dhms])+", compact):
+        return now - sum(int(n) * _SINCE_UNITS[u] for n, u in re.findall(r"(\d+)([dhms])", compact))
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (7d, 36h, 90m) nor an ISO 8601 date or time "
+                         "(2026-11-20, 2026-11-20T08:00+08:00)") from None
+    return moment.timestamp()  # a naive time is this machine's local time

@@ -1,0 +1,187 @@
+"""The JSON documents (report.py): the keys are a contract, pinned here; and the pure pieces
+that decide what status and history say (last run, relative times, missed slots, --since)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from deployer import report
+from deployer.hostside.protocol import ApplyAnswer, Held, JobStatus, RunAnswer, RunInfo
+from deployer.models import Plan
+
+# The contract: renaming or dropping a key is a new `version` (docs/json.md). Adding one is not,
+# but it is added here and in docs/json.md in the same change.
+ENVELOPE = {"version", "command"}
+STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs"}
+STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs"}
+STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
+                   "paused", "held", "timer", "schedule", "timezone", "expression", "in_inventory"}
+HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary"}
+RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source"}
+SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
+                "slots_until"}
+RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
+                                "run", "output"}
+PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
+PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
+                         "recovered_interrupted_push", "released"}
+HELD_KEYS = {"since", "down_for_seconds", "lease_seconds", "text"}
+MOVE_KEYS = ENVELOPE | {"moved", "from", "to", "source_unreachable", "waited_seconds", "forced"}
+
+NOW = datetime(2026, 11, 25, 14, 0, 0, tzinfo=timezone.utc).timestamp()
+RECORD = RunInfo("f00d", NOW - 180.25, "failed", "code is 7, expected 0", slot=int(NOW - 180), duration=0.5,
+                 attempts=1, http_status=200)
+
+
+def status(**facts) -> JobStatus:
+    return JobStatus("settle", "deployer-settle.timer", "deployer-settle.service", **facts)
+
+
+def document(*statuses, held=None, error=None, reachable=True) -> dict:
+    host = report.HostStatus("cron01", "10.0.0.5", jobs=statuses, held=held, error=error, reachable=reachable)
+    return json.loads(json.dumps(report.status_document([host], {}, NOW)))
+
+
+def test_status_document_keys_are_pinned():
+    doc = document(status(timer_state="active", next="2026-11-25T15:00:00+00:00"))
+    assert set(doc) == STATUS_KEYS and (doc["version"], doc["command"]) == (1, "status")
+    assert set(doc["hosts"][0]) == STATUS_HOST_KEYS
+    assert set(doc["jobs"][0]) == STATUS_JOB_KEYS
+
+
+def test_an_unreachable_host_is_one_entry_with_its_error_and_no_jobs():
+    doc = document(error="cannot connect to 10.0.0.5: Connection refused", reachable=False)
+    assert doc["hosts"] == [{"host": "cron01", "address": "10.0.0.5", "reachable": False, "held": None, "jobs": 0,
+                             "error": "cannot connect to 10.0.0.5: Connection refused"}]
+    assert doc["jobs"] == []
+    assert "host cron01: UNREACHABLE: cannot connect" in report.status_text(doc, NOW)
+    refused = document(error="/var/lib/deployer/pending-switch.json (the switch journal) is corrupt")
+    assert refused["hosts"][0]["reachable"] and "host cron01: ERROR: /var/lib" in report.status_text(refused, NOW)
+
+
+def test_history_run_plan_push_and_move_keys_are_pinned():
+    history = report.history_document("cron01", "settle", "UTC", NOW - 3600, NOW, [RECORD], [NOW - 180], NOW)
+    assert set(history) == HISTORY_KEYS and set(history["summary"]) == SUMMARY_KEYS
+    assert set(history["runs"][0]) == RUN_KEYS
+    ran = report.run_document("cron01", "settle", "UTC", RunAnswer(ok=False, result="exit-code", exit_status=1,
+                                                                   output="a\nb\n", run=RECORD))
+    assert set(ran) == RUN_DOCUMENT_KEYS and set(ran["run"]) == RUN_KEYS and ran["output"] == ["a", "b"]
+    assert set(report.plan_document("cron01", Plan())) == PLAN_KEYS
+
+    class Pushed:
+        host, plan, result = "cron01", Plan(), None
+
+    assert set(report.push_document(Pushed)) == PUSH_KEYS  # a no-op push has the same keys
+    Pushed.result = ApplyAnswer(reloaded=True)
+    assert set(report.push_document(Pushed)) == PUSH_KEYS
+    assert set(report.move_document(["a"], "cron01", "cron02")) == MOVE_KEYS
+
+
+def test_every_result_is_in_the_vocabulary():
+    statuses = [status(), status(paused=True), status(service_state="activating", started="2026-11-25T13:59:00+00:00"),
+                status(finished="2026-11-25T13:00:01+00:00", started="2026-11-25T13:00:00+00:00", result="success"),
+                status(last_run=RECORD)]
+    results = [row["result"] for row in document(*statuses)["jobs"]]
+    assert results == ["never", "paused", "running", "ok", "failed"]
+    assert [row["result"] for row in document(status(), held=Held(down_for_seconds=60.0))["jobs"]] == ["held"]
+    assert set(results) <= set(report.RESULTS)
+
+
+@pytest.mark.parametrize("facts, expected", [
+    pytest.param({}, ("never", None, None, None), id="never-run: no exit status 0"),
+    pytest.param({"started": "2026-11-25T13:00:00+00:00", "finished": "2026-11-25T13:00:02+00:00",
+                  "result": "exit-code", "exit_status": 1, "last_run": RunInfo("f00d", NOW - 3600, "failed",
+                                                                               "status 500, expected 2xx")},
+                 ("failed", "2026-11-25T13:00:00+00:00", "status 500, expected 2xx", 1), id="the record's reason"),
+    pytest.param({"started": "2026-11-25T13:00:00+00:00", "finished": "2026-11-25T13:01:15+00:00",
+                  "result": "timeout", "exit_status": 0},
+                 ("failed", "2026-11-25T13:00:00+00:00", "timeout", 0), id="killed without a record"),
+    pytest.param({"started": "2026-11-25T13:00:00+00:00", "finished": "2026-11-25T13:00:02+00:00",
+                  "result": "exit-code", "exit_status": 1,
+                  "last_run": RunInfo("old", NOW - 7200, "failed", "an older run's reason")},
+                 ("failed", "2026-11-25T13:00:00+00:00", "exit-code (exit status 1)", 1),
+                 id="an older record does not explain a newer failure"),
+    pytest.param({"paused": True, "last_run": RunInfo("f00d", NOW - 179.75, "ok", "status 200", duration=0.3)},
+                 ("ok", "2026-11-25T13:57:00+00:00", None, 0), id="paused: LAST from the journal"),
+])
+def test_last_run(facts, expected):
+    row = document(status(**facts))["jobs"][0]
+    assert (row["last_result"], row["last"], row["reason"], row["exit_status"]) == expected
+
+
+def test_times_are_in_the_jobs_zone_and_relative():
+    assert report.iso(NOW, "Asia/Shanghai") == "2026-11-25T22:00:00+08:00"
+    assert report.shown(NOW + 51, "Asia/Shanghai", NOW) == "2026-11-25 22:00:51 CST (in 51 s)"
+    assert report.shown(NOW - 180, "America/New_York", NOW) == "2026-11-25 08:57:00 EST (3 min ago)"
+    assert report.shown(None, "UTC", NOW) == "-"
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "now"), (51, "in 51 s"), (-180, "3 min ago"),
+                                           (7980, "in 2 h 13 min"), (-3 * 86400 - 4 * 3600, "3 d 4 h ago")])
+def test_relative(seconds, text):
+    assert report.relative(NOW + seconds, NOW) == text
+
+
+def run(started: float, slot: int = 0, result: str = "ok") -> RunInfo:
+    return RunInfo(f"r{started}", started, result, slot=slot, duration=0.2)
+
+
+@pytest.mark.parametrize("slots, runs, missed", [
+    pytest.param([0, 60, 120], [run(0.2, 0), run(60.1, 60), run(120.3, 120)], [], id="all run"),
+    pytest.param([0, 60, 120], [run(0.2, 0), run(120.3, 120)], [60], id="one missed"),
+    pytest.param([0, 60, 120], [run(0.2, 0), run(75.5, 75), run(120.3, 120)], [], id="a late run covers its slot"),
+    pytest.param([0, 60], [run(30.0)], [60], id="a killed run (no slot) covers the slot before it"),
+    pytest.param([0, 2, 4, 6], [run(0.1, 0), run(8.1, 8), run(10.0, 10)], [2, 4, 6],
+                 id="runs after the window cover nothing in it"),
+    pytest.param([0, 60], [run(0.2, 0), run(0.5, 0)], [60], id="one slot run twice covers one slot"),
+])
+def test_missed_slots(slots, runs, missed):
+    assert report.missed_slots([float(s) for s in slots], runs, until=max(slots)) == missed
+
+
+def test_history_summary():
+    runs = [run(NOW - 300, int(NOW - 300)), RunInfo("k", NOW - 200, "failed", "timeout (killed, signal KILL)",
+                                                    duration=75.0, source="systemd"), run(NOW - 100, int(NOW - 100))]
+    doc = report.history_document("cron01", "settle", "UTC", NOW - 400, NOW, runs,
+                                  [NOW - 300, NOW - 200, NOW - 100, NOW - 50], NOW - 20)
+    assert doc["summary"] == {"runs": 3, "failures": 1, "p50_duration": 0.2, "max_duration": 75.0, "slots": 4,
+                              "missed_slots": 1, "missed": ["2026-11-25T13:59:10+00:00"],
+                              "slots_until": "2026-11-25T13:59:40+00:00"}
+    assert doc["runs"][1]["slot"] is None and doc["runs"][1]["attempts"] is None
+    text = report.history_text(doc)
+    assert text.splitlines()[-1] == ("settle on cron01 since 2026-11-25 13:53:20 UTC: 3 runs, 1 failed, duration "
+                                     "p50 0.20 s, max 75.00 s, 1 missed of 4 slots (2026-11-25 13:59:10 UTC)")
+
+
+@pytest.mark.parametrize("text, seconds_back", [("7d", 7 * 86400), ("36h", 36 * 3600), ("1d12h", 36 * 3600),
+                                                ("90m", 5400), ("30s", 30)])
+def test_since_durations(text, seconds_back):
+    assert report.since_time(text, NOW) == NOW - seconds_back
+
+
+def test_since_dates_and_refusals():
+    assert report.since_time("2026-11-25T13:00:00+00:00", NOW) == NOW - 3600
+    with pytest.raises(ValueError, match="neither a duration"):
+        report.since_time("last tuesday", NOW)
+
+
+def test_a_held_host_says_how_long_it_was_down_in_text_and_as_data():
+    held = Held(since="2026-11-25T14:00:00+00:00", down_for_seconds=7980.0, lease_seconds=300.0)
+    assert report.held_text(None) is None and report.held_text(held) == "was down 2h13m"
+    doc = document(status(), held=held)
+    assert [row["result"] for row in doc["jobs"]] == ["held"] and doc["jobs"][0]["held"] == "was down 2h13m"
+    assert set(doc["hosts"][0]["held"]) == HELD_KEYS
+    assert doc["hosts"][0]["held"] == {"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 7980.0,
+                                       "lease_seconds": 300.0, "text": "was down 2h13m"}
+    assert "held: was down 2h13m" in report.status_text(doc, NOW)
+
+
+def test_a_job_the_inventory_puts_elsewhere_keeps_its_zone_but_is_not_listed_here():
+    class Job:
+        name, host, schedule, on_calendar, timezone = "settle", "cron02", "0 * * * *", (), "Asia/Shanghai"
+
+    host = report.HostStatus("cron01", "10.0.0.5", jobs=(status(),))
+    [row] = report.status_document([host], {("cron02", "settle"): Job, (None, "settle"): Job}, NOW)["jobs"]
+    assert (row["timezone"], row["expression"], row["in_inventory"]) == ("Asia/Shanghai", "0 * * * *", False)
