@@ -646,6 +646,7 @@ def apply_locked(host, request, watch):
     watch.lap("switch")
     host.play(journal)
     os.unlink(layout.journal)
+    refresh_metrics(host)
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
     boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
@@ -654,6 +655,13 @@ def apply_locked(host, request, watch):
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
                        recovered_interrupted_push=recovered, seconds=watch.steps)
+
+
+def refresh_metrics(host):
+    """A push, pause or resume shows in the metrics at once: the collector is started (its own
+    unit, as root; --no-block: the agent does not wait for it). Hosts without metrics have no unit."""
+    if os.path.exists(os.path.join(host.layout.unit_dir, paths.METRICS_SERVICE)):
+        host.systemd.systemctl("start", "--no-block", paths.METRICS_SERVICE, check=False)
 
 
 def check_unmanaged(host, current, writes, removes):
@@ -705,6 +713,7 @@ def op_pause(host, request):
                          0o644))
         # Disabled as well as stopped, so that a reboot does not bring it back.
         host.systemd.systemctl("disable", "--now", timer)
+        refresh_metrics(host)
         return PauseAnswer(timer=timer)
 
 
@@ -719,6 +728,7 @@ def op_resume(host, request):
         host.systemd.systemctl("clean", "--what=state", timer, check=False)
         host.set_last_trigger([timer], time.time())
         host.systemd.systemctl("enable", "--now", timer)
+        refresh_metrics(host)
         return ResumeAnswer(timer=timer)
 
 
