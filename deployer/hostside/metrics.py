@@ -27,7 +27,7 @@ from .record import RUN_FINISHED, RunRecord
 
 STATE_VERSION = 1
 # The heartbeat URL hears from the host at most this often (the collector also runs after runs).
-PING_INTERVAL = 50
+PING_INTERVAL = 30
 PING_TIMEOUT = 10.0
 RECORD_FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
                  "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS")
