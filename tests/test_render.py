@@ -51,3 +51,36 @@ def test_trigger_arguments(job, expected_tail):
     inv = inventory.load(str(DATA / "golden.ini"), env=ENV)
     argv = trigger_argv(next(j for j in inv.jobs if j.name == job), "/usr/bin/python3")
     assert argv[-len(expected_tail):] == expected_tail
+
+
+def test_a_host_without_metrics_dir_gets_no_metrics_units(tmp_path):
+    from deployer.hostside import paths
+
+    source = (DATA / "golden.ini").read_text().replace("[host:cron01]\n", "[host:cron01]\nmetrics_dir =\n", 1)
+    (tmp_path / "inv.ini").write_text(source)
+    files = host_files(inventory.load(str(tmp_path / "inv.ini"), env=ENV), "cron01")
+    names = {f.name for f in files}
+    assert not names & {paths.METRICS_SERVICE, paths.HEARTBEAT_TIMER, paths.METRICS_SOON_TIMER}
+    assert not any(b"metrics" in f.content for f in files if f.name.startswith("deployer-") and not f.secret)
+
+
+def test_the_heartbeat_url_is_a_root_only_file_never_in_a_unit(tmp_path):
+    from deployer.hostside import paths
+
+    source = (DATA / "golden.ini").read_text().replace(
+        "[host:cron01]\n", "[host:cron01]\nheartbeat_url = https://hc.example/ping/s3cret\n", 1)
+    (tmp_path / "inv.ini").write_text(source)
+    files = host_files(inventory.load(str(tmp_path / "inv.ini"), env=ENV), "cron01")
+    [url] = [f for f in files if f.path == paths.HEARTBEAT_URL]
+    assert (url.content, url.mode, url.secret) == (b"https://hc.example/ping/s3cret\n", 0o600, True)
+    assert not any(b"s3cret" in f.content for f in files if f is not url)
+
+
+def test_a_jobs_period_is_the_longest_gap_of_its_calendar():
+    from deployer.render import periods
+    from deployer.schedule import to_calendar
+
+    calendars = ("0 * * * *", "0 9 * * 1-5", "*/5 * * * *",
+                 "0 0 1 * *")
+    found = periods([to_calendar(c, (), "UTC") for c in calendars])
+    assert [found[to_calendar(c, (), "UTC").lines] for c in calendars] == [3600, 3 * 86400, 300, 31 * 86400]
