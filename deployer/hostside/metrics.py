@@ -271,10 +271,11 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     units = installed_jobs(layout)
     timers = [paths.job_unit(job, "timer") for job in units]
     services = [paths.job_unit(job, "service") for job in units]
-    timer_props = systemd.show(timers, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
-                                        "LastTriggerUSec", "TimersCalendar"])
-    service_props = systemd.show(services, ["ActiveState", "Result", "ExecMainStatus", "ExecMainStartTimestamp",
-                                            "ExecMainExitTimestamp"])
+    # One systemctl call for both (a process less per pass); each unit answers what it has.
+    shown = systemd.show(timers + services, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
+                                             "LastTriggerUSec", "TimersCalendar", "Result", "ExecMainStatus",
+                                             "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
+    timer_props = service_props = shown
     paused = Host(layout, systemd, host).paused_timers()
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
     jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
