@@ -287,9 +287,9 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
         values[job] = job_values(job, status, timer_settings(text), state)
     text = textfile(host, version, values, now)
     url = read_heartbeat_url(layout)
-    if url and now - state.get("pinged", 0) >= PING_INTERVAL:
+    due = url and now - state.get("pinged", 0) >= PING_INTERVAL
+    if due:
         state["pinged"] = now
-        ping(url, log)
     os.makedirs(os.path.dirname(state_path), mode=0o755, exist_ok=True)
     write_atomically(state_path, json.dumps(state, sort_keys=True), 0o600)
     target = layout.at(directory)
@@ -297,6 +297,8 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
         os.makedirs(target, mode=0o755)
     check_directory(target)
     write_atomically(os.path.join(target, paths.METRICS_FILE), text, 0o644)
+    if due:  # after the file: a slow monitor never holds up the metrics
+        ping(url, log)
     return text
 
 
