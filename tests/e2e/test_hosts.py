@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from deployer.hostside import paths
+
 from tests.httpserver import json_reply
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +19,9 @@ def job(server, name: str, host: str, calendar: str = "0 3 * * *") -> str:
 
 
 def installed(host) -> list[str]:
-    return host.ssh("ls /etc/systemd/system | grep '^deployer-.*timer$' || true").stdout.split()
+    """The jobs' timers (not the host's own, deployer-host@*)."""
+    names = host.ssh("ls /etc/systemd/system | grep '^deployer-.*timer$' || true").stdout.split()
+    return [name for name in names if paths.job_of_unit(name)]
 
 
 def test_another_hosts_jobs_are_refused_on_a_machine_that_has_an_owner(cron01, server, deployer, write_inventory):

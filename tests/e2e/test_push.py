@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from deployer.hostside import paths
+
 from tests.httpserver import Reply, json_reply
 
 pytestmark = pytest.mark.e2e
@@ -26,8 +28,10 @@ def jobs_ini(server, **jobs: str) -> str:
 
 
 def timers(host) -> list[str]:
+    """The jobs' timers (not the host's own, deployer-host@*)."""
     out = host.ssh("systemctl list-timers --all --no-legend --plain 'deployer-*'").stdout
-    return sorted(line.split()[-2] for line in out.splitlines() if line.strip())
+    return sorted(name for name in (line.split()[-2] for line in out.splitlines() if line.strip())
+                  if paths.job_of_unit(name))
 
 
 def generation(host) -> str:
@@ -96,7 +100,8 @@ def test_changed_and_removed_jobs_are_updated_and_pruned(cron01, server, deploye
 
     assert "1 change, 2 remove" in pushed.stdout
     assert timers(cron01) == ["deployer-keep.timer"]
-    assert cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == ["deployer-keep.timer"]
+    wanted = cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split()
+    assert [name for name in wanted if paths.job_of_unit(name)] == ["deployer-keep.timer"]
     assert "*:15:00" in cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
     assert cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
 
