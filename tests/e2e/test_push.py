@@ -53,8 +53,9 @@ timezone = Asia/Shanghai
 
     result = deployer("push", "--host", "cron01", "-i", inventory, check=True)
 
-    # 3 jobs x 2 units, deployer-jobs.slice, deployer-recover.service (issue 16 item 9), trigger.pyz
-    assert "host cron01: pushed: 9 add" in result.stdout
+    # 3 jobs x 2 units, deployer-jobs.slice, deployer-recover.service (issue 16 item 9), trigger.pyz,
+    # the metrics collector and its two timers (issue 14)
+    assert "host cron01: pushed: 12 add" in result.stdout
     assert cron01.ssh("systemctl is-enabled deployer-recover.service").stdout.strip() == "enabled"
     assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
     request = server.wait_for("/fast", timeout=15)[0]
@@ -77,8 +78,8 @@ def test_second_identical_push_writes_nothing_and_does_not_reload(cron01, server
 
     assert after_first != before_first, "the first push must reload systemd (or this test proves nothing)"
     assert json.loads(again.stdout)["add"] == [] and json.loads(again.stdout)["change"] == []
-    # 2 jobs x 2 units, the job slice, the recover unit, trigger.pyz
-    assert len(json.loads(again.stdout)["unchanged"]) == 7
+    # 2 jobs x 2 units, the job slice, the recover unit, trigger.pyz, the metrics units (3)
+    assert len(json.loads(again.stdout)["unchanged"]) == 10
     assert generation(cron01) == after_first
     assert file_stamps(cron01) == stamps
 
