@@ -263,3 +263,21 @@ def test_the_host_pings_its_heartbeat_url_every_minute(cron01, server, deployer,
     # The URL is a secret: in a root-only file, not in a unit or `systemctl show`.
     assert "0f3c-uuid" not in cron01.ssh(f"cat /etc/systemd/system/deployer-* ; systemctl show '{paths.METRICS_SERVICE}'").stdout
     assert cron01.ssh(f"stat -c '%U %a' {paths.HEARTBEAT_URL}").stdout.strip() == "root 600"
+
+
+def test_each_run_reaches_the_file_seconds_after_it_ends_not_a_minute(cron01, server, deployer, write_inventory):
+    """The debounce timer: every run's OnSuccess=/OnFailure= arms it, it runs the collector 5 s
+    later and unloads, so the next run arms it again."""
+    path = write_inventory(jobs_inventory(cron01, server))
+    deployer("push", "-i", path, check=True)
+    since = cron01.ssh("date +%s").stdout.strip()
+    for number, job in enumerate(("good", "bad", "good"), start=1):
+        deployer("run", job, "-i", path, check=job == "good")
+        ended = time.monotonic()
+        wait_for(lambda: sum(v for (name, _), v in textfile(cron01).items()
+                             if name == "deployer_job_runs_total") == number, 30, f"run {number} in the file")
+        assert time.monotonic() - ended < 15, "a run waited for the minute's heartbeat"
+    log = cron01.ssh(f"journalctl --no-pager -o cat --since=@{since} _PID=1 "
+                     f"UNIT={paths.METRICS_SOON_TIMER}").stdout
+    assert log.count("Started") >= 3, log
+
