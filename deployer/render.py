@@ -129,23 +129,35 @@ def job_credentials(job: Job) -> dict[str, ManagedFile]:
             for name, content in credentials(values).items()}
 
 
-# A job's period is the longest gap between its next PERIOD_RUNS runs from this fixed instant
-# (a Monday): the same bytes on every push, whatever the day it is pushed on.
+# A native or Quartz calendar's period is the longest gap between its next PERIOD_RUNS runs from
+# this fixed instant (a Monday), as systemd computes them: the same bytes on every push.
 PERIOD_BASE = 1798416000  # 2026-12-28 00:00:00 UTC
-PERIOD_RUNS = 100
+PERIOD_RUNS = 60
 
 
-def periods(calendars) -> dict:
-    """calendar lines -> the longest gap in seconds between two runs (0: one run, or none), as
-    systemd computes the runs: one systemd-analyze call for every distinct calendar."""
+def periods(jobs) -> dict:
+    """job name -> the longest gap in seconds between two of its runs (0: @reboot, or fewer than
+    two runs). Cron schedules are computed here (schedule.cron_period); the other calendars in
+    one systemd-analyze call for all of them."""
     from datetime import datetime, timezone
 
-    from .schedule import next_runs_many
+    from .schedule import cron_period, next_runs_many
 
-    unique = sorted({c.lines for c in calendars if c.lines})
+    found, native = {}, {}
+    for job in jobs:
+        calendar = calendar_of(job)
+        if calendar.on_boot or not calendar.lines:
+            found[job.name] = 0
+        elif calendar.kind == "cron":
+            found[job.name] = cron_period(job.schedule)
+        else:
+            native.setdefault(calendar.lines, []).append(job.name)
+    unique = sorted(native)
     runs = next_runs_many(unique, PERIOD_RUNS, base=datetime.fromtimestamp(PERIOD_BASE, timezone.utc))
-    return {lines: int(max([(b - a).total_seconds() for a, b in zip(r, r[1:])] or [0]))
-            for lines, r in zip(unique, runs)}
+    for lines, r in zip(unique, runs):
+        for name in native[lines]:
+            found[name] = int(max([(b - a).total_seconds() for a, b in zip(r, r[1:])] or [0]))
+    return found
 
 
 def metrics_settings(job: Job, period: int) -> str:
@@ -174,7 +186,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
         on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)
     calendar = calendar_of(job)
     if metrics and period is None:
-        period = periods([calendar]).get(calendar.lines, 0)
+        period = periods([job])[job.name]
     timer_text = env.get_template("job.timer.j2").render(
         **common, calendar=calendar, metrics_key=paths.METRICS_KEY,
         metrics=metrics_settings(job, period) if metrics else "")
@@ -185,9 +197,8 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3",
                  sandbox: str = "strict", metrics: bool = False) -> tuple[ManagedFile, ...]:
     jobs = tuple(jobs)
-    gaps = periods([calendar_of(job) for job in jobs]) if metrics else {}
-    return tuple(f for job in jobs
-                 for f in job_units(job, python, sandbox, gaps.get(calendar_of(job).lines, 0), metrics))
+    gaps = periods(jobs) if metrics else {}
+    return tuple(f for job in jobs for f in job_units(job, python, sandbox, gaps.get(job.name, 0), metrics))
 
 
 # The debounce of the collector after runs end (paths.METRICS_SOON_TIMER).

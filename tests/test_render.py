@@ -76,11 +76,25 @@ def test_the_heartbeat_url_is_a_root_only_file_never_in_a_unit(tmp_path):
     assert not any(b"s3cret" in f.content for f in files if f is not url)
 
 
-def test_a_jobs_period_is_the_longest_gap_of_its_calendar():
+@pytest.mark.parametrize("schedule, on_calendar, period", [
+    pytest.param("0 * * * *", "", 3600, id="hourly"),
+    pytest.param("*/5 * * * *", "", 300, id="every-5-minutes"),
+    pytest.param("0 9 * * 1-5", "", 3 * 86400, id="weekdays-Friday-to-Monday"),
+    pytest.param("30 4 1,15 * 5", "", 7 * 86400, id="cron-OR-of-day-and-weekday"),
+    pytest.param("0 0 1 * *", "", 31 * 86400, id="monthly"),
+    pytest.param("0 0 29 2 *", "", 1461 * 86400, id="leap-day"),
+    pytest.param("0 8,20 * * *", "", 12 * 3600, id="twice-a-day"),
+    pytest.param("0 1,2 * * *", "", 23 * 3600, id="uneven-within-a-day"),
+    pytest.param("CRON_TZ=Europe/Berlin 0 3 * * *", "", 86400, id="zone-prefix"),
+    pytest.param("@reboot", "", 0, id="boot"),
+    pytest.param(None, "Mon..Fri *-*-* 09:00:00\nSat *-*-* 10:00:00", 47 * 3600, id="native"),
+    pytest.param("0 0 12 ? * MON-FRI", "", 3 * 86400, id="quartz"),
+    pytest.param(None, "2000-01-01 00:00:00", 0, id="never-again"),
+])
+def test_a_jobs_period_is_the_longest_gap_between_two_runs(tmp_path, schedule, on_calendar, period):
     from deployer.render import periods
-    from deployer.schedule import to_calendar
 
-    calendars = ("0 * * * *", "0 9 * * 1-5", "*/5 * * * *",
-                 "0 0 1 * *")
-    found = periods([to_calendar(c, (), "UTC") for c in calendars])
-    assert [found[to_calendar(c, (), "UTC").lines] for c in calendars] == [3600, 3 * 86400, 300, 31 * 86400]
+    key = f"schedule = {schedule}" if schedule else "on_calendar = " + on_calendar.replace("\n", "\n  ")
+    (tmp_path / "inv.ini").write_text(f"[host:h]\naddress = a\n[job:j]\n{key}\nurl = http://x/\n")
+    [job] = inventory.load(str(tmp_path / "inv.ini")).jobs
+    assert periods([job]) == {"j": period}
