@@ -37,15 +37,22 @@ class Options:
         return inventory.load(self.inventory_path)
 
 
+def _or_group(ctx, param, value):
+    """An option given after the subcommand wins; else the same option given before it
+    (`deployer -i inv.ini status`), else its default."""
+    if value is None:
+        value = ctx.find_root().params.get(param.name)
+    return value
+
+
+INVENTORY_DEFAULT = "inventory.ini"
+INVENTORY_HELP = "The inventory file (hosts, alerts, jobs)."
+HOST_HELP = "The [host:NAME] to act on (may be left out when the inventory has one host)."
 inventory_option = click.option(
-    "-i", "--inventory", "inventory_path", default="inventory.ini", show_default=True,
-    envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
-    help="The inventory file (hosts, alerts, jobs).",
+    "-i", "--inventory", "inventory_path", type=click.Path(dir_okay=False), callback=_or_group,
+    help=INVENTORY_HELP + f"  [default: {INVENTORY_DEFAULT}, or $DEPLOYER_INVENTORY]",
 )
-host_option = click.option(
-    "--host", "host_name", metavar="NAME",
-    help="The [host:NAME] to act on (may be left out when the inventory has one host).",
-)
+host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -84,7 +91,11 @@ def _job(inv, host_name: str, job: str):
 
 @click.group(cls=Deployer, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deployer")
-def main():
+@click.option("-i", "--inventory", "inventory_path", default=INVENTORY_DEFAULT, show_default=True,
+              envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
+              help=INVENTORY_HELP + " Also accepted after the command.")
+@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.")
+def main(inventory_path, host_name):
     """Run HTTP-triggered scheduled jobs from one systemd cron host.
 
     Typical use: `deployer validate`, `deployer plan --host cron01`, then
@@ -167,7 +178,9 @@ def _check_zone_option(zone: str) -> None:
     from .schedule import is_zone
 
     if not is_zone(zone):
-        raise click.BadParameter(f"{zone!r} is not an IANA time zone", param_hint="--timezone")
+        from .hostside.options import zone_hint
+
+        raise click.BadParameter(f"{zone!r} is not an IANA time zone{zone_hint(zone)}", param_hint="--timezone")
 
 
 @main.command(epilog=EPILOG)
@@ -191,22 +204,50 @@ def render(inventory_path, out):
         click.echo(f.content.decode(), nl=False)
 
 
-@main.command(epilog=EPILOG)
+# `plan --exit-code` when push would change something. Not 2, terraform's choice: the contract
+# gives 2 to usage errors, and a CI step must not read a mistyped option as "changes pending".
+CHANGES_PENDING = 3
+
+no_prune_option = click.option(
+    "--no-prune", "no_prune", is_flag=True,
+    help="Remove nothing: jobs no longer in the inventory (and their alert units) stay installed.")
+
+
+def _names(jobs, limit: int = 0) -> str:
+    shown = jobs[:limit] if limit else jobs
+    more = f" and {len(jobs) - len(shown)} more" if len(jobs) > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+@main.command(epilog="Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error; with --exit-code, "
+              f"{CHANGES_PENDING} when push would change something.")
 @inventory_option
 @host_option
 @json_option
-def plan(inventory_path, host_name, as_json):
-    """Connect and show, as a diff, what push would add, change and remove. Changes nothing."""
+@no_prune_option
+@click.option("--exit-code", "exit_code", is_flag=True,
+              help=f"Exit {CHANGES_PENDING} when push would change something, 0 when not (for CI).")
+def plan(inventory_path, host_name, as_json, no_prune, exit_code):
+    """Connect and show, as a diff, what push would add, change and remove. Changes nothing.
+
+    Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
+    """
     from .deploy import plan_push
-    from .plan import as_dict, render_diff, summary
+    from .plan import as_dict, removed_jobs, render_diff, summary
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
-    the_plan, state = plan_push(inv, host_name, agent, contents=True)
+    the_plan, state = plan_push(inv, host_name, agent, contents=True, prune=not no_prune)
     if as_json:
         click.echo(json.dumps({"host": host_name, **as_dict(the_plan)}, indent=2))
-        return
-    click.echo(render_diff(the_plan, state), nl=False)
-    click.echo(f"host {host_name}: {summary(the_plan)}")
+    else:
+        click.echo(render_diff(the_plan, state), nl=False)
+        click.echo(f"host {host_name}: {summary(the_plan)}")
+        doomed = removed_jobs(the_plan)
+        if doomed:
+            click.echo(f"host {host_name}: push would remove {len(doomed)} "
+                       f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
+    if exit_code and not the_plan.is_noop:
+        click.get_current_context().exit(CHANGES_PENDING)
 
 
 def _push_document(pushed) -> dict:
@@ -222,7 +263,7 @@ def _push_document(pushed) -> dict:
 
 
 def _print_push(pushed, as_json: bool) -> None:
-    from .plan import summary
+    from .plan import jobs_of, summary
 
     if as_json:
         click.echo(json.dumps(_push_document(pushed), indent=2))
@@ -234,20 +275,49 @@ def _print_push(pushed, as_json: bool) -> None:
         click.echo(f"- {path.rsplit('/', 1)[-1]}")
     for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
+    removed, kept = jobs_of(pushed.plan.remove), jobs_of(pushed.plan.kept)
+    if removed:
+        click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed)}")
+    if kept:
+        click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
+                   f"(--no-prune): {_names(kept)}")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
     click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
+
+
+def _ask_before_pruning(host_name: str, inventory_path: str, progress):
+    """On a terminal, ask before removing jobs. Elsewhere (CI, pipes) push prunes as the contract
+    says, naming the jobs in its output; `plan --exit-code` and `--no-prune` are the guards there."""
+
+    def confirm(jobs) -> bool:
+        if not sys.stdin.isatty():
+            return True
+        progress.done()
+        click.echo(f"push would remove {len(jobs)} job{'s' if len(jobs) > 1 else ''} from host {host_name} "
+                   f"that {inventory_path} no longer lists: {_names(jobs, 20)}", err=True)
+        try:
+            return click.confirm(f"Remove {'it' if len(jobs) == 1 else 'them'}?", default=False, err=True)
+        except click.Abort:  # end of input or Ctrl-C at the question: the answer is no
+            click.echo("", err=True)
+            return False
+
+    return confirm
 
 
 @main.command(epilog=EPILOG)
 @inventory_option
 @host_option
 @json_option
-def push(inventory_path, host_name, as_json):
+@no_prune_option
+@click.option("-y", "--yes", is_flag=True, help="Remove jobs no longer in the inventory without asking.")
+def push(inventory_path, host_name, as_json, no_prune, yes):
     """Make the host run exactly the inventory's jobs for it; prune jobs no longer listed.
 
     Reads the host's state in one round trip and uploads only what differs; new units
     are checked with `systemd-analyze verify` on the host before anything is switched.
     A job new to this host must not still be installed on another host of the inventory.
+    On a terminal, a push that would remove jobs names them and asks first (--yes does not
+    ask; --no-prune keeps them). Without a terminal it removes them, as `plan` showed.
     """
     from . import deploy
     from .progress import Progress
@@ -255,9 +325,10 @@ def push(inventory_path, host_name, as_json):
     inv = Options(inventory_path).inventory()
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
+    confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
     try:
         pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
-                             progress=progress.update)
+                             progress=progress.update, prune=not no_prune, confirm=confirm)
     finally:
         progress.done()
     _print_push(pushed, as_json)

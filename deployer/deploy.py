@@ -13,10 +13,12 @@ from .errors import DeployerError
 from .hostside import paths
 from .hostside.protocol import ApplyAnswer
 from .models import Inventory, Plan, RemoteState
-from .plan import make_plan
+from .plan import make_plan, removed_jobs, without_removals
 from .render import desired_files
 
 Connect = Callable[[str], remote.Agent]
+# Asked with the jobs a push would remove, before anything changes; False cancels the push.
+Confirm = Callable[[tuple[str, ...]], bool]
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,30 @@ def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect
                                 f"too would run it twice. Use: deployer move --from {other} --to {host_name}")
 
 
-def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: bool = False) -> tuple[Plan, RemoteState]:
+def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: bool = False,
+              prune: bool = True) -> tuple[Plan, RemoteState]:
     state = remote.read_state(agent, contents=contents)
     check_owner(state, host_name)
-    return make_plan(desired_files(inv, host_name), state), state
+    the_plan = make_plan(desired_files(inv, host_name), state)
+    return (the_plan if prune else without_removals(the_plan)), state
 
 
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
-         cross_check: bool = True) -> Pushed:
-    """Make the host hold exactly the inventory's files for it (one read, one apply)."""
+         cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None) -> Pushed:
+    """Make the host hold exactly the inventory's files for it (one read, one apply).
+
+    `prune=False` removes nothing. `confirm` is asked before a push that removes jobs; the host
+    is not read again after it: the apply's expected state refuses a host changed meanwhile.
+    """
     progress("reading the host's state")
-    the_plan, state = plan_push(inv, host_name, agent)
+    the_plan, state = plan_push(inv, host_name, agent, prune=prune)
     if the_plan.is_noop:
         return Pushed(host_name, the_plan)
+    doomed = removed_jobs(the_plan)
+    if doomed and confirm is not None and not confirm(doomed):
+        raise DeployerError(f"host {host_name}: push cancelled, nothing changed (--no-prune keeps "
+                            f"{'that job' if len(doomed) == 1 else 'those jobs'}; --yes removes without asking)")
     added = [j for j in (job_of_timer(f.path) for f in the_plan.add) if j]
     if added and cross_check and len(inv.hosts) > 1:
         progress("checking that no other host runs the new jobs")

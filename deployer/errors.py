@@ -66,6 +66,16 @@ class RemoteCommandError(RemoteError):
         super().__init__(host, f"{step} failed (exit {status})" + (f": {tail}" if tail else ""))
 
 
+class HostSetupError(RemoteCommandError):
+    """The host answered but lacks what the agent needs (its python, passwordless sudo): it is
+    not down, and the message says what to set up."""
+
+    def __init__(self, host: str, step: str, status: int, message: str):
+        self.step = step
+        self.status = status
+        RemoteError.__init__(self, host, message)
+
+
 class JobFailed(DeployerError):
     """`deployer run` started a job and it failed; its output was already shown."""
 

@@ -18,6 +18,7 @@ from .schedule import check_calendar_lines, to_calendar
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BARE_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
@@ -27,6 +28,24 @@ def port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise Invalid(f"{value!r} is not a port (1-65535)")
     return int(value)
+
+
+def address(value: str) -> str:
+    """A host name or IP address, alone: ssh's user@host:port shorthand would otherwise reach the
+    SSH library, which refuses it with its own traceback when port or user is also set."""
+    if not value or any(c.isspace() for c in value):
+        raise Invalid(f"{value!r} is not a host name or IP address")
+    if "://" in value:
+        raise Invalid(f"{value!r} is a URL; give the host name or IP address alone")
+    user, at, rest = value.rpartition("@")
+    if at:
+        raise Invalid(f"{value!r} holds a user: write user = {user} and address = {rest}")
+    bracketed = re.match(r"^\[([^\]]*)\](?::(.*))?$", value)
+    host, port_ = bracketed.groups() if bracketed else value.partition(":")[::2]
+    if bracketed or value.count(":") == 1:
+        where = f"write port = {port_} and address = {host}" if port_ else f"write address = {host}"
+        raise Invalid(f"{value!r} holds {'a port' if port_ else 'brackets' if bracketed else 'a colon'}: {where}")
+    return value
 
 
 _SIZE = re.compile(r"^\d+[KMGT]?$")
@@ -59,7 +78,8 @@ def directory(value: str) -> str:
 def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
-            raise Invalid(f"{value!r} is not one of {', '.join(choices)}")
+            # a short, closed list: a looser match still helps (dingding -> dingtalk, wechat -> wecom)
+            raise Invalid(f"{value!r} is not one of {', '.join(choices)}" + _suggest(value, choices, 0.5))
         return value
 
     return parse
@@ -69,7 +89,7 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
     "host": {
-        "address": text,
+        "address": address,
         "port": port,
         "user": text,
         "identity_file": text,
@@ -126,8 +146,64 @@ def _line_numbers(source: str) -> dict[tuple[str, Optional[str]], int]:
     return found
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+_KEY = re.compile(r"^\s*([^=:]*?)\s*[=:]")
+
+
+def _indented_lines(source: str, path: str) -> tuple[str, list[Problem]]:
+    """Indented lines that INI would glue onto the key above, refused one by one.
+
+    configparser reads an indented line as more of the previous value (that is how on_calendar
+    and headers hold one entry per line), so a stray `  url = ...` became part of `schedule`,
+    and then came two wrong errors. Indentation is refused rather than guessed away: every
+    other INI reader would still see a continuation, and a multi-line key needs it. Returns
+    the source with those lines repaired as meant (so the rest is still checked) and the problems.
+    """
+    lines = source.split("\n")
+    problems: list[Problem] = []
+    section, key, key_line, key_indent = None, None, 0, 0
+    for index, raw in enumerate(lines):
+        stripped = raw.strip()
+        if not stripped:
+            key = None  # empty_lines_in_values=False: a blank line ends a value
+            continue
+        if stripped[0] in ";#":
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        if key is not None and indent > key_indent:
+            assignment = _ASSIGNMENT.match(raw)
+            if key in MULTILINE_KEYS and not assignment and not stripped.startswith("["):
+                continue  # one more on_calendar / headers entry
+            number = index + 1
+            if assignment or stripped.startswith("["):
+                what = assignment.group(1).lower() if assignment else None
+                problems.append(Problem(path, section, what, "is indented, so INI reads it as more of "
+                                        f"{key!r} (line {key_line}): remove the leading spaces", number))
+                lines[index] = raw = raw.lstrip()
+                indent = 0
+            else:
+                problems.append(Problem(path, section, key, f"line {number} is indented, so INI reads it as more "
+                                        f"of this value, which takes one line: join the lines, or remove the "
+                                        f"leading spaces", key_line))
+                lines[index] = ";"  # keeps the line numbers of what follows
+                continue
+        if stripped.startswith("[") and "]" in stripped:
+            section, key = stripped[1:stripped.index("]")].strip(), None
+            continue
+        match = _KEY.match(raw)
+        if match:
+            key, key_line, key_indent = match.group(1).lower(), index + 1, indent
+    return "\n".join(lines), problems
+
+
+def _quotes_hint(value: str) -> str:
+    """Shell and YAML habits: `url = "http://..."` keeps its quotes in INI."""
+    quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "\"'"
+    return " (INI values take no quotes: remove them)" if quoted else ""
+
+
+def _suggest(word: str, choices, cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -175,6 +251,11 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
         if key not in schema:
             report.add(section, key, "unknown key" + _suggest(key, schema))
             continue
+        bare = _BARE_VARIABLE.match(raw.strip())
+        if bare:  # shell habit: `$TOKEN` would be pushed as the five characters "$TOKEN"
+            report.add(section, key, f"{raw.strip()!r} is taken literally: write ${{{bare.group(1)}}} to read it "
+                       "from the environment")
+            continue
         expanded, missing = _expand(raw.strip(), env)
         if missing:
             report.add(section, key, f"environment variable {missing[0]} is not set")
@@ -184,7 +265,7 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
                 text(line)
             value = schema[key](expanded)
         except Invalid as error:
-            report.add(section, key, str(error))
+            report.add(section, key, str(error) + _quotes_hint(expanded))
             continue
         values[key] = Secret(value) if key in SECRET_KEYS and value else value
     for key in REQUIRED.get(kind, ()):
@@ -199,6 +280,9 @@ def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
     try:
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
+    except FileNotFoundError as error:
+        raise InventoryError([Problem(path, None, None, f"cannot read: {error.strerror} (give the inventory "
+                                      "with -i FILE or $DEPLOYER_INVENTORY)")]) from None
     except OSError as error:
         raise InventoryError([Problem(path, None, None, f"cannot read: {error.strerror}")]) from None
     except UnicodeDecodeError:
@@ -207,7 +291,10 @@ def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
 
 
 def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
+    # A UTF-8 byte order mark (Windows editors write one) is not a key before any [section].
+    source, indented = _indented_lines(source.removeprefix("\ufeff"), path)
     report = _Collector(path, _line_numbers(source))
+    report.problems.extend(indented)
     config = _read_config(path, source, report)
     if config is None:
         raise InventoryError(report.problems)
@@ -217,6 +304,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     job_sections: list[tuple[str, str, dict]] = []
     defaults: dict[str, object] = {}
     seen: dict[tuple[str, str], str] = {}
+    # Every [host:*] and [alert:*] written, valid or not: a reference to one that has its own
+    # problem (type = dingding) is not also "no [alert:ops]".
+    declared: dict[str, list[str]] = {"host": [], "alert": []}
     for section in config.sections():
         kind, _, title = section.partition(":")
         kind, title = kind.strip(), title.strip()
@@ -235,9 +325,13 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
                        "[job:NAME] or [defaults]" + hint)
             continue
         if not NAME.match(title):
-            report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+            meant = title.lower().replace("_", "-").replace(" ", "-")
+            hint = f" (did you mean [{kind}:{meant}]?)" if NAME.match(meant) else ""
+            report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}{hint}")
             continue
         values = _section_values(config, section, kind, env, report)
+        if kind in declared:
+            declared[kind].append(title)
         if kind == "host" and "address" in values:
             hosts.append(Host(name=title, **values))
         elif kind == "alert" and "type" in values:
@@ -245,14 +339,11 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
         elif kind == "job":
             job_sections.append((section, title, values))
 
-    host_names = {h.name for h in hosts}
-    alert_names = {a.name for a in alerts}
     for key in ("host", "alert"):
         ref = defaults.get(key)
-        known = host_names if key == "host" else alert_names
-        if ref and ref not in known:
-            report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, known))
-    jobs = [j for j in (_job(s, t, v, defaults, hosts, alert_names, report)
+        if ref and ref not in declared[key]:
+            report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, declared[key]))
+    jobs = [j for j in (_job(s, t, v, defaults, declared["host"], declared["alert"], report)
                         for s, t, v in job_sections) if j]
     _check_native_calendars(jobs, report)
     if report.problems:
@@ -286,7 +377,7 @@ def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
                  secret=values.get("secret"), endpoint=values.get("endpoint"))
 
 
-def _job(section, title, values, defaults, hosts, alert_names, report) -> Optional[Job]:
+def _job(section, title, values, defaults, hosts: list[str], alert_names: list[str], report) -> Optional[Job]:
     merged = {**defaults, **values}
     ok = True
     already_wrong = report.has(section, "schedule") or report.has(section, "on_calendar")
@@ -296,13 +387,13 @@ def _job(section, title, values, defaults, hosts, alert_names, report) -> Option
     host = merged.get("host")
     if host is None:
         if len(hosts) == 1:
-            host = hosts[0].name
+            host = hosts[0]
         else:
             report.add(section, "host", "is required: the inventory has "
                        f"{len(hosts) or 'no'} [host:*] sections; set host here or in [defaults]")
             ok = False
-    elif "host" in values and host not in {h.name for h in hosts}:
-        report.add(section, "host", f"no [host:{host}]" + _suggest(host, [h.name for h in hosts]))
+    elif "host" in values and host not in hosts:
+        report.add(section, "host", f"no [host:{host}]" + _suggest(host, hosts))
         ok = False
     alert = merged.get("alert")
     if "alert" in values and alert and alert not in alert_names:
@@ -313,7 +404,7 @@ def _job(section, title, values, defaults, hosts, alert_names, report) -> Option
         try:
             to_calendar(merged["schedule"], (), zone)
         except ScheduleError as error:
-            report.add(section, "schedule", str(error))
+            report.add(section, "schedule", str(error) + _quotes_hint(merged["schedule"]))
             ok = False
     if not ok or "url" not in merged:
         return None

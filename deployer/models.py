@@ -108,6 +108,7 @@ class Plan:
     change: tuple[ManagedFile, ...] = ()
     remove: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()  # no longer wanted, but left in place (push --no-prune)
 
     @property
     def is_noop(self) -> bool:

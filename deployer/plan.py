@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
+from .hostside import paths
 from .models import ManagedFile, Plan, RemoteState
 
 
@@ -18,13 +19,29 @@ def make_plan(desired: Iterable[ManagedFile], state: RemoteState) -> Plan:
     return Plan(add=add, change=change, remove=remove, unchanged=unchanged)
 
 
+def without_removals(plan: Plan) -> Plan:
+    """`push --no-prune`: add and change only. Everything no longer wanted stays, not only the jobs'
+    units: a kept job's OnFailure= still names its alert channel, whose units must stay too."""
+    return Plan(add=plan.add, change=plan.change, unchanged=plan.unchanged, kept=plan.kept + plan.remove)
+
+
+def jobs_of(files: Iterable[str]) -> tuple[str, ...]:
+    """The jobs whose units are among `files` (sorted): what an operator calls a removal."""
+    return tuple(sorted({j for j in (paths.job_of_unit(p) for p in files) if j}))
+
+
+def removed_jobs(plan: Plan) -> tuple[str, ...]:
+    return jobs_of(plan.remove)
+
+
 def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
 def summary(plan: Plan) -> str:
+    kept = f", {len(plan.kept)} kept (--no-prune)" if plan.kept else ""
     return (f"{len(plan.add)} to add, {len(plan.change)} to change, "
-            f"{len(plan.remove)} to remove, {len(plan.unchanged)} unchanged")
+            f"{len(plan.remove)} to remove{kept}, {len(plan.unchanged)} unchanged")
 
 
 def _text(content: bytes) -> list[str]:
@@ -48,6 +65,8 @@ def render_diff(plan: Plan, state: RemoteState) -> str:
     for path in plan.remove:
         out.append(f"- {path}\n")
         out += _unified(_text(state.contents.get(path, b"")), [], path)
+    for path in plan.kept:
+        out.append(f"= {path} (no longer in the inventory; kept: --no-prune)\n")
     return "".join(out)
 
 
@@ -58,4 +77,5 @@ def _unified(old: list[str], new: list[str], path: str) -> list[str]:
 
 def as_dict(plan: Plan) -> dict:
     return {"add": [_name(f.path) for f in plan.add], "change": [_name(f.path) for f in plan.change],
-            "remove": [_name(p) for p in plan.remove], "unchanged": [_name(p) for p in plan.unchanged]}
+            "remove": [_name(p) for p in plan.remove], "unchanged": [_name(p) for p in plan.unchanged],
+            "remove_jobs": list(removed_jobs(plan)), "kept_jobs": list(jobs_of(plan.kept))}

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import AgentRefused, RemoteCommandError, RemoteError
+from .errors import AgentRefused, HostSetupError, RemoteCommandError, RemoteError
 from .hostside import paths, protocol
 from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
                                 LogsRequest, PauseRequest, ResumeRequest, RunAnswer, RunRequest, StateRequest,
@@ -30,7 +30,7 @@ Progress = Optional[Callable[[str], None]]
 
 # The modules the agent runs with, shipped in the `python3 -c` argument (an in-memory package).
 HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
-                    "deployer.hostside.agent")
+                    "deployer.hostside.dbus", "deployer.hostside.agent")
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
 # `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
@@ -87,14 +87,36 @@ def connect(host: Host):
         connect_timeout=CONNECT_TIMEOUT,
     )
     client = connection.client
+    # As ssh does: the given file, else ~/.ssh/known_hosts and the system's (fabric loads none).
     known_hosts = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
-    if host.known_hosts and os.path.exists(known_hosts):
-        client.load_host_keys(known_hosts)
+    for path in [known_hosts] + ([] if host.known_hosts else [SYSTEM_KNOWN_HOSTS]):
+        if os.path.exists(path):
+            _load_known_hosts(client, path, host, system=path != known_hosts)
     if host.host_key == "accept-new":
         client.set_missing_host_key_policy(_AcceptNew(known_hosts))
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return connection
+
+
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+
+
+def _load_known_hosts(client, path: str, host: Host, system: bool) -> None:
+    import paramiko
+
+    try:
+        (client.load_system_host_keys if system else client.load_host_keys)(path)
+    except paramiko.hostkeys.InvalidHostKey as error:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            number = next((n for n, line in enumerate(handle, 1) if line.strip() == error.line.strip()), None)
+        where = f"{path}:{number}" if number else path
+        line = error.line.strip()
+        shown = repr(line[:40]) + ("..." if len(line) > 40 else "")
+        raise RemoteError(host.name, f"{where}: not a known_hosts entry ({shown}): remove or fix that line") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise RemoteError(host.name, f"known_hosts {path}: cannot read: {reason}") from None
 
 
 class _AcceptNew:
@@ -111,22 +133,99 @@ class _AcceptNew:
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def _open(connection, host: Host) -> None:
-    import paramiko
+def _quiet_paramiko() -> None:
+    """paramiko's transport thread logs a failed handshake with its traceback (22 lines on stderr,
+    through logging's last-resort handler, before our one line). The exception that follows
+    says it all; nothing here configures logging, so this handler only takes that fallback."""
+    import logging
 
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+
+
+def _keys_tried(connection) -> str:
+    """What paramiko offers, in its order: the identity files, the ssh-agent, ~/.ssh/id_*."""
+    kwargs = connection.connect_kwargs
+    files = kwargs.get("key_filename") or []
+    tried = [files] if isinstance(files, str) else list(files)
+    if kwargs.get("allow_agent", True) and os.environ.get("SSH_AUTH_SOCK"):
+        tried.append("the ssh-agent's keys")
+    if kwargs.get("look_for_keys", True):
+        tried += [p for p in (os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "ecdsa", "ed25519"))
+                  if os.path.isfile(p) and p not in tried]
+    return ", ".join(tried) or "none"
+
+
+def _open(connection, host: Host) -> None:
+    _quiet_paramiko()
+    if host.identity_file and not os.path.isfile(os.path.expanduser(host.identity_file)):
+        exists = os.path.exists(os.path.expanduser(host.identity_file))
+        raise RemoteError(host.name, f"identity_file {host.identity_file}: {'not a file' if exists else 'no such file'}")
     try:
         connection.open()
-    except paramiko.BadHostKeyException as error:
-        raise RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
-                          f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
-                          "was rebuilt, remove the old key from known_hosts") from None
-    except paramiko.SSHException as error:
-        if "not found in known_hosts" in str(error):
-            raise RemoteError(host.name, f"{host.address} is not in known_hosts and host_key = strict; "
-                              "add its key (ssh-keyscan) or set host_key = accept-new") from None
-        raise RemoteError(host.name, f"ssh: {error}") from None
-    except (socket.error, EOFError) as error:
-        raise RemoteError(host.name, f"cannot connect to {host.address}: {error}") from None
+    except Exception as error:
+        translated = _connect_error(error, connection, host)
+        if translated is None:
+            raise  # not a connection problem: a bug, keeps its traceback
+        raise translated from None
+
+
+def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteError]:
+    """paramiko's and the socket's failures -> one line naming what to check, or None."""
+    import paramiko
+
+    where = f"{host.address} port {connection.port}"  # fabric's: the inventory, else ~/.ssh/config
+    who = f"{connection.user}@{where}"
+    message = str(error)
+    if isinstance(error, paramiko.BadHostKeyException):
+        known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
+        entry = error.hostname if connection.port == 22 else f"[{error.hostname}]:{connection.port}"
+        return RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
+                           f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
+                           f"was rebuilt, remove the old key: ssh-keygen -R '{entry}' -f {known}")
+    if isinstance(error, paramiko.PasswordRequiredException):
+        return RemoteError(host.name, f"ssh {who}: a key is protected by a passphrase (tried "
+                           f"{_keys_tried(connection)}); load it into ssh-agent (ssh-add) or use a key without one")
+    if isinstance(error, paramiko.AuthenticationException):
+        return RemoteError(host.name, f"ssh {who}: authentication failed: the host accepted none of the keys "
+                           f"tried ({_keys_tried(connection)}): check user and identity_file in "
+                           f"[host:{host.name}], and that the key's .pub is in that user's ~/.ssh/authorized_keys")
+    if isinstance(error, paramiko.SSHException):
+        if "not found in known_hosts" in message:
+            known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
+            missing = "" if os.path.exists(known) else f" (the file {known} does not exist)"
+            port = f"-p {connection.port} " if connection.port != 22 else ""
+            return RemoteError(host.name, f"{host.address} is not in known_hosts{missing} and host_key = strict; "
+                               f"add its key (ssh-keyscan {port}{host.address} >> {known}, after checking its "
+                               "fingerprint) or set host_key = accept-new")
+        if "No authentication methods available" in message:
+            return RemoteError(host.name, f"ssh {who}: no key to offer (no identity_file, no ssh-agent, no "
+                               f"~/.ssh/id_*): set identity_file in [host:{host.name}]")
+        # No banner: something else listens there (HTTP), or nothing answers ("No existing session"
+        # is what paramiko says after its banner timeout).
+        if "protocol banner" in message or "No existing session" in message:
+            return RemoteError(host.name, f"{where} does not answer as an SSH server (no SSH banner): check "
+                               f"address and port in [host:{host.name}]")
+        if "private key file" in message and host.identity_file:
+            public = " (that is the public key: give the file without .pub)" \
+                if host.identity_file.endswith(".pub") else ""
+            return RemoteError(host.name, f"identity_file {host.identity_file}: not a private key that ssh can "
+                               f"read{public}")
+        return RemoteError(host.name, f"ssh {who}: {message}")
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = sorted({(e.strerror or str(e)).lower() for e in error.errors.values()})
+        return RemoteError(host.name, f"cannot connect to {where}: {'; '.join(reasons)} (is sshd running there, "
+                           "and is the port right?)")
+    if isinstance(error, socket.gaierror):
+        return RemoteError(host.name, f"cannot resolve address {host.address}: {error.strerror}")
+    if isinstance(error, (socket.timeout, TimeoutError)):
+        return RemoteError(host.name, f"cannot connect to {where}: no answer within {CONNECT_TIMEOUT}s (host "
+                           "down, or a firewall dropping the connection?)")
+    if isinstance(error, (OSError, EOFError)):
+        reason = getattr(error, "strerror", None) or message or type(error).__name__
+        return RemoteError(host.name, f"cannot connect to {where}: {reason.lower()}")
+    return None
 
 
 PROGRESS_PREFIX = b"@progress "
@@ -245,9 +344,27 @@ class SSHAgent(Agent):
 
     def call(self, request: Any, progress: Progress = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
-        raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
-                      protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+        try:
+            raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
+                          protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress)
+        except RemoteCommandError as error:
+            problem = _setup_problem(self.host_config, self.connection.user, error)
+            if problem:
+                raise HostSetupError(self.host, error.step, error.status, problem) from None
+            raise
         return self._answer(request, raw)
+
+
+def _setup_problem(host: Host, user: str, error: RemoteCommandError) -> Optional[str]:
+    """What the host lacks to run the agent, said as what to do, or None."""
+    said = str(error)
+    # 127: the shell found no such program; sudo says "command not found" and exits 1
+    if error.status == 127 or (host.sudo and f"sudo: {host.python}: command not found" in said):
+        return f"{host.python} is not on {host.address}: install python3 there, or set python in [host:{host.name}]"
+    if host.sudo and ("a password is required" in said or "not in the sudoers" in said or "may not run sudo" in said):
+        return (f"sudo = true, but {user} on {host.address} may not run sudo without a password: give it a "
+                "NOPASSWD rule in /etc/sudoers.d/, or log in as root")
+    return None
 
 
 class LocalAgent(Agent):

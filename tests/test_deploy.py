@@ -73,3 +73,42 @@ def test_move_rolls_back_when_the_target_refuses(tmp_path, hosts):
     assert source_calls[-2:] == [("systemctl", "enable", "--now", "deployer-a.timer"),  # the rollback
                                  ("systemctl", "start", "--no-block", paths.METRICS_SERVICE)]  # its metrics
     assert timers(hosts["cron01"]) == {"a", "b"} and timers(hosts["cron02"]) == set()
+
+
+def test_a_push_that_removes_jobs_asks_first_and_a_no_changes_nothing(tmp_path, hosts):
+    deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
+    before = remote.read_state(hosts["cron01"]).files
+    smaller = load(tmp_path, "[job:c]\nschedule = 0 5 * * *\nurl = http://svc/c\nhost = cron01\n")
+    asked = []
+
+    with pytest.raises(DeployerError, match="push cancelled, nothing changed.*--no-prune keeps those jobs"):
+        deploy.push(smaller, "cron01", hosts["cron01"], hosts.get, confirm=lambda jobs: asked.append(jobs))
+
+    assert asked == [("a", "b")]
+    assert remote.read_state(hosts["cron01"]).files == before
+    pushed = deploy.push(smaller, "cron01", hosts["cron01"], hosts.get, confirm=lambda jobs: True)
+    assert timers(hosts["cron01"]) == {"c"} and pushed.result.stopped
+
+
+def test_a_push_that_removes_no_job_does_not_ask(tmp_path, hosts):
+    deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
+
+    def refuse(jobs):
+        raise AssertionError(f"asked about {jobs}")
+
+    changed = load(tmp_path, jobs("cron01").replace("0 3 * * *", "0 6 * * *"))
+    pushed = deploy.push(changed, "cron01", hosts["cron01"], hosts.get, confirm=refuse)
+    assert len(pushed.plan.change) == 1 and not pushed.plan.remove
+
+
+def test_no_prune_keeps_jobs_no_longer_listed_and_installs_the_new_ones(tmp_path, hosts):
+    deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
+    smaller = load(tmp_path, "[job:c]\nschedule = 0 5 * * *\nurl = http://svc/c\nhost = cron01\n")
+
+    pushed = deploy.push(smaller, "cron01", hosts["cron01"], hosts.get, prune=False,
+                         confirm=lambda jobs: pytest.fail(f"asked about {jobs}"))
+
+    assert timers(hosts["cron01"]) == {"a", "b", "c"}
+    assert pushed.plan.remove == () and {deploy.job_of_timer(p) for p in pushed.plan.kept} - {None} == {"a", "b"}
+    again = deploy.push(smaller, "cron01", hosts["cron01"], hosts.get, prune=False)
+    assert again.plan.is_noop and again.result is None

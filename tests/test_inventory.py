@@ -82,9 +82,13 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert = opz\n",
                  "inv.ini:6: [job:a] alert: no [alert:opz]", id="missing-alert"),
     pytest.param("[job:A_b]\nschedule = 0 * * * *\nurl = http://x/\n",
-                 "inv.ini:3: [job:A_b]: name 'A_b' must match [a-z0-9][a-z0-9-]{0,62}", id="job-name"),
+                 "inv.ini:3: [job:A_b]: name 'A_b' must match [a-z0-9][a-z0-9-]{0,62} (did you mean [job:a-b]?)",
+                 id="job-name"),
     pytest.param("[job:../etc]\nschedule = 0 * * * *\nurl = http://x/\n",
                  "inv.ini:3: [job:../etc]: name '../etc' must match [a-z0-9][a-z0-9-]{0,62}", id="path-escape"),
+    pytest.param("[alert:ops]\ntype = dingtalk\ntoken = $DINGTALK_TOKEN\n",
+                 "inv.ini:5: [alert:ops] token: '$DINGTALK_TOKEN' is taken literally: write ${DINGTALK_TOKEN} to "
+                 "read it from the environment", id="shell-style-variable"),
     pytest.param("[alert:ops]\ntype = dingtalk\ntoken = ${NOPE}\n",
                  "inv.ini:5: [alert:ops] token: environment variable NOPE is not set", id="unset-variable"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code=ok\n",
@@ -135,7 +139,8 @@ def test_a_control_character_in_a_value_is_refused():
 def test_unreadable_file_is_a_clear_error(tmp_path):
     with pytest.raises(InventoryError) as caught:
         inventory.load(str(tmp_path / "missing.ini"))
-    assert caught.value.lines() == [f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"]
+    assert caught.value.lines() == [f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory "
+                                    "(give the inventory with -i FILE or $DEPLOYER_INVENTORY)"]
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -175,3 +180,86 @@ def test_host_metrics_parsed():
     assert (host.metrics_dir, host.heartbeat_url) == ("/srv/textfiles", "https://hc.example/ping/abc")
     assert "abc" not in repr(host)  # a Healthchecks URL is a secret
     assert parse(HOST + "metrics_dir =\n").hosts[0].metrics_dir == ""
+
+
+JOB = "[job:a]\nschedule = 0 * * * *\nurl = http://x/\n"
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    """Before: `inv.ini:1: a key before any [section]` (Windows editors write a BOM)."""
+    path = tmp_path / "inventory.ini"
+    path.write_bytes(b"\xef\xbb\xbf" + (HOST + JOB).encode())
+    inv = inventory.load(str(path))
+    assert inv.hosts[0].name == "cron01" and inv.jobs[0].url == "http://x/"
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("[job:a]\nschedule = 0 * * * *\n  url = http://x/\n",
+                 ["inv.ini:5: [job:a] url: is indented, so INI reads it as more of 'schedule' (line 4): "
+                  "remove the leading spaces"], id="indented-key-is-one-error-not-two-wrong-ones"),
+    pytest.param("[job:a]\non_calendar = Mon *-*-* 09:00\n  Sat *-*-* 10:00\n\turl = http://x/\n",
+                 ["inv.ini:6: [job:a] url: is indented, so INI reads it as more of 'on_calendar' (line 4): "
+                  "remove the leading spaces"], id="after-a-multi-line-key-too"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n  [job:b]\nschedule = 0 * * * *\n",
+                 ["inv.ini:6: [job:a]: is indented, so INI reads it as more of 'url' (line 5): "
+                  "remove the leading spaces",
+                  "inv.ini:6: [job:b] url: is required"], id="indented-section-and-the-rest-still-checked"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n  y/z\n",
+                 ["inv.ini:5: [job:a] url: line 6 is indented, so INI reads it as more of this value, which "
+                  "takes one line: join the lines, or remove the leading spaces"], id="a-wrapped-value"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n  timeout = 5s\nretires = 1\n",
+                 ["inv.ini:6: [job:a] timeout: is indented, so INI reads it as more of 'url' (line 5): "
+                  "remove the leading spaces",
+                  "inv.ini:7: [job:a] retires: unknown key (did you mean 'retries'?)"], id="other-problems-too"),
+])
+def test_an_indented_line_is_one_error_naming_its_line_and_the_fix(text, expected):
+    assert problems(HOST + text) == expected
+
+
+def test_indentation_stays_legal_where_ini_means_it():
+    inv = parse(HOST + "[job:a]\n  ; an indented comment\non_calendar = Mon *-*-* 09:00\n  Sat *-*-* 10:00\n"
+                "url = http://x/\nheaders = Authorization: Bearer t\n  X-Timeout: 5\n\n  [job:b]\n"
+                "  schedule = 0 * * * *\n  url = http://y/\n")
+    a, b = inv.jobs
+    assert a.on_calendar == ("Mon *-*-* 09:00", "Sat *-*-* 10:00")
+    assert a.headers == (("Authorization", "Bearer t"), ("X-Timeout", "5"))
+    assert b.url == "http://y/", "an indented section after a blank line is a section (the value ended)"
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("[alert:ops]\ntype = dingding\ntoken = t\n" + JOB + "alert = ops\n",
+                 ["inv.ini:4: [alert:ops] type: 'dingding' is not one of dingtalk, wecom, feishu, slack, webhook "
+                  "(did you mean 'dingtalk'?)"], id="bad-type-is-not-also-a-missing-alert"),
+    pytest.param("[defaults]\nalert = ops\n[alert:ops]\ntype = wechat\n" + JOB,
+                 ["inv.ini:6: [alert:ops] type: 'wechat' is not one of dingtalk, wecom, feishu, slack, webhook "
+                  "(did you mean 'wecom'?)"], id="from-defaults"),
+    pytest.param("[host:cron02]\nport = 22\n" + JOB + "host = cron02\n",
+                 ["inv.ini:3: [host:cron02] address: is required"], id="host-without-address"),
+    pytest.param(JOB.replace("http://x/", '"http://x/"'),
+                 ["inv.ini:5: [job:a] url: '\"http://x/\"' is not an http:// or https:// URL with a host "
+                  "(INI values take no quotes: remove them)"], id="quoted-url"),
+    pytest.param(JOB.replace("0 * * * *", "'0 * * * *'"),
+                 ["inv.ini:4: [job:a] schedule: cron \"'0 * * * *'\": minute field: cannot parse \"'0\" "
+                  "(INI values take no quotes: remove them)"], id="quoted-schedule"),
+])
+def test_a_broken_section_is_reported_once_not_again_where_it_is_used(text, expected):
+    assert problems(HOST + text) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    pytest.param("10.0.0.5:2222", "'10.0.0.5:2222' holds a port: write port = 2222 and address = 10.0.0.5", id="port"),
+    pytest.param("ops@cron01.example", "'ops@cron01.example' holds a user: write user = ops and address = "
+                 "cron01.example", id="user"),
+    pytest.param("[fd00::5]:2222", "'[fd00::5]:2222' holds a port: write port = 2222 and address = fd00::5",
+                 id="ipv6-port"),
+    pytest.param("[fd00::5]", "'[fd00::5]' holds brackets: write address = fd00::5", id="ipv6-brackets"),
+    pytest.param("ssh://cron01", "'ssh://cron01' is a URL; give the host name or IP address alone", id="url"),
+])
+def test_an_address_with_ssh_shorthand_says_where_each_part_goes(value, message):
+    """Before: `address = 10.0.0.5:22` (or ops@...) ended in fabric's ValueError traceback."""
+    assert problems(f"[host:cron01]\naddress = {value}\n") == [f"inv.ini:2: [host:cron01] address: {message}"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "cron01.example.com", "fd00::5", "fe80::1%eth0"])
+def test_plain_addresses_and_ipv6_are_accepted(value):
+    assert parse(f"[host:cron01]\naddress = {value}\n").hosts[0].address == value

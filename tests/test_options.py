@@ -58,3 +58,14 @@ def test_defaults_are_said_on_the_command_line_and_unset_options_are_not():
     args = render.trigger_args(job())
     assert args == ["--job", "settle", "--url", "https://svc:8443/api/settle?x=1", "--method", "POST",
                     "--timeout", "60s", "--retries", "2", "--expect-status", "2xx"]
+
+
+@pytest.mark.parametrize("text, hint", [
+    pytest.param("asia/shanghai", " (did you mean 'Asia/Shanghai'?)", id="case"),
+    pytest.param("Europe/Berln", " (did you mean 'Europe/Berlin'?)", id="misspelt"),
+    pytest.param("CST", "", id="an-abbreviation-has-no-single-answer"),
+])
+def test_a_wrong_time_zone_suggests_the_one_meant(text, hint):
+    with pytest.raises(options.Invalid) as refused:
+        options.timezone(text)
+    assert str(refused.value) == f"{text!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC){hint}"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from deployer.models import ManagedFile, Plan, RemoteState
-from deployer.plan import as_dict, make_plan, render_diff, summary
+from deployer.plan import as_dict, make_plan, removed_jobs, render_diff, summary, without_removals
 
 A = ManagedFile("/etc/systemd/system/deployer-a.timer", b"[Timer]\nOnCalendar=*:00\n")
 B = ManagedFile("/etc/systemd/system/deployer-b.timer", b"[Timer]\nOnCalendar=*:15\n")
@@ -31,4 +31,28 @@ def test_diff_shows_the_changed_lines():
 def test_as_dict_uses_file_names():
     plan = make_plan([A], RemoteState(files={GONE: "0"}))
     assert as_dict(plan) == {"add": ["deployer-a.timer"], "change": [], "remove": ["deployer-gone.timer"],
-                             "unchanged": []}
+                             "unchanged": [], "remove_jobs": ["gone"], "kept_jobs": []}
+
+
+GONE_SERVICE = "/etc/systemd/system/deployer-gone.service"
+ALERT_UNIT = "/etc/systemd/system/deployer-alert-ops@.service"
+
+
+def test_a_plan_names_the_jobs_it_removes_not_their_files():
+    plan = make_plan([A], RemoteState(files={GONE: "0", GONE_SERVICE: "0", ALERT_UNIT: "0",
+                                             "/etc/systemd/system/deployer-old.service": "0"}))
+    assert removed_jobs(plan) == ("gone", "old")
+    assert removed_jobs(make_plan([A], RemoteState(files={ALERT_UNIT: "0"}))) == ()
+
+
+def test_no_prune_keeps_every_file_no_longer_wanted_and_still_adds_and_changes():
+    state = RemoteState(files={B.path: B_OLD.sha256, GONE: "0", GONE_SERVICE: "0", ALERT_UNIT: "0"},
+                        contents={GONE: b"[Timer]\n"})
+    kept = without_removals(make_plan([A, B], state))
+    assert kept == Plan(add=(A,), change=(B,), kept=(ALERT_UNIT, GONE_SERVICE, GONE))
+    assert removed_jobs(kept) == ()
+    assert as_dict(kept)["remove"] == [] and as_dict(kept)["kept_jobs"] == ["gone"]
+    assert summary(kept) == "1 to add, 1 to change, 0 to remove, 3 kept (--no-prune), 0 unchanged"
+    assert f"= {GONE} (no longer in the inventory; kept: --no-prune)\n" in render_diff(kept, state)
+    only_removals = without_removals(make_plan([], RemoteState(files={GONE: "0"})))
+    assert only_removals.is_noop, "a push --no-prune with only removals pending has nothing to do"

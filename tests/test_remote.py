@@ -107,3 +107,76 @@ def test_a_host_that_stops_answering_is_an_error_naming_it_within_the_read_timeo
     with pytest.raises(RemoteError, match=r"^host cron01: agent state: 10\.0\.0\.5 stopped answering"):
         remote.execute(connection, HOST, "agent", b"{}", step="agent state", read_timeout=1.0)
     assert connection.transport.keepalive == remote.KEEPALIVE_SECONDS
+
+
+# --- connecting: every failure is one line naming what to fix, never paramiko's traceback ---------
+
+def _inventory(tmp_path, port: int, **extra: str) -> str:
+    lines = ["[host:cron01]", "address = 127.0.0.1", f"port = {port}", "user = ops"]
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    path = tmp_path / "inventory.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_port_that_is_not_ssh_is_one_line_without_paramikos_traceback(deployer, server, tmp_path):
+    """Before: paramiko's transport thread printed a 22-line traceback, then our line."""
+    result = deployer("status", "-i", _inventory(tmp_path, server.port), check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"deployer: error: host cron01: 127.0.0.1 port {server.port} does not answer as an SSH "
+                             "server (no SSH banner): check address and port in [host:cron01]\n")
+
+
+def test_a_closed_port_says_refused_and_names_the_port(deployer, tmp_path):
+    port = _closed_port()
+    result = deployer("status", "-i", _inventory(tmp_path, port), check=False)
+    assert result.stderr == (f"deployer: error: host cron01: cannot connect to 127.0.0.1 port {port}: connection "
+                             "refused (is sshd running there, and is the port right?)\n")
+
+
+def test_a_missing_identity_file_is_named_before_connecting(deployer, tmp_path):
+    missing = tmp_path / "no-such-key"
+    result = deployer("status", "-i", _inventory(tmp_path, _closed_port(), identity_file=str(missing)), check=False)
+    assert result.stderr == f"deployer: error: host cron01: identity_file {missing}: no such file\n"
+
+
+def test_the_keys_tried_are_the_identity_files_the_agent_and_the_default_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("")
+    connection = remote.connect(Host(name="cron01", address="10.0.0.5", identity_file="~/keys/cron"))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+    assert remote._keys_tried(connection) == (f"{tmp_path}/keys/cron, the ssh-agent's keys, "
+                                              f"{tmp_path}/.ssh/id_ed25519")
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    (tmp_path / ".ssh" / "id_ed25519").unlink()
+    assert remote._keys_tried(remote.connect(Host(name="cron01", address="10.0.0.5"))) == "none"
+
+
+def test_a_known_hosts_file_ssh_cannot_read_is_one_line_naming_it(tmp_path):
+    broken = tmp_path / "known_hosts"
+    broken.write_text("# a comment\n10.0.0.5 ssh-ed25519 AAAA!!!notbase64\n")
+    with pytest.raises(RemoteError) as refused:
+        remote.connect(Host(name="cron01", address="10.0.0.5", known_hosts=str(broken)))
+    assert str(refused.value) == (f"host cron01: {broken}:2: not a known_hosts entry ('10.0.0.5 ssh-ed25519 "
+                                  "AAAA!!!notbase64'): remove or fix that line")
+    with pytest.raises(RemoteError, match=rf"^host cron01: known_hosts {tmp_path}: cannot read: Is a directory$"):
+        remote.connect(Host(name="cron01", address="10.0.0.5", known_hosts=str(tmp_path)))
+
+
+def test_without_known_hosts_in_the_inventory_the_users_file_is_read_as_ssh_does(tmp_path, monkeypatch):
+    """Before: ~/.ssh/known_hosts was never loaded, so every host was refused as unknown."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    (tmp_path / ".ssh" / "known_hosts").write_text(f"[10.0.0.5]:2222 ssh-ed25519 {key}\n")
+    client = remote.connect(Host(name="cron01", address="10.0.0.5", port=2222)).client
+    assert client.get_host_keys().lookup("[10.0.0.5]:2222")["ssh-ed25519"].get_base64() == key

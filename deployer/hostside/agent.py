@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from deployer.hostside import paths, protocol
+from deployer.hostside import dbus, paths, protocol
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest,
                                         JobStatus, LogsAnswer, LogsRequest, PauseAnswer, PauseRequest,
                                         ResumeAnswer, ResumeRequest, RunAnswer, RunRequest, StateAnswer,
@@ -160,6 +160,32 @@ def calendar_info(value):
     return lines, min([n for n in nexts if n] or [""])
 
 
+# The properties a status reads, by the D-Bus interface that holds them (Systemd.properties).
+BUS_PROPERTIES = {
+    "ActiveState": dbus.UNIT_INTERFACE,
+    "NextElapseUSecRealtime": dbus.TIMER_INTERFACE, "LastTriggerUSec": dbus.TIMER_INTERFACE,
+    "TimersCalendar": dbus.TIMER_INTERFACE,
+    "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
+    "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
+}
+
+
+USEC_INFINITY = (1 << 64) - 1  # systemd's "never" (e.g. the next elapse of a stopped timer)
+TIMER_STATUS = ("ActiveState", "NextElapseUSecRealtime", "LastTriggerUSec", "TimersCalendar")
+SERVICE_STATUS = ("ActiveState", "Result", "ExecMainStatus", "ExecMainStartTimestamp", "ExecMainExitTimestamp")
+
+
+def show_text(name, value):
+    """A D-Bus property value as `systemctl show` prints it (times as `@<unix>`, which
+    iso_time reads), so that both sources feed job_status alike."""
+    if name == "TimersCalendar":
+        return " ".join("{ OnCalendar=%s ; next_elapse=%s }" % (spec, show_text("USec", elapse))
+                        for _base, spec, elapse in value)
+    if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("USec", "Realtime", "Timestamp")):
+        return "" if value in (0, USEC_INFINITY) else "@%d" % (value // 1000000)
+    return str(value)
+
+
 def job_status(timer, t, s, paused):
     """One job's `systemctl show` facts (timer `t`, service `s`) -> its JobStatus."""
     calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
@@ -201,6 +227,23 @@ class Systemd:
         shown = {}
         for chunk in chunks(list(units), UNIT_CHUNK):
             shown.update(parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *chunk)[1]))
+        return shown
+
+    def properties(self, units, properties):
+        """Like show(), for the properties in BUS_PROPERTIES only, read with one pipelined D-Bus
+        conversation (see dbus.py for why not `systemctl show`); show() where PID 1's private
+        socket cannot be used."""
+        units, properties = list(units), list(properties)
+        try:
+            with dbus.Connection() as bus:
+                values = bus.get_properties((dbus.object_path(u), BUS_PROPERTIES[p], p)
+                                            for u in units for p in properties)
+        except (dbus.DBusError, OSError):
+            return self.show(units, properties)
+        shown = {}
+        for index, unit in enumerate(units):
+            row = values[index * len(properties):(index + 1) * len(properties)]
+            shown[unit] = dict({"Id": unit}, **{p: show_text(p, v) for p, v in zip(properties, row) if v is not None})
         return shown
 
     def verify(self, unit_paths):
@@ -680,14 +723,23 @@ def check_unmanaged(host, current, writes, removes):
 def op_status(host, request):
     timers = sorted(unit_name(p) for p in host.managed_files()
                     if p.endswith(".timer") and paths.job_of_unit(p) is not None)
+    return StatusAnswer(jobs=job_statuses(host, timers))
+
+
+def job_statuses(host, timers):
+    """The JobStatus of each job timer: what `deployer status` shows and the metrics collector
+    (metrics.py) exports, read once, the same way, so that the two agree."""
     services = [t[:-len(".timer")] + ".service" for t in timers]
-    timer_props = host.systemd.show(timers, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
-                                             "LastTriggerUSec", "TimersCalendar"])
-    service_props = host.systemd.show(services, ["ActiveState", "Result", "ExecMainStatus",
-                                                 "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
+    timer_props = host.systemd.properties(timers, TIMER_STATUS)
+    service_props = host.systemd.properties(services, SERVICE_STATUS)
+    # Enabled = linked from timers.target.wants (what `enable` does for WantedBy=timers.target),
+    # read here rather than asked of PID 1 (UnitFileState is the slow property; see dbus.py).
+    wants = os.path.join(host.layout.unit_dir, paths.TIMERS_WANTS)
+    for timer, props in timer_props.items():
+        props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
     paused = host.paused_timers()
-    return StatusAnswer(jobs=tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
-                                   for t, s in zip(timers, services)))
+    return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
+                 for t, s in zip(timers, services))
 
 
 def op_run(host, request):

@@ -6,7 +6,7 @@ job's OnSuccess=/OnFailure= starts: a burst of 300 runs starts it a handful of t
 and after every push, pause and resume (the agent starts it). Each time it reads the run records
 (record.py) the journal got since its cursor, adds them to the counters kept in
 paths.METRICS_STATE, asks systemd for the timers' state (as `deployer status` does, through the
-same agent functions, so the two agree), and replaces one file, paths.METRICS_FILE, whole.
+same agent function, so the two agree), and replaces one file, paths.METRICS_FILE, whole.
 
 Why not the trigger: a job runs as a DynamicUser in a sandbox, so it could write only where
 systemd hands it a directory (StateDirectory=, under /var/lib/private, which node_exporter
@@ -259,7 +259,7 @@ def ping(url: str, log) -> bool:
 
 def collect(host: str, version: str, directory: str, layout=None, systemd=None, now=None, log=print) -> str:
     """One pass: records -> counters -> the textfile (returned as written); the heartbeat ping."""
-    from .agent import Host, Systemd, job_status
+    from .agent import Host, Systemd, job_statuses
 
     layout = layout or paths.Layout()
     systemd = systemd or Systemd()
@@ -269,22 +269,12 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     records, cursor = read_records(systemd, state.get("cursor", ""))
     state = add_records(dict(state, cursor=cursor), records, now)
     units = installed_jobs(layout)
-    timers = [paths.job_unit(job, "timer") for job in units]
-    services = [paths.job_unit(job, "service") for job in units]
-    # One systemctl call for both (a process less per pass); each unit answers what it has.
-    shown = systemd.show(timers + services, ["ActiveState", "UnitFileState", "NextElapseUSecRealtime",
-                                             "LastTriggerUSec", "TimersCalendar", "Result", "ExecMainStatus",
-                                             "ExecMainStartTimestamp", "ExecMainExitTimestamp"])
-    timer_props = service_props = shown
-    paused = Host(layout, systemd, host).paused_timers()
+    statuses = job_statuses(Host(layout, systemd, host), [paths.job_unit(job, "timer") for job in units])
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
     jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
     state = dict(state, jobs=jobs_state)
-    values = {}
-    for job, text in units.items():
-        timer, service = paths.job_unit(job, "timer"), paths.job_unit(job, "service")
-        status = job_status(timer, timer_props.get(timer, {}), service_props.get(service, {}), timer in paused)
-        values[job] = job_values(job, status, timer_settings(text), state)
+    values = {status.job: job_values(status.job, status, timer_settings(units[status.job]), state)
+              for status in statuses}
     text = textfile(host, version, values, now)
     url = read_heartbeat_url(layout)
     due = url and now - state.get("pinged", 0) >= PING_INTERVAL

@@ -118,8 +118,22 @@ def expect_json(value: str) -> str:
 
 def timezone(value: str) -> str:
     if not is_zone(value):
-        raise Invalid("%r is not an IANA time zone (e.g. Asia/Shanghai, UTC)" % (value,))
+        raise Invalid("%r is not an IANA time zone (e.g. Asia/Shanghai, UTC)%s" % (value, zone_hint(value)))
     return value
+
+
+def zone_hint(value: str) -> str:
+    """` (did you mean 'Asia/Shanghai'?)` for a zone in the wrong case or misspelt, else ""."""
+    import difflib
+
+    try:
+        from zoneinfo import available_timezones
+    except ImportError:  # python < 3.9 on the host: the deployer's side still says it
+        return ""
+    zones = sorted(available_timezones())
+    by_case = {zone.lower(): zone for zone in zones}
+    close = [by_case[value.lower()]] if value.lower() in by_case else difflib.get_close_matches(value, zones, 1, 0.8)
+    return " (did you mean %r?)" % close[0] if close else ""
 
 
 def is_zone(value: str) -> bool:

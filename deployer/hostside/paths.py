@@ -12,6 +12,8 @@ UNIT_PREFIX = "deployer-"
 MARKER = "# Managed by deployer: edits are overwritten by the next push."
 
 UNIT_DIR = "/etc/systemd/system"
+# Where `systemctl enable` links a timer (its WantedBy=timers.target), relative to UNIT_DIR.
+TIMERS_WANTS = "timers.target.wants"
 CREDENTIALS_DIR = "/etc/deployer/credentials"
 STATE_DIR = "/var/lib/deployer"
 LIB_DIR = STATE_DIR + "/lib"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -178,17 +179,74 @@ def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(cron01, 
     assert cron01.ssh("ls /etc/systemd/system | grep -cE '^deployer-j[0-9]+[.]' || true").stdout.strip() == "0"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: right after a 1,000-job push the first `systemctl show` of "
-                   "the units takes 45-65 s (PID 1 idle; later calls 3-6 s); cause not found yet")
-def test_status_of_a_thousand_jobs_right_after_the_push_takes_seconds(cron01, deployer, write_inventory):
+def test_status_of_a_thousand_jobs_right_after_the_push_costs_what_a_warm_one_does(cron01, deployer,
+                                                                                   write_inventory):
+    """Before: the first status after the push took 28-65 s, a second one 3-6 s (PID 1 computed
+    UnitFileState for every unit on first sight; hostside/dbus.py). A ratio, not a wall-clock limit."""
     path = thousand_jobs(cron01, write_inventory)
     deployer("push", "-i", path, check=True)
     started = time.monotonic()
     status = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)
-    seconds = time.monotonic() - started
-    print(f"status of {JOBS} jobs: {seconds:.1f}s")
+    cold = time.monotonic() - started
+    started = time.monotonic()
+    deployer("status", "-i", path, "--json", check=True)
+    warm = time.monotonic() - started
+    print(f"status of {JOBS} jobs right after the push: {cold:.1f}s, again: {warm:.1f}s")
     assert len(status["jobs"]) == JOBS and all(j["timer"] == "active" for j in status["jobs"])
-    assert seconds < 20
+    assert cold < 2 * warm + 1
+
+
+READ_BOTH_WAYS = """
+import json, subprocess, sys, types
+dbus = types.ModuleType("dbus")
+exec(sys.stdin.read(), dbus.__dict__)
+units, properties = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+with dbus.Connection() as bus:
+    values = bus.get_properties((dbus.object_path(u), i, p) for u in units for p, i in properties.items())
+shown = subprocess.run(["systemctl", "show", "-p", ",".join(properties)] + units, env={"TZ": "UTC"},
+                       stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+print(json.dumps({"bus": values, "show": shown}))
+"""
+
+
+def test_the_dbus_reader_reads_what_systemctl_show_reads(cron01, deployer, write_inventory, server):
+    """hostside/dbus.py against systemd's own client, property by property, for jobs that ran
+    ok, failed, never ran and are paused."""
+    from deployer.hostside import agent, dbus
+
+    server.routes["/ok"] = json_reply({"code": 0})
+    path = write_inventory(cron01.inventory_host() + job("ok", server.url("/ok")) + job("bad", "http://127.0.0.1:9/")
+                           + job("never", server.url("/ok"), "Mon *-*-* 03:07:00"))
+    deployer("push", "-i", path, check=True)
+    deployer("run", "ok", "-i", path, check=True)
+    deployer("run", "bad", "-i", path, check=False)
+    deployer("pause", "bad", "-i", path, check=True)
+    source = open(dbus.__file__).read()
+    compared = 0
+    for kind, wanted in (("timer", agent.TIMER_STATUS), ("service", agent.SERVICE_STATUS)):
+        units = [f"deployer-{name}.{kind}" for name in ("ok", "bad", "never")]
+        properties = {name: agent.BUS_PROPERTIES[name] for name in wanted}
+        both = json.loads(cron01.ssh(f"python3 -c {shlex.quote(READ_BOTH_WAYS)} {shlex.quote(json.dumps(units))} "
+                                     f"{shlex.quote(json.dumps(properties))}", input=source).stdout)
+        blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                  for block in both["show"].strip().split("\n\n")]
+        assert len(blocks) == len(units)
+        for index, (unit, block) in enumerate(zip(units, blocks)):
+            for offset, name in enumerate(properties):
+                value = both["bus"][index * len(properties) + offset]
+                text = agent.show_text(name, value)
+                if name == "TimersCalendar":
+                    assert agent.calendar_info(text) == agent.calendar_info(block[name]), unit
+                elif name.endswith(("USec", "Realtime", "Timestamp")):
+                    assert agent.iso_time(text) == agent.iso_time(block[name]), (unit, name, value, block[name])
+                else:
+                    assert text == block[name], (unit, name)
+                compared += 1
+        kinds = {name: [agent.show_text(name, both["bus"][i * len(properties) + o]) for i in range(len(units))]
+                 for o, name in enumerate(properties)}
+        if kind == "service":  # the three cases really differ: ok, failed, never run
+            assert kinds["Result"][:2] == ["success", "exit-code"] and kinds["ExecMainStartTimestamp"][2] == ""
+    assert compared == 3 * (len(agent.TIMER_STATUS) + len(agent.SERVICE_STATUS))
 
 
 # -- item 9 ------------------------------------------------------------------------------------

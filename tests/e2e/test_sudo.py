@@ -42,3 +42,26 @@ def test_without_sudo_a_non_root_user_gets_a_clear_refusal(cron_ops, server, dep
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "sudo = true" in result.stderr
+
+
+def test_sudo_that_asks_for_a_password_says_what_to_set_up(cron_ops, server, deployer, write_inventory):
+    """Before: `agent state failed (exit 1): sudo: a password is required`."""
+    cron_ops.ssh("rm /etc/sudoers.d/deployer-test")
+    path = write_inventory(cron_ops.inventory_host(user="ops", sudo="true")
+                           + f"[job:settle]\nschedule = 0 3 * * *\nurl = {server.url('/s')}\n")
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.stderr == ("deployer: error: host cron01: sudo = true, but ops on 127.0.0.1 may not run sudo "
+                             "without a password: give it a NOPASSWD rule in /etc/sudoers.d/, or log in as root\n")
+    assert cron_ops.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
+
+
+def test_a_missing_python_behind_sudo_names_the_key_to_set(cron_ops, server, deployer, write_inventory):
+    path = write_inventory(cron_ops.inventory_host(user="ops", sudo="true", python="/usr/bin/python9")
+                           + f"[job:settle]\nschedule = 0 3 * * *\nurl = {server.url('/s')}\n")
+
+    result = deployer("push", "-i", path, check=False)
+
+    assert result.stderr == ("deployer: error: host cron01: /usr/bin/python9 is not on 127.0.0.1: install python3 "
+                             "there, or set python in [host:cron01]\n")
