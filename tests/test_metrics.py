@@ -190,3 +190,22 @@ def test_every_family_is_written_once_with_help_and_type(host):
     text = collect(host)
     names = [f.name for f in metrics.JOB_FAMILIES + metrics.HOST_FAMILIES]
     assert [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")] == names
+
+
+def test_a_pass_that_read_records_looks_again_until_nothing_is_new(host):
+    layout, systemd = host
+    assert metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=systemd) == 1
+
+    class Arriving(FakeSystemd):
+        """A run ends while each of the first two passes runs."""
+
+        def run(self, args):
+            if args[0] == "journalctl" and len(self.records) < 3:
+                self.records.append(record("settle", 1795600000.0 + 60 * len(self.records)))
+            return super().run(args)
+
+    arriving = Arriving()
+    passes = metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=arriving)
+    assert passes == 4  # 1, 2 and 3 records read, then none
+    text = open(layout.at(paths.METRICS_DIR + "/" + paths.METRICS_FILE)).read()
+    assert parse(text)[series("deployer_job_runs_total", "settle")] == 3

@@ -300,10 +300,26 @@ def read_heartbeat_url(layout) -> str:
     return ""
 
 
+# Passes of one start at most: runs that end while a pass runs start the debounce timer in vain
+# (it is still elapsing), so the pass looks again, in-process, until a pass finds nothing new.
+MAX_PASSES = 5
+
+
+def collect_until_quiet(host: str, version: str, directory: str, layout=None, systemd=None, log=print) -> int:
+    """collect() until a pass reads no new record (the cursor stays); the number of passes."""
+    layout = layout or paths.Layout()
+    for number in range(1, MAX_PASSES + 1):
+        before = read_state(layout.at(paths.METRICS_STATE)).get("cursor", "")
+        collect(host, version, directory, layout=layout, systemd=systemd, log=log)
+        if read_state(layout.at(paths.METRICS_STATE)).get("cursor", "") == before:
+            break
+    return number
+
+
 def main(host: str, version: str, directory: str) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        collect(host, version, directory, log=log)
+        collect_until_quiet(host, version, directory, log=log)
     except (MetricsError, OSError) as error:
         log("metrics: %s" % error)
         return 1
