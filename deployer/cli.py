@@ -246,6 +246,9 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
         if doomed:
             click.echo(f"host {host_name}: push would remove {len(doomed)} "
                        f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
+        if state.held:
+            click.echo(f"host {host_name}: held (was down {_duration(state.held.down_for_seconds)}): a push "
+                       f"releases it, and its jobs run again")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
 
@@ -258,7 +261,8 @@ def _push_document(pushed) -> dict:
     done = {"reloaded": result.reloaded, "started": list(result.started), "restarted": list(result.restarted),
             "stopped": list(result.stopped), "enabled_for_boot": list(result.enabled_for_boot),
             "kept_paused": list(result.kept_paused),
-            "recovered_interrupted_push": result.recovered_interrupted_push} if result else {}
+            "recovered_interrupted_push": result.recovered_interrupted_push,
+            "released": _held_document(result.released)} if result else {}
     return {"host": pushed.host, **as_dict(pushed.plan), **done}
 
 
@@ -281,6 +285,9 @@ def _print_push(pushed, as_json: bool) -> None:
     if kept:
         click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
                    f"(--no-prune): {_names(kept)}")
+    if pushed.result and pushed.result.released:
+        click.echo(f"host {pushed.host}: released: it held its jobs (was down "
+                   f"{_duration(pushed.result.released.down_for_seconds)}); they run again")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
     click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
 
@@ -338,13 +345,18 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
 @inventory_option
 @click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.")
 @click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.")
+@click.option("--force", is_flag=True, help="SOURCE unreachable: do not wait out its lease (risks double runs).")
 @json_option
-def move(inventory_path, source, target, as_json):
+def move(inventory_path, source, target, force, as_json):
     """Hand jobs from one host to another without a double or a missed run.
 
     First set `host = TARGET` on the jobs in the inventory. Then this stops their timers on
     SOURCE, installs them on TARGET (a time that passed during the hand-over runs once
     there), and pushes SOURCE, which removes them. If TARGET refuses, SOURCE resumes.
+
+    SOURCE unreachable (down): this waits out SOURCE's lease from the moment it found it so,
+    after which SOURCE, if it boots again, holds its jobs; then installs them on TARGET and
+    records the takeover there. Push SOURCE when it is back: that removes them.
     """
     from . import deploy
     from .progress import Progress
@@ -353,17 +365,88 @@ def move(inventory_path, source, target, as_json):
     for name in (source, target):
         inv.host(name)
     progress = Progress(f"move {source} -> {target}", enabled=not as_json)
+
+    def wait(gone):
+        progress.done()
+        click.echo(f"deployer: {source} is unreachable ({gone.reason}).", err=True)
+        click.echo(f"deployer: waiting out its lease ({_duration(gone.lease)}) until {_clock(gone.until)}: if "
+                   f"{source} boots again after that, it holds its jobs instead of running them. Ctrl-C stops "
+                   f"here (nothing changed); --force skips the wait.", err=True)
+        countdown = Progress(f"waiting for {source}'s lease", enabled=not as_json)
+        countdown.started -= 1  # show the countdown from the first second
+        try:
+            deploy.wait_until(gone.until, tick=lambda left: countdown.update(f"{_duration(left)} left"))
+        finally:
+            countdown.done()
+        click.echo(f"deployer: {source}'s lease ran out; checking once more that it is still unreachable",
+                   err=True)
+
     try:
         moving, to_target, to_source = deploy.move(inv, source, target, lambda name: _connect(inv, name),
-                                                   progress=progress.update)
+                                                   progress=progress.update, force=force, wait=wait)
     finally:
         progress.done()
+    takeover = to_target.takeover
+    if takeover and takeover.forced:
+        click.echo(f"deployer: warning: --force: did not wait out {source}'s lease. If {source} is still up "
+                   f"(cut off from here, not down), it runs {', '.join(moving)} too: each runs twice until "
+                   f"it is powered off or cut off from the jobs' service; and if it boots within "
+                   f"{_duration(inv.host(source).lease)} of its last lease renewal, it runs them again.", err=True)
     if as_json:
-        click.echo(json.dumps({"moved": moving, "from": source, "to": target}, indent=2))
+        document = {"moved": moving, "from": source, "to": target}
+        if takeover:
+            document.update(source_unreachable=True, waited_seconds=takeover.waited_seconds, forced=takeover.forced)
+        click.echo(json.dumps(document, indent=2))
+        return
+    if takeover:
+        click.echo(f"took over {len(moving)} jobs of unreachable {source} on {target}: {', '.join(moving)}")
+        _print_push(to_target, False)
+        click.echo(f"host {source}: unreachable; when it is back it holds its jobs: push it "
+                   f"(deployer push --host {source}) to remove them there")
         return
     click.echo(f"moved {len(moving)} jobs from {source} to {target}: {', '.join(moving)}")
     _print_push(to_target, False)
     _print_push(to_source, False)
+
+
+def _duration(seconds: float) -> str:
+    from .hostside.protocol import duration_text
+
+    return duration_text(seconds)
+
+
+def _clock(moment: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S %Z", time.localtime(moment))
+
+
+@main.command(epilog=EPILOG)
+@inventory_option
+@host_option
+def release(inventory_path, host_name):
+    """End a hold: HOST's lease ran out while it was down, so it runs none of its jobs.
+
+    Confirms that HOST still owns the jobs installed on it: their timers start again (runs
+    missed while it was down are not made up: `deployer run JOB` runs one now). If some of
+    them moved elsewhere, push HOST instead: that removes those and releases the rest.
+    """
+    from . import remote
+
+    _, host_name, agent = _open_host(inventory_path, host_name)
+    answer = remote.release(agent)
+    if answer.released is None:
+        click.echo(f"host {host_name}: not held; nothing to release")
+        return
+    click.echo(f"host {host_name}: released (was down {_duration(answer.released.down_for_seconds)}); "
+               f"{len(answer.started)} job timers started")
+
+
+def _held_document(held) -> Optional[dict]:
+    """A hold as `status --json` and `push --json` show it: None when the host holds nothing."""
+    if held is None:
+        return None
+    return {"since": held.since, "down_for_seconds": held.down_for_seconds, "lease_seconds": held.lease_seconds}
 
 
 def _status_row(job) -> dict:
@@ -393,10 +476,14 @@ def status(inventory_path, host_name, as_json):
     from . import remote
 
     _, host_name, agent = _open_host(inventory_path, host_name)
-    rows = [_status_row(j) for j in remote.status(agent)]
+    answer = remote.host_status(agent)
+    rows = [_status_row(j) for j in answer.jobs]
     if as_json:
-        click.echo(json.dumps({"host": host_name, "jobs": rows}, indent=2))
+        click.echo(json.dumps({"host": host_name, "held": _held_document(answer.held), "jobs": rows}, indent=2))
         return
+    if answer.held:
+        click.echo(f"host {host_name}: held: was down {_duration(answer.held.down_for_seconds)}: no job runs "
+                   f"until `deployer push` or `deployer release --host {host_name}`")
     headers = ("job", "next", "last", "result", "schedule")
     table = [[h.upper() for h in headers]] + [
         [r["job"], r["next"] or "-", r["last"] or "-", r["result"], " | ".join(r["schedule"])]

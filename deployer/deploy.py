@@ -5,13 +5,14 @@ of the inventory when a step must look there. Tests pass in-process agents (remo
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import remote
-from .errors import DeployerError
+from .errors import AgentRefused, DeployerError, RemoteCommandError, RemoteError
 from .hostside import paths
-from .hostside.protocol import ApplyAnswer
+from .hostside.protocol import ApplyAnswer, Takeover
 from .models import Inventory, Plan, RemoteState
 from .plan import make_plan, removed_jobs, without_removals
 from .render import desired_files
@@ -26,6 +27,27 @@ class Pushed:
     host: str
     plan: Plan
     result: Optional[ApplyAnswer] = None  # None when there was nothing to do
+    takeover: Optional[Takeover] = None  # the jobs came from an unreachable host (deployer move)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A source host that did not answer: `move` waits out its lease from `since` (unix time)."""
+
+    host: str
+    reason: str
+    since: float
+    lease: float
+
+    @property
+    def until(self) -> float:
+        return self.since + self.lease
+
+
+def unreachable(error: RemoteError) -> bool:
+    """No answer at all (connection refused, timed out, host silent): not a host that answered
+    with a refusal or whose command failed."""
+    return not isinstance(error, (AgentRefused, RemoteCommandError))
 
 
 def job_of_timer(path: str) -> Optional[str]:
@@ -38,12 +60,19 @@ def check_owner(state: RemoteState, host_name: str) -> None:
                             f"install {host_name}'s jobs there (check its address, or use deployer move)")
 
 
-def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect: Connect) -> None:
-    """A job being added here must not still be installed on another host: it would run twice."""
-    for other in (h.name for h in inv.hosts if h.name != host_name):
+def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect: Connect,
+                        skip: tuple[str, ...] = ()) -> None:
+    """A job being added here must not still be installed on another host: it would run twice.
+    `skip`: hosts already dealt with (the unreachable source of a move, whose lease ran out)."""
+    for other in (h.name for h in inv.hosts if h.name != host_name and h.name not in skip):
         try:
             state = remote.read_state(connect(other))
         except DeployerError as error:
+            if isinstance(error, RemoteError) and unreachable(error):
+                raise DeployerError(f"cannot check that {other} no longer runs {', '.join(jobs)} ({error}). If "
+                                    f"{other} is down, take its jobs over with: deployer move --from {other} "
+                                    f"--to {host_name} (it waits out {other}'s lease; see docs/runbooks/"
+                                    f"host-down.md)") from None
             raise DeployerError(f"cannot check that {other} no longer runs {', '.join(jobs)} ({error}); "
                                 f"push {other} first, or use deployer move --from {other} --to {host_name}") from None
         still = sorted(j for j in jobs if any(job_of_timer(p) == j for p in state.files))
@@ -62,11 +91,13 @@ def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: boo
 
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
-         cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None) -> Pushed:
+         cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None,
+         takeover: Optional[Takeover] = None) -> Pushed:
     """Make the host hold exactly the inventory's files for it (one read, one apply).
 
     `prune=False` removes nothing. `confirm` is asked before a push that removes jobs; the host
     is not read again after it: the apply's expected state refuses a host changed meanwhile.
+    `takeover`: the jobs come from that unreachable host (deployer move); recorded on this one.
     """
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune)
@@ -77,23 +108,58 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         raise DeployerError(f"host {host_name}: push cancelled, nothing changed (--no-prune keeps "
                             f"{'that job' if len(doomed) == 1 else 'those jobs'}; --yes removes without asking)")
     added = [j for j in (job_of_timer(f.path) for f in the_plan.add) if j]
-    if added and cross_check and len(inv.hosts) > 1:
+    if added and (cross_check or takeover) and len(inv.hosts) > 1:
         progress("checking that no other host runs the new jobs")
-        check_not_elsewhere(inv, host_name, added, connect)
-    result = remote.apply(agent, the_plan, state, progress=progress, stamps=stamps)
-    return Pushed(host_name, the_plan, result)
+        check_not_elsewhere(inv, host_name, added, connect, skip=(takeover.source,) if takeover else ())
+    result = remote.apply(agent, the_plan, state, progress=progress, stamps=stamps, takeover=takeover)
+    return Pushed(host_name, the_plan, result, takeover)
+
+
+def wait_until(moment: float, clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+               tick: Callable[[float], None] = lambda left: None) -> None:
+    """Sleep until `moment` (unix time), calling `tick(seconds left)` about once a second."""
+    while True:
+        left = moment - clock()
+        if left <= 0:
+            return
+        tick(left)
+        sleep(min(left, 1.0))
 
 
 def move(inv: Inventory, source: str, target: str, connect: Connect,
-         progress: Callable[[str], None] = lambda text: None) -> tuple[list[str], Pushed, Pushed]:
+         progress: Callable[[str], None] = lambda text: None, force: bool = False,
+         wait: Callable[[Unreachable], None] = lambda gone: wait_until(gone.until),
+         clock: Callable[[], float] = time.time) -> tuple[list[str], Pushed, Optional[Pushed]]:
     """Hand the jobs the inventory designates to `target` but `source` still runs over to `target`.
 
     Their timers stop on `source` first; on `target` each starts with its last trigger set to
     that moment, so Persistent= runs a time that passed during the hand-over once, and never
     one that `source` already ran. Then `source` is pushed, which removes them there.
+
+    An unreachable `source` (down) cannot be asked to stop: the move waits out its lease from the
+    moment it found it unreachable (`wait`; `force` skips that), so that `source`, if it comes
+    back, holds its jobs at boot. If it answers by then, the hand-over is the normal one; else
+    the jobs are installed on `target` and the takeover is recorded there; `source` is pushed
+    (its jobs removed) when it is back. The third element is then None.
     """
     source_conn, target_conn = connect(source), connect(target)
-    on_source = {job_of_timer(p) for p in remote.read_state(source_conn).files} - {None}
+    try:
+        source_state = remote.read_state(source_conn)
+    except RemoteError as error:
+        if not unreachable(error):
+            raise
+        gone = Unreachable(source, str(error), clock(), inv.host(source).lease)
+        if not force:
+            wait(gone)
+            try:
+                source_state = remote.read_state(source_conn)
+            except RemoteError as again:
+                if not unreachable(again):
+                    raise
+                return take_over(inv, gone, target, target_conn, connect, progress, waited=clock() - gone.since)
+        else:
+            return take_over(inv, gone, target, target_conn, connect, progress, waited=0.0, forced=True)
+    on_source = {job_of_timer(p) for p in source_state.files} - {None}
     moving = sorted(on_source & {j.name for j in inv.jobs_for(target)})
     if not moving:
         raise DeployerError(f"nothing to move: no job designated to {target} (host = {target}) is installed "
@@ -110,3 +176,21 @@ def move(inv: Inventory, source: str, target: str, connect: Connect,
         raise
     to_source = push(inv, source, source_conn, connect, progress, cross_check=False)
     return moving, to_target, to_source
+
+
+def take_over(inv: Inventory, gone: Unreachable, target: str, target_conn: remote.Agent, connect: Connect,
+              progress: Callable[[str], None], waited: float, forced: bool = False
+              ) -> tuple[list[str], Pushed, None]:
+    """Install on `target` the jobs the inventory designates to it that it does not run yet (the
+    ones `gone` may have run), stamped with the moment `gone` was found unreachable: a slot that
+    passed since then runs once on `target`."""
+    the_plan, _ = plan_push(inv, target, target_conn)
+    moving = sorted(j for j in (job_of_timer(f.path) for f in the_plan.add) if j)
+    if not moving:
+        raise DeployerError(f"nothing to move: every job designated to {target} (host = {target}) is already "
+                            f"installed there; set host = {target} on {gone.host}'s jobs in {inv.path} first")
+    takeover = Takeover(source=gone.host, jobs=tuple(moving), unreachable_at=gone.since,
+                        waited_seconds=round(waited, 3), forced=forced)
+    stamps = {paths.job_unit(j, "timer"): gone.since for j in moving}
+    progress(f"installing {len(moving)} jobs of unreachable {gone.host} on {target}")
+    return moving, push(inv, target, target_conn, connect, progress, stamps=stamps, takeover=takeover), None

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import (JOB_OPTIONS, Invalid, boolean, calendar_lines, name, optional, text,
-                               url)
+from .hostside.options import (JOB_OPTIONS, Invalid, boolean, calendar_lines, duration_seconds, name, optional,
+                               text, url)
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar
 
@@ -22,6 +22,9 @@ _BARE_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
+# A lease under 10s would be renewed every few seconds for no gain; one over a week would leave
+# `deployer move` waiting for a week.
+MIN_LEASE, MAX_LEASE = 10.0, 7 * 86400.0
 
 
 def port(value: str) -> int:
@@ -85,6 +88,14 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def lease(value: str) -> float:
+    """How long a host's lease on its jobs lasts (renewed at a third of it while it is up)."""
+    seconds = duration_seconds(value)
+    if not MIN_LEASE <= seconds <= MAX_LEASE:
+        raise Invalid(f"{value!r} must be between {MIN_LEASE:g}s and {MAX_LEASE / 3600:g}h")
+    return seconds
+
+
 # --- the schema ---------------------------------------------------------------------------
 
 SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
@@ -103,6 +114,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "tasks_max": whole_number(1, 1 << 22),
         "metrics_dir": directory,
         "heartbeat_url": url,
+        "lease": lease,
     },
     "defaults": {o.key: o.parse for o in JOB_OPTIONS if not o.job_only},
     "alert": {"type": one_of(tuple(CHANNEL_TYPES)), "token": text, "secret": text, "endpoint": url},

@@ -32,6 +32,8 @@ class Host:
     # node_exporter's textfile directory ("" = no metrics), and a URL pinged every minute.
     metrics_dir: str = METRICS_DIR
     heartbeat_url: Optional[str] = None
+    # Seconds the host's lease on its jobs lasts: back after longer than this, it holds them.
+    lease: float = 300.0
 
 
 def _job_fields():
@@ -98,6 +100,7 @@ class RemoteState:
     contents: dict[str, bytes] = field(default_factory=dict)
     paused: frozenset[str] = frozenset()
     owner: Optional[str] = None  # the [host:NAME] whose jobs this machine runs, if pushed before
+    held: Optional[Any] = None  # protocol.Held when the host holds its jobs (a push releases them)
 
 
 @dataclass(frozen=True)

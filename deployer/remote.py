@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional
 from .errors import AgentRefused, HostSetupError, RemoteCommandError, RemoteError
 from .hostside import paths, protocol
 from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, JobStatus,
-                                LogsRequest, PauseRequest, ResumeRequest, RunAnswer, RunRequest, StateRequest,
-                                StatusRequest)
+                                LogsRequest, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeRequest, RunAnswer,
+                                RunRequest, StateRequest, StatusAnswer, StatusRequest, Takeover)
 from .models import Host, Plan, RemoteState
 
 CONNECT_TIMEOUT = 15
@@ -393,17 +393,17 @@ def read_state(agent: Agent, contents: bool = False) -> RemoteState:
     answer = agent.call(StateRequest(contents=contents))
     return RemoteState(files=dict(answer.files),
                        contents={p: base64.b64decode(c) for p, c in answer.contents.items()},
-                       paused=frozenset(answer.paused), owner=answer.owner)
+                       paused=frozenset(answer.paused), owner=answer.owner, held=answer.held)
 
 
 def apply(agent: Agent, plan: Plan, state: RemoteState, progress: Progress = None,
-          stamps: Optional[dict] = None) -> ApplyAnswer:
+          stamps: Optional[dict] = None, takeover: Optional[Takeover] = None) -> ApplyAnswer:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile.
     `stamps`: timer -> last trigger (unix time) to give added timers (see `deployer move`)."""
     writes = tuple(FileWrite(path=f.path, content=base64.b64encode(f.content).decode(), mode=f.mode,
                              start=f.start) for f in plan.add + plan.change)
     request = ApplyRequest(write=writes, remove=tuple(plan.remove), expect=dict(state.files),
-                           stamps=dict(stamps or {}))
+                           stamps=dict(stamps or {}), takeover=takeover)
     return agent.call(request, progress=progress)
 
 
@@ -421,6 +421,15 @@ def handoff(agent: Agent, jobs: list[str]) -> HandoffAnswer:
 
 def status(agent: Agent) -> tuple[JobStatus, ...]:
     return agent.call(StatusRequest()).jobs
+
+
+def host_status(agent: Agent) -> StatusAnswer:
+    """The jobs and, when the host holds them, since when (StatusAnswer.held)."""
+    return agent.call(StatusRequest())
+
+
+def release(agent: Agent) -> ReleaseAnswer:
+    return agent.call(ReleaseRequest())
 
 
 def run(agent: Agent, job: str) -> RunAnswer:

@@ -177,7 +177,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     secrets = job_credentials(job)
     soon = [paths.METRICS_SOON_TIMER] if metrics else []
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
-                  sandbox=sandbox)
+                  sandbox=sandbox, held=paths.HELD)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
@@ -252,7 +252,7 @@ def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
     return ((jobs_slice(host),) + render_units(jobs, host.python, host.sandbox, bool(host.metrics_dir)) + alerts
-            + metrics_units(host))
+            + lease_units(host) + metrics_units(host))
 
 
 def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:
@@ -264,9 +264,30 @@ def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:
     return ManagedFile(f"{paths.UNIT_DIR}/{paths.RECOVER_UNIT}", text.encode())
 
 
+def lease_every(lease: float) -> str:
+    """The renewal interval, a third of the lease, in systemd's syntax (100s, 3.333s)."""
+    return f"{lease / 3:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def lease_units(host: Host) -> tuple[ManagedFile, ...]:
+    """The lease on the host's jobs: a timer renewing it every third of its length, and the unit
+    that decides at boot, from the last renewal, whether the host holds its jobs."""
+    env = _environment()
+    common = dict(marker=paths.MARKER, lease_path=paths.LEASE, state_dir=paths.STATE_DIR, trigger=paths.TRIGGER_PATH)
+    timer = env.get_template("lease.timer.j2").render(**common, lease=f"{host.lease:g}s", every=lease_every(host.lease),
+                                                      service=paths.LEASE_SERVICE)
+    service = env.get_template("lease.service.j2").render(
+        **common, argv=[host.python, "-m", "deployer.hostside.agent", "--renew-lease", f"{host.lease:g}"])
+    hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, recover=paths.RECOVER_UNIT,
+                                                      python=host.python)
+    return (ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_SERVICE}", service.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_TIMER}", timer.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{paths.HOLD_UNIT}", hold.encode()))
+
+
 def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     """Everything `push --host` makes the host hold, the trigger bundle included."""
     from .bundle import trigger_bundle
 
-    return host_files(inventory, host_name) + (recover_unit(inventory.host(host_name).python),
-                                                ManagedFile(paths.TRIGGER_PATH, trigger_bundle()))
+    return host_files(inventory, host_name) + (recover_unit(inventory.host(host_name).python), ManagedFile(paths.TRIGGER_PATH,
+                                                                                       trigger_bundle()))

@@ -494,3 +494,100 @@ def test_a_timer_that_fires_while_the_push_stops_it_keeps_that_run(tmp_path):
     assert host.systemd.fired is not None, "the change must restamp the timer, or this test proves nothing"
     stamp = os.stat(os.path.join(host.layout.timer_stamps, "stamp-deployer-a.timer")).st_mtime
     assert stamp >= host.systemd.fired - 0.001
+
+
+# -- issue 13 item 1: the lease; a host back after it ran out holds its jobs ---------------------
+
+def lease_host(tmp_path, renewed: float, seconds: float = 300.0, timers=("a", "b")):
+    layout = paths.Layout(str(tmp_path))
+    os.makedirs(layout.unit_dir)
+    for name in timers:
+        Path(layout.unit_dir, paths.job_unit(name, "timer")).write_bytes(unit(name))
+    agent.renew_lease(seconds, layout, now=renewed)
+    return layout
+
+
+@pytest.mark.parametrize("away, held", [pytest.param(299.0, False, id="reboot-within-the-lease"),
+                                        pytest.param(7980.0, True, id="down-2h13m")])
+def test_a_host_back_after_its_lease_ran_out_holds_its_jobs(tmp_path, capsys, away, held):
+    layout = lease_host(tmp_path, renewed=1000.0)
+
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1000.0 + away) == 0
+
+    assert os.path.exists(layout.held) == held
+    out = capsys.readouterr().out
+    assert ("HOLDING every job" in out and "(2h13m)" in out) if held else "lease still valid" in out
+
+
+def test_a_hold_survives_a_reboot_and_an_unreadable_lease_holds(tmp_path):
+    layout = lease_host(tmp_path, renewed=1000.0)
+    Path(layout.lease).write_text("{not json")
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1001.0) == 0
+    assert os.path.exists(layout.held)
+    agent.renew_lease(300.0, layout, now=1002.0)  # a held host that is up renews all the same
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1003.0) == 0
+    assert os.path.exists(layout.held)
+
+
+def test_status_and_state_say_held_and_release_starts_the_timers_without_catch_up(tmp_path):
+    layout = lease_host(tmp_path, renewed=1000.0)
+    agent.hold_at_boot(layout, FakeSystemd(), now=1000.0 + 7980.0)
+    systemd = FakeSystemd()
+    host = LocalAgent("cron01", str(tmp_path), systemd)
+    os.makedirs(layout.paused_dir)
+    Path(layout.paused_dir, "deployer-b.timer").touch()
+
+    held = host.call(StatusRequest()).held
+    assert held.down_for_seconds == 7980.0 and held.lease_seconds == 300.0
+    assert host.call(StateRequest()).held == held
+
+    before = time.time()
+    answer = host.call(protocol.ReleaseRequest())
+
+    assert answer.released == held and answer.started == ("deployer-a.timer",)  # b stays paused
+    assert not os.path.exists(layout.held)
+    assert ("start", "--no-block", "deployer-a.timer") in systemd.systemctl_calls()
+    stamp = os.path.join(layout.timer_stamps, "stamp-deployer-a.timer")
+    assert os.stat(stamp).st_mtime >= before - 1  # the missed runs are not made up
+    assert host.call(protocol.ReleaseRequest()) == protocol.ReleaseAnswer()
+    assert host.call(StatusRequest()).held is None
+
+
+def test_a_push_to_a_held_host_prunes_and_releases(tmp_path):
+    layout = lease_host(tmp_path, renewed=1000.0, timers=())
+    systemd = FakeSystemd()
+    host = LocalAgent("cron01", str(tmp_path), systemd)
+    a, moved = f"{U}/deployer-a.timer", f"{U}/deployer-moved.timer"
+    host.call(ApplyRequest(write=(write(a, unit("a")), write(moved, unit("moved"))), expect=files(host)))
+    agent.hold_at_boot(layout, systemd, now=1000.0 + 400.0)
+    systemd.calls.clear()
+
+    answer = host.call(ApplyRequest(remove=(moved,), expect=files(host)))
+
+    assert answer.released is not None and answer.stopped == ("deployer-moved.timer",)
+    assert not os.path.exists(layout.held)
+    starts = [c for c in systemd.systemctl_calls() if c[0] == "start"]
+    assert starts == [("start", "--no-block", "deployer-a.timer")]  # never the pruned one
+
+
+def test_the_takeover_is_recorded_on_the_host_that_took_the_jobs(host, tmp_path):
+    takeover = protocol.Takeover("cron02", ("a",), unreachable_at=5.0, waited_seconds=10.0)
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect=files(host),
+                           takeover=takeover))
+    recorded = json.loads(Path(host.layout.takeovers).read_text())["takeovers"]
+    assert [(t["source"], t["jobs"], t["waited_seconds"], t["forced"]) for t in recorded] == [
+        ("cron02", ["a"], 10.0, False)]
+
+
+def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_while_held():
+    from deployer.models import Host
+    from deployer.render import lease_units
+
+    service, timer, hold = (f.content.decode().splitlines() for f in lease_units(Host("cron01", "x", lease=10.0)))
+    for line in ("DefaultDependencies=no", f"Before=sysinit.target shutdown.target {paths.RECOVER_UNIT}",
+                 f"ConditionPathExists={paths.LEASE}", "WantedBy=sysinit.target",
+                 "ExecStart=/usr/bin/python3 -m deployer.hostside.agent --hold-at-boot"):
+        assert line in hold
+    assert "OnUnitActiveSec=3.333s" in timer and "OnBootSec=0" in timer
+    assert 'ExecStart="/usr/bin/python3" "-m" "deployer.hostside.agent" "--renew-lease" "10"' in service
+    assert switch_plan({}, {f"{U}/{paths.HOLD_UNIT}": "S/h"}, {}, [], set(), {}, 1.0).enable == (paths.HOLD_UNIT,)

@@ -355,3 +355,22 @@ def test_probe16_4_alerts_and_pings_trust_the_hosts_store_like_jobs(tmp_path, mo
         assert received == ["/hook", "/hc"]
     finally:
         httpd.shutdown()
+
+
+def test_a_hold_found_at_boot_is_alerted_once_per_hold_and_channel(tmp_path):
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps({"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 7980.5,
+                                "lease_seconds": 300.0}))
+    state = str(tmp_path)
+
+    events = alert.held_events("cron02", state, "ops", held_path=str(held))
+
+    assert alert.held_events("cron02", state, "ops", held_path=str(held)) == []  # once
+    assert len(alert.held_events("cron02", state, "oncall", held_path=str(held))) == 1  # per channel
+    title, text = alert.format_events(events)
+    assert title == "deployer: host cron02 HOLDS its jobs (was down 2h13m)"
+    assert "lease (5m00s) ran out" in text and "deployer release --host cron02" in text
+    held.write_text(json.dumps({"since": "2026-11-26T09:00:00+00:00", "down_for_seconds": 60, "lease_seconds": 10}))
+    assert len(alert.held_events("cron02", state, "ops", held_path=str(held))) == 1  # a new hold
+    held.unlink()
+    assert alert.held_events("cron02", state, "ops", held_path=str(held)) == []

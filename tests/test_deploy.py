@@ -7,7 +7,7 @@ import time
 import pytest
 
 from deployer import deploy, inventory, remote
-from deployer.errors import AgentRefused, DeployerError
+from deployer.errors import AgentRefused, DeployerError, RemoteError
 from deployer.hostside import paths, protocol
 from tests.test_agent import FakeSystemd
 
@@ -38,7 +38,7 @@ def test_a_second_push_plans_nothing(tmp_path, hosts):
     inv = load(tmp_path, jobs("cron01"))
     first = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
     again = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
-    assert first.result.started == ("deployer-a.timer", "deployer-b.timer", paths.HEARTBEAT_TIMER)
+    assert first.result.started == ("deployer-a.timer", "deployer-b.timer", paths.HEARTBEAT_TIMER, paths.LEASE_TIMER)
     assert again.plan.is_noop and again.result is None
 
 
@@ -73,6 +73,87 @@ def test_move_rolls_back_when_the_target_refuses(tmp_path, hosts):
     assert source_calls[-2:] == [("systemctl", "enable", "--now", "deployer-a.timer"),  # the rollback
                                  ("systemctl", "start", "--no-block", paths.METRICS_SERVICE)]  # its metrics
     assert timers(hosts["cron01"]) == {"a", "b"} and timers(hosts["cron02"]) == set()
+
+
+# -- issue 13 item 1: failover from a host that does not answer ----------------------------------
+
+class Switchable(remote.Agent):
+    """A host that can be powered off: while `down`, every call fails as an unreachable one does."""
+
+    def __init__(self, agent: remote.LocalAgent):
+        self.agent, self.host, self.down = agent, agent.host, False
+
+    def call(self, request, progress=None):
+        if self.down:
+            raise RemoteError(self.host, "cannot connect to 10.0.0.2: [Errno 111] Connection refused")
+        return self.agent.call(request, progress)
+
+
+@pytest.fixture
+def dead_cron02(tmp_path, hosts):
+    """cron02 ran job a; then it went down, and the inventory now designates a to cron01."""
+    cron02 = Switchable(hosts["cron02"])
+    connect = {"cron01": hosts["cron01"], "cron02": cron02}.get
+    deploy.push(load(tmp_path, jobs("cron02")), "cron02", cron02, connect)
+    deploy.push(load(tmp_path, jobs("cron02")), "cron01", hosts["cron01"], connect)
+    cron02.down = True
+    return cron02, connect
+
+
+def test_a_push_that_needs_a_dead_host_points_at_move(tmp_path, hosts, dead_cron02):
+    _, connect = dead_cron02
+    with pytest.raises(DeployerError, match="If cron02 is down, take its jobs over with: deployer move "
+                                            "--from cron02 --to cron01"):
+        deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], connect)
+
+
+def test_move_from_a_dead_host_waits_out_its_lease_then_takes_the_jobs_over(tmp_path, hosts, dead_cron02):
+    _, connect = dead_cron02
+    inv = load(tmp_path, jobs("cron01"))
+    waits = []
+
+    moving, to_target, to_source = deploy.move(inv, "cron02", "cron01", connect, wait=waits.append,
+                                               clock=lambda: 5000.0)
+
+    assert [(w.host, w.since, w.lease, w.until) for w in waits] == [("cron02", 5000.0, 300.0, 5300.0)]
+    assert "Connection refused" in waits[0].reason
+    assert moving == ["a"] and to_source is None and timers(hosts["cron01"]) == {"a", "b"}
+    assert to_target.takeover == protocol.Takeover("cron02", ("a",), unreachable_at=5000.0, waited_seconds=0.0)
+    # Persistent= on cron01 runs once a slot that passed since cron02 was found unreachable.
+    stamp = hosts["cron01"].layout.at(paths.TIMER_STAMPS + "/stamp-deployer-a.timer")
+    assert os.stat(stamp).st_mtime == 5000.0
+    recorded = hosts["cron01"].layout.takeovers
+    assert '"source": "cron02"' in open(recorded).read()
+
+
+def test_move_with_force_does_not_wait_and_says_so_in_the_record(tmp_path, hosts, dead_cron02):
+    _, connect = dead_cron02
+    moving, to_target, _ = deploy.move(load(tmp_path, jobs("cron01")), "cron02", "cron01", connect, force=True,
+                                       wait=lambda gone: pytest.fail("waited"))
+    assert moving == ["a"] and to_target.takeover.forced
+
+
+def test_a_source_back_before_the_lease_ran_out_gets_the_normal_hand_over(tmp_path, hosts, dead_cron02):
+    cron02, connect = dead_cron02
+
+    def comes_back(gone):
+        cron02.down = False
+
+    moving, to_target, to_source = deploy.move(load(tmp_path, jobs("cron01")), "cron02", "cron01", connect,
+                                               wait=comes_back)
+
+    assert moving == ["a"] and to_target.takeover is None and to_source is not None
+    assert timers(hosts["cron02"]) == set() and timers(hosts["cron01"]) == {"a", "b"}
+
+
+def test_wait_until_counts_down_once_a_second():
+    now, ticks = [100.0], []
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    deploy.wait_until(102.5, clock=lambda: now[0], sleep=sleep, tick=ticks.append)
+    assert ticks == [2.5, 1.5, 0.5] and now[0] == 102.5
 
 
 def test_a_push_that_removes_jobs_asks_first_and_a_no_changes_nothing(tmp_path, hosts):

@@ -149,9 +149,16 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     pytest.param("cpu_weight", "0", "'0' is not a whole number from 1 to 10000", id="cpu-weight"),
     pytest.param("tasks_max", "-1", "'-1' is not a whole number from 1 to 4194304", id="tasks"),
     pytest.param("sandbox", "none", "'none' is not one of strict, fast", id="sandbox"),
+    pytest.param("lease", "5s", "'5s' must be between 10s and 168h", id="lease-too-short"),
+    pytest.param("lease", "soon", "'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="lease-not-a-duration"),
 ])
 def test_host_ceiling_values(key, value, message):
     assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
+
+
+def test_a_hosts_lease_is_5_minutes_unless_it_says_otherwise():
+    assert parse(HOST).hosts[0].lease == 300.0
+    assert parse(HOST + "lease = 1h30m\n").hosts[0].lease == 5400.0
 
 
 def test_host_ceiling_parsed():

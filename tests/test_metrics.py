@@ -119,6 +119,7 @@ def test_runs_become_counters_and_last_values(host):
     assert values[series("deployer_job_runs_total", "report")] == 0
     assert series("deployer_job_last_success", "report") not in values  # never ran: no last_* series
     assert values['deployer_jobs{deployer_host="cron01"}'] == 2
+    assert values['deployer_held{deployer_host="cron01"}'] == 0
     assert values['deployer_build_info{deployer_host="cron01",version="1.2.3"}'] == 1
     assert values['deployer_heartbeat_timestamp_seconds{deployer_host="cron01"}'] == 1795615200
 
@@ -209,3 +210,11 @@ def test_a_pass_that_read_records_looks_again_until_nothing_is_new(host):
     assert passes == 4  # 1, 2 and 3 records read, then none
     text = open(layout.at(paths.METRICS_DIR + "/" + paths.METRICS_FILE)).read()
     assert parse(text)[series("deployer_job_runs_total", "settle")] == 3
+
+
+def test_a_host_that_holds_its_jobs_says_so(host):
+    layout, _ = host
+    os.makedirs(os.path.dirname(layout.held), exist_ok=True)
+    with open(layout.held, "w") as handle:
+        json.dump({"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 900.0, "lease_seconds": 300.0}, handle)
+    assert parse(collect(host))['deployer_held{deployer_host="cron01"}'] == 1

@@ -8,18 +8,20 @@ import pytest
 from deployer.errors import AgentRefused
 from deployer.hostside import protocol
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, FileWrite, HandoffAnswer,
-                                        HandoffRequest, JobStatus, LogsAnswer, LogsRequest, PauseAnswer,
-                                        PauseRequest, ResumeAnswer, ResumeRequest, RunAnswer, RunRequest,
-                                        StateAnswer, StateRequest, StatusAnswer, StatusRequest)
+                                        HandoffRequest, Held, JobStatus, LogsAnswer, LogsRequest, PauseAnswer,
+                                        PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer, ResumeRequest,
+                                        RunAnswer, RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
 from deployer.remote import Agent
 
 EXAMPLES = [
     (StateRequest(contents=True), StateAnswer(files={"/etc/systemd/system/deployer-a.timer": "ab"},
                                                contents={"/etc/systemd/system/deployer-a.timer": "eA=="},
-                                               paused=("deployer-a.timer",), owner="cron01")),
+                                               paused=("deployer-a.timer",), owner="cron01",
+                                               held=Held("2026-11-25T14:00:00+00:00", 7980.5, 300.0))),
     (ApplyRequest(write=(FileWrite("/etc/systemd/system/deployer-a.timer", "eA==", 0o644, False),),
                   remove=("/etc/systemd/system/deployer-b.timer",), expect={"/x": "y"},
-                  stamps={"deployer-a.timer": 17.5}),
+                  stamps={"deployer-a.timer": 17.5},
+                  takeover=protocol.Takeover("cron02", ("a",), unreachable_at=10.5, waited_seconds=300.0)),
      ApplyAnswer(reloaded=True, started=("deployer-a.timer",), seconds={"lock": 0.01})),
     (StatusRequest(), StatusAnswer(jobs=(JobStatus("a", "deployer-a.timer", "deployer-a.service",
                                                    calendar=("*-*-* 03:00:00 UTC",), exit_status=1),))),
@@ -28,6 +30,8 @@ EXAMPLES = [
     (PauseRequest("a"), PauseAnswer("deployer-a.timer")),
     (ResumeRequest("a"), ResumeAnswer("deployer-a.timer")),
     (HandoffRequest(("a", "b")), HandoffAnswer(("deployer-a.timer",), at=12.25)),
+    (ReleaseRequest(), ReleaseAnswer(released=Held("2026-11-25T14:00:00+00:00", 12.0, 10.0),
+                                     started=("deployer-a.timer",))),
 ]
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from deployer.hostside import dbus, paths, protocol
-from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest,
+from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         JobStatus, LogsAnswer, LogsRequest, PauseAnswer, PauseRequest,
-                                        ResumeAnswer, ResumeRequest, RunAnswer, RunRequest, StateAnswer,
-                                        StateRequest, StatusAnswer, StatusRequest)
+                                        ReleaseAnswer, ReleaseRequest, ResumeAnswer, ResumeRequest, RunAnswer,
+                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
 
 # -- paths ------------------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
         unpause=tuple(t for t in removed if t in paused),
         reload=any(p.startswith(in_units) for p in list(staged) + list(removes)),
         enable=tuple(t for t in added if t not in paused) + tuple(
-            RECOVER_UNIT for p in staged if unit_name(p) == RECOVER_UNIT and p not in current),
+            unit_name(p) for p in sorted(staged) if unit_name(p) in paths.BOOT_UNITS and p not in current),
         start=tuple(t for t in added + changed if t not in boot_only and t not in paused),
     )
 
@@ -158,6 +158,22 @@ def calendar_info(value):
             lines.append(fields_["OnCalendar"])
         nexts.append(iso_time(fields_.get("next_elapse", "")))
     return lines, min([n for n in nexts if n] or [""])
+
+
+# The takeovers kept in paths.TAKEOVERS (the newest).
+TAKEOVERS_KEPT = 50
+
+
+def lease_ran_out(lease, now):
+    """The lease document {"renewed", "seconds"} read at boot -> Held when it ran out before
+    `now`, else None. An unreadable lease holds too: a double run is the worse mistake."""
+    try:
+        renewed, seconds = float(lease["renewed"]), float(lease["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return Held(since=iso_time("@%d" % now), down_for_seconds=0.0, lease_seconds=0.0)
+    if now - renewed <= seconds:
+        return None
+    return Held(since=iso_time("@%d" % now), down_for_seconds=round(now - renewed, 3), lease_seconds=seconds)
 
 
 # The properties a status reads, by the D-Bus interface that holds them (Systemd.properties).
@@ -613,6 +629,59 @@ class Host:
                              "host %r's jobs here. Check the address in the inventory, or hand the jobs over "
                              "with `deployer move`" % (owner.get("host"), self.name))
 
+    def read_held(self):
+        """Held when this host holds its jobs (paths.HELD), else None."""
+        shown = self.layout.to_host(self.layout.held)
+        document = self.read_state_file(self.layout.held, "this host holds its jobs",
+                                        "`deployer release --host %s` (or a push) removes it" % self.name)
+        if document is None:
+            return None
+        try:
+            return protocol.from_json(Held, document)
+        except protocol.ProtocolError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s is corrupt (%s): the host holds its jobs; "
+                             "`deployer release` ends that" % (shown, error.message))
+
+    def job_timers(self):
+        """The job timers installed here (files; whatever systemd thinks of them)."""
+        try:
+            names = os.listdir(self.layout.unit_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(".timer") and paths.job_of_unit(n) is not None)
+
+    def release(self, skip=()):
+        """End a hold: the job timers (but paused ones and `skip`, which the caller starts or
+        removes) start again, their last trigger now: the runs missed while the host was down and
+        then held are not made up (another host may have run them). -> (Held or None, started)"""
+        if not os.path.lexists(self.layout.held):
+            return None, ()
+        try:
+            held = self.read_held()
+        except AgentError:
+            held = Held()  # a corrupt marker still holds; releasing it is what was asked
+        leave = self.paused_timers() | set(skip)
+        timers = [t for t in self.job_timers() if t not in leave]
+        self.set_last_trigger(timers, time.time())
+        os.unlink(self.layout.held)
+        if timers:
+            progress("releasing the hold: starting %d timers" % len(timers))
+            for chunk in chunks(timers, UNIT_CHUNK):
+                self.systemd.systemctl("start", "--no-block", *chunk)
+            self.systemd.wait_active(timers)
+        return held, tuple(timers)
+
+    def record_takeover(self, takeover):
+        shown = self.layout.to_host(self.layout.takeovers)
+        try:
+            document = self.read_state_file(self.layout.takeovers, "the takeovers recorded here",
+                                            "Move it aside (mv %s %s.broken)" % (shown, shown)) or {}
+        except AgentError:
+            document = {}  # a record must not stop the takeover that it records
+        kept = [t for t in document.get("takeovers", []) if isinstance(t, dict)][-(TAKEOVERS_KEPT - 1):]
+        entry = dict(protocol.to_json(takeover), at=time.time())
+        self.write_atomically(self.layout.takeovers, json.dumps({"takeovers": kept + [entry]}, indent=1), 0o644)
+
     def installed(self, job, suffix):
         unit = paths.job_unit(job, suffix)
         if not os.path.exists(os.path.join(self.layout.unit_dir, unit)):
@@ -632,7 +701,7 @@ def op_state(host, request):
                     contents[path] = base64.b64encode(handle.read()).decode()
     owner = host.read_owner()
     return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
-                       owner=(owner or {}).get("host"))
+                       owner=(owner or {}).get("host"), held=host.read_held())
 
 
 def op_apply(host, request):
@@ -687,8 +756,14 @@ def apply_locked(host, request, watch):
                          "some space and push again" % (layout.to_host(error.filename) if error.filename
                                                          else "writing the new files"))
     watch.lap("switch")
+    # A push confirms what the host owns: a hold ends here. The timers the switch starts, restarts
+    # or removes are its own; the others start now (before the switch: the held marker must be
+    # gone before the switch starts any timer, or systemd would skip the start).
+    released, _ = host.release(skip=set(journal.start) | set(journal.restamp) | set(journal.disable))
     host.play(journal)
     os.unlink(layout.journal)
+    if request.takeover is not None:
+        host.record_takeover(request.takeover)
     refresh_metrics(host)
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
@@ -697,7 +772,7 @@ def apply_locked(host, request, watch):
     return ApplyAnswer(reloaded=journal.reload, started=tuple(t for t in journal.start if t in added),
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
-                       recovered_interrupted_push=recovered, seconds=watch.steps)
+                       recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
 
 
 def refresh_metrics(host):
@@ -723,7 +798,7 @@ def check_unmanaged(host, current, writes, removes):
 def op_status(host, request):
     timers = sorted(unit_name(p) for p in host.managed_files()
                     if p.endswith(".timer") and paths.job_of_unit(p) is not None)
-    return StatusAnswer(jobs=job_statuses(host, timers))
+    return StatusAnswer(jobs=job_statuses(host, timers), held=host.read_held())
 
 
 def job_statuses(host, timers):
@@ -794,11 +869,18 @@ def op_handoff(host, request):
         return HandoffAnswer(stopped=tuple(timers), at=time.time())
 
 
+def op_release(host, request):
+    """`deployer release`: the operator confirms that this host still owns its jobs."""
+    with host.locked():
+        held, started = host.release()
+        return ReleaseAnswer(released=held, started=started)
+
+
 # -- dispatch ---------------------------------------------------------------------------------
 
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
-              HandoffRequest: op_handoff}
+              HandoffRequest: op_handoff, ReleaseRequest: op_release}
 
 
 def handle(raw, layout=None, systemd=None, require_root=True):
@@ -835,10 +917,58 @@ def boot(layout=None, systemd=None):
     return 0
 
 
+def hold_at_boot(layout=None, systemd=None, now=None):
+    """deployer-lease@boot.service: before any timer, hold every job when the lease ran out while
+    the host was down (its jobs may have moved). -> exit status"""
+    host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
+    now = time.time() if now is None else now
+    try:
+        with host.locked():
+            if os.path.lexists(host.layout.held):
+                print("deployer: still holding every job (since an earlier boot) until `deployer push` or "
+                      "`deployer release`")
+                return 0
+            try:
+                lease = host.read_state_file(host.layout.lease, "the lease", "")
+            except AgentError:
+                lease = {}
+            if lease is None:
+                print("deployer: no lease recorded: the jobs run")
+                return 0
+            held = lease_ran_out(lease, now)
+            if held is None:
+                print("deployer: lease still valid (renewed %s before this boot): the jobs run"
+                      % protocol.duration_text(now - float(lease["renewed"])))
+                return 0
+            host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
+    except (AgentError, OSError) as error:
+        sys.stderr.write("deployer agent --hold-at-boot: %s\n" % error)
+        return 1
+    why = ("the lease (%s) ran out while this host was down (%s)"
+           % (protocol.duration_text(held.lease_seconds), protocol.duration_text(held.down_for_seconds))
+           if held.lease_seconds else "the lease file is unreadable")
+    print("deployer: HOLDING every job: %s; no job runs until `deployer push` or `deployer release` confirms "
+          "what this host still owns" % why)
+    return 0
+
+
+def renew_lease(seconds, layout=None, now=None):
+    """deployer-lease@renew.service: this host is up and runs its jobs, for `seconds` more."""
+    layout = layout or paths.Layout()
+    host = Host(layout, Systemd(), "lease")
+    host.write_atomically(layout.lease, json.dumps({"renewed": time.time() if now is None else now,
+                                                     "seconds": seconds}), 0o644)
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--boot"]:
         sys.exit(boot())
+    if argv == ["--hold-at-boot"]:
+        sys.exit(hold_at_boot())
+    if len(argv) == 2 and argv[0] == "--renew-lease":
+        sys.exit(renew_lease(float(argv[1])))
     heartbeat()
     answer = handle(sys.stdin.buffer.read())
     try:

@@ -32,7 +32,10 @@ ORPHANED_AFTER = RATE_WINDOW + 180
 
 def format_events(events: list[dict]) -> tuple[str, str]:
     """One message for one or several failed runs: (title, markdown text), bounded in size."""
-    if len(events) == 1:
+    if len(events) == 1 and events[0].get("kind") == "held":
+        e = events[0]
+        title = f"deployer: host {e['host']} HOLDS its jobs (was down {e['down_for']})"
+    elif len(events) == 1:
         e = events[0]
         verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
         title = f"deployer: job {e['job']} {verb} on {e['host']}"
@@ -40,6 +43,14 @@ def format_events(events: list[dict]) -> tuple[str, str]:
         title = f"deployer: {len(events)} job runs failed on {events[0]['host']}"
     parts = [f"**{title}**"]
     for e in events:
+        if e.get("kind") == "held":
+            if len(events) > 1:
+                parts.append(f"**host {e['host']} HOLDS its jobs**")
+            parts.append(f"Its lease ({e['lease']}) ran out while it was down ({e['down_for']}, back at "
+                         f"{e['since']}): its jobs may run elsewhere now, so none runs here until "
+                         f"`deployer push --host {e['host']}` or `deployer release --host {e['host']}` "
+                         "confirms what it still owns.")
+            continue
         if len(events) > 1:
             parts.append(f"**{e['job']}**")
         if e.get("kind") == "recovered":
@@ -511,6 +522,34 @@ def boot_jobs(channel: str, find=journal_failed_runs) -> list:
     return jobs
 
 
+def held_events(host_name: str, state: str, channel: str, held_path: str = paths.HELD) -> list:
+    """The hold that the boot found (agent --hold-at-boot), once per hold and channel: the boot
+    it began at is noted in the channel's state."""
+    from .protocol import duration_text
+
+    try:
+        with open(held_path, encoding="utf-8") as handle:
+            held = json.load(handle)
+        since = str(held["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    noted = os.path.join(state, "held-alerted." + channel)
+    try:
+        with open(noted, encoding="utf-8") as handle:
+            if handle.read().strip() == since:
+                return []
+    except OSError:
+        pass
+    try:
+        with open(noted, "w", encoding="utf-8") as handle:
+            handle.write(since)
+    except OSError:
+        pass
+    return [{"kind": "held", "host": host_name, "since": since, "time": now_text(),
+             "down_for": duration_text(float(held.get("down_for_seconds") or 0)),
+             "lease": duration_text(float(held.get("lease_seconds") or 0))}]
+
+
 def channel_of(job: str) -> str:
     """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
     prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
@@ -557,7 +596,8 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return report_failures(name, host_name, state, send_and_mark, log, **how)
 
     if mode == "boot":
-        return all([report(name) for name in boot_jobs(channel.name)] + [send([], take_queued=True)])
+        held = held_events(host_name, state, channel.name)
+        return all([report(name) for name in boot_jobs(channel.name)] + [send(held, take_queued=True)])
     if mode == "sweep":
         # ExecStopPost= cannot read the unit's credentials (v252: permission denied): queue what
         # it finds and fail, so that the restart (RestartSec=) sends it.

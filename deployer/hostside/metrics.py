@@ -108,6 +108,7 @@ JOB_FAMILIES = (
 HOST_FAMILIES = (
     Family("deployer_heartbeat_timestamp_seconds", "gauge", "When the host last wrote its metrics (every minute)."),
     Family("deployer_jobs", "gauge", "Jobs installed on the host."),
+    Family("deployer_held", "gauge", "1 if the host holds its jobs (its lease ran out while it was down)."),
     Family("deployer_build_info", "gauge", "The deployer version that pushed the host's units."),
 )
 
@@ -148,7 +149,8 @@ def job_values(job: str, status, settings: Dict[str, float], state: dict) -> Dic
     }
 
 
-def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]], now: float) -> str:
+def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]], now: float,
+             held: bool = False) -> str:
     """The node_exporter textfile: every family once, HELP and TYPE first (promtool's rules)."""
     out = []
     host_label = 'deployer_host="%s"' % label_value(host)
@@ -159,6 +161,7 @@ def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]
             out += ["# HELP %s %s" % (family.name, family.help), "# TYPE %s %s" % (family.name, family.kind)] + samples
     host_values = {"deployer_heartbeat_timestamp_seconds": '{%s} %s' % (host_label, number(round(now, 3))),
                    "deployer_jobs": '{%s} %d' % (host_label, len(jobs)),
+                   "deployer_held": '{%s} %d' % (host_label, 1 if held else 0),
                    "deployer_build_info": '{%s,version="%s"} 1' % (host_label, label_value(version))}
     for family in HOST_FAMILIES:
         out += ["# HELP %s %s" % (family.name, family.help), "# TYPE %s %s" % (family.name, family.kind),
@@ -269,13 +272,14 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     records, cursor = read_records(systemd, state.get("cursor", ""))
     state = add_records(dict(state, cursor=cursor), records, now)
     units = installed_jobs(layout)
-    statuses = job_statuses(Host(layout, systemd, host), [paths.job_unit(job, "timer") for job in units])
+    machine = Host(layout, systemd, host)
+    statuses = job_statuses(machine, [paths.job_unit(job, "timer") for job in units])
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
     jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
     state = dict(state, jobs=jobs_state)
     values = {status.job: job_values(status.job, status, timer_settings(units[status.job]), state)
               for status in statuses}
-    text = textfile(host, version, values, now)
+    text = textfile(host, version, values, now, held=machine.read_held() is not None)
     url = read_heartbeat_url(layout)
     due = url and now - state.get("pinged", 0) >= PING_INTERVAL
     if due:

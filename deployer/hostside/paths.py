@@ -21,6 +21,13 @@ TRIGGER_PATH = LIB_DIR + "/trigger.pyz"
 JOURNAL = STATE_DIR + "/pending-switch.json"
 PAUSED_DIR = STATE_DIR + "/paused"
 OWNER = STATE_DIR + "/owner.json"
+# The lease: {"renewed": unix time, "seconds": N}, rewritten every N/3 s while the host is up.
+LEASE = STATE_DIR + "/lease.json"
+# Present while the host holds its jobs (its lease ran out while it was down): every job timer
+# has ConditionPathExists=!HELD, so none starts, not even for a Persistent= catch-up run.
+HELD = STATE_DIR + "/held.json"
+# The takeovers this host made from an unreachable one (`deployer move`), newest last.
+TAKEOVERS = STATE_DIR + "/takeovers.json"
 # Root-owned and created 0700 by the agent: unlike /run/lock (world-writable), no local user
 # can plant a link or hold the lock here.
 RUN_DIR = "/run/deployer"
@@ -70,6 +77,13 @@ JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
 REQUEST_KEY = "X-Deployer-Request"
 # At boot, before any timer: finishes a switch that a crash interrupted.
 RECOVER_UNIT = UNIT_PREFIX + "recover.service"
+# The lease: a timer that renews it, and a unit that decides at boot, before any timer and
+# before the recovery, whether the host holds its jobs. Instance names: never taken for a job's.
+LEASE_TIMER = UNIT_PREFIX + "lease@renew.timer"
+LEASE_SERVICE = UNIT_PREFIX + "lease@renew.service"
+HOLD_UNIT = UNIT_PREFIX + "lease@boot.service"
+# Enabled (for sysinit.target) by the push that first installs them.
+BOOT_UNITS = (HOLD_UNIT, RECOVER_UNIT)
 
 # Metrics (issue 14). Debian's prometheus-node-exporter reads every *.prom in this directory
 # (its textfile collector); `metrics_dir` on a [host:*] picks another, "" turns metrics off.
@@ -158,6 +172,18 @@ class Layout:
     @property
     def owner(self) -> str:
         return self.at(OWNER)
+
+    @property
+    def lease(self) -> str:
+        return self.at(LEASE)
+
+    @property
+    def held(self) -> str:
+        return self.at(HELD)
+
+    @property
+    def takeovers(self) -> str:
+        return self.at(TAKEOVERS)
 
     @property
     def run_dir(self) -> str:

@@ -43,6 +43,36 @@ class ProtocolError(Exception):
 # -- requests and answers ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Held:
+    """A host that holds its jobs: its lease ran out while it was down (found at boot)."""
+
+    since: str = ""                # ISO 8601: the boot that found the lease run out
+    down_for_seconds: float = 0.0  # from the last renewal before it went down to that boot
+    lease_seconds: float = 0.0     # the lease it had then
+
+
+def duration_text(seconds):
+    """2h13m, 4m05s, 12s: how long a host was down, for a person (status, alerts, the boot log)."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    if seconds >= 60:
+        return "%dm%02ds" % (seconds // 60, seconds % 60)
+    return "%ds" % seconds
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """Jobs installed on this host for an unreachable one, recorded by `deployer move`."""
+
+    source: str
+    jobs: Tuple[str, ...] = ()
+    unreachable_at: float = 0.0  # when the source was found unreachable (unix time)
+    waited_seconds: float = 0.0  # how long the mover waited for the source's lease to run out
+    forced: bool = False         # --force: the wait was skipped
+
+
+@dataclass(frozen=True)
 class StateRequest:
     contents: bool = False  # also send the text of the managed units (for `plan`'s diff)
 
@@ -53,6 +83,7 @@ class StateAnswer:
     contents: Dict[str, str] = field(default_factory=dict)   # unit path -> base64 text, if asked
     paused: Tuple[str, ...] = ()                             # timers kept paused
     owner: Optional[str] = None                              # the [host:NAME] last pushed here
+    held: Optional[Held] = None                              # the host holds its jobs (push releases)
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,7 @@ class ApplyRequest:
     remove: Tuple[str, ...] = ()
     expect: Dict[str, str] = field(default_factory=dict)  # the StateAnswer.files the plan was made on
     stamps: Dict[str, float] = field(default_factory=dict)  # added timer -> its last trigger (move)
+    takeover: Optional[Takeover] = None  # recorded on the host when the jobs come from an unreachable one
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,7 @@ class ApplyAnswer:
     kept_paused: Tuple[str, ...] = ()
     recovered_interrupted_push: bool = False
     seconds: Dict[str, float] = field(default_factory=dict)
+    released: Optional[Held] = None  # the hold this push ended (its jobs' timers run again)
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,7 @@ class JobStatus:
 @dataclass(frozen=True)
 class StatusAnswer:
     jobs: Tuple[JobStatus, ...] = ()
+    held: Optional[Held] = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +201,17 @@ class HandoffAnswer:
     at: float = 0.0  # when the timers were stopped (unix time)
 
 
+@dataclass(frozen=True)
+class ReleaseRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseAnswer:
+    released: Optional[Held] = None  # None: the host held nothing
+    started: Tuple[str, ...] = ()    # the job timers started again
+
+
 # op name -> (request type, answer type)
 OPERATIONS = {
     "state": (StateRequest, StateAnswer),
@@ -177,6 +222,7 @@ OPERATIONS = {
     "pause": (PauseRequest, PauseAnswer),
     "resume": (ResumeRequest, ResumeAnswer),
     "handoff": (HandoffRequest, HandoffAnswer),
+    "release": (ReleaseRequest, ReleaseAnswer),
 }
 OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
 
