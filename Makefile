@@ -3,6 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := systemd-container openssh-server openssh-client sudo python3 python3-venv openssl ca-certificates
+# For tests/e2e/test_metrics.py. Without their recommends (prometheus-node-exporter-collectors pulls
+# smartmontools, nvme-cli, openipmi: services that fail in the test containers, which share this
+# machine's /etc and /usr). Debian enables (and, with systemd as PID 1, starts) the two servers on
+# this machine: disabled here (stopped too where systemd runs); a test starts its own, on free ports.
+METRICS_PACKAGES := prometheus prometheus-node-exporter
+PROMETHEUS_UNITS := prometheus.service prometheus-node-exporter.service prometheus-node-exporter-apt.timer \
+                    prometheus-node-exporter-ipmitool-sensor.timer prometheus-node-exporter-mellanox-hca-temp.timer \
+                    prometheus-node-exporter-nvme.timer prometheus-node-exporter-smartmon.timer
 
 .PHONY: install system-packages test test-fast demo bench bench-burst clean
 
@@ -11,6 +19,11 @@ install: system-packages $(VENV)/.installed
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@missing=""; for p in $(METRICS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \
+	  { systemctl disable --now $(PROMETHEUS_UNITS) >/dev/null 2>&1 || systemctl disable $(PROMETHEUS_UNITS) >/dev/null 2>&1 || true; \
+	    for s in prometheus prometheus-node-exporter; do [ -x /etc/init.d/$$s ] && /etc/init.d/$$s stop >/dev/null 2>&1; done; true; }; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

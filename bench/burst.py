@@ -57,7 +57,10 @@ STATIC_USER = "deployer"
 VARIANTS = ("deployer", "py-sandbox", "py-bare", "curl-sandbox", "curl-bare")
 # Opt-in (--variants): deployer.hostside.http from a zip on the host, in the sandbox: what a
 # trigger built on it would cost at least.
-EXTRA_VARIANTS = ("hostside-sandbox", "deployer-fast")  # deployer-fast: the host's `sandbox = fast`
+EXTRA_VARIANTS = ("hostside-sandbox", "deployer-fast",  # deployer-fast: the host's `sandbox = fast`
+                  "deployer-nometrics")  # the host's `metrics_dir =` (empty): deployer before issue 14
+# PID 1's "Starting <unit>..." entry: one per start of a unit (UNIT=).
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
 HOSTSIDE_ZIP = "/var/lib/deployer-bench/hostside.zip"
 
 
@@ -115,10 +118,11 @@ class Arrivals:
 # --- units ---------------------------------------------------------------------------------
 
 
-def hardening_lines() -> list[str]:
-    """deployer's sandbox, as rendered (the template has no Jinja in it)."""
-    text = (REPO / "units" / "hardening.conf.j2").read_text()
-    assert "{" not in text, "hardening.conf.j2 grew template syntax; render it here"
+def hardening_lines(sandbox: str = "strict") -> list[str]:
+    """deployer's sandbox, as the renderer renders it for a host's `sandbox`."""
+    from deployer.render import _environment
+
+    text = _environment().get_template("hardening.conf.j2").render(sandbox=sandbox)
     return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -236,6 +240,7 @@ class Burst:
     lateness: list[float]
     missing: int
     duplicates: int
+    metrics_runs: int = 0  # starts of the metrics collector the burst caused
 
 
 class Bench:
@@ -254,13 +259,15 @@ class Bench:
 
     # arming ----------------------------------------------------------------------------
 
-    def arm_deployer(self, key: str, variant: str = "deployer", sandbox: str = "strict") -> int:
-        """Push N jobs due the same second, each calling /VARIANT/KEY/<i> (the host's `sandbox`)."""
+    def arm_deployer(self, key: str, variant: str = "deployer", sandbox: str = "strict", metrics: bool = True) -> int:
+        """Push N jobs due the same second, each calling /VARIANT/KEY/<i> (the host's `sandbox`;
+        `metrics`: the host's default metrics_dir, else none)."""
         due = self.due_second(push=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(due))
         body = "".join(f"[job:burst{i:03d}]\non_calendar = {stamp} UTC\n"
                        f"url = {self.server.url(f'/{variant}/{key}/{i}')}\n" for i in range(self.jobs))
-        self.inventory.write_text(self.host.inventory_host(sandbox=sandbox) + body)
+        extra = {} if metrics else {"metrics_dir": ""}
+        self.inventory.write_text(self.host.inventory_host(sandbox=sandbox, **extra) + body)
         self.deployer("push", "--host", "bench", "-i", str(self.inventory))
         return due
 
@@ -317,8 +324,25 @@ class Bench:
         first = {}
         for path, at in seen:
             first.setdefault(path, at)
+        runs = self.collector_runs(due) if variant.startswith("deployer") else 0
         return Burst(variant, key, due, [at - due for at in first.values()],
-                     missing=self.jobs - len(counts), duplicates=sum(c - 1 for c in counts.values()))
+                     missing=self.jobs - len(counts), duplicates=sum(c - 1 for c in counts.values()),
+                     metrics_runs=runs)
+
+    def collector_runs(self, due: int) -> int:
+        """Starts of the metrics collector from the due second until its debounce timer is done
+        (the every-minute heartbeat included when it fell in the burst)."""
+        from deployer.hostside import paths
+
+        for _ in range(100):  # the debounce timer may still wait to run the collector
+            state = self.host.ssh(f"systemctl is-active {paths.METRICS_SOON_TIMER} {paths.METRICS_SERVICE}",
+                                  check=False).stdout.split()
+            if "active" not in state and "activating" not in state:
+                break
+            time.sleep(0.3)
+        out = self.host.ssh(f"journalctl --no-pager -q -o cat --since=@{due - 1} _PID=1 MESSAGE_ID={UNIT_STARTING} "
+                            f"UNIT={paths.METRICS_SERVICE}", check=False).stdout
+        return len([line for line in out.splitlines() if line.strip()])
 
     def wait_idle(self) -> None:
         """No bench or deployer service still running (a straggler would tax the next burst)."""
@@ -348,7 +372,8 @@ class Bench:
     def cost(self, runs: int = 5) -> dict[str, dict[str, float]]:
         """CPU (user+sys) and peak RSS of single runs on the host, from wait4's rusage."""
         from deployer import inventory
-        from deployer.render import trigger_argv
+        from deployer.hostside import paths
+        from deployer.render import metrics_argv, trigger_argv
 
         measurer = (
             "import json,os,statistics,sys\n"
@@ -364,7 +389,13 @@ class Bench:
                                   f"url = {self.server.url('/cost/trigger')}\n")
         self.deployer("push", "--host", "bench", "-i", str(self.inventory))
         job = inventory.load(str(self.inventory)).jobs[0]
+        host = inventory.load(str(self.inventory)).hosts[0]
+        collector = metrics_argv(host)
         commands = {"trigger": trigger_argv(job, "/usr/bin/python3"),
+                    # the common pass (nothing new since its cursor), and one that reads every
+                    # record the journal holds (no state: after every burst of this run)
+                    "metrics warm": collector,
+                    "metrics cold": ["/bin/sh", "-c", f"rm -f {paths.METRICS_STATE}; exec {shlex.join(collector)}"],
                     "stdlib POST": python_post(self.server.url("/cost/stdlib")),
                     "hostside POST": hostside_post(self.server.url("/cost/hostside")),
                     "curl": curl_post(self.server.url("/cost/curl"))}
@@ -413,7 +444,13 @@ def print_table(jobs: int, results: dict[str, list[Burst]]) -> None:
     for name, s in stats.items():
         per = " ".join(f"{v:.2f}" for v in s["bursts_p99"])
         print(f"{name:<14} | {s['p50']:>5.2f}s {s['p99']:>5.2f}s {s['max']:>5.2f}s | {per}")
-    for subject in ("deployer", "deployer-fast", "hostside-sandbox"):
+    for name in ("deployer", "deployer-fast"):
+        if name in results:
+            print(f"metrics collector runs per burst of {jobs} ({name}): "
+                  + " ".join(str(b.metrics_runs) for b in results[name]))
+    if "deployer" in stats and "deployer-nometrics" in stats:
+        print(f"p99 deployer / deployer-nometrics: {stats['deployer']['p99'] / stats['deployer-nometrics']['p99']:.2f}x")
+    for subject in ("deployer", "deployer-fast", "hostside-sandbox", "deployer-nometrics"):
         if subject not in stats:
             continue
         for ref in ("py-sandbox", "py-bare", "curl-sandbox", "curl-bare"):
@@ -464,6 +501,9 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
                     key = f"{tag}-{number}"
                     if variant == "deployer":
                         results[variant].append(bench.burst(variant, key, bench.arm_deployer))
+                    elif variant == "deployer-nometrics":
+                        results[variant].append(bench.burst(
+                            variant, key, lambda k: bench.arm_deployer(k, "deployer-nometrics", metrics=False)))
                     elif variant == "deployer-fast":
                         results[variant].append(bench.burst(
                             variant, key, lambda k: bench.arm_deployer(k, "deployer-fast", "fast")))
@@ -485,6 +525,15 @@ def run_size(jobs: int, args, workdir: Path, server: Arrivals) -> int:
             for name in ("trigger", "hostside POST"):
                 c = cost[name]
                 print(f"  {name} / stdlib POST: CPU {c['cpu'] / s['cpu']:.2f}x, peak memory {c['rss'] / s['rss']:.2f}x")
+            records = int(bench.host.ssh("journalctl -q -o cat MESSAGE_ID=5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90 | wc -l",
+                                         check=False).stdout.strip() or 0)
+            print(f"  metrics cold read {records} records")
+            if not args.no_variants and "deployer" in results:
+                starts = statistics.median(b.metrics_runs for b in results["deployer"])
+                per_run = starts * cost["metrics cold"]["cpu"] / jobs
+                print(f"  metrics per job run in a burst of {jobs}: {starts:g} collector runs x "
+                      f"{cost['metrics cold']['cpu']:.3f} s / {jobs} = {per_run * 1000:.1f} ms; "
+                      f"(trigger + metrics) / trigger: {(cost['trigger']['cpu'] + per_run) / cost['trigger']['cpu']:.3f}x")
         if args.sets:
             sets_results: dict[str, list[Burst]] = {}
             scores: dict[str, float] = {}

@@ -70,6 +70,14 @@ def size(value: str) -> str:
     return value
 
 
+def directory(value: str) -> str:
+    """An absolute directory path for a unit's command line, or "" (the feature is off)."""
+    if value and (not value.startswith("/") or any(c.isspace() for c in value) or "%" in value
+                  or "/../" in value + "/"):
+        raise Invalid(f"{value!r} is not an absolute directory path (no spaces, no '..'), or empty")
+    return value.rstrip("/") or ("/" if value else "")
+
+
 def one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -104,6 +112,8 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "cpu_weight": whole_number(1, 10000),
         "memory_max": size,
         "tasks_max": whole_number(1, 1 << 22),
+        "metrics_dir": directory,
+        "heartbeat_url": url,
         "lease": lease,
     },
     "defaults": {o.key: o.parse for o in JOB_OPTIONS if not o.job_only},
@@ -111,7 +121,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
     "job": {o.key: o.parse for o in JOB_OPTIONS},
 }
 REQUIRED = {"host": ("address",), "alert": ("type",), "job": tuple(o.key for o in JOB_OPTIONS if o.required)}
-SECRET_KEYS = {"token", "secret"}
+SECRET_KEYS = {"token", "secret", "heartbeat_url"}  # a Healthchecks URL is its own password
 MULTILINE_KEYS = {o.key for o in JOB_OPTIONS if o.multiline}  # one value per (continuation) line
 
 

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from .hostside.channels import Channel, Secret
 from .hostside.options import JOB_OPTIONS
+from .hostside.paths import METRICS_DIR
 
 # An [alert:NAME] is the channel record the alert sender delivers through.
 Alert = Channel
@@ -28,6 +29,9 @@ class Host:
     cpu_weight: Optional[int] = None
     memory_max: Optional[str] = None
     tasks_max: Optional[int] = None
+    # node_exporter's textfile directory ("" = no metrics), and a URL pinged every minute.
+    metrics_dir: str = METRICS_DIR
+    heartbeat_url: Optional[str] = None
     # Seconds the host's lease on its jobs lasts: back after longer than this, it holds them.
     lease: float = 300.0
 

@@ -5,7 +5,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from . import systemd
 from .hostside import paths
@@ -129,29 +129,114 @@ def job_credentials(job: Job) -> dict[str, ManagedFile]:
             for name, content in credentials(values).items()}
 
 
-def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict") -> tuple[ManagedFile, ...]:
-    """The .service and .timer of one job, rendered byte for byte, and its credential files."""
+# A native or Quartz calendar's period is the longest gap between its next PERIOD_RUNS runs from
+# this fixed instant (a Monday), as systemd computes them: the same bytes on every push.
+PERIOD_BASE = 1798416000  # 2026-12-28 00:00:00 UTC
+PERIOD_RUNS = 60
+
+
+def periods(jobs) -> dict:
+    """job name -> the longest gap in seconds between two of its runs (0: @reboot, or fewer than
+    two runs). Cron schedules are computed here (schedule.cron_period); the other calendars in
+    one systemd-analyze call for all of them."""
+    from datetime import datetime, timezone
+
+    from .schedule import cron_period, next_runs_many
+
+    found, native = {}, {}
+    for job in jobs:
+        calendar = calendar_of(job)
+        if calendar.on_boot or not calendar.lines:
+            found[job.name] = 0
+        elif calendar.kind == "cron":
+            found[job.name] = cron_period(job.schedule)
+        else:
+            native.setdefault(calendar.lines, []).append(job.name)
+    unique = sorted(native)
+    runs = next_runs_many(unique, PERIOD_RUNS, base=datetime.fromtimestamp(PERIOD_BASE, timezone.utc))
+    for lines, r in zip(unique, runs):
+        for name in native[lines]:
+            found[name] = int(max([(b - a).total_seconds() for a, b in zip(r, r[1:])] or [0]))
+    return found
+
+
+def metrics_settings(job: Job, period: int) -> str:
+    """The timer's X-Deployer-Metrics value: what the collector cannot learn from systemd."""
+    timeout = int(job.timeout) if float(job.timeout).is_integer() else job.timeout
+    return json.dumps({"period": period, "timeout": timeout}, sort_keys=True)
+
+
+def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict",
+              period: Optional[int] = None, metrics: bool = False) -> tuple[ManagedFile, ...]:
+    """The .service and .timer of one job, rendered byte for byte, and its credential files.
+    `metrics`: the host collects metrics (the run starts the debounce timer, the timer carries
+    the job's period, computed here unless given)."""
     env = _environment()
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
     secrets = job_credentials(job)
+    soon = [paths.METRICS_SOON_TIMER] if metrics else []
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
                   sandbox=sandbox, held=paths.HELD)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
-        on_failure=paths.instance(paths.alert_template(job.alert), job.name) if job.alert else None,
-        on_success=paths.instance(paths.recovery_template(job.alert), job.name) if job.alert else None)
+        on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
+        on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)
     calendar = calendar_of(job)
-    timer_text = env.get_template("job.timer.j2").render(**common, calendar=calendar)
+    if metrics and period is None:
+        period = periods([job])[job.name]
+    timer_text = env.get_template("job.timer.j2").render(
+        **common, calendar=calendar, metrics_key=paths.METRICS_KEY,
+        metrics=metrics_settings(job, period) if metrics else "")
     return (ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot)) + tuple(secrets.values())
 
 
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3",
-                 sandbox: str = "strict") -> tuple[ManagedFile, ...]:
-    return tuple(f for job in jobs for f in job_units(job, python, sandbox))
+                 sandbox: str = "strict", metrics: bool = False) -> tuple[ManagedFile, ...]:
+    jobs = tuple(jobs)
+    gaps = periods(jobs) if metrics else {}
+    return tuple(f for job in jobs for f in job_units(job, python, sandbox, gaps.get(job.name, 0), metrics))
+
+
+# The debounce of the collector after runs end (paths.METRICS_SOON_TIMER).
+METRICS_DELAY = "5s"
+
+
+def deployer_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deployer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def metrics_argv(host: Host) -> list[str]:
+    return [host.python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--metrics", "--host-name", host.name,
+            "--metrics-dir", host.metrics_dir, "--deployer-version", deployer_version()]
+
+
+def metrics_units(host: Host) -> tuple[ManagedFile, ...]:
+    """The collector, its every-minute heartbeat timer and its debounce timer; the heartbeat
+    URL as a root-only file. None when the host has no metrics_dir."""
+    if not host.metrics_dir:
+        return ()
+    env = _environment()
+    service = env.get_template("metrics.service.j2").render(
+        marker=paths.MARKER, metrics_dir=host.metrics_dir, argv=metrics_argv(host))
+    heartbeat = env.get_template("heartbeat.timer.j2").render(marker=paths.MARKER, service=paths.METRICS_SERVICE)
+    soon = env.get_template("metrics-soon.timer.j2").render(marker=paths.MARKER, service=paths.METRICS_SERVICE,
+                                                            delay=METRICS_DELAY)
+    files = (ManagedFile(f"{paths.UNIT_DIR}/{paths.METRICS_SERVICE}", service.encode()),
+             ManagedFile(f"{paths.UNIT_DIR}/{paths.HEARTBEAT_TIMER}", heartbeat.encode()),
+             # Enabled (for boot), never started by a push: it would fire at once.
+             ManagedFile(f"{paths.UNIT_DIR}/{paths.METRICS_SOON_TIMER}", soon.encode(), start=False))
+    if host.heartbeat_url:
+        files += (ManagedFile(paths.HEARTBEAT_URL, str(host.heartbeat_url).encode() + b"\n", 0o600, secret=True),)
+    return files
 
 
 def jobs_slice(host: Host) -> ManagedFile:
@@ -166,7 +251,8 @@ def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
     jobs = inventory.jobs_for(host_name)
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
-    return (jobs_slice(host),) + render_units(jobs, host.python, host.sandbox) + alerts + lease_units(host)
+    return ((jobs_slice(host),) + render_units(jobs, host.python, host.sandbox, bool(host.metrics_dir)) + alerts
+            + lease_units(host) + metrics_units(host))
 
 
 def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:

@@ -22,6 +22,12 @@ MASKED = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "dpkg-db-backup.timer",
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
     "systemd-pstore.service", "systemd-tmpfiles-clean.timer",
+    # `make install` puts Prometheus and node_exporter on this machine (for tests/e2e/test_metrics.py),
+    # so on every container too: each would start its own on the shared ports. A test starts the
+    # one node_exporter it needs itself.
+    "prometheus.service", "prometheus-node-exporter.service", "prometheus-node-exporter-apt.timer",
+    "prometheus-node-exporter-ipmitool-sensor.timer", "prometheus-node-exporter-mellanox-hca-temp.timer",
+    "prometheus-node-exporter-nvme.timer", "prometheus-node-exporter-smartmon.timer",
 )
 REQUIRED_COMMANDS = ("systemd-nspawn", "sshd", "ssh-keygen", "ssh")
 BOOT_TIMEOUT = 60

@@ -38,7 +38,7 @@ def test_a_second_push_plans_nothing(tmp_path, hosts):
     inv = load(tmp_path, jobs("cron01"))
     first = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
     again = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
-    assert first.result.started == ("deployer-a.timer", "deployer-b.timer", paths.LEASE_TIMER)
+    assert first.result.started == ("deployer-a.timer", "deployer-b.timer", paths.HEARTBEAT_TIMER, paths.LEASE_TIMER)
     assert again.plan.is_noop and again.result is None
 
 
@@ -70,7 +70,8 @@ def test_move_rolls_back_when_the_target_refuses(tmp_path, hosts):
 
     assert refused.value.code == protocol.VERIFY_FAILED and refused.value.host == "cron02"
     assert ("systemctl", "disable", "--now", "deployer-a.timer") in source_calls  # the handoff
-    assert source_calls[-1] == ("systemctl", "enable", "--now", "deployer-a.timer")  # the rollback
+    assert source_calls[-2:] == [("systemctl", "enable", "--now", "deployer-a.timer"),  # the rollback
+                                 ("systemctl", "start", "--no-block", paths.METRICS_SERVICE)]  # its metrics
     assert timers(hosts["cron01"]) == {"a", "b"} and timers(hosts["cron02"]) == set()
 
 

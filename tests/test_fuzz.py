@@ -43,7 +43,7 @@ def inventories(draw):
     return "\n".join(sections)
 
 
-ALLOWED_LINE = re.compile(r"^(#.*|\[(Unit|Service|Timer|Install|Slice)\]|[A-Z][A-Za-z]+=.*|X-Deployer-Request=\{.*\}|)$")
+ALLOWED_LINE = re.compile(r"^(#.*|\[(Unit|Service|Timer|Install|Slice)\]|[A-Z][A-Za-z]+=.*|X-Deployer-(Request|Metrics)=\{.*\}|)$")
 
 
 def unquote_exec(line: str) -> list[str]:

@@ -166,6 +166,29 @@ def test_host_ceiling_parsed():
     assert (inv.hosts[0].memory_max, inv.hosts[0].cpu_weight, inv.hosts[0].tasks_max) == ("2G", 50, 512)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    pytest.param("metrics_dir", "var/lib/x", "'var/lib/x' is not an absolute directory path (no spaces, no '..'), "
+                 "or empty", id="relative"),
+    pytest.param("metrics_dir", "/var/lib/../etc", "'/var/lib/../etc' is not an absolute directory path (no spaces, "
+                 "no '..'), or empty", id="dot-dot"),
+    pytest.param("metrics_dir", "/var/lib/a b", "'/var/lib/a b' is not an absolute directory path (no spaces, "
+                 "no '..'), or empty", id="space"),
+    pytest.param("heartbeat_url", "hc.example/ping", "'hc.example/ping' is not an http:// or https:// URL with a host",
+                 id="heartbeat-url"),
+])
+def test_host_metrics_values(key, value, message):
+    assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
+
+
+def test_host_metrics_parsed():
+    default = parse(HOST).hosts[0]
+    assert (default.metrics_dir, default.heartbeat_url) == ("/var/lib/prometheus/node-exporter", None)
+    host = parse(HOST + "metrics_dir = /srv/textfiles/\nheartbeat_url = https://hc.example/ping/abc\n").hosts[0]
+    assert (host.metrics_dir, host.heartbeat_url) == ("/srv/textfiles", "https://hc.example/ping/abc")
+    assert "abc" not in repr(host)  # a Healthchecks URL is a secret
+    assert parse(HOST + "metrics_dir =\n").hosts[0].metrics_dir == ""
+
+
 JOB = "[job:a]\nschedule = 0 * * * *\nurl = http://x/\n"
 
 

@@ -51,3 +51,50 @@ def test_trigger_arguments(job, expected_tail):
     inv = inventory.load(str(DATA / "golden.ini"), env=ENV)
     argv = trigger_argv(next(j for j in inv.jobs if j.name == job), "/usr/bin/python3")
     assert argv[-len(expected_tail):] == expected_tail
+
+
+def test_a_host_without_metrics_dir_gets_no_metrics_units(tmp_path):
+    from deployer.hostside import paths
+
+    source = (DATA / "golden.ini").read_text().replace("[host:cron01]\n", "[host:cron01]\nmetrics_dir =\n", 1)
+    (tmp_path / "inv.ini").write_text(source)
+    files = host_files(inventory.load(str(tmp_path / "inv.ini"), env=ENV), "cron01")
+    names = {f.name for f in files}
+    assert not names & {paths.METRICS_SERVICE, paths.HEARTBEAT_TIMER, paths.METRICS_SOON_TIMER}
+    assert not any(b"metrics" in f.content for f in files if f.name.startswith("deployer-") and not f.secret)
+
+
+def test_the_heartbeat_url_is_a_root_only_file_never_in_a_unit(tmp_path):
+    from deployer.hostside import paths
+
+    source = (DATA / "golden.ini").read_text().replace(
+        "[host:cron01]\n", "[host:cron01]\nheartbeat_url = https://hc.example/ping/s3cret\n", 1)
+    (tmp_path / "inv.ini").write_text(source)
+    files = host_files(inventory.load(str(tmp_path / "inv.ini"), env=ENV), "cron01")
+    [url] = [f for f in files if f.path == paths.HEARTBEAT_URL]
+    assert (url.content, url.mode, url.secret) == (b"https://hc.example/ping/s3cret\n", 0o600, True)
+    assert not any(b"s3cret" in f.content for f in files if f is not url)
+
+
+@pytest.mark.parametrize("schedule, on_calendar, period", [
+    pytest.param("0 * * * *", "", 3600, id="hourly"),
+    pytest.param("*/5 * * * *", "", 300, id="every-5-minutes"),
+    pytest.param("0 9 * * 1-5", "", 3 * 86400, id="weekdays-Friday-to-Monday"),
+    pytest.param("30 4 1,15 * 5", "", 7 * 86400, id="cron-OR-of-day-and-weekday"),
+    pytest.param("0 0 1 * *", "", 31 * 86400, id="monthly"),
+    pytest.param("0 0 29 2 *", "", 1461 * 86400, id="leap-day"),
+    pytest.param("0 8,20 * * *", "", 12 * 3600, id="twice-a-day"),
+    pytest.param("0 1,2 * * *", "", 23 * 3600, id="uneven-within-a-day"),
+    pytest.param("CRON_TZ=Europe/Berlin 0 3 * * *", "", 86400, id="zone-prefix"),
+    pytest.param("@reboot", "", 0, id="boot"),
+    pytest.param(None, "Mon..Fri *-*-* 09:00:00\nSat *-*-* 10:00:00", 47 * 3600, id="native"),
+    pytest.param("0 0 12 ? * MON-FRI", "", 3 * 86400, id="quartz"),
+    pytest.param(None, "2000-01-01 00:00:00", 0, id="never-again"),
+])
+def test_a_jobs_period_is_the_longest_gap_between_two_runs(tmp_path, schedule, on_calendar, period):
+    from deployer.render import periods
+
+    key = f"schedule = {schedule}" if schedule else "on_calendar = " + on_calendar.replace("\n", "\n  ")
+    (tmp_path / "inv.ini").write_text(f"[host:h]\naddress = a\n[job:j]\n{key}\nurl = http://x/\n")
+    [job] = inventory.load(str(tmp_path / "inv.ini")).jobs
+    assert periods([job]) == {"j": period}

@@ -883,6 +883,7 @@ def apply_locked(host, request, watch):
     os.unlink(layout.journal)
     if request.takeover is not None:
         host.record_takeover(request.takeover)
+    refresh_metrics(host)
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
     boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
@@ -891,6 +892,13 @@ def apply_locked(host, request, watch):
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
+
+
+def refresh_metrics(host):
+    """A push, pause or resume shows in the metrics at once: the collector is started (its own
+    unit, as root; --no-block: the agent does not wait for it). Hosts without metrics have no unit."""
+    if os.path.exists(os.path.join(host.layout.unit_dir, paths.METRICS_SERVICE)):
+        host.systemd.systemctl("start", "--no-block", paths.METRICS_SERVICE, check=False)
 
 
 def check_unmanaged(host, current, writes, removes):
@@ -909,6 +917,12 @@ def check_unmanaged(host, current, writes, removes):
 def op_status(host, request):
     timers = sorted(unit_name(p) for p in host.managed_files()
                     if p.endswith(".timer") and paths.job_of_unit(p) is not None)
+    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.read_held())
+
+
+def job_statuses(host, timers):
+    """The JobStatus of each job timer: what `deployer status` shows and the metrics collector
+    (metrics.py) exports, read once, the same way, so that the two agree."""
     services = [t[:-len(".timer")] + ".service" for t in timers]
     timer_props = host.systemd.properties(timers, TIMER_STATUS)
     service_props = host.systemd.properties(services, SERVICE_STATUS)
@@ -918,9 +932,8 @@ def op_status(host, request):
     for timer, props in timer_props.items():
         props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
     paused = host.paused_timers()
-    jobs = [job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
-            for t, s in zip(timers, services)]
-    return StatusAnswer(jobs=with_last_runs(host, jobs), held=host.read_held())
+    return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
+                 for t, s in zip(timers, services))
 
 
 def needs_last_run(job):
@@ -1057,6 +1070,7 @@ def op_pause(host, request):
                          0o644))
         # Disabled as well as stopped, so that a reboot does not bring it back.
         host.systemd.systemctl("disable", "--now", timer)
+        refresh_metrics(host)
         return PauseAnswer(timer=timer)
 
 
@@ -1071,6 +1085,7 @@ def op_resume(host, request):
         host.systemd.systemctl("clean", "--what=state", timer, check=False)
         host.set_last_trigger([timer], time.time())
         host.systemd.systemctl("enable", "--now", timer)
+        refresh_metrics(host)
         return ResumeAnswer(timer=timer)
 
 

@@ -56,12 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     alert.add_argument("--type", choices=sorted(CHANNEL_TYPES))
     alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
     alert.add_argument("--host-name", default=os.environ.get("DEPLOYER_HOST_NAME") or os.uname().nodename)
+    metrics = parser.add_argument_group("metrics mode (run by deployer-host@metrics.service, as root)")
+    metrics.add_argument("--metrics", action="store_true", help="write the host's metrics file, ping heartbeat_url")
+    metrics.add_argument("--metrics-dir", help="node_exporter's textfile directory")
+    metrics.add_argument("--deployer-version", default="", help="the version label of deployer_build_info")
     return parser
 
 
 def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.metrics:
+        from .metrics import main as metrics_main  # a job run never loads it
+
+        return metrics_main(args.host_name, args.deployer_version, args.metrics_dir or paths.METRICS_DIR)
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")

@@ -85,6 +85,27 @@ HOLD_UNIT = UNIT_PREFIX + "lease@boot.service"
 # Enabled (for sysinit.target) by the push that first installs them.
 BOOT_UNITS = (HOLD_UNIT, RECOVER_UNIT)
 
+# Metrics (issue 14). Debian's prometheus-node-exporter reads every *.prom in this directory
+# (its textfile collector); `metrics_dir` on a [host:*] picks another, "" turns metrics off.
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
+METRICS_FILE = "deployer.prom"
+# Root-only: the runs/failures counters, each job's last run, the journal cursor. In /var/lib so
+# that the counters survive a restart; never in the textfile directory (node_exporter's user
+# could read it, and it is no metric).
+METRICS_STATE = STATE_DIR + "/metrics.json"
+# Instance names (the files are not templates): a name with "@" is never taken for a job's.
+# The collector (root, oneshot) writes METRICS_FILE and pings heartbeat_url; the heartbeat timer
+# runs it every minute; every job's OnSuccess=/OnFailure= starts the debounce timer, which runs
+# it a few seconds later (a burst of runs starts it once, not once per run).
+METRICS_SERVICE = UNIT_PREFIX + "host@metrics.service"
+HEARTBEAT_TIMER = UNIT_PREFIX + "host@heartbeat.timer"
+METRICS_SOON_TIMER = UNIT_PREFIX + "host@metrics-soon.timer"
+# A key systemd ignores, in a job's timer: {"period", "timeout"} in seconds, from the renderer
+# (which knows the calendar), for the collector.
+METRICS_KEY = "X-Deployer-Metrics"
+# The [host:*] heartbeat_url: a root-only file, never in a unit (a Healthchecks URL is a secret).
+HEARTBEAT_URL = CREDENTIALS_DIR + "/host.heartbeat_url"
+
 
 def alert_template(channel: str) -> str:
     """`deployer-alert-<channel>@.service`: the OnFailure= handler of every job using it."""

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from deployer.hostside import paths
+
 from tests.httpserver import json_reply
 
 pytestmark = pytest.mark.e2e

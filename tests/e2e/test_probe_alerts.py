@@ -113,3 +113,6 @@ def test_probe16_8_a_run_interrupted_by_a_reboot_is_alerted_after_boot(persisten
     [message] = robot.accepted
     assert message["markdown"]["title"] == "deployer: job nightly FAILED on cron01"
     assert "interrupted" in message["markdown"]["text"]
+    # Before: status said "never run" after the reboot (systemd forgets the run; its record stays).
+    [row] = json.loads(deployer("status", "-i", path, "--json", env=SECRETS_ENV, check=True).stdout)["jobs"]
+    assert (row["result"], row["last_result"]) == ("failed", "failed") and "interrupted" in row["reason"]

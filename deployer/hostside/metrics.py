@@ -1,0 +1,330 @@
+"""The host's metrics for node_exporter's textfile collector, and its heartbeat (issue 14).
+
+Run as root by `deployer-host@metrics.service` (paths.METRICS_SERVICE), never by a job run:
+every minute (the heartbeat timer), a few seconds after runs end (the debounce timer that every
+job's OnSuccess=/OnFailure= starts: a burst of 300 runs starts it a handful of times, not 300),
+and after every push, pause and resume (the agent starts it). Each time it reads the run records
+(record.py) the journal got since its cursor, adds them to the counters kept in
+paths.METRICS_STATE, asks systemd for the timers' state (as `deployer status` does, through the
+same agent function, so the two agree), and replaces one file, paths.METRICS_FILE, whole.
+
+Why not the trigger: a job runs as a DynamicUser in a sandbox, so it could write only where
+systemd hands it a directory (StateDirectory=, under /var/lib/private, which node_exporter
+cannot read), and every run would pay for it. The record it already sends is the whole input.
+"""
+import calendar
+import contextlib
+import json
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from . import paths
+from .record import RUN_FINISHED, RunRecord
+
+STATE_VERSION = 1
+# The heartbeat URL hears from the host at most this often (the collector also runs after runs).
+PING_INTERVAL = 30
+PING_TIMEOUT = 10.0
+RECORD_FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
+                 "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS")
+
+
+class MetricsError(Exception):
+    """A refusal, one line (the unit's journal shows it)."""
+
+
+# -- pure functions ---------------------------------------------------------------------------
+
+def timer_settings(text: str) -> Dict[str, float]:
+    """The renderer's `X-Deployer-Metrics={"period": ..., "timeout": ...}` line of a timer."""
+    prefix = paths.METRICS_KEY + "="
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            with contextlib.suppress(ValueError):
+                values = json.loads(line[len(prefix):])
+                return {k: float(values.get(k) or 0) for k in ("period", "timeout")}
+    return {"period": 0.0, "timeout": 0.0}
+
+
+def add_records(state: dict, records: List[RunRecord], now: float) -> dict:
+    """The counters and last run of each job after these records (oldest first). A record that is
+    not newer than the job's last one (a journal read twice) changes nothing."""
+    jobs = {name: dict(values) for name, values in state.get("jobs", {}).items()}
+    for record in records:
+        job = jobs.setdefault(record.job, {"since": now, "runs": 0, "failures": 0})
+        if record.started <= (job.get("last") or {}).get("started", -1):
+            continue
+        job["runs"] += 1
+        job["last"] = {"slot": record.slot, "started": record.started, "duration": record.duration,
+                       "attempts": record.attempts, "result": record.result,
+                       "http_status": record.http_status or 0}
+        ended = record.started + record.duration
+        if record.result == "ok":
+            job["last_success"] = ended
+        else:
+            job["failures"] += 1
+            job["last_failure"] = ended
+    return dict(state, version=STATE_VERSION, jobs=jobs)
+
+
+def epoch(iso: str) -> float:
+    """`2026-11-25T14:00:00+00:00` (the agent's status times, always UTC) -> unix seconds; "" -> 0."""
+    return float(calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))) if iso else 0.0
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # gauge | counter
+    help: str
+
+
+# Every metric, in the file's order. Labels: deployer_host and deployer_job (Prometheus sets
+# `job` and `instance` to the scrape target's and would rename ours to exported_*).
+JOB_FAMILIES = (
+    Family("deployer_job_runs_total", "counter", "Runs of the job that ended with a record (since it was pushed)."),
+    Family("deployer_job_failures_total", "counter", "Runs of the job that failed."),
+    Family("deployer_job_last_slot_timestamp_seconds", "gauge", "Scheduled time of the last run."),
+    Family("deployer_job_last_start_timestamp_seconds", "gauge", "When the last run started."),
+    Family("deployer_job_last_success_timestamp_seconds", "gauge", "When the last successful run ended."),
+    Family("deployer_job_last_failure_timestamp_seconds", "gauge", "When the last failed run ended."),
+    Family("deployer_job_last_duration_seconds", "gauge", "How long the last run took, retries included."),
+    Family("deployer_job_last_success", "gauge", "1 if the last run succeeded, 0 if it failed."),
+    Family("deployer_job_last_attempts", "gauge", "Attempts the last run made."),
+    Family("deployer_job_last_http_status", "gauge", "HTTP status of the last run's last answer (0: none)."),
+    Family("deployer_job_next_run_timestamp_seconds", "gauge", "When the timer fires next (0: not scheduled)."),
+    Family("deployer_job_period_seconds", "gauge", "Longest gap between two scheduled runs (0: @reboot)."),
+    Family("deployer_job_timeout_seconds", "gauge", "The job's timeout (whole run, retries included)."),
+    Family("deployer_job_paused", "gauge", "1 if `deployer pause` stopped the job's timer."),
+    Family("deployer_job_held", "gauge", "1 if the timer is stopped without a pause (handed off by `deployer move`)."),
+    Family("deployer_job_running", "gauge", "1 while a run is under way."),
+    Family("deployer_job_running_since_timestamp_seconds", "gauge", "When the run under way started (0: none)."),
+    Family("deployer_job_pushed_timestamp_seconds", "gauge", "When this host first saw the job."),
+)
+HOST_FAMILIES = (
+    Family("deployer_heartbeat_timestamp_seconds", "gauge", "When the host last wrote its metrics (every minute)."),
+    Family("deployer_jobs", "gauge", "Jobs installed on the host."),
+    Family("deployer_held", "gauge", "1 if the host holds its jobs (its lease ran out while it was down)."),
+    Family("deployer_build_info", "gauge", "The deployer version that pushed the host's units."),
+)
+
+
+def label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def number(value: float) -> str:
+    return ("%.3f" % value).rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+def job_values(job: str, status, settings: Dict[str, float], state: dict) -> Dict[str, Optional[float]]:
+    """One job's samples; None leaves a series out (no run yet: no last_* series)."""
+    kept = state.get("jobs", {}).get(job, {})
+    last = kept.get("last")
+    running = status.service_state in ("activating", "deactivating", "reloading")
+    timer_on = status.timer_state == "active"
+    return {
+        "deployer_job_runs_total": kept.get("runs", 0),
+        "deployer_job_failures_total": kept.get("failures", 0),
+        "deployer_job_last_slot_timestamp_seconds": last and last["slot"],
+        "deployer_job_last_start_timestamp_seconds": last and last["started"],
+        "deployer_job_last_success_timestamp_seconds": kept.get("last_success"),
+        "deployer_job_last_failure_timestamp_seconds": kept.get("last_failure"),
+        "deployer_job_last_duration_seconds": last and last["duration"],
+        "deployer_job_last_success": None if not last else 1 if last["result"] == "ok" else 0,
+        "deployer_job_last_attempts": last and last["attempts"],
+        "deployer_job_last_http_status": last and last["http_status"],
+        "deployer_job_next_run_timestamp_seconds": epoch(status.next),
+        "deployer_job_period_seconds": settings["period"],
+        "deployer_job_timeout_seconds": settings["timeout"],
+        "deployer_job_paused": 1 if status.paused else 0,
+        "deployer_job_held": 1 if not timer_on and not status.paused and settings["period"] else 0,
+        "deployer_job_running": 1 if running else 0,
+        "deployer_job_running_since_timestamp_seconds": epoch(status.started) if running else 0,
+        "deployer_job_pushed_timestamp_seconds": kept.get("since", 0),
+    }
+
+
+def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]], now: float,
+             held: bool = False) -> str:
+    """The node_exporter textfile: every family once, HELP and TYPE first (promtool's rules)."""
+    out = []
+    host_label = 'deployer_host="%s"' % label_value(host)
+    for family in JOB_FAMILIES:
+        samples = ['%s{%s,deployer_job="%s"} %s' % (family.name, host_label, label_value(job), number(values[family.name]))
+                   for job, values in sorted(jobs.items()) if values[family.name] is not None]
+        if samples:
+            out += ["# HELP %s %s" % (family.name, family.help), "# TYPE %s %s" % (family.name, family.kind)] + samples
+    host_values = {"deployer_heartbeat_timestamp_seconds": '{%s} %s' % (host_label, number(round(now, 3))),
+                   "deployer_jobs": '{%s} %d' % (host_label, len(jobs)),
+                   "deployer_held": '{%s} %d' % (host_label, 1 if held else 0),
+                   "deployer_build_info": '{%s,version="%s"} 1' % (host_label, label_value(version))}
+    for family in HOST_FAMILIES:
+        out += ["# HELP %s %s" % (family.name, family.help), "# TYPE %s %s" % (family.name, family.kind),
+                family.name + host_values[family.name]]
+    return "\n".join(out) + "\n"
+
+
+# -- side effects -----------------------------------------------------------------------------
+
+def read_records(systemd, cursor: str):
+    """The run records the journal got after `cursor` ("" = all it holds) -> (records, new cursor)."""
+    args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=" + ",".join(RECORD_FIELDS),
+            "MESSAGE_ID=" + RUN_FINISHED]
+    if cursor:
+        args.append("--after-cursor=" + cursor)
+    code, out, err = systemd.run(args)
+    if code != 0 and cursor:  # a cursor of a journal that is gone (a volatile journal, rotated)
+        return read_records(systemd, "")
+    records = []
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            cursor = entry.get("__CURSOR", cursor)
+            records.append(RunRecord.from_journal(entry))
+    return records, cursor
+
+
+def read_state(path: str) -> dict:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"version": STATE_VERSION, "cursor": "", "jobs": {}}
+    with os.fdopen(fd) as handle:
+        try:
+            state = json.load(handle)
+        except ValueError:
+            # Unreadable (a disk error): start the counters again; Prometheus takes a counter
+            # reset in its stride, and the journal's records are read again.
+            return {"version": STATE_VERSION, "cursor": "", "jobs": {}}
+    return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else {
+        "version": STATE_VERSION, "cursor": "", "jobs": {}}
+
+
+def check_directory(directory: str) -> None:
+    """The textfile directory must be one only root can write: anyone else could forge metrics."""
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise MetricsError("%s is not a directory" % directory)
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise MetricsError("%s is writable by others than root (owner uid %d, mode %o): refusing to write "
+                           "metrics there; make it root-owned, 0755" % (directory, info.st_uid, info.st_mode & 0o7777))
+
+
+def write_atomically(path: str, text: str, mode: int) -> None:
+    """Whole or not at all (a scrape never reads half a file): a fresh temporary, then rename."""
+    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, mode)  # whatever the umask
+        os.rename(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def installed_jobs(layout) -> Dict[str, str]:
+    """job -> its timer unit's text, for every job timer deployer installed."""
+    jobs = {}
+    for name in sorted(os.listdir(layout.unit_dir)):
+        job = paths.job_of_unit(name)
+        if job and name.endswith(".timer"):
+            with open(os.path.join(layout.unit_dir, name), encoding="utf-8") as handle:
+                text = handle.read()
+            if text.startswith(paths.MARKER):
+                jobs[job] = text
+    return jobs
+
+
+def ping(url: str, log) -> bool:
+    from .run import redact_url, request, TransportError
+
+    try:
+        response = request("GET", url, {"User-Agent": "deployer-heartbeat/1"}, (PING_TIMEOUT, PING_TIMEOUT),
+                           max_body=1024)
+    except TransportError as error:
+        log("heartbeat to %s failed: %s" % (redact_url(url), error.reason))
+        return False
+    if response.status >= 400:
+        log("heartbeat to %s: status %d" % (redact_url(url), response.status))
+        return False
+    return True
+
+
+def collect(host: str, version: str, directory: str, layout=None, systemd=None, now=None, log=print) -> str:
+    """One pass: records -> counters -> the textfile (returned as written); the heartbeat ping."""
+    from .agent import Host, Systemd, job_statuses
+
+    layout = layout or paths.Layout()
+    systemd = systemd or Systemd()
+    now = time.time() if now is None else now
+    state_path = layout.at(paths.METRICS_STATE)
+    state = read_state(state_path)
+    records, cursor = read_records(systemd, state.get("cursor", ""))
+    state = add_records(dict(state, cursor=cursor), records, now)
+    units = installed_jobs(layout)
+    machine = Host(layout, systemd, host)
+    statuses = job_statuses(machine, [paths.job_unit(job, "timer") for job in units])
+    # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
+    jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
+    state = dict(state, jobs=jobs_state)
+    values = {status.job: job_values(status.job, status, timer_settings(units[status.job]), state)
+              for status in statuses}
+    text = textfile(host, version, values, now, held=machine.read_held() is not None)
+    url = read_heartbeat_url(layout)
+    due = url and now - state.get("pinged", 0) >= PING_INTERVAL
+    if due:
+        state["pinged"] = now
+    os.makedirs(os.path.dirname(state_path), mode=0o755, exist_ok=True)
+    write_atomically(state_path, json.dumps(state, sort_keys=True), 0o600)
+    target = layout.at(directory)
+    if not os.path.isdir(target):
+        os.makedirs(target, mode=0o755)
+    check_directory(target)
+    write_atomically(os.path.join(target, paths.METRICS_FILE), text, 0o644)
+    if due:  # after the file: a slow monitor never holds up the metrics
+        ping(url, log)
+    return text
+
+
+def read_heartbeat_url(layout) -> str:
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(layout.at(paths.HEARTBEAT_URL), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return ""
+
+
+# Passes of one start at most: runs that end while a pass runs start the debounce timer in vain
+# (it is still elapsing), so the pass looks again, in-process, until a pass finds nothing new.
+MAX_PASSES = 5
+
+
+def collect_until_quiet(host: str, version: str, directory: str, layout=None, systemd=None, log=print) -> int:
+    """collect() until a pass reads no new record (the cursor stays); the number of passes."""
+    layout = layout or paths.Layout()
+    for number in range(1, MAX_PASSES + 1):
+        before = read_state(layout.at(paths.METRICS_STATE)).get("cursor", "")
+        collect(host, version, directory, layout=layout, systemd=systemd, log=log)
+        if read_state(layout.at(paths.METRICS_STATE)).get("cursor", "") == before:
+            break
+    return number
+
+
+def main(host: str, version: str, directory: str) -> int:
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        collect_until_quiet(host, version, directory, log=log)
+    except (MetricsError, OSError) as error:
+        log("metrics: %s" % error)
+        return 1
+    return 0

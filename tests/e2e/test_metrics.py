@@ -1,0 +1,283 @@
+"""Metrics end to end (issue 14): Debian's node_exporter on a real cron host, a real Prometheus
+server scraping it with the shipped rules, the heartbeat URL, and `status --json` against the file.
+
+The rules are a test copy of docs/prometheus/deployer-rules.yml with shorter durations (`for:`
+of node_exporter down 0s, heartbeat stale after 75 s instead of 180 s): each replaced text must be
+found, so a change of the shipped rules cannot silently leave the test checking something else.
+"""
+from __future__ import annotations
+
+import calendar
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from deployer.hostside import paths
+from tests.cronhost import free_port
+from tests.httpserver import Reply, json_reply
+
+pytestmark = pytest.mark.e2e
+
+RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus" / "deployer-rules.yml"
+TEXTFILE = f"{paths.METRICS_DIR}/{paths.METRICS_FILE}"
+# Heartbeat every minute: 75 s without one is stale for the test (180 s shipped).
+SHORTER = {"[1d]) > 180": "[1d]) > 75", "        for: 2m\n": "        for: 0s\n"}
+
+
+def textfile(host) -> dict:
+    """The host's metrics file -> {(name, job or None): value}; promtool-style lines only."""
+    values = {}
+    for line in host.ssh(f"cat {TEXTFILE}").stdout.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        job = dict(part.split("=", 1) for part in labels.rstrip("}").split(",")).get("deployer_job")
+        values[name, job.strip('"') if job else None] = float(value)
+    return values
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(0.5)
+
+
+def next_daily(hour: int) -> int:
+    """The next HH:00:00 UTC (the jobs' zone) as unix seconds."""
+    now = datetime.now(timezone.utc)
+    at = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return calendar.timegm((at if at > now else at + timedelta(days=1)).timetuple())
+
+
+def start_node_exporter(host) -> int:
+    """Debian's node_exporter inside the cron host, as its own user, textfile collector only."""
+    port = free_port()
+    host.ssh(f"mkdir -p {paths.METRICS_DIR} && systemd-run --unit=test-node-exporter -p User=prometheus "
+             f"/usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:{port} "
+             f"--collector.disable-defaults --collector.textfile "
+             f"--collector.textfile.directory={paths.METRICS_DIR}")
+    return port
+
+
+class Prometheus:
+    """A real Prometheus server on this machine, on a free loopback port, scraping every second."""
+
+    def __init__(self, workdir: Path, target: int):
+        if not shutil.which("prometheus"):
+            pytest.fail("prometheus is missing: apt-get install prometheus prometheus-node-exporter")
+        rules = RULES.read_text()
+        for before, after in SHORTER.items():
+            assert rules.count(before) == 1, f"the shipped rules no longer hold {before!r}"
+            rules = rules.replace(before, after)
+        (workdir / "rules.yml").write_text(rules)
+        (workdir / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: [{workdir / 'rules.yml'}]\n"
+            "scrape_configs:\n"
+            f"  - {{job_name: node, static_configs: [{{targets: ['127.0.0.1:{target}']}}]}}\n")
+        self.port = free_port()
+        self.log = open(workdir / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self.ready, 30, "prometheus ready")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def api(self, path: str, **query) -> list:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(query)
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            document = json.load(answer)
+        assert document["status"] == "success", document
+        return document["data"]["result"] if "result" in document["data"] else document["data"]["alerts"]
+
+    def query(self, expression: str) -> dict:
+        """{deployer_job (or None): value} of an instant vector."""
+        return {r["metric"].get("deployer_job"): float(r["value"][1]) for r in self.api("query", query=expression)}
+
+    def firing(self, name: str) -> list:
+        return [a["labels"] for a in self.api("alerts") if a["labels"]["alertname"] == name and a["state"] == "firing"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path):
+    started = []
+
+    def start(target: int) -> Prometheus:
+        started.append(Prometheus(tmp_path, target))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def jobs_inventory(host, server, **host_keys) -> str:
+    server.routes["/good"] = json_reply({"code": 0})
+    server.routes["/bad"] = Reply(500, b"exploded")
+    return host.inventory_host(**host_keys) + f"""
+[job:good]
+schedule = 0 3 * * *
+url = {server.url('/good')}
+timeout = 45s
+
+[job:bad]
+schedule = 0 4 * * *
+url = {server.url('/bad')}
+retries = 0
+
+[job:sleepy]
+schedule = 30 5 * * 1-5
+url = {server.url('/good')}
+"""
+
+
+def test_prometheus_scrapes_the_jobs_and_the_rules_fire(cron01, server, deployer, write_inventory, prometheus_for):
+    path = write_inventory(jobs_inventory(cron01, server))
+    deployer("push", "-i", path, check=True)
+    deployer("pause", "sleepy", "-i", path, check=True)
+    deployer("run", "good", "-i", path, check=True)
+    deployer("run", "bad", "-i", path, check=False)
+    # The debounce timer runs the collector a few seconds after the runs: no wait for a minute.
+    wait_for(lambda: textfile(cron01).get(("deployer_job_runs_total", "bad")) == 1, 30, "the runs in the file")
+    listing = cron01.ssh(f"stat -c '%U %a' {paths.METRICS_DIR} {TEXTFILE} {paths.METRICS_STATE}").stdout.split("\n")
+    assert listing[:3] == ["root 755", "root 644", "root 600"]  # nobody but root writes or reads the counters
+
+    prometheus = prometheus_for(start_node_exporter(cron01))
+    wait_for(lambda: len(prometheus.query("deployer_job_runs_total")) == 3, 30, "three jobs scraped")
+    assert prometheus.query("deployer_job_runs_total") == {"good": 1, "bad": 1, "sleepy": 0}
+    assert prometheus.query("deployer_job_failures_total") == {"good": 0, "bad": 1, "sleepy": 0}
+    assert prometheus.query("deployer_job_last_success") == {"good": 1, "bad": 0}
+    assert prometheus.query("deployer_job_last_http_status") == {"good": 200, "bad": 500}
+    assert prometheus.query("deployer_job_last_attempts") == {"good": 1, "bad": 1}
+    assert prometheus.query("deployer_job_paused") == {"good": 0, "bad": 0, "sleepy": 1}
+    assert prometheus.query("deployer_job_held") == {"good": 0, "bad": 0, "sleepy": 0}
+    assert prometheus.query("deployer_job_period_seconds") == {"good": 86400, "bad": 86400, "sleepy": 3 * 86400}
+    assert prometheus.query("deployer_job_timeout_seconds") == {"good": 45, "bad": 60, "sleepy": 60}
+    assert prometheus.query("deployer_job_next_run_timestamp_seconds") == {
+        "good": next_daily(3), "bad": next_daily(4), "sleepy": 0}
+    now = time.time()
+    started = prometheus.query("deployer_job_last_start_timestamp_seconds")
+    assert set(started) == {"good", "bad"} and all(now - 120 < t < now for t in started.values())
+    assert prometheus.query("deployer_jobs") == {None: 3}
+    [info] = prometheus.api("query", query="deployer_build_info")
+    assert info["metric"]["deployer_host"] == "cron01" and info["metric"]["version"]
+    # Our labels survive the scrape; `job` and `instance` are the scrape target's.
+    [sample] = prometheus.api("query", query='deployer_job_runs_total{deployer_job="good"}')
+    assert (sample["metric"]["deployer_host"], sample["metric"]["job"]) == ("cron01", "node")
+
+    firing = wait_for(lambda: prometheus.firing("DeployerJobFailed"), 20, "DeployerJobFailed")
+    assert [(a["deployer_job"], a["deployer_host"]) for a in firing] == [("bad", "cron01")]
+    assert prometheus.firing("DeployerHeartbeatStale") == [] and prometheus.firing("DeployerNodeExporterDown") == []
+
+    cron01.stop()  # the host dies: node_exporter with it, the heartbeat stops
+    down = wait_for(lambda: prometheus.firing("DeployerNodeExporterDown"), 20, "DeployerNodeExporterDown")
+    assert down[0]["job"] == "node"
+    stale = wait_for(lambda: prometheus.firing("DeployerHeartbeatStale"), 120, "DeployerHeartbeatStale")
+    assert [a["deployer_host"] for a in stale] == ["cron01"]
+
+
+def test_status_json_and_the_metrics_agree(cron01, server, deployer, write_inventory):
+    """Every value both show: next run, paused, held, last result, running, the timer's last run."""
+    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=25)
+    inventory = jobs_inventory(cron01, server) + f"""
+[job:once]
+on_calendar = {soon:%Y-%m-%d %H:%M:%S} UTC
+url = {server.url('/good')}
+
+[job:moved]
+schedule = 0 6 * * *
+url = {server.url('/good')}
+"""
+    path = write_inventory(inventory)
+    deployer("push", "-i", path, check=True)
+    deployer("pause", "sleepy", "-i", path, check=True)
+    deployer("run", "bad", "-i", path, check=False)
+    cron01.ssh(f"systemctl disable --now {paths.job_unit('moved', 'timer')}")  # what `move` does to a handed-off job
+    wait_for(lambda: textfile(cron01).get(("deployer_job_runs_total", "once")) == 1, 60, "the timer's run of once")
+    cron01.ssh(f"systemctl start {paths.METRICS_SERVICE}")  # the file as of now (the stopped timer too)
+
+    status = json.loads(deployer("status", "--json", "-i", path, check=True).stdout)
+    metrics = textfile(cron01)
+    rows = {row["job"]: row for row in status["jobs"]}
+    assert set(rows) == {"good", "bad", "sleepy", "once", "moved"}
+    assert metrics["deployer_jobs", None] == len(rows)
+    for job, row in rows.items():
+        def metric(name):
+            return metrics.get((f"deployer_job_{name}", job))
+
+        next_run = calendar.timegm(time.strptime(row["next"][:19], "%Y-%m-%dT%H:%M:%S")) if row["next"] else 0
+        assert metric("next_run_timestamp_seconds") == next_run, job
+        assert metric("paused") == (1 if row["paused"] else 0), job
+        assert metric("held") == (1 if row["timer"] == "inactive" and not row["paused"]
+                                  and metric("period_seconds") else 0), job
+        assert metric("running") == (1 if row["result"].startswith("running") else 0), job
+        if row["result"].startswith("never run"):
+            assert metric("last_success") is None, job
+        else:
+            assert metric("last_success") == (1 if row["result"].startswith("ok") else 0), job
+        if row["last"]:  # the timer's last trigger: the run's start, within the second
+            last = calendar.timegm(time.strptime(row["last"][:19], "%Y-%m-%dT%H:%M:%S"))
+            assert last - 1 <= metric("last_start_timestamp_seconds") < last + 2, job
+    assert rows["once"]["last"] and rows["bad"]["result"].startswith("failed")
+    assert metrics["deployer_job_held", "moved"] == 1 and metrics["deployer_job_paused", "sleepy"] == 1
+
+
+def test_the_host_pings_its_heartbeat_url_every_minute(cron01, server, deployer, write_inventory):
+    server.routes["/ping/0f3c-uuid"] = Reply(200, b"OK")
+    path = write_inventory(cron01.inventory_host(heartbeat_url=server.url("/ping/0f3c-uuid")))
+    pushed = time.time()
+    deployer("push", "-i", path, check=True)
+    # The push runs the collector (a first ping at once); the heartbeat timer then every minute.
+    pings = wait_for(lambda: len(server.received("/ping/0f3c-uuid")) >= 2 and server.received("/ping/0f3c-uuid"),
+                     110, "two heartbeat pings")
+    assert pings[0].at - pushed < 30 and pings[0].method == "GET"
+    assert 25 < pings[1].at - pings[0].at < 95
+    # The URL is a secret: in a root-only file, not in a unit or `systemctl show`.
+    assert "0f3c-uuid" not in cron01.ssh(f"cat /etc/systemd/system/deployer-* ; systemctl show '{paths.METRICS_SERVICE}'").stdout
+    assert cron01.ssh(f"stat -c '%U %a' {paths.HEARTBEAT_URL}").stdout.strip() == "root 600"
+
+
+def test_each_run_reaches_the_file_seconds_after_it_ends_not_a_minute(cron01, server, deployer, write_inventory):
+    """The debounce timer: every run's OnSuccess=/OnFailure= arms it, it runs the collector 5 s
+    later and unloads, so the next run arms it again."""
+    path = write_inventory(jobs_inventory(cron01, server))
+    deployer("push", "-i", path, check=True)
+    since = cron01.ssh("date +%s").stdout.strip()
+    for number, job in enumerate(("good", "bad", "good"), start=1):
+        deployer("run", job, "-i", path, check=job == "good")
+        ended = time.monotonic()
+        wait_for(lambda: sum(v for (name, _), v in textfile(cron01).items()
+                             if name == "deployer_job_runs_total") == number, 30, f"run {number} in the file")
+        assert time.monotonic() - ended < 15, "a run waited for the minute's heartbeat"
+    log = cron01.ssh(f"journalctl --no-pager -o cat --since=@{since} _PID=1 "
+                     f"UNIT={paths.METRICS_SOON_TIMER}").stdout
+    assert log.count("Started") >= 3, log
+

@@ -1,0 +1,220 @@
+"""The metrics collector (hostside/metrics.py) against a temporary root and a recording systemd:
+records -> counters that survive a restart, the textfile promtool accepts, and its refusals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from deployer.hostside import metrics, paths
+from deployer.hostside.agent import Systemd
+from deployer.hostside.record import RunRecord
+
+HOST = "cron01"
+TIMER_SHOW = {
+    "deployer-settle.timer": "ActiveState=active\nUnitFileState=enabled\nNextElapseUSecRealtime=\n"
+                             "LastTriggerUSec=Wed 2026-11-25 13:00:00 UTC\n"
+                             "TimersCalendar={ OnCalendar=*-*-* *:00:00 ; next_elapse=Wed 2026-11-25 14:00:00 UTC }",
+    "deployer-report.timer": "ActiveState=inactive\nUnitFileState=disabled\nNextElapseUSecRealtime=\n"
+                             "LastTriggerUSec=n/a\nTimersCalendar={ OnCalendar=*-*-* 03:00:00 ; next_elapse=n/a }",
+}
+SERVICE_SHOW = {
+    "deployer-settle.service": "ActiveState=activating\nResult=success\nExecMainStatus=0\n"
+                               "ExecMainStartTimestamp=Wed 2026-11-25 13:59:00 UTC\nExecMainExitTimestamp=",
+    "deployer-report.service": "ActiveState=inactive\nResult=success\nExecMainStatus=0\n"
+                               "ExecMainStartTimestamp=\nExecMainExitTimestamp=",
+}
+
+
+def record(job, started, result="ok", duration=1.5):
+    return RunRecord(job=job, run="r%d" % started, slot=int(started) // 60 * 60, started=started, duration=duration,
+                     attempts=1 if result == "ok" else 3, result=result,
+                     reason="status 200" if result == "ok" else "status 500, expected 2xx",
+                     http_status=200 if result == "ok" else 500)
+
+
+class FakeSystemd(Systemd):
+    """journalctl answers the records after the cursor; systemctl show answers TIMER/SERVICE_SHOW."""
+
+    def __init__(self):
+        self.records: list[RunRecord] = []
+        self.calls: list[tuple] = []
+
+    def run(self, args):
+        args = tuple(args)
+        self.calls.append(args)
+        if args[0] == "journalctl":
+            after = [a.split("=", 1)[1] for a in args if a.startswith("--after-cursor=")]
+            start = int(after[0]) + 1 if after else 0
+            lines = [json.dumps({"__CURSOR": str(i), **r.journal_fields()})
+                     for i, r in enumerate(self.records) if i >= start]
+            return 0, "\n".join(lines) + "\n", ""
+        if args[:2] == ("systemctl", "show"):
+            shown = {**TIMER_SHOW, **SERVICE_SHOW}
+            return 0, "\n\n".join("Id=%s\n%s" % (u, shown[u]) for u in args[4:] if u in shown) + "\n", ""
+        raise AssertionError(args)
+
+    def properties(self, units, properties):  # never the D-Bus of the machine the tests run on
+        return self.show(units, properties)
+
+
+@pytest.fixture
+def host(tmp_path):
+    layout = paths.Layout(str(tmp_path))
+    os.makedirs(layout.unit_dir)
+    for job, settings in (("settle", {"period": 3600, "timeout": 60}), ("report", {"period": 86400, "timeout": 300})):
+        with open(os.path.join(layout.unit_dir, paths.job_unit(job, "timer")), "w") as handle:
+            handle.write("%s\n[Unit]\n%s=%s\n[Timer]\nOnCalendar=hourly\n"
+                         % (paths.MARKER, paths.METRICS_KEY, json.dumps(settings)))
+    # An unmanaged timer of the same shape is no job of ours.
+    with open(os.path.join(layout.unit_dir, "deployer-stray.timer"), "w") as handle:
+        handle.write("[Timer]\nOnCalendar=hourly\n")
+    directory = tmp_path / paths.METRICS_DIR.lstrip("/")
+    directory.mkdir(parents=True)
+    directory.chmod(0o755)
+    return layout, FakeSystemd()
+
+
+def collect(host, now=1795615200.0):
+    layout, systemd = host
+    return metrics.collect(HOST, "1.2.3", paths.METRICS_DIR, layout=layout, systemd=systemd, now=now)
+
+
+def parse(text):
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            values[series] = float(value)
+    return values
+
+
+def series(name, job):
+    return '%s{deployer_host="%s",deployer_job="%s"}' % (name, HOST, job)
+
+
+def test_runs_become_counters_and_last_values(host):
+    host[1].records = [record("settle", 1795600000.0), record("settle", 1795603600.0, "failed", 12.25)]
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "settle")] == 2
+    assert values[series("deployer_job_failures_total", "settle")] == 1
+    assert values[series("deployer_job_last_success", "settle")] == 0
+    assert values[series("deployer_job_last_start_timestamp_seconds", "settle")] == 1795603600.0
+    assert values[series("deployer_job_last_slot_timestamp_seconds", "settle")] == 1795603560
+    assert values[series("deployer_job_last_duration_seconds", "settle")] == 12.25
+    assert values[series("deployer_job_last_success_timestamp_seconds", "settle")] == 1795600001.5
+    assert values[series("deployer_job_last_failure_timestamp_seconds", "settle")] == 1795603612.25
+    assert values[series("deployer_job_last_attempts", "settle")] == 3
+    assert values[series("deployer_job_last_http_status", "settle")] == 500
+    assert values[series("deployer_job_next_run_timestamp_seconds", "settle")] == 1795615200  # 14:00 UTC
+    assert values[series("deployer_job_period_seconds", "settle")] == 3600
+    assert values[series("deployer_job_timeout_seconds", "report")] == 300
+    assert values[series("deployer_job_running", "settle")] == 1
+    assert values[series("deployer_job_running_since_timestamp_seconds", "settle")] == 1795615140  # 13:59
+    assert values[series("deployer_job_running", "report")] == 0
+    assert values[series("deployer_job_held", "report")] == 1  # stopped, not paused
+    assert values[series("deployer_job_runs_total", "report")] == 0
+    assert series("deployer_job_last_success", "report") not in values  # never ran: no last_* series
+    assert values['deployer_jobs{deployer_host="cron01"}'] == 2
+    assert values['deployer_held{deployer_host="cron01"}'] == 0
+    assert values['deployer_build_info{deployer_host="cron01",version="1.2.3"}'] == 1
+    assert values['deployer_heartbeat_timestamp_seconds{deployer_host="cron01"}'] == 1795615200
+
+
+def test_counters_survive_a_restart_and_no_run_counts_twice(host):
+    host[1].records = [record("settle", 1795600000.0)]
+    collect(host)
+    host[1].records.append(record("settle", 1795603600.0, "failed"))
+    collect(host)  # a new process: everything it knows comes from the state file and the journal
+    collect(host)
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "settle")] == 2
+    assert values[series("deployer_job_failures_total", "settle")] == 1
+    # The cursor: later passes ask the journal only for what is new.
+    last_read = [c for c in host[1].calls if c[0] == "journalctl"][-1]
+    assert [a for a in last_read if a.startswith("--after-cursor=")] == ["--after-cursor=1"]
+
+
+def test_a_journal_read_again_from_the_start_counts_nothing_twice(host):
+    layout, systemd = host
+    systemd.records = [record("settle", 1795600000.0), record("settle", 1795603600.0)]
+    collect(host)
+    state = json.loads(open(layout.at(paths.METRICS_STATE)).read())
+    state["cursor"] = ""  # a lost cursor (a volatile journal after a reboot)
+    with open(layout.at(paths.METRICS_STATE), "w") as handle:
+        json.dump(state, handle)
+    assert parse(collect(host))[series("deployer_job_runs_total", "settle")] == 2
+
+
+def test_the_paused_marker_shows(host):
+    layout, _ = host
+    os.makedirs(layout.paused_dir)
+    open(os.path.join(layout.paused_dir, "deployer-report.timer"), "w").close()
+    values = parse(collect(host))
+    assert (values[series("deployer_job_paused", "report")], values[series("deployer_job_held", "report")]) == (1, 0)
+
+
+def test_files_are_root_only_where_they_must_be(host):
+    layout, _ = host
+    collect(host)
+    textfile = layout.at(paths.METRICS_DIR + "/" + paths.METRICS_FILE)
+    assert os.stat(textfile).st_mode & 0o777 == 0o644
+    assert os.stat(layout.at(paths.METRICS_STATE)).st_mode & 0o777 == 0o600
+    assert [n for n in os.listdir(os.path.dirname(textfile))] == [paths.METRICS_FILE]  # no temporary left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the owner check needs root to own the directory")
+def test_a_directory_others_can_write_is_refused(host):
+    layout, _ = host
+    directory = layout.at(paths.METRICS_DIR)
+    os.chmod(directory, 0o777)
+    with pytest.raises(metrics.MetricsError, match="writable by others than root"):
+        collect(host)
+    assert os.listdir(directory) == []
+
+
+def test_the_textfile_passes_promtool_check_metrics(host):
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool is missing (apt-get install prometheus; `make install` does)")
+    host[1].records = [record("settle", 1795600000.0), record("report", 1795603600.0, "failed")]
+    text = collect(host)
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stdout + result.stderr
+
+
+def test_every_family_is_written_once_with_help_and_type(host):
+    host[1].records = [record("settle", 1795600000.0), record("report", 1795603600.0, "failed")]
+    text = collect(host)
+    names = [f.name for f in metrics.JOB_FAMILIES + metrics.HOST_FAMILIES]
+    assert [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")] == names
+
+
+def test_a_pass_that_read_records_looks_again_until_nothing_is_new(host):
+    layout, systemd = host
+    assert metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=systemd) == 1
+
+    class Arriving(FakeSystemd):
+        """A run ends while each of the first two passes runs."""
+
+        def run(self, args):
+            if args[0] == "journalctl" and len(self.records) < 3:
+                self.records.append(record("settle", 1795600000.0 + 60 * len(self.records)))
+            return super().run(args)
+
+    arriving = Arriving()
+    passes = metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=arriving)
+    assert passes == 4  # 1, 2 and 3 records read, then none
+    text = open(layout.at(paths.METRICS_DIR + "/" + paths.METRICS_FILE)).read()
+    assert parse(text)[series("deployer_job_runs_total", "settle")] == 3
+
+
+def test_a_host_that_holds_its_jobs_says_so(host):
+    layout, _ = host
+    os.makedirs(os.path.dirname(layout.held), exist_ok=True)
+    with open(layout.held, "w") as handle:
+        json.dump({"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 900.0, "lease_seconds": 300.0}, handle)
+    assert parse(collect(host))['deployer_held{deployer_host="cron01"}'] == 1
