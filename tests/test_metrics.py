@@ -115,7 +115,7 @@ def test_runs_become_counters_and_last_values(host):
     assert values[series("deployer_job_running", "settle")] == 1
     assert values[series("deployer_job_running_since_timestamp_seconds", "settle")] == 1795615140  # 13:59
     assert values[series("deployer_job_running", "report")] == 0
-    assert values[series("deployer_job_held", "report")] == 1  # stopped, not paused
+    assert values[series("deployer_job_stopped", "report")] == 1  # stopped, not paused
     assert values[series("deployer_job_runs_total", "report")] == 0
     assert series("deployer_job_last_success", "report") not in values  # never ran: no last_* series
     assert values['deployer_jobs{deployer_host="cron01"}'] == 2
@@ -154,7 +154,7 @@ def test_the_paused_marker_shows(host):
     os.makedirs(layout.paused_dir)
     open(os.path.join(layout.paused_dir, "deployer-report.timer"), "w").close()
     values = parse(collect(host))
-    assert (values[series("deployer_job_paused", "report")], values[series("deployer_job_held", "report")]) == (1, 0)
+    assert (values[series("deployer_job_paused", "report")], values[series("deployer_job_stopped", "report")]) == (1, 0)
 
 
 def test_files_are_root_only_where_they_must_be(host):

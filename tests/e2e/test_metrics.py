@@ -178,7 +178,7 @@ def test_prometheus_scrapes_the_jobs_and_the_rules_fire(cron01, server, deployer
     assert prometheus.query("deployer_job_last_http_status") == {"good": 200, "bad": 500}
     assert prometheus.query("deployer_job_last_attempts") == {"good": 1, "bad": 1}
     assert prometheus.query("deployer_job_paused") == {"good": 0, "bad": 0, "sleepy": 1}
-    assert prometheus.query("deployer_job_held") == {"good": 0, "bad": 0, "sleepy": 0}
+    assert prometheus.query("deployer_job_stopped") == {"good": 0, "bad": 0, "sleepy": 0}
     assert prometheus.query("deployer_job_period_seconds") == {"good": 86400, "bad": 86400, "sleepy": 3 * 86400}
     assert prometheus.query("deployer_job_timeout_seconds") == {"good": 45, "bad": 60, "sleepy": 60}
     assert prometheus.query("deployer_job_next_run_timestamp_seconds") == {
@@ -236,18 +236,18 @@ url = {server.url('/good')}
         next_run = calendar.timegm(time.strptime(row["next"][:19], "%Y-%m-%dT%H:%M:%S")) if row["next"] else 0
         assert metric("next_run_timestamp_seconds") == next_run, job
         assert metric("paused") == (1 if row["paused"] else 0), job
-        assert metric("held") == (1 if row["timer"] == "inactive" and not row["paused"]
-                                  and metric("period_seconds") else 0), job
-        assert metric("running") == (1 if row["result"].startswith("running") else 0), job
-        if row["result"].startswith("never run"):
+        assert metric("stopped") == (1 if row["timer"] == "inactive" and not row["paused"]
+                                     and metric("period_seconds") else 0), job
+        assert metric("running") == (1 if row["last_result"] == "running" else 0), job
+        if row["last_result"] == "never":
             assert metric("last_success") is None, job
         else:
-            assert metric("last_success") == (1 if row["result"].startswith("ok") else 0), job
+            assert metric("last_success") == (1 if row["last_result"] == "ok" else 0), job
         if row["last"]:  # the timer's last trigger: the run's start, within the second
             last = calendar.timegm(time.strptime(row["last"][:19], "%Y-%m-%dT%H:%M:%S"))
             assert last - 1 <= metric("last_start_timestamp_seconds") < last + 2, job
-    assert rows["once"]["last"] and rows["bad"]["result"].startswith("failed")
-    assert metrics["deployer_job_held", "moved"] == 1 and metrics["deployer_job_paused", "sleepy"] == 1
+    assert rows["once"]["last"] and rows["bad"]["result"] == "failed"
+    assert metrics["deployer_job_stopped", "moved"] == 1 and metrics["deployer_job_paused", "sleepy"] == 1
 
 
 def test_the_host_pings_its_heartbeat_url_every_minute(cron01, server, deployer, write_inventory):
