@@ -22,7 +22,9 @@ KILLS = 6
 
 
 def jobs(first: int, last: int, minute: int) -> str:
-    return "".join(f"[job:j{i:03d}]\nschedule = {minute} {i % 24} * * *\nurl = http://127.0.0.1:9/j{i}\n"
+    # On 29 February only: a job due during the test would fail (nothing listens on port 9) and
+    # show up in `--failed`, which assert_consistent reads as a broken push.
+    return "".join(f"[job:j{i:03d}]\nschedule = {minute} {i % 24} 29 2 *\nurl = http://127.0.0.1:9/j{i}\n"
                    for i in range(first, last))
 
 
