@@ -7,12 +7,10 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
-from urllib.parse import urlsplit
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import (JOB_OPTIONS, Invalid, boolean, calendar_lines, duration_seconds, name, optional,
-                               text, url)
+from .hostside.options import JOB_OPTIONS, Invalid, boolean, duration_seconds, text, url
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .hostside.paths import (  # noqa: F401 - names live with the paths, for every side
-    MARKER, UNIT_PREFIX, BadName, alert_template, instance, job_unit, recovery_template)
+from .hostside.paths import BadName
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

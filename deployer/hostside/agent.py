@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 from deployer.hostside import dbus, paths, protocol, record
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from . import paths, record
 from .channels import Channel, build_outbound
-from .run import redact_url, trust_store
+from .run import trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
 RATE_LIMIT = 18
