@@ -102,7 +102,12 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune)
     if the_plan.is_noop:
-        return Pushed(host_name, the_plan)
+        if state.held is None:
+            return Pushed(host_name, the_plan)
+        # Nothing to change, but the host holds its jobs: the push confirms it owns them all.
+        progress("releasing the host's hold")
+        answer = remote.release(agent)
+        return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released))
     doomed = removed_jobs(the_plan)
     if doomed and confirm is not None and not confirm(doomed):
         raise DeployerError(f"host {host_name}: push cancelled, nothing changed (--no-prune keeps "

@@ -610,7 +610,8 @@ def record_entry(job, run, started, result="ok", reason="status 200", **extra):
     from deployer.hostside.record import RunRecord
 
     fields = RunRecord(job, run, int(started) // 60 * 60, started, 0.5, 1, result, reason, 200).journal_fields()
-    return {**fields, "__REALTIME_TIMESTAMP": str(int((started + 0.5) * 1e6)), "_PID": "812", **extra}
+    return {**fields, "__REALTIME_TIMESTAMP": str(int((started + 0.5) * 1e6)), "_PID": "812", "_UID": "61200",
+            **extra}
 
 
 def pid1(job, invocation, message_id, at, **fields):
@@ -638,6 +639,16 @@ def test_runs_from_the_journal_records_and_a_run_killed_before_its_record():
         ("cc", "failed", "code is 7", "record")]
     assert (runs["settle"][1].started, runs["settle"][1].duration, runs["settle"][1].slot) == (2000.0, 75.0, 0)
     assert [r.run for r in runs["other"]] == ["dd"]
+
+
+def test_a_record_a_local_user_sends_is_not_a_run_and_a_field_sent_twice_is_no_crash():
+    """journald's socket is open to every user: only a DynamicUser= run of the job's own unit counts."""
+    real = record_entry("settle", "aa", 1000.0, _SYSTEMD_UNIT="deployer-settle.service")
+    forged = [record_entry("settle", "zz", 9e9, _UID="1000"),  # a login's uid
+              record_entry("settle", "yy", 9e9, _SYSTEMD_UNIT="deployer-other.service"),  # another job's run
+              {**record_entry("settle", "xx", 9e9), "DEPLOYER_HTTP_STATUS": ["200", "200"]}]  # sent twice
+    runs = agent.runs_from_journal([real] + forged)
+    assert [r.run for r in runs["settle"]] == ["aa"]
 
 
 def test_status_reads_last_runs_with_one_journal_call_that_ends_once_each_job_has_its_record(host):

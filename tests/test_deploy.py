@@ -42,6 +42,23 @@ def test_a_second_push_plans_nothing(tmp_path, hosts):
     assert again.plan.is_noop and again.result is None
 
 
+def test_a_push_with_nothing_to_change_still_releases_a_held_host(tmp_path, hosts):
+    """`status` and `plan` say a push releases a held host: a push that changes no file too."""
+    from deployer.hostside import agent
+
+    inv = load(tmp_path, jobs("cron01"))
+    deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
+    layout = hosts["cron01"].layout
+    agent.renew_lease(300.0, layout, now=1000.0)
+    agent.hold_at_boot(layout, FakeSystemd(), now=1000.0 + 7980.0)
+    assert remote.read_state(hosts["cron01"]).held is not None
+
+    again = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
+    assert again.plan.is_noop and again.result.released.down_for_seconds == 7980.0
+    assert set(again.result.started) >= {"deployer-a.timer", "deployer-b.timer"}
+    assert remote.read_state(hosts["cron01"]).held is None
+
+
 def test_a_job_still_installed_on_another_host_is_refused(tmp_path, hosts):
     deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
     moved = load(tmp_path, jobs("cron02"))

@@ -42,6 +42,12 @@ class FakeSystemd(Systemd):
     def __init__(self):
         self.records: list[RunRecord] = []
         self.calls: list[tuple] = []
+        self.forged: set[str] = set()  # runs sent by a local user, not by the job's service
+
+    def sender(self, r: RunRecord) -> dict:
+        if r.run in self.forged:
+            return {"_UID": "1000"}
+        return {"_UID": "61299", "_SYSTEMD_UNIT": f"deployer-{r.job}.service"}
 
     def run(self, args):
         args = tuple(args)
@@ -49,7 +55,7 @@ class FakeSystemd(Systemd):
         if args[0] == "journalctl":
             after = [a.split("=", 1)[1] for a in args if a.startswith("--after-cursor=")]
             start = int(after[0]) + 1 if after else 0
-            lines = [json.dumps({"__CURSOR": str(i), **r.journal_fields()})
+            lines = [json.dumps({"__CURSOR": str(i), **r.journal_fields(), **self.sender(r)})
                      for i, r in enumerate(self.records) if i >= start]
             return 0, "\n".join(lines) + "\n", ""
         if args[:2] == ("systemctl", "show"):
@@ -138,6 +144,17 @@ def test_counters_survive_a_restart_and_no_run_counts_twice(host):
     assert [a for a in last_read if a.startswith("--after-cursor=")] == ["--after-cursor=1"]
 
 
+def test_a_record_a_local_user_forged_counts_for_nothing(host):
+    """Before: a record dated in the future made every real run after it look old (never counted)."""
+    host[1].records = [record("settle", 9_000_000_000.0)]
+    host[1].forged.add("r9000000000")
+    collect(host)
+    host[1].records.append(record("settle", 1795603600.0, "failed"))
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "settle")] == 1
+    assert values[series("deployer_job_failures_total", "settle")] == 1
+
+
 def test_a_journal_read_again_from_the_start_counts_nothing_twice(host):
     layout, systemd = host
     systemd.records = [record("settle", 1795600000.0), record("settle", 1795603600.0)]
@@ -174,6 +191,21 @@ def test_a_directory_others_can_write_is_refused(host):
     with pytest.raises(metrics.MetricsError, match="writable by others than root"):
         collect(host)
     assert os.listdir(directory) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the owner check needs root to own the directory")
+def test_a_directory_swapped_for_a_link_is_refused_and_nothing_lands_where_it_points(host, tmp_path):
+    """The parent of Debian's textfile directory belongs to `prometheus`: that user can put a
+    link where the directory was. Root must not follow it."""
+    layout, _ = host
+    directory = layout.at(paths.METRICS_DIR)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rmdir(directory)
+    os.symlink(elsewhere, directory)
+    with pytest.raises(metrics.MetricsError, match="not a directory root can use"):
+        collect(host)
+    assert os.listdir(elsewhere) == []
 
 
 def test_the_textfile_passes_promtool_check_metrics(host):

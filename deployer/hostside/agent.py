@@ -223,7 +223,8 @@ UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
 # The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
 RUN_FIELDS = ("MESSAGE_ID", "DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED",
               "DEPLOYER_DURATION", "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON",
-              "DEPLOYER_HTTP_STATUS", "_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE", "EXIT_STATUS")
+              "DEPLOYER_HTTP_STATUS", "_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
+              "EXIT_STATUS") + record.SENDER_FIELDS
 # A status reads the journal newest first and stops once every job it asks about has its
 # record; a job that never ran has none, so the read stops after this many entries at most.
 STATUS_SCAN_LIMIT = 50000
@@ -281,6 +282,8 @@ def runs_from_journal(entries):
     recorded, seen = {}, {}
     for entry in entries:
         if entry.get("MESSAGE_ID") == record.RUN_FINISHED and entry.get("DEPLOYER_JOB"):
+            if not record.sent_by_the_job(entry):
+                continue
             try:
                 r = record.RunRecord.from_journal(entry)
             except (KeyError, ValueError, TypeError):
@@ -952,7 +955,7 @@ def with_last_runs(host, jobs):
     waiting = set(asked)
 
     def done(entry):
-        if entry.get("MESSAGE_ID") == record.RUN_FINISHED:
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and record.sent_by_the_job(entry):
             waiting.discard(entry.get("DEPLOYER_JOB"))
         return not waiting
 

@@ -16,21 +16,20 @@ import calendar
 import contextlib
 import json
 import os
-import stat
 import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import paths
-from .record import RUN_FINISHED, RunRecord
+from .record import RUN_FINISHED, SENDER_FIELDS, RunRecord, sent_by_the_job
 
 STATE_VERSION = 1
 # The heartbeat URL hears from the host at most this often (the collector also runs after runs).
 PING_INTERVAL = 30
 PING_TIMEOUT = 10.0
 RECORD_FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
-                 "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS")
+                 "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS") + SENDER_FIELDS
 
 
 class MetricsError(Exception):
@@ -185,7 +184,8 @@ def read_records(systemd, cursor: str):
         with contextlib.suppress(ValueError, KeyError, TypeError):
             entry = json.loads(line)
             cursor = entry.get("__CURSOR", cursor)
-            records.append(RunRecord.from_journal(entry))
+            if sent_by_the_job(entry):
+                records.append(RunRecord.from_journal(entry))
     return records, cursor
 
 
@@ -205,30 +205,43 @@ def read_state(path: str) -> dict:
         "version": STATE_VERSION, "cursor": "", "jobs": {}}
 
 
-def check_directory(directory: str) -> None:
-    """The textfile directory must be one only root can write: anyone else could forge metrics."""
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode):
-        raise MetricsError("%s is not a directory" % directory)
+def open_directory(directory: str) -> int:
+    """The textfile directory, opened once without following a link and checked on that very
+    descriptor: it must be one only root can write (anyone else could forge metrics), and whoever
+    owns its parent (Debian's postinst gives /var/lib/prometheus to `prometheus`) cannot swap it
+    for a link between the check and the write."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise MetricsError("%s is not a directory root can use (%s)" % (directory, error.strerror)) from None
+    info = os.fstat(fd)
     if info.st_uid != 0 or info.st_mode & 0o022:
+        os.close(fd)
         raise MetricsError("%s is writable by others than root (owner uid %d, mode %o): refusing to write "
                            "metrics there; make it root-owned, 0755" % (directory, info.st_uid, info.st_mode & 0o7777))
+    return fd
 
 
-def write_atomically(path: str, text: str, mode: int) -> None:
-    """Whole or not at all (a scrape never reads half a file): a fresh temporary, then rename."""
-    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+def write_atomically(path: str, text: str, mode: int, directory_fd: Optional[int] = None) -> None:
+    """Whole or not at all (a scrape never reads half a file): a fresh temporary, then rename.
+    `directory_fd`: every step inside that directory (open_directory), `path` its file name."""
+    where = {} if directory_fd is None else {"dir_fd": directory_fd}
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, "." + name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        os.unlink(temporary, **where)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, **where)
     try:
         with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask
             handle.write(text)
-        os.chmod(temporary, mode)  # whatever the umask
-        os.rename(temporary, path)
+        if directory_fd is None:
+            os.rename(temporary, path)
+        else:
+            os.rename(temporary, path, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
     except OSError:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, **where)
         raise
 
 
@@ -246,16 +259,21 @@ def installed_jobs(layout) -> Dict[str, str]:
 
 
 def ping(url: str, log) -> bool:
-    from .run import redact_url, request, TransportError
+    from urllib.parse import urlsplit
 
+    from .run import TransportError, request
+
+    # A Healthchecks-style URL is a secret as a whole (its path is the check's key): the log
+    # names the monitor's host only.
+    shown = urlsplit(url).hostname or "the heartbeat URL"
     try:
         response = request("GET", url, {"User-Agent": "deployer-heartbeat/1"}, (PING_TIMEOUT, PING_TIMEOUT),
                            max_body=1024)
     except TransportError as error:
-        log("heartbeat to %s failed: %s" % (redact_url(url), error.reason))
+        log("heartbeat to %s failed: %s" % (shown, error.reason))
         return False
     if response.status >= 400:
-        log("heartbeat to %s: status %d" % (redact_url(url), response.status))
+        log("heartbeat to %s: status %d" % (shown, response.status))
         return False
     return True
 
@@ -279,7 +297,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     state = dict(state, jobs=jobs_state)
     values = {status.job: job_values(status.job, status, timer_settings(units[status.job]), state)
               for status in statuses}
-    text = textfile(host, version, values, now, held=machine.read_held() is not None)
+    text = textfile(host, version, values, now, held=is_held(machine))
     url = read_heartbeat_url(layout)
     due = url and now - state.get("pinged", 0) >= PING_INTERVAL
     if due:
@@ -289,11 +307,25 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     target = layout.at(directory)
     if not os.path.isdir(target):
         os.makedirs(target, mode=0o755)
-    check_directory(target)
-    write_atomically(os.path.join(target, paths.METRICS_FILE), text, 0o644)
+    directory_fd = open_directory(target)
+    try:
+        write_atomically(paths.METRICS_FILE, text, 0o644, directory_fd=directory_fd)
+    finally:
+        os.close(directory_fd)
     if due:  # after the file: a slow monitor never holds up the metrics
         ping(url, log)
     return text
+
+
+def is_held(machine) -> bool:
+    """A corrupt hold file holds too (as the boot check and release read it): the metrics say
+    so every minute instead of stopping, which would look like a dead host."""
+    from .agent import AgentError
+
+    try:
+        return machine.read_held() is not None
+    except AgentError:
+        return True
 
 
 def read_heartbeat_url(layout) -> str:

@@ -11,8 +11,12 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from .paths import JOURNAL_SOCKET
+from .paths import JOURNAL_SOCKET, BadName, job_unit
 
+# systemd's DynamicUser= range: every job run's user (both sandboxes), never a login's.
+DYNAMIC_UIDS = range(61184, 65520)
+# The journal fields that say who sent an entry; journald sets them, a sender cannot.
+SENDER_FIELDS = ("_UID", "_SYSTEMD_UNIT")
 # `journalctl MESSAGE_ID=...` finds every run of every job.
 RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
 RESULTS = ("ok", "failed")
@@ -61,13 +65,31 @@ class RunRecord:
 
     @classmethod
     def from_journal(cls, entry: dict) -> "RunRecord":
-        """From one `journalctl -o json` entry (raises ValueError/KeyError on a foreign one)."""
+        """From one `journalctl -o json` entry (raises ValueError/KeyError on a foreign one:
+        journalctl gives a field sent twice as a list)."""
+        if any(not isinstance(v, str) for k, v in entry.items() if k.startswith("DEPLOYER_")):
+            raise ValueError("a record field that is not one string")
         status = entry.get("DEPLOYER_HTTP_STATUS") or ""
         return cls(job=entry["DEPLOYER_JOB"], run=entry.get("DEPLOYER_RUN", ""),
                    slot=int(entry["DEPLOYER_SLOT"]), started=float(entry["DEPLOYER_STARTED"]),
                    duration=float(entry["DEPLOYER_DURATION"]), attempts=int(entry["DEPLOYER_ATTEMPTS"]),
                    result=entry["DEPLOYER_RESULT"], reason=entry.get("DEPLOYER_REASON", ""),
                    http_status=int(status) if status.isdigit() else None)
+
+
+def sent_by_the_job(entry: dict) -> bool:
+    """Did the job's own run send this entry? journald's native socket is open to every local
+    user, so anyone can send an entry with these fields: only one from a DynamicUser= run
+    (`_UID`, from the kernel's credentials) counts, and from the job's own unit when journald
+    could tell the unit (`_SYSTEMD_UNIT` can be missing for a sender that already exited)."""
+    uid, unit = entry.get("_UID"), entry.get("_SYSTEMD_UNIT")
+    if not isinstance(uid, str) or not uid.isdigit() or int(uid) not in DYNAMIC_UIDS:
+        return False
+    try:
+        own = job_unit(entry.get("DEPLOYER_JOB") or "", "service")
+    except (BadName, TypeError):
+        return False
+    return unit is None or unit == own
 
 
 def encode(fields: dict) -> bytes:

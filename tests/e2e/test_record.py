@@ -6,15 +6,15 @@ import time
 
 import pytest
 
-from deployer.hostside.record import RUN_FINISHED, RunRecord
+from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
 from tests.httpserver import Reply, json_reply
 
 pytestmark = pytest.mark.e2e
 
 
 def records(host, job: str) -> list[RunRecord]:
-    out = host.ssh(f"journalctl --no-pager -q -o json DEPLOYER_JOB={job}").stdout
-    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    """The job's records that its own runs sent (what history, status and the metrics accept)."""
+    entries = [e for e in records_any_sender(host, job) if sent_by_the_job(e)]
     assert all(entry["MESSAGE_ID"] == RUN_FINISHED for entry in entries)
     assert all(entry["SYSLOG_IDENTIFIER"] == f"deployer-{job}" for entry in entries)
     return [RunRecord.from_journal(entry) for entry in entries]
@@ -50,6 +50,7 @@ retries = 1
 
     [good] = wait_for_records(cron01, "good", 1)
     [bad] = wait_for_records(cron01, "bad", 1)
+    assert len(records_any_sender(cron01, "good")) == 1  # the real record passes the sender check
     assert (good.result, good.attempts, good.http_status, good.reason) == ("ok", 1, 200, "status 200")
     assert (bad.result, bad.attempts, bad.http_status) == ("failed", 2, 500)
     assert "500" in bad.reason
@@ -58,3 +59,42 @@ retries = 1
     # The run id is the one the service saw, so a record can be matched with the service's log.
     [request] = server.received("/good")
     assert request.headers["X-Deployer-Run-Id"] == good.run
+
+
+def test_a_record_a_local_user_sends_changes_no_status_history_or_metric(tmp_path, server, deployer, write_inventory):
+    """journald's socket is open to every local user: a forged record (a 'success' dated far in
+    the future, a field sent twice) must not become a run (before: status showed it, the metrics
+    stopped counting real runs, a field sent twice crashed status)."""
+    from tests.cronhost import CronHost
+    from tests.e2e.conftest import _require_nspawn
+
+    _require_nspawn()
+    server.routes["/bad"] = Reply(500, b"exploded")
+    with CronHost("cron01", workdir=tmp_path / "cron01", users=("mallory",)) as host:
+        path = write_inventory(host.inventory_host() + f"""
+[job:settle]
+schedule = 0 4 * * *
+url = {server.url('/bad')}
+retries = 0
+""")
+        deployer("push", "-i", path, check=True)
+        deployer("run", "settle", "-i", path, check=False)
+        wait_for_records(host, "settle", 1)
+        forged = "\n".join([f"MESSAGE_ID={RUN_FINISHED}", "MESSAGE=settle: ok", "DEPLOYER_JOB=settle",
+                            "DEPLOYER_RUN=forged", "DEPLOYER_SLOT=9000000000", "DEPLOYER_STARTED=9000000000",
+                            "DEPLOYER_DURATION=0.1", "DEPLOYER_ATTEMPTS=1", "DEPLOYER_RESULT=ok",
+                            "DEPLOYER_REASON=status 200", "DEPLOYER_HTTP_STATUS=200",
+                            "DEPLOYER_HTTP_STATUS=200"]) + "\n"
+        host.ssh("logger --journald", user="mallory", input=forged)
+        assert len(records_any_sender(host, "settle")) == 2  # journald took it: the readers must refuse it
+
+        [row] = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)["jobs"]
+        runs = json.loads(deployer("history", "settle", "-i", path, "--since", "1h", "--json",
+                                   check=True).stdout)["runs"]
+        assert row["result"] == "failed" and "500" in row["reason"]
+        assert [run["result"] for run in runs] == ["failed"]
+
+
+def records_any_sender(host, job: str) -> list[dict]:
+    out = host.ssh(f"journalctl --no-pager -q -o json DEPLOYER_JOB={job}").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
