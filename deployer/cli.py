@@ -270,10 +270,15 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
             click.echo(f"host {host_name}: push would remove {len(doomed)} "
                        f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
         if state.held:
-            click.echo(f"host {host_name}: held (was down {_duration(state.held.down_for_seconds)}): a push "
+            click.echo(f"host {host_name}: held ({_held_why(state.held)}): a push "
                        f"releases it, and its jobs run again")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
+
+
+def _held_why(held) -> str:
+    """`was down 2h13m`, or why a host holds its jobs when not for its lease (Held.reason)."""
+    return held.reason or f"was down {_duration(held.down_for_seconds)}"
 
 
 def _print_push(pushed, as_json: bool) -> None:
@@ -298,8 +303,8 @@ def _print_push(pushed, as_json: bool) -> None:
         click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
                    f"(--no-prune): {_names(kept)}")
     if pushed.result and pushed.result.released:
-        click.echo(f"host {pushed.host}: released: it held its jobs (was down "
-                   f"{_duration(pushed.result.released.down_for_seconds)}); they run again")
+        click.echo(f"host {pushed.host}: released: it held its jobs ({_held_why(pushed.result.released)}); "
+                   "they run again")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
     click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
 
@@ -449,7 +454,7 @@ def release(inventory_path, host_name):
     if answer.released is None:
         click.echo(f"host {host_name}: not held; nothing to release")
         return
-    click.echo(f"host {host_name}: released (was down {_duration(answer.released.down_for_seconds)}); "
+    click.echo(f"host {host_name}: released ({_held_why(answer.released)}); "
                f"{len(answer.started)} job timers started")
 
 

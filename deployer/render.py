@@ -177,7 +177,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     secrets = job_credentials(job)
     soon = [paths.METRICS_SOON_TIMER] if metrics else []
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
-                  sandbox=sandbox, held=paths.HELD)
+                  sandbox=sandbox, held=paths.HELD, not_held=paths.NOT_HELD)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
@@ -278,8 +278,8 @@ def lease_units(host: Host) -> tuple[ManagedFile, ...]:
                                                       service=paths.LEASE_SERVICE)
     service = env.get_template("lease.service.j2").render(
         **common, argv=[host.python, "-m", "deployer.hostside.agent", "--renew-lease", f"{host.lease:g}"])
-    hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, recover=paths.RECOVER_UNIT,
-                                                      python=host.python)
+    hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, not_held=paths.NOT_HELD,
+                                                      recover=paths.RECOVER_UNIT, python=host.python)
     return (ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_SERVICE}", service.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_TIMER}", timer.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{paths.HOLD_UNIT}", hold.encode()))

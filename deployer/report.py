@@ -93,8 +93,11 @@ class HostStatus:
 
 
 def held_text(held: Optional[Held]) -> Optional[str]:
-    """`was down 2h13m` while the host holds its jobs (its lease ran out while it was down)."""
-    return None if held is None else f"was down {duration_text(held.down_for_seconds)}"
+    """`was down 2h13m` while the host holds its jobs (its lease ran out while it was down);
+    `failing closed` when it holds for another cause (Held.reason says which)."""
+    if held is None:
+        return None
+    return "failing closed" if held.reason else f"was down {duration_text(held.down_for_seconds)}"
 
 
 def held_document(held: Optional[Held]) -> Optional[dict]:
@@ -102,7 +105,7 @@ def held_document(held: Optional[Held]) -> Optional[dict]:
     if held is None:
         return None
     return {"since": held.since, "down_for_seconds": held.down_for_seconds, "lease_seconds": held.lease_seconds,
-            "text": held_text(held)}
+            "reason": held.reason or None, "text": held_text(held)}
 
 
 def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Optional[str], Optional[int],
@@ -187,7 +190,8 @@ def status_text(document: dict, now: float) -> str:
         if host["error"]:
             lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: {host['error']}")
         elif host["held"]:
-            lines.append(f"host {host['host']}: held: {host['held']['text']}: no job runs until `deployer push` "
+            why = f": {host['held']['reason']}" if host["held"].get("reason") else ""
+            lines.append(f"host {host['host']}: held: {host['held']['text']}{why}: no job runs until `deployer push` "
                          f"or `deployer release --host {host['host']}`")
         elif not host["jobs"]:
             lines.append(f"host {host['host']}: no jobs installed")

@@ -374,3 +374,19 @@ def test_a_hold_found_at_boot_is_alerted_once_per_hold_and_channel(tmp_path):
     assert len(alert.held_events("cron02", state, "ops", held_path=str(held))) == 1  # a new hold
     held.unlink()
     assert alert.held_events("cron02", state, "ops", held_path=str(held)) == []
+
+
+def test_a_boot_that_could_not_record_its_hold_is_alerted_once_with_the_reason(tmp_path):
+    """Issue 22 item 1: /var/lib/deployer read-only or full at boot: the hold is in /run instead."""
+    held, held_run, state = tmp_path / "held.json", tmp_path / "run-held.json", str(tmp_path)
+    reason = ("the hold check at boot failed ([Errno 30] Read-only file system: "
+              "'/var/lib/deployer/held.json.tmp')")
+    held_run.write_text(json.dumps({"since": "2026-12-06T04:00:00+00:00", "down_for_seconds": 60.0,
+                                    "lease_seconds": 10.0, "reason": reason}))
+
+    events = alert.held_events("cron02", state, "ops", held_path=str(held), held_run=str(held_run))
+
+    assert alert.held_events("cron02", state, "ops", held_path=str(held), held_run=str(held_run)) == []
+    title, text = alert.format_events(events)
+    assert title == "deployer: host cron02 HOLDS its jobs (the hold check at boot failed)"
+    assert "Read-only file system" in text and "deployer release --host cron02" in text

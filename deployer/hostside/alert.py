@@ -34,7 +34,8 @@ def format_events(events: list[dict]) -> tuple[str, str]:
     """One message for one or several failed runs: (title, markdown text), bounded in size."""
     if len(events) == 1 and events[0].get("kind") == "held":
         e = events[0]
-        title = f"deployer: host {e['host']} HOLDS its jobs (was down {e['down_for']})"
+        title = (f"deployer: host {e['host']} HOLDS its jobs (" +
+                 ("the hold check at boot failed)" if e.get("reason") else f"was down {e['down_for']})"))
     elif len(events) == 1:
         e = events[0]
         verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
@@ -46,6 +47,11 @@ def format_events(events: list[dict]) -> tuple[str, str]:
         if e.get("kind") == "held":
             if len(events) > 1:
                 parts.append(f"**host {e['host']} HOLDS its jobs**")
+            if e.get("reason"):
+                parts.append(f"{e['reason']} (at {e['since']}): failing closed, no job runs here until "
+                             f"`deployer push --host {e['host']}` or `deployer release --host {e['host']}` "
+                             "confirms what it still owns.")
+                continue
             parts.append(f"Its lease ({e['lease']}) ran out while it was down ({e['down_for']}, back at "
                          f"{e['since']}): its jobs may run elsewhere now, so none runs here until "
                          f"`deployer push --host {e['host']}` or `deployer release --host {e['host']}` "
@@ -522,16 +528,26 @@ def boot_jobs(channel: str, find=journal_failed_runs) -> list:
     return jobs
 
 
-def held_events(host_name: str, state: str, channel: str, held_path: str = paths.HELD) -> list:
+def held_events(host_name: str, state: str, channel: str, held_path: str = paths.HELD,
+                held_run: str = paths.HELD_RUN) -> list:
     """The hold that the boot found (agent --hold-at-boot), once per hold and channel: the boot
-    it began at is noted in the channel's state."""
+    it began at is noted in the channel's state. A boot check that failed holds too (fail closed):
+    its hold is in `held_run` (/run) when `held_path` could not be written."""
     from .protocol import duration_text
 
-    try:
-        with open(held_path, encoding="utf-8") as handle:
-            held = json.load(handle)
-        since = str(held["since"])
-    except (OSError, ValueError, KeyError, TypeError):
+    held = None
+    for path in (held_path, held_run):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                held = json.load(handle)
+            since = str(held["since"])
+            break
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            held, since = {"reason": f"{path} is unreadable ({error})"}, boot_id()
+            break
+    if held is None:
         return []
     noted = os.path.join(state, "held-alerted." + channel)
     try:
@@ -547,7 +563,15 @@ def held_events(host_name: str, state: str, channel: str, held_path: str = paths
         pass
     return [{"kind": "held", "host": host_name, "since": since, "time": now_text(),
              "down_for": duration_text(float(held.get("down_for_seconds") or 0)),
-             "lease": duration_text(float(held.get("lease_seconds") or 0))}]
+             "lease": duration_text(float(held.get("lease_seconds") or 0)), "reason": str(held.get("reason") or "")}]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown boot"
 
 
 def channel_of(job: str) -> str:
