@@ -134,7 +134,9 @@ class CronHost:
             for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private", "/var/log/journal"):
                 outside = self.disk(inside)
                 outside.mkdir(parents=True, exist_ok=True)
-                outside.chmod(0o700 if inside.endswith("private") else 0o755)  # systemd insists
+                mode = 0o700 if inside.endswith("private") else 0o755  # systemd insists
+                if outside.stat().st_mode & 0o777 != mode:  # (an immutable one cannot be chmod-ed)
+                    outside.chmod(mode)
                 command.insert(-1, f"--bind{'-ro' if inside in self.read_only else ''}={outside}:{inside}")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
