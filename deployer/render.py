@@ -9,8 +9,7 @@ from typing import Iterable, Optional
 
 from . import systemd
 from .hostside import paths
-from .hostside.options import OPTIONS_BY_KEY, command_line, credentials
-from .hostside.run import redact_url
+from .hostside.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
@@ -181,6 +180,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
+        shown_url=redact_url(job.url),
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
         on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
         on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)

@@ -36,7 +36,12 @@ def test_secrets_are_only_in_root_only_credential_files():
     files = host_files(inv, "cron01")
     secret_files = {f.path: (f.content, f.mode) for f in files if f.secret}
     assert secret_files == {"/etc/deployer/credentials/ops.token": (b"tok-not-in-units", 0o600),
-                            "/etc/deployer/credentials/ops.secret": (b"sec-not-in-units", 0o600)}
+                            "/etc/deployer/credentials/ops.secret": (b"sec-not-in-units", 0o600),
+                            # Issue 22 item 3: a URL with a password or an api_key travels whole as a
+                            # credential; units (Description=, ExecStart=, X-Deployer-Request) show it redacted.
+                            "/etc/deployer/credentials/jobs.secret-url.url": (
+                                b"http://svc:tok-not-in-units@settle-service:8080/api/poll?page=1&api_key=sec-not-in-units",
+                                0o600)}
     for f in files:
         if not f.secret:
             assert b"not-in-units" not in f.content

@@ -182,3 +182,38 @@ def test_probe16_4_a_certificate_that_fails_verification_is_not_retried(tmp_path
         assert len(lines) == 1 and pauses == []
     finally:
         httpd.shutdown()
+
+
+# --- issue 22 item 3: secrets in a job URL -----------------------------------------------------
+
+@pytest.mark.parametrize("url, shown", [
+    pytest.param("http://svc:PASSWORD@h/x?api_key=TOKEN", "http://svc:***@h/x?api_key=***", id="userinfo-and-key"),
+    pytest.param("https://TOKEN@h/x", "https://***@h/x", id="user-name-alone"),
+    pytest.param("http://h/x?a=1&Access_Token=abc&b=&sig=zz&page=2#f", "http://h/x?a=1&Access_Token=***&b=&sig=***&page=2#f",
+                 id="only-secret-looking-values"),
+    pytest.param("https://h.example/a%20b/$x;y?q='\"&z=\\é", "https://h.example/a%20b/$x;y?q='\"&z=\\é", id="no-secret"),
+])
+def test_redact_url_hides_userinfo_and_secret_looking_query_values(url, shown):
+    assert run.redact_url(url) == shown
+
+
+def test_a_url_with_a_secret_reaches_the_run_as_a_credential_and_the_command_line_redacted(server, tmp_path):
+    from deployer.hostside import options
+
+    server.routes["/x"] = json_reply({"code": 0})
+    url = server.url("/x").replace("http://", "http://svc:PASSWORD@") + "?api_key=TOKEN&page=2"
+    values = {"url": url, "method": "GET", "retries": 0}
+    argv = options.command_line(values)
+    assert "PASSWORD" not in " ".join(argv) and "TOKEN" not in " ".join(argv)
+    assert options.credentials(values) == {"url": url.encode()}
+    assert options.credentials({"url": server.url("/x")}) == {}  # nothing to hide: no credential
+    (tmp_path / "url").write_bytes(options.credentials(values)["url"])
+
+    ran = subprocess.run([sys.executable, str(REPO / "trigger.py"), "--job", "x", *argv], capture_output=True,
+                         text=True, env={"CREDENTIALS_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    request = server.received("/x")[0]
+    assert request.path == "/x?api_key=TOKEN&page=2"
+    assert request.headers["Authorization"] == "Basic " + __import__("base64").b64encode(b"svc:PASSWORD").decode()
+    assert "PASSWORD" not in ran.stdout + ran.stderr and "TOKEN" not in ran.stdout + ran.stderr

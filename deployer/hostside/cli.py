@@ -85,8 +85,9 @@ def main(argv: Optional[list] = None) -> int:
         from_credentials = credential_values()
     except options.Invalid as error:
         parser.error(str(error))
-    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **from_credentials,
-                   **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
+    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"}
+    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
+    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **values)
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     try:

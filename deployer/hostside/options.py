@@ -94,6 +94,31 @@ def url(value: str) -> str:
     return value
 
 
+# Query names whose values are secrets (api_key, access_token, sig, password, ...): matched anywhere
+# in the name, case-insensitively. Hiding a value that was not secret costs nothing: the whole URL
+# reaches the run as a credential all the same.
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|credential|session|cookie|private|jwt", re.I)
+
+
+def redact_url(value: str) -> str:
+    """The URL as a unit, `ps`, a log or an alert may show it: `***` for a password (for a user
+    name alone too: it may be a token) and for every query value whose name looks secret."""
+    from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = ("%s:***@%s" % (user, hostport)) if colon else "***@" + hostport
+    fields = []
+    for field in parts.query.split("&") if parts.query else ():
+        name_, equals, content = field.partition("=")
+        secret = equals and content and _SECRET_NAME.search(unquote_plus(name_))
+        fields.append(name_ + "=***" if secret else field)
+    return urlunsplit(parts._replace(netloc=netloc, query="&".join(fields)))
+
+
 def method(value: str) -> str:
     if value.upper() not in METHODS:
         raise Invalid("%r is not one of %s" % (value, ", ".join(METHODS)))
@@ -247,6 +272,9 @@ class Option:
     multiline: bool = False
     format: Callable[[Any], str] = str
     credential: Optional[str] = None
+    # A flag whose value may hold a secret (the URL's password, an api_key): the command line
+    # carries shown(value), and when that differs the value itself travels as the `credential`.
+    shown: Optional[Callable[[Any], str]] = None
     content: Callable[[Any], bytes] = lambda value: str(value).encode()  # the credential's bytes
     help: str = ""
 
@@ -256,8 +284,9 @@ class Option:
 
 
 JOB_OPTIONS = (
-    Option("url", url, flag="--url", always=True, job_only=True, required=True,
-           help="the job endpoint (http:// or https://)"),
+    Option("url", url, flag="--url", always=True, job_only=True, required=True, credential="url", shown=redact_url,
+           help="the job endpoint (http:// or https://); one with a password or a secret-looking query "
+           "value (api_key=, token=) travels as a credential, the unit and `ps` show it redacted"),
     Option("schedule", text, job_only=True,
            help="cron (5 fields, @macros, CRON_TZ=) or Quartz (6-7 fields)"),
     Option("on_calendar", calendar_lines, default=(), job_only=True, multiline=True,
@@ -307,10 +336,11 @@ def command_line(values: dict) -> list:
     for option in TRIGGER_OPTIONS:
         value = values.get(option.key, option.default)
         if option.always or is_set(option, value):
-            argv += [option.flag, option.format(value)]
+            argv += [option.flag, option.format(option.shown(value) if option.shown else value)]
     return argv
 
 
 def credentials(values: dict) -> dict:
     """credential name -> bytes, for the credential options a job sets."""
-    return {o.credential: o.content(values[o.key]) for o in CREDENTIAL_OPTIONS if is_set(o, values.get(o.key))}
+    return {o.credential: o.content(values[o.key]) for o in CREDENTIAL_OPTIONS if is_set(o, values.get(o.key))
+            and (o.shown is None or o.shown(values[o.key]) != values[o.key])}

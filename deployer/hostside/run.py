@@ -8,11 +8,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from .http import Response
+from .options import redact_url
 from .record import RunRecord
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 
@@ -27,15 +28,6 @@ PING_BUDGET = 3.0
 def trust_store() -> Optional[str]:
     """The host's CA bundle (what curl and the jobs' services trust), for jobs, alerts and pings."""
     return SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may appear in a log: no password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = b"",
