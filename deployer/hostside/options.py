@@ -30,6 +30,12 @@ MAX_RETRIES = 10
 # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN) with "Argument list too long",
 # at every run; a URL anywhere near that is a mistake, so refuse it long before.
 MAX_URL = 8192
+# systemd v252 hands a unit at most 1 MiB of credentials, names included (CREDENTIALS_TOTAL_SIZE_MAX,
+# the same as one credential's limit; measured on v252: "body" + 1048572 bytes starts, one byte
+# more fails every run with exit 243/CREDENTIALS). 4 KiB of it stay free for credentials the
+# deployer itself adds to a run.
+CREDENTIALS_LIMIT = 1024 * 1024
+MAX_CREDENTIALS = CREDENTIALS_LIMIT - 4096
 
 
 # --- parsers: text -> value, or Invalid ------------------------------------------------------
@@ -234,9 +240,11 @@ def local_file(value: str) -> LocalFile:
     path = os.path.expanduser(value)
     try:
         with open(path, "rb") as handle:
-            content = handle.read()
+            content = handle.read(MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
     except OSError as error:
         raise Invalid("cannot read %s: %s" % (value, error.strerror)) from None
+    if len(content) > MAX_CREDENTIALS:
+        raise Invalid("%s is over %d bytes, more than a run's credentials may hold" % (value, MAX_CREDENTIALS))
     found = LocalFile(value)
     found.content = content
     return found
@@ -338,6 +346,11 @@ def command_line(values: dict) -> list:
         if option.always or is_set(option, value):
             argv += [option.flag, option.format(option.shown(value) if option.shown else value)]
     return argv
+
+
+def credentials_size(found: dict) -> int:
+    """What systemd counts against CREDENTIALS_LIMIT: each credential's name and bytes."""
+    return sum(len(name) + len(content) for name, content in found.items())
 
 
 def credentials(values: dict) -> dict:
