@@ -388,5 +388,5 @@ def test_a_boot_that_could_not_record_its_hold_is_alerted_once_with_the_reason(t
 
     assert alert.held_events("cron02", state, "ops", held_path=str(held), held_run=str(held_run)) == []
     title, text = alert.format_events(events)
-    assert title == "deployer: host cron02 HOLDS its jobs (the hold check at boot failed)"
+    assert title == "deployer: host cron02 HOLDS its jobs (failing closed)"
     assert "Read-only file system" in text and "deployer release --host cron02" in text

@@ -35,7 +35,7 @@ def format_events(events: list[dict]) -> tuple[str, str]:
     if len(events) == 1 and events[0].get("kind") == "held":
         e = events[0]
         title = (f"deployer: host {e['host']} HOLDS its jobs (" +
-                 ("the hold check at boot failed)" if e.get("reason") else f"was down {e['down_for']})"))
+                 ("failing closed)" if e.get("reason") else f"was down {e['down_for']})"))
     elif len(events) == 1:
         e = events[0]
         verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
