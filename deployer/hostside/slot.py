@@ -1,8 +1,10 @@
 """What a run is for: the exact scheduled slot, read from the timer that started it.
 
-systemd hands a timer-started run `$TRIGGER_UNIT` and `$TRIGGER_TIMER_REALTIME_USEC`, the moment
-the timer elapsed (never before its calendar instant, and within AccuracySec= of it when on
-time; at boot for a Persistent= catch-up). The slot is the latest instant of the timer's own
+systemd names the timer that started a run in `$TRIGGER_UNIT`, and stamps the moment it elapsed
+on the timer's Persistent= stamp file (its mtime, in TIMER_STAMPS): never before its calendar
+instant, within AccuracySec= of it when on time, at boot for a catch-up. (`$TRIGGER_TIMER_
+REALTIME_USEC` would say the same, but systemd 252 keeps the first elapse there for every later
+run of the timer; it is used only where there is no stamp.) The slot is the latest instant of the timer's own
 calendar at or before that moment, as `systemd-analyze calendar` computes it: on time, late in a
 burst (the elapse is stamped before the start queues), caught up after downtime (the latest
 missed slot, the one systemd runs) and on a new host after a move alike. A run nobody's timer
@@ -21,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .paths import BACKFILL_DIR, BadName, job_unit
+from .paths import BACKFILL_DIR, TIMER_STAMPS, BadName, job_unit
 
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 # How far back the slot is looked for, widening until one is found: a job every second finds it
@@ -117,14 +119,28 @@ def read_backfill(job: str) -> Optional[int]:
     return slot if isinstance(slot, int) and not isinstance(slot, bool) else None
 
 
+def elapsed_at(job: str, env, stamps: str = TIMER_STAMPS) -> Optional[float]:
+    """When the job's own timer elapsed to start this run; None when no timer started it."""
+    trigger = env.get("TRIGGER_TIMER_REALTIME_USEC", "")
+    try:
+        timer = job_unit(job, "timer")
+    except BadName:
+        return None
+    if env.get("TRIGGER_UNIT") != timer:
+        return None
+    try:
+        return os.stat(os.path.join(stamps, "stamp-" + timer)).st_mtime
+    except OSError:
+        return int(trigger) / 1e6 if trigger.isdigit() else None
+
+
 def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now: Callable[[], float] = time.time,
                 analyze: Analyze = analyze, log: Callable[[str], None] = lambda line: None) -> Slot:
     """The slot this run is for (see the module's docstring)."""
-    trigger = env.get("TRIGGER_TIMER_REALTIME_USEC", "")
-    if not (env.get("TRIGGER_UNIT") and trigger.isdigit()):
+    elapsed = elapsed_at(job, env)
+    if elapsed is None:
         backfill = read_backfill(job)
         return Slot(backfill, run, "backfill") if backfill is not None else Slot(None, run, "manual")
-    elapsed = int(trigger) / 1e6
     if not calendar:  # @reboot: the boot is the slot
         return Slot(int(elapsed), run)
     try:

@@ -109,17 +109,19 @@ def test_a_post_the_service_may_have_started_is_not_sent_again(cron01, deployer,
                           "/busy": Reply(503, b"busy", headers={"Retry-After": "1"})}) as service:
         path = write_inventory(cron01.inventory_host() + f"""
 [defaults]
-schedule = 0 3 * * *
 retries = 2
 
 [job:pay]
+schedule = 0 3 * * *
 url = {service.url('/pay')}
 
 [job:safe]
+schedule = 0 3 * * *
 url = {service.url('/safe')}
 idempotent = true
 
 [job:busy]
+schedule = 0 3 * * *
 url = {service.url('/busy')}
 """)
         deployer("push", "-i", path, "--yes", check=True)
@@ -185,7 +187,7 @@ idempotent = true
         assert count <= 2, "a fenced run is not retried, and the timer stops after it"
         record = wait_until(lambda: records(cron01, "settle"), what="the fenced record")[0]
         assert record["DEPLOYER_RESULT"] == "fenced"
-        status = json.loads(deployer("status", "-i", path, "--json", check=False).stdout)
+        status = json.loads(deployer("status", "-i", path, "--json").stdout)
         job = next(j for j in status["jobs"] if j["job"] == "settle")
         assert job["result"] == "fenced", job
         # Stopped by itself: nothing more reaches the service (a timer every 2 s would).
