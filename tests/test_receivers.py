@@ -108,31 +108,44 @@ def java_classes(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(params=["python", "java"])
-def start(request, tmp_path):
-    """start(work_seconds=0, key=KEY) -> a running Service with its own fresh database."""
-    started = []
-
-    def run(work_seconds: float = 0, key: bytes | None = KEY) -> Service:
-        if request.param == "java":
-            classes = request.getfixturevalue("java_classes")
-            command = ["java", "-cp", f"{classes}{os.pathsep}{JDBC_JAR}", "OnceService"]
-        else:
-            command = [sys.executable, str(KIT / "once_service.py")]
-        command += ["--port", "0", "--db", str(tmp_path / f"once{len(started)}.db"),
-                    "--work-seconds", str(work_seconds)]
-        if key is not None:
-            secret = tmp_path / "signing.key"
-            secret.write_bytes(key + b"\n")   # as `echo KEY > file` writes it
-            command += ["--secret-file", str(secret)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        started.append(process)
+def launch(implementation: str, request, db: Path, work_seconds: float = 0, key: bytes | None = KEY) -> Service:
+    if implementation == "java":
+        classes = request.getfixturevalue("java_classes")
+        command = ["java", "-cp", f"{classes}{os.pathsep}{JDBC_JAR}", "OnceService"]
+    else:
+        command = [sys.executable, str(KIT / "once_service.py")]
+    command += ["--port", "0", "--db", str(db), "--work-seconds", str(work_seconds)]
+    if key is not None:
+        secret = db.with_suffix(".key")
+        secret.write_bytes(key + b"\n")   # as `echo KEY > file` writes it
+        command += ["--secret-file", str(secret)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
         return Service(wait_listening(process), process, key)
+    except BaseException:
+        process.kill()
+        raise
+
+
+@pytest.fixture
+def services(request, tmp_path):
+    """launch(implementation, **options) -> a running Service with its own fresh database."""
+    started: list[Service] = []
+
+    def run(implementation: str, **options) -> Service:
+        started.append(launch(implementation, request, tmp_path / f"once{len(started)}.db", **options))
+        return started[-1]
 
     yield run
-    for process in started:
-        process.kill()
-        process.wait(timeout=30)
+    for service in started:
+        service.process.kill()
+        service.process.wait(timeout=30)
+
+
+@pytest.fixture(params=["python", "java"])
+def start(request, services):
+    """start(work_seconds=0, key=KEY) -> a running Service of each implementation in turn."""
+    return lambda **options: services(request.param, **options)
 
 
 def wait_listening(process: subprocess.Popen, timeout: float = 120) -> int:
@@ -330,6 +343,41 @@ def test_the_test_endpoints_need_no_signature_and_unknown_paths_are_404(start):
     assert service.raw("GET", "/_requests").json() == []
     assert service.call("POST", "/elsewhere").status == 404
     assert service.call("GET", "/sync/settle").status == 404
+
+
+def transcript(service: Service) -> list:
+    """One scenario through every kind of answer, as comparable text (operation ids masked)."""
+    def seen(reply: Reply) -> tuple:
+        shown = {k: v for k, v in reply.headers.items() if k in
+                 ("content-type", "location", "retry-after", "x-deployer-epoch", "idempotent-replayed")}
+        mask = lambda text: re.sub(r"/operations/[0-9a-f]+", "/operations/ID", text)
+        return reply.status, {k: mask(v) for k, v in shown.items()}, mask(reply.text)
+
+    later = "2026-12-01T03:00:00Z"
+    replies = [service.call("POST", "/sync/settle", epoch=2000), service.call("POST", "/sync/settle", epoch=2000),
+               service.call("POST", "/sync/settle", idempotency_key=None, epoch=2000),
+               service.call("POST", "/sync/settle", epoch=1000, slot=later),
+               service.call("POST", "/sync/settle", sign_with=b"another key", slot=later),
+               service.call("POST", "/sync/settle", extra={"X-Deployer-Epoch": "x"}),
+               service.call("POST", "/elsewhere"), service.call("GET", "/operations/unknown", epoch=2000),
+               service.raw("GET", "/_requests")]
+    accepted = service.call("POST", "/async/report", job="report", epoch=7, body=b"{}")
+    replies += [accepted, service.call("POST", "/async/report", job="report", epoch=7, body=b"{}"),
+                service.call("GET", accepted.headers["location"], job="report", epoch=7)]
+    wait_for(lambda: service.call("GET", accepted.headers["location"], job="report", epoch=7).status == 200)
+    replies += [service.call("GET", accepted.headers["location"], job="report", epoch=7),
+                service.call("POST", "/async/report", job="report", epoch=7, body=b"{}"),
+                service.raw("GET", "/_executions")]
+    return [seen(reply) for reply in replies]
+
+
+def test_both_services_answer_byte_for_byte_alike(services):
+    python, java = (transcript(services(name, work_seconds=2)) for name in ("python", "java"))
+    assert [(status, text) for status, _, text in python][:3] == [
+        (200, f'{{"code": 0, "key": "settle/{SLOT}", "executions": 1}}'),
+        (200, f'{{"code": 0, "key": "settle/{SLOT}", "executions": 1}}'), (200, '{"code": 0, "key": "-", "executions": 1}')]
+    for step, (ours, theirs) in enumerate(zip(python, java)):
+        assert ours == theirs, f"step {step}"
 
 
 # --- docs/receiving.md's own snippet --------------------------------------------------------------
