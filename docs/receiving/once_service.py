@@ -47,7 +47,7 @@ def verify_v2(key: bytes, method: str, target: str, headers, body: bytes, max_ag
 
 @dataclass(frozen=True)
 class Call:
-    """What the guard needs from a request, already authenticated."""
+    """What the guard needs from a request (parse_request builds it from the headers)."""
     method: str
     path: str
     job: str
@@ -126,7 +126,7 @@ class Guard:
 
     def _claim(self, db, call: Call, mode: str) -> Answer:
         if mode == "poll":   # never claims, only reads
-            row = db.execute("SELECT key, state, status, body, location FROM runs WHERE location = ?",
+            row = db.execute("SELECT key, state, status, body FROM runs WHERE location = ?",
                              (call.path,)).fetchone()
             if row is None:
                 return Answer(404, {"error": "no such operation"})
