@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,7 @@ class Reply:
         return json.loads(self.text)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Service:
     port: int
     process: subprocess.Popen
