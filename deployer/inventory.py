@@ -10,8 +10,8 @@ from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, Invalid, boolean,
-                                credentials, credentials_size, duration_seconds, text, url)
+from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
+                                Invalid, boolean, credentials, credentials_size, duration_seconds, text, url)
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar
 
@@ -436,6 +436,7 @@ def _job(section, title, values, defaults, hosts: list[str], alert_names: list[s
                    f"{CREDENTIALS_LIMIT} bytes of credentials, names included, and the deployer keeps 4 KiB): "
                    "every run would fail with exit 243. Send less, or let the service fetch it")
         return None
-    fields = {k: v for k, v in merged.items() if k in Job.__dataclass_fields__}
+    fields = {OPTIONS_BY_KEY[k].dest if k in OPTIONS_BY_KEY else k: v for k, v in merged.items()}
+    fields = {k: v for k, v in fields.items() if k in Job.__dataclass_fields__}
     fields.update(name=title, host=host, alert=alert)
     return Job(**fields)

@@ -85,7 +85,10 @@ timeout = 5s
                 count = len(server.received("/tick"))
                 host.start()
                 time.sleep(6)  # three slots
-                assert (runs_this_boot(host), len(server.received("/tick")) - count) == (0, 0), "a job ran"
+                ran = (runs_this_boot(host), len(server.received("/tick")) - count)
+                assert ran == (0, 0), "a job ran: " + host.ssh(
+                    "uptime; ls -l /run/deployer-hold; journalctl -b -o short-precise --no-pager "
+                    "-u deployer-lease@boot.service -u deployer-tick.timer", check=False).stdout
                 status = deployer("status", "-i", path, check=True).stdout
                 assert "held: failing closed: the hold check at boot failed" in status, status
                 assert error in status, status
