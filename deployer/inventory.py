@@ -274,15 +274,14 @@ def _inline_comments(source: str, path: str) -> tuple[str, list[Problem]]:
         mark, comment = raw[start], raw[start:].rstrip()
         single_space = not raw[start - 2:start - 1].isspace() and raw[start - 1] == " "
         if _open_quote(value):
-            why = "inside a quoted string"
+            why, otherwise = "inside a quoted string", "close the quote before a comment"
         elif key in FREE_TEXT_KEYS and single_space:
-            why = "after a single space"
+            why, otherwise = "after a single space", "put two spaces before a comment"
         else:
             continue
         shown = comment if len(comment) <= 30 else comment[:27] + "..."
         problems.append(Problem(path, section, key, f"{shown!r} would be cut off as a comment ({mark} {why}): "
-                                f"write \\{mark} for a literal {mark}, or put two spaces before a comment",
-                                index + 1))
+                                f"write \\{mark} for a literal {mark}, or {otherwise}", index + 1))
     return "\n".join(lines), problems
 
 

@@ -77,6 +77,9 @@ def test_the_table_covers_every_key_of_every_section():
     assert {kind: set(keys) for kind, keys in VALUES.items()} == {
         "host": set(inventory.SCHEMA["host"]), "alert": set(inventory.SCHEMA["alert"]),
         "job": {option.key for option in JOB_OPTIONS}}
+    # the keys that can hold a space before # or ; are the ones where one space is refused
+    assert {key for keys in VALUES.values() for key, (_, literal) in keys.items() if literal} == \
+        inventory.FREE_TEXT_KEYS
 
 
 @pytest.fixture
@@ -163,7 +166,7 @@ def test_a_mark_after_one_space_is_refused_where_it_could_be_text_and_a_comment_
     cut = literal[:min(literal.index(" #") if " #" in literal else len(literal), literal.index(" ;"))]
     line = refusal(kind, key, cut + f" {mark}7 x", tmp)
     assert line.startswith(f"inv.ini:") and f"[{SECTIONS[kind]}] {key}: '{mark}7 x' would be cut off" in line
-    assert f"write \\{mark} for a literal {mark}" in line
+    assert f"write \\{mark} for a literal {mark}, or " in line
 
 
 @pytest.mark.parametrize("mark", ["#", ";"])
@@ -185,7 +188,7 @@ def test_the_issue_body_is_refused_with_the_fix_then_arrives_byte_for_byte():
         inventory.parse(text, "inv.ini", {})
     assert caught.value.lines() == [
         "inv.ini:11: [job:a] body: '#7 ; retry\"}' would be cut off as a comment (# inside a quoted string): "
-        "write \\# for a literal #, or put two spaces before a comment"]
+        "write \\# for a literal #, or close the quote before a comment"]
     job = inventory.parse(inventory_with("job", "body", '{"note": "batch \\#7 \\; retry"}'), "inv.ini", {}).jobs[0]
     assert credentials(vars(job))["body"] == b'{"note": "batch #7 ; retry"}'
 

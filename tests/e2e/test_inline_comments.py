@@ -39,5 +39,5 @@ body = {{"note": "batch #7 ; retry"}}
     result = deployer("push", "--host", "cron01", "-i", inventory, check=False)
     assert result.returncode == 1
     assert ("[job:note] body: '#7 ; retry\"}' would be cut off as a comment (# inside a quoted string): "
-            "write \\# for a literal #, or put two spaces before a comment") in result.stderr
+            "write \\# for a literal #, or close the quote before a comment") in result.stderr
     assert cron01.ssh("ls /etc/systemd/system/ | grep -c '^deployer-note' || true").stdout.strip() == "0"
