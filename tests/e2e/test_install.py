@@ -35,11 +35,17 @@ def run(argv: list, env: dict | None = None, cwd=None, timeout: float = 600) -> 
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    """deployer's wheel, built from a copy of this checkout (nothing written into it)."""
-    source = tmp_path_factory.mktemp("source") / "deployer"
-    shutil.copytree(REPO, source, symlinks=True,
+def source(tmp_path_factory) -> Path:
+    """A copy of this checkout to build from (a build writes build/ and *.egg-info into it)."""
+    copy = tmp_path_factory.mktemp("source") / "deployer"
+    shutil.copytree(REPO, copy, symlinks=True,
                     ignore=lambda _, names: [n for n in names if n in SKIPPED or n.endswith(".egg-info")])
+    return copy
+
+
+@pytest.fixture(scope="session")
+def wheel(source, tmp_path_factory) -> Path:
+    """deployer's wheel, built once per session, as `pip install .` and `pipx install .` build it."""
     out = tmp_path_factory.mktemp("wheel")
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source])
     (built,) = out.glob("deployer-*.whl")
@@ -103,3 +109,29 @@ def test_a_zipped_install_renders(wheel, tmp_path, write_inventory):
                  cwd=tmp_path)
     assert "wrote" in result.stdout
     assert "\"--job\" \"zipped\"" in (tmp_path / "units" / "deployer-zipped.service").read_text()
+
+
+def _shipped(wheel: Path) -> set:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
+def test_the_wheel_carries_every_template_and_everything_the_host_is_sent(wheel):
+    """units/*.j2 as deployer/units (no hand-kept list), the host-side package the agent and the
+    trigger zipapp are built from, and trigger.py."""
+    names = _shipped(wheel)
+    assert {f"deployer/units/{p.name}" for p in (REPO / "units").glob("*.j2")} <= names
+    assert {f"deployer/hostside/{p.name}" for p in (REPO / "deployer" / "hostside").glob("*.py")} <= names
+    assert {"deployer/__init__.py", "deployer/bundle.py", "deployer/remote.py", "trigger.py"} <= names
+
+
+def test_a_wheel_built_from_the_sdist_carries_the_templates_too(source, tmp_path):
+    """`python -m build` and an index install go through the sdist: the link must arrive as files."""
+    sdist = run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                 "print(build_meta.build_sdist(sys.argv[1]))", tmp_path / "sdist"], cwd=source).stdout.split()[-1]
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "wheel", tmp_path / "sdist" / sdist])
+    (rebuilt,) = (tmp_path / "wheel").glob("deployer-*.whl")
+    assert {n for n in _shipped(rebuilt) if n.startswith("deployer/units/")} == \
+        {f"deployer/units/{p.name}" for p in (REPO / "units").glob("*.j2")}
