@@ -10,6 +10,7 @@ from typing import Optional
 import click
 
 from .errors import DeployerError, JobFailed
+from .schedule import ScheduleError
 
 EPILOG = "Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error."
 
@@ -533,6 +534,18 @@ def history(job, inventory_path, host_name, since, as_json):
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
 
 
+def _backfill_slot(job, text: str) -> int:
+    from .schedule import check_slot, parse_slot_time, to_calendar
+
+    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+    if calendar.on_boot:
+        raise DeployerError(f"job {job.name}: an @reboot job has no slots to backfill")
+    try:
+        return check_slot(calendar.lines, parse_slot_time(text, job.timezone), job.timezone)
+    except ScheduleError as error:
+        raise DeployerError(f"job {job.name}: --slot {text}: {error}") from None
+
+
 MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job every 2 s: about 11 h)
 
 
@@ -559,22 +572,28 @@ def _slots(job, start: float, until: float):
 
 @main.command(epilog=EPILOG)
 @click.argument("job")
+@click.option("--slot", "slot_text", metavar="TIME",
+              help="backfill this slot of the schedule (2026-12-01T02:00 in the job's zone, or with Z): "
+                   "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
+                   "with its first result instead of running it again. Without it, a run has a key of its "
+                   "own (manual-<run id>).")
 @inventory_option
 @host_option
 @json_option
-def run(job, inventory_path, host_name, as_json):
+def run(job, slot_text, inventory_path, host_name, as_json):
     """Run JOB now on its host, showing its journal lines as they happen; exit with its result."""
     from . import remote
     from .report import job_zone, run_document
 
     inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    slot = _backfill_slot(the_job, slot_text) if slot_text else None
     streamed: list[str] = []
 
     def show(line: str) -> None:
         streamed.append(line)
         click.echo(line)
 
-    result = remote.run(agent, job, output=None if as_json else show)
+    result = remote.run(agent, job, output=None if as_json else show, slot=slot)
     if as_json:
         click.echo(json.dumps(run_document(host_name, job, job_zone(the_job), result), indent=2))
     else:

@@ -407,7 +407,8 @@ def read_state(agent: Agent, contents: bool = False) -> RemoteState:
     answer = agent.call(StateRequest(contents=contents))
     return RemoteState(files=dict(answer.files),
                        contents={p: base64.b64decode(c) for p, c in answer.contents.items()},
-                       paused=frozenset(answer.paused), owner=answer.owner, held=answer.held)
+                       paused=frozenset(answer.paused), owner=answer.owner, held=answer.held,
+                       epochs=dict(answer.epochs))
 
 
 def apply(agent: Agent, plan: Plan, state: RemoteState, progress: Progress = None,
@@ -441,9 +442,10 @@ def release(agent: Agent) -> ReleaseAnswer:
     return agent.call(ReleaseRequest())
 
 
-def run(agent: Agent, job: str, output: Progress = None) -> RunAnswer:
-    """Run `job` now; `output` gets its journal lines as they happen."""
-    return agent.call(RunRequest(job=job), output=output)
+def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None) -> RunAnswer:
+    """Run `job` now; `output` gets its journal lines as they happen. `slot` (unix seconds):
+    backfill that slot, under its Idempotency-Key, instead of a manual key of its own."""
+    return agent.call(RunRequest(job=job, slot=slot), output=output)
 
 
 def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,

@@ -12,8 +12,8 @@ import pytest
 
 from deployer import inventory
 from deployer.errors import InventoryError
-from deployer.hostside.options import JOB_OPTIONS, credentials
-from deployer.render import trigger_args
+from deployer.hostside.options import JOB_OPTIONS, OPTIONS_BY_KEY, credentials
+from deployer.render import option_values, trigger_args
 
 BASE = {
     "host": {"address": "10.0.0.5"},
@@ -57,6 +57,9 @@ VALUES = {
         "retries": ("3", None),
         "expect_status": ("200", None),
         "expect_json": ("code=0", 'note="batch #7 ; retry"'),
+        "idempotent": ("true", None),
+        "async": ("poll", None),
+        "poll_every": ("30s", None),
         "ping_url": ("https://hc.example/ping/x", None),
         "body": ('{"a": 1}', '{"note": "batch #7 ; retry"}'),
         "content_type": ("text/plain", "text/plain ; note=#7"),
@@ -108,7 +111,7 @@ def inventory_with(kind: str, key: str, written: str) -> str:
 def parsed(kind: str, key: str, written: str, tmp: str):
     inv = inventory.parse(inventory_with(kind, key, written.replace("{tmp}", tmp)), "inv.ini", {})
     found = {"host": inv.hosts, "alert": inv.alerts, "job": inv.jobs}[kind][0]
-    return found, getattr(found, key)
+    return found, getattr(found, OPTIONS_BY_KEY[key].dest if kind == "job" else key)
 
 
 def expected(kind: str, key: str, text: str, tmp: str):
@@ -190,7 +193,7 @@ def test_the_issue_body_is_refused_with_the_fix_then_arrives_byte_for_byte():
         "inv.ini:11: [job:a] body: '#7 ; retry\"}' would be cut off as a comment (# inside a quoted string): "
         "write \\# for a literal #, or close the quote before a comment"]
     job = inventory.parse(inventory_with("job", "body", '{"note": "batch \\#7 \\; retry"}'), "inv.ini", {}).jobs[0]
-    assert credentials(vars(job))["body"] == b'{"note": "batch #7 ; retry"}'
+    assert credentials(option_values(job))["body"] == b'{"note": "batch #7 ; retry"}'
 
 
 @pytest.mark.parametrize("key, written", [
@@ -212,7 +215,7 @@ def test_what_reaches_the_host_is_the_literal_text():
     assert args[args.index("--url") + 1] == "http://x/a;b#c"
     assert args[args.index("--expect-json") + 1] == 'note="a #7 ; b"'
     assert args[args.index("--content-type") + 1] == "text/plain ; charset=utf-8"
-    assert credentials(vars(job))["headers"] == b"X-Note: a #7 ; b\nX-Two: ;\n"
+    assert credentials(option_values(job))["headers"] == b"X-Note: a #7 ; b\nX-Two: ;\n"
 
 
 def test_a_backslash_before_a_mark_is_written_twice_and_other_backslashes_stay():
