@@ -152,15 +152,16 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     return tuple(units) + credentials
 
 
-def job_credentials(job: Job, epoch: int = 0) -> dict[str, ManagedFile]:
+def job_credentials(job: Job, epoch: Optional[int] = None) -> dict[str, ManagedFile]:
     """credential name -> the root-only file with a secret or large option (headers, body, keys),
     which systemd hands to the run with LoadCredential=; and the job's epoch on this host (not
     secret, shown in a plan: it changes only when the job's owner does)."""
     values = option_values(job)
     files = {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
              for name, content in credentials(values).items()}
-    files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
-                                                b"%d\n" % epoch, 0o600)
+    if epoch is not None:  # a cron host's (Kubernetes passes its own on the command line)
+        files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
+                                                    b"%d\n" % epoch, 0o600)
     return files
 
 
