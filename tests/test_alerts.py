@@ -390,3 +390,8 @@ def test_a_boot_that_could_not_record_its_hold_is_alerted_once_with_the_reason(t
     title, text = alert.format_events(events)
     assert title == "deployer: host cron02 HOLDS its jobs (failing closed)"
     assert "Read-only file system" in text and "deployer release --host cron02" in text
+    failed = {"kind": "failed", "job": "tick", "host": "cron02", "method": "POST", "url": "http://h/x",
+              "result": "signal", "exit_status": 15, "time": "2026-12-06T04:00:00+00:00", "lines": []}
+    title, text = alert.format_events([failed] + events)  # merged with a boot's failures
+    assert title == "deployer: host cron02 HOLDS its jobs; 1 job run failed"
+    assert "Read-only file system" in text

@@ -41,7 +41,11 @@ def format_events(events: list[dict]) -> tuple[str, str]:
         verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
         title = f"deployer: job {e['job']} {verb} on {e['host']}"
     else:
-        title = f"deployer: {len(events)} job runs failed on {events[0]['host']}"
+        runs = [e for e in events if e.get("kind") != "held"]
+        title = f"deployer: {len(runs)} job runs failed on {events[0]['host']}"
+        if len(runs) < len(events):  # a hold is no job run: said first (merged with a boot's failures)
+            title = (f"deployer: host {events[0]['host']} HOLDS its jobs; {len(runs)} job "
+                     f"run{'s' if len(runs) != 1 else ''} failed")
     parts = [f"**{title}**"]
     for e in events:
         if e.get("kind") == "held":
