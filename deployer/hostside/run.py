@@ -15,6 +15,7 @@ from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryabl
 from .http import Response
 from .record import RunRecord
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
+from .text import Masker, run_masker
 
 BODY_EXCERPT = 200
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -53,10 +54,12 @@ def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = 
         raise TransportError(f"cannot send: {error}", retryable=False) from None
 
 
-def excerpt(body: bytes) -> str:
-    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + ("..." if len(body) > BODY_EXCERPT else "")
+def excerpt(body: bytes, hide: Masker = Masker()) -> str:
+    """The start of a body for a log line, its secrets masked before it is cut (a cut must not
+    leave a secret's first half behind)."""
+    text = " ".join(body[:BODY_EXCERPT + 4096].decode("utf-8", "replace").split())
+    text = hide(text)
+    return text[:BODY_EXCERPT] + ("..." if len(text) > BODY_EXCERPT or len(body) > BODY_EXCERPT + 4096 else "")
 
 
 class RunTimeout(Exception):
@@ -163,6 +166,8 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         headers["Content-Type"] = spec.content_type
     client_cert = (spec.client_cert, spec.client_key) if spec.client_cert else None
     shown = redact_url(spec.url)
+    hide = run_masker(spec.url, spec.headers, spec.sign_secret)  # a service may echo them back
+    log = (lambda line, _log=log: _log(hide(line))) if hide else log
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
     attempt, status, interrupted = 0, None, False
@@ -188,7 +193,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                 status = response.status
                 verdict = judge(response.status, response.body, expect_status, expect_json)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
-                log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
+                log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
             except TransportError as error:
                 verdict = Verdict(False, error.reason, retryable=error.retryable)
                 log(f"{prefix} -> error in {time.monotonic() - begin:.2f}s: {verdict.reason}")
@@ -207,7 +212,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    return RunResult(ok=verdict.ok, reason=verdict.reason, run_id=run, slot=slot, started=wall,
+    return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted)
 
