@@ -103,8 +103,8 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
     budget = MAX_TEXT - len(title) - 40  # the title, "part i of n", separators
     for key, jobs in groups.items():
         runs = sum(jobs.values())
-        paragraphs.append(f"**{key}**: {runs} run{'s' if runs > 1 else ''} of {len(jobs)} "
-                          f"job{'s' if len(jobs) > 1 else ''}")
+        paragraphs.append(f"**{key}: {runs} run{'s' if runs > 1 else ''} of {len(jobs)} "
+                          f"job{'s' if len(jobs) > 1 else ''}**")
         names = [name + (f" ({count} runs)" if count > 1 else "") for name, count in jobs.items()]
         line = ""
         for name in names:  # every job named, the list split where a message would overflow

@@ -46,7 +46,9 @@ class Outbound:
 
 
 def plain(markdown: str) -> str:
-    return re.sub(r"(?m)^> ", "  ", markdown.replace("**", ""))
+    """Our markdown as plain text: a bold paragraph (`**title**`) loses its stars and a quoted
+    line its `> `; data (a masked `***`, a `>` in a body) keeps what it has."""
+    return re.sub(r"(?m)^> ", "  ", re.sub(r"(?m)^\*\*(.*)\*\*$", r"\1", markdown))
 
 
 # --- how each channel escapes text from elsewhere -------------------------------------------
