@@ -7,6 +7,9 @@ SYSTEM_PACKAGES := systemd-container openssh-server openssh-client sudo python3 
 # smartmontools, nvme-cli, openipmi: services that fail in the test containers, which share this
 # machine's /etc and /usr). Debian enables (and, with systemd as PID 1, starts) the two servers on
 # this machine: disabled here (stopped too where systemd runs); a test starts its own, on free ports.
+# For tests/test_receivers.py: the Java reference service (docs/receiving/) is compiled and run
+# there with the JDK and Debian's SQLite JDBC driver (the same schema as the Python one).
+JAVA_PACKAGES := default-jdk-headless libxerial-sqlite-jdbc-java
 METRICS_PACKAGES := prometheus prometheus-node-exporter
 PROMETHEUS_UNITS := prometheus.service prometheus-node-exporter.service prometheus-node-exporter-apt.timer \
                     prometheus-node-exporter-ipmitool-sensor.timer prometheus-node-exporter-mellanox-hca-temp.timer \
@@ -19,6 +22,9 @@ install: system-packages $(VENV)/.installed
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@missing=""; for p in $(JAVA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 	@missing=""; for p in $(METRICS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \

@@ -11,6 +11,7 @@ import click
 
 from .errors import DeployerError, JobFailed
 from .hostside.text import printable
+from .schedule import ScheduleError
 
 EPILOG = "Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error."
 
@@ -152,6 +153,10 @@ def validate(inventory_path, count):
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
             click.echo(f"    next: {when or 'never'}")
+    from .plan import resend_notes
+
+    for note in resend_notes(inv.jobs):
+        click.echo(f"note: {note}")
     click.echo(f"{inventory_path}: ok ({len(inv.hosts)} hosts, {len(inv.alerts)} alerts, "
                f"{len(inv.jobs)} jobs)")
 
@@ -256,7 +261,7 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import removed_jobs, render_diff, summary
+    from .plan import removed_jobs, render_diff, resend_notes, summary
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
@@ -273,6 +278,8 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
         if state.held:
             click.echo(f"host {host_name}: held (was down {_duration(state.held.down_for_seconds)}): a push "
                        f"releases it, and its jobs run again")
+        for note in resend_notes(inv.jobs_for(host_name)):
+            click.echo(f"note: {note}")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
 
@@ -534,6 +541,18 @@ def history(job, inventory_path, host_name, since, as_json):
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
 
 
+def _backfill_slot(job, text: str) -> int:
+    from .schedule import check_slot, parse_slot_time, to_calendar
+
+    calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
+    if calendar.on_boot:
+        raise DeployerError(f"job {job.name}: an @reboot job has no slots to backfill")
+    try:
+        return check_slot(calendar.lines, parse_slot_time(text, job.timezone), job.timezone)
+    except ScheduleError as error:
+        raise DeployerError(f"job {job.name}: --slot {text}: {error}") from None
+
+
 MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job every 2 s: about 11 h)
 
 
@@ -560,10 +579,15 @@ def _slots(job, start: float, until: float):
 
 @main.command(epilog=EPILOG)
 @click.argument("job")
+@click.option("--slot", "slot_text", metavar="TIME",
+              help="backfill this slot of the schedule (2026-12-01T02:00 in the job's zone, or with Z): "
+                   "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
+                   "with its first result instead of running it again. Without it, a run has a key of its "
+                   "own (manual-<run id>).")
 @inventory_option
 @host_option
 @json_option
-def run(job, inventory_path, host_name, as_json):
+def run(job, slot_text, inventory_path, host_name, as_json):
     """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
 
     Every line is the service's and the host's text: printed escaped (hostside/text.printable).
@@ -572,13 +596,14 @@ def run(job, inventory_path, host_name, as_json):
     from .report import job_zone, run_document
 
     inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    slot = _backfill_slot(the_job, slot_text) if slot_text else None
     streamed: list[str] = []
 
     def show(line: str) -> None:
         streamed.append(line)
         click.echo(printable(line))
 
-    result = remote.run(agent, job, output=None if as_json else show)
+    result = remote.run(agent, job, output=None if as_json else show, slot=slot)
     if as_json:
         click.echo(json.dumps(run_document(host_name, job, job_zone(the_job), result), indent=2))
     else:

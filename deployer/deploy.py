@@ -81,26 +81,46 @@ def check_not_elsewhere(inv: Inventory, host_name: str, jobs: list[str], connect
                                 f"too would run it twice. Use: deployer move --from {other} --to {host_name}")
 
 
+def grant_epochs(jobs: list[str], state: RemoteState, above: Optional[dict] = None,
+                 clock: Callable[[], float] = time.time) -> dict[str, int]:
+    """job -> its X-Deployer-Epoch on this host. A job the host already holds keeps its epoch;
+    one granted to it now (new here, or moved here) gets the grant time in milliseconds, bumped
+    above every epoch the client can read for it: this host's and `above` (the source of a
+    move). A held host's jobs are granted anew by the agent when the hold ends. docs/receiving.md
+    argues why an epoch only grows."""
+    now, above = int(clock() * 1000), above or {}
+    epochs = {}
+    for job in jobs:
+        held = state.epochs.get(job)
+        if held is not None and held > above.get(job, -1):
+            epochs[job] = held
+        else:
+            epochs[job] = max(now, (held or 0) + 1, above.get(job, 0) + 1)
+    return epochs
+
+
 def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: bool = False,
-              prune: bool = True) -> tuple[Plan, RemoteState]:
+              prune: bool = True, above: Optional[dict] = None) -> tuple[Plan, RemoteState]:
     state = remote.read_state(agent, contents=contents)
     check_owner(state, host_name)
-    the_plan = make_plan(desired_files(inv, host_name), state)
+    epochs = grant_epochs([j.name for j in inv.jobs_for(host_name)], state, above)
+    the_plan = make_plan(desired_files(inv, host_name, epochs), state)
     return (the_plan if prune else without_removals(the_plan)), state
 
 
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
          cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None,
-         takeover: Optional[Takeover] = None) -> Pushed:
+         takeover: Optional[Takeover] = None, above: Optional[dict] = None) -> Pushed:
     """Make the host hold exactly the inventory's files for it (one read, one apply).
 
     `prune=False` removes nothing. `confirm` is asked before a push that removes jobs; the host
     is not read again after it: the apply's expected state refuses a host changed meanwhile.
     `takeover`: the jobs come from that unreachable host (deployer move); recorded on this one.
+    `above`: job -> an epoch the new one must exceed (the source's, in a move).
     """
     progress("reading the host's state")
-    the_plan, state = plan_push(inv, host_name, agent, prune=prune)
+    the_plan, state = plan_push(inv, host_name, agent, prune=prune, above=above)
     if the_plan.is_noop:
         if state.held is None:
             return Pushed(host_name, the_plan)
@@ -173,7 +193,8 @@ def move(inv: Inventory, source: str, target: str, connect: Connect,
     stopped = remote.handoff(source_conn, moving)
     stamps = {paths.job_unit(j, "timer"): stopped.at for j in moving}
     try:
-        to_target = push(inv, target, target_conn, connect, progress, stamps=stamps, cross_check=False)
+        to_target = push(inv, target, target_conn, connect, progress, stamps=stamps, cross_check=False,
+                         above=source_state.epochs)
     except DeployerError:
         progress(f"restarting the timers on {source}")
         for job in moving:

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import JOB_OPTIONS, Invalid, boolean, duration_seconds, text, url
+from .hostside.options import JOB_OPTIONS, OPTIONS_BY_KEY, Invalid, boolean, duration_seconds, text, url
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar
 
@@ -418,6 +418,7 @@ def _job(section, title, values, defaults, hosts: list[str], alert_names: list[s
             ok = False
     if not ok or "url" not in merged:
         return None
-    fields = {k: v for k, v in merged.items() if k in Job.__dataclass_fields__}
+    fields = {OPTIONS_BY_KEY[k].dest if k in OPTIONS_BY_KEY else k: v for k, v in merged.items()}
+    fields = {k: v for k, v in fields.items() if k in Job.__dataclass_fields__}
     fields.update(name=title, host=host, alert=alert)
     return Job(**fields)

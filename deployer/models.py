@@ -38,8 +38,8 @@ class Host:
 
 def _job_fields():
     required = [o for o in JOB_OPTIONS if o.required]
-    return ([("name", str), ("host", str)] + [(o.key, Any) for o in required] +
-            [(o.key, Any, field(default=o.default)) for o in JOB_OPTIONS if not o.required and o.key != "host"])
+    return ([("name", str), ("host", str)] + [(o.dest, Any) for o in required] +
+            [(o.dest, Any, field(default=o.default)) for o in JOB_OPTIONS if not o.required and o.key != "host"])
 
 
 # One [job:NAME]: its name, its host, and a field per option of options.JOB_OPTIONS.
@@ -101,6 +101,7 @@ class RemoteState:
     paused: frozenset[str] = frozenset()
     owner: Optional[str] = None  # the [host:NAME] whose jobs this machine runs, if pushed before
     held: Optional[Any] = None  # protocol.Held when the host holds its jobs (a push releases them)
+    epochs: dict[str, int] = field(default_factory=dict)  # job -> its epoch on the host (the fence)
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,6 @@ _JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # paths._UNIT_WORD: the in
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]{1,256}$")
 _SYSTEMD_WORD = re.compile(r"^[a-z-]{0,40}$")  # ActiveState=, Result=, UnitFileState= values
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
-RUN_RESULTS = ("ok", "failed")
 RUN_SOURCES = ("record", "systemd")
 _UNIT_LISTS = ("started", "restarted", "stopped", "enabled_for_boot", "kept_paused", "paused")
 
@@ -371,6 +370,8 @@ def _number_problem(what: str, value) -> Optional[str]:
 
 
 def _run_problem(run: protocol.RunInfo) -> Optional[str]:
+    from .report import RUN_RESULTS  # the vocabulary of docs/json.md
+
     if run.result not in RUN_RESULTS:
         return f"run result {run.result[:40]!r} is not one of {', '.join(RUN_RESULTS)}"
     if run.source not in RUN_SOURCES:
@@ -429,8 +430,12 @@ def answer_problem(answer: Any) -> Optional[str]:
         problem = _held_problem(getattr(answer, "released", None) or getattr(answer, "held", None))
         if problem:
             return problem
-    if isinstance(answer, protocol.StateAnswer) and answer.owner is not None and not _JOB_NAME.match(answer.owner):
-        return f"owner {answer.owner[:40]!r} breaks the name rule"
+    if isinstance(answer, protocol.StateAnswer):
+        if answer.owner is not None and not _JOB_NAME.match(answer.owner):
+            return f"owner {answer.owner[:40]!r} breaks the name rule"
+        bad = next((job for job in getattr(answer, "epochs", {}) if not _JOB_NAME.match(job)), None)
+        if bad is not None:
+            return f"job name {bad[:40]!r} breaks the name rule"
     units = [getattr(answer, "timer", "")] if isinstance(answer, (protocol.PauseAnswer, protocol.ResumeAnswer)) \
         else [u for name in _UNIT_LISTS for u in getattr(answer, name, ())]
     bad = next((u for u in units if not _UNIT_NAME.match(u)), None)
@@ -532,7 +537,8 @@ def read_state(agent: Agent, contents: bool = False) -> RemoteState:
     answer = agent.call(StateRequest(contents=contents))
     return RemoteState(files=dict(answer.files),
                        contents={p: base64.b64decode(c) for p, c in answer.contents.items()},
-                       paused=frozenset(answer.paused), owner=answer.owner, held=answer.held)
+                       paused=frozenset(answer.paused), owner=answer.owner, held=answer.held,
+                       epochs=dict(answer.epochs))
 
 
 def apply(agent: Agent, plan: Plan, state: RemoteState, progress: Progress = None,
@@ -566,9 +572,10 @@ def release(agent: Agent) -> ReleaseAnswer:
     return agent.call(ReleaseRequest())
 
 
-def run(agent: Agent, job: str, output: Progress = None) -> RunAnswer:
-    """Run `job` now; `output` gets its journal lines as they happen."""
-    return agent.call(RunRequest(job=job), output=output)
+def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None) -> RunAnswer:
+    """Run `job` now; `output` gets its journal lines as they happen. `slot` (unix seconds):
+    backfill that slot, under its Idempotency-Key, instead of a manual key of its own."""
+    return agent.call(RunRequest(job=job, slot=slot), output=output)
 
 
 def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,

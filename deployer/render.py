@@ -5,10 +5,11 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from . import systemd
 from .hostside import paths
+from .hostside.cli import EXIT_FENCED
 from .hostside.options import OPTIONS_BY_KEY, command_line, credentials
 from .hostside.run import redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile
@@ -52,7 +53,12 @@ def _environment():
 
 def trigger_args(job: Job) -> list[str]:
     """The trigger's arguments for a job (the unit's, and the Kubernetes container's)."""
-    return ["--job", job.name] + command_line({key: getattr(job, key) for key in OPTIONS_BY_KEY})
+    return ["--job", job.name] + command_line(option_values(job))
+
+
+def option_values(job: Job) -> dict:
+    """inventory key -> the job's value, for every option."""
+    return {key: getattr(job, option.dest) for key, option in OPTIONS_BY_KEY.items()}
 
 
 # -I -S: no site-packages to scan and no PYTHON* variables to honour on every start; the
@@ -62,9 +68,20 @@ PYTHON_FLAGS = ["-I", "-S"]
 
 def trigger_argv(job: Job, python: str) -> list[str]:
     argv = [python, *PYTHON_FLAGS, paths.TRIGGER_PATH] + trigger_args(job)
-    if calendar_of(job).resolution == 1:
+    calendar = calendar_of(job)
+    if calendar.resolution == 1:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
+    for line in () if calendar.on_boot else calendar.lines:
+        argv += ["--calendar", line]  # the timer's own calendar: the run names its exact slot from it
     return argv
+
+
+def fence_argv(job: Job, python: str) -> list[str]:
+    """The job service's ExecStopPost=: after a fenced run only, stop the job's timer (as root)."""
+    import shlex
+
+    stop = " ".join(shlex.quote(a) for a in [python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--fenced", "--job", job.name])
+    return ["/bin/sh", "-c", f'test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
 
 
 def calendar_of(job: Job):
@@ -121,12 +138,17 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     return tuple(units) + credentials
 
 
-def job_credentials(job: Job) -> dict[str, ManagedFile]:
+def job_credentials(job: Job, epoch: Optional[int] = None) -> dict[str, ManagedFile]:
     """credential name -> the root-only file with a secret or large option (headers, body, keys),
-    which systemd hands to the run with LoadCredential=."""
-    values = {key: getattr(job, key) for key in OPTIONS_BY_KEY}
-    return {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
-            for name, content in credentials(values).items()}
+    which systemd hands to the run with LoadCredential=; and the job's epoch on this host (not
+    secret, shown in a plan: it changes only when the job's owner does)."""
+    values = option_values(job)
+    files = {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
+             for name, content in credentials(values).items()}
+    if epoch is not None:  # a cron host's (Kubernetes passes its own on the command line)
+        files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
+                                                    b"%d\n" % epoch, 0o600)
+    return files
 
 
 # A native or Quartz calendar's period is the longest gap between its next PERIOD_RUNS runs from
@@ -167,19 +189,19 @@ def metrics_settings(job: Job, period: int) -> str:
 
 
 def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict",
-              period: Optional[int] = None, metrics: bool = False) -> tuple[ManagedFile, ...]:
+              period: Optional[int] = None, metrics: bool = False, epoch: int = 0) -> tuple[ManagedFile, ...]:
     """The .service and .timer of one job, rendered byte for byte, and its credential files.
     `metrics`: the host collects metrics (the run starts the debounce timer, the timer carries
     the job's period, computed here unless given)."""
     env = _environment()
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
-    secrets = job_credentials(job)
+    secrets = job_credentials(job, epoch)
     soon = [paths.METRICS_SOON_TIMER] if metrics else []
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
                   sandbox=sandbox, held=paths.HELD)
     service_text = env.get_template("job.service.j2").render(
-        **common, argv=trigger_argv(job, python),
+        **common, argv=trigger_argv(job, python), fence_argv=fence_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
         on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
@@ -195,10 +217,14 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
 
 
 def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3",
-                 sandbox: str = "strict", metrics: bool = False) -> tuple[ManagedFile, ...]:
+                 sandbox: str = "strict", metrics: bool = False, epochs: Optional[Mapping[str, int]] = None
+                 ) -> tuple[ManagedFile, ...]:
+    """`epochs`: job -> its epoch on the host (deploy.grant_epochs); 0 where none is given."""
     jobs = tuple(jobs)
     gaps = periods(jobs) if metrics else {}
-    return tuple(f for job in jobs for f in job_units(job, python, sandbox, gaps.get(job.name, 0), metrics))
+    epochs = epochs or {}
+    return tuple(f for job in jobs for f in job_units(job, python, sandbox, gaps.get(job.name, 0), metrics,
+                                                      epochs.get(job.name, 0)))
 
 
 # The debounce of the collector after runs end (paths.METRICS_SOON_TIMER).
@@ -245,13 +271,14 @@ def jobs_slice(host: Host) -> ManagedFile:
     return ManagedFile(f"{paths.UNIT_DIR}/{paths.JOBS_SLICE}", text.encode())
 
 
-def host_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
+def host_files(inventory: Inventory, host_name: str, epochs: Optional[Mapping[str, int]] = None
+               ) -> tuple[ManagedFile, ...]:
     """The units and credentials of one host: its jobs, and the alert channels they use."""
     host = inventory.host(host_name)
     jobs = inventory.jobs_for(host_name)
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
-    return ((jobs_slice(host),) + render_units(jobs, host.python, host.sandbox, bool(host.metrics_dir)) + alerts
+    return ((jobs_slice(host),) + render_units(jobs, host.python, host.sandbox, bool(host.metrics_dir), epochs) + alerts
             + lease_units(host) + metrics_units(host))
 
 
@@ -285,9 +312,10 @@ def lease_units(host: Host) -> tuple[ManagedFile, ...]:
             ManagedFile(f"{paths.UNIT_DIR}/{paths.HOLD_UNIT}", hold.encode()))
 
 
-def desired_files(inventory: Inventory, host_name: str) -> tuple[ManagedFile, ...]:
+def desired_files(inventory: Inventory, host_name: str, epochs: Optional[Mapping[str, int]] = None
+                  ) -> tuple[ManagedFile, ...]:
     """Everything `push --host` makes the host hold, the trigger bundle included."""
     from .bundle import trigger_bundle
 
-    return host_files(inventory, host_name) + (recover_unit(inventory.host(host_name).python), ManagedFile(paths.TRIGGER_PATH,
+    return host_files(inventory, host_name, epochs) + (recover_unit(inventory.host(host_name).python), ManagedFile(paths.TRIGGER_PATH,
                                                                                        trigger_bundle()))

@@ -17,8 +17,8 @@ from .hostside.text import printable
 
 VERSION = 1  # of these documents; a key renamed or dropped is a new version
 # `result` of a job: its last run (ok, failed, running, never), unless it is paused or held.
-RESULTS = ("ok", "failed", "running", "never", "paused", "held")
-RUN_RESULTS = ("ok", "failed")  # of one run
+RESULTS = ("ok", "failed", "running", "never", "paused", "held", "fenced")
+RUN_RESULTS = ("ok", "failed", "fenced")  # of one run (fenced: its service holds a newer owner's epoch)
 
 
 def envelope(command: str, **body: Any) -> dict:
@@ -137,12 +137,12 @@ def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool =
     zone = job_zone(job)
     last_result, last, reason, exit_status, duration = _last_run(status)
     held = held_text(host.held)
-    result = "held" if held else "paused" if status.paused else last_result
+    result = "held" if held else "fenced" if status.fenced else "paused" if status.paused else last_result
     next_run = parse_iso(status.next) if status.next else None
     return {
         "host": host.name, "job": status.job, "result": result, "reason": reason,
         "last_result": last_result, "last": iso(last, zone), "duration": duration,
-        "exit_status": exit_status, "next": iso(next_run, zone), "paused": status.paused,
+        "exit_status": exit_status, "next": iso(next_run, zone), "paused": status.paused, "fenced": status.fenced,
         "held": held, "timer": "active" if status.timer_state == "active" else "inactive",
         "schedule": list(status.calendar), "timezone": zone,
         "expression": (job.schedule if job.schedule is not None else " | ".join(job.on_calendar)) if job else None,
@@ -174,6 +174,8 @@ def result_text(row: dict) -> str:
         return f"held: {row['held']} (last: {last})"
     if row["result"] == "paused":
         return f"paused (last: {last})"
+    if row["result"] == "fenced":
+        return f"fenced: its service holds a newer owner's epoch; timer stopped here (last: {last})"
     return last
 
 
@@ -208,16 +210,19 @@ LATE_TOLERANCE = 60
 def run_entry(run: RunInfo, zone: str) -> dict:
     return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
             "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
-            "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source}
+            "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source,
+            "key": run.key or None}
 
 
 def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
     """The scheduled slots (up to `until`) no run covers. A run covers the slot its record names;
-    a run that names none of the slots (late, manual, or killed before it could name one) covers
-    the latest uncovered one at most LATE_TOLERANCE before its start."""
+    a run killed before it could name one covers the latest uncovered one at most LATE_TOLERANCE
+    before its start; a manual run (its own key) covers none."""
     ordered = sorted(slots)
     covered = {run.slot for run in runs if run.slot in set(ordered)}
     for run in runs:
+        if "/manual-" in run.key:
+            continue
         named = run.slot or run.started
         if run.slot in covered or named > until:
             continue

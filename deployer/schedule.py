@@ -930,3 +930,42 @@ def cron_period(expression: str) -> int:
     within = max([b - a for a, b in zip(times, times[1:])] or [0])
     days = _longest_day_gap(cron.months, cron.days, cron.weekdays, cron.days_star, cron.weekdays_star)
     return max(within, days * 86400 - times[-1] + times[0]) if days else within
+
+
+# --- backfill: is a time a slot of the schedule? ----------------------------------------------
+
+def parse_slot_time(text: str, zone: str) -> float:
+    """`2026-12-01T02:00[:00]` in `zone`, or with `Z` / an offset -> unix seconds."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    raw = text.strip()
+    try:
+        moment = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
+    except ValueError:
+        raise ScheduleError(f"{text!r} is not a time (use 2026-12-01T02:00, in the job's zone, or add Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(zone))
+    return moment.timestamp()
+
+
+def check_slot(lines: tuple[str, ...], when: float, zone: str) -> int:
+    """`when` if it is a slot of the calendar, else ScheduleError naming the nearest slots."""
+    from datetime import datetime, timezone
+
+    from .hostside.slot import latest_elapse
+
+    before = latest_elapse(lines, when)
+    if before is not None and before == int(when) and when == int(when):
+        return int(when)
+    after = next_runs(lines, 1, base=datetime.fromtimestamp(when, timezone.utc))
+    near = [t for t in (before, after[0].timestamp() if after else None) if t is not None]
+    shown = " or ".join(_zoned(t, zone) for t in near) or "none"
+    raise ScheduleError(f"{_zoned(when, zone)} is not a slot of the job's schedule; nearest: {shown}")
+
+
+def _zoned(seconds: float, zone: str) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromtimestamp(seconds, ZoneInfo(zone)).isoformat(timespec="seconds")

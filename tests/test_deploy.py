@@ -196,7 +196,9 @@ def test_a_push_that_removes_no_job_does_not_ask(tmp_path, hosts):
 
     changed = load(tmp_path, jobs("cron01").replace("0 3 * * *", "0 6 * * *"))
     pushed = deploy.push(changed, "cron01", hosts["cron01"], hosts.get, confirm=refuse)
-    assert len(pushed.plan.change) == 1 and not pushed.plan.remove
+    # The timer, and the service, whose trigger names its slot from the timer's calendar.
+    assert [f.name for f in pushed.plan.change] == ["deployer-a.service", "deployer-a.timer"]
+    assert not pushed.plan.remove
 
 
 def test_no_prune_keeps_jobs_no_longer_listed_and_installs_the_new_ones(tmp_path, hosts):

@@ -55,7 +55,7 @@ def unquote_exec(line: str) -> list[str]:
 
 def check_units(inv) -> None:
     for f in host_files(inv, "cron01"):
-        if f.secret:
+        if f.secret or not f.path.startswith("/etc/systemd/system/"):  # credentials are data, not units
             continue
         for line in f.content.decode().split("\n"):
             assert ALLOWED_LINE.match(line), f"{f.name}: unexpected line {line!r}"

@@ -30,7 +30,7 @@ def test_timeout_bounds():
 def test_every_option_is_a_job_field_and_an_inventory_key():
     fields = set(Job.__dataclass_fields__)
     for option in options.JOB_OPTIONS:
-        assert option.key in fields
+        assert option.dest in fields
         assert option.key in inventory.SCHEMA["job"]
         assert (option.key in inventory.SCHEMA["defaults"]) == (not option.job_only)
 
@@ -43,14 +43,15 @@ def job(**values) -> Job:
 @pytest.mark.parametrize("values", [
     pytest.param({}, id="defaults"),
     pytest.param({"method": "PUT", "timeout": 90, "retries": 0, "expect_status": "200,204",
-                  "expect_json": 'code=0, data.state="DONE"', "ping_url": "http://hc/ping/x"}, id="all-set"),
+                  "expect_json": 'code=0, data.state="DONE"', "ping_url": "http://hc/ping/x",
+                  "idempotent": True, "async_": "poll", "poll_every": 2.5}, id="all-set"),
 ])
 def test_the_trigger_parses_back_what_the_unit_says(values):
     """The unit's command line, read by the trigger's own parser, gives back the job's values."""
     the_job = job(**values)
     args = cli.build_parser().parse_args(render.trigger_args(the_job))
     for option in options.TRIGGER_OPTIONS:
-        assert getattr(args, option.dest) == getattr(the_job, option.key), option.key
+        assert getattr(args, option.dest) == getattr(the_job, option.dest), option.key
     assert args.job == the_job.name
 
 

@@ -44,8 +44,11 @@ def test_secrets_are_only_in_root_only_credential_files():
 
 @pytest.mark.parametrize("job, expected_tail", [
     pytest.param("settle-hourly", ["--expect-json", 'code=0, data.state="DONE"', "--ping-url",
-                                   "https://hc.example/ping/abc"], id="cron"),
-    pytest.param("odd-url", ["--resolution", "1"], id="on-calendar-has-second-resolution"),
+                                   "https://hc.example/ping/abc", "--calendar", "*-*-* *:00:00 Asia/Shanghai"],
+                 id="cron"),
+    pytest.param("odd-url", ["--resolution", "1", "--calendar", "Mon..Fri *-*-* 09:00:00 Asia/Shanghai",
+                             "--calendar", "Sat *-*-* 10:00:00 Asia/Shanghai"],
+                 id="on-calendar-has-second-resolution-and-names-its-slot-from-every-line"),
 ])
 def test_trigger_arguments(job, expected_tail):
     inv = inventory.load(str(DATA / "golden.ini"), env=ENV)

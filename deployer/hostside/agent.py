@@ -204,13 +204,13 @@ def show_text(name, value):
     return str(value)
 
 
-def job_status(timer, t, s, paused):
+def job_status(timer, t, s, paused, fenced=False):
     """One job's `systemctl show` facts (timer `t`, service `s`) -> its JobStatus."""
     calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
     active = t.get("ActiveState", "") == "active"
     return JobStatus(job=paths.job_of_unit(timer), timer=timer, service=timer[:-len(".timer")] + ".service",
                      timer_state=t.get("ActiveState", ""), enabled=t.get("UnitFileState", ""),
-                     calendar=tuple(calendar), next=next_elapse if active else "", paused=paused,
+                     calendar=tuple(calendar), next=next_elapse if active else "", paused=paused, fenced=fenced,
                      last=iso_time(t.get("LastTriggerUSec", "")),
                      service_state=s.get("ActiveState", ""), result=s.get("Result", ""),
                      exit_status=int(s.get("ExecMainStatus") or 0),
@@ -221,10 +221,8 @@ def job_status(timer, t, s, paused):
 # PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
 UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
 # The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
-RUN_FIELDS = ("MESSAGE_ID", "DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED",
-              "DEPLOYER_DURATION", "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON",
-              "DEPLOYER_HTTP_STATUS", "_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
-              "EXIT_STATUS") + record.SENDER_FIELDS
+RUN_FIELDS = ("MESSAGE_ID",) + record.FIELDS + ("_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
+                                                 "EXIT_STATUS") + record.SENDER_FIELDS
 # A status reads the journal newest first and stops once every job it asks about has its
 # record; a job that never ran has none, so the read stops after this many entries at most.
 STATUS_SCAN_LIMIT = 50000
@@ -290,7 +288,7 @@ def runs_from_journal(entries):
                 continue
             recorded[r.run or str(len(recorded))] = (r.job, RunInfo(
                 run=r.run, started=r.started, result=r.result, reason=r.reason, slot=r.slot,
-                duration=r.duration, attempts=r.attempts, http_status=r.http_status))
+                duration=r.duration, attempts=r.attempts, http_status=r.http_status, key=r.key, epoch=r.epoch))
         elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
             run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
             kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",
@@ -522,6 +520,79 @@ class Host:
             return set(os.listdir(self.layout.paused_dir))
         except FileNotFoundError:
             return set()
+
+    def fenced_timers(self):
+        """Timers this host stopped because their service fenced it (a newer owner holds them)."""
+        try:
+            return set(os.listdir(self.layout.fenced_dir))
+        except FileNotFoundError:
+            return set()
+
+    def epochs(self):
+        """job -> its epoch here (the 'epoch' credential the push wrote)."""
+        found = {}
+        suffix = "." + paths.EPOCH_CREDENTIAL
+        directory = self.layout.credentials_dir
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            job = name[len("jobs."):-len(suffix)] if name.startswith("jobs.") and name.endswith(suffix) else ""
+            try:
+                with open(os.path.join(directory, name), "rb") as handle:
+                    text = handle.read(32).strip()
+            except OSError:
+                continue
+            if job and text.isdigit():
+                found[job] = int(text)
+        return found
+
+    def fence(self, job):
+        """Stop `job`'s timer here and keep it stopped (as a pause does) until the job is granted to
+        this host again (a push with a new epoch) or resumed."""
+        timer = paths.job_unit(job, "timer")
+        for directory in (self.layout.paused_dir, self.layout.fenced_dir):
+            os.makedirs(directory, exist_ok=True)
+            os.close(os.open(os.path.join(directory, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        # --no-block: this runs from the job service's ExecStopPost=, inside its stop.
+        self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
+        return timer
+
+    def ask_backfill(self, job, slot, ttl=None):
+        """Tell the manual run about to start which slot it backfills (None: none, its own key):
+        a file its dynamic user can read and no other local user can write (slot.read_backfill)."""
+        directory = self.layout.backfill_dir
+        path = os.path.join(directory, paths.job_unit(job, "json"))
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
+                             % self.layout.to_host(directory))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if slot is not None:
+            request = {"slot": int(slot)}
+            if ttl:
+                request["until"] = time.time() + ttl
+            self.write_atomically(path, json.dumps(request), mode=0o644)
+        return path
+
+    def regrant(self, jobs, now=None):
+        """The operator confirmed this host owns `jobs` (a hold released, by `deployer release` or a
+        push): each gets an epoch above every one it had here, granted now, so that its service
+        fences whichever host ran it meanwhile (docs/receiving.md)."""
+        granted = int((now or time.time()) * 1000)
+        for job, epoch in self.epochs().items():
+            if job in jobs:
+                path = os.path.join(self.layout.credentials_dir, "jobs.%s.%s" % (job, paths.EPOCH_CREDENTIAL))
+                self.write_atomically(path, "%d\n" % max(granted, epoch + 1))
+
+    def unfence(self, timers):
+        """A job granted to this host again: its fence (and the pause that kept it) ends."""
+        for timer in timers:
+            fenced = os.path.join(self.layout.fenced_dir, timer)
+            if os.path.lexists(fenced):
+                os.unlink(fenced)
+                paused = os.path.join(self.layout.paused_dir, timer)
+                if os.path.lexists(paused):
+                    os.unlink(paused)
 
     def private_dir(self, directory, mode=0o700):
         """`directory`, created if missing, checked to be a real directory owned by us and not
@@ -785,6 +856,7 @@ class Host:
         leave = self.paused_timers() | set(skip)
         timers = [t for t in self.job_timers() if t not in leave]
         self.set_last_trigger(timers, time.time())
+        self.regrant(self.epochs())
         os.unlink(self.layout.held)
         if timers:
             progress("releasing the hold: starting %d timers" % len(timers))
@@ -823,7 +895,7 @@ def op_state(host, request):
                     contents[path] = base64.b64encode(handle.read()).decode()
     owner = host.read_owner()
     return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
-                       owner=(owner or {}).get("host"), held=host.read_held())
+                       owner=(owner or {}).get("host"), held=host.read_held(), epochs=host.epochs())
 
 
 def op_apply(host, request):
@@ -864,6 +936,7 @@ def apply_locked(host, request, watch):
             raise AgentError(protocol.VERIFY_FAILED,
                              "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
         watch.lap("verify")
+        host.unfence(granted_timers(request.write))
         paused = host.paused_timers()
         journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
                               [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
@@ -895,6 +968,14 @@ def apply_locked(host, request, watch):
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
+
+
+def granted_timers(writes):
+    """The timers of jobs whose epoch this apply writes: granted to this host anew."""
+    suffix = "." + paths.EPOCH_CREDENTIAL
+    names = [os.path.basename(w.path) for w in writes]
+    return [paths.job_unit(n[len("jobs."):-len(suffix)], "timer") for n in names
+            if n.startswith("jobs.") and n.endswith(suffix)]
 
 
 def refresh_metrics(host):
@@ -934,8 +1015,8 @@ def job_statuses(host, timers):
     wants = os.path.join(host.layout.unit_dir, paths.TIMERS_WANTS)
     for timer, props in timer_props.items():
         props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
-    paused = host.paused_timers()
-    return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused)
+    paused, fenced = host.paused_timers(), host.fenced_timers()
+    return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused, t in fenced)
                  for t, s in zip(timers, services))
 
 
@@ -988,6 +1069,7 @@ def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
     service = host.installed(request.job, "service")
+    backfill = host.ask_backfill(request.job, request.slot)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
     finished = threading.Event()  # the run's record was streamed
@@ -1001,6 +1083,8 @@ def op_run(host, request):
         follower.kill()
         follower.wait()
         reader.join(1.0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backfill)
     invocation = props.get("InvocationID", "")
     entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
     runs = runs_from_journal(entries).get(request.job, [])
@@ -1083,6 +1167,7 @@ def op_resume(host, request):
         marker = os.path.join(host.layout.paused_dir, timer)
         if os.path.exists(marker):
             os.unlink(marker)
+        host.unfence([timer])
         # Runs missed while paused are not made up: the last trigger becomes now.
         host.systemd.systemctl("stop", timer, check=False)
         host.systemd.systemctl("clean", "--what=state", timer, check=False)
@@ -1151,6 +1236,65 @@ def boot(layout=None, systemd=None):
     return 0
 
 
+def fence_main(job, layout=None, systemd=None):
+    """From a job service's ExecStopPost= (as root) after its run ended fenced: stop its timer."""
+    host = Host(layout or paths.Layout(), systemd or Systemd())
+    try:
+        timer = host.fence(job)
+    except (OSError, paths.BadName) as error:
+        say("cannot stop the timer of fenced job %s: %s" % (job, error))
+        return 1
+    say("%s: stopped; the job's service fenced this host (the job is owned elsewhere); `deployer status` "
+        "shows it fenced, `deployer resume %s` or a push that grants it here again restarts it" % (timer, job))
+    return 0
+
+
+def interrupted_runs(entries):
+    """job -> the slot of its last run of the previous boot, when the shutdown interrupted it and
+    it may be resumed (a deduplicating service, or accept-then-poll: record.RunRecord.resume)."""
+    found = {}
+    for entry in entries:
+        if entry.get("MESSAGE_ID") != record.RUN_FINISHED or not record.sent_by_the_job(entry):
+            continue
+        try:
+            run = record.RunRecord.from_journal(entry)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if run.resume and run.slot:
+            found[run.job] = run.slot
+        else:
+            found.pop(run.job, None)  # a later run of the job ended: nothing left to resume
+    return found
+
+
+def resume_interrupted(host):
+    """At boot, before any timer: start again, under the same slot key, each run the shutdown
+    interrupted (the service answers a finished key with its result, a running one with its
+    202 and Location, so polling resumes; nothing is executed twice)."""
+    try:
+        entries = host.systemd.journal_entries(["-b", "-1", "--output-fields=" + ",".join(RUN_FIELDS),
+                                                "MESSAGE_ID=" + record.RUN_FINISHED])
+    except OSError:
+        return ()
+    stopped = host.paused_timers() | host.fenced_timers()
+    resumed = []
+    for job, slot in sorted(interrupted_runs(entries).items()):
+        service = paths.job_unit(job, "service")
+        if paths.job_unit(job, "timer") in stopped or not os.path.exists(os.path.join(host.layout.unit_dir, service)):
+            continue
+        host.ask_backfill(job, slot, ttl=RESUME_TTL)
+        host.systemd.systemctl("start", "--no-block", service, check=False)
+        resumed.append(job)
+        print("deployer: resuming %s's run for slot %s, interrupted by the shutdown (same key)"
+              % (job, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))))
+    return tuple(resumed)
+
+
+# A resume's backfill request is read by the run it starts, once the network is up; after this
+# long a manual start no longer takes it for a resume.
+RESUME_TTL = 900
+
+
 def hold_at_boot(layout=None, systemd=None, now=None):
     """deployer-lease@boot.service: before any timer, hold every job when the lease ran out while
     the host was down (its jobs may have moved). -> exit status"""
@@ -1168,11 +1312,13 @@ def hold_at_boot(layout=None, systemd=None, now=None):
                 lease = {}
             if lease is None:
                 print("deployer: no lease recorded: the jobs run")
+                resume_interrupted(host)
                 return 0
             held = lease_ran_out(lease, now)
             if held is None:
                 print("deployer: lease still valid (renewed %s before this boot): the jobs run"
                       % protocol.duration_text(now - float(lease["renewed"])))
+                resume_interrupted(host)
                 return 0
             host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
     except (AgentError, OSError) as error:

@@ -12,11 +12,14 @@ from typing import Optional
 from . import options
 from .channels import CHANNEL_TYPES, Channel, Secret
 from . import paths, record
-from .run import INTERRUPTED, Interrupted, JobSpec, RunResult, current_run_id, ping, redact_url, run_job, slot_of
+from .run import INTERRUPTED, Interrupted, JobSpec, RunResult, current_run_id, ping, redact_url, run_job
+from .slot import slot_of_run
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The service refused this host's epoch (a 409 fence): the unit's ExecStopPost= stops the timer.
+EXIT_FENCED = 3
 
 
 def _argument_type(parse):
@@ -43,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-token", "--token", help="DingTalk robot token to alert on failure (the "
                         "original recipe; visible in process lists: installed units use credentials)")
     parser.add_argument("--resolution", type=int, default=60,
-                        help="seconds the nominal time is floored to (60 for cron schedules)")
+                        help="a manual run's X-Deployer-Scheduled-At is its start floored to this (seconds)")
+    parser.add_argument("--calendar", action="append", default=[], metavar="LINE",
+                        help="the timer's OnCalendar= line (repeatable): a timer-started run's slot is its latest "
+                             "instant at or before the moment the timer elapsed")
+    parser.add_argument("--epoch", type=int, default=0, help="X-Deployer-Epoch (installed units read the "
+                        "'epoch' credential instead)")
+    parser.add_argument("--fenced", action="store_true", help="as root, from the unit's ExecStopPost=: stop the "
+                        "timer of --job, fenced by its service")
     alert = parser.add_argument_group("alert mode (run by a job's OnFailure= unit)")
     alert.add_argument("--alert", action="store_true", help="report the failed run of --job")
     alert.add_argument("--recovered", action="store_true", help="with --alert: report that --job "
@@ -79,23 +89,31 @@ def main(argv: Optional[list] = None) -> int:
         channel = Channel(args.channel, args.type, token=Secret(token), secret=Secret(secret),
                           endpoint=args.endpoint or "")
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered, mode) else EXIT_FAILED
+    if args.fenced:
+        from .agent import fence_main  # root, outside the run's sandbox
+
+        return fence_main(args.job)
     if not args.url:
         parser.error("the following arguments are required: -url/--url")
     try:
         from_credentials = credential_values()
+        epoch = credential_epoch(args.epoch)
     except options.Invalid as error:
         parser.error(str(error))
     spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **from_credentials,
+                   calendar=tuple(args.calendar), epoch=epoch,
                    **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
+    run_id = current_run_id()
+    the_slot = slot_of_run(spec.name, spec.calendar, run_id, log=log)
+    log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}")
     try:
         ping(spec.ping_url, "/start", log)
-        result = run_job(spec, log=log)
+        result = run_job(spec, log=log, slot=the_slot)
     except Interrupted:  # during the /start ping, before the first attempt
-        result = RunResult(ok=False, reason=INTERRUPTED, run_id=current_run_id(),
-                           slot=slot_of(time.time(), spec.resolution), started=time.time(), duration=0.0,
-                           attempts=0, interrupted=True)
+        result = RunResult(ok=False, reason=INTERRUPTED, run_id=run_id, slot=the_slot.at or 0, started=time.time(),
+                           duration=0.0, attempts=0, interrupted=True, key=the_slot.key(spec.name), epoch=spec.epoch)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name), _identifier(spec.name))
     if result.interrupted:
@@ -107,7 +125,9 @@ def main(argv: Optional[list] = None) -> int:
     if result.ok:
         log(f"job {spec.name}: ok ({result.reason})")
         return EXIT_OK
-    log(f"job {spec.name}: FAILED ({result.reason})")
+    log(f"job {spec.name}: {result.result.upper()} ({result.reason})")
+    if result.fenced:
+        return EXIT_FENCED
     channel = inline_channel(args)
     if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
         event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
@@ -129,6 +149,19 @@ def _identifier(job: str) -> str:
 
 def _interrupt(signum, frame):
     raise Interrupted()
+
+
+def credential_epoch(given: int) -> int:
+    """The job's epoch on this host: its 'epoch' credential when the unit hands one over."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = os.path.join(directory, paths.EPOCH_CREDENTIAL) if directory else ""
+    if not path or not os.path.exists(path):
+        return given
+    with open(path, encoding="ascii", errors="replace") as handle:
+        text = handle.read().strip()
+    if not text.isdigit():
+        raise options.Invalid("the epoch credential is not a whole number")
+    return int(text)
 
 
 def credential_values() -> dict:

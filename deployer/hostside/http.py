@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -26,6 +27,10 @@ class Response:
     body: bytes
     truncated: bool  # the body was longer than max_body; `body` holds its first max_body bytes
     seconds: float  # from the start of the connection to the end of the body
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False)  # lower-case names
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
 
 
 class HttpError(Exception):
@@ -35,12 +40,16 @@ class HttpError(Exception):
     reading', 'TLS error: certificate verify failed: ...'); `.retryable` says whether another
     attempt may succeed: connection errors, timeouts and broken answers are retryable, TLS
     verification and configuration errors are not (they fail the same way every time).
+    `.sent`: the request may have reached the service (the error came while sending it or
+    reading the answer), so the service may be executing it; False when it certainly did not
+    (no connection, DNS, the TLS handshake).
     """
 
-    def __init__(self, reason: str, retryable: bool):
+    def __init__(self, reason: str, retryable: bool, sent: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -333,21 +342,30 @@ def request(method: str, url: str, *, headers: dict[str, str] = {}, body: bytes 
                 raise _ssl_error(error) from None
             except OSError as error:
                 raise _os_error(error, "connecting") from None
-        conn = _Connection(sock, time.monotonic() + timeout[1])
         try:
-            sock.settimeout(max(conn.deadline - time.monotonic(), 0.001))
-            sock.sendall(head + body)
-        except socket.timeout:
-            raise HttpError("timed out sending", retryable=True) from None
-        except OSError as error:
-            # The server may answer (say 413) and close before taking the whole body: read it.
-            if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
-                raise _os_error(error, "sending") from None
-        try:
-            status, answer_headers = _read_head(conn)
-            content, truncated = _read_body(conn, method, status, answer_headers, max_body)
-        except OSError as error:  # ssl.SSLError raised by recv (e.g. a refused client certificate)
-            raise _os_error(error, "reading") from None
-        return Response(status, content, truncated, time.monotonic() - started)
+            return _exchange(sock, head + body, method, timeout[1], max_body, started)
+        except HttpError as error:
+            error.sent = True  # from here on the service may have the request, and be executing it
+            raise
     finally:
         sock.close()
+
+
+def _exchange(sock, request: bytes, method: str, read_timeout: float, max_body: int, started: float) -> Response:
+    """Send the request on a connected socket and read the whole answer within `read_timeout`."""
+    conn = _Connection(sock, time.monotonic() + read_timeout)
+    try:
+        sock.settimeout(max(conn.deadline - time.monotonic(), 0.001))
+        sock.sendall(request)
+    except socket.timeout:
+        raise HttpError("timed out sending", retryable=True) from None
+    except OSError as error:
+        # The server may answer (say 413) and close before taking the whole body: read it.
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            raise _os_error(error, "sending") from None
+    try:
+        status, answer_headers = _read_head(conn)
+        content, truncated = _read_body(conn, method, status, answer_headers, max_body)
+    except OSError as error:  # ssl.SSLError raised by recv (e.g. a refused client certificate)
+        raise _os_error(error, "reading") from None
+    return Response(status, content, truncated, time.monotonic() - started, answer_headers)

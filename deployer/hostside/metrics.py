@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import paths
-from .record import RUN_FINISHED, SENDER_FIELDS, RunRecord, sent_by_the_job
+from .record import FIELDS, RUN_FINISHED, SENDER_FIELDS, RunRecord, sent_by_the_job
 
 STATE_VERSION = 1
 # The heartbeat URL hears from the host at most this often (the collector also runs after runs).
 PING_INTERVAL = 30
 PING_TIMEOUT = 10.0
-RECORD_FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
-                 "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS") + SENDER_FIELDS
+RECORD_FIELDS = FIELDS + SENDER_FIELDS
 
 
 class MetricsError(Exception):

@@ -116,6 +116,22 @@ def expect_json(value: str) -> str:
     return value
 
 
+ASYNC_MODES = ("none", "poll")
+
+
+def async_mode(value: str) -> str:
+    if value.lower() not in ASYNC_MODES:
+        raise Invalid("%r is not one of %s" % (value, ", ".join(ASYNC_MODES)))
+    return value.lower()
+
+
+def poll_every(value: str) -> float:
+    seconds = duration_seconds(value)
+    if not 0.1 <= seconds <= 3600:
+        raise Invalid("%r must be between 100ms and 1h" % (value,))
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
 def timezone(value: str) -> str:
     if not is_zone(value):
         raise Invalid("%r is not an IANA time zone (e.g. Asia/Shanghai, UTC)%s" % (value, zone_hint(value)))
@@ -252,7 +268,10 @@ class Option:
 
     @property
     def dest(self) -> str:
-        return self.key
+        """The Python name of the key (`async` is a keyword: `async_`)."""
+        import keyword
+
+        return self.key + "_" if keyword.iskeyword(self.key) else self.key
 
 
 JOB_OPTIONS = (
@@ -266,11 +285,20 @@ JOB_OPTIONS = (
     Option("timeout", timeout, default=60, flag="--timeout", always=True, format=seconds_text,
            help="the whole run, retries included (default 60s)"),
     Option("retries", retries, default=2, flag="--retries", always=True,
-           help="extra attempts after a connection error, a timeout, a 5xx or a 429"),
+           help="extra attempts after a connection error, a timeout, a 5xx, a 429 or a 409 (one the "
+                "service may have started only with idempotent = true, or a GET/PUT/DELETE)"),
     Option("expect_status", expect_status, default="2xx", flag="--expect-status", always=True,
            help="accepted statuses: 2xx, 200, 200-204, comma-separated"),
     Option("expect_json", expect_json, default="", flag="--expect-json",
            help="rules on the JSON body: dotted.path=JSON literal, comma-separated"),
+    Option("idempotent", boolean, default=False, flag="--idempotent", format=lambda value: str(value).lower(),
+           help="the service dedupes on Idempotency-Key: an attempt it may have seen (a read timeout, a "
+                "500/502/504) may be sent again; without it a POST is sent again only if it certainly "
+                "did not arrive (connect errors, 429, 503)"),
+    Option("async", async_mode, default="none", flag="--async",
+           help="poll: a 202 Accepted with a Location is followed (GET) until the work ends, within timeout"),
+    Option("poll_every", poll_every, default=10, flag="--poll-every", format=seconds_text,
+           help="with async = poll: the first wait between polls (grows to 1 min; Retry-After wins)"),
     Option("ping_url", optional(url), flag="--ping-url",
            help="Healthchecks-style heartbeat: /start, then success or /fail"),
     Option("body", text, default="", credential="body", help="the request body (may hold ${SECRETS}: "

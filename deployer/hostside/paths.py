@@ -38,6 +38,13 @@ ALERT_STATE_NAME = "deployer-alerts"
 FAILING_DIR = "/var/lib/private/" + ALERT_STATE_NAME + "/failing"
 # journald's native socket: where a run sends its structured record (hostside/record.py).
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# A manual run asked to backfill one slot finds it here (hostside/slot.py): written by the agent
+# as root, readable by the run's dynamic user, never writable by another local user.
+BACKFILL_DIR = "/run/deployer-runs"
+# The job credential that holds its epoch on this host (X-Deployer-Epoch, the fence).
+EPOCH_CREDENTIAL = "epoch"
+# Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).
+FENCED_DIR = STATE_DIR + "/fenced"
 STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
 
 _UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -184,6 +191,14 @@ class Layout:
     @property
     def takeovers(self) -> str:
         return self.at(TAKEOVERS)
+
+    @property
+    def backfill_dir(self) -> str:
+        return self.at(BACKFILL_DIR)
+
+    @property
+    def fenced_dir(self) -> str:
+        return self.at(FENCED_DIR)
 
     @property
     def run_dir(self) -> str:

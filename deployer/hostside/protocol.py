@@ -84,6 +84,7 @@ class StateAnswer:
     paused: Tuple[str, ...] = ()                             # timers kept paused
     owner: Optional[str] = None                              # the [host:NAME] last pushed here
     held: Optional[Held] = None                              # the host holds its jobs (push releases)
+    epochs: Dict[str, int] = field(default_factory=dict)     # job -> its epoch here (the fence)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class JobStatus:
     next: str = ""      # ISO 8601, "" when none
     last: str = ""
     paused: bool = False
+    fenced: bool = False  # stopped by the host itself: the job's service holds a newer epoch
     service_state: str = ""
     result: str = ""
     exit_status: int = 0
@@ -157,6 +159,8 @@ class RunInfo:
     attempts: int = 0
     http_status: Optional[int] = None
     source: str = "record"   # record | systemd
+    key: str = ""            # the Idempotency-Key it sent ("" for a run without a record)
+    epoch: int = 0           # the X-Deployer-Epoch it sent
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class StatusAnswer:
 @dataclass(frozen=True)
 class RunRequest:
     job: str
+    slot: Optional[int] = None  # backfill this slot (unix seconds) under its own key; None: a manual key
 
 
 @dataclass(frozen=True)

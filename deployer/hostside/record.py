@@ -19,7 +19,7 @@ DYNAMIC_UIDS = range(61184, 65520)
 SENDER_FIELDS = ("_UID", "_SYSTEMD_UNIT")
 # `journalctl MESSAGE_ID=...` finds every run of every job.
 RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
-RESULTS = ("ok", "failed")
+RESULTS = ("ok", "failed", "fenced")
 # PID 1's own entries about a unit's run (they carry UNIT=, INVOCATION_ID=): "Failed with
 # result 'timeout'" (UNIT_RESULT=) and "Main process exited" (EXIT_CODE=, EXIT_STATUS=). They are
 # all a run killed before it could write its record leaves.
@@ -27,6 +27,10 @@ UNIT_FAILED = "d9b373ed55a64feb8242e02dbe79a49c"
 UNIT_EXITED = "98e322203f7a4ed290d09fe03c09fe15"
 MAX_REASON = 1000
 PRIORITY_INFO, PRIORITY_ERR = "6", "3"
+# Every field a record carries (journal_fields), for the readers' --output-fields=.
+FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
+          "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME")
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,15 @@ class RunRecord:
     result: str  # one of RESULTS
     reason: str  # the verdict's reason, one line
     http_status: Optional[int] = None  # of the last attempt that got an answer
+    key: str = ""  # the Idempotency-Key sent: <job>/<slot> or <job>/manual-<run id>
+    epoch: int = 0  # the X-Deployer-Epoch sent
+    reached: tuple = ()  # per attempt: may the service have seen it (and be executing it)?
+    resume: bool = False  # interrupted, and safe to start again under the same key at boot
 
     @property
     def message(self) -> str:
         plural = "" if self.attempts == 1 else "s"
-        verdict = "ok" if self.result == "ok" else f"FAILED ({self.reason})"
+        verdict = "ok" if self.result == "ok" else f"{self.result.upper()} ({self.reason})"
         return f"{self.job}: {verdict} in {self.duration:.2f}s ({self.attempts} attempt{plural})"
 
     def journal_fields(self) -> dict:
@@ -61,6 +69,10 @@ class RunRecord:
             "DEPLOYER_RESULT": self.result,
             "DEPLOYER_REASON": " ".join(self.reason.split())[:MAX_REASON],
             "DEPLOYER_HTTP_STATUS": "" if self.http_status is None else str(self.http_status),
+            "DEPLOYER_KEY": self.key,
+            "DEPLOYER_EPOCH": str(self.epoch),
+            "DEPLOYER_REACHED": "".join("y" if seen else "n" for seen in self.reached),
+            "DEPLOYER_RESUME": "y" if self.resume else "",
         }
 
     @classmethod
@@ -74,7 +86,10 @@ class RunRecord:
                    slot=int(entry["DEPLOYER_SLOT"]), started=float(entry["DEPLOYER_STARTED"]),
                    duration=float(entry["DEPLOYER_DURATION"]), attempts=int(entry["DEPLOYER_ATTEMPTS"]),
                    result=entry["DEPLOYER_RESULT"], reason=entry.get("DEPLOYER_REASON", ""),
-                   http_status=int(status) if status.isdigit() else None)
+                   http_status=int(status) if status.isdigit() else None, key=entry.get("DEPLOYER_KEY", ""),
+                   epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
+                   reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
+                   resume=entry.get("DEPLOYER_RESUME") == "y")
 
 
 def sent_by_the_job(entry: dict) -> bool:

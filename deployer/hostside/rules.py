@@ -67,7 +67,13 @@ def parse_expect_json(text: str) -> tuple[tuple[tuple[str, ...], Any], ...]:
 class Verdict:
     ok: bool
     reason: str
-    retryable: bool = False
+    retryable: bool = False  # another attempt may succeed
+    reached: bool = True  # the service may have started the work (so resending may run it twice)
+
+
+# Answers that say the service did not act on the request: 429 Too Many Requests and 503 Service
+# Unavailable (RFC 9110 15.6.4: "currently unable to handle the request").
+NOT_ACTED = (429, 503)
 
 
 def _lookup(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -84,12 +90,15 @@ def _lookup(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
 def judge(status: int, body: bytes, expect_status, expect_json) -> Verdict:
     """Success = status in range AND every JSON rule holds.
 
-    5xx and 429 are retryable; other 4xx and business failures are not: the service saw
+    5xx, 429 and 409 are retryable; other 4xx and business failures are not: the service saw
     the request and said no, and repeating a settlement that said no is not ours to decide.
+    Every answer but 429 and 503 may come from a service that started the work (a gateway's
+    502/504 says nothing of what is behind it; a 409 is a key still being processed): whether
+    such an attempt is sent again is the trigger's call (run.may_resend).
     """
     if not any(low <= status <= high for low, high in expect_status):
-        retryable = status >= 500 or status == 429
-        return Verdict(False, f"status {status} not expected", retryable)
+        retryable = status >= 500 or status in (429, 409)
+        return Verdict(False, f"status {status} not expected", retryable, reached=status not in NOT_ACTED)
     if expect_json:
         if len(body) > MAX_JSON_BODY:
             return Verdict(False, "body is over %d bytes; expect_json reads at most that" % MAX_JSON_BODY)

@@ -14,6 +14,7 @@ from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from .http import Response
 from .record import RunRecord
+from .slot import Slot  # noqa: F401 - run.Slot for callers
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 from .text import Masker, run_masker
 
@@ -79,7 +80,12 @@ class JobSpec:
     expect_json: str = ""
     ping_url: Optional[str] = None
     content_type: str = "application/json"
-    resolution: int = 60  # seconds: a cron job's slot is its minute
+    idempotent: bool = False  # the service dedupes on Idempotency-Key: a possibly-seen POST may be re-sent
+    async_: str = "none"  # "poll": a 202 with a Location is followed until the work ends
+    poll_every: float = 10.0
+    resolution: int = 60  # seconds: X-Deployer-Scheduled-At of a manual run is its start floored to this
+    calendar: tuple = ()  # the timer's OnCalendar= lines: the slot a run is for comes from them
+    epoch: int = 0  # X-Deployer-Epoch: grows whenever the job's owner changes (the fence)
     # From credentials (options.CREDENTIAL_OPTIONS): never on the command line.
     headers: tuple = ()
     body: str = ""
@@ -89,22 +95,42 @@ class JobSpec:
     sign_secret: Optional[str] = None
 
 
-def sign(secret: str, method: str, url: str, timestamp: int, run_id: str, body: bytes) -> str:
-    """`v1=` + hex HMAC-SHA256 over method, path with query, timestamp, run id and the body's
-    SHA-256, one per line (docs/signing.md shows the service's ten-line check)."""
+def wire_target(url: str) -> str:
+    """The request target exactly as it goes on the request line (path and query, non-ASCII
+    percent-encoded): what a service sees, so what is signed."""
+    return http.parse_url(url).path
+
+
+def _hmac(secret: str, lines) -> str:
     import hashlib
     import hmac
 
-    parts = urlsplit(url)
-    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    message = "\n".join((method, target, str(timestamp), run_id, hashlib.sha256(body).hexdigest()))
-    return "v1=" + hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(secret.encode(), "\n".join(lines).encode(), hashlib.sha256).hexdigest()
+
+
+def _body_hash(body: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(body).hexdigest()
+
+
+def sign(secret: str, method: str, url: str, timestamp: int, run_id: str, body: bytes) -> str:
+    """`v1=` + hex HMAC-SHA256 over method, path with query, timestamp, run id and the body's
+    SHA-256, one per line (docs/signing.md shows the service's ten-line check)."""
+    return "v1=" + _hmac(secret, (method, wire_target(url), str(timestamp), run_id, _body_hash(body)))
+
+
+def sign_v2(secret: str, method: str, url: str, timestamp: int, run_id: str, job: str, key: str, epoch: int,
+            body: bytes) -> str:
+    """`v2=` + hex HMAC-SHA256 over "v2", method, target, timestamp, run id, job, Idempotency-Key,
+    epoch and the body's SHA-256, one per line (docs/receiving.md): a changed job, slot or
+    epoch breaks it, so a service may key and fence on them."""
+    return "v2=" + _hmac(secret, ("v2", method, wire_target(url), str(timestamp), run_id, job, key, str(epoch),
+                                  _body_hash(body)))
 
 
 def slot_of(now: float, resolution: int) -> int:
-    """The nominal time of this run: the timer fires within AccuracySec=1s of it, so the start
-    time floored to the schedule's resolution names the slot (a catch-up run after downtime
-    names the slot it ran in, not the one it missed)."""
+    """A manual run's legacy X-Deployer-Scheduled-At: its start floored to the schedule's resolution."""
     return int(now - (now % max(resolution, 1)))
 
 
@@ -113,6 +139,12 @@ def scheduled_at(now: float, resolution: int) -> str:
 
 
 INTERRUPTED = "interrupted: SIGTERM, the host is shutting down or the run was stopped"
+NOT_RESENT = ("not retried: the service may have started it "
+              "(set idempotent = true once it dedupes on Idempotency-Key)")
+# The most a poll waits between two looks (poll_every grows to it), unless Retry-After says more.
+MAX_POLL_EVERY = 60.0
+# HTTP's idempotent methods (RFC 9110 9.2.2): sending one twice has the effect of sending it once.
+IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
 
 
 class Interrupted(BaseException):
@@ -132,45 +164,106 @@ class RunResult:
     attempts: int
     http_status: Optional[int] = None
     interrupted: bool = False
+    fenced: bool = False
+    key: str = ""
+    epoch: int = 0
+    reached: tuple = ()  # per attempt: may the service have seen it?
+    resume: bool = False  # interrupted, and the same key may be sent again after boot
+
+    @property
+    def result(self) -> str:
+        return "ok" if self.ok else "fenced" if self.fenced else "failed"
 
     def record(self, job: str) -> RunRecord:
         return RunRecord(job=job, run=self.run_id, slot=self.slot, started=self.started,
-                         duration=self.duration, attempts=self.attempts,
-                         result="ok" if self.ok else "failed", reason=self.reason,
-                         http_status=self.http_status)
+                         duration=self.duration, attempts=self.attempts, result=self.result, reason=self.reason,
+                         http_status=self.http_status, key=self.key, epoch=self.epoch, reached=self.reached,
+                         resume=self.resume)
 
 
 def current_run_id() -> str:
     return os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
 
 
+def may_resend(spec: JobSpec) -> bool:
+    """May a request the service may already be executing be sent again?"""
+    return spec.idempotent or spec.method in IDEMPOTENT_METHODS
+
+
+def retry_after(response: Optional[Response], default: float) -> float:
+    """The answer's Retry-After in seconds (delta form; an HTTP date counts from now), else `default`."""
+    text = response.header("retry-after").strip() if response is not None else ""
+    if text.isdigit():
+        return float(text)
+    if text:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(parsedate_to_datetime(text).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            pass
+    return default
+
+
+def fence_epoch(response: Response) -> Optional[int]:
+    """The epoch a 409 says the service holds, when the 409 is a fence (docs/receiving.md)."""
+    text = response.header("x-deployer-epoch").strip() if response.status == 409 else ""
+    return int(text) if text.isdigit() else None
+
+
+class _Caller:
+    """Sends one job's requests: the run's headers on every attempt and poll, each signed anew."""
+
+    def __init__(self, spec: JobSpec, run: str, key: str, slot: Slot, legacy_slot: int):
+        self.spec, self.run, self.key = spec, run, key
+        self.headers = {
+            "User-Agent": "deployer-trigger/1",
+            "X-Deployer-Job": spec.name,
+            "X-Deployer-Run-Id": run,
+            "X-Deployer-Scheduled-At": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(legacy_slot)),
+            "Idempotency-Key": key,
+            "X-Deployer-Slot": slot.name,
+            "X-Deployer-Epoch": str(spec.epoch),
+        }
+        self.headers.update(spec.headers)
+        self.client_cert = (spec.client_cert, spec.client_key) if spec.client_cert else None
+
+    def send(self, method: str, url: str, body: bytes, deadline: float) -> Response:
+        headers = dict(self.headers)
+        if body:
+            headers["Content-Type"] = self.spec.content_type
+        if self.spec.sign_secret:  # per attempt: a fresh timestamp, the same run id and key
+            stamp = int(time.time())
+            headers["X-Deployer-Timestamp"] = str(stamp)
+            headers["X-Deployer-Signature"] = sign(self.spec.sign_secret, method, url, stamp, self.run, body)
+            headers["X-Deployer-Signature-V2"] = sign_v2(self.spec.sign_secret, method, url, stamp, self.run,
+                                                         self.spec.name, self.key, self.spec.epoch, body)
+        remaining = max(deadline - time.monotonic(), 0.001)
+        return request(method, url, headers, (min(remaining, 10.0), remaining), body=body,
+                       ca_file=self.spec.ca_file, client_cert=self.client_cert)
+
+
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
-            sleep: Callable[[float], None] = time.sleep) -> RunResult:
-    """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them.
-    A SIGTERM (raised as Interrupted by the caller's handler) ends the run as a failed one."""
+            sleep: Callable[[float], None] = time.sleep, slot: Optional[Slot] = None) -> RunResult:
+    """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them (or
+    the service's Retry-After). An attempt the service may have seen is sent again only when
+    that cannot run the work twice (may_resend). A SIGTERM (raised as Interrupted by the
+    caller's handler) ends the run as a failed one."""
     wall = time.time()
     started = time.monotonic()
     deadline = started + spec.timeout
     expect_status, expect_json = parse_expect_status(spec.expect_status), parse_expect_json(spec.expect_json)
     run = current_run_id()
-    slot = slot_of(wall, spec.resolution)
-    headers = {
-        "User-Agent": "deployer-trigger/1",
-        "X-Deployer-Job": spec.name,
-        "X-Deployer-Run-Id": run,
-        "X-Deployer-Scheduled-At": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(slot)),
-    }
-    headers.update(spec.headers)
+    slot = slot or Slot(None, run, "manual")
+    key = slot.key(spec.name)
+    caller = _Caller(spec, run, key, slot, slot.at if slot.at is not None else slot_of(wall, spec.resolution))
     body = spec.body.encode()
-    if body:
-        headers["Content-Type"] = spec.content_type
-    client_cert = (spec.client_cert, spec.client_key) if spec.client_cert else None
     shown = redact_url(spec.url)
     hide = run_masker(spec.url, spec.headers, spec.sign_secret)  # a service may echo them back
     log = (lambda line, _log=log: _log(hide(line))) if hide else log
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
-    attempt, status, interrupted = 0, None, False
+    attempt, status, interrupted, fenced, reached = 0, None, False, False, []
 
     def expire(signum, frame):
         raise RunTimeout()
@@ -181,25 +274,37 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         for attempt in range(1, attempts + 1):
             begin = time.monotonic()
             prefix = f"attempt {attempt}/{attempts}: {spec.method} {shown}"
+            response = None
             try:
-                remaining = max(deadline - begin, 0.001)
-                if spec.sign_secret:  # per attempt: a fresh timestamp, the same run id
-                    stamp = int(time.time())
-                    headers["X-Deployer-Timestamp"] = str(stamp)
-                    headers["X-Deployer-Signature"] = sign(spec.sign_secret, spec.method, spec.url, stamp,
-                                                           run, body)
-                response = request(spec.method, spec.url, headers, (min(remaining, 10.0), remaining),
-                                   body=body, ca_file=spec.ca_file, client_cert=client_cert)
+                response = caller.send(spec.method, spec.url, body, deadline)
                 status = response.status
+                held = fence_epoch(response)
+                if held is not None and held > spec.epoch:
+                    reached.append(True)
+                    fenced, verdict = True, Verdict(False, fenced_reason(spec, held))
+                    log(f"{prefix} -> 409 in {time.monotonic() - begin:.2f}s: {verdict.reason}")
+                    break
+                if response.status == 202 and spec.async_ == "poll":
+                    reached.append(True)
+                    log(f"{prefix} -> 202 in {time.monotonic() - begin:.2f}s: accepted")
+                    verdict, status, fenced = poll(caller, spec, response, deadline, expect_status, expect_json,
+                                                   log, sleep)
+                    break
                 verdict = judge(response.status, response.body, expect_status, expect_json)
+                reached.append(verdict.reached)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
                 log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
             except TransportError as error:
-                verdict = Verdict(False, error.reason, retryable=error.retryable)
+                verdict = Verdict(False, error.reason, retryable=error.retryable, reached=error.sent)
+                reached.append(error.sent)
                 log(f"{prefix} -> error in {time.monotonic() - begin:.2f}s: {verdict.reason}")
             if verdict.ok or not verdict.retryable or attempt == attempts:
                 break
-            pause = min(2.0 ** (attempt - 1), deadline - time.monotonic())
+            if verdict.reached and not may_resend(spec):
+                verdict = Verdict(False, f"{verdict.reason}; {NOT_RESENT}")
+                log(f"{spec.method} {shown}: {NOT_RESENT}")
+                break
+            pause = min(retry_after(response, 2.0 ** (attempt - 1)), deadline - time.monotonic())
             if pause <= 0:
                 break
             sleep(pause)
@@ -212,9 +317,57 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot, started=wall,
+    return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot.at or 0, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
-                     interrupted=interrupted)
+                     interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
+                     resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
+
+
+def fenced_reason(spec: JobSpec, held: int) -> str:
+    """The epoch is the grant time of the job's newest owner: it says when the job moved."""
+    moved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held / 1000)) if held > 10 ** 12 else "?"
+    return (f"fenced: {spec.name} was granted to another host at {moved} (the service holds epoch {held}, "
+            f"this host's is {spec.epoch}); this host stops the job's timer")
+
+
+def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, expect_status, expect_json,
+         log: Callable[[str], None], sleep: Callable[[float], None]) -> tuple:
+    """Follow a 202's Location (or Operation-Location) until the service answers something else,
+    which is judged like a synchronous answer -> (verdict, last status, fenced). Poll failures
+    are transient: the run's deadline alone ends the wait."""
+    from urllib.parse import urljoin
+
+    location = accepted.header("location") or accepted.header("operation-location")
+    if not location:
+        return Verdict(False, "202 without a Location to poll (async = poll)"), 202, False
+    url = urljoin(spec.url, location)
+    every, response, polls = spec.poll_every, accepted, 0
+    log(f"polling {redact_url(url)} every {every:g}s while it answers 202")
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunTimeout()
+        sleep(min(retry_after(response, every), left))
+        every, polls = min(every * 1.5, max(MAX_POLL_EVERY, spec.poll_every)), polls + 1
+        try:
+            response = caller.send("GET", url, b"", deadline)
+        except TransportError as error:
+            response = None
+            log(f"poll {polls}: error: {error.reason}; polling on")
+            continue
+        held = fence_epoch(response)
+        if held is not None and held > spec.epoch:
+            return Verdict(False, fenced_reason(spec, held)), 409, True
+        if response.status == 202:
+            continue
+        if response.status >= 500 or response.status == 429:
+            log(f"poll {polls}: {response.status}; polling on")
+            continue
+        verdict = judge(response.status, response.body, expect_status, expect_json)
+        line = f"poll {polls}: GET {redact_url(url)} -> {response.status}"
+        hide = run_masker(spec.url, spec.headers, spec.sign_secret)
+        log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
+        return verdict, response.status, False
 
 
 def ping(url: Optional[str], suffix: str, log: Callable[[str], None], budget: float = PING_BUDGET) -> None:
