@@ -3,7 +3,12 @@ chat markup, and a 401 page that echoes the request's secrets, through `deployer
 logs`, the host's journal and the alert channel."""
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -26,9 +31,33 @@ SIGNING = "sig-SECRET-c3c3c3c3"
 TOKEN = "tok-SECRET-slack-01"
 
 
-def test_issue22_4_run_and_logs_print_no_raw_escape(cron01, server, deployer, write_inventory):
-    """Before: the body's escapes reached the operator's terminal raw (cleared it, retitled it,
-    rewrote `FAILED` as `ok`)."""
+def follow_logs(path: str, home) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    environment["HOME"] = str(home)
+    return subprocess.Popen([sys.executable, "-m", "deployer", "logs", "evil", "-f", "-n", "1", "-i", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+
+
+def stop_following(process: subprocess.Popen, until: str, timeout: float = 60) -> str:
+    """What `logs -f` printed by the time `until` showed up (then Ctrl-C), bytes as they came."""
+    os.set_blocking(process.stdout.fileno(), False)
+    printed, deadline = b"", time.monotonic() + timeout
+    while until.encode() not in printed and time.monotonic() < deadline and process.poll() is None:
+        printed += process.stdout.read() or b""
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    printed += process.stdout.read() or b""
+    return printed.decode("utf-8", "replace")
+
+
+def test_issue22_4_run_and_logs_print_no_raw_escape(cron01, server, deployer, write_inventory, isolated_home):
+    """Before: the body's escapes reached the operator's terminal raw through `run`, `logs` and
+    `logs -f` (cleared it, retitled it, rewrote `FAILED` as `ok`)."""
     server.routes["/evil"] = Reply(500, EVIL_BODY, content_type="text/plain")
     path = write_inventory(cron01.inventory_host() + f"""
 [job:evil]
@@ -38,11 +67,13 @@ retries = 0
 timeout = 10s
 """)
     deployer("push", "-i", path, check=True)
+    follow = follow_logs(path, isolated_home)
     ran = deployer("run", "evil", "-i", path, check=False)
     logs = deployer("logs", "evil", "-i", path, check=True)
+    followed = stop_following(follow, until="status 500 not expected")
     assert ran.returncode == 1 and server.received("/evil")
-    for name, result in (("run", ran), ("logs", logs)):
-        printed = result.stdout + result.stderr
+    for name, printed in (("run", ran.stdout + ran.stderr), ("logs", logs.stdout + logs.stderr),
+                          ("logs -f", followed)):
         assert "status 500 not expected" in printed, f"{name}: {printed}"
         found = RAW.findall(printed)
         assert not found, f"deployer {name} printed raw {found!r}: {printed!r}"
