@@ -1,6 +1,7 @@
 """remote.execute against a scripted paramiko channel: read to the end, give up on a silent host."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -233,3 +234,14 @@ def test_issue22_4_a_stderr_line_without_end_is_cut_too(monkeypatch):
     with pytest.raises(RemoteError, match="MiB of other output"):
         remote.execute(Connection(channel), HOST, "agent", b"{}", step="agent status")
     assert channel.sent < (1 << 20) + 2 * 65536
+
+
+def test_issue22_4_a_refusal_with_a_code_outside_the_protocol_is_not_taken_as_one():
+    from deployer.hostside import protocol
+
+    agent = remote.LocalAgent("cron01", "/nonexistent", None)
+    raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": False,
+                      "error": {"code": "locked\x1b[2J", "message": "held by \x1b]0;pwned\x07"}}).encode()
+    with pytest.raises(RemoteError, match="unknown code") as caught:
+        agent._answer(protocol.StatusRequest(), raw)
+    assert not isinstance(caught.value, remote.AgentRefused)
