@@ -111,7 +111,7 @@ def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Option
     """-> (last result, last start, reason, exit status, duration) from systemd's facts and the
     journal's (status.last_run), whichever is newer; systemd alone knows a run in progress."""
     if status.service_state in ("activating", "deactivating"):
-        return "running", parse_iso(status.started), None, None, None
+        return "running", parse_iso(status.started), status.doing or None, None, None
     run: Optional[RunInfo] = status.last_run
     started = parse_iso(status.started) if status.finished else None
     if started is not None and (run is None or run.started < started - 1):

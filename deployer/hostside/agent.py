@@ -185,6 +185,7 @@ BUS_PROPERTIES = {
     "TimersCalendar": dbus.TIMER_INTERFACE,
     "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
     "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
+    "StatusText": dbus.SERVICE_INTERFACE,
 }
 
 
@@ -213,7 +214,7 @@ def job_status(timer, t, s, paused, fenced=False):
                      calendar=tuple(calendar), next=next_elapse if active else "", paused=paused, fenced=fenced,
                      last=iso_time(t.get("LastTriggerUSec", "")),
                      service_state=s.get("ActiveState", ""), result=s.get("Result", ""),
-                     exit_status=int(s.get("ExecMainStatus") or 0),
+                     exit_status=int(s.get("ExecMainStatus") or 0), doing=s.get("StatusText", ""),
                      started=iso_time(s.get("ExecMainStartTimestamp", "")),
                      finished=iso_time(s.get("ExecMainExitTimestamp", "")))
 
@@ -1015,6 +1016,11 @@ def job_statuses(host, timers):
     wants = os.path.join(host.layout.unit_dir, paths.TIMERS_WANTS)
     for timer, props in timer_props.items():
         props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
+    running = [name for name, props in service_props.items() if props.get("ActiveState") in ("activating", "deactivating")]
+    # What a run in progress says it is doing (the trigger's sd_notify STATUS=, e.g. waiting for
+    # the service to finish accepted work): asked of running services only.
+    for name, props in host.systemd.properties(running, ("StatusText",)).items() if running else ():
+        service_props.setdefault(name, {})["StatusText"] = props.get("StatusText", "")
     paused, fenced = host.paused_timers(), host.fenced_timers()
     return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused, t in fenced)
                  for t, s in zip(timers, services))

@@ -343,6 +343,7 @@ def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, ex
     url = urljoin(spec.url, location)
     every, response, polls = spec.poll_every, accepted, 0
     log(f"polling {redact_url(url)} every {every:g}s while it answers 202")
+    notify_status("waiting for the service (accepted at %s)" % time.strftime("%H:%M:%SZ", time.gmtime()))
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -368,6 +369,22 @@ def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, ex
         hide = run_masker(spec.url, spec.headers, spec.sign_secret)
         log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
         return verdict, response.status, False
+
+
+def notify_status(text: str) -> None:
+    """Say what the run is doing to systemd (`systemctl status`, `deployer status`): sd_notify
+    STATUS= on $NOTIFY_SOCKET (the unit's NotifyAccess=main); nothing where there is none."""
+    import socket
+
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(("STATUS=" + " ".join(text.split())).encode("utf-8", "replace"), address)
+    except OSError:
+        pass
 
 
 def ping(url: Optional[str], suffix: str, log: Callable[[str], None], budget: float = PING_BUDGET) -> None:
