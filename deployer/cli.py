@@ -10,6 +10,7 @@ from typing import Optional
 import click
 
 from .errors import DeployerError, JobFailed
+from .hostside.text import printable
 from .schedule import ScheduleError
 
 EPILOG = "Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error."
@@ -23,8 +24,8 @@ class Deployer(click.Group):
             return super().invoke(ctx)
         except DeployerError as error:
             if not isinstance(error, JobFailed):
-                for line in error.lines():
-                    click.echo(f"deployer: error: {line}", err=True)
+                for line in error.lines():  # may quote a host's refusal or stderr
+                    click.echo(f"deployer: error: {printable(line)}", err=True)
             ctx.exit(1)
 
 
@@ -268,7 +269,7 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
     if as_json:
         click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
     else:
-        click.echo(render_diff(the_plan, state), nl=False)
+        click.echo(printable(render_diff(the_plan, state), newlines=True), nl=False)
         click.echo(f"host {host_name}: {summary(the_plan)}")
         doomed = removed_jobs(the_plan)
         if doomed:
@@ -392,7 +393,7 @@ def move(inventory_path, source, target, force, as_json):
 
     def wait(gone):
         progress.done()
-        click.echo(f"deployer: {source} is unreachable ({gone.reason}).", err=True)
+        click.echo(f"deployer: {source} is unreachable ({printable(gone.reason)}).", err=True)
         click.echo(f"deployer: waiting out its lease ({_duration(gone.lease)}) until {_clock(gone.until)}: if "
                    f"{source} boots again after that, it holds its jobs instead of running them. Ctrl-C stops "
                    f"here (nothing changed); --force skips the wait.", err=True)
@@ -507,7 +508,7 @@ def status(inventory_path, host_name, as_json):
     click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
     failed = [a for a in answers if a.error]
     for answer in failed:
-        click.echo(f"deployer: error: host {answer.name}: {answer.error}", err=True)
+        click.echo(f"deployer: error: host {answer.name}: {printable(answer.error)}", err=True)
     if failed:
         sys.exit(1)
 
@@ -592,7 +593,10 @@ def _slots(job, start: float, until: float):
 @host_option
 @json_option
 def run(job, slot_text, inventory_path, host_name, as_json):
-    """Run JOB now on its host, showing its journal lines as they happen; exit with its result."""
+    """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
+
+    Every line is the service's and the host's text: printed escaped (hostside/text.printable).
+    """
     from . import remote
     from .report import job_zone, run_document
 
@@ -602,7 +606,7 @@ def run(job, slot_text, inventory_path, host_name, as_json):
 
     def show(line: str) -> None:
         streamed.append(line)
-        click.echo(line)
+        click.echo(printable(line))
 
     result = remote.run(agent, job, output=None if as_json else show, slot=slot)
     if as_json:
@@ -610,11 +614,11 @@ def run(job, slot_text, inventory_path, host_name, as_json):
     else:
         for line in result.output.splitlines():  # whatever the stream missed (journald's lag)
             if line not in streamed:
-                click.echo(line)
+                click.echo(printable(line))
     if not result.ok:
         if not as_json:
             reason = result.run.reason if result.run else f"{result.result}, exit {result.exit_status}"
-            click.echo(f"deployer: job {job} failed ({reason})", err=True)
+            click.echo(f"deployer: job {job} failed ({printable(reason)})", err=True)
         raise JobFailed(job)
     if not as_json:
         click.echo(f"job {job}: ok")
@@ -673,10 +677,10 @@ def logs(job, inventory_path, host_name, lines, since, follow):
         lines = 50
     _, _, _, agent = _open_job(inventory_path, job, host_name)
     if not follow:
-        click.echo(remote.logs(agent, job, lines, since=start), nl=False)
+        click.echo(printable(remote.logs(agent, job, lines, since=start), newlines=True), nl=False)
         return
     try:
-        remote.logs(agent, job, lines, since=start, follow=True, output=click.echo)
+        remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends; the agent stops when its next write finds no client
 

@@ -328,3 +328,40 @@ def test_a_202_without_location_fails_an_async_job(server):
 def test_a_sync_job_takes_a_202_as_success_as_before(server):
     server.routes["/long"] = Reply(202, b"", headers={"Location": "/ops/1"})
     assert run.run_job(spec(server, "/long"), log=lambda _: None).ok
+
+
+# --- issue 22 item 9: a service that echoes the request's secrets ------------------------------
+
+TOKEN = "tok-SECRET-7e3f9a1c"
+SIGN = "sign-SECRET-55aa"
+PASSWORD = "pw-SECRET-0b0b"
+
+
+def echo_headers(record) -> Reply:
+    """A 401 page that shows the request's headers (many frameworks' debug pages do)."""
+    ordered = sorted(record.headers.items(), key=lambda item: item[0].lower() != "authorization")
+    shown = "".join(f"{name}: {value}<br>" for name, value in ordered)
+    return Reply(401, f"<h1>401 Unauthorized</h1>{shown}".encode(), content_type="text/html")
+
+
+# The token starts at character 47 of the page: padded by 144 or 148, the excerpt's cut at 200
+# falls inside it.
+@pytest.mark.parametrize("padding", [0, 144, 148], ids=lambda n: f"padding{n}")
+def test_issue22_9_secrets_a_service_echoes_never_reach_the_log_or_the_reason(server, padding):
+    """Before: the excerpt of the 401 page put `Authorization: Bearer ...` into the run's lines
+    (its journal, `deployer run`, the alert); a cut at 200 characters could leave half of it."""
+    server.routes["/echo"] = lambda record: Reply(401, b"x" * padding + echo_headers(record).body)
+    server.routes["/biz"] = lambda record: json_reply({"code": 1, "token": record.headers.get("Authorization")})
+    lines: list[str] = []
+    url = server.url("/echo").replace("http://", f"http://svc:{PASSWORD}@")
+    echoed = run.run_job(run.JobSpec(name="x", url=url, headers=(("Authorization", f"Bearer {TOKEN}"),),
+                                     sign_secret=SIGN), log=lines.append)
+    judged = run.run_job(run.JobSpec(name="x", url=server.url("/biz"), expect_json='token="no"',
+                                     headers=(("Authorization", f"Bearer {TOKEN}"),)), log=lines.append)
+    assert not echoed.ok and not judged.ok
+    assert server.received("/echo")[0].headers["Authorization"] == f"Bearer {TOKEN}", "the request itself is intact"
+    everything = "\n".join(lines + [echoed.reason, judged.reason])
+    assert "401" in everything and "***" in everything
+    for secret in (TOKEN, SIGN, PASSWORD):
+        for start in range(0, len(secret) - 6):  # nor any 7 characters of it (a cut half)
+            assert secret[start:start + 7] not in everything, f"{secret} leaked: {everything}"

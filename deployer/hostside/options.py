@@ -100,16 +100,14 @@ def url(value: str) -> str:
     return value
 
 
-# Query names whose values are secrets (api_key, access_token, sig, password, ...): matched anywhere
-# in the name, case-insensitively. Hiding a value that was not secret costs nothing: the whole URL
-# reaches the run as a credential all the same.
-_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|credential|session|cookie|private|jwt", re.I)
 
 
 def redact_url(value: str) -> str:
     """The URL as a unit, `ps`, a log or an alert may show it: `***` for a password (for a user
     name alone too: it may be a token) and for every query value whose name looks secret."""
     from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+    from .text import SECRET_QUERY  # hiding a value that was not secret costs nothing: the URL is a credential
 
     parts = urlsplit(value)
     netloc = parts.netloc
@@ -120,7 +118,7 @@ def redact_url(value: str) -> str:
     fields = []
     for field in parts.query.split("&") if parts.query else ():
         name_, equals, content = field.partition("=")
-        secret = equals and content and _SECRET_NAME.search(unquote_plus(name_))
+        secret = equals and content and SECRET_QUERY.search(unquote_plus(name_))
         fields.append(name_ + "=***" if secret else field)
     return urlunsplit(parts._replace(netloc=netloc, query="&".join(fields)))
 
