@@ -12,6 +12,7 @@ end-to-end test in CI would hide exactly what they exist to prove.
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 
@@ -59,11 +60,13 @@ find /root /tmp -mindepth 1 -maxdepth 1 -newer /run/deployer-test-booted ! -name
 systemctl daemon-reload
 systemctl reset-failed
 journalctl --rotate --vacuum-time=1s >/dev/null 2>&1
-# What must hold now, as on a fresh host (deployer.slice: the parent slice systemd keeps):
-left=$(find /etc /var/lib /run /root -name '*deployer*' ! -path '/etc/ssh/*' ! -path /run/deployer-test-booted)
-units=$(systemctl list-units --all --plain --no-legend 'deployer*' | awk '$1 != "deployer.slice" {print $1}')
+# What must hold now, as on a fresh host: no file of the deployer's, no deployer unit active
+# (PID 1 may still hold a deleted unit, not-found and inactive, until it collects it; and the
+# slices deployer.slice and deployer-jobs.slice exist implicitly), no run record.
+left=$(find /etc /var/lib /root /tmp -name '*deployer*' ! -path '/etc/ssh/*')
+units=$(systemctl list-units --all --plain --no-legend 'deployer*' | awk '$3 != "inactive" {print $1, $2, $3}')
 records=$(journalctl --no-pager -o cat MESSAGE_ID=5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90 | wc -l)
-if [ -n "$left$units" ] || [ "$records" != 0 ]; then echo "left: $left $units records: $records"; exit 1; fi
+if [ -n "$left$units" ] || [ "$records" != 0 ]; then echo "left: $left $units records: $records" >&2; exit 1; fi
 """
 
 
@@ -95,7 +98,8 @@ class SharedHost:
             host.ssh(RESET, timeout=60)
             return host
         except Exception as error:  # CronHostError, subprocess.TimeoutExpired
-            print(f"shared cron01: reset failed ({error!r}); booting a new one")
+            # Correct but slow: shown in the summary, so that a reset that always fails is seen.
+            warnings.warn(f"shared cron01: reset failed, booting a new one: {error}")
             return self._boot()
 
     def close(self) -> None:

@@ -1,0 +1,83 @@
+"""Judging a job's runs on a real host by what the host recorded, not by when requests arrived.
+
+Every run leaves a record in the journal (deployer/hostside/record.py: DEPLOYER_RUN is systemd's
+invocation id). For a calendar with one-second resolution DEPLOYER_SLOT is the second the
+trigger started in, after Python's start-up, which on a loaded machine can be a second or more
+after the timer elapsed; PID 1's "Starting" entry for the same invocation is written when the
+timer elapsed. So a run's slot is the period slot that PID 1's start time falls in (and its
+DEPLOYER_SLOT must not be earlier).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
+
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"  # systemd's "Starting <unit>..." (catalog id)
+
+
+@dataclass(frozen=True)
+class Run:
+    record: RunRecord
+    triggered: float  # unix seconds: when PID 1 started the run's unit
+
+    def slot(self, period: int) -> int:
+        return int(self.triggered) // period * period
+
+
+def journal(host, matches: str) -> list[dict]:
+    out = host.ssh(f"journalctl --no-pager -q -o json {matches}").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def records(host, job: str) -> list[RunRecord]:
+    """The job's run records that its own runs sent (what history, status and the metrics read)."""
+    return [RunRecord.from_journal(e) for e in journal(host, f"MESSAGE_ID={RUN_FINISHED} DEPLOYER_JOB={job}")
+            if sent_by_the_job(e)]
+
+
+def runs(host, job: str) -> list[Run]:
+    """The job's recorded runs, oldest first, each with the time PID 1 started it."""
+    recorded = records(host, job)  # first: a run recorded has been started (not so the other way)
+    starts = {e.get("INVOCATION_ID"): int(e["__REALTIME_TIMESTAMP"]) / 1e6
+              for e in journal(host, f"_PID=1 MESSAGE_ID={UNIT_STARTING} UNIT=deployer-{job}.service")}
+    found = []
+    for record in recorded:
+        assert record.run in starts, f"no start of run {record.run} in PID 1's journal"
+        found.append(Run(record, starts[record.run]))
+    return sorted(found, key=lambda run: run.triggered)
+
+
+def wait_for_runs(host, job: str, count: int, timeout: float = 30) -> list[Run]:
+    """Poll (no fixed sleep) until the job has `count` recorded runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = runs(host, job)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} run record(s) of {job} expected within {timeout}s, got {len(found)}")
+        time.sleep(0.3)
+
+
+def assert_each_slot_ran_once(found: list[Run], period: int) -> None:
+    """From the first run's slot to the last one's, every `period`-second slot ran exactly once."""
+    slots = [run.slot(period) for run in found]
+    for run in found:
+        assert run.record.slot >= run.slot(period), (run.record, run.triggered)
+    expected = list(range(slots[0], slots[-1] + period, period))
+    assert slots == expected, f"slots run {[s % 60 for s in slots]}, expected {[s % 60 for s in expected]}"
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll `condition` until it is true (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(every)
