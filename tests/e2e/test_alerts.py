@@ -94,7 +94,7 @@ def test_a_killed_run_still_alerts(shared_cron01, server, robot, deployer, write
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     shared_cron01.ssh("systemctl start --no-block deployer-doomed.service")
     server.wait_for("/hang")
-    shared_cron01.ssh("systemctl kill --signal=KILL deployer-doomed.service")
+    shared_cron01.ssh("systemctl kill --kill-whom=main --signal=KILL deployer-doomed.service")
     messages = robot.wait_accepted(1)
     wait_alert_units_idle(shared_cron01)
     assert len(messages) == 1 and "doomed FAILED" in messages[0]["markdown"]["title"]

@@ -61,7 +61,7 @@ def test_job_runs_share_the_hosts_slice_and_a_killed_run_is_alerted(shared_cron0
     server.wait_for("/settle")
     cgroup = shared_cron01.ssh("systemctl show -p ControlGroup --value deployer-settle.service").stdout.strip()
     assert cgroup == "/deployer.slice/deployer-jobs.slice/deployer-settle.service"
-    shared_cron01.ssh("systemctl kill --signal=SIGKILL deployer-settle.service")
+    shared_cron01.ssh("systemctl kill --kill-whom=main --signal=SIGKILL deployer-settle.service")
     robot.wait_accepted(1)
     wait_alert_units_idle(shared_cron01)
     assert shared_cron01.ssh("systemctl show -p Result --value deployer-settle.service").stdout.strip() == "signal"
