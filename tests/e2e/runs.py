@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
 
@@ -20,8 +21,9 @@ UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"  # systemd's "Starting <unit>
 
 @dataclass(frozen=True)
 class Run:
-    record: RunRecord
+    run: str  # the invocation id (DEPLOYER_RUN, X-Deployer-Run-Id)
     triggered: float  # unix seconds: when PID 1 started the run's unit
+    record: Optional[RunRecord] = None  # its run record, if it wrote one (a run stopped mid-way may not)
 
     def slot(self, period: int) -> int:
         return int(self.triggered) // period * period
@@ -39,22 +41,29 @@ def records(host, job: str) -> list[RunRecord]:
 
 
 def runs(host, job: str) -> list[Run]:
-    """The job's recorded runs, oldest first, each with the time PID 1 started it."""
-    recorded = records(host, job)  # first: a run recorded has been started (not so the other way)
-    starts = {e.get("INVOCATION_ID"): int(e["__REALTIME_TIMESTAMP"]) / 1e6
-              for e in journal(host, f"_PID=1 MESSAGE_ID={UNIT_STARTING} UNIT=deployer-{job}.service")}
-    found = []
-    for record in recorded:
-        assert record.run in starts, f"no start of run {record.run} in PID 1's journal"
-        found.append(Run(record, starts[record.run]))
+    """Every run PID 1 started of the job's unit, oldest first, with its record where there is one."""
+    recorded = {record.run: record for record in records(host, job)}  # first: a recorded run has started
+    starts = journal(host, f"_PID=1 MESSAGE_ID={UNIT_STARTING} UNIT=deployer-{job}.service")
+    found = [Run(e["INVOCATION_ID"], int(e["__REALTIME_TIMESTAMP"]) / 1e6, recorded.get(e["INVOCATION_ID"]))
+             for e in starts if e.get("INVOCATION_ID")]
+    missing = set(recorded) - {run.run for run in found}
+    assert not missing, f"records of runs PID 1 did not start: {missing}"
     return sorted(found, key=lambda run: run.triggered)
+
+
+def heard(found: list[Run], requests) -> list[Run]:
+    """The runs whose request the service received (X-Deployer-Run-Id is the invocation id);
+    asserts that no run sent two requests."""
+    ids = [request.headers["X-Deployer-Run-Id"] for request in requests]
+    assert len(ids) == len(set(ids)), "a run sent its request twice"
+    return [run for run in found if run.run in set(ids)]
 
 
 def wait_for_runs(host, job: str, count: int, timeout: float = 30) -> list[Run]:
     """Poll (no fixed sleep) until the job has `count` recorded runs."""
     deadline = time.monotonic() + timeout
     while True:
-        found = runs(host, job)
+        found = [run for run in runs(host, job) if run.record]
         if len(found) >= count:
             return found
         if time.monotonic() > deadline:
@@ -66,7 +75,7 @@ def assert_each_slot_ran_once(found: list[Run], period: int) -> None:
     """From the first run's slot to the last one's, every `period`-second slot ran exactly once."""
     slots = [run.slot(period) for run in found]
     for run in found:
-        assert run.record.slot >= run.slot(period), (run.record, run.triggered)
+        assert run.record is None or run.record.slot >= run.slot(period), (run.record, run.triggered)
     expected = list(range(slots[0], slots[-1] + period, period))
     assert slots == expected, f"slots run {[s % 60 for s in slots]}, expected {[s % 60 for s in expected]}"
 
