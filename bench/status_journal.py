@@ -4,7 +4,7 @@ and, side by side on the same host, the agent's one journalctl call alone, as a 
 
 The journalctl column reads every record of the jobs (the agent stops at each job's newest);
 the last column is the same read with a match term per job, as the agent does for 50 jobs or
-fewer (agent.PER_JOB_MATCHES). Two cases per size: every job never ran (the read finds nothing: the worst case for the early
+fewer (journal.PER_JOB_MATCHES). Two cases per size: every job never ran (the read finds nothing: the worst case for the early
 stop, bounded by journald's field index), and every job paused with RECORDS records each in the
 journal (written with `logger --journald`, as the trigger writes them), where the read stops at
 each job's newest record. Medians of --repeat runs. Not a test: nothing here asserts a time.
@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployer.hostside import agent  # noqa: E402
+from deployer.hostside import journal  # noqa: E402
 from deployer.hostside.record import RunRecord  # noqa: E402
 from tests.cronhost import CronHost  # noqa: E402
 
@@ -45,9 +45,9 @@ def deployer(*args: str, home: str) -> float:
 def journal_call(host: CronHost, jobs: list[str], per_job: bool = False) -> float:
     """The agent's read of every record of `jobs` (without its early stop): as it makes it, or
     (`per_job`) with a match term per job, as it does for PER_JOB_MATCHES jobs or fewer."""
-    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "-r", "--output-fields=" + ",".join(agent.RUN_FIELDS)]
-    matches = agent.run_matches(jobs)
-    if per_job and len(jobs) > agent.PER_JOB_MATCHES:
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "-r", "--output-fields=" + ",".join(journal.RUN_FIELDS)]
+    matches = journal.run_matches(jobs)
+    if per_job and len(jobs) > journal.PER_JOB_MATCHES:
         matches = (matches[:1] + ["DEPLOYER_JOB=" + j for j in jobs] + matches[1:]
                    + ["UNIT=deployer-%s.service" % j for j in jobs])
     argv += matches

@@ -8,6 +8,7 @@ and speak the typed protocol (deployer/hostside/protocol.py).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import os
@@ -31,9 +32,9 @@ from .models import Host, Plan, RemoteState
 CONNECT_TIMEOUT = 15
 Progress = Optional[Callable[[str], None]]
 
-# The modules the agent runs with, shipped in the `python3 -c` argument (an in-memory package).
-HOSTSIDE_MODULES = ("deployer", "deployer.hostside", "deployer.hostside.paths", "deployer.hostside.protocol",
-                    "deployer.hostside.dbus", "deployer.hostside.record", "deployer.hostside.agent")
+# The agent, shipped in the `python3 -c` argument (an in-memory package) with every module of
+# ours it imports (hostside_modules): derived from the imports, never a list kept by hand.
+AGENT_MODULE = "deployer.hostside.agent"
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
 # `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
@@ -60,9 +61,46 @@ def _source(module: str) -> tuple[bool, str]:
     return False, root.joinpath(*parts[:-1], parts[-1] + ".py").read_text()
 
 
+def _imports(module: str, source: str) -> set[str]:
+    """The modules of ours that `source` (of `module`) imports, anywhere in it (a function's
+    lazy import runs on the host too), absolute names."""
+    import ast
+
+    package = module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "deployer" or name.startswith("deployer.")}
+
+
+@functools.lru_cache(maxsize=1)
+def hostside_modules(start: str = AGENT_MODULE) -> tuple[str, ...]:
+    """`start` and every module of ours it imports, directly or not, with their packages."""
+    root = Path(__file__).resolve().parent.parent
+    exists = lambda name: (root.joinpath(*name.split("."), "__init__.py").exists()  # noqa: E731
+                           or root.joinpath(*name.split(".")[:-1], name.split(".")[-1] + ".py").exists())
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name in seen or not exists(name):
+            continue  # `from deployer.hostside import paths` names a module; `... import Held` does not
+        seen.add(name)
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        todo += parents + sorted(_imports(name, _source(name)[1]))
+    return tuple(sorted(seen))
+
+
 def bootstrap() -> str:
     """The `python3 -c` program: the agent package packed in, zlib + base64."""
-    sources = {m: _source(m) for m in HOSTSIDE_MODULES}
+    sources = {m: _source(m) for m in hostside_modules()}
     packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
     program = BOOTSTRAP % packed
     assert len(program) < MAX_ARGUMENT // 2, "the agent bootstrap grew too large for one argument"

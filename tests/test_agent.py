@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import agent, paths, protocol
+from deployer.hostside import agent, journal, paths, protocol
 from deployer.hostside.agent import Journal, switch_plan
 from deployer.hostside.protocol import ApplyRequest, FileWrite, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
@@ -722,17 +722,17 @@ def test_runs_from_the_journal_records_and_a_run_killed_before_its_record():
     from deployer.hostside.record import UNIT_EXITED, UNIT_FAILED
 
     entries = [
-        pid1("settle", "aa", agent.UNIT_STARTING, 1000.0), record_entry("settle", "aa", 1000.1),
+        pid1("settle", "aa", journal.UNIT_STARTING, 1000.0), record_entry("settle", "aa", 1000.1),
         pid1("settle", "aa", UNIT_EXITED, 1000.7, EXIT_CODE="exited", EXIT_STATUS="0"),
-        pid1("settle", "bb", agent.UNIT_STARTING, 2000.0),
+        pid1("settle", "bb", journal.UNIT_STARTING, 2000.0),
         pid1("settle", "bb", UNIT_EXITED, 2075.0, EXIT_CODE="killed", EXIT_STATUS="9"),
         pid1("settle", "bb", UNIT_FAILED, 2075.0, UNIT_RESULT="timeout"),
-        pid1("settle", "cc", agent.UNIT_STARTING, 3000.0), record_entry("settle", "cc", 3000.1, "failed", "code is 7"),
+        pid1("settle", "cc", journal.UNIT_STARTING, 3000.0), record_entry("settle", "cc", 3000.1, "failed", "code is 7"),
         pid1("settle", "cc", UNIT_EXITED, 3000.7, EXIT_CODE="exited", EXIT_STATUS="1"),
         pid1("settle", "cc", UNIT_FAILED, 3000.7, UNIT_RESULT="exit-code"),
         record_entry("other", "dd", 1500.0),
     ]
-    runs = agent.runs_from_journal(entries)
+    runs = journal.runs_from_journal(entries)
     assert [(r.run, r.result, r.reason, r.source) for r in runs["settle"]] == [
         ("aa", "ok", "status 200", "record"), ("bb", "failed", "timeout (killed, signal KILL)", "systemd"),
         ("cc", "failed", "code is 7", "record")]
@@ -746,7 +746,7 @@ def test_a_record_a_local_user_sends_is_not_a_run_and_a_field_sent_twice_is_no_c
     forged = [record_entry("settle", "zz", 9e9, _UID="1000"),  # a login's uid
               record_entry("settle", "yy", 9e9, _SYSTEMD_UNIT="deployer-other.service"),  # another job's run
               {**record_entry("settle", "xx", 9e9), "DEPLOYER_HTTP_STATUS": ["200", "200"]}]  # sent twice
-    runs = agent.runs_from_journal([real] + forged)
+    runs = journal.runs_from_journal([real] + forged)
     assert [r.run for r in runs["settle"]] == ["aa"]
 
 
@@ -813,7 +813,7 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
 
 
 def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_asked(host):
-    many(host, agent.PER_JOB_MATCHES + 1)
+    many(host, journal.PER_JOB_MATCHES + 1)
     host.systemd.journal = [record_entry("elsewhere", "x1", 3000.0), record_entry("j00001", "a1", 2000.0)]
     host.systemd.calls.clear()
     jobs = {j.job: j for j in host.call(StatusRequest()).jobs}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deployer.hostside import alert, channels
+from deployer.hostside import alert, channels, journal
 from tests.conftest import REPO
 from tests.httpserver import Reply
 from tests.robots import Robot, openssl_hmac_b64
@@ -204,7 +204,7 @@ JOURNAL = [
 
 
 def test_failed_runs_are_read_from_pid1s_record_with_their_exit_status():
-    assert alert.parse_failed_runs(JOURNAL) == [
+    assert journal.parse_failed_runs(JOURNAL) == [
         alert.FailedRun("deployer-x.service", "fec9114269294a4db38b20c39f08e831", "exit-code", "3",
                         1795606629404814, "e49bb3a4"),
         alert.FailedRun("deployer-x.service", "0b1d", "signal", "?", 1795606630000000, "e49bb3a4"),
@@ -455,9 +455,9 @@ STORM = REPO / "tests" / "data" / "alerts"
 def storm_events(monkeypatch) -> list:
     """82 failed runs at once, from a journal in the shape `journal_failed_runs` reads (PID 1's
     "exited" and "Failed with result" entries) and each run's own lines (`run_lines`)."""
-    runs = alert.parse_failed_runs((STORM / "storm-82-failed-runs.json").read_text().splitlines())
+    runs = journal.parse_failed_runs((STORM / "storm-82-failed-runs.json").read_text().splitlines())
     lines = json.loads((STORM / "storm-82-run-lines.json").read_text())
-    monkeypatch.setattr(alert, "run_lines", lambda invocation: lines.get(invocation, []))
+    monkeypatch.setattr(alert, "lines_of", lambda invocation: lines.get(invocation, []))
     return [alert.failed_run_event(alert.paths.job_of_unit(r.unit), "cron01", r) for r in runs]
 
 

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
 from deployer.hostside import dbus, paths, protocol, record
+from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
+                                       runs_from_journal)
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
-                                        ResumeRequest, RunAnswer, RunInfo,
+                                        ResumeRequest, RunAnswer,
                                         RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
 
 # -- paths ------------------------------------------------------------------------------------
@@ -219,97 +221,9 @@ def job_status(timer, t, s, paused, fenced=False):
                      finished=iso_time(s.get("ExecMainExitTimestamp", "")))
 
 
-# PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
-UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
-# The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
-RUN_FIELDS = ("MESSAGE_ID",) + record.FIELDS + ("_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
-                                                 "EXIT_STATUS") + record.SENDER_FIELDS
 # A status reads the journal newest first and stops once every job it asks about has its
 # record; a job that never ran has none, so the read stops after this many entries at most.
 STATUS_SCAN_LIMIT = 50000
-
-
-def entry_text(value):
-    """A journal field as text: journalctl -o json gives non-UTF-8 values as lists of bytes."""
-    if isinstance(value, list):
-        return bytes(v for v in value if isinstance(v, int)).decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
-
-
-def format_entry(entry):
-    """One journal entry as one line: `2026-11-25T14:03:01+00:00 deployer-settle[812]: POST ...` (UTC)."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
-    ident = entry_text(entry.get("SYSLOG_IDENTIFIER")) or entry_text(entry.get("_COMM")) or "?"
-    pid = entry_text(entry.get("_PID"))
-    return "%s %s%s: %s" % (stamp, ident, "[%s]" % pid if pid else "",
-                            " ".join(entry_text(entry.get("MESSAGE")).splitlines()))
-
-
-# Above this many jobs, a read matches every job's entries and leaves the others out itself:
-# journalctl slows with the number of match terms (1,000 jobs, 5,000 records: 2.1 s with a term
-# per job, 0.23 s without; bench/status_journal.py).
-PER_JOB_MATCHES = 50
-
-
-def run_matches(jobs):
-    """journalctl matches for the records and PID 1's run entries of `jobs` (one call for all);
-    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out)."""
-    per_job = len(jobs) <= PER_JOB_MATCHES
-    return (["MESSAGE_ID=" + record.RUN_FINISHED] + (["DEPLOYER_JOB=" + j for j in jobs] if per_job else [])
-            + ["+", "_PID=1"] + ["MESSAGE_ID=" + m for m in (UNIT_STARTING, record.UNIT_FAILED, record.UNIT_EXITED)]
-            + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
-
-
-def killed_reason(failed, exited):
-    """What PID 1 says of a run that wrote no record: `timeout (killed, signal KILL)`, `oom-kill`..."""
-    reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
-    code, status = entry_text((exited or {}).get("EXIT_CODE")), entry_text((exited or {}).get("EXIT_STATUS"))
-    if code in ("killed", "dumped"):
-        try:  # PID 1 logs the number (9); people know the name (KILL)
-            status = signal.Signals(int(status)).name[3:]
-        except ValueError:
-            pass
-        reason += " (%s, signal %s)" % (code, status)
-    elif code:
-        reason += " (exit status %s)" % status
-    return reason
-
-
-def runs_from_journal(entries):
-    """Records and PID 1's entries (any order) -> {job: [RunInfo, ...] oldest first}. A run is told
-    by its record; a failed run without one (killed before it could write) by PID 1's entries."""
-    recorded, seen = {}, {}
-    for entry in entries:
-        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and entry.get("DEPLOYER_JOB"):
-            if not record.sent_by_the_job(entry):
-                continue
-            try:
-                r = record.RunRecord.from_journal(entry)
-            except (KeyError, ValueError, TypeError):
-                continue
-            recorded[r.run or str(len(recorded))] = (r.job, RunInfo(
-                run=r.run, started=r.started, result=r.result, reason=r.reason, slot=r.slot,
-                duration=r.duration, attempts=r.attempts, http_status=r.http_status, key=r.key, epoch=r.epoch))
-        elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
-            run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
-            kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",
-                    record.UNIT_EXITED: "exited"}.get(entry.get("MESSAGE_ID"))
-            if kind:
-                run[kind] = entry
-    found = {}
-    for job, info in recorded.values():
-        found.setdefault(job, []).append(info)
-    for invocation, run in seen.items():
-        job = paths.job_of_unit(run["unit"])
-        if invocation in recorded or "failed" not in run or job is None:
-            continue
-        ended = int(run["failed"].get("__REALTIME_TIMESTAMP") or 0) / 1e6
-        began = int(run["starting"].get("__REALTIME_TIMESTAMP") or 0) / 1e6 if "starting" in run else 0.0
-        found.setdefault(job, []).append(RunInfo(
-            run=invocation, started=began or ended, result="failed", reason=killed_reason(run["failed"],
-                                                                                        run.get("exited")),
-            duration=round(ended - began, 3) if began else -1.0, source="systemd"))
-    return {job: sorted(runs, key=lambda r: r.started) for job, runs in found.items()}
 
 
 # -- side effects -----------------------------------------------------------------------------
@@ -1293,24 +1207,6 @@ def fence_main(job, layout=None, systemd=None):
     say("%s: stopped; the job's service fenced this host (the job is owned elsewhere); `deployer status` "
         "shows it fenced, `deployer resume %s` or a push that grants it here again restarts it" % (timer, job))
     return 0
-
-
-def interrupted_runs(entries):
-    """job -> the slot of its last run of the previous boot, when the shutdown interrupted it and
-    it may be resumed (a deduplicating service, or accept-then-poll: record.RunRecord.resume)."""
-    found = {}
-    for entry in entries:
-        if entry.get("MESSAGE_ID") != record.RUN_FINISHED or not record.sent_by_the_job(entry):
-            continue
-        try:
-            run = record.RunRecord.from_journal(entry)
-        except (KeyError, ValueError, TypeError):
-            continue
-        if run.resume and run.slot:
-            found[run.job] = run.slot
-        else:
-            found.pop(run.job, None)  # a later run of the job ended: nothing left to resume
-    return found
 
 
 def resume_interrupted(host):

@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import paths, record
+from . import paths
+from .journal import FailedRun, journal_failed_runs, run_lines
 from .channels import CHANNEL_TYPES, Channel, build_outbound
 from .run import trust_store
 
@@ -349,8 +350,6 @@ class Coalescer:
 # PID 1 logs "Failed with result '...'" (UNIT=, INVOCATION_ID=, UNIT_RESULT=) for every failed
 # run, and "Main process exited" (EXIT_CODE=, EXIT_STATUS=) for every run. Only PID 1 can write
 # entries with _PID=1, so no local user can forge (or hide) a failure.
-FAILED_MESSAGE = record.UNIT_FAILED
-EXITED_MESSAGE = record.UNIT_EXITED
 # Runs are looked up from this long before the watermark (journald may index an entry a little
 # after a later one was read) and recognised by invocation id; ids are kept for twice as long.
 SEEN_MARGIN = 120.0
@@ -358,55 +357,6 @@ SEEN_MARGIN = 120.0
 ROUNDS = 5
 # A sweep that finds nothing looks once more after this long (journald lag).
 JOURNAL_LAG = 1.0
-
-
-@dataclass(frozen=True)
-class FailedRun:
-    """One failed run of a unit, as PID 1 recorded it."""
-
-    unit: str
-    invocation: str
-    result: str
-    exit_status: str
-    realtime: int  # microseconds since the epoch
-    boot: str = ""
-
-
-def parse_failed_runs(lines) -> list:
-    """`journalctl -o json` lines of FAILED_MESSAGE and EXITED_MESSAGE -> FailedRun, oldest
-    first; an exit message gives its run's exit status (or signal)."""
-    failed, exits = [], {}
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
-            continue
-        if entry.get("MESSAGE_ID") == EXITED_MESSAGE:
-            exits[entry["INVOCATION_ID"]] = str(entry.get("EXIT_STATUS", "?"))
-        elif entry.get("MESSAGE_ID") == FAILED_MESSAGE and entry.get("UNIT"):
-            failed.append(entry)
-    runs = [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
-                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""))
-            for e in failed]
-    return sorted(runs, key=lambda r: r.realtime)
-
-
-def journal_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: Optional[str] = None) -> list:
-    """The failed runs of `unit` (every unit: None) since `since` (epoch seconds) or in `boot`."""
-    import subprocess
-
-    argv = ["journalctl", "--no-pager", "-q", "-o", "json"]
-    if since is not None:
-        argv.append(f"--since=@{max(int(since), 0)}")
-    if boot is not None:
-        argv.append(f"--boot={boot}")
-    argv += [f"MESSAGE_ID={FAILED_MESSAGE}"] + ([f"MESSAGE_ID={EXITED_MESSAGE}"] if unit else []) + ["_PID=1"]
-    if unit:
-        argv.append(f"UNIT={unit}")
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
-    return parse_failed_runs(result.stdout.splitlines())
 
 
 @dataclass(frozen=True)
@@ -455,17 +405,19 @@ def save_seen(path: str, seen: Seen) -> None:
             pass
 
 
-def run_lines(invocation: str) -> list:
-    """The run's own journal lines (the trigger's log), the last MAX_LINES."""
-    import subprocess
+def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: Optional[str] = None) -> list:
+    """PID 1's failed runs of `unit` (journal.journal_failed_runs), read through the host boundary."""
+    return journal_failed_runs(_systemd(), unit, since, boot)
 
-    if not invocation:
-        return []
-    result = subprocess.run(
-        ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}", "+",
-         f"INVOCATION_ID={invocation}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        universal_newlines=True)
-    return [line for line in result.stdout.splitlines() if line.strip()][-MAX_LINES:]
+
+def lines_of(invocation: str) -> list:
+    return run_lines(_systemd(), invocation, MAX_LINES)
+
+
+def _systemd():
+    from .agent import Systemd  # every journalctl call of the host programs goes through it
+
+    return Systemd()
 
 
 def monitored_run(job: str) -> Optional[FailedRun]:
@@ -485,7 +437,7 @@ def failed_run_event(job: str, host: str, run: Optional[FailedRun] = None) -> di
     return {"kind": "failed", "job": job, "host": host, "method": method, "url": url,
             "result": run.result, "exit_status": run.exit_status,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.realtime / 1e6)),
-            "invocation": run.invocation, "lines": run_lines(run.invocation)}
+            "invocation": run.invocation, "lines": lines_of(run.invocation)}
 
 
 def job_request(job: str) -> tuple[str, str]:
@@ -531,7 +483,7 @@ def mark(path: str, failing: bool) -> None:
 
 def report_failures(job: str, host_name: str, state: str, send_events: Callable[..., bool],
                     log: Callable[[str], None], monitored: Optional[FailedRun] = None, sweep: bool = False,
-                    take_queued: bool = False, find=journal_failed_runs, sleep=time.sleep) -> bool:
+                    take_queued: bool = False, find=find_failed_runs, sleep=time.sleep) -> bool:
     """Report every failed run of `job` that no alert has reported yet (systemd merges an
     OnFailure= start into an alert still running for the same job, so $MONITOR_* may name only
     one of several). Then look again, until nothing new: a failure during the send goes out now.
@@ -589,7 +541,7 @@ def report_failures(job: str, host_name: str, state: str, send_events: Callable[
             lock.close()
 
 
-def boot_jobs(channel: str, find=journal_failed_runs) -> list:
+def boot_jobs(channel: str, find=find_failed_runs) -> list:
     """The jobs alerting via `channel` that failed in the previous boot or this one (a run the
     shutdown interrupted ends there, and its OnFailure= start was refused by the shutdown)."""
     units = {r.unit for r in find(None, boot="-1") + find(None, boot="0")}

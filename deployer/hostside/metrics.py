@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import paths
-from .record import FIELDS, RUN_FINISHED, SENDER_FIELDS, RunRecord, sent_by_the_job
+from .journal import read_records
+from .record import RunRecord
 
 STATE_VERSION = 1
 # The heartbeat URL hears from the host at most this often (the collector also runs after runs).
 PING_INTERVAL = 30
 PING_TIMEOUT = 10.0
-RECORD_FIELDS = FIELDS + SENDER_FIELDS
 
 
 class MetricsError(Exception):
@@ -170,25 +170,6 @@ def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]
 
 
 # -- side effects -----------------------------------------------------------------------------
-
-def read_records(systemd, cursor: str):
-    """The run records the journal got after `cursor` ("" = all it holds) -> (records, new cursor)."""
-    args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=" + ",".join(RECORD_FIELDS),
-            "MESSAGE_ID=" + RUN_FINISHED]
-    if cursor:
-        args.append("--after-cursor=" + cursor)
-    code, out, err = systemd.run(args)
-    if code != 0 and cursor:  # a cursor of a journal that is gone (a volatile journal, rotated)
-        return read_records(systemd, "")
-    records = []
-    for line in out.splitlines():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            entry = json.loads(line)
-            cursor = entry.get("__CURSOR", cursor)
-            if sent_by_the_job(entry):
-                records.append(RunRecord.from_journal(entry))
-    return records, cursor
-
 
 def read_state(path: str) -> dict:
     try:

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
-from urllib.parse import urlsplit
+
 
 from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable

@@ -1,0 +1,210 @@
+"""The one reader of the journal on the cron host: run records and PID 1's entries about a job's
+units, turned into typed runs. The agent (status, history, run, resume at boot), the alert
+program and the metrics collector all read runs here; the journalctl calls themselves go through
+the `Systemd` boundary they are given (agent.Systemd; a recording fake in tests), never run here.
+Standard library only.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from . import paths, record
+from .protocol import RunInfo
+
+# PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+# The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
+RUN_FIELDS = ("MESSAGE_ID",) + record.FIELDS + ("_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
+                                                 "EXIT_STATUS") + record.SENDER_FIELDS
+
+
+def entry_text(value):
+    """A journal field as text: journalctl -o json gives non-UTF-8 values as lists of bytes."""
+    if isinstance(value, list):
+        return bytes(v for v in value if isinstance(v, int)).decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def format_entry(entry):
+    """One journal entry as one line: `2026-11-25T14:03:01+00:00 deployer-settle[812]: POST ...` (UTC)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
+    ident = entry_text(entry.get("SYSLOG_IDENTIFIER")) or entry_text(entry.get("_COMM")) or "?"
+    pid = entry_text(entry.get("_PID"))
+    return "%s %s%s: %s" % (stamp, ident, "[%s]" % pid if pid else "",
+                            " ".join(entry_text(entry.get("MESSAGE")).splitlines()))
+
+
+# Above this many jobs, a read matches every job's entries and leaves the others out itself:
+# journalctl slows with the number of match terms (1,000 jobs, 5,000 records: 2.1 s with a term
+# per job, 0.23 s without; bench/status_journal.py).
+PER_JOB_MATCHES = 50
+
+
+def run_matches(jobs):
+    """journalctl matches for the records and PID 1's run entries of `jobs` (one call for all);
+    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out)."""
+    per_job = len(jobs) <= PER_JOB_MATCHES
+    return (["MESSAGE_ID=" + record.RUN_FINISHED] + (["DEPLOYER_JOB=" + j for j in jobs] if per_job else [])
+            + ["+", "_PID=1"] + ["MESSAGE_ID=" + m for m in (UNIT_STARTING, record.UNIT_FAILED, record.UNIT_EXITED)]
+            + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
+
+
+def killed_reason(failed, exited):
+    """What PID 1 says of a run that wrote no record: `timeout (killed, signal KILL)`, `oom-kill`..."""
+    reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
+    code, status = entry_text((exited or {}).get("EXIT_CODE")), entry_text((exited or {}).get("EXIT_STATUS"))
+    if code in ("killed", "dumped"):
+        try:  # PID 1 logs the number (9); people know the name (KILL)
+            status = signal.Signals(int(status)).name[3:]
+        except ValueError:
+            pass
+        reason += " (%s, signal %s)" % (code, status)
+    elif code:
+        reason += " (exit status %s)" % status
+    return reason
+
+
+def runs_from_journal(entries):
+    """Records and PID 1's entries (any order) -> {job: [RunInfo, ...] oldest first}. A run is told
+    by its record; a failed run without one (killed before it could write) by PID 1's entries."""
+    recorded, seen = {}, {}
+    for entry in entries:
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and entry.get("DEPLOYER_JOB"):
+            if not record.sent_by_the_job(entry):
+                continue
+            try:
+                r = record.RunRecord.from_journal(entry)
+            except (KeyError, ValueError, TypeError):
+                continue
+            recorded[r.run or str(len(recorded))] = (r.job, RunInfo(
+                run=r.run, started=r.started, result=r.result, reason=r.reason, slot=r.slot,
+                duration=r.duration, attempts=r.attempts, http_status=r.http_status, key=r.key, epoch=r.epoch))
+        elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
+            run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
+            kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",
+                    record.UNIT_EXITED: "exited"}.get(entry.get("MESSAGE_ID"))
+            if kind:
+                run[kind] = entry
+    found = {}
+    for job, info in recorded.values():
+        found.setdefault(job, []).append(info)
+    for invocation, run in seen.items():
+        job = paths.job_of_unit(run["unit"])
+        if invocation in recorded or "failed" not in run or job is None:
+            continue
+        ended = int(run["failed"].get("__REALTIME_TIMESTAMP") or 0) / 1e6
+        began = int(run["starting"].get("__REALTIME_TIMESTAMP") or 0) / 1e6 if "starting" in run else 0.0
+        found.setdefault(job, []).append(RunInfo(
+            run=invocation, started=began or ended, result="failed", reason=killed_reason(run["failed"],
+                                                                                        run.get("exited")),
+            duration=round(ended - began, 3) if began else -1.0, source="systemd"))
+    return {job: sorted(runs, key=lambda r: r.started) for job, runs in found.items()}
+
+
+def interrupted_runs(entries):
+    """job -> the slot of its last run of the previous boot, when the shutdown interrupted it and
+    it may be resumed (a deduplicating service, or accept-then-poll: record.RunRecord.resume)."""
+    found = {}
+    for entry in entries:
+        if entry.get("MESSAGE_ID") != record.RUN_FINISHED or not record.sent_by_the_job(entry):
+            continue
+        try:
+            run = record.RunRecord.from_journal(entry)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if run.resume and run.slot:
+            found[run.job] = run.slot
+        else:
+            found.pop(run.job, None)  # a later run of the job ended: nothing left to resume
+    return found
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """One failed run of a unit, as PID 1 recorded it."""
+
+    unit: str
+    invocation: str
+    result: str
+    exit_status: str
+    realtime: int  # microseconds since the epoch
+    boot: str = ""
+
+
+def parse_failed_runs(lines) -> list:
+    """`journalctl -o json` lines of PID 1's failed and exited entries -> FailedRun."""
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return failed_runs(entries)
+
+
+def failed_runs(entries) -> list:
+    """PID 1's "failed with result" and "exited" entries -> FailedRun, oldest first; an exit entry
+    gives its run's exit status (or signal)."""
+    failed, exits = [], {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
+            continue
+        if entry.get("MESSAGE_ID") == record.UNIT_EXITED:
+            exits[entry["INVOCATION_ID"]] = str(entry.get("EXIT_STATUS", "?"))
+        elif entry.get("MESSAGE_ID") == record.UNIT_FAILED and entry.get("UNIT"):
+            failed.append(entry)
+    runs = [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
+                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""))
+            for e in failed]
+    return sorted(runs, key=lambda r: r.realtime)
+
+
+def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = None,
+                        boot: Optional[str] = None) -> list:
+    """The failed runs of `unit` (every unit: None) since `since` (epoch seconds) or in `boot`."""
+    args = []
+    if since is not None:
+        args.append(f"--since=@{max(int(since), 0)}")
+    if boot is not None:
+        args.append(f"--boot={boot}")
+    args += [f"MESSAGE_ID={record.UNIT_FAILED}"] + ([f"MESSAGE_ID={record.UNIT_EXITED}"] if unit else []) + ["_PID=1"]
+    if unit:
+        args.append(f"UNIT={unit}")
+    return failed_runs(systemd.journal_entries(args))
+
+
+def run_lines(systemd, invocation: str, last: int) -> list:
+    """The run's own journal lines (the trigger's log, and PID 1's about it), the `last` ones."""
+    if not invocation:
+        return []
+    entries = systemd.journal_entries([f"_SYSTEMD_INVOCATION_ID={invocation}", "+", f"INVOCATION_ID={invocation}"])
+    texts = (entry_text(e.get("MESSAGE")) for e in entries)
+    return [text for text in texts if text.strip()][-last:]
+
+
+# What the metrics collector asks of a record (`--output-fields`), and who sent it.
+RECORD_FIELDS = record.FIELDS + record.SENDER_FIELDS
+
+
+def read_records(systemd, cursor: str):
+    """The run records the journal got after `cursor` ("" = all it holds) -> (records, new cursor)."""
+    args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=" + ",".join(RECORD_FIELDS),
+            "MESSAGE_ID=" + record.RUN_FINISHED]
+    if cursor:
+        args.append("--after-cursor=" + cursor)
+    code, out, err = systemd.run(args)
+    if code != 0 and cursor:  # a cursor of a journal that is gone (a volatile journal, rotated)
+        return read_records(systemd, "")
+    records = []
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            cursor = entry.get("__CURSOR", cursor)
+            if record.sent_by_the_job(entry):
+                records.append(record.RunRecord.from_journal(entry))
+    return records, cursor
