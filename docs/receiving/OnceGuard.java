@@ -66,6 +66,11 @@ public final class OnceGuard {
                 || Math.abs(System.currentTimeMillis() / 1000.0 - Long.parseLong(stamp)) > 300) {
             return false;
         }
+        String job = headers.getOrDefault("X-Deployer-Job", ""), slot = headers.getOrDefault("X-Deployer-Slot", "");
+        String idempotencyKey = headers.getOrDefault("Idempotency-Key", "");
+        if (!idempotencyKey.isEmpty() && !idempotencyKey.equals(job + "/" + slot)) {
+            return false;   // the slot is signed as the key's tail: a re-aimed X-Deployer-Slot is refused
+        }
         String message = String.join("\n", "v2", method, target, stamp,
             headers.getOrDefault("X-Deployer-Run-Id", ""), headers.getOrDefault("X-Deployer-Job", ""),
             headers.getOrDefault("Idempotency-Key", ""), headers.getOrDefault("X-Deployer-Epoch", ""),

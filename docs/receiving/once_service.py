@@ -38,6 +38,9 @@ def verify_v2(key: bytes, method: str, target: str, headers, body: bytes, max_ag
     stamp = headers.get("X-Deployer-Timestamp", "")
     if not re.fullmatch(r"[0-9]{1,12}", stamp) or abs(time.time() - int(stamp)) > max_age:
         return False
+    job, slot, key_ = (headers.get(h, "") for h in ("X-Deployer-Job", "X-Deployer-Slot", "Idempotency-Key"))
+    if key_ and key_ != job + "/" + slot:
+        return False  # the slot is signed as the key's tail: a re-aimed X-Deployer-Slot is refused
     signed = ("X-Deployer-Run-Id", "X-Deployer-Job", "Idempotency-Key", "X-Deployer-Epoch")
     message = "\n".join(["v2", method, target, stamp, *(headers.get(h, "") for h in signed),
                          hashlib.sha256(body).hexdigest()])
