@@ -88,10 +88,35 @@ def check_records_name_their_slots(found: list[dict], period: int) -> None:
         assert slot <= float(r["DEPLOYER_STARTED"]) + 0.001, f"{key}: the slot is after the run's start"
 
 
-def check_contiguous(slots, period: int, what: str) -> None:
-    ordered = sorted(slots)
-    gaps = [(iso(a), iso(b)) for a, b in zip(ordered, ordered[1:]) if b - a != period]
-    assert not gaps, f"{what}: slots missed or doubled between {gaps}"
+# How long after a run's record the unit may still be deactivating (its ExecStopPost= runs, then
+# PID 1 re-arms the timer), on a loaded machine.
+REARM_SLACK = 15.0
+
+
+def check_no_slot_lost(found: list[dict], period: int, what: str) -> int:
+    """The runs of one job, each naming its slot, miss no slot beyond systemd's rule: a timer does
+    not elapse while its unit is still queued or running; when the unit ends, a calendar instant
+    that passed meanwhile fires at once, once, and the run names the LATEST instant passed (the
+    same rule as a Persistent= catch-up). So between two runs A and B with slots skipped, A ended
+    after the first skipped one, and B names the latest instant at A's end (not an older one,
+    nor one later than A's end allows). -> the number of slots coalesced that way."""
+    runs = sorted(found, key=lambda r: int(r["DEPLOYER_SLOT"]))
+    coalesced = 0
+    for a, b in zip(runs, runs[1:]):
+        slot_a, slot_b = int(a["DEPLOYER_SLOT"]), int(b["DEPLOYER_SLOT"])
+        end_a = float(a["DEPLOYER_STARTED"]) + float(a["DEPLOYER_DURATION"])
+        assert slot_b > slot_a, f"{what}: two runs named {iso(slot_a)}"
+        if slot_b == slot_a + period:
+            continue
+        coalesced += (slot_b - slot_a) // period - 1
+        assert end_a >= slot_a + period - 1, \
+            f"{what}: {iso(slot_a + period)} skipped though the run for {iso(slot_a)} had ended at {end_a:.1f}"
+        assert slot_b >= int(end_a) // period * period, \
+            f"{what}: after the run for {iso(slot_a)} ended ({end_a:.1f}) the next run names {iso(slot_b)}, " \
+            f"not the latest slot passed"
+        assert slot_b <= end_a + REARM_SLACK, \
+            f"{what}: slots between {iso(slot_a)} (run ended {end_a:.1f}) and {iso(slot_b)} lost"
+    return coalesced
 
 
 def executed_once(service, keys) -> None:
@@ -253,7 +278,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
         assert {e["status"] for e in proxy.entries() if e["method"] == "POST" and e["key"].startswith("gwpoll/")} \
             == {202}, "the gateway passes the accept at once"
         executed_once(service, sync_keys)
-        check_contiguous(map(slot_of_key, sync_keys), PERIOD_1, "gwsync")
+        print(f"gwsync: {len(sync)} runs, {check_no_slot_lost(sync, PERIOD_1, 'gwsync')} slots coalesced")
 
         # (b) the same work, accept-then-poll: every slot succeeded, executed once, one POST each.
         poll = by_job["gwpoll"]
@@ -267,7 +292,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
         gets = [e for e in proxy.entries() if e["method"] == "GET" and e["key"].startswith("gwpoll/")]
         assert gets and {e["key"] for e in gets} <= set(poll_keys)
         executed_once(service, poll_keys)
-        check_contiguous(map(slot_of_key, poll_keys), PERIOD_1, "gwpoll")
+        print(f"gwpoll: {len(poll)} runs, {check_no_slot_lost(poll, PERIOD_1, 'gwpoll')} slots coalesced")
 
         counts = service.executions()
         assert set(counts) == set(sync_keys) | set(poll_keys), "an execution no run record names"
@@ -300,8 +325,8 @@ def test_a_burst_of_100_jobs_every_key_names_its_slot(cron01, receiver, deployer
     assert len(set(keys)) == len(keys), "two runs named one slot"
     lateness = sorted(float(r["DEPLOYER_STARTED"]) - int(r["DEPLOYER_SLOT"]) for r in found)
     print(f"burst: {len(found)} runs, lateness p50 {lateness[len(lateness) // 2]:.1f}s max {lateness[-1]:.1f}s")
-    for n in names:
-        check_contiguous([int(r["DEPLOYER_SLOT"]) for r in found if r["DEPLOYER_JOB"] == n], PERIOD_2, n)
+    coalesced = sum(check_no_slot_lost([r for r in found if r["DEPLOYER_JOB"] == n], PERIOD_2, n) for n in names)
+    print(f"burst: {coalesced} slots coalesced by systemd (a timer does not elapse while its run is queued)")
     executed_once(service, keys)
     assert set(service.executions()) == set(keys)
     posts = collections.Counter(e["key"] for e in service.requests())
@@ -353,7 +378,7 @@ def test_the_catch_up_after_downtime_carries_the_latest_missed_slot(tmp_path, re
         missed = [iso(s) for s in range(last + PERIOD_3, caught, PERIOD_3)]
         assert not any(f"catchup/{m}" in service.executions() for m in missed), \
             "the earlier missed slots are not run (one catch-up, for the latest)"
-        check_contiguous([int(r["DEPLOYER_SLOT"]) for r in this_boot], PERIOD_3, "after the boot")
+        check_no_slot_lost(this_boot, PERIOD_3, "after the boot")
     finally:
         host.stop()
 
