@@ -88,18 +88,30 @@ def check_records_name_their_slots(found: list[dict], period: int) -> None:
         assert slot <= float(r["DEPLOYER_STARTED"]) + 0.001, f"{key}: the slot is after the run's start"
 
 
-# How long after a run's record the unit may still be deactivating (its ExecStopPost= runs, then
-# PID 1 re-arms the timer), on a loaded machine.
-REARM_SLACK = 15.0
+def deactivations(run) -> dict[str, list[float]]:
+    """job -> when PID 1 saw its unit end (deactivated or failed), unix seconds, from the host's journal."""
+    found: dict[str, list[float]] = collections.defaultdict(list)
+    out = run("journalctl --no-pager -o json _PID=1 --output-fields=UNIT,MESSAGE")
+    for line in out.splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        unit, message = entry.get("UNIT") or "", entry.get("MESSAGE") or ""
+        if unit.startswith("deployer-") and unit.endswith(".service") and isinstance(message, str) and \
+                ("Deactivated successfully" in message or "Failed with result" in message):
+            found[unit[len("deployer-"):-len(".service")]].append(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
+    return {job: sorted(times) for job, times in found.items()}
 
 
-def check_no_slot_lost(found: list[dict], period: int, what: str) -> int:
+# PID 1 fires a timer whose instant passed while its unit ran right after the unit ends.
+FIRE_SLACK = 5.0
+
+
+def check_no_slot_lost(found: list[dict], period: int, what: str, ended: list[float]) -> int:
     """The runs of one job, each naming its slot, miss no slot beyond systemd's rule: a timer does
     not elapse while its unit is still queued or running; when the unit ends, a calendar instant
     that passed meanwhile fires at once, once, and the run names the LATEST instant passed (the
-    same rule as a Persistent= catch-up). So between two runs A and B with slots skipped, A ended
-    after the first skipped one, and B names the latest instant at A's end (not an older one,
-    nor one later than A's end allows). -> the number of slots coalesced that way."""
+    same rule as a Persistent= catch-up). So between two runs A and B with slots skipped, A's unit
+    ended (`ended`: PID 1's journal) after the first skipped one, and B names the latest instant
+    at that end. -> the number of slots coalesced that way."""
     runs = sorted(found, key=lambda r: int(r["DEPLOYER_SLOT"]))
     coalesced = 0
     for a, b in zip(runs, runs[1:]):
@@ -109,13 +121,13 @@ def check_no_slot_lost(found: list[dict], period: int, what: str) -> int:
         if slot_b == slot_a + period:
             continue
         coalesced += (slot_b - slot_a) // period - 1
-        assert end_a >= slot_a + period - 1, \
-            f"{what}: {iso(slot_a + period)} skipped though the run for {iso(slot_a)} had ended at {end_a:.1f}"
-        assert slot_b >= int(end_a) // period * period, \
-            f"{what}: after the run for {iso(slot_a)} ended ({end_a:.1f}) the next run names {iso(slot_b)}, " \
-            f"not the latest slot passed"
-        assert slot_b <= end_a + REARM_SLACK, \
-            f"{what}: slots between {iso(slot_a)} (run ended {end_a:.1f}) and {iso(slot_b)} lost"
+        unit_end = next((t for t in ended if t >= end_a - 1), None)
+        assert unit_end is not None, f"{what}: PID 1 never saw the run for {iso(slot_a)} end"
+        assert unit_end >= slot_a + period, \
+            f"{what}: {iso(slot_a + period)} skipped though the run for {iso(slot_a)} had ended at {unit_end:.1f}"
+        assert int(unit_end) // period * period <= slot_b <= unit_end + FIRE_SLACK, \
+            f"{what}: the run for {iso(slot_a)} ended at {unit_end:.1f}; the next one names {iso(slot_b)}, " \
+            f"not the latest slot passed then"
     return coalesced
 
 
@@ -255,6 +267,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
         wait_until(enough, timeout=slots * PERIOD_1 * 4 + 120, what=f"{slots} slots of each job", every=2)
         settle(via_ssh(cron01))
         found = records(via_ssh(cron01))
+        ended = deactivations(via_ssh(cron01))
         by_job = {j: [r for r in found if r["DEPLOYER_JOB"] == j] for j in ("gwsync", "gwpoll")}
         check_records_name_their_slots(found, PERIOD_1)
 
@@ -278,7 +291,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
         assert {e["status"] for e in proxy.entries() if e["method"] == "POST" and e["key"].startswith("gwpoll/")} \
             == {202}, "the gateway passes the accept at once"
         executed_once(service, sync_keys)
-        print(f"gwsync: {len(sync)} runs, {check_no_slot_lost(sync, PERIOD_1, 'gwsync')} slots coalesced")
+        print(f"gwsync: {len(sync)} runs, {check_no_slot_lost(sync, PERIOD_1, 'gwsync', ended['gwsync'])} slots coalesced")
 
         # (b) the same work, accept-then-poll: every slot succeeded, executed once, one POST each.
         poll = by_job["gwpoll"]
@@ -292,7 +305,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
         gets = [e for e in proxy.entries() if e["method"] == "GET" and e["key"].startswith("gwpoll/")]
         assert gets and {e["key"] for e in gets} <= set(poll_keys)
         executed_once(service, poll_keys)
-        print(f"gwpoll: {len(poll)} runs, {check_no_slot_lost(poll, PERIOD_1, 'gwpoll')} slots coalesced")
+        print(f"gwpoll: {len(poll)} runs, {check_no_slot_lost(poll, PERIOD_1, 'gwpoll', ended['gwpoll'])} slots coalesced")
 
         counts = service.executions()
         assert set(counts) == set(sync_keys) | set(poll_keys), "an execution no run record names"
@@ -325,7 +338,9 @@ def test_a_burst_of_100_jobs_every_key_names_its_slot(cron01, receiver, deployer
     assert len(set(keys)) == len(keys), "two runs named one slot"
     lateness = sorted(float(r["DEPLOYER_STARTED"]) - int(r["DEPLOYER_SLOT"]) for r in found)
     print(f"burst: {len(found)} runs, lateness p50 {lateness[len(lateness) // 2]:.1f}s max {lateness[-1]:.1f}s")
-    coalesced = sum(check_no_slot_lost([r for r in found if r["DEPLOYER_JOB"] == n], PERIOD_2, n) for n in names)
+    ended = deactivations(via_ssh(cron01))
+    coalesced = sum(check_no_slot_lost([r for r in found if r["DEPLOYER_JOB"] == n], PERIOD_2, n, ended.get(n, []))
+                    for n in names)
     print(f"burst: {coalesced} slots coalesced by systemd (a timer does not elapse while its run is queued)")
     executed_once(service, keys)
     assert set(service.executions()) == set(keys)
@@ -378,7 +393,7 @@ def test_the_catch_up_after_downtime_carries_the_latest_missed_slot(tmp_path, re
         missed = [iso(s) for s in range(last + PERIOD_3, caught, PERIOD_3)]
         assert not any(f"catchup/{m}" in service.executions() for m in missed), \
             "the earlier missed slots are not run (one catch-up, for the latest)"
-        check_no_slot_lost(this_boot, PERIOD_3, "after the boot")
+        check_no_slot_lost(this_boot, PERIOD_3, "after the boot", deactivations(via_ssh(host)).get("catchup", []))
     finally:
         host.stop()
 
