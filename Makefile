@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := systemd-container openssh-server openssh-client sudo python3 python3-venv openssl ca-certificates
+SYSTEM_PACKAGES += python3-pip pipx  # tests/e2e/test_install.py: `pip install --user` and pipx, each pushing
 # For tests/e2e/test_metrics.py. Without their recommends (prometheus-node-exporter-collectors pulls
 # smartmontools, nvme-cli, openipmi: services that fail in the test containers, which share this
 # machine's /etc and /usr). Debian enables (and, with systemd as PID 1, starts) the two servers on

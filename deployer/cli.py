@@ -152,6 +152,10 @@ def validate(inventory_path, count):
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
             click.echo(f"    next: {when or 'never'}")
+    from .plan import resend_notes
+
+    for note in resend_notes(inv.jobs):
+        click.echo(f"note: {note}")
     click.echo(f"{inventory_path}: ok ({len(inv.hosts)} hosts, {len(inv.alerts)} alerts, "
                f"{len(inv.jobs)} jobs)")
 
@@ -256,7 +260,7 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import removed_jobs, render_diff, summary
+    from .plan import removed_jobs, render_diff, resend_notes, summary
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
@@ -273,6 +277,8 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
         if state.held:
             click.echo(f"host {host_name}: held (was down {_duration(state.held.down_for_seconds)}): a push "
                        f"releases it, and its jobs run again")
+        for note in resend_notes(inv.jobs_for(host_name)):
+            click.echo(f"note: {note}")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
 

@@ -206,6 +206,85 @@ def _indented_lines(source: str, path: str) -> tuple[str, list[Problem]]:
     return "\n".join(lines), problems
 
 
+# Keys whose value is free text: a space then `#` or `;` may well be part of it (a body's
+# "batch #7 ; retry", a header, a secret, a file name). There an inline comment needs two spaces
+# (or a tab) before it, as every example writes it; one space is refused, not guessed. Other keys
+# cannot hold a space before `#` or `;` (a URL, a number, a zone, a cron line), so there `value ; x`
+# is always a comment.
+FREE_TEXT_KEYS = frozenset({"body", "headers", "expect_json", "content_type", "sign_secret", "token", "secret",
+                            "identity_file", "known_hosts", "ca_file", "client_cert", "client_key", "python"})
+_ESCAPED = re.compile(r"\\([#;])")
+
+
+def _comment_start(line: str) -> int:
+    """Where an inline comment begins: a `;` or `#` right after white space (configparser's rule,
+    kept so that every inventory reads as before); -1 when there is none."""
+    for index in range(1, len(line)):
+        if line[index] in ";#" and line[index - 1].isspace():
+            return index
+    return -1
+
+
+def _open_quote(text_: str) -> bool:
+    """Whether text ends inside a double-quoted string (a backslash escapes the next character)."""
+    inside, index = False, 0
+    while index < len(text_):
+        if text_[index] == "\\":
+            index += 1
+        elif text_[index] == '"':
+            inside = not inside
+        index += 1
+    return inside
+
+
+def _inline_comments(source: str, path: str) -> tuple[str, list[Problem]]:
+    """The source without its inline comments, and the ones whose cut would be ambiguous, refused.
+
+    configparser would cut `body = {"note": "batch #7 ; retry"}` at ` #` without a word, and the
+    service would receive `{"note": "batch`. We cut comments here instead, by the same rule, and
+    refuse a cut that may have been meant as text: one inside a "quoted string" (any key), or one
+    after a single space in a free-text key. A literal `#` or `;` is written `\\#` or `\\;`
+    (unescaped in _section_values, after this cut and before ${VAR} expansion).
+    """
+    lines = source.split("\n")
+    problems: list[Problem] = []
+    section, key, key_indent = None, None, 0
+    for index, raw in enumerate(lines):
+        stripped = raw.strip()
+        if not stripped or stripped[0] in ";#":
+            if not stripped:
+                key = None
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        start = _comment_start(raw)
+        head = raw if start < 0 else raw[:start]
+        if stripped.startswith("[") and "]" in stripped:
+            section, key = stripped[1:stripped.index("]")].strip(), None
+            lines[index] = head.rstrip()
+            continue
+        match = _KEY.match(head)
+        if (key is None or indent <= key_indent) and match:
+            key, key_indent = match.group(1).lower(), indent
+            value = head[match.end():]
+        else:
+            value = head
+        if start < 0:
+            continue
+        lines[index] = head.rstrip()
+        mark, comment = raw[start], raw[start:].rstrip()
+        single_space = not raw[start - 2:start - 1].isspace() and raw[start - 1] == " "
+        if _open_quote(value):
+            why, otherwise = "inside a quoted string", "close the quote before a comment"
+        elif key in FREE_TEXT_KEYS and single_space:
+            why, otherwise = "after a single space", "put two spaces before a comment"
+        else:
+            continue
+        shown = comment if len(comment) <= 30 else comment[:27] + "..."
+        problems.append(Problem(path, section, key, f"{shown!r} would be cut off as a comment ({mark} {why}): "
+                                f"write \\{mark} for a literal {mark}, or {otherwise}", index + 1))
+    return "\n".join(lines), problems
+
+
 def _quotes_hint(value: str) -> str:
     """Shell and YAML habits: `url = "http://..."` keeps its quotes in INI."""
     quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "\"'"
@@ -220,7 +299,7 @@ def _suggest(word: str, choices, cutoff: float = 0.6) -> str:
 def _read_config(path: str, source: str, report: _Collector) -> Optional[configparser.RawConfigParser]:
     config = configparser.RawConfigParser(
         comment_prefixes=(";", "#"),
-        inline_comment_prefixes=(";", "#"),
+        inline_comment_prefixes=None,  # cut by _inline_comments, which refuses an ambiguous cut
         strict=True,
         empty_lines_in_values=False,
         default_section="\0no-default-section",  # [DEFAULT] is not ours: report it as unknown
@@ -261,6 +340,9 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
         if key not in schema:
             report.add(section, key, "unknown key" + _suggest(key, schema))
             continue
+        if report.has(section, key):
+            continue  # already refused (an ambiguous comment): what is left of it is not what was meant
+        raw = _ESCAPED.sub(r"\1", raw)  # `\#` and `\;`: a literal # and ;
         bare = _BARE_VARIABLE.match(raw.strip())
         if bare:  # shell habit: `$TOKEN` would be pushed as the five characters "$TOKEN"
             report.add(section, key, f"{raw.strip()!r} is taken literally: write ${{{bare.group(1)}}} to read it "
@@ -303,8 +385,9 @@ def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
 def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     # A UTF-8 byte order mark (Windows editors write one) is not a key before any [section].
     source, indented = _indented_lines(source.removeprefix("\ufeff"), path)
+    source, commented = _inline_comments(source, path)
     report = _Collector(path, _line_numbers(source))
-    report.problems.extend(indented)
+    report.problems.extend(indented + commented)
     config = _read_config(path, source, report)
     if config is None:
         raise InventoryError(report.problems)

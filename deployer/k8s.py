@@ -7,12 +7,15 @@ Secret per channel, by reference: no secret value is ever printed.
 """
 from __future__ import annotations
 
+
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import DeployerError
 from . import render
+from .hostside.slot import SCHEDULED_JOB_ENV
 from .models import Inventory, Job
 from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
@@ -72,11 +75,17 @@ def _quartz_as_cron(name: str, fields: list[str]) -> list[str]:
     return [minute, hour, "*" if day == "?" else day, month, "*" if weekday == "?" else weekday]
 
 
-def trigger_args(job: Job) -> list[str]:
-    """The unit's trigger arguments, but one attempt per pod: Kubernetes retries (backoffLimit)."""
+def trigger_args(job: Job, epoch: int) -> list[str]:
+    """The unit's trigger arguments, but one attempt per pod: Kubernetes retries (backoffLimit).
+    `epoch`: the export's grant time (ms): a CronJob is one more owner of the job."""
     args = render.trigger_args(job)
     args[args.index("--retries") + 1] = "0"
-    return args
+    return args + ["--epoch", str(epoch)]
+
+
+def grant_epoch(clock=time.time) -> int:
+    """The epoch of jobs exported now (deploy.grant_epochs' scheme: the grant time in ms)."""
+    return int(clock() * 1000)
 
 
 CREDENTIALS_MOUNT = "/run/deployer-credentials"
@@ -90,12 +99,17 @@ def secret_name(channel: str) -> str:
     return f"deployer-alert-{channel}"
 
 
-def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], suspend: bool = False) -> dict[str, Any]:
+def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], suspend: bool = False,
+            epoch: int = 0) -> dict[str, Any]:
     schedule, zone = k8s_schedule(job)
     if len(job.name) > MAX_CRONJOB_NAME:
         raise DeployerError(f"job {job.name}: Kubernetes limits CronJob names to {MAX_CRONJOB_NAME} characters")
     labels = {**LABELS, "deployer/job": job.name}
-    env: list[dict[str, Any]] = [{"name": "DEPLOYER_HOST_NAME", "value": "kubernetes"}]
+    env: list[dict[str, Any]] = [
+        {"name": "DEPLOYER_HOST_NAME", "value": "kubernetes"},
+        # The Job's name ends in its scheduled minute (the CronJob controller's naming): the slot.
+        {"name": SCHEDULED_JOB_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
+    ]
     if job.alert:
         alert = inv.alert(job.alert)
         env += [{"name": "DEPLOYER_ALERT_TYPE", "value": alert.type}]
@@ -114,7 +128,7 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
         pod = {"volumes": [{"name": "credentials", "secret": {"secretName": job_secret_name(job.name),
                                                               "defaultMode": 0o400}}]}
     container = {
-        "name": "trigger", "image": image, "args": trigger_args(job), "env": env, **mounts,
+        "name": "trigger", "image": image, "args": trigger_args(job, epoch), "env": env, **mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
@@ -143,9 +157,10 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
 def export(inv: Inventory, image: str = DEFAULT_IMAGE, namespace: Optional[str] = None,
            skip_unexpressible: bool = False, suspend: bool = False) -> tuple[list[dict[str, Any]], list[Skipped]]:
     manifests, skipped, problems = [], [], []
+    epoch = grant_epoch()
     for job in inv.jobs:
         try:
-            manifests.append(cronjob(inv, job, image, namespace, suspend))
+            manifests.append(cronjob(inv, job, image, namespace, suspend, epoch))
         except DeployerError as error:
             (skipped.append(Skipped(job.name, str(error))) if skip_unexpressible else problems.append(str(error)))
     if problems:

@@ -79,3 +79,14 @@ def as_dict(plan: Plan) -> dict:
     return {"add": [_name(f.path) for f in plan.add], "change": [_name(f.path) for f in plan.change],
             "remove": [_name(p) for p in plan.remove], "unchanged": [_name(p) for p in plan.unchanged],
             "remove_jobs": list(removed_jobs(plan)), "kept_jobs": list(jobs_of(plan.kept))}
+
+
+def resend_notes(jobs) -> list[str]:
+    """One line per job whose retries the once-rule limits: a POST or PATCH the service may have
+    started (a read timeout, a 500/502/504) is not sent again without `idempotent = true`."""
+    from .hostside.run import IDEMPOTENT_METHODS
+
+    return [f"[job:{j.name}] retries = {j.retries}: after a read timeout or a 500/502/504 this {j.method} is "
+            f"not sent again (the service may have started it); set idempotent = true once the service "
+            f"dedupes on Idempotency-Key (docs/receiving.md)"
+            for j in jobs if j.retries and not j.idempotent and j.method not in IDEMPOTENT_METHODS]

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
-from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from . import systemd
@@ -21,21 +19,37 @@ from .schedule import to_calendar
 UNIT_MEMORY_MAX = "128M"
 
 
-def templates_dir() -> Path:
-    """units/ beside the package in a checkout, else where the wheel installed it."""
-    for candidate in (Path(__file__).resolve().parent.parent / "units",
-                      Path(sys.prefix) / "share" / "deployer" / "units"):
-        if (candidate / "job.service.j2").is_file():
-            return candidate
-    raise FileNotFoundError("deployer unit templates (units/*.j2) are not installed")
+def templates_dir():
+    """The unit templates, as package data of `deployer` (an importlib.resources Traversable).
+
+    units/ at the top of the repository is their one source; deployer/units links to it, so that
+    a checkout or an editable install reads it in place, and a wheel (hence pip, `pip install
+    --user`, pipx) carries the files themselves as deployer/units/*.j2. Read through
+    importlib.resources, never a path beside sys.prefix, so a zipped install works too.
+    """
+    from importlib.resources import files
+
+    units = files("deployer").joinpath("units")
+    if not units.joinpath("job.service.j2").is_file():
+        raise FileNotFoundError("deployer's unit templates (deployer/units/*.j2) are missing from this "
+                                "installation: reinstall it from a wheel or a checkout")
+    return units
 
 
 @functools.lru_cache(maxsize=None)
 def _environment():
     import jinja2
 
+    units = templates_dir()
+
+    def load(name: str):
+        template = units.joinpath(name)
+        if not template.is_file():
+            return None  # jinja2's TemplateNotFound
+        return template.read_text(encoding="utf-8"), f"units/{name}", lambda: True
+
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FunctionLoader(load),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -138,15 +152,16 @@ def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
     return tuple(units) + credentials
 
 
-def job_credentials(job: Job, epoch: int = 0) -> dict[str, ManagedFile]:
+def job_credentials(job: Job, epoch: Optional[int] = None) -> dict[str, ManagedFile]:
     """credential name -> the root-only file with a secret or large option (headers, body, keys),
     which systemd hands to the run with LoadCredential=; and the job's epoch on this host (not
     secret, shown in a plan: it changes only when the job's owner does)."""
     values = option_values(job)
     files = {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
              for name, content in credentials(values).items()}
-    files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
-                                                b"%d\n" % epoch, 0o600)
+    if epoch is not None:  # a cron host's (Kubernetes passes its own on the command line)
+        files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
+                                                    b"%d\n" % epoch, 0o600)
     return files
 
 

@@ -110,7 +110,7 @@ def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Option
     """-> (last result, last start, reason, exit status, duration) from systemd's facts and the
     journal's (status.last_run), whichever is newer; systemd alone knows a run in progress."""
     if status.service_state in ("activating", "deactivating"):
-        return "running", parse_iso(status.started), None, None, None
+        return "running", parse_iso(status.started), status.doing or None, None, None
     run: Optional[RunInfo] = status.last_run
     started = parse_iso(status.started) if status.finished else None
     if started is not None and (run is None or run.started < started - 1):
@@ -206,16 +206,19 @@ LATE_TOLERANCE = 60
 def run_entry(run: RunInfo, zone: str) -> dict:
     return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
             "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
-            "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source}
+            "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source,
+            "key": run.key or None}
 
 
 def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
     """The scheduled slots (up to `until`) no run covers. A run covers the slot its record names;
-    a run that names none of the slots (late, manual, or killed before it could name one) covers
-    the latest uncovered one at most LATE_TOLERANCE before its start."""
+    a run killed before it could name one covers the latest uncovered one at most LATE_TOLERANCE
+    before its start; a manual run (its own key) covers none."""
     ordered = sorted(slots)
     covered = {run.slot for run in runs if run.slot in set(ordered)}
     for run in runs:
+        if "/manual-" in run.key:
+            continue
         named = run.slot or run.started
         if run.slot in covered or named > until:
             continue

@@ -54,7 +54,8 @@ def main() -> int:
         say("Waiting for the settle job's first runs (every 5 seconds)...")
         for request in service.wait_for("/api/settle", count=2, timeout=30):
             print(f"  service received {request.method} {request.path} "
-                  f"(X-Deployer-Job: {request.headers.get('X-Deployer-Job')})")
+                  f"(Idempotency-Key: {request.headers.get('Idempotency-Key')}, "
+                  f"X-Deployer-Epoch: {request.headers.get('X-Deployer-Epoch')})")
         time.sleep(0.5)  # let the second run write its last journal line
         say("Results:")
         deployer("status", "--host", "cron01", env=env)

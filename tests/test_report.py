@@ -17,9 +17,9 @@ ENVELOPE = {"version", "command"}
 STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs"}
 STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs"}
 STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
-                   "paused", "held", "timer", "schedule", "timezone", "expression", "in_inventory"}
+                   "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory"}
 HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary"}
-RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source"}
+RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key"}
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
@@ -86,7 +86,17 @@ def test_every_result_is_in_the_vocabulary():
     results = [row["result"] for row in document(*statuses)["jobs"]]
     assert results == ["never", "paused", "running", "ok", "failed"]
     assert [row["result"] for row in document(status(), held=Held(down_for_seconds=60.0))["jobs"]] == ["held"]
-    assert set(results) <= set(report.RESULTS)
+    fenced = document(status(paused=True, fenced=True))["jobs"][0]
+    assert (fenced["result"], fenced["fenced"]) == ("fenced", True)
+    assert set(results) | {"fenced"} <= set(report.RESULTS)
+
+
+def test_a_manual_run_covers_no_slot_and_a_backfill_covers_its_own():
+    slots = [NOW - 7200, NOW - 3600]
+    manual = RunInfo("m", NOW - 3590, "ok", slot=0, key="settle/manual-m")
+    backfill = RunInfo("b", NOW - 60, "ok", slot=NOW - 7200, key="settle/2026-11-25T12:00:00Z")
+    assert report.missed_slots(slots, [manual], NOW) == slots
+    assert report.missed_slots(slots, [manual, backfill], NOW) == [NOW - 3600]
 
 
 @pytest.mark.parametrize("facts, expected", [

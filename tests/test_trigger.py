@@ -185,3 +185,111 @@ def test_probe16_4_a_certificate_that_fails_verification_is_not_retried(tmp_path
         assert len(lines) == 1 and pauses == []
     finally:
         httpd.shutdown()
+
+
+# --- once at the service (issue 21) -----------------------------------------------------------
+
+@pytest.mark.parametrize("status, reached", [
+    pytest.param(500, True, id="500-may-have-started"), pytest.param(502, True, id="502-gateway-says-nothing"),
+    pytest.param(504, True, id="504-gateway-timeout"), pytest.param(503, False, id="503-did-not-act"),
+    pytest.param(429, False, id="429-did-not-act"), pytest.param(409, True, id="409-key-still-running"),
+])
+def test_judge_says_whether_the_service_may_have_started_the_work(status, reached):
+    verdict = rules.judge(status, b"", ANY_2XX, ())
+    assert (verdict.retryable, verdict.reached) == (True, reached)
+
+
+@pytest.mark.parametrize("method, idempotent, status, sent", [
+    pytest.param("POST", False, 502, 1, id="post-502-not-resent"),
+    pytest.param("POST", False, 500, 1, id="post-500-not-resent"),
+    pytest.param("POST", True, 502, 3, id="idempotent-post-502-resent"),
+    pytest.param("PUT", False, 502, 3, id="put-is-idempotent-by-http"),
+    pytest.param("POST", False, 503, 3, id="post-503-resent"),
+])
+def test_an_attempt_the_service_may_have_seen_is_resent_only_when_that_cannot_double_it(
+        server, method, idempotent, status, sent):
+    server.routes["/pay"] = Reply(status, b"oops")
+    lines: list[str] = []
+    result = run.run_job(spec(server, "/pay", method=method, idempotent=idempotent, retries=2), log=lines.append,
+                         sleep=lambda s: None)
+    got = server.received("/pay")
+    assert len(got) == sent and not result.ok
+    assert len({r.headers["Idempotency-Key"] for r in got}) == 1
+    if sent == 1:
+        assert result.reason.endswith(run.NOT_RESENT) and result.reached == (True,)
+
+
+def test_a_read_timeout_after_sending_is_not_resent(server):
+    server.routes["/slow"] = Reply(200, b"{}", delay=2)
+    result = run.run_job(spec(server, "/slow", timeout=1.5, retries=3), log=lambda _: None, sleep=lambda s: None)
+    assert len(server.received("/slow")) == 1 and not result.ok
+
+
+def test_retry_after_is_honoured_within_the_deadline(server):
+    server.routes["/busy"] = Reply(429, b"", headers={"Retry-After": "7"})
+    pauses: list[float] = []
+    run.run_job(spec(server, "/busy", retries=1, timeout=60), log=lambda _: None, sleep=pauses.append)
+    assert pauses == [7.0]
+
+
+def test_headers_key_slot_epoch_and_a_v2_signature_over_them(server):
+    server.routes["/x"] = json_reply({"code": 0})
+    the_slot = run.Slot(1796148000, "r1")
+    run.run_job(spec(server, "/x?q=%C3%A9", sign_secret="k", epoch=17), log=lambda _: None, slot=the_slot)
+    got = server.received("/x")[0]
+    h = got.headers
+    assert (h["Idempotency-Key"], h["X-Deployer-Slot"], h["X-Deployer-Epoch"]) == \
+        ("settle/2026-12-01T18:00:00Z", "2026-12-01T18:00:00Z", "17")
+    assert h["X-Deployer-Signature-V2"] == run.sign_v2("k", "POST", server.url("/x?q=%C3%A9"), int(h["X-Deployer-Timestamp"]),
+                                                       h["X-Deployer-Run-Id"], "settle", h["Idempotency-Key"], 17, b"")
+    for changed in (dict(key="settle/2026-12-01T18:00:01Z"), dict(epoch=16), dict(job="other")):
+        args = {**dict(job="settle", key=h["Idempotency-Key"], epoch=17), **changed}
+        assert run.sign_v2("k", "POST", server.url("/x?q=%C3%A9"), int(h["X-Deployer-Timestamp"]),
+                           h["X-Deployer-Run-Id"], body=b"", **args) != h["X-Deployer-Signature-V2"]
+
+
+def test_a_non_ascii_url_is_signed_as_sent(server):
+    server.routes["/caf%C3%A9"] = json_reply({"code": 0})
+    run.run_job(spec(server, "/café", sign_secret="k"), log=lambda _: None)
+    got = server.received("/caf%C3%A9")[0]
+    assert got.path == "/caf%C3%A9"
+    import hashlib
+    import hmac
+    message = "\n".join(("POST", got.path, got.headers["X-Deployer-Timestamp"], got.headers["X-Deployer-Run-Id"],
+                         hashlib.sha256(b"").hexdigest()))
+    assert got.headers["X-Deployer-Signature"] == "v1=" + hmac.new(b"k", message.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_409_with_a_higher_epoch_fences_the_run_and_is_not_retried(server):
+    server.routes["/f"] = Reply(409, b"{}", headers={"X-Deployer-Epoch": "1796531300378"})
+    result = run.run_job(spec(server, "/f", epoch=1796531299378, retries=3, idempotent=True), log=lambda _: None)
+    assert result.fenced and result.result == "fenced" and len(server.received("/f")) == 1
+    assert "granted to another host at 2026-12-06T04:28:20Z" in result.reason
+
+
+def test_a_409_with_a_lower_epoch_is_no_fence(server):
+    server.routes["/f"] = Reply(409, b"{}", headers={"X-Deployer-Epoch": "5"})
+    result = run.run_job(spec(server, "/f", epoch=17, retries=0), log=lambda _: None)
+    assert not result.fenced and result.result == "failed"
+
+
+def test_accept_then_poll_follows_the_location_until_the_end(server):
+    answers = iter([Reply(202, b"", headers={"Retry-After": "0"}), json_reply({"code": 0})])
+    server.routes["/long"] = Reply(202, b"", headers={"Location": "/ops/1"})
+    server.routes["/ops/1"] = lambda request: next(answers)
+    pauses: list[float] = []
+    result = run.run_job(spec(server, "/long", async_="poll", poll_every=4, expect_json="code=0"),
+                         log=lambda _: None, sleep=pauses.append)
+    assert result.ok and [r.method for r in server.received("/ops/1")] == ["GET", "GET"]
+    assert pauses == [4.0, 0.0], "poll_every first, then the service's Retry-After"
+
+
+def test_a_202_without_location_fails_an_async_job(server):
+    server.routes["/long"] = Reply(202, b"")
+    result = run.run_job(spec(server, "/long", async_="poll"), log=lambda _: None)
+    assert not result.ok and "without a Location" in result.reason
+
+
+def test_a_sync_job_takes_a_202_as_success_as_before(server):
+    server.routes["/long"] = Reply(202, b"", headers={"Location": "/ops/1"})
+    assert run.run_job(spec(server, "/long"), log=lambda _: None).ok

@@ -185,6 +185,7 @@ BUS_PROPERTIES = {
     "TimersCalendar": dbus.TIMER_INTERFACE,
     "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
     "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
+    "StatusText": dbus.SERVICE_INTERFACE,
 }
 
 
@@ -213,7 +214,7 @@ def job_status(timer, t, s, paused, fenced=False):
                      calendar=tuple(calendar), next=next_elapse if active else "", paused=paused, fenced=fenced,
                      last=iso_time(t.get("LastTriggerUSec", "")),
                      service_state=s.get("ActiveState", ""), result=s.get("Result", ""),
-                     exit_status=int(s.get("ExecMainStatus") or 0),
+                     exit_status=int(s.get("ExecMainStatus") or 0), doing=s.get("StatusText", ""),
                      started=iso_time(s.get("ExecMainStartTimestamp", "")),
                      finished=iso_time(s.get("ExecMainExitTimestamp", "")))
 
@@ -555,7 +556,7 @@ class Host:
         self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
         return timer
 
-    def ask_backfill(self, job, slot):
+    def ask_backfill(self, job, slot, ttl=None):
         """Tell the manual run about to start which slot it backfills (None: none, its own key):
         a file its dynamic user can read and no other local user can write (slot.read_backfill)."""
         directory = self.layout.backfill_dir
@@ -568,7 +569,10 @@ class Host:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         if slot is not None:
-            self.write_atomically(path, json.dumps({"slot": int(slot)}), mode=0o644)
+            request = {"slot": int(slot)}
+            if ttl:
+                request["until"] = time.time() + ttl
+            self.write_atomically(path, json.dumps(request), mode=0o644)
         return path
 
     def regrant(self, jobs, now=None):
@@ -1012,6 +1016,11 @@ def job_statuses(host, timers):
     wants = os.path.join(host.layout.unit_dir, paths.TIMERS_WANTS)
     for timer, props in timer_props.items():
         props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
+    running = [name for name, props in service_props.items() if props.get("ActiveState") in ("activating", "deactivating")]
+    # What a run in progress says it is doing (the trigger's sd_notify STATUS=, e.g. waiting for
+    # the service to finish accepted work): asked of running services only.
+    for name, props in host.systemd.properties(running, ("StatusText",)).items() if running else ():
+        service_props.setdefault(name, {})["StatusText"] = props.get("StatusText", "")
     paused, fenced = host.paused_timers(), host.fenced_timers()
     return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused, t in fenced)
                  for t, s in zip(timers, services))
@@ -1246,6 +1255,52 @@ def fence_main(job, layout=None, systemd=None):
     return 0
 
 
+def interrupted_runs(entries):
+    """job -> the slot of its last run of the previous boot, when the shutdown interrupted it and
+    it may be resumed (a deduplicating service, or accept-then-poll: record.RunRecord.resume)."""
+    found = {}
+    for entry in entries:
+        if entry.get("MESSAGE_ID") != record.RUN_FINISHED or not record.sent_by_the_job(entry):
+            continue
+        try:
+            run = record.RunRecord.from_journal(entry)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if run.resume and run.slot:
+            found[run.job] = run.slot
+        else:
+            found.pop(run.job, None)  # a later run of the job ended: nothing left to resume
+    return found
+
+
+def resume_interrupted(host):
+    """At boot, before any timer: start again, under the same slot key, each run the shutdown
+    interrupted (the service answers a finished key with its result, a running one with its
+    202 and Location, so polling resumes; nothing is executed twice)."""
+    try:
+        entries = host.systemd.journal_entries(["-b", "-1", "--output-fields=" + ",".join(RUN_FIELDS),
+                                                "MESSAGE_ID=" + record.RUN_FINISHED])
+    except OSError:
+        return ()
+    stopped = host.paused_timers() | host.fenced_timers()
+    resumed = []
+    for job, slot in sorted(interrupted_runs(entries).items()):
+        service = paths.job_unit(job, "service")
+        if paths.job_unit(job, "timer") in stopped or not os.path.exists(os.path.join(host.layout.unit_dir, service)):
+            continue
+        host.ask_backfill(job, slot, ttl=RESUME_TTL)
+        host.systemd.systemctl("start", "--no-block", service, check=False)
+        resumed.append(job)
+        print("deployer: resuming %s's run for slot %s, interrupted by the shutdown (same key)"
+              % (job, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))))
+    return tuple(resumed)
+
+
+# A resume's backfill request is read by the run it starts, once the network is up; after this
+# long a manual start no longer takes it for a resume.
+RESUME_TTL = 900
+
+
 def hold_at_boot(layout=None, systemd=None, now=None):
     """deployer-lease@boot.service: before any timer, hold every job when the lease ran out while
     the host was down (its jobs may have moved). -> exit status"""
@@ -1263,11 +1318,13 @@ def hold_at_boot(layout=None, systemd=None, now=None):
                 lease = {}
             if lease is None:
                 print("deployer: no lease recorded: the jobs run")
+                resume_interrupted(host)
                 return 0
             held = lease_ran_out(lease, now)
             if held is None:
                 print("deployer: lease still valid (renewed %s before this boot): the jobs run"
                       % protocol.duration_text(now - float(lease["renewed"])))
+                resume_interrupted(host)
                 return 0
             host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
     except (AgentError, OSError) as error:

@@ -134,6 +134,7 @@ class JobStatus:
     last: str = ""
     paused: bool = False
     fenced: bool = False  # stopped by the host itself: the job's service holds a newer epoch
+    doing: str = ""       # what a run in progress says it is doing (sd_notify STATUS=)
     service_state: str = ""
     result: str = ""
     exit_status: int = 0

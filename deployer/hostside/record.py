@@ -30,7 +30,7 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 # Every field a record carries (journal_fields), for the readers' --output-fields=.
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
-          "DEPLOYER_EPOCH", "DEPLOYER_REACHED")
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class RunRecord:
     key: str = ""  # the Idempotency-Key sent: <job>/<slot> or <job>/manual-<run id>
     epoch: int = 0  # the X-Deployer-Epoch sent
     reached: tuple = ()  # per attempt: may the service have seen it (and be executing it)?
+    resume: bool = False  # interrupted, and safe to start again under the same key at boot
 
     @property
     def message(self) -> str:
@@ -71,6 +72,7 @@ class RunRecord:
             "DEPLOYER_KEY": self.key,
             "DEPLOYER_EPOCH": str(self.epoch),
             "DEPLOYER_REACHED": "".join("y" if seen else "n" for seen in self.reached),
+            "DEPLOYER_RESUME": "y" if self.resume else "",
         }
 
     @classmethod
@@ -86,7 +88,8 @@ class RunRecord:
                    result=entry["DEPLOYER_RESULT"], reason=entry.get("DEPLOYER_REASON", ""),
                    http_status=int(status) if status.isdigit() else None, key=entry.get("DEPLOYER_KEY", ""),
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
-                   reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")))
+                   reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
+                   resume=entry.get("DEPLOYER_RESUME") == "y")
 
 
 def sent_by_the_job(entry: dict) -> bool:

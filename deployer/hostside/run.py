@@ -14,7 +14,7 @@ from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from .http import Response
 from .record import RunRecord
-from .slot import Slot
+from .slot import Slot  # noqa: F401 - run.Slot for callers
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 
 BODY_EXCERPT = 200
@@ -165,6 +165,7 @@ class RunResult:
     key: str = ""
     epoch: int = 0
     reached: tuple = ()  # per attempt: may the service have seen it?
+    resume: bool = False  # interrupted, and the same key may be sent again after boot
 
     @property
     def result(self) -> str:
@@ -173,7 +174,8 @@ class RunResult:
     def record(self, job: str) -> RunRecord:
         return RunRecord(job=job, run=self.run_id, slot=self.slot, started=self.started,
                          duration=self.duration, attempts=self.attempts, result=self.result, reason=self.reason,
-                         http_status=self.http_status, key=self.key, epoch=self.epoch, reached=self.reached)
+                         http_status=self.http_status, key=self.key, epoch=self.epoch, reached=self.reached,
+                         resume=self.resume)
 
 
 def current_run_id() -> str:
@@ -312,12 +314,15 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         signal.signal(signal.SIGALRM, previous)
     return RunResult(ok=verdict.ok, reason=verdict.reason, run_id=run, slot=slot.at or 0, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
-                     interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached))
+                     interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
+                     resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
 
 
 def fenced_reason(spec: JobSpec, held: int) -> str:
-    return (f"fenced: the service holds epoch {held} for {spec.name}, this host's is {spec.epoch}: "
-            f"the job moved to another host; this host stops its timer")
+    """The epoch is the grant time of the job's newest owner: it says when the job moved."""
+    moved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held / 1000)) if held > 10 ** 12 else "?"
+    return (f"fenced: {spec.name} was granted to another host at {moved} (the service holds epoch {held}, "
+            f"this host's is {spec.epoch}); this host stops the job's timer")
 
 
 def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, expect_status, expect_json,
@@ -333,11 +338,12 @@ def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, ex
     url = urljoin(spec.url, location)
     every, response, polls = spec.poll_every, accepted, 0
     log(f"polling {redact_url(url)} every {every:g}s while it answers 202")
+    notify_status("waiting for the service (accepted at %s)" % time.strftime("%H:%M:%SZ", time.gmtime()))
     while True:
-        pause = min(retry_after(response, every), deadline - time.monotonic())
-        if pause <= 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise RunTimeout()
-        sleep(pause)
+        sleep(min(retry_after(response, every), left))
         every, polls = min(every * 1.5, max(MAX_POLL_EVERY, spec.poll_every)), polls + 1
         try:
             response = caller.send("GET", url, b"", deadline)
@@ -357,6 +363,22 @@ def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, ex
         line = f"poll {polls}: GET {redact_url(url)} -> {response.status}"
         log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
         return verdict, response.status, False
+
+
+def notify_status(text: str) -> None:
+    """Say what the run is doing to systemd (`systemctl status`, `deployer status`): sd_notify
+    STATUS= on $NOTIFY_SOCKET (the unit's NotifyAccess=main); nothing where there is none."""
+    import socket
+
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(("STATUS=" + " ".join(text.split())).encode("utf-8", "replace"), address)
+    except OSError:
+        pass
 
 
 def ping(url: Optional[str], suffix: str, log: Callable[[str], None], budget: float = PING_BUDGET) -> None:

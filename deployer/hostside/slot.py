@@ -113,10 +113,26 @@ def read_backfill(job: str) -> Optional[int]:
     """The slot the agent asked this manual run to backfill, if it did."""
     try:
         with open(backfill_path(job), encoding="utf-8") as handle:
-            slot = json.load(handle).get("slot")
+            request = json.load(handle)
+        slot, until = request.get("slot"), request.get("until")
     except (OSError, ValueError, AttributeError, BadName):
         return None
+    if isinstance(until, (int, float)) and time.time() > until:
+        return None  # a resume at boot that no run took in time
     return slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+
+
+# In Kubernetes, the pod's Job name (the downward API's `job-name` label, deployer/k8s.py).
+SCHEDULED_JOB_ENV = "DEPLOYER_SCHEDULED_JOB"
+_CRONJOB_MINUTE = re.compile(r"-(\d{8,10})$")
+
+
+def cronjob_slot(job_name: str) -> Optional[int]:
+    """A CronJob names each Job `<cronjob>-<scheduled time in unix minutes>`: its slot. A Job made
+    by hand (`kubectl create job --from=cronjob/...`) has another name: a manual run."""
+    match = _CRONJOB_MINUTE.search(job_name)
+    minutes = int(match.group(1)) if match else 0
+    return minutes * 60 if 25_000_000 < minutes < 100_000_000 else None  # 2017 .. 2160
 
 
 def elapsed_at(job: str, env, stamps: str = TIMER_STAMPS) -> Optional[float]:
@@ -137,6 +153,9 @@ def elapsed_at(job: str, env, stamps: str = TIMER_STAMPS) -> Optional[float]:
 def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now: Callable[[], float] = time.time,
                 analyze: Analyze = analyze, log: Callable[[str], None] = lambda line: None) -> Slot:
     """The slot this run is for (see the module's docstring)."""
+    scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
+    if scheduled is not None:
+        return Slot(scheduled, run, "cronjob")
     elapsed = elapsed_at(job, env)
     if elapsed is None:
         backfill = read_backfill(job)

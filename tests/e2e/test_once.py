@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 
 import pytest
@@ -164,6 +165,27 @@ sign_secret = {KEY}
         key = service.received("/long")[0].headers["Idempotency-Key"]
         assert all(p.method == "GET" and p.headers["Idempotency-Key"] == key and v2_ok(p) for p in polls)
         assert "202" in result.stdout and "polling" in result.stdout
+
+        # While it polls, status says what the run waits for.
+        seen = threading.Event()
+
+        def slowly(request: Recorded) -> Reply:  # running until the test has seen the status
+            return json_reply({"code": 0}) if seen.is_set() else Reply(202, b"", headers={"Retry-After": "1"})
+
+        service.routes["/operations/42"] = slowly
+        cron01.ssh("systemctl start --no-block deployer-long.service")
+
+        def waiting():
+            document = json.loads(deployer("status", "-i", path, "--json").stdout)
+            row = next(j for j in document["jobs"] if j["job"] == "long")
+            return row if row["result"] == "running" and "waiting for the service" in (row["reason"] or "") else None
+
+        row = wait_until(waiting, timeout=30, what="status: running, waiting for the service")
+        assert row["reason"].startswith("waiting for the service (accepted at ")
+        assert "running: waiting for the service" in deployer("status", "-i", path).stdout
+        seen.set()
+        wait_until(lambda: len(records(cron01, "long")) == 2, what="the polled run's end")
+        assert records(cron01, "long")[-1]["DEPLOYER_RESULT"] == "ok"
 
 
 def test_a_fenced_host_stops_the_job_by_itself(cron01, deployer, write_inventory):

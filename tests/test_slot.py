@@ -1,0 +1,129 @@
+"""The slot a run is for (hostside/slot.py): from the timer's stamp and its own calendar."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deployer.hostside import slot
+
+DATA = Path(__file__).parent / "data" / "slot"
+DAY = 86400
+# 2026-12-01T18:00:00Z = 2026-12-02 02:00 in Asia/Shanghai
+SHANGHAI_2AM = 1796148000
+
+
+def every(step: int, offset: int = 0):
+    """A fake `analyze` for a calendar firing at offset + k*step (what systemd-analyze would say)."""
+
+    def analyze(line, base, iterations):
+        first = ((base - offset) // step + 1) * step + offset
+        return [first + k * step for k in range(iterations)]
+
+    return analyze
+
+
+def test_the_recorded_systemd_analyze_output_is_read_as_utc_instants(monkeypatch):
+    recorded = (DATA / "daily-shanghai.txt").read_text()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, recorded, ""))
+    found = slot.analyze("*-*-* 02:00:00 Asia/Shanghai", 1796083130, 100)
+    assert len(found) == 100 and found[0] == SHANGHAI_2AM and found[1] - found[0] == DAY
+
+
+@pytest.mark.parametrize("at, expected", [
+    pytest.param(1000, 1000, id="exactly-on-the-slot"),
+    pytest.param(1000.9, 1000, id="within-the-accuracy"),
+    pytest.param(1009.999, 1000, id="just-before-the-next"),
+    pytest.param(999.999, 990, id="a-hair-before-is-the-previous-slot"),
+    pytest.param(1037, 1030, id="late-in-a-burst-names-the-slot-it-started-after"),
+])
+def test_the_slot_is_the_latest_instant_at_or_before_the_elapse(at, expected):
+    assert slot.latest_elapse(["*:*:0/10"], at, every(10)) == expected
+
+
+def test_a_catch_up_after_days_down_names_the_latest_missed_slot():
+    """Down from day 0 to day 3 + 5 h: systemd runs one catch-up, for the latest slot it missed."""
+    assert slot.latest_elapse(["daily"], 3 * DAY + 5 * 3600, every(DAY, 2 * 3600)) == 3 * DAY + 2 * 3600
+
+
+def test_several_lines_give_the_latest_of_all():
+    assert slot.latest_elapse(["a", "b"], 1000, lambda line, base, n: every(300 if line == "a" else 7 * DAY, 999)(
+        line, base, n)) == 999
+
+
+def test_a_dense_calendar_walks_forward_through_the_window():
+    calls = []
+
+    def analyze(line, base, iterations):
+        calls.append(base)
+        return every(1)(line, base, iterations)
+
+    assert slot.latest_elapse(["*:*:*"], 10_000_000, analyze) == 10_000_000
+    assert len(calls) == 1, "a window holds a one-second calendar's slot in the first call"
+
+
+@pytest.mark.parametrize("line, at, expected", [
+    pytest.param("*-*-* 02:00:00 Asia/Shanghai", SHANGHAI_2AM + 30, SHANGHAI_2AM, id="zone"),
+    pytest.param("*-*-* 02:00:00 Asia/Shanghai", SHANGHAI_2AM - 1, SHANGHAI_2AM - DAY, id="zone-day-before"),
+    # 2026-03-29 02:30 does not exist in Berlin (01:59:59 CET -> 03:00 CEST); systemd skips it
+    pytest.param("*-*-* 02:30:00 Europe/Berlin", 1774747800 + 3600, 1774661400, id="dst-gap-skipped"),
+    pytest.param("Mon *-*-* 09:00:00 UTC", 1796029200 + 7 * DAY - 1, 1796029200, id="weekly"),
+])
+def test_with_this_machines_systemd(line, at, expected):
+    if not os.path.exists(slot.SYSTEMD_ANALYZE):
+        pytest.skip("no systemd-analyze")
+    assert slot.latest_elapse([line], at) == expected
+
+
+def test_the_elapse_comes_from_the_jobs_own_timer_stamp(tmp_path):
+    stamp = tmp_path / "stamp-deployer-settle.timer"
+    stamp.touch()
+    os.utime(stamp, (1796531230.0019, 1796531230.0019))
+    env = {"TRIGGER_UNIT": "deployer-settle.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796531202087600"}
+    assert slot.elapsed_at("settle", env, str(tmp_path)) == pytest.approx(1796531230.0019)
+    # systemd 252 keeps the first elapse in the variable: it counts only where there is no stamp
+    assert slot.elapsed_at("other", {**env, "TRIGGER_UNIT": "deployer-other.timer"}, str(tmp_path)) == \
+        pytest.approx(1796531202.0876)
+    assert slot.elapsed_at("settle", {**env, "TRIGGER_UNIT": "deployer-evil.timer"}, str(tmp_path)) is None
+    assert slot.elapsed_at("settle", {}, str(tmp_path)) is None
+
+
+def test_a_run_no_timer_started_is_manual_unless_it_backfills(tmp_path, monkeypatch):
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    manual = slot.slot_of_run("settle", ("x",), "abc", env={})
+    assert (manual.at, manual.how, manual.key("settle")) == (None, "manual", "settle/manual-abc")
+    (tmp_path / "deployer-settle.json").write_text(json.dumps({"slot": SHANGHAI_2AM}))
+    backfill = slot.slot_of_run("settle", ("x",), "abc", env={})
+    assert (backfill.how, backfill.key("settle")) == ("backfill", "settle/2026-12-01T18:00:00Z")
+    (tmp_path / "deployer-settle.json").write_text(json.dumps({"slot": SHANGHAI_2AM, "until": 1.0}))
+    assert slot.slot_of_run("settle", ("x",), "abc", env={}).how == "manual", "an expired resume is no backfill"
+
+
+def test_a_cronjob_names_its_slot_in_the_jobs_name():
+    assert slot.cronjob_slot("settle-29942240") == 29942240 * 60
+    assert slot.cronjob_slot("settle-manual-001") is None
+    assert slot.cronjob_slot("") is None
+    run = slot.slot_of_run("settle", (), "pod", env={slot.SCHEDULED_JOB_ENV: "settle-29942240"})
+    assert (run.how, run.name) == ("cronjob", "2026-12-06T05:20:00Z")
+
+
+def test_an_unreadable_calendar_falls_back_to_the_elapse_second(tmp_path):
+    stamp = tmp_path / "stamp-deployer-x.timer"
+    stamp.touch()
+    os.utime(stamp, (1000.7, 1000.7))
+
+    def broken(line, base, iterations):
+        raise ValueError("no systemd-analyze")
+
+    lines = []
+    env = {"TRIGGER_UNIT": "deployer-x.timer"}
+    monkey = slot.elapsed_at
+    try:
+        slot.elapsed_at = lambda job, env: monkey(job, env, str(tmp_path))
+        found = slot.slot_of_run("x", ("*:*:*",), "r", env=env, analyze=broken, log=lines.append)
+    finally:
+        slot.elapsed_at = monkey
+    assert (found.at, found.how) == (1000, "clock") and "cannot read the calendar" in lines[0]
