@@ -539,3 +539,60 @@ def test_a_backfill_gets_the_first_answer_and_a_manual_run_its_own_key(cron01, r
         record_keys = [r["DEPLOYER_KEY"] for r in records(via_ssh(cron01), "refill")]
         assert record_keys.count(first) == 2 and manual["key"] in record_keys
         assert set(record_keys) == set(counts)
+
+
+# --- 6. a run killed by a reboot while polling resumes under the same key --------------------------
+
+RESUME_WORK = 30.0
+
+
+def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path, receiver, deployer, write_inventory):
+    _require_nspawn()
+    service = receiver(work_seconds=RESUME_WORK)
+    host = CronHost("cron01", workdir=tmp_path / "cron01", persistent=True).start()
+    try:
+        # One daily slot, far enough ahead for the push: the timer fires it once, and no Persistent=
+        # catch-up after the reboot (the stamp says it ran).
+        due = (int(time.time()) + 60) // 10 * 10
+        daily = time.strftime("*-*-* %H:%M:%S", time.gmtime(due))
+        key = f"resume/{iso(due)}"
+        path = write_inventory(host.inventory_host(lease="30m") + job(
+            "resume", f"http://127.0.0.1:{service.port}/async/resume", daily,
+            "async = poll\npoll_every = 1s\ntimeout = 10m\nretries = 0"))
+        deployer("push", "-i", path, "--yes", check=True)
+        assert time.time() < due - 5, "the push took longer than the lead: the slot is gone"
+
+        def polling():
+            seen = [e for e in service.requests() if e["key"] == key]
+            return seen if any(e["method"] == "GET" and e["answered"] == 202 for e in seen) else None
+
+        wait_until(polling, timeout=due - time.time() + 120, what="the run polling")
+        host.restart()   # SIGTERM to the run mid-poll, a shutdown, a boot with the disk
+        ready = time.time()
+
+        wait_until(lambda: service.executions().get(key) == 1 and any(
+            r["DEPLOYER_RESULT"] == "ok" for r in records(via_ssh(host), "resume", this_boot=True)),
+            timeout=RESUME_WORK + 180, what="the resumed run ending ok")
+        settle(via_ssh(host))
+
+        before = [r for r in records(via_ssh(host), "resume") if float(r["DEPLOYER_STARTED"]) < ready]
+        after = records(via_ssh(host), "resume", this_boot=True)
+        assert [r["DEPLOYER_KEY"] for r in before] == [key], "one run before the reboot, for the slot"
+        assert before[0]["DEPLOYER_RESULT"] == "failed" and "interrupted" in before[0]["DEPLOYER_REASON"], before[0]
+        assert before[0].get("DEPLOYER_RESUME") == "y", before[0]
+        assert [(r["DEPLOYER_KEY"], r["DEPLOYER_RESULT"]) for r in after] == [(key, "ok")], after
+        assert after[0]["DEPLOYER_RUN"] != before[0]["DEPLOYER_RUN"]
+
+        requests = [e for e in service.requests() if e["key"] == key]
+        posts = [i for i, e in enumerate(requests) if e["method"] == "POST"]
+        assert len(posts) == 2, requests
+        assert requests[posts[0]]["answered"] == 202
+        # The resumed POST found the work still running: the same 202 (and Location), polling resumed.
+        assert requests[posts[1]]["answered"] == 202, requests
+        resumed_polls = [e for e in requests[posts[1] + 1:] if e["method"] == "GET"]
+        assert resumed_polls and resumed_polls[-1]["answered"] == 200
+        assert {e["path"] for e in requests if e["method"] == "GET"} == {resumed_polls[-1]["path"]}, \
+            "one operation, polled before and after the reboot"
+        assert service.executions() == {key: 1}
+    finally:
+        host.stop()
