@@ -59,10 +59,10 @@ def wait_until(predicate, timeout: float = 120.0, what: str = "condition", every
     raise AssertionError(f"{what}: not within {timeout}s")
 
 
-def records(run, job: str | None = None, this_boot: bool = False) -> list[dict]:
+def records(run, job: str | None = None, this_boot: bool = False, boot: str = "") -> list[dict]:
     """The run records (journal, MESSAGE_ID of deployer's runs) of `job` or of every job.
     `run(command) -> stdout`: ssh, or nsenter into a host whose sshd is stopped."""
-    where = (f" DEPLOYER_JOB={job}" if job else "") + (" -b" if this_boot else "")
+    where = (f" DEPLOYER_JOB={job}" if job else "") + (" -b" if this_boot else "") + (f" -b {boot}" if boot else "")
     out = run(f"journalctl --no-pager -o json {RECORD}{where}")
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -505,6 +505,7 @@ endpoint = {robot.endpoint("dingtalk")}
         titles = [m["markdown"]["title"] for m in robot.accepted]
         assert len(titles) == 1 and "fence" in titles[0] and "cron01" in titles[0], titles
         text = robot.accepted[0]["markdown"]["text"]
+        print(f"the alert: {titles[0]}\n{text}")
         assert "fenced" in text, text
         assert robot.refused == []
 
@@ -568,14 +569,13 @@ def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path,
 
         wait_until(polling, timeout=due - time.time() + 120, what="the run polling")
         host.restart()   # SIGTERM to the run mid-poll, a shutdown, a boot with the disk
-        ready = time.time()
 
         wait_until(lambda: service.executions().get(key) == 1 and any(
             r["DEPLOYER_RESULT"] == "ok" for r in records(via_ssh(host), "resume", this_boot=True)),
             timeout=RESUME_WORK + 180, what="the resumed run ending ok")
         settle(via_ssh(host))
 
-        before = [r for r in records(via_ssh(host), "resume") if float(r["DEPLOYER_STARTED"]) < ready]
+        before = records(via_ssh(host), "resume", boot="-1")
         after = records(via_ssh(host), "resume", this_boot=True)
         assert [r["DEPLOYER_KEY"] for r in before] == [key], "one run before the reboot, for the slot"
         assert before[0]["DEPLOYER_RESULT"] == "failed" and "interrupted" in before[0]["DEPLOYER_REASON"], before[0]
