@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.e2e.conftest import _require_nspawn
-from tests.cronhost import CronHost
+from tests.cronhost import CronHost, CronHostError
 from tests.robots import Robot
 from tests.test_receivers import java_classes, launch  # noqa: F401 - java_classes: a fixture used by launch
 
@@ -544,7 +544,7 @@ def test_a_backfill_gets_the_first_answer_and_a_manual_run_its_own_key(cron01, r
 
 # --- 6. a run killed by a reboot while polling resumes under the same key --------------------------
 
-RESUME_WORK = 30.0
+RESUME_WORK = float(os.environ.get("PROOF_RESUME_WORK", "30"))
 
 
 def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path, receiver, deployer, write_inventory):
@@ -568,7 +568,17 @@ def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path,
             return seen if any(e["method"] == "GET" and e["answered"] == 202 for e in seen) else None
 
         wait_until(polling, timeout=due - time.time() + 120, what="the run polling")
-        host.restart()   # SIGTERM to the run mid-poll, a shutdown, a boot with the disk
+        host.stop()   # SIGTERM to the run mid-poll, a shutdown; then a boot with the disk
+        booting = time.time()
+        try:
+            host.start()
+            unfinished_boot = None
+        except (subprocess.TimeoutExpired, CronHostError) as error:
+            # `systemctl is-system-running --wait` did not return within the boot timeout: say why.
+            unfinished_boot = (f"{type(error).__name__} {time.time() - booting:.0f}s after the boot began; "
+                               f"is-system-running: {host.ssh('systemctl is-system-running', check=False).stdout.strip()}"
+                               f"; jobs: {host.ssh('systemctl list-jobs --no-pager', check=False).stdout.strip()}")
+            print(unfinished_boot)
 
         wait_until(lambda: service.executions().get(key) == 1 and any(
             r["DEPLOYER_RESULT"] == "ok" for r in records(via_ssh(host), "resume", this_boot=True)),
@@ -594,5 +604,8 @@ def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path,
         assert {e["path"] for e in requests if e["method"] == "GET"} == {resumed_polls[-1]["path"]}, \
             "one operation, polled before and after the reboot"
         assert service.executions() == {key: 1}
+        resumed_end = float(after[0]["DEPLOYER_STARTED"]) + float(after[0]["DEPLOYER_DURATION"])
+        print(f"boot began {booting:.1f}, resumed run {float(after[0]['DEPLOYER_STARTED']):.1f}..{resumed_end:.1f}")
+        assert unfinished_boot is None, f"the host never finished booting while the resumed run polled: {unfinished_boot}"
     finally:
         host.stop()
