@@ -503,6 +503,8 @@ endpoint = {robot.endpoint("dingtalk")}
                                         "--state=activating,active").strip(), timeout=120, what="cron01's alerts")
         time.sleep(3)
         titles = [m["markdown"]["title"] for m in robot.accepted]
+        for message in robot.accepted:
+            print(f"alert: {message['markdown']['title']}\n{message['markdown']['text']}\n")
         assert len(titles) == 1 and "fence" in titles[0] and "cron01" in titles[0], titles
         text = robot.accepted[0]["markdown"]["text"]
         print(f"the alert: {titles[0]}\n{text}")
