@@ -10,6 +10,7 @@ from typing import Optional
 import click
 
 from .errors import DeployerError, JobFailed
+from .hostside.text import printable
 from .schedule import ScheduleError
 
 EPILOG = "Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error."
@@ -23,8 +24,8 @@ class Deployer(click.Group):
             return super().invoke(ctx)
         except DeployerError as error:
             if not isinstance(error, JobFailed):
-                for line in error.lines():
-                    click.echo(f"deployer: error: {line}", err=True)
+                for line in error.lines():  # may quote a host's refusal or stderr
+                    click.echo(f"deployer: error: {printable(line)}", err=True)
             ctx.exit(1)
 
 
@@ -268,19 +269,24 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code):
     if as_json:
         click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
     else:
-        click.echo(render_diff(the_plan, state), nl=False)
+        click.echo(printable(render_diff(the_plan, state), newlines=True), nl=False)
         click.echo(f"host {host_name}: {summary(the_plan)}")
         doomed = removed_jobs(the_plan)
         if doomed:
             click.echo(f"host {host_name}: push would remove {len(doomed)} "
                        f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
         if state.held:
-            click.echo(f"host {host_name}: held (was down {_duration(state.held.down_for_seconds)}): a push "
+            click.echo(f"host {host_name}: held ({_held_why(state.held)}): a push "
                        f"releases it, and its jobs run again")
         for note in resend_notes(inv.jobs_for(host_name)):
             click.echo(f"note: {note}")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
+
+
+def _held_why(held) -> str:
+    """`was down 2h13m`, or why a host holds its jobs when not for its lease (Held.reason)."""
+    return held.reason or f"was down {_duration(held.down_for_seconds)}"
 
 
 def _print_push(pushed, as_json: bool) -> None:
@@ -305,8 +311,8 @@ def _print_push(pushed, as_json: bool) -> None:
         click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
                    f"(--no-prune): {_names(kept)}")
     if pushed.result and pushed.result.released:
-        click.echo(f"host {pushed.host}: released: it held its jobs (was down "
-                   f"{_duration(pushed.result.released.down_for_seconds)}); they run again")
+        click.echo(f"host {pushed.host}: released: it held its jobs ({_held_why(pushed.result.released)}); "
+                   "they run again")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
     click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
 
@@ -387,7 +393,7 @@ def move(inventory_path, source, target, force, as_json):
 
     def wait(gone):
         progress.done()
-        click.echo(f"deployer: {source} is unreachable ({gone.reason}).", err=True)
+        click.echo(f"deployer: {source} is unreachable ({printable(gone.reason)}).", err=True)
         click.echo(f"deployer: waiting out its lease ({_duration(gone.lease)}) until {_clock(gone.until)}: if "
                    f"{source} boots again after that, it holds its jobs instead of running them. Ctrl-C stops "
                    f"here (nothing changed); --force skips the wait.", err=True)
@@ -456,7 +462,7 @@ def release(inventory_path, host_name):
     if answer.released is None:
         click.echo(f"host {host_name}: not held; nothing to release")
         return
-    click.echo(f"host {host_name}: released (was down {_duration(answer.released.down_for_seconds)}); "
+    click.echo(f"host {host_name}: released ({_held_why(answer.released)}); "
                f"{len(answer.started)} job timers started")
 
 
@@ -502,7 +508,7 @@ def status(inventory_path, host_name, as_json):
     click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
     failed = [a for a in answers if a.error]
     for answer in failed:
-        click.echo(f"deployer: error: host {answer.name}: {answer.error}", err=True)
+        click.echo(f"deployer: error: host {answer.name}: {printable(answer.error)}", err=True)
     if failed:
         sys.exit(1)
 
@@ -587,7 +593,10 @@ def _slots(job, start: float, until: float):
 @host_option
 @json_option
 def run(job, slot_text, inventory_path, host_name, as_json):
-    """Run JOB now on its host, showing its journal lines as they happen; exit with its result."""
+    """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
+
+    Every line is the service's and the host's text: printed escaped (hostside/text.printable).
+    """
     from . import remote
     from .report import job_zone, run_document
 
@@ -597,7 +606,7 @@ def run(job, slot_text, inventory_path, host_name, as_json):
 
     def show(line: str) -> None:
         streamed.append(line)
-        click.echo(line)
+        click.echo(printable(line))
 
     result = remote.run(agent, job, output=None if as_json else show, slot=slot)
     if as_json:
@@ -605,11 +614,11 @@ def run(job, slot_text, inventory_path, host_name, as_json):
     else:
         for line in result.output.splitlines():  # whatever the stream missed (journald's lag)
             if line not in streamed:
-                click.echo(line)
+                click.echo(printable(line))
     if not result.ok:
         if not as_json:
             reason = result.run.reason if result.run else f"{result.result}, exit {result.exit_status}"
-            click.echo(f"deployer: job {job} failed ({reason})", err=True)
+            click.echo(f"deployer: job {job} failed ({printable(reason)})", err=True)
         raise JobFailed(job)
     if not as_json:
         click.echo(f"job {job}: ok")
@@ -668,10 +677,10 @@ def logs(job, inventory_path, host_name, lines, since, follow):
         lines = 50
     _, _, _, agent = _open_job(inventory_path, job, host_name)
     if not follow:
-        click.echo(remote.logs(agent, job, lines, since=start), nl=False)
+        click.echo(printable(remote.logs(agent, job, lines, since=start), newlines=True), nl=False)
         return
     try:
-        remote.logs(agent, job, lines, since=start, follow=True, output=click.echo)
+        remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends; the agent stops when its next write finds no client
 

@@ -10,7 +10,8 @@ from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import JOB_OPTIONS, OPTIONS_BY_KEY, Invalid, boolean, duration_seconds, text, url
+from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
+                                Invalid, boolean, credentials, credentials_size, duration_seconds, text, url)
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar
 
@@ -23,6 +24,9 @@ HOST_KEY_POLICIES = ("strict", "accept-new")
 # A lease under 10s would be renewed every few seconds for no gain; one over a week would leave
 # `deployer move` waiting for a week.
 MIN_LEASE, MAX_LEASE = 10.0, 7 * 86400.0
+# Parsing takes ~10x the file in memory (a 100 MB inventory took 940 MB); 8 MiB holds tens of
+# thousands of jobs, far more than one cron host runs.
+MAX_INVENTORY = 8 * 2**20
 
 
 def port(value: str) -> int:
@@ -371,7 +375,12 @@ def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
     env = os.environ if env is None else env
     try:
         with open(path, encoding="utf-8") as handle:
-            source = handle.read()
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_INVENTORY:
+                raise InventoryError([Problem(path, None, None, f"is {size} bytes: an inventory may be at most "
+                                              f"{MAX_INVENTORY} bytes ({MAX_INVENTORY // 2**20} MiB); split it "
+                                              "(one file per host, -i FILE)")])
+            source = handle.read(MAX_INVENTORY + 1)
     except FileNotFoundError as error:
         raise InventoryError([Problem(path, None, None, f"cannot read: {error.strerror} (give the inventory "
                                       "with -i FILE or $DEPLOYER_INVENTORY)")]) from None
@@ -500,6 +509,15 @@ def _job(section, title, values, defaults, hosts: list[str], alert_names: list[s
             report.add(section, "schedule", str(error) + _quotes_hint(merged["schedule"]))
             ok = False
     if not ok or "url" not in merged:
+        return None
+    found = credentials(merged)
+    if credentials_size(found) > MAX_CREDENTIALS:
+        key = max(found, key=lambda name: len(found[name]))
+        key = next(o.key for o in CREDENTIAL_OPTIONS if o.credential == key)
+        report.add(section, key, f"the run's credentials ({', '.join(sorted(found))}) come to "
+                   f"{credentials_size(found)} bytes; at most {MAX_CREDENTIALS} (systemd refuses a run more than "
+                   f"{CREDENTIALS_LIMIT} bytes of credentials, names included, and the deployer keeps 4 KiB): "
+                   "every run would fail with exit 243. Send less, or let the service fetch it")
         return None
     fields = {OPTIONS_BY_KEY[k].dest if k in OPTIONS_BY_KEY else k: v for k, v in merged.items()}
     fields = {k: v for k, v in fields.items() if k in Job.__dataclass_fields__}

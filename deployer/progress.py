@@ -5,6 +5,8 @@ import sys
 import time
 from typing import TextIO
 
+from .hostside.text import printable
+
 QUIET_SECONDS = 0.8  # a push quicker than this shows no progress at all
 
 
@@ -21,6 +23,7 @@ class Progress:
         self.last = ""
 
     def update(self, text: str) -> None:
+        text = printable(text)  # steps come from the host too (`@progress`)
         self.last = text
         if not self.enabled or time.monotonic() - self.started < QUIET_SECONDS:
             return

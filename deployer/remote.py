@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import re
 import select
 import shlex
 import socket
@@ -233,12 +235,19 @@ PROGRESS_PREFIX = b"@progress "
 LINE_PREFIX = b"@line "  # a journal line of the job, streamed by `run` and `logs --follow`
 ALIVE_LINE = b"@alive"  # the agent's heartbeat (agent.HEARTBEAT_SECONDS), so silence means trouble
 READ_TIMEOUT = 45.0
+# The most the client reads from a host: a compromised (or broken) host answering without end
+# must not take this machine's memory. A legitimate answer is far smaller: `state` with every
+# unit's text, or `logs --since 7d` of a chatty job.
+MAX_ANSWER = 64 << 20  # stdout: the one JSON answer
+MAX_STREAMED = 64 << 20  # `@line`s of a `run` or a `logs` (a `logs --follow` streams without end)
+MAX_STDERR = 1 << 20  # any one stderr line, and what is not a report (a traceback's worth)
 KEEPALIVE_SECONDS = 10
 UPLOAD_CHUNK = 1 << 18
 
 
 def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str = "command",
-            progress: Progress = None, read_timeout: float = None, output: Progress = None) -> bytes:
+            progress: Progress = None, read_timeout: float = None, output: Progress = None,
+            max_streamed: Optional[int] = MAX_STREAMED) -> bytes:
     """Run one command with `stdin`; return all of stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
@@ -247,7 +256,9 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     streamed as they happen, passed to `output`; `@alive` lines are its heartbeat.
     Reads until the host's end-of-file, not until its exit status (which may arrive first).
     A host silent for `read_timeout` seconds (a network black hole, a stopped sshd) is an error
-    naming it; SSH keepalives keep idle NAT and firewall state open meanwhile.
+    naming it; SSH keepalives keep idle NAT and firewall state open meanwhile. A host that
+    sends more than MAX_ANSWER on stdout, MAX_STDERR of anything else on stderr, or more than
+    `max_streamed` bytes of `@line`s (None: no limit, for a follow) is an error naming it.
     """
     read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
     _open(connection, host)
@@ -270,15 +281,23 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
         channel.shutdown_write()
         out, err = bytearray(), bytearray()
         heard = time.monotonic()
+        streamed = 0
         while True:
             got = False
-            while channel.recv_ready():
+            while channel.recv_ready() and len(out) <= MAX_ANSWER:
                 out += channel.recv(1 << 16)
                 got = True
-            while channel.recv_stderr_ready():
+            while channel.recv_stderr_ready() and len(err) <= MAX_STDERR:
                 err += channel.recv_stderr(1 << 16)
                 got = True
-            _take_reports(err, report, output)
+            streamed += _take_reports(err, report, output)
+            too_much = ("its answer" if len(out) > MAX_ANSWER else "job lines" if max_streamed is not None
+                        and streamed > max_streamed else "other output" if len(err) > MAX_STDERR else "")
+            if too_much:
+                limit = MAX_ANSWER if too_much == "its answer" else max_streamed if too_much == "job lines" \
+                    else MAX_STDERR
+                raise RemoteError(host.name, f"{step}: {host.address} sent more than {limit >> 20} MiB of "
+                                  f"{too_much}; stopped reading (a broken or compromised host?)")
             if (channel.eof_received or channel.closed) and not channel.recv_ready() \
                     and not channel.recv_stderr_ready():
                 break
@@ -300,10 +319,11 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     return bytes(out)
 
 
-def _take_reports(err: bytearray, report: Callable[[str], None], output: Progress = None) -> None:
+def _take_reports(err: bytearray, report: Callable[[str], None], output: Progress = None) -> int:
     """Remove the agent's complete `@progress`, `@line` and `@alive` lines from `err`, in the order
-    they came, reporting progress and passing journal lines to `output`; anything else stays."""
-    kept, start = bytearray(), 0
+    they came, reporting progress and passing journal lines to `output`; anything else stays.
+    -> the bytes of journal lines taken."""
+    kept, start, streamed = bytearray(), 0, 0
     while True:
         end = err.find(b"\n", start)
         if end < 0:
@@ -312,12 +332,114 @@ def _take_reports(err: bytearray, report: Callable[[str], None], output: Progres
         if line.startswith(PROGRESS_PREFIX):
             report("host: " + line[len(PROGRESS_PREFIX):].decode("utf-8", "replace"))
         elif line.startswith(LINE_PREFIX):
+            streamed += len(line)
             if output is not None:
                 output(line[len(LINE_PREFIX):].decode("utf-8", "replace"))
         elif line != ALIVE_LINE:
             kept += err[start:end + 1]
         start = end + 1
     err[:] = kept + err[start:]
+    return streamed
+
+
+# What an answer may hold where a name or a word of a vocabulary is expected: text beyond these
+# (a job name with an escape sequence, a result "ok\x1b[2J") is refused, not printed. Free text
+# (reasons, journal lines, calendars) is escaped where it is printed (hostside/text.printable).
+_JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # paths._UNIT_WORD: the inventory's name rule
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]{1,256}$")
+_SYSTEMD_WORD = re.compile(r"^[a-z-]{0,40}$")  # ActiveState=, Result=, UnitFileState= values
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+RUN_SOURCES = ("record", "systemd")
+_UNIT_LISTS = ("started", "restarted", "stopped", "enabled_for_boot", "kept_paused", "paused")
+
+
+def _iso_problem(what: str, text: str) -> Optional[str]:
+    if not text:
+        return None
+    try:
+        from datetime import datetime
+
+        datetime.fromisoformat(text)
+    except ValueError:
+        return f"{what} {text[:40]!r} is not an ISO 8601 time"
+    return None
+
+
+def _number_problem(what: str, value) -> Optional[str]:
+    return None if value is None or math.isfinite(value) else f"{what} {value!r} is not a number"
+
+
+def _run_problem(run: protocol.RunInfo) -> Optional[str]:
+    from .report import RUN_RESULTS  # the vocabulary of docs/json.md
+
+    if run.result not in RUN_RESULTS:
+        return f"run result {run.result[:40]!r} is not one of {', '.join(RUN_RESULTS)}"
+    if run.source not in RUN_SOURCES:
+        return f"run source {run.source[:40]!r} is not one of {', '.join(RUN_SOURCES)}"
+    if not _RUN_ID.match(run.run):
+        return f"run id {run.run[:40]!r} is not an id"
+    if run.http_status is not None and not 100 <= run.http_status <= 599:
+        return f"HTTP status {run.http_status!r}"
+    for what in ("started", "slot", "duration"):
+        problem = _number_problem(what, getattr(run, what))
+        if problem:
+            return problem
+    return None
+
+
+def _held_problem(held: Optional[protocol.Held]) -> Optional[str]:
+    if held is None:
+        return None
+    return _iso_problem("held since", held.since) or _number_problem("down for", held.down_for_seconds) \
+        or _number_problem("lease", held.lease_seconds)
+
+
+def answer_problem(answer: Any) -> Optional[str]:
+    """What is wrong with an agent's answer, or None: job names follow the name rule, unit names
+    are unit names, words come from their vocabularies, times parse and numbers are finite."""
+    if isinstance(answer, protocol.StatusAnswer):
+        for job in answer.jobs:
+            if not _JOB_NAME.match(job.job or ""):
+                return f"job name {str(job.job)[:40]!r} breaks the name rule"
+            for unit in (job.timer, job.service):
+                if not _UNIT_NAME.match(unit):
+                    return f"unit name {unit[:40]!r}"
+            for word in (job.timer_state, job.service_state, job.result, job.enabled):
+                if not _SYSTEMD_WORD.match(word):
+                    return f"systemd state {word[:40]!r} is not a systemd word"
+            for what in ("next", "last", "started", "finished"):
+                problem = _iso_problem(what, getattr(job, what))
+                if problem:
+                    return problem
+            if job.last_run is not None:
+                problem = _run_problem(job.last_run)
+                if problem:
+                    return problem
+        return _held_problem(answer.held)
+    if isinstance(answer, protocol.HistoryAnswer):
+        for run in answer.runs:
+            problem = _run_problem(run)
+            if problem:
+                return problem
+        return _number_problem("now", answer.now) or _number_problem("scheduled since", answer.scheduled_since)
+    if isinstance(answer, protocol.RunAnswer):
+        if not _SYSTEMD_WORD.match(answer.result):
+            return f"systemd result {answer.result[:40]!r} is not a systemd word"
+        return _run_problem(answer.run) if answer.run is not None else None
+    if isinstance(answer, (protocol.ReleaseAnswer, protocol.ApplyAnswer, protocol.StateAnswer)):
+        problem = _held_problem(getattr(answer, "released", None) or getattr(answer, "held", None))
+        if problem:
+            return problem
+    if isinstance(answer, protocol.StateAnswer):
+        if answer.owner is not None and not _JOB_NAME.match(answer.owner):
+            return f"owner {answer.owner[:40]!r} breaks the name rule"
+        bad = next((job for job in getattr(answer, "epochs", {}) if not _JOB_NAME.match(job)), None)
+        if bad is not None:
+            return f"job name {bad[:40]!r} breaks the name rule"
+    units = [getattr(answer, "timer", "")] if isinstance(answer, (protocol.PauseAnswer, protocol.ResumeAnswer)) \
+        else [u for name in _UNIT_LISTS for u in getattr(answer, name, ())]
+    bad = next((u for u in units if not _UNIT_NAME.match(u)), None)
+    return f"unit name {bad[:40]!r}" if bad is not None else None
 
 
 def paramiko_errors():
@@ -343,7 +465,14 @@ class Agent:
         except protocol.ProtocolError as error:
             raise AgentRefused(self.host, error.code, f"agent {op}: {error.message}") from None
         if isinstance(answer, protocol.Failure):
+            if answer.code not in protocol.ERROR_CODES:
+                raise RemoteError(self.host, f"agent {op}: refused with an unknown code {answer.code[:40]!r}: "
+                                  f"{answer.message}")
             raise AgentRefused(self.host, answer.code, answer.message)
+        problem = answer_problem(answer)
+        if problem:
+            raise RemoteError(self.host, f"agent {op}: the host's answer is not valid ({problem}); refusing it "
+                              "(a broken or compromised host?)")
         return answer
 
 
@@ -358,9 +487,10 @@ class SSHAgent(Agent):
     def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
         try:
+            follow = isinstance(request, LogsRequest) and request.follow
             raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
                           protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress,
-                          output=output)
+                          output=output, max_streamed=None if follow else MAX_STREAMED)
         except RemoteCommandError as error:
             problem = _setup_problem(self.host_config, self.connection.user, error)
             if problem:

@@ -8,8 +8,7 @@ from typing import Iterable, Mapping, Optional
 from . import systemd
 from .hostside import paths
 from .hostside.cli import EXIT_FENCED
-from .hostside.options import OPTIONS_BY_KEY, command_line, credentials
-from .hostside.run import redact_url
+from .hostside.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
 
@@ -213,10 +212,11 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     secrets = job_credentials(job, epoch)
     soon = [paths.METRICS_SOON_TIMER] if metrics else []
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
-                  sandbox=sandbox, held=paths.HELD)
+                  sandbox=sandbox, held=paths.HELD, not_held=paths.NOT_HELD)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python), fence_argv=fence_argv(job, python),
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
+        shown_url=redact_url(job.url),
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
         on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
         on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)
@@ -319,8 +319,8 @@ def lease_units(host: Host) -> tuple[ManagedFile, ...]:
                                                       service=paths.LEASE_SERVICE)
     service = env.get_template("lease.service.j2").render(
         **common, argv=[host.python, "-m", "deployer.hostside.agent", "--renew-lease", f"{host.lease:g}"])
-    hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, recover=paths.RECOVER_UNIT,
-                                                      python=host.python)
+    hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, not_held=paths.NOT_HELD,
+                                                      recover=paths.RECOVER_UNIT, python=host.python)
     return (ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_SERVICE}", service.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_TIMER}", timer.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{paths.HOLD_UNIT}", hold.encode()))

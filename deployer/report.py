@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 from .hostside.protocol import Held, JobStatus, RunInfo, duration_text
+from .hostside.text import printable
 
 VERSION = 1  # of these documents; a key renamed or dropped is a new version
 # `result` of a job: its last run (ok, failed, running, never), unless it is paused or held.
@@ -93,8 +94,11 @@ class HostStatus:
 
 
 def held_text(held: Optional[Held]) -> Optional[str]:
-    """`was down 2h13m` while the host holds its jobs (its lease ran out while it was down)."""
-    return None if held is None else f"was down {duration_text(held.down_for_seconds)}"
+    """`was down 2h13m` while the host holds its jobs (its lease ran out while it was down);
+    `failing closed` when it holds for another cause (Held.reason says which)."""
+    if held is None:
+        return None
+    return "failing closed" if held.reason else f"was down {duration_text(held.down_for_seconds)}"
 
 
 def held_document(held: Optional[Held]) -> Optional[dict]:
@@ -102,7 +106,7 @@ def held_document(held: Optional[Held]) -> Optional[dict]:
     if held is None:
         return None
     return {"since": held.since, "down_for_seconds": held.down_for_seconds, "lease_seconds": held.lease_seconds,
-            "text": held_text(held)}
+            "reason": held.reason or None, "text": held_text(held)}
 
 
 def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Optional[str], Optional[int],
@@ -160,6 +164,8 @@ def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: floa
 
 
 def _table(rows: list[list[str]]) -> list[str]:
+    """Aligned columns; every cell is text from a host or an inventory, escaped (printable)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
@@ -187,9 +193,11 @@ def status_text(document: dict, now: float) -> str:
     lines = _table(rows)
     for host in document["hosts"]:
         if host["error"]:
-            lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: {host['error']}")
+            lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: "
+                         f"{printable(host['error'])}")
         elif host["held"]:
-            lines.append(f"host {host['host']}: held: {host['held']['text']}: no job runs until `deployer push` "
+            why = f": {host['held']['reason']}" if host["held"].get("reason") else ""
+            lines.append(f"host {host['host']}: held: {host['held']['text']}{why}: no job runs until `deployer push` "
                          f"or `deployer release --host {host['host']}`")
         elif not host["jobs"]:
             lines.append(f"host {host['host']}: no jobs installed")
@@ -272,7 +280,7 @@ def history_text(document: dict) -> str:
         if s["missed"]:
             shown_missed = ", ".join(_local(m) for m in s["missed"][:5])
             text += f" ({shown_missed}{', ...' if len(s['missed']) > 5 else ''})"
-    return "\n".join(lines + [text]) + "\n"
+    return "\n".join(lines + [printable(text)]) + "\n"
 
 
 # -- run, plan, push, move -----------------------------------------------------------------------

@@ -66,6 +66,9 @@ class CronHost:
         self.key = self.workdir / "id_ed25519"
         self.known_hosts = self.workdir / "known_hosts"
         self.log = self.workdir / "console.log"
+        # With `persistent`: the disk's directories to bind read-only at the next start() (a
+        # read-only /var/lib/deployer, for the hold's fail-closed tests).
+        self.read_only: set[str] = set()
 
     # -- preparing the overlay ----------------------------------------------------------
 
@@ -135,15 +138,21 @@ class CronHost:
         ]
         if self.persistent:
             for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private", "/var/log/journal"):
-                outside = self.workdir / "disk" / inside.strip("/").replace("/", "_")
+                outside = self.disk(inside)
                 outside.mkdir(parents=True, exist_ok=True)
-                outside.chmod(0o700 if inside.endswith("private") else 0o755)  # systemd insists
-                command.insert(-1, f"--bind={outside}:{inside}")
+                mode = 0o700 if inside.endswith("private") else 0o755  # systemd insists
+                if outside.stat().st_mode & 0o777 != mode:  # (an immutable one cannot be chmod-ed)
+                    outside.chmod(mode)
+                command.insert(-1, f"--bind{'-ro' if inside in self.read_only else ''}={outside}:{inside}")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self
+
+    def disk(self, inside: str) -> Path:
+        """Where a `persistent` host keeps `inside` (e.g. /var/lib/deployer) on this machine."""
+        return self.workdir / "disk" / inside.strip("/").replace("/", "_")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT

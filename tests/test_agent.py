@@ -1,6 +1,7 @@
 """The host agent, in-process against a temporary root and a fake Systemd (recorded outputs)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -582,6 +583,102 @@ def test_a_push_to_a_held_host_prunes_and_releases(tmp_path):
     assert starts == [("start", "--no-block", "deployer-a.timer")]  # never the pruned one
 
 
+# -- issue 22 item 1: the hold fails closed; item 13: a corrupt hold file ----------------------------
+
+FAIL_CLOSED = f"[Unit]\nConditionPathExists={paths.NOT_HELD}\n[Timer]\nOnCalendar=daily\n"
+
+
+def refuse_writes_to(monkeypatch, path, error=errno.EROFS):
+    """A /var/lib/deployer that is read-only, full or immutable: writing `path` fails as it would."""
+    write_atomically = agent.Host.write_atomically
+
+    def refusing(self, target, text, mode=0o600):
+        if target == path:
+            raise OSError(error, os.strerror(error), target)
+        return write_atomically(self, target, text, mode)
+
+    monkeypatch.setattr(agent.Host, "write_atomically", refusing)
+
+
+@pytest.mark.parametrize("error", [pytest.param(errno.EROFS, id="read-only"), pytest.param(errno.ENOSPC, id="full"),
+                                   pytest.param(errno.EPERM, id="immutable")])
+def test_a_hold_that_cannot_be_written_still_holds_and_says_why(tmp_path, monkeypatch, capsys, error):
+    layout = lease_host(tmp_path, renewed=1000.0, timers=())
+    Path(layout.unit_dir, "deployer-a.timer").write_bytes(unit("a", FAIL_CLOSED))
+    refuse_writes_to(monkeypatch, layout.held, error)
+
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1000.0 + 7980.0) == 1
+
+    assert not os.path.exists(layout.not_held) and not os.path.exists(layout.held)
+    assert os.strerror(error) in capsys.readouterr().err
+    held = LocalAgent("cron01", str(tmp_path), FakeSystemd()).call(StatusRequest()).held
+    assert held is not None and os.strerror(error) in held.reason and held.down_for_seconds == 7980.0
+    assert json.loads(Path(layout.held_run).read_text())["reason"] == held.reason  # for the alert sweep
+
+
+def test_any_error_while_deciding_holds(tmp_path, monkeypatch):
+    layout = lease_host(tmp_path, renewed=1000.0, timers=())
+    Path(layout.unit_dir, "deployer-a.timer").write_bytes(unit("a", FAIL_CLOSED))
+    monkeypatch.setattr(agent, "lease_ran_out", lambda lease, now: 1 / 0)
+
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1001.0) == 1
+
+    assert not os.path.exists(layout.not_held)
+    held = LocalAgent("cron01", str(tmp_path), FakeSystemd()).call(StatusRequest()).held
+    assert "ZeroDivisionError" in held.reason
+
+
+@pytest.mark.parametrize("lease", [pytest.param(True, id="lease-valid"), pytest.param(False, id="no-lease")])
+def test_only_a_boot_that_decided_not_held_lets_the_timers_start(tmp_path, lease):
+    layout = lease_host(tmp_path, renewed=1000.0)
+    if not lease:
+        os.unlink(layout.lease)
+    assert agent.hold_at_boot(layout, FakeSystemd(), now=1100.0) == 0
+    assert os.path.exists(layout.not_held) and not os.path.exists(layout.held)
+
+
+def test_timers_that_wait_for_a_decision_the_boot_never_made_are_held_until_released(tmp_path):
+    """The hold unit did not run (its program unreadable, or it crashed): the timers skip, and
+    status says so; a release confirms the host and starts them."""
+    layout = lease_host(tmp_path, renewed=1000.0, timers=())
+    Path(layout.unit_dir, "deployer-a.timer").write_bytes(unit("a", FAIL_CLOSED))
+    systemd = FakeSystemd()
+    host = LocalAgent("cron01", str(tmp_path), systemd)
+
+    held = host.call(StatusRequest()).held
+    assert held is not None and "did not decide" in held.reason and paths.HOLD_UNIT in held.reason
+
+    answer = host.call(protocol.ReleaseRequest())
+    assert answer.released == held and answer.started == ("deployer-a.timer",)
+    assert os.path.exists(layout.not_held) and host.call(StatusRequest()).held is None
+
+
+def test_a_push_to_a_host_that_never_booted_with_the_hold_unit_lets_its_timers_start(host):
+    """The first push installs the hold unit but it only runs at the next boot: the push decides."""
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a", FAIL_CLOSED)),), expect=files(host)))
+    assert os.path.exists(host.layout.not_held)
+    assert host.call(StatusRequest()).held is None
+
+
+@pytest.mark.parametrize("content", [pytest.param(b"{not json", id="not-json"), pytest.param(b"", id="empty"),
+                                     pytest.param(b'{"since": 1, "color": "red"}', id="unknown-field")])
+def test_a_corrupt_hold_file_holds_and_status_plan_and_push_work(tmp_path, content):
+    """Issue 22 item 13: the message said a push removes it, while state, status and push failed."""
+    layout = lease_host(tmp_path, renewed=1000.0, timers=())
+    systemd = FakeSystemd()
+    host = LocalAgent("cron01", str(tmp_path), systemd)
+    a = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(a, unit("a")),), expect=files(host)))
+    Path(layout.held).write_bytes(content)
+
+    held = host.call(StatusRequest()).held
+    assert held is not None and "held.json" in held.reason and "push" in held.reason
+    assert host.call(StateRequest()).held == held
+    answer = host.call(ApplyRequest(write=(write(a, unit("a", "[Timer]\nOnCalendar=hourly\n")),), expect=files(host)))
+    assert answer.released == held
+    assert not os.path.exists(layout.held) and host.call(StatusRequest()).held is None
+
+
 def test_the_takeover_is_recorded_on_the_host_that_took_the_jobs(host, tmp_path):
     takeover = protocol.Takeover("cron02", ("a",), unreachable_at=5.0, waited_seconds=10.0)
     host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect=files(host),
@@ -597,12 +694,14 @@ def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_w
 
     service, timer, hold = (f.content.decode().splitlines() for f in lease_units(Host("cron01", "x", lease=10.0)))
     for line in ("DefaultDependencies=no", f"Before=sysinit.target shutdown.target {paths.RECOVER_UNIT}",
-                 f"ConditionPathExists={paths.LEASE}", "WantedBy=sysinit.target",
+                 "WantedBy=sysinit.target",
                  "ExecStart=/usr/bin/python3 -m deployer.hostside.agent --hold-at-boot"):
         assert line in hold
     assert "OnUnitActiveSec=3.333s" in timer and "OnBootSec=0" in timer
     assert 'ExecStart="/usr/bin/python3" "-m" "deployer.hostside.agent" "--renew-lease" "10"' in service
     assert switch_plan({}, {f"{U}/{paths.HOLD_UNIT}": "S/h"}, {}, [], set(), {}, 1.0).enable == (paths.HOLD_UNIT,)
+    # It always runs (no condition on the lease): only it writes the marker that lets timers start.
+    assert not [line for line in hold if line.startswith("ConditionPathExists=")]
 
 # -- issue 13: runs from the journal (records, and PID 1's entries for runs killed without one) ------
 

@@ -374,3 +374,126 @@ def test_a_hold_found_at_boot_is_alerted_once_per_hold_and_channel(tmp_path):
     assert len(alert.held_events("cron02", state, "ops", held_path=str(held))) == 1  # a new hold
     held.unlink()
     assert alert.held_events("cron02", state, "ops", held_path=str(held)) == []
+
+
+def test_a_boot_that_could_not_record_its_hold_is_alerted_once_with_the_reason(tmp_path):
+    """Issue 22 item 1: /var/lib/deployer read-only or full at boot: the hold is in /run instead."""
+    held, held_run, state = tmp_path / "held.json", tmp_path / "run-held.json", str(tmp_path)
+    reason = ("the hold check at boot failed ([Errno 30] Read-only file system: "
+              "'/var/lib/deployer/held.json.tmp')")
+    held_run.write_text(json.dumps({"since": "2026-12-06T04:00:00+00:00", "down_for_seconds": 60.0,
+                                    "lease_seconds": 10.0, "reason": reason}))
+
+    events = alert.held_events("cron02", state, "ops", held_path=str(held), held_run=str(held_run))
+
+    assert alert.held_events("cron02", state, "ops", held_path=str(held), held_run=str(held_run)) == []
+    title, text = alert.format_events(events)
+    assert title == "deployer: host cron02 HOLDS its jobs (failing closed)"
+    assert "Read-only file system" in text and "deployer release --host cron02" in text
+    failed = {"kind": "failed", "job": "tick", "host": "cron02", "method": "POST", "url": "http://h/x",
+              "result": "signal", "exit_status": 15, "time": "2026-12-06T04:00:00+00:00", "lines": []}
+    title, text = alert.format_events([failed] + events)  # merged with a boot's failures
+    assert title == "deployer: host cron02 HOLDS its jobs; 1 job run failed"
+    assert "Read-only file system" in text
+
+
+# --- issue 22 item 5: a service's text stays text in every channel ------------------------------
+
+HOSTILE = ["<!channel> <!here> <@U024BE7LH> <http://evil.example/|click here> & more",
+           "[login](http://evil.example/phish) ![pixel](http://evil.example/track.png)",
+           '<at user_id="all">everyone</at> <font color="warning">fake</font> <@wecom-user>',
+           "# heading **bold** `code` | table | ~strike~\n[ref]: http://evil.example/ref"]
+
+
+def _message_text(kind: str, message: dict) -> str:
+    if kind in ("dingtalk", "wecom"):
+        return message["markdown"].get("text") or message["markdown"]["content"]
+    if kind == "feishu":
+        return message["content"]["text"]
+    return message["text"]
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "wecom", "feishu", "slack", "webhook"])
+def test_issue22_5_a_bodys_markup_reaches_no_channel_as_markup(robot, kind):
+    """Before: the excerpt went into Slack raw (`<!channel>` pinged everyone, `<url|text>` was a
+    link) and into DingTalk/WeCom markdown raw (links, images), and Feishu read `<at>`."""
+    secret = robot.secret if kind in ("dingtalk", "feishu") else ""
+    channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    event = {**EVENT, "lines": HOSTILE}
+    assert alert.deliver(channel, [event], log=lambda _: None)
+    text = _message_text(kind, robot.accepted[0])
+    assert "settle" in text and "cron01" in text
+    if kind == "slack":  # Slack's own escaping: &amp; &lt; &gt;, nothing else is markup there
+        assert "<" not in text and ">" not in text
+        assert "&lt;!channel&gt;" in text and "&lt;http://evil.example/|click here&gt;" in text
+        assert "&amp; more" in text
+    if kind in ("dingtalk", "wecom"):
+        data = text.split("\n\n> ", 1)[1]
+        for markup in ("](", "![", "<", "**bold", "`code`", "> # heading", "\n[ref]"):
+            assert markup not in data, f"{markup!r} reached {kind}'s markdown"
+        assert "\\# heading \\*\\*bold" in data
+        assert "\\[login\\]\\(http://evil.example/phish\\)" in data
+    if kind == "feishu":
+        assert "<at" not in text and "</at>" not in text and "＜at user_id" in text
+    if kind == "webhook":  # JSON carries text as text; only the data's newline is gone
+        assert all(line.replace("\n", " ") in text for line in HOSTILE)
+    assert "\n[ref]" not in text, "a newline in data started a block of its own"
+
+
+def test_issue22_5_each_channel_type_declares_its_escaping():
+    for kind in channels.CHANNEL_TYPES.values():
+        assert kind.escape("a\nb") == "a b"
+    assert channels.CHANNEL_TYPES["slack"].escape("<!channel>") == "&lt;!channel&gt;"
+    assert "](" not in channels.CHANNEL_TYPES["dingtalk"].escape("[x](http://y)")
+
+
+# --- issue 22 item 11: an alert storm names every failed job ------------------------------------
+
+STORM = REPO / "tests" / "data" / "alerts"
+
+
+def storm_events(monkeypatch) -> list:
+    """82 failed runs at once, from a journal in the shape `journal_failed_runs` reads (PID 1's
+    "exited" and "Failed with result" entries) and each run's own lines (`run_lines`)."""
+    runs = alert.parse_failed_runs((STORM / "storm-82-failed-runs.json").read_text().splitlines())
+    lines = json.loads((STORM / "storm-82-run-lines.json").read_text())
+    monkeypatch.setattr(alert, "run_lines", lambda invocation: lines.get(invocation, []))
+    return [alert.failed_run_event(alert.paths.job_of_unit(r.unit), "cron01", r) for r in runs]
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "slack"])
+def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, monkeypatch, kind):
+    """Before: the merged message was cut at 4,000 characters and named 11 of the 82 jobs."""
+    events = storm_events(monkeypatch)
+    names = {e["job"] for e in events}
+    assert len(names) == 82
+    clock = Clock()
+    secret = robot.secret if kind == "dingtalk" else ""
+    channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    send = lambda batch: alert.deliver(channel, batch, log=lambda _: None)  # noqa: E731
+    # The first RATE_LIMIT alerts go out one by one; the others queue and wait for the window,
+    # and the first of them to get through sends every queued one as one merged message.
+    for event in events[:alert.RATE_LIMIT]:
+        assert coalescer.run(event, send)
+    late = events[alert.RATE_LIMIT:]
+    queued = [coalescer.enqueue(event) for event in late]
+    assert all(coalescer.run(e, send, queued=q) for e, q in zip(late, queued))
+
+    texts = [_message_text(kind, message) for message in robot.accepted]
+    assert all(len(text) <= alert.MAX_TEXT for text in texts)
+    named = {name for name in names if any(name in text for text in texts)}
+    assert named == names, f"{len(names - named)} of 82 failed jobs named in no message: {sorted(names - named)}"
+    merged = texts[alert.RATE_LIMIT:]
+    assert merged and all("64 job runs failed on cron01" in text for text in merged)
+    assert "(truncated)" not in "".join(texts)
+
+
+def test_issue22_11_a_storm_too_large_for_one_message_is_split_into_parts():
+    events = [{**EVENT, "job": f"job-with-a-rather-long-name-{i:04d}"} for i in range(400)]
+    messages = alert.format_messages(events)
+    assert len(messages) > 1 and all(len(text) <= alert.MAX_TEXT for _, text in messages)
+    assert messages[0][0].endswith(f"(part 1 of {len(messages)})")
+    together = "".join(text for _, text in messages)
+    assert all(e["job"] in together for e in events)
+    assert "400 runs of 400 jobs" in together

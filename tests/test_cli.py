@@ -76,3 +76,101 @@ def test_a_bad_since_is_a_usage_error(deployer, tmp_path):
     path.write_text(JOB_ON_CRON02)
     result = deployer("history", "settle-hourly", "--since", "last week", "-i", str(path), check=False)
     assert result.returncode == 2 and "neither a duration (7d, 36h, 90m) nor an ISO 8601" in result.stderr
+
+
+# --- issue 22 item 4: nothing a host or a service sends reaches the terminal raw ----------------
+
+import json  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+
+from deployer import cli, remote  # noqa: E402
+from deployer.hostside import protocol  # noqa: E402
+
+# A service's body and a compromised host's fields: clear screen, cursor moves, OSC 0 (window
+# title), OSC 8 (a link), bell, backspaces, a carriage return, 8-bit CSI, DEL.
+EVIL = ("\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\"
+        "ok\b\b\bFAILED\rall good\x9b2J\x7f")
+RAW = ("\x1b", "\x07", "\x08", "\r", "\x9b", "\x9d", "\x7f")
+
+
+class HostileAgent(remote.Agent):
+    """Answers as a compromised host would: every free-text field full of escapes (through the
+    real protocol decoding and answer checks, as over SSH)."""
+
+    host = "cron01"
+
+    def __init__(self, body: dict):
+        self.body = body
+
+    def call(self, request, progress=None, output=None):
+        op = protocol.OP_OF_REQUEST[type(request)]
+        if output is not None:
+            for line in (f"attempt 1/1: -> 500: {EVIL}", EVIL):
+                output(line)
+        raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": True, "body": self.body[op]}).encode()
+        return self._answer(request, raw)
+
+
+RUN_INFO = {"run": "0b1d", "started": 1796529600.0, "result": "failed", "reason": f"status 500: {EVIL}",
+            "slot": 1796529600, "duration": 0.5, "attempts": 1, "http_status": 500, "source": "record"}
+ANSWERS = {
+    "run": {"ok": False, "result": "exit-code", "exit_status": 1, "output": f"{EVIL}\nsecond line {EVIL}",
+            "error": "", "run": RUN_INFO},
+    "logs": {"output": f"Dec 06 04:00:00 cron01 deployer-settle[1]: {EVIL}\nnext line\r\x1b[1A{EVIL}\n"},
+    "status": {"jobs": [{"job": "settle", "timer": "deployer-settle.timer", "service": "deployer-settle.service",
+                         "timer_state": "active", "enabled": "enabled", "calendar": [f"*-*-* 03:00:00{EVIL}"],
+                         "next": "", "last": "", "paused": False, "service_state": "inactive", "result": "",
+                         "exit_status": 0, "started": "", "finished": "", "last_run": RUN_INFO}], "held": None},
+    "history": {"runs": [RUN_INFO], "now": 1796529700.0, "scheduled_since": 0.0},
+}
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[host:cron01]\naddress = 10.0.0.1\n[job:settle]\nhost = cron01\n"
+                         "schedule = 0 3 * * *\nurl = http://svc/settle\n")
+
+    def run(*args, answers=ANSWERS):
+        monkeypatch.setattr(cli, "_connect", lambda inv, host: HostileAgent(answers))
+        return CliRunner().invoke(cli.main, [*args, "-i", str(inventory)])
+
+    return run
+
+
+@pytest.mark.parametrize("args", [("run", "settle"), ("logs", "settle"), ("logs", "settle", "-f"), ("status",),
+                                  ("history", "settle")], ids=" ".join)
+def test_issue22_4_a_hostile_host_or_service_prints_no_control_character(hostile, args):
+    """Before: `run`, `logs`, `logs -f` printed the service's body raw, and `status` every field
+    of a compromised host's answer: the terminal cleared, moved, retitled, linked, rewrote."""
+    result = hostile(*args)
+    printed = result.output
+    assert "pwned" in printed or "next line" in printed or "settle" in printed, printed
+    assert not [c for c in RAW if c in printed], f"raw control characters in {printed!r}"
+    assert "\\e[2J" in printed or args == ("status",) and "\\e]0;pwned\\a" in printed
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("job", "settle\x1b[2J", "job name"),
+    ("job", "../../etc", "job name"),
+    ("result", "exit-code\x1b]0;x\x07", "systemd state"),
+    ("next", "tomorrow\x1b[H", "not an ISO 8601 time"),
+])
+def test_issue22_4_names_and_words_outside_their_rules_are_refused(hostile, field, value, problem):
+    answers = json.loads(json.dumps(ANSWERS))
+    answers["status"]["jobs"][0][field] = value
+    result = hostile("status", answers=answers)
+    assert result.exit_code == 1
+    assert "answer is not valid" in result.output and problem in result.output
+    assert "\x1b" not in result.output
+
+
+@pytest.mark.parametrize("field, value", [("result", "ok\x1b[2J"), ("source", "cache"), ("run", "\x1b]8;;x"),
+                                          ("started", float("nan"))])
+def test_issue22_4_a_run_outside_its_vocabulary_is_refused(hostile, field, value):
+    answers = json.loads(json.dumps(ANSWERS))
+    answers["history"]["runs"][0][field] = value
+    result = hostile("history", "settle", answers=answers)
+    assert result.exit_code == 1 and "answer is not valid" in result.output
+    assert "\x1b" not in result.output

@@ -270,3 +270,44 @@ def test_an_address_with_ssh_shorthand_says_where_each_part_goes(value, message)
 @pytest.mark.parametrize("value", ["10.0.0.5", "cron01.example.com", "fd00::5", "fe80::1%eth0"])
 def test_plain_addresses_and_ipv6_are_accepted(value):
     assert parse(f"[host:cron01]\naddress = {value}\n").hosts[0].address == value
+
+
+# -- issue 22 item 12: what systemd or this machine cannot take is refused by validate -----------
+
+BIG_JOB = "[job:big]\nschedule = * * * * *\nurl = http://svc/x\n"
+
+
+def test_a_body_over_systemds_credential_limit_is_refused_with_the_limit():
+    from deployer.hostside.options import CREDENTIALS_LIMIT, MAX_CREDENTIALS
+
+    assert parse(HOST + BIG_JOB + "body = " + "x" * (MAX_CREDENTIALS - len("body")) + "\n").jobs[0].body
+    found = problems(HOST + BIG_JOB + "body = " + "x" * (1024 * 1024 + 1) + "\n")
+    assert len(found) == 1 and found[0].startswith("inv.ini:6: [job:big] body: the run's credentials (body) "
+                                                    "come to 1048581 bytes")
+    assert str(CREDENTIALS_LIMIT) in found[0] and "exit 243" in found[0]
+
+
+def test_credentials_count_together_and_name_the_largest():
+    headers = "headers = X-A: " + "h" * 600_000 + "\n"
+    found = problems(HOST + BIG_JOB + headers + "body = " + "b" * 500_000 + "\n")
+    assert len(found) == 1 and "[job:big] headers: the run's credentials (body, headers)" in found[0]
+
+
+def test_a_huge_inventory_is_refused_before_it_is_read(tmp_path):
+    from deployer.inventory import MAX_INVENTORY
+
+    path = tmp_path / "inventory.ini"
+    path.write_text(HOST + BIG_JOB + ";" + "x" * MAX_INVENTORY + "\n")
+    with pytest.raises(InventoryError) as refused:
+        inventory.load(str(path))
+    assert f"inventory.ini: is {path.stat().st_size} bytes: an inventory may be at most {MAX_INVENTORY} bytes (8 MiB)" \
+        in str(refused.value)
+
+
+def test_a_huge_local_file_is_refused_without_reading_it_whole(tmp_path):
+    from deployer.hostside.options import MAX_CREDENTIALS
+
+    big = tmp_path / "ca.pem"
+    big.write_bytes(b"x" * (MAX_CREDENTIALS + 10))
+    found = problems(HOST + BIG_JOB + f"ca_file = {big}\n")
+    assert len(found) == 1 and f"[job:big] ca_file: {big} is over {MAX_CREDENTIALS} bytes" in found[0]

@@ -230,7 +230,9 @@ def test_a_changed_slot_header_is_refused(start):
     assert service.executions() == {}
 
 
-@pytest.mark.parametrize("age", [301, -301])
+# A stamp from the future comes closer to the service's clock while the request travels: on a
+# loaded machine a second or more, so its margin is wider than the past one's (which only grows).
+@pytest.mark.parametrize("age", [301, -330])
 def test_a_stale_timestamp_is_refused(start, age):
     service = start()
     assert service.call("POST", "/sync/settle", stamp=int(time.time()) - age).status == 401

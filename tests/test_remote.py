@@ -1,6 +1,7 @@
 """remote.execute against a scripted paramiko channel: read to the end, give up on a silent host."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -180,3 +181,67 @@ def test_without_known_hosts_in_the_inventory_the_users_file_is_read_as_ssh_does
     (tmp_path / ".ssh" / "known_hosts").write_text(f"[10.0.0.5]:2222 ssh-ed25519 {key}\n")
     client = remote.connect(Host(name="cron01", address="10.0.0.5", port=2222)).client
     assert client.get_host_keys().lookup("[10.0.0.5]:2222")["ssh-ed25519"].get_base64() == key
+
+
+# --- issue 22 item 4: a host answering without end -----------------------------------------------
+
+class EndlessChannel(ScriptedChannel):
+    """A compromised host's agent: stdout (or `@line`s on stderr) that never ends."""
+
+    def __init__(self, stderr: bool = False):
+        super().__init__([])
+        self.stderr, self.sent = stderr, 0
+        self.send_eof = False
+
+    def recv_ready(self):
+        return not self.stderr
+
+    def _count(self, size):
+        self.sent += size
+        if self.sent > 64 << 20:  # a client without a cap would read until it runs out of memory
+            raise AssertionError("read 64 MiB of an endless answer: no cap")
+
+    def recv(self, size):
+        self._count(size)
+        return b"x" * size
+
+    def recv_stderr_ready(self):
+        return self.stderr
+
+    def recv_stderr(self, size):
+        self._count(size)
+        return (b"@line \x1b[2J" + b"y" * 1000 + b"\n") * (size // 1010)
+
+
+@pytest.mark.parametrize("stderr", [False, True], ids=["answer", "line-stream"])
+def test_issue22_4_an_endless_answer_is_cut_at_the_cap_with_one_line(stderr, monkeypatch):
+    """Before: the client read a hostile host's endless answer until it held 2.6 GB."""
+    monkeypatch.setattr(remote, "MAX_ANSWER", 4 << 20)
+    monkeypatch.setattr(remote, "MAX_STREAMED", 4 << 20)
+    channel = EndlessChannel(stderr=stderr)
+    lines: list = []
+    with pytest.raises(RemoteError) as caught:
+        remote.execute(Connection(channel), HOST, "agent", b"{}", step="agent logs", output=lines.append,
+                       max_streamed=remote.MAX_STREAMED)
+    message = " ".join(caught.value.lines())
+    assert "\n" not in message and "sent more than 4 MiB" in message and "10.0.0.5" in message
+    assert channel.sent < 6 << 20, "it stopped reading at the cap"
+
+
+def test_issue22_4_a_stderr_line_without_end_is_cut_too(monkeypatch):
+    channel = EndlessChannel(stderr=True)
+    channel.recv_stderr = lambda size: channel._count(size) or b"z" * size
+    with pytest.raises(RemoteError, match="MiB of other output"):
+        remote.execute(Connection(channel), HOST, "agent", b"{}", step="agent status")
+    assert channel.sent < (1 << 20) + 2 * 65536
+
+
+def test_issue22_4_a_refusal_with_a_code_outside_the_protocol_is_not_taken_as_one():
+    from deployer.hostside import protocol
+
+    agent = remote.LocalAgent("cron01", "/nonexistent", None)
+    raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": False,
+                      "error": {"code": "locked\x1b[2J", "message": "held by \x1b]0;pwned\x07"}}).encode()
+    with pytest.raises(RemoteError, match="unknown code") as caught:
+        agent._answer(protocol.StatusRequest(), raw)
+    assert not isinstance(caught.value, remote.AgentRefused)

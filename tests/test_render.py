@@ -36,7 +36,12 @@ def test_secrets_are_only_in_root_only_credential_files():
     files = host_files(inv, "cron01")
     secret_files = {f.path: (f.content, f.mode) for f in files if f.secret}
     assert secret_files == {"/etc/deployer/credentials/ops.token": (b"tok-not-in-units", 0o600),
-                            "/etc/deployer/credentials/ops.secret": (b"sec-not-in-units", 0o600)}
+                            "/etc/deployer/credentials/ops.secret": (b"sec-not-in-units", 0o600),
+                            # Issue 22 item 3: a URL with a password or an api_key travels whole as a
+                            # credential; units (Description=, ExecStart=, X-Deployer-Request) show it redacted.
+                            "/etc/deployer/credentials/jobs.secret-url.url": (
+                                b"http://svc:tok-not-in-units@settle-service:8080/api/poll?page=1&api_key=sec-not-in-units",
+                                0o600)}
     for f in files:
         if not f.secret:
             assert b"not-in-units" not in f.content
@@ -101,3 +106,14 @@ def test_a_jobs_period_is_the_longest_gap_between_two_runs(tmp_path, schedule, o
     (tmp_path / "inv.ini").write_text(f"[host:h]\naddress = a\n[job:j]\n{key}\nurl = http://x/\n")
     [job] = inventory.load(str(tmp_path / "inv.ini")).jobs
     assert periods([job]) == {"j": period}
+
+
+def test_units_a_frequent_timer_starts_have_no_start_limit():
+    """Issue 22 item 2: systemd's default start limit (5 starts in 10 s) refused a 2 s job's sixth
+    run (start-limit-hit: a lost slot, a false alert). Every unit that a run or a timer starts
+    often turns it off; the timers and their RestartSec= bound the starts."""
+    files = rendered()
+    for name in ("deployer-settle-hourly.service", "deployer-odd-url.service", "deployer-alert-ops@.service",
+                 "deployer-recovery-ops@.service", "deployer-host@metrics.service"):
+        unit = files[name].decode().split("\n[Service]")[0]
+        assert "\nStartLimitIntervalSec=0\n" in unit, name

@@ -27,7 +27,7 @@ RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status"
 PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
 PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
                          "recovered_interrupted_push", "released"}
-HELD_KEYS = {"since", "down_for_seconds", "lease_seconds", "text"}
+HELD_KEYS = {"since", "down_for_seconds", "lease_seconds", "reason", "text"}
 MOVE_KEYS = ENVELOPE | {"moved", "from", "to", "source_unreachable", "waited_seconds", "forced"}
 
 NOW = datetime(2026, 11, 25, 14, 0, 0, tzinfo=timezone.utc).timestamp()
@@ -184,7 +184,7 @@ def test_a_held_host_says_how_long_it_was_down_in_text_and_as_data():
     assert [row["result"] for row in doc["jobs"]] == ["held"] and doc["jobs"][0]["held"] == "was down 2h13m"
     assert set(doc["hosts"][0]["held"]) == HELD_KEYS
     assert doc["hosts"][0]["held"] == {"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 7980.0,
-                                       "lease_seconds": 300.0, "text": "was down 2h13m"}
+                                       "lease_seconds": 300.0, "reason": None, "text": "was down 2h13m"}
     assert "held: was down 2h13m" in report.status_text(doc, NOW)
 
 

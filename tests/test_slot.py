@@ -19,9 +19,9 @@ SHANGHAI_2AM = 1796148000
 def every(step: int, offset: int = 0):
     """A fake `analyze` for a calendar firing at offset + k*step (what systemd-analyze would say)."""
 
-    def analyze(line, base, iterations):
+    def analyze(lines, base, iterations):
         first = ((base - offset) // step + 1) * step + offset
-        return [first + k * step for k in range(iterations)]
+        return [[first + k * step for k in range(iterations)] for _ in lines]
 
     return analyze
 
@@ -29,7 +29,7 @@ def every(step: int, offset: int = 0):
 def test_the_recorded_systemd_analyze_output_is_read_as_utc_instants(monkeypatch):
     recorded = (DATA / "daily-shanghai.txt").read_text()
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, recorded, ""))
-    found = slot.analyze("*-*-* 02:00:00 Asia/Shanghai", 1796083130, 100)
+    found, = slot.analyze(["*-*-* 02:00:00 Asia/Shanghai"], 1796083130, 100)
     assert len(found) == 100 and found[0] == SHANGHAI_2AM and found[1] - found[0] == DAY
 
 
@@ -49,17 +49,25 @@ def test_a_catch_up_after_days_down_names_the_latest_missed_slot():
     assert slot.latest_elapse(["daily"], 3 * DAY + 5 * 3600, every(DAY, 2 * 3600)) == 3 * DAY + 2 * 3600
 
 
-def test_several_lines_give_the_latest_of_all():
-    assert slot.latest_elapse(["a", "b"], 1000, lambda line, base, n: every(300 if line == "a" else 7 * DAY, 999)(
-        line, base, n)) == 999
+def test_several_lines_give_the_latest_of_all_in_one_call_when_on_time():
+    calls = []
+
+    def two(lines, base, n):
+        calls.append(list(lines))
+        return [every(300 if line == "a" else 7 * DAY, 999 if line == "b" else 0)([line], base, n)[0]
+                for line in lines]
+
+    assert slot.latest_elapse(["a", "b"], 1000, two) == 999
+    assert slot.latest_elapse(["a", "b"], 7 * DAY + 999.5, two) == 7 * DAY + 999
+    assert calls == [["a", "b"]] * 2, "one call each: the first window holds the slot of a run on time"
 
 
 def test_a_dense_calendar_walks_forward_through_the_window():
     calls = []
 
-    def analyze(line, base, iterations):
+    def analyze(lines, base, iterations):
         calls.append(base)
-        return every(1)(line, base, iterations)
+        return every(1)(lines, base, iterations)
 
     assert slot.latest_elapse(["*:*:*"], 10_000_000, analyze) == 10_000_000
     assert len(calls) == 1, "a window holds a one-second calendar's slot in the first call"
@@ -115,7 +123,7 @@ def test_an_unreadable_calendar_falls_back_to_the_elapse_second(tmp_path):
     stamp.touch()
     os.utime(stamp, (1000.7, 1000.7))
 
-    def broken(line, base, iterations):
+    def broken(lines, base, iterations):
         raise ValueError("no systemd-analyze")
 
     lines = []

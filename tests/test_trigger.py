@@ -187,6 +187,41 @@ def test_probe16_4_a_certificate_that_fails_verification_is_not_retried(tmp_path
         httpd.shutdown()
 
 
+# --- issue 22 item 3: secrets in a job URL -----------------------------------------------------
+
+@pytest.mark.parametrize("url, shown", [
+    pytest.param("http://svc:PASSWORD@h/x?api_key=TOKEN", "http://svc:***@h/x?api_key=***", id="userinfo-and-key"),
+    pytest.param("https://TOKEN@h/x", "https://***@h/x", id="user-name-alone"),
+    pytest.param("http://h/x?a=1&Access_Token=abc&b=&sig=zz&page=2#f",
+                 "http://h/x?a=1&Access_Token=***&b=&sig=***&page=2#f", id="only-secret-looking-values"),
+    pytest.param("https://h.example/a%20b/$x;y?q='\"&z=\\é", "https://h.example/a%20b/$x;y?q='\"&z=\\é", id="no-secret"),
+])
+def test_redact_url_hides_userinfo_and_secret_looking_query_values(url, shown):
+    assert run.redact_url(url) == shown
+
+
+def test_a_url_with_a_secret_reaches_the_run_as_a_credential_and_the_command_line_redacted(server, tmp_path):
+    from deployer.hostside import options
+
+    server.routes["/x"] = json_reply({"code": 0})
+    url = server.url("/x").replace("http://", "http://svc:PASSWORD@") + "?api_key=TOKEN&page=2"
+    values = {"url": url, "method": "GET", "retries": 0}
+    argv = options.command_line(values)
+    assert "PASSWORD" not in " ".join(argv) and "TOKEN" not in " ".join(argv)
+    assert options.credentials(values) == {"url": url.encode()}
+    assert options.credentials({"url": server.url("/x")}) == {}  # nothing to hide: no credential
+    (tmp_path / "url").write_bytes(options.credentials(values)["url"])
+
+    ran = subprocess.run([sys.executable, str(REPO / "trigger.py"), "--job", "x", *argv], capture_output=True,
+                         text=True, env={"CREDENTIALS_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    request = server.received("/x")[0]
+    assert request.path == "/x?api_key=TOKEN&page=2"
+    assert request.headers["Authorization"] == "Basic " + __import__("base64").b64encode(b"svc:PASSWORD").decode()
+    assert "PASSWORD" not in ran.stdout + ran.stderr and "TOKEN" not in ran.stdout + ran.stderr
+
+
 # --- once at the service (issue 21) -----------------------------------------------------------
 
 @pytest.mark.parametrize("status, reached", [
@@ -293,3 +328,40 @@ def test_a_202_without_location_fails_an_async_job(server):
 def test_a_sync_job_takes_a_202_as_success_as_before(server):
     server.routes["/long"] = Reply(202, b"", headers={"Location": "/ops/1"})
     assert run.run_job(spec(server, "/long"), log=lambda _: None).ok
+
+
+# --- issue 22 item 9: a service that echoes the request's secrets ------------------------------
+
+TOKEN = "tok-SECRET-7e3f9a1c"
+SIGN = "sign-SECRET-55aa"
+PASSWORD = "pw-SECRET-0b0b"
+
+
+def echo_headers(record) -> Reply:
+    """A 401 page that shows the request's headers (many frameworks' debug pages do)."""
+    ordered = sorted(record.headers.items(), key=lambda item: item[0].lower() != "authorization")
+    shown = "".join(f"{name}: {value}<br>" for name, value in ordered)
+    return Reply(401, f"<h1>401 Unauthorized</h1>{shown}".encode(), content_type="text/html")
+
+
+# The token starts at character 47 of the page: padded by 144 or 148, the excerpt's cut at 200
+# falls inside it.
+@pytest.mark.parametrize("padding", [0, 144, 148], ids=lambda n: f"padding{n}")
+def test_issue22_9_secrets_a_service_echoes_never_reach_the_log_or_the_reason(server, padding):
+    """Before: the excerpt of the 401 page put `Authorization: Bearer ...` into the run's lines
+    (its journal, `deployer run`, the alert); a cut at 200 characters could leave half of it."""
+    server.routes["/echo"] = lambda record: Reply(401, b"x" * padding + echo_headers(record).body)
+    server.routes["/biz"] = lambda record: json_reply({"code": 1, "token": record.headers.get("Authorization")})
+    lines: list[str] = []
+    url = server.url("/echo").replace("http://", f"http://svc:{PASSWORD}@")
+    echoed = run.run_job(run.JobSpec(name="x", url=url, headers=(("Authorization", f"Bearer {TOKEN}"),),
+                                     sign_secret=SIGN), log=lines.append)
+    judged = run.run_job(run.JobSpec(name="x", url=server.url("/biz"), expect_json='token="no"',
+                                     headers=(("Authorization", f"Bearer {TOKEN}"),)), log=lines.append)
+    assert not echoed.ok and not judged.ok
+    assert server.received("/echo")[0].headers["Authorization"] == f"Bearer {TOKEN}", "the request itself is intact"
+    everything = "\n".join(lines + [echoed.reason, judged.reason])
+    assert "401" in everything and "***" in everything
+    for secret in (TOKEN, SIGN, PASSWORD):
+        for start in range(0, len(secret) - 6):  # nor any 7 characters of it (a cut half)
+            assert secret[start:start + 7] not in everything, f"{secret} leaked: {everything}"

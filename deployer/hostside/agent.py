@@ -824,17 +824,45 @@ class Host:
                              "with `deployer move`" % (owner.get("host"), self.name))
 
     def read_held(self):
-        """Held when this host holds its jobs (paths.HELD), else None."""
+        """Held when this host holds its jobs, else None. Fail closed: a hold file that cannot be
+        read still holds (its timers skip while it exists), and so does a boot whose hold check
+        failed (paths.HELD_RUN) or never decided (no paths.NOT_HELD, which the job timers need)."""
         shown = self.layout.to_host(self.layout.held)
-        document = self.read_state_file(self.layout.held, "this host holds its jobs",
-                                        "`deployer release --host %s` (or a push) removes it" % self.name)
-        if document is None:
-            return None
+        way_out = "`deployer release --host %s` (or a push) removes it" % self.name
         try:
-            return protocol.from_json(Held, document)
+            document = self.read_state_file(self.layout.held, "this host holds its jobs", way_out)
+            return None if document is None else protocol.from_json(Held, document)
+        except AgentError as error:
+            return Held(reason=str(error))
         except protocol.ProtocolError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "%s is corrupt (%s): the host holds its jobs; "
-                             "`deployer release` ends that" % (shown, error.message))
+            return Held(reason="%s is corrupt (%s): the host holds its jobs; %s" % (shown, error.message, way_out))
+
+    def read_held_at_boot(self):
+        """The hold of a boot check that could not write paths.HELD, or of one that never decided."""
+        try:
+            document = self.read_state_file(self.layout.held_run, "the hold this boot decided", "")
+            if document is not None:
+                return protocol.from_json(Held, document)
+        except (AgentError, protocol.ProtocolError) as error:
+            return Held(reason=str(getattr(error, "message", error)))
+        if os.path.exists(self.layout.not_held) or not self.timers_need_a_decision():
+            return None
+        return Held(reason="the hold check at boot did not decide (see `journalctl -b -u %s` on the host)"
+                    % paths.HOLD_UNIT)
+
+    def timers_need_a_decision(self):
+        """Whether the installed job timers wait for paths.NOT_HELD (those of older pushes do not)."""
+        condition = "ConditionPathExists=" + paths.NOT_HELD
+        for timer in self.job_timers():
+            with contextlib.suppress(OSError), open(os.path.join(self.layout.unit_dir, timer), encoding="utf-8") as f:
+                if condition in f.read():
+                    return True
+        return False
+
+    def mark_not_held(self):
+        """The job timers may start (paths.NOT_HELD): the boot check found the lease valid, or a
+        push or release confirmed what this host owns."""
+        self.write_atomically(self.layout.not_held, "", 0o644)
 
     def job_timers(self):
         """The job timers installed here (files; whatever systemd thinks of them)."""
@@ -848,23 +876,35 @@ class Host:
         """End a hold: the job timers (but paused ones and `skip`, which the caller starts or
         removes) start again, their last trigger now: the runs missed while the host was down and
         then held are not made up (another host may have run them). -> (Held or None, started)"""
-        if not os.path.lexists(self.layout.held):
+        held = self.current_hold()
+        if held is None:
+            self.mark_not_held()
             return None, ()
-        try:
-            held = self.read_held()
-        except AgentError:
-            held = Held()  # a corrupt marker still holds; releasing it is what was asked
         leave = self.paused_timers() | set(skip)
         timers = [t for t in self.job_timers() if t not in leave]
         self.set_last_trigger(timers, time.time())
         self.regrant(self.epochs())
-        os.unlink(self.layout.held)
+        for marker in (self.layout.held, self.layout.held_run):
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise AgentError(protocol.CORRUPT_STATE, "cannot remove %s (%s): the host still holds its jobs; "
+                                 "make %s writable and release again"
+                                 % (self.layout.to_host(marker), error.strerror,
+                                    os.path.dirname(self.layout.to_host(marker))))
+        self.mark_not_held()  # before any timer starts: each needs it
         if timers:
             progress("releasing the hold: starting %d timers" % len(timers))
             for chunk in chunks(timers, UNIT_CHUNK):
                 self.systemd.systemctl("start", "--no-block", *chunk)
             self.systemd.wait_active(timers)
         return held, tuple(timers)
+
+    def current_hold(self):
+        """The hold in force: the one on disk, else the one this boot decided (or failed to)."""
+        return self.read_held() or self.read_held_at_boot()
 
     def record_takeover(self, takeover):
         shown = self.layout.to_host(self.layout.takeovers)
@@ -896,7 +936,7 @@ def op_state(host, request):
                     contents[path] = base64.b64encode(handle.read()).decode()
     owner = host.read_owner()
     return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
-                       owner=(owner or {}).get("host"), held=host.read_held(), epochs=host.epochs())
+                       owner=(owner or {}).get("host"), held=host.current_hold(), epochs=host.epochs())
 
 
 def op_apply(host, request):
@@ -1002,7 +1042,7 @@ def check_unmanaged(host, current, writes, removes):
 def op_status(host, request):
     timers = sorted(unit_name(p) for p in host.managed_files()
                     if p.endswith(".timer") and paths.job_of_unit(p) is not None)
-    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.read_held())
+    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.current_hold())
 
 
 def job_statuses(host, timers):
@@ -1303,9 +1343,12 @@ RESUME_TTL = 900
 
 def hold_at_boot(layout=None, systemd=None, now=None):
     """deployer-lease@boot.service: before any timer, hold every job when the lease ran out while
-    the host was down (its jobs may have moved). -> exit status"""
+    the host was down (its jobs may have moved). Fail closed: the job timers start only once this
+    has written paths.NOT_HELD, so an error anywhere here holds; the hold goes to paths.HELD, or
+    to paths.HELD_RUN when that cannot be written (a read-only or full /var). -> exit status"""
     host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
     now = time.time() if now is None else now
+    held = None
     try:
         with host.locked():
             if os.path.lexists(host.layout.held):
@@ -1317,18 +1360,28 @@ def hold_at_boot(layout=None, systemd=None, now=None):
             except AgentError:
                 lease = {}
             if lease is None:
+                host.mark_not_held()
                 print("deployer: no lease recorded: the jobs run")
                 resume_interrupted(host)
                 return 0
             held = lease_ran_out(lease, now)
             if held is None:
+                host.mark_not_held()
                 print("deployer: lease still valid (renewed %s before this boot): the jobs run"
                       % protocol.duration_text(now - float(lease["renewed"])))
                 resume_interrupted(host)
                 return 0
             host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
-    except (AgentError, OSError) as error:
-        sys.stderr.write("deployer agent --hold-at-boot: %s\n" % error)
+    except Exception as error:  # noqa: BLE001 - whatever went wrong, the jobs are held
+        reason = "the hold check at boot failed (%s)" % (
+            error if isinstance(error, (AgentError, OSError)) else "%s: %s" % (type(error).__name__, error))
+        held = Held(since=(held.since if held else iso_time("@%d" % now)),
+                    down_for_seconds=held.down_for_seconds if held else 0.0,
+                    lease_seconds=held.lease_seconds if held else 0.0, reason=reason)
+        with contextlib.suppress(Exception):
+            host.write_atomically(host.layout.held_run, json.dumps(protocol.to_json(held)), 0o644)
+        sys.stderr.write("deployer agent --hold-at-boot: HOLDING every job: %s; no job runs until `deployer push` "
+                         "or `deployer release`\n" % reason)
         return 1
     why = ("the lease (%s) ran out while this host was down (%s)"
            % (protocol.duration_text(held.lease_seconds), protocol.duration_text(held.down_for_seconds))

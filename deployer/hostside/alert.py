@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import paths, record
-from .channels import Channel, build_outbound
+from .channels import CHANNEL_TYPES, Channel, build_outbound
 from .run import trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
@@ -30,39 +30,112 @@ MAX_TEXT = 4000
 ORPHANED_AFTER = RATE_WINDOW + 180
 
 
-def format_events(events: list[dict]) -> tuple[str, str]:
-    """One message for one or several failed runs: (title, markdown text), bounded in size."""
+def _same(text: str) -> str:
+    return text
+
+
+def format_events(events: list[dict], escape: Callable[[str], str] = _same) -> tuple[str, str]:
+    """One message for one or several failed runs: (title, markdown text), bounded in size.
+    `escape`: the channel's, for every piece of data (names, URLs, the runs' journal lines).
+    Several runs that do not fit: the first of format_messages (each names its share)."""
+    return format_messages(events, escape)[0]
+
+
+def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, str]:
     if len(events) == 1 and events[0].get("kind") == "held":
         e = events[0]
-        title = f"deployer: host {e['host']} HOLDS its jobs (was down {e['down_for']})"
+        title = (f"deployer: host {escape(e['host'])} HOLDS its jobs (" +
+                 ("failing closed)" if e.get("reason") else f"was down {escape(e['down_for'])})"))
     elif len(events) == 1:
         e = events[0]
         verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
-        title = f"deployer: job {e['job']} {verb} on {e['host']}"
+        title = f"deployer: job {escape(e['job'])} {verb} on {escape(e['host'])}"
     else:
-        title = f"deployer: {len(events)} job runs failed on {events[0]['host']}"
+        runs = [e for e in events if e.get("kind") != "held"]
+        title = f"deployer: {len(runs)} job runs failed on {escape(events[0]['host'])}"
+        if len(runs) < len(events):  # a hold is no job run: said first (merged with a boot's failures)
+            title = (f"deployer: host {escape(events[0]['host'])} HOLDS its jobs; {len(runs)} job "
+                     f"run{'s' if len(runs) != 1 else ''} failed")
     parts = [f"**{title}**"]
     for e in events:
         if e.get("kind") == "held":
-            if len(events) > 1:
-                parts.append(f"**host {e['host']} HOLDS its jobs**")
-            parts.append(f"Its lease ({e['lease']}) ran out while it was down ({e['down_for']}, back at "
-                         f"{e['since']}): its jobs may run elsewhere now, so none runs here until "
-                         f"`deployer push --host {e['host']}` or `deployer release --host {e['host']}` "
-                         "confirms what it still owns.")
+            parts += _held_paragraphs(e, escape, len(events) > 1)
             continue
         if len(events) > 1:
-            parts.append(f"**{e['job']}**")
+            parts.append(f"**{escape(e['job'])}**")
         if e.get("kind") == "recovered":
-            parts.append(f"succeeded again at {e['time']}")
+            parts.append(f"succeeded again at {escape(e['time'])}")
             continue
-        parts.append(f"{e.get('method', '')} {e.get('url', '')}".strip())
-        parts.append(f"result: {e['result']}, exit status {e['exit_status']}, at {e['time']}"
-                     + (f", run {e['invocation']}" if e.get("invocation") else ""))
+        parts.append(escape(f"{e.get('method', '')} {e.get('url', '')}".strip()))
+        parts.append(f"result: {escape(e['result'])}, exit status {escape(e['exit_status'])}, at {escape(e['time'])}"
+                     + (f", run {escape(e['invocation'])}" if e.get("invocation") else ""))
         lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
-        parts += [f"> {line[:200]}" for line in lines]
-    text = "\n\n".join(parts)
-    return title, text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n\n(truncated)"
+        parts += [f"> {escape(line[:200])}" for line in lines]
+    return title, "\n\n".join(parts)
+
+
+def _held_paragraphs(e: dict, escape: Callable[[str], str], named: bool) -> list:
+    host = escape(e["host"])
+    if e.get("reason"):  # the hold fails closed: the check at boot failed, or the hold file is unreadable
+        return ([f"**host {host} HOLDS its jobs**"] if named else []) + [
+            f"{escape(e['reason'])} (at {escape(e['since'])}): failing closed, no job runs here until "
+            f"`deployer push --host {host}` or `deployer release --host {host}` confirms what it still owns."]
+    return ([f"**host {host} HOLDS its jobs**"] if named else []) + [
+        f"Its lease ({escape(e['lease'])}) ran out while it was down ({escape(e['down_for'])}, back at "
+        f"{escape(e['since'])}): its jobs may run elsewhere now, so none runs here until "
+        f"`deployer push --host {host}` or `deployer release --host {host}` confirms what it still owns."]
+
+
+def format_messages(events: list[dict], escape: Callable[[str], str] = _same) -> list:
+    """The messages for `events`: [(title, text)], each text at most MAX_TEXT characters.
+
+    One message with every run's details when they fit. A storm that does not fit is grouped
+    by what happened (systemd's result and exit status), each group counting its runs and
+    naming every job; when even that does not fit, the groups go out over several messages,
+    each titled "part i of n". No job is ever cut off: an operator must see all of them."""
+    title, text = _detailed(events, escape)
+    if len(text) <= MAX_TEXT:
+        return [(title, text)]
+    if len(events) == 1:
+        return [(title, text[: MAX_TEXT - 20] + "\n\n(truncated)")]
+    groups: dict = {}
+    held = []
+    for e in events:
+        if e.get("kind") == "held":
+            held += _held_paragraphs(e, escape, True)
+            continue
+        key = "succeeded again" if e.get("kind") == "recovered" else \
+            f"failed: {escape(e['result'])}, exit status {escape(e['exit_status'])}"
+        groups.setdefault(key, {}).setdefault(escape(e["job"]), 0)
+        groups[key][escape(e["job"])] += 1
+    paragraphs = list(held)
+    budget = MAX_TEXT - len(title) - 40  # the title, "part i of n", separators
+    for key, jobs in groups.items():
+        runs = sum(jobs.values())
+        paragraphs.append(f"**{key}: {runs} run{'s' if runs > 1 else ''} of {len(jobs)} "
+                          f"job{'s' if len(jobs) > 1 else ''}**")
+        names = [name + (f" ({count} runs)" if count > 1 else "") for name, count in jobs.items()]
+        line = ""
+        for name in names:  # every job named, the list split where a message would overflow
+            if line and len(line) + 2 + len(name) > budget:
+                paragraphs.append(line)
+                line = ""
+            line = f"{line}, {name}" if line else name
+        paragraphs.append(line)
+    host = escape(events[0]["host"])
+    paragraphs.append(f"Each run's lines: `deployer status --host {host}`, `deployer logs JOB`")
+    chunks, current = [], []
+    for paragraph in paragraphs:
+        paragraph = paragraph[:budget]
+        if current and sum(len(p) + 2 for p in current) + len(paragraph) > budget:
+            chunks.append(current)
+            current = []
+        current.append(paragraph)
+    chunks.append(current)
+    if len(chunks) == 1:
+        return [(title, "\n\n".join([f"**{title}**"] + chunks[0]))]
+    titled = [f"{title} (part {i} of {len(chunks)})" for i in range(1, len(chunks) + 1)]
+    return [(t, "\n\n".join([f"**{t}**"] + chunk)) for t, chunk in zip(titled, chunks)]
 
 
 class NotSent(Exception):
@@ -100,7 +173,13 @@ def deliver(channel: Channel, events: list, log: Callable[[str], None] = print,
     An attempt whose request went out but whose answer did not come back in time may have
     been delivered: it is not sent again (a slow channel would otherwise get it three times).
     """
-    title, text = format_events(events)
+    escape = CHANNEL_TYPES[channel.type].escape
+    return all(_deliver_one(channel, title, text, events, log, sleep)
+               for title, text in format_messages(events, escape))
+
+
+def _deliver_one(channel: Channel, title: str, text: str, events: list, log: Callable[[str], None],
+                 sleep: Callable[[float], None]) -> bool:
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
         outbound = build_outbound(channel, title, text, events[-1], time.time())
         body = json.dumps(outbound.json).encode()
@@ -522,16 +601,26 @@ def boot_jobs(channel: str, find=journal_failed_runs) -> list:
     return jobs
 
 
-def held_events(host_name: str, state: str, channel: str, held_path: str = paths.HELD) -> list:
+def held_events(host_name: str, state: str, channel: str, held_path: str = paths.HELD,
+                held_run: str = paths.HELD_RUN) -> list:
     """The hold that the boot found (agent --hold-at-boot), once per hold and channel: the boot
-    it began at is noted in the channel's state."""
+    it began at is noted in the channel's state. A boot check that failed holds too (fail closed):
+    its hold is in `held_run` (/run) when `held_path` could not be written."""
     from .protocol import duration_text
 
-    try:
-        with open(held_path, encoding="utf-8") as handle:
-            held = json.load(handle)
-        since = str(held["since"])
-    except (OSError, ValueError, KeyError, TypeError):
+    held = None
+    for path in (held_path, held_run):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                held = json.load(handle)
+            since = str(held["since"])
+            break
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            held, since = {"reason": f"{path} is unreadable ({error})"}, boot_id()
+            break
+    if held is None:
         return []
     noted = os.path.join(state, "held-alerted." + channel)
     try:
@@ -547,7 +636,15 @@ def held_events(host_name: str, state: str, channel: str, held_path: str = paths
         pass
     return [{"kind": "held", "host": host_name, "since": since, "time": now_text(),
              "down_for": duration_text(float(held.get("down_for_seconds") or 0)),
-             "lease": duration_text(float(held.get("lease_seconds") or 0))}]
+             "lease": duration_text(float(held.get("lease_seconds") or 0)), "reason": str(held.get("reason") or "")}]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown boot"
 
 
 def channel_of(job: str) -> str:

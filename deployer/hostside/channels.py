@@ -1,5 +1,6 @@
 """Alert channels, each declared once: its endpoint, whether it takes a token and a signing
-secret, the request that delivers a message, and how to tell that the channel accepted it.
+secret, how text from elsewhere is escaped for it, the request that delivers a message, and
+how to tell that the channel accepted it.
 
 The inventory's `[alert:NAME] type =` choices, its token/secret/endpoint rules, the trigger's
 `--type` choices and the message requests all read CHANNEL_TYPES. Pure: `now` is given.
@@ -10,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -44,7 +46,48 @@ class Outbound:
 
 
 def plain(markdown: str) -> str:
-    return markdown.replace("**", "").replace("> ", "  ")
+    """Our markdown as plain text: a bold paragraph (`**title**`) loses its stars and a quoted
+    line its `> `; data (a masked `***`, a `>` in a body) keeps what it has."""
+    return re.sub(r"(?m)^> ", "  ", re.sub(r"(?m)^\*\*(.*)\*\*$", r"\1", markdown))
+
+
+# --- how each channel escapes text from elsewhere -------------------------------------------
+# A message is our markup around data (job names, URLs, the run's journal lines with the body
+# excerpt of a service): the data goes through its channel's `escape` so that it stays text,
+# never a mention, a link, an image or markup. Newlines in data become spaces everywhere: a line
+# of data must not start a block (a heading, a quote, a link definition) of its own.
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"[\r\n\u2028\u2029]+", " ", str(text))
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters (`<!channel>`, `<@U123>`, `<http://x|text>` links)."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]()!#|~])")
+
+
+def markdown_escape(text: str) -> str:
+    """DingTalk and WeCom markdown: every character that opens markup (`[text](url)` links,
+    `![](img)` images, emphasis, code, headings, tables) gets a backslash, so that no `](` or
+    `![` survives even where a renderer ignores backslashes; `<` and `>` (HTML, WeCom's
+    `<@userid>` mentions, `<font>`) become their fullwidth look-alikes, which no renderer reads
+    as a tag."""
+    return _MARKDOWN.sub(r"\\\1", _one_line(text)).replace("<", "\uff1c").replace(">", "\uff1e")
+
+
+def feishu_escape(text: str) -> str:
+    """Feishu text messages read `<at user_id="all"></at>` as a mention of everyone: `<` and
+    `>` become their fullwidth look-alikes."""
+    return _one_line(text).replace("<", "\uff1c").replace(">", "\uff1e")
+
+
+def webhook_escape(text: str) -> str:
+    """A generic webhook gets JSON, which carries any text as text."""
+    return _one_line(text)
 
 
 # --- how each channel says "accepted" ------------------------------------------------------
@@ -134,14 +177,16 @@ class ChannelType:
     endpoint: str = ""  # the default; empty: the inventory must give one
     token_required: bool = True
     signs: bool = False  # takes a signing `secret`
+    escape: Callable[[str], str] = webhook_escape  # text from elsewhere -> text in this channel's message
 
 
 CHANNEL_TYPES = {t.name: t for t in (
-    ChannelType("dingtalk", _dingtalk, "https://oapi.dingtalk.com/robot/send", signs=True),
-    ChannelType("wecom", _wecom, "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"),
-    ChannelType("feishu", _feishu, "https://open.feishu.cn/open-apis/bot/v2/hook/", signs=True),
-    ChannelType("slack", _slack, "https://hooks.slack.com/services/"),
-    ChannelType("webhook", _webhook, token_required=False),
+    ChannelType("dingtalk", _dingtalk, "https://oapi.dingtalk.com/robot/send", signs=True, escape=markdown_escape),
+    ChannelType("wecom", _wecom, "https://qyapi.weixin.qq.com/cgi-bin/webhook/send", escape=markdown_escape),
+    ChannelType("feishu", _feishu, "https://open.feishu.cn/open-apis/bot/v2/hook/", signs=True,
+                escape=feishu_escape),
+    ChannelType("slack", _slack, "https://hooks.slack.com/services/", escape=slack_escape),
+    ChannelType("webhook", _webhook, token_required=False, escape=webhook_escape),
 )}
 
 

@@ -100,9 +100,10 @@ def main(argv: Optional[list] = None) -> int:
         epoch = credential_epoch(args.epoch)
     except options.Invalid as error:
         parser.error(str(error))
-    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0), **from_credentials,
-                   calendar=tuple(args.calendar), epoch=epoch,
-                   **{o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"})
+    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"}
+    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
+    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0),
+                   calendar=tuple(args.calendar), epoch=epoch, **values)
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()

@@ -30,6 +30,12 @@ MAX_RETRIES = 10
 # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN) with "Argument list too long",
 # at every run; a URL anywhere near that is a mistake, so refuse it long before.
 MAX_URL = 8192
+# systemd v252 hands a unit at most 1 MiB of credentials, names included (CREDENTIALS_TOTAL_SIZE_MAX,
+# the same as one credential's limit; measured on v252: "body" + 1048572 bytes starts, one byte
+# more fails every run with exit 243/CREDENTIALS). 4 KiB of it stay free for credentials the
+# deployer itself adds to a run.
+CREDENTIALS_LIMIT = 1024 * 1024
+MAX_CREDENTIALS = CREDENTIALS_LIMIT - 4096
 
 
 # --- parsers: text -> value, or Invalid ------------------------------------------------------
@@ -92,6 +98,29 @@ def url(value: str) -> str:
     if any(c.isspace() for c in value):
         raise Invalid("%r contains white space (encode it as %%20)" % (value,))
     return value
+
+
+
+
+def redact_url(value: str) -> str:
+    """The URL as a unit, `ps`, a log or an alert may show it: `***` for a password (for a user
+    name alone too: it may be a token) and for every query value whose name looks secret."""
+    from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+    from .text import SECRET_QUERY  # hiding a value that was not secret costs nothing: the URL is a credential
+
+    parts = urlsplit(value)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = ("%s:***@%s" % (user, hostport)) if colon else "***@" + hostport
+    fields = []
+    for field in parts.query.split("&") if parts.query else ():
+        name_, equals, content = field.partition("=")
+        secret = equals and content and SECRET_QUERY.search(unquote_plus(name_))
+        fields.append(name_ + "=***" if secret else field)
+    return urlunsplit(parts._replace(netloc=netloc, query="&".join(fields)))
 
 
 def method(value: str) -> str:
@@ -225,9 +254,11 @@ def local_file(value: str) -> LocalFile:
     path = os.path.expanduser(value)
     try:
         with open(path, "rb") as handle:
-            content = handle.read()
+            content = handle.read(MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
     except OSError as error:
         raise Invalid("cannot read %s: %s" % (value, error.strerror)) from None
+    if len(content) > MAX_CREDENTIALS:
+        raise Invalid("%s is over %d bytes, more than a run's credentials may hold" % (value, MAX_CREDENTIALS))
     found = LocalFile(value)
     found.content = content
     return found
@@ -263,6 +294,9 @@ class Option:
     multiline: bool = False
     format: Callable[[Any], str] = str
     credential: Optional[str] = None
+    # A flag whose value may hold a secret (the URL's password, an api_key): the command line
+    # carries shown(value), and when that differs the value itself travels as the `credential`.
+    shown: Optional[Callable[[Any], str]] = None
     content: Callable[[Any], bytes] = lambda value: str(value).encode()  # the credential's bytes
     help: str = ""
 
@@ -275,8 +309,9 @@ class Option:
 
 
 JOB_OPTIONS = (
-    Option("url", url, flag="--url", always=True, job_only=True, required=True,
-           help="the job endpoint (http:// or https://)"),
+    Option("url", url, flag="--url", always=True, job_only=True, required=True, credential="url", shown=redact_url,
+           help="the job endpoint (http:// or https://); one with a password or a secret-looking query "
+           "value (api_key=, token=) travels as a credential, the unit and `ps` show it redacted"),
     Option("schedule", text, job_only=True,
            help="cron (5 fields, @macros, CRON_TZ=) or Quartz (6-7 fields)"),
     Option("on_calendar", calendar_lines, default=(), job_only=True, multiline=True,
@@ -335,10 +370,16 @@ def command_line(values: dict) -> list:
     for option in TRIGGER_OPTIONS:
         value = values.get(option.key, option.default)
         if option.always or is_set(option, value):
-            argv += [option.flag, option.format(value)]
+            argv += [option.flag, option.format(option.shown(value) if option.shown else value)]
     return argv
+
+
+def credentials_size(found: dict) -> int:
+    """What systemd counts against CREDENTIALS_LIMIT: each credential's name and bytes."""
+    return sum(len(name) + len(content) for name, content in found.items())
 
 
 def credentials(values: dict) -> dict:
     """credential name -> bytes, for the credential options a job sets."""
-    return {o.credential: o.content(values[o.key]) for o in CREDENTIAL_OPTIONS if is_set(o, values.get(o.key))}
+    return {o.credential: o.content(values[o.key]) for o in CREDENTIAL_OPTIONS if is_set(o, values.get(o.key))
+            and (o.shown is None or o.shown(values[o.key]) != values[o.key])}

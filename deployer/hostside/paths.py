@@ -32,6 +32,14 @@ TAKEOVERS = STATE_DIR + "/takeovers.json"
 # can plant a link or hold the lock here.
 RUN_DIR = "/run/deployer"
 LOCK = RUN_DIR + "/lock"
+# The hold decided at this boot (issue 22 item 1: fail closed). Every job timer also carries
+# ConditionPathExists=NOT_HELD: written only by a boot check that found the lease valid (or none),
+# a push or a release, so a check that failed or never ran holds. HELD_RUN: the hold when HELD
+# could not be written (a read-only or full /var). World-readable, for the alert sweep; /run is
+# root's, so nobody else plants a file there.
+HOLD_RUN_DIR = "/run/deployer-hold"
+NOT_HELD = HOLD_RUN_DIR + "/not-held"
+HELD_RUN = HOLD_RUN_DIR + "/held.json"
 TIMER_STAMPS = "/var/lib/systemd/timers"
 # The alert units' StateDirectory= (DynamicUser: systemd keeps it under /var/lib/private).
 ALERT_STATE_NAME = "deployer-alerts"
@@ -187,6 +195,14 @@ class Layout:
     @property
     def held(self) -> str:
         return self.at(HELD)
+
+    @property
+    def not_held(self) -> str:
+        return self.at(NOT_HELD)
+
+    @property
+    def held_run(self) -> str:
+        return self.at(HELD_RUN)
 
     @property
     def takeovers(self) -> str:

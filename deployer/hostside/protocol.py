@@ -49,6 +49,8 @@ class Held:
     since: str = ""                # ISO 8601: the boot that found the lease run out
     down_for_seconds: float = 0.0  # from the last renewal before it went down to that boot
     lease_seconds: float = 0.0     # the lease it had then
+    reason: str = ""               # set when it holds for another cause: the boot could not decide or
+                                   # record the hold, or the hold file is unreadable
 
 
 def duration_text(seconds):

@@ -8,14 +8,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from . import http
 from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from .http import Response
+from .options import redact_url
 from .record import RunRecord
 from .slot import Slot  # noqa: F401 - run.Slot for callers
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
+from .text import Masker, run_masker
 
 BODY_EXCERPT = 200
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -28,15 +30,6 @@ PING_BUDGET = 3.0
 def trust_store() -> Optional[str]:
     """The host's CA bundle (what curl and the jobs' services trust), for jobs, alerts and pings."""
     return SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may appear in a log: no password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = b"",
@@ -54,10 +47,12 @@ def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = 
         raise TransportError(f"cannot send: {error}", retryable=False) from None
 
 
-def excerpt(body: bytes) -> str:
-    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + ("..." if len(body) > BODY_EXCERPT else "")
+def excerpt(body: bytes, hide: Masker = Masker()) -> str:
+    """The start of a body for a log line, its secrets masked before it is cut (a cut must not
+    leave a secret's first half behind)."""
+    text = " ".join(body[:BODY_EXCERPT + 4096].decode("utf-8", "replace").split())
+    text = hide(text)
+    return text[:BODY_EXCERPT] + ("..." if len(text) > BODY_EXCERPT or len(body) > BODY_EXCERPT + 4096 else "")
 
 
 class RunTimeout(Exception):
@@ -256,6 +251,8 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     caller = _Caller(spec, run, key, slot, slot.at if slot.at is not None else slot_of(wall, spec.resolution))
     body = spec.body.encode()
     shown = redact_url(spec.url)
+    hide = run_masker(spec.url, spec.headers, spec.sign_secret)  # a service may echo them back
+    log = (lambda line, _log=log: _log(hide(line))) if hide else log
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
     attempt, status, interrupted, fenced, reached = 0, None, False, False, []
@@ -288,7 +285,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                 verdict = judge(response.status, response.body, expect_status, expect_json)
                 reached.append(verdict.reached)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
-                log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
+                log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
             except TransportError as error:
                 verdict = Verdict(False, error.reason, retryable=error.retryable, reached=error.sent)
                 reached.append(error.sent)
@@ -312,7 +309,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    return RunResult(ok=verdict.ok, reason=verdict.reason, run_id=run, slot=slot.at or 0, started=wall,
+    return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot.at or 0, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
                      resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
@@ -361,7 +358,8 @@ def poll(caller: _Caller, spec: JobSpec, accepted: Response, deadline: float, ex
             continue
         verdict = judge(response.status, response.body, expect_status, expect_json)
         line = f"poll {polls}: GET {redact_url(url)} -> {response.status}"
-        log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body)}")
+        hide = run_masker(spec.url, spec.headers, spec.sign_secret)
+        log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
         return verdict, response.status, False
 
 

@@ -26,10 +26,13 @@ from typing import Callable, Optional, Sequence
 from .paths import BACKFILL_DIR, TIMER_STAMPS, BadName, job_unit
 
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
-# How far back the slot is looked for, widening until one is found: a job every second finds it
-# in the first window, a yearly one in the last.
-LOOKBACKS = (70, 4200, 3 * 86400, 200 * 86400, 40 * 366 * 86400)
-ITERATIONS = 100
+# How far back the slot is looked for, widening until one is found. A run on time elapsed
+# within a second or two of its slot: the first window holds it whatever the calendar, in one
+# systemd-analyze call (a process: the cost that counts in a burst). Only a catch-up after
+# downtime looks further back, a yearly one in the last window.
+LOOKBACKS = (5, 70, 4200, 3 * 86400, 200 * 86400, 40 * 366 * 86400)
+# Elapses asked per call: more than a one-second calendar has in the first window.
+ITERATIONS = 8
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC$")
 
 
@@ -61,48 +64,51 @@ def parse_iso_utc(text: str) -> int:
     return _calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-Analyze = Callable[[str, int, int], Sequence[int]]
+Analyze = Callable[[Sequence[str], int, int], Sequence[Sequence[int]]]
 
 
-def analyze(line: str, base: int, iterations: int) -> list:
-    """The first `iterations` elapses of one calendar line strictly after `base`, unix seconds."""
+def analyze(lines: Sequence[str], base: int, iterations: int) -> list:
+    """For each calendar line, its first `iterations` elapses strictly after `base`, unix
+    seconds: one systemd-analyze call for all the lines."""
     done = subprocess.run([SYSTEMD_ANALYZE, "calendar", "--base-time=@%d" % base, "--iterations=%d" % iterations,
-                           line], capture_output=True, text=True, env={"TZ": "UTC", "SYSTEMD_COLORS": "0"},
+                           *lines], capture_output=True, text=True, env={"TZ": "UTC", "SYSTEMD_COLORS": "0"},
                           timeout=10)
     if done.returncode != 0:
         raise ValueError(done.stderr.strip() or "systemd-analyze calendar failed")
-    found = []
-    for text in done.stdout.splitlines():
-        match = _ELAPSE.search(text.strip())
-        if match:
-            found.append(_calendar.timegm(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")))
-    return found
+    blocks = [block for block in done.stdout.split("\n\n") if "Normalized form:" in block]
+    if len(blocks) != len(lines):
+        raise ValueError("systemd-analyze gave %d answers for %d lines" % (len(blocks), len(lines)))
+    return [[_calendar.timegm(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+             for match in (_ELAPSE.search(text.strip()) for text in block.splitlines()) if match]
+            for block in blocks]
 
 
 def latest_elapse(lines: Sequence[str], at: float, analyze: Analyze = analyze) -> Optional[int]:
-    """The latest instant of any of `lines` at or before `at`; None if there is none."""
-    best = None
-    for line in lines:
-        found = _latest_of_line(line, int(at), analyze)
-        if found is not None and (best is None or found > best):
-            best = found
-    return best
+    """The latest instant of any of `lines` at or before `at`; None if there is none.
 
-
-def _latest_of_line(line: str, at: int, analyze: Analyze) -> Optional[int]:
+    Windows widen back from `at` until one holds an elapse of some line: an elapse of another
+    line outside that window is older, so the window's latest is the answer. A line whose
+    elapses fill the window is walked forward to `at`."""
+    at = int(at)
     for back in LOOKBACKS:
-        base, latest = at - back, None
-        for _ in range(1000):  # bounded: a calendar denser than the window walks forward
-            elapses = analyze(line, base, ITERATIONS)
-            within = [e for e in elapses if e <= at]
-            if within:
-                latest = within[-1]
-            if len(within) < len(elapses) or len(elapses) < ITERATIONS or not elapses:
-                break
-            base = elapses[-1]
-        if latest is not None:
-            return latest
+        answers = analyze(lines, at - back, ITERATIONS)
+        if not any(e <= at for elapses in answers for e in elapses):
+            continue
+        return max(_walk(line, elapses, at, analyze) for line, elapses in zip(lines, answers))
     return None
+
+
+def _walk(line: str, elapses: Sequence[int], at: int, analyze: Analyze) -> int:
+    """The latest elapse of `line` at or before `at`, given its first ones after some base (0: none)."""
+    latest = 0
+    for _ in range(1000):  # bounded: each step moves ITERATIONS elapses forward
+        within = [e for e in elapses if e <= at]
+        if within:
+            latest = within[-1]
+        if len(within) < len(elapses) or len(elapses) < ITERATIONS:
+            return latest
+        elapses = analyze([line], elapses[-1], ITERATIONS)[0]
+    return latest
 
 
 def backfill_path(job: str) -> str:

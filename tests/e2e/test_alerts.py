@@ -53,7 +53,7 @@ def wait_alert_units_idle(host, timeout: float = 60) -> None:
     raise AssertionError(f"alert units still busy: {busy}")
 
 
-def test_each_failed_run_gives_exactly_one_signed_alert(cron01, server, robot, deployer, write_inventory):
+def test_each_failed_run_gives_exactly_one_signed_alert(shared_cron01, server, robot, deployer, write_inventory):
     server.routes.update({
         "/e500": Reply(500, b"settlement exploded"),
         "/biz": json_reply({"code": 1, "msg": "ledger locked"}),
@@ -61,7 +61,7 @@ def test_each_failed_run_gives_exactly_one_signed_alert(cron01, server, robot, d
         "/retry": Reply(503, b"busy"),
         "/fine": json_reply({"code": 0}),
     })
-    path = write_inventory(alert_inventory(cron01, robot, server,
+    path = write_inventory(alert_inventory(shared_cron01, robot, server,
                                            job("e500", server.url("/e500"))
                                            + job("business", server.url("/biz"), "expect_json = code=0")
                                            + job("slow", server.url("/slow"), "timeout = 2s")
@@ -73,7 +73,7 @@ def test_each_failed_run_gives_exactly_one_signed_alert(cron01, server, robot, d
         deployer("run", name, "-i", path, env=SECRETS_ENV, check=False)
     deployer("run", "fine", "-i", path, env=SECRETS_ENV, check=True)
     robot.wait_accepted(4)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
 
     titles = sorted(m["markdown"]["title"] for m in robot.accepted)
     assert titles == [f"deployer: job {j} FAILED on cron01" for j in ("business", "e500", "retry", "slow")]
@@ -87,79 +87,79 @@ def test_each_failed_run_gives_exactly_one_signed_alert(cron01, server, robot, d
     assert len(server.received("/fine")) == 1
 
 
-def test_a_killed_run_still_alerts(cron01, server, robot, deployer, write_inventory):
+def test_a_killed_run_still_alerts(shared_cron01, server, robot, deployer, write_inventory):
     """A crash the trigger cannot report itself: SIGKILL in the middle of a request."""
     server.routes["/hang"] = Reply(200, b"{}", delay=20)
-    path = write_inventory(alert_inventory(cron01, robot, server, job("doomed", server.url("/hang"), "timeout = 60s")))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("doomed", server.url("/hang"), "timeout = 60s")))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
-    cron01.ssh("systemctl start --no-block deployer-doomed.service")
+    shared_cron01.ssh("systemctl start --no-block deployer-doomed.service")
     server.wait_for("/hang")
-    cron01.ssh("systemctl kill --signal=KILL deployer-doomed.service")
+    shared_cron01.ssh("systemctl kill --kill-whom=main --signal=KILL deployer-doomed.service")
     messages = robot.wait_accepted(1)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
     assert len(messages) == 1 and "doomed FAILED" in messages[0]["markdown"]["title"]
     assert "result: signal" in messages[0]["markdown"]["text"]
 
 
-def test_secrets_never_reach_units_systemctl_show_or_the_journal(cron01, server, robot, deployer, write_inventory):
+def test_secrets_never_reach_units_systemctl_show_or_the_journal(shared_cron01, server, robot, deployer, write_inventory):
     server.routes["/e500"] = Reply(500, b"no")
-    path = write_inventory(alert_inventory(cron01, robot, server, job("leaky", server.url("/e500"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("leaky", server.url("/e500"))))
     pushed = deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     plan = deployer("plan", "-i", path, env=SECRETS_ENV, check=True)
     deployer("run", "leaky", "-i", path, env=SECRETS_ENV, check=False)
     robot.wait_accepted(1)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
 
-    units = cron01.ssh("cat /etc/systemd/system/deployer-*").stdout
-    names = cron01.ssh("systemctl list-units --all --plain --no-legend 'deployer-*' | awk '{print $1}'").stdout.split()
-    shown = cron01.ssh("systemctl show " + " ".join(names)).stdout
-    journal = cron01.ssh("journalctl --no-pager -o verbose").stdout
+    units = shared_cron01.ssh("cat /etc/systemd/system/deployer-*").stdout
+    names = shared_cron01.ssh("systemctl list-units --all --plain --no-legend 'deployer-*' | awk '{print $1}'").stdout.split()
+    shown = shared_cron01.ssh("systemctl show " + " ".join(names)).stdout
+    journal = shared_cron01.ssh("journalctl --no-pager -o verbose").stdout
     for where, text in (("unit files", units), ("systemctl show", shown), ("journal", journal),
                         ("push output", pushed.stdout + pushed.stderr), ("plan output", plan.stdout)):
         assert TOKEN not in text and SECRET not in text, f"a secret leaked into {where}"
     assert "deployer-alert-ops@leaky.service" in names
     assert "LoadCredential=token:/etc/deployer/credentials/ops.token" in units
-    assert cron01.ssh("stat -c '%a %U' /etc/deployer/credentials /etc/deployer/credentials/ops.token "
+    assert shared_cron01.ssh("stat -c '%a %U' /etc/deployer/credentials /etc/deployer/credentials/ops.token "
                       "/etc/deployer/credentials/ops.secret").stdout.split("\n")[:3] == \
         ["700 root", "600 root", "600 root"]
     assert len(robot.accepted) == 1
 
 
-def test_trigger_and_alert_units_rate_2_or_better_in_systemd_analyze_security(cron01, server, robot, deployer,
+def test_trigger_and_alert_units_rate_2_or_better_in_systemd_analyze_security(shared_cron01, server, robot, deployer,
                                                                                write_inventory):
-    path = write_inventory(alert_inventory(cron01, robot, server, job("safe", server.url("/x"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("safe", server.url("/x"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     for unit in ("deployer-safe.service", "deployer-alert-ops@safe.service", "deployer-recovery-ops@safe.service"):
-        report = cron01.ssh(f"systemd-analyze security --no-pager {unit}").stdout
+        report = shared_cron01.ssh(f"systemd-analyze security --no-pager {unit}").stdout
         exposure = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report).group(1))
         assert exposure <= 2.0, f"{unit}: {exposure}\n{report}"
 
 
-def test_a_fast_sandbox_is_the_hosts_explicit_choice_and_alerts_stay_strict(cron01, server, robot, deployer,
+def test_a_fast_sandbox_is_the_hosts_explicit_choice_and_alerts_stay_strict(shared_cron01, server, robot, deployer,
                                                                              write_inventory):
     """Issue 11: `sandbox = fast` trades 0.3-1 points of exposure for a cheaper start in a burst
     (docs/performance.md); the job still runs, and the alert units, which hold tokens, keep the
     strict sandbox."""
     server.routes["/x"] = json_reply({"code": 0})
-    inventory = alert_inventory(cron01, robot, server, job("quick", server.url("/x")))
+    inventory = alert_inventory(shared_cron01, robot, server, job("quick", server.url("/x")))
     path = write_inventory(inventory.replace("[alert:ops]", "sandbox = fast\n\n[alert:ops]", 1))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     exposures = {}
     for unit in ("deployer-quick.service", "deployer-alert-ops@quick.service"):
-        report = cron01.ssh(f"systemd-analyze security --no-pager {unit}").stdout
+        report = shared_cron01.ssh(f"systemd-analyze security --no-pager {unit}").stdout
         exposures[unit] = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report).group(1))
     print(f"exposure with sandbox = fast: {exposures}")
     assert 2.0 < exposures["deployer-quick.service"] <= 3.0, exposures
     assert exposures["deployer-alert-ops@quick.service"] <= 2.0, exposures
-    assert "ProtectSystem" not in cron01.ssh("systemctl cat deployer-quick.service").stdout
+    assert "ProtectSystem" not in shared_cron01.ssh("systemctl cat deployer-quick.service").stdout
     deployer("run", "quick", "-i", path, env=SECRETS_ENV, check=True)
 
 
-def test_ping_url_gets_start_then_success_or_fail(cron01, server, robot, deployer, write_inventory):
+def test_ping_url_gets_start_then_success_or_fail(shared_cron01, server, robot, deployer, write_inventory):
     server.routes.update({"/ok": json_reply({"code": 0}), "/bad": Reply(500, b""),
                           "/hc/a/start": Reply(200, b"OK"), "/hc/a": Reply(200, b"OK"),
                           "/hc/b/start": Reply(200, b"OK"), "/hc/b/fail": Reply(200, b"OK")})
-    path = write_inventory(alert_inventory(cron01, robot, server,
+    path = write_inventory(alert_inventory(shared_cron01, robot, server,
                                            job("a", server.url("/ok"), f"ping_url = {server.url('/hc/a')}")
                                            + job("b", server.url("/bad"), f"ping_url = {server.url('/hc/b')}")))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
@@ -169,21 +169,21 @@ def test_ping_url_gets_start_then_success_or_fail(cron01, server, robot, deploye
     assert order == ["/hc/a/start", "/ok", "/hc/a", "/hc/b/start", "/bad", "/hc/b/fail"]
 
 
-def test_a_job_that_succeeds_after_failing_sends_one_recovered_notice(cron01, server, robot, deployer,
+def test_a_job_that_succeeds_after_failing_sends_one_recovered_notice(shared_cron01, server, robot, deployer,
                                                                        write_inventory):
     answers = iter([Reply(500, b"down"), json_reply({"code": 0}), json_reply({"code": 0})])
     server.routes["/flip"] = lambda request: next(answers)
-    path = write_inventory(alert_inventory(cron01, robot, server, job("flip", server.url("/flip"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("flip", server.url("/flip"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
 
     deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=False)
     robot.wait_accepted(1)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
     deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=True)
     robot.wait_accepted(2)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
     deployer("run", "flip", "-i", path, env=SECRETS_ENV, check=True)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
 
     assert [m["markdown"]["title"] for m in robot.accepted] == [
         "deployer: job flip FAILED on cron01", "deployer: job flip recovered on cron01"]

@@ -51,12 +51,12 @@ def wrong(cron01, **changes: str) -> str:
                  "127.0.0.1 is not in known_hosts (the file {tmp}/no-such-known-hosts does not exist) and "
                  "host_key = strict", id="known-hosts-file-missing"),
 ])
-def test_a_wrong_ssh_setting_is_one_line_naming_user_host_port_and_key(cron01, server, deployer, write_inventory,
+def test_a_wrong_ssh_setting_is_one_line_naming_user_host_port_and_key(shared_cron01, server, deployer, write_inventory,
                                                                        tmp_path, other_key, encrypted_key,
                                                                        changes, expected):
     """Before: `host cron01: ssh: Authentication failed.` (no user, no key)."""
-    values = dict(other_key=other_key, encrypted_key=encrypted_key, key=cron01.key, port=cron01.port, tmp=tmp_path)
-    inventory = wrong(cron01, **{k: v.format(**values) for k, v in changes.items()})
+    values = dict(other_key=other_key, encrypted_key=encrypted_key, key=shared_cron01.key, port=shared_cron01.port, tmp=tmp_path)
+    inventory = wrong(shared_cron01, **{k: v.format(**values) for k, v in changes.items()})
     path = write_inventory(inventory + jobs_ini(server, a="0 * * * *|/a"))
 
     result = deployer("push", "-i", path, check=False)
@@ -64,11 +64,11 @@ def test_a_wrong_ssh_setting_is_one_line_naming_user_host_port_and_key(cron01, s
     assert result.returncode == 1
     assert result.stderr.startswith(f"deployer: error: host cron01: {expected.format(**values)}"), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
+    assert shared_cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
 
 
-def test_a_python_missing_on_the_host_names_the_key_to_set(cron01, server, deployer, write_inventory):
-    path = write_inventory(cron01.inventory_host(python="/usr/bin/python9") + jobs_ini(server, a="0 * * * *|/a"))
+def test_a_python_missing_on_the_host_names_the_key_to_set(shared_cron01, server, deployer, write_inventory):
+    path = write_inventory(shared_cron01.inventory_host(python="/usr/bin/python9") + jobs_ini(server, a="0 * * * *|/a"))
 
     result = deployer("push", "-i", path, check=False)
 
@@ -76,45 +76,45 @@ def test_a_python_missing_on_the_host_names_the_key_to_set(cron01, server, deplo
                              "there, or set python in [host:cron01]\n")
 
 
-def test_the_unknown_host_message_gives_a_keyscan_that_works(cron01, server, deployer, write_inventory, tmp_path):
+def test_the_unknown_host_message_gives_a_keyscan_that_works(shared_cron01, server, deployer, write_inventory, tmp_path):
     """A port other than 22 is written `[host]:port` in known_hosts: a bare `ssh-keyscan host` would not do."""
     known = tmp_path / "fresh_known_hosts"
-    path = write_inventory(cron01.inventory_host().replace(str(cron01.known_hosts), str(known))
+    path = write_inventory(shared_cron01.inventory_host().replace(str(shared_cron01.known_hosts), str(known))
                            + jobs_ini(server, a="0 * * * *|/a"))
     refused = deployer("push", "-i", path, check=False)
     command = re.search(r"\(ssh-keyscan (.*?), after checking", refused.stderr).group(1)
-    assert command == f"-p {cron01.port} 127.0.0.1 >> {known}"
+    assert command == f"-p {shared_cron01.port} 127.0.0.1 >> {known}"
 
     subprocess.run(f"ssh-keyscan {command}", shell=True, check=True, timeout=30, stderr=subprocess.DEVNULL)
 
     deployer("push", "-i", path, check=True)
 
 
-def test_a_changed_host_key_message_gives_the_removal_that_works(cron01, server, deployer, write_inventory,
+def test_a_changed_host_key_message_gives_the_removal_that_works(shared_cron01, server, deployer, write_inventory,
                                                                  tmp_path):
     known = tmp_path / "stale_known_hosts"
     another_key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    known.write_text(f"[127.0.0.1]:{cron01.port} ssh-ed25519 {another_key}\n")
-    path = write_inventory(cron01.inventory_host().replace(str(cron01.known_hosts), str(known))
+    known.write_text(f"[127.0.0.1]:{shared_cron01.port} ssh-ed25519 {another_key}\n")
+    path = write_inventory(shared_cron01.inventory_host().replace(str(shared_cron01.known_hosts), str(known))
                            + jobs_ini(server, a="0 * * * *|/a"))
     refused = deployer("push", "-i", path, check=False)
     assert "CHANGED" in refused.stderr and refused.stderr.count("\n") == 1
     removal = re.search(r"remove the old key: (ssh-keygen -R .*)$", refused.stderr.strip()).group(1)
 
     subprocess.run(removal, shell=True, check=True, timeout=30, capture_output=True)
-    subprocess.run(f"ssh-keyscan -p {cron01.port} 127.0.0.1 >> {known}", shell=True, check=True, timeout=30,
+    subprocess.run(f"ssh-keyscan -p {shared_cron01.port} 127.0.0.1 >> {known}", shell=True, check=True, timeout=30,
                    stderr=subprocess.DEVNULL)
 
     deployer("push", "-i", path, check=True)
     assert another_key not in known.read_text()
 
 
-def test_without_known_hosts_in_the_inventory_the_users_own_file_is_trusted(cron01, server, deployer,
+def test_without_known_hosts_in_the_inventory_the_users_own_file_is_trusted(shared_cron01, server, deployer,
                                                                             write_inventory, isolated_home):
     """As ssh: a host already in ~/.ssh/known_hosts is known. Before: refused as not in known_hosts."""
     (isolated_home / ".ssh").mkdir(exist_ok=True)
-    (isolated_home / ".ssh" / "known_hosts").write_text(cron01.known_hosts.read_text())
-    section = "".join(line + "\n" for line in cron01.inventory_host().splitlines()
+    (isolated_home / ".ssh" / "known_hosts").write_text(shared_cron01.known_hosts.read_text())
+    section = "".join(line + "\n" for line in shared_cron01.inventory_host().splitlines()
                       if not line.startswith("known_hosts"))
     path = write_inventory(section + jobs_ini(server, a="0 * * * *|/a"))
 

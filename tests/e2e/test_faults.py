@@ -29,10 +29,10 @@ def jobs(first: int, last: int, minute: int) -> str:
 
 
 @pytest.fixture
-def two_inventories(cron01, write_inventory):
+def two_inventories(shared_cron01, write_inventory):
     """A and B overlap: pushing one after the other adds, changes and removes jobs."""
-    a = write_inventory(cron01.inventory_host() + jobs(0, 60, 5), name="a.ini")
-    b = write_inventory(cron01.inventory_host() + jobs(30, 90, 7), name="b.ini")
+    a = write_inventory(shared_cron01.inventory_host() + jobs(0, 60, 5), name="a.ini")
+    b = write_inventory(shared_cron01.inventory_host() + jobs(30, 90, 7), name="b.ini")
     return a, b
 
 
@@ -64,7 +64,7 @@ def start_push(path: str, home) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def test_a_push_killed_at_random_moments_leaves_the_old_or_the_new_set(cron01, two_inventories, deployer,
+def test_a_push_killed_at_random_moments_leaves_the_old_or_the_new_set(shared_cron01, two_inventories, deployer,
                                                                         isolated_home):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -72,23 +72,23 @@ def test_a_push_killed_at_random_moments_leaves_the_old_or_the_new_set(cron01, t
     deployer("push", "-i", a, check=True)
     outcomes = []
     for attempt in range(KILLS):
-        before = host_files(cron01)
+        before = host_files(shared_cron01)
         target = b if attempt % 2 == 0 else a
         push = start_push(target, isolated_home)
         time.sleep(rng.uniform(0.2, 1.4))
         os.killpg(push.pid, signal.SIGKILL)
         push.wait()
-        after = host_files(cron01)
+        after = host_files(shared_cron01)
         assert after in (before, expected(target)), f"seed {seed}: a mixed set after kill {attempt}"
         outcomes.append("new" if after == expected(target) else "old")
-        assert_consistent(cron01)
+        assert_consistent(shared_cron01)
     deployer("push", "-i", b, check=True)
-    assert host_files(cron01) == expected(b)
+    assert host_files(shared_cron01) == expected(b)
     assert "up to date" in deployer("push", "-i", b, check=True).stdout
     print(f"seed {seed}: {outcomes}")
 
 
-def test_an_agent_killed_on_the_host_mid_switch_is_finished_by_the_next_command(cron01, two_inventories, deployer,
+def test_an_agent_killed_on_the_host_mid_switch_is_finished_by_the_next_command(shared_cron01, two_inventories, deployer,
                                                                                  isolated_home):
     a, b = two_inventories
     deployer("push", "-i", a, check=True)
@@ -99,34 +99,34 @@ def test_an_agent_killed_on_the_host_mid_switch_is_finished_by_the_next_command(
         # Kill the agent itself, as a crash of the host's python would, once it is at work.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if cron01.ssh("pgrep -f 'import [z]lib,base64' >/dev/null", check=False).returncode == 0:
+            if shared_cron01.ssh("pgrep -f 'import [z]lib,base64' >/dev/null", check=False).returncode == 0:
                 break
         time.sleep(random.uniform(0.0, 0.5))
-        cron01.ssh("pkill -KILL -f 'import [z]lib,base64' || true")
+        shared_cron01.ssh("pkill -KILL -f 'import [z]lib,base64' || true")
         push.wait(timeout=60)
-        interrupted += cron01.ssh("test -e /var/lib/deployer/pending-switch.json", check=False).returncode == 0
+        interrupted += shared_cron01.ssh("test -e /var/lib/deployer/pending-switch.json", check=False).returncode == 0
         # Each file on disk is whole: the old or the new version of itself.
-        on_disk = {p: d for p, d in host_files(cron01).items()}
+        on_disk = {p: d for p, d in host_files(shared_cron01).items()}
         versions = {}
         for inv in (a, b):
             for path, digest in expected(inv).items():
                 versions.setdefault(path, set()).add(digest)
         assert all(digest in versions.get(path, set()) for path, digest in on_disk.items())
         deployer("status", "-i", target, check=True)  # any command finishes an interrupted switch
-        assert cron01.ssh("test -e /var/lib/deployer/pending-switch.json", check=False).returncode != 0
-        assert host_files(cron01) in (expected(a), expected(b))
-        assert_consistent(cron01)
+        assert shared_cron01.ssh("test -e /var/lib/deployer/pending-switch.json", check=False).returncode != 0
+        assert host_files(shared_cron01) in (expected(a), expected(b))
+        assert_consistent(shared_cron01)
         deployer("push", "-i", target, check=True)
-        assert host_files(cron01) == expected(target)
+        assert host_files(shared_cron01) == expected(target)
     print(f"{interrupted} of {KILLS} kills landed mid-switch")
 
 
-def test_two_pushes_at_once_serialise_or_fail_clearly(cron01, two_inventories, isolated_home, deployer):
+def test_two_pushes_at_once_serialise_or_fail_clearly(shared_cron01, two_inventories, isolated_home, deployer):
     a, b = two_inventories
     first, second = start_push(a, isolated_home), start_push(b, isolated_home)
     results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in (first, second)]
     assert any(code == 0 for code, _ in results)
     for code, err in results:
         assert code == 0 or "changed since it was read" in err or "another push" in err, err
-    assert host_files(cron01) in (expected(a), expected(b))
-    assert_consistent(cron01)
+    assert host_files(shared_cron01) in (expected(a), expected(b))
+    assert_consistent(shared_cron01)

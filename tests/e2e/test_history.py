@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 
+from tests.e2e.runs import wait_until
 from tests.httpserver import Reply, json_reply
 
 pytestmark = pytest.mark.e2e
@@ -90,37 +91,60 @@ def test_fleet_status_shows_every_host_reasons_zones_paused_and_an_unreachable_h
     assert text.stderr.strip() == f"deployer: error: host cron02: {document['hosts'][1]['error']}"
 
 
-def test_history_lists_runs_a_killed_run_and_missed_slots(cron01, server, deployer, write_inventory):
+def test_history_lists_runs_a_killed_run_and_missed_slots(shared_cron01, server, deployer, write_inventory):
     server.routes["/tick"] = json_reply({"code": 0})
     server.routes["/slow"] = Reply(200, b"{}", delay=60)
-    path = write_inventory(cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2", timeout="3s")
+    path = write_inventory(shared_cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2", timeout="3s")
                            + job(server, "slow", "cron01", "0 4 * * *", timeout="90s"))
     started = time.time()
+    # Every run of the test, however long a loaded machine makes it (`--since 2m` dropped the first).
+    since = datetime.fromtimestamp(int(started) - 60, timezone.utc).isoformat()
     deployer("push", "-i", path, check=True)
     server.wait_for("/tick", count=3, timeout=20)
     deployer("pause", "tick", "-i", path, check=True)
     paused = time.time()
-    time.sleep(7)  # three or four slots pass while paused: missed
+    # Three slots pass while paused (missed): every even second from paused + 2 to now - 2.
+    wait_until(lambda: len([t for t in range(int(paused) + 2, int(time.time()) - 1) if t % 2 == 0]) >= 3,
+               20, "three slots while paused")
     deployer("resume", "tick", "-i", path, check=True)
     resumed = time.time()
+    pause_slots = [t for t in range(int(paused) + 1, int(resumed)) if t % 2 == 0]
     # A run killed before it could write its record: only PID 1's entries tell it.
-    cron01.ssh("systemctl start --no-block deployer-slow.service")
+    shared_cron01.ssh("systemctl start --no-block deployer-slow.service")
     server.wait_for("/slow", timeout=20)
-    cron01.ssh("systemctl kill --signal=KILL deployer-slow.service")
-    time.sleep(16)  # past the tick job's grace (timeout + 10 s), so the slots after the resume count
+    # The run is one process (the trigger): --kill-whom=main, since the cgroup-wide kill of the
+    # container's systemd sometimes fails with EIO ("Failed to send signal SIGKILL to auxiliary processes").
+    shared_cron01.ssh("systemctl kill --kill-whom=main --signal=KILL deployer-slow.service")
+
+    def missed_so_far():  # a slot is judged once the tick job's grace (timeout + 10 s) is over
+        document = json.loads(deployer("history", "tick", "-i", path, "--since", since, "--json",
+                                       check=True).stdout)
+        return {int(datetime.fromisoformat(m).timestamp()) for m in document["summary"]["missed"]}
+
+    wait_until(lambda: set(pause_slots) <= missed_so_far(), 60, "the paused slots judged missed", every=1)
 
     before = len(server.received("/tick"))
-    tick = json.loads(deployer("history", "tick", "-i", path, "--since", "2m", "--json", check=True).stdout)
+    tick = json.loads(deployer("history", "tick", "-i", path, "--since", since, "--json", check=True).stdout)
+    # A run listed is one the service heard: give an in-flight request its time to land.
+    listed = {r["run"] for r in tick["runs"]}
+    try:
+        wait_until(lambda: listed <= {q.headers["X-Deployer-Run-Id"] for q in server.received("/tick")}, 10,
+                   "every listed run's request")
+    except AssertionError:
+        pass  # the count below says which
     after = len(server.received("/tick"))
     slow = json.loads(deployer("history", "slow", "-i", path, "--since", "1h", "--json", check=True).stdout)
-    text = deployer("history", "tick", "-i", path, "--since", "2m", check=True).stdout
+    text = deployer("history", "tick", "-i", path, "--since", since, check=True).stdout
     rows = {r["job"]: r for r in status(deployer, path)["jobs"]}
 
     assert tick["version"] == 1 and tick["command"] == "history" and tick["timezone"] == "UTC"
     runs = tick["runs"]
-    assert before - 1 <= len(runs) <= after  # a run may be under way as history reads
-    for run, request in zip(runs, server.received("/tick")):
-        assert abs(datetime.fromisoformat(run["started"]).timestamp() - request.at) < 1
+    heard_ids = [q.headers["X-Deployer-Run-Id"] for q in server.received("/tick")]
+    assert before - 1 <= len(runs) <= after, (  # a run may be under way as history reads
+        before, after, [(r["run"], r["slot"], r["source"], r["result"]) for r in runs if r["run"] not in heard_ids])
+    requests = {request.headers["X-Deployer-Run-Id"]: request for request in server.received("/tick")}
+    for run in runs:  # each run is the request of the same run id
+        assert abs(datetime.fromisoformat(run["started"]).timestamp() - requests[run["run"]].at) < 1
     assert all(r["result"] == "ok" and r["attempts"] == 1 and r["source"] == "record" for r in runs)
     starts = [datetime.fromisoformat(r["started"]).timestamp() for r in runs]
     assert starts == sorted(starts) and started - 1 < starts[0]
@@ -132,7 +156,6 @@ def test_history_lists_runs_a_killed_run_and_missed_slots(cron01, server, deploy
     assert summary["missed_slots"] == len(missed) >= 3, summary
     # Every slot of the pause is missed; outside it (on a loaded machine a timer may be late and
     # run once for several slots) a missed slot is one the service really heard nothing for.
-    pause_slots = [t for t in range(int(paused) + 1, int(resumed)) if t % 2 == 0]
     assert set(pause_slots) <= set(missed), (pause_slots, summary["missed"])
     heard = [r.at for r in server.received("/tick")]
     assert not [m for m in missed if any(m <= at < m + 1 for at in heard)], (summary["missed"], heard)
@@ -149,9 +172,9 @@ def test_history_lists_runs_a_killed_run_and_missed_slots(cron01, server, deploy
     assert rows["slow"]["result"] == "failed" and rows["slow"]["reason"] == killed["reason"]
 
 
-def test_run_streams_its_lines_as_they_happen(cron01, server, deployer, write_inventory, isolated_home):
+def test_run_streams_its_lines_as_they_happen(shared_cron01, server, deployer, write_inventory, isolated_home):
     server.routes["/flaky"] = Reply(503, b"busy")
-    path = write_inventory(cron01.inventory_host() + job(server, "flaky", "cron01", timeout="30s")
+    path = write_inventory(shared_cron01.inventory_host() + job(server, "flaky", "cron01", timeout="30s")
                            .replace("retries = 0", "retries = 2"))
     deployer("push", "-i", path, check=True)
     environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
@@ -180,16 +203,19 @@ def test_run_streams_its_lines_as_they_happen(cron01, server, deployer, write_in
     assert sum("-> 503" in line for line in document["output"]) == 3
 
 
-def test_logs_follow_streams_until_interrupted_and_since_limits(cron01, server, deployer, write_inventory,
+def test_logs_follow_streams_until_interrupted_and_since_limits(shared_cron01, server, deployer, write_inventory,
                                                                  isolated_home):
     server.routes["/tick"] = json_reply({"code": 0})
-    path = write_inventory(cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2"))
+    path = write_inventory(shared_cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2"))
     deployer("push", "-i", path, check=True)
     server.wait_for("/tick", count=2, timeout=20)
     environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     environment["HOME"] = str(isolated_home)
+    # Ctrl-C's SIGINT as a terminal delivers it: a suite started in the background (`make test &`,
+    # nohup, CI runners) inherits SIGINT ignored, and so would `deployer logs -f`, which then never ends.
     follow = subprocess.Popen([sys.executable, "-m", "deployer", "logs", "tick", "-i", path, "-f", "-n", "1"],
-                              env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     begun = time.time()
     lines = []
     for line in follow.stdout:
@@ -202,12 +228,13 @@ def test_logs_follow_streams_until_interrupted_and_since_limits(cron01, server, 
     assert sum("-> 200" in x for x in lines) >= 3 and time.time() - begun < 30
     assert follow.returncode == 0 and "Traceback" not in err, err
     deadline = time.monotonic() + 20  # the agent notices the client is gone and ends its journalctl -f
-    while cron01.ssh("pgrep -f '^journalctl .*-f' || true").stdout.strip() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert cron01.ssh("pgrep -f '^journalctl .*-f' || true").stdout.strip() == ""
+    while shared_cron01.ssh("pgrep -f '^journalctl .*-f' || true").stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert shared_cron01.ssh("pgrep -f '^journalctl .*-f' || true").stdout.strip() == ""
 
-    time.sleep(3)
-    recent = deployer("logs", "tick", "-i", path, "--since", "3s", check=True).stdout.splitlines()
+    # A run within the last 3 s (one every 2 s), polled for rather than slept for.
+    recent = wait_until(lambda: deployer("logs", "tick", "-i", path, "--since", "3s", check=True).stdout.splitlines(),
+                        20, "a line within the last 3 s", every=0.5)
     everything = deployer("logs", "tick", "-i", path, "--since", "10m", check=True).stdout.splitlines()
     assert 0 < len(recent) < len(everything)
     stamps = [datetime.fromisoformat(line.split()[0]).timestamp() for line in recent]

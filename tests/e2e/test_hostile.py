@@ -26,14 +26,14 @@ def exec_start_urls(host, jobs: list[str]) -> dict[str, str]:
 
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(urls=st.lists(legal_url, min_size=8, max_size=8, unique=True))
-def test_odd_urls_reach_the_trigger_byte_for_byte(cron01, deployer, write_inventory, urls):
+def test_odd_urls_reach_the_trigger_byte_for_byte(shared_cron01, deployer, write_inventory, urls):
     jobs = {f"odd{i}": url for i, url in enumerate(urls)}
     body = "".join(f"[job:{name}]\nschedule = 0 3 * * *\nurl = {url}\nretries = 0\ntimeout = 3s\n"
                    for name, url in jobs.items())
-    deployer("push", "-i", write_inventory(cron01.inventory_host() + body), check=True)
+    deployer("push", "-i", write_inventory(shared_cron01.inventory_host() + body), check=True)
 
-    assert exec_start_urls(cron01, list(jobs)) == jobs
-    ran = deployer("run", "odd0", "-i", write_inventory(cron01.inventory_host() + body), check=False)
+    assert exec_start_urls(shared_cron01, list(jobs)) == jobs
+    ran = deployer("run", "odd0", "-i", write_inventory(shared_cron01.inventory_host() + body), check=False)
     assert f"POST {jobs['odd0']} -> " in ran.stdout, "the trigger logs the URL it was given"
 
 
@@ -43,21 +43,21 @@ def test_odd_urls_reach_the_trigger_byte_for_byte(cron01, deployer, write_invent
     pytest.param("http://h/$(touch /tmp/pwned)", id="shell"),
     pytest.param("http://h/`touch /tmp/pwned`", id="backticks"),
 ])
-def test_injection_through_an_environment_variable_is_refused_or_inert(cron01, deployer, write_inventory,
+def test_injection_through_an_environment_variable_is_refused_or_inert(shared_cron01, deployer, write_inventory,
                                                                        server, value):
-    path = write_inventory(cron01.inventory_host() + f"[job:safe]\nschedule = 0 3 * * *\nurl = {server.url('/s')}\n")
+    path = write_inventory(shared_cron01.inventory_host() + f"[job:safe]\nschedule = 0 3 * * *\nurl = {server.url('/s')}\n")
     deployer("push", "-i", path, check=True)
-    before = cron01.ssh("sha256sum /etc/systemd/system/deployer-*").stdout
-    write_inventory(cron01.inventory_host() + "[job:evil]\nschedule = 0 3 * * *\nurl = ${EVIL}\nretries = 0\n"
+    before = shared_cron01.ssh("sha256sum /etc/systemd/system/deployer-*").stdout
+    write_inventory(shared_cron01.inventory_host() + "[job:evil]\nschedule = 0 3 * * *\nurl = ${EVIL}\nretries = 0\n"
                     "timeout = 3s\n")
 
     result = deployer("push", "-i", path, env={"EVIL": value}, check=False)
     if result.returncode == 0:  # accepted: it must be inert data, delivered as one argument
-        assert exec_start_urls(cron01, ["evil"]) == {"evil": value}
+        assert exec_start_urls(shared_cron01, ["evil"]) == {"evil": value}
         deployer("run", "evil", "-i", path, env={"EVIL": value}, check=False)
     else:
         assert result.returncode == 1 and result.stderr.count("\n") == 1
         assert "[job:evil] url:" in result.stderr and "Traceback" not in result.stderr
-        assert cron01.ssh("sha256sum /etc/systemd/system/deployer-*").stdout == before
-    assert cron01.ssh("test -e /tmp/pwned", check=False).returncode == 1, "an injected command ran"
-    assert cron01.ssh("grep -l ExecStartPre /etc/systemd/system/deployer-* || true").stdout == ""
+        assert shared_cron01.ssh("sha256sum /etc/systemd/system/deployer-*").stdout == before
+    assert shared_cron01.ssh("test -e /tmp/pwned", check=False).returncode == 1, "an injected command ran"
+    assert shared_cron01.ssh("grep -l ExecStartPre /etc/systemd/system/deployer-* || true").stdout == ""

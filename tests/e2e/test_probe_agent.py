@@ -53,16 +53,16 @@ def test_a_local_user_cannot_make_the_agent_truncate_a_file_or_hold_its_lock(cro
     assert held.returncode != 0 and "Permission denied" in held.stderr
 
 
-def test_a_corrupt_journal_is_reported_in_one_line_and_recoverable(cron01, deployer, write_inventory, server):
-    path = write_inventory(cron01.inventory_host() + job("a", server.url("/a")))
+def test_a_corrupt_journal_is_reported_in_one_line_and_recoverable(shared_cron01, deployer, write_inventory, server):
+    path = write_inventory(shared_cron01.inventory_host() + job("a", server.url("/a")))
     deployer("push", "-i", path, check=True)
-    cron01.ssh(f": > {JOURNAL}")  # what the old lock attack left behind
+    shared_cron01.ssh(f": > {JOURNAL}")  # what the old lock attack left behind
 
     broken = deployer("status", "-i", path, check=False)
 
     assert broken.returncode == 1 and broken.stderr.count("\n") == 1 and "Traceback" not in broken.stderr
     assert f"{JOURNAL} (the switch journal) is corrupt (empty)" in broken.stderr
-    cron01.ssh(f"mv {JOURNAL} {JOURNAL}.broken")  # the recovery the message names
+    shared_cron01.ssh(f"mv {JOURNAL} {JOURNAL}.broken")  # the recovery the message names
     assert "deployer-a" not in deployer("status", "-i", path, check=True).stderr
     assert "up to date" in deployer("push", "-i", path, check=True).stdout
 
@@ -76,27 +76,27 @@ def wait_until_second(modulo: int, at: float) -> float:
     return time.time()
 
 
-def test_replaying_an_interrupted_push_never_creates_a_run(cron01, deployer, write_inventory, server):
+def test_replaying_an_interrupted_push_never_creates_a_run(shared_cron01, deployer, write_inventory, server):
     """The agent dies after starting the timers and before removing its journal: the host holds
     the new units, the timers run, the journal is still there. The next command replays it."""
     server.routes["/tick"] = json_reply({"code": 0})
-    path = write_inventory(cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/20"))
+    path = write_inventory(shared_cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/20"))
     deployer("push", "-i", path, check=True)
     # Keep the journal of the next push as it was when the switch ran (the state a kill between
     # `systemctl start` and its removal leaves); then let the push finish.
-    keep = subprocess.Popen(cron01.ssh_args() + [f"until cp {JOURNAL} /root/kept 2>/dev/null; do :; done"])
-    write_inventory(cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/10"))
+    keep = subprocess.Popen(shared_cron01.ssh_args() + [f"until cp {JOURNAL} /root/kept 2>/dev/null; do :; done"])
+    write_inventory(shared_cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/10"))
     deployer("push", "-i", path, check=True)
     keep.wait(timeout=30)
     pushed = time.time()
     before = len(server.received("/tick"))
     server.wait_for("/tick", count=before + 1, timeout=15)  # the new timer ran once after the switch
     ran = len(server.received("/tick"))
-    cron01.ssh(f"cp /root/kept {JOURNAL}")  # the agent "died" before removing it
+    shared_cron01.ssh(f"cp /root/kept {JOURNAL}")  # the agent "died" before removing it
 
     replay = wait_until_second(10, 3.0)  # replay away from a slot, so an extra run stands out
     deployer("status", "-i", path, check=True)
-    assert cron01.ssh(f"test -e {JOURNAL}", check=False).returncode != 0, "the journal was replayed"
+    assert shared_cron01.ssh(f"test -e {JOURNAL}", check=False).returncode != 0, "the journal was replayed"
     next_slot = replay - replay % 10 + 10
     time.sleep(max(0.0, next_slot - time.time()))
     extra = [r for r in server.received("/tick") if replay <= r.at < next_slot]
@@ -166,24 +166,24 @@ def thousand_jobs(host, write_inventory) -> str:
     return write_inventory(host.inventory_host() + body)
 
 
-def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(cron01, deployer, write_inventory):
-    path = thousand_jobs(cron01, write_inventory)
+def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(shared_cron01, deployer, write_inventory):
+    path = thousand_jobs(shared_cron01, write_inventory)
     deployer("push", "-i", path, check=True)
-    write_inventory(cron01.inventory_host())
+    write_inventory(shared_cron01.inventory_host())
     started = time.monotonic()
     removed = deployer("push", "-i", path, check=True)
     print(f"removing {JOBS} jobs: {time.monotonic() - started:.1f}s")
 
     assert sum(line.startswith("- deployer-j") for line in removed.stdout.splitlines()) == 2 * JOBS
-    assert cron01.ssh("systemctl list-units --all --no-legend 'deployer-j[0-9]*' | wc -l").stdout.strip() == "0"
-    assert cron01.ssh("ls /etc/systemd/system | grep -cE '^deployer-j[0-9]+[.]' || true").stdout.strip() == "0"
+    assert shared_cron01.ssh("systemctl list-units --all --no-legend 'deployer-j[0-9]*' | wc -l").stdout.strip() == "0"
+    assert shared_cron01.ssh("ls /etc/systemd/system | grep -cE '^deployer-j[0-9]+[.]' || true").stdout.strip() == "0"
 
 
-def test_status_of_a_thousand_jobs_right_after_the_push_costs_what_a_warm_one_does(cron01, deployer,
+def test_status_of_a_thousand_jobs_right_after_the_push_costs_what_a_warm_one_does(shared_cron01, deployer,
                                                                                    write_inventory):
     """Before: the first status after the push took 28-65 s, a second one 3-6 s (PID 1 computed
     UnitFileState for every unit on first sight; hostside/dbus.py). A ratio, not a wall-clock limit."""
-    path = thousand_jobs(cron01, write_inventory)
+    path = thousand_jobs(shared_cron01, write_inventory)
     deployer("push", "-i", path, check=True)
     started = time.monotonic()
     status = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)
@@ -209,13 +209,13 @@ print(json.dumps({"bus": values, "show": shown}))
 """
 
 
-def test_the_dbus_reader_reads_what_systemctl_show_reads(cron01, deployer, write_inventory, server):
+def test_the_dbus_reader_reads_what_systemctl_show_reads(shared_cron01, deployer, write_inventory, server):
     """hostside/dbus.py against systemd's own client, property by property, for jobs that ran
     ok, failed, never ran and are paused."""
     from deployer.hostside import agent, dbus
 
     server.routes["/ok"] = json_reply({"code": 0})
-    path = write_inventory(cron01.inventory_host() + job("ok", server.url("/ok")) + job("bad", "http://127.0.0.1:9/")
+    path = write_inventory(shared_cron01.inventory_host() + job("ok", server.url("/ok")) + job("bad", "http://127.0.0.1:9/")
                            + job("never", server.url("/ok"), "Mon *-*-* 03:07:00"))
     deployer("push", "-i", path, check=True)
     deployer("run", "ok", "-i", path, check=True)
@@ -226,7 +226,7 @@ def test_the_dbus_reader_reads_what_systemctl_show_reads(cron01, deployer, write
     for kind, wanted in (("timer", agent.TIMER_STATUS), ("service", agent.SERVICE_STATUS)):
         units = [f"deployer-{name}.{kind}" for name in ("ok", "bad", "never")]
         properties = {name: agent.BUS_PROPERTIES[name] for name in wanted}
-        both = json.loads(cron01.ssh(f"python3 -c {shlex.quote(READ_BOTH_WAYS)} {shlex.quote(json.dumps(units))} "
+        both = json.loads(shared_cron01.ssh(f"python3 -c {shlex.quote(READ_BOTH_WAYS)} {shlex.quote(json.dumps(units))} "
                                      f"{shlex.quote(json.dumps(properties))}", input=source).stdout)
         blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
                   for block in both["show"].strip().split("\n\n")]

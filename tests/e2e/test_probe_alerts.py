@@ -42,34 +42,34 @@ def wait_reported(robot, invocations: list[str], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def test_probe16_13_failures_during_a_slow_alert_are_each_reported_once(cron01, server, robot, deployer,  # noqa: F811
+def test_probe16_13_failures_during_a_slow_alert_are_each_reported_once(shared_cron01, server, robot, deployer,  # noqa: F811
                                                                          write_inventory):
     """Before: six failures in a row while the first alert was still being sent (3 s a message):
     systemd merged the later OnFailure= starts into the running alert, and they were never reported."""
     server.routes["/e500"] = Reply(500, b"settlement exploded")
     robot.routes["/robot/send"] = lambda record: (time.sleep(3), robot._dingtalk(record))[1]
-    path = write_inventory(alert_inventory(cron01, robot, server, job("burst", server.url("/e500"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("burst", server.url("/e500"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
 
     for _ in range(6):
-        cron01.ssh("systemctl start deployer-burst.service", check=False)
-    failed = failed_invocations(cron01, "burst")
+        shared_cron01.ssh("systemctl start deployer-burst.service", check=False)
+    failed = failed_invocations(shared_cron01, "burst")
     assert len(failed) == 6
     wait_reported(robot, failed, timeout=40)
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
     titles = [m["markdown"]["title"] for m in robot.accepted]
     assert {i: reported(robot, i) for i in failed} == {i: 1 for i in failed}, f"{len(titles)} messages: {titles}"
     assert robot.refused == []
 
 
-def test_probe16_13_an_alert_goes_out_soon_after_its_channel_comes_back(cron01, server, robot, deployer,  # noqa: F811
+def test_probe16_13_an_alert_goes_out_soon_after_its_channel_comes_back(shared_cron01, server, robot, deployer,  # noqa: F811
                                                                         write_inventory):
     """Before: an alert that could not be delivered waited for the next failure (forever if none).
     Now the alert unit restarts itself (RestartSec=20s) and sends what is queued."""
     server.routes["/e500"] = Reply(500, b"settlement exploded")
     down = Reply(502, b"bad gateway")
     robot.routes["/robot/send"], working = down, robot.routes["/robot/send"]
-    path = write_inventory(alert_inventory(cron01, robot, server, job("lonely", server.url("/e500"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("lonely", server.url("/e500"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
 
     deployer("run", "lonely", "-i", path, env=SECRETS_ENV, check=False)
@@ -79,11 +79,11 @@ def test_probe16_13_an_alert_goes_out_soon_after_its_channel_comes_back(cron01, 
     assert len(robot.received("/robot/send")) == 3, "three attempts while the channel is down"
     robot.routes["/robot/send"] = working
     back = time.monotonic()
-    [invocation] = failed_invocations(cron01, "lonely")
+    [invocation] = failed_invocations(shared_cron01, "lonely")
     wait_reported(robot, [invocation], timeout=60)
-    assert reported(robot, invocation) == 1, f"not delivered soon after the channel came back:\n{alert_log(cron01)}"
+    assert reported(robot, invocation) == 1, f"not delivered soon after the channel came back:\n{alert_log(shared_cron01)}"
     assert time.monotonic() - back < 60, "the issue asks for soon: within a minute"
-    wait_alert_units_idle(cron01)
+    wait_alert_units_idle(shared_cron01)
     assert len(robot.accepted) == 1
 
 

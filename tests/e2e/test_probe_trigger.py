@@ -30,17 +30,17 @@ def test_probe16_3_a_failure_is_alerted_on_a_full_disk(cron01, server, robot, de
     assert leftovers == []
 
 
-def test_probe16_12_job_and_alert_units_have_a_memory_ceiling(cron01, server, robot, deployer,  # noqa: F811
+def test_probe16_12_job_and_alert_units_have_a_memory_ceiling(shared_cron01, server, robot, deployer,  # noqa: F811
                                                                write_inventory):
     """Before: no ceiling; an endless body grew one run to 1.17 GB."""
-    path = write_inventory(alert_inventory(cron01, robot, server, job("settle", server.url("/settle"))))
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, job("settle", server.url("/settle"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
-    shown = cron01.ssh("systemctl show -p MemoryMax --value deployer-settle.service "
+    shown = shared_cron01.ssh("systemctl show -p MemoryMax --value deployer-settle.service "
                        "deployer-alert-ops@settle.service").stdout.split()
     assert shown == [str(128 << 20)] * 2
 
 
-def test_job_runs_share_the_hosts_slice_and_a_killed_run_is_alerted(cron01, server, robot, deployer,  # noqa: F811
+def test_job_runs_share_the_hosts_slice_and_a_killed_run_is_alerted(shared_cron01, server, robot, deployer,  # noqa: F811
                                                                      write_inventory):
     """Issue 11: one slice per host (systemd-cgtop shows the runs together) with an optional
     ceiling; a run the ceiling kills is a failed run and alerts like any other.
@@ -50,19 +50,19 @@ def test_job_runs_share_the_hosts_slice_and_a_killed_run_is_alerted(cron01, serv
     systemd reads them, each run's membership, and that a run SIGKILLed the way the kernel's
     OOM killer does ends failed and alerted."""
     server.routes["/settle"] = Reply(200, b'{"code":0}', delay=30)
-    inventory = alert_inventory(cron01, robot, server, job("settle", server.url("/settle"), "timeout = 60s"))
+    inventory = alert_inventory(shared_cron01, robot, server, job("settle", server.url("/settle"), "timeout = 60s"))
     inventory = inventory.replace("[alert:ops]", "memory_max = 64M\ntasks_max = 64\ncpu_weight = 50\n\n[alert:ops]", 1)
     path = write_inventory(inventory)
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
-    assert sorted(cron01.ssh("systemctl show -p MemoryMax,TasksMax,CPUWeight --value deployer-jobs.slice").stdout.split()) \
+    assert sorted(shared_cron01.ssh("systemctl show -p MemoryMax,TasksMax,CPUWeight --value deployer-jobs.slice").stdout.split()) \
         == sorted([str(64 << 20), "64", "50"])
 
-    cron01.ssh("systemctl start --no-block deployer-settle.service")
+    shared_cron01.ssh("systemctl start --no-block deployer-settle.service")
     server.wait_for("/settle")
-    cgroup = cron01.ssh("systemctl show -p ControlGroup --value deployer-settle.service").stdout.strip()
+    cgroup = shared_cron01.ssh("systemctl show -p ControlGroup --value deployer-settle.service").stdout.strip()
     assert cgroup == "/deployer.slice/deployer-jobs.slice/deployer-settle.service"
-    cron01.ssh("systemctl kill --signal=SIGKILL deployer-settle.service")
+    shared_cron01.ssh("systemctl kill --kill-whom=main --signal=SIGKILL deployer-settle.service")
     robot.wait_accepted(1)
-    wait_alert_units_idle(cron01)
-    assert cron01.ssh("systemctl show -p Result --value deployer-settle.service").stdout.strip() == "signal"
+    wait_alert_units_idle(shared_cron01)
+    assert shared_cron01.ssh("systemctl show -p Result --value deployer-settle.service").stdout.strip() == "signal"
     assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job settle FAILED on cron01"]

@@ -75,12 +75,12 @@ class ProtectedService:
         self.httpd.shutdown()
 
 
-def test_mtls_bearer_and_signature_with_secrets_out_of_sight(cron01, deployer, write_inventory, tmp_path):
+def test_mtls_bearer_and_signature_with_secrets_out_of_sight(shared_cron01, deployer, write_inventory, tmp_path):
     pki = make_pki(tmp_path / "pki")
     processes: list[str] = []
-    service = ProtectedService(pki, on_request=lambda: processes.append(cron01.ssh("ps -eo args").stdout))
+    service = ProtectedService(pki, on_request=lambda: processes.append(shared_cron01.ssh("ps -eo args").stdout))
     try:
-        path = write_inventory(cron01.inventory_host() + f"""
+        path = write_inventory(shared_cron01.inventory_host() + f"""
 [job:settle]
 schedule = 0 3 * * *
 url = {service.url}
@@ -114,16 +114,16 @@ client_key = {pki.client_key}
         assert outputs[3].returncode == 1 and "401" in outputs[3].stdout
 
         assert "trigger.pyz --job settle" in processes[0], "ps must have run while the trigger ran"
-        units = cron01.ssh("cat /etc/systemd/system/deployer-*").stdout
-        shown = cron01.ssh("systemctl show deployer-settle.service deployer-settle.timer").stdout
-        journal = cron01.ssh("journalctl --no-pager -o verbose").stdout
+        units = shared_cron01.ssh("cat /etc/systemd/system/deployer-*").stdout
+        shown = shared_cron01.ssh("systemctl show deployer-settle.service deployer-settle.timer").stdout
+        journal = shared_cron01.ssh("journalctl --no-pager -o verbose").stdout
         assert "LoadCredential=headers:/etc/deployer/credentials/jobs.settle.headers" in units
         for secret in SECRETS:
             for place, text in (("a unit file", units), ("systemctl show", shown), ("the journal", journal),
                                 ("process arguments", "".join(processes)),
                                 ("deployer's output", "".join(o.stdout + o.stderr for o in outputs))):
                 assert secret not in text, f"{secret} in {place}"
-        assert cron01.ssh("stat -c '%a %U' /etc/deployer/credentials/jobs.settle.headers").stdout.split() == \
+        assert shared_cron01.ssh("stat -c '%a %U' /etc/deployer/credentials/jobs.settle.headers").stdout.split() == \
             ["600", "root"]
     finally:
         service.close()

@@ -52,17 +52,17 @@ def on_a_terminal(args: list[str], answer: str | None, home) -> tuple[int, str, 
 
 
 @pytest.fixture
-def pushed_three(cron01, server, deployer, write_inventory):
+def pushed_three(shared_cron01, server, deployer, write_inventory):
     """cron01 runs keep, gone1, gone2; the inventory is then cut down to keep alone."""
-    path = write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
+    path = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
                                                                gone1="0 * * * *|/g1", gone2="0 * * * *|/g2"))
     deployer("push", "-i", path, check=True)
-    write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep"))
-    assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
+    write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep"))
+    assert timers(shared_cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
     return path
 
 
-def test_on_a_terminal_push_names_the_jobs_and_no_changes_nothing(cron01, pushed_three, isolated_home):
+def test_on_a_terminal_push_names_the_jobs_and_no_changes_nothing(shared_cron01, pushed_three, isolated_home):
     status, shown, stdout = on_a_terminal(["push", "-i", pushed_three], "n", isolated_home)
 
     assert status == 1
@@ -71,52 +71,52 @@ def test_on_a_terminal_push_names_the_jobs_and_no_changes_nothing(cron01, pushed
     assert "deployer: error: host cron01: push cancelled, nothing changed (--no-prune keeps those jobs; " \
            "--yes removes without asking)" in shown
     assert "Traceback" not in shown and stdout == ""
-    assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
+    assert timers(shared_cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
     ended, shown, _ = on_a_terminal(["push", "-i", pushed_three], "\x04", isolated_home)  # Ctrl-D: no answer
     assert ended == 1 and "push cancelled, nothing changed" in shown and "Aborted" not in shown, shown
-    assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
+    assert timers(shared_cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
 
 
-def test_on_a_terminal_yes_removes_them(cron01, pushed_three, isolated_home):
+def test_on_a_terminal_yes_removes_them(shared_cron01, pushed_three, isolated_home):
     status, shown, stdout = on_a_terminal(["push", "-i", pushed_three], "y", isolated_home)
 
     assert status == 0, shown
     assert "Remove them? [y/N]: y" in shown
     assert "  removed 2 jobs: gone1, gone2\n" in stdout
-    assert timers(cron01) == ["deployer-keep.timer"]
+    assert timers(shared_cron01) == ["deployer-keep.timer"]
 
 
-def test_yes_does_not_ask_even_on_a_terminal(cron01, pushed_three, isolated_home):
+def test_yes_does_not_ask_even_on_a_terminal(shared_cron01, pushed_three, isolated_home):
     status, shown, stdout = on_a_terminal(["push", "--yes", "-i", pushed_three], None, isolated_home)
 
     assert status == 0, shown
     assert "[y/N]" not in shown
-    assert timers(cron01) == ["deployer-keep.timer"]
+    assert timers(shared_cron01) == ["deployer-keep.timer"]
 
 
-def test_without_a_terminal_push_prunes_as_the_contract_says_and_names_them(cron01, pushed_three, deployer):
+def test_without_a_terminal_push_prunes_as_the_contract_says_and_names_them(shared_cron01, pushed_three, deployer):
     result = deployer("push", "-i", pushed_three, check=True)
 
     assert "  removed 2 jobs: gone1, gone2\n" in result.stdout
     assert "[y/N]" not in result.stderr
-    assert timers(cron01) == ["deployer-keep.timer"]
+    assert timers(shared_cron01) == ["deployer-keep.timer"]
 
 
-def test_a_push_that_removes_no_job_does_not_ask(cron01, server, write_inventory, deployer, isolated_home):
-    path = write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep"))
+def test_a_push_that_removes_no_job_does_not_ask(shared_cron01, server, write_inventory, deployer, isolated_home):
+    path = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep"))
     deployer("push", "-i", path, check=True)
-    write_inventory(cron01.inventory_host() + jobs_ini(server, keep="5 * * * *|/keep", new="0 3 * * *|/new"))
+    write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="5 * * * *|/keep", new="0 3 * * *|/new"))
 
     status, shown, stdout = on_a_terminal(["push", "-i", path], None, isolated_home)
 
     assert status == 0, shown
     assert "[y/N]" not in shown
-    assert timers(cron01) == ["deployer-keep.timer", "deployer-new.timer"]
+    assert timers(shared_cron01) == ["deployer-keep.timer", "deployer-new.timer"]
 
 
-def test_no_prune_keeps_the_jobs_running_and_plan_exit_code_tells_ci(cron01, server, pushed_three, deployer,
+def test_no_prune_keeps_the_jobs_running_and_plan_exit_code_tells_ci(shared_cron01, server, pushed_three, deployer,
                                                                      write_inventory):
-    write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep", new="0 3 * * *|/new"))
+    write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep", new="0 3 * * *|/new"))
 
     pending = deployer("plan", "--exit-code", "-i", pushed_three, check=False)
     plan_json = json.loads(deployer("plan", "--json", "-i", pushed_three, check=True).stdout)
@@ -128,9 +128,9 @@ def test_no_prune_keeps_the_jobs_running_and_plan_exit_code_tells_ci(cron01, ser
     assert f"host cron01: push would remove 2 jobs not in {pushed_three}: gone1, gone2\n" in pending.stdout
     assert plan_json["remove_jobs"] == ["gone1", "gone2"] and plan_json["kept_jobs"] == []
     assert "kept 2 jobs no longer in the inventory (--no-prune): gone1, gone2" in kept.stdout
-    assert timers(cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer",
+    assert timers(shared_cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer",
                               "deployer-new.timer"]
-    active = cron01.ssh("systemctl is-active deployer-gone1.timer deployer-gone2.timer", check=False).stdout
+    active = shared_cron01.ssh("systemctl is-active deployer-gone1.timer deployer-gone2.timer", check=False).stdout
     assert active.split() == ["active", "active"], "a kept job keeps its schedule"
     assert after_no_prune.returncode == 0, after_no_prune.stdout
     assert "0 to remove, 4 kept (--no-prune)" in after_no_prune.stdout

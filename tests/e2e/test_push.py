@@ -43,9 +43,9 @@ def file_stamps(host) -> str:
     return host.ssh("stat -c '%n %i %Y' /etc/systemd/system/deployer-* /var/lib/deployer/lib/*").stdout
 
 
-def test_push_installs_every_job_and_a_fast_job_really_posts(cron01, server, deployer, write_inventory):
+def test_push_installs_every_job_and_a_fast_job_really_posts(shared_cron01, server, deployer, write_inventory):
     server.routes["/fast"] = json_reply({"code": 0})
-    inventory = write_inventory(cron01.inventory_host() + """
+    inventory = write_inventory(shared_cron01.inventory_host() + """
 [defaults]
 timezone = Asia/Shanghai
 """ + jobs_ini(server, fast=f"{FAST}|/fast", hourly="0 * * * *|/hourly",
@@ -55,67 +55,69 @@ timezone = Asia/Shanghai
 
     # 3 jobs x 2 units, deployer-jobs.slice, deployer-recover.service (issue 16 item 9), the lease's
     # timer, service and hold-at-boot unit (issue 13 item 1), trigger.pyz, the metrics collector and
-    # its two timers (issue 14)
-    assert "host cron01: pushed: 15 add" in result.stdout
-    assert cron01.ssh("systemctl is-enabled deployer-recover.service deployer-lease@boot.service "
+    # its two timers (issue 14), and each job's epoch (issue 21)
+    assert "host cron01: pushed: 18 add" in result.stdout
+    assert shared_cron01.ssh("systemctl is-enabled deployer-recover.service deployer-lease@boot.service "
                       "deployer-lease@renew.timer").stdout.split() == ["enabled"] * 3
-    assert timers(cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
-    assert cron01.ssh("systemctl is-active deployer-lease@renew.timer").stdout.strip() == "active"
-    lease = json.loads(cron01.ssh("cat /var/lib/deployer/lease.json").stdout)
+    assert timers(shared_cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
+    assert shared_cron01.ssh("systemctl is-active deployer-lease@renew.timer").stdout.strip() == "active"
+    lease = json.loads(shared_cron01.ssh("cat /var/lib/deployer/lease.json").stdout)
     assert lease["seconds"] == 300 and abs(lease["renewed"] - time.time()) < 60
     request = server.wait_for("/fast", timeout=15)[0]
     assert request.method == "POST"
     assert request.headers["X-Deployer-Job"] == "fast"
-    calendar = cron01.ssh("systemctl show -p TimersCalendar --value deployer-nightly.timer").stdout
+    calendar = shared_cron01.ssh("systemctl show -p TimersCalendar --value deployer-nightly.timer").stdout
     assert "Mon..Fri *-*-* 02:30:00 Asia/Shanghai" in calendar
-    enabled = cron01.ssh("systemctl is-enabled deployer-fast.timer deployer-hourly.timer").stdout.split()
+    enabled = shared_cron01.ssh("systemctl is-enabled deployer-fast.timer deployer-hourly.timer").stdout.split()
     assert enabled == ["enabled", "enabled"]
 
 
-def test_second_identical_push_writes_nothing_and_does_not_reload(cron01, server, deployer, write_inventory):
-    inventory = write_inventory(cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a", b="5 4 * * *|/b"))
-    before_first = generation(cron01)
+def test_second_identical_push_writes_nothing_and_does_not_reload(shared_cron01, server, deployer, write_inventory):
+    inventory = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a", b="5 4 * * *|/b"))
+    before_first = generation(shared_cron01)
     deployer("push", "-i", inventory, check=True)
-    after_first = generation(cron01)
-    stamps = file_stamps(cron01)
+    after_first = generation(shared_cron01)
+    stamps = file_stamps(shared_cron01)
 
     again = deployer("push", "-i", inventory, "--json", check=True)
 
     assert after_first != before_first, "the first push must reload systemd (or this test proves nothing)"
     assert json.loads(again.stdout)["add"] == [] and json.loads(again.stdout)["change"] == []
-    # 2 jobs x 2 units, the job slice, the recover unit, the lease's 3 units, trigger.pyz, the metrics units (3)
-    assert len(json.loads(again.stdout)["unchanged"]) == 13
-    assert generation(cron01) == after_first
-    assert file_stamps(cron01) == stamps
+    # 2 jobs x 2 units, the job slice, the recover unit, the lease's 3 units, trigger.pyz, the metrics units (3),
+    # 2 epochs: kept as they were, the owner did not change
+    assert len(json.loads(again.stdout)["unchanged"]) == 15
+    assert generation(shared_cron01) == after_first
+    assert file_stamps(shared_cron01) == stamps
 
 
-def test_changed_and_removed_jobs_are_updated_and_pruned(cron01, server, deployer, write_inventory):
-    path = write_inventory(cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
+def test_changed_and_removed_jobs_are_updated_and_pruned(shared_cron01, server, deployer, write_inventory):
+    path = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
                                                                gone="0 * * * *|/gone"))
     deployer("push", "-i", path, check=True)
-    write_inventory(cron01.inventory_host() + jobs_ini(server, keep="15 * * * *|/keep"))
+    write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="15 * * * *|/keep"))
 
     plan = deployer("plan", "-i", path, check=True)
     assert "~ /etc/systemd/system/deployer-keep.timer" in plan.stdout
     assert "-OnCalendar=*-*-* *:00:00 UTC" in plan.stdout
     assert "+OnCalendar=*-*-* *:15:00 UTC" in plan.stdout
     assert "- /etc/systemd/system/deployer-gone.timer" in plan.stdout
-    assert timers(cron01) == ["deployer-gone.timer", "deployer-keep.timer"], "plan must change nothing"
+    assert timers(shared_cron01) == ["deployer-gone.timer", "deployer-keep.timer"], "plan must change nothing"
 
     pushed = deployer("push", "-i", path, check=True)
 
-    assert "1 change, 2 remove" in pushed.stdout
-    assert timers(cron01) == ["deployer-keep.timer"]
-    assert cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == [
+    # keep's timer, and its service (the trigger names its slot from the calendar); gone's two units and epoch
+    assert "2 change, 3 remove" in pushed.stdout
+    assert timers(shared_cron01) == ["deployer-keep.timer"]
+    assert shared_cron01.ssh("ls /etc/systemd/system/timers.target.wants/ | grep deployer-").stdout.split() == [
         paths.HEARTBEAT_TIMER, paths.METRICS_SOON_TIMER, "deployer-keep.timer", "deployer-lease@renew.timer"]
-    assert "*:15:00" in cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
-    assert cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
+    assert "*:15:00" in shared_cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
+    assert shared_cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
 
 
-def test_run_status_and_logs(cron01, server, deployer, write_inventory):
+def test_run_status_and_logs(shared_cron01, server, deployer, write_inventory):
     server.routes["/good"] = json_reply({"code": 0})
     server.routes["/bad"] = Reply(500, b"settlement exploded")
-    path = write_inventory(cron01.inventory_host() + jobs_ini(
+    path = write_inventory(shared_cron01.inventory_host() + jobs_ini(
         server, good="0 3 * * *|/good",
         bad=f"schedule = 0 4 * * *\nurl = {server.url('/bad')}\nretries = 0"))
     deployer("push", "-i", path, check=True)
@@ -142,11 +144,11 @@ def test_run_status_and_logs(cron01, server, deployer, write_inventory):
     assert len(server.received("/good")) == 1
 
 
-def test_bad_inventory_is_refused_and_changes_nothing(cron01, server, deployer, write_inventory):
-    path = write_inventory(cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a"))
+def test_bad_inventory_is_refused_and_changes_nothing(shared_cron01, server, deployer, write_inventory):
+    path = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a"))
     deployer("push", "-i", path, check=True)
-    stamps = file_stamps(cron01)
-    write_inventory(cron01.inventory_host() + "[job:a]\nschedule = 0 * * * *\nurl = " + server.url("/a")
+    stamps = file_stamps(shared_cron01)
+    write_inventory(shared_cron01.inventory_host() + "[job:a]\nschedule = 0 * * * *\nurl = " + server.url("/a")
                     + "\nretires = 3\n")
 
     result = deployer("push", "-i", path, check=False)
@@ -156,43 +158,43 @@ def test_bad_inventory_is_refused_and_changes_nothing(cron01, server, deployer, 
     assert "[job:a] retires: unknown key (did you mean 'retries'?)" in result.stderr
     assert path in result.stderr
     assert "Traceback" not in result.stderr
-    assert file_stamps(cron01) == stamps
+    assert file_stamps(shared_cron01) == stamps
 
 
-def test_unknown_host_key_is_refused_by_default(cron01, deployer, write_inventory, tmp_path, server):
+def test_unknown_host_key_is_refused_by_default(shared_cron01, deployer, write_inventory, tmp_path, server):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    host = cron01.inventory_host().replace(str(cron01.known_hosts), str(empty))
+    host = shared_cron01.inventory_host().replace(str(shared_cron01.known_hosts), str(empty))
     path = write_inventory(host + jobs_ini(server, a="0 * * * *|/a"))
 
     result = deployer("push", "-i", path, check=False)
 
     assert result.returncode == 1
     assert "not in known_hosts and host_key = strict" in result.stderr
-    assert cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
+    assert shared_cron01.ssh("ls /etc/systemd/system/ | grep -c deployer- || true").stdout.strip() == "0"
 
 
-def test_accept_new_trusts_first_key_then_refuses_a_changed_one(cron01, deployer, write_inventory, tmp_path, server):
+def test_accept_new_trusts_first_key_then_refuses_a_changed_one(shared_cron01, deployer, write_inventory, tmp_path, server):
     known = tmp_path / "tofu_known_hosts"
-    host = cron01.inventory_host(host_key="accept-new").replace(str(cron01.known_hosts), str(known))
+    host = shared_cron01.inventory_host(host_key="accept-new").replace(str(shared_cron01.known_hosts), str(known))
     path = write_inventory(host + jobs_ini(server, a="0 * * * *|/a"))
 
     deployer("push", "-i", path, check=True)
     assert "ssh-ed25519" in known.read_text()
     another_key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    known.write_text(f"{cron01.known_hosts.read_text().split()[0]} ssh-ed25519 {another_key}\n")
+    known.write_text(f"{shared_cron01.known_hosts.read_text().split()[0]} ssh-ed25519 {another_key}\n")
     changed = deployer("push", "-i", path, check=False)
 
     assert changed.returncode == 1
     assert "CHANGED" in changed.stderr
 
 
-def test_an_odd_but_legal_url_reaches_the_service_unchanged(cron01, server, deployer, write_inventory):
+def test_an_odd_but_legal_url_reaches_the_service_unchanged(shared_cron01, server, deployer, write_inventory):
     odd = server.url("/odd/a%20b/$x;y$$z%%i?q='\"&z=\\é&p=%2F")
     # Byte for byte as written, but for what cannot be on the wire: the non-ASCII é, as UTF-8 %XX.
     sent = "/odd/a%20b/$x;y$$z%%i?q='\"&z=\\%C3%A9&p=%2F"
     server.routes[sent.split("?")[0]] = json_reply({"code": 0})
-    path = write_inventory(cron01.inventory_host() + f"[job:odd]\nschedule = 0 3 * * *\nurl = {odd}\n")
+    path = write_inventory(shared_cron01.inventory_host() + f"[job:odd]\nschedule = 0 3 * * *\nurl = {odd}\n")
     deployer("push", "-i", path, check=True)
 
     ran = deployer("run", "odd", "-i", path, check=True)
@@ -201,7 +203,7 @@ def test_an_odd_but_legal_url_reaches_the_service_unchanged(cron01, server, depl
     assert f"POST {odd} -> 200" in ran.stdout, "the trigger must have been given the URL byte for byte"
 
 
-def test_ssh_round_trips_do_not_grow_with_the_number_of_jobs(cron01, server, write_inventory, isolated_home,
+def test_ssh_round_trips_do_not_grow_with_the_number_of_jobs(shared_cron01, server, write_inventory, isolated_home,
                                                              monkeypatch):
     """Counted on real pushes: 2 round trips for a push that changes something, 1 for a no-op."""
     from click.testing import CliRunner
@@ -221,7 +223,7 @@ def test_ssh_round_trips_do_not_grow_with_the_number_of_jobs(cron01, server, wri
     counts = {}
     for jobs in (3, 60):
         body = "".join(f"[job:j{i}]\nschedule = 0 * * * *\nurl = {server.url('/x')}\n" for i in range(jobs))
-        path = write_inventory(cron01.inventory_host() + body, name=f"inv{jobs}.ini")
+        path = write_inventory(shared_cron01.inventory_host() + body, name=f"inv{jobs}.ini")
         for kind in ("push", "no-op"):
             calls.clear()
             result = CliRunner().invoke(main, ["push", "-i", path])

@@ -30,10 +30,10 @@ def wait_for_records(host, job: str, count: int, timeout: float = 20) -> list[Ru
 
 
 @pytest.mark.parametrize("sandbox", ["strict", "fast"])
-def test_each_run_writes_its_record_ok_and_failed(cron01, server, deployer, write_inventory, sandbox):
+def test_each_run_writes_its_record_ok_and_failed(shared_cron01, server, deployer, write_inventory, sandbox):
     server.routes["/good"] = json_reply({"code": 0})
     server.routes["/bad"] = Reply(500, b"exploded")
-    path = write_inventory(cron01.inventory_host(sandbox=sandbox) + f"""
+    path = write_inventory(shared_cron01.inventory_host(sandbox=sandbox) + f"""
 [job:good]
 schedule = 0 3 * * *
 url = {server.url('/good')}
@@ -48,9 +48,9 @@ retries = 1
     deployer("run", "good", "-i", path, check=True)
     deployer("run", "bad", "-i", path, check=False)
 
-    [good] = wait_for_records(cron01, "good", 1)
-    [bad] = wait_for_records(cron01, "bad", 1)
-    assert len(records_any_sender(cron01, "good")) == 1  # the real record passes the sender check
+    [good] = wait_for_records(shared_cron01, "good", 1)
+    [bad] = wait_for_records(shared_cron01, "bad", 1)
+    assert len(records_any_sender(shared_cron01, "good")) == 1  # the real record passes the sender check
     assert (good.result, good.attempts, good.http_status, good.reason) == ("ok", 1, 200, "status 200")
     assert (bad.result, bad.attempts, bad.http_status) == ("failed", 2, 500)
     assert "500" in bad.reason

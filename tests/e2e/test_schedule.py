@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.cronhost import CronHost
+from tests.e2e.runs import assert_each_slot_ran_once, heard, runs, wait_for_runs, wait_until
 from tests.httpserver import json_reply
 
 pytestmark = pytest.mark.e2e
@@ -16,18 +17,18 @@ def calendar_job(server, name: str, calendar: str, key: str = "on_calendar") -> 
     return f"[job:{name}]\n{key} = {calendar}\nurl = {server.url('/' + name)}\nretries = 0\n"
 
 
-def test_a_schedule_change_causes_no_unplanned_run(cron01, server, deployer, write_inventory):
+def test_a_schedule_change_causes_no_unplanned_run(shared_cron01, server, deployer, write_inventory):
     server.routes["/tick"] = json_reply({"code": 0})
-    path = write_inventory(cron01.inventory_host() + calendar_job(server, "tick", "*:*:0/10"))
+    path = write_inventory(shared_cron01.inventory_host() + calendar_job(server, "tick", "*:*:0/10"))
     deployer("push", "-i", path, check=True)
     fired = server.wait_for("/tick", timeout=25)[0].at
-    while time.time() < fired + 4:  # the last run was 4+ s ago
-        time.sleep(0.1)
+    wait_until(lambda: time.time() >= fired + 4, 10, "4 s after the last run")  # the last run was 4+ s ago
     # The new schedule's first time after the last run (fired + 3 s) is already past: systemd
     # issue 16732 would run the job at once on reload. It must wait for fired + 13 s instead.
-    write_inventory(cron01.inventory_host() + calendar_job(server, "tick", "*:*:03/10"))
+    write_inventory(shared_cron01.inventory_host() + calendar_job(server, "tick", "*:*:03/10"))
     changed = deployer("push", "-i", path, check=True)
-    assert "1 change" in changed.stdout
+    # the timer, and its service: the trigger names its slot from the timer's calendar (issue 21)
+    assert "2 change" in changed.stdout
 
     next_run = server.wait_for("/tick", count=2, timeout=20)[1].at
     assert next_run >= fired + 12.5, f"unplanned run {next_run - fired:.1f}s after the last one"
@@ -59,8 +60,8 @@ def test_downtime_across_several_runs_gives_one_catch_up_run(tmp_path, server, d
         server.wait_for("/often", timeout=25)
         host.stop()
         down_at = time.time()
-        while time.time() < down_at + 25:  # at least two scheduled times pass while it is down
-            time.sleep(0.5)
+        second_slot = (int(down_at) // 10 + 2) * 10  # at least two scheduled times pass while it is down
+        wait_until(lambda: time.time() > second_slot + 0.5, 30, "two scheduled times while down", every=0.2)
         before = len(server.received("/often"))
 
         host.start()
@@ -68,25 +69,32 @@ def test_downtime_across_several_runs_gives_one_catch_up_run(tmp_path, server, d
 
         server.wait_for("/often", count=before + 1, timeout=20)
         next_slot = (int(booted) // 10 + 1) * 10  # the first regular time after boot
-        while time.time() < min(next_slot - 0.5, booted + 9):
-            time.sleep(0.1)
-        catch_up = [r for r in server.received("/often")[before:] if r.at < next_slot - 0.5]
+        wait_until(lambda: time.time() > next_slot + 0.5, 15, "the first regular time after boot")
+
+        def since_down():  # the runs of this boot, once every request the service got has its record
+            found = [run for run in runs(host, "often") if run.triggered > down_at]
+            return len(found) == len(server.received("/often")) - before and found
+
+        # Judged by when PID 1 started each run (the run records' invocations), not by when the
+        # request arrived: a run triggered before the first regular time is the catch-up run.
+        catch_up = [run for run in wait_until(since_down, 20, "a record of every run") if run.triggered < next_slot]
         assert len(catch_up) == 1, f"{len(catch_up)} runs on return; Persistent= should give one"
 
 
-def test_pushes_during_firing_windows_neither_double_nor_drop_a_run(cron01, server, deployer, write_inventory):
+def test_pushes_during_firing_windows_neither_double_nor_drop_a_run(shared_cron01, server, deployer, write_inventory):
     """Each push rewrites the timer (same times, other text), so systemd restarts it mid-stream."""
     server.routes["/every2"] = json_reply({"code": 0})
     calendars = ["*:*:0/2", "*:*:00/2", "*-*-* *:*:0/2"]
-    path = write_inventory(cron01.inventory_host() + calendar_job(server, "every2", calendars[0]))
+    path = write_inventory(shared_cron01.inventory_host() + calendar_job(server, "every2", calendars[0]))
     deployer("push", "-i", path, check=True)
-    server.wait_for("/every2", count=2, timeout=10)
+    wait_for_runs(shared_cron01, "every2", 2, timeout=20)
     for i in range(1, 7):
-        write_inventory(cron01.inventory_host() + calendar_job(server, "every2", calendars[i % 3]))
-        assert "1 change" in deployer("push", "-i", path, check=True).stdout
-    count = len(server.received("/every2"))
-    server.wait_for("/every2", count=count + 2, timeout=10)
+        write_inventory(shared_cron01.inventory_host() + calendar_job(server, "every2", calendars[i % 3]))
+        assert "2 change" in deployer("push", "-i", path, check=True).stdout  # the timer and its service
+    count = len(wait_for_runs(shared_cron01, "every2", 0))
+    found = wait_for_runs(shared_cron01, "every2", count + 2, timeout=20)
 
-    times = sorted(r.at for r in server.received("/every2"))
-    first, last = int(times[0]) // 2 * 2, int(times[-1]) // 2 * 2
-    assert len(times) == (last - first) // 2 + 1, f"runs at {[round(t % 60, 2) for t in times]}"
+    # Judged by slot (when PID 1 started each run the service heard), not by when requests
+    # arrived: each 2 s slot from the first run to the last ran once.
+    assert_each_slot_ran_once(heard(runs(shared_cron01, "every2"), server.received("/every2")), 2)
+    assert all(run.record.result == "ok" for run in found)

@@ -1,0 +1,93 @@
+"""Judging a job's runs on a real host by what the host recorded, not by when requests arrived.
+
+Every run leaves a record in the journal (deployer/hostside/record.py: DEPLOYER_RUN is systemd's
+invocation id) naming its exact slot (DEPLOYER_SLOT, from the timer's calendar: issue 21), however
+late it started on a loaded machine. A run stopped before it could write its record (a move
+stops it mid-way) is found by PID 1's "Starting" entry for its invocation, written when the
+timer elapsed: its slot is the period slot that entry falls in.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
+
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"  # systemd's "Starting <unit>..." (catalog id)
+
+
+@dataclass(frozen=True)
+class Run:
+    run: str  # the invocation id (DEPLOYER_RUN, X-Deployer-Run-Id)
+    triggered: float  # unix seconds: when PID 1 started the run's unit
+    record: Optional[RunRecord] = None  # its run record, if it wrote one (a run stopped mid-way may not)
+
+    def slot(self, period: int) -> int:
+        if self.record is not None and self.record.slot:
+            return self.record.slot
+        return int(self.triggered) // period * period
+
+
+def journal(host, matches: str) -> list[dict]:
+    out = host.ssh(f"journalctl --no-pager -q -o json {matches}").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def records(host, job: str) -> list[RunRecord]:
+    """The job's run records that its own runs sent (what history, status and the metrics read)."""
+    return [RunRecord.from_journal(e) for e in journal(host, f"MESSAGE_ID={RUN_FINISHED} DEPLOYER_JOB={job}")
+            if sent_by_the_job(e)]
+
+
+def runs(host, job: str) -> list[Run]:
+    """Every run PID 1 started of the job's unit, oldest first, with its record where there is one."""
+    recorded = {record.run: record for record in records(host, job)}  # first: a recorded run has started
+    starts = journal(host, f"_PID=1 MESSAGE_ID={UNIT_STARTING} UNIT=deployer-{job}.service")
+    found = [Run(e["INVOCATION_ID"], int(e["__REALTIME_TIMESTAMP"]) / 1e6, recorded.get(e["INVOCATION_ID"]))
+             for e in starts if e.get("INVOCATION_ID")]
+    missing = set(recorded) - {run.run for run in found}
+    assert not missing, f"records of runs PID 1 did not start: {missing}"
+    return sorted(found, key=lambda run: run.triggered)
+
+
+def heard(found: list[Run], requests) -> list[Run]:
+    """The runs whose request the service received (X-Deployer-Run-Id is the invocation id);
+    asserts that no run sent two requests."""
+    ids = [request.headers["X-Deployer-Run-Id"] for request in requests]
+    assert len(ids) == len(set(ids)), "a run sent its request twice"
+    return [run for run in found if run.run in set(ids)]
+
+
+def wait_for_runs(host, job: str, count: int, timeout: float = 30) -> list[Run]:
+    """Poll (no fixed sleep) until the job has `count` recorded runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [run for run in runs(host, job) if run.record]
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} run record(s) of {job} expected within {timeout}s, got {len(found)}")
+        time.sleep(0.3)
+
+
+def assert_each_slot_ran_once(found: list[Run], period: int) -> None:
+    """From the first run's slot to the last one's, every `period`-second slot ran exactly once."""
+    slots = [run.slot(period) for run in found]
+    for run in found:  # a slot is never after the timer elapsed for it
+        assert run.record is None or run.record.slot <= run.triggered + 1, (run.record, run.triggered)
+    expected = list(range(slots[0], slots[-1] + period, period))
+    assert slots == expected, f"slots run {[s % 60 for s in slots]}, expected {[s % 60 for s in expected]}"
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll `condition` until it is true (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(every)

@@ -1,0 +1,73 @@
+"""Issue 22 item 2, on a real host: a job every second and one every two seconds, for two minutes.
+systemd's default start limit (5 starts in 10 s) refused the sixth start of such a job
+(`start-limit-hit`): a lost slot and a false alert through OnFailure=. Every slot must run once."""
+from __future__ import annotations
+
+import calendar as calendar_
+import json
+import time
+
+import pytest
+
+from tests.httpserver import json_reply
+from tests.robots import Robot
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "tok-start-limit"
+MINUTES = 2
+# systemd's "Starting UNIT..." job message (the start of one invocation of the service).
+JOB_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+
+
+def starts(host, unit: str, since: float) -> list[float]:
+    """When PID 1 started `unit` (one entry per invocation), from its own journal."""
+    out = host.ssh(f"journalctl -o json _PID=1 UNIT={unit} MESSAGE_ID={JOB_STARTING} --since=@{int(since)}").stdout
+    return sorted(int(json.loads(line)["__REALTIME_TIMESTAMP"]) / 1e6 for line in out.splitlines() if line.strip())
+
+
+def slots(host, calendar: str, after: float, until: float) -> int:
+    """How many times `calendar` elapses in (after, until], as systemd computes it."""
+    out = host.ssh(f"TZ=UTC systemd-analyze calendar --base-time=@{int(after)} --iterations=400 '{calendar}' "
+                   "| sed -n 's/.*\\(Next elapse\\|Iter\\. #[0-9]*\\): *//p'").stdout
+    moments = [calendar_.timegm(time.strptime(line.strip()[4:23], "%Y-%m-%d %H:%M:%S"))
+               for line in out.splitlines() if line.strip()]
+    assert len(moments) == 400, out
+    return sum(1 for m in moments if after < m <= until)
+
+
+def test_jobs_every_one_and_two_seconds_run_every_slot_and_never_hit_the_start_limit(cron01, server, deployer,
+                                                                                     write_inventory):
+    server.routes["/one"] = json_reply({"code": 0})
+    server.routes["/two"] = json_reply({"code": 0})
+    with Robot(token=TOKEN) as robot:
+        jobs = "".join(f"""
+[job:{name}]
+on_calendar = {calendar}
+url = {server.url('/' + name)}
+alert = ops
+retries = 0
+timeout = 5s
+""" for name, calendar in (("one", "*:*:*"), ("two", "*:*:0/2")))
+        path = write_inventory(cron01.inventory_host(sandbox="fast") + f"""
+[alert:ops]
+type = wecom
+token = {TOKEN}
+endpoint = {robot.endpoint("wecom")}
+""" + jobs)
+        pushed_at = time.time()
+        deployer("push", "-i", path, check=True)
+        server.wait_for("/two", timeout=20)
+        time.sleep(MINUTES * 60)
+
+        for unit, calendar in (("deployer-one.service", "*:*:*"), ("deployer-two.service", "*:*:0/2")):
+            started = starts(cron01, unit, pushed_at)
+            # A start is at most AccuracySec= (1 s) after its slot: the slots in (first - 1, last]
+            # are exactly the ones these starts stand for; each must have one.
+            expected = slots(cron01, calendar, started[0] - 1, started[-1])
+            assert expected >= MINUTES * 60 // (1 if calendar == "*:*:*" else 2) - 2
+            assert len(started) == expected, f"{unit}: {len(started)} runs for {expected} slots"
+        limited = cron01.ssh("journalctl -b --no-pager | grep -i 'start-limit-hit\\|repeated too quickly' || true")
+        assert limited.stdout == ""
+        assert cron01.ssh("systemctl list-units --failed --plain --no-legend 'deployer-*'").stdout.strip() == ""
+        assert robot.accepted == [] and robot.refused == []
