@@ -100,6 +100,12 @@ class CronHost:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
         for unit in MASKED:
             (upper / "systemd" / "system" / unit).symlink_to("/dev/null")
+        # Nobody reads the passive console: once a start job runs long during boot (a run resumed at
+        # boot polls for as long as its work takes), PID 1 prints "A start job is running for ..."
+        # there until the pty is full, then blocks (seen: no PID 1 message, D-Bus calls to it timing
+        # out, until the container was killed). shared/CRONHOST.md says to set ShowStatus=no.
+        (upper / "systemd" / "system.conf.d").mkdir(parents=True)
+        (upper / "systemd" / "system.conf.d" / "00-deployer-test.conf").write_text("[Manager]\nShowStatus=no\n")
 
     def _add_users(self, upper: Path) -> None:
         """Unprivileged accounts with passwordless sudo, as an ops team's deploy user has."""

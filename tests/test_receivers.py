@@ -219,6 +219,17 @@ def test_a_bad_signature_is_refused(start, tamper):
     assert [r["answered"] for r in service.requests()] == [401]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 21 Proof ('a changed slot breaks the signature'): v2 covers the "
+                   "Idempotency-Key but not X-Deployer-Slot, which docs/receiving.md tells services to use for "
+                   "their business logic; neither reference service checks it against the key's tail")
+def test_a_changed_slot_header_is_refused(start):
+    service = start()
+    reply = service.call("POST", "/sync/settle", after_signing=lambda t, h, b: (
+        t, {**h, "X-Deployer-Slot": "2026-12-02T02:00:00Z"}, b))
+    assert reply.status in (400, 401), f"a re-aimed X-Deployer-Slot was accepted: {reply.status} {reply.text}"
+    assert service.executions() == {}
+
+
 # A stamp from the future comes closer to the service's clock while the request travels: on a
 # loaded machine a second or more, so its margin is wider than the past one's (which only grows).
 @pytest.mark.parametrize("age", [301, -330])
