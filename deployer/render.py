@@ -215,6 +215,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
                   sandbox=sandbox, held=paths.HELD, not_held=paths.NOT_HELD)
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python), fence_argv=fence_argv(job, python),
+        fenced=f"{paths.FENCED_DIR}/{timer}",
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         shown_url=redact_url(job.url),
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),

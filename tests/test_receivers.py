@@ -219,9 +219,6 @@ def test_a_bad_signature_is_refused(start, tamper):
     assert [r["answered"] for r in service.requests()] == [401]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 Proof ('a changed slot breaks the signature'): v2 covers the "
-                   "Idempotency-Key but not X-Deployer-Slot, which docs/receiving.md tells services to use for "
-                   "their business logic; neither reference service checks it against the key's tail")
 def test_a_changed_slot_header_is_refused(start):
     service = start()
     reply = service.call("POST", "/sync/settle", after_signing=lambda t, h, b: (

@@ -463,6 +463,8 @@ class Host:
         """Stop `job`'s timer here and keep it stopped (as a pause does) until the job is granted to
         this host again (a push with a new epoch) or resumed."""
         timer = paths.job_unit(job, "timer")
+        # The fence marker last: the job's service has ConditionPathExists=! on it, so no run
+        # starts once it exists, before the timer is even stopped.
         for directory in (self.layout.paused_dir, self.layout.fenced_dir):
             os.makedirs(directory, exist_ok=True)
             os.close(os.open(os.path.join(directory, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
@@ -1029,6 +1031,10 @@ def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
     service = host.installed(request.job, "service")
+    if paths.job_unit(request.job, "timer") in host.fenced_timers():
+        raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
+                         "epoch (the job moved); `deployer resume %s` if this host should own it again"
+                         % (request.job, request.job))
     backfill = host.ask_backfill(request.job, request.slot)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])

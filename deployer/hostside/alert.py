@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import paths
+from .cli import EXIT_FENCED
 from .journal import FailedRun, journal_failed_runs, run_lines
 from .channels import CHANNEL_TYPES, Channel, build_outbound
 from .run import trust_store
@@ -49,7 +50,9 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
                  ("failing closed)" if e.get("reason") else f"was down {escape(e['down_for'])})"))
     elif len(events) == 1:
         e = events[0]
-        verb = "recovered" if e.get("kind") == "recovered" else "FAILED"
+        verb = ("recovered" if e.get("kind") == "recovered" else
+                "FENCED (its service answered a newer owner's epoch; the timer is stopped here)"
+                if str(e.get("exit_status")) == str(EXIT_FENCED) else "FAILED")
         title = f"deployer: job {escape(e['job'])} {verb} on {escape(e['host'])}"
     else:
         runs = [e for e in events if e.get("kind") != "held"]
