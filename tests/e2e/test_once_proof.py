@@ -246,7 +246,14 @@ sign_secret = {SECRET}
 WORK, READ_TIMEOUT, PERIOD_1 = 3.0, 1.5, 6
 
 
-@pytest.mark.parametrize("slots", [8, pytest.param(30, marks=pytest.mark.slow)])
+# The long scenarios run against the Python service only (the suite's time): the Java one answers
+# byte for byte alike (tests/test_receivers.py) and faces every other scenario here.
+PYTHON_ONLY = pytest.mark.parametrize("receiver", ["python"], indirect=True)
+
+
+@pytest.mark.parametrize("receiver, slots", [("python", 8), ("java", 8),
+                                             pytest.param("python", 30, marks=pytest.mark.slow)],
+                         indirect=["receiver"])
 def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cron01, receiver, deployer,
                                                                           write_inventory, slots):
     """A 1.5 s proxy read timeout in front of 3 s of work, one job synchronous (POST, retries but not
@@ -316,6 +323,7 @@ def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cro
 BURST_JOBS, PERIOD_2, BURST_SLOTS = 100, 20, 3
 
 
+@PYTHON_ONLY
 def test_a_burst_of_100_jobs_every_key_names_its_slot(cron01, receiver, deployer, write_inventory):
     service = receiver()
     names = [f"b{i:03d}" for i in range(BURST_JOBS)]
@@ -549,6 +557,7 @@ def test_a_backfill_gets_the_first_answer_and_a_manual_run_its_own_key(cron01, r
 RESUME_WORK = float(os.environ.get("PROOF_RESUME_WORK", "30"))
 
 
+@PYTHON_ONLY
 def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path, receiver, deployer, write_inventory):
     _require_nspawn()
     service = receiver(work_seconds=RESUME_WORK)
