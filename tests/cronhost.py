@@ -105,7 +105,7 @@ class CronHost:
         # there until the pty is full, then blocks (seen: no PID 1 message, D-Bus calls to it timing
         # out, until the container was killed). shared/CRONHOST.md says to set ShowStatus=no.
         (upper / "systemd" / "system.conf.d").mkdir(parents=True)
-        (upper / "systemd" / "system.conf.d" / "00-deployer-test.conf").write_text("[Manager]\nShowStatus=no\n")
+        (upper / "systemd" / "system.conf.d" / "00-test-host.conf").write_text("[Manager]\nShowStatus=no\n")
 
     def _add_users(self, upper: Path) -> None:
         """Unprivileged accounts with passwordless sudo, as an ops team's deploy user has."""
