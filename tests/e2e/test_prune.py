@@ -133,7 +133,8 @@ def test_no_prune_keeps_the_jobs_running_and_plan_exit_code_tells_ci(shared_cron
     active = shared_cron01.ssh("systemctl is-active deployer-gone1.timer deployer-gone2.timer", check=False).stdout
     assert active.split() == ["active", "active"], "a kept job keeps its schedule"
     assert after_no_prune.returncode == 0, after_no_prune.stdout
-    assert "0 to remove, 4 kept (--no-prune)" in after_no_prune.stdout
+    # two removed jobs' service, timer and epoch
+    assert "0 to remove, 6 kept (--no-prune)" in after_no_prune.stdout
     assert still_pending.returncode == 3
 
     deployer("push", "-i", pushed_three, check=True)
