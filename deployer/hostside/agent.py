@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
 from deployer.hostside import dbus, paths, protocol, record
+from deployer.hostside.slot import iso_utc
 from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
                                        runs_from_journal)
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
@@ -1234,7 +1235,7 @@ def resume_interrupted(host):
         host.systemd.systemctl("start", "--no-block", service, check=False)
         resumed.append(job)
         print("deployer: resuming %s's run for slot %s, interrupted by the shutdown (same key)"
-              % (job, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))))
+              % (job, iso_utc(slot)))
     return tuple(resumed)
 
 

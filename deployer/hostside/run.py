@@ -15,7 +15,7 @@ from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryabl
 from .http import Response
 from .options import redact_url
 from .record import RunRecord
-from .slot import Slot  # noqa: F401 - run.Slot for callers
+from .slot import Slot, iso_utc
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 from .text import Masker, run_masker
 
@@ -317,7 +317,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
 
 def fenced_reason(spec: JobSpec, held: int) -> str:
     """The epoch is the grant time of the job's newest owner: it says when the job moved."""
-    moved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held / 1000)) if held > 10 ** 12 else "?"
+    moved = iso_utc(held / 1000) if held > 10 ** 12 else "?"
     return (f"fenced: {spec.name} was granted to another host at {moved} (the service holds epoch {held}, "
             f"this host's is {spec.epoch}); this host stops the job's timer")
 
