@@ -316,6 +316,24 @@ def test_a_sync_duplicate_while_running_gets_409_without_an_epoch(start):
     assert service.executions() == {f"settle/{SLOT}": 1}
 
 
+def test_the_trigger_waits_out_a_key_another_host_is_running(start):
+    """The race of a move: the old owner's request for a slot is still running when the new
+    owner sends the same slot. The new owner's run ends with the stored answer, not a failure."""
+    from deployer.hostside import run
+    from deployer.hostside.slot import Slot, parse_iso_utc
+
+    service = start(work_seconds=3, key=None)
+    old_owner = in_background(service.call, "POST", "/sync/settle", run_id="old-owner")
+    wait_for(lambda: any(r["answered"] == 200 for r in service.requests()))   # the claim is committed
+    spec = run.JobSpec(name="settle", url=f"http://127.0.0.1:{service.port}/sync/settle", retries=0,
+                       expect_json="code=0", epoch=1000)
+    result = run.run_job(spec, log=lambda _: None, slot=Slot(parse_iso_utc(SLOT), "new-owner"))
+    old_owner["thread"].join(60)
+    assert result.ok, result.reason
+    assert result.key == f"settle/{SLOT}" and service.executions() == {f"settle/{SLOT}": 1}
+    assert 409 in [r["answered"] for r in service.requests()], "the new owner never met the running key"
+
+
 def wait_for(condition, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not condition():

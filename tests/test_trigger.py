@@ -227,7 +227,7 @@ def test_a_url_with_a_secret_reaches_the_run_as_a_credential_and_the_command_lin
 @pytest.mark.parametrize("status, reached", [
     pytest.param(500, True, id="500-may-have-started"), pytest.param(502, True, id="502-gateway-says-nothing"),
     pytest.param(504, True, id="504-gateway-timeout"), pytest.param(503, False, id="503-did-not-act"),
-    pytest.param(429, False, id="429-did-not-act"), pytest.param(409, True, id="409-key-still-running"),
+    pytest.param(429, False, id="429-did-not-act"), pytest.param(409, True, id="409-a-conflict-of-the-service"),
 ])
 def test_judge_says_whether_the_service_may_have_started_the_work(status, reached):
     verdict = rules.judge(status, b"", ANY_2XX, ())
@@ -300,6 +300,43 @@ def test_a_409_with_a_higher_epoch_fences_the_run_and_is_not_retried(server):
     result = run.run_job(spec(server, "/f", epoch=1796531299378, retries=3, idempotent=True), log=lambda _: None)
     assert result.fenced and result.result == "fenced" and len(server.received("/f")) == 1
     assert "granted to another host at 2026-12-06T04:28:20Z" in result.reason
+
+
+def test_a_409_for_a_key_in_progress_is_waited_out_not_failed(server):
+    """Another host (or this run's earlier attempt) holds the key at the service: ask again with
+    the same key until its outcome, whatever `retries` says; it cannot run the work twice."""
+    answers = iter([Reply(409, b'{"error": "in progress"}', headers={"Retry-After": "1"}),
+                    Reply(409, b'{"error": "in progress"}', headers={"Retry-After": "2"}),
+                    json_reply({"code": 0})])
+    server.routes["/pay"] = lambda request: next(answers)
+    pauses: list[float] = []
+    lines: list[str] = []
+    result = run.run_job(spec(server, "/pay", retries=0), log=lines.append, sleep=pauses.append)
+    got = server.received("/pay")
+    assert result.ok and result.attempts == 1 and len(got) == 3 and pauses == [1.0, 2.0]
+    assert len({r.headers["Idempotency-Key"] for r in got}) == 1
+    assert "the service is running this key" in lines[0] and "waiting for its outcome" in lines[0]
+
+
+def test_a_key_in_progress_then_a_fence_ends_fenced(server):
+    answers = iter([Reply(409, b"{}", headers={"Retry-After": "1"}),
+                    Reply(409, b"{}", headers={"X-Deployer-Epoch": "1796531300378"})])
+    server.routes["/pay"] = lambda request: next(answers)
+    result = run.run_job(spec(server, "/pay", epoch=1796531299378), log=lambda _: None, sleep=lambda s: None)
+    assert result.fenced and len(server.received("/pay")) == 2
+
+
+def test_a_key_in_progress_is_waited_for_only_until_the_run_times_out(server):
+    server.routes["/pay"] = Reply(409, b"{}", headers={"Retry-After": "1"})
+    result = run.run_job(spec(server, "/pay", timeout=2.5), log=lambda _: None)
+    assert not result.ok and "timed out after 2.5s" in result.reason
+    assert 2 <= len(server.received("/pay")) <= 3
+
+
+def test_a_409_without_retry_after_is_the_services_conflict_and_not_resent(server):
+    server.routes["/pay"] = Reply(409, b'{"error": "already settled"}')
+    result = run.run_job(spec(server, "/pay", retries=2), log=lambda _: None, sleep=lambda s: None)
+    assert not result.ok and len(server.received("/pay")) == 1 and result.reason.endswith(run.NOT_RESENT)
 
 
 def test_a_409_with_a_lower_epoch_is_no_fence(server):

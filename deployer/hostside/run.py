@@ -282,6 +282,17 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                     verdict, status, fenced = poll(caller, spec, response, deadline, expect_status, expect_json,
                                                    log, sleep)
                     break
+                if key_in_progress(response):
+                    log(f"{prefix} -> 409 in {time.monotonic() - begin:.2f}s: the service is running this "
+                        f"key ({key}) already; waiting for its outcome")
+                    response = await_key(caller, spec, body, response, deadline, sleep)
+                    status = response.status
+                    held = fence_epoch(response)
+                    if held is not None and held > spec.epoch:
+                        reached.append(True)
+                        fenced, verdict = True, Verdict(False, fenced_reason(spec, held))
+                        log(f"{prefix} -> 409: {verdict.reason}")
+                        break
                 verdict = judge(response.status, response.body, expect_status, expect_json)
                 reached.append(verdict.reached)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
@@ -313,6 +324,32 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
                      resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
+
+
+def key_in_progress(response: Response) -> bool:
+    """A 409 with Retry-After and no fence epoch: the service holds this Idempotency-Key and
+    is still running it (the draft's "request outstanding for this key"), from this host's
+    earlier attempt or another's. Asking again with the same key cannot run it twice. A 409
+    without Retry-After is the service's own conflict and is judged like any other answer."""
+    return response.status == 409 and bool(response.header("retry-after").strip()) \
+        and fence_epoch(response) is None
+
+
+def await_key(caller: "_Caller", spec: JobSpec, body: bytes, response: Response, deadline: float,
+              sleep: Callable[[float], None]) -> Response:
+    """Ask again with the same key while the service says it is still running it; the
+    answer after that is judged like a first one. Only the run's deadline ends the wait."""
+    notify_status("waiting for the service (key %s in progress)" % caller.key)
+    while key_in_progress(response):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunTimeout()
+        sleep(min(retry_after(response, 1.0), MAX_POLL_EVERY, left))
+        try:
+            response = caller.send(spec.method, spec.url, body, deadline)
+        except TransportError:
+            continue  # the key is held at the service: asking again stays safe
+    return response
 
 
 def fenced_reason(spec: JobSpec, held: int) -> str:

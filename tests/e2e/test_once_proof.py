@@ -490,7 +490,14 @@ endpoint = {robot.endpoint("dingtalk")}
         late_old = [e for e in requests[first_new:] if e["epoch"] == old_epoch]
         assert late_old, "cron01 fired after the move"
         assert {e["answered"] for e in late_old} == {409}, late_old
-        assert [e for e in requests if e["epoch"] > old_epoch and e["answered"] != 200] == []
+        # The move's race: cron01's request for a slot still running when cron02 sends the same
+        # slot. cron02 meets the key in progress (409 with Retry-After) and waits for its answer.
+        for met in [e for e in requests if e["epoch"] > old_epoch and e["answered"] != 200]:
+            assert met["answered"] == 409, met
+            assert any(e["key"] == met["key"] and e["epoch"] == old_epoch for e in requests), \
+                f"a 409 to cron02 for a key cron01 never sent: {met}"
+            assert any(e["key"] == met["key"] and e["epoch"] > old_epoch and e["answered"] == 200
+                       for e in requests), f"cron02 gave up on a key in progress: {met}"
 
         on01 = records(inside01, "fence")
         on02 = records(via_ssh(cron02), "fence")
