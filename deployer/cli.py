@@ -618,6 +618,8 @@ def run(job, slot_text, inventory_path, host_name, as_json):
     if not result.ok:
         if not as_json:
             reason = result.run.reason if result.run else f"{result.result}, exit {result.exit_status}"
+            if result.error:  # what systemctl said of the start (its job may have failed, not the run)
+                reason += f"; systemctl start: {result.error}"
             click.echo(f"deployer: job {job} failed ({printable(reason)})", err=True)
         raise JobFailed(job)
     if not as_json:

@@ -293,7 +293,8 @@ def run_document(host: str, job: str, zone: str, answer) -> dict:
     return envelope("run", host=host, job=job, result="ok" if answer.ok else "failed",
                     reason=None if answer.ok and run is None else reason, exit_status=answer.exit_status,
                     systemd_result=answer.result or None, timezone=zone,
-                    run=run_entry(run, zone) if run is not None else None, output=answer.output.splitlines())
+                    run=run_entry(run, zone) if run is not None else None, output=answer.output.splitlines(),
+                    merged_timer_elapse=getattr(answer, "merged_elapse", "") or None)
 
 
 def plan_document(host: str, plan) -> dict:

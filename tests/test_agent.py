@@ -812,6 +812,74 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
     assert answer.output.splitlines() == streamed and answer.ok and answer.run.run == "inv1"
 
 
+def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1"):
+    """A manual run of `settle` on the fake host; the timer's stamp is touched while it runs
+    when `elapse_during_it` (what systemd does when the timer elapses then)."""
+    import io
+
+    from deployer.hostside.protocol import RunRequest
+
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
+                           expect=files(host)))
+    lines = [dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1")]
+
+    class Follower:
+        stdout = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+
+        def kill(self):
+            pass
+
+        def wait(self):
+            pass
+
+    stamp = host.layout.at(paths.TIMER_STAMPS + "/stamp-deployer-settle.timer")
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    open(stamp, "w").close()
+    os.utime(stamp, (1000.0, 1000.0))
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", "deployer-settle.service") and elapse_during_it:
+            os.utime(stamp, (1796541460.4, 1796541460.4))
+            host.systemd.shown["deployer-settle.service"]["InvocationID"] = "inv1"
+        answer = run(args)
+        if tuple(args[:2]) == ("systemctl", "show") and "Result" in args[3]:  # the run's end is read
+            host.systemd.shown["deployer-settle.service"]["InvocationID"] = new_invocation
+        return answer
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: Follower()
+    host.systemd.shown["deployer-settle.service"] = {"Id": "deployer-settle.service", "InvocationID": "inv1",
+                                                     "Result": "success", "ExecMainStatus": "0"}
+    host.systemd.journal = lines
+    streamed: list[str] = []
+    return host.call(RunRequest("settle"), output=streamed.append), streamed
+
+
+def test_a_timer_elapse_merged_into_a_manual_run_runs_its_slot_after_it(host):
+    """Issue 22 item 6: the timer elapsed while the manual run held the unit, so systemd merged
+    its start into it; the agent starts that slot's run and says so."""
+    answer, streamed = start_a_manual_run(host, elapse_during_it=True)
+    starts = [c for c in host.systemd.calls if c[:2] == ("systemctl", "start")]
+    assert starts == [("systemctl", "start", "deployer-settle.service"),
+                      ("systemctl", "start", "--no-block", "deployer-settle.service")]
+    with open(host.layout.at(paths.BACKFILL_DIR + "/deployer-settle.json")) as asked:
+        request = json.load(asked)
+    assert request["elapsed"] == pytest.approx(1796541460.4)
+    assert request["stamp"] == os.stat(host.layout.at(paths.TIMER_STAMPS + "/stamp-deployer-settle.timer")).st_mtime_ns
+    assert answer.merged_elapse == "2026-12-06T07:17:40+00:00"
+    assert "the timer elapsed at 2026-12-06T07:17:40+00:00 during this manual run" in streamed[-1]
+
+
+@pytest.mark.parametrize("elapsed, invocation", [pytest.param(False, "inv1", id="no-elapse"),
+                                                 pytest.param(True, "inv2", id="the-timers-own-run-started")])
+def test_a_manual_run_starts_nothing_more_when_no_slot_was_merged(host, elapsed, invocation):
+    answer, _ = start_a_manual_run(host, elapse_during_it=elapsed, new_invocation=invocation)
+    assert [c for c in host.systemd.calls if c[:2] == ("systemctl", "start")] == \
+        [("systemctl", "start", "deployer-settle.service")]
+    assert answer.merged_elapse == ""
+
+
 def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_asked(host):
     many(host, journal.PER_JOB_MATCHES + 1)
     host.systemd.journal = [record_entry("elsewhere", "x1", 3000.0), record_entry("j00001", "a1", 2000.0)]

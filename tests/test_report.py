@@ -23,7 +23,7 @@ RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason"
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
-                                "run", "output"}
+                                "run", "output", "merged_timer_elapse"}
 PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
 PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
                          "recovered_interrupted_push", "released"}

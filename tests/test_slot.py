@@ -110,6 +110,44 @@ def test_a_run_no_timer_started_is_manual_unless_it_backfills(tmp_path, monkeypa
     assert slot.slot_of_run("settle", ("x",), "abc", env={}).how == "manual", "an expired resume is no backfill"
 
 
+def test_a_timer_elapse_merged_into_a_manual_run_gets_its_slot(tmp_path, monkeypatch):
+    """The agent saw the timer elapse while a manual run held the unit (issue 22 item 6): the run
+    it starts after names the slot of that elapse, as the timer's own run would have."""
+    if not os.path.exists(slot.SYSTEMD_ANALYZE):
+        pytest.skip("no systemd-analyze")
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    (tmp_path / "deployer-settle.json").write_text(json.dumps({"elapsed": 1796541460.4, "until": 4e9,
+                                                               "stamp": None}))
+    merged = slot.slot_of_run("settle", ("*-*-* *:*:00/10",), "abc", env={})
+    assert (merged.how, merged.name) == ("timer", "2026-12-06T07:17:40Z")
+    (tmp_path / "deployer-settle.json").write_text(json.dumps({"elapsed": 1796541460.4, "until": 1.0,
+                                                               "stamp": None}))
+    assert slot.slot_of_run("settle", ("*-*-* *:*:00/10",), "abc", env={}).how == "manual"
+
+
+def test_a_manual_run_is_manual_though_systemd_left_the_timer_in_its_environment(tmp_path, monkeypatch):
+    """systemd 252: a `systemctl start` after a timer run still has $TRIGGER_UNIT set to the
+    timer. The agent's request says manual; a newer elapse since it asked (the stamp moved) means
+    the timer started this run, and its slot wins."""
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    stamp = tmp_path / "stamp-deployer-settle.timer"
+    stamp.touch()
+    os.utime(stamp, (1796541460.0, 1796541460.0))
+    env = {"TRIGGER_UNIT": "deployer-settle.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796541000000000"}
+    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
+    asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns}
+    (tmp_path / "deployer-settle.json").write_text(json.dumps(asked))
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "manual"
+    os.utime(stamp, (1796541470.2, 1796541470.2))  # the timer elapsed after the agent asked
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "timer"
+    # An older agent's request (no stamp) counts only where no timer is named.
+    (tmp_path / "deployer-settle.json").write_text(json.dumps({"slot": SHANGHAI_2AM}))
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "timer"
+    assert slot.slot_of_run("settle", ("x",), "abc", env={}, analyze=fake).how == "backfill"
+
+
 def test_a_cronjob_names_its_slot_in_the_jobs_name():
     assert slot.cronjob_slot("settle-29942240") == 29942240 * 60
     assert slot.cronjob_slot("settle-manual-001") is None

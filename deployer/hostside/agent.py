@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
 from deployer.hostside import dbus, paths, protocol, record
-from deployer.hostside.slot import iso_utc
+from deployer.hostside.slot import iso_utc, stamp_of
 from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
                                        runs_from_journal)
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
@@ -473,9 +473,12 @@ class Host:
         self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
         return timer
 
-    def ask_backfill(self, job, slot, ttl=None):
-        """Tell the manual run about to start which slot it backfills (None: none, its own key):
-        a file its dynamic user can read and no other local user can write (slot.read_backfill)."""
+    def ask_run(self, job, slot=None, elapsed=None, ttl=None):
+        """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
+        timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
+        run of its own (slot.read_request: the environment cannot say, see there). A file its
+        dynamic user can read and no other local user can write; bound to the timer's stamp as
+        it is now, so that a run a newer elapse started is not taken for this one."""
         directory = self.layout.backfill_dir
         path = os.path.join(directory, paths.job_unit(job, "json"))
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -485,11 +488,12 @@ class Host:
                              % self.layout.to_host(directory))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        if slot is not None:
-            request = {"slot": int(slot)}
-            if ttl:
-                request["until"] = time.time() + ttl
-            self.write_atomically(path, json.dumps(request), mode=0o644)
+        request = {"slot": int(slot)} if slot is not None else \
+            {"elapsed": float(elapsed)} if elapsed is not None else {"manual": True}
+        request["stamp"] = stamp_of(job, self.layout.timer_stamps)
+        if ttl:
+            request["until"] = time.time() + ttl
+        self.write_atomically(path, json.dumps(request), mode=0o644)
         return path
 
     def regrant(self, jobs, now=None):
@@ -1036,7 +1040,8 @@ def op_run(host, request):
         raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
-    backfill = host.ask_backfill(request.job, request.slot)
+    asked = host.ask_run(request.job, slot=request.slot)
+    stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
     finished = threading.Event()  # the run's record was streamed
@@ -1051,14 +1056,39 @@ def op_run(host, request):
         follower.wait()
         reader.join(1.0)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(backfill)
+            os.unlink(asked)
     invocation = props.get("InvocationID", "")
+    merged = run_merged_slot(host, request.job, service, invocation, stamp_before,
+                             stamp_of(request.job, host.layout.timer_stamps))
     entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
     runs = runs_from_journal(entries).get(request.job, [])
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None)
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged)
+
+
+# How long the run started for a merged timer elapse may take to read what it stands for.
+MERGED_TTL = 120
+
+
+def run_merged_slot(host, job, service, invocation, before, after):
+    """The timer elapsed while this manual run held the unit: systemd merged its start into the
+    running one, and the slot would run nowhere (issue 22 item 6). Start a run for that elapse's
+    slot now (its key is the slot's, so a service that already has it answers from its store).
+    `before`, `after`: the timer's stamp (ns) -> the elapse as ISO time, "" when the timer did not
+    elapse or its own run started anyway."""
+    if after is None or after == before:
+        return ""
+    now = host.systemd.show([service], ["InvocationID"]).get(service, {})
+    if now.get("InvocationID", "") != invocation:
+        return ""  # the timer's own run started after this one (not merged)
+    host.ask_run(job, elapsed=after / 1e9, ttl=MERGED_TTL)
+    host.systemd.systemctl("start", "--no-block", service, check=False)
+    shown = iso_time("@%d" % (after // 10 ** 9))
+    host.emit("%s deployer: the timer elapsed at %s during this manual run; systemd merged its start "
+              "into it, so its slot runs now (deployer-%s.service)" % (shown, shown, job))
+    return shown
 
 
 def stream_run_lines(host, follower, since, finished):
@@ -1231,7 +1261,7 @@ def resume_interrupted(host):
         service = paths.job_unit(job, "service")
         if paths.job_unit(job, "timer") in stopped or not os.path.exists(os.path.join(host.layout.unit_dir, service)):
             continue
-        host.ask_backfill(job, slot, ttl=RESUME_TTL)
+        host.ask_run(job, slot=slot, ttl=RESUME_TTL)
         host.systemd.systemctl("start", "--no-block", service, check=False)
         resumed.append(job)
         print("deployer: resuming %s's run for slot %s, interrupted by the shutdown (same key)"

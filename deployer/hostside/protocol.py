@@ -186,6 +186,9 @@ class RunAnswer:
     output: str = ""  # every journal line of the run (also streamed as `@line` while it ran)
     error: str = ""
     run: Optional[RunInfo] = None  # its record, when it wrote one
+    # The timer elapsed during this run and systemd merged its start into it: the agent started
+    # that slot's run after this one (ISO time of the elapse; "" when it did not happen).
+    merged_elapse: str = ""
 
 
 @dataclass(frozen=True)

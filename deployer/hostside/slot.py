@@ -9,7 +9,11 @@ calendar at or before that moment, as `systemd-analyze calendar` computes it: on
 burst (the elapse is stamped before the start queues), caught up after downtime (the latest
 missed slot, the one systemd runs) and on a new host after a move alike. A run nobody's timer
 started is manual: it has a key of its own, unless the agent asked it to backfill one slot
-(`deployer run JOB --slot ...`, through BACKFILL_DIR). Standard library only: the trigger runs
+(`deployer run JOB --slot ...`, through BACKFILL_DIR) or to run the slot of a timer elapse that
+systemd merged into a manual run (the unit was active, so the timer's start joined it). The
+agent says so for every run it starts: systemd 252 leaves `$TRIGGER_UNIT` of the last timer
+start in the environment of a later `systemctl start`, so the environment alone would key a
+manual run as the timer's last slot. Standard library only: the trigger runs
 it on the cron host.
 """
 from __future__ import annotations
@@ -115,17 +119,50 @@ def backfill_path(job: str) -> str:
     return os.path.join(BACKFILL_DIR, job_unit(job, "json"))
 
 
-def read_backfill(job: str) -> Optional[int]:
-    """The slot the agent asked this manual run to backfill, if it did."""
+@dataclass(frozen=True)
+class Asked:
+    """What the agent asked the run it starts to stand for: `manual` (a key of its own),
+    `backfill` a slot (`deployer run --slot`, a resume at boot), or `elapsed`: the slot of a timer
+    elapse that systemd merged into a manual run. `stamp` is the timer stamp's mtime (ns) when
+    it asked: a run that finds another one was started by a newer elapse, not by the agent."""
+
+    kind: str = ""  # "" (nothing asked) | manual | backfill | elapsed
+    slot: Optional[int] = None
+    elapsed: Optional[float] = None
+    stamp: Optional[int] = None
+    bound: bool = False  # stamp says when it was asked (an older agent's request does not)
+
+
+def stamp_of(job: str, stamps: Optional[str] = None) -> Optional[int]:
+    """The job timer's Persistent= stamp mtime in ns (None: it never elapsed here)."""
+    try:
+        return os.stat(os.path.join(stamps or TIMER_STAMPS, "stamp-" + job_unit(job, "timer"))).st_mtime_ns
+    except (OSError, BadName):
+        return None
+
+
+def read_request(job: str) -> Asked:
+    """What the agent asked this run to stand for, if it asked (and the ask has not expired)."""
     try:
         with open(backfill_path(job), encoding="utf-8") as handle:
             request = json.load(handle)
-        slot, until = request.get("slot"), request.get("until")
+        until = request.get("until")
+        slot, elapsed, stamp = request.get("slot"), request.get("elapsed"), request.get("stamp")
     except (OSError, ValueError, AttributeError, BadName):
-        return None
+        return Asked()
     if isinstance(until, (int, float)) and time.time() > until:
-        return None  # a resume at boot that no run took in time
-    return slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        return Asked()  # a resume at boot, or a merged slot, that no run took in time
+    bound = "stamp" in request and (stamp is None or _is_int(stamp))
+    stamp = stamp if bound else None
+    if _is_int(slot):
+        return Asked("backfill", slot=slot, stamp=stamp, bound=bound)
+    if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool):
+        return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound)
+    return Asked("manual", stamp=stamp, bound=bound) if request.get("manual") is True else Asked()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # In Kubernetes, the pod's Job name (the downward API's `job-name` label, deployer/k8s.py).
@@ -141,7 +178,7 @@ def cronjob_slot(job_name: str) -> Optional[int]:
     return minutes * 60 if 25_000_000 < minutes < 100_000_000 else None  # 2017 .. 2160
 
 
-def elapsed_at(job: str, env, stamps: str = TIMER_STAMPS) -> Optional[float]:
+def elapsed_at(job: str, env, stamps: Optional[str] = None) -> Optional[float]:
     """When the job's own timer elapsed to start this run; None when no timer started it."""
     trigger = env.get("TRIGGER_TIMER_REALTIME_USEC", "")
     try:
@@ -151,7 +188,7 @@ def elapsed_at(job: str, env, stamps: str = TIMER_STAMPS) -> Optional[float]:
     if env.get("TRIGGER_UNIT") != timer:
         return None
     try:
-        return os.stat(os.path.join(stamps, "stamp-" + timer)).st_mtime
+        return os.stat(os.path.join(stamps or TIMER_STAMPS, "stamp-" + timer)).st_mtime
     except OSError:
         return int(trigger) / 1e6 if trigger.isdigit() else None
 
@@ -162,10 +199,17 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
     if scheduled is not None:
         return Slot(scheduled, run, "cronjob")
-    elapsed = elapsed_at(job, env)
+    asked, elapsed = read_request(job), elapsed_at(job, env)
+    # systemd 252 keeps $TRIGGER_UNIT from the last timer start in a later manual start's
+    # environment: what the agent asked wins, unless the timer elapsed again since it asked.
+    if asked.kind and (elapsed is None or (asked.bound and asked.stamp == stamp_of(job))):
+        if asked.kind == "backfill":
+            return Slot(asked.slot, run, "backfill")
+        if asked.kind == "manual":
+            return Slot(None, run, "manual")
+        elapsed = asked.elapsed  # the timer's start that systemd merged into a manual run
     if elapsed is None:
-        backfill = read_backfill(job)
-        return Slot(backfill, run, "backfill") if backfill is not None else Slot(None, run, "manual")
+        return Slot(None, run, "manual")
     if not calendar:  # @reboot: the boot is the slot
         return Slot(int(elapsed), run)
     try:

@@ -1,0 +1,69 @@
+"""Issue 22 item 6, on a real host: a manual run that is still going when the job's timer
+elapses. systemd merges the timer's start into the running unit, so that slot ran nowhere and
+`history` called it missed. The agent now starts the merged slot's run after the manual one.
+
+The manual run is made longer than the job's period, so at least one slot elapses during it
+however late the run starts on a loaded machine; the test then reads which slots did, from the
+manual run's own start and end in PID 1's journal."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.runs import records, runs, wait_until
+from tests.httpserver import Reply, json_reply
+
+pytestmark = pytest.mark.e2e
+
+PERIOD = 10
+MANUAL_SECONDS = PERIOD + 2
+
+
+def iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+
+
+def test_a_slot_that_elapses_during_a_manual_run_still_runs_once(shared_cron01, server, deployer,
+                                                                 write_inventory):
+    host = shared_cron01
+
+    def answer(request):
+        manual = request.headers["X-Deployer-Slot"].startswith("manual-")
+        return Reply(200, b'{"code": 0}', delay=MANUAL_SECONDS if manual else 0.0)
+
+    server.routes["/tick"] = answer
+    path = write_inventory(host.inventory_host() + f"""
+[job:tick]
+on_calendar = *:*:0/{PERIOD}
+timezone = UTC
+url = {server.url('/tick')}
+retries = 0
+timeout = 30s
+""")
+    deployer("push", "-i", path, "--yes", check=True)
+    wait_until(lambda: records(host, "tick"), timeout=60, what="a first scheduled run")
+
+    ran = deployer("run", "tick", "-i", path, check=True)
+    [manual] = [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key]
+    merged = [s for s in range(int(manual.triggered) // PERIOD * PERIOD, int(manual.ended) + 1, PERIOD)
+              if manual.triggered < s <= manual.ended]
+    assert merged, f"no slot elapsed during the manual run ({manual.triggered:.1f}..{manual.ended:.1f})"
+    latest = merged[-1]
+    assert f"the timer elapsed at {iso(latest)[:-1]}" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+
+    # systemd's own rule for a timer whose unit was busy: one run, for the latest slot passed.
+    try:
+        wait_until(lambda: any(r.slot == latest for r in records(host, "tick")), timeout=60,
+                   what=f"the run of the slot {iso(latest)} merged into the manual run")
+    except AssertionError:
+        print([(iso(r.slot), r.key, r.result) for r in records(host, "tick")])
+        print(host.ssh("journalctl -o short-precise --no-pager -n 80 -u deployer-tick.service").stdout)
+        raise
+    wait_until(lambda: any(r.slot > latest for r in records(host, "tick")), timeout=60,
+               what="the next scheduled run")
+    keys = [r.headers["Idempotency-Key"] for r in server.received("/tick")]
+    assert keys.count(f"tick/{iso(latest)}") == 1, keys
+    slots = [r.slot for r in records(host, "tick") if r.slot]
+    assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
+    assert all(r.result == "ok" for r in records(host, "tick"))
