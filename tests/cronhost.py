@@ -32,6 +32,15 @@ MASKED = (
 REQUIRED_COMMANDS = ("systemd-nspawn", "sshd", "ssh-keygen", "ssh")
 BOOT_TIMEOUT = 60
 
+# Without a systemd on the host side, systemd-nspawn puts the container's cgroups under its own
+# cgroup: the root for every container, so each one's `payload/deployer.slice/...` was the same
+# cgroup. Two hosts running a job of the same name (cron01 and cron02 in a failover test, or two
+# test runs side by side) shared `deployer-tick.service`: PID 1 saw the other container's
+# processes there (pid 0: "Failed to kill control group: Input/output error") and failed starts
+# with 219/CGROUP. So each container gets a cgroup of its own in the hierarchies systemd uses.
+CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+CGROUP_PARENT = "deployer-test"
+
 
 class CronHostError(RuntimeError):
     pass
@@ -144,11 +153,43 @@ class CronHost:
                 if outside.stat().st_mode & 0o777 != mode:  # (an immutable one cannot be chmod-ed)
                     outside.chmod(mode)
                 command.insert(-1, f"--bind{'-ro' if inside in self.read_only else ''}={outside}:{inside}")
+        cgroups = self._own_cgroups()
+
+        def enter_own_cgroups() -> None:  # in the child, before nspawn runs
+            for cgroup in cgroups:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+                    procs.write(str(os.getpid()))
+
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=enter_own_cgroups if cgroups else None)
         self._wait_ready()
         return self
+
+    def _own_cgroups(self) -> list[str]:
+        """This container's cgroup in each hierarchy systemd uses here (see CGROUP_TREES); none
+        where the hierarchy is not mounted that way (then nspawn keeps its own behaviour)."""
+        made = []
+        for tree in CGROUP_TREES:
+            if os.access(os.path.join(tree, "cgroup.procs"), os.W_OK):
+                cgroup = os.path.join(tree, CGROUP_PARENT, self.machine)
+                try:
+                    os.makedirs(cgroup, exist_ok=True)
+                except OSError:
+                    continue
+                made.append(cgroup)
+        return made
+
+    def _remove_cgroups(self) -> None:
+        """Empty cgroups left by a stopped container go (rmdir, deepest first; busy ones stay)."""
+        for tree in CGROUP_TREES:
+            top = os.path.join(tree, CGROUP_PARENT, self.machine)
+            for directory, _, _ in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
 
     def disk(self, inside: str) -> Path:
         """Where a `persistent` host keeps `inside` (e.g. /var/lib/deployer) on this machine."""
@@ -174,12 +215,13 @@ class CronHost:
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
-                return
+                break
             try:
                 self.process.wait(timeout=wait)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        self._remove_cgroups()
 
     def restart(self) -> None:
         """Power-cycle: /etc (the overlay) survives, and with `persistent` so does the disk state."""
