@@ -94,7 +94,7 @@ def lease(value: str) -> float:
     """How long a host's lease on its jobs lasts (renewed at a third of it while it is up)."""
     seconds = duration_seconds(value)
     if not MIN_LEASE <= seconds <= MAX_LEASE:
-        raise Invalid(f"{value!r} must be between {MIN_LEASE:g}s and {MAX_LEASE / 3600:g}h")
+        raise Invalid(f"{value!r} must be between {MIN_LEASE:g}s and {MAX_LEASE / 86400:g}d")
     return seconds
 
 

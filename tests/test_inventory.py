@@ -75,7 +75,8 @@ alert =
     pytest.param("[job:a]\nschedule = 0 25 * * *\nurl = http://x/\n",
                  "inv.ini:4: [job:a] schedule: cron '0 25 * * *': hour field: 25 is outside 0-23", id="bad-cron"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = soon\n",
-                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="duration"),
+                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, "
+                 "s, m, h, d)", id="duration"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimezone = Mars/Olympus\n",
                  "inv.ini:6: [job:a] timezone: 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Shanghai, UTC)",
                  id="timezone"),
@@ -149,8 +150,10 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     pytest.param("cpu_weight", "0", "'0' is not a whole number from 1 to 10000", id="cpu-weight"),
     pytest.param("tasks_max", "-1", "'-1' is not a whole number from 1 to 4194304", id="tasks"),
     pytest.param("sandbox", "none", "'none' is not one of strict, fast", id="sandbox"),
-    pytest.param("lease", "5s", "'5s' must be between 10s and 168h", id="lease-too-short"),
-    pytest.param("lease", "soon", "'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="lease-not-a-duration"),
+    pytest.param("lease", "5s", "'5s' must be between 10s and 7d", id="lease-too-short"),
+    pytest.param("lease", "8d", "'8d' must be between 10s and 7d", id="lease-too-long"),
+    pytest.param("lease", "soon", "'soon' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, s, m, h, d)",
+                 id="lease-not-a-duration"),
 ])
 def test_host_ceiling_values(key, value, message):
     assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
@@ -159,6 +162,12 @@ def test_host_ceiling_values(key, value, message):
 def test_a_hosts_lease_is_5_minutes_unless_it_says_otherwise():
     assert parse(HOST).hosts[0].lease == 300.0
     assert parse(HOST + "lease = 1h30m\n").hosts[0].lease == 5400.0
+    assert parse(HOST + "lease = 7d\n").hosts[0].lease == 7 * 86400.0
+
+
+def test_a_timeout_takes_days_as_history_since_does():
+    """Issue 24 item 8: `timeout = 1d` was refused ('not a duration') while `--since 7d` took `d`."""
+    assert parse(f"{HOST}[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = 1d\n").jobs[0].timeout == 86400
 
 
 def test_host_ceiling_parsed():

@@ -20,9 +20,13 @@ class Invalid(ValueError):
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s)?)+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600}
+# The one duration syntax of the product: the inventory (timeout, poll_every, lease), the
+# trigger's flags and `deployer history/logs --since`. A number without a unit is seconds.
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_SYNTAX = "e.g. 500ms, 90s, 5m, 1h30m, 7d; units: %s" % ", ".join(DURATION_UNITS)
+_UNIT = "|".join(sorted(DURATION_UNITS, key=len, reverse=True))  # `ms` before `m`
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(%s)?)+$" % _UNIT)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(%s)?" % _UNIT)
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 MAX_TIMEOUT = 24 * 3600
@@ -63,12 +67,11 @@ def boolean(value: str) -> bool:
 
 
 def duration_seconds(value: str) -> float:
-    """`500ms`, `90s`, `5m`, `1h30m`, `1.5h` or plain seconds -> seconds (the one duration syntax
-    of the inventory and the trigger)."""
+    """`500ms`, `90s`, `5m`, `1h30m`, `1.5h`, `7d` or plain seconds -> seconds (DURATION_UNITS)."""
     compact = value.replace(" ", "")
     if not compact or not _DURATION.match(compact):
-        raise Invalid("%r is not a duration (500ms, 90s, 5m, 1h30m)" % (value,))
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(compact))
+        raise Invalid("%r is not a duration (%s)" % (value, DURATION_SYNTAX))
+    return sum(float(number) * DURATION_UNITS.get(unit, 1) for number, unit in _DURATION_PART.findall(compact))
 
 
 def timeout(value: str) -> float:
