@@ -95,6 +95,9 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code=ok\n",
                  "inv.ini:6: [job:a] expect_json: value of 'code' is not a JSON literal (quote strings: code=\"DONE\")",
                  id="expect-json"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code == 0\n",
+                 "inv.ini:6: [job:a] expect_json: `==` is not the syntax: a rule is path=value with one `=`; "
+                 "write code=0", id="expect-json-double-equals"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
