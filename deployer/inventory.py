@@ -13,7 +13,7 @@ from .hostside.channels import CHANNEL_TYPES
 from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
                                 Invalid, boolean, credentials, credentials_size, duration_seconds, text, url)
 from .models import Alert, Host, Inventory, Job, Secret
-from .schedule import check_calendar_lines, to_calendar
+from .schedule import check_calendar_lines, to_calendar, unknown_macro
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -454,9 +454,16 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
 
 
 def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
-    """systemd itself judges on_calendar lines (one local systemd-analyze call for all)."""
-    lines = {(job.name, line): to_calendar(None, (line,), job.timezone).lines[0]
-             for job in jobs for line in job.on_calendar}
+    """systemd itself judges on_calendar lines (one local systemd-analyze call for all), after
+    the cron macros written there."""
+    lines = {}
+    for job in jobs:
+        for line in job.on_calendar:
+            macro = _macro_on_calendar(line)
+            if macro:
+                report.add(f"job:{job.name}", "on_calendar", macro)
+            else:
+                lines[job.name, line] = to_calendar(None, (line,), job.timezone).lines[0]
     try:
         refused = check_calendar_lines(sorted(set(lines.values())))
     except ScheduleError:
@@ -464,6 +471,18 @@ def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
     for (job, line), zoned in lines.items():
         if zoned in refused:
             report.add(f"job:{job}", "on_calendar", f"systemd cannot parse {line!r}")
+
+
+def _macro_on_calendar(line: str) -> Optional[str]:
+    """`on_calendar = @weekly`: systemd reads `@` as a Unix time (`@1700000000`) and would say
+    only "cannot parse"; name the macro, and where one goes."""
+    word = line.split()[0]
+    if not word.startswith("@") or word[1:2].isdigit():
+        return None
+    wrong = unknown_macro(word)
+    if wrong:
+        return f"{wrong}; a macro goes in schedule =, on_calendar takes systemd calendar lines"
+    return f"{word} is a cron macro: write schedule = {line}; on_calendar takes systemd calendar lines"
 
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:

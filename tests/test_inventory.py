@@ -98,6 +98,14 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code == 0\n",
                  "inv.ini:6: [job:a] expect_json: `==` is not the syntax: a rule is path=value with one `=`; "
                  "write code=0", id="expect-json-double-equals"),
+    pytest.param("[job:a]\nschedule = @weekdays\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] schedule: unknown macro @weekdays (did you mean @weekly?)", id="unknown-macro"),
+    pytest.param("[job:a]\non_calendar = @weekdays\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] on_calendar: unknown macro @weekdays (did you mean @weekly?); a macro goes in "
+                 "schedule =, on_calendar takes systemd calendar lines", id="unknown-macro-on-calendar"),
+    pytest.param("[job:a]\non_calendar = @weekly\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] on_calendar: @weekly is a cron macro: write schedule = @weekly; on_calendar "
+                 "takes systemd calendar lines", id="cron-macro-on-calendar"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
