@@ -11,7 +11,8 @@ from typing import Callable, Mapping, Optional
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
 from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
-                                Invalid, boolean, credentials, credentials_size, duration_seconds, text, url)
+                                Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
+                                url)
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar, unknown_macro
 
@@ -105,7 +106,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "address": address,
         "port": port,
         "user": text,
-        "identity_file": text,
+        "identity_file": readable_file,
         "known_hosts": text,
         "host_key": one_of(HOST_KEY_POLICIES),
         "sudo": boolean,

@@ -181,6 +181,19 @@ def test_a_timeout_takes_days_as_history_since_does():
     assert parse(f"{HOST}[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = 1d\n").jobs[0].timeout == 86400
 
 
+def test_an_identity_file_that_cannot_be_read_is_refused_like_a_ca_file(tmp_path, monkeypatch):
+    """Issue 24 item 8: `validate` passed a missing identity_file; `push` found it at the host."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "cron").write_text("a key\n")
+    assert parse(HOST + "identity_file = ~/.ssh/cron\n").hosts[0].identity_file == "~/.ssh/cron"
+    assert problems(HOST + "identity_file = ~/.ssh/crn\n") == [
+        f"inv.ini:3: [host:cron01] identity_file: cannot read ~/.ssh/crn ({tmp_path}/.ssh/crn): No such file or "
+        "directory"]
+    assert problems(HOST + f"identity_file = {tmp_path}\n") == [
+        f"inv.ini:3: [host:cron01] identity_file: cannot read {tmp_path}: Is a directory"]
+
+
 def test_host_ceiling_parsed():
     inv = parse(HOST + "memory_max = 2G\ncpu_weight = 50\ntasks_max = 512\n")
     assert (inv.hosts[0].memory_max, inv.hosts[0].cpu_weight, inv.hosts[0].tasks_max) == ("2G", 50, 512)

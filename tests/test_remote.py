@@ -144,9 +144,19 @@ def test_a_closed_port_says_refused_and_names_the_port(deployer, tmp_path):
 
 
 def test_a_missing_identity_file_is_named_before_connecting(deployer, tmp_path):
+    """The inventory refuses it (issue 24 item 8), as `validate` does: file, line, section and key."""
     missing = tmp_path / "no-such-key"
-    result = deployer("status", "-i", _inventory(tmp_path, _closed_port(), identity_file=str(missing)), check=False)
-    assert result.stderr == f"deployer: error: host cron01: identity_file {missing}: no such file\n"
+    path = _inventory(tmp_path, _closed_port(), identity_file=str(missing))
+    for command in ("validate", "status"):
+        result = deployer(command, "-i", path, check=False)
+        assert result.stderr == (f"deployer: error: {path}:5: [host:cron01] identity_file: cannot read {missing}: "
+                                 "No such file or directory\n"), command
+
+
+def test_an_identity_file_gone_since_the_inventory_was_read_is_named_before_connecting(tmp_path):
+    host = Host(name="cron01", address="127.0.0.1", port=_closed_port(), identity_file=str(tmp_path / "gone"))
+    with pytest.raises(RemoteError, match=rf"^host cron01: identity_file {tmp_path}/gone: no such file$"):
+        remote._open(remote.connect(host), host)
 
 
 def test_the_keys_tried_are_the_identity_files_the_agent_and_the_default_keys(tmp_path, monkeypatch):

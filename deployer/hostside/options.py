@@ -251,15 +251,29 @@ class LocalFile(str):
     content: bytes = b""
 
 
-def local_file(value: str) -> LocalFile:
+def _read_local(value: str, limit: int) -> bytes:
+    """Up to `limit` bytes of a file on the deployer's machine, `~` expanded as ssh and the shell
+    do; Invalid names the file as written and, when `~` changed it, as opened."""
     import os
 
     path = os.path.expanduser(value)
     try:
         with open(path, "rb") as handle:
-            content = handle.read(MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
+            return handle.read(limit)
     except OSError as error:
-        raise Invalid("cannot read %s: %s" % (value, error.strerror)) from None
+        shown = value if path == value else "%s (%s)" % (value, path)
+        raise Invalid("cannot read %s: %s" % (shown, error.strerror)) from None
+
+
+def readable_file(value: str) -> str:
+    """A file the deployer must be able to read later (an SSH key): checked when the inventory is
+    read, so that `validate` finds a wrong path, not the first `push`. The path as written."""
+    _read_local(value, 0)
+    return value
+
+
+def local_file(value: str) -> LocalFile:
+    content = _read_local(value, MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
     if len(content) > MAX_CREDENTIALS:
         raise Invalid("%s is over %d bytes, more than a run's credentials may hold" % (value, MAX_CREDENTIALS))
     found = LocalFile(value)
