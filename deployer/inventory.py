@@ -301,6 +301,12 @@ def _suggest(word: str, choices, cutoff: float = 0.6) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _first_line(report: _Collector, section: str, key: Optional[str]) -> str:
+    """`at line 12`: configparser names only the line of the second of two."""
+    line = report.lines.get((section.strip(), key))
+    return f"at line {line}" if line else "above"
+
+
 def _read_config(path: str, source: str, report: _Collector) -> Optional[configparser.RawConfigParser]:
     config = configparser.RawConfigParser(
         comment_prefixes=(";", "#"),
@@ -312,9 +318,12 @@ def _read_config(path: str, source: str, report: _Collector) -> Optional[configp
     try:
         config.read_string(source, source=path)
     except configparser.DuplicateSectionError as error:
-        report.problems.append(Problem(path, error.section, None, "section appears twice", error.lineno))
+        first = _first_line(report, error.section, None)
+        report.problems.append(Problem(path, error.section, None, f"duplicates the one {first}", error.lineno))
     except configparser.DuplicateOptionError as error:
-        report.problems.append(Problem(path, error.section, error.option, "key appears twice", error.lineno))
+        first = _first_line(report, error.section, error.option)
+        report.problems.append(Problem(path, error.section, error.option, f"appears twice; the first {first}",
+                                       error.lineno))
     except configparser.MissingSectionHeaderError as error:
         report.problems.append(Problem(path, None, None, "a key before any [section]", error.lineno))
     except configparser.ParsingError as error:

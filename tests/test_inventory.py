@@ -107,7 +107,10 @@ alert =
                  "inv.ini:4: [job:a] on_calendar: @weekly is a cron macro: write schedule = @weekly; on_calendar "
                  "takes systemd calendar lines", id="cron-macro-on-calendar"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
-                 "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
+                 "inv.ini:5: [job:a] schedule: appears twice; the first at line 4", id="duplicate-key"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n\n[job:b]\nschedule = 0 * * * *\n"
+                 "url = http://y/\n\n[job:a]\nschedule = 5 * * * *\n",
+                 "inv.ini:11: [job:a]: duplicates the one at line 3", id="duplicate-job"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
                  "inv.ini:6: [job: a]: the same section as [job:a] (spaces around the name do not count)",
                  id="probe16-14-same-job-with-a-space"),
