@@ -11,9 +11,10 @@ from typing import Callable, Mapping, Optional
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
 from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
-                                Invalid, boolean, credentials, credentials_size, duration_seconds, text, url)
+                                Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
+                                url)
 from .models import Alert, Host, Inventory, Job, Secret
-from .schedule import check_calendar_lines, to_calendar
+from .schedule import check_calendar_lines, to_calendar, unknown_macro
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -94,7 +95,7 @@ def lease(value: str) -> float:
     """How long a host's lease on its jobs lasts (renewed at a third of it while it is up)."""
     seconds = duration_seconds(value)
     if not MIN_LEASE <= seconds <= MAX_LEASE:
-        raise Invalid(f"{value!r} must be between {MIN_LEASE:g}s and {MAX_LEASE / 3600:g}h")
+        raise Invalid(f"{value!r} must be between {MIN_LEASE:g}s and {MAX_LEASE / 86400:g}d")
     return seconds
 
 
@@ -105,7 +106,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "address": address,
         "port": port,
         "user": text,
-        "identity_file": text,
+        "identity_file": readable_file,
         "known_hosts": text,
         "host_key": one_of(HOST_KEY_POLICIES),
         "sudo": boolean,
@@ -300,6 +301,12 @@ def _suggest(word: str, choices, cutoff: float = 0.6) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _first_line(report: _Collector, section: str, key: Optional[str]) -> str:
+    """`at line 12`: configparser names only the line of the second of two."""
+    line = report.lines.get((section.strip(), key))
+    return f"at line {line}" if line else "above"
+
+
 def _read_config(path: str, source: str, report: _Collector) -> Optional[configparser.RawConfigParser]:
     config = configparser.RawConfigParser(
         comment_prefixes=(";", "#"),
@@ -311,9 +318,12 @@ def _read_config(path: str, source: str, report: _Collector) -> Optional[configp
     try:
         config.read_string(source, source=path)
     except configparser.DuplicateSectionError as error:
-        report.problems.append(Problem(path, error.section, None, "section appears twice", error.lineno))
+        first = _first_line(report, error.section, None)
+        report.problems.append(Problem(path, error.section, None, f"duplicates the one {first}", error.lineno))
     except configparser.DuplicateOptionError as error:
-        report.problems.append(Problem(path, error.section, error.option, "key appears twice", error.lineno))
+        first = _first_line(report, error.section, error.option)
+        report.problems.append(Problem(path, error.section, error.option, f"appears twice; the first {first}",
+                                       error.lineno))
     except configparser.MissingSectionHeaderError as error:
         report.problems.append(Problem(path, None, None, "a key before any [section]", error.lineno))
     except configparser.ParsingError as error:
@@ -454,9 +464,16 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
 
 
 def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
-    """systemd itself judges on_calendar lines (one local systemd-analyze call for all)."""
-    lines = {(job.name, line): to_calendar(None, (line,), job.timezone).lines[0]
-             for job in jobs for line in job.on_calendar}
+    """systemd itself judges on_calendar lines (one local systemd-analyze call for all), after
+    the cron macros written there."""
+    lines = {}
+    for job in jobs:
+        for line in job.on_calendar:
+            macro = _macro_on_calendar(line)
+            if macro:
+                report.add(f"job:{job.name}", "on_calendar", macro)
+            else:
+                lines[job.name, line] = to_calendar(None, (line,), job.timezone).lines[0]
     try:
         refused = check_calendar_lines(sorted(set(lines.values())))
     except ScheduleError:
@@ -464,6 +481,18 @@ def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
     for (job, line), zoned in lines.items():
         if zoned in refused:
             report.add(f"job:{job}", "on_calendar", f"systemd cannot parse {line!r}")
+
+
+def _macro_on_calendar(line: str) -> Optional[str]:
+    """`on_calendar = @weekly`: systemd reads `@` as a Unix time (`@1700000000`) and would say
+    only "cannot parse"; name the macro, and where one goes."""
+    word = line.split()[0]
+    if not word.startswith("@") or word[1:2].isdigit():
+        return None
+    wrong = unknown_macro(word)
+    if wrong:
+        return f"{wrong}; a macro goes in schedule =, on_calendar takes systemd calendar lines"
+    return f"{word} is a cron macro: write schedule = {line}; on_calendar takes systemd calendar lines"
 
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import math
 import os
@@ -212,6 +213,18 @@ def _open(connection, host: Host) -> None:
         raise translated from None
 
 
+def fingerprint(key) -> str:
+    """A host key as OpenSSH shows it (ssh, ssh-keygen -l, ssh-keyscan | ssh-keygen -lf -):
+    `SHA256:` and the unpadded base64 of the SHA-256 of the key blob. paramiko's own
+    get_fingerprint() is MD5, which no current OpenSSH prints, so it could not be compared."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _described(key) -> str:
+    return f"{key.get_name()} {fingerprint(key)}"
+
+
 def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteError]:
     """paramiko's and the socket's failures -> one line naming what to check, or None."""
     import paramiko
@@ -222,9 +235,9 @@ def _connect_error(error: Exception, connection, host: Host) -> Optional[RemoteE
     if isinstance(error, paramiko.BadHostKeyException):
         known = os.path.expanduser(host.known_hosts or "~/.ssh/known_hosts")
         entry = error.hostname if connection.port == 22 else f"[{error.hostname}]:{connection.port}"
-        return RemoteError(host.name, f"host key for {error.hostname} CHANGED (got {error.key.get_name()} "
-                           f"{error.key.get_fingerprint().hex()}); refusing to connect. If the host "
-                           f"was rebuilt, remove the old key: ssh-keygen -R '{entry}' -f {known}")
+        return RemoteError(host.name, f"host key for {error.hostname} CHANGED: known_hosts has "
+                           f"{_described(error.expected_key)}, the host offered {_described(error.key)}; refusing to "
+                           f"connect. If the host was rebuilt, remove the old key: ssh-keygen -R '{entry}' -f {known}")
     if isinstance(error, paramiko.PasswordRequiredException):
         return RemoteError(host.name, f"ssh {who}: a key is protected by a passphrase (tried "
                            f"{_keys_tried(connection)}); load it into ssh-agent (ssh-add) or use a key without one")

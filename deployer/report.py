@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 from zoneinfo import ZoneInfo
 
+from .hostside.options import DURATION_SYNTAX, Invalid, duration_seconds
 from .hostside.protocol import Held, JobStatus, RunInfo, duration_text
 from .hostside.text import printable
 
@@ -332,21 +333,17 @@ def now_utc() -> float:
     return datetime.now(timezone.utc).timestamp()
 
 
-_SINCE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
 def since_time(text: str, now: float) -> float:
-    """`--since`: a duration back from now (`7d`, `36h`, `1d12h`, `90m`, `30s`) or an ISO 8601
-    date or time (`2026-11-20`, `2026-11-20T08:00+08:00`; without an offset, this machine's zone).
-    Raises ValueError naming the accepted forms."""
-    import re
-
-    compact = text.strip().replace(" ", "")
-    if re.fullmatch(r"(\d+[dhms])+", compact):
-        return now - sum(int(n) * _SINCE_UNITS[u] for n, u in re.findall(r"(\d+)([dhms])", compact))
+    """`--since`: an ISO 8601 date or time (`2026-11-20`, `2026-11-20T08:00+08:00`; without an
+    offset, this machine's zone) or a duration back from now in the inventory's syntax (`7d`,
+    `36h`, `1d12h`, `90m`; options.duration_seconds). Raises ValueError naming both forms."""
     try:
-        moment = datetime.fromisoformat(text.strip())
+        # A date first: `20261120` is ISO 8601's basic form, not 20261120 seconds ago.
+        return datetime.fromisoformat(text.strip()).timestamp()  # a naive time is local time
     except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (7d, 36h, 90m) nor an ISO 8601 date or time "
+        pass
+    try:
+        return now - duration_seconds(text)
+    except Invalid:
+        raise ValueError(f"{text!r} is neither a duration ({DURATION_SYNTAX}) nor an ISO 8601 date or time "
                          "(2026-11-20, 2026-11-20T08:00+08:00)") from None
-    return moment.timestamp()  # a naive time is this machine's local time

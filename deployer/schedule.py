@@ -31,6 +31,19 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+KNOWN_MACROS = (*MACROS, "@reboot")  # @reboot is no calendar: the timer runs it at boot
+
+
+def unknown_macro(word: str) -> Optional[str]:
+    """Why `word` (`@weekdays`) is no cron macro, naming the closest ones (or all); None for a
+    macro. Without this, `@weekdays` was counted as a 1-field cron line ("expected 5 fields")."""
+    import difflib
+
+    if word.lower() in KNOWN_MACROS:
+        return None
+    close = difflib.get_close_matches(word.lower(), KNOWN_MACROS, n=2)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(KNOWN_MACROS)}"
+    return f"unknown macro {word} ({hint})"
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,9 @@ def parse_cron(expression: str) -> CronSchedule:
     text = " ".join(expression.split())
     text = MACROS.get(text.lower(), text)
     parts = text.split(" ")
+    wrong = parts[0].startswith("@") and unknown_macro(parts[0])
+    if wrong:
+        raise ScheduleError(wrong)
     if len(parts) != 5:
         raise ScheduleError(
             f"cron {expression!r}: expected 5 fields (minute hour day-of-month month "

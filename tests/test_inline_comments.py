@@ -29,7 +29,7 @@ VALUES = {
         "address": ("10.0.0.5", None),
         "port": ("2222", None),
         "user": ("ops", None),
-        "identity_file": ("~/.ssh/cron", "~/keys/cron #7 ; old"),
+        "identity_file": ("{tmp}/cron", "{tmp}/cron #7 ; old"),
         "known_hosts": ("~/.ssh/known_hosts", "~/keys/known #7 ; hosts"),
         "host_key": ("accept-new", None),
         "sudo": ("true", None),

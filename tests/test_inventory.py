@@ -75,7 +75,8 @@ alert =
     pytest.param("[job:a]\nschedule = 0 25 * * *\nurl = http://x/\n",
                  "inv.ini:4: [job:a] schedule: cron '0 25 * * *': hour field: 25 is outside 0-23", id="bad-cron"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = soon\n",
-                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="duration"),
+                 "inv.ini:6: [job:a] timeout: 'soon' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, "
+                 "s, m, h, d)", id="duration"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimezone = Mars/Olympus\n",
                  "inv.ini:6: [job:a] timezone: 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Shanghai, UTC)",
                  id="timezone"),
@@ -94,8 +95,22 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code=ok\n",
                  "inv.ini:6: [job:a] expect_json: value of 'code' is not a JSON literal (quote strings: code=\"DONE\")",
                  id="expect-json"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nexpect_json = code == 0\n",
+                 "inv.ini:6: [job:a] expect_json: `==` is not the syntax: a rule is path=value with one `=`; "
+                 "write code=0", id="expect-json-double-equals"),
+    pytest.param("[job:a]\nschedule = @weekdays\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] schedule: unknown macro @weekdays (did you mean @weekly?)", id="unknown-macro"),
+    pytest.param("[job:a]\non_calendar = @weekdays\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] on_calendar: unknown macro @weekdays (did you mean @weekly?); a macro goes in "
+                 "schedule =, on_calendar takes systemd calendar lines", id="unknown-macro-on-calendar"),
+    pytest.param("[job:a]\non_calendar = @weekly\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] on_calendar: @weekly is a cron macro: write schedule = @weekly; on_calendar "
+                 "takes systemd calendar lines", id="cron-macro-on-calendar"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
-                 "inv.ini:5: [job:a] schedule: key appears twice", id="duplicate-key"),
+                 "inv.ini:5: [job:a] schedule: appears twice; the first at line 4", id="duplicate-key"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n\n[job:b]\nschedule = 0 * * * *\n"
+                 "url = http://y/\n\n[job:a]\nschedule = 5 * * * *\n",
+                 "inv.ini:11: [job:a]: duplicates the one at line 3", id="duplicate-job"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job: a]\nschedule = 0 * * * *\nurl = http://y/\n",
                  "inv.ini:6: [job: a]: the same section as [job:a] (spaces around the name do not count)",
                  id="probe16-14-same-job-with-a-space"),
@@ -149,8 +164,10 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     pytest.param("cpu_weight", "0", "'0' is not a whole number from 1 to 10000", id="cpu-weight"),
     pytest.param("tasks_max", "-1", "'-1' is not a whole number from 1 to 4194304", id="tasks"),
     pytest.param("sandbox", "none", "'none' is not one of strict, fast", id="sandbox"),
-    pytest.param("lease", "5s", "'5s' must be between 10s and 168h", id="lease-too-short"),
-    pytest.param("lease", "soon", "'soon' is not a duration (500ms, 90s, 5m, 1h30m)", id="lease-not-a-duration"),
+    pytest.param("lease", "5s", "'5s' must be between 10s and 7d", id="lease-too-short"),
+    pytest.param("lease", "8d", "'8d' must be between 10s and 7d", id="lease-too-long"),
+    pytest.param("lease", "soon", "'soon' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, s, m, h, d)",
+                 id="lease-not-a-duration"),
 ])
 def test_host_ceiling_values(key, value, message):
     assert problems(f"{HOST}{key} = {value}\n") == [f"inv.ini:3: [host:cron01] {key}: {message}"]
@@ -159,6 +176,25 @@ def test_host_ceiling_values(key, value, message):
 def test_a_hosts_lease_is_5_minutes_unless_it_says_otherwise():
     assert parse(HOST).hosts[0].lease == 300.0
     assert parse(HOST + "lease = 1h30m\n").hosts[0].lease == 5400.0
+    assert parse(HOST + "lease = 7d\n").hosts[0].lease == 7 * 86400.0
+
+
+def test_a_timeout_takes_days_as_history_since_does():
+    """Issue 24 item 8: `timeout = 1d` was refused ('not a duration') while `--since 7d` took `d`."""
+    assert parse(f"{HOST}[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = 1d\n").jobs[0].timeout == 86400
+
+
+def test_an_identity_file_that_cannot_be_read_is_refused_like_a_ca_file(tmp_path, monkeypatch):
+    """Issue 24 item 8: `validate` passed a missing identity_file; `push` found it at the host."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "cron").write_text("a key\n")
+    assert parse(HOST + "identity_file = ~/.ssh/cron\n").hosts[0].identity_file == "~/.ssh/cron"
+    assert problems(HOST + "identity_file = ~/.ssh/crn\n") == [
+        f"inv.ini:3: [host:cron01] identity_file: cannot read ~/.ssh/crn ({tmp_path}/.ssh/crn): No such file or "
+        "directory"]
+    assert problems(HOST + f"identity_file = {tmp_path}\n") == [
+        f"inv.ini:3: [host:cron01] identity_file: cannot read {tmp_path}: Is a directory"]
 
 
 def test_host_ceiling_parsed():

@@ -8,7 +8,7 @@ from deployer.models import Job
 
 @pytest.mark.parametrize("text, seconds", [
     ("90s", 90), ("5m", 300), ("1h30m", 5400), ("45", 45), ("2h", 7200), ("500ms", 0.5), ("1.5h", 5400),
-    ("1m 30s", 90),
+    ("1m 30s", 90), ("1d", 86400), ("1d12h", 129600), ("7d", 604800),
 ])
 def test_one_duration_syntax(text, seconds):
     assert options.duration_seconds(text) == seconds
@@ -20,8 +20,15 @@ def test_durations_refused(text):
         options.duration_seconds(text)
 
 
+def test_a_refused_duration_lists_the_accepted_units():
+    """Issue 24 item 8: `timeout = 1d` was refused while `--since 7d` took `d`."""
+    with pytest.raises(options.Invalid) as caught:
+        options.duration_seconds("1w")
+    assert str(caught.value) == "'1w' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, s, m, h, d)"
+
+
 def test_timeout_bounds():
-    assert options.timeout("1s") == 1 and options.timeout("24h") == 86400
+    assert options.timeout("1s") == 1 and options.timeout("24h") == 86400 and options.timeout("1d") == 86400
     for text in ("500ms", "25h"):
         with pytest.raises(options.Invalid, match="between 1s and 24h"):
             options.timeout(text)

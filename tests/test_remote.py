@@ -144,9 +144,53 @@ def test_a_closed_port_says_refused_and_names_the_port(deployer, tmp_path):
 
 
 def test_a_missing_identity_file_is_named_before_connecting(deployer, tmp_path):
+    """The inventory refuses it (issue 24 item 8), as `validate` does: file, line, section and key."""
     missing = tmp_path / "no-such-key"
-    result = deployer("status", "-i", _inventory(tmp_path, _closed_port(), identity_file=str(missing)), check=False)
-    assert result.stderr == f"deployer: error: host cron01: identity_file {missing}: no such file\n"
+    path = _inventory(tmp_path, _closed_port(), identity_file=str(missing))
+    for command in ("validate", "status"):
+        result = deployer(command, "-i", path, check=False)
+        assert result.stderr == (f"deployer: error: {path}:5: [host:cron01] identity_file: cannot read {missing}: "
+                                 "No such file or directory\n"), command
+
+
+def test_an_identity_file_gone_since_the_inventory_was_read_is_named_before_connecting(tmp_path):
+    host = Host(name="cron01", address="127.0.0.1", port=_closed_port(), identity_file=str(tmp_path / "gone"))
+    with pytest.raises(RemoteError, match=rf"^host cron01: identity_file {tmp_path}/gone: no such file$"):
+        remote._open(remote.connect(host), host)
+
+
+def _host_key(tmp_path, kind: str):
+    """A real key made by ssh-keygen, as paramiko reads it, and OpenSSH's own fingerprint of it."""
+    import subprocess
+
+    import paramiko
+
+    path = tmp_path / f"host_{kind}_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
+    listed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f"{path}.pub"], capture_output=True, text=True,
+                            check=True).stdout
+    key_class = {"ed25519": paramiko.Ed25519Key, "ecdsa": paramiko.ECDSAKey, "rsa": paramiko.RSAKey}[kind]
+    return key_class.from_private_key_file(str(path)), listed.split()[1]
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa"])
+def test_a_fingerprint_is_the_one_openssh_shows(tmp_path, kind):
+    key, openssh = _host_key(tmp_path, kind)
+    assert remote.fingerprint(key) == openssh and openssh.startswith("SHA256:")
+
+
+def test_a_changed_host_key_shows_both_keys_as_openssh_does(tmp_path):
+    """Issue 24 item 8: the offered key was MD5 hex (paramiko's get_fingerprint), which no current ssh prints,
+    and the expected one was not shown at all."""
+    import paramiko
+
+    (known_key, known), (offered_key, offered) = _host_key(tmp_path, "ed25519"), _host_key(tmp_path, "ecdsa")
+    host = Host(name="cron01", address="10.0.0.5", port=2222, known_hosts=str(tmp_path / "known_hosts"))
+    error = paramiko.BadHostKeyException("10.0.0.5", offered_key, known_key)  # as SSHClient.connect raises it
+    assert str(remote._connect_error(error, remote.connect(host), host)) == (
+        f"host cron01: host key for 10.0.0.5 CHANGED: known_hosts has ssh-ed25519 {known}, the host offered "
+        f"ecdsa-sha2-nistp256 {offered}; refusing to connect. If the host was rebuilt, remove the old key: "
+        f"ssh-keygen -R '[10.0.0.5]:2222' -f {tmp_path}/known_hosts")
 
 
 def test_the_keys_tried_are_the_identity_files_the_agent_and_the_default_keys(tmp_path, monkeypatch):

@@ -166,15 +166,19 @@ def test_history_summary():
 
 
 @pytest.mark.parametrize("text, seconds_back", [("7d", 7 * 86400), ("36h", 36 * 3600), ("1d12h", 36 * 3600),
-                                                ("90m", 5400), ("30s", 30)])
+                                                ("90m", 5400), ("30s", 30), ("1.5h", 5400), ("500ms", 0.5),
+                                                ("45", 45)])
 def test_since_durations(text, seconds_back):
     assert report.since_time(text, NOW) == NOW - seconds_back
 
 
 def test_since_dates_and_refusals():
     assert report.since_time("2026-11-25T13:00:00+00:00", NOW) == NOW - 3600
-    with pytest.raises(ValueError, match="neither a duration"):
+    assert report.since_time("20261125T130000+00:00", NOW) == NOW - 3600  # ISO basic form, not seconds
+    with pytest.raises(ValueError) as caught:
         report.since_time("last tuesday", NOW)
+    assert str(caught.value) == ("'last tuesday' is neither a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: ms, s, "
+                                 "m, h, d) nor an ISO 8601 date or time (2026-11-20, 2026-11-20T08:00+08:00)")
 
 
 def test_a_held_host_says_how_long_it_was_down_in_text_and_as_data():

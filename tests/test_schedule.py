@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deployer.errors import ScheduleError
-from deployer.schedule import cron_to_oncalendar
+from deployer.schedule import cron_to_oncalendar, to_calendar
 
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
@@ -87,6 +87,19 @@ def test_dublin_is_written_as_london_which_has_its_clock():
 def test_invalid_cron_is_one_clear_line(cron, message):
     with pytest.raises(ScheduleError, match=re.escape(message)):
         cron_to_oncalendar(cron)
+
+
+@pytest.mark.parametrize("schedule, message", [
+    pytest.param("@weekdays", "unknown macro @weekdays (did you mean @weekly?)", id="close"),
+    pytest.param("CRON_TZ=UTC @hourlyy", "unknown macro @hourlyy (did you mean @hourly?)", id="with-zone"),
+    pytest.param("@often", "unknown macro @often (known: @yearly, @annually, @monthly, @weekly, @daily, @midnight, "
+                 "@hourly, @reboot)", id="none-close"),
+])
+def test_an_unknown_macro_is_named_with_the_closest_ones(schedule, message):
+    """Issue 24 item 8: `@weekdays` said "expected 5 fields"."""
+    with pytest.raises(ScheduleError) as caught:
+        to_calendar(schedule, (), "UTC")
+    assert str(caught.value) == message
 
 
 # --- property: our lines, expanded by systemd itself, give exactly cron's run times --------

@@ -31,6 +31,18 @@ def test_parse_expect_json_values_are_json_literals():
         (("code",), 0), (("data", "state"), "DONE, really"), (("ok",), True), (("items", "0", "id"), None))
 
 
+@pytest.mark.parametrize("text, fix", [
+    pytest.param("code == 0", "code=0", id="number"),
+    pytest.param('ok=true, data.state == "DONE"', 'data.state="DONE"', id="second-rule-string"),
+    pytest.param("code==ok", "code=VALUE", id="not-a-literal"),
+])
+def test_a_double_equals_names_the_syntax_and_the_fix(text, fix):
+    """Issue 24 item 8: `code == 0` was told to quote strings (`code="DONE"`) instead of to drop an `=`."""
+    with pytest.raises(rules.RuleError) as caught:
+        rules.parse_expect_json(text)
+    assert str(caught.value) == f"`==` is not the syntax: a rule is path=value with one `=`; write {fix}"
+
+
 @pytest.mark.parametrize("status, body, json_rules, ok, retryable", [
     pytest.param(200, b'{"code":0}', (), True, False, id="2xx"),
     pytest.param(500, b"", (), False, True, id="5xx-retried"),

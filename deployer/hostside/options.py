@@ -20,9 +20,13 @@ class Invalid(ValueError):
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s)?)+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600}
+# The one duration syntax of the product: the inventory (timeout, poll_every, lease), the
+# trigger's flags and `deployer history/logs --since`. A number without a unit is seconds.
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_SYNTAX = "e.g. 500ms, 90s, 5m, 1h30m, 7d; units: %s" % ", ".join(DURATION_UNITS)
+_UNIT = "|".join(sorted(DURATION_UNITS, key=len, reverse=True))  # `ms` before `m`
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(%s)?)+$" % _UNIT)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(%s)?" % _UNIT)
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 MAX_TIMEOUT = 24 * 3600
@@ -63,12 +67,11 @@ def boolean(value: str) -> bool:
 
 
 def duration_seconds(value: str) -> float:
-    """`500ms`, `90s`, `5m`, `1h30m`, `1.5h` or plain seconds -> seconds (the one duration syntax
-    of the inventory and the trigger)."""
+    """`500ms`, `90s`, `5m`, `1h30m`, `1.5h`, `7d` or plain seconds -> seconds (DURATION_UNITS)."""
     compact = value.replace(" ", "")
     if not compact or not _DURATION.match(compact):
-        raise Invalid("%r is not a duration (500ms, 90s, 5m, 1h30m)" % (value,))
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(compact))
+        raise Invalid("%r is not a duration (%s)" % (value, DURATION_SYNTAX))
+    return sum(float(number) * DURATION_UNITS.get(unit, 1) for number, unit in _DURATION_PART.findall(compact))
 
 
 def timeout(value: str) -> float:
@@ -248,15 +251,29 @@ class LocalFile(str):
     content: bytes = b""
 
 
-def local_file(value: str) -> LocalFile:
+def _read_local(value: str, limit: int) -> bytes:
+    """Up to `limit` bytes of a file on the deployer's machine, `~` expanded as ssh and the shell
+    do; Invalid names the file as written and, when `~` changed it, as opened."""
     import os
 
     path = os.path.expanduser(value)
     try:
         with open(path, "rb") as handle:
-            content = handle.read(MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
+            return handle.read(limit)
     except OSError as error:
-        raise Invalid("cannot read %s: %s" % (value, error.strerror)) from None
+        shown = value if path == value else "%s (%s)" % (value, path)
+        raise Invalid("cannot read %s: %s" % (shown, error.strerror)) from None
+
+
+def readable_file(value: str) -> str:
+    """A file the deployer must be able to read later (an SSH key): checked when the inventory is
+    read, so that `validate` finds a wrong path, not the first `push`. The path as written."""
+    _read_local(value, 0)
+    return value
+
+
+def local_file(value: str) -> LocalFile:
+    content = _read_local(value, MAX_CREDENTIALS + 1)  # a run cannot take more: never read a huge file whole
     if len(content) > MAX_CREDENTIALS:
         raise Invalid("%s is over %d bytes, more than a run's credentials may hold" % (value, MAX_CREDENTIALS))
     found = LocalFile(value)

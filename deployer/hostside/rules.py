@@ -50,6 +50,8 @@ def parse_expect_json(text: str) -> tuple[tuple[tuple[str, ...], Any], ...]:
         match = _PATH.match(text, pos)
         if not match:
             raise RuleError(f"expected PATH=VALUE at {text[pos:]!r}")
+        if text.startswith("=", match.end()):
+            raise RuleError(_double_equals(text, match))
         try:
             value, end = decoder.raw_decode(text, match.end())
         except json.JSONDecodeError:
@@ -61,6 +63,18 @@ def parse_expect_json(text: str) -> tuple[tuple[tuple[str, ...], Any], ...]:
             raise RuleError(f"expected ',' after the value of {match.group(1)!r}")
         pos = len(text) - len(rest) + (1 if rest else 0)
     return tuple(rules)
+
+
+def _double_equals(text: str, match: "re.Match") -> str:
+    """`code == 0`: a comparison habit; the rule is path=value, one `=`, and says so with the fix."""
+    path, start = match.group(1), match.end() + 1
+    start += len(text[start:]) - len(text[start:].lstrip())
+    try:
+        end = json.JSONDecoder().raw_decode(text, start)[1]
+        fix = f"{path}={text[start:end]}"
+    except json.JSONDecodeError:
+        fix = f"{path}=VALUE"
+    return f"`==` is not the syntax: a rule is path=value with one `=`; write {fix}"
 
 
 @dataclass(frozen=True)

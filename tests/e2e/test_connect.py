@@ -99,6 +99,10 @@ def test_a_changed_host_key_message_gives_the_removal_that_works(shared_cron01, 
                            + jobs_ini(server, a="0 * * * *|/a"))
     refused = deployer("push", "-i", path, check=False)
     assert "CHANGED" in refused.stderr and refused.stderr.count("\n") == 1
+    # both keys as ssh shows them (issue 24 item 8: the offered one was MD5 hex, the known one absent)
+    stale = subprocess.run(["ssh-keygen", "-l", "-f", str(known)], capture_output=True, text=True, check=True)
+    assert f"known_hosts has ssh-ed25519 {stale.stdout.split()[1]}, the host offered " in refused.stderr
+    assert re.search(r"the host offered \S+ SHA256:[A-Za-z0-9+/]{43};", refused.stderr), refused.stderr
     removal = re.search(r"remove the old key: (ssh-keygen -R .*)$", refused.stderr.strip()).group(1)
 
     subprocess.run(removal, shell=True, check=True, timeout=30, capture_output=True)
