@@ -39,8 +39,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## All tests, end-to-end ones included (they boot real systemd hosts; they need root).
+## The end-to-end tests mostly wait for timers: they run side by side, a file per worker
+## (each worker boots its own hosts, each host in a cgroup of its own: tests/cronhost.py).
+TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Unit tests only: no root, no containers, and not the slow every-zone schedule walk.
 test-fast: install
