@@ -47,9 +47,18 @@ PER_JOB_MATCHES = 50
 
 def run_matches(jobs):
     """journalctl matches for the records and PID 1's run entries of `jobs` (one call for all);
-    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out)."""
+    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out).
+
+    Records are matched on the fields journald sets, never on the ones the sender writes: any
+    local user can send MESSAGE_ID= and DEPLOYER_JOB= by the thousand, and a scan newest first
+    would spend its limit on them (59,400 forged records hid every failed job's reason).
+    _SYSTEMD_UNIT= and _SYSTEMD_SLICE= come from the sender's cgroup, which only PID 1 assigns;
+    the run's stdout stream pins journald's view of it, so the record it sends before exiting
+    carries them."""
     per_job = len(jobs) <= PER_JOB_MATCHES
-    return (["MESSAGE_ID=" + record.RUN_FINISHED] + (["DEPLOYER_JOB=" + j for j in jobs] if per_job else [])
+    senders = (["_SYSTEMD_UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job
+               else ["_SYSTEMD_SLICE=" + paths.JOBS_SLICE])
+    return (["MESSAGE_ID=" + record.RUN_FINISHED] + senders
             + ["+", "_PID=1"] + ["MESSAGE_ID=" + m for m in (UNIT_STARTING, record.UNIT_FAILED, record.UNIT_EXITED)]
             + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
 
