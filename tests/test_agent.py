@@ -888,3 +888,26 @@ def test_issue22_10_a_flood_of_forged_records_hides_no_failed_jobs_reason(tmp_pa
     assert jobs["settle"].last_run.reason == "status 500 not expected"
     assert host.systemd.read < 10, "the scan read forged records"
 
+
+# -- issue 22 item 8: runs in the journal's order, never by their clocks -----------------------------
+
+S, B = "s=e2f1b4fa3d3642f8b2f8ffb196a48537", "b=277e2e1616ea4362a215d981b20640da"
+
+
+@pytest.mark.parametrize("cursor, other, after", [
+    pytest.param(f"{S};i=49;{B};m=10;t=1", f"{S};i=48;{B};m=20;t=2", True, id="a-higher-number-with-an-earlier-clock"),
+    pytest.param(f"{S};i=48;{B};m=10;t=9", f"{S};i=49;{B};m=5;t=1", False, id="a-lower-number-with-a-later-clock"),
+    pytest.param(f"s=aa;i=1;{B};m=30;t=1", f"{S};i=49;{B};m=20;t=9", True, id="another-sequence-same-boot-monotonic"),
+    pytest.param("s=aa;i=1;b=bb;m=1;t=9", f"{S};i=49;{B};m=20;t=5", True, id="another-boot-wall-time"),
+    pytest.param(f"{S};i=1;{B};m=1;t=1", "", True, id="nothing-before"),
+])
+def test_journal_positions_are_ordered_as_sd_journal_orders_entries(cursor, other, after):
+    assert journal.Position.of(cursor).after(journal.Position.of(other)) is after
+
+
+def test_failed_runs_keep_the_journals_order_after_a_clock_step():
+    from deployer.hostside.record import UNIT_FAILED
+
+    entries = [pid1("settle", "ahead", UNIT_FAILED, 2000.0 + 86400, __CURSOR=f"{S};i=1"),
+               pid1("settle", "back", UNIT_FAILED, 2000.0, __CURSOR=f"{S};i=2")]
+    assert [r.invocation for r in journal.failed_runs(entries)] == ["ahead", "back"]
