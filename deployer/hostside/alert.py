@@ -400,7 +400,8 @@ def load_seen(path: str) -> Optional[Seen]:
     try:
         with open(path) as handle:
             data = json.load(handle)
-        return Seen(int(data["watermark"]), tuple((str(i), int(t)) for i, t in data["ids"]), str(data.get("cursor", "")))
+        return Seen(int(data["watermark"]), tuple((str(i), int(t)) for i, t in data["ids"]),
+                    str(data.get("cursor", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -309,8 +309,9 @@ def run_a_day_ahead(host, job: str) -> None:
     zipapp = f'"{paths.TRIGGER_PATH}"'
     assert zipapp in line, line
     host.ssh("mkdir -p /etc/deployer-test-clock && cat > /etc/deployer-test-clock/ahead.py", input=DAY_AHEAD)
+    wrapped = line.replace(zipapp, f'"/etc/deployer-test-clock/ahead.py" {zipapp}')
     host.ssh(f"mkdir -p /etc/systemd/system/{service}.d && cat > /etc/systemd/system/{service}.d/ahead.conf",
-             input="[Service]\nExecStart=\n" + line.replace(zipapp, '"/etc/deployer-test-clock/ahead.py" ' + zipapp) + "\n")
+             input=f"[Service]\nExecStart=\n{wrapped}\n")
     try:
         host.ssh(f"systemctl daemon-reload && systemctl start {service}", check=False)
     finally:
