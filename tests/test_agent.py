@@ -760,7 +760,8 @@ def test_status_reads_last_runs_with_one_journal_call_that_ends_once_each_job_ha
     jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
     [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
     # `good` succeeded and systemd knows its run: it is not asked about; `new` never ran per systemd.
-    assert [a for a in call if a.startswith("DEPLOYER_JOB=")] == ["DEPLOYER_JOB=bad", "DEPLOYER_JOB=new"]
+    assert [a for a in call if a.startswith("_SYSTEMD_UNIT=")] == ["_SYSTEMD_UNIT=deployer-bad.service",
+                                                                   "_SYSTEMD_UNIT=deployer-new.service"]
     assert call[1] == "-r" and host.systemd.read == 2  # newest first, stopped at the second record
     assert jobs["bad"].last_run.reason == "status 500, expected 2xx" and jobs["new"].last_run.run == "n1"
     assert jobs["good"].last_run is None
@@ -886,5 +887,95 @@ def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_aske
     host.systemd.calls.clear()
     jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
     [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
-    assert not [a for a in call if a.startswith(("DEPLOYER_JOB=", "UNIT="))]  # journalctl slows with each term
+    assert not [a for a in call if a.startswith(("DEPLOYER_JOB=", "UNIT=", "_SYSTEMD_UNIT="))]  # slows with each term
     assert jobs["j00001"].last_run.run == "a1" and "elsewhere" not in jobs and jobs["j00002"].last_run is None
+
+
+# -- issue 22 item 10: a flood of forged records starves no status scan -----------------------------
+
+# Recorded on a test host (tests/e2e/test_record.py's setup): `journalctl -o json MESSAGE_ID=<record>
+# + _PID=1 UNIT=deployer-settle.service`, trimmed to the fields the readers ask for: PID 1's
+# entries of one failed run, its record, then a record `mallory` sent with `logger --journald`.
+FLOODED = DATA / "journal-failed-run-and-forged.jsonl"
+
+
+def journalctl(args, entries):
+    """What journalctl answers `args` from `entries` (oldest first), by its match rules: terms of
+    one field OR-ed, of different fields AND-ed, `+` between alternatives; `-r` newest first."""
+    groups = [{}]
+    for arg in args:
+        if arg == "+":
+            groups.append({})
+        elif "=" in arg and not arg.startswith("-"):
+            field, value = arg.split("=", 1)
+            groups[-1].setdefault(field, set()).add(value)
+    found = [e for e in entries if any(all(e.get(f) in values for f, values in g.items()) for g in groups)]
+    return found[::-1] if "-r" in args else found
+
+
+class MatchingSystemd(FakeSystemd):
+    """journalctl_entries as the real journal answers: only the entries the matches select."""
+
+    def journal_entries(self, args, stop=None, limit=None):
+        self.calls.append(("journalctl",) + tuple(args))
+        read = []
+        for entry in journalctl(args, self.journal):
+            read.append(entry)
+            if (stop is not None and stop(entry)) or (limit and len(read) >= limit):
+                break
+        self.read = len(read)
+        return read
+
+
+def flooded_journal(count):
+    """The recorded run, then `count` copies of the forged record (each its own run and cursor)."""
+    entries = [json.loads(line) for line in FLOODED.read_text().splitlines()]
+    forged = entries.pop()
+    assert forged["_UID"] == "2001" and forged["DEPLOYER_JOB"] == "settle"
+    head, _, tail = forged["__CURSOR"].partition(";i=")
+    rest = tail.split(";", 1)[1]
+    return entries + [dict(forged, DEPLOYER_RUN="forged%d" % i, __CURSOR="%s;i=%x;%s" % (head, 0x50 + i, rest))
+                      for i in range(count)]
+
+
+@pytest.mark.parametrize("others", [pytest.param(0, id="matched-per-job"),
+                                    pytest.param(journal.PER_JOB_MATCHES, id="more-jobs-than-per-job-matches")])
+def test_issue22_10_a_flood_of_forged_records_hides_no_failed_jobs_reason(tmp_path, others):
+    """Before: 59,400 records a local user sent (MESSAGE_ID= and DEPLOYER_JOB= are anyone's to
+    send) filled the 50,000 entries the scan reads newest first, and the failed run's reason
+    vanished from status. Now the query matches the sender's unit or the jobs' slice (journald's
+    fields): the forged records are never read."""
+    host = LocalAgent("cron01", str(tmp_path), MatchingSystemd())
+    if others:
+        many(host, others)
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.timer", unit("settle")),), expect=files(host)))
+    host.systemd.shown["deployer-settle.service"] = {"Id": "deployer-settle.service", "ActiveState": "failed",
+                                                     "Result": "exit-code", "ExecMainStatus": "1"}
+    host.systemd.journal = flooded_journal(59_400)
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    assert jobs["settle"].last_run.reason == "status 500 not expected"
+    assert host.systemd.read < 10, "the scan read forged records"
+
+
+# -- issue 22 item 8: runs in the journal's order, never by their clocks -----------------------------
+
+S, B = "s=e2f1b4fa3d3642f8b2f8ffb196a48537", "b=277e2e1616ea4362a215d981b20640da"
+
+
+@pytest.mark.parametrize("cursor, other, after", [
+    pytest.param(f"{S};i=49;{B};m=10;t=1", f"{S};i=48;{B};m=20;t=2", True, id="a-higher-number-with-an-earlier-clock"),
+    pytest.param(f"{S};i=48;{B};m=10;t=9", f"{S};i=49;{B};m=5;t=1", False, id="a-lower-number-with-a-later-clock"),
+    pytest.param(f"s=aa;i=1;{B};m=30;t=1", f"{S};i=49;{B};m=20;t=9", True, id="another-sequence-same-boot-monotonic"),
+    pytest.param("s=aa;i=1;b=bb;m=1;t=9", f"{S};i=49;{B};m=20;t=5", True, id="another-boot-wall-time"),
+    pytest.param(f"{S};i=1;{B};m=1;t=1", "", True, id="nothing-before"),
+])
+def test_journal_positions_are_ordered_as_sd_journal_orders_entries(cursor, other, after):
+    assert journal.Position.of(cursor).after(journal.Position.of(other)) is after
+
+
+def test_failed_runs_keep_the_journals_order_after_a_clock_step():
+    from deployer.hostside.record import UNIT_FAILED
+
+    entries = [pid1("settle", "ahead", UNIT_FAILED, 2000.0 + 86400, __CURSOR=f"{S};i=1"),
+               pid1("settle", "back", UNIT_FAILED, 2000.0, __CURSOR=f"{S};i=2")]
+    assert [r.invocation for r in journal.failed_runs(entries)] == ["ahead", "back"]

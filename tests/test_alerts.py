@@ -1,6 +1,8 @@
 """Alert channels of trigger.py against chat robots on loopback; coalescing with a fake clock."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -220,8 +222,8 @@ def test_seen_runs_are_not_reported_again_and_the_watermark_moves_forward():
     assert seen.watermark == int(1001e6) and seen.since() == 1001 - alert.SEEN_MARGIN
     assert seen.new([run("a", 1000), run("b", 1001), run("c", 999)]) == [run("c", 999)], \
         "a run journald indexed late (older than the watermark) is still new"
-    later = seen.add([run("d", 1001 + 3 * alert.SEEN_MARGIN)])
-    assert [i for i, _ in later.ids] == ["d"], "ids far behind the watermark are forgotten"
+    later = seen.add([run("r%d" % n, 900) for n in range(alert.SEEN_IDS)])
+    assert [i for i, _ in later.ids] == ["r%d" % n for n in range(alert.SEEN_IDS)], "the newest ids are kept"
 
 
 def test_seen_survives_a_round_trip_and_a_corrupt_file_means_first_time(tmp_path):
@@ -239,9 +241,11 @@ class Journal:
         self.runs = list(runs)
         self.boots = boots or {}
 
-    def find(self, unit, since=None, boot=None):
+    def find(self, unit, since=None, boot=None, after=""):
         if boot is not None:
             return list(self.boots.get(boot, []))
+        if after:  # the journal's order: the list's
+            return self.runs[[r.cursor for r in self.runs].index(after) + 1:]
         return [r for r in self.runs if since is None or r.realtime >= since * 1e6]
 
 
@@ -281,6 +285,41 @@ def test_the_monitored_run_is_reported_even_before_journald_has_it(tmp_path):
     journal.runs.append(run("a", now))
     assert report(sweep=True)
     assert batches == [["a"]]
+
+
+def logged(invocation: str, seconds: float, number: int) -> alert.FailedRun:
+    """A run as PID 1's entry in the journal has it: with its cursor (sequence number `number`)."""
+    return dataclasses.replace(run(invocation, seconds), cursor="s=e2f1b4fa;i=%x;b=277e2e16;m=%x;t=%x" % (
+        number, number, int(seconds * 1e6)))
+
+
+def test_issue22_8_a_failure_merged_into_a_running_alert_after_a_clock_step_back_is_reported(tmp_path):
+    """Before: the lookups started at a watermark in wall time. After one failure with the clock a
+    day ahead, the next alert found nothing later than it: its own run went out ($MONITOR_*),
+    but a failure systemd merged into it while it was sending was never reported. Now the
+    lookups read the journal after the cursor of the last failure reported."""
+    now = time.time()
+    journal = Journal([logged("ahead", now + 86400, 1)])
+    batches: list = []
+    report = reporter(tmp_path, journal, batches)
+    assert report(monitored=journal.runs[0])
+    journal.runs.append(logged("back", now, 2))  # the clock stepped back a day
+    arrive = iter([lambda: journal.runs.append(logged("merged", now + 1, 3))])
+    report = reporter(tmp_path, journal, batches, on_send=lambda: next(arrive, lambda: None)())
+    assert report(monitored=run("back", now))
+    assert report(sweep=True)
+    assert batches == [["ahead"], ["back"], ["merged"]]
+
+
+def test_a_state_written_before_cursors_is_looked_up_by_time_once(tmp_path):
+    """A seen file without a cursor (an alert of an earlier version): the first lookup by the
+    watermark, as before; then by the cursor of what it reported."""
+    now = time.time()
+    journal = Journal([logged("old", now - 10, 1), logged("new", now, 2)])
+    alert.save_seen(str(tmp_path / "seen" / "x"), alert.Seen(int((now - 10) * 1e6), (("old", int((now - 10) * 1e6)),)))
+    batches: list = []
+    assert reporter(tmp_path, journal, batches)(sweep=True)
+    assert batches == [["new"]] and alert.load_seen(str(tmp_path / "seen" / "x")).cursor == journal.runs[1].cursor
 
 
 def test_a_sweep_at_boot_reports_the_run_the_shutdown_interrupted(tmp_path):

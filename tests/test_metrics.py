@@ -36,6 +36,12 @@ def record(job, started, result="ok", duration=1.5):
                      http_status=200 if result == "ok" else 500)
 
 
+def cursor(index, sequence="e2f1b4fa3d3642f8b2f8ffb196a48537"):
+    """A cursor as journalctl writes one (tests/data/agent/journal-failed-run-and-forged.jsonl)."""
+    return "s=%s;i=%x;b=277e2e1616ea4362a215d981b20640da;m=%x;t=%x;x=48c88c260bc6c9f6" % (
+        sequence, 0x44 + index, 0x30590dc4f + index, 0x661f23e8b09dc + index)
+
+
 class FakeSystemd(Systemd):
     """journalctl answers the records after the cursor; systemctl show answers TIMER/SERVICE_SHOW."""
 
@@ -54,8 +60,8 @@ class FakeSystemd(Systemd):
         self.calls.append(args)
         if args[0] == "journalctl":
             after = [a.split("=", 1)[1] for a in args if a.startswith("--after-cursor=")]
-            start = int(after[0]) + 1 if after else 0
-            lines = [json.dumps({"__CURSOR": str(i), **r.journal_fields(), **self.sender(r)})
+            start = int(after[0].split(";i=")[1].split(";")[0], 16) - 0x44 + 1 if after else 0
+            lines = [json.dumps({"__CURSOR": cursor(i), **r.journal_fields(), **self.sender(r)})
                      for i, r in enumerate(self.records) if i >= start]
             return 0, "\n".join(lines) + "\n", ""
         if args[:2] == ("systemctl", "show"):
@@ -141,7 +147,7 @@ def test_counters_survive_a_restart_and_no_run_counts_twice(host):
     assert values[series("deployer_job_failures_total", "settle")] == 1
     # The cursor: later passes ask the journal only for what is new.
     last_read = [c for c in host[1].calls if c[0] == "journalctl"][-1]
-    assert [a for a in last_read if a.startswith("--after-cursor=")] == ["--after-cursor=1"]
+    assert [a for a in last_read if a.startswith("--after-cursor=")] == ["--after-cursor=" + cursor(1)]
 
 
 def test_a_record_a_local_user_forged_counts_for_nothing(host):
@@ -164,6 +170,39 @@ def test_a_journal_read_again_from_the_start_counts_nothing_twice(host):
     with open(layout.at(paths.METRICS_STATE), "w") as handle:
         json.dump(state, handle)
     assert parse(collect(host))[series("deployer_job_runs_total", "settle")] == 2
+
+
+def test_issue22_8_runs_after_one_with_the_clock_a_day_ahead_still_count(host):
+    """Before: a run started with the clock a day ahead; every later run started "earlier" and was
+    skipped as already counted: failures stopped counting (no DeployerJobFailed). Now the
+    journal's order decides what is new (each record's cursor), not the runs' clocks."""
+    host[1].records = [record("settle", 1795600000.0 + 86400)]
+    collect(host)
+    host[1].records += [record("settle", 1795600060.0, "failed"), record("settle", 1795600120.0, "failed")]
+    collect(host)
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "settle")] == 3
+    assert values[series("deployer_job_failures_total", "settle")] == 2
+    assert values[series("deployer_job_last_start_timestamp_seconds", "settle")] == 1795600120.0
+    assert values[series("deployer_job_last_success", "settle")] == 0
+
+
+def test_a_version_1_state_counts_every_record_after_its_cursor(host):
+    """A state an earlier version wrote (no cursor per job), after the day-ahead run: each job's
+    last run moves to the state's cursor, and the records after it count."""
+    layout, systemd = host
+    systemd.records = [record("settle", 1795600000.0 + 86400), record("settle", 1795600060.0, "failed")]
+    ahead = {"slot": 1795686360, "started": 1795686400.0, "duration": 1.5, "attempts": 1, "result": "ok",
+             "http_status": 200}
+    os.makedirs(os.path.dirname(layout.at(paths.METRICS_STATE)), exist_ok=True)
+    with open(layout.at(paths.METRICS_STATE), "w") as handle:
+        json.dump({"version": 1, "cursor": cursor(0), "jobs": {"settle": {"since": 1795500000.0, "runs": 7,
+                                                                        "failures": 0, "last": ahead}}}, handle)
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "settle")] == 8
+    assert values[series("deployer_job_failures_total", "settle")] == 1
+    state = json.loads(open(layout.at(paths.METRICS_STATE)).read())
+    assert state["version"] == 2 and state["jobs"]["settle"]["last"]["cursor"] == cursor(1)
 
 
 def test_the_paused_marker_shows(host):

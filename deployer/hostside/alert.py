@@ -353,9 +353,14 @@ class Coalescer:
 # PID 1 logs "Failed with result '...'" (UNIT=, INVOCATION_ID=, UNIT_RESULT=) for every failed
 # run, and "Main process exited" (EXIT_CODE=, EXIT_STATUS=) for every run. Only PID 1 can write
 # entries with _PID=1, so no local user can forge (or hide) a failure.
-# Runs are looked up from this long before the watermark (journald may index an entry a little
-# after a later one was read) and recognised by invocation id; ids are kept for twice as long.
+# A job's lookups read the journal after the cursor of the last failure reported: the journal's
+# order, which a clock stepped back does not change (a watermark in wall time lost every failure
+# after a step back). Without a cursor yet (the first time; a state written before cursors), runs
+# are looked up from this long before the watermark and recognised by invocation id.
 SEEN_MARGIN = 120.0
+# The invocation ids a job's state keeps (the newest): enough for every run a lookup can find
+# twice (one reported before journald had it; the margin of a lookup by time).
+SEEN_IDS = 500
 # After sending, look again this many times (failures that came in meanwhile go out now).
 ROUNDS = 5
 # A sweep that finds nothing looks once more after this long (journald lag).
@@ -364,33 +369,39 @@ JOURNAL_LAG = 1.0
 
 @dataclass(frozen=True)
 class Seen:
-    """Per job, what its alerts have already taken care of: a watermark (microseconds) and the
-    invocation ids of the runs around it."""
+    """Per job, what its alerts have already taken care of: the cursor of the last failure
+    reported, a watermark (microseconds) for a lookup without one, and the invocation ids of the
+    runs reported last."""
 
     watermark: int
-    ids: tuple = ()  # ((invocation, realtime), ...)
+    ids: tuple = ()  # ((invocation, realtime), ...), oldest first
+    cursor: str = ""
 
     def new(self, runs: list, floor: int = 0) -> list:
         known = {i for i, _ in self.ids}
         return [r for r in runs if r.invocation not in known and r.realtime >= floor]
 
     def since(self) -> float:
-        """Where the next journal lookup starts (epoch seconds)."""
+        """Where a lookup without a cursor starts (epoch seconds)."""
         return self.watermark / 1e6 - SEEN_MARGIN
 
     def add(self, runs: list) -> "Seen":
+        """`runs` (in the journal's order; one reported before journald had it has no cursor)."""
         watermark = max([self.watermark] + [r.realtime for r in runs])
+        cursor = next((r.cursor for r in reversed(runs) if r.cursor), self.cursor)
         ids = dict(self.ids)
-        ids.update((r.invocation, r.realtime) for r in runs)
-        keep = watermark - int(2 * SEEN_MARGIN * 1e6)
-        return Seen(watermark, tuple(sorted(((i, t) for i, t in ids.items() if t >= keep), key=lambda x: x[1])))
+        for run in runs:  # re-inserted: the newest last
+            ids.pop(run.invocation, None)
+            ids[run.invocation] = run.realtime
+        return Seen(watermark, tuple(ids.items())[-SEEN_IDS:], cursor)
 
 
 def load_seen(path: str) -> Optional[Seen]:
     try:
         with open(path) as handle:
             data = json.load(handle)
-        return Seen(int(data["watermark"]), tuple((str(i), int(t)) for i, t in data["ids"]))
+        return Seen(int(data["watermark"]), tuple((str(i), int(t)) for i, t in data["ids"]),
+                    str(data.get("cursor", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -399,7 +410,7 @@ def save_seen(path: str, seen: Seen) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as handle:
-            json.dump({"watermark": seen.watermark, "ids": [list(x) for x in seen.ids]}, handle)
+            json.dump({"watermark": seen.watermark, "ids": [list(x) for x in seen.ids], "cursor": seen.cursor}, handle)
         os.rename(path + ".tmp", path)
     except OSError:  # a full disk: the next alert may report these runs again, never fewer
         try:
@@ -408,9 +419,15 @@ def save_seen(path: str, seen: Seen) -> None:
             pass
 
 
-def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: Optional[str] = None) -> list:
+def lookup(find, unit: str, seen: Seen) -> list:
+    """The failed runs of `unit` that `seen` may not have taken care of yet."""
+    return find(unit, after=seen.cursor) if seen.cursor else find(unit, since=seen.since())
+
+
+def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: Optional[str] = None,
+                     after: str = "") -> list:
     """PID 1's failed runs of `unit` (journal.journal_failed_runs), read through the host boundary."""
-    return journal_failed_runs(_systemd(), unit, since, boot)
+    return journal_failed_runs(_systemd(), unit, since, boot, after)
 
 
 def lines_of(invocation: str) -> list:
@@ -516,7 +533,7 @@ def report_failures(job: str, host_name: str, state: str, send_events: Callable[
                 found = find(unit, boot="-1") + find(unit, boot="0")
                 seen = Seen(int(time.time() * 1e6))
         else:
-            found = find(unit, since=seen.since())
+            found = lookup(find, unit, seen)
         pending = [monitored] if monitored and monitored.invocation not in {r.invocation for r in found} else []
         delivered = True
         for round_ in range(ROUNDS):
@@ -524,7 +541,7 @@ def report_failures(job: str, host_name: str, state: str, send_events: Callable[
             pending = []
             if not runs and sweep and round_ == 0:
                 sleep(JOURNAL_LAG)
-                runs = seen.new(find(unit, since=seen.since()), floor)
+                runs = seen.new(lookup(find, unit, seen), floor)
             if not runs and not take_queued:
                 break
             if runs:
@@ -536,7 +553,7 @@ def report_failures(job: str, host_name: str, state: str, send_events: Callable[
             take_queued = False
             if not runs:
                 break
-            found = find(unit, since=seen.since())
+            found = lookup(find, unit, seen)
         save_seen(seen_path, seen)
         return delivered
     finally:

@@ -47,9 +47,18 @@ PER_JOB_MATCHES = 50
 
 def run_matches(jobs):
     """journalctl matches for the records and PID 1's run entries of `jobs` (one call for all);
-    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out)."""
+    of every job's when there are more than PER_JOB_MATCHES (runs_from_journal sorts them out).
+
+    Records are matched on the fields journald sets, never on the ones the sender writes: any
+    local user can send MESSAGE_ID= and DEPLOYER_JOB= by the thousand, and a scan newest first
+    would spend its limit on them (59,400 forged records hid every failed job's reason).
+    _SYSTEMD_UNIT= and _SYSTEMD_SLICE= come from the sender's cgroup, which only PID 1 assigns;
+    the run's stdout stream pins journald's view of it, so the record it sends before exiting
+    carries them."""
     per_job = len(jobs) <= PER_JOB_MATCHES
-    return (["MESSAGE_ID=" + record.RUN_FINISHED] + (["DEPLOYER_JOB=" + j for j in jobs] if per_job else [])
+    senders = (["_SYSTEMD_UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job
+               else ["_SYSTEMD_SLICE=" + paths.JOBS_SLICE])
+    return (["MESSAGE_ID=" + record.RUN_FINISHED] + senders
             + ["+", "_PID=1"] + ["MESSAGE_ID=" + m for m in (UNIT_STARTING, record.UNIT_FAILED, record.UNIT_EXITED)]
             + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
 
@@ -125,6 +134,41 @@ def interrupted_runs(entries):
 
 
 @dataclass(frozen=True)
+class Position:
+    """Where an entry sits in the journal, read from its cursor
+    (`s=<sequence id>;i=<number>;b=<boot id>;m=<monotonic>;t=<realtime>;x=...`, numbers in hex).
+
+    Entries are ordered as sd-journal orders them: by sequence number within one sequence, else
+    by monotonic time within one boot, else by wall time. A record's own clock never orders
+    runs: after a clock stepped back, later runs have earlier times but higher numbers."""
+
+    sequence: str
+    number: int
+    boot: str
+    monotonic: int
+    realtime: int
+
+    @classmethod
+    def of(cls, cursor: str) -> Optional["Position"]:
+        """The position of `cursor`; None for "" or text that is not a journal cursor."""
+        fields = dict(part.split("=", 1) for part in (cursor or "").split(";") if "=" in part)
+        try:
+            return cls(fields.get("s", ""), int(fields.get("i", "-1"), 16), fields.get("b", ""),
+                       int(fields.get("m", "-1"), 16), int(fields.get("t", "-1"), 16)) if "i" in fields else None
+        except ValueError:
+            return None
+
+    def after(self, other: Optional["Position"]) -> bool:
+        if other is None:
+            return True
+        if self.sequence and self.sequence == other.sequence:
+            return self.number > other.number
+        if self.boot and self.boot == other.boot:
+            return self.monotonic > other.monotonic
+        return self.realtime > other.realtime
+
+
+@dataclass(frozen=True)
 class FailedRun:
     """One failed run of a unit, as PID 1 recorded it."""
 
@@ -134,6 +178,7 @@ class FailedRun:
     exit_status: str
     realtime: int  # microseconds since the epoch
     boot: str = ""
+    cursor: str = ""  # of PID 1's "failed" entry: where the next lookup starts
 
 
 def parse_failed_runs(lines) -> list:
@@ -148,8 +193,9 @@ def parse_failed_runs(lines) -> list:
 
 
 def failed_runs(entries) -> list:
-    """PID 1's "failed with result" and "exited" entries -> FailedRun, oldest first; an exit entry
-    gives its run's exit status (or signal)."""
+    """PID 1's "failed with result" and "exited" entries -> FailedRun, in the journal's order
+    (not by time: a clock stepped back would put a later run first); an exit entry gives its
+    run's exit status (or signal)."""
     failed, exits = [], {}
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
@@ -158,16 +204,19 @@ def failed_runs(entries) -> list:
             exits[entry["INVOCATION_ID"]] = str(entry.get("EXIT_STATUS", "?"))
         elif entry.get("MESSAGE_ID") == record.UNIT_FAILED and entry.get("UNIT"):
             failed.append(entry)
-    runs = [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
-                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""))
+    return [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
+                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""),
+                      str(e.get("__CURSOR", "")))
             for e in failed]
-    return sorted(runs, key=lambda r: r.realtime)
 
 
 def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = None,
-                        boot: Optional[str] = None) -> list:
-    """The failed runs of `unit` (every unit: None) since `since` (epoch seconds) or in `boot`."""
+                        boot: Optional[str] = None, after: str = "") -> list:
+    """The failed runs of `unit` (every unit: None) since `since` (epoch seconds), in `boot`, or
+    after the entry at cursor `after`."""
     args = []
+    if after:
+        args.append(f"--after-cursor={after}")
     if since is not None:
         args.append(f"--since=@{max(int(since), 0)}")
     if boot is not None:
@@ -191,8 +240,17 @@ def run_lines(systemd, invocation: str, last: int) -> list:
 RECORD_FIELDS = record.FIELDS + record.SENDER_FIELDS
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A run record and the cursor of its journal entry (its place in the journal's order)."""
+
+    record: record.RunRecord
+    cursor: str
+
+
 def read_records(systemd, cursor: str):
-    """The run records the journal got after `cursor` ("" = all it holds) -> (records, new cursor)."""
+    """The run records the journal got after `cursor` ("" = all it holds), in the journal's
+    order -> ([Recorded], new cursor)."""
     args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=" + ",".join(RECORD_FIELDS),
             "MESSAGE_ID=" + record.RUN_FINISHED]
     if cursor:
@@ -206,5 +264,5 @@ def read_records(systemd, cursor: str):
             entry = json.loads(line)
             cursor = entry.get("__CURSOR", cursor)
             if record.sent_by_the_job(entry):
-                records.append(record.RunRecord.from_journal(entry))
+                records.append(Recorded(record.RunRecord.from_journal(entry), cursor))
     return records, cursor

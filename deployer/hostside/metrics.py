@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import paths
-from .journal import read_records
-from .record import RunRecord
+from .journal import Position, Recorded, read_records
 
-STATE_VERSION = 1
+# 2: each job's last run keeps its record's journal cursor (1 compared the records' start times).
+STATE_VERSION = 2
 # The heartbeat URL hears from the host at most this often (the collector also runs after runs).
 PING_INTERVAL = 30
 PING_TIMEOUT = 10.0
@@ -48,18 +48,21 @@ def timer_settings(text: str) -> Dict[str, float]:
     return {"period": 0.0, "timeout": 0.0}
 
 
-def add_records(state: dict, records: List[RunRecord], now: float) -> dict:
-    """The counters and last run of each job after these records (oldest first). A record that is
-    not newer than the job's last one (a journal read twice) changes nothing."""
+def add_records(state: dict, records: List[Recorded], now: float) -> dict:
+    """The counters and last run of each job after these records (in the journal's order). A
+    record at or before the job's last one in the journal (a journal read again from its start)
+    changes nothing. The journal's order, not the runs' clocks: after one run with the clock a day
+    ahead, every later run would otherwise look older than it and never count."""
     jobs = {name: dict(values) for name, values in state.get("jobs", {}).items()}
-    for record in records:
+    for recorded in records:
+        record, position = recorded.record, Position.of(recorded.cursor)
         job = jobs.setdefault(record.job, {"since": now, "runs": 0, "failures": 0})
-        if record.started <= (job.get("last") or {}).get("started", -1):
+        if position and not position.after(Position.of((job.get("last") or {}).get("cursor", ""))):
             continue
         job["runs"] += 1
         job["last"] = {"slot": record.slot, "started": record.started, "duration": record.duration,
                        "attempts": record.attempts, "result": record.result,
-                       "http_status": record.http_status or 0}
+                       "http_status": record.http_status or 0, "cursor": recorded.cursor}
         ended = record.started + record.duration
         if record.result == "ok":
             job["last_success"] = ended
@@ -183,8 +186,19 @@ def read_state(path: str) -> dict:
             # Unreadable (a disk error): start the counters again; Prometheus takes a counter
             # reset in its stride, and the journal's records are read again.
             return {"version": STATE_VERSION, "cursor": "", "jobs": {}}
+    if isinstance(state, dict) and state.get("version") == 1:
+        state = migrated(state)
     return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else {
         "version": STATE_VERSION, "cursor": "", "jobs": {}}
+
+
+def migrated(state: dict) -> dict:
+    """A version 1 state in version 2: each job's last run is placed at the state's cursor (the
+    last record that version read: every record it counted is at or before it, none after)."""
+    jobs = {name: dict(values, last=dict(values["last"], cursor=state.get("cursor") or ""))
+            if isinstance(values, dict) and isinstance(values.get("last"), dict) else values
+            for name, values in (state.get("jobs") or {}).items()}
+    return dict(state, version=STATE_VERSION, jobs=jobs)
 
 
 def open_directory(directory: str) -> int:

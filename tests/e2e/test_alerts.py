@@ -42,11 +42,12 @@ def job(name: str, url: str, extra: str = "") -> str:
 
 
 def wait_alert_units_idle(host, timeout: float = 60) -> None:
-    """Alerts run asynchronously after a failure: wait until none is starting or running."""
+    """Alerts run asynchronously after a failure: wait until none is starting, running or
+    sweeping (ExecStopPost=, which writes the job's alert state too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = host.ssh("systemctl list-units --all --no-legend --plain 'deployer-alert-*' "
-                        "--state=activating,active").stdout.strip()
+                        "--state=activating,active,deactivating").stdout.strip()
         if not busy:
             return
         time.sleep(0.2)

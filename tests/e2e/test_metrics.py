@@ -288,3 +288,56 @@ def test_each_run_reaches_the_file_seconds_after_it_ends_not_a_minute(shared_cro
                      f"UNIT={paths.METRICS_SOON_TIMER}").stdout
     assert log.count("Started") >= 3, log
 
+
+
+# A run whose clock is a day ahead, run by the job's own unit: the trigger under a wrapper that
+# adds a day to time.time() (the run's wall clock: DEPLOYER_STARTED, the one time add_records
+# compared) and runs the shipped zipapp unchanged.
+DAY_AHEAD = """import runpy, sys, time
+real = time.time
+time.time = lambda: real() + 86400
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_a_day_ahead(host, job: str) -> None:
+    """Start the job's service once with its clock a day ahead (a drop-in, removed after)."""
+    service = paths.job_unit(job, "service")
+    line = next(line for line in host.ssh(f"cat /etc/systemd/system/{service}").stdout.splitlines()
+                if line.startswith("ExecStart="))
+    zipapp = f'"{paths.TRIGGER_PATH}"'
+    assert zipapp in line, line
+    host.ssh("mkdir -p /etc/deployer-test-clock && cat > /etc/deployer-test-clock/ahead.py", input=DAY_AHEAD)
+    wrapped = line.replace(zipapp, f'"/etc/deployer-test-clock/ahead.py" {zipapp}')
+    host.ssh(f"mkdir -p /etc/systemd/system/{service}.d && cat > /etc/systemd/system/{service}.d/ahead.conf",
+             input=f"[Service]\nExecStart=\n{wrapped}\n")
+    try:
+        host.ssh(f"systemctl daemon-reload && systemctl start {service}", check=False)
+    finally:
+        host.ssh(f"rm -rf /etc/systemd/system/{service}.d /etc/deployer-test-clock && systemctl daemon-reload")
+
+
+def test_issue22_8_failures_count_after_a_run_with_the_clock_a_day_ahead(shared_cron01, server, deployer,
+                                                                          write_inventory):
+    """Before: after one run recorded with the clock a day ahead, no later run counted (a record
+    not newer than the last was skipped): failures stopped raising DeployerJobFailed. Now the
+    collector orders records by their journal cursor.
+
+    The containers share this machine's kernel clock (nspawn also drops CAP_SYS_TIME), so the
+    test steps no clock: the first run is the real trigger, started by its own unit, whose
+    time.time() is a day ahead (run_a_day_ahead). Its record carries DEPLOYER_STARTED a day
+    ahead, as a run on a host whose clock was a day ahead writes it; journald stamps it with the
+    real time, which the collector never read."""
+    host = shared_cron01
+    path = write_inventory(jobs_inventory(host, server))
+    deployer("push", "-i", path, check=True)
+    run_a_day_ahead(host, "bad")
+    wait_for(lambda: textfile(host).get(("deployer_job_runs_total", "bad")) == 1, 60, "the day-ahead run in the file")
+    assert textfile(host)["deployer_job_last_start_timestamp_seconds", "bad"] > time.time() + 80000
+    for _ in range(2):  # the clock back where it belongs
+        deployer("run", "bad", "-i", path, check=False)
+    counted = wait_for(lambda: (lambda v: v.get(("deployer_job_failures_total", "bad")) == 3 and v)(textfile(host)),
+                       60, "the two later failures in the file")
+    assert counted["deployer_job_runs_total", "bad"] == 3
+    assert counted["deployer_job_last_start_timestamp_seconds", "bad"] < time.time() + 3600

@@ -116,3 +116,39 @@ def test_probe16_8_a_run_interrupted_by_a_reboot_is_alerted_after_boot(persisten
     # Before: status said "never run" after the reboot (systemd forgets the run; its record stays).
     [row] = json.loads(deployer("status", "-i", path, "--json", env=SECRETS_ENV, check=True).stdout)["jobs"]
     assert (row["result"], row["last_result"]) == ("failed", "failed") and "interrupted" in row["reason"]
+
+
+def test_issue22_8_a_failure_merged_into_a_running_alert_after_a_clock_step_back_is_reported(  # noqa: F811
+        shared_cron01, server, robot, deployer, write_inventory):
+    """Before: the job's alert state kept a watermark in wall time, and lookups began there. After
+    a failure with the clock a day ahead, the clock stepped back: the next alert still sent its
+    own run ($MONITOR_*), but failures systemd merged into it while it was sending were never
+    found. Now lookups read the journal after the cursor of the last failure reported.
+
+    The containers share this machine's kernel clock (and nspawn drops CAP_SYS_TIME), so the test
+    steps no clock: after the first failure's alert, its state is put where an alert under a clock
+    a day ahead leaves it (PID 1 stamps its entries with the wall clock, and the watermark and the
+    ids are those stamps: each a day later). A cursor, where the alert wrote one, stays: it is the
+    journal's, whatever the clock."""
+    host = shared_cron01
+    server.routes["/e500"] = Reply(500, b"settlement exploded")
+    path = write_inventory(alert_inventory(host, robot, server, job("stepped", server.url("/e500"))))
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+    host.ssh("systemctl start deployer-stepped.service", check=False)
+    [first] = failed_invocations(host, "stepped")
+    wait_reported(robot, [first], timeout=40)
+    wait_alert_units_idle(host)
+    seen = "/var/lib/private/deployer-alerts/seen/stepped"
+    state = json.loads(host.ssh(f"cat {seen}").stdout)
+    day = 86400 * 10**6
+    state.update(watermark=state["watermark"] + day, ids=[[i, t + day] for i, t in state["ids"]])
+    host.ssh(f"cat > {seen}", input=json.dumps(state))  # in place: the alert user keeps it
+
+    robot.routes["/robot/send"] = lambda record: (time.sleep(3), robot._dingtalk(record))[1]
+    for _ in range(3):  # the second and third while the first's alert is still sending: merged
+        host.ssh("systemctl start deployer-stepped.service", check=False)
+    later = [i for i in failed_invocations(host, "stepped") if i != first]
+    assert len(later) == 3
+    wait_reported(robot, later, timeout=60)
+    wait_alert_units_idle(host)
+    assert {i: reported(robot, i) for i in [first] + later} == {i: 1 for i in [first] + later}, alert_log(host)

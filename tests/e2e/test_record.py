@@ -100,3 +100,55 @@ retries = 0
 def records_any_sender(host, job: str) -> list[dict]:
     out = host.ssh(f"journalctl --no-pager -q -o json DEPLOYER_JOB={job}").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# What a local user can do in a few seconds: records in the job's name, sent to journald's native
+# socket (as `logger --journald` does), over every priority (journald limits each on its own).
+FLOOD = f"""import socket
+record = ("MESSAGE_ID={RUN_FINISHED}\\nMESSAGE=settle: ok\\nDEPLOYER_JOB=settle\\nDEPLOYER_RUN=forged%d\\n"
+          "DEPLOYER_SLOT=9000000000\\nDEPLOYER_STARTED=9000000000\\nDEPLOYER_DURATION=0.1\\n"
+          "DEPLOYER_ATTEMPTS=1\\nDEPLOYER_RESULT=ok\\nDEPLOYER_REASON=status 200\\nPRIORITY=%d\\n")
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+    for number in range(COUNT):
+        journal.sendto((record % (number, number % 8)).encode(), "/run/systemd/journal/socket")
+"""
+
+
+def test_issue22_10_a_flood_of_forged_records_hides_no_failed_jobs_reason(tmp_path, server, deployer,
+                                                                          write_inventory):
+    """Before: a local user's flood of records in a job's name (tens of thousands in seconds)
+    filled the 50,000 entries status reads newest first, and the failed job's reason vanished
+    (and status took seconds). Now the query matches journald's own fields of the sender (the
+    job's unit; the jobs' slice), which no local user can set. Prints status's time."""
+    from deployer.hostside.agent import STATUS_SCAN_LIMIT
+    from tests.cronhost import CronHost
+    from tests.e2e.conftest import _require_nspawn
+
+    _require_nspawn()
+    server.routes["/bad"] = Reply(500, b"exploded")
+    with CronHost("cron01", workdir=tmp_path / "cron01", users=("mallory",)) as host:
+        path = write_inventory(host.inventory_host() + f"""
+[job:settle]
+schedule = 0 4 * * *
+url = {server.url('/bad')}
+retries = 0
+""")
+        deployer("push", "-i", path, check=True)
+        deployer("run", "settle", "-i", path, check=False)
+        wait_for_records(host, "settle", 1)
+        began = time.monotonic()
+        deployer("status", "-i", path, "--json", check=True)
+        quiet = time.monotonic() - began
+        began = time.monotonic()
+        host.ssh("python3 -", user="mallory", input=FLOOD.replace("COUNT", "60000"), timeout=300)
+        sent_in = time.monotonic() - began
+        landed = int(host.ssh(f"journalctl --no-pager -q -o cat MESSAGE_ID={RUN_FINISHED} DEPLOYER_JOB=settle "
+                              "_UID=2001 | wc -l", timeout=300).stdout)
+        assert landed > STATUS_SCAN_LIMIT, f"journald took {landed} forged records: the flood proves nothing"
+
+        began = time.monotonic()
+        [row] = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)["jobs"]
+        took = time.monotonic() - began
+        print(f"\nissue 22 item 10: status {quiet:.2f}s before the flood; {landed} forged records (sent in "
+              f"{sent_in:.1f}s); status {took:.2f}s after it")
+        assert row["result"] == "failed" and "500" in row["reason"], row
