@@ -254,8 +254,8 @@ def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: floa
     for host in hosts:
         for status in host.jobs:
             job, listed = _listed(host, status, inventory_jobs)
-            also_on = [name for name, machine in running.get(status.job, ())
-                       if name != host.name and machine != (host.machine or host.name)]
+            also_on = list({machine: name for name, machine in reversed(running.get(status.job, []))
+                            if machine != (host.machine or host.name)}.values())[::-1]  # a machine once
             rows.append(job_row(host, status, job, now, listed=listed, normal=normal, also_on=also_on))
     return envelope("status", now=iso(now, "UTC"), hosts=[_host_entry(h, hosts) for h in hosts], jobs=rows,
                     inventory_only=_inventory_only(hosts, inventory_jobs))
@@ -297,9 +297,10 @@ def result_text(row: dict) -> str:
 RUNBOOK_TWO_HOSTS = "docs/runbooks/host-down.md#a-job-runs-on-two-hosts"
 
 
-def notes(row: dict) -> list[str]:
+def notes(row: dict, silent: Sequence[str] = ()) -> list[str]:
     """What an operator must know of a job beyond its result: the host runs another schedule
-    than the inventory's, or a job the inventory does not put there (a double run?)."""
+    than the inventory's, or a job the inventory does not put there (a double run?).
+    `silent`: the hosts that gave no status (what they run is unknown)."""
     found = []
     host, there, others = row["host"], row["inventory_host"], ", ".join(row["also_on"])
     if row["schedule_differs"]:
@@ -308,6 +309,9 @@ def notes(row: dict) -> list[str]:
         if row["also_on"] and row["timer"] == "active":
             found.append(f"DOUBLE RUN: not in inventory for {host}, and runs on {others} too: push {host} "
                          f"to remove it here; see {RUNBOOK_TWO_HOSTS}")
+        elif there in silent:
+            found.append(f"not in inventory for this host (the inventory puts it on {there}, which gave no "
+                         f"status: it may run there too); see {RUNBOOK_TWO_HOSTS}")
         elif there:
             found.append(f"not in inventory for this host (the inventory puts it on {there}): a moved job "
                          f"still here? push {host} to remove it; see {RUNBOOK_TWO_HOSTS}")
@@ -327,28 +331,31 @@ def _schedule_cell(row: dict) -> str:
     return " | ".join(row["schedule"]) or "at boot"  # a timer of ours without a calendar: OnBootSec=
 
 
-def _job_cells(row: dict, now: float) -> list[str]:
+def _job_cells(row: dict, now: float, silent: Sequence[str]) -> list[str]:
     zone = row["timezone"]
     return [row["host"], row["job"], _schedule_cell(row),
             shown(parse_iso(row["last"]) if row["last"] else None, zone, now),
-            shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row), "; ".join(notes(row))]
+            shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row),
+            "; ".join(notes(row, silent))]
 
 
 def _absent_cells(row: dict) -> list[str]:
+    """`unknown` (the why, e.g. `host unreachable: ...`, as its note) or `not installed`."""
     if row["result"] == "unknown":
-        return [row["host"], row["job"], "?", "?", "?", f"unknown ({row['reason']})", ""]
-    return [row["host"], row["job"], "-", "-", "-", "not installed", "in the inventory, not on the host: push pending"]
+        return [row["host"], row["job"], "?", "?", "?", "unknown", row["reason"]]
+    return [row["host"], row["job"], "-", "-", "-", "not installed", row["reason"]]
 
 
 def _rows_by_host(document: dict, now: float) -> list[list[str]]:
     """Each host's jobs, then the inventory's jobs it did not report; a machine already listed
     under another name is not listed twice."""
     aliases = machine_aliases(document)
+    silent = [host["host"] for host in document["hosts"] if host["error"]]
     rows = []
     for host in document["hosts"]:
         if host["host"] in aliases:
             continue
-        rows += [_job_cells(row, now) for row in document["jobs"] if row["host"] == host["host"]]
+        rows += [_job_cells(row, now, silent) for row in document["jobs"] if row["host"] == host["host"]]
         rows += [_absent_cells(row) for row in document["inventory_only"] if row["host"] == host["host"]]
     return rows
 

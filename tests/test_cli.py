@@ -303,6 +303,7 @@ def test_issue24_2_one_machine_under_two_host_names_is_refused(fleet):
     assert text.stderr.startswith("deployer: error: hosts cron01 and cron02 are one machine: fix the address of "
                                   "one of them in ") and text.stderr.strip().endswith("inventory.ini")
     assert [key for key in rows(text.stdout)] == [("cron01", "settle")]
+    assert [r["also_on"] for r in document["jobs"]] == [[], []]  # its own twin is not another machine
     assert f"host cron02: SAME MACHINE as host cron01 (machine {MACHINE_A[:12]})" in text.stdout
     assert [(h["host"], h["machine"], h["same_machine_as"]) for h in document["hosts"]] == [
         ("cron01", MACHINE_A, ["cron02"]), ("cron02", MACHINE_A, ["cron01"])]
@@ -324,18 +325,22 @@ def test_issue24_2_clones_of_one_image_are_two_machines(fleet):
 def test_issue24_2_an_unreachable_hosts_jobs_are_listed_as_unknown(fleet):
     """Before: an unreachable host's jobs were missing from the table (one line said the host was)."""
     reason = "cannot connect to 10.0.0.6:22: Connection refused (is sshd running there, and the port right?)"
-    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),
+                                                         timer("tick", "Mon,Tue *-*-* 09:00:00 UTC")), machine=MACHINE_A),
                             "cron02": RemoteError("cron02", reason)})
 
     assert text.exit_code == 1
-    assert rows(text.stdout)["cron02", "tick"].split()[2:6] == ["?", "?", "?", "unknown"]
-    assert f"unknown (host unreachable: {reason})" in rows(text.stdout)["cron02", "tick"]
+    assert rows(text.stdout)["cron02", "tick"].split()[2:7] == ["?", "?", "?", "unknown", "host"]
+    assert rows(text.stdout)["cron02", "tick"].split("  unknown ", 1)[1].strip() == f"host unreachable: {reason}"
+    # what cron01 runs and the inventory puts on cron02: whether cron02 runs it too is not known
+    assert "(the inventory puts it on cron02, which gave no status: it may run there too)" in \
+        rows(text.stdout)["cron01", "tick"]
     assert f"host cron02: UNREACHABLE: {reason}" in text.stdout
     assert text.stderr.strip() == f"deployer: error: host cron02: {reason}"
     assert document["inventory_only"] == [{
         "host": "cron02", "job": "tick", "result": "unknown", "reason": f"host unreachable: {reason}",
         "inventory_schedule": ["Mon,Tue *-*-* 9:00 UTC"], "timezone": "UTC", "expression": "Mon,Tue *-*-* 9:00"}]
-    assert [r["job"] for r in document["jobs"]] == ["settle"]  # `jobs`: as before, the jobs hosts reported
+    assert [r["job"] for r in document["jobs"]] == ["settle", "tick"]  # `jobs`: as before, what hosts reported
 
 
 @pytest.mark.parametrize("field, value", [("machine", "\x1b]0;pwned\x07" + "a" * 24), ("owner", "cron01\x1b[2J")])

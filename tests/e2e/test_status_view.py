@@ -58,6 +58,7 @@ def test_status_shows_what_each_host_runs(shared_cron01, cron02, server, deploye
     assert same.returncode == 1, same.stdout + same.stderr
     assert "host cron01b: SAME MACHINE as host cron01" in same.stdout and "cron01b" not in table(same.stdout)
     assert "deployer: error: hosts cron01 and cron01b are one machine" in same.stderr
+    assert "DOUBLE RUN: also runs on cron01, which" in table(same.stdout)["cron02", "tick"]  # one machine, once
 
     # An unreachable host's jobs: listed, unknown.
     cron02.stop()
@@ -65,4 +66,6 @@ def test_status_shows_what_each_host_runs(shared_cron01, cron02, server, deploye
     assert down.returncode == 1
     rows = table(down.stdout)
     assert {key for key in rows if key[0] == "cron02"} == {("cron02", "tick"), ("cron02", "fresh")}
-    assert all("unknown (host unreachable: cannot connect" in rows[key] for key in rows if key[0] == "cron02")
+    assert all(rows[key].split()[5:9] == ["unknown", "host", "unreachable:", "cannot"] for key in rows
+               if key[0] == "cron02")
+    assert "which gave no status: it may run there too" in rows["cron01", "tick"]
