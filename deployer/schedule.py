@@ -882,7 +882,8 @@ def normalized(lines) -> dict[str, str]:
     """Each calendar line -> systemd's normalized form (what a timer reports as its calendar),
     from one systemd-analyze call. {} when this machine cannot tell (no systemd-analyze, or it
     refuses a line, e.g. a zone it lacks): the caller then compares the lines as written."""
-    lines = sorted(set(lines))
+    # A host's answer is data: a "line" that systemd-analyze would read as an option is left out.
+    lines = sorted({line for line in lines if not line.startswith("-")})
     if not lines:
         return {}
     try:
