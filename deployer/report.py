@@ -212,6 +212,17 @@ def _running(hosts: Sequence[HostStatus]) -> dict:
     return running
 
 
+def _also_on(running: dict, host: HostStatus, job: str) -> list[str]:
+    """The other machines whose timer of `job` is active, each once (a machine reached under two
+    names is one), by the first name it answered under."""
+    seen, names = {host.machine or host.name}, []
+    for name, machine in running.get(job, ()):
+        if machine not in seen:
+            seen.add(machine)
+            names.append(name)
+    return names
+
+
 def _absent_row(host: HostStatus, job) -> dict:
     """A job the inventory puts on `host` that it did not report: `unknown` when the host gave
     no status at all, else `not_installed` (a push pending)."""
@@ -254,9 +265,8 @@ def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: floa
     for host in hosts:
         for status in host.jobs:
             job, listed = _listed(host, status, inventory_jobs)
-            also_on = list({machine: name for name, machine in reversed(running.get(status.job, []))
-                            if machine != (host.machine or host.name)}.values())[::-1]  # a machine once
-            rows.append(job_row(host, status, job, now, listed=listed, normal=normal, also_on=also_on))
+            rows.append(job_row(host, status, job, now, listed=listed, normal=normal,
+                                also_on=_also_on(running, host, status.job)))
     return envelope("status", now=iso(now, "UTC"), hosts=[_host_entry(h, hosts) for h in hosts], jobs=rows,
                     inventory_only=_inventory_only(hosts, inventory_jobs))
 
