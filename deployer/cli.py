@@ -480,10 +480,15 @@ def _host_status(inv, host):
         # An agent that answered with a refusal (corrupt state...) is reachable, but has no status.
         return HostStatus(host.name, host.address, error=message,
                           reachable=isinstance(error, (AgentRefused, RemoteCommandError)))
-    return HostStatus(host.name, host.address, jobs=answer.jobs, held=answer.held)
+    return HostStatus(host.name, host.address, jobs=answer.jobs, held=answer.held, machine=answer.machine,
+                      owner=answer.owner)
 
 
-@main.command(epilog=EPILOG)
+STATUS_EPILOG = ("Exit status: 0 ok, 1 failure (reason on stderr): a host gave no status (its inventory jobs "
+                 "show as unknown), or two host names reach one machine; 2 usage error.")
+
+
+@main.command(epilog=STATUS_EPILOG)
 @inventory_option
 @host_option
 @json_option
@@ -491,11 +496,15 @@ def status(inventory_path, host_name, as_json):
     """Every managed job of every host (or of --host): result and why it failed, last and next
     run in the job's own time zone, paused and held jobs.
 
-    Hosts are asked in parallel; an unreachable one is one line saying so, and exit status 1.
+    Shows what each host runs: the schedule of its timer, flagged when it differs from the
+    inventory's (a push pending), and jobs a host runs that the inventory does not put there.
+    Hosts are asked in parallel; an unreachable one lists its inventory jobs as unknown, and
+    exit status 1; so do two host names that reach the same machine.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .report import now_utc, status_document, status_text
+    from .report import machine_aliases, now_utc, status_document, status_text
+    from .schedule import normalized
 
     inv = Options(inventory_path).inventory()
     hosts = [inv.host(_host_name(inv, host_name))] if host_name or len(inv.hosts) <= 1 else list(inv.hosts)
@@ -504,12 +513,16 @@ def status(inventory_path, host_name, as_json):
     jobs = {(j.host, j.name): j for j in inv.jobs}
     jobs.update({(None, j.name): j for j in inv.jobs})
     now = now_utc()
-    document = status_document(answers, jobs, now)
+    document = status_document(answers, jobs, now, normalize=normalized)
     click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
     failed = [a for a in answers if a.error]
     for answer in failed:
         click.echo(f"deployer: error: host {answer.name}: {printable(answer.error)}", err=True)
-    if failed:
+    aliases = machine_aliases(document)
+    for alias, primary in aliases.items():
+        click.echo(f"deployer: error: hosts {primary} and {alias} are one machine: fix the address of one of "
+                   f"them in {inv.path}", err=True)
+    if failed or aliases:
         sys.exit(1)
 
 

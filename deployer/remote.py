@@ -400,6 +400,7 @@ _JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # paths._UNIT_WORD: the in
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]{1,256}$")
 _SYSTEMD_WORD = re.compile(r"^[a-z-]{0,40}$")  # ActiveState=, Result=, UnitFileState= values
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+_MACHINE = re.compile(r"^[0-9a-f]{32}$")  # StatusAnswer.machine
 RUN_SOURCES = ("record", "systemd")
 _UNIT_LISTS = ("started", "restarted", "stopped", "enabled_for_boot", "kept_paused", "paused")
 
@@ -466,6 +467,10 @@ def answer_problem(answer: Any) -> Optional[str]:
                 problem = _run_problem(job.last_run)
                 if problem:
                     return problem
+        if answer.machine and not _MACHINE.match(answer.machine):
+            return f"machine {answer.machine[:40]!r} is not 32 hex digits"
+        if answer.owner is not None and not _JOB_NAME.match(answer.owner):
+            return f"owner {answer.owner[:40]!r} breaks the name rule"
         return _held_problem(answer.held)
     if isinstance(answer, protocol.HistoryAnswer):
         for run in answer.runs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 from .hostside.options import DURATION_SYNTAX, Invalid, duration_seconds
@@ -92,6 +92,8 @@ class HostStatus:
     held: Optional[Held] = None  # the host holds its jobs: its lease ran out while it was down
     error: Optional[str] = None
     reachable: bool = True  # False: no connection; an agent that refused (error set) was reached
+    machine: str = ""  # which machine answered (StatusAnswer.machine); "" when unknown
+    owner: Optional[str] = None  # the [host:NAME] that machine was last pushed as
 
 
 def held_text(held: Optional[Held]) -> Optional[str]:
@@ -134,34 +136,154 @@ def _last_run(status: JobStatus) -> tuple[Optional[str], Optional[float], Option
     return "never", None, None, None, None
 
 
-def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool = True) -> dict:
+def inventory_calendar(job) -> tuple[str, ...]:
+    """The OnCalendar= lines a push gives `job`'s timer (() for @reboot: OnBootSec=)."""
+    from .schedule import to_calendar
+
+    return to_calendar(job.schedule, job.on_calendar, job.timezone).lines
+
+
+def _expression(job) -> Optional[str]:
+    if job is None:
+        return None
+    return job.schedule if job.schedule is not None else " | ".join(job.on_calendar)
+
+
+def same_calendar(running: Sequence[str], wanted: Sequence[str], normal: dict) -> bool:
+    """Do the timer's lines (as systemd reports them) and the inventory's fire alike? `normal`:
+    line -> systemd's normalized form of it (schedule.normalized); lines it lacks are compared
+    as written. Order does not matter: a timer fires at the union of its lines."""
+    def form(lines):
+        return sorted(normal.get(line, line) for line in lines)
+
+    return form(running) == form(wanted)
+
+
+def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool = True,
+            normal: Optional[dict] = None, also_on: Sequence[str] = ()) -> dict:
     """One job of one host, as `status --json` lists it (keys pinned by tests/test_report.py).
     `job`: the inventory's Job of that name (its zone), None if none; `listed`: the inventory
-    puts it on this host (else a push removes it here)."""
+    puts it on this host (else a push removes it here); `also_on`: the other machines whose
+    timer of this job is active."""
     zone = job_zone(job)
     last_result, last, reason, exit_status, duration = _last_run(status)
     held = held_text(host.held)
     result = "held" if held else "fenced" if status.fenced else "paused" if status.paused else last_result
     next_run = parse_iso(status.next) if status.next else None
+    wanted = inventory_calendar(job) if listed and job is not None else None
     return {
         "host": host.name, "job": status.job, "result": result, "reason": reason,
         "last_result": last_result, "last": iso(last, zone), "duration": duration,
         "exit_status": exit_status, "next": iso(next_run, zone), "paused": status.paused, "fenced": status.fenced,
         "held": held, "timer": "active" if status.timer_state == "active" else "inactive",
-        "schedule": list(status.calendar), "timezone": zone,
-        "expression": (job.schedule if job.schedule is not None else " | ".join(job.on_calendar)) if job else None,
+        "schedule": list(status.calendar), "timezone": zone, "expression": _expression(job),
         "in_inventory": job is not None and listed,
+        "inventory_schedule": list(wanted) if wanted is not None else None,
+        "schedule_differs": wanted is not None and not same_calendar(status.calendar, wanted, normal or {}),
+        "inventory_host": job.host if job is not None else None, "also_on": list(also_on),
     }
 
 
-def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: float) -> dict:
-    """`status --json`: every host asked (reachable or not) and every job of those that answered.
-    `inventory_jobs`: (host, job name) -> Job, for zones and expressions."""
-    rows = [job_row(h, s, inventory_jobs.get((h.name, s.job)) or inventory_jobs.get((None, s.job)), now,
-                    listed=(h.name, s.job) in inventory_jobs) for h in hosts for s in h.jobs]
-    return envelope("status", now=iso(now, "UTC"), hosts=[
-        {"host": h.name, "address": h.address, "reachable": h.reachable, "error": h.error,
-         "held": held_document(h.held), "jobs": len(h.jobs)} for h in hosts], jobs=rows)
+def _listed(host: HostStatus, status: JobStatus, inventory_jobs: dict):
+    """The inventory's Job of this name (wherever it puts it) and whether it puts it on this host."""
+    job = inventory_jobs.get((host.name, status.job))
+    return (job, True) if job is not None else (inventory_jobs.get((None, status.job)), False)
+
+
+def _unequal_lines(hosts: Sequence[HostStatus], inventory_jobs: dict) -> set[str]:
+    """The calendar lines of every job whose timer's lines are not, as written, the inventory's:
+    only these need systemd to say whether they differ."""
+    found = set()
+    for host in hosts:
+        for status in host.jobs:
+            job, listed = _listed(host, status, inventory_jobs)
+            wanted = inventory_calendar(job) if listed else None
+            if wanted is not None and tuple(status.calendar) != tuple(wanted):
+                found |= set(status.calendar) | set(wanted)
+    return found
+
+
+def _running(hosts: Sequence[HostStatus]) -> dict:
+    """job -> [(host, machine)] whose timer of it is active (a held host runs nothing)."""
+    running: dict = {}
+    for host in hosts:
+        for status in () if host.held else host.jobs:
+            if status.timer_state == "active":
+                running.setdefault(status.job, []).append((host.name, host.machine or host.name))
+    return running
+
+
+def _also_on(running: dict, host: HostStatus, job: str) -> list[str]:
+    """The other machines whose timer of `job` is active, each once (a machine reached under two
+    names is one), by the first name it answered under."""
+    seen, names = {host.machine or host.name}, []
+    for name, machine in running.get(job, ()):
+        if machine not in seen:
+            seen.add(machine)
+            names.append(name)
+    return names
+
+
+def _absent_row(host: HostStatus, job) -> dict:
+    """A job the inventory puts on `host` that it did not report: `unknown` when the host gave
+    no status at all, else `not_installed` (a push pending)."""
+    if host.error:
+        why = "no status from the host" if host.reachable else "host unreachable"
+        result, reason = "unknown", f"{why}: {host.error}"
+    else:
+        result, reason = "not_installed", "in the inventory, not on the host: push pending"
+    return {"host": host.name, "job": job.name, "result": result, "reason": reason,
+            "inventory_schedule": list(inventory_calendar(job)), "timezone": job_zone(job),
+            "expression": _expression(job)}
+
+
+def _inventory_only(hosts: Sequence[HostStatus], inventory_jobs: dict) -> list[dict]:
+    rows = []
+    for host in hosts:
+        reported = {status.job for status in host.jobs}
+        rows += [_absent_row(host, job) for (name, job_name), job in inventory_jobs.items()
+                 if name == host.name and job_name not in reported]
+    return rows
+
+
+def _host_entry(host: HostStatus, hosts: Sequence[HostStatus]) -> dict:
+    twins = [other.name for other in hosts if other is not host and host.machine and other.machine == host.machine]
+    return {"host": host.name, "address": host.address, "reachable": host.reachable, "error": host.error,
+            "held": held_document(host.held), "jobs": len(host.jobs), "machine": host.machine or None,
+            "owner": host.owner, "same_machine_as": twins}
+
+
+def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: float,
+                    normalize: Optional[Callable[[list], dict]] = None) -> dict:
+    """`status --json`: every host asked (reachable or not), every job of those that answered,
+    and (`inventory_only`) the inventory's jobs of those hosts that they did not report.
+    `inventory_jobs`: (host, job name) -> Job, and (None, job name) -> Job. `normalize`: calendar
+    lines -> their normalized forms (schedule.normalized), asked once, for differing lines only."""
+    unequal = _unequal_lines(hosts, inventory_jobs)
+    normal = normalize(sorted(unequal)) if normalize and unequal else {}
+    running = _running(hosts)
+    rows = []
+    for host in hosts:
+        for status in host.jobs:
+            job, listed = _listed(host, status, inventory_jobs)
+            rows.append(job_row(host, status, job, now, listed=listed, normal=normal,
+                                also_on=_also_on(running, host, status.job)))
+    return envelope("status", now=iso(now, "UTC"), hosts=[_host_entry(h, hosts) for h in hosts], jobs=rows,
+                    inventory_only=_inventory_only(hosts, inventory_jobs))
+
+
+def machine_aliases(document: dict) -> dict[str, str]:
+    """Host names that reach a machine already listed under another name -> that name: the one
+    the machine was last pushed as (its owner), else the first in the inventory."""
+    order = [host["host"] for host in document["hosts"]]
+    aliases = {}
+    for host in document["hosts"]:
+        group = [name for name in order if name == host["host"] or name in host["same_machine_as"]]
+        if len(group) > 1:
+            primary = host["owner"] if host["owner"] in group else group[0]
+            if primary != host["host"]:
+                aliases[host["host"]] = primary
+    return aliases
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -183,26 +305,100 @@ def result_text(row: dict) -> str:
     return last
 
 
-def status_text(document: dict, now: float) -> str:
-    header = ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT"]
-    rows = [header]
-    for row in document["jobs"]:
-        zone = row["timezone"]
-        rows.append([row["host"], row["job"], row["expression"] or " | ".join(row["schedule"]) or "-",
-                     shown(parse_iso(row["last"]) if row["last"] else None, zone, now),
-                     shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row)])
-    lines = _table(rows)
+RUNBOOK_TWO_HOSTS = "docs/runbooks/host-down.md#a-job-runs-on-two-hosts"
+
+
+def notes(row: dict, silent: Sequence[str] = ()) -> list[str]:
+    """What an operator must know of a job beyond its result: the host runs another schedule
+    than the inventory's, or a job the inventory does not put there (a double run?).
+    `silent`: the hosts that gave no status (what they run is unknown)."""
+    found = []
+    host, there, others = row["host"], row["inventory_host"], ", ".join(row["also_on"])
+    if row["schedule_differs"]:
+        found.append(f"schedule differs from inventory ({row['expression']}): push pending")
+    if not row["in_inventory"]:
+        if row["also_on"] and row["timer"] == "active":
+            found.append(f"DOUBLE RUN: not in inventory for {host}, and runs on {others} too: push {host} "
+                         f"to remove it here; see {RUNBOOK_TWO_HOSTS}")
+        elif there in silent:
+            found.append(f"not in inventory for this host (the inventory puts it on {there}, which gave no "
+                         f"status: it may run there too); see {RUNBOOK_TWO_HOSTS}")
+        elif there:
+            found.append(f"not in inventory for this host (the inventory puts it on {there}): a moved job "
+                         f"still here? push {host} to remove it; see {RUNBOOK_TWO_HOSTS}")
+        else:
+            found.append(f"not in inventory: the next push to {host} removes it")
+    elif row["also_on"] and row["timer"] == "active":
+        found.append(f"DOUBLE RUN: also runs on {others}, which the inventory does not put it on; "
+                     f"see {RUNBOOK_TWO_HOSTS}")
+    return found
+
+
+def _schedule_cell(row: dict) -> str:
+    """What the host's timer runs: the inventory's expression when the timer's calendar is
+    exactly what the inventory renders (easier to read), else the timer's own lines."""
+    if row["in_inventory"] and not row["schedule_differs"] and row["expression"]:
+        return row["expression"]
+    return " | ".join(row["schedule"]) or "at boot"  # a timer of ours without a calendar: OnBootSec=
+
+
+def _job_cells(row: dict, now: float, silent: Sequence[str]) -> list[str]:
+    zone = row["timezone"]
+    return [row["host"], row["job"], _schedule_cell(row),
+            shown(parse_iso(row["last"]) if row["last"] else None, zone, now),
+            shown(parse_iso(row["next"]) if row["next"] else None, zone, now), result_text(row),
+            "; ".join(notes(row, silent))]
+
+
+def _absent_cells(row: dict) -> list[str]:
+    """`unknown` (the why, e.g. `host unreachable: ...`, as its note) or `not installed`."""
+    if row["result"] == "unknown":
+        return [row["host"], row["job"], "?", "?", "?", "unknown", row["reason"]]
+    return [row["host"], row["job"], "-", "-", "-", "not installed", row["reason"]]
+
+
+def _rows_by_host(document: dict, now: float) -> list[list[str]]:
+    """Each host's jobs, then the inventory's jobs it did not report; a machine already listed
+    under another name is not listed twice."""
+    aliases = machine_aliases(document)
+    silent = [host["host"] for host in document["hosts"] if host["error"]]
+    rows = []
     for host in document["hosts"]:
-        if host["error"]:
-            lines.append(f"host {host['host']}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: "
-                         f"{printable(host['error'])}")
+        if host["host"] in aliases:
+            continue
+        rows += [_job_cells(row, now, silent) for row in document["jobs"] if row["host"] == host["host"]]
+        rows += [_absent_cells(row) for row in document["inventory_only"] if row["host"] == host["host"]]
+    return rows
+
+
+def _host_lines(document: dict) -> list[str]:
+    aliases = machine_aliases(document)
+    lines = []
+    for host in document["hosts"]:
+        name = host["host"]
+        if name in aliases:
+            lines.append(f"host {name}: SAME MACHINE as host {aliases[name]} (machine {host['machine'][:12]}): one "
+                         f"machine answers for both names, its jobs are listed under {aliases[name]}; fix the "
+                         f"address of one of them in the inventory")
+        elif host["error"]:
+            lines.append(f"host {name}: {'ERROR' if host['reachable'] else 'UNREACHABLE'}: {printable(host['error'])}")
         elif host["held"]:
             why = f": {host['held']['reason']}" if host["held"].get("reason") else ""
-            lines.append(f"host {host['host']}: held: {host['held']['text']}{why}: no job runs until `deployer push` "
-                         f"or `deployer release --host {host['host']}`")
+            lines.append(f"host {name}: held: {host['held']['text']}{why}: no job runs until `deployer push` "
+                         f"or `deployer release --host {name}`")
         elif not host["jobs"]:
-            lines.append(f"host {host['host']}: no jobs installed")
-    return "\n".join(lines) + "\n"
+            lines.append(f"host {name}: no jobs installed")
+    return lines
+
+
+def status_text(document: dict, now: float) -> str:
+    """The table (HOST JOB SCHEDULE LAST NEXT RESULT, and NOTE when a job has one), then one
+    line per host that needs one (unreachable, refused, held, empty, one machine twice)."""
+    header = ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT", "NOTE"]
+    rows = _rows_by_host(document, now)
+    if not any(row[-1] for row in rows):
+        header, rows = header[:-1], [row[:-1] for row in rows]
+    return "\n".join(_table([header] + rows) + _host_lines(document)) + "\n"
 
 
 # -- history -------------------------------------------------------------------------------------

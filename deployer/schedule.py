@@ -894,6 +894,22 @@ def check_calendar_lines(lines: list[str]) -> dict[str, str]:
     return bad
 
 
+def normalized(lines) -> dict[str, str]:
+    """Each calendar line -> systemd's normalized form (what a timer reports as its calendar),
+    from one systemd-analyze call. {} when this machine cannot tell (no systemd-analyze, or it
+    refuses a line, e.g. a zone it lacks): the caller then compares the lines as written."""
+    # A host's answer is data: a "line" that systemd-analyze would read as an option is left out.
+    lines = sorted({line for line in lines if not line.startswith("-")})
+    if not lines:
+        return {}
+    try:
+        result = _analyze(lines, 1)
+    except ScheduleError:
+        return {}
+    forms = re.findall(r"^Normalized form: (.*)$", result.stdout, re.M)
+    return dict(zip(lines, forms)) if result.returncode == 0 and len(forms) == len(lines) else {}
+
+
 def next_runs_many(calendars: list[tuple[str, ...]], count: int, base=None) -> list[list]:
     """For each tuple of lines, the next `count` elapses of their union, as systemd computes
     them (UTC datetimes). One systemd-analyze call for all, so that validating 1,000 jobs is

@@ -257,6 +257,25 @@ def test_a_corrupt_journal_is_reported_plainly_and_recoverable(host, content):
     assert host.call(StatusRequest()).jobs == ()
 
 
+def test_issue24_2_a_status_says_which_machine_answered_and_which_host_it_serves(host):
+    """One machine reached under two [host:NAME]s answers the same `machine` to both; a digest of
+    /etc/machine-id and the boot id (a clone that kept the image's machine-id differs by its boot)."""
+    assert (host.call(StatusRequest()).machine, host.call(StatusRequest()).owner) == ("", None)  # ids unreadable
+    for path, text in ((paths.MACHINE_ID, "3d1219c7c4c5404aaa1f6d2a48adfda4\n"),
+                       (paths.BOOT_ID, "6c0f1d0e-2b7a-4b1e-9d55-0d9f0a2b1c3e\n")):
+        Path(host.layout.at(path)).parent.mkdir(parents=True, exist_ok=True)
+        Path(host.layout.at(path)).write_text(text)
+    Path(host.layout.owner).parent.mkdir(parents=True)
+    Path(host.layout.owner).write_text(json.dumps({"host": "cron01"}))
+    answer = host.call(StatusRequest())
+    assert len(answer.machine) == 32 and "3d1219c7" not in answer.machine and answer.owner == "cron01"
+    assert host.call(StatusRequest()).machine == answer.machine
+    Path(host.layout.boot_id).write_text("0e2c7a8e-0a4b-4d7e-8c1a-54d8f1f0b6a2\n")  # another boot, or a clone
+    assert host.call(StatusRequest()).machine != answer.machine
+    Path(host.layout.owner).write_text("")  # corrupt: a status still answers (a push names the file)
+    assert host.call(StatusRequest()).owner is None
+
+
 def test_a_corrupt_owner_file_is_reported_and_recoverable(host):
     os.makedirs(host.layout.state_dir)
     Path(host.layout.owner).write_text("")

@@ -175,3 +175,177 @@ def test_issue22_4_a_run_outside_its_vocabulary_is_refused(hostile, field, value
     result = hostile("history", "settle", answers=answers)
     assert result.exit_code == 1 and "answer is not valid" in result.output
     assert "\x1b" not in result.output
+
+
+# --- issue 22 item 14, issue 24 item 2: status shows what each host runs ----------------------
+
+from deployer.errors import RemoteError  # noqa: E402
+from deployer.hostside.protocol import JobStatus, StatusAnswer  # noqa: E402
+
+MACHINE_A, MACHINE_B = "a" * 32, "b" * 32
+
+
+def timer(job: str, *calendar: str, active: bool = True) -> JobStatus:
+    """A job as a host's agent reports it: its timer's calendar as systemd normalized it."""
+    return JobStatus(job, f"deployer-{job}.timer", f"deployer-{job}.service",
+                     timer_state="active" if active else "inactive", enabled="enabled", calendar=calendar,
+                     next="2026-12-07T03:00:00+00:00" if active else "", service_state="inactive")
+
+
+class RecordedAgent(remote.Agent):
+    """Answers `status` with a StatusAnswer, through the real protocol encoding and answer checks."""
+
+    def __init__(self, host: str, answer: StatusAnswer):
+        self.host, self.answer = host, answer
+
+    def call(self, request, progress=None, output=None):
+        raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": True,
+                          "body": protocol.to_json(self.answer)}).encode()
+        return self._answer(request, raw)
+
+
+FLEET = ("[host:cron01]\naddress = 10.0.0.5\n[host:cron02]\naddress = 10.0.0.6\n"
+             "[job:settle]\nhost = cron01\nschedule = 0 4 * * *\nurl = http://svc/settle\n"
+             "[job:tick]\nhost = cron02\non_calendar = Mon,Tue *-*-* 9:00\nurl = http://svc/tick\n")
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch):
+    """`status` over hosts whose answers a test gives: host name -> StatusAnswer, or an error
+    (a host that cannot be reached)."""
+
+    def run(answers: dict, inventory: str = FLEET, *args: str):
+        path = tmp_path / "inventory.ini"
+        path.write_text(inventory)
+
+        def connect(inv, name):
+            if isinstance(answers[name], Exception):
+                raise answers[name]
+            return RecordedAgent(name, answers[name])
+
+        monkeypatch.setattr(cli, "_connect", connect)
+        text = CliRunner().invoke(cli.main, ["status", "-i", str(path), *args])
+        document = CliRunner().invoke(cli.main, ["status", "-i", str(path), "--json", *args])
+        assert text.exit_code == document.exit_code, (text.output, document.output)
+        return text, json.loads(document.stdout)
+
+    return run
+
+
+def rows(text: str) -> dict:
+    """(host, job) -> the line of the table that lists it."""
+    return {tuple(line.split()[:2]): line for line in text.splitlines()[1:] if line.startswith("cron")}
+
+
+def test_issue24_2_schedule_is_the_hosts_and_a_pending_push_is_flagged(fleet):
+    """Before: SCHEDULE was the inventory's, edited and not pushed: the new schedule and a NEXT the
+    host will not run. Now it is the host's timer's, and the difference is said."""
+    text, document = fleet({
+        "cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 03:00:00 UTC"),), machine=MACHINE_A),
+        # as written in the inventory "Mon,Tue *-*-* 9:00"; systemd reports it normalized: the same
+        "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),), machine=MACHINE_B)})
+
+    assert text.exit_code == 0, text.output + text.stderr
+    lines = rows(text.stdout)
+    assert text.stdout.splitlines()[0].split() == ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT", "NOTE"]
+    assert "*-*-* 03:00:00 UTC" in lines["cron01", "settle"] and "0 4 * * *" not in lines["cron01", "settle"].split(
+        "  never  ")[0]
+    assert lines["cron01", "settle"].endswith("schedule differs from inventory (0 4 * * *): push pending")
+    assert "Mon,Tue *-*-* 9:00" in lines["cron02", "tick"] and "differs" not in lines["cron02", "tick"]
+    settle, tick = document["jobs"]
+    assert (settle["schedule"], settle["inventory_schedule"], settle["schedule_differs"]) == (
+        ["*-*-* 03:00:00 UTC"], ["*-*-* 04:00:00 UTC"], True)
+    assert (tick["schedule_differs"], tick["in_inventory"], tick["also_on"]) == (False, True, [])
+
+
+def test_issue22_14_a_job_on_two_hosts_is_a_double_run_said_in_the_text(fleet):
+    """The runbook's case: a move --force while cron01 was cut off, then cron01 back within its
+    lease. Before: two ordinary `ok` rows; only --json said in_inventory: false."""
+    text, document = fleet({
+        "cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"), timer("tick", "Mon,Tue *-*-* 09:00:00 UTC")),
+                               machine=MACHINE_A),
+        "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),), machine=MACHINE_B)})
+
+    assert text.exit_code == 0
+    lines = rows(text.stdout)
+    assert "DOUBLE RUN: not in inventory for cron01, and runs on cron02 too: push cron01 to remove it here" \
+        in lines["cron01", "tick"]
+    assert "host-down.md#a-job-runs-on-two-hosts" in lines["cron01", "tick"]
+    assert "DOUBLE RUN: also runs on cron01" in lines["cron02", "tick"]
+    assert "NOTE" in text.stdout.splitlines()[0] and "differs" not in text.stdout
+    by_host = {(r["host"], r["job"]): r for r in document["jobs"]}
+    assert (by_host["cron01", "tick"]["in_inventory"], by_host["cron01", "tick"]["inventory_host"],
+            by_host["cron01", "tick"]["also_on"]) == (False, "cron02", ["cron02"])
+    assert by_host["cron02", "tick"]["also_on"] == ["cron01"] and by_host["cron01", "settle"]["also_on"] == []
+
+
+@pytest.mark.parametrize("tick_on_cron02, note", [
+    pytest.param(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC", active=False), "not in inventory for this host "
+                 "(the inventory puts it on cron02): a moved job still here? push cron01", id="paused-there"),
+    pytest.param(None, "not in inventory for this host (the inventory puts it on cron02)", id="not-there"),
+])
+def test_issue22_14_a_job_the_inventory_puts_elsewhere_is_flagged_without_a_double_run(fleet, tick_on_cron02, note):
+    text, _ = fleet({"cron01": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),), machine=MACHINE_A),
+                     "cron02": StatusAnswer(jobs=(tick_on_cron02,) if tick_on_cron02 else (), machine=MACHINE_B)})
+    lines = rows(text.stdout)
+    assert note in lines["cron01", "tick"] and "DOUBLE RUN" not in text.stdout
+    if tick_on_cron02 is None:  # what the inventory puts on cron02 and cron02 lacks: a push pending
+        assert "not installed" in lines["cron02", "tick"] and lines["cron02", "tick"].endswith("push pending")
+
+
+def test_issue24_2_one_machine_under_two_host_names_is_refused(fleet):
+    """Before: its jobs listed twice, exit 0. Now listed once (under the name it was pushed as),
+    flagged, and exit 1 with the reason on stderr."""
+    inventory = FLEET.replace("[host:cron02]\naddress = 10.0.0.6", "[host:cron02]\naddress = cron01.example")
+    same = StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A, owner="cron01")
+    text, document = fleet({"cron01": same, "cron02": same}, inventory)
+
+    assert text.exit_code == 1
+    assert text.stderr.startswith("deployer: error: hosts cron01 and cron02 are one machine: fix the address of "
+                                  "one of them in ") and text.stderr.strip().endswith("inventory.ini")
+    assert [key for key in rows(text.stdout)] == [("cron01", "settle")]
+    assert [r["also_on"] for r in document["jobs"]] == [[], []]  # its own twin is not another machine
+    assert f"host cron02: SAME MACHINE as host cron01 (machine {MACHINE_A[:12]})" in text.stdout
+    assert [(h["host"], h["machine"], h["same_machine_as"]) for h in document["hosts"]] == [
+        ("cron01", MACHINE_A, ["cron02"]), ("cron02", MACHINE_A, ["cron01"])]
+    # pushed as cron02: the table lists it under cron02
+    pushed_as_cron02 = StatusAnswer(jobs=same.jobs, machine=MACHINE_A, owner="cron02")
+    text, _ = fleet({"cron01": pushed_as_cron02, "cron02": pushed_as_cron02}, inventory)
+    assert "host cron01: SAME MACHINE as host cron02" in text.stdout
+
+
+def test_issue24_2_clones_of_one_image_are_two_machines(fleet):
+    """Same /etc/machine-id, another boot: `machine` differs, nothing is flagged."""
+    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+                            "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),),
+                                                   machine=MACHINE_B)})
+    assert text.exit_code == 0 and "SAME MACHINE" not in text.stdout and "NOTE" not in text.stdout
+    assert [h["same_machine_as"] for h in document["hosts"]] == [[], []]
+
+
+def test_issue24_2_an_unreachable_hosts_jobs_are_listed_as_unknown(fleet):
+    """Before: an unreachable host's jobs were missing from the table (one line said the host was)."""
+    reason = "cannot connect to 10.0.0.6:22: Connection refused (is sshd running there, and the port right?)"
+    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),
+                                                         timer("tick", "Mon,Tue *-*-* 09:00:00 UTC")), machine=MACHINE_A),
+                            "cron02": RemoteError("cron02", reason)})
+
+    assert text.exit_code == 1
+    assert rows(text.stdout)["cron02", "tick"].split()[2:7] == ["?", "?", "?", "unknown", "host"]
+    assert rows(text.stdout)["cron02", "tick"].split("  unknown ", 1)[1].strip() == f"host unreachable: {reason}"
+    # what cron01 runs and the inventory puts on cron02: whether cron02 runs it too is not known
+    assert "(the inventory puts it on cron02, which gave no status: it may run there too)" in \
+        rows(text.stdout)["cron01", "tick"]
+    assert f"host cron02: UNREACHABLE: {reason}" in text.stdout
+    assert text.stderr.strip() == f"deployer: error: host cron02: {reason}"
+    assert document["inventory_only"] == [{
+        "host": "cron02", "job": "tick", "result": "unknown", "reason": f"host unreachable: {reason}",
+        "inventory_schedule": ["Mon,Tue *-*-* 9:00 UTC"], "timezone": "UTC", "expression": "Mon,Tue *-*-* 9:00"}]
+    assert [r["job"] for r in document["jobs"]] == ["settle", "tick"]  # `jobs`: as before, what hosts reported
+
+
+@pytest.mark.parametrize("field, value", [("machine", "\x1b]0;pwned\x07" + "a" * 24), ("owner", "cron01\x1b[2J")])
+def test_issue24_2_a_machine_or_owner_outside_its_rule_is_refused(fleet, field, value):
+    answer = StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), **{field: value})
+    text, _ = fleet({"cron01": answer, "cron02": StatusAnswer()})
+    assert text.exit_code == 1 and "answer is not valid" in text.stderr and "\x1b" not in text.stdout + text.stderr

@@ -14,10 +14,12 @@ from deployer.models import Plan
 # The contract: renaming or dropping a key is a new `version` (docs/json.md). Adding one is not,
 # but it is added here and in docs/json.md in the same change.
 ENVELOPE = {"version", "command"}
-STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs"}
-STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs"}
+STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs", "inventory_only"}
+STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs", "machine", "owner", "same_machine_as"}
 STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
-                   "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory"}
+                   "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
+                   "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
+INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
 HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary"}
 RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key"}
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
@@ -54,7 +56,8 @@ def test_status_document_keys_are_pinned():
 def test_an_unreachable_host_is_one_entry_with_its_error_and_no_jobs():
     doc = document(error="cannot connect to 10.0.0.5: Connection refused", reachable=False)
     assert doc["hosts"] == [{"host": "cron01", "address": "10.0.0.5", "reachable": False, "held": None, "jobs": 0,
-                             "error": "cannot connect to 10.0.0.5: Connection refused"}]
+                             "error": "cannot connect to 10.0.0.5: Connection refused", "machine": None,
+                             "owner": None, "same_machine_as": []}]
     assert doc["jobs"] == []
     assert "host cron01: UNREACHABLE: cannot connect" in report.status_text(doc, NOW)
     refused = document(error="/var/lib/deployer/pending-switch.json (the switch journal) is corrupt")
@@ -199,3 +202,22 @@ def test_a_job_the_inventory_puts_elsewhere_keeps_its_zone_but_is_not_listed_her
     host = report.HostStatus("cron01", "10.0.0.5", jobs=(status(),))
     [row] = report.status_document([host], {("cron02", "settle"): Job, (None, "settle"): Job}, NOW)["jobs"]
     assert (row["timezone"], row["expression"], row["in_inventory"]) == ("Asia/Shanghai", "0 * * * *", False)
+
+
+def test_inventory_only_rows_are_pinned_and_calendars_compare_as_systemd_reads_them():
+    class Job:
+        name, host, schedule, on_calendar, timezone = "settle", "cron01", "0 3 * * *", (), "UTC"
+
+    unreachable = report.HostStatus("cron01", "10.0.0.5", error="cannot connect", reachable=False)
+    [row] = report.status_document([unreachable], {("cron01", "settle"): Job, (None, "settle"): Job}, NOW)[
+        "inventory_only"]
+    assert set(row) == INVENTORY_ONLY_KEYS and (row["result"], row["reason"]) == ("unknown",
+                                                                                 "host unreachable: cannot connect")
+    answered = report.HostStatus("cron01", "10.0.0.5")
+    [row] = report.status_document([answered], {("cron01", "settle"): Job}, NOW)["inventory_only"]
+    assert row["result"] == "not_installed"
+    normal = {"Mon,Tue *-*-* 9:00 UTC": "Mon,Tue *-*-* 09:00:00 UTC"}
+    assert report.same_calendar(["Mon,Tue *-*-* 09:00:00 UTC"], ["Mon,Tue *-*-* 9:00 UTC"], normal)
+    assert report.same_calendar(["b UTC", "a UTC"], ["a UTC", "b UTC"], {})  # a timer fires at the union
+    assert not report.same_calendar(["*-*-* 03:00:00 UTC"], ["*-*-* 04:00:00 UTC"], {})
+    assert not report.same_calendar([], ["*-*-* 04:00:00 UTC"], {})

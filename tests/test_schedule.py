@@ -332,3 +332,13 @@ def test_half_hour_zones_get_their_second_pass_too():
     """UTC+9:30 has no Etc/ name, but the second pass is an instant, and UTC names it."""
     lines = cron_to_oncalendar("*/20 * * * *", "Australia/Adelaide")
     assert "Sat 2006..2099-04-01..06 16:30,50:00 UTC" in lines and "Sat 2006..2099-04-01..06 17:10:00 UTC" in lines
+
+
+def test_normalized_gives_systemds_form_of_each_line_and_nothing_it_cannot_tell():
+    """`status` compares a host's timer calendar (systemd's normalized form) with the inventory's."""
+    from deployer.schedule import normalized
+
+    assert normalized(["Mon,Tue *-*-* 9:00 UTC", "*-*-* 04:00:00 UTC"]) == {
+        "Mon,Tue *-*-* 9:00 UTC": "Mon,Tue *-*-* 09:00:00 UTC", "*-*-* 04:00:00 UTC": "*-*-* 04:00:00 UTC"}
+    assert normalized(["not a calendar"]) == {} and normalized([]) == {}
+    assert normalized(["--version"]) == {}  # a host's text never reaches systemd-analyze as an option

@@ -838,6 +838,20 @@ class Host:
         entry = dict(protocol.to_json(takeover), at=time.time())
         self.write_atomically(self.layout.takeovers, json.dumps({"takeovers": kept + [entry]}, indent=1), 0o644)
 
+    def machine(self):
+        """This machine in this boot, as StatusAnswer.machine says; "" when either id is unreadable
+        (a status must not fail for want of it)."""
+        ids = []
+        for path in (self.layout.machine_id, self.layout.boot_id):
+            try:
+                with open(path, "rb") as handle:
+                    ids.append(handle.read(64).strip())
+            except OSError:
+                return ""
+        if not all(ids):
+            return ""
+        return hashlib.sha256(b"deployer machine\n" + b"\n".join(ids)).hexdigest()[:32]
+
     def installed(self, job, suffix):
         unit = paths.job_unit(job, suffix)
         if not os.path.exists(os.path.join(self.layout.unit_dir, unit)):
@@ -963,7 +977,12 @@ def check_unmanaged(host, current, writes, removes):
 def op_status(host, request):
     timers = sorted(unit_name(p) for p in host.managed_files()
                     if p.endswith(".timer") and paths.job_of_unit(p) is not None)
-    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.current_hold())
+    try:
+        owner = (host.read_owner() or {}).get("host")
+    except AgentError:
+        owner = None  # a status still answers; the next push names the corrupt file
+    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.current_hold(),
+                        machine=host.machine(), owner=owner if isinstance(owner, str) else None)
 
 
 def job_statuses(host, timers):

@@ -53,6 +53,10 @@ BACKFILL_DIR = "/run/deployer-runs"
 EPOCH_CREDENTIAL = "epoch"
 # Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).
 FENCED_DIR = STATE_DIR + "/fenced"
+# Who this machine is (issue 24 item 2: one machine must not answer for two [host:NAME]s). The
+# agent sends neither as is, only a digest of both (protocol.StatusAnswer.machine).
+MACHINE_ID = "/etc/machine-id"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
 
 _UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -227,6 +231,14 @@ class Layout:
     @property
     def timer_stamps(self) -> str:
         return self.at(TIMER_STAMPS)
+
+    @property
+    def machine_id(self) -> str:
+        return self.at(MACHINE_ID)
+
+    @property
+    def boot_id(self) -> str:
+        return self.at(BOOT_ID)
 
     def managed_dirs(self):
         """The directories whose files the deployer owns (units only when marked)."""

@@ -170,6 +170,12 @@ class RunInfo:
 class StatusAnswer:
     jobs: Tuple[JobStatus, ...] = ()
     held: Optional[Held] = None
+    # Which machine answered, in this boot: sha256 of /etc/machine-id and the boot id, 32 hex
+    # digits ("" when unreadable). Two [host:NAME]s with the same value are one machine; the boot
+    # id tells apart clones of one image that kept its machine-id. A digest: systemd asks that
+    # the machine-id itself stay private (machine-id(5)).
+    machine: str = ""
+    owner: Optional[str] = None  # the [host:NAME] last pushed to this machine (owner.json)
 
 
 @dataclass(frozen=True)

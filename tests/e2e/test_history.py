@@ -86,8 +86,14 @@ def test_fleet_status_shows_every_host_reasons_zones_paused_and_an_unreachable_h
     assert [(h["host"], h["reachable"]) for h in document["hosts"]] == [("cron01", True), ("cron02", False)]
     assert "cannot connect" in document["hosts"][1]["error"]
     assert sorted(r["job"] for r in document["jobs"]) == ["good", "quiet"]
-    assert [line for line in text.stdout.splitlines() if "cron02" in line] == [
-        f"host cron02: UNREACHABLE: {document['hosts'][1]['error']}"]
+    error = document["hosts"][1]["error"]
+    # Its inventory jobs are rows too, unknown (issue 24 item 2), then the line saying why.
+    assert [(r["job"], r["result"]) for r in document["inventory_only"]] == [
+        ("bad", "unknown"), ("business", "unknown"), ("never", "unknown")]
+    *rows, last = [line for line in text.stdout.splitlines() if "cron02" in line]
+    assert last == f"host cron02: UNREACHABLE: {error}"
+    assert [row.split()[1] for row in rows] == ["bad", "business", "never"]
+    assert all(re.search(rf"  unknown +host unreachable: {re.escape(error)}$", row) for row in rows), rows
     assert text.stderr.strip() == f"deployer: error: host cron02: {document['hosts'][1]['error']}"
 
 
