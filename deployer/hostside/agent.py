@@ -1040,6 +1040,7 @@ def op_run(host, request):
         raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
+    held = check_run_on_hold(host, request)
     asked = host.ask_run(request.job, slot=request.slot)
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
@@ -1065,7 +1066,19 @@ def op_run(host, request):
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged)
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held)
+
+
+def check_run_on_hold(host, request):
+    """A held host's jobs may run elsewhere now (they were moved while it was down): a manual
+    run there could run one twice, so it needs `force`. -> the hold it was forced past, or None."""
+    held = host.current_hold()
+    if held is not None and not request.force:
+        why = held.reason or "was down %s" % protocol.duration_text(held.down_for_seconds)
+        raise AgentError(protocol.HELD, "this host holds its jobs (%s): %s may run on another host now. End "
+                         "the hold first (`deployer push` or `deployer release`), or run it anyway with --force"
+                         % (why, request.job))
+    return held
 
 
 # How long the run started for a merged timer elapse may take to read what it stands for.
