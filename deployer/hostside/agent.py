@@ -925,10 +925,11 @@ def apply_locked(host, request, watch):
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
     boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
-    touched = {unit_name(p) for p in staged if p.endswith(".timer")}
+    # Every paused job the push leaves installed stays paused, changed or not: the push says so.
+    kept_paused = tuple(sorted(paused - set(journal.unpause)))
     return ApplyAnswer(reloaded=journal.reload, started=tuple(t for t in journal.start if t in added),
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
-                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
+                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=kept_paused,
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
 
 
