@@ -78,6 +78,19 @@ def test_issue24_9_every_push_says_a_paused_job_stays_paused(tmp_path, hosts, ca
     assert printed[1].startswith("host cron01: up to date: ")
 
 
+def test_issue24_9_push_json_gives_seconds_per_step(tmp_path, hosts):
+    """Before: the README said `push --json` gives seconds per step; the agent measured them
+    (ApplyAnswer.seconds) but the document left them out."""
+    from deployer.report import push_document
+
+    inv = load(tmp_path, jobs("cron01"))
+    first = push_document(deploy.push(inv, "cron01", hosts["cron01"], hosts.get))
+    again = push_document(deploy.push(inv, "cron01", hosts["cron01"], hosts.get))
+    assert set(first["seconds"]) == {"lock", "stage", "verify", "switch", "activate"}
+    assert all(isinstance(v, float) and v >= 0 for v in first["seconds"].values())
+    assert again["seconds"] == {}
+
+
 def test_a_job_still_installed_on_another_host_is_refused(tmp_path, hosts):
     deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
     moved = load(tmp_path, jobs("cron02"))
