@@ -602,12 +602,16 @@ def _slots(job, start: float, until: float):
                    "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
                    "with its first result instead of running it again. Without it, a run has a key of its "
                    "own (manual-<run id>).")
+@click.option("--force", is_flag=True,
+              help="Run even though the host holds its jobs (its lease ran out while it was down: "
+                   "another host may run JOB now, so it may run twice).")
 @inventory_option
 @host_option
 @json_option
-def run(job, slot_text, inventory_path, host_name, as_json):
+def run(job, slot_text, force, inventory_path, host_name, as_json):
     """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
 
+    A host that holds its jobs (see `deployer release`) refuses, unless --force.
     Every line is the service's and the host's text: printed escaped (hostside/text.printable).
     """
     from . import remote
@@ -621,7 +625,10 @@ def run(job, slot_text, inventory_path, host_name, as_json):
         streamed.append(line)
         click.echo(printable(line))
 
-    result = remote.run(agent, job, output=None if as_json else show, slot=slot)
+    result = remote.run(agent, job, output=None if as_json else show, slot=slot, force=force)
+    if result.held is not None:
+        click.echo(f"deployer: warning: --force: host {host_name} holds its jobs ({printable(_held_why(result.held))}); "
+                   f"ran {job} anyway: if another host runs it too, it ran twice", err=True)
     if as_json:
         click.echo(json.dumps(run_document(host_name, job, job_zone(the_job), result), indent=2))
     else:

@@ -122,12 +122,15 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune, above=above)
     if the_plan.is_noop:
+        # Nothing to change, but a paused job stays paused: say so, as a push that changes it does.
+        paused = tuple(sorted(state.paused))
         if state.held is None:
-            return Pushed(host_name, the_plan)
-        # Nothing to change, but the host holds its jobs: the push confirms it owns them all.
+            return Pushed(host_name, the_plan, ApplyAnswer(kept_paused=paused) if paused else None)
+        # The host holds its jobs: the push confirms it owns them all.
         progress("releasing the host's hold")
         answer = remote.release(agent)
-        return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released))
+        return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released,
+                                                       kept_paused=paused))
     doomed = removed_jobs(the_plan)
     if doomed and confirm is not None and not confirm(doomed):
         raise DeployerError(f"host {host_name}: push cancelled, nothing changed (--no-prune keeps "

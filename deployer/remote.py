@@ -481,6 +481,9 @@ def answer_problem(answer: Any) -> Optional[str]:
     if isinstance(answer, protocol.RunAnswer):
         if not _SYSTEMD_WORD.match(answer.result):
             return f"systemd result {answer.result[:40]!r} is not a systemd word"
+        problem = _held_problem(answer.held)
+        if problem:
+            return problem
         return _run_problem(answer.run) if answer.run is not None else None
     if isinstance(answer, (protocol.ReleaseAnswer, protocol.ApplyAnswer, protocol.StateAnswer)):
         problem = _held_problem(getattr(answer, "released", None) or getattr(answer, "held", None))
@@ -628,10 +631,12 @@ def release(agent: Agent) -> ReleaseAnswer:
     return agent.call(ReleaseRequest())
 
 
-def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None) -> RunAnswer:
+def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None,
+        force: bool = False) -> RunAnswer:
     """Run `job` now; `output` gets its journal lines as they happen. `slot` (unix seconds):
-    backfill that slot, under its Idempotency-Key, instead of a manual key of its own."""
-    return agent.call(RunRequest(job=job, slot=slot), output=output)
+    backfill that slot, under its Idempotency-Key, instead of a manual key of its own. A held
+    host refuses (AgentRefused, code `held`) unless `force`."""
+    return agent.call(RunRequest(job=job, slot=slot, force=force), output=output)
 
 
 def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,

@@ -513,7 +513,8 @@ def push_document(pushed) -> dict:
                     enabled_for_boot=list(result.enabled_for_boot) if result else [],
                     kept_paused=list(result.kept_paused) if result else [],
                     recovered_interrupted_push=bool(result and result.recovered_interrupted_push),
-                    released=held_document(result.released if result else None))
+                    released=held_document(result.released if result else None),
+                    seconds=dict(result.seconds) if result else {})
 
 
 def move_document(moving: Sequence[str], source: str, target: str, takeover: Any = None) -> dict:

@@ -832,15 +832,18 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
     assert answer.output.splitlines() == streamed and answer.ok and answer.run.run == "inv1"
 
 
-def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1"):
+def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1", held: bool = False):
     """A manual run of `settle` on the fake host; the timer's stamp is touched while it runs
-    when `elapse_during_it` (what systemd does when the timer elapses then)."""
+    when `elapse_during_it` (what systemd does when the timer elapses then). `held`: the host
+    holds its jobs, and the run is forced."""
     import io
 
     from deployer.hostside.protocol import RunRequest
 
     host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
                            expect=files(host)))
+    if held:
+        hold(host)
     lines = [dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1")]
 
     class Follower:
@@ -873,7 +876,33 @@ def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1
                                                      "Result": "success", "ExecMainStatus": "0"}
     host.systemd.journal = lines
     streamed: list[str] = []
-    return host.call(RunRequest("settle"), output=streamed.append), streamed
+    return host.call(RunRequest("settle", force=held), output=streamed.append), streamed
+
+
+def hold(host, down_for: float = 7980.0) -> None:
+    """What the boot check writes when the lease ran out while the host was down."""
+    os.makedirs(os.path.dirname(host.layout.held), exist_ok=True)
+    Path(host.layout.held).write_text(json.dumps(protocol.to_json(protocol.Held(
+        since="2026-12-06T08:00:00+00:00", down_for_seconds=down_for, lease_seconds=300.0))))
+
+
+def test_issue24_9_a_held_host_refuses_a_manual_run_without_force(host):
+    """Before: `deployer run` ran a job on a held host without a word, though its jobs may have
+    moved to another host while it was down (host-down.md)."""
+    from deployer.hostside.protocol import RunRequest
+
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
+                           expect=files(host)))
+    hold(host)
+    with pytest.raises(AgentRefused, match=r"holds its jobs \(was down 2h13m\).*--force") as refused:
+        host.call(RunRequest("settle"))
+    assert refused.value.code == protocol.HELD
+    assert not [c for c in host.systemd.calls if c[:2] == ("systemctl", "start")]
+
+
+def test_issue24_9_a_forced_run_on_a_held_host_runs_and_says_it_was_held(host):
+    answer, _ = start_a_manual_run(host, elapse_during_it=False, held=True)
+    assert answer.ok and answer.held.down_for_seconds == 7980.0
 
 
 def test_a_timer_elapse_merged_into_a_manual_run_runs_its_slot_after_it(host):

@@ -59,6 +59,38 @@ def test_a_push_with_nothing_to_change_still_releases_a_held_host(tmp_path, host
     assert remote.read_state(hosts["cron01"]).held is None
 
 
+def test_issue24_9_every_push_says_a_paused_job_stays_paused(tmp_path, hosts, capsys):
+    """Before: a push that changed nothing printed only "up to date", though pause.md says a
+    push says `stays paused`; one that changed another job did not name it either."""
+    from deployer import cli
+
+    inv = load(tmp_path, jobs("cron01"))
+    deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
+    remote.pause(hosts["cron01"], "a")
+    again = deploy.push(inv, "cron01", hosts["cron01"], hosts.get)
+    changed = deploy.push(load(tmp_path, jobs("cron01").replace("0 4 * * *", "0 5 * * *")), "cron01",
+                          hosts["cron01"], hosts.get)
+    assert again.plan.is_noop and again.result.kept_paused == ("deployer-a.timer",)
+    assert not changed.plan.is_noop and changed.result.kept_paused == ("deployer-a.timer",)
+    cli._print_push(again, False)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "  deployer-a.timer stays paused (deployer resume)"
+    assert printed[1].startswith("host cron01: up to date: ")
+
+
+def test_issue24_9_push_json_gives_seconds_per_step(tmp_path, hosts):
+    """Before: the README said `push --json` gives seconds per step; the agent measured them
+    (ApplyAnswer.seconds) but the document left them out."""
+    from deployer.report import push_document
+
+    inv = load(tmp_path, jobs("cron01"))
+    first = push_document(deploy.push(inv, "cron01", hosts["cron01"], hosts.get))
+    again = push_document(deploy.push(inv, "cron01", hosts["cron01"], hosts.get))
+    assert set(first["seconds"]) == {"lock", "stage", "verify", "switch", "activate"}
+    assert all(isinstance(v, float) and v >= 0 for v in first["seconds"].values())
+    assert again["seconds"] == {}
+
+
 def test_a_job_still_installed_on_another_host_is_refused(tmp_path, hosts):
     deploy.push(load(tmp_path, jobs("cron01")), "cron01", hosts["cron01"], hosts.get)
     moved = load(tmp_path, jobs("cron02"))

@@ -28,7 +28,7 @@ RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status"
                                 "run", "output", "merged_timer_elapse"}
 PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
 PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
-                         "recovered_interrupted_push", "released"}
+                         "recovered_interrupted_push", "released", "seconds"}
 HELD_KEYS = {"since", "down_for_seconds", "lease_seconds", "reason", "text"}
 MOVE_KEYS = ENVELOPE | {"moved", "from", "to", "source_unreachable", "waited_seconds", "forced"}
 

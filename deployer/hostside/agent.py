@@ -939,10 +939,11 @@ def apply_locked(host, request, watch):
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
     boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
-    touched = {unit_name(p) for p in staged if p.endswith(".timer")}
+    # Every paused job the push leaves installed stays paused, changed or not: the push says so.
+    kept_paused = tuple(sorted(paused - set(journal.unpause)))
     return ApplyAnswer(reloaded=journal.reload, started=tuple(t for t in journal.start if t in added),
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
-                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=tuple(sorted(paused & touched)),
+                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=kept_paused,
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
 
 
@@ -1059,6 +1060,7 @@ def op_run(host, request):
         raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
+    held = check_run_on_hold(host, request)
     asked = host.ask_run(request.job, slot=request.slot)
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
@@ -1084,7 +1086,19 @@ def op_run(host, request):
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged)
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held)
+
+
+def check_run_on_hold(host, request):
+    """A held host's jobs may run elsewhere now (they were moved while it was down): a manual
+    run there could run one twice, so it needs `force`. -> the hold it was forced past, or None."""
+    held = host.current_hold()
+    if held is not None and not request.force:
+        why = held.reason or "was down %s" % protocol.duration_text(held.down_for_seconds)
+        raise AgentError(protocol.HELD, "this host holds its jobs (%s): %s may run on another host now. End "
+                         "the hold first (`deployer push` or `deployer release`), or run it anyway with --force"
+                         % (why, request.job))
+    return held
 
 
 # How long the run started for a merged timer elapse may take to read what it stands for.

@@ -27,8 +27,9 @@ VERSION = "version"                # the two sides speak different protocol vers
 BAD_REQUEST = "bad_request"
 SYSTEMD = "systemd"                # a systemctl step failed
 NO_SPACE = "no_space"              # the host's disk is full
+HELD = "held"                      # the host holds its jobs: a manual run needs `force`
 ERROR_CODES = (LOCKED, HOST_CHANGED, NOT_ROOT, WRONG_OWNER, NOT_INSTALLED, VERIFY_FAILED, CORRUPT_STATE,
-               UNMANAGED_FILE, VERSION, BAD_REQUEST, SYSTEMD, NO_SPACE)
+               UNMANAGED_FILE, VERSION, BAD_REQUEST, SYSTEMD, NO_SPACE, HELD)
 
 
 class ProtocolError(Exception):
@@ -182,6 +183,7 @@ class StatusAnswer:
 class RunRequest:
     job: str
     slot: Optional[int] = None  # backfill this slot (unix seconds) under its own key; None: a manual key
+    force: bool = False  # run even on a held host (another host may run the job now)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class RunAnswer:
     # The timer elapsed during this run and systemd merged its start into it: the agent started
     # that slot's run after this one (ISO time of the elapse; "" when it did not happen).
     merged_elapse: str = ""
+    held: Optional[Held] = None  # the host held its jobs and the run was forced
 
 
 @dataclass(frozen=True)
