@@ -1027,3 +1027,22 @@ def test_failed_runs_keep_the_journals_order_after_a_clock_step():
     entries = [pid1("settle", "ahead", UNIT_FAILED, 2000.0 + 86400, __CURSOR=f"{S};i=1"),
                pid1("settle", "back", UNIT_FAILED, 2000.0, __CURSOR=f"{S};i=2")]
     assert [r.invocation for r in journal.failed_runs(entries)] == ["ahead", "back"]
+
+
+def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
+    """The heartbeat keeps a client waiting as long as the agent lives: a status that never ends
+    (seen once under heavy load: 300 s) must end, saying where each thread was."""
+    import subprocess
+    import sys
+
+    from deployer.hostside.protocol import StatusRequest, encode_request
+
+    program = ("import sys, time\nfrom deployer.hostside import agent\n"
+               "agent.watch_reads(sys.stdin.buffer.read(), limit=0.5)\ntime.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", program], input=encode_request("cron01", StatusRequest()),
+                          capture_output=True, timeout=20)
+    err = done.stderr.decode()
+    assert done.returncode == agent.EXIT_STUCK, err
+    assert "StatusRequest did not finish within 0s (stuck); where each thread was:" in err, err
+    assert 'File "<string>", line 4 in <module>' in err, err  # the main thread, in its sleep
+    assert err.splitlines()[-1] == "deployer agent: stuck in <string>:4 <module>", err

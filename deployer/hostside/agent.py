@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
@@ -1366,6 +1367,42 @@ def renew_lease(seconds, layout=None, now=None):
     return 0
 
 
+# A read that takes this long is stuck, not slow (status of 10,000 jobs takes seconds): the
+# heartbeat would keep the client waiting for ever, so the agent says where it is, and ends.
+READ_LIMIT_SECONDS = 150
+EXIT_STUCK = 70
+READS = (StateRequest, StatusRequest, HistoryRequest)
+
+
+def watch_reads(raw, limit=READ_LIMIT_SECONDS):
+    """Give a read request `limit` seconds; then print every thread's stack to the client and exit."""
+    import faulthandler
+
+    try:
+        request = protocol.decode_request(raw)[1]
+    except protocol.ProtocolError:
+        return  # handle() answers it
+    if not isinstance(request, READS):
+        return
+
+    main_thread = threading.main_thread().ident
+
+    def expire():
+        say("deployer agent: %s did not finish within %ds (stuck); where each thread was:"
+            % (type(request).__name__, limit))
+        with STDERR:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        # Last, as one line: the client shows the last lines of what a failed agent said.
+        frames = traceback.extract_stack(sys._current_frames().get(main_thread))[-4:]
+        say("deployer agent: stuck in " + " > ".join("%s:%d %s" % (os.path.basename(f.filename), f.lineno, f.name)
+                                                    for f in frames))
+        os._exit(EXIT_STUCK)
+
+    watchdog = threading.Timer(limit, expire)
+    watchdog.daemon = True
+    watchdog.start()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--boot"]:
@@ -1375,7 +1412,9 @@ def main(argv=None):
     if len(argv) == 2 and argv[0] == "--renew-lease":
         sys.exit(renew_lease(float(argv[1])))
     heartbeat()
-    answer = handle(sys.stdin.buffer.read())
+    raw = sys.stdin.buffer.read()
+    watch_reads(raw)
+    answer = handle(raw)
     try:
         sys.stdout.buffer.write(answer)
         sys.stdout.flush()

@@ -34,7 +34,9 @@ TOKEN = "tok-SECRET-slack-01"
 def follow_logs(path: str, home) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     environment["HOME"] = str(home)
-    return subprocess.Popen([sys.executable, "-m", "deployer", "logs", "evil", "-f", "-n", "1", "-i", path],
+    # -n 50: the run's lines whether the follower is ready before the run or only after it (a
+    # loaded machine takes seconds to start it); the follower prints both the same way.
+    return subprocess.Popen([sys.executable, "-m", "deployer", "logs", "evil", "-f", "-n", "50", "-i", path],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
 
 

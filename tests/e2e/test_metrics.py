@@ -260,13 +260,17 @@ url = {server.url('/good')}
 def test_the_host_pings_its_heartbeat_url_every_minute(shared_cron01, server, deployer, write_inventory):
     server.routes["/ping/0f3c-uuid"] = Reply(200, b"OK")
     path = write_inventory(shared_cron01.inventory_host(heartbeat_url=server.url("/ping/0f3c-uuid")))
-    pushed = time.time()
     deployer("push", "-i", path, check=True)
     # The push runs the collector (a first ping at once); the heartbeat timer then every minute.
+    # Judged by what the host ran, not by the gaps between pings (a loaded machine delays them).
     pings = wait_for(lambda: len(server.received("/ping/0f3c-uuid")) >= 2 and server.received("/ping/0f3c-uuid"),
-                     110, "two heartbeat pings")
-    assert pings[0].at - pushed < 30 and pings[0].method == "GET"
-    assert 25 < pings[1].at - pings[0].at < 95
+                     180, "two heartbeat pings")
+    assert pings[0].method == "GET"
+    timer = shared_cron01.ssh(f"systemctl show -p TimersCalendar -p ActiveState {paths.HEARTBEAT_TIMER}").stdout
+    assert "OnCalendar=*-*-* *:*:30 " in timer and "ActiveState=active" in timer, timer
+    started = shared_cron01.ssh(f"journalctl --no-pager -o cat _PID=1 UNIT={paths.METRICS_SERVICE} "
+                                "| grep -c '^Starting' || true").stdout
+    assert len(server.received("/ping/0f3c-uuid")) <= int(started.strip() or 0), "a ping no collector run sent"
     # The URL is a secret: in a root-only file, not in a unit or `systemctl show`.
     assert "0f3c-uuid" not in shared_cron01.ssh(f"cat /etc/systemd/system/deployer-* ; systemctl show '{paths.METRICS_SERVICE}'").stdout
     assert shared_cron01.ssh(f"stat -c '%U %a' {paths.HEARTBEAT_URL}").stdout.strip() == "root 600"

@@ -69,5 +69,7 @@ endpoint = {robot.endpoint("wecom")}
             assert len(started) == expected, f"{unit}: {len(started)} runs for {expected} slots"
         limited = cron01.ssh("journalctl -b --no-pager | grep -i 'start-limit-hit\\|repeated too quickly' || true")
         assert limited.stdout == ""
-        assert cron01.ssh("systemctl list-units --failed --plain --no-legend 'deployer-*'").stdout.strip() == ""
+        failed = cron01.ssh("systemctl list-units --failed --plain --no-legend 'deployer-*'").stdout.strip()
+        assert failed == "", failed + "\n" + cron01.ssh(
+            "journalctl --no-pager -n 40 -u 'deployer-host@*' -u 'deployer-one*' -u 'deployer-two*'").stdout
         assert robot.accepted == [] and robot.refused == []
