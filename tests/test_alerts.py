@@ -226,6 +226,21 @@ def test_seen_runs_are_not_reported_again_and_the_watermark_moves_forward():
     assert [i for i, _ in later.ids] == ["r%d" % n for n in range(alert.SEEN_IDS)], "the newest ids are kept"
 
 
+def test_seen_goes_to_memory_when_the_state_directory_is_full(tmp_path, monkeypatch):
+    """A full disk: the state could not be saved, so the unit's sweep and each restart found the
+    run just reported and sent it again every RestartSec= (an alert every 20 s). The unit's
+    RuntimeDirectory= keeps it instead, and the newer of the two is read."""
+    full = tmp_path / "state"
+    full.write_text("")  # a file where the directory should be: every write there fails
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    seen = alert.Seen(5).add([run("a", 10)])
+    alert.save_seen(str(full / "seen" / "x"), seen)
+    assert alert.load_seen(str(full / "seen" / "x")) == seen
+    full.unlink()  # space again: the state directory is written, and the newer state wins
+    alert.save_seen(str(full / "seen" / "x"), seen.add([run("b", 20)]))
+    assert [i for i, _ in alert.load_seen(str(full / "seen" / "x")).ids] == ["a", "b"]
+
+
 def test_seen_survives_a_round_trip_and_a_corrupt_file_means_first_time(tmp_path):
     seen = alert.Seen(5).add([run("a", 10)])
     alert.save_seen(str(tmp_path / "seen" / "x"), seen)

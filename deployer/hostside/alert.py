@@ -396,7 +396,20 @@ class Seen:
         return Seen(watermark, tuple(ids.items())[-SEEN_IDS:], cursor)
 
 
+def spare_path(path: str) -> Optional[str]:
+    """Where `path` (a job's seen state) goes when the state directory is full: the unit's
+    RuntimeDirectory= (memory, kept until boot); None outside a unit that has one."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return os.path.join(runtime, "seen", os.path.basename(path)) if runtime else None
+
+
 def load_seen(path: str) -> Optional[Seen]:
+    """The newer of the job's seen state and its spare (written while the disk was full)."""
+    found = [seen for seen in (_read_seen(path), _read_seen(spare_path(path))) if seen is not None]
+    return max(found, key=lambda seen: seen.watermark) if found else None
+
+
+def _read_seen(path: Optional[str]) -> Optional[Seen]:
     try:
         with open(path) as handle:
             data = json.load(handle)
@@ -407,16 +420,26 @@ def load_seen(path: str) -> Optional[Seen]:
 
 
 def save_seen(path: str, seen: Seen) -> None:
+    """On the state directory; when it is full, on the spare (else the sweep and every restart
+    would find the runs just reported and send them again, every RestartSec=)."""
+    for target in (path, spare_path(path)):
+        if target and _write_seen(target, seen):
+            return
+
+
+def _write_seen(path: str, seen: Seen) -> bool:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as handle:
             json.dump({"watermark": seen.watermark, "ids": [list(x) for x in seen.ids], "cursor": seen.cursor}, handle)
         os.rename(path + ".tmp", path)
-    except OSError:  # a full disk: the next alert may report these runs again, never fewer
+        return True
+    except OSError:
         try:
             os.unlink(path + ".tmp")
         except OSError:
             pass
+        return False
 
 
 def lookup(find, unit: str, seen: Seen) -> list:

@@ -51,7 +51,9 @@ def wait_alert_units_idle(host, timeout: float = 60) -> None:
         if not busy:
             return
         time.sleep(0.2)
-    raise AssertionError(f"alert units still busy: {busy}")
+    unit = busy.split()[0] if busy else "deployer-alert-*"
+    raise AssertionError(f"alert units still busy: {busy}\n" + host.ssh(
+        f"journalctl --no-pager -o short-precise -n 30 -u '{unit}'", check=False).stdout)
 
 
 def test_each_failed_run_gives_exactly_one_signed_alert(shared_cron01, server, robot, deployer, write_inventory):
