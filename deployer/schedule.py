@@ -701,7 +701,10 @@ def parse_quartz(expression: str) -> QuartzSchedule:
 
 def _refuse_never(schedule, dialect: str, name: str, text: str) -> None:
     """Refuse a schedule whose days never come (30 February, 31 April): no timer that never fires."""
-    years = sorted(schedule.years) if getattr(schedule, "years", None) else range(2024, 2032)
+    # Weekdays fall on the same dates again after 28 years (within a century): `*/7` of January on
+    # a Sunday first comes in 2034, so a shorter look refused a schedule that runs.
+    this_year = date.today().year
+    years = sorted(schedule.years) if getattr(schedule, "years", None) else range(this_year, this_year + 29)
     day = date(years[0], 1, 1)
     for year in years:
         day = date(year, 1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -103,3 +104,37 @@ def test_a_pipelined_conversation_matches_replies_to_requests_whatever_their_ord
 def test_no_pid1_is_a_dbus_error_not_a_crash(tmp_path):
     with pytest.raises(dbus.DBusError):
         dbus.Connection(str(tmp_path / "absent"))
+
+
+def test_a_conversation_that_never_answers_ends_at_its_deadline_though_signals_keep_coming(tmp_path, monkeypatch):
+    """PID 1 sends every signal to a private connection, so a recv() timeout never fires while
+    units change; a status once hung here for minutes. The deadline ends it (the caller then
+    asks `systemctl show`)."""
+    monkeypatch.setattr(dbus, "CALL_SECONDS", 1)
+    path = str(tmp_path / "private")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    chatter = dbus.method_call(1, dbus.object_path("x.service"), dbus.PROPERTIES, "Get", ("a", "b"))
+
+    def serve():
+        peer, _ = server.accept()
+        data = b""
+        while b"BEGIN\r\n" not in data:
+            data += peer.recv(4096)
+            if b"AUTH EXTERNAL" in data and b"OK" not in data:
+                peer.sendall(b"OK 0123456789abcdef\r\n")
+                data += b"OK"
+        try:
+            for _ in range(200):  # not ours (no reply serial), 20 a second: never silent
+                peer.sendall(chatter)
+                time.sleep(0.05)
+        except OSError:
+            pass
+        peer.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    # The chatter lasts 10 s, then the connection closes ("closed the connection"): the message
+    # says the deadline ended it.
+    with dbus.Connection(path) as bus, pytest.raises(dbus.DBusError, match="did not answer within 1s"):
+        bus.get_properties([(dbus.object_path("u.service"), dbus.SERVICE_INTERFACE, "Result")])

@@ -342,3 +342,9 @@ def test_normalized_gives_systemds_form_of_each_line_and_nothing_it_cannot_tell(
         "Mon,Tue *-*-* 9:00 UTC": "Mon,Tue *-*-* 09:00:00 UTC", "*-*-* 04:00:00 UTC": "*-*-* 04:00:00 UTC"}
     assert normalized(["not a calendar"]) == {} and normalized([]) == {}
     assert normalized(["--version"]) == {}  # a host's text never reaches systemd-analyze as an option
+
+
+def test_a_schedule_whose_first_day_is_years_away_is_not_refused():
+    """Found by the property test: `*/7` of January on a Sunday (vixie cron ANDs the two day
+    fields when one starts with `*`) first comes on 2034-01-01; an 8-year look refused it."""
+    assert cron_to_oncalendar("* * */7 1 0", "UTC")

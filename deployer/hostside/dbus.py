@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 
 PRIVATE_SOCKET = "/run/systemd/private"
 UNIT_PATH = "/org/freedesktop/systemd1/unit/"
@@ -25,6 +26,8 @@ METHOD_CALL, METHOD_RETURN, ERROR = 1, 2, 3
 PATH, INTERFACE, MEMBER, ERROR_NAME, REPLY_SERIAL, DESTINATION, SIGNATURE = 1, 2, 3, 4, 5, 6, 8
 # Requests in flight at once: each is ~150 bytes, far below the socket buffers either way.
 WINDOW = 256
+# One get_properties() conversation in all (10,000 jobs' status reads take seconds).
+CALL_SECONDS = 60
 
 
 class DBusError(Exception):
@@ -202,6 +205,7 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.buffer = b""
+        self.deadline = None  # of the get_properties() under way
         try:
             self.sock.connect(path)
             self.sock.sendall(b"\0AUTH EXTERNAL %s\r\n" % str(os.geteuid()).encode().hex().encode())
@@ -223,6 +227,8 @@ class Connection:
 
     def _fill(self, size: int) -> None:
         while len(self.buffer) < size:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise DBusError("PID 1 did not answer within %ds" % CALL_SECONDS)
             chunk = self.sock.recv(1 << 16)
             if not chunk:
                 raise DBusError("PID 1 closed the connection")
@@ -245,6 +251,10 @@ class Connection:
         """[(path, interface, property)] -> [value or None (an error, e.g. no such unit)], in order."""
         requests = list(requests)
         results = [None] * len(requests)
+        # PID 1 sends every signal to a private connection: they keep a recv() timeout from ever
+        # firing, so a conversation that stops making sense (seen once under load: a status stuck
+        # here for minutes) ends at a deadline, and the caller asks `systemctl show` instead.
+        self.deadline = time.monotonic() + CALL_SECONDS
         for start in range(0, len(requests), WINDOW):
             batch = requests[start:start + WINDOW]
             self.sock.sendall(b"".join(method_call(start + offset + 1, path, PROPERTIES, "Get", (interface, name))

@@ -158,6 +158,7 @@ async = poll
 poll_every = 1s
 expect_json = code=0
 sign_secret = {KEY}
+timeout = 10m
 """)
         deployer("push", "-i", path, "--yes", check=True)
         result = deployer("run", "long", "-i", path, check=True)
