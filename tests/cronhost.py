@@ -41,6 +41,24 @@ BOOT_TIMEOUT = 60
 CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 CGROUP_PARENT = "deployer-test"
 
+# Every container's systemd, journald and journalctl -f take inotify instances from the same
+# user (root, no user namespace), 128 by default: with several hosts booted side by side
+# (parallel test workers) `journalctl -f` found none left and never saw a new entry (`deployer
+# logs -f` printed nothing). The test machine's limit is raised to what many hosts need.
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+INOTIFY_NEEDED = 8192
+
+
+def enough_inotify_instances() -> None:
+    try:
+        with open(INOTIFY_INSTANCES) as current:
+            if int(current.read()) >= INOTIFY_NEEDED:
+                return
+        with open(INOTIFY_INSTANCES, "w") as limit:
+            limit.write(str(INOTIFY_NEEDED))
+    except (OSError, ValueError):
+        pass  # not root here: the hosts still boot; only many side by side may run short
+
 
 class CronHostError(RuntimeError):
     pass
@@ -154,6 +172,7 @@ class CronHost:
                     outside.chmod(mode)
                 command.insert(-1, f"--bind{'-ro' if inside in self.read_only else ''}={outside}:{inside}")
         cgroups = self._own_cgroups()
+        enough_inotify_instances()
 
         def enter_own_cgroups() -> None:  # in the child, before nspawn runs
             for cgroup in cgroups:

@@ -36,7 +36,9 @@ def follow_logs(path: str, home) -> subprocess.Popen:
     environment["HOME"] = str(home)
     # -n 50: the run's lines whether the follower is ready before the run or only after it (a
     # loaded machine takes seconds to start it); the follower prints both the same way.
-    return subprocess.Popen([sys.executable, "-m", "deployer", "logs", "evil", "-f", "-n", "50", "-i", path],
+    # -X faulthandler: a follower that printed nothing is aborted and says where it was.
+    return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "deployer", "logs", "evil", "-f", "-n", "50",
+                             "-i", path],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
 
 
@@ -47,7 +49,7 @@ def stop_following(process: subprocess.Popen, until: str, timeout: float = 60) -
     while until.encode() not in printed and time.monotonic() < deadline and process.poll() is None:
         printed += process.stdout.read() or b""
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT if printed else signal.SIGABRT)
     try:
         process.wait(10)
     except subprocess.TimeoutExpired:
@@ -69,10 +71,15 @@ retries = 0
 timeout = 10s
 """)
     deployer("push", "-i", path, check=True)
-    follow = follow_logs(path, isolated_home)
     ran = deployer("run", "evil", "-i", path, check=False)
     logs = deployer("logs", "evil", "-i", path, check=True)
-    followed = stop_following(follow, until="status 500 not expected")
+    # After the run: `-n 50` prints its lines through the follow path whenever the follower is
+    # ready. (A follower started before the run sometimes saw nothing new for a minute while six
+    # hosts ran side by side on this machine: not understood yet; this test is about escaping.)
+    follow = follow_logs(path, isolated_home)
+    # Until the attempt's line, the one with the body's escapes: the run's record (which also says
+    # "status 500 not expected") may reach the journal before its stdout lines.
+    followed = stop_following(follow, until="\\e]0;owned\\a")
     assert ran.returncode == 1 and server.received("/evil")
     for name, printed in (("run", ran.stdout + ran.stderr), ("logs", logs.stdout + logs.stderr),
                           ("logs -f", followed)):
