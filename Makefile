@@ -39,9 +39,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## All tests, end-to-end ones included (they boot real systemd hosts; they need root).
-## The end-to-end tests mostly wait for timers: they run side by side, a file per worker
-## (each worker boots its own hosts, each host in a cgroup of its own: tests/cronhost.py).
-TEST_WORKERS ?= 3
+## TEST_WORKERS=3 runs the files side by side (about 18 instead of 40 minutes; each worker boots
+## its own hosts, each in a cgroup of its own: tests/cronhost.py). Not the default yet: with
+## nine hosts on two cores, the start-limit test's metrics pass failed in 2 of 5 runs.
+TEST_WORKERS ?= 1
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
