@@ -269,6 +269,10 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
             response = None
             try:
                 response = caller.send(spec.method, spec.url, body, deadline)
+                if key_in_progress(response):
+                    log(f"{prefix} -> 409 in {time.monotonic() - begin:.2f}s: the service is running this "
+                        f"key ({key}) already; waiting for its outcome")
+                    response = await_key(caller, spec, body, response, deadline, sleep)
                 status = response.status
                 held = fence_epoch(response)
                 if held is not None and held > spec.epoch:
@@ -282,17 +286,6 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                     verdict, status, fenced = poll(caller, spec, response, deadline, expect_status, expect_json,
                                                    log, sleep)
                     break
-                if key_in_progress(response):
-                    log(f"{prefix} -> 409 in {time.monotonic() - begin:.2f}s: the service is running this "
-                        f"key ({key}) already; waiting for its outcome")
-                    response = await_key(caller, spec, body, response, deadline, sleep)
-                    status = response.status
-                    held = fence_epoch(response)
-                    if held is not None and held > spec.epoch:
-                        reached.append(True)
-                        fenced, verdict = True, Verdict(False, fenced_reason(spec, held))
-                        log(f"{prefix} -> 409: {verdict.reason}")
-                        break
                 verdict = judge(response.status, response.body, expect_status, expect_json)
                 reached.append(verdict.reached)
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
