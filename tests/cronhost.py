@@ -161,7 +161,7 @@ class CronHost:
         command = [
             "systemd-nspawn", "--directory=/", "--volatile=yes",
             f"--overlay=/etc:{self.upper}:/etc", f"--machine={self.machine}",
-            "--register=no", "--keep-unit", "--link-journal=no", "--console=passive", "--boot",
+            "--register=no", "--keep-unit", "--link-journal=no", "--console=read-only", "--boot",
         ]
         if self.persistent:
             for inside in ("/var/lib/systemd/timers", "/var/lib/deployer", "/var/lib/private", "/var/log/journal"):

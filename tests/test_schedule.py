@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from cronsim import CronSim
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deployer.errors import ScheduleError
@@ -146,9 +146,19 @@ def systemd_runs(lines: list[str], base: datetime, count: int) -> list[datetime]
 
 
 def cron_runs(expression: str, zone: str, base: datetime, count: int) -> list[datetime]:
-    it = CronSim(expression, base.astimezone(ZoneInfo(zone)))
+    """Debian cron's runs, from cronsim, but for one case it gets wrong: a wildcard job (minute or
+    hour `*`: cron's MIN_STAR/HR_STAR) follows the wall clock and is never caught up after a
+    forward jump, so a wall time the jump skipped is no run. cronsim 2.9 maps such a time to the
+    instant after the gap when the gap starts at midnight (`* 0 * * 0`, America/Santiago,
+    2024-09-08: a run at 01:00 that neither cron nor systemd makes)."""
+    tz = ZoneInfo(zone)
+    wildcard = expression.split()[0].startswith("*") or expression.split()[1].startswith("*")
+    it = CronSim(expression, base.astimezone(tz))
     runs = []
     for moment in it:
+        on_the_wall = moment.astimezone(timezone.utc).astimezone(tz)
+        if wildcard and on_the_wall.replace(tzinfo=None) != moment.replace(tzinfo=None):
+            continue
         runs.append(moment.astimezone(timezone.utc))
         if len(runs) == count:
             break
@@ -173,6 +183,7 @@ fixed_time_crons = st.tuples(
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expression=st.one_of(cron_expressions, fixed_time_crons), zone=st.sampled_from(DST_ZONES),
        base=near_dst_changes())
+@example(expression="* 0 * * 0", zone="America/Santiago", base=datetime(2024, 9, 1, 5, 0))  # a gap at midnight
 def test_across_dst_changes_systemd_runs_exactly_when_debian_cron_would(expression, zone, base):
     """cronsim models Debian cron's DST rules: a fixed time swallowed by a forward jump runs
     right after it, a repeated one runs once, wildcard jobs follow the wall clock."""

@@ -624,6 +624,8 @@ def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path,
         assert service.executions() == {key: 1}
         resumed_end = float(after[0]["DEPLOYER_STARTED"]) + float(after[0]["DEPLOYER_DURATION"])
         print(f"boot began {booting:.1f}, resumed run {float(after[0]['DEPLOYER_STARTED']):.1f}..{resumed_end:.1f}")
+        if unfinished_boot:  # what held the boot up, in its own words (a stuck start prints its stack)
+            print(host.ssh("journalctl -b --no-pager -o short-monotonic -u 'deployer-host@*'", check=False).stdout)
         assert unfinished_boot is None, f"the host never finished booting while the resumed run polled: {unfinished_boot}"
     finally:
         host.stop()
