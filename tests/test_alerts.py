@@ -208,9 +208,13 @@ JOURNAL = [
 def test_failed_runs_are_read_from_pid1s_record_with_their_exit_status():
     assert journal.parse_failed_runs(JOURNAL) == [
         alert.FailedRun("deployer-x.service", "fec9114269294a4db38b20c39f08e831", "exit-code", "3",
-                        1795606629404814, "e49bb3a4"),
+                        1795606629404814, "e49bb3a4", exit_code="exited"),
         alert.FailedRun("deployer-x.service", "0b1d", "signal", "?", 1795606630000000, "e49bb3a4"),
     ]
+    exited, killed = journal.parse_failed_runs(JOURNAL)
+    assert (exited.exit_number, exited.signal) == (3, None)
+    assert (killed.exit_number, killed.signal) == (None, None), "no exit entry: nothing is made up"
+    assert (dataclasses.replace(killed, exit_status="9", exit_code="killed").signal) == "KILL"
 
 
 def run(invocation: str, seconds: float) -> alert.FailedRun:
@@ -477,9 +481,9 @@ def test_issue22_5_a_bodys_markup_reaches_no_channel_as_markup(robot, kind):
     assert alert.deliver(channel, [event], log=lambda _: None)
     text = _message_text(kind, robot.accepted[0])
     assert "settle" in text and "cron01" in text
-    if kind == "slack":  # Slack's own escaping: &amp; &lt; &gt;, nothing else is markup there
-        assert "<" not in text and ">" not in text
-        assert "&lt;!channel&gt;" in text and "&lt;http://evil.example/|click here&gt;" in text
+    if kind == "slack":  # Slack's own escaping: &amp; &lt; (no `<` opens a mention or link, so no `>` closes one)
+        assert "<" not in text
+        assert "&lt;!channel>" in text and "&lt;http://evil.example/|click here>" in text
         assert "&amp; more" in text
     if kind in ("dingtalk", "wecom"):
         data = text.split("\n\n> ", 1)[1]
@@ -497,7 +501,8 @@ def test_issue22_5_a_bodys_markup_reaches_no_channel_as_markup(robot, kind):
 def test_issue22_5_each_channel_type_declares_its_escaping():
     for kind in channels.CHANNEL_TYPES.values():
         assert kind.escape("a\nb") == "a b"
-    assert channels.CHANNEL_TYPES["slack"].escape("<!channel>") == "&lt;!channel&gt;"
+    assert channels.CHANNEL_TYPES["slack"].escape("<!channel>") == "&lt;!channel>"
+    assert channels.CHANNEL_TYPES["slack"].escape("> quoted") == "&gt; quoted", "a `>` opening a quote"
     assert "](" not in channels.CHANNEL_TYPES["dingtalk"].escape("[x](http://y)")
 
 
@@ -508,10 +513,11 @@ STORM = REPO / "tests" / "data" / "alerts"
 
 def storm_events(monkeypatch) -> list:
     """82 failed runs at once, from a journal in the shape `journal_failed_runs` reads (PID 1's
-    "exited" and "Failed with result" entries) and each run's own lines (`run_lines`)."""
+    "exited" and "Failed with result" entries) and each run's own lines (`run_account`)."""
     runs = journal.parse_failed_runs((STORM / "storm-82-failed-runs.json").read_text().splitlines())
     lines = json.loads((STORM / "storm-82-run-lines.json").read_text())
-    monkeypatch.setattr(alert, "lines_of", lambda invocation: lines.get(invocation, []))
+    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback: journal.RunAccount(
+        "2026-11-24T07:00:00Z", fallback, tuple(lines.get(invocation, []))))
     return [alert.failed_run_event(alert.paths.job_of_unit(r.unit), "cron01", r) for r in runs]
 
 
@@ -551,3 +557,125 @@ def test_issue22_11_a_storm_too_large_for_one_message_is_split_into_parts():
     together = "".join(text for _, text in messages)
     assert all(e["job"] in together for e in events)
     assert "400 runs of 400 jobs" in together
+
+
+# --- issue 24 item 5: the alert leads with job, host, slot and reason; a typed webhook document --
+
+INVOCATION = "5d1f0c2b8a7e4b3c9d6e1f2a3b4c5d6e"
+PID1 = {"_PID": "1", "UNIT": "deployer-settle.service", "INVOCATION_ID": INVOCATION, "_BOOT_ID": "b007"}
+RUN = {"_PID": "812", "_UID": "61200", "_SYSTEMD_UNIT": "deployer-settle.service",
+       "_SYSTEMD_INVOCATION_ID": INVOCATION, "SYSLOG_IDENTIFIER": "deployer-settle"}
+RECORD = {**RUN, "MESSAGE_ID": "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90",
+          "MESSAGE": "settle: FAILED (status 500 not expected) in 0.01s (1 attempt)", "DEPLOYER_JOB": "settle",
+          "DEPLOYER_RUN": INVOCATION, "DEPLOYER_SLOT": "1795503600", "DEPLOYER_STARTED": "1795503600.412",
+          "DEPLOYER_DURATION": "0.012", "DEPLOYER_ATTEMPTS": "1", "DEPLOYER_RESULT": "failed",
+          "DEPLOYER_REASON": "status 500 not expected", "DEPLOYER_HTTP_STATUS": "500",
+          "DEPLOYER_KEY": "settle/2026-11-24T07:00:00Z", "DEPLOYER_EPOCH": "0"}
+
+
+def run_entries(killed: bool = False) -> list:
+    """A failed run's entries as `journalctl -o json _SYSTEMD_INVOCATION_ID=X + INVOCATION_ID=X`
+    gives them: PID 1's five lines around the trigger's three and its record (none when killed),
+    and one a local user sent with the run's INVOCATION_ID= (journald does not check that field)."""
+    code, status, result = ("killed", "9", "signal") if killed else ("exited", "1", "exit-code")
+    return [
+        {**PID1, "MESSAGE_ID": journal.UNIT_STARTING, "MESSAGE": "Starting deployer-settle.service - deployer job settle..."},
+        {**RUN, "MESSAGE": "slot 2026-11-24T07:00:00Z (timer), key settle/2026-11-24T07:00:00Z, epoch 0"},
+        {**RUN, "MESSAGE": "attempt 1/1: POST http://svc/settle -> 500 in 0.01s: status 500 not expected: boom"},
+    ] + ([] if killed else [
+        {**RUN, "MESSAGE": "job settle: FAILED (status 500 not expected)"},
+        RECORD,
+    ]) + [
+        {"_PID": "4242", "_UID": "1000", "INVOCATION_ID": INVOCATION, "MESSAGE": "<!channel> forged line"},
+        {**PID1, "MESSAGE_ID": "98e322203f7a4ed290d09fe03c09fe15", "EXIT_CODE": code, "EXIT_STATUS": status,
+         "MESSAGE": f"deployer-settle.service: Main process exited, code={code}, status={status}/FAILURE"},
+        {**PID1, "MESSAGE_ID": "d9b373ed55a64feb8242e02dbe79a49c", "UNIT_RESULT": result, "__CURSOR": "s=1;i=9",
+         "__REALTIME_TIMESTAMP": "1795503600500000", "MESSAGE": f"deployer-settle.service: Failed with result '{result}'."},
+        {**PID1, "MESSAGE": "Failed to start deployer-settle.service - deployer job settle."},
+        {**PID1, "MESSAGE": "deployer-settle.service: Consumed 95ms CPU time."},
+    ]
+
+
+class RecordedSystemd:
+    def __init__(self, entries):
+        self.entries = entries
+
+    def journal_entries(self, args):
+        return list(self.entries)
+
+
+BOILERPLATE = ("Starting deployer-settle", "Main process exited", "Failed with result", "Failed to start", "Consumed")
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["record", "killed"])
+def test_issue24_5_a_runs_account_is_its_slot_reason_and_own_lines(killed):
+    account = journal.run_account(RecordedSystemd(run_entries(killed)), INVOCATION, alert.MAX_LINES)
+    own = ("slot 2026-11-24T07:00:00Z (timer), key settle/2026-11-24T07:00:00Z, epoch 0",
+           "attempt 1/1: POST http://svc/settle -> 500 in 0.01s: status 500 not expected: boom")
+    if killed:  # no record: PID 1 says what ended it, and the slot is not known
+        assert account == journal.RunAccount(None, "signal (killed, signal KILL)", own)
+    else:
+        assert account == journal.RunAccount("2026-11-24T07:00:00Z", "status 500 not expected",
+                                             own + ("job settle: FAILED (status 500 not expected)",))
+
+
+def failed_settle_event(monkeypatch, killed: bool = False) -> dict:
+    entries = run_entries(killed)
+    monkeypatch.setattr(alert, "_systemd", lambda: RecordedSystemd(entries))
+    [run] = journal.failed_runs(entries)
+    return alert.failed_run_event("settle", "cron01", run)
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "wecom", "feishu", "slack", "webhook"])
+def test_issue24_5_the_message_leads_with_job_host_slot_and_reason_then_the_runs_lines(robot, monkeypatch, kind):
+    """Before: `result: exit-code, exit status 1` first, the reason in the 4th of 8 journal lines
+    (5 of them PID 1's), and Slack's text had `-&gt;` for `->`."""
+    secret = robot.secret if kind in ("dingtalk", "feishu") else ""
+    channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    assert alert.deliver(channel, [failed_settle_event(monkeypatch)], log=lambda _: None)
+    paragraphs = _message_text(kind, robot.accepted[0]).split("\n\n")
+    assert paragraphs[0].strip("*") == "deployer: job settle FAILED on cron01"
+    assert paragraphs[1] == "settle on cron01, slot 2026-11-24T07:00:00Z: status 500 not expected"
+    assert "POST http://svc/settle -> 500 in 0.01s" in paragraphs[3], "the arrow reads as written"
+    assert paragraphs[-1].startswith("result: exit-code, exit status 1, at ")
+    text = "\n\n".join(paragraphs)
+    assert not [line for line in BOILERPLATE if line in text], "systemd's boilerplate in the message"
+    assert "forged" not in text and "FAILED (status 500 not expected) in 0.01s" not in text
+
+
+def test_issue24_5_a_killed_run_leads_with_pid1s_reason(robot, monkeypatch):
+    channel = channels.Channel("ops", "slack", token=robot.token, endpoint=robot.endpoint("slack"))
+    assert alert.deliver(channel, [failed_settle_event(monkeypatch, killed=True)], log=lambda _: None)
+    paragraphs = robot.accepted[0]["text"].split("\n\n")
+    assert paragraphs[1] == "settle on cron01, slot unknown (the run wrote no record): signal (killed, signal KILL)"
+    assert paragraphs[-1].startswith("result: signal, signal KILL, at ")
+
+
+def test_issue24_5_the_webhook_document_is_typed(robot, monkeypatch):
+    channel = channels.Channel("ops", "webhook", token=robot.token, endpoint=robot.endpoint("webhook"))
+    failed, killed = failed_settle_event(monkeypatch), failed_settle_event(monkeypatch, killed=True)
+    version1 = {**EVENT, "job": "queued-before-the-upgrade"}  # exit_status "1", no reason, slot or signal
+    assert alert.deliver(channel, [failed], log=lambda _: None)
+    assert alert.deliver(channel, [version1, killed], log=lambda _: None)
+    one, merged = robot.accepted
+    assert {key: one[key] for key in ("version", "kind", "job", "host", "slot", "reason", "result", "exit_status",
+                                      "signal", "invocation")} == {
+        "version": 2, "kind": "failed", "job": "settle", "host": "cron01", "slot": "2026-11-24T07:00:00Z",
+        "reason": "status 500 not expected", "result": "exit-code", "exit_status": 1, "signal": None,
+        "invocation": INVOCATION}
+    assert one["lines"][-1] == "job settle: FAILED (status 500 not expected)"
+    assert one["events"] == [{k: v for k, v in one.items() if k not in ("version", "title", "text", "events")}]
+    assert [(e["job"], e["exit_status"], e["signal"], e["reason"]) for e in merged["events"]] == [
+        ("queued-before-the-upgrade", 1, None, "exit-code"), ("settle", None, "KILL", "signal (killed, signal KILL)")]
+    assert merged["job"] == "settle", "the top level is the last event, as in version 1"
+    for document in (one, merged):
+        assert list(document)[:3] == ["version", "title", "text"]
+        assert all(list(e) == list(channels.EVENT_FIELDS[e["kind"]]) for e in document["events"])
+
+
+def test_issue24_5_every_webhook_field_is_documented():
+    """docs/alerts.md has a table row for every field of the document and of each event kind."""
+    doc = (REPO / "docs" / "alerts.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    fields = {"version", "title", "text", "events"} | {f for names in channels.EVENT_FIELDS.values() for f in names}
+    assert fields - rows == set(), "fields of the webhook document missing from docs/alerts.md"

@@ -42,6 +42,8 @@ def test_the_shipped_rules_pass_their_tests(tmp_path):
 
 @pytest.mark.parametrize("before, after", [
     pytest.param("expr: deployer_job_last_success == 0", "expr: deployer_job_last_success == 1", id="failed"),
+    pytest.param(" unless on(deployer_host, deployer_job) deployer_job_paused == 1\n", "\n",
+                 id="failed-ignores-pause"),
     pytest.param("* 1.1 + 300", "* 2 + 300", id="missed-grace"),
     pytest.param("unless deployer_job_paused == 1\n", "\n", id="missed-ignores-pause"),
     pytest.param("2 * avg_over_time", "20 * avg_over_time", id="running-long"),

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 from . import paths
 from .cli import EXIT_FENCED
-from .journal import FailedRun, journal_failed_runs, run_lines
-from .channels import CHANNEL_TYPES, Channel, build_outbound
+from .journal import FailedRun, RunAccount, journal_failed_runs, run_account
+from .channels import CHANNEL_TYPES, Channel, build_outbound, exit_number
 from .run import trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
@@ -52,7 +52,7 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         e = events[0]
         verb = ("recovered" if e.get("kind") == "recovered" else
                 "FENCED (its service answered a newer owner's epoch; the timer is stopped here)"
-                if str(e.get("exit_status")) == str(EXIT_FENCED) else "FAILED")
+                if exit_number(e) == EXIT_FENCED else "FAILED")
         title = f"deployer: job {escape(e['job'])} {verb} on {escape(e['host'])}"
     else:
         runs = [e for e in events if e.get("kind") != "held"]
@@ -70,12 +70,24 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         if e.get("kind") == "recovered":
             parts.append(f"succeeded again at {escape(e['time'])}")
             continue
-        parts.append(escape(f"{e.get('method', '')} {e.get('url', '')}".strip()))
-        parts.append(f"result: {escape(e['result'])}, exit status {escape(e['exit_status'])}, at {escape(e['time'])}"
-                     + (f", run {escape(e['invocation'])}" if e.get("invocation") else ""))
+        # What an operator reads first: which run (job, host, slot) and why; then its own lines.
+        slot = f"slot {escape(e['slot'])}" if e.get("slot") else "slot unknown (the run wrote no record)"
+        parts.append((f"{escape(e['job'])} on {escape(e['host'])}, " if len(events) == 1 else "")
+                     + f"{slot}: {escape(e.get('reason') or e['result'])}")
         lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
         parts += [f"> {escape(line[:200])}" for line in lines]
+        parts.append(escape(f"{e.get('method', '')} {e.get('url', '')}".strip()))
+        parts.append(f"result: {escape(e['result'])}{escape(ended(e))}, at {escape(e['time'])}"
+                     + (f", run {escape(e['invocation'])}" if e.get("invocation") else ""))
     return title, "\n\n".join(parts)
+
+
+def ended(event: dict) -> str:
+    """How the run's process ended, for the message: `, exit status 1`, `, signal KILL` or nothing."""
+    if event.get("signal"):
+        return f", signal {event['signal']}"
+    number = exit_number(event)
+    return "" if number is None else f", exit status {number}"
 
 
 def _held_paragraphs(e: dict, escape: Callable[[str], str], named: bool) -> list:
@@ -109,7 +121,7 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
             held += _held_paragraphs(e, escape, True)
             continue
         key = "succeeded again" if e.get("kind") == "recovered" else \
-            f"failed: {escape(e['result'])}, exit status {escape(e['exit_status'])}"
+            f"failed: {escape(e['result'])}{escape(ended(e))}"
         groups.setdefault(key, {}).setdefault(escape(e["job"]), 0)
         groups[key][escape(e["job"])] += 1
     paragraphs = list(held)
@@ -185,7 +197,7 @@ def deliver(channel: Channel, events: list, log: Callable[[str], None] = print,
 def _deliver_one(channel: Channel, title: str, text: str, events: list, log: Callable[[str], None],
                  sleep: Callable[[float], None]) -> bool:
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
-        outbound = build_outbound(channel, title, text, events[-1], time.time())
+        outbound = build_outbound(channel, title, text, events, time.time())
         body = json.dumps(outbound.json).encode()
         try:
             status, answer = _post(outbound.url, outbound.params, body, {
@@ -453,8 +465,8 @@ def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: O
     return journal_failed_runs(_systemd(), unit, since, boot, after)
 
 
-def lines_of(invocation: str) -> list:
-    return run_lines(_systemd(), invocation, MAX_LINES)
+def account_of(invocation: str, fallback: str) -> RunAccount:
+    return run_account(_systemd(), invocation, MAX_LINES, fallback)
 
 
 def _systemd():
@@ -469,18 +481,31 @@ def monitored_run(job: str) -> Optional[FailedRun]:
     if not invocation:
         return None
     return FailedRun(paths.job_unit(job, "service"), invocation, os.environ.get("MONITOR_SERVICE_RESULT", "unknown"),
-                     os.environ.get("MONITOR_EXIT_STATUS", "?"), int(time.time() * 1e6))
+                     os.environ.get("MONITOR_EXIT_STATUS", "?"), int(time.time() * 1e6),
+                     exit_code=os.environ.get("MONITOR_EXIT_CODE", ""))
+
+
+def failed_event(*, job: str, host: str, slot: Optional[str], reason: str, method: str, url: str, result: str,
+                 exit_status: Optional[int], signal: Optional[str], time: str, invocation: str,
+                 lines: "list[str]") -> dict:
+    """A failed run as an alert event: every field, typed as the webhook document has it
+    (docs/alerts.md). The one place an event of kind "failed" is made."""
+    return {"kind": "failed", "job": job, "host": host, "slot": slot, "reason": reason, "method": method,
+            "url": url, "result": result, "exit_status": exit_status, "signal": signal, "time": time,
+            "invocation": invocation, "lines": list(lines)}
 
 
 def failed_run_event(job: str, host: str, run: Optional[FailedRun] = None) -> dict:
-    """One failed run as an alert event: systemd's record of it and the run's journal lines."""
+    """One failed run as an alert event: its record's slot and reason (PID 1's for a run that
+    wrote none), how systemd saw it end, and the run's own last lines."""
     run = run or monitored_run(job) or FailedRun(paths.job_unit(job, "service"), "", "unknown", "?",
                                                  int(time.time() * 1e6))
     method, url = job_request(job)
-    return {"kind": "failed", "job": job, "host": host, "method": method, "url": url,
-            "result": run.result, "exit_status": run.exit_status,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.realtime / 1e6)),
-            "invocation": run.invocation, "lines": lines_of(run.invocation)}
+    account = account_of(run.invocation, run.result)
+    return failed_event(job=job, host=host, slot=account.slot, reason=account.reason, method=method, url=url,
+                        result=run.result, exit_status=run.exit_number, signal=run.signal,
+                        time=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.realtime / 1e6)),
+                        invocation=run.invocation, lines=list(account.lines))
 
 
 def job_request(job: str) -> tuple[str, str]:

@@ -55,16 +55,26 @@ def plain(markdown: str) -> str:
 # A message is our markup around data (job names, URLs, the run's journal lines with the body
 # excerpt of a service): the data goes through its channel's `escape` so that it stays text,
 # never a mention, a link, an image or markup. Newlines in data become spaces everywhere: a line
-# of data must not start a block (a heading, a quote, a link definition) of its own.
+# of data must not start a block (a heading, a quote, a link definition) of its own. A `>` is
+# markup only where it opens a quote (at the start of a line) or closes a `<...>`, which no
+# escaped data holds: elsewhere it stays itself, so `POST URL -> 500` reads as written.
 
 
 def _one_line(text: str) -> str:
     return re.sub(r"[\r\n\u2028\u2029]+", " ", str(text))
 
 
+def _quote_opener(text: str, escaped: str) -> str:
+    """`text` with a leading `>` (a quote where the data starts a line) replaced by `escaped`."""
+    return re.sub(r"^(\s*)>", lambda m: m.group(1) + escaped, text)
+
+
 def slack_escape(text: str) -> str:
-    """Slack's three control characters (`<!channel>`, `<@U123>`, `<http://x|text>` links)."""
-    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack's control characters: every `&` and `<` (`<!channel>`, `<@U123>`, `<http://x|text>`
+    links all need one); a `>` only where it would open a quote, since with every `<` escaped no
+    `>` can close anything. (An `&gt;` in the middle of a line is shown as such by Slack-compatible
+    receivers and notification previews: `->` came out as `-&gt;`.)"""
+    return _quote_opener(_one_line(text).replace("&", "&amp;").replace("<", "&lt;"), "&gt;")
 
 
 _MARKDOWN = re.compile(r"([\\`*_\[\]()!#|~])")
@@ -73,16 +83,16 @@ _MARKDOWN = re.compile(r"([\\`*_\[\]()!#|~])")
 def markdown_escape(text: str) -> str:
     """DingTalk and WeCom markdown: every character that opens markup (`[text](url)` links,
     `![](img)` images, emphasis, code, headings, tables) gets a backslash, so that no `](` or
-    `![` survives even where a renderer ignores backslashes; `<` and `>` (HTML, WeCom's
-    `<@userid>` mentions, `<font>`) become their fullwidth look-alikes, which no renderer reads
-    as a tag."""
-    return _MARKDOWN.sub(r"\\\1", _one_line(text)).replace("<", "\uff1c").replace(">", "\uff1e")
+    `![` survives even where a renderer ignores backslashes; `<` (HTML, WeCom's `<@userid>`
+    mentions, `<font>`) becomes its fullwidth look-alike, which no renderer reads as a tag, and a
+    `>` that would open a quote gets a backslash."""
+    return _quote_opener(_MARKDOWN.sub(r"\\\1", _one_line(text)).replace("<", "\uff1c"), "\\>")
 
 
 def feishu_escape(text: str) -> str:
-    """Feishu text messages read `<at user_id="all"></at>` as a mention of everyone: `<` and
-    `>` become their fullwidth look-alikes."""
-    return _one_line(text).replace("<", "\uff1c").replace(">", "\uff1e")
+    """Feishu text messages read `<at user_id="all"></at>` as a mention of everyone: `<` becomes
+    its fullwidth look-alike (no tag opens, so a `>` closes none)."""
+    return _one_line(text).replace("<", "\uff1c")
 
 
 def webhook_escape(text: str) -> str:
@@ -139,7 +149,7 @@ def feishu_sign(secret: str, timestamp_s: int) -> str:
 # --- the messages --------------------------------------------------------------------------
 
 
-def _dingtalk(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+def _dingtalk(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     params = {"access_token": channel.token}
     if channel.secret:
         stamp = int(now * 1000)
@@ -148,12 +158,12 @@ def _dingtalk(channel: Channel, endpoint: str, title: str, text: str, event: dic
     return Outbound(endpoint, params, body, {}, _by_code("errcode"))
 
 
-def _wecom(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+def _wecom(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     return Outbound(endpoint, {"key": channel.token}, {"msgtype": "markdown", "markdown": {"content": text}},
                     {}, _by_code("errcode"))
 
 
-def _feishu(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+def _feishu(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     body: dict = {"msg_type": "text", "content": {"text": plain(text)}}
     if channel.secret:
         stamp = int(now)
@@ -161,13 +171,55 @@ def _feishu(channel: Channel, endpoint: str, title: str, text: str, event: dict,
     return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, body, {}, _by_code("code"))
 
 
-def _slack(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+def _slack(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     return Outbound(endpoint.rstrip("/") + "/" + channel.token, {}, {"text": plain(text)}, {}, by_slack_ok)
 
 
-def _webhook(channel: Channel, endpoint: str, title: str, text: str, event: dict, now: float) -> Outbound:
+# The webhook document's version: 2 added `version`, `reason`, `slot`, `signal` and `events`,
+# and made `exit_status` a number (or null) where version 1 (no `version` field) had text.
+WEBHOOK_VERSION = 2
+# Every field of an event, by kind, in the document's order (docs/alerts.md describes each).
+EVENT_FIELDS = {
+    "failed": ("kind", "job", "host", "slot", "reason", "method", "url", "result", "exit_status", "signal", "time",
+               "invocation", "lines"),
+    "recovered": ("kind", "job", "host", "time"),
+    "held": ("kind", "host", "since", "time", "down_for", "lease", "reason"),
+}
+
+
+def exit_number(event: dict) -> Optional[int]:
+    """An event's exit status as a number (an event queued by an earlier version has it as text)."""
+    status = event.get("exit_status")
+    if isinstance(status, bool):
+        return None
+    if isinstance(status, int):
+        return status
+    return int(status) if isinstance(status, str) and status.isdigit() and not event.get("signal") else None
+
+
+def typed_event(event: dict) -> dict:
+    """An event as the webhook document carries it: its kind's fields, each of its type, in
+    order (an event queued by an earlier version lacks some and has `exit_status` as text)."""
+    kind = event.get("kind", "failed")
+    typed = {name: event.get(name) for name in EVENT_FIELDS.get(kind, EVENT_FIELDS["failed"])}
+    if kind == "failed":
+        typed["exit_status"] = exit_number(event)
+        typed["reason"] = event.get("reason") or str(event.get("result") or "")
+        typed["lines"] = [str(line) for line in event.get("lines") or []]
+        typed["invocation"] = str(event.get("invocation") or "")
+    return typed
+
+
+def webhook_document(title: str, text: str, events: list) -> dict:
+    """What a `webhook` channel POSTs (docs/alerts.md): the message, the last event's fields at
+    the top (as version 1 had them), and every event the message reports in `events`."""
+    typed = [typed_event(event) for event in events]
+    return {"version": WEBHOOK_VERSION, "title": title, "text": plain(text), **typed[-1], "events": typed}
+
+
+def _webhook(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     headers = {"Authorization": f"Bearer {channel.token}"} if channel.token else {}
-    return Outbound(endpoint, {}, {"title": title, "text": plain(text), **event}, headers, by_status)
+    return Outbound(endpoint, {}, webhook_document(title, text, events), headers, by_status)
 
 
 @dataclass(frozen=True)
@@ -190,7 +242,7 @@ CHANNEL_TYPES = {t.name: t for t in (
 )}
 
 
-def build_outbound(channel: Channel, title: str, text: str, event: dict, now: float) -> Outbound:
-    """The request for one message on one channel."""
+def build_outbound(channel: Channel, title: str, text: str, events: list, now: float) -> Outbound:
+    """The request for one message on one channel, about `events` (the webhook carries them)."""
     kind = CHANNEL_TYPES[channel.type]
-    return kind.build(channel, channel.endpoint or kind.endpoint, title, text, event, now)
+    return kind.build(channel, channel.endpoint or kind.endpoint, title, text, events, now)

@@ -131,11 +131,12 @@ def main(argv: Optional[list] = None) -> int:
         return EXIT_FENCED
     channel = inline_channel(args)
     if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
-        event = {"kind": "failed", "job": spec.name, "host": args.host_name, "method": spec.method,
-                 "url": redact_url(spec.url), "result": result.reason, "exit_status": EXIT_FAILED,
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lines": []}
-        from .alert import deliver
+        from .alert import deliver, failed_event
 
+        event = failed_event(job=spec.name, host=args.host_name, slot=the_slot.name, reason=result.reason,
+                             method=spec.method, url=redact_url(spec.url), result=result.result,
+                             exit_status=EXIT_FAILED, signal=None, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             invocation=run_id, lines=[])
         deliver(channel, [event], log=log)
     return EXIT_FAILED
 

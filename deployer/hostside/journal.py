@@ -68,11 +68,7 @@ def killed_reason(failed, exited):
     reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
     code, status = entry_text((exited or {}).get("EXIT_CODE")), entry_text((exited or {}).get("EXIT_STATUS"))
     if code in ("killed", "dumped"):
-        try:  # PID 1 logs the number (9); people know the name (KILL)
-            status = signal.Signals(int(status)).name[3:]
-        except ValueError:
-            pass
-        reason += " (%s, signal %s)" % (code, status)
+        reason += " (%s, signal %s)" % (code, signal_name(status))
     elif code:
         reason += " (exit status %s)" % status
     return reason
@@ -179,6 +175,28 @@ class FailedRun:
     realtime: int  # microseconds since the epoch
     boot: str = ""
     cursor: str = ""  # of PID 1's "failed" entry: where the next lookup starts
+    exit_code: str = ""  # PID 1's EXIT_CODE: exited | killed | dumped ("": not known)
+
+    @property
+    def exit_number(self) -> Optional[int]:
+        """The main process's exit status when it exited (None when a signal ended it, or unknown)."""
+        return int(self.exit_status) if self.exit_code in ("exited", "") and self.exit_status.isdigit() \
+            and self.result != "signal" else None
+
+    @property
+    def signal(self) -> Optional[str]:
+        """The signal that ended the main process (`KILL`), None when it exited."""
+        if self.exit_code not in ("killed", "dumped"):
+            return None
+        return signal_name(self.exit_status)
+
+
+def signal_name(status: str) -> str:
+    """PID 1 logs a signal's number (9), $MONITOR_EXIT_STATUS its name (KILL): people know the name."""
+    try:
+        return signal.Signals(int(status)).name[3:]
+    except ValueError:
+        return status
 
 
 def parse_failed_runs(lines) -> list:
@@ -201,12 +219,12 @@ def failed_runs(entries) -> list:
         if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
             continue
         if entry.get("MESSAGE_ID") == record.UNIT_EXITED:
-            exits[entry["INVOCATION_ID"]] = str(entry.get("EXIT_STATUS", "?"))
+            exits[entry["INVOCATION_ID"]] = (str(entry.get("EXIT_STATUS", "?")), str(entry.get("EXIT_CODE", "")))
         elif entry.get("MESSAGE_ID") == record.UNIT_FAILED and entry.get("UNIT"):
             failed.append(entry)
     return [FailedRun(e["UNIT"], e["INVOCATION_ID"], str(e.get("UNIT_RESULT", "unknown")),
-                      exits.get(e["INVOCATION_ID"], "?"), int(e.get("__REALTIME_TIMESTAMP", 0)), e.get("_BOOT_ID", ""),
-                      str(e.get("__CURSOR", "")))
+                      exits.get(e["INVOCATION_ID"], ("?", ""))[0], int(e.get("__REALTIME_TIMESTAMP", 0)),
+                      e.get("_BOOT_ID", ""), str(e.get("__CURSOR", "")), exits.get(e["INVOCATION_ID"], ("?", ""))[1])
             for e in failed]
 
 
@@ -227,13 +245,42 @@ def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = N
     return failed_runs(systemd.journal_entries(args))
 
 
-def run_lines(systemd, invocation: str, last: int) -> list:
-    """The run's own journal lines (the trigger's log, and PID 1's about it), the `last` ones."""
+@dataclass(frozen=True)
+class RunAccount:
+    """What a failed run's alert says of it: the slot and the reason first, then its last lines."""
+
+    slot: Optional[str]  # `2026-12-01T02:00:00Z` or `manual-<run id>`; None: the run wrote no record
+    reason: str
+    lines: tuple
+
+
+def run_account(systemd, invocation: str, last: int, fallback: str = "failed") -> RunAccount:
+    """A run's account from its journal entries (one read): the slot and reason of its record
+    (the trigger's verdict), or PID 1's when it wrote none (killed: `timeout (killed, signal
+    KILL)`); and the last `last` lines the run itself wrote. PID 1's lines about the run
+    ("Starting", "Main process exited", "Failed with result", "Consumed 95ms CPU time") are
+    left out: the reason says what they say. Only entries journald tied to the run count
+    (`_SYSTEMD_INVOCATION_ID`, `_PID=1`): a local user can send an entry with any INVOCATION_ID=."""
     if not invocation:
-        return []
+        return RunAccount(None, fallback, ())
     entries = systemd.journal_entries([f"_SYSTEMD_INVOCATION_ID={invocation}", "+", f"INVOCATION_ID={invocation}"])
-    texts = (entry_text(e.get("MESSAGE")) for e in entries)
-    return [text for text in texts if text.strip()][-last:]
+    own = [e for e in entries if isinstance(e, dict) and e.get("_SYSTEMD_INVOCATION_ID") == invocation
+           and e.get("_PID") != "1"]
+    finished = None
+    for entry in own:
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and record.sent_by_the_job(entry):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                finished = record.RunRecord.from_journal(entry)
+    # The record's own MESSAGE repeats the trigger's last line: left out too.
+    texts = [entry_text(e.get("MESSAGE")) for e in own if e.get("MESSAGE_ID") != record.RUN_FINISHED]
+    lines = tuple(text for text in texts if text.strip())[-last:] if last else ()
+    if finished is not None:
+        return RunAccount(finished.key.split("/", 1)[1] if "/" in finished.key else None,
+                          finished.reason or finished.result, lines)
+    pid1 = {e.get("MESSAGE_ID"): e for e in entries if isinstance(e, dict) and e.get("_PID") == "1"
+            and e.get("INVOCATION_ID") == invocation}
+    failed = pid1.get(record.UNIT_FAILED)
+    return RunAccount(None, killed_reason(failed, pid1.get(record.UNIT_EXITED)) if failed else fallback, lines)
 
 
 # What the metrics collector asks of a record (`--output-fields`), and who sent it.

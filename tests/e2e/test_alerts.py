@@ -86,6 +86,16 @@ def test_each_failed_run_gives_exactly_one_signed_alert(shared_cron01, server, r
     assert "code is 1, expected 0" in texts["business"]
     assert "timed out after 2s" in texts["slow"]
     assert f"POST {server.url('/retry')}" in texts["retry"]
+    # Issue 24 item 5: job, host, slot and reason lead; then the run's own lines, systemd's left out.
+    reasons = {"e500": "status 500 not expected", "business": "code is 1, expected 0",
+               "slow": "timed out after 2s", "retry": "status 503 not expected"}
+    for name, text in texts.items():
+        lead = text.split("\n\n")[1]
+        assert re.fullmatch(rf"{name} on cron01, slot manual-[0-9a-f]{{32}}: (.*)", lead), lead
+        assert reasons[name] in lead, lead
+        for boilerplate in ("Main process exited", "Failed with result", "Failed to start", "CPU time", "Starting"):
+            assert boilerplate not in text, f"{boilerplate!r} in the alert of {name}:\n{text}"
+    assert f"POST {server.url('/e500')} -> 500" in texts["e500"], "the arrow reads as written"
     assert len(server.received("/retry")) == 3, "retries = 2 means three attempts"
     assert len(server.received("/fine")) == 1
 
@@ -101,7 +111,9 @@ def test_a_killed_run_still_alerts(shared_cron01, server, robot, deployer, write
     messages = robot.wait_accepted(1)
     wait_alert_units_idle(shared_cron01)
     assert len(messages) == 1 and "doomed FAILED" in messages[0]["markdown"]["title"]
-    assert "result: signal" in messages[0]["markdown"]["text"]
+    assert "result: signal, signal KILL" in messages[0]["markdown"]["text"]
+    assert messages[0]["markdown"]["text"].split("\n\n")[1].replace("\\", "") == \
+        "doomed on cron01, slot unknown (the run wrote no record): signal (killed, signal KILL)"  # markdown-escaped
 
 
 def test_secrets_never_reach_units_systemctl_show_or_the_journal(shared_cron01, server, robot, deployer, write_inventory):

@@ -135,4 +135,4 @@ sign_secret = ${{T_SIGN}}
             for start in range(len(secret) - 6):  # nor 7 characters of it
                 assert secret[start:start + 7] not in text, f"{secret} leaked into {where}"
     assert "Authorization: ***" in ran.stdout and "Authorization: ***" in messages[0]
-    assert "<!channel>" not in messages[0] and "&lt;!channel&gt;" in messages[0], "Slack markup went out raw"
+    assert "<!channel>" not in messages[0] and "&lt;!channel>" in messages[0], "Slack markup went out raw"

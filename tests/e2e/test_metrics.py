@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -26,6 +27,7 @@ from tests.httpserver import Reply, json_reply
 pytestmark = pytest.mark.e2e
 
 RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus" / "deployer-rules.yml"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "deployer-dashboard.json"
 TEXTFILE = f"{paths.METRICS_DIR}/{paths.METRICS_FILE}"
 # Heartbeat every minute: 75 s without one is stale for the test (180 s shipped).
 SHORTER = {"[1d]) > 180": "[1d]) > 75", "        for: 2m\n": "        for: 0s\n"}
@@ -107,11 +109,21 @@ class Prometheus:
         with urllib.request.urlopen(url, timeout=5) as answer:
             document = json.load(answer)
         assert document["status"] == "success", document
-        return document["data"]["result"] if "result" in document["data"] else document["data"]["alerts"]
+        data = document["data"]
+        if isinstance(data, list):  # /api/v1/series
+            return data
+        return data["result"] if "result" in data else data["alerts"]
 
     def query(self, expression: str) -> dict:
         """{deployer_job (or None): value} of an instant vector."""
         return {r["metric"].get("deployer_job"): float(r["value"][1]) for r in self.api("query", query=expression)}
+
+    def label_values(self, variable_query: str) -> list:
+        """Grafana's `label_values(SELECTOR, LABEL)` as Prometheus answers it (/api/v1/series)."""
+        match = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable_query)
+        assert match, f"not a label_values() query: {variable_query}"
+        series = self.api("series", **{"match[]": match.group(1)})
+        return sorted({s[match.group(2)] for s in series if match.group(2) in s})
 
     def firing(self, name: str) -> list:
         return [a["labels"] for a in self.api("alerts") if a["labels"]["alertname"] == name and a["state"] == "firing"]
@@ -197,11 +209,99 @@ def test_prometheus_scrapes_the_jobs_and_the_rules_fire(cron01, server, deployer
     assert [(a["deployer_job"], a["deployer_host"]) for a in firing] == [("bad", "cron01")]
     assert prometheus.firing("DeployerHeartbeatStale") == [] and prometheus.firing("DeployerNodeExporterDown") == []
 
+    # The Grafana dashboard (docs/grafana/): a run by its timer (the lateness panel's only kind)
+    # and a failure while Prometheus watches, then every panel's query against this Prometheus.
+    path = push_with_a_run_due_soon(cron01, server, deployer, write_inventory)
+    deployer("run", "bad", "-i", path, check=False)
+    wait_for(lambda: prometheus.query("deployer_job_runs_total").get("once") == 1
+             and prometheus.query("deployer_job_failures_total").get("bad") == 2, 90, "once's and bad's runs scraped")
+    check_the_dashboard(prometheus)
+
+    # docs/runbooks/pause.md: pausing the failing job quiets its page.
+    deployer("pause", "bad", "-i", path, check=True)
+    wait_for(lambda: prometheus.query("deployer_job_paused").get("bad") == 1, 30, "bad paused, scraped")
+    wait_for(lambda: prometheus.firing("DeployerJobFailed") == [], 30, "DeployerJobFailed resolved by the pause")
+    assert prometheus.query("deployer_job_last_success")["bad"] == 0, "still failed: the pause, not a success, quieted it"
+    assert dashboard_query(prometheus, "Failing now") == {None: 0}
+
     cron01.stop()  # the host dies: node_exporter with it, the heartbeat stops
     down = wait_for(lambda: prometheus.firing("DeployerNodeExporterDown"), 20, "DeployerNodeExporterDown")
     assert down[0]["job"] == "node"
     stale = wait_for(lambda: prometheus.firing("DeployerHeartbeatStale"), 120, "DeployerHeartbeatStale")
     assert [a["deployer_host"] for a in stale] == ["cron01"]
+
+
+def push_with_a_run_due_soon(host, server, deployer, write_inventory) -> str:
+    """Push the jobs plus `once`, whose timer fires 20 s after the push began (pushed again with
+    a later time when a loaded machine ends the push after it: a time already past never fires)."""
+    for _ in range(5):
+        soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=20)
+        path = write_inventory(jobs_inventory(host, server) + f"""
+[job:once]
+on_calendar = {soon:%Y-%m-%d %H:%M:%S} UTC
+url = {server.url('/good')}
+""")
+        deployer("push", "-i", path, check=True)
+        if time.time() < soon.timestamp():
+            return path
+    raise AssertionError("five pushes each ended after the time they gave the `once` job")
+
+
+def dashboard_targets() -> list:
+    """[(panel title, refId, expr)] of docs/grafana/deployer-dashboard.json."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["refId"], target["expr"]) for panel in dashboard["panels"]
+            for target in panel["targets"]]
+
+
+def grafana_expr(expr: str, host: str) -> str:
+    """An expr as Grafana sends it: the host variable at one host, the job variable at All
+    (its allValue), Grafana's intervals at widths that hold the whole test."""
+    for variable, value in (("$__rate_interval", "10m"), ("$__range", "1h"), ("$host", host), ("$job", ".*")):
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"a variable the test does not know: {expr}"
+    return expr
+
+
+def dashboard_query(prometheus, title: str, ref: str = "A") -> dict:
+    [expr] = [expr for t, r, expr in dashboard_targets() if (t, r) == (title, ref)]
+    return prometheus.query(grafana_expr(expr, "cron01"))
+
+
+def check_the_dashboard(prometheus) -> None:
+    """Every query of the dashboard returns the series its panel is meant to show. Here: `good`
+    ran once and `bad` twice by hand (its second run, a failure, while Prometheus watched),
+    `once` by its timer, `sleepy` (paused) never."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: prometheus.label_values(v["query"]["query"].replace("$host", "cron01"))
+                 for v in dashboard["templating"]["list"]}
+    assert variables == {"host": ["cron01"], "job": ["bad", "good", "once", "sleepy"]}
+
+    def runs(values):
+        return set(values) == {"good", "bad", "once", "sleepy"} and values["bad"] > 0 and values["sleepy"] == 0
+
+    def failures(values):
+        return set(values) == {"good", "bad", "once", "sleepy"} and values["bad"] > 0 \
+            and values["good"] == values["once"] == 0
+
+    meant = {  # (panel, refId) -> what its query must return now
+        ("Failing now", "A"): lambda values: values == {None: 1},  # bad (not paused yet)
+        ("Heartbeat age", "A"): lambda values: set(values) == {None} and 0 <= values[None] < 180,
+        ("Last result", "A"): lambda values: values == {"good": 1, "bad": 0, "once": 1},
+        ("Runs", "A"): runs,
+        ("Failures", "A"): failures,
+        # Only a run its timer started has a slot: `once`, started at or after it.
+        ("Lateness of the last scheduled run", "A"): lambda values: set(values) == {"once"} and values["once"] >= 0,
+        ("Duration of the last run", "A"): lambda values: set(values) == {"good", "bad", "once"}
+        and all(v > 0 for v in values.values()),
+        ("Duration of the last run", "B"): lambda values: values == {"good": 45, "bad": 60, "once": 60},
+    }
+    targets = dashboard_targets()
+    assert {(title, ref) for title, ref, _ in targets} == set(meant), "a panel query without a check here"
+    for title, ref, expr in targets:
+        values = prometheus.query(grafana_expr(expr, "cron01"))
+        assert meant[title, ref](values), f"panel {title!r} ({ref}): {grafana_expr(expr, 'cron01')} -> {values}"
+        assert prometheus.query(grafana_expr(expr, "elsewhere")) in ({}, {None: 0}), f"{title}: the host filter"
 
 
 def test_status_json_and_the_metrics_agree(shared_cron01, server, deployer, write_inventory):
