@@ -734,6 +734,8 @@ def export_k8s(inventory_path, image, namespace, skip_unexpressible, suspend):
     click.echo(k8s.render_yaml(inv, manifests, skipped, namespace), nl=False)
     for item in skipped:
         click.echo(f"deployer: warning: skipped {item.job}: {item.reason}", err=True)
+    for warning in k8s.loopback_warnings(inv):
+        click.echo(f"deployer: warning: {printable(warning)}", err=True)
 
 
 if __name__ == "__main__":
