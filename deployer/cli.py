@@ -213,22 +213,28 @@ def _check_zone_option(zone: str) -> None:
 
 @main.command(epilog=EPILOG)
 @inventory_option
-@click.option("--out", type=click.Path(file_okay=False), help="Write the units into DIR instead of stdout.")
-def render(inventory_path, out):
-    """Show (or write) the unit files push would install, for every job (credentials never)."""
-    from .render import host_files
+@host_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Write the units into DIR instead of stdout (into DIR/HOST/ when several hosts).")
+def render(inventory_path, host_name, out):
+    """Show (or write) the unit files push would install, for every host or --host (credentials never)."""
+    from .render import preview_files
 
     inv = Options(inventory_path).inventory()
-    files = [f for host in inv.hosts for f in host_files(inv, host.name) if not f.secret]
+    hosts = [_host_name(inv, host_name)] if host_name else [h.name for h in inv.hosts]
+    files = preview_files(inv, hosts)
     if out:
-        os.makedirs(out, exist_ok=True)
-        for f in files:
-            with open(os.path.join(out, f.name), "wb") as handle:
+        for relative, f in files:
+            target = os.path.join(out, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as handle:
                 handle.write(f.content)
-        click.echo(f"wrote {len(files)} unit files to {out}")
+        per_host = f" ({', '.join(hosts)}: one directory each)" if len(hosts) > 1 else ""
+        click.echo(f"wrote {len(files)} unit files to {out}{per_host}")
         return
-    for f in files:
-        click.echo(f"# ---- {f.path}")
+    for relative, f in files:
+        where = f"{relative.split('/')[0]}:" if len(hosts) > 1 else ""
+        click.echo(f"# ---- {where}{f.path}")
         click.echo(f.content.decode(), nl=False)
 
 

@@ -349,3 +349,45 @@ def test_issue24_2_a_machine_or_owner_outside_its_rule_is_refused(fleet, field, 
     answer = StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), **{field: value})
     text, _ = fleet({"cron01": answer, "cron02": StatusAnswer()})
     assert text.exit_code == 1 and "answer is not valid" in text.stderr and "\x1b" not in text.stdout + text.stderr
+
+
+# --- issue 24 item 7: render --out writes what it counts, per host; render --host ----------------
+
+TWO_HOSTS_ONE_CHANNEL = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
+                         "[alert:ops]\ntype = webhook\nendpoint = http://hook.example/x\n[defaults]\nalert = ops\n"
+                         "[job:a]\nschedule = 0 3 * * *\nurl = http://svc/a\nhost = cron01\n"
+                         "[job:b]\nschedule = 0 4 * * *\nurl = http://svc/b\nhost = cron02\n")
+
+
+def test_issue24_7_render_out_counts_the_files_it_wrote_and_each_host_gets_its_own(tmp_path):
+    """Before: `wrote 46 unit files` and 35 on disk: the hosts' units of one name overwrote each
+    other, leaving cron02's alert unit where cron01's belonged."""
+    path, out = tmp_path / "inventory.ini", tmp_path / "preview"
+    path.write_text(TWO_HOSTS_ONE_CHANNEL)
+    result = CliRunner().invoke(cli.main, ["render", "-i", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert result.output == f"wrote {len(written)} unit files to {out} (cron01, cron02: one directory each)\n"
+    for host, job, other in (("cron01", "a", "b"), ("cron02", "b", "a")):
+        alert = (out / host / "deployer-alert-ops@.service").read_text()
+        other_host = "cron02" if host == "cron01" else "cron01"
+        assert f'"--host-name" "{host}"' in alert and f'"--host-name" "{other_host}"' not in alert
+        assert (out / host / f"deployer-{job}.timer").is_file() and not (out / host / f"deployer-{other}.timer").exists()
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_issue24_7_render_host_renders_that_hosts_units_only(tmp_path, where):
+    """Before: `No such option: --host`."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(TWO_HOSTS_ONE_CHANNEL)
+    args = ["render", "-i", str(path), "--host", "cron02"] if where == "after" else \
+        ["--host", "cron02", "render", "-i", str(path)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    shown = [line.split()[-1] for line in result.output.splitlines() if line.startswith("# ---- ")]
+    assert "/etc/systemd/system/deployer-b.timer" in shown and "/etc/systemd/system/deployer-a.timer" not in shown
+    assert '"--host-name" "cron02"' in result.output and '"--host-name" "cron01"' not in result.output
+    out = tmp_path / "one"
+    result = CliRunner().invoke(cli.main, args + ["--out", str(out)])
+    assert result.output == f"wrote {len(list(out.iterdir()))} unit files to {out}\n"
+    assert (out / "deployer-b.timer").is_file()
