@@ -9,6 +9,7 @@ from typing import Optional
 
 import click
 
+from . import colour
 from .errors import DeployerError, JobFailed
 from .hostside.text import printable
 from .schedule import ScheduleError
@@ -261,33 +262,49 @@ def _names(jobs, limit: int = 0) -> str:
 @no_prune_option
 @click.option("--exit-code", "exit_code", is_flag=True,
               help=f"Exit {CHANGES_PENDING} when push would change something, 0 when not (for CI).")
-def plan(inventory_path, host_name, as_json, no_prune, exit_code):
-    """Connect and show, as a diff, what push would add, change and remove. Changes nothing.
+@click.option("--diff", "show_diff", is_flag=True, help="Also show each file's changes as a unified diff.")
+def plan(inventory_path, host_name, as_json, no_prune, exit_code, show_diff):
+    """Connect and show what push would add, change and remove: a summary, then a line per job
+    (and per host or channel unit). Changes nothing. --diff adds the files' diffs.
 
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import removed_jobs, render_diff, resend_notes, summary
+    from .plan import render_diff, resend_notes
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
-    the_plan, state = plan_push(inv, host_name, agent, contents=True, prune=not no_prune)
+    the_plan, state = plan_push(inv, host_name, agent, contents=show_diff, prune=not no_prune)
     if as_json:
         click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
     else:
-        click.echo(printable(render_diff(the_plan, state), newlines=True), nl=False)
-        click.echo(f"host {host_name}: {summary(the_plan)}")
-        doomed = removed_jobs(the_plan)
-        if doomed:
-            click.echo(f"host {host_name}: push would remove {len(doomed)} "
-                       f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
-        if state.held:
-            click.echo(f"host {host_name}: held ({_held_why(state.held)}): a push "
-                       f"releases it, and its jobs run again")
+        _print_plan(host_name, the_plan, inv.path, state.held)
+        if show_diff:
+            click.echo(colour.diff(printable(render_diff(the_plan, state), newlines=True)), nl=False)
         for note in resend_notes(inv.jobs_for(host_name)):
             click.echo(f"note: {note}")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
+
+
+# A push of thousands of jobs lists this many of each kind (added, changed, removed); plan lists all.
+PUSH_LISTS = 20
+
+
+def _print_plan(host_name: str, the_plan, inventory_path: str, held=None, limit: int = 0) -> None:
+    """What plan prints and push shows before it acts: the summary first, a line per job, then
+    what else push does (remove jobs, release a held host)."""
+    from .plan import change_lines, job_summary, removed_jobs, summary
+
+    click.echo(f"host {host_name}: {job_summary(the_plan)} (files: {summary(the_plan)})")
+    for line in change_lines(the_plan, os.path.basename(inventory_path), limit):
+        click.echo(colour.diff_line(printable(line)))
+    doomed = removed_jobs(the_plan)
+    if doomed:
+        click.echo(f"host {host_name}: push would remove {len(doomed)} "
+                   f"job{'s' if len(doomed) > 1 else ''} not in {inventory_path}: {_names(doomed, limit)}")
+    if held:
+        click.echo(f"host {host_name}: held ({_held_why(held)}): a push releases it, and its jobs run again")
 
 
 def _held_why(held) -> str:
@@ -295,32 +312,31 @@ def _held_why(held) -> str:
     return held.reason or f"was down {_duration(held.down_for_seconds)}"
 
 
-def _print_push(pushed, as_json: bool) -> None:
-    from .plan import jobs_of, summary
+def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
+    """What a push did. `announced`: its plan was shown before it acted (push does; move not)."""
+    from .plan import change_lines, jobs_of, summary
 
     if as_json:
         from .report import push_document
 
         click.echo(json.dumps(push_document(pushed), indent=2))
         return
-    for marker, files in (("+", pushed.plan.add), ("~", pushed.plan.change)):
-        for f in files:
-            click.echo(f"{marker} {f.name}")
-    for path in pushed.plan.remove:
-        click.echo(f"- {path.rsplit('/', 1)[-1]}")
+    if not announced:
+        for line in change_lines(pushed.plan, limit=PUSH_LISTS):
+            click.echo(colour.diff_line(printable(line)))
     for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
     removed, kept = jobs_of(pushed.plan.remove), jobs_of(pushed.plan.kept)
     if removed:
-        click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed)}")
+        click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed, PUSH_LISTS)}")
     if kept:
         click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
-                   f"(--no-prune): {_names(kept)}")
+                   f"(--no-prune): {_names(kept, PUSH_LISTS)}")
     if pushed.result and pushed.result.released:
         click.echo(f"host {pushed.host}: released: it held its jobs ({_held_why(pushed.result.released)}); "
                    "they run again")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
-    click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
+    click.echo(f"host {pushed.host}: {colour.result(verb)}: {summary(pushed.plan).replace('to ', '')}")
 
 
 def _ask_before_pruning(host_name: str, inventory_path: str, progress):
@@ -364,12 +380,19 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
     confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
+
+    def announce(the_plan, state) -> None:
+        """The plan, as `plan` shows it, before anything changes (and before push asks)."""
+        if not as_json:
+            progress.done()
+            _print_plan(host_name, the_plan, inv.path, state.held, limit=PUSH_LISTS)
+
     try:
         pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
-                             progress=progress.update, prune=not no_prune, confirm=confirm)
+                             progress=progress.update, prune=not no_prune, confirm=confirm, announce=announce)
     finally:
         progress.done()
-    _print_push(pushed, as_json)
+    _print_push(pushed, as_json, announced=not pushed.plan.is_noop)
 
 
 @main.command(epilog=EPILOG)

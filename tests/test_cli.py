@@ -179,7 +179,7 @@ def test_issue22_4_a_run_outside_its_vocabulary_is_refused(hostile, field, value
 
 # --- issue 22 item 14, issue 24 item 2: status shows what each host runs ----------------------
 
-from deployer.errors import RemoteError  # noqa: E402
+from deployer.errors import DeployerError, RemoteError  # noqa: E402
 from deployer.hostside.protocol import JobStatus, StatusAnswer  # noqa: E402
 
 MACHINE_A, MACHINE_B = "a" * 32, "b" * 32
@@ -391,3 +391,94 @@ def test_issue24_7_render_host_renders_that_hosts_units_only(tmp_path, where):
     result = CliRunner().invoke(cli.main, args + ["--out", str(out)])
     assert result.output == f"wrote {len(list(out.iterdir()))} unit files to {out}\n"
     assert (out / "deployer-b.timer").is_file()
+
+
+# --- issue 24 item 7: plan and push at scale: the summary first, a line per job, diffs on demand --
+
+from deployer import deploy  # noqa: E402
+from tests.test_agent import FakeSystemd  # noqa: E402
+
+
+def many_jobs(count: int, first: int = 0) -> str:
+    return "[host:cron01]\naddress = 10.0.0.1\n[defaults]\nretries = 0\n" + "".join(
+        f"[job:j{i:04d}]\nschedule = 0 3 * * *\nurl = http://svc/{i}\n" for i in range(first, count))
+
+
+@pytest.fixture
+def cron01(tmp_path, monkeypatch):
+    """One in-process host (the real agent against a temporary root); `run(inventory, *args)`
+    runs the CLI against it. -> (run, agent)."""
+    agent = remote.LocalAgent("cron01", str(tmp_path / "root"), FakeSystemd())
+    monkeypatch.setattr(cli, "_connect", lambda inv, host: agent)
+    path = tmp_path / "inventory.ini"
+
+    def run(inventory: str, *args: str, **kw):
+        path.write_text(inventory)
+        return CliRunner().invoke(cli.main, [*args, "-i", str(path)], **kw)
+
+    return run, agent
+
+
+def test_issue24_7_plan_of_three_new_jobs_is_a_summary_and_a_line_per_job(cron01):
+    """Before: 833 lines of diff with the summary last."""
+    run, _ = cron01
+    plan = run(many_jobs(3), "plan")
+    assert plan.exit_code == 0, plan.output
+    lines = plan.stdout.splitlines()
+    assert lines[0] == ("host cron01: 3 jobs to add, 0 to change, 0 to remove "
+                        "(files: 18 to add, 0 to change, 0 to remove, 0 unchanged)")
+    assert lines[1:4] == ["+ job j0000", "+ job j0001", "+ job j0002"]
+    assert "+ deployer-jobs.slice" in lines and len(lines) < 20
+    assert not [line for line in lines if line.startswith(("@@", "--- ", "+++ ", "+[Unit]"))]
+
+    with_diff = run(many_jobs(3), "plan", "--diff").stdout.splitlines()
+    assert with_diff[:len(lines)] == lines, "--diff adds the diffs after the same lines"
+    assert "+++ b/etc/systemd/system/deployer-j0000.timer" in with_diff and "+[Timer]" in with_diff
+
+
+def test_issue24_7_a_changed_and_a_removed_job_are_one_line_each(cron01):
+    run, _ = cron01
+    run(many_jobs(3), "push")
+    changed = many_jobs(2).replace("url = http://svc/1\n", "url = http://svc/1-new\n")
+    lines = run(changed, "plan").stdout.splitlines()
+    assert lines[0].startswith("host cron01: 0 jobs to add, 1 to change, 1 to remove (files: ")
+    assert lines[1:3] == ["~ job j0001 (deployer-j0001.service)", "- job j0002 (not in inventory.ini)"]
+
+
+def test_issue24_7_push_shows_the_plan_first_and_a_thousand_jobs_in_a_few_lines(cron01):
+    """Before: a line per file after the push (2,000 for 1,000 jobs), and nothing before it."""
+    run, _ = cron01
+    pushed = run(many_jobs(60), "push")
+    assert pushed.exit_code == 0, pushed.output
+    lines = pushed.stdout.splitlines()
+    assert lines[0].startswith("host cron01: 60 jobs to add, 0 to change, 0 to remove (files: 189 to add")
+    assert lines[1:cli.PUSH_LISTS + 2] == [f"+ job j{i:04d}" for i in range(cli.PUSH_LISTS)] + [
+        "+ ... and 40 more jobs to add (deployer plan lists them all)"]
+    assert lines[-1] == "host cron01: pushed: 189 add, 0 change, 0 remove, 0 unchanged"
+    assert len(lines) < cli.PUSH_LISTS + 20
+    again = run(many_jobs(60), "push")
+    assert again.stdout == "host cron01: up to date: 0 add, 0 change, 0 remove, 189 unchanged\n"
+
+
+def test_issue24_7_push_announces_its_plan_before_it_asks_and_before_it_changes_anything(tmp_path):
+    from deployer import inventory
+
+    agent = remote.LocalAgent("cron01", str(tmp_path / "root"), FakeSystemd())
+    path = tmp_path / "inventory.ini"
+    path.write_text(many_jobs(3))
+    deploy.push(inventory.load(str(path)), "cron01", agent, lambda name: agent)
+    path.write_text(many_jobs(2))
+    events = []
+
+    def announce(plan, state):
+        events.append(("announce", deploy.removed_jobs(plan), len(remote.read_state(agent).files)))
+
+    def confirm(jobs):
+        events.append(("confirm", jobs, len(remote.read_state(agent).files)))
+        return False
+
+    with pytest.raises(DeployerError):
+        deploy.push(inventory.load(str(path)), "cron01", agent, lambda name: agent, announce=announce,
+                    confirm=confirm)
+    installed = len(remote.read_state(agent).files)
+    assert events == [("announce", ("j0002",), installed), ("confirm", ("j0002",), installed)]
