@@ -129,9 +129,17 @@ def main(inventory_path, host_name):
 
 
 def _local(moment, zone: str) -> str:
+    """ISO 8601 in `zone`, for --json."""
     from zoneinfo import ZoneInfo
 
     return moment.astimezone(ZoneInfo(zone)).isoformat()
+
+
+def _clock_text(moment, zone: str) -> str:
+    """`2026-12-06 11:08:41 UTC` (report.clock), for text."""
+    from .report import clock
+
+    return clock(moment.timestamp(), zone)
 
 
 @main.command(epilog=EPILOG)
@@ -150,7 +158,7 @@ def validate(inventory_path, count):
     calendars = [to_calendar(j.schedule, j.on_calendar, j.timezone) for j in inv.jobs]
     runs = next_runs_many([c.lines for c in calendars], count)
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
-        when = "at boot" if calendar.on_boot else ", ".join(_local(t, calendar.timezone) for t in upcoming)
+        when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
             click.echo(f"    next: {when or 'never'}")
@@ -188,9 +196,10 @@ def schedule(expression, zone, count, as_json):
             f"{expression!r} is not a cron expression (5 fields: minute hour day-of-month month "
             f"day-of-week; got {fields}), a @macro, Quartz (6-7 fields), nor a systemd calendar "
             f"(systemd: {next(iter(refused.values()))})")
-    upcoming = [_local(t, calendar.timezone) for t in next_runs(calendar.lines, count)]
+    moments = next_runs(calendar.lines, count)
     if as_json:
-        document = {"oncalendar": list(calendar.lines), "next": upcoming, "timezone": calendar.timezone}
+        document = {"oncalendar": list(calendar.lines), "next": [_local(t, calendar.timezone) for t in moments],
+                    "timezone": calendar.timezone}
         if calendar.on_boot:
             document["on_boot"] = True
         click.echo(json.dumps(document, indent=2))
@@ -199,8 +208,8 @@ def schedule(expression, zone, count, as_json):
         click.echo(f"OnCalendar={line}")
     if calendar.on_boot:
         click.echo("OnBootSec=0    (runs once at every boot)")
-    for moment in upcoming:
-        click.echo(f"  {moment}")
+    for moment in moments:
+        click.echo(f"  {_clock_text(moment, calendar.timezone)}")
 
 
 def _check_zone_option(zone: str) -> None:
@@ -469,9 +478,9 @@ def _duration(seconds: float) -> str:
 
 
 def _clock(moment: float) -> str:
-    import time
+    from .report import clock
 
-    return time.strftime("%H:%M:%S %Z", time.localtime(moment))
+    return clock(moment)
 
 
 @main.command(epilog=EPILOG)

@@ -482,3 +482,55 @@ def test_issue24_7_push_announces_its_plan_before_it_asks_and_before_it_changes_
                     confirm=confirm)
     installed = len(remote.read_state(agent).files)
     assert events == [("announce", ("j0002",), installed), ("confirm", ("j0002",), installed)]
+
+
+# --- issue 24 item 7: one time format in every text view: 2026-12-06 11:08:41 UTC ------------------
+
+import re  # noqa: E402
+
+from deployer import report  # noqa: E402
+from deployer.hostside.journal import format_entry  # noqa: E402
+from deployer.hostside.protocol import RunInfo  # noqa: E402
+
+CLOCK = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (UTC|CST|CET|CEST|[+-]\d\d)\b")
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def test_issue24_7_schedule_and_validate_print_the_one_format_and_json_keeps_iso(tmp_path):
+    """Before: `2026-12-07T04:00:00+08:00` in validate and schedule, `04:00:00` (no date, no
+    zone) in history's STARTED, `2026-12-06T04:00:00+00:00` in logs, `HH:MM:SS CET` in move."""
+    text = CliRunner().invoke(cli.main, ["schedule", "0 4 * * *", "--timezone", "Asia/Shanghai", "--count", "2"])
+    assert [line.strip() for line in text.output.splitlines()[1:]] == [
+        line for line in (m.group(0) for m in CLOCK.finditer(text.output))]
+    assert all(line.endswith("04:00:00 CST") for line in text.output.splitlines()[1:]) and not ISO.search(text.output)
+    document = json.loads(CliRunner().invoke(cli.main, ["schedule", "0 4 * * *", "--timezone", "Asia/Shanghai",
+                                                        "--json"]).output)
+    assert all(moment.endswith("T04:00:00+08:00") for moment in document["next"])
+
+    path = tmp_path / "inventory.ini"
+    path.write_text("[host:cron01]\naddress = 10.0.0.1\n[job:settle]\nschedule = 0 4 * * *\n"
+                    "timezone = Europe/Berlin\nurl = http://svc/s\n")
+    validated = CliRunner().invoke(cli.main, ["validate", "-i", str(path)]).output
+    next_line = next(line for line in validated.splitlines() if "next:" in line)
+    assert len(CLOCK.findall(next_line)) == 2 and " 04:00:00 CE" in next_line and not ISO.search(validated)
+
+
+def test_issue24_7_history_logs_and_status_print_the_one_format(fleet):
+    run = RunInfo(run="0b1d", started=1796529600.25, result="ok", slot=1796529600, duration=0.4, attempts=1,
+                  key="settle/2026-12-06T04:00:00Z")
+    document = report.history_document("cron01", "settle", "Asia/Shanghai", 1796529000.0, 1796529700.0, [run],
+                                       [1796529600.0], 1796529650.0)
+    lines = report.history_text(document).splitlines()
+    assert lines[1].split("  ")[:2] == ["2026-12-06 12:00:00 CST", "2026-12-06 12:00:00 CST"]
+    assert " since 2026-12-06 11:50:00 CST: 1 runs" in lines[-1] and not ISO.search("\n".join(lines))
+    assert document["runs"][0]["started"] == "2026-12-06T12:00:00.250+08:00", "--json keeps ISO 8601"
+
+    entry = {"__REALTIME_TIMESTAMP": "1796529600000000", "SYSLOG_IDENTIFIER": "deployer-settle", "_PID": "812",
+             "MESSAGE": "POST http://svc/s -> 200"}
+    assert format_entry(entry) == "2026-12-06 04:00:00 UTC deployer-settle[812]: POST http://svc/s -> 200"
+
+    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+                            "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),),
+                                                   machine=MACHINE_B)})
+    assert "2026-12-07 03:00:00 UTC (" in rows(text.stdout)["cron01", "settle"] and not ISO.search(text.stdout)
+    assert document["jobs"][0]["next"] == "2026-12-07T03:00:00+00:00"
