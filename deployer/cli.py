@@ -552,7 +552,7 @@ def status(inventory_path, host_name, as_json):
     jobs.update({(None, j.name): j for j in inv.jobs})
     now = now_utc()
     document = status_document(answers, jobs, now, normalize=normalized)
-    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now, colour.result), nl=as_json)
     failed = [a for a in answers if a.error]
     for answer in failed:
         click.echo(f"deployer: error: host {answer.name}: {printable(answer.error)}", err=True)
@@ -594,7 +594,7 @@ def history(job, inventory_path, host_name, since, as_json):
     slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
         else (None, None)
     document = history_document(host_name, job, job_zone(the_job), start, until, answer.runs, slots, slots_until)
-    click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
 def _backfill_slot(job, text: str) -> int:

@@ -12,7 +12,7 @@ import click
 RESULT_COLOURS = {"ok": "green", "pushed": "green", "up to date": "green",
                   "failed": "red", "fenced": "red", "unknown": "red", "error": "red",
                   "paused": "yellow", "held": "yellow", "running": "cyan", "never": None,
-                  "not_installed": "yellow"}
+                  "not installed": "yellow"}
 DIFF_COLOURS = {"+": "green", "-": "red", "~": "yellow", "@": "cyan", "=": None}
 
 
@@ -23,11 +23,11 @@ def wanted() -> bool:
 
 def result(text: str) -> str:
     """`failed: status 500` with its first word coloured; padding and the rest as they were."""
-    match = re.match(r"(\s*)(up to date|not_installed|[a-z_]+)(.*)", text, re.S)
+    match = re.match(r"(\s*)(up to date|not installed|[a-z_]+)(.*)", text, re.S)
     if not wanted() or not match or not RESULT_COLOURS.get(match.group(2)):
         return text
     lead, word, rest = match.groups()
-    return lead + click.style(word, fg=RESULT_COLOURS[word], bold=word in ("failed", "fenced")) + rest
+    return lead + click.style(word, fg=RESULT_COLOURS[word], bold=True if word in ("failed", "fenced") else None) + rest
 
 
 def diff_line(line: str) -> str:

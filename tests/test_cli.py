@@ -534,3 +534,55 @@ def test_issue24_7_history_logs_and_status_print_the_one_format(fleet):
                                                    machine=MACHINE_B)})
     assert "2026-12-07 03:00:00 UTC (" in rows(text.stdout)["cron01", "settle"] and not ISO.search(text.stdout)
     assert document["jobs"][0]["next"] == "2026-12-07T03:00:00+00:00"
+
+
+# --- issue 24 item 10: colour on a terminal, never elsewhere, never with NO_COLOR ----------------
+
+from click import unstyle  # noqa: E402
+
+from deployer import colour  # noqa: E402
+
+
+@pytest.mark.parametrize("tty, no_color, coloured", [
+    pytest.param(True, None, True, id="terminal"),
+    pytest.param(True, "1", False, id="terminal-NO_COLOR"),
+    pytest.param(False, None, False, id="pipe"),
+])
+def test_issue24_10_plan_is_coloured_on_a_terminal_only(cron01, monkeypatch, tty, no_color, coloured):
+    """CliRunner's color=True is click's terminal: it keeps the codes click.echo strips on a pipe."""
+    run, _ = cron01
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    plan = run(many_jobs(1), "plan", "--diff", color=tty)
+    assert ("\x1b[32m+ job j0000\x1b[0m" in plan.stdout) == coloured
+    assert ("\x1b[32m+[Timer]\x1b[0m" in plan.stdout) == coloured
+    assert ("\x1b[" in plan.stdout) == coloured
+    assert "+ job j0000" in unstyle(plan.stdout)
+    pushed = run(many_jobs(1), "push", color=tty)
+    assert ("host cron01: \x1b[32mpushed\x1b[0m: " in pushed.stdout) == coloured
+
+
+def test_issue24_10_result_words_are_coloured_and_the_columns_stay_aligned():
+    runs = [RunInfo(run="a1", started=1796529600.0, result="ok", slot=1796529600, duration=0.4, attempts=1),
+            RunInfo(run="a2", started=1796533200.0, result="failed", reason="status 500, expected 2xx",
+                    slot=1796533200, duration=0.5, attempts=3)]
+    document = report.history_document("cron01", "settle", "UTC", 1796529000.0, 1796540000.0, runs, None, None)
+    plain, painted = report.history_text(document), report.history_text(document, colour.result)
+    assert unstyle(painted) == plain
+    ok_row, failed_row = painted.splitlines()[1:3]
+    assert "\x1b[32mok\x1b[0m" in ok_row and "\x1b[31m\x1b[1mfailed\x1b[0m" in failed_row
+    assert colour.result("paused (last: ok)").startswith("\x1b[33mpaused\x1b[0m")
+    assert colour.result("up to date") == "\x1b[32mup to date\x1b[0m"
+    assert colour.result("never") == "never"
+
+
+def test_issue24_10_status_colours_its_result_column(fleet, monkeypatch):
+    answers = {"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+               "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC", active=False),),
+                                      machine=MACHINE_B)}
+    _, document = fleet(answers)
+    now = report.now_utc()
+    painted = report.status_text(document, now, colour.result)
+    assert unstyle(painted) == report.status_text(document, now)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert report.status_text(document, now, colour.result) == report.status_text(document, now)
