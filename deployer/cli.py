@@ -48,6 +48,29 @@ def _or_group(ctx, param, value):
     return value
 
 
+def _completion_inventory(ctx) -> str:
+    """The inventory a command line being completed names (-i after or before the command,
+    $DEPLOYER_INVENTORY), else the default."""
+    for context in (ctx, ctx.find_root()):
+        if context.params.get("inventory_path"):
+            return context.params["inventory_path"]
+    return os.environ.get("DEPLOYER_INVENTORY") or INVENTORY_DEFAULT
+
+
+def _completer(kind: str):
+    """Shell completion of a [host:NAME] or [job:NAME] of the inventory (click's shell_complete)."""
+
+    def complete(ctx, param, incomplete: str):
+        from .inventory import declared_names
+
+        return [name for name in declared_names(_completion_inventory(ctx), kind) if name.startswith(incomplete)]
+
+    return complete
+
+
+complete_host, complete_job = _completer("host"), _completer("job")
+
+
 INVENTORY_DEFAULT = "inventory.ini"
 INVENTORY_HELP = "The inventory file (hosts, alerts, jobs)."
 HOST_HELP = "The [host:NAME] to act on (may be left out when the inventory has one host)."
@@ -55,7 +78,9 @@ inventory_option = click.option(
     "-i", "--inventory", "inventory_path", type=click.Path(dir_okay=False), callback=_or_group,
     help=INVENTORY_HELP + f"  [default: {INVENTORY_DEFAULT}, or $DEPLOYER_INVENTORY]",
 )
-host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP)
+host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP,
+                           shell_complete=complete_host)
+job_argument = click.argument("job", shell_complete=complete_job)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -119,7 +144,8 @@ def _open_job(inventory_path: str, job: str, host_name: Optional[str]):
 @click.option("-i", "--inventory", "inventory_path", default=INVENTORY_DEFAULT, show_default=True,
               envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
               help=INVENTORY_HELP + " Also accepted after the command.")
-@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.")
+@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.",
+              shell_complete=complete_host)
 def main(inventory_path, host_name):
     """Run HTTP-triggered scheduled jobs from one systemd cron host.
 
@@ -140,6 +166,33 @@ def _clock_text(moment, zone: str) -> str:
     from .report import clock
 
     return clock(moment.timestamp(), zone)
+
+
+@main.command(epilog=EPILOG)
+@inventory_option
+@click.option("--host", "host_name", metavar="NAME", default="cron01", show_default=True,
+              help="The name of the starter [host:NAME].")
+@click.option("--address", default="10.0.0.5", show_default=True, metavar="ADDRESS",
+              help="The cron host's address (name or IP) for SSH.")
+def init(inventory_path, host_name, address):
+    """Write a commented starter inventory: one host, one job (never over an existing file).
+
+    Then edit it, check it with `deployer validate`, and see what a push would do with
+    `deployer plan`.
+    """
+    from .starter import starter_inventory
+
+    path = inventory_path or os.environ.get("DEPLOYER_INVENTORY") or INVENTORY_DEFAULT
+    text = starter_inventory(host_name, address)
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise DeployerError(f"{path} already exists; not overwritten (give another file with -i FILE)") from None
+    except OSError as error:
+        raise DeployerError(f"cannot write {path}: {error.strerror}") from None
+    click.echo(f"wrote {path}: host {host_name} ({address}) and job example; edit it, then: "
+               f"deployer validate -i {path}")
 
 
 @main.command(epilog=EPILOG)
@@ -406,8 +459,10 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
 
 @main.command(epilog=EPILOG)
 @inventory_option
-@click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.")
-@click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.")
+@click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.",
+              shell_complete=complete_host)
 @click.option("--force", is_flag=True, help="SOURCE unreachable: do not wait out its lease (risks double runs).")
 @json_option
 def move(inventory_path, source, target, force, as_json):
@@ -565,7 +620,7 @@ def status(inventory_path, host_name, as_json):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 @click.option("--since", default="7d", show_default=True, metavar="WHEN",
@@ -634,7 +689,7 @@ def _slots(job, start: float, until: float):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @click.option("--slot", "slot_text", metavar="TIME",
               help="backfill this slot of the schedule (2026-12-01T02:00 in the job's zone, or with Z): "
                    "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
@@ -685,7 +740,7 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 def pause(job, inventory_path, host_name):
@@ -702,7 +757,7 @@ def pause(job, inventory_path, host_name):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 def resume(job, inventory_path, host_name):
@@ -715,7 +770,7 @@ def resume(job, inventory_path, host_name):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 @click.option("-n", "--lines", type=click.IntRange(min=1), default=None,

@@ -385,6 +385,22 @@ def _section_values(config, section: str, kind: str, env, report, variables: Opt
     return values
 
 
+_SECTION = re.compile(r"^\[\s*(host|alert|job)\s*:\s*([^\]\s]+)\s*\]", re.M)
+
+
+def declared_names(path: str, kind: str) -> list[str]:
+    """The NAME of every [kind:NAME] in the file, in order, checking nothing else: shell
+    completion reads it on every Tab, and an inventory with an unset ${VAR} or a typo
+    elsewhere must still complete. [] when the file cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read(MAX_INVENTORY)
+    except (OSError, UnicodeDecodeError):
+        return []
+    names = [name for found, name in _SECTION.findall(source) if found == kind and NAME.match(name)]
+    return list(dict.fromkeys(names))
+
+
 def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
     """Read and check an inventory; raise InventoryError listing every problem found."""
     env = os.environ if env is None else env

@@ -586,3 +586,91 @@ def test_issue24_10_status_colours_its_result_column(fleet, monkeypatch):
     assert unstyle(painted) == report.status_text(document, now)
     monkeypatch.setenv("NO_COLOR", "1")
     assert report.status_text(document, now, colour.result) == report.status_text(document, now)
+
+
+# --- issue 24 item 10: shell completion of job and host names, from the inventory -----------------
+
+from click.shell_completion import ShellComplete  # noqa: E402
+
+COMPLETED = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
+             "[alert:ops]\ntype = dingtalk\ntoken = ${NOT_SET_WHILE_COMPLETING}\n"
+             "[job:settle]\nschedule = 0 3 * * *\nurl = http://svc/s\nhost = cron01\n"
+             "[job:settle-daily]\nschedule = 0 4 * * *\nurl = http://svc/d\nhost = cron02\n"
+             "[job:report]\nschedule = 0 5 * * *\nurl = http://svc/r\nhost = cron02\n")
+
+
+def completions(args: list[str], incomplete: str) -> list[str]:
+    return [item.value for item in ShellComplete(cli.main, {}, "deployer", "_DEPLOYER_COMPLETE")
+            .get_completions(args, incomplete)]
+
+
+@pytest.mark.parametrize("command", ["run", "history", "logs", "pause", "resume"])
+def test_issue24_10_job_names_complete_from_the_inventory(tmp_path, command):
+    """An unset ${VAR} (a token only push needs) does not stop completion."""
+    path = tmp_path / "prod.ini"
+    path.write_text(COMPLETED)
+    assert completions([command, "-i", str(path)], "se") == ["settle", "settle-daily"]
+    assert completions(["-i", str(path), command], "") == ["settle", "settle-daily", "report"]
+
+
+@pytest.mark.parametrize("args", [["status", "--host"], ["push", "--host"], ["--host"], ["move", "--from"],
+                                  ["move", "--to"], ["release", "--host"], ["render", "--host"]])
+def test_issue24_10_host_names_complete_from_the_inventory(tmp_path, monkeypatch, args):
+    path = tmp_path / "inventory.ini"
+    path.write_text(COMPLETED)
+    monkeypatch.chdir(tmp_path)  # the default inventory
+    assert completions(args, "cron") == ["cron01", "cron02"]
+    assert completions(args, "x") == []
+
+
+def test_issue24_10_completion_without_an_inventory_offers_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert completions(["logs"], "") == [] and completions(["status", "--host"], "") == []
+
+
+def test_issue24_10_the_readme_line_prints_a_bash_completion_script():
+    """README: eval "$(_DEPLOYER_COMPLETE=bash_source deployer)"."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert 'eval "$(_DEPLOYER_COMPLETE=bash_source deployer)"' in readme
+    script = CliRunner().invoke(cli.main, [], prog_name="deployer", env={"_DEPLOYER_COMPLETE": "bash_source"})
+    assert script.exit_code == 0 and "complete -o nosort -F _deployer_completion deployer" in script.output
+
+
+# --- issue 24 item 10: deployer init -------------------------------------------------------------
+
+@pytest.mark.parametrize("args, host, address", [
+    pytest.param([], "cron01", "10.0.0.5", id="defaults"),
+    pytest.param(["--host", "batch-01", "--address", "batch01.internal.example"], "batch-01",
+                 "batch01.internal.example", id="named"),
+])
+def test_issue24_10_init_writes_a_commented_inventory_that_validates(tmp_path, monkeypatch, args, host, address):
+    monkeypatch.chdir(tmp_path)
+    written = CliRunner().invoke(cli.main, ["init", *args])
+    assert written.exit_code == 0, written.output
+    assert written.output == (f"wrote inventory.ini: host {host} ({address}) and job example; edit it, then: "
+                              "deployer validate -i inventory.ini\n")
+    text = (tmp_path / "inventory.ini").read_text()
+    assert f"[host:{host}]\n" in text and f"address = {address}\n" in text and "[job:example]\n" in text
+    assert sum(line.startswith("#") for line in text.splitlines()) >= 15, "a starter explains itself"
+    validated = CliRunner().invoke(cli.main, ["validate"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[-1] == "inventory.ini: ok (1 hosts, 0 alerts, 1 jobs)"
+    assert f"example  (host {host})  *-*-* *:00:00 UTC" in validated.output
+
+
+def test_issue24_10_init_never_overwrites_an_inventory(tmp_path):
+    path = tmp_path / "prod.ini"
+    path.write_text("[host:prod]\naddress = 10.9.9.9\n")
+    refused = CliRunner().invoke(cli.main, ["init", "-i", str(path)])
+    assert refused.exit_code == 1
+    assert refused.stderr == f"deployer: error: {path} already exists; not overwritten (give another file with -i FILE)\n"
+    assert path.read_text() == "[host:prod]\naddress = 10.9.9.9\n"
+
+
+@pytest.mark.parametrize("args", [["--host", "Cron_01"], ["--address", "10.0.0.5 ; rm"]])
+def test_issue24_10_init_refuses_a_name_or_address_the_inventory_would_refuse(tmp_path, args):
+    path = tmp_path / "inventory.ini"
+    refused = CliRunner().invoke(cli.main, ["init", "-i", str(path), *args])
+    assert refused.exit_code == 1 and refused.stderr.startswith("deployer: error: --") and not path.exists()
