@@ -432,8 +432,9 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     Reads the host's state in one round trip and uploads only what differs; new units
     are checked with `systemd-analyze verify` on the host before anything is switched.
     A job new to this host must not still be installed on another host of the inventory.
-    On a terminal, a push that would remove jobs names them and asks first (--yes does not
-    ask; --no-prune keeps them). Without a terminal it removes them, as `plan` showed.
+    It shows its plan first, as `plan` does (at most 20 jobs of each kind). On a terminal,
+    a push that would remove jobs names them and asks first (--yes does not ask; --no-prune
+    keeps them). Without a terminal it removes them, as `plan` showed.
     """
     from . import deploy
     from .progress import Progress
