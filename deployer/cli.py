@@ -9,6 +9,7 @@ from typing import Optional
 
 import click
 
+from . import colour
 from .errors import DeployerError, JobFailed
 from .hostside.text import printable
 from .schedule import ScheduleError
@@ -47,6 +48,29 @@ def _or_group(ctx, param, value):
     return value
 
 
+def _completion_inventory(ctx) -> str:
+    """The inventory a command line being completed names (-i after or before the command,
+    $DEPLOYER_INVENTORY), else the default."""
+    for context in (ctx, ctx.find_root()):
+        if context.params.get("inventory_path"):
+            return context.params["inventory_path"]
+    return os.environ.get("DEPLOYER_INVENTORY") or INVENTORY_DEFAULT
+
+
+def _completer(kind: str):
+    """Shell completion of a [host:NAME] or [job:NAME] of the inventory (click's shell_complete)."""
+
+    def complete(ctx, param, incomplete: str):
+        from .inventory import declared_names
+
+        return [name for name in declared_names(_completion_inventory(ctx), kind) if name.startswith(incomplete)]
+
+    return complete
+
+
+complete_host, complete_job = _completer("host"), _completer("job")
+
+
 INVENTORY_DEFAULT = "inventory.ini"
 INVENTORY_HELP = "The inventory file (hosts, alerts, jobs)."
 HOST_HELP = "The [host:NAME] to act on (may be left out when the inventory has one host)."
@@ -54,7 +78,9 @@ inventory_option = click.option(
     "-i", "--inventory", "inventory_path", type=click.Path(dir_okay=False), callback=_or_group,
     help=INVENTORY_HELP + f"  [default: {INVENTORY_DEFAULT}, or $DEPLOYER_INVENTORY]",
 )
-host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP)
+host_option = click.option("--host", "host_name", metavar="NAME", callback=_or_group, help=HOST_HELP,
+                           shell_complete=complete_host)
+job_argument = click.argument("job", shell_complete=complete_job)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -118,7 +144,8 @@ def _open_job(inventory_path: str, job: str, host_name: Optional[str]):
 @click.option("-i", "--inventory", "inventory_path", default=INVENTORY_DEFAULT, show_default=True,
               envvar="DEPLOYER_INVENTORY", type=click.Path(dir_okay=False),
               help=INVENTORY_HELP + " Also accepted after the command.")
-@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.")
+@click.option("--host", "host_name", metavar="NAME", help=HOST_HELP + " Also accepted after the command.",
+              shell_complete=complete_host)
 def main(inventory_path, host_name):
     """Run HTTP-triggered scheduled jobs from one systemd cron host.
 
@@ -128,9 +155,44 @@ def main(inventory_path, host_name):
 
 
 def _local(moment, zone: str) -> str:
+    """ISO 8601 in `zone`, for --json."""
     from zoneinfo import ZoneInfo
 
     return moment.astimezone(ZoneInfo(zone)).isoformat()
+
+
+def _clock_text(moment, zone: str) -> str:
+    """`2026-12-06 11:08:41 UTC` (report.clock), for text."""
+    from .report import clock
+
+    return clock(moment.timestamp(), zone)
+
+
+@main.command(epilog=EPILOG)
+@inventory_option
+@click.option("--host", "host_name", metavar="NAME", default="cron01", show_default=True,
+              help="The name of the starter [host:NAME].")
+@click.option("--address", default="10.0.0.5", show_default=True, metavar="ADDRESS",
+              help="The cron host's address (name or IP) for SSH.")
+def init(inventory_path, host_name, address):
+    """Write a commented starter inventory: one host, one job (never over an existing file).
+
+    Then edit it, check it with `deployer validate`, and see what a push would do with
+    `deployer plan`.
+    """
+    from .starter import starter_inventory
+
+    path = inventory_path or os.environ.get("DEPLOYER_INVENTORY") or INVENTORY_DEFAULT
+    text = starter_inventory(host_name, address)
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise DeployerError(f"{path} already exists; not overwritten (give another file with -i FILE)") from None
+    except OSError as error:
+        raise DeployerError(f"cannot write {path}: {error.strerror}") from None
+    click.echo(f"wrote {path}: host {host_name} ({address}) and job example; edit it, then: "
+               f"deployer validate -i {path}")
 
 
 @main.command(epilog=EPILOG)
@@ -149,7 +211,7 @@ def validate(inventory_path, count):
     calendars = [to_calendar(j.schedule, j.on_calendar, j.timezone) for j in inv.jobs]
     runs = next_runs_many([c.lines for c in calendars], count)
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
-        when = "at boot" if calendar.on_boot else ", ".join(_local(t, calendar.timezone) for t in upcoming)
+        when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
             click.echo(f"    next: {when or 'never'}")
@@ -187,9 +249,10 @@ def schedule(expression, zone, count, as_json):
             f"{expression!r} is not a cron expression (5 fields: minute hour day-of-month month "
             f"day-of-week; got {fields}), a @macro, Quartz (6-7 fields), nor a systemd calendar "
             f"(systemd: {next(iter(refused.values()))})")
-    upcoming = [_local(t, calendar.timezone) for t in next_runs(calendar.lines, count)]
+    moments = next_runs(calendar.lines, count)
     if as_json:
-        document = {"oncalendar": list(calendar.lines), "next": upcoming, "timezone": calendar.timezone}
+        document = {"oncalendar": list(calendar.lines), "next": [_local(t, calendar.timezone) for t in moments],
+                    "timezone": calendar.timezone}
         if calendar.on_boot:
             document["on_boot"] = True
         click.echo(json.dumps(document, indent=2))
@@ -198,8 +261,8 @@ def schedule(expression, zone, count, as_json):
         click.echo(f"OnCalendar={line}")
     if calendar.on_boot:
         click.echo("OnBootSec=0    (runs once at every boot)")
-    for moment in upcoming:
-        click.echo(f"  {moment}")
+    for moment in moments:
+        click.echo(f"  {_clock_text(moment, calendar.timezone)}")
 
 
 def _check_zone_option(zone: str) -> None:
@@ -213,22 +276,28 @@ def _check_zone_option(zone: str) -> None:
 
 @main.command(epilog=EPILOG)
 @inventory_option
-@click.option("--out", type=click.Path(file_okay=False), help="Write the units into DIR instead of stdout.")
-def render(inventory_path, out):
-    """Show (or write) the unit files push would install, for every job (credentials never)."""
-    from .render import host_files
+@host_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Write the units into DIR instead of stdout (into DIR/HOST/ when several hosts).")
+def render(inventory_path, host_name, out):
+    """Show (or write) the unit files push would install, for every host or --host (credentials never)."""
+    from .render import preview_files
 
     inv = Options(inventory_path).inventory()
-    files = [f for host in inv.hosts for f in host_files(inv, host.name) if not f.secret]
+    hosts = [_host_name(inv, host_name)] if host_name else [h.name for h in inv.hosts]
+    files = preview_files(inv, hosts)
     if out:
-        os.makedirs(out, exist_ok=True)
-        for f in files:
-            with open(os.path.join(out, f.name), "wb") as handle:
+        for relative, f in files:
+            target = os.path.join(out, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as handle:
                 handle.write(f.content)
-        click.echo(f"wrote {len(files)} unit files to {out}")
+        per_host = f" ({', '.join(hosts)}: one directory each)" if len(hosts) > 1 else ""
+        click.echo(f"wrote {len(files)} unit files to {out}{per_host}")
         return
-    for f in files:
-        click.echo(f"# ---- {f.path}")
+    for relative, f in files:
+        where = f"{relative.split('/')[0]}:" if len(hosts) > 1 else ""
+        click.echo(f"# ---- {where}{f.path}")
         click.echo(f.content.decode(), nl=False)
 
 
@@ -255,33 +324,49 @@ def _names(jobs, limit: int = 0) -> str:
 @no_prune_option
 @click.option("--exit-code", "exit_code", is_flag=True,
               help=f"Exit {CHANGES_PENDING} when push would change something, 0 when not (for CI).")
-def plan(inventory_path, host_name, as_json, no_prune, exit_code):
-    """Connect and show, as a diff, what push would add, change and remove. Changes nothing.
+@click.option("--diff", "show_diff", is_flag=True, help="Also show each file's changes as a unified diff.")
+def plan(inventory_path, host_name, as_json, no_prune, exit_code, show_diff):
+    """Connect and show what push would add, change and remove: a summary, then a line per job
+    (and per host or channel unit). Changes nothing. --diff adds the files' diffs.
 
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import removed_jobs, render_diff, resend_notes, summary
+    from .plan import render_diff, resend_notes
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
-    the_plan, state = plan_push(inv, host_name, agent, contents=True, prune=not no_prune)
+    the_plan, state = plan_push(inv, host_name, agent, contents=show_diff, prune=not no_prune)
     if as_json:
         click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
     else:
-        click.echo(printable(render_diff(the_plan, state), newlines=True), nl=False)
-        click.echo(f"host {host_name}: {summary(the_plan)}")
-        doomed = removed_jobs(the_plan)
-        if doomed:
-            click.echo(f"host {host_name}: push would remove {len(doomed)} "
-                       f"job{'s' if len(doomed) > 1 else ''} not in {inv.path}: {_names(doomed)}")
-        if state.held:
-            click.echo(f"host {host_name}: held ({_held_why(state.held)}): a push "
-                       f"releases it, and its jobs run again")
+        _print_plan(host_name, the_plan, inv.path, state.held)
+        if show_diff:
+            click.echo(colour.diff(printable(render_diff(the_plan, state), newlines=True)), nl=False)
         for note in resend_notes(inv.jobs_for(host_name)):
             click.echo(f"note: {note}")
     if exit_code and not the_plan.is_noop:
         click.get_current_context().exit(CHANGES_PENDING)
+
+
+# A push of thousands of jobs lists this many of each kind (added, changed, removed); plan lists all.
+PUSH_LISTS = 20
+
+
+def _print_plan(host_name: str, the_plan, inventory_path: str, held=None, limit: int = 0) -> None:
+    """What plan prints and push shows before it acts: the summary first, a line per job, then
+    what else push does (remove jobs, release a held host)."""
+    from .plan import change_lines, job_summary, removed_jobs, summary
+
+    click.echo(f"host {host_name}: {job_summary(the_plan)} (files: {summary(the_plan)})")
+    for line in change_lines(the_plan, os.path.basename(inventory_path), limit):
+        click.echo(colour.diff_line(printable(line)))
+    doomed = removed_jobs(the_plan)
+    if doomed:
+        click.echo(f"host {host_name}: push would remove {len(doomed)} "
+                   f"job{'s' if len(doomed) > 1 else ''} not in {inventory_path}: {_names(doomed, limit)}")
+    if held:
+        click.echo(f"host {host_name}: held ({_held_why(held)}): a push releases it, and its jobs run again")
 
 
 def _held_why(held) -> str:
@@ -289,32 +374,31 @@ def _held_why(held) -> str:
     return held.reason or f"was down {_duration(held.down_for_seconds)}"
 
 
-def _print_push(pushed, as_json: bool) -> None:
-    from .plan import jobs_of, summary
+def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
+    """What a push did. `announced`: its plan was shown before it acted (push does; move not)."""
+    from .plan import change_lines, jobs_of, summary
 
     if as_json:
         from .report import push_document
 
         click.echo(json.dumps(push_document(pushed), indent=2))
         return
-    for marker, files in (("+", pushed.plan.add), ("~", pushed.plan.change)):
-        for f in files:
-            click.echo(f"{marker} {f.name}")
-    for path in pushed.plan.remove:
-        click.echo(f"- {path.rsplit('/', 1)[-1]}")
+    if not announced:
+        for line in change_lines(pushed.plan, limit=PUSH_LISTS):
+            click.echo(colour.diff_line(printable(line)))
     for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
     removed, kept = jobs_of(pushed.plan.remove), jobs_of(pushed.plan.kept)
     if removed:
-        click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed)}")
+        click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed, PUSH_LISTS)}")
     if kept:
         click.echo(f"  kept {len(kept)} job{'s' if len(kept) > 1 else ''} no longer in the inventory "
-                   f"(--no-prune): {_names(kept)}")
+                   f"(--no-prune): {_names(kept, PUSH_LISTS)}")
     if pushed.result and pushed.result.released:
         click.echo(f"host {pushed.host}: released: it held its jobs ({_held_why(pushed.result.released)}); "
                    "they run again")
     verb = "up to date" if pushed.plan.is_noop else "pushed"
-    click.echo(f"host {pushed.host}: {verb}: {summary(pushed.plan).replace('to ', '')}")
+    click.echo(f"host {pushed.host}: {colour.result(verb)}: {summary(pushed.plan).replace('to ', '')}")
 
 
 def _ask_before_pruning(host_name: str, inventory_path: str, progress):
@@ -348,8 +432,9 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     Reads the host's state in one round trip and uploads only what differs; new units
     are checked with `systemd-analyze verify` on the host before anything is switched.
     A job new to this host must not still be installed on another host of the inventory.
-    On a terminal, a push that would remove jobs names them and asks first (--yes does not
-    ask; --no-prune keeps them). Without a terminal it removes them, as `plan` showed.
+    It shows its plan first, as `plan` does (at most 20 jobs of each kind). On a terminal,
+    a push that would remove jobs names them and asks first (--yes does not ask; --no-prune
+    keeps them). Without a terminal it removes them, as `plan` showed.
     """
     from . import deploy
     from .progress import Progress
@@ -358,18 +443,27 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
     confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
+
+    def announce(the_plan, state) -> None:
+        """The plan, as `plan` shows it, before anything changes (and before push asks)."""
+        if not as_json:
+            progress.done()
+            _print_plan(host_name, the_plan, inv.path, state.held, limit=PUSH_LISTS)
+
     try:
         pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
-                             progress=progress.update, prune=not no_prune, confirm=confirm)
+                             progress=progress.update, prune=not no_prune, confirm=confirm, announce=announce)
     finally:
         progress.done()
-    _print_push(pushed, as_json)
+    _print_push(pushed, as_json, announced=not pushed.plan.is_noop)
 
 
 @main.command(epilog=EPILOG)
 @inventory_option
-@click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.")
-@click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.")
+@click.option("--from", "source", required=True, metavar="HOST", help="The host that runs the jobs now.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="The host the inventory designates.",
+              shell_complete=complete_host)
 @click.option("--force", is_flag=True, help="SOURCE unreachable: do not wait out its lease (risks double runs).")
 @json_option
 def move(inventory_path, source, target, force, as_json):
@@ -440,9 +534,9 @@ def _duration(seconds: float) -> str:
 
 
 def _clock(moment: float) -> str:
-    import time
+    from .report import clock
 
-    return time.strftime("%H:%M:%S %Z", time.localtime(moment))
+    return clock(moment)
 
 
 @main.command(epilog=EPILOG)
@@ -514,7 +608,7 @@ def status(inventory_path, host_name, as_json):
     jobs.update({(None, j.name): j for j in inv.jobs})
     now = now_utc()
     document = status_document(answers, jobs, now, normalize=normalized)
-    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now), nl=as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else status_text(document, now, colour.result), nl=as_json)
     failed = [a for a in answers if a.error]
     for answer in failed:
         click.echo(f"deployer: error: host {answer.name}: {printable(answer.error)}", err=True)
@@ -527,7 +621,7 @@ def status(inventory_path, host_name, as_json):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 @click.option("--since", default="7d", show_default=True, metavar="WHEN",
@@ -556,7 +650,7 @@ def history(job, inventory_path, host_name, since, as_json):
     slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
         else (None, None)
     document = history_document(host_name, job, job_zone(the_job), start, until, answer.runs, slots, slots_until)
-    click.echo(json.dumps(document, indent=2) if as_json else history_text(document), nl=as_json)
+    click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
 def _backfill_slot(job, text: str) -> int:
@@ -596,7 +690,7 @@ def _slots(job, start: float, until: float):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @click.option("--slot", "slot_text", metavar="TIME",
               help="backfill this slot of the schedule (2026-12-01T02:00 in the job's zone, or with Z): "
                    "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
@@ -647,7 +741,7 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 def pause(job, inventory_path, host_name):
@@ -664,7 +758,7 @@ def pause(job, inventory_path, host_name):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 def resume(job, inventory_path, host_name):
@@ -677,7 +771,7 @@ def resume(job, inventory_path, host_name):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("job")
+@job_argument
 @inventory_option
 @host_option
 @click.option("-n", "--lines", type=click.IntRange(min=1), default=None,
@@ -734,6 +828,8 @@ def export_k8s(inventory_path, image, namespace, skip_unexpressible, suspend):
     click.echo(k8s.render_yaml(inv, manifests, skipped, namespace), nl=False)
     for item in skipped:
         click.echo(f"deployer: warning: skipped {item.job}: {item.reason}", err=True)
+    for warning in k8s.loopback_warnings(inv):
+        click.echo(f"deployer: warning: {printable(warning)}", err=True)
 
 
 if __name__ == "__main__":

@@ -111,13 +111,15 @@ def plan_push(inv: Inventory, host_name: str, agent: remote.Agent, contents: boo
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
          cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None,
-         takeover: Optional[Takeover] = None, above: Optional[dict] = None) -> Pushed:
+         takeover: Optional[Takeover] = None, above: Optional[dict] = None,
+         announce: Callable[[Plan, RemoteState], None] = lambda plan, state: None) -> Pushed:
     """Make the host hold exactly the inventory's files for it (one read, one apply).
 
     `prune=False` removes nothing. `confirm` is asked before a push that removes jobs; the host
     is not read again after it: the apply's expected state refuses a host changed meanwhile.
     `takeover`: the jobs come from that unreachable host (deployer move); recorded on this one.
     `above`: job -> an epoch the new one must exceed (the source's, in a move).
+    `announce` is given a plan that changes something, before `confirm` and before any change.
     """
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune, above=above)
@@ -131,6 +133,7 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         answer = remote.release(agent)
         return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released,
                                                        kept_paused=paused))
+    announce(the_plan, state)
     doomed = removed_jobs(the_plan)
     if doomed and confirm is not None and not confirm(doomed):
         raise DeployerError(f"host {host_name}: push cancelled, nothing changed (--no-prune keeps "

@@ -346,7 +346,8 @@ def _expand(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VARIABLE.sub(replace, value), missing
 
 
-def _section_values(config, section: str, kind: str, env, report) -> dict[str, object]:
+def _section_values(config, section: str, kind: str, env, report, variables: Optional[dict] = None
+                    ) -> dict[str, object]:
     """Parse one section's keys with the schema; unknown, unset and invalid keys are reported."""
     schema = SCHEMA[kind]
     values: dict[str, object] = {}
@@ -362,6 +363,10 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
             report.add(section, key, f"{raw.strip()!r} is taken literally: write ${{{bare.group(1)}}} to read it "
                        "from the environment")
             continue
+        whole = _VARIABLE.fullmatch(raw.strip())
+        if whole and variables is not None:
+            kind_, _, title = section.partition(":")
+            variables[f"{kind_.strip()}:{title.strip()}" if title else section, key] = whole.group(1)
         expanded, missing = _expand(raw.strip(), env)
         if missing:
             report.add(section, key, f"environment variable {missing[0]} is not set")
@@ -378,6 +383,22 @@ def _section_values(config, section: str, kind: str, env, report) -> dict[str, o
         if key not in values and not report.has(section, key):
             report.add(section, key, "is required")
     return values
+
+
+_SECTION = re.compile(r"^\[\s*(host|alert|job)\s*:\s*([^\]\s]+)\s*\]", re.M)
+
+
+def declared_names(path: str, kind: str) -> list[str]:
+    """The NAME of every [kind:NAME] in the file, in order, checking nothing else: shell
+    completion reads it on every Tab, and an inventory with an unset ${VAR} or a typo
+    elsewhere must still complete. [] when the file cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read(MAX_INVENTORY)
+    except (OSError, UnicodeDecodeError):
+        return []
+    names = [name for found, name in _SECTION.findall(source) if found == kind and NAME.match(name)]
+    return list(dict.fromkeys(names))
 
 
 def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
@@ -416,6 +437,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     job_sections: list[tuple[str, str, dict]] = []
     defaults: dict[str, object] = {}
     seen: dict[tuple[str, str], str] = {}
+    variables: dict[tuple[str, str], str] = {}
     # Every [host:*] and [alert:*] written, valid or not: a reference to one that has its own
     # problem (type = dingding) is not also "no [alert:ops]".
     declared: dict[str, list[str]] = {"host": [], "alert": []}
@@ -441,7 +463,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
             hint = f" (did you mean [{kind}:{meant}]?)" if NAME.match(meant) else ""
             report.add(section, None, f"name {title!r} must match [a-z0-9][a-z0-9-]{{0,62}}{hint}")
             continue
-        values = _section_values(config, section, kind, env, report)
+        values = _section_values(config, section, kind, env, report, variables)
         if kind in declared:
             declared[kind].append(title)
         if kind == "host" and "address" in values:
@@ -460,7 +482,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
     _check_native_calendars(jobs, report)
     if report.problems:
         raise InventoryError(report.problems)
-    return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs))
+    return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs), variables)
 
 
 def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:

@@ -168,6 +168,32 @@ def export(inv: Inventory, image: str = DEFAULT_IMAGE, namespace: Optional[str] 
     return manifests, skipped
 
 
+def variable(inv: Inventory, channel: str, key: str) -> str:
+    """The environment variable that holds a channel's token or secret: the one the inventory
+    reads it from (`token = ${DINGTALK_TOKEN}`), else one named after the channel."""
+    return inv.variables.get((f"alert:{channel}", key)) or f"{channel.upper().replace('-', '_')}_{key.upper()}"
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def loopback_warnings(inv: Inventory) -> list[str]:
+    """Jobs and channels whose URL names this machine: in a pod, localhost is the pod itself,
+    so the exported CronJob would call nothing (or the wrong thing)."""
+    from urllib.parse import urlsplit
+
+    def loopback(url: Optional[str]) -> bool:
+        host = (urlsplit(str(url)).hostname or "") if url else ""
+        return host in LOOPBACK or host.endswith(".localhost") or host.startswith("127.")
+
+    found = [f"job {j.name}: url {render.redact_url(j.url)} is the pod itself in Kubernetes (localhost): "
+             "give the service's cluster address" for j in inv.jobs if loopback(j.url)]
+    used = sorted({j.alert for j in inv.jobs if j.alert})
+    found += [f"alert {a}: endpoint {render.redact_url(inv.alert(a).endpoint)} is the pod itself in Kubernetes (localhost)"
+              for a in used if loopback(inv.alert(a).endpoint)]
+    return found
+
+
 def secret_commands(inv: Inventory, namespace: Optional[str]) -> list[str]:
     """How to create the Secrets the CronJobs reference, with placeholders, never values."""
     used = sorted({j.alert for j in inv.jobs if j.alert})
@@ -175,7 +201,7 @@ def secret_commands(inv: Inventory, namespace: Optional[str]) -> list[str]:
     commands = []
     for name in used:
         alert = inv.alert(name)
-        literals = " ".join(f"--from-literal={k}=\"${{{name.upper().replace('-', '_')}_{k.upper()}}}\""
+        literals = " ".join(f"--from-literal={k}=\"${{{variable(inv, name, k)}}}\""
                             for k in ("token", "secret") if getattr(alert, k))
         commands.append(f"kubectl{flag} create secret generic {secret_name(name)} {literals}")
     for job in inv.jobs:

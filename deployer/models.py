@@ -54,6 +54,9 @@ class Inventory:
     hosts: tuple[Host, ...]
     alerts: tuple[Alert, ...]
     jobs: tuple[Job, ...]
+    # (section, key) -> the environment variable a value was read from (`token = ${DINGTALK_TOKEN}`):
+    # what an export tells its reader to set, by the name the inventory gives it.
+    variables: dict = field(default_factory=dict, compare=False)
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

@@ -44,6 +44,74 @@ def summary(plan: Plan) -> str:
             f"{len(plan.remove)} to remove{kept}, {len(plan.unchanged)} unchanged")
 
 
+def job_of_file(path: str):
+    """The job a managed file belongs to (its units, its credentials), or None (host units,
+    alert channels, the lease and metrics units)."""
+    if path.endswith("/" + paths.RECOVER_UNIT):
+        return None  # deployer-recover.service: the host's, not a job named "recover"
+    job = paths.job_of_unit(path)
+    if job is None and path.startswith(paths.CREDENTIALS_DIR + "/jobs."):
+        job = path[len(paths.CREDENTIALS_DIR + "/jobs."):].rsplit(".", 1)[0] or None
+    return job
+
+
+def _changes(plan: Plan) -> tuple[dict[str, dict[str, list[str]]], list[tuple[str, str]]]:
+    """-> (job -> marker -> its file names, [(marker, path)] of the files no job owns)."""
+    by_job: dict[str, dict[str, list[str]]] = {}
+    others: list[tuple[str, str]] = []
+    for marker, names in (("+", [f.path for f in plan.add]), ("~", [f.path for f in plan.change]),
+                          ("-", list(plan.remove))):
+        for path in names:
+            job = job_of_file(path)
+            if job is None:
+                others.append((marker, path))
+            else:
+                by_job.setdefault(job, {}).setdefault(marker, []).append(_name(path))
+    return by_job, others
+
+
+def _kind(markers: dict) -> str:
+    """A job's files all added: the job is added ("+"); all removed: removed ("-"); else changed."""
+    return next(iter(markers)) if set(markers) in ({"+"}, {"-"}) else "~"
+
+
+def job_summary(plan: Plan) -> str:
+    """`3 jobs to add, 1 to change, 0 to remove`: what the plan means, counted in jobs."""
+    by_job, _ = _changes(plan)
+    kinds = [_kind(markers) for markers in by_job.values()]
+    return (f"{kinds.count('+')} job{'' if kinds.count('+') == 1 else 's'} to add, {kinds.count('~')} to change, "
+            f"{kinds.count('-')} to remove")
+
+
+def change_lines(plan: Plan, inventory_name: str = "the inventory", limit: int = 0) -> list[str]:
+    """One line per job push would add, change or remove, then one per other file (host and
+    channel units): `+ job settle`, `~ job report (deployer-report.timer)`, `- job old (not in
+    inventory.ini)`. `limit`: at most this many job lines of each kind, then `... and N more`."""
+    by_job, others = _changes(plan)
+    secret = {f.path for f in plan.add + plan.change if f.secret}
+    kinds: dict[str, list[str]] = {"+": [], "~": [], "-": []}
+    for job in sorted(by_job):
+        kind = _kind(by_job[job])
+        if kind == "+":
+            kinds["+"].append(f"+ job {job}")
+        elif kind == "-":
+            kinds["-"].append(f"- job {job} (not in {inventory_name})")
+        else:
+            files = sorted(name for names in by_job[job].values() for name in names)
+            kinds["~"].append(f"~ job {job} ({', '.join(files)})")
+    lines = []
+    for marker in "+~-":
+        shown = kinds[marker][:limit] if limit else kinds[marker]
+        lines += shown
+        if len(kinds[marker]) > len(shown):
+            verb = {"+": "to add", "~": "to change", "-": "to remove"}[marker]
+            lines.append(f"{marker} ... and {len(kinds[marker]) - len(shown)} more jobs {verb} (deployer plan "
+                         "lists them all)")
+    lines += [f"{marker} {_name(path)}" + (" (secret)" if path in secret else "") for marker, path in others]
+    lines += [f"= job {job} (no longer in {inventory_name}; kept: --no-prune)" for job in jobs_of(plan.kept)]
+    return lines
+
+
 def _text(content: bytes) -> list[str]:
     try:
         return content.decode("utf-8").splitlines(keepends=True)

@@ -297,6 +297,18 @@ def host_files(inventory: Inventory, host_name: str, epochs: Optional[Mapping[st
             + lease_units(host) + metrics_units(host))
 
 
+def preview_files(inventory: Inventory, host_names: Iterable[str]) -> tuple[tuple[str, ManagedFile], ...]:
+    """`deployer render`: (where to write it, the file) for the units of each host, never a
+    credential (secret, or the epoch a push grants). One host: by unit name; several: under
+    HOST/, since two hosts hold units of one name with different text (an alert channel's
+    names its host). Every relative path is unique, so each one written is one counted."""
+    host_names = list(host_names)
+    prefix = len(host_names) > 1
+    return tuple((f"{name}/{f.name}" if prefix else f.name, f) for name in host_names
+                 for f in host_files(inventory, name)
+                 if not f.secret and f.path.startswith(paths.UNIT_DIR + "/"))
+
+
 def recover_unit(python: str = "/usr/bin/python3") -> ManagedFile:
     """deployer-recover.service: at boot, before any timer, the agent (from the trigger zipapp)
     finishes a switch that a crash interrupted."""

@@ -72,12 +72,28 @@ def relative(moment: float, now: float) -> str:
     return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
 
 
+CLOCK_FORMAT = "%Y-%m-%d %H:%M:%S %Z"  # the one way the CLI prints a moment: 2026-12-06 11:08:41 UTC
+
+
+def clock(moment: Optional[float], zone: str = "UTC") -> str:
+    """`2026-12-06 11:08:41 UTC`: a moment as every text view prints it, in `zone` and naming
+    it (its abbreviation, else its offset: `+04`); "-" for none. --json keeps ISO 8601."""
+    if moment is None:
+        return "-"
+    return datetime.fromtimestamp(moment, ZoneInfo(zone)).strftime(CLOCK_FORMAT)
+
+
+def clock_of(text: Optional[str], zone: str) -> str:
+    """An ISO 8601 time with its offset (a --json value) -> clock() in `zone` (an offset alone
+    names no zone: `UTC+08:00`, where the zone says `CST`)."""
+    return clock(datetime.fromisoformat(text).timestamp(), zone) if text else "-"
+
+
 def shown(moment: Optional[float], zone: str, now: float) -> str:
     """`2026-11-25 22:00:00 CST (in 51 s)`, in the job's zone; "-" for none."""
     if moment is None:
         return "-"
-    local = datetime.fromtimestamp(moment, ZoneInfo(zone))
-    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({relative(moment, now)})"
+    return f"{clock(moment, zone)} ({relative(moment, now)})"
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -286,11 +302,21 @@ def machine_aliases(document: dict) -> dict[str, str]:
     return aliases
 
 
-def _table(rows: list[list[str]]) -> list[str]:
-    """Aligned columns; every cell is text from a host or an inventory, escaped (printable)."""
+Paint = Callable[[str], str]
+
+
+def _table(rows: list[list[str]], column: int = -1, paint: Optional[Paint] = None) -> list[str]:
+    """Aligned columns; every cell is text from a host or an inventory, escaped (printable).
+    `paint` (colour.result) is given each body cell of `column`, padded, once escaped."""
     rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+    def cell(text: str, width: int, index: int, body: bool) -> str:
+        padded = text.ljust(width)
+        return paint(padded) if paint and body and index == column else padded
+
+    return ["  ".join(cell(text, w, i, n > 0) for i, (text, w) in enumerate(zip(row, widths))).rstrip()
+            for n, row in enumerate(rows)]
 
 
 def result_text(row: dict) -> str:
@@ -391,14 +417,15 @@ def _host_lines(document: dict) -> list[str]:
     return lines
 
 
-def status_text(document: dict, now: float) -> str:
+def status_text(document: dict, now: float, paint: Optional[Paint] = None) -> str:
     """The table (HOST JOB SCHEDULE LAST NEXT RESULT, and NOTE when a job has one), then one
-    line per host that needs one (unreachable, refused, held, empty, one machine twice)."""
+    line per host that needs one (unreachable, refused, held, empty, one machine twice).
+    `paint`: colours a RESULT cell (on a terminal)."""
     header = ["HOST", "JOB", "SCHEDULE", "LAST", "NEXT", "RESULT", "NOTE"]
     rows = _rows_by_host(document, now)
     if not any(row[-1] for row in rows):
         header, rows = header[:-1], [row[:-1] for row in rows]
-    return "\n".join(_table([header] + rows) + _host_lines(document)) + "\n"
+    return "\n".join(_table([header] + rows, header.index("RESULT"), paint) + _host_lines(document)) + "\n"
 
 
 # -- history -------------------------------------------------------------------------------------
@@ -450,32 +477,28 @@ def history_document(host: str, job: str, zone: str, since: float, until: float,
                         "slots_until": iso(slots_until, zone) if slots_until is not None else None})
 
 
-def _local(text: Optional[str], with_zone: bool = True) -> str:
-    if not text:
-        return "-"
-    moment = datetime.fromisoformat(text)
-    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()}" if with_zone else f"{moment:%H:%M:%S}"
-
-
 def _seconds(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
-def history_text(document: dict) -> str:
+def history_text(document: dict, paint: Optional[Paint] = None) -> str:
+    """The runs (SLOT STARTED DURATION ATTEMPTS RESULT REASON) and the summary line. `paint`:
+    colours a RESULT cell (on a terminal)."""
+    zone = document["timezone"]
     rows = [["SLOT", "STARTED", "DURATION", "ATTEMPTS", "RESULT", "REASON"]]
     for run in document["runs"]:
-        rows.append([_local(run["slot"]), _local(run["started"], with_zone=False), _seconds(run["duration"]),
+        rows.append([clock_of(run["slot"], zone), clock_of(run["started"], zone), _seconds(run["duration"]),
                      str(run["attempts"] or "-"), run["result"], run["reason"] or ""])
-    lines = _table(rows) if document["runs"] else []
+    lines = _table(rows, 4, paint) if document["runs"] else []
     s = document["summary"]
-    text = (f"{document['job']} on {document['host']} since {_local(document['since'])}: {s['runs']} runs, "
+    text = (f"{document['job']} on {document['host']} since {clock_of(document['since'], zone)}: {s['runs']} runs, "
             f"{s['failures']} failed, duration p50 {_seconds(s['p50_duration'])}, max {_seconds(s['max_duration'])}")
     if s["missed_slots"] is None:
         text += ", missed slots: not known (no schedule to compare with)"
     else:
         text += f", {s['missed_slots']} missed of {s['slots']} slots"
         if s["missed"]:
-            shown_missed = ", ".join(_local(m) for m in s["missed"][:5])
+            shown_missed = ", ".join(clock_of(m, zone) for m in s["missed"][:5])
             text += f" ({shown_missed}{', ...' if len(s['missed']) > 5 else ''})"
     return "\n".join(lines + [printable(text)]) + "\n"
 

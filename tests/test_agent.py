@@ -1046,3 +1046,17 @@ def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
     assert "StatusRequest did not finish within 0s (stuck); where each thread was:" in err, err
     assert 'File "<string>", line 4 in <module>' in err, err  # the main thread, in its sleep
     assert err.splitlines()[-1] == "deployer agent: stuck in <string>:4 <module>", err
+
+
+def test_issue24_7_timers_start_in_chunks_and_the_count_is_reported(capsys):
+    """Before: one `systemctl start` of 1,000 timers (20 s) behind one `starting 1000 timers`."""
+    systemd = FakeSystemd()
+    timers = [f"deployer-j{i}.timer" for i in range(250)]
+    agent.start_timers(systemd, timers)
+    starts = [call for call in systemd.systemctl_calls() if call[0] == "start"]
+    assert [len(call) - 2 for call in starts] == [100, 100, 50]
+    assert [t for call in starts for t in call[2:]] == timers
+    reported = [line for line in capsys.readouterr().err.splitlines() if line.startswith("@progress")]
+    assert reported[0] == "@progress starting timers: 0/250"
+    assert "@progress starting timers: 250/250" in reported
+    assert reported[-1] == "@progress timers active: 250/250"

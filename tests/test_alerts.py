@@ -679,3 +679,19 @@ def test_issue24_5_every_webhook_field_is_documented():
     rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
     fields = {"version", "title", "text", "events"} | {f for names in channels.EVENT_FIELDS.values() for f in names}
     assert fields - rows == set(), "fields of the webhook document missing from docs/alerts.md"
+
+
+# --- issue 24 item 7: an alert writes its time as every deployer text does ------------------------
+
+@pytest.mark.parametrize("stamp", ["2026-12-06T12:00:00+0800", "2026-12-06T04:00:00+00:00"])
+def test_issue24_7_an_alert_says_when_in_the_one_format(stamp):
+    """Before: `at 2026-12-06T12:00:00+0800` (the host's zone, ISO), where status, history and logs
+    print otherwise. The event's `time` (the webhook document's) stays ISO 8601."""
+    failed = {"kind": "failed", "job": "tick", "host": "cron02", "method": "POST", "url": "http://h/x",
+              "result": "exit-code", "exit_status": 1, "time": stamp, "lines": []}
+    _, text = alert.format_events([failed])
+    assert "exit status 1, at 2026-12-06 04:00:00 UTC" in text and stamp not in text
+    _, text = alert.format_events([dict(failed, kind="recovered")])
+    assert "succeeded again at 2026-12-06 04:00:00 UTC" in text
+    assert failed["time"] == stamp
+    assert alert.clock_text("not a time") == "not a time"

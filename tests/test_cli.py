@@ -179,7 +179,7 @@ def test_issue22_4_a_run_outside_its_vocabulary_is_refused(hostile, field, value
 
 # --- issue 22 item 14, issue 24 item 2: status shows what each host runs ----------------------
 
-from deployer.errors import RemoteError  # noqa: E402
+from deployer.errors import DeployerError, RemoteError  # noqa: E402
 from deployer.hostside.protocol import JobStatus, StatusAnswer  # noqa: E402
 
 MACHINE_A, MACHINE_B = "a" * 32, "b" * 32
@@ -349,3 +349,328 @@ def test_issue24_2_a_machine_or_owner_outside_its_rule_is_refused(fleet, field, 
     answer = StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), **{field: value})
     text, _ = fleet({"cron01": answer, "cron02": StatusAnswer()})
     assert text.exit_code == 1 and "answer is not valid" in text.stderr and "\x1b" not in text.stdout + text.stderr
+
+
+# --- issue 24 item 7: render --out writes what it counts, per host; render --host ----------------
+
+TWO_HOSTS_ONE_CHANNEL = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
+                         "[alert:ops]\ntype = webhook\nendpoint = http://hook.example/x\n[defaults]\nalert = ops\n"
+                         "[job:a]\nschedule = 0 3 * * *\nurl = http://svc/a\nhost = cron01\n"
+                         "[job:b]\nschedule = 0 4 * * *\nurl = http://svc/b\nhost = cron02\n")
+
+
+def test_issue24_7_render_out_counts_the_files_it_wrote_and_each_host_gets_its_own(tmp_path):
+    """Before: `wrote 46 unit files` and 35 on disk: the hosts' units of one name overwrote each
+    other, leaving cron02's alert unit where cron01's belonged."""
+    path, out = tmp_path / "inventory.ini", tmp_path / "preview"
+    path.write_text(TWO_HOSTS_ONE_CHANNEL)
+    result = CliRunner().invoke(cli.main, ["render", "-i", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert result.output == f"wrote {len(written)} unit files to {out} (cron01, cron02: one directory each)\n"
+    for host, job, other in (("cron01", "a", "b"), ("cron02", "b", "a")):
+        alert = (out / host / "deployer-alert-ops@.service").read_text()
+        other_host = "cron02" if host == "cron01" else "cron01"
+        assert f'"--host-name" "{host}"' in alert and f'"--host-name" "{other_host}"' not in alert
+        assert (out / host / f"deployer-{job}.timer").is_file() and not (out / host / f"deployer-{other}.timer").exists()
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_issue24_7_render_host_renders_that_hosts_units_only(tmp_path, where):
+    """Before: `No such option: --host`."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(TWO_HOSTS_ONE_CHANNEL)
+    args = ["render", "-i", str(path), "--host", "cron02"] if where == "after" else \
+        ["--host", "cron02", "render", "-i", str(path)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    shown = [line.split()[-1] for line in result.output.splitlines() if line.startswith("# ---- ")]
+    assert "/etc/systemd/system/deployer-b.timer" in shown and "/etc/systemd/system/deployer-a.timer" not in shown
+    assert '"--host-name" "cron02"' in result.output and '"--host-name" "cron01"' not in result.output
+    out = tmp_path / "one"
+    result = CliRunner().invoke(cli.main, args + ["--out", str(out)])
+    assert result.output == f"wrote {len(list(out.iterdir()))} unit files to {out}\n"
+    assert (out / "deployer-b.timer").is_file()
+
+
+# --- issue 24 item 7: plan and push at scale: the summary first, a line per job, diffs on demand --
+
+from deployer import deploy  # noqa: E402
+from tests.test_agent import FakeSystemd  # noqa: E402
+
+
+def many_jobs(count: int, first: int = 0) -> str:
+    return "[host:cron01]\naddress = 10.0.0.1\n[defaults]\nretries = 0\n" + "".join(
+        f"[job:j{i:04d}]\nschedule = 0 3 * * *\nurl = http://svc/{i}\n" for i in range(first, count))
+
+
+@pytest.fixture
+def cron01(tmp_path, monkeypatch):
+    """One in-process host (the real agent against a temporary root); `run(inventory, *args)`
+    runs the CLI against it. -> (run, agent)."""
+    agent = remote.LocalAgent("cron01", str(tmp_path / "root"), FakeSystemd())
+    monkeypatch.setattr(cli, "_connect", lambda inv, host: agent)
+    path = tmp_path / "inventory.ini"
+
+    def run(inventory: str, *args: str, **kw):
+        path.write_text(inventory)
+        return CliRunner().invoke(cli.main, [*args, "-i", str(path)], **kw)
+
+    return run, agent
+
+
+def test_issue24_7_plan_of_three_new_jobs_is_a_summary_and_a_line_per_job(cron01):
+    """Before: 833 lines of diff with the summary last."""
+    run, _ = cron01
+    plan = run(many_jobs(3), "plan")
+    assert plan.exit_code == 0, plan.output
+    lines = plan.stdout.splitlines()
+    assert lines[0] == ("host cron01: 3 jobs to add, 0 to change, 0 to remove "
+                        "(files: 18 to add, 0 to change, 0 to remove, 0 unchanged)")
+    assert lines[1:4] == ["+ job j0000", "+ job j0001", "+ job j0002"]
+    assert "+ deployer-jobs.slice" in lines and len(lines) < 20
+    assert not [line for line in lines if line.startswith(("@@", "--- ", "+++ ", "+[Unit]"))]
+
+    with_diff = run(many_jobs(3), "plan", "--diff").stdout.splitlines()
+    assert with_diff[:len(lines)] == lines, "--diff adds the diffs after the same lines"
+    assert "+++ b/etc/systemd/system/deployer-j0000.timer" in with_diff and "+[Timer]" in with_diff
+
+
+def test_issue24_7_a_changed_and_a_removed_job_are_one_line_each(cron01):
+    run, _ = cron01
+    run(many_jobs(3), "push")
+    changed = many_jobs(2).replace("url = http://svc/1\n", "url = http://svc/1-new\n")
+    lines = run(changed, "plan").stdout.splitlines()
+    assert lines[0].startswith("host cron01: 0 jobs to add, 1 to change, 1 to remove (files: ")
+    assert lines[1:3] == ["~ job j0001 (deployer-j0001.service)", "- job j0002 (not in inventory.ini)"]
+
+
+def test_issue24_7_push_shows_the_plan_first_and_a_thousand_jobs_in_a_few_lines(cron01):
+    """Before: a line per file after the push (2,000 for 1,000 jobs), and nothing before it."""
+    run, _ = cron01
+    pushed = run(many_jobs(60), "push")
+    assert pushed.exit_code == 0, pushed.output
+    lines = pushed.stdout.splitlines()
+    assert lines[0].startswith("host cron01: 60 jobs to add, 0 to change, 0 to remove (files: 189 to add")
+    assert lines[1:cli.PUSH_LISTS + 2] == [f"+ job j{i:04d}" for i in range(cli.PUSH_LISTS)] + [
+        "+ ... and 40 more jobs to add (deployer plan lists them all)"]
+    assert lines[-1] == "host cron01: pushed: 189 add, 0 change, 0 remove, 0 unchanged"
+    assert len(lines) < cli.PUSH_LISTS + 20
+    again = run(many_jobs(60), "push")
+    assert again.stdout == "host cron01: up to date: 0 add, 0 change, 0 remove, 189 unchanged\n"
+
+
+def test_issue24_7_push_announces_its_plan_before_it_asks_and_before_it_changes_anything(tmp_path):
+    from deployer import inventory
+
+    agent = remote.LocalAgent("cron01", str(tmp_path / "root"), FakeSystemd())
+    path = tmp_path / "inventory.ini"
+    path.write_text(many_jobs(3))
+    deploy.push(inventory.load(str(path)), "cron01", agent, lambda name: agent)
+    path.write_text(many_jobs(2))
+    events = []
+
+    def announce(plan, state):
+        events.append(("announce", deploy.removed_jobs(plan), len(remote.read_state(agent).files)))
+
+    def confirm(jobs):
+        events.append(("confirm", jobs, len(remote.read_state(agent).files)))
+        return False
+
+    with pytest.raises(DeployerError):
+        deploy.push(inventory.load(str(path)), "cron01", agent, lambda name: agent, announce=announce,
+                    confirm=confirm)
+    installed = len(remote.read_state(agent).files)
+    assert events == [("announce", ("j0002",), installed), ("confirm", ("j0002",), installed)]
+
+
+# --- issue 24 item 7: one time format in every text view: 2026-12-06 11:08:41 UTC ------------------
+
+import re  # noqa: E402
+
+from deployer import report  # noqa: E402
+from deployer.hostside.journal import format_entry  # noqa: E402
+from deployer.hostside.protocol import RunInfo  # noqa: E402
+
+CLOCK = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (UTC|CST|CET|CEST|[+-]\d\d)\b")
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def test_issue24_7_schedule_and_validate_print_the_one_format_and_json_keeps_iso(tmp_path):
+    """Before: `2026-12-07T04:00:00+08:00` in validate and schedule, `04:00:00` (no date, no
+    zone) in history's STARTED, `2026-12-06T04:00:00+00:00` in logs, `HH:MM:SS CET` in move."""
+    text = CliRunner().invoke(cli.main, ["schedule", "0 4 * * *", "--timezone", "Asia/Shanghai", "--count", "2"])
+    assert [line.strip() for line in text.output.splitlines()[1:]] == [
+        line for line in (m.group(0) for m in CLOCK.finditer(text.output))]
+    assert all(line.endswith("04:00:00 CST") for line in text.output.splitlines()[1:]) and not ISO.search(text.output)
+    document = json.loads(CliRunner().invoke(cli.main, ["schedule", "0 4 * * *", "--timezone", "Asia/Shanghai",
+                                                        "--json"]).output)
+    assert all(moment.endswith("T04:00:00+08:00") for moment in document["next"])
+
+    path = tmp_path / "inventory.ini"
+    path.write_text("[host:cron01]\naddress = 10.0.0.1\n[job:settle]\nschedule = 0 4 * * *\n"
+                    "timezone = Europe/Berlin\nurl = http://svc/s\n")
+    validated = CliRunner().invoke(cli.main, ["validate", "-i", str(path)]).output
+    next_line = next(line for line in validated.splitlines() if "next:" in line)
+    assert len(CLOCK.findall(next_line)) == 2 and " 04:00:00 CE" in next_line and not ISO.search(validated)
+
+
+def test_issue24_7_history_logs_and_status_print_the_one_format(fleet):
+    run = RunInfo(run="0b1d", started=1796529600.25, result="ok", slot=1796529600, duration=0.4, attempts=1,
+                  key="settle/2026-12-06T04:00:00Z")
+    document = report.history_document("cron01", "settle", "Asia/Shanghai", 1796529000.0, 1796529700.0, [run],
+                                       [1796529600.0], 1796529650.0)
+    lines = report.history_text(document).splitlines()
+    assert lines[1].split("  ")[:2] == ["2026-12-06 12:00:00 CST", "2026-12-06 12:00:00 CST"]
+    assert " since 2026-12-06 11:50:00 CST: 1 runs" in lines[-1] and not ISO.search("\n".join(lines))
+    assert document["runs"][0]["started"] == "2026-12-06T12:00:00.250+08:00", "--json keeps ISO 8601"
+
+    entry = {"__REALTIME_TIMESTAMP": "1796529600000000", "SYSLOG_IDENTIFIER": "deployer-settle", "_PID": "812",
+             "MESSAGE": "POST http://svc/s -> 200"}
+    assert format_entry(entry) == "2026-12-06 04:00:00 UTC deployer-settle[812]: POST http://svc/s -> 200"
+
+    text, document = fleet({"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+                            "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC"),),
+                                                   machine=MACHINE_B)})
+    assert "2026-12-07 03:00:00 UTC (" in rows(text.stdout)["cron01", "settle"] and not ISO.search(text.stdout)
+    assert document["jobs"][0]["next"] == "2026-12-07T03:00:00+00:00"
+
+
+# --- issue 24 item 10: colour on a terminal, never elsewhere, never with NO_COLOR ----------------
+
+from click import unstyle  # noqa: E402
+
+from deployer import colour  # noqa: E402
+
+
+@pytest.mark.parametrize("tty, no_color, coloured", [
+    pytest.param(True, None, True, id="terminal"),
+    pytest.param(True, "1", False, id="terminal-NO_COLOR"),
+    pytest.param(False, None, False, id="pipe"),
+])
+def test_issue24_10_plan_is_coloured_on_a_terminal_only(cron01, monkeypatch, tty, no_color, coloured):
+    """CliRunner's color=True is click's terminal: it keeps the codes click.echo strips on a pipe."""
+    run, _ = cron01
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    plan = run(many_jobs(1), "plan", "--diff", color=tty)
+    assert ("\x1b[32m+ job j0000\x1b[0m" in plan.stdout) == coloured
+    assert ("\x1b[32m+[Timer]\x1b[0m" in plan.stdout) == coloured
+    assert ("\x1b[" in plan.stdout) == coloured
+    assert "+ job j0000" in unstyle(plan.stdout)
+    pushed = run(many_jobs(1), "push", color=tty)
+    assert ("host cron01: \x1b[32mpushed\x1b[0m: " in pushed.stdout) == coloured
+
+
+def test_issue24_10_result_words_are_coloured_and_the_columns_stay_aligned():
+    runs = [RunInfo(run="a1", started=1796529600.0, result="ok", slot=1796529600, duration=0.4, attempts=1),
+            RunInfo(run="a2", started=1796533200.0, result="failed", reason="status 500, expected 2xx",
+                    slot=1796533200, duration=0.5, attempts=3)]
+    document = report.history_document("cron01", "settle", "UTC", 1796529000.0, 1796540000.0, runs, None, None)
+    plain, painted = report.history_text(document), report.history_text(document, colour.result)
+    assert unstyle(painted) == plain
+    ok_row, failed_row = painted.splitlines()[1:3]
+    assert "\x1b[32mok\x1b[0m" in ok_row and "\x1b[31m\x1b[1mfailed\x1b[0m" in failed_row
+    assert colour.result("paused (last: ok)").startswith("\x1b[33mpaused\x1b[0m")
+    assert colour.result("up to date") == "\x1b[32mup to date\x1b[0m"
+    assert colour.result("never") == "never"
+
+
+def test_issue24_10_status_colours_its_result_column(fleet, monkeypatch):
+    answers = {"cron01": StatusAnswer(jobs=(timer("settle", "*-*-* 04:00:00 UTC"),), machine=MACHINE_A),
+               "cron02": StatusAnswer(jobs=(timer("tick", "Mon,Tue *-*-* 09:00:00 UTC", active=False),),
+                                      machine=MACHINE_B)}
+    _, document = fleet(answers)
+    now = report.now_utc()
+    painted = report.status_text(document, now, colour.result)
+    assert unstyle(painted) == report.status_text(document, now)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert report.status_text(document, now, colour.result) == report.status_text(document, now)
+
+
+# --- issue 24 item 10: shell completion of job and host names, from the inventory -----------------
+
+from click.shell_completion import ShellComplete  # noqa: E402
+
+COMPLETED = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
+             "[alert:ops]\ntype = dingtalk\ntoken = ${NOT_SET_WHILE_COMPLETING}\n"
+             "[job:settle]\nschedule = 0 3 * * *\nurl = http://svc/s\nhost = cron01\n"
+             "[job:settle-daily]\nschedule = 0 4 * * *\nurl = http://svc/d\nhost = cron02\n"
+             "[job:report]\nschedule = 0 5 * * *\nurl = http://svc/r\nhost = cron02\n")
+
+
+def completions(args: list[str], incomplete: str) -> list[str]:
+    return [item.value for item in ShellComplete(cli.main, {}, "deployer", "_DEPLOYER_COMPLETE")
+            .get_completions(args, incomplete)]
+
+
+@pytest.mark.parametrize("command", ["run", "history", "logs", "pause", "resume"])
+def test_issue24_10_job_names_complete_from_the_inventory(tmp_path, command):
+    """An unset ${VAR} (a token only push needs) does not stop completion."""
+    path = tmp_path / "prod.ini"
+    path.write_text(COMPLETED)
+    assert completions([command, "-i", str(path)], "se") == ["settle", "settle-daily"]
+    assert completions(["-i", str(path), command], "") == ["settle", "settle-daily", "report"]
+
+
+@pytest.mark.parametrize("args", [["status", "--host"], ["push", "--host"], ["--host"], ["move", "--from"],
+                                  ["move", "--to"], ["release", "--host"], ["render", "--host"]])
+def test_issue24_10_host_names_complete_from_the_inventory(tmp_path, monkeypatch, args):
+    path = tmp_path / "inventory.ini"
+    path.write_text(COMPLETED)
+    monkeypatch.chdir(tmp_path)  # the default inventory
+    assert completions(args, "cron") == ["cron01", "cron02"]
+    assert completions(args, "x") == []
+
+
+def test_issue24_10_completion_without_an_inventory_offers_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert completions(["logs"], "") == [] and completions(["status", "--host"], "") == []
+
+
+def test_issue24_10_the_readme_line_prints_a_bash_completion_script():
+    """README: eval "$(_DEPLOYER_COMPLETE=bash_source deployer)"."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert 'eval "$(_DEPLOYER_COMPLETE=bash_source deployer)"' in readme
+    script = CliRunner().invoke(cli.main, [], prog_name="deployer", env={"_DEPLOYER_COMPLETE": "bash_source"})
+    assert script.exit_code == 0 and "complete -o nosort -F _deployer_completion deployer" in script.output
+
+
+# --- issue 24 item 10: deployer init -------------------------------------------------------------
+
+@pytest.mark.parametrize("args, host, address", [
+    pytest.param([], "cron01", "10.0.0.5", id="defaults"),
+    pytest.param(["--host", "batch-01", "--address", "batch01.internal.example"], "batch-01",
+                 "batch01.internal.example", id="named"),
+])
+def test_issue24_10_init_writes_a_commented_inventory_that_validates(tmp_path, monkeypatch, args, host, address):
+    monkeypatch.chdir(tmp_path)
+    written = CliRunner().invoke(cli.main, ["init", *args])
+    assert written.exit_code == 0, written.output
+    assert written.output == (f"wrote inventory.ini: host {host} ({address}) and job example; edit it, then: "
+                              "deployer validate -i inventory.ini\n")
+    text = (tmp_path / "inventory.ini").read_text()
+    assert f"[host:{host}]\n" in text and f"address = {address}\n" in text and "[job:example]\n" in text
+    assert sum(line.startswith("#") for line in text.splitlines()) >= 15, "a starter explains itself"
+    validated = CliRunner().invoke(cli.main, ["validate"])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.splitlines()[-1] == "inventory.ini: ok (1 hosts, 0 alerts, 1 jobs)"
+    assert f"example  (host {host})  *-*-* *:00:00 UTC" in validated.output
+
+
+def test_issue24_10_init_never_overwrites_an_inventory(tmp_path):
+    path = tmp_path / "prod.ini"
+    path.write_text("[host:prod]\naddress = 10.9.9.9\n")
+    refused = CliRunner().invoke(cli.main, ["init", "-i", str(path)])
+    assert refused.exit_code == 1
+    assert refused.stderr == f"deployer: error: {path} already exists; not overwritten (give another file with -i FILE)\n"
+    assert path.read_text() == "[host:prod]\naddress = 10.9.9.9\n"
+
+
+@pytest.mark.parametrize("args", [["--host", "Cron_01"], ["--address", "10.0.0.5 ; rm"]])
+def test_issue24_10_init_refuses_a_name_or_address_the_inventory_would_refuse(tmp_path, args):
+    path = tmp_path / "inventory.ini"
+    refused = CliRunner().invoke(cli.main, ["init", "-i", str(path), *args])
+    assert refused.exit_code == 1 and refused.stderr.startswith("deployer: error: --") and not path.exists()

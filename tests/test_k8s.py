@@ -150,3 +150,35 @@ def test_credential_options_come_from_a_mounted_secret_never_the_manifest(inv):
     assert {"name": "CREDENTIALS_DIRECTORY", "value": container["volumeMounts"][0]["mountPath"]} in container["env"]
     assert "--from-file=headers=./weekly-report.headers" in text
     assert SECRETS["TOKEN"] not in text
+
+
+# --- issue 24 item 7: the header names the inventory's variables; loopback URLs are warned of ---
+
+def test_issue24_7_the_secret_commands_name_the_variables_the_inventory_reads(inv, tmp_path):
+    """Before: `${OPS_TOKEN}` (made from the channel's name) where the inventory says `${TOKEN}`."""
+    text, _ = exported(inv)
+    assert '--from-literal=token="${TOKEN}" --from-literal=secret="${SECRET}"' in text
+    literal = tmp_path / "literal.ini"
+    literal.write_text(INVENTORY.replace("token = ${TOKEN}", "token = written-here"))
+    text = render_yaml(inventory.load(str(literal), env=SECRETS), *export(
+        inventory.load(str(literal), env=SECRETS), skip_unexpressible=True), None)
+    assert '--from-literal=token="${OPS_TOKEN}"' in text and "written-here" not in text
+
+
+def test_issue24_7_an_export_of_loopback_urls_warns_on_stderr(tmp_path):
+    from click.testing import CliRunner
+
+    from deployer import cli
+
+    path = tmp_path / "inventory.ini"
+    path.write_text("[host:cron01]\naddress = 10.0.0.5\n[job:local]\nschedule = 0 3 * * *\n"
+                    "url = http://127.0.0.1:8080/run\n[job:named]\nschedule = 0 3 * * *\nurl = http://localhost/x\n"
+                    "[job:remote]\nschedule = 0 3 * * *\nurl = http://svc.jobs:8080/run\n")
+    result = CliRunner().invoke(cli.main, ["export", "k8s", "-i", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "deployer: warning: job local: url http://127.0.0.1:8080/run is the pod itself in Kubernetes (localhost): "
+        "give the service's cluster address",
+        "deployer: warning: job named: url http://localhost/x is the pod itself in Kubernetes (localhost): "
+        "give the service's cluster address"]
+    assert "warning" not in result.stdout and "kind: CronJob" in result.stdout

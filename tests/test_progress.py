@@ -35,3 +35,50 @@ def test_never_on_a_pipe(monkeypatch):
     bar = Progress("push cron01", stream=pipe)
     bar.update("anything")
     assert pipe.getvalue() == ""
+
+
+# --- issue 24 item 7: a 1,000-timer push counts, on a terminal and in a log ---------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def counted_push(bar, clock, total=1000, seconds_per_chunk=2.0):
+    """The agent's reports for starting `total` timers, 100 per call, as a push relays them."""
+    bar.update("host: systemctl daemon-reload")
+    for done in range(0, total + 1, 100):
+        bar.update(f"host: starting timers: {done}/{total}")
+        clock.now += seconds_per_chunk
+    bar.update(f"host: timers active: {total}/{total}")
+
+
+def test_issue24_7_on_a_terminal_the_count_moves_on_one_line(monkeypatch):
+    """Before: `starting 1000 timers` for 20 s, then the list."""
+    clock, screen = Clock(), Terminal()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    bar = Progress("push cron01", stream=screen)
+    counted_push(bar, clock)
+    bar.done()
+    drawn = screen.getvalue().split("\r\033[K")
+    assert "push cron01: host: starting timers: 500/1000 (10s)" in drawn
+    assert "push cron01: host: starting timers: 1000/1000 (20s)" in drawn
+    assert "\n" not in screen.getvalue() and screen.getvalue().endswith("\r\033[K")
+
+
+def test_issue24_7_in_a_log_a_long_counted_step_is_a_few_lines(monkeypatch):
+    clock, pipe = Clock(), io.StringIO()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    counted_push(Progress("push cron01", stream=pipe), clock)
+    assert pipe.getvalue().splitlines() == ["push cron01: host: starting timers: 500/1000 (10s)",
+                                            "push cron01: host: starting timers: 1000/1000 (20s)"]
+
+
+def test_issue24_7_in_a_log_a_push_of_seconds_says_nothing(monkeypatch):
+    clock, pipe = Clock(), io.StringIO()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    counted_push(Progress("push cron01", stream=pipe), clock, total=300, seconds_per_chunk=1.0)
+    assert pipe.getvalue() == ""

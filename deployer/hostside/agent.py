@@ -318,11 +318,16 @@ class Systemd:
         return subprocess.Popen(["journalctl", "--no-pager", "-q", "-f", "-o", "json"] + list(args),
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
 
-    def wait_active(self, units, timeout=60):
+    def wait_active(self, units, timeout=60, report=lambda active, total: None):
+        """Until every unit is active; `report(active, total)` when the count moved."""
         deadline = time.monotonic() + timeout
+        reported = -1
         while True:
             states = self.systemctl("is-active", *units, check=False)[1].split()
             pending = [u for u, state in zip(units, states) if state != "active"]
+            if len(units) - len(pending) != reported:
+                reported = len(units) - len(pending)
+                report(reported, len(units))
             if not pending:
                 return
             if time.monotonic() > deadline or any(s == "failed" for s in states):
@@ -381,6 +386,37 @@ def heartbeat():
 def progress(text):
     """A step the client may show on a terminal."""
     say("@progress " + text)
+
+
+# Timers started per systemctl call: small enough that the count a push shows moves (1,000
+# timers took 20 s in one call, with nothing to show), large enough that calls stay few.
+START_CHUNK = 100
+COUNT_EVERY = 0.5  # seconds between two counts of one step (the client redraws one line)
+
+
+def counter(step):
+    """progress(`step: N/TOTAL`), at most every COUNT_EVERY seconds, and always the last."""
+    last = [0.0]
+
+    def report(done, total):
+        now = time.monotonic()
+        if done == total or now - last[0] >= COUNT_EVERY:
+            last[0] = now
+            progress("%s: %d/%d" % (step, done, total))
+
+    return report
+
+
+def start_timers(systemd, timers, prefix="", wait=True):
+    """Start timers in chunks, counting, then (`wait`) until all are active, counting."""
+    report = counter(prefix + "starting timers")
+    for done, chunk in ((i, timers[i:i + START_CHUNK]) for i in range(0, len(timers), START_CHUNK)):
+        report(done, len(timers))
+        # --no-block: one D-Bus call per timer without waiting for each job, then one check.
+        systemd.systemctl("start", "--no-block", *chunk)
+    report(len(timers), len(timers))
+    if wait:
+        systemd.wait_active(timers, report=counter(prefix + "timers active"))
 
 
 @dataclass
@@ -693,11 +729,7 @@ class Host:
             progress("enabling %d timers" % len(journal.enable))
             systemd.systemctl("--no-reload", "enable", *journal.enable)
         if journal.start:
-            progress("starting %d timers" % len(journal.start))
-            # --no-block: one D-Bus call per timer without waiting for each job, then one check.
-            systemd.systemctl("start", "--no-block", *journal.start)
-            if not boot:
-                systemd.wait_active(list(journal.start))
+            start_timers(systemd, list(journal.start), wait=not boot)
 
     def disable_timers(self, timers):
         """Stop and disable timers, in chunks (one call for 10,000 units times out), each call
@@ -818,10 +850,7 @@ class Host:
                                     os.path.dirname(self.layout.to_host(marker))))
         self.mark_not_held()  # before any timer starts: each needs it
         if timers:
-            progress("releasing the hold: starting %d timers" % len(timers))
-            for chunk in chunks(timers, UNIT_CHUNK):
-                self.systemd.systemctl("start", "--no-block", *chunk)
-            self.systemd.wait_active(timers)
+            start_timers(self.systemd, timers, "releasing the hold: ")
         return held, tuple(timers)
 
     def current_hold(self):

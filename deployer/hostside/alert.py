@@ -43,6 +43,19 @@ def format_events(events: list[dict], escape: Callable[[str], str] = _same) -> t
     return format_messages(events, escape)[0]
 
 
+def clock_text(stamp: str) -> str:
+    """An event's `time` (ISO 8601, the host's offset: kept as is in the webhook document) as
+    every deployer text writes a moment: `2026-12-06 04:00:00 UTC` (as the journal lines of
+    `deployer logs`). Anything else is shown as it came."""
+    import datetime
+
+    try:
+        moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return str(stamp)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, str]:
     if len(events) == 1 and events[0].get("kind") == "held":
         e = events[0]
@@ -68,7 +81,7 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         if len(events) > 1:
             parts.append(f"**{escape(e['job'])}**")
         if e.get("kind") == "recovered":
-            parts.append(f"succeeded again at {escape(e['time'])}")
+            parts.append(f"succeeded again at {escape(clock_text(e['time']))}")
             continue
         # What an operator reads first: which run (job, host, slot) and why; then its own lines.
         slot = f"slot {escape(e['slot'])}" if e.get("slot") else "slot unknown (the run wrote no record)"
@@ -77,7 +90,7 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
         parts += [f"> {escape(line[:200])}" for line in lines]
         parts.append(escape(f"{e.get('method', '')} {e.get('url', '')}".strip()))
-        parts.append(f"result: {escape(e['result'])}{escape(ended(e))}, at {escape(e['time'])}"
+        parts.append(f"result: {escape(e['result'])}{escape(ended(e))}, at {escape(clock_text(e['time']))}"
                      + (f", run {escape(e['invocation'])}" if e.get("invocation") else ""))
     return title, "\n\n".join(parts)
 

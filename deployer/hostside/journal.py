@@ -31,8 +31,9 @@ def entry_text(value):
 
 
 def format_entry(entry):
-    """One journal entry as one line: `2026-11-25T14:03:01+00:00 deployer-settle[812]: POST ...` (UTC)."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
+    """One journal entry as one line: `2026-11-25 14:03:01 UTC deployer-settle[812]: POST ...`
+    (UTC, written as every time the deployer prints: report.CLOCK_FORMAT)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
     ident = entry_text(entry.get("SYSLOG_IDENTIFIER")) or entry_text(entry.get("_COMM")) or "?"
     pid = entry_text(entry.get("_PID"))
     return "%s %s%s: %s" % (stamp, ident, "[%s]" % pid if pid else "",

@@ -96,7 +96,9 @@ def test_changed_and_removed_jobs_are_updated_and_pruned(shared_cron01, server, 
     deployer("push", "-i", path, check=True)
     write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="15 * * * *|/keep"))
 
-    plan = deployer("plan", "-i", path, check=True)
+    plan = deployer("plan", "--diff", "-i", path, check=True)
+    assert "~ job keep (deployer-keep.service, deployer-keep.timer)" in plan.stdout
+    assert "- job gone (not in " in plan.stdout
     assert "~ /etc/systemd/system/deployer-keep.timer" in plan.stdout
     assert "-OnCalendar=*-*-* *:00:00 UTC" in plan.stdout
     assert "+OnCalendar=*-*-* *:15:00 UTC" in plan.stdout
