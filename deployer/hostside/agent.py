@@ -34,7 +34,8 @@ from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, Hand
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
                                         ResumeRequest, RunAnswer,
-                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
+                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
+                                        StopAnswer, StopRequest)
 
 # -- paths ------------------------------------------------------------------------------------
 
@@ -1062,6 +1063,14 @@ def op_run(host, request):
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
     held = check_run_on_hold(host, request)
+    attached = running_since(host, service)
+    if attached is not None:
+        if request.slot is not None:
+            raise AgentError(protocol.RUNNING, "%s is already running on %s (since %s): a backfill would not "
+                             "start; run it again when this run ends" % (request.job, host.name, attached or "?"))
+        # systemctl start merges into the run in progress and returns when it ends.
+        host.emit("deployer: %s is already running on %s (since %s): following that run"
+                  % (request.job, host.name, attached or "?"))
     asked = host.ask_run(request.job, slot=request.slot)
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
@@ -1087,7 +1096,39 @@ def op_run(host, request):
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held)
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held,
+                     attached=attached or "")
+
+
+RUNNING_STATES = ("activating", "active", "reloading", "deactivating")
+
+
+def running_since(host, service):
+    """When the run of `service` in progress started (ISO 8601; "" when systemd does not say),
+    or None when none runs."""
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return None
+    return iso_time(props.get("ExecMainStartTimestamp", ""))
+
+
+def op_stop(host, request):
+    """Stop the job's run in progress: its trigger takes the SIGTERM as an interruption and
+    records the run as failed (its alert says so). Nothing running is an answer, not an error."""
+    service = host.installed(request.job, "service")
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return StopAnswer(stopped=False)
+    host.systemd.systemctl("stop", service)
+    invocation = props.get("InvocationID", "")
+    runs, deadline = [], time.monotonic() + JOURNAL_LAG
+    while invocation and not runs and time.monotonic() < deadline:  # the record reaches the journal late
+        runs = [run for run in runs_from_journal(host.systemd.journal_entries(
+            ["_SYSTEMD_INVOCATION_ID=" + invocation])).get(request.job, []) if run.source == "record"]
+        if not runs:
+            time.sleep(0.2)
+    return StopAnswer(stopped=True, started=iso_time(props.get("ExecMainStartTimestamp", "")),
+                      run=runs[-1] if runs else None)
 
 
 def check_run_on_hold(host, request):
@@ -1228,6 +1269,7 @@ def op_release(host, request):
 # -- dispatch ---------------------------------------------------------------------------------
 
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
+              StopRequest: op_stop,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
               HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history}
 
