@@ -450,3 +450,16 @@ def test_issue24_4_the_waiting_lines_stop_with_the_runs_timeout(server):
     assert not result.ok and "timed out after 1s" in result.reason
     assert any("waiting for the answer (0.3 s)" in line for line in lines)
     assert "timed out" in lines[-1]
+
+
+def test_issue24_4_a_sigterm_is_deployer_stops_only_for_the_run_it_names(tmp_path):
+    """`deployer stop` names the run before its SIGTERM: that run is stopped (not resumed at the
+    next boot); any other SIGTERM (a shutdown) stays an interruption that may be resumed."""
+    from deployer.hostside import slot
+
+    assert not slot.stopped_by_operator("settle", "run1", str(tmp_path))
+    with open(slot.stop_path("settle", str(tmp_path)), "w") as marker:
+        marker.write("run1")
+    assert slot.stopped_by_operator("settle", "run1", str(tmp_path))
+    assert not slot.stopped_by_operator("settle", "run2", str(tmp_path))
+    assert not slot.stopped_by_operator("other", "run1", str(tmp_path))

@@ -475,19 +475,24 @@ class Host:
         self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
         return timer
 
+    def runs_dir(self):
+        """Where the agent tells a run what it is for (paths.BACKFILL_DIR): a directory its dynamic
+        user can read and no other local user can write."""
+        directory = self.layout.backfill_dir
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
+                             % self.layout.to_host(directory))
+        return directory
+
     def ask_run(self, job, slot=None, elapsed=None, ttl=None):
         """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
         timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
         run of its own (slot.read_request: the environment cannot say, see there). A file its
         dynamic user can read and no other local user can write; bound to the timer's stamp as
         it is now, so that a run a newer elapse started is not taken for this one."""
-        directory = self.layout.backfill_dir
-        path = os.path.join(directory, paths.job_unit(job, "json"))
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
-                             % self.layout.to_host(directory))
+        path = os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         request = {"slot": int(slot)} if slot is not None else \
@@ -1113,14 +1118,23 @@ def running_since(host, service):
 
 
 def op_stop(host, request):
-    """Stop the job's run in progress: its trigger takes the SIGTERM as an interruption and
-    records the run as failed (its alert says so). Nothing running is an answer, not an error."""
+    """Stop the job's run in progress: its trigger takes the SIGTERM as `deployer stop`'s and
+    records the run as failed, stopped (its alert says so). Nothing running is an answer, not an
+    error."""
     service = host.installed(request.job, "service")
     props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
     if props.get("ActiveState") not in RUNNING_STATES:
         return StopAnswer(stopped=False)
-    host.systemd.systemctl("stop", service)
     invocation = props.get("InvocationID", "")
+    # Names the run for its trigger: this SIGTERM is an operator's, so the run is not resumed at
+    # the next boot as a shutdown's would be (run.interruption).
+    marker = os.path.join(host.runs_dir(), paths.job_unit(request.job, "stop"))
+    host.write_atomically(marker, invocation, mode=0o644)
+    try:
+        host.systemd.systemctl("stop", service)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
     runs, deadline = [], time.monotonic() + JOURNAL_LAG
     while invocation and not runs and time.monotonic() < deadline:  # the record reaches the journal late
         runs = [run for run in runs_from_journal(host.systemd.journal_entries(

@@ -16,7 +16,7 @@ from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryabl
 from .http import Response
 from .options import redact_url
 from .record import RunRecord
-from .slot import Slot, iso_utc
+from .slot import Slot, iso_utc, stopped_by_operator
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 from .text import Masker, run_masker
 
@@ -135,6 +135,13 @@ def scheduled_at(now: float, resolution: int) -> str:
 
 
 INTERRUPTED = "interrupted: SIGTERM, the host is shutting down or the run was stopped"
+STOPPED = "stopped: `deployer stop` ended the run"
+
+
+def interruption(job: str, run: str) -> tuple:
+    """A SIGTERM's reason, and whether the run may be resumed at the next boot (a shutdown's
+    may; one `deployer stop` ended may not). -> (reason, resumable)"""
+    return (STOPPED, False) if stopped_by_operator(job, run) else (INTERRUPTED, True)
 NOT_RESENT = ("not retried: the service may have started it "
               "(set idempotent = true once it dedupes on Idempotency-Key)")
 # The most a poll waits between two looks (poll_every grows to it), unless Retry-After says more.
@@ -290,7 +297,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                      log=log, waiting_every=waiting_every)
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
-    attempt, status, interrupted, fenced, reached = 0, None, False, False, []
+    attempt, status, interrupted, fenced, reached, resumable = 0, None, False, False, [], False
 
     def expire(signum, frame):
         raise RunTimeout()
@@ -344,14 +351,16 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         log(f"{spec.method} {shown}: {verdict.reason}")
     except Interrupted:
         interrupted = True
-        verdict = Verdict(False, INTERRUPTED)
+        reason, resumable = interruption(spec.name, run)
+        verdict = Verdict(False, reason)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot.at or 0, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
-                     resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
+                     resume=interrupted and resumable and slot.at is not None
+                     and (spec.async_ == "poll" or may_resend(spec)))
 
 
 def key_in_progress(response: Response) -> bool:

@@ -28,7 +28,11 @@ timezone = UTC
 url = {url}
 retries = 0
 timeout = 180s
+idempotent = true
 """
+# A backfill of a deduplicating job: a shutdown that cut it would resume it at the next boot; a
+# `deployer stop` must not.
+BACKFILL = "2026-01-01T03:00Z"
 
 
 def start(isolated_home, *args: str) -> subprocess.Popen:
@@ -64,7 +68,7 @@ def test_run_waits_out_loud_follows_a_run_going_and_leaves_it_to_stop(shared_cro
     deployer("push", "-i", path, "--yes", check=True)
     first = second = None
     try:
-        first = start(isolated_home, "run", "slow", "-i", path)
+        first = start(isolated_home, "run", "slow", "--slot", BACKFILL, "-i", path)
         first_lines: list[str] = []
         read_until(first, "waiting for the answer (30 s)", first_lines)
         assert any("attempt 1/1: POST" in line and line.endswith(": waiting for the answer (30 s)")
@@ -87,14 +91,13 @@ def test_run_waits_out_loud_follows_a_run_going_and_leaves_it_to_stop(shared_cro
         stopped = deployer("stop", "slow", "-i", path, check=True)
         said = stopped.stdout.strip()
         assert said.startswith("job slow stopped on cron01 (running since 20"), said
-        assert said.endswith("; recorded as failed: interrupted: SIGTERM, the host is shutting down or the run "
-                             "was stopped"), said
+        assert said.endswith("; recorded as failed: stopped: `deployer stop` ended the run"), said
 
-        # The attached `run` ends with the run it followed: failed, interrupted.
+        # The attached `run` ends with the run it followed: failed, stopped.
         rest, second_err = second.communicate(timeout=60)
         assert second.returncode == 1
-        assert "deployer: job slow failed (interrupted: SIGTERM" in second_err, second_err
-        assert "job slow: FAILED (interrupted" in "\n".join(second_lines) + rest
+        assert "deployer: job slow failed (stopped: `deployer stop` ended the run" in second_err, second_err
+        assert "job slow: FAILED (stopped" in "\n".join(second_lines) + rest
     finally:
         answer.set()
         for process in (first, second):
@@ -107,8 +110,10 @@ def test_run_waits_out_loud_follows_a_run_going_and_leaves_it_to_stop(shared_cro
     # One run in all: following it started none of its own.
     assert len(server.received("/slow")) == 1
     [run] = records(host, "slow")
-    assert (run.result, run.reason) == ("failed", "interrupted: SIGTERM, the host is shutting down or the run was "
-                                        "stopped")
+    assert (run.result, run.reason, run.key) == ("failed", "stopped: `deployer stop` ended the run",
+                                                 "slow/2026-01-01T03:00:00Z")
+    assert run.resume is False  # not sent again at the next boot
+    assert host.ssh("ls /run/deployer-runs/ | grep stop || true").stdout.split() == []  # the stop's note is gone
 
 
 def test_a_backfill_asked_while_the_job_runs_is_refused_not_dropped(shared_cron01, server, deployer,
