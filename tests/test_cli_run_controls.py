@@ -81,7 +81,8 @@ def test_history_reads_every_host_and_says_where_each_run_ran(fleet):
 
 def test_another_host_that_does_not_answer_is_a_warning_the_jobs_own_is_an_error(fleet):
     down = RemoteError("cron01", "cannot connect to 10.0.0.5: Connection refused")
-    agents = {"cron01": down, "cron02": AnsweringAgent("cron02", HistoryAnswer(runs=(ran("new", NOW - 3600),), now=NOW)),
+    agents = {"cron01": down,
+              "cron02": AnsweringAgent("cron02", HistoryAnswer(runs=(ran("new", NOW - 3600),), now=NOW)),
               "cron03": AnsweringAgent("cron03", HistoryAnswer(now=NOW))}
     result, _ = fleet(agents, "history", "settle")
     assert result.exit_code == 0
@@ -105,8 +106,8 @@ def test_history_host_reads_only_that_host_even_one_the_job_left(fleet):
 
 def test_ctrl_c_during_run_says_the_run_goes_on_and_how_to_stop_it(fleet):
     """Before: click's bare `Aborted!`, as if the run had ended with the command."""
-    agent = AnsweringAgent("cron02", None, stream=["attempt 1/1: POST http://svc/settle: waiting for the answer (30 s)"],
-                           then=KeyboardInterrupt())
+    waiting = "attempt 1/1: POST http://svc/settle: waiting for the answer (30 s)"
+    agent = AnsweringAgent("cron02", None, stream=[waiting], then=KeyboardInterrupt())
     result, _ = fleet({"cron02": agent}, "run", "settle")
     assert result.exit_code == 1
     assert "waiting for the answer (30 s)" in result.stdout

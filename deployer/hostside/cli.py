@@ -114,7 +114,8 @@ def main(argv: Optional[list] = None) -> int:
         result = run_job(spec, log=log, slot=the_slot)
     except Interrupted:  # during the /start ping, before the first attempt
         result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
-                           slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True, key=the_slot.key(spec.name), epoch=spec.epoch)
+                           slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
+                           key=the_slot.key(spec.name), epoch=spec.epoch)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name), _identifier(spec.name))
     if result.interrupted:
