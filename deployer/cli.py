@@ -623,7 +623,8 @@ def status(inventory_path, host_name, as_json):
 @main.command(epilog=EPILOG)
 @job_argument
 @inventory_option
-@host_option
+@click.option("--host", "host_name", metavar="NAME", callback=_or_group,
+              help="Read only this [host:NAME]: the job's old host too, after a move. Default: every host.")
 @click.option("--since", default="7d", show_default=True, metavar="WHEN",
               help="How far back: a duration (7d, 36h, 90m) or an ISO 8601 date or time.")
 @json_option
@@ -631,10 +632,15 @@ def history(job, inventory_path, host_name, since, as_json):
     """One line per run of JOB (slot, start, duration, attempts, result, reason) and a summary:
     runs, failures, p50/max duration, and the slots its schedule had with no run.
 
-    Read from the per-run records in the host's journal (`journalctl DEPLOYER_JOB=JOB`), plus
-    PID 1's entries for runs killed before they could write one. Missed slots are counted from
-    when the job's timer was last installed or changed by a push.
+    Read from the per-run records in the hosts' journals (`journalctl DEPLOYER_JOB=JOB`), plus
+    PID 1's entries for runs killed before they could write one. Every host of the inventory
+    is read, so the runs of a job that moved are all there, each with the host it ran on (a
+    HOST column); a host other than the job's own that does not answer is a warning. Missed
+    slots are counted from when the job's timer was last installed or changed by a push on
+    its host.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from . import remote
     from .report import history_document, history_text, job_zone, now_utc, since_time
 
@@ -643,13 +649,36 @@ def history(job, inventory_path, host_name, since, as_json):
         start = since_time(since, now)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
-    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
-    answer = remote.history(agent, job, start)
+    inv = Options(inventory_path).inventory()
+    own_host, the_job = _job_host(inv, job, None)
+    primary = host_name or own_host
+    inv.host(primary)
+    names = [primary] + ([] if host_name else [h.name for h in inv.hosts if h.name != primary])
+
+    def read(name):
+        try:
+            return remote.history(_connect(inv, name), job, start), None
+        except DeployerError as error:
+            if name == primary:
+                raise
+            return None, error
+
+    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
+        answers = dict(zip(names, pool.map(read, names)))
+    unread = [name for name, (_, error) in answers.items() if error is not None]
+    for name in unread:
+        reason = " ".join(answers[name][1].lines()).removeprefix(f"host {name}: ")
+        click.echo(f"deployer: warning: host {name}: {printable(reason)}; its runs of {job}, if any, "
+                   "are not shown", err=True)
+    ran = sorted(((run, name) for name, (answer, _) in answers.items() if answer for run in answer.runs),
+                 key=lambda pair: pair[0].started)
+    answer = answers[primary][0]
     until = answer.now or now
     # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
     slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
         else (None, None)
-    document = history_document(host_name, job, job_zone(the_job), start, until, answer.runs, slots, slots_until)
+    document = history_document(primary, job, job_zone(the_job), start, until, [run for run, _ in ran], slots,
+                                slots_until, run_hosts=[name for _, name in ran], unread=unread)
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
@@ -705,7 +734,9 @@ def _slots(job, start: float, until: float):
 def run(job, slot_text, force, inventory_path, host_name, as_json):
     """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
 
-    A host that holds its jobs (see `deployer release`) refuses, unless --force.
+    A host that holds its jobs (see `deployer release`) refuses, unless --force. When JOB is
+    already running, it says so and follows that run instead of starting one. Ctrl-C leaves the
+    run going on the host (`deployer stop JOB` ends it).
     Every line is the service's and the host's text: printed escaped (hostside/text.printable).
     """
     from . import remote
@@ -717,9 +748,17 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
 
     def show(line: str) -> None:
         streamed.append(line)
-        click.echo(printable(line))
+        if not as_json:
+            click.echo(printable(line))
 
-    result = remote.run(agent, job, output=None if as_json else show, slot=slot, force=force)
+    try:
+        result = remote.run(agent, job, output=show, slot=slot, force=force)
+    except KeyboardInterrupt:
+        # Leaving stops only the watching: the run is a systemd service of the host's.
+        goes_on = "the run goes on" if streamed else "the run, if it started, goes on"
+        click.echo(f"\ndeployer: interrupted: {goes_on} on {host_name}; stop it with: deployer stop {job}",
+                   err=True)
+        sys.exit(1)
     if result.held is not None:
         click.echo(f"deployer: warning: --force: host {host_name} holds its jobs ({printable(_held_why(result.held))}); "
                    f"ran {job} anyway: if another host runs it too, it ran twice", err=True)
@@ -738,6 +777,29 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
         raise JobFailed(job)
     if not as_json:
         click.echo(f"job {job}: ok")
+
+
+@main.command(epilog=EPILOG)
+@job_argument
+@inventory_option
+@host_option
+def stop(job, inventory_path, host_name):
+    """Stop JOB's run in progress on its host (its timer stays: the next slot runs as scheduled).
+
+    The run ends as an interrupted one: recorded as failed, and its alert is sent. Nothing
+    running is not an error.
+    """
+    from . import remote
+    from .report import clock_of, job_zone
+
+    _, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    answer = remote.stop(agent, job)
+    if not answer.stopped:
+        click.echo(f"job {job} is not running on {host_name}; nothing to stop")
+        return
+    since = f" (running since {clock_of(answer.started, job_zone(the_job))})" if answer.started else ""
+    recorded = f"; recorded as {answer.run.result}: {printable(answer.run.reason)}" if answer.run else ""
+    click.echo(f"job {job} stopped on {host_name}{since}{recorded}")
 
 
 @main.command(epilog=EPILOG)

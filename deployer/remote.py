@@ -27,7 +27,7 @@ from .hostside import paths, protocol
 from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, HistoryAnswer,
                                 HistoryRequest, LogsRequest, PauseRequest, ReleaseAnswer, ReleaseRequest,
                                 ResumeRequest, RunAnswer, RunRequest, StateRequest, StatusAnswer, StatusRequest,
-                                Takeover)
+                                StopAnswer, StopRequest, Takeover)
 from .models import Host, Plan, RemoteState
 
 CONNECT_TIMEOUT = 15
@@ -481,7 +481,12 @@ def answer_problem(answer: Any) -> Optional[str]:
     if isinstance(answer, protocol.RunAnswer):
         if not _SYSTEMD_WORD.match(answer.result):
             return f"systemd result {answer.result[:40]!r} is not a systemd word"
-        problem = _held_problem(answer.held)
+        problem = _held_problem(answer.held) or _iso_problem("attached to a run started", answer.attached)
+        if problem:
+            return problem
+        return _run_problem(answer.run) if answer.run is not None else None
+    if isinstance(answer, protocol.StopAnswer):
+        problem = _iso_problem("stopped a run started", answer.started)
         if problem:
             return problem
         return _run_problem(answer.run) if answer.run is not None else None
@@ -637,6 +642,12 @@ def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = N
     backfill that slot, under its Idempotency-Key, instead of a manual key of its own. A held
     host refuses (AgentRefused, code `held`) unless `force`."""
     return agent.call(RunRequest(job=job, slot=slot, force=force), output=output)
+
+
+def stop(agent: Agent, job: str) -> StopAnswer:
+    """Stop the run of `job` in progress on the agent's host (its trigger records it as an
+    interrupted, failed run); StopAnswer.stopped is False when none was running."""
+    return agent.call(StopRequest(job=job))
 
 
 def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,

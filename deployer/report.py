@@ -461,13 +461,18 @@ def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) 
 
 
 def history_document(host: str, job: str, zone: str, since: float, until: float, runs: Sequence[RunInfo],
-                     slots: Optional[Sequence[float]], slots_until: Optional[float]) -> dict:
+                     slots: Optional[Sequence[float]], slots_until: Optional[float],
+                     run_hosts: Sequence[str] = (), unread: Sequence[str] = ()) -> dict:
     """`history --json`. `slots`: the schedule's slots in [since, slots_until] (None: unknown,
-    e.g. @reboot or a job not in the inventory); a missed slot is one no run covers."""
+    e.g. @reboot or a job not in the inventory); a missed slot is one no run covers.
+    `run_hosts`: where each run ran, when the runs were read from several hosts (else `host`);
+    `unread`: hosts that were asked and did not answer (their runs, if any, are missing)."""
+    where = list(run_hosts) or [host] * len(runs)
     durations = sorted(r.duration for r in runs if r.duration >= 0)
     missed = missed_slots(slots, runs, slots_until) if slots is not None else None
     return envelope("history", host=host, job=job, timezone=zone, since=iso(since, zone), until=iso(until, zone),
-                    runs=[run_entry(r, zone) for r in runs], summary={
+                    hosts=[host] + sorted(set(where) - {host}), unread_hosts=list(unread),
+                    runs=[dict(run_entry(r, zone), host=h) for r, h in zip(runs, where)], summary={
                         "runs": len(runs), "failures": sum(r.result != "ok" for r in runs),
                         "p50_duration": round(statistics.median(durations), 3) if durations else None,
                         "max_duration": durations[-1] if durations else None,
@@ -482,16 +487,21 @@ def _seconds(value: Optional[float]) -> str:
 
 
 def history_text(document: dict, paint: Optional[Paint] = None) -> str:
-    """The runs (SLOT STARTED DURATION ATTEMPTS RESULT REASON) and the summary line. `paint`:
-    colours a RESULT cell (on a terminal)."""
+    """The runs as a table (SLOT STARTED DURATION ATTEMPTS RESULT REASON, and a HOST column first
+    when they ran on more than one host) and the summary line. `paint`: colours a RESULT cell (on
+    a terminal)."""
     zone = document["timezone"]
+    several = len(document.get("hosts", ())) > 1
     rows = [["SLOT", "STARTED", "DURATION", "ATTEMPTS", "RESULT", "REASON"]]
     for run in document["runs"]:
         rows.append([clock_of(run["slot"], zone), clock_of(run["started"], zone), _seconds(run["duration"]),
                      str(run["attempts"] or "-"), run["result"], run["reason"] or ""])
-    lines = _table(rows, 4, paint) if document["runs"] else []
+    if several:
+        rows = [["HOST"] + rows[0]] + [[run["host"]] + row for run, row in zip(document["runs"], rows[1:])]
+    lines = _table(rows, 5 if several else 4, paint) if document["runs"] else []
     s = document["summary"]
-    text = (f"{document['job']} on {document['host']} since {clock_of(document['since'], zone)}: {s['runs']} runs, "
+    hosts = " and ".join(document["hosts"]) if several else document["host"]
+    text = (f"{document['job']} on {hosts} since {clock_of(document['since'], zone)}: {s['runs']} runs, "
             f"{s['failures']} failed, duration p50 {_seconds(s['p50_duration'])}, max {_seconds(s['max_duration'])}")
     if s["missed_slots"] is None:
         text += ", missed slots: not known (no schedule to compare with)"
@@ -514,7 +524,9 @@ def run_document(host: str, job: str, zone: str, answer) -> dict:
                     reason=None if answer.ok and run is None else reason, exit_status=answer.exit_status,
                     systemd_result=answer.result or None, timezone=zone,
                     run=run_entry(run, zone) if run is not None else None, output=answer.output.splitlines(),
-                    merged_timer_elapse=getattr(answer, "merged_elapse", "") or None)
+                    merged_timer_elapse=getattr(answer, "merged_elapse", "") or None,
+                    attached_since=iso(datetime.fromisoformat(answer.attached).timestamp(), zone)
+                    if answer.attached else None)
 
 
 def plan_document(host: str, plan) -> dict:

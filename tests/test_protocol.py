@@ -11,7 +11,7 @@ from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, File
                                         HandoffRequest, Held, HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer,
                                         LogsRequest, PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest,
                                         ResumeAnswer, ResumeRequest, RunAnswer, RunInfo, RunRequest, StateAnswer,
-                                        StateRequest, StatusAnswer, StatusRequest)
+                                        StateRequest, StatusAnswer, StatusRequest, StopAnswer, StopRequest)
 from deployer.remote import Agent
 
 EXAMPLES = [
@@ -32,7 +32,9 @@ EXAMPLES = [
                                                                     duration=0.5, attempts=3, http_status=500))))),
     (RunRequest("a"), RunAnswer(ok=False, result="exit-code", exit_status=1, output="POST ...",
                                 run=RunInfo("f00d", 17.5, "failed", "timeout (killed, signal KILL)",
-                                            source="systemd"))),
+                                            source="systemd"), attached="2026-11-25T14:00:00+00:00")),
+    (StopRequest("a"), StopAnswer(stopped=True, started="2026-11-25T14:00:00+00:00",
+                                  run=RunInfo("f00d", 17.5, "failed", "interrupted: SIGTERM", attempts=1))),
     (LogsRequest("a", lines=20, since=1764064800.0, follow=True), LogsAnswer("lines")),
     (HistoryRequest("a", since=1764064800.0), HistoryAnswer(runs=(RunInfo("f00d", 17.5, "ok", "status 200"),),
                                                              now=1764068400.5, scheduled_since=1764000000.5)),

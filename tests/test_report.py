@@ -20,12 +20,12 @@ STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "du
                    "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
                    "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
 INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
-HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary"}
+HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary", "hosts", "unread_hosts"}
 RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key"}
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
-                                "run", "output", "merged_timer_elapse"}
+                                "run", "output", "merged_timer_elapse", "attached_since"}
 PLAN_KEYS = ENVELOPE | {"host", "add", "change", "remove", "unchanged", "remove_jobs", "kept_jobs"}
 PUSH_KEYS = PLAN_KEYS | {"reloaded", "started", "restarted", "stopped", "enabled_for_boot", "kept_paused",
                          "recovered_interrupted_push", "released", "seconds"}
@@ -67,7 +67,7 @@ def test_an_unreachable_host_is_one_entry_with_its_error_and_no_jobs():
 def test_history_run_plan_push_and_move_keys_are_pinned():
     history = report.history_document("cron01", "settle", "UTC", NOW - 3600, NOW, [RECORD], [NOW - 180], NOW)
     assert set(history) == HISTORY_KEYS and set(history["summary"]) == SUMMARY_KEYS
-    assert set(history["runs"][0]) == RUN_KEYS
+    assert set(history["runs"][0]) == RUN_KEYS | {"host"}
     ran = report.run_document("cron01", "settle", "UTC", RunAnswer(ok=False, result="exit-code", exit_status=1,
                                                                    output="a\nb\n", run=RECORD))
     assert set(ran) == RUN_DOCUMENT_KEYS and set(ran["run"]) == RUN_KEYS and ran["output"] == ["a", "b"]
@@ -221,3 +221,26 @@ def test_inventory_only_rows_are_pinned_and_calendars_compare_as_systemd_reads_t
     assert report.same_calendar(["b UTC", "a UTC"], ["a UTC", "b UTC"], {})  # a timer fires at the union
     assert not report.same_calendar(["*-*-* 03:00:00 UTC"], ["*-*-* 04:00:00 UTC"], {})
     assert not report.same_calendar([], ["*-*-* 04:00:00 UTC"], {})
+
+
+def test_issue24_4_runs_read_from_several_hosts_say_where_each_ran():
+    """A job that moved: its runs on the old host are listed with the new host's, by start time,
+    each with its host; one host alone keeps the table as it was."""
+    runs = [run(NOW - 300, int(NOW - 300)), run(NOW - 100, int(NOW - 100))]
+    doc = report.history_document("cron02", "settle", "UTC", NOW - 400, NOW, runs, None, None,
+                                  run_hosts=["cron01", "cron02"], unread=["cron03"])
+    assert (doc["hosts"], doc["unread_hosts"]) == (["cron02", "cron01"], ["cron03"])
+    assert [r["host"] for r in doc["runs"]] == ["cron01", "cron02"]
+    lines = report.history_text(doc).splitlines()
+    assert lines[0].split()[:2] == ["HOST", "SLOT"]
+    assert [line.split()[0] for line in lines[1:3]] == ["cron01", "cron02"]
+    assert lines[-1].startswith("settle on cron02 and cron01 since ")
+    alone = report.history_text(report.history_document("cron01", "settle", "UTC", NOW - 400, NOW, runs, None, None))
+    assert alone.splitlines()[0].split()[0] == "SLOT" and "settle on cron01 since" in alone
+
+
+def test_issue24_4_a_run_that_followed_one_in_progress_says_since_when():
+    ran = report.run_document("cron01", "settle", "Asia/Shanghai", RunAnswer(
+        ok=True, result="success", attached="2026-11-25T13:59:00+00:00"))
+    assert ran["attached_since"] == "2026-11-25T21:59:00+08:00"
+    assert report.run_document("cron01", "settle", "UTC", RunAnswer(ok=True))["attached_since"] is None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import sys
 
 import pytest
@@ -414,3 +415,51 @@ def test_issue22_9_secrets_a_service_echoes_never_reach_the_log_or_the_reason(se
     for secret in (TOKEN, SIGN, PASSWORD):
         for start in range(0, len(secret) - 6):  # nor any 7 characters of it (a cut half)
             assert secret[start:start + 7] not in everything, f"{secret} leaked: {everything}"
+
+
+def test_issue24_4_a_slow_answer_is_waited_for_out_loud(server):
+    """Issue 24 item 4: a 90 s attempt printed nothing until its answer. The service here answers
+    only once the run has said twice that it waits, so the lines are judged by their order, not
+    by a clock: the waiting lines come first, counting up, and none after the answer."""
+    lines: list[str] = []
+    said_twice = threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if sum("waiting for the answer" in seen for seen in lines) >= 2:
+            said_twice.set()
+
+    def answer_when_told(recorded):
+        said_twice.wait(60)
+        return json_reply({"code": 0})
+
+    server.routes["/slow"] = answer_when_told
+    result = run.run_job(spec(server, "/slow", timeout=120), log=log, waiting_every=0.2)
+    assert result.ok and said_twice.is_set()
+    prefix = f"attempt 1/1: POST {server.url('/slow')}"
+    assert lines[:2] == [f"{prefix}: waiting for the answer (0.2 s)", f"{prefix}: waiting for the answer (0.4 s)"]
+    answered = next(i for i, line in enumerate(lines) if "-> 200 in" in line)
+    assert all("waiting for the answer" in line for line in lines[:answered])
+    assert not any("waiting" in line for line in lines[answered:])
+
+
+def test_issue24_4_the_waiting_lines_stop_with_the_runs_timeout(server):
+    server.routes["/never"] = Reply(200, b"{}", delay=5)
+    lines: list[str] = []
+    result = run.run_job(spec(server, "/never", timeout=1.0), log=lines.append, waiting_every=0.3)
+    assert not result.ok and "timed out after 1s" in result.reason
+    assert any("waiting for the answer (0.3 s)" in line for line in lines)
+    assert "timed out" in lines[-1]
+
+
+def test_issue24_4_a_sigterm_is_deployer_stops_only_for_the_run_it_names(tmp_path):
+    """`deployer stop` names the run before its SIGTERM: that run is stopped (not resumed at the
+    next boot); any other SIGTERM (a shutdown) stays an interruption that may be resumed."""
+    from deployer.hostside import slot
+
+    assert not slot.stopped_by_operator("settle", "run1", str(tmp_path))
+    with open(slot.stop_path("settle", str(tmp_path)), "w") as marker:
+        marker.write("run1")
+    assert slot.stopped_by_operator("settle", "run1", str(tmp_path))
+    assert not slot.stopped_by_operator("settle", "run2", str(tmp_path))
+    assert not slot.stopped_by_operator("other", "run1", str(tmp_path))

@@ -28,13 +28,15 @@ from typing import Dict, Tuple
 
 from deployer.hostside import dbus, paths, protocol, record
 from deployer.hostside.slot import iso_utc, stamp_of
+from deployer.hostside.text import clock_of_iso
 from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
                                        runs_from_journal)
 from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
                                         ResumeRequest, RunAnswer,
-                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest)
+                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
+                                        StopAnswer, StopRequest)
 
 # -- paths ------------------------------------------------------------------------------------
 
@@ -510,19 +512,24 @@ class Host:
         self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
         return timer
 
+    def runs_dir(self):
+        """Where the agent tells a run what it is for (paths.BACKFILL_DIR): a directory its dynamic
+        user can read and no other local user can write."""
+        directory = self.layout.backfill_dir
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
+                             % self.layout.to_host(directory))
+        return directory
+
     def ask_run(self, job, slot=None, elapsed=None, ttl=None):
         """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
         timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
         run of its own (slot.read_request: the environment cannot say, see there). A file its
         dynamic user can read and no other local user can write; bound to the timer's stamp as
         it is now, so that a run a newer elapse started is not taken for this one."""
-        directory = self.layout.backfill_dir
-        path = os.path.join(directory, paths.job_unit(job, "json"))
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
-                             % self.layout.to_host(directory))
+        path = os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         request = {"slot": int(slot)} if slot is not None else \
@@ -1091,6 +1098,14 @@ def op_run(host, request):
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
     held = check_run_on_hold(host, request)
+    attached = running_since(host, service)
+    if attached is not None:
+        if request.slot is not None:
+            raise AgentError(protocol.RUNNING, "%s is already running on %s (since %s): a backfill would not "
+                             "start; run it again when this run ends" % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
+        # systemctl start merges into the run in progress and returns when it ends.
+        host.emit("deployer: %s is already running on %s (since %s): following that run"
+                  % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
     asked = host.ask_run(request.job, slot=request.slot)
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
@@ -1116,7 +1131,48 @@ def op_run(host, request):
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held)
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held,
+                     attached=attached or "")
+
+
+RUNNING_STATES = ("activating", "active", "reloading", "deactivating")
+
+
+def running_since(host, service):
+    """When the run of `service` in progress started (ISO 8601; "" when systemd does not say),
+    or None when none runs."""
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return None
+    return iso_time(props.get("ExecMainStartTimestamp", ""))
+
+
+def op_stop(host, request):
+    """Stop the job's run in progress: its trigger takes the SIGTERM as `deployer stop`'s and
+    records the run as failed, stopped (its alert says so). Nothing running is an answer, not an
+    error."""
+    service = host.installed(request.job, "service")
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return StopAnswer(stopped=False)
+    invocation = props.get("InvocationID", "")
+    # Names the run for its trigger: this SIGTERM is an operator's, so the run is not resumed at
+    # the next boot as a shutdown's would be (run.interruption).
+    marker = os.path.join(host.runs_dir(), paths.job_unit(request.job, "stop"))
+    host.write_atomically(marker, invocation, mode=0o644)
+    try:
+        host.systemd.systemctl("stop", service)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+    runs, deadline = [], time.monotonic() + JOURNAL_LAG
+    while invocation and not runs and time.monotonic() < deadline:  # the record reaches the journal late
+        runs = [run for run in runs_from_journal(host.systemd.journal_entries(
+            ["_SYSTEMD_INVOCATION_ID=" + invocation])).get(request.job, []) if run.source == "record"]
+        if not runs:
+            time.sleep(0.2)
+    return StopAnswer(stopped=True, started=iso_time(props.get("ExecMainStartTimestamp", "")),
+                      run=runs[-1] if runs else None)
 
 
 def check_run_on_hold(host, request):
@@ -1257,6 +1313,7 @@ def op_release(host, request):
 # -- dispatch ---------------------------------------------------------------------------------
 
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
+              StopRequest: op_stop,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
               HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history}
 

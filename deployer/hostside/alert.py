@@ -47,13 +47,9 @@ def clock_text(stamp: str) -> str:
     """An event's `time` (ISO 8601, the host's offset: kept as is in the webhook document) as
     every deployer text writes a moment: `2026-12-06 04:00:00 UTC` (as the journal lines of
     `deployer logs`). Anything else is shown as it came."""
-    import datetime
+    from .text import clock_of_iso
 
-    try:
-        moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
-    except (TypeError, ValueError):
-        return str(stamp)
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return clock_of_iso(stamp)
 
 
 def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from typing import Optional
 from . import options
 from .channels import CHANNEL_TYPES, Channel, Secret
 from . import paths, record
-from .run import INTERRUPTED, Interrupted, JobSpec, RunResult, current_run_id, ping, redact_url, run_job
+from .run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
 from .slot import slot_of_run
 
 EXIT_OK = 0
@@ -113,8 +113,9 @@ def main(argv: Optional[list] = None) -> int:
         ping(spec.ping_url, "/start", log)
         result = run_job(spec, log=log, slot=the_slot)
     except Interrupted:  # during the /start ping, before the first attempt
-        result = RunResult(ok=False, reason=INTERRUPTED, run_id=run_id, slot=the_slot.at or 0, started=time.time(),
-                           duration=0.0, attempts=0, interrupted=True, key=the_slot.key(spec.name), epoch=spec.epoch)
+        result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
+                           slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
+                           key=the_slot.key(spec.name), epoch=spec.epoch)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name), _identifier(spec.name))
     if result.interrupted:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from . import paths, record
 from .protocol import RunInfo
+from .text import utc_clock
 
 # PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
 UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
@@ -33,7 +34,7 @@ def entry_text(value):
 def format_entry(entry):
     """One journal entry as one line: `2026-11-25 14:03:01 UTC deployer-settle[812]: POST ...`
     (UTC, written as every time the deployer prints: report.CLOCK_FORMAT)."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6))
+    stamp = utc_clock(int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6)
     ident = entry_text(entry.get("SYSLOG_IDENTIFIER")) or entry_text(entry.get("_COMM")) or "?"
     pid = entry_text(entry.get("_PID"))
     return "%s %s%s: %s" % (stamp, ident, "[%s]" % pid if pid else "",

@@ -28,8 +28,9 @@ BAD_REQUEST = "bad_request"
 SYSTEMD = "systemd"                # a systemctl step failed
 NO_SPACE = "no_space"              # the host's disk is full
 HELD = "held"                      # the host holds its jobs: a manual run needs `force`
+RUNNING = "running"                # a backfill asked while the job runs: it would not start
 ERROR_CODES = (LOCKED, HOST_CHANGED, NOT_ROOT, WRONG_OWNER, NOT_INSTALLED, VERIFY_FAILED, CORRUPT_STATE,
-               UNMANAGED_FILE, VERSION, BAD_REQUEST, SYSTEMD, NO_SPACE, HELD)
+               UNMANAGED_FILE, VERSION, BAD_REQUEST, SYSTEMD, NO_SPACE, HELD, RUNNING)
 
 
 class ProtocolError(Exception):
@@ -198,6 +199,21 @@ class RunAnswer:
     # that slot's run after this one (ISO time of the elapse; "" when it did not happen).
     merged_elapse: str = ""
     held: Optional[Held] = None  # the host held its jobs and the run was forced
+    # The job was already running when asked: the agent followed that run instead of starting
+    # one (ISO time it started; "" when this request started the run).
+    attached: str = ""
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    job: str
+
+
+@dataclass(frozen=True)
+class StopAnswer:
+    stopped: bool = False  # False: the job was not running (nothing to stop)
+    started: str = ""      # ISO 8601: when the stopped run started
+    run: Optional[RunInfo] = None  # the stopped run's record (interrupted), when it wrote one
 
 
 @dataclass(frozen=True)
@@ -274,6 +290,7 @@ OPERATIONS = {
     "apply": (ApplyRequest, ApplyAnswer),
     "status": (StatusRequest, StatusAnswer),
     "run": (RunRequest, RunAnswer),
+    "stop": (StopRequest, StopAnswer),
     "logs": (LogsRequest, LogsAnswer),
     "pause": (PauseRequest, PauseAnswer),
     "resume": (ResumeRequest, ResumeAnswer),

@@ -1,6 +1,7 @@
 """One run of a job: the request, judged by the rules, retried within the job's timeout."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -15,7 +16,7 @@ from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryabl
 from .http import Response
 from .options import redact_url
 from .record import RunRecord
-from .slot import Slot, iso_utc
+from .slot import Slot, iso_utc, stopped_by_operator
 from .rules import Verdict, judge, parse_expect_json, parse_expect_status
 from .text import Masker, run_masker
 
@@ -25,6 +26,9 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 MAX_BODY = 1 << 20
 # A heartbeat ping gets this long in all, and never holds up or fails the job.
 PING_BUDGET = 3.0
+# While a request is outstanding the run says so this often (a line to its journal, which
+# `deployer run` streams): a 90 s attempt must not look like a hung command.
+WAITING_EVERY = 30.0
 
 
 def trust_store() -> Optional[str]:
@@ -131,6 +135,13 @@ def scheduled_at(now: float, resolution: int) -> str:
 
 
 INTERRUPTED = "interrupted: SIGTERM, the host is shutting down or the run was stopped"
+STOPPED = "stopped: `deployer stop` ended the run"
+
+
+def interruption(job: str, run: str) -> tuple:
+    """A SIGTERM's reason, and whether the run may be resumed at the next boot (a shutdown's
+    may; one `deployer stop` ended may not). -> (reason, resumable)"""
+    return (STOPPED, False) if stopped_by_operator(job, run) else (INTERRUPTED, True)
 NOT_RESENT = ("not retried: the service may have started it "
               "(set idempotent = true once it dedupes on Idempotency-Key)")
 # The most a poll waits between two looks (poll_every grows to it), unless Retry-After says more.
@@ -206,8 +217,10 @@ def fence_epoch(response: Response) -> Optional[int]:
 class _Caller:
     """Sends one job's requests: the run's headers on every attempt and poll, each signed anew."""
 
-    def __init__(self, spec: JobSpec, run: str, key: str, slot: Slot, legacy_slot: int):
+    def __init__(self, spec: JobSpec, run: str, key: str, slot: Slot, legacy_slot: int,
+                 log: Callable[[str], None] = lambda line: None, waiting_every: float = WAITING_EVERY):
         self.spec, self.run, self.key = spec, run, key
+        self.log, self.waiting_every = log, waiting_every
         self.headers = {
             "User-Agent": "deployer-trigger/1",
             "X-Deployer-Job": spec.name,
@@ -220,7 +233,8 @@ class _Caller:
         self.headers.update(spec.headers)
         self.client_cert = (spec.client_cert, spec.client_key) if spec.client_cert else None
 
-    def send(self, method: str, url: str, body: bytes, deadline: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, deadline: float, label: str = "") -> Response:
+        """One request; every `waiting_every` seconds without its answer, a line says so under `label`."""
         headers = dict(self.headers)
         if body:
             headers["Content-Type"] = self.spec.content_type
@@ -231,14 +245,41 @@ class _Caller:
             headers["X-Deployer-Signature-V2"] = sign_v2(self.spec.sign_secret, method, url, stamp, self.run,
                                                          self.spec.name, self.key, self.spec.epoch, body)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return request(method, url, headers, (min(remaining, 10.0), remaining), body=body,
-                       ca_file=self.spec.ca_file, client_cert=self.client_cert)
+        with saying_while_waiting(self.log, label or f"{method} {redact_url(url)}", self.waiting_every):
+            return request(method, url, headers, (min(remaining, 10.0), remaining), body=body,
+                           ca_file=self.spec.ca_file, client_cert=self.client_cert)
+
+
+@contextlib.contextmanager
+def saying_while_waiting(log: Callable[[str], None], label: str, every: float):
+    """Log `label: waiting for the answer (30 s)` every `every` seconds until the block ends
+    (the request's answer, error or the run's timeout). The last such line is logged before
+    the block returns, so none comes after the line that reports the answer."""
+    answered = threading.Event()
+
+    def say() -> None:
+        waited = 0.0
+        while not answered.wait(every):
+            waited += every
+            text = f"waiting for the answer ({waited:g} s)"
+            log(f"{label}: {text}")
+            notify_status(f"{label}: {text}")
+
+    sayer = threading.Thread(target=say, daemon=True)
+    sayer.start()
+    try:
+        yield
+    finally:
+        answered.set()
+        sayer.join()
 
 
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
-            sleep: Callable[[float], None] = time.sleep, slot: Optional[Slot] = None) -> RunResult:
+            sleep: Callable[[float], None] = time.sleep, slot: Optional[Slot] = None,
+            waiting_every: float = WAITING_EVERY) -> RunResult:
     """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them (or
-    the service's Retry-After). An attempt the service may have seen is sent again only when
+    the service's Retry-After); every `waiting_every` seconds of a request without its answer,
+    a line says the run is waiting. An attempt the service may have seen is sent again only when
     that cannot run the work twice (may_resend). A SIGTERM (raised as Interrupted by the
     caller's handler) ends the run as a failed one."""
     wall = time.time()
@@ -248,14 +289,15 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
     run = current_run_id()
     slot = slot or Slot(None, run, "manual")
     key = slot.key(spec.name)
-    caller = _Caller(spec, run, key, slot, slot.at if slot.at is not None else slot_of(wall, spec.resolution))
     body = spec.body.encode()
     shown = redact_url(spec.url)
     hide = run_masker(spec.url, spec.headers, spec.sign_secret)  # a service may echo them back
     log = (lambda line, _log=log: _log(hide(line))) if hide else log
+    caller = _Caller(spec, run, key, slot, slot.at if slot.at is not None else slot_of(wall, spec.resolution),
+                     log=log, waiting_every=waiting_every)
     attempts = spec.retries + 1
     verdict = Verdict(False, "no attempt made")
-    attempt, status, interrupted, fenced, reached = 0, None, False, False, []
+    attempt, status, interrupted, fenced, reached, resumable = 0, None, False, False, [], False
 
     def expire(signum, frame):
         raise RunTimeout()
@@ -268,7 +310,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
             prefix = f"attempt {attempt}/{attempts}: {spec.method} {shown}"
             response = None
             try:
-                response = caller.send(spec.method, spec.url, body, deadline)
+                response = caller.send(spec.method, spec.url, body, deadline, label=prefix)
                 if key_in_progress(response):
                     log(f"{prefix} -> 409 in {time.monotonic() - begin:.2f}s: the service is running this "
                         f"key ({key}) already; waiting for its outcome")
@@ -309,14 +351,16 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         log(f"{spec.method} {shown}: {verdict.reason}")
     except Interrupted:
         interrupted = True
-        verdict = Verdict(False, INTERRUPTED)
+        reason, resumable = interruption(spec.name, run)
+        verdict = Verdict(False, reason)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return RunResult(ok=verdict.ok, reason=hide(verdict.reason), run_id=run, slot=slot.at or 0, started=wall,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
-                     resume=interrupted and slot.at is not None and (spec.async_ == "poll" or may_resend(spec)))
+                     resume=interrupted and resumable and slot.at is not None
+                     and (spec.async_ == "poll" or may_resend(spec)))
 
 
 def key_in_progress(response: Response) -> bool:

@@ -119,6 +119,21 @@ def backfill_path(job: str) -> str:
     return os.path.join(BACKFILL_DIR, job_unit(job, "json"))
 
 
+def stop_path(job: str, directory: str = BACKFILL_DIR) -> str:
+    """Where `deployer stop` names the run it stops (its invocation id), before the SIGTERM."""
+    return os.path.join(directory, job_unit(job, "stop"))
+
+
+def stopped_by_operator(job: str, run: str, directory: str = BACKFILL_DIR) -> bool:
+    """Is the SIGTERM this run got `deployer stop`'s (not a shutdown's)? Only then is the run
+    not resumed at the next boot: the operator ended it."""
+    try:
+        with open(stop_path(job, directory), encoding="ascii", errors="replace") as handle:
+            return handle.read(100).strip() == run
+    except (OSError, BadName):
+        return False
+
+
 @dataclass(frozen=True)
 class Asked:
     """What the agent asked the run it starts to stand for: `manual` (a key of its own),

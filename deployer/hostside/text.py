@@ -111,3 +111,24 @@ def run_masker(url: str, headers=(), sign_secret=None, extra=()) -> Masker:
     secrets = [s for _, value in headers for s in header_secrets(str(value))]
     secrets += url_secrets(url) + ([sign_secret] if sign_secret else []) + list(extra)
     return Masker(secrets)
+
+
+CLOCK_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # as the CLI writes a moment (report.CLOCK_FORMAT), in UTC here
+
+
+def utc_clock(seconds: float) -> str:
+    """A moment as every deployer text on the host writes it: `2026-12-06 04:00:00 UTC`."""
+    import time
+
+    return time.strftime(CLOCK_FORMAT, time.gmtime(seconds))
+
+
+def clock_of_iso(stamp: str) -> str:
+    """An ISO 8601 time with its offset -> utc_clock(); anything else as it came."""
+    import datetime
+
+    try:
+        return utc_clock(datetime.datetime.fromisoformat(stamp).timestamp())
+    except (TypeError, ValueError):
+        return str(stamp)
+

@@ -1,0 +1,88 @@
+"""The agent's side of `deployer stop` and of a `deployer run` that finds the job running (issue 24
+item 4), in-process against a temporary root and the fake Systemd of test_agent (recorded
+`systemctl show` outputs). tests/e2e/test_run_controls.py runs the same on a real host."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import pytest
+
+from deployer.errors import AgentRefused
+from deployer.hostside import paths, protocol
+from deployer.hostside.protocol import ApplyRequest, RunRequest, StopRequest
+from tests.test_agent import U, files, host, record_entry, unit, write  # noqa: F401 - host: the fixture
+
+SERVICE = "deployer-settle.service"
+STARTED = "Sun 2026-12-06 04:00:00 UTC"
+
+
+def installed(host, **shown: str) -> None:  # noqa: F811
+    host.call(ApplyRequest(write=(write(f"{U}/{SERVICE}", unit("settle", "[Service]\n")),), expect=files(host)))
+    host.systemd.shown[SERVICE] = {"Id": SERVICE, "Result": "success", "ExecMainStatus": "0", **shown}
+
+
+def test_stop_with_nothing_running_stops_nothing(host):  # noqa: F811
+    installed(host, ActiveState="inactive", InvocationID="")
+    assert host.call(StopRequest("settle")) == protocol.StopAnswer(stopped=False)
+    assert not [c for c in host.systemd.calls if c[:2] == ("systemctl", "stop")]
+
+
+def test_stop_names_the_run_to_its_trigger_then_stops_it_and_answers_its_record(host):  # noqa: F811
+    installed(host, ActiveState="activating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    marker = os.path.join(host.layout.backfill_dir, paths.job_unit("settle", "stop"))
+    seen_at_stop = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "stop", SERVICE):
+            with open(marker) as note:
+                seen_at_stop.append(note.read())
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.journal = [dict(record_entry("settle", "inv1", time.time(), result="failed",
+                                              reason="stopped: `deployer stop` ended the run"),
+                                 _SYSTEMD_INVOCATION_ID="inv1")]
+    answer = host.call(StopRequest("settle"))
+    assert seen_at_stop == ["inv1"] and not os.path.exists(marker)
+    assert (answer.stopped, answer.started) == (True, "2026-12-06T04:00:00+00:00")
+    assert (answer.run.run, answer.run.reason) == ("inv1", "stopped: `deployer stop` ended the run")
+
+
+def test_a_job_not_installed_cannot_be_stopped(host):  # noqa: F811
+    with pytest.raises(AgentRefused) as refused:
+        host.call(StopRequest("settle"))
+    assert refused.value.code == protocol.NOT_INSTALLED
+
+
+def test_a_run_asked_while_the_job_runs_says_it_follows_that_run(host):  # noqa: F811
+    installed(host, ActiveState="activating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    lines = [dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1")]
+
+    class Follower:
+        stdout = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+
+        def kill(self):
+            pass
+
+        def wait(self):
+            pass
+
+    host.systemd.follow = lambda args: Follower()
+    host.systemd.journal = lines
+    streamed: list[str] = []
+    answer = host.call(RunRequest("settle"), output=streamed.append)
+    assert streamed[0] == ("deployer: settle is already running on cron01 (since 2026-12-06 04:00:00 UTC): "
+                           "following that run")
+    assert answer.attached == "2026-12-06T04:00:00+00:00" and answer.ok and answer.run.run == "inv1"
+
+
+def test_a_backfill_asked_while_the_job_runs_is_refused(host):  # noqa: F811
+    installed(host, ActiveState="activating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    with pytest.raises(AgentRefused, match="a backfill would not start") as refused:
+        host.call(RunRequest("settle", slot=1796529600))
+    assert refused.value.code == protocol.RUNNING
+    assert not [c for c in host.systemd.calls if c[:2] == ("systemctl", "start")]
