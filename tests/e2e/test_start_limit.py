@@ -69,6 +69,11 @@ endpoint = {robot.endpoint("wecom")}
             assert len(started) == expected, f"{unit}: {len(started)} runs for {expected} slots"
         limited = cron01.ssh("journalctl -b --no-pager | grep -i 'start-limit-hit\\|repeated too quickly' || true")
         assert limited.stdout == ""
+        # Every start of the metrics finished: none waited out its TimeoutStartSec= for a D-Bus
+        # reply PID 1 never sent (a call that arrived with BEGIN: dbus.Connection).
+        stuck = cron01.ssh("journalctl -b --no-pager -o cat -u deployer-host@metrics.service "
+                           "| grep -i 'start operation timed out\\|Timeout (' || true")
+        assert stuck.stdout == "", stuck.stdout
         failed = cron01.ssh("systemctl list-units --failed --plain --no-legend 'deployer-*'").stdout.strip()
         assert failed == "", failed + "\n" + cron01.ssh(
             "journalctl --no-pager -n 40 -u 'deployer-host@*' -u 'deployer-one*' -u 'deployer-two*'").stdout
