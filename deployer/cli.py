@@ -864,6 +864,64 @@ def logs(job, inventory_path, host_name, lines, since, follow):
 
 
 @main.group()
+def alert():
+    """Alert channels, as the cron hosts reach them."""
+
+
+ALERT_TEST_EPILOG = ("Exit status: 0 every channel accepted its test message; 1 a channel refused it or gave no "
+                     "answer, or a host could not be asked (reason on stderr); 2 usage error.")
+
+
+@alert.command("test", epilog=ALERT_TEST_EPILOG)
+@click.argument("channel", required=False)
+@inventory_option
+@host_option
+@json_option
+def alert_test(channel, inventory_path, host_name, as_json):
+    """Send a test message through CHANNEL (default: every channel the host's jobs alert
+    through), from the cron host, exactly as a failed job's alert goes out: the channel's own
+    alert unit sends it, with the credentials, proxy and signing installed there. Says what
+    the channel answered (its HTTP status and the robot's errcode/errmsg).
+
+    Every host (or --host) whose jobs alert through the channel sends one; push first, as the
+    test uses what is installed.
+    """
+    from . import remote
+    from .report import alert_test_document, alert_test_line
+
+    inv = Options(inventory_path).inventory()
+    hosts = [_host_name(inv, host_name)] if host_name or len(inv.hosts) <= 1 else [h.name for h in inv.hosts]
+    if channel is not None and channel not in {a.name for a in inv.alerts}:
+        raise DeployerError(f"{inv.path}: no [alert:{channel}]{_did_you_mean(channel, [a.name for a in inv.alerts])}")
+    targets = [(h, c) for h in hosts for c in inv.channels_of(h) if channel in (None, c)]
+    if not targets:
+        where = f"host {hosts[0]}" if len(hosts) == 1 else "any host"
+        raise DeployerError(f"{inv.path}: no job on {where} alerts through "
+                            f"{channel or 'a channel'}: the test is sent by a host that installs the channel "
+                            "for its jobs (`alert =`)")
+    results, failed = [], False
+    for host, name in targets:
+        try:
+            answer = remote.alert_test(_connect(inv, host), name)
+        except DeployerError as error:
+            failed = True
+            for line in error.lines():
+                click.echo(f"deployer: error: {printable(line)}", err=True)
+            continue
+        results.append((host, inv.alert(name).type, answer))
+        failed = failed or not answer.accepted
+        if not as_json:
+            click.echo(alert_test_line(host, inv.alert(name).type, answer))
+            if answer.http_status is None:  # the unit's own lines say why nothing was heard
+                for line in answer.output.splitlines()[-10:]:
+                    click.echo(f"  {printable(line)}", err=True)
+    if as_json:
+        click.echo(json.dumps(alert_test_document(results), indent=2))
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
 def export():
     """The inventory's jobs in another scheduler's format."""
 

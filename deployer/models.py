@@ -73,6 +73,10 @@ class Inventory:
     def jobs_for(self, host: str) -> tuple[Job, ...]:
         return tuple(j for j in self.jobs if j.host == host)
 
+    def channels_of(self, host: str) -> tuple[str, ...]:
+        """The alert channels a push installs on `host`: those its jobs alert through."""
+        return tuple(sorted({j.alert for j in self.jobs_for(host) if j.alert}))
+
 
 @dataclass(frozen=True)
 class ManagedFile:

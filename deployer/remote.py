@@ -632,6 +632,11 @@ def status(agent: Agent) -> StatusAnswer:
     return agent.call(StatusRequest())
 
 
+def alert_test(agent: Agent, channel: str) -> protocol.AlertTestAnswer:
+    """Send a test message through `channel`'s alert unit on the host; what the channel answered."""
+    return agent.call(protocol.AlertTestRequest(channel=channel))
+
+
 def release(agent: Agent) -> ReleaseAnswer:
     return agent.call(ReleaseRequest())
 

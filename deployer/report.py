@@ -579,3 +579,31 @@ def since_time(text: str, now: float) -> float:
     except Invalid:
         raise ValueError(f"{text!r} is neither a duration ({DURATION_SYNTAX}) nor an ISO 8601 date or time "
                          "(2026-11-20, 2026-11-20T08:00+08:00)") from None
+
+
+# -- alert test -----------------------------------------------------------------------------------
+
+# `result` of one alert test: the channel took the message, answered no, or gave no answer at all.
+ALERT_TEST_RESULTS = ("accepted", "refused", "no_answer")
+
+
+def alert_test_result(answer) -> str:
+    if answer.accepted:
+        return "accepted"
+    return "refused" if answer.http_status is not None else "no_answer"
+
+
+def alert_test_line(host: str, alert_type: str, answer) -> str:
+    """`alert ops (dingtalk) via cron01: refused (HTTP 200; errcode 310000: token is not exist)`."""
+    said = printable(answer.answer)
+    if answer.http_status is not None and not said.startswith("HTTP "):
+        said = f"HTTP {answer.http_status}; {said}" if said else f"HTTP {answer.http_status}"
+    verdict = {"accepted": "accepted", "refused": "REFUSED", "no_answer": "NO ANSWER"}[alert_test_result(answer)]
+    return f"alert {answer.channel} ({alert_type}) via {host}: {verdict} ({said})"
+
+
+def alert_test_document(results) -> dict:
+    """results: [(host, channel type, AlertTestAnswer)] -> the `--json` document."""
+    return envelope("alert test", results=[
+        {"host": host, "channel": answer.channel, "type": alert_type, "result": alert_test_result(answer),
+         "http_status": answer.http_status, "answer": answer.answer} for host, alert_type, answer in results])

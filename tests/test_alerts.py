@@ -695,3 +695,49 @@ def test_issue24_7_an_alert_says_when_in_the_one_format(stamp):
     assert "succeeded again at 2026-12-06 04:00:00 UTC" in text
     assert failed["time"] == stamp
     assert alert.clock_text("not a time") == "not a time"
+
+
+# -- deployer alert test (issue 23 item 4) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "wecom", "feishu", "slack", "webhook"])
+def test_a_test_message_is_accepted_by_each_robot_and_says_it_is_a_test(robot, kind):
+    secret = robot.secret if kind in ("dingtalk", "feishu") else ""
+    channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
+    accepted, status, answer = alert.test_send(channel, "cron01")
+    assert (accepted, status, robot.refused) == (True, 200, [])
+    assert "test message via ops from cron01" in json.dumps(robot.accepted[0])
+    if kind == "webhook":
+        assert robot.accepted[0]["kind"] == "test" and robot.accepted[0]["events"] == [
+            {"kind": "test", "host": "cron01", "time": robot.accepted[0]["time"]}]
+
+
+@pytest.mark.parametrize("kind, token, secret, answer", [
+    pytest.param("dingtalk", "wrong", "SEC-abc", "errcode 310000: token", id="dingtalk-token"),
+    pytest.param("dingtalk", "tok-1", "wrong", "errcode 310000: sign not match", id="dingtalk-sign"),
+    pytest.param("slack", "wrong", "", "HTTP 404: no such route", id="slack-token"),
+    pytest.param("webhook", "wrong", "", "HTTP 401: no", id="webhook-token"),
+])
+def test_a_refused_test_message_is_sent_once_and_says_what_the_channel_answered(robot, kind, token, secret, answer):
+    channel = channels.Channel("ops", kind, token=token, secret=secret, endpoint=robot.endpoint(kind))
+    assert alert.test_send(channel, "cron01")[::2] == (False, answer)
+    assert len(robot.requests) == 1, "a test is one attempt: what the channel answers is the point"
+
+
+def test_a_test_message_that_gets_no_answer_has_no_status(server):
+    server.routes["/slow"] = Reply(200, b"ok", delay=alert.DELIVERY_TIMEOUT[1] + 2)
+    channel = channels.Channel("ops", "webhook", endpoint=server.url("/slow"))
+    assert alert.test_send(channel, "cron01") == (False, None, "timed out reading")
+
+
+def test_the_agent_takes_the_test_answer_only_from_the_units_dynamic_user():
+    from deployer.hostside.agent import alert_test_answer
+
+    fields = {"DEPLOYER_ALERT_TEST": "ops", "DEPLOYER_ALERT_ACCEPTED": "y", "DEPLOYER_ALERT_HTTP_STATUS": "200",
+              "DEPLOYER_ALERT_ANSWER": "errcode 0: ok"}
+    forged = dict(fields, _UID="1000")
+    real = dict(fields, _UID="61300", DEPLOYER_ALERT_ACCEPTED="n", DEPLOYER_ALERT_ANSWER="errcode 310000: token")
+    answer = alert_test_answer("ops", [forged, real], "lines")
+    assert (answer.accepted, answer.http_status, answer.answer) == (False, 200, "errcode 310000: token")
+    assert alert_test_answer("ops", [forged], "").answer == "not sent: the test unit wrote no answer"
+    assert alert_test_answer("ops", [], "", 1, "Job failed").answer == "not sent: the test unit failed (Job failed)"

@@ -43,6 +43,9 @@ EXAMPLES = [
     (HandoffRequest(("a", "b")), HandoffAnswer(("deployer-a.timer",), at=12.25)),
     (ReleaseRequest(), ReleaseAnswer(released=Held("2026-11-25T14:00:00+00:00", 12.0, 10.0),
                                      started=("deployer-a.timer",))),
+    (protocol.AlertTestRequest("ops"), protocol.AlertTestAnswer("ops", accepted=False, http_status=200,
+                                                                answer="errcode 310000: token", output="lines")),
+    (protocol.AlertTestRequest("ops"), protocol.AlertTestAnswer("ops", answer="timed out connecting")),
 ]
 
 

@@ -244,3 +244,28 @@ def test_issue24_4_a_run_that_followed_one_in_progress_says_since_when():
         ok=True, result="success", attached="2026-11-25T13:59:00+00:00"))
     assert ran["attached_since"] == "2026-11-25T21:59:00+08:00"
     assert report.run_document("cron01", "settle", "UTC", RunAnswer(ok=True))["attached_since"] is None
+
+
+ALERT_TEST_KEYS = ENVELOPE | {"results"}
+ALERT_TEST_RESULT_KEYS = {"host", "channel", "type", "result", "http_status", "answer"}
+
+
+@pytest.mark.parametrize("accepted, status, answer, result, line", [
+    pytest.param(True, 200, "errcode 0: ok", "accepted", "accepted (HTTP 200; errcode 0: ok)", id="accepted"),
+    pytest.param(False, 200, "errcode 310000: token", "refused", "REFUSED (HTTP 200; errcode 310000: token)",
+                 id="errcode"),
+    pytest.param(False, 403, "HTTP 403: invalid_token", "refused", "REFUSED (HTTP 403: invalid_token)", id="http"),
+    pytest.param(False, None, "timed out connecting", "no_answer", "NO ANSWER (timed out connecting)", id="none"),
+    pytest.param(False, 200, "errcode 1: \x1b[2Jgone", "refused", "REFUSED (HTTP 200; errcode 1: \\e[2Jgone)",
+                 id="escaped"),
+])
+def test_alert_test_document_keys_are_pinned_and_the_line_says_what_the_channel_answered(
+        accepted, status, answer, result, line):
+    from deployer.hostside.protocol import AlertTestAnswer
+
+    said = AlertTestAnswer("ops", accepted=accepted, http_status=status, answer=answer)
+    doc = report.alert_test_document([("cron01", "dingtalk", said)])
+    assert set(doc) == ALERT_TEST_KEYS and doc["command"] == "alert test"
+    assert set(doc["results"][0]) == ALERT_TEST_RESULT_KEYS and doc["results"][0]["result"] == result
+    assert doc["results"][0]["result"] in report.ALERT_TEST_RESULTS
+    assert report.alert_test_line("cron01", "dingtalk", said) == f"alert ops (dingtalk) via cron01: {line}"

@@ -31,7 +31,7 @@ from deployer.hostside.slot import iso_utc, stamp_of
 from deployer.hostside.text import clock_of_iso
 from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
                                        runs_from_journal)
-from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
+from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
                                         ResumeRequest, RunAnswer,
@@ -1293,6 +1293,50 @@ def op_resume(host, request):
         return ResumeAnswer(timer=timer)
 
 
+# How long the agent waits for a finished test's answer to reach the journal (a loaded journald lags).
+ALERT_TEST_JOURNAL_WAIT = 15.0
+
+
+def op_alert_test(host, request):
+    """`deployer alert test`: start the channel's own alert unit as its test instance, which
+    sends one test message exactly as a failed job's alert goes out (the unit's credentials,
+    dynamic user, sandbox and the manager's proxy environment), and answer what the channel said."""
+    template = paths.alert_template(request.channel)
+    if not os.path.exists(os.path.join(host.layout.unit_dir, template)):
+        raise AgentError(protocol.NOT_INSTALLED, "alert channel %s is not installed on %s: no job pushed here "
+                         "alerts through it (push first?)" % (request.channel, host.name))
+    unit = paths.alert_test_unit(request.channel)
+    # The journal's end before the start: the test's lines are those after it. (Not by the
+    # unit's InvocationID: a finished oneshot nothing refers to is collected at once.)
+    last = host.systemd.journal_entries(["-n", "1"])
+    after = ["--after-cursor=" + last[-1]["__CURSOR"]] if last and "__CURSOR" in last[-1] else []
+    code, _, err = host.systemd.systemctl("start", unit, check=False)
+    deadline = time.monotonic() + ALERT_TEST_JOURNAL_WAIT
+    while True:
+        entries = host.systemd.journal_entries(after + ["_SYSTEMD_UNIT=" + unit])
+        if any("DEPLOYER_ALERT_TEST" in e for e in entries) or code != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    output = "".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e)
+    return alert_test_answer(request.channel, entries, output, code, err.strip())
+
+
+def alert_test_answer(channel, entries, output, code=0, failure=""):
+    """The answer from the test unit's journal entries: the one its program sent (TEST_FIELDS),
+    only from a dynamic user (the unit's), since any local user can write to the journal."""
+    for entry in entries:
+        uid = entry.get("_UID")
+        if entry.get("DEPLOYER_ALERT_TEST") != channel or not (isinstance(uid, str) and uid.isdigit()
+                                                               and int(uid) in record.DYNAMIC_UIDS):
+            continue
+        status = entry.get("DEPLOYER_ALERT_HTTP_STATUS") or ""
+        return AlertTestAnswer(channel=channel, accepted=entry.get("DEPLOYER_ALERT_ACCEPTED") == "y",
+                               http_status=int(status) if status.isdigit() else None,
+                               answer=str(entry.get("DEPLOYER_ALERT_ANSWER") or ""), output=output)
+    why = "the test unit failed (%s)" % failure if code != 0 else "the test unit wrote no answer"
+    return AlertTestAnswer(channel=channel, accepted=False, answer="not sent: " + why, output=output)
+
+
 def op_handoff(host, request):
     """The first step of `deployer move`: stop these timers here and say when."""
     with host.locked():
@@ -1315,7 +1359,8 @@ def op_release(host, request):
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
               StopRequest: op_stop,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
-              HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history}
+              HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history,
+              AlertTestRequest: op_alert_test}
 
 
 def handle(raw, layout=None, systemd=None, require_root=True, emit=None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -689,12 +690,65 @@ def channel_of(job: str) -> str:
     return ""
 
 
+# The journal fields of a test's answer: the agent reads them from the test unit's invocation.
+TEST_FIELDS = ("DEPLOYER_ALERT_TEST", "DEPLOYER_ALERT_ACCEPTED", "DEPLOYER_ALERT_HTTP_STATUS",
+               "DEPLOYER_ALERT_ANSWER")
+
+
+def test_message(channel: Channel, host_name: str) -> tuple:
+    """(title, text, event) of `deployer alert test`: says it is a test, and where it came from."""
+    escape = CHANNEL_TYPES[channel.type].escape
+    title = f"deployer: test message via {escape(channel.name)} from {escape(host_name)}"
+    text = (f"**{title}**\n\nSent by `deployer alert test` through host {escape(host_name)}, as a failed "
+            f"job's alert would be (same credentials, proxy and signing). No job failed.")
+    return title, text, {"kind": "test", "host": host_name, "time": now_text()}
+
+
+def test_send(channel: Channel, host_name: str, now: Callable[[], float] = time.time) -> tuple:
+    """One attempt, no queue and no retry: what the channel answers is the point.
+    -> (accepted, HTTP status or None when no answer came, what it answered)."""
+    title, text, event = test_message(channel, host_name)
+    outbound = build_outbound(channel, title, text, [event], now())
+    try:
+        status, body = _post(outbound.url, outbound.params, json.dumps(outbound.json).encode(), {
+            "Content-Type": "application/json", "User-Agent": "deployer-alert/1", **outbound.headers})
+    except NotSent as error:
+        return False, None, error.reason
+    ok, detail = outbound.accepted(status, body)
+    said = " ".join(body[:200].decode("utf-8", "replace").split())
+    if status >= 300 and said:  # the code alone hides why (Slack: 403 invalid_token)
+        detail = f"{detail}: {said}"
+    return ok, status, detail
+
+
+def test_main(channel: Channel, host_name: str, journal: str = paths.JOURNAL_SOCKET) -> bool:
+    """What the channel's alert unit runs as instance ALERT_TEST_INSTANCE: send a test message,
+    log the answer, and leave it in the journal for the agent. True even when refused: the
+    unit's Restart=on-failure must not send the test again."""
+    from .record import encode
+
+    accepted, status, detail = test_send(channel, host_name)
+    verdict = "accepted" if accepted else "not accepted"
+    line = f"alert test via {channel.name} ({channel.type}): {verdict} ({detail})"
+    print(line, flush=True)
+    fields = dict(zip(TEST_FIELDS, (channel.name, "y" if accepted else "n",
+                                    "" if status is None else str(status), detail)))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+            sink.sendto(encode({"MESSAGE": line, "SYSLOG_IDENTIFIER": "deployer-alert", **fields}), journal)
+    except OSError as error:
+        print(f"alert test: cannot write the answer to the journal ({error})", flush=True)
+    return True
+
+
 def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode: str = "") -> bool:
     """What the alert units run; whether the message went out (or was not needed).
 
     mode "": an OnFailure= start ($MONITOR_*) or the unit's Restart= (no $MONITOR_*: it sends
     what an earlier attempt queued); "sweep": the unit's ExecStopPost= (failures whose start
     systemd merged into this run); "boot": every job of the channel, once at boot."""
+    if job == paths.ALERT_TEST_INSTANCE:
+        return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
     coalescer = Coalescer(state, channel.name, log=log)

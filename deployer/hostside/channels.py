@@ -184,6 +184,7 @@ EVENT_FIELDS = {
                "invocation", "lines"),
     "recovered": ("kind", "job", "host", "time"),
     "held": ("kind", "host", "since", "time", "down_for", "lease", "reason"),
+    "test": ("kind", "host", "time"),  # `deployer alert test`: no job failed
 }
 
 

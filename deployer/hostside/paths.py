@@ -142,6 +142,17 @@ def boot_alert_unit(channel: str, suffix: str) -> str:
     return "%sboot-alert@%s.%s" % (UNIT_PREFIX, _word(channel), suffix)
 
 
+# The alert template's instance that `deployer alert test` starts: "_" is in no job name, so no
+# failed job's alert can ever be taken for a test (or a test for a failed job's alert).
+ALERT_TEST_INSTANCE = "_test"
+
+
+def alert_test_unit(channel: str) -> str:
+    """`deployer-alert-<channel>@_test.service`: the channel's own alert unit (its credentials,
+    user, sandbox and environment), started to send a test message."""
+    return alert_template(channel).replace("@.service", "@%s.service" % ALERT_TEST_INSTANCE)
+
+
 def instance(template: str, job: str) -> str:
     return template.replace("@.service", "@%s.service" % _word(job))
 

@@ -284,6 +284,22 @@ class ReleaseAnswer:
     started: Tuple[str, ...] = ()    # the job timers started again
 
 
+@dataclass(frozen=True)
+class AlertTestRequest:
+    channel: str  # an [alert:NAME] installed on the host (a job of the host alerts through it)
+
+
+@dataclass(frozen=True)
+class AlertTestAnswer:
+    """What the channel answered a test message sent by its own alert unit on the host."""
+
+    channel: str
+    accepted: bool = False
+    http_status: Optional[int] = None  # None: no answer came (refused connection, timeout, TLS)
+    answer: str = ""   # the channel's verdict: `errcode 310000: keywords not in content`, `HTTP 404: ...`
+    output: str = ""   # the test unit's journal lines
+
+
 # op name -> (request type, answer type)
 OPERATIONS = {
     "state": (StateRequest, StateAnswer),
@@ -297,6 +313,7 @@ OPERATIONS = {
     "handoff": (HandoffRequest, HandoffAnswer),
     "release": (ReleaseRequest, ReleaseAnswer),
     "history": (HistoryRequest, HistoryAnswer),
+    "alert_test": (AlertTestRequest, AlertTestAnswer),
 }
 OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
 
