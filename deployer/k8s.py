@@ -217,6 +217,9 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
               "# never included; create them first:"]
     header += [f"#   {command}" for command in secret_commands(inv, namespace)] or ["#   (no alerts)"]
     header += [f"# skipped {s.job}: {s.reason}" for s in skipped]
+    header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
+               "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
+               if job.alert and render.alert_policy_value(job)]
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping, Optional
 from . import systemd
 from .hostside import paths
 from .hostside.cli import EXIT_FENCED
+from .hostside.channels import AlertPolicy
 from .hostside.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile
 from .schedule import to_calendar
@@ -201,6 +202,13 @@ def metrics_settings(job: Job, period: int) -> str:
     return json.dumps({"period": period, "timeout": timeout}, sort_keys=True)
 
 
+def alert_policy_value(job: Job) -> str:
+    """The job's alert policy for its unit; "" for a job without alerts or with the default
+    (every failed run alerts), which the alert program assumes when the line is missing."""
+    policy = AlertPolicy.of(job.alert_after, job.alert_repeat)
+    return policy.unit_value() if job.alert and policy != AlertPolicy() else ""
+
+
 def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict",
               period: Optional[int] = None, metrics: bool = False, epoch: int = 0) -> tuple[ManagedFile, ...]:
     """The .service and .timer of one job, rendered byte for byte, and its credential files.
@@ -219,6 +227,7 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         shown_url=redact_url(job.url),
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
+        alert_policy_key=paths.ALERT_POLICY_KEY, alert_policy=alert_policy_value(job),
         on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
         on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)
     calendar = calendar_of(job)

@@ -741,3 +741,68 @@ def test_the_agent_takes_the_test_answer_only_from_the_units_dynamic_user():
     assert (answer.accepted, answer.http_status, answer.answer) == (False, 200, "errcode 310000: token")
     assert alert_test_answer("ops", [forged], "").answer == "not sent: the test unit wrote no answer"
     assert alert_test_answer("ops", [], "", 1, "Job failed").answer == "not sent: the test unit failed (Job failed)"
+
+
+# -- alert policy (issue 23 item 1) -----------------------------------------------------------------
+
+EACH, AFTER3, HOURLY = channels.AlertPolicy(), channels.AlertPolicy(3, "never"), channels.AlertPolicy(2, 3600)
+
+
+@pytest.mark.parametrize("policy, failures, alerted, now, sends", [
+    pytest.param(EACH, 1, 0, 100, True, id="default-first"),
+    pytest.param(EACH, 7, 50, 100, True, id="default-every-run"),
+    pytest.param(AFTER3, 2, 0, 100, False, id="after3-below"),
+    pytest.param(AFTER3, 3, 0, 100, True, id="after3-reached"),
+    pytest.param(AFTER3, 4, 90, 100_000, False, id="after3-never-reminds"),
+    pytest.param(HOURLY, 5, 100, 100 + 3599, False, id="repeat-not-due"),
+    pytest.param(HOURLY, 6, 100, 100 + 3600, True, id="repeat-due"),
+])
+def test_the_policy_decides_from_the_streak(policy, failures, alerted, now, sends):
+    assert policy.decide(failures, alerted, 1, now) is sends
+
+
+@pytest.mark.parametrize("after, repeat, policy", [
+    pytest.param(1, None, channels.AlertPolicy(1, "each"), id="default-is-todays-behaviour"),
+    pytest.param(3, None, channels.AlertPolicy(3, "never"), id="after-alone-alerts-once-per-streak"),
+    pytest.param(3, "each", channels.AlertPolicy(3, "each"), id="explicit-each"),
+    pytest.param(1, 3600, channels.AlertPolicy(1, 3600), id="reminders"),
+])
+def test_the_policy_of_the_inventory_values_round_trips_through_the_unit(after, repeat, policy):
+    assert channels.AlertPolicy.of(after, repeat) == policy
+    assert channels.AlertPolicy.from_unit_value(policy.unit_value()) == policy
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"after": 0, "repeat": "each"}', '{"after": 2, "repeat": "sometimes"}',
+                                  '{"after": 2, "repeat": -5}', "[]"])
+def test_an_unreadable_policy_line_means_every_failed_run_alerts(text):
+    assert channels.AlertPolicy.from_unit_value(text) == EACH
+
+
+def test_five_failures_then_a_success_under_alert_after_3_send_one_alert_and_one_recovery(tmp_path):
+    """The host side, counted: what apply_policy lets through, run after run, then the recovery."""
+    clock = iter(range(1000, 100_000, 60))
+    sent, lines = [], []
+    for _ in range(5):
+        sent += alert.apply_policy(str(tmp_path), "settle", AFTER3, [dict(EVENT)], lines.append,
+                                   now=lambda: next(clock))
+    assert len(sent) == 1 and (sent[0]["failed_runs"], sent[0]["failing_for"]) == (3, "2m00s")
+    assert "job settle: 2 failed run(s) in a row; no alert now (alert_after = 3)" in lines
+    streak = alert.load_streak(str(tmp_path), "settle")
+    assert (streak.failures, streak.since, streak.alerted) == (5, 1000, 1120)
+    recovered = alert.recovered_event("settle", "cron01", streak, 1000 + 2 * 3600 + 13 * 60)
+    title, text = alert.format_events([recovered])
+    assert title == "deployer: job settle recovered on cron01"
+    assert text.split("\n\n")[1] == "settle recovered after 5 failed runs, 2h13m"
+    assert channels.typed_event(recovered)["failed_runs"] == 5
+
+
+def test_reminders_go_out_at_most_once_per_alert_repeat(tmp_path):
+    moments = iter([0, 600, 1200, 3000, 600 + 3599, 600 + 3600, 600 + 3600 + 100])
+    sent = [bool(alert.apply_policy(str(tmp_path), "settle", HOURLY, [dict(EVENT)], lambda _: None,
+                                    now=lambda: next(moments))) for _ in range(7)]
+    assert sent == [False, True, False, False, False, True, False]
+
+
+def test_a_default_policy_alerts_every_failed_run_and_leaves_the_event_as_it_was(tmp_path):
+    sent = [alert.apply_policy(str(tmp_path), "settle", EACH, [dict(EVENT)], lambda _: None) for _ in range(3)]
+    assert sent == [[EVENT]] * 3

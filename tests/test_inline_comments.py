@@ -70,6 +70,8 @@ VALUES = {
         "sign_secret": ("s3cret", "s3 #7 ; cret"),
         "timezone": ("Asia/Shanghai", None),
         "alert": ("ops", None),
+        "alert_after": ("3", None),
+        "alert_repeat": ("1h", None),
         "host": ("cron01", None),
     },
 }

@@ -106,6 +106,15 @@ alert =
     pytest.param("[job:a]\non_calendar = @weekly\nurl = http://x/\n",
                  "inv.ini:4: [job:a] on_calendar: @weekly is a cron macro: write schedule = @weekly; on_calendar "
                  "takes systemd calendar lines", id="cron-macro-on-calendar"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert_after = 0\n",
+                 "inv.ini:6: [job:a] alert_after: '0' is not a whole number from 1 to 1000 (failed runs in a row "
+                 "before the first alert)", id="alert-after"),
+    pytest.param("[defaults]\nalert_repeat = hourly\n[job:a]\nschedule = 0 * * * *\nurl = http://x/\n",
+                 "inv.ini:4: [defaults] alert_repeat: 'hourly' is not each, never or a duration (e.g. 500ms, 90s, "
+                 "5m, 1h30m, 7d; units: ms, s, m, h, d)", id="alert-repeat-in-defaults"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert_repeat = 30s\n",
+                 "inv.ini:6: [job:a] alert_repeat: '30s' is under 1m: reminders that often are `each` (every "
+                 "failed run)", id="alert-repeat-too-often"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: appears twice; the first at line 4", id="duplicate-key"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n\n[job:b]\nschedule = 0 * * * *\n"

@@ -182,3 +182,12 @@ def test_issue24_7_an_export_of_loopback_urls_warns_on_stderr(tmp_path):
         "deployer: warning: job named: url http://localhost/x is the pod itself in Kubernetes (localhost): "
         "give the service's cluster address"]
     assert "warning" not in result.stdout and "kind: CronJob" in result.stdout
+
+
+def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\nalert_after = 3\n"))
+    text, _ = exported(inventory.load(str(path), env=SECRETS))
+    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
+                     "failed run alerts by itself (the trigger keeps no streak between pods)"]

@@ -117,3 +117,21 @@ def test_units_a_frequent_timer_starts_have_no_start_limit():
                  "deployer-recovery-ops@.service", "deployer-host@metrics.service"):
         unit = files[name].decode().split("\n[Service]")[0]
         assert "\nStartLimitIntervalSec=0\n" in unit, name
+
+
+@pytest.mark.parametrize("keys, line", [
+    pytest.param("", None, id="default-no-line"),
+    pytest.param("alert_after = 3\n", '{"after": 3, "repeat": "never"}', id="after"),
+    pytest.param("alert_after = 2\nalert_repeat = 1h\n", '{"after": 2, "repeat": 3600}', id="reminders"),
+    pytest.param("alert_repeat = each\n", None, id="explicit-default-no-line"),
+    pytest.param("alert_after = 3\nalert =\n", None, id="no-alert-no-line"),
+])
+def test_the_alert_policy_reaches_the_jobs_unit_only_when_it_is_not_the_default(tmp_path, keys, line):
+    from deployer.hostside import paths
+
+    (tmp_path / "inv.ini").write_text("[host:cron01]\naddress = h\n[alert:ops]\ntype = webhook\n"
+                                      "endpoint = http://hook/\n[defaults]\nalert = ops\n"
+                                      f"[job:settle]\nschedule = 0 3 * * *\nurl = http://svc/\n{keys}")
+    files = {f.name: f.content.decode() for f in host_files(inventory.load(str(tmp_path / "inv.ini")), "cron01")}
+    found = [x for x in files["deployer-settle.service"].splitlines() if x.startswith(paths.ALERT_POLICY_KEY + "=")]
+    assert found == ([f"{paths.ALERT_POLICY_KEY}={line}"] if line else [])

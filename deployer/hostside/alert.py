@@ -7,19 +7,21 @@ because a full disk is exactly when alerts matter.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from . import paths
 from .cli import EXIT_FENCED
 from .journal import FailedRun, RunAccount, journal_failed_runs, run_account
-from .channels import CHANNEL_TYPES, Channel, build_outbound, exit_number
+from .channels import CHANNEL_TYPES, AlertPolicy, Channel, build_outbound, exit_number
+from .protocol import duration_text
 from .run import trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
@@ -78,12 +80,18 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         if len(events) > 1:
             parts.append(f"**{escape(e['job'])}**")
         if e.get("kind") == "recovered":
+            if e.get("failed_runs"):
+                runs = int(e["failed_runs"])
+                parts.append(f"{escape(e['job'])} recovered after {runs} failed run{'s' if runs != 1 else ''}, "
+                             f"{escape(e['failing_for'])}")
             parts.append(f"succeeded again at {escape(clock_text(e['time']))}")
             continue
         # What an operator reads first: which run (job, host, slot) and why; then its own lines.
         slot = f"slot {escape(e['slot'])}" if e.get("slot") else "slot unknown (the run wrote no record)"
         parts.append((f"{escape(e['job'])} on {escape(e['host'])}, " if len(events) == 1 else "")
                      + f"{slot}: {escape(e.get('reason') or e['result'])}")
+        if e.get("failed_runs", 0) > 1:  # an alert policy held it back, or this is a reminder
+            parts.append(f"{int(e['failed_runs'])} failed runs in a row, failing for {escape(e['failing_for'])}")
         lines = e.get("lines", [])[-(MAX_LINES if len(events) == 1 else 3):]
         parts += [f"> {escape(line[:200])}" for line in lines]
         parts.append(escape(f"{e.get('method', '')} {e.get('url', '')}".strip()))
@@ -559,6 +567,98 @@ def mark(path: str, failing: bool) -> None:
         pass
 
 
+@contextlib.contextmanager
+def job_lock(state: str, job: str):
+    """One alert program per job at a time reads and writes its state (seen runs, streak):
+    a run is claimed once, and a recovery never interleaves with a failure's count."""
+    import fcntl
+
+    path = os.path.join(state, "seen", job + ".lock")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path, "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock:
+            lock.close()
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A job's failed runs in a row, since its last success (the alert policy counts them)."""
+
+    failures: int = 0
+    since: float = 0.0    # when the first of them was reported (unix time)
+    alerted: float = 0.0  # when the last alert of the streak went out; 0: none yet
+
+
+def load_streak(state: str, job: str) -> Optional[Streak]:
+    try:
+        with open(os.path.join(state, "streak", job)) as handle:
+            data = json.load(handle)
+        return Streak(int(data["failures"]), float(data["since"]), float(data["alerted"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_streak(state: str, job: str, streak: Optional[Streak]) -> None:
+    """Best effort: a full disk loses the count (the next failure starts a new streak)."""
+    path = os.path.join(state, "streak", job)
+    try:
+        if streak is None:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"failures": streak.failures, "since": streak.since, "alerted": streak.alerted}, handle)
+        os.rename(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+def job_policy(job: str) -> AlertPolicy:
+    """The job's alert policy, from the line the renderer wrote into its unit (none: the default)."""
+    prefix = paths.ALERT_POLICY_KEY + "="
+    try:
+        with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(prefix):
+                    return AlertPolicy.from_unit_value(line[len(prefix):])
+    except OSError:
+        pass
+    return AlertPolicy()
+
+
+def apply_policy(state: str, job: str, policy: AlertPolicy, events: list, log: Callable[[str], None],
+                 now: Callable[[], float] = time.time) -> list:
+    """Count `events` (the job's newly found failed runs) into its streak; the events to send
+    now: all of them, annotated with the streak, or none (below alert_after, or already
+    alerted and no reminder due). Called under job_lock."""
+    if not events:
+        return events
+    moment = now()
+    streak = load_streak(state, job) or Streak(since=moment)
+    streak = replace(streak, failures=streak.failures + len(events))
+    send = policy.decide(streak.failures, streak.alerted, len(events), moment)
+    if send:
+        streak = replace(streak, alerted=moment)
+    save_streak(state, job, streak)
+    if not send:
+        why = (f"alert_after = {policy.after}" if not streak.alerted else
+               f"alerted at {time.strftime('%H:%M:%S', time.gmtime(streak.alerted))} UTC, alert_repeat = "
+               + (policy.repeat if isinstance(policy.repeat, str) else duration_text(float(policy.repeat))))
+        log(f"job {job}: {streak.failures} failed run(s) in a row; no alert now ({why})")
+        return []
+    if policy == AlertPolicy():
+        return events  # the default: every failed run alerts, as its own message says
+    return [dict(e, failed_runs=streak.failures, failing_for=duration_text(moment - streak.since)) for e in events]
+
+
 def report_failures(job: str, host_name: str, state: str, send_events: Callable[..., bool],
                     log: Callable[[str], None], monitored: Optional[FailedRun] = None, sweep: bool = False,
                     take_queued: bool = False, find=find_failed_runs, sleep=time.sleep) -> bool:
@@ -570,53 +670,47 @@ def report_failures(job: str, host_name: str, state: str, send_events: Callable[
     those of the previous and the current boot; never older history. `sweep`: also look once
     more after JOURNAL_LAG when nothing is found. Whether everything went out (or was queued and
     `send_events` said so)."""
-    import fcntl
-
     unit = paths.job_unit(job, "service")
     seen_path = os.path.join(state, "seen", job)
-    try:
-        os.makedirs(os.path.dirname(seen_path), exist_ok=True)
-        lock = open(seen_path + ".lock", "a")
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one reporter per job at a time: a run is claimed once
-    except OSError:
-        lock = None
-    try:
-        seen, floor = load_seen(seen_path), 0
-        if seen is None:
-            if monitored:
-                found = find(unit, since=monitored.realtime / 1e6 - SEEN_MARGIN)
-                floor = next((r.realtime for r in found if r.invocation == monitored.invocation), monitored.realtime)
-                seen = Seen(floor).add([r for r in found if r.realtime < floor])
-            else:
-                found = find(unit, boot="-1") + find(unit, boot="0")
-                seen = Seen(int(time.time() * 1e6))
+    with job_lock(state, job):
+        return _report_failures(job, host_name, seen_path, unit, send_events, log, monitored, sweep, take_queued,
+                                find, sleep)
+
+
+def _report_failures(job, host_name, seen_path, unit, send_events, log, monitored, sweep, take_queued, find, sleep):
+    seen, floor = load_seen(seen_path), 0
+    if seen is None:
+        if monitored:
+            found = find(unit, since=monitored.realtime / 1e6 - SEEN_MARGIN)
+            floor = next((r.realtime for r in found if r.invocation == monitored.invocation), monitored.realtime)
+            seen = Seen(floor).add([r for r in found if r.realtime < floor])
         else:
-            found = lookup(find, unit, seen)
-        pending = [monitored] if monitored and monitored.invocation not in {r.invocation for r in found} else []
-        delivered = True
-        for round_ in range(ROUNDS):
-            runs = seen.new(found, floor) + seen.new(pending)
-            pending = []
-            if not runs and sweep and round_ == 0:
-                sleep(JOURNAL_LAG)
-                runs = seen.new(lookup(find, unit, seen), floor)
-            if not runs and not take_queued:
-                break
-            if runs:
-                log(f"job {job}: {len(runs)} failed run(s) to report: "
-                    + ", ".join(f"{r.invocation or '?'} ({r.result})" for r in runs))
-            delivered = send_events([failed_run_event(job, host_name, r) for r in runs], take_queued) and delivered
-            seen = seen.add(runs)
-            save_seen(seen_path, seen)
-            take_queued = False
-            if not runs:
-                break
-            found = lookup(find, unit, seen)
+            found = find(unit, boot="-1") + find(unit, boot="0")
+            seen = Seen(int(time.time() * 1e6))
+    else:
+        found = lookup(find, unit, seen)
+    pending = [monitored] if monitored and monitored.invocation not in {r.invocation for r in found} else []
+    delivered = True
+    for round_ in range(ROUNDS):
+        runs = seen.new(found, floor) + seen.new(pending)
+        pending = []
+        if not runs and sweep and round_ == 0:
+            sleep(JOURNAL_LAG)
+            runs = seen.new(lookup(find, unit, seen), floor)
+        if not runs and not take_queued:
+            break
+        if runs:
+            log(f"job {job}: {len(runs)} failed run(s) to report: "
+                + ", ".join(f"{r.invocation or '?'} ({r.result})" for r in runs))
+        delivered = send_events([failed_run_event(job, host_name, r) for r in runs], take_queued) and delivered
+        seen = seen.add(runs)
         save_seen(seen_path, seen)
-        return delivered
-    finally:
-        if lock:
-            lock.close()
+        take_queued = False
+        if not runs:
+            break
+        found = lookup(find, unit, seen)
+    save_seen(seen_path, seen)
+    return delivered
 
 
 def boot_jobs(channel: str, find=find_failed_runs) -> list:
@@ -636,8 +730,6 @@ def held_events(host_name: str, state: str, channel: str, held_path: str = paths
     """The hold that the boot found (agent --hold-at-boot), once per hold and channel: the boot
     it began at is noted in the channel's state. A boot check that failed holds too (fail closed):
     its hold is in `held_run` (/run) when `held_path` could not be written."""
-    from .protocol import duration_text
-
     held = None
     for path in (held_path, held_run):
         try:
@@ -741,6 +833,14 @@ def test_main(channel: Channel, host_name: str, journal: str = paths.JOURNAL_SOC
     return True
 
 
+def recovered_event(job: str, host_name: str, streak: Optional[Streak], now: float) -> dict:
+    """The job succeeded again; with its streak (none: one noted before streaks were counted)."""
+    event = {"kind": "recovered", "job": job, "host": host_name, "time": now_text()}
+    if streak is not None and streak.failures:
+        event.update(failed_runs=streak.failures, failing_for=duration_text(now - streak.since))
+    return event
+
+
 def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode: str = "") -> bool:
     """What the alert units run; whether the message went out (or was not needed).
 
@@ -763,15 +863,24 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         failing = os.path.join(state, "failing", job)
         if not os.path.exists(failing):
             return True
-        mark(failing, False)
+        with job_lock(state, job):
+            streak = load_streak(state, job)
+            save_streak(state, job, None)
+            mark(failing, False)
+        if streak is not None and not streak.alerted:
+            log(f"job {job} succeeded after {streak.failures} failed run(s) in a row, none of them alerted "
+                f"(alert_after = {job_policy(job).after}): no recovery message")
+            return True
         log(f"job {job} succeeded after failing; telling {channel.name}")
-        return send([{"kind": "recovered", "job": job, "host": host_name, "time": now_text()}])
+        return send([recovered_event(job, host_name, streak, time.time())])
 
     def report(name: str, **how) -> bool:
+        policy = job_policy(name)
+
         def send_and_mark(events: list, take_queued: bool) -> bool:
-            if events:
+            if events:  # every failed run: the next success ends the streak
                 mark(os.path.join(state, "failing", name), True)
-            return send(events, take_queued)
+            return send(apply_policy(state, name, policy, events, log), take_queued)
 
         return report_failures(name, host_name, state, send_and_mark, log, **how)
 
@@ -781,11 +890,15 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
     if mode == "sweep":
         # ExecStopPost= cannot read the unit's credentials (v252: permission denied): queue what
         # it finds and fail, so that the restart (RestartSec=) sends it.
+        policy = job_policy(job)
+
         def queue(events: list, take_queued: bool) -> bool:
-            for event in events:
+            if events:
                 mark(os.path.join(state, "failing", job), True)
+            alerting = apply_policy(state, job, policy, events, log)
+            for event in alerting:
                 coalescer.enqueue(event)
-            return not events
+            return not alerting
 
         return report_failures(job, host_name, state, queue, log, sweep=True)
     monitored = monitored_run(job)

@@ -182,7 +182,7 @@ WEBHOOK_VERSION = 2
 EVENT_FIELDS = {
     "failed": ("kind", "job", "host", "slot", "reason", "method", "url", "result", "exit_status", "signal", "time",
                "invocation", "lines"),
-    "recovered": ("kind", "job", "host", "time"),
+    "recovered": ("kind", "job", "host", "time", "failed_runs", "failing_for"),
     "held": ("kind", "host", "since", "time", "down_for", "lease", "reason"),
     "test": ("kind", "host", "time"),  # `deployer alert test`: no job failed
 }
@@ -221,6 +221,53 @@ def webhook_document(title: str, text: str, events: list) -> dict:
 def _webhook(channel: Channel, endpoint: str, title: str, text: str, events: list, now: float) -> Outbound:
     headers = {"Authorization": f"Bearer {channel.token}"} if channel.token else {}
     return Outbound(endpoint, {}, webhook_document(title, text, events), headers, by_status)
+
+
+# --- the alert policy of a job ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """When a failing job's alerts go out (its alert_after and alert_repeat).
+
+    `after` failed runs in a row before the first alert; then `repeat`: "each" (every failed run
+    alerts: with after = 1, the behaviour before policies), "never" (that first alert only), or
+    seconds between reminders. The renderer writes it into the job's unit (ALERT_POLICY_KEY=) when
+    it is not the default; the alert program reads it back from there: one codec, here."""
+
+    after: int = 1
+    repeat: object = "each"
+
+    @classmethod
+    def of(cls, after: int, repeat) -> "AlertPolicy":
+        """The inventory's values; `repeat` None (not set): each with after = 1, else never."""
+        return cls(after, repeat if repeat is not None else "each" if after == 1 else "never")
+
+    def unit_value(self) -> str:
+        return json.dumps({"after": self.after, "repeat": self.repeat}, sort_keys=True)
+
+    @classmethod
+    def from_unit_value(cls, text: str) -> "AlertPolicy":
+        """Anything unreadable is the default: a job alerts on every failed run rather than never."""
+        try:
+            data = json.loads(text)
+            after, repeat = int(data["after"]), data["repeat"]
+        except (ValueError, KeyError, TypeError):
+            return cls()
+        if after < 1 or not (repeat in ("each", "never") or (isinstance(repeat, (int, float)) and repeat > 0)):
+            return cls()
+        return cls(after, repeat)
+
+    def decide(self, failures: int, alerted: float, new: int, now: float) -> bool:
+        """Whether `new` failed runs (taking the streak to `failures`) alert, the last alert of the
+        streak having gone out at `alerted` (0: none yet)."""
+        if new <= 0:
+            return False
+        if not alerted:
+            return failures >= self.after
+        if self.repeat == "each":
+            return True
+        return self.repeat != "never" and now - alerted >= float(self.repeat)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,31 @@ def retries(value: str) -> int:
     return int(value)
 
 
+MAX_ALERT_AFTER = 1000
+# alert_repeat: every failed run alerts (today's behaviour), or only the first of a streak.
+REPEAT_WORDS = ("each", "never")
+
+
+def alert_after(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_ALERT_AFTER:
+        raise Invalid("%r is not a whole number from 1 to %d (failed runs in a row before the first alert)"
+                      % (value, MAX_ALERT_AFTER))
+    return int(value)
+
+
+def alert_repeat(value: str):
+    """`each`, `never` or a duration of at least 1m between reminders (as seconds)."""
+    if value in REPEAT_WORDS:
+        return value
+    try:
+        seconds = duration_seconds(value)
+    except Invalid:
+        raise Invalid("%r is not each, never or a duration (%s)" % (value, DURATION_SYNTAX)) from None
+    if seconds < 60:
+        raise Invalid("%r is under 1m: reminders that often are `each` (every failed run)" % (value,))
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
 def url(value: str) -> str:
     text(value)
     if len(value) > MAX_URL:
@@ -370,6 +395,11 @@ JOB_OPTIONS = (
            help="HMAC-SHA256 key: each request is signed (X-Deployer-Signature; see docs/signing.md)"),
     Option("timezone", timezone, default="UTC", help="the IANA zone the schedule is in"),
     Option("alert", optional(name), help="the [alert:NAME] told when a run fails; empty: none"),
+    Option("alert_after", alert_after, default=1,
+           help="failed runs in a row before the first alert of a failing streak (default 1)"),
+    Option("alert_repeat", alert_repeat,
+           help="while it keeps failing: each (every failed run alerts), never (the first alert only) or a "
+                "duration between reminders; default each with alert_after = 1, else never"),
     Option("host", name, help="the [host:NAME] that runs the job"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in JOB_OPTIONS}

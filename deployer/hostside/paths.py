@@ -94,6 +94,8 @@ JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
 # A key systemd ignores (X- prefix) in a job's [Unit]: one JSON line {"method", "url"} that the
 # alert program reads back, the URL without its password.
 REQUEST_KEY = "X-Deployer-Request"
+# A job's alert policy (channels.AlertPolicy), in its .service when it is not the default.
+ALERT_POLICY_KEY = "X-Deployer-Alert-Policy"
 # At boot, before any timer: finishes a switch that a crash interrupted.
 RECOVER_UNIT = UNIT_PREFIX + "recover.service"
 # The lease: a timer that renews it, and a unit that decides at boot, before any timer and
