@@ -70,7 +70,13 @@ def test_on_a_terminal_push_names_the_jobs_and_no_changes_nothing(shared_cron01,
             "Remove them? [y/N]: n\n") in shown
     assert "deployer: error: host cron01: push cancelled, nothing changed (--no-prune keeps those jobs; " \
            "--yes removes without asking)" in shown
-    assert "Traceback" not in shown and stdout == ""
+    # On stdout: the plan, shown before the question (summary first, a line per job), and nothing
+    # after it (no "pushed").
+    assert "Traceback" not in shown
+    assert stdout.splitlines()[:3] == [stdout.splitlines()[0], "- job gone1 (not in inventory.ini)",
+                                       "- job gone2 (not in inventory.ini)"], stdout
+    assert stdout.startswith("host cron01: 0 jobs to add, 0 to change, 2 to remove (files: "), stdout
+    assert "pushed" not in stdout and "up to date" not in stdout, stdout
     assert timers(shared_cron01) == ["deployer-gone1.timer", "deployer-gone2.timer", "deployer-keep.timer"]
     ended, shown, _ = on_a_terminal(["push", "-i", pushed_three], "\x04", isolated_home)  # Ctrl-D: no answer
     assert ended == 1 and "push cancelled, nothing changed" in shown and "Aborted" not in shown, shown
