@@ -157,6 +157,10 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
         log("deployer first push")
         first = run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
         rows.append(Row("first push", first, by_hand.seconds, "tar, symlinks, daemon-reload, start x500"))
+        installed = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
+        enabled = host.ssh(f"systemctl is-enabled deployer-job{size - 1:05d}.timer", check=False).stdout.strip()
+        if installed != size or enabled != "enabled":
+            raise SystemExit(f"deployer push: {installed} timers active, not {size}; the last one is {enabled}")
         memory["jobs installed"] = host_rss(host)
 
         log("no-op push")
