@@ -117,3 +117,15 @@ def test_units_a_frequent_timer_starts_have_no_start_limit():
                  "deployer-recovery-ops@.service", "deployer-host@metrics.service"):
         unit = files[name].decode().split("\n[Service]")[0]
         assert "\nStartLimitIntervalSec=0\n" in unit, name
+
+
+def test_every_timer_template_is_wanted_by_timers_target_only():
+    """The agent enables and disables a timer by its link in timers.target.wants, not with
+    `systemctl enable` (issue 25: one call for 10,000 timers timed out): that is only what
+    systemctl would do while this is a timer's whole [Install] section."""
+    templates = sorted((Path(__file__).parent.parent / "units").glob("*.timer.j2"))
+    assert templates
+    for template in templates:
+        install = template.read_text().partition("[Install]\n")[2]
+        lines = [line for line in install.splitlines() if line.strip() and not line.startswith("#")]
+        assert lines == ["WantedBy=timers.target"], template.name
