@@ -43,7 +43,7 @@ from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, Hand
 LOCK_WAIT_SECONDS = 60
 # Enabled by every push: at boot, before any timer, it finishes an interrupted switch (--boot).
 RECOVER_UNIT = paths.RECOVER_UNIT
-# Units per systemctl call: 10,000 in one `disable --now` outlive systemctl's D-Bus timeout.
+# Units per systemctl call: 10,000 in one `stop` or `enable` outlive systemctl's D-Bus timeout.
 UNIT_CHUNK = 500
 VERIFY_CHUNK = 150  # verify's cost grows faster than linearly with the units it loads at once
 
