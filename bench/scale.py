@@ -16,7 +16,7 @@ For each size, one freshly booted host:
   remove all       a push of the inventory with no jobs (prunes them all); reference: the
                    deployer's own first push (adding them)
   validate         offline, no host: time and peak RSS
-Also the client's peak RSS per command (wait4 of the child) and the RSS of the host's PID 1 and
+Also the client's peak RSS per command (/usr/bin/time) and the RSS of the host's PID 1 and
 journald before the first push, with the jobs installed, and after removing them.
 
 Medians of --repeat runs for the reads and the no-op push; one sample of each push. This is a
@@ -51,7 +51,7 @@ CHUNK = 500
 @dataclass(frozen=True)
 class Sample:
     seconds: float
-    rss_mb: float  # peak RSS of the child (and of what it waited for), as wait4 reports it
+    rss_mb: float  # peak RSS of the command (and of what it waited for), as /usr/bin/time -f %M reports it
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,17 @@ def run(argv: list[str], env: dict, stdin: bytes = b"", workdir: Path = Path("/t
     out, err = workdir / "out", workdir / "err"
     with open(out, "wb") as o, open(err, "wb") as e:
         started = time.perf_counter()
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=o, stderr=e, env=env)
+        # Through /usr/bin/time: Linux carries a process's peak RSS across fork and exec, so a
+        # child of this (large) process would report at least this process's RSS.
+        child = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(workdir / "rss")] + argv,
+                                 stdin=subprocess.PIPE, stdout=o, stderr=e, env=env)
         child.stdin.write(stdin)
         child.stdin.close()
-        _, status, usage = os.wait4(child.pid, 0)
+        child.wait()
         elapsed = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:6])}... exited {child.returncode}: {err.read_text()[-1500:]}")
-    return Sample(elapsed, usage.ru_maxrss / 1024)
+    return Sample(elapsed, int((workdir / "rss").read_text().split()[-1]) / 1024)
 
 
 def median(samples: list[Sample]) -> Sample:
