@@ -16,7 +16,7 @@ PROMETHEUS_UNITS := prometheus.service prometheus-node-exporter.service promethe
                     prometheus-node-exporter-ipmitool-sensor.timer prometheus-node-exporter-mellanox-hca-temp.timer \
                     prometheus-node-exporter-nvme.timer prometheus-node-exporter-smartmon.timer
 
-.PHONY: install system-packages test test-fast demo bench bench-burst clean
+.PHONY: install system-packages test test-fast demo bench bench-scale bench-burst clean
 
 install: system-packages $(VENV)/.installed
 
@@ -57,6 +57,13 @@ demo: install
 
 bench: install
 	$(PY) bench/push.py
+	$(PY) bench/scale.py --jobs $(SCALE_JOBS)
+
+## Issue 25: every command at N jobs beside its by-hand reference on the same host (docs/performance.md).
+## SCALE_JOBS=1000,10000 adds the 10,000-job host (many minutes).
+SCALE_JOBS ?= 1000
+bench-scale: install
+	$(PY) bench/scale.py --jobs $(SCALE_JOBS)
 
 ## 100 timers due the same second: deployer vs the stdlib floor and curl, in and out of the sandbox.
 bench-burst: install

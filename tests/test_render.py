@@ -135,3 +135,15 @@ def test_the_alert_policy_reaches_the_jobs_unit_only_when_it_is_not_the_default(
     files = {f.name: f.content.decode() for f in host_files(inventory.load(str(tmp_path / "inv.ini")), "cron01")}
     found = [x for x in files["deployer-settle.service"].splitlines() if x.startswith(paths.ALERT_POLICY_KEY + "=")]
     assert found == ([f"{paths.ALERT_POLICY_KEY}={line}"] if line else [])
+
+
+def test_every_timer_template_is_wanted_by_timers_target_only():
+    """The agent enables and disables a timer by its link in timers.target.wants, not with
+    `systemctl enable` (issue 25: one call for 10,000 timers timed out): that is only what
+    systemctl would do while this is a timer's whole [Install] section."""
+    templates = sorted((Path(__file__).parent.parent / "units").glob("*.timer.j2"))
+    assert templates
+    for template in templates:
+        install = template.read_text().partition("[Install]\n")[2]
+        lines = [line for line in install.splitlines() if line.strip() and not line.startswith("#")]
+        assert lines == ["WantedBy=timers.target"], template.name

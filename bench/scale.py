@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Issue 25: each command at N jobs on one real cron host, beside its by-hand reference on that
+host in the same run, as a ratio (the machines are noisy: read the ratios, not the seconds).
+
+For each size, one freshly booted host:
+  first push       reference: one ssh session untarring the same unit files, symlinks into
+                   timers.target.wants, one daemon-reload, `systemctl start` in chunks of 500.
+                   The reference goes first, then is taken off by hand (rm, one `systemctl stop`
+                   of the glob, daemon-reload: its time is the "by-hand removal" row), then the
+                   deployer pushes the same jobs to the same host.
+  no-op push       reference: one ssh call hashing every deployer unit file
+  status --json    reference: `systemctl list-timers --all 'deployer-*'` over ssh
+  history JOB      reference: `journalctl -u deployer-JOB.service` over ssh
+  metrics pass     `systemctl start deployer-host@metrics.service` over ssh, timed;
+                   reference: list-timers over ssh
+  remove all       a push of the inventory with no jobs (prunes them all); reference: the
+                   deployer's own first push (adding them)
+  validate         offline, no host: time and peak RSS
+Also the client's peak RSS per command (/usr/bin/time) and the RSS of the host's PID 1 and
+journald before the first push, with the jobs installed, and after removing them.
+
+Medians of --repeat runs for the reads and the no-op push; one sample of each push. This is a
+benchmark, not a test: nothing here asserts a time.
+
+    make bench-scale                                  # 1,000 jobs
+    .venv/bin/python bench/scale.py --jobs 1000,10000 # 10,000 takes many minutes
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.cronhost import CronHost  # noqa: E402
+
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    rss_mb: float  # peak RSS of the command (and of what it waited for), as /usr/bin/time -f %M reports it
+
+
+@dataclass(frozen=True)
+class Row:
+    command: str
+    sample: Sample
+    reference: Optional[float]
+    reference_name: str
+    on_host: bool = False  # the command runs on the host: the client's RSS is only ssh's
+
+
+def run(argv: list[str], env: dict, stdin: bytes = b"", workdir: Path = Path("/tmp")) -> Sample:
+    """Run argv to completion; its wall time and peak RSS. Output goes to files, so nothing
+    here reads pipes while the child runs; a failure stops the benchmark with its stderr."""
+    out, err = workdir / "out", workdir / "err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        started = time.perf_counter()
+        # Through /usr/bin/time: Linux carries a process's peak RSS across fork and exec, so a
+        # child of this (large) process would report at least this process's RSS.
+        child = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(workdir / "rss")] + argv,
+                                 stdin=subprocess.PIPE, stdout=o, stderr=e, env=env)
+        child.stdin.write(stdin)
+        child.stdin.close()
+        child.wait()
+        elapsed = time.perf_counter() - started
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])}... exited {child.returncode}: {err.read_text()[-1500:]}")
+    return Sample(elapsed, int((workdir / "rss").read_text().split()[-1]) / 1024)
+
+
+def median(samples: list[Sample]) -> Sample:
+    return Sample(statistics.median(s.seconds for s in samples), max(s.rss_mb for s in samples))
+
+
+def inventory_text(host: Optional[CronHost], jobs: int) -> str:
+    head = host.inventory_host() if host else "[host:bench]\naddress = 10.0.0.1\n"
+    return head + "".join(f"[job:job{i:05d}]\nschedule = {i % 60} {i % 24} * * *\n"
+                          f"url = http://127.0.0.1:9/job/{i}\n" for i in range(jobs))
+
+
+def units_tar(inventory_path: Path, host_name: str) -> bytes:
+    """The unit files the deployer would install (its host files under the unit directory)."""
+    from deployer import inventory
+    from deployer.hostside import paths
+    from deployer.render import host_files
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for f in host_files(inventory.load(str(inventory_path)), host_name):
+            if not f.path.startswith(paths.UNIT_DIR + "/") or f.secret:
+                continue
+            info = tarfile.TarInfo(f.path[len(paths.UNIT_DIR) + 1:])
+            info.size = len(f.content)
+            archive.addfile(info, io.BytesIO(f.content))
+    return buffer.getvalue()
+
+
+# The by-hand first push: job timers only (as the deployer starts them; boot-only timers stay).
+BY_HAND_PUSH = (
+    "set -e; cd /etc/systemd/system && tar -x && mkdir -p timers.target.wants && "
+    "cd timers.target.wants && ln -s ../deployer-job*.timer . && systemctl daemon-reload && "
+    f"cd .. && ls deployer-job*.timer | xargs -n {CHUNK} systemctl start")
+BY_HAND_REMOVE = (
+    "set -e; cd /etc/systemd/system && rm -rf deployer-* timers.target.wants/deployer-* && "
+    "systemctl stop 'deployer-*' && systemctl daemon-reload && systemctl reset-failed")
+HASH_UNITS = ("find /etc/systemd/system -maxdepth 1 -name 'deployer-*' -type f -print0 | "
+              "xargs -0 sha256sum >/dev/null")
+RSS = ("for p in 1 $(systemctl show -P MainPID systemd-journald); do "
+       "ps -o rss= -p $p; done")
+
+
+def host_rss(host: CronHost) -> tuple[float, float]:
+    """RSS of the host's PID 1 and journald, MB."""
+    pid1, journald = (int(v) / 1024 for v in host.ssh(RSS).stdout.split())
+    return pid1, journald
+
+
+def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str, tuple[float, float]]]:
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["HOME"] = str(workdir / "home")
+    (workdir / "home").mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    memory: dict[str, tuple[float, float]] = {}
+    deployer = [sys.executable, "-m", "deployer"]
+
+    def log(message: str) -> None:
+        print(f"[{size} jobs, {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    with CronHost("bench", workdir=workdir / "host") as host:
+        ssh = host.ssh_args()
+        path, empty = workdir / "inventory.ini", workdir / "empty.ini"
+        path.write_text(inventory_text(host, size))
+        empty.write_text(inventory_text(host, 0))
+        inv = ["-i", str(path), "--host", "bench"]
+        memory["before"] = host_rss(host)
+
+        log("by-hand first push")
+        by_hand = run(ssh + [BY_HAND_PUSH], env, units_tar(path, "bench"), workdir)
+        installed = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
+        if installed != size:
+            raise SystemExit(f"by-hand push: {installed} timers active, not {size}")
+        log("by-hand removal")
+        by_hand_removal = run(ssh + [BY_HAND_REMOVE], env, workdir=workdir)
+
+        log("deployer first push")
+        first = run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
+        rows.append(Row("first push", first, by_hand.seconds, "tar, symlinks, daemon-reload, start x500"))
+        installed = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
+        enabled = host.ssh(f"systemctl is-enabled deployer-job{size - 1:05d}.timer", check=False).stdout.strip()
+        if installed != size or enabled != "enabled":
+            raise SystemExit(f"deployer push: {installed} timers active, not {size}; the last one is {enabled}")
+        memory["jobs installed"] = host_rss(host)
+
+        log("no-op push")
+        noop = median([run(deployer + ["push", "--yes"] + inv, env, workdir=workdir) for _ in range(repeat)])
+        hashing = median([run(ssh + [HASH_UNITS], env, workdir=workdir) for _ in range(repeat)])
+        rows.append(Row("no-op push", noop, hashing.seconds, "one ssh hashing the unit files"))
+
+        log("status --json")
+        list_timers = ssh + ["systemctl list-timers --all 'deployer-*' >/dev/null"]
+        status = median([run(deployer + ["status", "--json"] + inv, env, workdir=workdir) for _ in range(repeat)])
+        timers = median([run(list_timers, env, workdir=workdir) for _ in range(repeat)])
+        rows.append(Row("status --json", status, timers.seconds, "list-timers over ssh"))
+
+        log("history")
+        job = f"job{size // 2:05d}"
+        history = median([run(deployer + ["history", job] + inv, env, workdir=workdir) for _ in range(repeat)])
+        journal = median([run(ssh + [f"journalctl -u deployer-{job}.service >/dev/null"], env, workdir=workdir)
+                          for _ in range(repeat)])
+        rows.append(Row(f"history {job}", history, journal.seconds, "journalctl -u over ssh"))
+
+        log("metrics pass")
+        metrics = median([run(ssh + ["systemctl start deployer-host@metrics.service"], env, workdir=workdir)
+                          for _ in range(repeat)])
+        rows.append(Row("metrics pass", metrics, timers.seconds, "list-timers over ssh", on_host=True))
+        memory["after the reads"] = host_rss(host)
+
+        log("remove all")
+        removal = run(deployer + ["push", "--yes", "-i", str(empty), "--host", "bench"], env, workdir=workdir)
+        left = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
+        if left:
+            raise SystemExit(f"removal left {left} timers")
+        rows.append(Row("remove all", removal, first.seconds, "the deployer's first push (adding)"))
+        rows.append(Row("by-hand removal", by_hand_removal, by_hand.seconds,
+                        "by-hand first push (rm, stop glob, reload)", on_host=True))
+        memory["jobs removed"] = host_rss(host)
+
+    log("validate")
+    offline = workdir / "offline.ini"
+    offline.write_text(inventory_text(None, size))
+    validate = run(deployer + ["validate", "-i", str(offline)], env, workdir=workdir)
+    rows.append(Row("validate", validate, None, "(offline)"))
+    return rows, memory
+
+
+def table(size: int, rows: list[Row], memory: dict[str, tuple[float, float]], repeat: int) -> str:
+    lines = [f"### {size:,} jobs", "",
+             "| command | seconds | reference seconds | ratio | client peak RSS | reference |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = f"{r.reference:.2f}" if r.reference is not None else "-"
+        ratio = f"{r.sample.seconds / r.reference:.2f}x" if r.reference else "-"
+        rss = "(on host)" if r.on_host else f"{r.sample.rss_mb:.0f} MB"
+        lines.append(f"| {r.command} | {r.sample.seconds:.2f} | {ref} | {ratio} | {rss} "
+                     f"| {r.reference_name} |")
+    lines += ["", "| host RSS | PID 1 | journald |", "|---|---|---|"]
+    lines += [f"| {when} | {pid1:.1f} MB | {journald:.1f} MB |" for when, (pid1, journald) in memory.items()]
+    lines += ["", f"(reads and no-op push: medians of {repeat}; pushes and validate: one sample)"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", default="1000", help="job counts, comma-separated (default 1000)")
+    parser.add_argument("--repeat", type=int, default=3, help="samples per median of the reads (default 3)")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="deployer-scale-") as tmp:
+        for size in (int(s) for s in args.jobs.split(",")):
+            rows, memory = measure(size, args.repeat, Path(tmp) / str(size))
+            results[size] = rows
+            print(table(size, rows, memory, args.repeat) + "\n", flush=True)
+    sizes = sorted(results)
+    if len(sizes) > 1:
+        small, large = sizes[0], sizes[-1]
+        print(f"### growth {small:,} -> {large:,} jobs ({large / small:.0f}x the jobs)\n")
+        print("| command | seconds | reference | ratio then | ratio now |\n|---|---|---|---|---|")
+        for a, b in zip(results[small], results[large]):
+            ref = f"{b.reference / a.reference:.1f}x" if a.reference else "-"
+            then = f"{a.sample.seconds / a.reference:.2f}x" if a.reference else "-"
+            now = f"{b.sample.seconds / b.reference:.2f}x" if b.reference else "-"
+            print(f"| {a.command.split()[0] if a.command.startswith('history') else a.command} | "
+                  f"{b.sample.seconds / a.sample.seconds:.1f}x | {ref} | {then} | {now} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
