@@ -806,3 +806,14 @@ def test_reminders_go_out_at_most_once_per_alert_repeat(tmp_path):
 def test_a_default_policy_alerts_every_failed_run_and_leaves_the_event_as_it_was(tmp_path):
     sent = [alert.apply_policy(str(tmp_path), "settle", EACH, [dict(EVENT)], lambda _: None) for _ in range(3)]
     assert sent == [[EVENT]] * 3
+
+
+def test_a_streak_that_cannot_be_saved_leaves_no_empty_file(tmp_path, monkeypatch):
+    """A full disk (e2e: test_probe_trigger's 64 KiB tmpfs) fails the write after the open: the
+    count is lost (best effort), and no zero-byte .tmp is left behind."""
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(alert.json, "dump", no_space)
+    alert.save_streak(str(tmp_path), "settle", alert.Streak(failures=2, since=1.0))
+    assert [p.name for p in (tmp_path / "streak").iterdir()] == []

@@ -618,7 +618,8 @@ def save_streak(state: str, job: str, streak: Optional[Streak]) -> None:
             json.dump({"failures": streak.failures, "since": streak.since, "alerted": streak.alerted}, handle)
         os.rename(path + ".tmp", path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):  # a full disk leaves no empty .tmp behind
+            os.unlink(path + ".tmp")
 
 
 def job_policy(job: str) -> AlertPolicy:
