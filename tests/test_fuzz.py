@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deployer import inventory
@@ -81,11 +81,19 @@ expect_json = st.lists(st.tuples(st.from_regex(r"[a-z]{1,5}(\.[a-z0-9]{1,3}){0,2
                        max_size=3).map(lambda rules: ", ".join(f"{p}={json.dumps(v, ensure_ascii=False)}" for p, v in rules))
 
 
+def as_written(value: str) -> str:
+    """A value in inventory syntax: a backslash before every # and ; (one is taken off when read)."""
+    return re.sub(r"([#;])", r"\\\1", value)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(url=legal_url, rules=expect_json, method=st.sampled_from(["get", "POST", "Put"]))
+@example(url="http://127.0.0.1:8080/?\\;", rules="", method="get")  # a backslash before ;: written \\;
 def test_odd_but_legal_values_are_accepted_and_delivered_byte_for_byte(url, rules, method):
-    source = HOST + f"[job:odd]\nschedule = 0 * * * *\nurl = {url}\nmethod = {method}\n"
-    source += f"expect_json = {rules}\n" if rules else ""
+    """Written as the inventory's grammar says (every # and ; as \\# and \\;, README), any
+    visible text arrives byte for byte."""
+    source = HOST + f"[job:odd]\nschedule = 0 * * * *\nurl = {as_written(url)}\nmethod = {method}\n"
+    source += f"expect_json = {as_written(rules)}\n" if rules else ""
     inv = inventory.parse(source, "odd.ini", {})
     assert inv.jobs[0].url == url and inv.jobs[0].expect_json == rules
     check_units(inv)
