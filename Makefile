@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 ## never answered, at any load: fixed in hostside/dbus.py.)
 TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --hypothesis-profile=repeatable
 
 ## Unit tests only: no root, no containers, and not the slow every-zone schedule walk.
 test-fast: install
