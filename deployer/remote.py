@@ -325,11 +325,20 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     try:
         channel.settimeout(read_timeout)  # sendall() of the request gives up after it too
         channel.exec_command(command)
-        for offset in range(0, len(stdin), UPLOAD_CHUNK):
-            if len(stdin) > UPLOAD_CHUNK:
-                report(f"uploading {offset / 1e6:.1f} of {len(stdin) / 1e6:.1f} MB")
-            channel.sendall(stdin[offset:offset + UPLOAD_CHUNK])
-        channel.shutdown_write()
+        try:
+            for offset in range(0, len(stdin), UPLOAD_CHUNK):
+                if len(stdin) > UPLOAD_CHUNK:
+                    report(f"uploading {offset / 1e6:.1f} of {len(stdin) / 1e6:.1f} MB")
+                channel.sendall(stdin[offset:offset + UPLOAD_CHUNK])
+            channel.shutdown_write()
+        except socket.timeout:
+            raise
+        except (OSError, EOFError):
+            # The command ended before it read its input ("Socket is closed"): a missing program
+            # exits 127 at once, and on a busy machine that comes before the request is sent. Its
+            # exit status and stderr, read below, say why.
+            if not channel.closed and not channel.exit_status_ready():
+                raise
         out, err = bytearray(), bytearray()
         heard = time.monotonic()
         streamed = 0
