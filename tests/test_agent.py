@@ -101,7 +101,7 @@ def files(host: LocalAgent) -> dict:
 @pytest.mark.parametrize("current, staged, starts, removes, paused, stamps, expected", [
     pytest.param({}, {f"{U}/deployer-a.service": "S/a.service", f"{U}/deployer-a.timer": "S/a.timer"}, {},
                  [], set(), {}, Journal(
-                     stopped_at=1.0, renames=(("S/a.service", f"{U}/deployer-a.service"),
+                     forget=("deployer-a.timer",), stopped_at=1.0, renames=(("S/a.service", f"{U}/deployer-a.service"),
                                               ("S/a.timer", f"{U}/deployer-a.timer")),
                      reload=True, enable=("deployer-a.timer",), start=("deployer-a.timer",)), id="add"),
     pytest.param({f"{U}/deployer-a.timer": "x"}, {f"{U}/deployer-a.timer": "S/a.timer"}, {}, [], set(), {},
@@ -113,7 +113,7 @@ def files(host: LocalAgent) -> dict:
                  Journal(stopped_at=1.0, renames=(("S/a.timer", f"{U}/deployer-a.timer"),), reload=True),
                  id="change-of-a-paused-timer-keeps-it-stopped"),
     pytest.param({}, {}, {}, [f"{U}/deployer-a.service", f"{U}/deployer-a.timer"], {"deployer-a.timer"}, {},
-                 Journal(disable=("deployer-a.timer",), stopped_at=1.0,
+                 Journal(disable=("deployer-a.timer",), forget=("deployer-a.timer",), stopped_at=1.0,
                          removes=(f"{U}/deployer-a.timer", f"{U}/deployer-a.service"),
                          unpause=("deployer-a.timer",), reload=True), id="remove-timer-first"),
     pytest.param({}, {f"{U}/deployer-b.timer": "S/b.timer", paths.TRIGGER_PATH: "S/t.pyz"},
@@ -319,6 +319,49 @@ def test_a_replay_keeps_the_stamp_of_a_timer_that_ran_after_the_interrupted_swit
     assert os.stat(stamps / "stamp-deployer-b.timer").st_mtime == 1000.0  # never ran: restamped
     assert ("stop", "deployer-b.timer") in host.systemd.systemctl_calls()
     assert not any("deployer-a.timer" in c and c[0] in ("stop", "clean") for c in host.systemd.systemctl_calls())
+
+
+def test_a_job_added_again_forgets_the_stamp_its_old_timer_left(host):
+    """A removed job's Persistent= stamp stayed: added again, systemd ran at once a slot that
+    passed while the job did not exist (found as a failed `keep` on a shared test host)."""
+    timer = f"{U}/deployer-a.timer"
+    stamp = Path(host.layout.timer_stamps) / "stamp-deployer-a.timer"
+    stamp.parent.mkdir(parents=True)
+    stamp.touch()
+    os.utime(stamp, (1000.0, 1000.0))  # the last run of the job before it was removed
+
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+
+    assert not stamp.exists()
+    assert ("start", "--no-block", "deployer-a.timer") in host.systemd.systemctl_calls()
+
+
+def test_a_removed_job_leaves_no_stamp(host):
+    timer = f"{U}/deployer-a.timer"
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+    stamp = Path(host.layout.timer_stamps) / "stamp-deployer-a.timer"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+
+    host.call(ApplyRequest(remove=(timer,), expect=files(host)))
+
+    assert not stamp.exists()
+
+
+def test_a_replay_keeps_the_stamp_a_new_timer_wrote_after_the_switch_began(host):
+    stamps = Path(host.layout.timer_stamps)
+    stamps.mkdir(parents=True)
+    for name, written in (("a", 1030.0), ("b", 900.0)):  # a: started by the switch, b: left by an old timer
+        (stamps / f"stamp-deployer-{name}.timer").touch()
+        os.utime(stamps / f"stamp-deployer-{name}.timer", (written, written))
+    journal = Journal(forget=("deployer-a.timer", "deployer-b.timer"), stopped_at=1000.0)
+    Path(host.layout.journal).parent.mkdir(parents=True, exist_ok=True)
+    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+
+    files(host)  # replays the journal
+
+    assert os.stat(stamps / "stamp-deployer-a.timer").st_mtime == 1030.0
+    assert not (stamps / "stamp-deployer-b.timer").exists()
 
 
 # -- issue 16 item 10: a deployer-* file we did not write is never overwritten or pruned ---------------

@@ -65,6 +65,7 @@ class Journal:
 
     disable: Tuple[str, ...] = ()
     restamp: Tuple[str, ...] = ()
+    forget: Tuple[str, ...] = ()
     stopped_at: float = 0.0
     stamps: Dict[str, float] = field(default_factory=dict)
     renames: Tuple[Tuple[str, str], ...] = ()
@@ -102,6 +103,7 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
     return Journal(
         disable=tuple(removed),
         restamp=tuple(t for t in changed if t not in paused),
+        forget=tuple(removed) + tuple(t for t in added if t not in stamps),
         stopped_at=now,
         stamps={t: w for t, w in stamps.items() if t in added},
         # Library files, then services, then timers: no timer ever points at a missing service.
@@ -717,6 +719,14 @@ class Host:
             systemd.systemctl("clean", "--what=state", *restamp, check=False)
             for timer, when in last.items():
                 self.set_last_trigger([timer], when)
+        # A removed timer's stamp outlives it: the same job added again later would start from
+        # that old last trigger, and Persistent= would run at once a slot that passed while the
+        # job did not exist. A stamp written since the switch began is a real trigger's (a
+        # replay must keep it).
+        for timer in journal.forget:
+            if timer in journal.disable or not self.triggered_since(timer, journal.stopped_at):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.stamp(timer))
         for timer, when in journal.stamps.items():
             if not self.triggered_since(timer, when):
                 self.set_last_trigger([timer], when)

@@ -91,6 +91,8 @@ def test_second_identical_push_writes_nothing_and_does_not_reload(shared_cron01,
 
 
 def test_changed_and_removed_jobs_are_updated_and_pruned(shared_cron01, server, deployer, write_inventory):
+    # Hourly jobs: one may fire if the test runs across an hour; that run must succeed.
+    server.routes["/keep"] = server.routes["/gone"] = json_reply({"code": 0})
     path = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, keep="0 * * * *|/keep",
                                                                gone="0 * * * *|/gone"))
     deployer("push", "-i", path, check=True)
@@ -114,6 +116,34 @@ def test_changed_and_removed_jobs_are_updated_and_pruned(shared_cron01, server, 
         paths.HEARTBEAT_TIMER, paths.METRICS_SOON_TIMER, "deployer-keep.timer", "deployer-lease@renew.timer"]
     assert "*:15:00" in shared_cron01.ssh("systemctl show -p TimersCalendar --value deployer-keep.timer").stdout
     assert shared_cron01.ssh("systemctl --failed --no-legend").stdout.strip() == ""
+
+
+def test_a_job_added_again_does_not_run_a_slot_that_passed_while_it_was_gone(cron01, server, deployer,
+                                                                             write_inventory):
+    """systemd keeps a timer's Persistent= stamp after its unit file is gone; a job added again
+    started from that old last trigger and ran at once the slot that passed in between."""
+    server.routes["/again"] = server.routes["/other"] = json_reply({"code": 0})
+    stamp = f"{paths.TIMER_STAMPS}/stamp-deployer-again.timer"
+    path = write_inventory(cron01.inventory_host() + jobs_ini(server, again="0 * * * *|/again",
+                                                              other="0 3 1 1 *|/other"))
+    deployer("push", "-i", path, check=True)
+    assert cron01.ssh(f"test -e {stamp}", check=False).returncode == 0  # systemd wrote it at the start
+
+    write_inventory(cron01.inventory_host() + jobs_ini(server, other="0 3 1 1 *|/other"))
+    deployer("push", "-i", path, check=True)
+    assert cron01.ssh(f"test -e {stamp}", check=False).returncode == 1, "a removed job must leave no stamp"
+
+    # As an older deployer left it, from a removal two hours ago: a whole hour's slot since.
+    cron01.ssh(f"touch -d @{int(time.time()) - 7200} {stamp}")
+    write_inventory(cron01.inventory_host() + jobs_ini(server, again="0 * * * *|/again",
+                                                       other="0 3 1 1 *|/other"))
+    deployer("push", "-i", path, check=True)
+    time.sleep(2)  # a catch-up is queued as the timer starts, and the push waits for that start
+
+    started = cron01.ssh("systemctl show -p ExecMainStartTimestampMonotonic --value deployer-again.service").stdout
+    assert started.strip() == "0", "the job ran a slot from before it was added again"
+    assert server.received("/again") == []
+    assert int(cron01.ssh(f"stat -c %Y {stamp}").stdout) >= time.time() - 60  # systemd's own, from the start
 
 
 def test_run_status_and_logs(shared_cron01, server, deployer, write_inventory):
