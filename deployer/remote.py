@@ -51,6 +51,7 @@ import deployer.hostside.agent as agent
 agent.main()
 """
 MAX_ARGUMENT = 128 * 1024  # Linux's limit for one argv string (MAX_ARG_STRLEN)
+COMMAND_ROOM = 8 * 1024  # what the agent command adds to the bootstrap: sudo, the python path, quoting
 
 
 def _source(module: str) -> tuple[bool, str]:
@@ -104,7 +105,9 @@ def bootstrap() -> str:
     sources = {m: _source(m) for m in hostside_modules()}
     packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
     program = BOOTSTRAP % packed
-    assert len(program) < MAX_ARGUMENT // 2, "the agent bootstrap grew too large for one argument"
+    # The remote shell gets the whole command as one argument (sh -c), and sudo the program as
+    # one: both must stay under MAX_ARG_STRLEN, with room for the python path and sudo.
+    assert len(program) < MAX_ARGUMENT - COMMAND_ROOM, "the agent bootstrap grew too large for one argument"
     return program
 
 

@@ -289,3 +289,14 @@ def test_issue22_4_a_refusal_with_a_code_outside_the_protocol_is_not_taken_as_on
     with pytest.raises(RemoteError, match="unknown code") as caught:
         agent._answer(protocol.StatusRequest(), raw)
     assert not isinstance(caught.value, remote.AgentRefused)
+
+
+def test_the_agent_command_fits_one_argument_with_room_for_sudo_and_quoting():
+    """The remote shell runs the command from one argv string (MAX_ARG_STRLEN): the bootstrap,
+    packed, must leave it room; it was within 1 KiB of the old, halved limit at 64,268 bytes."""
+    from deployer.models import Host
+
+    command = remote._agent_command(Host(name="cron01", address="10.0.0.5", sudo=True,
+                                         python="/opt/" + "p" * 200 + "/bin/python3"))
+    assert len(command) < remote.MAX_ARGUMENT
+    assert len(remote.bootstrap()) + remote.COMMAND_ROOM < remote.MAX_ARGUMENT
