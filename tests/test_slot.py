@@ -173,3 +173,30 @@ def test_an_unreadable_calendar_falls_back_to_the_elapse_second(tmp_path):
     finally:
         slot.elapsed_at = monkey
     assert (found.at, found.how) == (1000, "clock") and "cannot read the calendar" in lines[0]
+
+
+def test_an_elapse_after_this_process_started_is_not_the_one_that_started_it(tmp_path):
+    """The stamp moved on (a later elapse merged into this run) before a slow trigger read it."""
+    stamp = tmp_path / "stamp-deployer-every2.timer"
+    stamp.touch()
+    os.utime(stamp, (1796568620.0004, 1796568620.0004))  # :20, read at :21
+    env = {"TRIGGER_UNIT": "deployer-every2.timer"}
+    assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568618.15) == \
+        pytest.approx(1796568618.15)  # PID 1 started the run at :18.14
+    assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568621.3) == \
+        pytest.approx(1796568620.0004)  # the stamp said when the elapse came, before this process
+    assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: None) == pytest.approx(1796568620.0004)
+
+
+def test_a_process_knows_when_it_was_started_on_the_wall_clock():
+    import sys
+    import time
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5); from deployer.hostside import slot; "
+                          "print(slot.process_started())"], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    after = time.time()
+    started = float(out)
+    assert before - 0.05 <= started <= after - 1.5  # its start, not when it asked
+    assert slot.process_started("/nonexistent/stat") is None
