@@ -289,3 +289,9 @@ def test_issue22_4_a_refusal_with_a_code_outside_the_protocol_is_not_taken_as_on
     with pytest.raises(RemoteError, match="unknown code") as caught:
         agent._answer(protocol.StatusRequest(), raw)
     assert not isinstance(caught.value, remote.AgentRefused)
+
+
+def test_the_shipped_agent_has_no_comments_and_every_line_where_it_was():
+    source = 'x = "# kept"  # gone\n# gone\n\ndef f():  # gone\n    return 1\n'
+    assert remote.without_comments(source) == 'x = "# kept"\n\n\ndef f():\n    return 1\n'
+    assert len(remote.bootstrap()) < remote.MAX_ARGUMENT // 2
