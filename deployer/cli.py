@@ -103,7 +103,11 @@ def _connect(inv, host_name):
     from . import remote
 
     context = click.get_current_context(silent=True)  # None in a worker thread: reads, not audited
-    command = context.command_path.partition(" ")[2] if context else ""
+    names = []
+    while context is not None and context.parent is not None:  # `alert test`, whatever the program's name
+        names.insert(0, context.info_name or "")
+        context = context.parent
+    command = " ".join(names)
     return remote.ssh_agent(inv.host(host_name), actor=_actor(inv.path, command))
 
 
