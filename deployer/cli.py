@@ -603,7 +603,8 @@ STATUS_EPILOG = ("Exit status: 0 ok, 1 failure (reason on stderr): a host gave n
 @json_option
 def status(inventory_path, host_name, as_json):
     """Every managed job of every host (or of --host): result and why it failed, last and next
-    run in the job's own time zone, paused and held jobs.
+    run in the job's own time zone, paused and held jobs; and who last pushed each host, when,
+    from which commit (`last push: by USER@CLIENT ...`; `deployer audit` for the rest).
 
     Shows what each host runs: the schedule of its timer, flagged when it differs from the
     inventory's (a push pending), and jobs a host runs that the inventory does not put there.

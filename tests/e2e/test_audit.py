@@ -135,3 +135,30 @@ def test_under_sudo_the_ssh_user_is_the_login_not_root(cron_ops, server, deploye
     [entry] = audit_json(deployer, path)["entries"]
     assert (entry["action"], entry["ssh_user"], entry["ssh_from"]) == ("push", "ops", "127.0.0.1")
     assert entry["commit"] is None and entry["dirty"] is False  # not in a git work tree: nothing fails
+
+
+def test_a_manual_run_left_with_ctrl_c_is_recorded_all_the_same(
+        shared_cron01, server, deployer, write_inventory, isolated_home):
+    import os
+    import signal
+    import sys
+
+    from tests.e2e.runs import wait_until
+    from tests.httpserver import Reply
+
+    server.routes["/slow"] = Reply(200, b"done", delay=6)
+    path = write_inventory(shared_cron01.inventory_host() + job(server, "slow", "cron01", timeout="60s"))
+    deployer("push", "-i", path, check=True)
+    environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    environment["HOME"] = str(isolated_home)
+    running = subprocess.Popen([sys.executable, "-m", "deployer", "run", "slow", "-i", path], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    server.wait_for("/slow", timeout=30)  # the run is under way
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=30)
+    assert "goes on on cron01" in err, err
+
+    entries = wait_until(lambda: [e for e in audit_json(deployer, path)["entries"] if e["action"] == "run"], 60,
+                         "the run's audit entry", every=1)
+    assert [(e["target"], e["detail"], e["outcome"]) for e in entries] == [("slow", "manual", "ok")]
