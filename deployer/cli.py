@@ -1,6 +1,7 @@
 """The `deployer` command: thin click commands over the core; DeployerError -> one line, exit 1."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -97,10 +98,24 @@ def _host_name(inv, host_name: Optional[str]) -> str:
 
 
 def _connect(inv, host_name):
-    """The agent of one host, over SSH: the only place that builds one."""
+    """The agent of one host, over SSH: the only place that builds one. It carries who acts and
+    from where (the host's audit trail records it with every change)."""
     from . import remote
 
-    return remote.ssh_agent(inv.host(host_name))
+    context = click.get_current_context(silent=True)  # None in a worker thread: reads, not audited
+    names = []
+    while context is not None and context.parent is not None:  # `alert test`, whatever the program's name
+        names.insert(0, context.info_name or "")
+        context = context.parent
+    command = " ".join(names)
+    return remote.ssh_agent(inv.host(host_name), actor=_actor(inv.path, command))
+
+
+@functools.lru_cache(maxsize=None)
+def _actor(inventory_path: str, command: str):
+    from .actor import actor
+
+    return actor(inventory_path, command)
 
 
 def _open_host(inventory_path: str, host_name: Optional[str]):
@@ -575,7 +590,7 @@ def _host_status(inv, host):
         return HostStatus(host.name, host.address, error=message,
                           reachable=isinstance(error, (AgentRefused, RemoteCommandError)))
     return HostStatus(host.name, host.address, jobs=answer.jobs, held=answer.held, machine=answer.machine,
-                      owner=answer.owner)
+                      owner=answer.owner, last_push=answer.last_push)
 
 
 STATUS_EPILOG = ("Exit status: 0 ok, 1 failure (reason on stderr): a host gave no status (its inventory jobs "
@@ -588,7 +603,8 @@ STATUS_EPILOG = ("Exit status: 0 ok, 1 failure (reason on stderr): a host gave n
 @json_option
 def status(inventory_path, host_name, as_json):
     """Every managed job of every host (or of --host): result and why it failed, last and next
-    run in the job's own time zone, paused and held jobs.
+    run in the job's own time zone, paused and held jobs; and who last pushed each host, when,
+    from which commit (`last push: by USER@CLIENT ...`; `deployer audit` for the rest).
 
     Shows what each host runs: the schedule of its timer, flagged when it differs from the
     inventory's (a push pending), and jobs a host runs that the inventory does not put there.
@@ -680,6 +696,62 @@ def history(job, inventory_path, host_name, since, as_json):
     document = history_document(primary, job, job_zone(the_job), start, until, [run for run, _ in ran], slots,
                                 slots_until, run_hosts=[name for _, name in ran], unread=unread)
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
+
+
+AUDIT_EPILOG = ("Exit status: 0 ok (a host other than --host that could not be read is a warning), 1 failure "
+                "(reason on stderr): no host could be read, or --host could not; 2 usage error.")
+
+
+@main.command(epilog=AUDIT_EPILOG)
+@inventory_option
+@click.option("--host", "host_name", metavar="NAME", callback=_or_group, shell_complete=complete_host,
+              help="Read only this [host:NAME]. Default: every host of the inventory.")
+@click.option("--since", default="30d", show_default=True, metavar="WHEN",
+              help="How far back: a duration (30d, 36h, 90m) or an ISO 8601 date or time.")
+@json_option
+def audit(inventory_path, host_name, since, as_json):
+    """Who changed what on the hosts, and from where: every push, move, pause, resume, release,
+    manual run, stop and alert test, oldest first, merged across hosts.
+
+    Each line: when, the host, the action (and the deployer command that made it: a move
+    is a handoff and pushes), the job or channel, the outcome (ok, or why the host refused),
+    who (the local user @ the client machine, as the client said; the SSH user and the client's
+    address, as the host saw them), the inventory's git commit (+dirty: uncommitted changes) and
+    a detail. `--json` adds the inventory file's sha256. Read from each host's journal
+    (`journalctl MESSAGE_ID=8e1f5c2a6b7d4c0e9a3f1b2d4c6e8a01`); a host that cannot be read is named.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import remote
+    from .report import audit_document, audit_text, now_utc, since_time
+
+    now = now_utc()
+    try:
+        start = since_time(since, now)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    inv = Options(inventory_path).inventory()
+    names = [_host_name(inv, host_name)] if host_name or len(inv.hosts) <= 1 else [h.name for h in inv.hosts]
+
+    def read(name):
+        try:
+            return remote.audit(_connect(inv, name), start), None
+        except DeployerError as error:
+            return None, error
+
+    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
+        answers = dict(zip(names, pool.map(read, names)))
+    unread = [name for name, (_, error) in answers.items() if error is not None]
+    for name in unread:
+        reason = " ".join(answers[name][1].lines()).removeprefix(f"host {name}: ")
+        click.echo(f"deployer: {'error' if host_name else 'warning'}: host {name}: {printable(reason)}; its "
+                   "actions, if any, are not shown", err=True)
+    entries = [(name, entry) for name, (answer, _) in answers.items() if answer for entry in answer.entries]
+    until = max([answer.now for answer, _ in answers.values() if answer] or [now])
+    document = audit_document(start, until, entries, names, unread)
+    click.echo(json.dumps(document, indent=2) if as_json else audit_text(document), nl=as_json)
+    if len(unread) == len(names) or (host_name and unread):
+        sys.exit(1)
 
 
 def _backfill_slot(job, text: str) -> int:

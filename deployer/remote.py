@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import select
 import shlex
 import socket
 import time
+import tokenize
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -100,9 +102,22 @@ def hostside_modules(start: str = AGENT_MODULE) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def without_comments(source: str) -> str:
+    """`source` without its comments, every line where it was (a traceback from the host still
+    points at the right line): they are a sixth of the packed agent, which must fit one argument."""
+    lines = source.splitlines(keepends=True)
+    comments = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    for token in reversed(comments):
+        (row, start), (_, end) = token.start, token.end
+        line = lines[row - 1]
+        lines[row - 1] = (line[:start] + line[end:]).rstrip() + ("\n" if line.endswith("\n") else "")
+    return "".join(lines)
+
+
 def bootstrap() -> str:
-    """The `python3 -c` program: the agent package packed in, zlib + base64."""
-    sources = {m: _source(m) for m in hostside_modules()}
+    """The `python3 -c` program: the agent package packed in (without comments), zlib + base64."""
+    sources = {m: (package, without_comments(text)) for m, (package, text) in
+               ((m, _source(m)) for m in hostside_modules())}
     packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
     program = BOOTSTRAP % packed
     # The remote shell gets the whole command as one argument (sh -c), and sudo the program as
@@ -458,10 +473,32 @@ def _held_problem(held: Optional[protocol.Held]) -> Optional[str]:
         or _number_problem("lease", held.lease_seconds)
 
 
+def _audit_problem(entry: Optional[protocol.AuditEntry]) -> Optional[str]:
+    """An audit entry's words come from their vocabularies; its free text is escaped where shown."""
+    from .hostside import audit
+
+    if entry is None:
+        return None
+    if entry.action not in audit.ACTIONS:
+        return f"audit action {entry.action[:40]!r} is not one of {', '.join(audit.ACTIONS)}"
+    if entry.outcome not in audit.OUTCOMES:
+        return f"audit outcome {entry.outcome[:40]!r} is not an outcome"
+    if entry.actor.commit and not re.match(r"^[0-9a-f]{40}$", entry.actor.commit):
+        return f"commit {entry.actor.commit[:40]!r} is not a git commit"
+    if entry.actor.inventory_sha256 and not re.match(r"^[0-9a-f]{64}$", entry.actor.inventory_sha256):
+        return f"inventory digest {entry.actor.inventory_sha256[:40]!r} is not a sha256"
+    return _number_problem("audit time", entry.time)
+
+
 def answer_problem(answer: Any) -> Optional[str]:
     """What is wrong with an agent's answer, or None: job names follow the name rule, unit names
     are unit names, words come from their vocabularies, times parse and numbers are finite."""
+    if isinstance(answer, protocol.AuditAnswer):
+        return next(filter(None, map(_audit_problem, answer.entries)), None) or _number_problem("now", answer.now)
     if isinstance(answer, protocol.StatusAnswer):
+        problem = _audit_problem(answer.last_push)
+        if problem:
+            return problem
         for job in answer.jobs:
             if not _JOB_NAME.match(job.job or ""):
                 return f"job name {str(job.job)[:40]!r} breaks the name rule"
@@ -555,17 +592,19 @@ class Agent:
 class SSHAgent(Agent):
     """The agent run as `python3 -c <bootstrap>` over one SSH exec per request."""
 
-    def __init__(self, connection, host: Host):
+    def __init__(self, connection, host: Host, actor: Optional[protocol.Actor] = None):
         self.connection = connection
         self.host_config = host
         self.host = host.name
+        self.actor = actor  # who acts, from where: for the host's audit trail
 
     def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
         try:
             follow = isinstance(request, LogsRequest) and request.follow
             raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
-                          protocol.encode_request(self.host, request), step=f"agent {op}", progress=progress,
+                          protocol.encode_request(self.host, request, self.actor), step=f"agent {op}",
+                          progress=progress,
                           output=output, max_streamed=None if follow else MAX_STREAMED)
         except RemoteCommandError as error:
             problem = _setup_problem(self.host_config, self.connection.user, error)
@@ -592,21 +631,22 @@ class LocalAgent(Agent):
     (tests pass a fake that answers from recorded outputs). Requests and answers still go
     through JSON, so the protocol is exercised exactly as over SSH."""
 
-    def __init__(self, host: str, root: str, systemd: Any):
+    def __init__(self, host: str, root: str, systemd: Any, actor: Optional[protocol.Actor] = None):
         self.host = host
         self.layout = paths.Layout(root)
         self.systemd = systemd
+        self.actor = actor
 
     def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
         from .hostside import agent
 
-        raw = agent.handle(protocol.encode_request(self.host, request), layout=self.layout,
+        raw = agent.handle(protocol.encode_request(self.host, request, self.actor), layout=self.layout,
                            systemd=self.systemd, require_root=False, emit=output or (lambda line: True))
         return self._answer(request, raw)
 
 
-def ssh_agent(host: Host) -> SSHAgent:
-    return SSHAgent(connect(host), host)
+def ssh_agent(host: Host, actor: Optional[protocol.Actor] = None) -> SSHAgent:
+    return SSHAgent(connect(host), host, actor)
 
 
 def read_state(agent: Agent, contents: bool = False) -> RemoteState:
@@ -675,3 +715,8 @@ def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = 
 
 def history(agent: Agent, job: str, since: float) -> HistoryAnswer:
     return agent.call(HistoryRequest(job=job, since=since))
+
+
+def audit(agent: Agent, since: float) -> protocol.AuditAnswer:
+    """The host's audit trail since `since` (unix seconds), oldest first."""
+    return agent.call(protocol.AuditRequest(since=since))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 from .hostside.options import DURATION_SYNTAX, Invalid, duration_seconds
-from .hostside.protocol import Held, JobStatus, RunInfo, duration_text
+from .hostside.protocol import AuditEntry, Held, JobStatus, RunInfo, duration_text
 from .hostside.text import printable
 
 VERSION = 1  # of these documents; a key renamed or dropped is a new version
@@ -110,6 +110,7 @@ class HostStatus:
     reachable: bool = True  # False: no connection; an agent that refused (error set) was reached
     machine: str = ""  # which machine answered (StatusAnswer.machine); "" when unknown
     owner: Optional[str] = None  # the [host:NAME] that machine was last pushed as
+    last_push: Optional[AuditEntry] = None  # the audit trail's last successful push
 
 
 def held_text(held: Optional[Held]) -> Optional[str]:
@@ -266,7 +267,8 @@ def _host_entry(host: HostStatus, hosts: Sequence[HostStatus]) -> dict:
     twins = [other.name for other in hosts if other is not host and host.machine and other.machine == host.machine]
     return {"host": host.name, "address": host.address, "reachable": host.reachable, "error": host.error,
             "held": held_document(host.held), "jobs": len(host.jobs), "machine": host.machine or None,
-            "owner": host.owner, "same_machine_as": twins}
+            "owner": host.owner, "same_machine_as": twins,
+            "last_push": audit_entry(host.last_push) if host.last_push else None}
 
 
 def status_document(hosts: Sequence[HostStatus], inventory_jobs: dict, now: float,
@@ -414,7 +416,62 @@ def _host_lines(document: dict) -> list[str]:
                          f"or `deployer release --host {name}`")
         elif not host["jobs"]:
             lines.append(f"host {name}: no jobs installed")
+        if host.get("last_push") and name not in aliases:
+            lines.append(f"host {name}: last push: {last_push_text(host['last_push'])}")
     return lines
+
+
+def last_push_text(entry: dict) -> str:
+    """`by alice@laptop, 2026-12-06 14:03:01 UTC, commit abc1234 (dirty)` (escaped)."""
+    commit = f", commit {entry['commit'][:7]}{' (dirty)' if entry['dirty'] else ''}" if entry["commit"] else \
+        ", not from a git commit"
+    return printable(f"by {_who(entry)}, {clock_of(entry['time'], 'UTC')}{commit}")
+
+
+def _who(entry: dict) -> str:
+    """`alice@laptop (ssh deploy from 10.0.0.9)`: the client's word, then the host's own."""
+    ssh = f"ssh {entry['ssh_user'] or '?'}" + (f" from {entry['ssh_from']}" if entry["ssh_from"] else "")
+    return f"{entry['user'] or '?'}@{entry['client'] or '?'} ({ssh})"
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+def audit_entry(entry: AuditEntry, host: Optional[str] = None) -> dict:
+    """One audited action as `audit --json` and `status --json` (`last_push`) give it."""
+    actor = entry.actor
+    document = {"time": iso(entry.time, "UTC", precise=True), "action": entry.action, "outcome": entry.outcome,
+                "target": entry.target or None, "detail": entry.detail or None, "as_host": entry.host or None,
+                "user": actor.user or None, "client": actor.client or None, "command": actor.command or None,
+                "ssh_user": entry.ssh_user or None, "ssh_from": entry.ssh_from or None,
+                "inventory_sha256": actor.inventory_sha256 or None, "commit": actor.commit or None,
+                "dirty": actor.dirty}
+    return {"host": host, **document} if host is not None else document
+
+
+def audit_document(since: float, until: float, entries: Sequence[tuple[str, AuditEntry]], hosts: Sequence[str],
+                   unread: Sequence[str] = ()) -> dict:
+    """`audit --json`: `entries` ((host, AuditEntry) pairs) merged oldest first, from `hosts`;
+    `unread`: hosts asked that did not answer (their actions are missing)."""
+    ordered = sorted(entries, key=lambda pair: (pair[1].time, pair[0]))
+    return envelope("audit", since=iso(since, "UTC"), until=iso(until, "UTC"), hosts=list(hosts),
+                    unread_hosts=list(unread), entries=[audit_entry(entry, host) for host, entry in ordered])
+
+
+def audit_text(document: dict) -> str:
+    """TIME HOST ACTION TARGET OUTCOME WHO COMMIT DETAIL, oldest first, then one summary line."""
+    rows = [["TIME", "HOST", "ACTION", "TARGET", "OUTCOME", "WHO", "COMMIT", "DETAIL"]]
+    for e in document["entries"]:
+        action = e["action"] + (f" ({e['command']})" if e["command"] and e["command"] != e["action"] else "")
+        commit = (e["commit"][:7] + ("+dirty" if e["dirty"] else "")) if e["commit"] else "-"
+        rows.append([clock_of(e["time"], "UTC"), e["host"], action, e["target"] or "-", e["outcome"], _who(e),
+                     commit, e["detail"] or ""])
+    lines = _table(rows) if document["entries"] else []
+    read = len(document["hosts"]) - len(document["unread_hosts"])
+    summary = (f"{len(document['entries'])} actions on {read} of {len(document['hosts'])} hosts since "
+               f"{clock_of(document['since'], 'UTC')}")
+    if document["unread_hosts"]:
+        summary += f"; not read: {', '.join(document['unread_hosts'])}"
+    return "\n".join(lines + [printable(summary)]) + "\n"
 
 
 def status_text(document: dict, now: float, paint: Optional[Paint] = None) -> str:

@@ -834,7 +834,8 @@ def test_status_reads_last_runs_with_one_journal_call_that_ends_once_each_job_ha
                             record_entry("new", "n0", 500.0)]
     host.systemd.calls.clear()
     jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
-    [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
+    # One call for the runs, whatever the number of jobs (the other reads the audit trail's last push).
+    [call] = [c for c in host.systemd.calls if c[0] == "journalctl" and journal.AUDIT_MATCHES[0] not in c]
     # `good` succeeded and systemd knows its run: it is not asked about; `new` never ran per systemd.
     assert [a for a in call if a.startswith("_SYSTEMD_UNIT=")] == ["_SYSTEMD_UNIT=deployer-bad.service",
                                                                    "_SYSTEMD_UNIT=deployer-new.service"]
@@ -991,7 +992,7 @@ def test_a_status_of_many_jobs_matches_every_jobs_runs_and_keeps_only_those_aske
     host.systemd.journal = [record_entry("elsewhere", "x1", 3000.0), record_entry("j00001", "a1", 2000.0)]
     host.systemd.calls.clear()
     jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
-    [call] = [c for c in host.systemd.calls if c[0] == "journalctl"]
+    [call] = [c for c in host.systemd.calls if c[0] == "journalctl" and journal.AUDIT_MATCHES[0] not in c]
     assert not [a for a in call if a.startswith(("DEPLOYER_JOB=", "UNIT=", "_SYSTEMD_UNIT="))]  # slows with each term
     assert jobs["j00001"].last_run.run == "a1" and "elsewhere" not in jobs and jobs["j00002"].last_run is None
 
@@ -1117,3 +1118,104 @@ def test_issue24_7_timers_start_in_chunks_and_the_count_is_reported(capsys):
     assert reported[0] == "@progress starting timers: 0/250"
     assert "@progress starting timers: 250/250" in reported
     assert reported[-1] == "@progress timers active: 250/250"
+
+
+# -- issue 23 item 9: the audit trail ---------------------------------------------------------------
+
+def journal_socket(root: Path):
+    """A real datagram socket where the agent's Layout puts journald's: what the agent sends arrives."""
+    import socket
+
+    path = root / paths.JOURNAL_SOCKET.lstrip("/")
+    path.parent.mkdir(parents=True)
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(path))
+    sink.settimeout(5)
+    return sink
+
+
+def received(sink) -> dict:
+    fields = {}
+    for line in sink.recv(65536).decode().splitlines():  # no value here has a newline
+        key, _, value = line.partition("=")
+        fields[key] = value
+    return fields
+
+
+ACTOR = protocol.Actor("alice", "laptop", "push", "ab" * 32, "cd" * 20, True)
+
+
+def test_audit_records_who(tmp_path):
+    from deployer.hostside import audit
+
+    sink = journal_socket(tmp_path)
+    host = LocalAgent("cron01", str(tmp_path), FakeSystemd(), actor=ACTOR)
+    host.call(ApplyRequest(write=(write(f"{U}/deployer-a.timer", unit("a")),), expect=files(host)))
+    pushed = received(sink)
+    host.call(protocol.PauseRequest("a"))
+    paused = received(sink)
+    with pytest.raises(AgentRefused):
+        host.call(protocol.PauseRequest("nope"))
+    refused = received(sink)
+    host.call(StatusRequest())  # a read is not audited
+
+    assert pushed["MESSAGE_ID"] == audit.AUDIT and pushed["DEPLOYER_AUDIT_ACTION"] == "push"
+    assert pushed["DEPLOYER_AUDIT_DETAIL"] == "1 written, 0 removed"
+    assert (pushed["DEPLOYER_AUDIT_USER"], pushed["DEPLOYER_AUDIT_CLIENT"], pushed["DEPLOYER_AUDIT_COMMIT"],
+            pushed["DEPLOYER_AUDIT_DIRTY"], pushed["DEPLOYER_AUDIT_INVENTORY_SHA256"]) == \
+        ("alice", "laptop", "cd" * 20, "y", "ab" * 32)
+    import pwd
+    login = (os.getuid() == 0 and os.environ.get("SUDO_USER")) or pwd.getpwuid(os.getuid()).pw_name
+    assert pushed["DEPLOYER_AUDIT_SSH_USER"] == login  # the host's word: the actor does not say it
+    assert (paused["DEPLOYER_AUDIT_ACTION"], paused["DEPLOYER_AUDIT_TARGET"], paused["DEPLOYER_AUDIT_OUTCOME"]) \
+        == ("pause", "a", "ok")
+    assert (refused["DEPLOYER_AUDIT_TARGET"], refused["DEPLOYER_AUDIT_OUTCOME"]) == ("nope", "not_installed")
+    sink.settimeout(0.2)
+    with pytest.raises(OSError):  # nothing more: the status was not recorded
+        sink.recv(65536)
+
+
+def test_the_clients_word_is_bounded_and_its_digests_must_be_digests(tmp_path):
+    sink = journal_socket(tmp_path)
+    liar = protocol.Actor("a\nb" + "x" * 500, "laptop\x1b[2J", "push", "not-a-digest", "HEAD", False)
+    host = LocalAgent("cron01", str(tmp_path), FakeSystemd(), actor=liar)
+    host.call(protocol.ReleaseRequest())
+    fields = received(sink)
+    assert fields["DEPLOYER_AUDIT_USER"] == ("a b" + "x" * 500)[:200]
+    assert fields["DEPLOYER_AUDIT_INVENTORY_SHA256"] == "" and fields["DEPLOYER_AUDIT_COMMIT"] == ""
+    assert fields["DEPLOYER_AUDIT_ACTION"] == "release" and fields["DEPLOYER_AUDIT_DETAIL"] == "not held"
+
+
+def fake_proc(root: Path, chain):
+    """/proc of a process chain [(pid, ppid, environ)], the agent's first."""
+    for pid, ppid, environ in chain:
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} (py thon) S {ppid} 1 1 0 -1\n")
+        (root / str(pid) / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items()))
+
+
+def test_the_ssh_origin_is_the_hosts_own_word_through_sudo(tmp_path):
+    from deployer.hostside.audit import ssh_origin
+
+    # agent (sudo dropped SSH_CONNECTION) <- sudo <- the login's shell, which sshd gave it
+    fake_proc(tmp_path, [(40, 30, {}), (30, 20, {"SUDO_USER": "deploy"}),
+                         (20, 10, {"SSH_CONNECTION": "10.0.0.9 50022 10.0.0.5 22"}), (10, 1, {})])
+    assert ssh_origin({"SUDO_USER": "deploy"}, proc=str(tmp_path), pid=40, uid=0) == ("deploy", "10.0.0.9")
+    assert ssh_origin({"SSH_CONNECTION": "192.0.2.1 1 2 22"}, proc=str(tmp_path), pid=40, uid=0) == \
+        ("root", "192.0.2.1")
+    assert ssh_origin({}, proc=str(tmp_path / "none"), pid=40, uid=0) == ("root", "")
+
+
+def test_audit_entries_forged_by_a_local_user_count_for_nothing(tmp_path):
+    from deployer.hostside import audit
+
+    entry = protocol.AuditEntry(1000.5, "pause", "ok", "a", "", "cron01", "root", "10.0.0.9", ACTOR)
+    fields = {k: v for k, v in audit.journal_fields(entry).items()}
+    systemd = MatchingSystemd()
+    systemd.journal = [dict(fields, _UID="0"), dict(fields, _UID="1000", DEPLOYER_AUDIT_TARGET="forged"),
+                       dict(fields, _UID="0", DEPLOYER_AUDIT_ACTION="push", DEPLOYER_AUDIT_TIME="2000.0")]
+    host = LocalAgent("cron01", str(tmp_path), systemd)
+    answer = host.call(protocol.AuditRequest(since=0.0))
+    assert [(e.action, e.target) for e in answer.entries] == [("pause", "a"), ("push", "a")]
+    assert answer.entries[0] == entry
+    assert host.call(StatusRequest()).last_push.time == 2000.0

@@ -46,7 +46,19 @@ EXAMPLES = [
     (protocol.AlertTestRequest("ops"), protocol.AlertTestAnswer("ops", accepted=False, http_status=200,
                                                                 answer="errcode 310000: token", output="lines")),
     (protocol.AlertTestRequest("ops"), protocol.AlertTestAnswer("ops", answer="timed out connecting")),
+    (protocol.AuditRequest(since=1764064800.0), protocol.AuditAnswer(entries=(protocol.AuditEntry(
+        1764064800.5, "push", "ok", "", "2 written, 0 removed", "cron01", "deploy", "10.0.0.9",
+        protocol.Actor("alice", "laptop", "push", "ab" * 32, "cd" * 20, True)),), now=1764068400.5)),
 ]
+
+ACTOR = protocol.Actor("alice", "laptop", "pause", "ab" * 32, "cd" * 20, True)
+
+
+def test_the_actor_travels_in_the_envelope_and_its_absence_is_nobody():
+    raw = protocol.encode_request("cron01", PauseRequest("a"), ACTOR)
+    assert protocol.decode_envelope(raw) == ("cron01", PauseRequest("a"), ACTOR)
+    assert protocol.decode_request(raw) == ("cron01", PauseRequest("a"))
+    assert protocol.decode_envelope(protocol.encode_request("cron01", PauseRequest("a")))[2] == protocol.Actor()
 
 
 def test_every_operation_has_an_example():

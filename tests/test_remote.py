@@ -300,3 +300,8 @@ def test_the_agent_command_fits_one_argument_with_room_for_sudo_and_quoting():
                                          python="/opt/" + "p" * 200 + "/bin/python3"))
     assert len(command) < remote.MAX_ARGUMENT
     assert len(remote.bootstrap()) + remote.COMMAND_ROOM < remote.MAX_ARGUMENT
+
+
+def test_the_shipped_agent_has_no_comments_and_every_line_where_it_was():
+    source = 'x = "# kept"  # gone\n# gone\n\ndef f():  # gone\n    return 1\n'
+    assert remote.without_comments(source) == 'x = "# kept"\n\n\ndef f():\n    return 1\n'

@@ -8,14 +8,15 @@ from datetime import datetime, timezone
 import pytest
 
 from deployer import report
-from deployer.hostside.protocol import ApplyAnswer, Held, JobStatus, RunAnswer, RunInfo
+from deployer.hostside.protocol import Actor, ApplyAnswer, AuditEntry, Held, JobStatus, RunAnswer, RunInfo
 from deployer.models import Plan
 
 # The contract: renaming or dropping a key is a new `version` (docs/json.md). Adding one is not,
 # but it is added here and in docs/json.md in the same change.
 ENVELOPE = {"version", "command"}
 STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs", "inventory_only"}
-STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs", "machine", "owner", "same_machine_as"}
+STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs", "machine", "owner", "same_machine_as",
+                    "last_push"}
 STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
                    "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
                    "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
@@ -57,7 +58,7 @@ def test_an_unreachable_host_is_one_entry_with_its_error_and_no_jobs():
     doc = document(error="cannot connect to 10.0.0.5: Connection refused", reachable=False)
     assert doc["hosts"] == [{"host": "cron01", "address": "10.0.0.5", "reachable": False, "held": None, "jobs": 0,
                              "error": "cannot connect to 10.0.0.5: Connection refused", "machine": None,
-                             "owner": None, "same_machine_as": []}]
+                             "owner": None, "same_machine_as": [], "last_push": None}]
     assert doc["jobs"] == []
     assert "host cron01: UNREACHABLE: cannot connect" in report.status_text(doc, NOW)
     refused = document(error="/var/lib/deployer/pending-switch.json (the switch journal) is corrupt")
@@ -269,3 +270,43 @@ def test_alert_test_document_keys_are_pinned_and_the_line_says_what_the_channel_
     assert set(doc["results"][0]) == ALERT_TEST_RESULT_KEYS and doc["results"][0]["result"] == result
     assert doc["results"][0]["result"] in report.ALERT_TEST_RESULTS
     assert report.alert_test_line("cron01", "dingtalk", said) == f"alert ops (dingtalk) via cron01: {line}"
+
+
+# -- audit (issue 23 item 9) ---------------------------------------------------------------------
+
+AUDIT_KEYS = {"host", "time", "action", "outcome", "target", "detail", "as_host", "user", "client", "command",
+              "ssh_user", "ssh_from", "inventory_sha256", "commit", "dirty"}
+
+
+from deployer.report import HostStatus, audit_document, audit_text, status_document, status_text  # noqa: E402
+
+
+def _audited(time_: float, action: str = "push", **actor) -> AuditEntry:
+    return AuditEntry(time_, action, "ok", "", "1 written, 0 removed", "cron01", "deploy", "10.0.0.9",
+                      Actor(**{"user": "alice", "client": "laptop", "command": action, "commit": "ab" * 20,
+                               **actor}))
+
+
+def test_audit_document_merges_hosts_by_time_and_pins_its_keys():
+    doc = audit_document(0.0, 100.0, [("cron02", _audited(30.0, "pause")), ("cron01", _audited(10.0))],
+                         ["cron01", "cron02", "cron03"], unread=["cron03"])
+    assert set(doc) == {"version", "command", "since", "until", "hosts", "unread_hosts", "entries"}
+    assert doc["command"] == "audit" and doc["unread_hosts"] == ["cron03"]
+    assert [(e["host"], e["action"]) for e in doc["entries"]] == [("cron01", "push"), ("cron02", "pause")]
+    assert set(doc["entries"][0]) == AUDIT_KEYS
+    assert doc["entries"][0]["time"] == "1970-01-01T00:00:10.000+00:00"
+
+
+def test_audit_text_escapes_what_the_client_and_host_said():
+    doc = audit_document(0.0, 100.0, [("cron01", _audited(10.0, user="ev\x1b[2Jil", dirty=True))], ["cron01", "x"],
+                         unread=["x"])
+    text = audit_text(doc)
+    assert "\x1b" not in text and "ev\\e[2Jil@laptop (ssh deploy from 10.0.0.9)" in text
+    assert "abababa+dirty" in text and "1 actions on 1 of 2 hosts" in text and "not read: x" in text
+
+
+def test_status_says_who_last_pushed_from_which_commit():
+    host = HostStatus("cron01", "10.0.0.5", last_push=_audited(1764064800.0, dirty=True))
+    text = status_text(status_document([host], {}, 1764064900.0), 1764064900.0)
+    assert ("host cron01: last push: by alice@laptop (ssh deploy from 10.0.0.9), 2025-11-25 10:00:00 UTC, "
+            "commit abababa (dirty)") in text

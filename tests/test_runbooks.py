@@ -98,6 +98,7 @@ GIVEN = {
     "pause.md": ["deployer run settle-hourly"],
     "on-the-host.md": ["deployer pause settle-hourly"],
     "host-down.md": [HOLD],
+    "who-changed-it.md": ["deployer pause settle-hourly", "deployer resume settle-hourly"],
 }
 
 

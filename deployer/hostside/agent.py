@@ -26,12 +26,13 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
-from deployer.hostside import dbus, paths, protocol, record
+from deployer.hostside import audit, dbus, paths, protocol, record
 from deployer.hostside.slot import iso_utc, stamp_of
 from deployer.hostside.text import clock_of_iso
-from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_runs, run_matches,
-                                       runs_from_journal)
-from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
+from deployer.hostside.journal import (RUN_FIELDS, audit_entries, format_entry, interrupted_runs, last_push,
+                                       run_matches, runs_from_journal)
+from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, AuditAnswer,
+                                        AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
                                         ResumeRequest, RunAnswer,
@@ -1056,8 +1057,9 @@ def op_status(host, request):
         owner = (host.read_owner() or {}).get("host")
     except AgentError:
         owner = None  # a status still answers; the next push names the corrupt file
+    pushed = last_push(host.systemd)
     return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.current_hold(),
-                        machine=host.machine(), owner=owner if isinstance(owner, str) else None)
+                        machine=host.machine(), owner=owner if isinstance(owner, str) else None, last_push=pushed)
 
 
 def job_statuses(host, timers):
@@ -1391,20 +1393,68 @@ def op_release(host, request):
         return ReleaseAnswer(released=held, started=started)
 
 
+def op_audit(host, request):
+    """`deployer audit`: the audit trail since `request.since`."""
+    return AuditAnswer(entries=tuple(audit_entries(host.systemd, request.since)), now=time.time())
+
+
+def audited(request, answer):
+    """(action, target, detail) of a request the audit trail records, else None (reads are not)."""
+    kind = type(request)
+    if kind is ApplyRequest:
+        detail = "%d written, %d removed" % (len(request.write), len(request.remove))
+        if request.takeover is not None:
+            detail += ", took over %d jobs of unreachable %s%s" % (
+                len(request.takeover.jobs), request.takeover.source, " (forced)" if request.takeover.forced else "")
+        if isinstance(answer, ApplyAnswer) and answer.released is not None:
+            detail += ", released a hold"
+        return "push", "", detail
+    if kind is HandoffRequest:
+        return "handoff", ",".join(request.jobs), ""
+    if kind is RunRequest:
+        detail = ("slot %s" % iso_utc(request.slot)) if request.slot is not None else "manual"
+        return "run", request.job, detail + (", forced" if request.force else "")
+    if kind in (PauseRequest, ResumeRequest, StopRequest):
+        return {PauseRequest: "pause", ResumeRequest: "resume", StopRequest: "stop"}[kind], request.job, ""
+    if kind is ReleaseRequest:
+        return "release", "", ("was held" if getattr(answer, "released", None) else "not held")
+    if kind is AlertTestRequest:
+        accepted = getattr(answer, "accepted", None)
+        return "alert_test", request.channel, "" if accepted is None else ("accepted" if accepted else "not accepted")
+    return None
+
+
+def record_action(host, request, answer, actor, began):
+    """Write the audit entry of an action: the client's word (actor) and the host's own (the SSH
+    user and address), dated when the action began (a manual run's entry is written when it
+    ends, with its outcome). A journal that cannot be written never fails the action."""
+    what = audited(request, answer)
+    if what is None:
+        return
+    action, target, detail = what
+    ssh_user, ssh_from = audit.ssh_origin()
+    entry = AuditEntry(time=began, action=action, outcome=answer.code if isinstance(answer, Failure) else "ok",
+                       target=target, detail=detail, host=host.name, ssh_user=ssh_user, ssh_from=ssh_from,
+                       actor=audit.clean_actor(actor))
+    audit.send(entry, host.layout.at(paths.JOURNAL_SOCKET))
+
+
 # -- dispatch ---------------------------------------------------------------------------------
 
 OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
               StopRequest: op_stop,
               LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
               HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history,
-              AlertTestRequest: op_alert_test}
+              AlertTestRequest: op_alert_test, AuditRequest: op_audit}
 
 
 def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
     """One request (bytes) -> one answer (bytes). The in-process client calls this directly
     (`emit`: where streamed journal lines go; else `@line` on stderr)."""
+    host = request = actor = None
+    began = time.time()
     try:
-        name, request = protocol.decode_request(raw)
+        name, request, actor = protocol.decode_envelope(raw)
         host = Host(layout or paths.Layout(), systemd or Systemd(), name, emit or emit_line)
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
@@ -1412,6 +1462,7 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
         if isinstance(request, (StateRequest, StatusRequest, RunRequest)) and os.path.exists(host.layout.journal):
             with host.locked():  # an interrupted switch is finished before anything reads the host
                 host.roll_forward()
+        began = time.time()
         answer = OPERATIONS[type(request)](host, request)
     except protocol.ProtocolError as error:
         answer = Failure(error.code, error.message)
@@ -1419,6 +1470,8 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
         answer = Failure(error.code, str(error))
     except paths.BadName as error:
         answer = Failure(protocol.BAD_REQUEST, str(error))
+    if host is not None:
+        record_action(host, request, answer, actor, began)
     return protocol.encode_answer(answer)
 
 
@@ -1539,7 +1592,7 @@ def renew_lease(seconds, layout=None, now=None):
 # heartbeat would keep the client waiting for ever, so the agent says where it is, and ends.
 READ_LIMIT_SECONDS = 150
 EXIT_STUCK = 70
-READS = (StateRequest, StatusRequest, HistoryRequest)
+READS = (StateRequest, StatusRequest, HistoryRequest, AuditRequest)
 
 
 def watch_reads(raw, limit=READ_LIMIT_SECONDS):

@@ -1,5 +1,5 @@
 """The one reader of the journal on the cron host: run records and PID 1's entries about a job's
-units, turned into typed runs. The agent (status, history, run, resume at boot), the alert
+units, turned into typed runs; and the audit trail's entries (hostside/audit.py). The agent (status, history, run, resume at boot), the alert
 program and the metrics collector all read runs here; the journalctl calls themselves go through
 the `Systemd` boundary they are given (agent.Systemd; a recording fake in tests), never run here.
 Standard library only.
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from . import paths, record
+from . import audit, paths, record
 from .protocol import RunInfo
 from .text import utc_clock
 
@@ -315,3 +315,33 @@ def read_records(systemd, cursor: str):
             if record.sent_by_the_job(entry):
                 records.append(Recorded(record.RunRecord.from_journal(entry), cursor))
     return records, cursor
+
+
+# What an audit read asks of an entry (`--output-fields`), and who sent it.
+AUDIT_FIELDS = ("MESSAGE_ID",) + audit.FIELDS + ("_UID",)
+# Matched on the field journald sets (_UID=0: the agent, as root), never on the sender's alone:
+# a local user can send MESSAGE_ID=<AUDIT> by the thousand.
+AUDIT_MATCHES = ["MESSAGE_ID=" + audit.AUDIT, "_UID=" + audit.ROOT_UID]
+
+
+def audit_entries(systemd, since: float) -> list:
+    """The audit trail since `since` (unix seconds), oldest first: one journalctl call."""
+    entries = systemd.journal_entries(["--since=@%d" % max(int(since), 0),
+                                       "--output-fields=" + ",".join(AUDIT_FIELDS)] + AUDIT_MATCHES)
+    found = []
+    for entry in entries:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            found.append(audit.from_journal(entry))
+    return sorted(found, key=lambda e: e.time)
+
+
+def last_push(systemd):
+    """The last push that changed this host (or confirmed it), from the audit trail; None when
+    none is recorded. Read newest first, ended at the first."""
+    entries = systemd.journal_entries(["-r", "--output-fields=" + ",".join(AUDIT_FIELDS)] + AUDIT_MATCHES
+                                      + [audit.PREFIX + "ACTION=push", audit.PREFIX + "OUTCOME=ok"],
+                                      stop=lambda entry: True)
+    for entry in entries:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return audit.from_journal(entry)
+    return None

@@ -169,6 +169,46 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class Actor:
+    """Who acts and from where, as the client says (the host adds what it knows itself: the SSH
+    user and the client's address). Recorded in the host's audit trail; never a secret: the
+    inventory travels as its digest only."""
+
+    user: str = ""              # the local user running deployer
+    client: str = ""            # the client machine's host name
+    command: str = ""           # the deployer command: push, move, pause, run, alert test...
+    inventory_sha256: str = ""  # of the inventory file's bytes
+    commit: str = ""            # the inventory's git commit (40 hex digits); "" outside a work tree
+    dirty: bool = False         # that work tree had uncommitted changes (or the inventory is untracked)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One action recorded on a host by its agent (hostside/audit.py)."""
+
+    time: float                 # unix seconds
+    action: str                 # one of audit.ACTIONS: push, handoff, pause, resume, release, run, stop, alert_test
+    outcome: str = "ok"         # ok, or the refusal's error code (ERROR_CODES)
+    target: str = ""            # the job or channel acted on ("" for a whole host)
+    detail: str = ""            # e.g. `3 written, 1 removed`, `slot 2026-12-01T02:00:00Z`, `forced`
+    host: str = ""              # the [host:NAME] the client acted as
+    ssh_user: str = ""          # the user the SSH login was (sudo's caller when it ran under sudo)
+    ssh_from: str = ""          # the SSH client's address, from the SSH session on the host
+    actor: Actor = field(default_factory=Actor)
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    since: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class AuditAnswer:
+    entries: Tuple[AuditEntry, ...] = ()  # oldest first
+    now: float = 0.0  # the host's clock when it answered
+
+
+@dataclass(frozen=True)
 class StatusAnswer:
     jobs: Tuple[JobStatus, ...] = ()
     held: Optional[Held] = None
@@ -178,6 +218,7 @@ class StatusAnswer:
     # the machine-id itself stay private (machine-id(5)).
     machine: str = ""
     owner: Optional[str] = None  # the [host:NAME] last pushed to this machine (owner.json)
+    last_push: Optional[AuditEntry] = None  # the audit trail's last successful push (None: none recorded)
 
 
 @dataclass(frozen=True)
@@ -314,6 +355,7 @@ OPERATIONS = {
     "release": (ReleaseRequest, ReleaseAnswer),
     "history": (HistoryRequest, HistoryAnswer),
     "alert_test": (AlertTestRequest, AlertTestAnswer),
+    "audit": (AuditRequest, AuditAnswer),
 }
 OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
 
@@ -384,15 +426,23 @@ def _expect(ok, kind, data):
         raise ProtocolError(BAD_REQUEST, "expected %s, got %r" % (getattr(kind, "__name__", kind), data))
 
 
-def encode_request(host, request):
-    """The bytes the client sends on the agent's stdin. `host`: the [host:NAME] acting."""
+def encode_request(host, request, actor=None):
+    """The bytes the client sends on the agent's stdin. `host`: the [host:NAME] acting; `actor`:
+    who acts, from where (an Actor, for the host's audit trail)."""
     op = OP_OF_REQUEST[type(request)]
-    return json.dumps({"version": PROTOCOL_VERSION, "op": op, "host": host,
-                       "body": to_json(request)}).encode()
+    envelope = {"version": PROTOCOL_VERSION, "op": op, "host": host, "body": to_json(request)}
+    if actor is not None:
+        envelope["actor"] = to_json(actor)
+    return json.dumps(envelope).encode()
 
 
 def decode_request(raw):
     """Agent side: bytes -> (host, request); ProtocolError(VERSION) for another client version."""
+    return decode_envelope(raw)[:2]
+
+
+def decode_envelope(raw):
+    """Agent side: bytes -> (host, request, Actor); an envelope without an actor gives Actor()."""
     try:
         envelope = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except ValueError as error:
@@ -406,7 +456,8 @@ def decode_request(raw):
     if envelope.get("op") not in OPERATIONS:
         raise ProtocolError(BAD_REQUEST, "unknown operation %r" % (envelope.get("op"),))
     request_type = OPERATIONS[envelope["op"]][0]
-    return envelope.get("host") or "?", from_json(request_type, envelope.get("body") or {})
+    actor = from_json(Actor, envelope.get("actor") or {})
+    return envelope.get("host") or "?", from_json(request_type, envelope.get("body") or {}), actor
 
 
 def encode_answer(answer):
