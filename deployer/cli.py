@@ -766,6 +766,26 @@ def _backfill_slot(job, text: str) -> int:
         raise DeployerError(f"job {job.name}: --slot {text}: {error}") from None
 
 
+def _run_params(job, given: tuple) -> tuple:
+    """`--set NAME=VALUE`s -> ((name, value), ...), each checked against the job's params."""
+    from .hostside.options import Invalid, param_value
+
+    declared = [name for name, _ in job.params or ()]
+    found = {}
+    for item in given:
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise DeployerError(f"job {job.name}: --set {item}: write NAME=VALUE")
+        if name not in declared:
+            raise DeployerError(f"job {job.name}: --set {name}: not a parameter of the job (its params: "
+                                f"{', '.join(declared) or 'none; declare them with params = NAME=DEFAULT'})")
+        try:
+            found[name] = param_value(value)
+        except Invalid as error:
+            raise DeployerError(f"job {job.name}: --set {name}: {error}") from None
+    return tuple(found.items())
+
+
 MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job every 2 s: about 11 h)
 
 
@@ -797,13 +817,16 @@ def _slots(job, start: float, until: float):
                    "the request carries that slot's Idempotency-Key, so a deduplicating service answers "
                    "with its first result instead of running it again. Without it, a run has a key of its "
                    "own (manual-<run id>).")
+@click.option("--set", "settings", metavar="NAME=VALUE", multiple=True,
+              help="a value for one of the job's params (repeatable): fills ${{NAME}} in its url and body for "
+                   "this run instead of the default; recorded in history with who ran it")
 @click.option("--force", is_flag=True,
               help="Run even though the host holds its jobs (its lease ran out while it was down: "
                    "another host may run JOB now, so it may run twice).")
 @inventory_option
 @host_option
 @json_option
-def run(job, slot_text, force, inventory_path, host_name, as_json):
+def run(job, slot_text, settings, force, inventory_path, host_name, as_json):
     """Run JOB now on its host, showing its journal lines as they happen; exit with its result.
 
     A host that holds its jobs (see `deployer release`) refuses, unless --force. When JOB is
@@ -814,8 +837,11 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
     from . import remote
     from .report import job_zone, run_document
 
-    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    inv = Options(inventory_path).inventory()
+    host_name, the_job = _job_host(inv, job, host_name)
     slot = _backfill_slot(the_job, slot_text) if slot_text else None
+    params = _run_params(the_job, settings)
+    agent = _connect(inv, host_name)  # only once what was asked is known to be right
     streamed: list[str] = []
 
     def show(line: str) -> None:
@@ -824,7 +850,7 @@ def run(job, slot_text, force, inventory_path, host_name, as_json):
             click.echo(printable(line))
 
     try:
-        result = remote.run(agent, job, output=show, slot=slot, force=force)
+        result = remote.run(agent, job, output=show, slot=slot, force=force, params=params)
     except KeyboardInterrupt:
         # Leaving stops only the watching: the run is a systemd service of the host's.
         goes_on = "the run goes on" if streamed else "the run, if it started, goes on"

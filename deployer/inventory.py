@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
 from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import (CREDENTIAL_OPTIONS, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
+from .hostside.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
                                 Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
                                 url)
 from .models import Alert, Host, Inventory, Job, Secret
@@ -530,6 +530,24 @@ def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
                  secret=values.get("secret"), endpoint=values.get("endpoint"))
 
 
+def _params_match(section, merged, report) -> bool:
+    """Every ${{name}} in the url and body is declared in params, and every declared one is used."""
+    declared = [name for name, _ in merged.get("params") or ()]
+    used = {key: placeholders(str(merged.get(key) or "")) for key in ("url", "body")}
+    ok = True
+    for key, names in used.items():
+        undeclared = [name for name in names if name not in declared]
+        if undeclared:
+            report.add(section, key, f"${{{{{undeclared[0]}}}}} is not declared in params "
+                       f"(add params = {undeclared[0]}=DEFAULT)")
+            ok = False
+    unused = [name for name in declared if not any(name in names for names in used.values())]
+    if unused and not report.has(section, "params"):
+        report.add(section, "params", f"{unused[0]} is used in neither url nor body (write ${{{{{unused[0]}}}}} there)")
+        ok = False
+    return ok
+
+
 def _job(section, title, values, defaults, hosts: list[str], alert_names: list[str], report) -> Optional[Job]:
     merged = {**defaults, **values}
     ok = True
@@ -559,7 +577,7 @@ def _job(section, title, values, defaults, hosts: list[str], alert_names: list[s
         except ScheduleError as error:
             report.add(section, "schedule", str(error) + _quotes_hint(merged["schedule"]))
             ok = False
-    if not ok or "url" not in merged:
+    if not _params_match(section, merged, report) or not ok or "url" not in merged:
         return None
     found = credentials(merged)
     if credentials_size(found) > MAX_CREDENTIALS:

@@ -220,6 +220,9 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
                if job.alert and render.alert_policy_value(job)]
+    header += [f"# note {job.name}: params: each scheduled run fills the declared defaults; Kubernetes has no "
+               "manual run with values (`kubectl create job --from=cronjob/...` takes none): there `deployer run "
+               "--set` has no equivalent" for job in inv.jobs if job.params]
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

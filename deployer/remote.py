@@ -694,11 +694,12 @@ def release(agent: Agent) -> ReleaseAnswer:
 
 
 def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None,
-        force: bool = False) -> RunAnswer:
+        force: bool = False, params: tuple = ()) -> RunAnswer:
     """Run `job` now; `output` gets its journal lines as they happen. `slot` (unix seconds):
-    backfill that slot, under its Idempotency-Key, instead of a manual key of its own. A held
-    host refuses (AgentRefused, code `held`) unless `force`."""
-    return agent.call(RunRequest(job=job, slot=slot, force=force), output=output)
+    backfill that slot, under its Idempotency-Key, instead of a manual key of its own. `params`:
+    (name, value) pairs for the job's ${{name}} placeholders. A held host refuses (AgentRefused,
+    code `held`) unless `force`."""
+    return agent.call(RunRequest(job=job, slot=slot, force=force, params=tuple(params)), output=output)
 
 
 def stop(agent: Agent, job: str) -> StopAnswer:

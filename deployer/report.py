@@ -6,6 +6,7 @@ fails it). Times are ISO 8601 in the job's own zone (its schedule's: `timezone =
 """
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -496,7 +497,16 @@ def run_entry(run: RunInfo, zone: str) -> dict:
     return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
             "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
             "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source,
-            "key": run.key or None}
+            "key": run.key or None, "params": run_params(run) or None, "run_by": run.by or None}
+
+
+def run_params(run: RunInfo) -> dict:
+    """The parameter values a run used ({} for none, or a record that is not a JSON object of strings)."""
+    try:
+        found = json.loads(run.params) if run.params else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
@@ -553,6 +563,11 @@ def history_text(document: dict, paint: Optional[Paint] = None) -> str:
     for run in document["runs"]:
         rows.append([clock_of(run["slot"], zone), clock_of(run["started"], zone), _seconds(run["duration"]),
                      str(run["attempts"] or "-"), run["result"], run["reason"] or ""])
+    if any(run.get("params") or run.get("run_by") for run in document["runs"]):  # issue 23 item 7
+        rows[0].append("PARAMS")
+        for run, row in zip(document["runs"], rows[1:]):
+            asked = ",".join(f"{name}={value}" for name, value in (run.get("params") or {}).items())
+            row.append((asked + (f" (by {run['run_by']})" if run.get("run_by") else "")).strip())
     if several:
         rows = [["HOST"] + rows[0]] + [[run["host"]] + row for run, row in zip(document["runs"], rows[1:])]
     lines = _table(rows, 5 if several else 4, paint) if document["runs"] else []

@@ -14,7 +14,8 @@ from tests.test_cli import EVIL, RAW
 
 NOW = 1796529600.0
 FLEET = ("[host:cron01]\naddress = 10.0.0.5\n[host:cron02]\naddress = 10.0.0.6\n[host:cron03]\naddress = 10.0.0.7\n"
-         "[job:settle]\nhost = cron02\nschedule = 0 4 * * *\nurl = http://svc/settle\n")
+         "[job:settle]\nhost = cron02\nschedule = 0 4 * * *\nurl = http://svc/settle\n"
+         "[job:batch]\nhost = cron02\nschedule = 0 5 * * *\nurl = http://svc/batch?n=${{n}}\nparams = n=1\n")
 
 
 class AnsweringAgent(remote.Agent):
@@ -138,3 +139,29 @@ def test_stop_prints_no_control_character_a_host_sends(fleet):
     result, _ = fleet({"cron02": agent}, "stop", "settle")
     assert result.exit_code == 0 and "\\e[2J" in result.stdout
     assert not [c for c in RAW if c in result.stdout]
+
+
+# -- run --set (issue 23 item 7) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, said", [
+    pytest.param(("batch", "--set", "m=2"), "deployer: error: job batch: --set m: not a parameter of the job (its "
+                 "params: n)", id="undeclared"),
+    pytest.param(("settle", "--set", "n=2"), "deployer: error: job settle: --set n: not a parameter of the job (its "
+                 "params: none; declare them with params = NAME=DEFAULT)", id="job-without-params"),
+    pytest.param(("batch", "--set", "n"), "deployer: error: job batch: --set n: write NAME=VALUE", id="no-value"),
+    pytest.param(("batch", "--set", "n=a\x1bb"), "deployer: error: job batch: --set n: contains a control character",
+                 id="control-character"),
+])
+def test_a_set_the_job_does_not_declare_is_one_line_and_asks_nothing(fleet, args, said):
+    agent = AnsweringAgent("cron02", None)
+    result, connected = fleet({"cron02": agent}, "run", *args)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == said
+    assert connected == [] and agent.asked == []  # refused before connecting
+
+
+def test_run_set_sends_the_values_to_the_host(fleet):
+    agent = AnsweringAgent("cron02", protocol.RunAnswer(ok=True))
+    result, _ = fleet({"cron02": agent}, "run", "batch", "--set", "n=42")
+    assert result.exit_code == 0, result.output
+    assert agent.asked[0].params == (("n", "42"),)

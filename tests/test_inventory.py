@@ -356,3 +356,36 @@ def test_a_huge_local_file_is_refused_without_reading_it_whole(tmp_path):
     big.write_bytes(b"x" * (MAX_CREDENTIALS + 10))
     found = problems(HOST + BIG_JOB + f"ca_file = {big}\n")
     assert len(found) == 1 and f"[job:big] ca_file: {big} is over {MAX_CREDENTIALS} bytes" in found[0]
+
+
+# -- run parameters (issue 23 item 7) --------------------------------------------------------------
+
+PARAMS_JOB = HOST + """[job:settle]
+schedule = 0 2 * * *
+url = http://svc/settle?batch=${{batch}}
+body = {"region": "${{region}}"}
+params = batch=1, region=cn
+"""
+
+
+def test_params_are_declared_with_their_defaults_in_order():
+    assert parse(PARAMS_JOB).jobs[0].params == (("batch", "1"), ("region", "cn"))
+
+
+@pytest.mark.parametrize("change, expected", [
+    pytest.param(("batch=${{batch}}", "batch=${{batchh}}"),
+                 "inv.ini:5: [job:settle] url: ${{batchh}} is not declared in params (add params = batchh=DEFAULT)",
+                 id="undeclared-in-url"),
+    pytest.param(("params = batch=1, region=cn", "params = batch=1, region=cn, extra=2"),
+                 "inv.ini:7: [job:settle] params: extra is used in neither url nor body (write ${{extra}} there)",
+                 id="declared-unused"),
+    pytest.param(("params = batch=1, region=cn", "params = batch=1, Region=cn"),
+                 "inv.ini:7: [job:settle] params: 'Region' is not a parameter name ([a-z_][a-z0-9_]*)",
+                 id="bad-name"),
+    pytest.param(("params = batch=1, region=cn", "params = batch=1, region"),
+                 "inv.ini:7: [job:settle] params: 'region' is not name=default (an empty default: region=)",
+                 id="no-default"),
+])
+def test_a_params_mistake_is_one_line_naming_the_key(change, expected):
+    found = problems(PARAMS_JOB.replace(*change))
+    assert found[0] == expected, found

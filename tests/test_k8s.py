@@ -191,3 +191,15 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
     notes = [line for line in text.splitlines() if line.startswith("# note ")]
     assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
+
+
+def test_params_run_with_their_defaults_and_the_header_says_run_set_has_no_equivalent(tmp_path):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n",
+                                      "url = http://svc/daily?n=${{n}}\nparams = n=5\n"))
+    text, _ = exported(inventory.load(str(path), env=SECRETS))
+    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    assert notes == ["# note quartz-daily: params: each scheduled run fills the declared defaults; Kubernetes has "
+                     "no manual run with values (`kubectl create job --from=cronjob/...` takes none): there "
+                     "`deployer run --set` has no equivalent"]
+    assert "--params" in text and "n=5" in text

@@ -22,7 +22,8 @@ STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "du
                    "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
 INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
 HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary", "hosts", "unread_hosts"}
-RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key"}
+RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key",
+            "params", "run_by"}
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",

@@ -463,3 +463,61 @@ def test_issue24_4_a_sigterm_is_deployer_stops_only_for_the_run_it_names(tmp_pat
     assert slot.stopped_by_operator("settle", "run1", str(tmp_path))
     assert not slot.stopped_by_operator("settle", "run2", str(tmp_path))
     assert not slot.stopped_by_operator("other", "run1", str(tmp_path))
+
+
+# --- run parameters (issue 23 item 7) ------------------------------------------------------------
+
+def params_run(server, tmp_path, monkeypatch, asked=None, content_type="application/json"):
+    """One run of the trigger's main() against `server`; `asked`: what `deployer run --set` put in
+    the agent's request (params, by)."""
+    import json
+
+    from deployer.hostside import cli, options, slot
+
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.delenv("TRIGGER_UNIT", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    if asked is not None:
+        (tmp_path / "deployer-settle.json").write_text(json.dumps({"manual": True, "stamp": None, **asked}))
+    values = {"url": server.url("/settle") + "?batch=${{batch}}&day=${{day}}", "retries": 0,
+              "params": options.params("batch=1, day=today"), "content_type": content_type}
+    sent = []
+    monkeypatch.setattr(cli.record, "send", lambda record, identifier: sent.append(record) or True)
+    code = cli.main(["--job", "settle", *options.command_line(values)])
+    return code, sent
+
+
+def test_a_scheduled_run_fills_the_declared_defaults(server, tmp_path, monkeypatch):
+    server.routes["/settle"] = json_reply({"code": 0})
+    code, sent = params_run(server, tmp_path, monkeypatch)
+    assert code == 0
+    assert server.received("/settle")[0].path == "/settle?batch=1&day=today"
+    assert sent[0].params == '{"batch": "1", "day": "today"}' and sent[0].by == ""
+
+
+def test_a_manual_run_fills_what_run_set_asked_encoded_and_records_who(server, tmp_path, monkeypatch):
+    server.routes["/settle"] = json_reply({"code": 0})
+    code, sent = params_run(server, tmp_path, monkeypatch,
+                            {"params": {"batch": "42&x=1/2"}, "by": "alice@10.0.0.9"})
+    assert code == 0
+    assert server.received("/settle")[0].path == "/settle?batch=42%26x%3D1%2F2&day=today"  # data, not query
+    assert sent[0].params == '{"batch": "42&x=1/2", "day": "today"}' and sent[0].by == "alice@10.0.0.9"
+
+
+def test_a_parameter_the_unit_does_not_declare_fails_the_run_and_sends_nothing(server, tmp_path, monkeypatch):
+    server.routes["/settle"] = json_reply({"code": 0})
+    code, sent = params_run(server, tmp_path, monkeypatch, {"params": {"batchh": "42"}})
+    assert code == 1
+    assert server.received("/settle") == []
+    assert sent[0].reason == "parameter batchh is not declared by job settle (it declares: batch, day)"
+
+
+def test_a_parameter_in_a_json_body_stays_json():
+    from deployer.hostside import cli, options
+    from deployer.hostside.slot import Slot
+
+    spec = run.JobSpec(name="settle", url="http://svc/x", body='{"note": "${{note}}"}',
+                       params=options.params("note=plain"))
+    filled, values, refused = cli.with_params(spec, Slot(None, "r", "manual", params=(("note", 'a "quote"\n'),)))
+    assert refused == "" and values == {"note": 'a "quote"\n'}
+    assert __import__("json").loads(filled.body) == {"note": 'a "quote"\n'}

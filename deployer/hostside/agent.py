@@ -526,7 +526,7 @@ class Host:
                              % self.layout.to_host(directory))
         return directory
 
-    def ask_run(self, job, slot=None, elapsed=None, ttl=None):
+    def ask_run(self, job, slot=None, elapsed=None, ttl=None, params=(), by=""):
         """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
         timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
         run of its own (slot.read_request: the environment cannot say, see there). A file its
@@ -538,6 +538,10 @@ class Host:
         request = {"slot": int(slot)} if slot is not None else \
             {"elapsed": float(elapsed)} if elapsed is not None else {"manual": True}
         request["stamp"] = stamp_of(job, self.layout.timer_stamps)
+        if params:
+            request["params"] = dict(params)
+        if by:
+            request["by"] = by
         if ttl:
             request["until"] = time.time() + ttl
         self.write_atomically(path, json.dumps(request), mode=0o644)
@@ -1128,6 +1132,13 @@ def op_history(host, request):
 JOURNAL_LAG = 3.0
 
 
+def who_asked():
+    """`user@client` of the SSH session that asked, as the host sees it (audit.ssh_origin): the
+    client's own word is not taken."""
+    user, client = audit.ssh_origin()
+    return "%s@%s" % (user, client) if client else user
+
+
 def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
@@ -1139,13 +1150,15 @@ def op_run(host, request):
     held = check_run_on_hold(host, request)
     attached = running_since(host, service)
     if attached is not None:
-        if request.slot is not None:
-            raise AgentError(protocol.RUNNING, "%s is already running on %s (since %s): a backfill would not "
-                             "start; run it again when this run ends" % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
+        if request.slot is not None or request.params:
+            asked = "a backfill" if request.slot is not None else "a run with --set"
+            raise AgentError(protocol.RUNNING, "%s is already running on %s (since %s): %s would not "
+                             "start; run it again when this run ends" % (request.job, host.name, clock_of_iso(attached)
+                                                                         if attached else "?", asked))
         # systemctl start merges into the run in progress and returns when it ends.
         host.emit("deployer: %s is already running on %s (since %s): following that run"
                   % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
-    asked = host.ask_run(request.job, slot=request.slot)
+    asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])

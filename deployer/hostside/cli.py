@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Optional
 
 from . import options
@@ -109,15 +111,24 @@ def main(argv: Optional[list] = None) -> int:
     run_id = current_run_id()
     the_slot = slot_of_run(spec.name, spec.calendar, run_id, log=log)
     log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}")
+    spec, params, refused = with_params(spec, the_slot)
+    if params:
+        log("params %s" % ", ".join("%s=%s" % pair for pair in params.items())
+            + (f" (asked by {the_slot.by})" if the_slot.by else ""))
     try:
+        if refused:
+            raise ParamsRefused(refused)
         ping(spec.ping_url, "/start", log)
         result = run_job(spec, log=log, slot=the_slot)
+    except ParamsRefused as error:
+        result = RunResult(ok=False, reason=str(error), run_id=run_id, slot=the_slot.at or 0, started=time.time(),
+                           duration=0.0, attempts=0, key=the_slot.key(spec.name), epoch=spec.epoch)
     except Interrupted:  # during the /start ping, before the first attempt
         result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
                            slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
                            key=the_slot.key(spec.name), epoch=spec.epoch)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    record.send(result.record(spec.name), _identifier(spec.name))
+    record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
     if result.interrupted:
         # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
         # death (a clean stop for some service types): exit 1, and say why for the alert.
@@ -140,6 +151,26 @@ def main(argv: Optional[list] = None) -> int:
                              invocation=run_id, lines=[])
         deliver(channel, [event], log=log)
     return EXIT_FAILED
+
+
+class ParamsRefused(Exception):
+    """`deployer run --set` named a parameter the job's unit does not declare: nothing is sent."""
+
+
+def with_params(spec: JobSpec, the_slot) -> tuple:
+    """-> (spec with every ${{name}} in url and body filled, the values ({} for a job without
+    params), why the run is refused ("" if not)). A scheduled run fills the declared
+    defaults; a manual one what `deployer run --set` asked (the agent's request), over them."""
+    declared = dict(spec.params)
+    unknown = [name for name, _ in the_slot.params if name not in declared]
+    if unknown:
+        return spec, {}, "parameter %s is not declared by job %s (it declares: %s)" % (
+            unknown[0], spec.name, ", ".join(declared) or "none")
+    values = {**declared, **dict(the_slot.params)}
+    body_part = options.json_string_part if "json" in spec.content_type.lower() else str
+    filled = replace(spec, url=options.fill(spec.url, values, options.url_part),
+                     body=options.fill(spec.body, values, body_part))
+    return filled, values, ""
 
 
 def _identifier(job: str) -> str:

@@ -269,6 +269,78 @@ def header_lines(value: tuple) -> str:
     return "".join("%s: %s\n" % pair for pair in value)
 
 
+# Run parameters (issue 23 item 7): `params = batch=1, region=cn` declares them with their
+# defaults; `${{batch}}` in the url or the body is filled at each run, with the default on a
+# scheduled run and with `deployer run JOB --set batch=42` on a manual one.
+PLACEHOLDER = re.compile(r"\$\{\{([^}]*)\}\}")
+_PARAM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_PARAM_VALUE = 1000
+
+
+def param_value(value: str) -> str:
+    text(value)
+    if len(value) > MAX_PARAM_VALUE:
+        raise Invalid("a parameter value is %d characters long; at most %d" % (len(value), MAX_PARAM_VALUE))
+    return value
+
+
+def param_name(value: str) -> str:
+    if not _PARAM_NAME.match(value):
+        raise Invalid("%r is not a parameter name ([a-z_][a-z0-9_]*)" % (value,))
+    return value
+
+
+def params(value: str) -> tuple:
+    """`batch=1, region=cn` (or one per line) -> (("batch", "1"), ("region", "cn")): names and
+    defaults, in order. A default holds no comma (the separator); it may be empty."""
+    found = []
+    for item in (part.strip() for line in value.splitlines() for part in line.split(",")):
+        if not item:
+            continue
+        name_, equals, default = item.partition("=")
+        if not equals:
+            raise Invalid("%r is not name=default (an empty default: %s=)" % (item, name_.strip()))
+        name_ = param_name(name_.strip())
+        if name_ in dict(found):
+            raise Invalid("%s is declared twice" % name_)
+        found.append((name_, param_value(default.strip())))
+    if not found:
+        raise Invalid("is empty")
+    return tuple(found)
+
+
+def params_text(value: tuple) -> str:
+    return ",".join("%s=%s" % pair for pair in value)
+
+
+def placeholders(value: str) -> list:
+    """The parameter names `value` uses as ${{name}}, in order of first use."""
+    names = []
+    for found in PLACEHOLDER.findall(value or ""):
+        if found not in names:
+            names.append(found)
+    return names
+
+
+def fill(value: str, values: dict, encode: Callable[[str], str]) -> str:
+    """`value` with every ${{name}} replaced by encode(values[name])."""
+    return PLACEHOLDER.sub(lambda match: encode(values[match.group(1)]), value)
+
+
+def url_part(value: str) -> str:
+    """A parameter in a URL: percent-encoded whole (a `/`, `&` or `#` in it stays data)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def json_string_part(value: str) -> str:
+    """A parameter in a JSON body: escaped as inside a JSON string (write "${{name}}")."""
+    import json
+
+    return json.dumps(value)[1:-1]
+
+
 class LocalFile(str):
     """A file on the deployer's machine (its path), read when the inventory is read; its bytes
     travel to the host as a credential."""
@@ -393,6 +465,9 @@ JOB_OPTIONS = (
            help="the client certificate's private key (PEM)"),
     Option("sign_secret", secret_text, credential="sign-secret", content=lambda value: str(value).encode(),
            help="HMAC-SHA256 key: each request is signed (X-Deployer-Signature; see docs/signing.md)"),
+    Option("params", params, default=(), flag="--params", job_only=True, multiline=True, format=params_text,
+           help="run parameters and their defaults, `name=default` comma-separated: ${{name}} in the url "
+                "or body is the default on a scheduled run, or `deployer run JOB --set name=value`"),
     Option("timezone", timezone, default="UTC", help="the IANA zone the schedule is in"),
     Option("alert", optional(name), help="the [alert:NAME] told when a run fails; empty: none"),
     Option("alert_after", alert_after, default=1,

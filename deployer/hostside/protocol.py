@@ -166,6 +166,8 @@ class RunInfo:
     source: str = "record"   # record | systemd
     key: str = ""            # the Idempotency-Key it sent ("" for a run without a record)
     epoch: int = 0           # the X-Deployer-Epoch it sent
+    params: str = ""         # the parameter values it used, a JSON object ("" without params)
+    by: str = ""             # who asked for it (a manual run): user@client
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class RunRequest:
     job: str
     slot: Optional[int] = None  # backfill this slot (unix seconds) under its own key; None: a manual key
     force: bool = False  # run even on a held host (another host may run the job now)
+    params: Tuple[Tuple[str, str], ...] = ()  # `deployer run --set NAME=VALUE`: (name, value) pairs
 
 
 @dataclass(frozen=True)

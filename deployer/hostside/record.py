@@ -30,7 +30,7 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 # Every field a record carries (journal_fields), for the readers' --output-fields=.
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
-          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME")
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_PARAMS", "DEPLOYER_RUN_BY")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class RunRecord:
     epoch: int = 0  # the X-Deployer-Epoch sent
     reached: tuple = ()  # per attempt: may the service have seen it (and be executing it)?
     resume: bool = False  # interrupted, and safe to start again under the same key at boot
+    params: str = ""  # the parameter values this run used, a JSON object: {"batch": "42"}
+    by: str = ""  # who asked for a manual run (`deployer run`): user@client
 
     @property
     def message(self) -> str:
@@ -73,6 +75,8 @@ class RunRecord:
             "DEPLOYER_EPOCH": str(self.epoch),
             "DEPLOYER_REACHED": "".join("y" if seen else "n" for seen in self.reached),
             "DEPLOYER_RESUME": "y" if self.resume else "",
+            "DEPLOYER_PARAMS": self.params,
+            "DEPLOYER_RUN_BY": self.by,
         }
 
     @classmethod
@@ -89,7 +93,8 @@ class RunRecord:
                    http_status=int(status) if status.isdigit() else None, key=entry.get("DEPLOYER_KEY", ""),
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
                    reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
-                   resume=entry.get("DEPLOYER_RESUME") == "y")
+                   resume=entry.get("DEPLOYER_RESUME") == "y", params=entry.get("DEPLOYER_PARAMS", ""),
+                   by=entry.get("DEPLOYER_RUN_BY", ""))
 
 
 def sent_by_the_job(entry: dict) -> bool:

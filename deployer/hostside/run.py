@@ -89,6 +89,7 @@ class JobSpec:
     client_cert: Optional[str] = None
     client_key: Optional[str] = None
     sign_secret: Optional[str] = None
+    params: tuple = ()  # (name, default) pairs: ${{name}} in url and body (options.params)
 
 
 def wire_target(url: str) -> str:
@@ -177,11 +178,11 @@ class RunResult:
     def result(self) -> str:
         return "ok" if self.ok else "fenced" if self.fenced else "failed"
 
-    def record(self, job: str) -> RunRecord:
+    def record(self, job: str, params: str = "", by: str = "") -> RunRecord:
         return RunRecord(job=job, run=self.run_id, slot=self.slot, started=self.started,
                          duration=self.duration, attempts=self.attempts, result=self.result, reason=self.reason,
                          http_status=self.http_status, key=self.key, epoch=self.epoch, reached=self.reached,
-                         resume=self.resume)
+                         resume=self.resume, params=params, by=by)
 
 
 def current_run_id() -> str:

@@ -48,6 +48,9 @@ class Slot:
     at: Optional[int]
     run: str
     how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read)
+    # What `deployer run` asked of this run: parameter values (name, value) and who asked.
+    params: tuple = ()
+    by: str = ""
 
     @property
     def name(self) -> str:
@@ -146,6 +149,8 @@ class Asked:
     elapsed: Optional[float] = None
     stamp: Optional[int] = None
     bound: bool = False  # stamp says when it was asked (an older agent's request does not)
+    params: tuple = ()  # (name, value) pairs `deployer run --set` gave
+    by: str = ""  # who asked: user@client, as the agent saw the SSH connection
 
 
 def stamp_of(job: str, stamps: Optional[str] = None) -> Optional[int]:
@@ -169,11 +174,16 @@ def read_request(job: str) -> Asked:
         return Asked()  # a resume at boot, or a merged slot, that no run took in time
     bound = "stamp" in request and (stamp is None or _is_int(stamp))
     stamp = stamp if bound else None
+    given = request.get("params")
+    params = tuple((name, value) for name, value in given.items()
+                   if isinstance(name, str) and isinstance(value, str)) if isinstance(given, dict) else ()
+    by = request.get("by") if isinstance(request.get("by"), str) else ""
     if _is_int(slot):
-        return Asked("backfill", slot=slot, stamp=stamp, bound=bound)
+        return Asked("backfill", slot=slot, stamp=stamp, bound=bound, params=params, by=by)
     if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool):
         return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound)
-    return Asked("manual", stamp=stamp, bound=bound) if request.get("manual") is True else Asked()
+    return Asked("manual", stamp=stamp, bound=bound, params=params, by=by) if request.get("manual") is True \
+        else Asked()
 
 
 def _is_int(value) -> bool:
@@ -240,9 +250,9 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     # environment: what the agent asked wins, unless the timer elapsed again since it asked.
     if asked.kind and (elapsed is None or (asked.bound and asked.stamp == stamp_of(job))):
         if asked.kind == "backfill":
-            return Slot(asked.slot, run, "backfill")
+            return Slot(asked.slot, run, "backfill", params=asked.params, by=asked.by)
         if asked.kind == "manual":
-            return Slot(None, run, "manual")
+            return Slot(None, run, "manual", params=asked.params, by=asked.by)
         elapsed = asked.elapsed  # the timer's start that systemd merged into a manual run
     if elapsed is None:
         return Slot(None, run, "manual")
