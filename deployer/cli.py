@@ -210,7 +210,12 @@ def validate(inventory_path, count):
     inv = Options(inventory_path).inventory()
     calendars = [to_calendar(j.schedule, j.on_calendar, j.timezone) for j in inv.jobs]
     runs = next_runs_many([c.lines for c in calendars], count)
+    from .models import is_chained
+
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
+        if is_chained(job):
+            click.echo(f"{job.name}  (host {job.host})  {chain_text(inv, job.name)}")
+            continue
         when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
@@ -332,15 +337,17 @@ def plan(inventory_path, host_name, as_json, no_prune, exit_code, show_diff):
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import render_diff, resend_notes
+    from .plan import chain_lines, chains, render_diff, resend_notes
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
     the_plan, state = plan_push(inv, host_name, agent, contents=show_diff, prune=not no_prune)
     if as_json:
-        click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
+        click.echo(json.dumps(plan_document(host_name, the_plan, chains(inv.jobs_for(host_name))), indent=2))
     else:
         _print_plan(host_name, the_plan, inv.path, state.held)
+        for line in chain_lines(inv.jobs_for(host_name)):
+            click.echo(line)
         if show_diff:
             click.echo(colour.diff(printable(render_diff(the_plan, state), newlines=True)), nl=False)
         for note in resend_notes(inv.jobs_for(host_name)):
@@ -677,13 +684,29 @@ def history(job, inventory_path, host_name, since, as_json):
     # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
     slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
         else (None, None)
+    not_run = []
+    if the_job is not None and the_job.after:  # why a chained run did not run: its parent's failed runs
+        from .report import not_run_entries
+
+        parent = remote.history(_connect(inv, primary), the_job.after, start)
+        not_run = not_run_entries(the_job.after, parent.runs, job_zone(the_job))
     document = history_document(primary, job, job_zone(the_job), start, until, [run for run, _ in ran], slots,
-                                slots_until, run_hosts=[name for _, name in ran], unread=unread)
+                                slots_until, run_hosts=[name for _, name in ran], unread=unread, not_run=not_run,
+                                after=the_job.after if the_job is not None else None)
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
+def chain_text(inv, name: str) -> str:
+    """`after extract succeeded | after load failed`: when a chained job runs."""
+    return " | ".join(f"after {parent} {'succeeded' if how == 'after' else 'failed'}" for how, parent in inv.parents(name))
+
+
 def _backfill_slot(job, text: str) -> int:
+    from .models import is_chained
     from .schedule import check_slot, parse_slot_time, to_calendar
+
+    if is_chained(job):
+        raise DeployerError(f"job {job.name}: a chained job runs for its parent's slot: backfill the parent")
 
     calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
     if calendar.on_boot:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from .errors import DeployerError
 from . import render
 from .hostside.slot import SCHEDULED_JOB_ENV
-from .models import Inventory, Job
+from .models import Inventory, Job, is_chained
 from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
 DEFAULT_IMAGE = "deployer-trigger:latest"
@@ -34,6 +34,9 @@ class Skipped:
 
 def k8s_schedule(job: Job) -> tuple[str, str]:
     """(schedule, timeZone) as Kubernetes' cron reads them, or DeployerError saying why not."""
+    if is_chained(job):
+        raise DeployerError(f"job {job.name}: Kubernetes CronJobs have no chaining: it runs only after another "
+                            "job (after / on_failure_run) and has no schedule of its own")
     if job.schedule is None:
         raise DeployerError(f"job {job.name}: on_calendar has no cron equivalent; give it a schedule")
     # Kubernetes refuses CRON_TZ= in the schedule: it goes to .spec.timeZone
@@ -220,6 +223,9 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
                if job.alert and render.alert_policy_value(job)]
+    header += [f"# note {job.name}: Kubernetes CronJobs have no chaining: this CronJob does not start "
+               f"{', '.join(c.name for _, c in inv.children(job.name))} (after / on_failure_run)"
+               for job in inv.jobs if inv.children(job.name) and any(m["metadata"]["name"] == job.name for m in manifests)]
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

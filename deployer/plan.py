@@ -158,3 +158,18 @@ def resend_notes(jobs) -> list[str]:
             f"not sent again (the service may have started it); set idempotent = true once the service "
             f"dedupes on Idempotency-Key (docs/receiving.md)"
             for j in jobs if j.retries and not j.idempotent and j.method not in IDEMPOTENT_METHODS]
+
+
+def chains(jobs) -> list[dict]:
+    """The chains among `jobs` (one host's), parent first: {"job", "after", "on"} where `on` is
+    "success" (`after =`) or "failure" (the parent's on_failure_run). The inventory refused a
+    cycle and a chain across hosts already."""
+    found = [{"job": j.name, "after": j.after, "on": "success"} for j in jobs if j.after]
+    found += [{"job": j.on_failure_run, "after": j.name, "on": "failure"} for j in jobs if j.on_failure_run]
+    return sorted(found, key=lambda c: (c["after"], c["on"] != "success", c["job"]))
+
+
+def chain_lines(jobs) -> list[str]:
+    """`chain: load: after extract succeeded`, a line per chained run the host's units start."""
+    return [f"chain: {c['job']}: after {c['after']} {'succeeded' if c['on'] == 'success' else 'failed'} "
+            f"(same slot; deployer-{c['after']}.service On{c['on'].capitalize()}=)" for c in chains(jobs)]

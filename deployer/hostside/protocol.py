@@ -166,6 +166,7 @@ class RunInfo:
     source: str = "record"   # record | systemd
     key: str = ""            # the Idempotency-Key it sent ("" for a run without a record)
     epoch: int = 0           # the X-Deployer-Epoch it sent
+    after: str = ""          # a chained run: "<parent> <its slot> succeeded|failed" (why it ran)
 
 
 @dataclass(frozen=True)

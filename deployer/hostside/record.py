@@ -30,7 +30,7 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 # Every field a record carries (journal_fields), for the readers' --output-fields=.
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
-          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME")
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_AFTER")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class RunRecord:
     epoch: int = 0  # the X-Deployer-Epoch sent
     reached: tuple = ()  # per attempt: may the service have seen it (and be executing it)?
     resume: bool = False  # interrupted, and safe to start again under the same key at boot
+    after: str = ""  # a chained run: "<parent> <its slot> succeeded|failed", why it ran
 
     @property
     def message(self) -> str:
@@ -73,6 +74,7 @@ class RunRecord:
             "DEPLOYER_EPOCH": str(self.epoch),
             "DEPLOYER_REACHED": "".join("y" if seen else "n" for seen in self.reached),
             "DEPLOYER_RESUME": "y" if self.resume else "",
+            **({"DEPLOYER_AFTER": self.after} if self.after else {}),
         }
 
     @classmethod
@@ -89,7 +91,7 @@ class RunRecord:
                    http_status=int(status) if status.isdigit() else None, key=entry.get("DEPLOYER_KEY", ""),
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
                    reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
-                   resume=entry.get("DEPLOYER_RESUME") == "y")
+                   resume=entry.get("DEPLOYER_RESUME") == "y", after=entry.get("DEPLOYER_AFTER", ""))
 
 
 def sent_by_the_job(entry: dict) -> bool:

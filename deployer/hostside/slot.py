@@ -47,7 +47,8 @@ class Slot:
 
     at: Optional[int]
     run: str
-    how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read)
+    how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read) | after
+    after: str = ""  # a chained run (hostside/chain.py): "<parent> <its slot> succeeded|failed"
 
     @property
     def name(self) -> str:
