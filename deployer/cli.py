@@ -383,7 +383,7 @@ def _held_why(held) -> str:
 
 def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
     """What a push did. `announced`: its plan was shown before it acted (push does; move not)."""
-    from .plan import change_lines, jobs_of, summary
+    from .plan import change_lines, jobs_of, removed_jobs, summary
 
     if as_json:
         from .report import push_document
@@ -395,7 +395,7 @@ def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
             click.echo(colour.diff_line(printable(line)))
     for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
-    removed, kept = jobs_of(pushed.plan.remove), jobs_of(pushed.plan.kept)
+    removed, kept = removed_jobs(pushed.plan), jobs_of(pushed.plan.kept)
     if removed:
         click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed, PUSH_LISTS)}")
     if kept:
@@ -696,6 +696,16 @@ def history(job, inventory_path, host_name, since, as_json):
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
+def _no_timer(inv, job, command: str) -> None:
+    """A chained job has no timer to stop or start: its parent's runs start it."""
+    from .models import is_chained
+
+    if is_chained(job):
+        parents = sorted({parent for _, parent in inv.parents(job.name)})
+        raise DeployerError(f"job {job.name} has no timer to {command}: it runs {chain_text(inv, job.name)}; "
+                            f"{command} {' / '.join(parents)} instead, or remove its after / on_failure_run")
+
+
 def chain_text(inv, name: str) -> str:
     """`after extract succeeded | after load failed`: when a chained job runs."""
     return " | ".join(f"after {parent} {'succeeded' if how == 'after' else 'failed'}" for how, parent in inv.parents(name))
@@ -837,7 +847,8 @@ def pause(job, inventory_path, host_name):
     """
     from . import remote
 
-    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    _no_timer(inv, the_job, "pause")
     remote.pause(agent, job)
     click.echo(f"job {job} paused on {host_name}")
 
@@ -850,7 +861,8 @@ def resume(job, inventory_path, host_name):
     """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
     from . import remote
 
-    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    _no_timer(inv, the_job, "resume")
     remote.resume(agent, job)
     click.echo(f"job {job} resumed on {host_name}")
 

@@ -507,19 +507,30 @@ def _check_chains(jobs: list[Job], declared: list[str], report: _Collector) -> N
                            f"{job.host}: a chain runs on one host (systemd starts the next unit there)")
             elif named in by_name:
                 edges.setdefault(parent, []).append((child, key))
+    reach = {start: _reachable(start, edges) for start in edges}
+    reported: set[str] = set()
     for start in sorted(edges):
-        seen, path = set(), [start]
-        while path:  # depth first from `start`: a way back to it is a cycle, named once at its first key
-            name = path.pop()
-            for child, key in edges.get(name, ()):
-                if child == start:
-                    loop = f"job:{name}" if key == "on_failure_run" else f"job:{child}"
-                    if not report.has(loop, key):
-                        report.add(loop, key, f"chains back to [job:{start}] (a cycle: "
-                                   "after/on_failure_run must not loop)")
-                elif child not in seen:
-                    seen.add(child)
-                    path.append(child)
+        if start in reported or start not in reach[start]:
+            continue
+        loop = {name for name in reach[start] if start in reach.get(name, ())}  # the jobs of this cycle
+        reported |= loop
+        # Named once, at the first key (in file order) that links two jobs of the cycle.
+        name, key = next((job.name, key) for job in jobs for key, parent, child in
+                         (("after", job.after, job.name), ("on_failure_run", job.name, job.on_failure_run))
+                         if parent in loop and child in loop)
+        report.add(f"job:{name}", key, f"is part of a cycle ({' -> '.join(sorted(loop))}): after/on_failure_run "
+                   "must not loop")
+
+
+def _reachable(start: str, edges: dict) -> set[str]:
+    """The jobs a chain from `start` reaches (`start` itself only through a cycle)."""
+    seen, todo = set(), [start]
+    while todo:
+        for child, _ in edges.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
 
 
 def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:

@@ -162,6 +162,8 @@ def inventory_calendar(job) -> tuple[str, ...]:
 def _expression(job) -> Optional[str]:
     if job is None:
         return None
+    if job.schedule is None and not job.on_calendar:  # chained: no calendar of its own
+        return f"after {job.after}" if job.after else "on_failure_run"
     return job.schedule if job.schedule is not None else " | ".join(job.on_calendar)
 
 

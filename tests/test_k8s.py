@@ -191,3 +191,17 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
     notes = [line for line in text.splitlines() if line.startswith("# note ")]
     assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
+
+
+def test_kubernetes_has_no_chaining_a_chained_job_is_refused_and_its_parent_noted(tmp_path):
+    """Issue 23 item 8: a CronJob cannot start another; a chained job has no schedule to export."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\non_failure_run = tidy\n")
+                    + "\n[job:tidy]\nurl = http://svc/tidy\n")
+    inv = inventory.load(str(path), env=SECRETS)
+    with pytest.raises(DeployerError, match="job tidy: Kubernetes CronJobs have no chaining"):
+        export(inv)
+    text, documents = exported(inv)
+    assert "tidy" not in {d["metadata"]["name"] for d in documents}
+    assert ("# note quartz-daily: Kubernetes CronJobs have no chaining: this CronJob does not start tidy "
+            "(after / on_failure_run)") in text.splitlines()

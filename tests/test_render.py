@@ -147,3 +147,46 @@ def test_every_timer_template_is_wanted_by_timers_target_only():
         install = template.read_text().partition("[Install]\n")[2]
         lines = [line for line in install.splitlines() if line.strip() and not line.startswith("#")]
         assert lines == ["WantedBy=timers.target"], template.name
+
+
+CHAIN = """[host:cron01]
+address = 10.0.0.5
+[alert:ops]
+type = webhook
+endpoint = https://hooks.example/x
+[job:extract]
+schedule = 0 2 * * *
+url = http://svc/extract
+alert = ops
+on_failure_run = cleanup
+[job:load]
+after = extract
+url = http://svc/load
+[job:cleanup]
+url = http://svc/cleanup
+"""
+
+
+def test_a_chain_is_the_parents_on_success_and_on_failure_and_the_child_has_no_timer(tmp_path):
+    """Issue 23 item 8: the parent's unit starts its children beside its alert and metrics units,
+    leaves its slot in its runtime directory and publishes it as root; a chained job has no timer
+    and names the parents whose slot it takes."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(CHAIN)
+    files = {f.name: f.content.decode() for f in host_files(inventory.load(str(path), env={}), "cron01")
+             if not f.secret}
+    assert "deployer-extract.timer" in files
+    assert "deployer-load.timer" not in files and "deployer-cleanup.timer" not in files
+    parent = files["deployer-extract.service"].splitlines()
+    assert ("OnFailure=deployer-alert-ops@extract.service deployer-host@metrics-soon.timer deployer-cleanup.service"
+            in parent)
+    assert ("OnSuccess=deployer-recovery-ops@extract.service deployer-host@metrics-soon.timer deployer-load.service"
+            in parent)
+    assert "RuntimeDirectory=deployer-chain/deployer-extract" in parent and "RuntimeDirectoryPreserve=yes" in parent
+    assert ('ExecStopPost=-+"/usr/bin/install" "-m" "0644" "/run/deployer-chain/deployer-extract/slot.json" '
+            '"/run/deployer-chain/deployer-extract.json"') in parent
+    for child in ("load", "cleanup"):
+        text = files[f"deployer-{child}.service"]
+        assert text.rstrip().splitlines()[0] == "# Managed by deployer: edits are overwritten by the next push."
+        assert '"--chained-from" "extract"' in text and "--calendar" not in text
+        assert "RuntimeDirectory" not in text and "OnSuccess=deployer-host@metrics-soon.timer" in text

@@ -3,8 +3,10 @@
 A job with `after = extract` (or another's `on_failure_run`) has no timer: extract's unit starts
 it with OnSuccess= (OnFailure=). systemd (>= 249) gives that start $MONITOR_UNIT,
 $MONITOR_INVOCATION_ID and $MONITOR_SERVICE_RESULT, but not the parent's slot; so the parent's run
-leaves its slot in its RuntimeDirectory= (paths.chain_dir), its unit's ExecStopPost= publishes it
-as root (paths.chain_slot), and the child takes it when the invocation id there is
+leaves its slot in its RuntimeDirectory= (paths.chain_dir, which only its own dynamic user can
+write); a dynamic user's runtime directory is private to it (systemd links it into /run/private,
+0700), so the unit's ExecStopPost= publishes the file as root, world-readable, beside it
+(paths.chain_slot, in the root-owned paths.CHAIN_DIR), and the child takes it when the invocation id there is
 $MONITOR_INVOCATION_ID (systemd captures it when the parent's run ends, so a later run of the
 parent cannot be taken for it).
 The child's Idempotency-Key then names the parent's slot, and its record says why it ran. Not

@@ -49,23 +49,18 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # A manual run asked to backfill one slot finds it here (hostside/slot.py): written by the agent
 # as root, readable by the run's dynamic user, never writable by another local user.
 BACKFILL_DIR = "/run/deployer-runs"
-# Chaining (issue 23 item 8): a job that starts others (OnSuccess=/OnFailure=) has the
-# RuntimeDirectory= CHAIN_DIR/deployer-<job>, where its run leaves the slot it stood for
-# (CHAIN_SLOT). A dynamic user's runtime directory is private to it (systemd links it into
-# /run/private, 0700), so the unit's ExecStopPost= copies the file, as root, to chain_slot(job)
-# in the root-owned CHAIN_DIR, world-readable: the run it starts reads it there, checks it against
-# $MONITOR_INVOCATION_ID, and keys its call with that slot. Only the job's own runs write it.
+# Chaining: where a parent's run leaves its slot for the runs it starts (hostside/chain.py).
 CHAIN_DIR = "/run/deployer-chain"
 CHAIN_SLOT = "slot.json"
 
 
 def chain_dir(job: str) -> str:
-    """The job's RuntimeDirectory= (its run's $RUNTIME_DIRECTORY), private to its dynamic user."""
+    """The job's RuntimeDirectory=, private to its dynamic user."""
     return CHAIN_DIR + "/" + job_unit(job, "service")[:-len(".service")]
 
 
 def chain_slot(job: str) -> str:
-    """The slot the job's last run stood for, as its ExecStopPost= published it."""
+    """Its last run's slot, published by its ExecStopPost= (world-readable)."""
     return chain_dir(job) + ".json"
 
 

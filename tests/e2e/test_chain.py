@@ -80,6 +80,32 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
     cleanup = wait_until(lambda: history("cleanup"), 30, "cleanup's history")
     assert cleanup["runs"][0]["after"] == f"extract {failed_slot} failed"
 
+    rows = {row["job"]: row for row in json.loads(deployer("status", "-i", path, "--json", check=True).stdout)["jobs"]}
+    assert (rows["load"]["result"], rows["load"]["expression"], rows["load"]["next"]) == ("ok", "after extract", None)
+    plan = json.loads(deployer("plan", "-i", path, "--json", check=True).stdout)
+    assert plan["chains"] == [{"job": "load", "after": "extract", "on": "success"},
+                              {"job": "cleanup", "after": "extract", "on": "failure"}]
+    paused = deployer("pause", "load", "-i", path, check=False)
+    assert paused.returncode == 1 and paused.stderr.count("\n") == 1 and "pause extract instead" in paused.stderr
+
     # A manual run of a chained job is manual (its own key), not the last chained slot.
     deployer("run", "load", "-i", path, check=True)
     assert server.received("/load")[-1].headers["Idempotency-Key"].startswith("load/manual-")
+
+
+def test_a_chain_across_hosts_or_in_a_cycle_is_one_line_and_exit_1_before_any_host_is_asked(
+        shared_cron01, server, deployer, write_inventory):
+    good = chain_inventory(shared_cron01, server)
+    other_host = good.replace("[defaults]", "[host:cron02]\naddress = 127.0.0.2\n\n[defaults]").replace(
+        "[job:load]\n", "[job:load]\nhost = cron02\n").replace("[job:extract]\n", "[job:extract]\nhost = cron01\n") \
+        .replace("[job:cleanup]\n", "[job:cleanup]\nhost = cron01\n")
+    cycle = good.replace("on_failure_run = cleanup", "on_failure_run = cleanup").replace(
+        "[job:cleanup]\n", "[job:cleanup]\non_failure_run = extract\n").replace("on_calendar = *:*:0/5\n", "")
+    cycle = cycle.replace("[job:extract]\n", "[job:extract]\nafter = cleanup\n")
+    for text, where in ((other_host, "[job:load] after: [job:extract] runs on host cron01"),
+                        (cycle, "is part of a cycle")):
+        path = write_inventory(text, name="bad.ini")
+        for command in (["validate"], ["push", "--host", "cron01", "--yes"]):
+            result = deployer(*command, "-i", path, check=False)
+            assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+            assert path in result.stderr and where in result.stderr, result.stderr
