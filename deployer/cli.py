@@ -332,7 +332,8 @@ def _names(jobs, limit: int = 0) -> str:
 @click.option("--diff", "show_diff", is_flag=True, help="Also show each file's changes as a unified diff.")
 def plan(inventory_path, host_name, as_json, no_prune, exit_code, show_diff):
     """Connect and show what push would add, change and remove: a summary, then a line per job
-    (and per host or channel unit). Changes nothing. --diff adds the files' diffs.
+    (and per host or channel unit), then the chains (after / on_failure_run: who starts whom).
+    Changes nothing. --diff adds the files' diffs.
 
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
@@ -644,7 +645,8 @@ def history(job, inventory_path, host_name, since, as_json):
     is read, so the runs of a job that moved are all there, each with the host it ran on (a
     HOST column); a host other than the job's own that does not answer is a warning. Missed
     slots are counted from when the job's timer was last installed or changed by a push on
-    its host.
+    its host. A chained job (after = JOB) shows why each run ran (its parent's slot and verdict)
+    and the parent's failed runs as the slots it did not run.
     """
     from concurrent.futures import ThreadPoolExecutor
 
