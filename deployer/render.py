@@ -104,6 +104,24 @@ def fence_argv(job: Job, python: str) -> list[str]:
     return ["/bin/sh", "-c", f'test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
 
 
+# How many of a parent's latest slots its published file keeps: a child that starts later than
+# this many parent runs after its own (a loaded host, a parent every second) is keyed by the
+# parent's run instead (hostside/chain.py).
+CHAIN_KEEP = 100
+
+
+def publish_argv(job: str) -> list[str]:
+    """The parent's ExecStopPost= (as root): its run's slot, appended to the world-readable
+    paths.chain_slot as one JSON line, the last CHAIN_KEEP kept. A list, not the last slot alone:
+    a child started late (a loaded host) may come after the parent's next run has ended."""
+    import shlex
+
+    left, published = shlex.quote(f"{paths.chain_dir(job)}/{paths.CHAIN_SLOT}"), shlex.quote(paths.chain_slot(job))
+    return ["/bin/sh", "-c", f"test -r {left} || exit 0; umask 022; "
+            f"{{ tail -n {CHAIN_KEEP - 1} {published} 2>/dev/null; cat {left}; echo; }} > {published}.tmp "
+            f"&& mv -f {published}.tmp {published}"]
+
+
 def calendar_of(job: Job):
     return to_calendar(job.schedule, job.on_calendar, job.timezone)
 
@@ -257,8 +275,8 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     service_text = env.get_template("job.service.j2").render(
         **common, argv=trigger_argv(job, python, chain.parents), fence_argv=fence_argv(job, python),
         chain_dir=paths.chain_dir(job.name).removeprefix("/run/") if chain.on_success or chain.on_failure else "",
-        publish_argv=["/usr/bin/install", "-m", "0644", f"{paths.chain_dir(job.name)}/{paths.CHAIN_SLOT}",
-                      paths.chain_slot(job.name)],
+        publish_argv=publish_argv(job.name),
+        chained_units=[paths.job_unit(name, "service") for name in chain.on_success + chain.on_failure],
         fenced=f"{paths.FENCED_DIR}/{timer}",
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         shown_url=redact_url(job.url),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -13,9 +12,12 @@ PARENT_RUN = "0123456789abcdef0123456789abcdef"
 SLOT = 1796522400  # 2026-12-06T02:00:00Z
 
 
-def left(tmp_path, invocation=PARENT_RUN, at=SLOT, run=PARENT_RUN) -> str:
+def left(tmp_path, invocation=PARENT_RUN, at=SLOT, run=PARENT_RUN, later: int = 0) -> str:
+    """The parent's published slots: this run's, then `later` runs of the parent that ended since."""
     path = tmp_path / "published-extract.json"
-    path.write_text(json.dumps({"invocation": invocation, "slot": at, "run": run}))
+    lines = [json.dumps({"invocation": invocation, "slot": at, "run": run})]
+    lines += [json.dumps({"invocation": "%032x" % n, "slot": at + 5 * n, "run": "%032x" % n}) for n in range(1, later + 1)]
+    path.write_text("not json\n" + "\n".join(lines) + "\n")
     return str(path)
 
 
@@ -28,6 +30,12 @@ def monitor(result="success", invocation=PARENT_RUN, unit="deployer-extract.serv
 def test_the_child_takes_the_parents_slot_and_says_why(tmp_path, result, verdict):
     found = chain.chained_slot(("extract",), "child-run", env=monitor(result), path=left(tmp_path))
     assert found == Slot(SLOT, PARENT_RUN, "after", after=f"extract 2026-12-06T02:00:00Z {verdict}")
+    assert found.key("load") == "load/2026-12-06T02:00:00Z"
+
+
+def test_a_child_that_starts_after_the_parents_next_runs_still_finds_its_slot(tmp_path):
+    """A loaded host: the parent ran again (and ended) before the child it started read its slot."""
+    found = chain.chained_slot(("extract",), "child-run", env=monitor(), path=left(tmp_path, later=3))
     assert found.key("load") == "load/2026-12-06T02:00:00Z"
 
 
@@ -79,6 +87,5 @@ def test_the_parent_leaves_its_slot_only_in_its_own_runtime_directory(tmp_path, 
                                                             "INVOCATION_ID": PARENT_RUN})
     written = directory / "slot.json"
     assert json.loads(written.read_text()) == {"invocation": PARENT_RUN, "slot": SLOT, "run": PARENT_RUN}
-    assert os.stat(written).st_mode & 0o777 == 0o644
     found = chain.chained_slot(("extract",), "child", env=monitor(), path=str(written))
     assert found.key("load") == "load/2026-12-06T02:00:00Z"

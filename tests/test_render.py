@@ -182,11 +182,33 @@ def test_a_chain_is_the_parents_on_success_and_on_failure_and_the_child_has_no_t
             in parent)
     assert ("OnSuccess=deployer-recovery-ops@extract.service deployer-host@metrics-soon.timer deployer-load.service"
             in parent)
+    assert "After=deployer-load.service deployer-cleanup.service" in parent  # its next run waits for theirs
     assert "RuntimeDirectory=deployer-chain/deployer-extract" in parent and "RuntimeDirectoryPreserve=yes" in parent
-    assert ('ExecStopPost=-+"/usr/bin/install" "-m" "0644" "/run/deployer-chain/deployer-extract/slot.json" '
-            '"/run/deployer-chain/deployer-extract.json"') in parent
+    assert any(line.startswith('ExecStopPost=-+"/bin/sh" "-c" "test -r /run/deployer-chain/deployer-extract/slot.json')
+               and "> /run/deployer-chain/deployer-extract.json.tmp && mv -f" in line for line in parent)
     for child in ("load", "cleanup"):
         text = files[f"deployer-{child}.service"]
         assert text.rstrip().splitlines()[0] == "# Managed by deployer: edits are overwritten by the next push."
         assert '"--chained-from" "extract"' in text and "--calendar" not in text
         assert "RuntimeDirectory" not in text and "OnSuccess=deployer-host@metrics-soon.timer" in text
+
+
+def test_the_parents_published_slots_keep_the_latest_runs_as_json_lines(tmp_path):
+    """The publishing ExecStopPost= run by a real shell: each parent run appends its slot, the
+    oldest go beyond CHAIN_KEEP, nothing happens when the run left none."""
+    import subprocess
+
+    from deployer import render
+    from deployer.hostside import paths
+
+    script = render.publish_argv("extract")[2].replace(paths.CHAIN_DIR, str(tmp_path))
+    (tmp_path / "deployer-extract").mkdir()
+    subprocess.run(["/bin/sh", "-c", script], check=True)
+    assert not (tmp_path / "deployer-extract.json").exists()
+    for n in range(render.CHAIN_KEEP + 5):
+        (tmp_path / "deployer-extract" / "slot.json").write_text('{"invocation": "%d"}' % n)
+        subprocess.run(["/bin/sh", "-c", script], check=True)
+    published = tmp_path / "deployer-extract.json"
+    lines = published.read_text().splitlines()
+    assert len(lines) == render.CHAIN_KEEP and lines[0] == '{"invocation": "5"}' and lines[-1] == '{"invocation": "104"}'
+    assert published.stat().st_mode & 0o777 == 0o644

@@ -5,10 +5,12 @@ it with OnSuccess= (OnFailure=). systemd (>= 249) gives that start $MONITOR_UNIT
 $MONITOR_INVOCATION_ID and $MONITOR_SERVICE_RESULT, but not the parent's slot; so the parent's run
 leaves its slot in its RuntimeDirectory= (paths.chain_dir, which only its own dynamic user can
 write); a dynamic user's runtime directory is private to it (systemd links it into /run/private,
-0700), so the unit's ExecStopPost= publishes the file as root, world-readable, beside it
-(paths.chain_slot, in the root-owned paths.CHAIN_DIR), and the child takes it when the invocation id there is
-$MONITOR_INVOCATION_ID (systemd captures it when the parent's run ends, so a later run of the
-parent cannot be taken for it).
+0700), so the unit's ExecStopPost= appends it as root to a world-readable list of the parent's
+latest slots beside it (paths.chain_slot, in the root-owned paths.CHAIN_DIR: render.publish_argv),
+and the child takes the one whose invocation id is $MONITOR_INVOCATION_ID. systemd 252 reads
+$MONITOR_* from the parent unit as it is when the child is spawned, not when it was triggered:
+seen on a loaded host, the parent's next run had started by then and the child named it. So the
+parent is ordered After= its children: its next run waits until the child has ended.
 The child's Idempotency-Key then names the parent's slot, and its record says why it ran. Not
 imported by the agent (its bootstrap has a size limit). Standard library only.
 """
@@ -47,9 +49,8 @@ def write_chain_slot(job: str, slot: Slot, env=os.environ) -> bool:
     text = json.dumps({"invocation": env.get("INVOCATION_ID", ""), "slot": slot.at, "run": slot.run})
     temporary = path + ".tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # UMask=0077: the child runs as another dynamic user
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # the unit's ExecStopPost= publishes it, as root
             handle.write(text)
         os.replace(temporary, path)
         return True
@@ -68,17 +69,26 @@ def chained_slot(parents: Sequence[str], run: str, env=os.environ, path: Optiona
     verdict = "succeeded" if env.get("MONITOR_SERVICE_RESULT") == "success" else "failed"
     try:
         with open(path or chain_slot(parent), encoding="utf-8") as handle:
-            left = json.load(handle)
-        if left.get("invocation") != env.get("MONITOR_INVOCATION_ID") or not left.get("invocation"):
-            raise ValueError("the slot left there is another run's")
+            lines = handle.read(1 << 20).splitlines()  # the parent's latest runs, one JSON line each
+        invocation = env.get("MONITOR_INVOCATION_ID")
+        left = next(found for found in (_json(line) for line in reversed(lines))
+                    if invocation and found.get("invocation") == invocation)
         at = left.get("slot")
         at = at if _is_int(at) else None
         parent_run = left.get("run") if isinstance(left.get("run"), str) and left.get("run") else run
-    except (OSError, ValueError, AttributeError, BadName):
+    except (OSError, ValueError, AttributeError, BadName, StopIteration):
         # The parent ended before it knew its slot (killed at start): keyed by its run, still one key per parent run.
         at, parent_run = None, env.get("MONITOR_INVOCATION_ID") or run
     named = Slot(at, parent_run).name
     return Slot(at, parent_run, "after", after="%s %s %s" % (parent, named, verdict))
+
+
+def _json(line: str) -> dict:
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _unit_or_none(job: str) -> Optional[str]:

@@ -14,7 +14,7 @@ from tests.httpserver import Reply, json_reply
 pytestmark = pytest.mark.e2e
 
 
-def chain_inventory(host, server) -> str:
+def chain_inventory(host, server, report: bool = True) -> str:
     return host.inventory_host() + f"""
 [defaults]
 retries = 0
@@ -31,7 +31,12 @@ url = {server.url("/load")}
 
 [job:cleanup]
 url = {server.url("/cleanup")}
-"""
+
+""" + (f"""
+[job:report]
+after = load
+url = {server.url("/report")}
+""" if report else "")
 
 
 def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_parents_slot(
@@ -40,6 +45,7 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
     server.routes["/extract"] = lambda request: next(answers, Reply(500, b"source down"))
     server.routes["/load"] = json_reply({"code": 0})
     server.routes["/cleanup"] = json_reply({"code": 0})
+    server.routes["/report"] = json_reply({"code": 0})
     path = write_inventory(chain_inventory(shared_cron01, server))
 
     plan = deployer("plan", "-i", path, check=True).stdout
@@ -48,6 +54,7 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
     # Only extract has a timer: the chained jobs are started by its unit.
     timers = shared_cron01.ssh("systemctl list-timers --all --no-legend --plain 'deployer-*'").stdout
     assert "deployer-extract.timer" in timers and "deployer-load" not in timers and "deployer-cleanup" not in timers
+    assert "deployer-report" not in timers
 
     server.wait_for("/extract", count=2, timeout=60)
     server.wait_for("/cleanup", count=1, timeout=60)
@@ -60,6 +67,9 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
     # load ran once, for the slot extract succeeded in, under that slot's key.
     assert [r.headers["Idempotency-Key"] for r in loads] == [f"load/{ok_slot}"]
     assert loads[0].headers["X-Deployer-Slot"] == ok_slot
+    # A chain goes on: report (after load) runs for the same slot.
+    reports = server.wait_for("/report", count=1, timeout=60)
+    assert [r.headers["Idempotency-Key"] for r in reports] == [f"report/{ok_slot}"]
     # cleanup ran for the failed slot (and only for failed ones).
     cleanups = server.received("/cleanup")
     assert cleanups[0].headers["Idempotency-Key"] == f"cleanup/{failed_slot}"
@@ -84,7 +94,8 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
     assert (rows["load"]["result"], rows["load"]["expression"], rows["load"]["next"]) == ("ok", "after extract", None)
     plan = json.loads(deployer("plan", "-i", path, "--json", check=True).stdout)
     assert plan["chains"] == [{"job": "load", "after": "extract", "on": "success"},
-                              {"job": "cleanup", "after": "extract", "on": "failure"}]
+                              {"job": "cleanup", "after": "extract", "on": "failure"},
+                              {"job": "report", "after": "load", "on": "success"}]
     paused = deployer("pause", "load", "-i", path, check=False)
     assert paused.returncode == 1 and paused.stderr.count("\n") == 1 and "pause extract instead" in paused.stderr
 
@@ -95,7 +106,7 @@ def test_after_runs_on_success_and_on_failure_run_on_failure_each_with_the_paren
 
 def test_a_chain_across_hosts_or_in_a_cycle_is_one_line_and_exit_1_before_any_host_is_asked(
         shared_cron01, server, deployer, write_inventory):
-    good = chain_inventory(shared_cron01, server)
+    good = chain_inventory(shared_cron01, server, report=False)
     other_host = good.replace("[defaults]", "[host:cron02]\naddress = 127.0.0.2\n\n[defaults]").replace(
         "[job:load]\n", "[job:load]\nhost = cron02\n").replace("[job:extract]\n", "[job:extract]\nhost = cron01\n") \
         .replace("[job:cleanup]\n", "[job:cleanup]\nhost = cron01\n")
