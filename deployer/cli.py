@@ -212,9 +212,10 @@ def validate(inventory_path, count):
     runs = next_runs_many([c.lines for c in calendars], count)
     from .models import is_chained
 
+    parents = inv.all_parents()
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
         if is_chained(job):
-            click.echo(f"{job.name}  (host {job.host})  {chain_text(inv, job.name)}")
+            click.echo(f"{job.name}  (host {job.host})  {chain_text(parents.get(job.name, ()))}")
             continue
         when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
@@ -704,13 +705,13 @@ def _no_timer(inv, job, command: str) -> None:
 
     if is_chained(job):
         parents = sorted({parent for _, parent in inv.parents(job.name)})
-        raise DeployerError(f"job {job.name} has no timer to {command}: it runs {chain_text(inv, job.name)}; "
+        raise DeployerError(f"job {job.name} has no timer to {command}: it runs {chain_text(inv.parents(job.name))}; "
                             f"{command} {' / '.join(parents)} instead, or remove its after / on_failure_run")
 
 
-def chain_text(inv, name: str) -> str:
-    """`after extract succeeded | after load failed`: when a chained job runs."""
-    return " | ".join(f"after {parent} {'succeeded' if how == 'after' else 'failed'}" for how, parent in inv.parents(name))
+def chain_text(parents) -> str:
+    """`after extract succeeded | after load failed`: when a chained job runs ((how, parent), ...)."""
+    return " | ".join(f"after {parent} {'succeeded' if how == 'after' else 'failed'}" for how, parent in parents)
 
 
 def _backfill_slot(job, text: str) -> int:

@@ -223,9 +223,12 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
                if job.alert and render.alert_policy_value(job)]
-    header += [f"# note {job.name}: Kubernetes CronJobs have no chaining: this CronJob does not start "
-               f"{', '.join(c.name for _, c in inv.children(job.name))} (after / on_failure_run)"
-               for job in inv.jobs if inv.children(job.name) and any(m["metadata"]["name"] == job.name for m in manifests)]
+    exported = {m["metadata"]["name"] for m in manifests}
+    for name, chain in render.chains(inv.jobs).items():
+        started = chain.on_success + chain.on_failure
+        if started and name in exported:
+            header.append(f"# note {name}: Kubernetes CronJobs have no chaining: this CronJob does not start "
+                          f"{', '.join(started)} (after / on_failure_run)")
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

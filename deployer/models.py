@@ -88,7 +88,17 @@ class Inventory:
 
     def parents(self, child: str) -> tuple[tuple[str, str], ...]:
         """(how, parent name) for each job that starts `child`."""
-        return tuple((how, j.name) for j in self.jobs for how, c in self.children(j.name) if c.name == child)
+        return self.all_parents().get(child, ())
+
+    def all_parents(self) -> dict:
+        """child -> ((how, parent name), ...) for every chained job, in one pass."""
+        found: dict = {}
+        for j in self.jobs:
+            if j.after:
+                found[j.name] = found.get(j.name, ()) + (("after", j.after),)
+            if j.on_failure_run:
+                found[j.on_failure_run] = found.get(j.on_failure_run, ()) + (("on_failure", j.name),)
+        return found
 
     def channels_of(self, host: str) -> tuple[str, ...]:
         """The alert channels a push installs on `host`: those its jobs alert through."""

@@ -242,7 +242,6 @@ class Chain:
     parents: tuple = ()  # the jobs that start it
 
 
-
 def chains(jobs) -> dict:
     """job name -> its Chain, for every job that starts or is started by another (one pass: a
     host of 10,000 jobs renders in linear time)."""
