@@ -225,7 +225,13 @@ def validate(inventory_path, count):
     inv = Options(inventory_path).inventory()
     calendars = [to_calendar(j.schedule, j.on_calendar, j.timezone) for j in inv.jobs]
     runs = next_runs_many([c.lines for c in calendars], count)
+    from .models import is_chained
+
+    parents = inv.all_parents()
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
+        if is_chained(job):
+            click.echo(f"{job.name}  (host {job.host})  {chain_text(parents.get(job.name, ()))}")
+            continue
         when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
         click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
@@ -342,20 +348,23 @@ def _names(jobs, limit: int = 0) -> str:
 @click.option("--diff", "show_diff", is_flag=True, help="Also show each file's changes as a unified diff.")
 def plan(inventory_path, host_name, as_json, no_prune, exit_code, show_diff):
     """Connect and show what push would add, change and remove: a summary, then a line per job
-    (and per host or channel unit). Changes nothing. --diff adds the files' diffs.
+    (and per host or channel unit), then the chains (after / on_failure_run: who starts whom).
+    Changes nothing. --diff adds the files' diffs.
 
     Names the jobs push would remove (no longer in the inventory); `push --no-prune` keeps them.
     """
     from .deploy import plan_push
-    from .plan import render_diff, resend_notes
+    from .plan import chain_lines, chains, render_diff, resend_notes
     from .report import plan_document
 
     inv, host_name, agent = _open_host(inventory_path, host_name)
     the_plan, state = plan_push(inv, host_name, agent, contents=show_diff, prune=not no_prune)
     if as_json:
-        click.echo(json.dumps(plan_document(host_name, the_plan), indent=2))
+        click.echo(json.dumps(plan_document(host_name, the_plan, chains(inv.jobs_for(host_name))), indent=2))
     else:
         _print_plan(host_name, the_plan, inv.path, state.held)
+        for line in chain_lines(inv.jobs_for(host_name)):
+            click.echo(line)
         if show_diff:
             click.echo(colour.diff(printable(render_diff(the_plan, state), newlines=True)), nl=False)
         for note in resend_notes(inv.jobs_for(host_name)):
@@ -391,7 +400,7 @@ def _held_why(held) -> str:
 
 def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
     """What a push did. `announced`: its plan was shown before it acted (push does; move not)."""
-    from .plan import change_lines, jobs_of, summary
+    from .plan import change_lines, jobs_of, removed_jobs, summary
 
     if as_json:
         from .report import push_document
@@ -403,7 +412,7 @@ def _print_push(pushed, as_json: bool, announced: bool = False) -> None:
             click.echo(colour.diff_line(printable(line)))
     for timer in pushed.result.kept_paused if pushed.result else ():
         click.echo(f"  {timer} stays paused (deployer resume)")
-    removed, kept = jobs_of(pushed.plan.remove), jobs_of(pushed.plan.kept)
+    removed, kept = removed_jobs(pushed.plan), jobs_of(pushed.plan.kept)
     if removed:
         click.echo(f"  removed {len(removed)} job{'s' if len(removed) > 1 else ''}: {_names(removed, PUSH_LISTS)}")
     if kept:
@@ -653,7 +662,8 @@ def history(job, inventory_path, host_name, since, as_json):
     is read, so the runs of a job that moved are all there, each with the host it ran on (a
     HOST column); a host other than the job's own that does not answer is a warning. Missed
     slots are counted from when the job's timer was last installed or changed by a push on
-    its host.
+    its host. A chained job (after = JOB) shows why each run ran (its parent's slot and verdict)
+    and the parent's failed runs as the slots it did not run.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -693,8 +703,15 @@ def history(job, inventory_path, host_name, since, as_json):
     # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
     slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
         else (None, None)
+    not_run = []
+    if the_job is not None and the_job.after:  # why a chained run did not run: its parent's failed runs
+        from .report import not_run_entries
+
+        parent = remote.history(_connect(inv, primary), the_job.after, start)
+        not_run = not_run_entries(the_job.after, parent.runs, job_zone(the_job))
     document = history_document(primary, job, job_zone(the_job), start, until, [run for run, _ in ran], slots,
-                                slots_until, run_hosts=[name for _, name in ran], unread=unread)
+                                slots_until, run_hosts=[name for _, name in ran], unread=unread, not_run=not_run,
+                                after=the_job.after if the_job is not None else None)
     click.echo(json.dumps(document, indent=2) if as_json else history_text(document, colour.result), nl=as_json)
 
 
@@ -753,9 +770,27 @@ def audit(inventory_path, host_name, since, as_json):
     if len(unread) == len(names) or (host_name and unread):
         sys.exit(1)
 
+def _no_timer(inv, job, command: str) -> None:
+    """A chained job has no timer to stop or start: its parent's runs start it."""
+    from .models import is_chained
+
+    if is_chained(job):
+        parents = sorted({parent for _, parent in inv.parents(job.name)})
+        raise DeployerError(f"job {job.name} has no timer to {command}: it runs {chain_text(inv.parents(job.name))}; "
+                            f"{command} {' / '.join(parents)} instead, or remove its after / on_failure_run")
+
+
+def chain_text(parents) -> str:
+    """`after extract succeeded | after load failed`: when a chained job runs ((how, parent), ...)."""
+    return " | ".join(f"after {parent} {'succeeded' if how == 'after' else 'failed'}" for how, parent in parents)
+
 
 def _backfill_slot(job, text: str) -> int:
+    from .models import is_chained
     from .schedule import check_slot, parse_slot_time, to_calendar
+
+    if is_chained(job):
+        raise DeployerError(f"job {job.name}: a chained job runs for its parent's slot: backfill the parent")
 
     calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
     if calendar.on_boot:
@@ -912,7 +947,8 @@ def pause(job, inventory_path, host_name):
     """
     from . import remote
 
-    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    _no_timer(inv, the_job, "pause")
     remote.pause(agent, job)
     click.echo(f"job {job} paused on {host_name}")
 
@@ -925,7 +961,8 @@ def resume(job, inventory_path, host_name):
     """Start JOB's timer again; its next run is its next scheduled time (none are made up)."""
     from . import remote
 
-    _, host_name, _, agent = _open_job(inventory_path, job, host_name)
+    inv, host_name, the_job, agent = _open_job(inventory_path, job, host_name)
+    _no_timer(inv, the_job, "resume")
     remote.resume(agent, job)
     click.echo(f"job {job} resumed on {host_name}")
 

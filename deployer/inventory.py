@@ -477,12 +477,60 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
         ref = defaults.get(key)
         if ref and ref not in declared[key]:
             report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, declared[key]))
-    jobs = [j for j in (_job(s, t, v, defaults, declared["host"], declared["alert"], report)
+    # Jobs another one starts when it fails: they have no schedule of their own (see _job).
+    failure_targets = {v["on_failure_run"] for _, _, v in job_sections if v.get("on_failure_run")}
+    jobs = [j for j in (_job(s, t, v, defaults, declared["host"], declared["alert"], report, t in failure_targets)
                         for s, t, v in job_sections) if j]
     _check_native_calendars(jobs, report)
+    _check_chains(jobs, [t for _, t, _ in job_sections], report)
     if report.problems:
         raise InventoryError(report.problems)
     return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs), variables)
+
+
+def _check_chains(jobs: list[Job], declared: list[str], report: _Collector) -> None:
+    """`after` and `on_failure_run` name a declared job on the same host, and no chain comes back
+    to where it started (systemd would start the units of a loop forever)."""
+    by_name = {job.name: job for job in jobs}
+    edges: dict[str, list[tuple[str, str]]] = {}  # parent -> [(child, the key that links them)]
+    for job in jobs:
+        for key, parent, child in (("after", job.after, job.name), ("on_failure_run", job.name, job.on_failure_run)):
+            named = job.after if key == "after" else job.on_failure_run
+            if not named:
+                continue
+            if named not in declared:
+                report.add(f"job:{job.name}", key, f"no [job:{named}]" + _suggest(named, declared))
+            elif named == job.name:
+                report.add(f"job:{job.name}", key, "names the job itself (a cycle)")
+            elif named in by_name and by_name[named].host != job.host:
+                report.add(f"job:{job.name}", key, f"[job:{named}] runs on host {by_name[named].host}, this job on "
+                           f"{job.host}: a chain runs on one host (systemd starts the next unit there)")
+            elif named in by_name:
+                edges.setdefault(parent, []).append((child, key))
+    reach = {start: _reachable(start, edges) for start in edges}
+    reported: set[str] = set()
+    for start in sorted(edges):
+        if start in reported or start not in reach[start]:
+            continue
+        loop = {name for name in reach[start] if start in reach.get(name, ())}  # the jobs of this cycle
+        reported |= loop
+        # Named once, at the first key (in file order) that links two jobs of the cycle.
+        name, key = next((job.name, key) for job in jobs for key, parent, child in
+                         (("after", job.after, job.name), ("on_failure_run", job.name, job.on_failure_run))
+                         if parent in loop and child in loop)
+        report.add(f"job:{name}", key, f"is part of a cycle ({' -> '.join(sorted(loop))}): after/on_failure_run "
+                   "must not loop")
+
+
+def _reachable(start: str, edges: dict) -> set[str]:
+    """The jobs a chain from `start` reaches (`start` itself only through a cycle)."""
+    seen, todo = set(), [start]
+    while todo:
+        for child, _ in edges.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
 
 
 def _check_native_calendars(jobs: list[Job], report: _Collector) -> None:
@@ -548,12 +596,24 @@ def _params_match(section, merged, report) -> bool:
     return ok
 
 
-def _job(section, title, values, defaults, hosts: list[str], alert_names: list[str], report) -> Optional[Job]:
+def _job(section, title, values, defaults, hosts: list[str], alert_names: list[str], report,
+         started_on_failure: bool = False) -> Optional[Job]:
     merged = {**defaults, **values}
     ok = True
     already_wrong = report.has(section, "schedule") or report.has(section, "on_calendar")
-    if ("schedule" in merged) == ("on_calendar" in merged) and not already_wrong:
-        report.add(section, "schedule", "give exactly one of schedule (cron) or on_calendar (systemd)")
+    # A chained job runs for its parent's slot (after =, or another's on_failure_run): a
+    # calendar of its own would give it two meanings of "slot", and systemd 252 would key its
+    # chained runs by the timer's last elapse ($TRIGGER_UNIT stays in a later start's environment).
+    chained = bool(merged.get("after")) or started_on_failure
+    calendar = [k for k in ("schedule", "on_calendar") if k in merged]
+    if chained and calendar and not already_wrong:
+        why = "after" if merged.get("after") else "another job's on_failure_run"
+        report.add(section, calendar[0], f"a job started by {why} has no schedule of its own "
+                   "(it runs for its parent's slot): remove it")
+        ok = False
+    elif not chained and len(calendar) != 1 and not already_wrong:
+        report.add(section, "schedule", "give exactly one of schedule (cron), on_calendar (systemd) or after "
+                   "(another job)")
         ok = False
     host = merged.get("host")
     if host is None:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from .errors import DeployerError
 from . import render
 from .hostside.slot import SCHEDULED_JOB_ENV
-from .models import Inventory, Job
+from .models import Inventory, Job, is_chained
 from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
 DEFAULT_IMAGE = "deployer-trigger:latest"
@@ -34,6 +34,9 @@ class Skipped:
 
 def k8s_schedule(job: Job) -> tuple[str, str]:
     """(schedule, timeZone) as Kubernetes' cron reads them, or DeployerError saying why not."""
+    if is_chained(job):
+        raise DeployerError(f"job {job.name}: Kubernetes CronJobs have no chaining: it runs only after another "
+                            "job (after / on_failure_run) and has no schedule of its own")
     if job.schedule is None:
         raise DeployerError(f"job {job.name}: on_calendar has no cron equivalent; give it a schedule")
     # Kubernetes refuses CRON_TZ= in the schedule: it goes to .spec.timeZone
@@ -223,6 +226,13 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: params: each scheduled run fills the declared defaults; Kubernetes has no "
                "manual run with values (`kubectl create job --from=cronjob/...` takes none): there `deployer run "
                "--set` has no equivalent" for job in inv.jobs if job.params]
+
+    exported = {m["metadata"]["name"] for m in manifests}
+    for name, chain in render.chains(inv.jobs).items():
+        started = chain.on_success + chain.on_failure
+        if started and name in exported:
+            header.append(f"# note {name}: Kubernetes CronJobs have no chaining: this CronJob does not start "
+                          f"{', '.join(started)} (after / on_failure_run)")
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

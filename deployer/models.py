@@ -48,6 +48,12 @@ Job.__module__ = __name__
 Job.__doc__ = "One [job:NAME] with every option of options.JOB_OPTIONS resolved ([defaults] applied)."
 
 
+def is_chained(job) -> bool:
+    """A job another one starts (`after =`, or named by an `on_failure_run =`): it has no calendar
+    and no timer of its own (the inventory allows no calendar only then)."""
+    return job.schedule is None and not job.on_calendar
+
+
 @dataclass(frozen=True)
 class Inventory:
     path: str
@@ -72,6 +78,27 @@ class Inventory:
 
     def jobs_for(self, host: str) -> tuple[Job, ...]:
         return tuple(j for j in self.jobs if j.host == host)
+
+    def children(self, parent: str) -> tuple[tuple[str, Job], ...]:
+        """(how, job) for each job `parent` starts: "after" (its success) or "on_failure" (its failure)."""
+        by_name = {j.name: j for j in self.jobs}
+        found = [("after", j) for j in self.jobs if j.after == parent]
+        failure = next((j.on_failure_run for j in self.jobs if j.name == parent), None)
+        return tuple(found) + ((("on_failure", by_name[failure]),) if failure in by_name else ())
+
+    def parents(self, child: str) -> tuple[tuple[str, str], ...]:
+        """(how, parent name) for each job that starts `child`."""
+        return self.all_parents().get(child, ())
+
+    def all_parents(self) -> dict:
+        """child -> ((how, parent name), ...) for every chained job, in one pass."""
+        found: dict = {}
+        for j in self.jobs:
+            if j.after:
+                found[j.name] = found.get(j.name, ()) + (("after", j.after),)
+            if j.on_failure_run:
+                found[j.on_failure_run] = found.get(j.on_failure_run, ()) + (("on_failure", j.name),)
+        return found
 
     def channels_of(self, host: str) -> tuple[str, ...]:
         """The alert channels a push installs on `host`: those its jobs alert through."""

@@ -21,8 +21,14 @@ def make_plan(desired: Iterable[ManagedFile], state: RemoteState) -> Plan:
 
 def without_removals(plan: Plan) -> Plan:
     """`push --no-prune`: add and change only. Everything no longer wanted stays, not only the jobs'
-    units: a kept job's OnFailure= still names its alert channel, whose units must stay too."""
-    return Plan(add=plan.add, change=plan.change, unchanged=plan.unchanged, kept=plan.kept + plan.remove)
+    units: a kept job's OnFailure= still names its alert channel, whose units must stay too. But the
+    timer of a job that stays and became chained (after =) goes: kept, it would run the job on its
+    old calendar too."""
+    doomed = set(removed_jobs(plan))
+    retimed = tuple(p for p in plan.remove if p.endswith(".timer") and paths.job_of_unit(p)
+                    and paths.job_of_unit(p) not in doomed)
+    return Plan(add=plan.add, change=plan.change, unchanged=plan.unchanged, remove=retimed,
+                kept=plan.kept + tuple(p for p in plan.remove if p not in retimed))
 
 
 def jobs_of(files: Iterable[str]) -> tuple[str, ...]:
@@ -31,7 +37,9 @@ def jobs_of(files: Iterable[str]) -> tuple[str, ...]:
 
 
 def removed_jobs(plan: Plan) -> tuple[str, ...]:
-    return jobs_of(plan.remove)
+    """Jobs none of whose units stay: a job that became chained loses its timer, not itself."""
+    staying = set(jobs_of([f.path for f in plan.add + plan.change] + list(plan.unchanged)))
+    return tuple(j for j in jobs_of(plan.remove) if j not in staying)
 
 
 def _name(path: str) -> str:
@@ -158,3 +166,18 @@ def resend_notes(jobs) -> list[str]:
             f"not sent again (the service may have started it); set idempotent = true once the service "
             f"dedupes on Idempotency-Key (docs/receiving.md)"
             for j in jobs if j.retries and not j.idempotent and j.method not in IDEMPOTENT_METHODS]
+
+
+def chains(jobs) -> list[dict]:
+    """The chains among `jobs` (one host's), parent first: {"job", "after", "on"} where `on` is
+    "success" (`after =`) or "failure" (the parent's on_failure_run). The inventory refused a
+    cycle and a chain across hosts already."""
+    found = [{"job": j.name, "after": j.after, "on": "success"} for j in jobs if j.after]
+    found += [{"job": j.on_failure_run, "after": j.name, "on": "failure"} for j in jobs if j.on_failure_run]
+    return sorted(found, key=lambda c: (c["after"], c["on"] != "success", c["job"]))
+
+
+def chain_lines(jobs) -> list[str]:
+    """`chain: load: after extract succeeded`, a line per chained run the host's units start."""
+    return [f"chain: {c['job']}: after {c['after']} {'succeeded' if c['on'] == 'success' else 'failed'} "
+            f"(same slot; deployer-{c['after']}.service On{c['on'].capitalize()}=)" for c in chains(jobs)]

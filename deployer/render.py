@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
 from . import systemd
@@ -10,7 +11,7 @@ from .hostside import paths
 from .hostside.cli import EXIT_FENCED
 from .hostside.channels import AlertPolicy
 from .hostside.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
-from .models import Alert, Host, Inventory, Job, ManagedFile
+from .models import Alert, Host, Inventory, Job, ManagedFile, is_chained
 from .schedule import to_calendar
 
 
@@ -80,8 +81,13 @@ def option_values(job: Job) -> dict:
 PYTHON_FLAGS = ["-I", "-S"]
 
 
-def trigger_argv(job: Job, python: str) -> list[str]:
+def trigger_argv(job: Job, python: str, parents: tuple = ()) -> list[str]:
+    """`parents`: the jobs that start this chained one (it has no calendar: it runs their slot)."""
     argv = [python, *PYTHON_FLAGS, paths.TRIGGER_PATH] + trigger_args(job)
+    if is_chained(job):
+        for parent in parents:
+            argv += ["--chained-from", parent]
+        return argv
     calendar = calendar_of(job)
     if calendar.resolution == 1:
         argv += ["--resolution", "1"]  # native and Quartz calendars may fire every second
@@ -96,6 +102,24 @@ def fence_argv(job: Job, python: str) -> list[str]:
 
     stop = " ".join(shlex.quote(a) for a in [python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--fenced", "--job", job.name])
     return ["/bin/sh", "-c", f'test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
+
+
+# How many of a parent's latest slots its published file keeps: a child that starts later than
+# this many parent runs after its own (a loaded host, a parent every second) is keyed by the
+# parent's run instead (hostside/chain.py).
+CHAIN_KEEP = 100
+
+
+def publish_argv(job: str) -> list[str]:
+    """The parent's ExecStopPost= (as root): its run's slot, appended to the world-readable
+    paths.chain_slot as one JSON line, the last CHAIN_KEEP kept. A list, not the last slot alone:
+    a child started late (a loaded host) may come after the parent's next run has ended."""
+    import shlex
+
+    left, published = shlex.quote(f"{paths.chain_dir(job)}/{paths.CHAIN_SLOT}"), shlex.quote(paths.chain_slot(job))
+    return ["/bin/sh", "-c", f"test -r {left} || exit 0; umask 022; "
+            f"{{ tail -n {CHAIN_KEEP - 1} {published} 2>/dev/null; cat {left}; echo; }} > {published}.tmp "
+            f"&& mv -f {published}.tmp {published}"]
 
 
 def calendar_of(job: Job):
@@ -182,7 +206,7 @@ def periods(jobs) -> dict:
     found, native = {}, {}
     for job in jobs:
         calendar = calendar_of(job)
-        if calendar.on_boot or not calendar.lines:
+        if is_chained(job) or calendar.on_boot or not calendar.lines:
             found[job.name] = 0
         elif calendar.kind == "cron":
             found[job.name] = cron_period(job.schedule)
@@ -209,11 +233,37 @@ def alert_policy_value(job: Job) -> str:
     return policy.unit_value() if job.alert and policy != AlertPolicy() else ""
 
 
+@dataclass(frozen=True)
+class Chain:
+    """Who a job starts and who starts it (Inventory.children / parents), for its units."""
+
+    on_success: tuple = ()  # jobs started when it succeeded (their `after`)
+    on_failure: tuple = ()  # the job started when it failed (its on_failure_run)
+    parents: tuple = ()  # the jobs that start it
+
+
+def chains(jobs) -> dict:
+    """job name -> its Chain, for every job that starts or is started by another (one pass: a
+    host of 10,000 jobs renders in linear time)."""
+    found: dict = {}
+    for job in jobs:
+        for parent, child, how in ((job.after, job.name, "after"), (job.name, job.on_failure_run, "on_failure")):
+            if not parent or not child:
+                continue
+            up, down = found.get(parent, Chain()), found.get(child, Chain())
+            found[parent] = Chain(up.on_success + (child,) * (how == "after"),
+                                  up.on_failure + (child,) * (how == "on_failure"), up.parents)
+            found[child] = Chain(down.on_success, down.on_failure, tuple(sorted(set(down.parents) | {parent})))
+    return found
+
+
 def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict",
-              period: Optional[int] = None, metrics: bool = False, epoch: int = 0) -> tuple[ManagedFile, ...]:
+              period: Optional[int] = None, metrics: bool = False, epoch: int = 0,
+              chain: Chain = Chain()) -> tuple[ManagedFile, ...]:
     """The .service and .timer of one job, rendered byte for byte, and its credential files.
     `metrics`: the host collects metrics (the run starts the debounce timer, the timer carries
-    the job's period, computed here unless given)."""
+    the job's period, computed here unless given). A chained job has no timer: its parents'
+    OnSuccess=/OnFailure= start it (`chain`)."""
     env = _environment()
     service = paths.job_unit(job.name, "service")
     timer = paths.job_unit(job.name, "timer")
@@ -222,21 +272,29 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
                   sandbox=sandbox, held=paths.HELD, not_held=paths.NOT_HELD)
     service_text = env.get_template("job.service.j2").render(
-        **common, argv=trigger_argv(job, python), fence_argv=fence_argv(job, python),
+        **common, argv=trigger_argv(job, python, chain.parents), fence_argv=fence_argv(job, python),
+        chain_dir=paths.chain_dir(job.name).removeprefix("/run/") if chain.on_success or chain.on_failure else "",
+        publish_argv=publish_argv(job.name),
+        chained_units=[paths.job_unit(name, "service") for name in chain.on_success + chain.on_failure],
         fenced=f"{paths.FENCED_DIR}/{timer}",
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
         shown_url=redact_url(job.url),
         request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
         alert_policy_key=paths.ALERT_POLICY_KEY, alert_policy=alert_policy_value(job),
-        on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon,
-        on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon)
+        on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon
+        + [paths.job_unit(name, "service") for name in chain.on_failure],
+        on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon
+        + [paths.job_unit(name, "service") for name in chain.on_success])
+    service_file = ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode())
+    if is_chained(job):
+        return (service_file,) + tuple(secrets.values())
     calendar = calendar_of(job)
     if metrics and period is None:
         period = periods([job])[job.name]
     timer_text = env.get_template("job.timer.j2").render(
         **common, calendar=calendar, metrics_key=paths.METRICS_KEY,
         metrics=metrics_settings(job, period) if metrics else "")
-    return (ManagedFile(f"{paths.UNIT_DIR}/{service}", service_text.encode()),
+    return (service_file,
             ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot)) + tuple(secrets.values())
 
 
@@ -246,9 +304,10 @@ def render_units(jobs: Iterable[Job], python: str = "/usr/bin/python3",
     """`epochs`: job -> its epoch on the host (deploy.grant_epochs); 0 where none is given."""
     jobs = tuple(jobs)
     gaps = periods(jobs) if metrics else {}
+    linked = chains(jobs)
     epochs = epochs or {}
     return tuple(f for job in jobs for f in job_units(job, python, sandbox, gaps.get(job.name, 0), metrics,
-                                                      epochs.get(job.name, 0)))
+                                                      epochs.get(job.name, 0), linked.get(job.name, Chain())))
 
 
 # The debounce of the collector after runs end (paths.METRICS_SOON_TIMER).

@@ -164,6 +164,8 @@ def inventory_calendar(job) -> tuple[str, ...]:
 def _expression(job) -> Optional[str]:
     if job is None:
         return None
+    if job.schedule is None and not job.on_calendar:  # chained: no calendar of its own
+        return f"after {job.after}" if job.after else "on_failure_run"
     return job.schedule if job.schedule is not None else " | ".join(job.on_calendar)
 
 
@@ -497,7 +499,8 @@ def run_entry(run: RunInfo, zone: str) -> dict:
     return {"run": run.run, "slot": iso(run.slot, zone) if run.slot else None, "started": iso(run.started, zone, precise=True),
             "duration": run.duration if run.duration >= 0 else None, "attempts": run.attempts or None,
             "result": run.result, "reason": run.reason, "http_status": run.http_status, "source": run.source,
-            "key": run.key or None, "params": run_params(run) or None, "run_by": run.by or None}
+            "key": run.key or None, "params": run_params(run) or None, "run_by": run.by or None,
+            "after": run.after or None}
 
 
 def run_params(run: RunInfo) -> dict:
@@ -507,6 +510,25 @@ def run_params(run: RunInfo) -> dict:
     except ValueError:
         return {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def not_run_entries(parent: str, parent_runs: Sequence[RunInfo], zone: str) -> list:
+    """A chained job's slots that did not run because its `after` parent did not succeed (the
+    parent's failed runs): `history` of the child says so, from the parent's records."""
+    entries = []
+    for run in parent_runs:
+        if run.result == "ok":
+            continue
+        named = run.key.split("/", 1)[1] if "/" in run.key else (iso_z(run.slot) if run.slot else run.run)
+        entries.append({"slot": iso(run.slot, zone) if run.slot else None, "parent": parent, "parent_run": run.run,
+                        "parent_result": run.result, "reason": f"{parent} {named} {run.result}"})
+    return entries
+
+
+def iso_z(seconds: float) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(int(seconds)))
 
 
 def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) -> list[float]:
@@ -529,17 +551,20 @@ def missed_slots(slots: Sequence[float], runs: Sequence[RunInfo], until: float) 
 
 def history_document(host: str, job: str, zone: str, since: float, until: float, runs: Sequence[RunInfo],
                      slots: Optional[Sequence[float]], slots_until: Optional[float],
-                     run_hosts: Sequence[str] = (), unread: Sequence[str] = ()) -> dict:
+                     run_hosts: Sequence[str] = (), unread: Sequence[str] = (), not_run: Sequence[dict] = (),
+                     after: Optional[str] = None) -> dict:
     """`history --json`. `slots`: the schedule's slots in [since, slots_until] (None: unknown,
     e.g. @reboot or a job not in the inventory); a missed slot is one no run covers.
     `run_hosts`: where each run ran, when the runs were read from several hosts (else `host`);
-    `unread`: hosts that were asked and did not answer (their runs, if any, are missing)."""
+    `unread`: hosts that were asked and did not answer (their runs, if any, are missing).
+    A chained job: `after`, its parent, and `not_run` (not_run_entries), the slots it did not run."""
     where = list(run_hosts) or [host] * len(runs)
     durations = sorted(r.duration for r in runs if r.duration >= 0)
     missed = missed_slots(slots, runs, slots_until) if slots is not None else None
     return envelope("history", host=host, job=job, timezone=zone, since=iso(since, zone), until=iso(until, zone),
                     hosts=[host] + sorted(set(where) - {host}), unread_hosts=list(unread),
-                    runs=[dict(run_entry(r, zone), host=h) for r, h in zip(runs, where)], summary={
+                    runs=[dict(run_entry(r, zone), host=h) for r, h in zip(runs, where)],
+                    after=after, not_run=list(not_run), summary={
                         "runs": len(runs), "failures": sum(r.result != "ok" for r in runs),
                         "p50_duration": round(statistics.median(durations), 3) if durations else None,
                         "max_duration": durations[-1] if durations else None,
@@ -571,6 +596,8 @@ def history_text(document: dict, paint: Optional[Paint] = None) -> str:
     if several:
         rows = [["HOST"] + rows[0]] + [[run["host"]] + row for run, row in zip(document["runs"], rows[1:])]
     lines = _table(rows, 5 if several else 4, paint) if document["runs"] else []
+    lines += [f"{run['run']}  after {run['after']}" for run in document["runs"] if run.get("after")]
+    lines += [f"not run: {entry['reason']}" for entry in document.get("not_run", ())]
     s = document["summary"]
     hosts = " and ".join(document["hosts"]) if several else document["host"]
     text = (f"{document['job']} on {hosts} since {clock_of(document['since'], zone)}: {s['runs']} runs, "
@@ -601,10 +628,11 @@ def run_document(host: str, job: str, zone: str, answer) -> dict:
                     if answer.attached else None)
 
 
-def plan_document(host: str, plan) -> dict:
+def plan_document(host: str, plan, chains: Sequence[dict] = ()) -> dict:
+    """`chains`: plan.chains of the host's jobs (who starts whom, for the same slot)."""
     from .plan import as_dict
 
-    return envelope("plan", host=host, **as_dict(plan))
+    return envelope("plan", host=host, **as_dict(plan), chains=list(chains))
 
 
 def push_document(pushed) -> dict:

@@ -674,3 +674,19 @@ def test_issue24_10_init_refuses_a_name_or_address_the_inventory_would_refuse(tm
     path = tmp_path / "inventory.ini"
     refused = CliRunner().invoke(cli.main, ["init", "-i", str(path), *args])
     assert refused.exit_code == 1 and refused.stderr.startswith("deployer: error: --") and not path.exists()
+
+
+def test_validate_shows_when_a_chained_job_runs_and_a_bad_chain_is_one_line_exit_1(tmp_path):
+    """Issue 23 item 8: `after` / `on_failure_run` in validate; an unknown job is file, section, key."""
+    path = tmp_path / "inventory.ini"
+    path.write_text("[host:cron01]\naddress = 10.0.0.1\n[job:extract]\nschedule = 0 2 * * *\nurl = http://x/\n"
+                    "on_failure_run = cleanup\n[job:load]\nafter = extract\nurl = http://y/\n"
+                    "[job:cleanup]\nurl = http://z/\n")
+    shown = CliRunner().invoke(cli.main, ["validate", "-i", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "load  (host cron01)  after extract succeeded\n" in shown.output
+    assert "cleanup  (host cron01)  after extract failed\n" in shown.output
+    path.write_text(path.read_text().replace("after = extract", "after = extrct"))
+    refused = CliRunner().invoke(cli.main, ["validate", "-i", str(path)])
+    assert refused.exit_code == 1
+    assert refused.output == f"deployer: error: {path}:8: [job:load] after: no [job:extrct] (did you mean 'extract'?)\n"

@@ -73,6 +73,9 @@ VALUES = {
         "alert_after": ("3", None),
         "alert_repeat": ("1h", None),
         "host": ("cron01", None),
+        "after": ("b", None),  # chaining: [job:b] is added (inventory_with)
+        "on_failure_run": ("b", None),
+        "params": ("n=1", None),  # the url uses ${{n}} (inventory_with)
     },
 }
 KEYS = [(kind, key) for kind, keys in VALUES.items() for key in keys]
@@ -103,10 +106,14 @@ def inventory_with(kind: str, key: str, written: str) -> str:
     for each, section in SECTIONS.items():
         values = dict(BASE[each])
         if each == kind:
-            if key in ("schedule", "on_calendar"):
+            if key in ("schedule", "on_calendar", "after"):  # a job with after has no schedule
                 values.pop("schedule")
             values[key] = written
+            if key == "params":  # a declared parameter must be used
+                values["url"] += "?n=${{n}}"
         out.append(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    if kind == "job" and key in ("after", "on_failure_run"):  # the job named (on_failure_run's: no schedule)
+        out.append("[job:b]\nurl = http://y/\n" + ("schedule = 0 * * * *\n" if key == "after" else ""))
     return "\n".join(out)
 
 

@@ -70,8 +70,27 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\n",
                  "inv.ini:3: [job:a] url: is required", id="missing-url"),
     pytest.param("[job:a]\nurl = http://x/\n",
-                 "inv.ini:3: [job:a] schedule: give exactly one of schedule (cron) or on_calendar (systemd)",
+                 "inv.ini:3: [job:a] schedule: give exactly one of schedule (cron), on_calendar (systemd) or after (another job)",
                  id="no-schedule"),
+    pytest.param("[job:a]\nafter = nope\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] after: no [job:nope]", id="chain-after-unknown-job"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\non_failure_run = clean\n"
+                 "[job:cleanup]\nschedule = 0 * * * *\nurl = http://y/\n",
+                 "inv.ini:6: [job:a] on_failure_run: no [job:clean] (did you mean 'cleanup'?)",
+                 id="chain-on-failure-run-unknown-job"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n[job:b]\nafter = a\nschedule = 5 * * * *\n"
+                 "url = http://y/\n",
+                 "inv.ini:8: [job:b] schedule: a job started by after has no schedule of its own (it runs for its "
+                 "parent's slot): remove it", id="chain-after-with-its-own-schedule"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\non_failure_run = b\n[job:b]\n"
+                 "on_calendar = hourly\nurl = http://y/\n",
+                 "inv.ini:8: [job:b] on_calendar: a job started by another job's on_failure_run has no schedule of "
+                 "its own (it runs for its parent's slot): remove it", id="chain-on-failure-target-with-a-calendar"),
+    pytest.param("[job:a]\nafter = b\nurl = http://x/\n[job:b]\nafter = a\nurl = http://y/\n",
+                 "inv.ini:4: [job:a] after: is part of a cycle (a -> b): after/on_failure_run must not loop",
+                 id="chain-cycle"),
+    pytest.param("[job:a]\nafter = a\nurl = http://x/\n",
+                 "inv.ini:4: [job:a] after: names the job itself (a cycle)", id="chain-self"),
     pytest.param("[job:a]\nschedule = 0 25 * * *\nurl = http://x/\n",
                  "inv.ini:4: [job:a] schedule: cron '0 25 * * *': hour field: 25 is outside 0-23", id="bad-cron"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ntimeout = soon\n",
@@ -389,3 +408,28 @@ def test_params_are_declared_with_their_defaults_in_order():
 def test_a_params_mistake_is_one_line_naming_the_key(change, expected):
     found = problems(PARAMS_JOB.replace(*change))
     assert found[0] == expected, found
+
+def test_a_chain_runs_on_one_host():
+    """Issue 23 item 8: systemd starts the next unit on the host that ran the first."""
+    text = (HOST + "[host:cron02]\naddress = 10.0.0.6\n[job:extract]\nschedule = 0 2 * * *\nurl = http://x/\n"
+            "host = cron01\n[job:load]\nafter = extract\nurl = http://y/\nhost = cron02\n")
+    assert problems(text) == ["inv.ini:10: [job:load] after: [job:extract] runs on host cron01, this job on cron02: a "
+                              "chain runs on one host (systemd starts the next unit there)"]
+
+
+def test_a_longer_cycle_through_on_failure_run_is_refused_once():
+    text = HOST + ("[job:a]\nschedule = 0 * * * *\nurl = http://x/\non_failure_run = b\n"
+                   "[job:b]\nurl = http://y/\non_failure_run = c\n[job:c]\nafter = b\nurl = http://z/\n"
+                   "on_failure_run = b\n")
+    found = problems(text)
+    assert found == ["inv.ini:9: [job:b] on_failure_run: is part of a cycle (b -> c): after/on_failure_run must "
+                     "not loop"], found
+
+
+def test_chained_jobs_parse_with_their_parents():
+    inv = parse(HOST + "[job:extract]\nschedule = 0 2 * * *\nurl = http://x/\non_failure_run = cleanup\n"
+                "[job:load]\nafter = extract\nurl = http://y/\n[job:cleanup]\nurl = http://z/\n", ENV)
+    jobs = {j.name: j for j in inv.jobs}
+    assert jobs["load"].after == "extract" and jobs["extract"].on_failure_run == "cleanup"
+    assert [(how, j.name) for how, j in inv.children("extract")] == [("after", "load"), ("on_failure", "cleanup")]
+    assert inv.parents("cleanup") == (("on_failure", "extract"),)

@@ -203,3 +203,16 @@ def test_params_run_with_their_defaults_and_the_header_says_run_set_has_no_equiv
                      "no manual run with values (`kubectl create job --from=cronjob/...` takes none): there "
                      "`deployer run --set` has no equivalent"]
     assert "--params" in text and "n=5" in text
+
+def test_kubernetes_has_no_chaining_a_chained_job_is_refused_and_its_parent_noted(tmp_path):
+    """Issue 23 item 8: a CronJob cannot start another; a chained job has no schedule to export."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\non_failure_run = tidy\n")
+                    + "\n[job:tidy]\nurl = http://svc/tidy\n")
+    inv = inventory.load(str(path), env=SECRETS)
+    with pytest.raises(DeployerError, match="job tidy: Kubernetes CronJobs have no chaining"):
+        export(inv)
+    text, documents = exported(inv)
+    assert "tidy" not in {d["metadata"]["name"] for d in documents}
+    assert ("# note quartz-daily: Kubernetes CronJobs have no chaining: this CronJob does not start tidy "
+            "(after / on_failure_run)") in text.splitlines()

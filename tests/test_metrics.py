@@ -289,3 +289,20 @@ def test_a_host_that_holds_its_jobs_says_so(host):
     with open(layout.held, "w") as handle:
         json.dump({"since": "2026-11-25T14:00:00+00:00", "down_for_seconds": 900.0, "lease_seconds": 300.0}, handle)
     assert parse(collect(host))['deployer_held{deployer_host="cron01"}'] == 1
+
+
+
+def test_a_chained_job_has_its_series_without_a_timer(host):
+    """Issue 23 item 8: a job its parent starts (after =) has a service and no timer: its runs
+    count, it has no next run and no period, and it is never 'stopped'."""
+    layout, systemd = host
+    for name in (paths.job_unit("load", "service"), paths.RECOVER_UNIT, paths.job_unit("settle", "service")):
+        with open(os.path.join(layout.unit_dir, name), "w") as handle:
+            handle.write(paths.MARKER + "\n[Service]\n")
+    assert metrics.installed_jobs(layout)["load"] == "" and "recover" not in metrics.installed_jobs(layout)
+    systemd.records = [record("load", 1795615000.0)]
+    values = parse(collect(host))
+    assert values[series("deployer_job_runs_total", "load")] == 1
+    assert values[series("deployer_job_stopped", "load")] == 0
+    assert values[series("deployer_job_next_run_timestamp_seconds", "load")] == 0
+    assert values[series("deployer_job_period_seconds", "settle")] == 3600, "a timer's settings still win"

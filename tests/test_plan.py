@@ -56,3 +56,31 @@ def test_no_prune_keeps_every_file_no_longer_wanted_and_still_adds_and_changes()
     assert f"= {GONE} (no longer in the inventory; kept: --no-prune)\n" in render_diff(kept, state)
     only_removals = without_removals(make_plan([], RemoteState(files={GONE: "0"})))
     assert only_removals.is_noop, "a push --no-prune with only removals pending has nothing to do"
+
+
+def test_a_job_that_became_chained_loses_its_timer_not_itself():
+    """Issue 23 item 8: `after =` replaces a job's schedule: its timer goes (even with --no-prune,
+    where it would go on running the job on its old calendar); the job is not 'removed'."""
+    service = ManagedFile("/etc/systemd/system/deployer-load.service", b"[Service]\n")
+    state = RemoteState(files={service.path: service.sha256, "/etc/systemd/system/deployer-load.timer": "0",
+                               GONE: "0"})
+    plan = make_plan([A, service], state)
+    assert removed_jobs(plan) == ("gone",)
+    kept = without_removals(plan)
+    assert kept.remove == ("/etc/systemd/system/deployer-load.timer",) and kept.kept == (GONE,)
+    assert removed_jobs(kept) == ()
+
+
+def test_the_chains_are_listed_parent_first():
+    from deployer.plan import chain_lines, chains
+
+    class Job:
+        def __init__(self, name, after=None, on_failure_run=None):
+            self.name, self.after, self.on_failure_run = name, after, on_failure_run
+
+    jobs = [Job("load", after="extract"), Job("extract", on_failure_run="cleanup"), Job("cleanup")]
+    assert chains(jobs) == [{"job": "load", "after": "extract", "on": "success"},
+                            {"job": "cleanup", "after": "extract", "on": "failure"}]
+    assert chain_lines(jobs) == [
+        "chain: load: after extract succeeded (same slot; deployer-extract.service OnSuccess=)",
+        "chain: cleanup: after extract failed (same slot; deployer-extract.service OnFailure=)"]

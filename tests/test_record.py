@@ -56,3 +56,12 @@ def test_send_writes_one_native_datagram_a_value_with_a_newline_length_prefixed(
 
 def test_send_without_a_journal_says_so_and_does_not_raise(tmp_path):
     assert record.send(FAILED, "x", path=str(tmp_path / "absent")) is False
+
+
+def test_a_chained_runs_record_says_why_it_ran_and_an_unchained_one_has_no_field():
+    chained = RunRecord(job="load", run="r", slot=60, started=61.0, duration=0.1, attempts=1, result="ok",
+                        reason="status 200", key="load/1970-01-01T00:01:00Z", after="extract 1970-01-01T00:01:00Z succeeded")
+    fields = chained.journal_fields()
+    assert fields["DEPLOYER_AFTER"] == "extract 1970-01-01T00:01:00Z succeeded"
+    assert RunRecord.from_journal(fields) == chained
+    assert "DEPLOYER_AFTER" not in FAILED.journal_fields() and "DEPLOYER_AFTER" in record.FIELDS

@@ -147,3 +147,68 @@ def test_every_timer_template_is_wanted_by_timers_target_only():
         install = template.read_text().partition("[Install]\n")[2]
         lines = [line for line in install.splitlines() if line.strip() and not line.startswith("#")]
         assert lines == ["WantedBy=timers.target"], template.name
+
+
+CHAIN = """[host:cron01]
+address = 10.0.0.5
+[alert:ops]
+type = webhook
+endpoint = https://hooks.example/x
+[job:extract]
+schedule = 0 2 * * *
+url = http://svc/extract
+alert = ops
+on_failure_run = cleanup
+[job:load]
+after = extract
+url = http://svc/load
+[job:cleanup]
+url = http://svc/cleanup
+"""
+
+
+def test_a_chain_is_the_parents_on_success_and_on_failure_and_the_child_has_no_timer(tmp_path):
+    """Issue 23 item 8: the parent's unit starts its children beside its alert and metrics units,
+    leaves its slot in its runtime directory and publishes it as root; a chained job has no timer
+    and names the parents whose slot it takes."""
+    path = tmp_path / "inventory.ini"
+    path.write_text(CHAIN)
+    files = {f.name: f.content.decode() for f in host_files(inventory.load(str(path), env={}), "cron01")
+             if not f.secret}
+    assert "deployer-extract.timer" in files
+    assert "deployer-load.timer" not in files and "deployer-cleanup.timer" not in files
+    parent = files["deployer-extract.service"].splitlines()
+    assert ("OnFailure=deployer-alert-ops@extract.service deployer-host@metrics-soon.timer deployer-cleanup.service"
+            in parent)
+    assert ("OnSuccess=deployer-recovery-ops@extract.service deployer-host@metrics-soon.timer deployer-load.service"
+            in parent)
+    assert "After=deployer-load.service deployer-cleanup.service" in parent  # its next run waits for theirs
+    assert "RuntimeDirectory=deployer-chain/deployer-extract" in parent and "RuntimeDirectoryPreserve=yes" in parent
+    assert any(line.startswith('ExecStopPost=-+"/bin/sh" "-c" "test -r /run/deployer-chain/deployer-extract/slot.json')
+               and "> /run/deployer-chain/deployer-extract.json.tmp && mv -f" in line for line in parent)
+    for child in ("load", "cleanup"):
+        text = files[f"deployer-{child}.service"]
+        assert text.rstrip().splitlines()[0] == "# Managed by deployer: edits are overwritten by the next push."
+        assert '"--chained-from" "extract"' in text and "--calendar" not in text
+        assert "RuntimeDirectory" not in text and "OnSuccess=deployer-host@metrics-soon.timer" in text
+
+
+def test_the_parents_published_slots_keep_the_latest_runs_as_json_lines(tmp_path):
+    """The publishing ExecStopPost= run by a real shell: each parent run appends its slot, the
+    oldest go beyond CHAIN_KEEP, nothing happens when the run left none."""
+    import subprocess
+
+    from deployer import render
+    from deployer.hostside import paths
+
+    script = render.publish_argv("extract")[2].replace(paths.CHAIN_DIR, str(tmp_path))
+    (tmp_path / "deployer-extract").mkdir()
+    subprocess.run(["/bin/sh", "-c", script], check=True)
+    assert not (tmp_path / "deployer-extract.json").exists()
+    for n in range(render.CHAIN_KEEP + 5):
+        (tmp_path / "deployer-extract" / "slot.json").write_text('{"invocation": "%d"}' % n)
+        subprocess.run(["/bin/sh", "-c", script], check=True)
+    published = tmp_path / "deployer-extract.json"
+    lines = published.read_text().splitlines()
+    assert len(lines) == render.CHAIN_KEEP and lines[0] == '{"invocation": "5"}' and lines[-1] == '{"invocation": "104"}'
+    assert published.stat().st_mode & 0o777 == 0o644

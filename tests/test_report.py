@@ -21,9 +21,11 @@ STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "du
                    "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
                    "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
 INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
-HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary", "hosts", "unread_hosts"}
+HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary", "hosts", "unread_hosts",
+                           "after", "not_run"}
 RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key",
-            "params", "run_by"}
+            "params", "run_by", "after"}
+NOT_RUN_KEYS = {"slot", "parent", "parent_run", "parent_result", "reason"}
 SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
@@ -73,7 +75,7 @@ def test_history_run_plan_push_and_move_keys_are_pinned():
     ran = report.run_document("cron01", "settle", "UTC", RunAnswer(ok=False, result="exit-code", exit_status=1,
                                                                    output="a\nb\n", run=RECORD))
     assert set(ran) == RUN_DOCUMENT_KEYS and set(ran["run"]) == RUN_KEYS and ran["output"] == ["a", "b"]
-    assert set(report.plan_document("cron01", Plan())) == PLAN_KEYS
+    assert set(report.plan_document("cron01", Plan())) == PLAN_KEYS | {"chains"}
 
     class Pushed:
         host, plan, result = "cron01", Plan(), None
@@ -311,3 +313,21 @@ def test_status_says_who_last_pushed_from_which_commit():
     text = status_text(status_document([host], {}, 1764064900.0), 1764064900.0)
     assert ("host cron01: last push: by alice@laptop (ssh deploy from 10.0.0.9), 2025-11-25 10:00:00 UTC, "
             "commit abababa (dirty)") in text
+
+
+def test_a_chained_jobs_history_says_why_it_ran_and_which_slots_did_not_run():
+    """Issue 23 item 8: a run started by its parent names the parent's slot and verdict; the
+    parent's failed runs are the slots the `after` job did not run."""
+    ran = RunInfo("c1", NOW - 50, "ok", slot=NOW - 60, key="load/2026-11-25T13:59:00Z",
+                  after="extract 2026-11-25T13:59:00Z succeeded")
+    failed = RunInfo("p2", NOW - 10, "failed", slot=NOW - 15, key="extract/2026-11-25T13:59:45Z")
+    fine = RunInfo("p1", NOW - 60, "ok", slot=NOW - 60, key="extract/2026-11-25T13:59:00Z")
+    not_run = report.not_run_entries("extract", [fine, failed], "UTC")
+    assert [set(entry) for entry in not_run] == [NOT_RUN_KEYS]
+    assert not_run[0]["reason"] == "extract 2026-11-25T13:59:45Z failed" and not_run[0]["parent_run"] == "p2"
+    document = report.history_document("cron01", "load", "UTC", NOW - 3600, NOW, [ran], None, None,
+                                       not_run=not_run, after="extract")
+    assert document["after"] == "extract" and document["runs"][0]["after"] == "extract 2026-11-25T13:59:00Z succeeded"
+    text = report.history_text(document)
+    assert "c1  after extract 2026-11-25T13:59:00Z succeeded" in text
+    assert "not run: extract 2026-11-25T13:59:45Z failed" in text

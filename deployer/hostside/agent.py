@@ -1055,8 +1055,9 @@ def check_unmanaged(host, current, writes, removes):
 
 
 def op_status(host, request):
-    timers = sorted(unit_name(p) for p in host.managed_files()
-                    if p.endswith(".timer") and paths.job_of_unit(p) is not None)
+    units = {unit_name(p) for p in host.managed_files() if paths.job_of_unit(p)} - {paths.RECOVER_UNIT}
+    # A chained job (after =) has a service and no timer: it is listed by the timer it lacks.
+    timers = sorted({u.rsplit(".", 1)[0] + ".timer" for u in units})
     try:
         owner = (host.read_owner() or {}).get("host")
     except AgentError:
@@ -1070,7 +1071,8 @@ def job_statuses(host, timers):
     """The JobStatus of each job timer: what `deployer status` shows and the metrics collector
     (metrics.py) exports, read once, the same way, so that the two agree."""
     services = [t[:-len(".timer")] + ".service" for t in timers]
-    timer_props = host.systemd.properties(timers, TIMER_STATUS)
+    timer_props = host.systemd.properties([t for t in timers if os.path.exists(os.path.join(host.layout.unit_dir, t))],
+                                          TIMER_STATUS)
     service_props = host.systemd.properties(services, SERVICE_STATUS)
     # Enabled = linked from timers.target.wants (what `enable` does for WantedBy=timers.target),
     # read here rather than asked of PID 1 (UnitFileState is the slow property; see dbus.py).

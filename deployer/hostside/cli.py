@@ -15,7 +15,7 @@ from . import options
 from .channels import CHANNEL_TYPES, Channel, Secret
 from . import paths, record
 from .run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
-from .slot import slot_of_run
+from .chain import slot_for, write_chain_slot
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calendar", action="append", default=[], metavar="LINE",
                         help="the timer's OnCalendar= line (repeatable): a timer-started run's slot is its latest "
                              "instant at or before the moment the timer elapsed")
+    parser.add_argument("--chained-from", action="append", default=[], metavar="JOB",
+                        help="a job whose OnSuccess=/OnFailure= starts this one (repeatable): such a run "
+                             "stands for that job's slot ($MONITOR_*)")
     parser.add_argument("--epoch", type=int, default=0, help="X-Deployer-Epoch (installed units read the "
                         "'epoch' credential instead)")
     parser.add_argument("--fenced", action="store_true", help="as root, from the unit's ExecStopPost=: stop the "
@@ -109,8 +112,10 @@ def main(argv: Optional[list] = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
-    the_slot = slot_of_run(spec.name, spec.calendar, run_id, log=log)
-    log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}")
+    the_slot = slot_for(spec.name, spec.calendar, run_id, tuple(args.chained_from), log=log)
+    write_chain_slot(spec.name, the_slot)
+    log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}"
+        + (f", after {the_slot.after}" if the_slot.after else ""))
     spec, params, refused = with_params(spec, the_slot)
     if params:
         log("params %s" % ", ".join("%s=%s" % pair for pair in params.items())
@@ -126,7 +131,7 @@ def main(argv: Optional[list] = None) -> int:
     except Interrupted:  # during the /start ping, before the first attempt
         result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
                            slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
-                           key=the_slot.key(spec.name), epoch=spec.epoch)
+                           key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
     if result.interrupted:

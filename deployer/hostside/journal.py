@@ -91,7 +91,7 @@ def runs_from_journal(entries):
             recorded[r.run or str(len(recorded))] = (r.job, RunInfo(
                 run=r.run, started=r.started, result=r.result, reason=r.reason, slot=r.slot,
                 duration=r.duration, attempts=r.attempts, http_status=r.http_status, key=r.key, epoch=r.epoch,
-                params=r.params, by=r.by))
+                params=r.params, by=r.by, after=r.after))
         elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
             run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
             kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",

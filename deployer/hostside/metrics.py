@@ -242,16 +242,22 @@ def write_atomically(path: str, text: str, mode: int, directory_fd: Optional[int
 
 
 def installed_jobs(layout) -> Dict[str, str]:
-    """job -> its timer unit's text, for every job timer deployer installed."""
-    jobs = {}
+    """job -> its timer unit's text, for every job timer deployer installed; "" for a chained job
+    (after =: a service its parent starts, no timer, no period of its own)."""
+    jobs, services = {}, []
     for name in sorted(os.listdir(layout.unit_dir)):
         job = paths.job_of_unit(name)
-        if job and name.endswith(".timer"):
-            with open(os.path.join(layout.unit_dir, name), encoding="utf-8") as handle:
-                text = handle.read()
-            if text.startswith(paths.MARKER):
-                jobs[job] = text
-    return jobs
+        if not job or name == paths.RECOVER_UNIT:
+            continue
+        with open(os.path.join(layout.unit_dir, name), encoding="utf-8") as handle:
+            text = handle.read()
+        if not text.startswith(paths.MARKER):
+            continue
+        if name.endswith(".timer"):
+            jobs[job] = text
+        else:
+            services.append(job)
+    return {**{job: "" for job in services if job not in jobs}, **jobs}
 
 
 def ping(url: str, log) -> bool:

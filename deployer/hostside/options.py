@@ -476,6 +476,12 @@ JOB_OPTIONS = (
            help="while it keeps failing: each (every failed run alerts), never (the first alert only) or a "
                 "duration between reminders; default each with alert_after = 1, else never"),
     Option("host", name, help="the [host:NAME] that runs the job"),
+    # Chaining (issue 23 item 8): no flag of their own; the renderer turns them into the parent's
+    # OnSuccess=/OnFailure= and the child's --chained-from.
+    Option("after", optional(name), job_only=True,
+           help="run when this job (same host) succeeded, for the same slot; no schedule of its own"),
+    Option("on_failure_run", optional(name), job_only=True,
+           help="the job (same host, no schedule of its own) run when this one failed, for the same slot"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in JOB_OPTIONS}
 TRIGGER_OPTIONS = tuple(option for option in JOB_OPTIONS if option.flag)

@@ -49,6 +49,21 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # A manual run asked to backfill one slot finds it here (hostside/slot.py): written by the agent
 # as root, readable by the run's dynamic user, never writable by another local user.
 BACKFILL_DIR = "/run/deployer-runs"
+# Chaining: where a parent's run leaves its slot for the runs it starts (hostside/chain.py).
+CHAIN_DIR = "/run/deployer-chain"
+CHAIN_SLOT = "slot.json"
+
+
+def chain_dir(job: str) -> str:
+    """The job's RuntimeDirectory=, private to its dynamic user."""
+    return CHAIN_DIR + "/" + job_unit(job, "service")[:-len(".service")]
+
+
+def chain_slot(job: str) -> str:
+    """Its last run's slot, published by its ExecStopPost= (world-readable)."""
+    return chain_dir(job) + ".json"
+
+
 # The job credential that holds its epoch on this host (X-Deployer-Epoch, the fence).
 EPOCH_CREDENTIAL = "epoch"
 # Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).

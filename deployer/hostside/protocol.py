@@ -168,6 +168,7 @@ class RunInfo:
     epoch: int = 0           # the X-Deployer-Epoch it sent
     params: str = ""         # the parameter values it used, a JSON object ("" without params)
     by: str = ""             # who asked for it (a manual run): user@client
+    after: str = ""          # a chained run: "<parent> <its slot> succeeded|failed" (why it ran)
 
 
 @dataclass(frozen=True)

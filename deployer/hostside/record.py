@@ -30,7 +30,8 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 # Every field a record carries (journal_fields), for the readers' --output-fields=.
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
-          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_PARAMS", "DEPLOYER_RUN_BY")
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_PARAMS", "DEPLOYER_RUN_BY",
+          "DEPLOYER_AFTER")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class RunRecord:
     resume: bool = False  # interrupted, and safe to start again under the same key at boot
     params: str = ""  # the parameter values this run used, a JSON object: {"batch": "42"}
     by: str = ""  # who asked for a manual run (`deployer run`): user@client
+    after: str = ""  # a chained run: "<parent> <its slot> succeeded|failed", why it ran
 
     @property
     def message(self) -> str:
@@ -77,6 +79,7 @@ class RunRecord:
             "DEPLOYER_RESUME": "y" if self.resume else "",
             "DEPLOYER_PARAMS": self.params,
             "DEPLOYER_RUN_BY": self.by,
+            **({"DEPLOYER_AFTER": self.after} if self.after else {}),
         }
 
     @classmethod
@@ -94,7 +97,7 @@ class RunRecord:
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
                    reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
                    resume=entry.get("DEPLOYER_RESUME") == "y", params=entry.get("DEPLOYER_PARAMS", ""),
-                   by=entry.get("DEPLOYER_RUN_BY", ""))
+                   by=entry.get("DEPLOYER_RUN_BY", ""), after=entry.get("DEPLOYER_AFTER", ""))
 
 
 def sent_by_the_job(entry: dict) -> bool:

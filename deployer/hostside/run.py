@@ -173,6 +173,7 @@ class RunResult:
     epoch: int = 0
     reached: tuple = ()  # per attempt: may the service have seen it?
     resume: bool = False  # interrupted, and the same key may be sent again after boot
+    after: str = ""  # a chained run: why it ran (Slot.after)
 
     @property
     def result(self) -> str:
@@ -182,7 +183,7 @@ class RunResult:
         return RunRecord(job=job, run=self.run_id, slot=self.slot, started=self.started,
                          duration=self.duration, attempts=self.attempts, result=self.result, reason=self.reason,
                          http_status=self.http_status, key=self.key, epoch=self.epoch, reached=self.reached,
-                         resume=self.resume, params=params, by=by)
+                         resume=self.resume, params=params, by=by, after=self.after)
 
 
 def current_run_id() -> str:
@@ -361,7 +362,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                      duration=time.monotonic() - started, attempts=attempt, http_status=status,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
                      resume=interrupted and resumable and slot.at is not None
-                     and (spec.async_ == "poll" or may_resend(spec)))
+                     and (spec.async_ == "poll" or may_resend(spec)), after=slot.after)
 
 
 def key_in_progress(response: Response) -> bool:

@@ -47,7 +47,8 @@ class Slot:
 
     at: Optional[int]
     run: str
-    how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read)
+    how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read) | after
+    after: str = ""  # a chained run (hostside/chain.py): "<parent> <its slot> succeeded|failed"
     # What `deployer run` asked of this run: parameter values (name, value) and who asked.
     params: tuple = ()
     by: str = ""
