@@ -191,3 +191,17 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
     notes = [line for line in text.splitlines() if line.startswith("# note ")]
     assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
+
+
+@pytest.mark.parametrize("keys, deadline, policy", [
+    pytest.param("", 3600, "Forbid", id="defaults: once, forbid"),
+    pytest.param("catch_up = 2h\nconcurrency = replace\n", 7200, "Replace", id="2h-replace"),
+    pytest.param("catch_up = none\nconcurrency = forbid\n", 60, "Forbid", id="none-forbid"),
+])
+def test_issue23_catch_up_and_concurrency_become_the_deadline_and_the_policy(tmp_path, keys, deadline, policy):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\n" + keys))
+    _, documents = exported(inventory.load(str(path), env=SECRETS))
+    spec = {d["metadata"]["name"]: d for d in documents}["quartz-daily"]["spec"]
+    assert (spec["startingDeadlineSeconds"], spec["concurrencyPolicy"]) == (deadline, policy)
+    validate({d["metadata"]["name"]: d for d in documents}["quartz-daily"], "1.30.0", strict=True)

@@ -124,6 +124,8 @@ def interrupted_runs(entries):
             run = record.RunRecord.from_journal(entry)
         except (KeyError, ValueError, TypeError):
             continue
+        if run.result == "skipped":
+            continue  # called nothing: a run to resume still is
         if run.resume and run.slot:
             found[run.job] = run.slot
         else:

@@ -19,7 +19,9 @@ DYNAMIC_UIDS = range(61184, 65520)
 SENDER_FIELDS = ("_UID", "_SYSTEMD_UNIT")
 # `journalctl MESSAGE_ID=...` finds every run of every job.
 RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
-RESULTS = ("ok", "failed", "fenced")
+RESULTS = ("ok", "failed", "fenced", "skipped")
+# DEPLOYER_SKIPPED of a slot that called nothing (docs/json.md)
+SKIP_KINDS = ("catch_up", "concurrency")
 # PID 1's own entries about a unit's run (they carry UNIT=, INVOCATION_ID=): "Failed with
 # result 'timeout'" (UNIT_RESULT=) and "Main process exited" (EXIT_CODE=, EXIT_STATUS=). They are
 # all a run killed before it could write its record leaves.
@@ -30,7 +32,7 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 # Every field a record carries (journal_fields), for the readers' --output-fields=.
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
-          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME")
+          "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_SKIPPED")
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,12 @@ class RunRecord:
     epoch: int = 0  # the X-Deployer-Epoch sent
     reached: tuple = ()  # per attempt: may the service have seen it (and be executing it)?
     resume: bool = False  # interrupted, and safe to start again under the same key at boot
+    skipped: str = ""  # result "skipped": one of SKIP_KINDS
 
     @property
     def message(self) -> str:
+        if self.result == "skipped":
+            return f"{self.job}: slot {self.key.split('/', 1)[-1]} {self.reason}"
         plural = "" if self.attempts == 1 else "s"
         verdict = "ok" if self.result == "ok" else f"{self.result.upper()} ({self.reason})"
         return f"{self.job}: {verdict} in {self.duration:.2f}s ({self.attempts} attempt{plural})"
@@ -59,7 +64,7 @@ class RunRecord:
         return {
             "MESSAGE": self.message,
             "MESSAGE_ID": RUN_FINISHED,
-            "PRIORITY": PRIORITY_INFO if self.result == "ok" else PRIORITY_ERR,
+            "PRIORITY": PRIORITY_ERR if self.result in ("failed", "fenced") else PRIORITY_INFO,
             "DEPLOYER_JOB": self.job,
             "DEPLOYER_RUN": self.run,
             "DEPLOYER_SLOT": str(self.slot),
@@ -73,6 +78,7 @@ class RunRecord:
             "DEPLOYER_EPOCH": str(self.epoch),
             "DEPLOYER_REACHED": "".join("y" if seen else "n" for seen in self.reached),
             "DEPLOYER_RESUME": "y" if self.resume else "",
+            **({"DEPLOYER_SKIPPED": self.skipped} if self.skipped else {}),
         }
 
     @classmethod
@@ -89,7 +95,7 @@ class RunRecord:
                    http_status=int(status) if status.isdigit() else None, key=entry.get("DEPLOYER_KEY", ""),
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
                    reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
-                   resume=entry.get("DEPLOYER_RESUME") == "y")
+                   resume=entry.get("DEPLOYER_RESUME") == "y", skipped=entry.get("DEPLOYER_SKIPPED", ""))
 
 
 def sent_by_the_job(entry: dict) -> bool:
