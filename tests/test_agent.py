@@ -13,7 +13,7 @@ import pytest
 from deployer.errors import AgentRefused
 from deployer.hostside import agent, journal, paths, protocol
 from deployer.hostside.agent import Journal, switch_plan
-from deployer.hostside.protocol import ApplyRequest, FileWrite, StateRequest, StatusRequest
+from deployer.hostside.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
 
 DATA = Path(__file__).parent / "data" / "agent"
@@ -1117,3 +1117,21 @@ def test_issue24_7_timers_start_in_chunks_and_the_count_is_reported(capsys):
     assert reported[0] == "@progress starting timers: 0/250"
     assert "@progress starting timers: 250/250" in reported
     assert reported[-1] == "@progress timers active: 250/250"
+
+
+def test_issue23_a_status_says_the_slots_each_job_skipped_as_the_metrics_counted_them(host):
+    for job in ("good", "bad"):
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-{job}.timer", unit(job)),), expect=files(host)))
+    os.makedirs(os.path.dirname(host.layout.at(paths.METRICS_STATE)), exist_ok=True)
+    Path(host.layout.at(paths.METRICS_STATE)).write_text(json.dumps({"version": 2, "cursor": "", "jobs": {
+        "good": {"runs": 3, "skipped": {"catch_up": 1, "concurrency": 2}, "last_skipped": {
+            "slot": 1796540400, "started": 1796573520.5, "reason": "skipped: missed by 9h12m, catch_up = 2h",
+            "kind": "catch_up", "run": "inv1", "cursor": "s=1;i=2"}}}}))
+    host.systemd.calls.clear()
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    assert jobs["good"].skipped == 3 and jobs["good"].last_skipped == RunInfo(
+        run="inv1", started=1796573520.5, result="skipped", reason="skipped: missed by 9h12m, catch_up = 2h",
+        slot=1796540400, duration=0.0)
+    assert (jobs["bad"].skipped, jobs["bad"].last_skipped) == (0, None)
+    Path(host.layout.at(paths.METRICS_STATE)).write_text("{torn")  # unreadable: a status still answers
+    assert {j.job: j.skipped for j in host.call(StatusRequest()).jobs} == {"good": 0, "bad": 0}

@@ -34,7 +34,7 @@ from deployer.hostside.journal import (RUN_FIELDS, format_entry, interrupted_run
 from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
-                                        ResumeRequest, RunAnswer,
+                                        ResumeRequest, RunAnswer, RunInfo,
                                         RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
                                         StopAnswer, StopRequest)
 
