@@ -73,6 +73,8 @@ VALUES = {
         "alert_after": ("3", None),
         "alert_repeat": ("1h", None),
         "host": ("cron01", None),
+        "catch_up": ("2h", None),
+        "concurrency": ("replace", None),
     },
 }
 KEYS = [(kind, key) for kind, keys in VALUES.items() for key in keys]

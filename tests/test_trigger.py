@@ -564,3 +564,27 @@ def test_issue23_replace_is_asked_only_of_a_timer_run_and_names_the_next_slot():
     assert cli.replace_at(job, Slot(None, "r", "manual"), print, fake_analyze(10)) is None
     assert cli.replace_at(run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",)), Slot(1000, "r"), print,
                           fake_analyze(10)) is None
+
+
+def test_issue23_a_run_that_ended_before_the_next_slot_asks_systemd_analyze_nothing_more():
+    """The slot's own call already lists the elapses after it: forbid's check and replace's next
+    slot cost no second process (a burst's cost is its processes)."""
+    from deployer.hostside import cli
+    from deployer.hostside.slot import latest_elapse, Slot
+
+    calls = []
+
+    def counted(lines, base, iterations):
+        calls.append((tuple(lines), base))
+        return fake_analyze(10)(lines, base, iterations)
+
+    seen = cli.RememberedElapses(counted)
+    assert latest_elapse(["*:*:0/10"], 1000.4, seen) == 1000 and len(calls) == 1
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",), concurrency="replace")
+    assert cli.overlapped_slots(job, Slot(1000, "r"), 1000.4, 1009.0, None, None, seen) == []
+    assert cli.replace_at(job, Slot(1000, "r"), print, seen) == 1010.0
+    assert len(calls) == 1
+    # A run that outlasted the known elapses asks for the ones it went past.
+    assert cli.overlapped_slots(job, Slot(1000, "r"), 1000.4, 1200.0, None, None, seen)[:2] == [1010, 1020]
+    assert len(calls) > 1
+    assert cli.RememberedElapses(counted).next_after(["*:*:0/10"], 1000) is None  # nothing kept: not known

@@ -110,7 +110,8 @@ def main(argv: Optional[list] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
     stamp_then = stamp_of(spec.name)  # an elapse during a manual run moves it (systemd merges its start)
-    the_slot = slot_of_run(spec.name, spec.calendar, run_id, log=log)
+    seen = RememberedElapses()  # the slot's own systemd-analyze answers: most runs need no other
+    the_slot = slot_of_run(spec.name, spec.calendar, run_id, log=log, analyze=seen)
     log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}")
     missed = missed_reason(spec, the_slot)
     if missed:  # a catch-up older than catch_up: nothing is called, nothing alerts; the record says so
@@ -120,14 +121,14 @@ def main(argv: Optional[list] = None) -> int:
     started = time.time()
     try:
         ping(spec.ping_url, "/start", log)
-        result = run_job(spec, log=log, slot=the_slot, replace_at=replace_at(spec, the_slot, log))
+        result = run_job(spec, log=log, slot=the_slot, replace_at=replace_at(spec, the_slot, log, seen))
     except Interrupted:  # during the /start ping, before the first attempt
         result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
                            slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
                            key=the_slot.key(spec.name), epoch=spec.epoch)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name), _identifier(spec.name))
-    record_overlaps(spec, the_slot, started, run_id, log, stamp_then)
+    record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen)
     if result.interrupted:
         # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
         # death (a clean stop for some service types): exit 1, and say why for the alert.
@@ -177,6 +178,33 @@ def next_elapse(lines: Sequence[str], after: float, analyze: Analyze = slot_anal
     return min(firsts) if firsts else None
 
 
+class RememberedElapses:
+    """slot.analyze that keeps its answers: the slot's own call already lists the elapses after
+    the slot, so whether a later one came while the run went (and when the next comes) costs no
+    second systemd-analyze process in the common case (a process is the cost that counts in a
+    burst: docs/performance.md)."""
+
+    def __init__(self, analyze: Analyze = slot_analyze):
+        self.analyze, self.answers = analyze, []
+
+    def __call__(self, lines, base, iterations):
+        found = self.analyze(lines, base, iterations)
+        self.answers += [(line, base, list(elapses)) for line, elapses in zip(lines, found)]
+        return found
+
+    def next_after(self, lines, at) -> Optional[int]:
+        """The first elapse of any of `lines` after `at`, if the kept answers say it (each line
+        needs an answer that began at or before `at` and went past it); else None."""
+        firsts = []
+        for line in lines:
+            known = [min(e for e in elapses if e > at) for name, base, elapses in self.answers
+                     if name == line and base <= at and any(e > at for e in elapses)]
+            if not known:
+                return None
+            firsts.append(min(known))
+        return min(firsts) if firsts else None
+
+
 def replace_at(spec: JobSpec, the_slot: Slot, log, analyze=slot_analyze) -> Optional[float]:
     """concurrency = replace: when the next slot comes (this run then ends, and its timer, armed
     again by the run's end, starts that slot's run at once). Only a timer's run is replaced: a
@@ -184,7 +212,8 @@ def replace_at(spec: JobSpec, the_slot: Slot, log, analyze=slot_analyze) -> Opti
     if spec.concurrency != "replace" or the_slot.how != "timer" or the_slot.at is None or not spec.calendar:
         return None
     try:
-        found = next_elapse(spec.calendar, the_slot.at, analyze)
+        found = getattr(analyze, "next_after", lambda lines, at: None)(spec.calendar, the_slot.at)
+        found = found if found is not None else next_elapse(spec.calendar, the_slot.at, analyze)
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         log(f"cannot read the calendar ({error}): this run is not replaced by the next slot")
         return None
@@ -234,6 +263,9 @@ def overlapped_slots(spec: JobSpec, the_slot: Slot, started: float, now: float, 
         after, until = started, stamp_now / 1e9
     else:
         return []
+    known = getattr(analyze, "next_after", lambda lines, at: None)(spec.calendar, after)
+    if known is not None and known > until:
+        return []  # the next slot is still to come: nothing came (no systemd-analyze process)
     try:
         came = elapses_in(spec.calendar, after, until, analyze)
     except (OSError, ValueError, subprocess.SubprocessError):
