@@ -1135,3 +1135,11 @@ def test_issue23_a_status_says_the_slots_each_job_skipped_as_the_metrics_counted
     assert (jobs["bad"].skipped, jobs["bad"].last_skipped) == (0, None)
     Path(host.layout.at(paths.METRICS_STATE)).write_text("{torn")  # unreadable: a status still answers
     assert {j.job: j.skipped for j in host.call(StatusRequest()).jobs} == {"good": 0, "bad": 0}
+
+
+def test_issue23_a_slot_skipped_at_boot_does_not_cancel_the_resume_of_a_run_the_shutdown_cut():
+    cut = record_entry("settle", "a1", 1000.0, "failed", "interrupted", DEPLOYER_RESUME="y")
+    skipped = record_entry("settle", "a2", 5000.0, "skipped", "skipped: missed by 1h, catch_up = 10m",
+                           DEPLOYER_SKIPPED="catch_up")
+    assert journal.interrupted_runs([cut, skipped]) == {"settle": 960}
+    assert journal.interrupted_runs([cut, record_entry("settle", "a3", 5000.0)]) == {}  # a run that ended: none

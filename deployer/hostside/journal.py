@@ -125,7 +125,7 @@ def interrupted_runs(entries):
         except (KeyError, ValueError, TypeError):
             continue
         if run.result == "skipped":
-            continue  # called nothing: a run to resume still is
+            continue  # a skipped slot ran nothing: a resume stays due
         if run.resume and run.slot:
             found[run.job] = run.slot
         else:
