@@ -618,7 +618,8 @@ def status(inventory_path, host_name, as_json):
     Shows what each host runs: the schedule of its timer, flagged when it differs from the
     inventory's (a push pending), and jobs a host runs that the inventory does not put there.
     Hosts are asked in parallel; an unreachable one lists its inventory jobs as unknown, and
-    exit status 1; so do two host names that reach the same machine.
+    exit status 1; so do two host names that reach the same machine. Slots a job skipped
+    (catch_up, concurrency) are a note: how many, and the last one's reason.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -664,6 +665,8 @@ def history(job, inventory_path, host_name, since, as_json):
     slots are counted from when the job's timer was last installed or changed by a push on
     its host. A chained job (after = JOB) shows why each run ran (its parent's slot and verdict)
     and the parent's failed runs as the slots it did not run.
+    A slot the job's catch_up or concurrency skipped is listed as `skipped` with its
+    reason (it called nothing) and counted apart: it is neither a run nor a missed slot.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,7 +1,8 @@
 """The inventory's jobs as Kubernetes batch/v1 CronJobs running the same trigger (pure; no I/O).
 
-Semantics kept: the original cron expression and time zone, Forbid (systemd never starts a
-job that is still running), retries -> backoffLimit (the trigger itself then makes one
+Semantics kept: the original cron expression and time zone, concurrency -> concurrencyPolicy
+(Forbid or Replace), catch_up -> startingDeadlineSeconds (`once`: an hour; `none`: 60 s; a
+duration: its seconds), retries -> backoffLimit (the trigger itself then makes one
 attempt per pod), timeout -> activeDeadlineSeconds (the whole run). Alert tokens come from a
 Secret per channel, by reference: no secret value is ever printed.
 """
@@ -21,8 +22,17 @@ from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
 DEFAULT_IMAGE = "deployer-trigger:latest"
 MAX_CRONJOB_NAME = 52  # Kubernetes appends 11 characters for the Jobs it creates
-# If the controller was down, a run up to an hour late still happens (once), like Persistent=.
+# If the controller was down, a run up to an hour late still happens (once), like Persistent=
+# (catch_up = once: without a deadline Kubernetes gives up on a CronJob that missed 100 slots).
 STARTING_DEADLINE_SECONDS = 3600
+
+
+def starting_deadline(job: Job) -> int:
+    """catch_up as Kubernetes' startingDeadlineSeconds: how late a missed slot may still start."""
+    from .hostside.options import catch_up_seconds
+
+    seconds = catch_up_seconds(job.catch_up)
+    return STARTING_DEADLINE_SECONDS if seconds is None else int(seconds)
 LABELS = {"app.kubernetes.io/managed-by": "deployer"}
 
 
@@ -142,8 +152,8 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
     return {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata,
         "spec": {
-            "schedule": schedule, "timeZone": zone, "concurrencyPolicy": "Forbid", "suspend": suspend,
-            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "schedule": schedule, "timeZone": zone, "concurrencyPolicy": job.concurrency.capitalize(),
+            "suspend": suspend, "startingDeadlineSeconds": starting_deadline(job),
             "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
             "jobTemplate": {"metadata": {"labels": labels}, "spec": {
                 "backoffLimit": job.retries, "activeDeadlineSeconds": job.timeout,

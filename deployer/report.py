@@ -19,8 +19,10 @@ from .hostside.text import printable
 
 VERSION = 1  # of these documents; a key renamed or dropped is a new version
 # `result` of a job: its last run (ok, failed, running, never), unless it is paused or held.
-RESULTS = ("ok", "failed", "running", "never", "paused", "held", "fenced")
-RUN_RESULTS = ("ok", "failed", "fenced")  # of one run (fenced: its service holds a newer owner's epoch)
+RESULTS = ("ok", "failed", "running", "never", "paused", "held", "fenced", "skipped")
+# Of one run (fenced: its service holds a newer owner's epoch; skipped: a slot that called nothing,
+# by the job's catch_up or concurrency: issue 23).
+RUN_RESULTS = ("ok", "failed", "fenced", "skipped")
 
 
 def envelope(command: str, **body: Any) -> dict:
@@ -187,6 +189,10 @@ def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool =
     timer of this job is active."""
     zone = job_zone(job)
     last_result, last, reason, exit_status, duration = _last_run(status)
+    skip = status.last_skipped
+    if skip is not None and last_result != "running" and (last is None or skip.started >= last - 1):
+        # A slot skipped since the last run (a catch-up skipped at boot exits 0: systemd says ok).
+        last_result, last, reason, exit_status, duration = "skipped", skip.started, skip.reason, 0, 0.0
     held = held_text(host.held)
     result = "held" if held else "fenced" if status.fenced else "paused" if status.paused else last_result
     next_run = parse_iso(status.next) if status.next else None
@@ -201,6 +207,8 @@ def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool =
         "inventory_schedule": list(wanted) if wanted is not None else None,
         "schedule_differs": wanted is not None and not same_calendar(status.calendar, wanted, normal or {}),
         "inventory_host": job.host if job is not None else None, "also_on": list(also_on),
+        "skipped": status.skipped, "last_skipped": None if skip is None else {
+            "slot": iso(skip.slot or None, zone), "at": iso(skip.started, zone), "reason": skip.reason},
     }
 
 
@@ -345,6 +353,10 @@ def notes(row: dict, silent: Sequence[str] = ()) -> list[str]:
     `silent`: the hosts that gave no status (what they run is unknown)."""
     found = []
     host, there, others = row["host"], row["inventory_host"], ", ".join(row["also_on"])
+    if row.get("skipped") and row["last_skipped"]:
+        last = row["last_skipped"]
+        found.append(f"{row['skipped']} slot{'s' if row['skipped'] != 1 else ''} skipped (last "
+                     f"{clock_of(last['slot'], row['timezone'])}: {last['reason']})")
     if row["schedule_differs"]:
         found.append(f"schedule differs from inventory ({row['expression']}): push pending")
     if not row["in_inventory"]:
@@ -559,13 +571,15 @@ def history_document(host: str, job: str, zone: str, since: float, until: float,
     `unread`: hosts that were asked and did not answer (their runs, if any, are missing).
     A chained job: `after`, its parent, and `not_run` (not_run_entries), the slots it did not run."""
     where = list(run_hosts) or [host] * len(runs)
-    durations = sorted(r.duration for r in runs if r.duration >= 0)
+    ran = [r for r in runs if r.result != "skipped"]  # a skipped slot is listed, but it is not a run
+    durations = sorted(r.duration for r in ran if r.duration >= 0)
     missed = missed_slots(slots, runs, slots_until) if slots is not None else None
     return envelope("history", host=host, job=job, timezone=zone, since=iso(since, zone), until=iso(until, zone),
                     hosts=[host] + sorted(set(where) - {host}), unread_hosts=list(unread),
                     runs=[dict(run_entry(r, zone), host=h) for r, h in zip(runs, where)],
                     after=after, not_run=list(not_run), summary={
-                        "runs": len(runs), "failures": sum(r.result != "ok" for r in runs),
+                        "runs": len(ran), "failures": sum(r.result != "ok" for r in ran),
+                        "skipped": len(runs) - len(ran),
                         "p50_duration": round(statistics.median(durations), 3) if durations else None,
                         "max_duration": durations[-1] if durations else None,
                         "slots": len(slots) if slots is not None else None,
@@ -576,6 +590,10 @@ def history_document(host: str, job: str, zone: str, since: float, until: float,
 
 def _seconds(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f} s"
+
+
+def _skipped_text(summary: dict) -> str:
+    return f"{summary['skipped']} skipped (catch_up, concurrency), " if summary.get("skipped") else ""
 
 
 def history_text(document: dict, paint: Optional[Paint] = None) -> str:
@@ -601,7 +619,7 @@ def history_text(document: dict, paint: Optional[Paint] = None) -> str:
     s = document["summary"]
     hosts = " and ".join(document["hosts"]) if several else document["host"]
     text = (f"{document['job']} on {hosts} since {clock_of(document['since'], zone)}: {s['runs']} runs, "
-            f"{s['failures']} failed, duration p50 {_seconds(s['p50_duration'])}, max {_seconds(s['max_duration'])}")
+            f"{s['failures']} failed, {_skipped_text(s)}duration p50 {_seconds(s['p50_duration'])}, max {_seconds(s['max_duration'])}")
     if s["missed_slots"] is None:
         text += ", missed slots: not known (no schedule to compare with)"
     else:

@@ -13,7 +13,7 @@ import pytest
 from deployer.errors import AgentRefused
 from deployer.hostside import agent, journal, paths, protocol
 from deployer.hostside.agent import Journal, switch_plan
-from deployer.hostside.protocol import ApplyRequest, FileWrite, StateRequest, StatusRequest
+from deployer.hostside.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
 
 DATA = Path(__file__).parent / "data" / "agent"
@@ -1219,3 +1219,29 @@ def test_audit_entries_forged_by_a_local_user_count_for_nothing(tmp_path):
     assert [(e.action, e.target) for e in answer.entries] == [("pause", "a"), ("push", "a")]
     assert answer.entries[0] == entry
     assert host.call(StatusRequest()).last_push.time == 2000.0
+
+
+def test_issue23_a_status_says_the_slots_each_job_skipped_as_the_metrics_counted_them(host):
+    for job in ("good", "bad"):
+        host.call(ApplyRequest(write=(write(f"{U}/deployer-{job}.timer", unit(job)),), expect=files(host)))
+    os.makedirs(os.path.dirname(host.layout.at(paths.METRICS_STATE)), exist_ok=True)
+    Path(host.layout.at(paths.METRICS_STATE)).write_text(json.dumps({"version": 2, "cursor": "", "jobs": {
+        "good": {"runs": 3, "skipped": {"catch_up": 1, "concurrency": 2}, "last_skipped": {
+            "slot": 1796540400, "started": 1796573520.5, "reason": "skipped: missed by 9h12m, catch_up = 2h",
+            "kind": "catch_up", "run": "inv1", "cursor": "s=1;i=2"}}}}))
+    host.systemd.calls.clear()
+    jobs = {j.job: j for j in host.call(StatusRequest()).jobs}
+    assert jobs["good"].skipped == 3 and jobs["good"].last_skipped == RunInfo(
+        run="inv1", started=1796573520.5, result="skipped", reason="skipped: missed by 9h12m, catch_up = 2h",
+        slot=1796540400, duration=0.0)
+    assert (jobs["bad"].skipped, jobs["bad"].last_skipped) == (0, None)
+    Path(host.layout.at(paths.METRICS_STATE)).write_text("{torn")  # unreadable: a status still answers
+    assert {j.job: j.skipped for j in host.call(StatusRequest()).jobs} == {"good": 0, "bad": 0}
+
+
+def test_issue23_a_slot_skipped_at_boot_does_not_cancel_the_resume_of_a_run_the_shutdown_cut():
+    cut = record_entry("settle", "a1", 1000.0, "failed", "interrupted", DEPLOYER_RESUME="y")
+    skipped = record_entry("settle", "a2", 5000.0, "skipped", "skipped: missed by 1h, catch_up = 10m",
+                           DEPLOYER_SKIPPED="catch_up")
+    assert journal.interrupted_runs([cut, skipped]) == {"settle": 960}
+    assert journal.interrupted_runs([cut, record_entry("settle", "a3", 5000.0)]) == {}  # a run that ended: none

@@ -817,3 +817,21 @@ def test_a_streak_that_cannot_be_saved_leaves_no_empty_file(tmp_path, monkeypatc
     monkeypatch.setattr(alert.json, "dump", no_space)
     alert.save_streak(str(tmp_path), "settle", alert.Streak(failures=2, since=1.0))
     assert [p.name for p in (tmp_path / "streak").iterdir()] == []
+
+
+def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypatch, robot):
+    """A catch-up skipped by catch_up exits 0, so OnSuccess= starts the recovery alert: the job
+    still fails, and the failing streak goes on."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("MONITOR_INVOCATION_ID", "inv-skipped")
+    (tmp_path / "failing").mkdir()
+    (tmp_path / "failing" / "settle").write_text("")
+    reasons = {"inv-skipped": "skipped: missed by 9h12m, catch_up = 2h", "inv-ran": "status 200"}
+    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback: journal.RunAccount(
+        "2026-12-06T07:00:00Z", reasons[invocation], ()))
+    channel = channels.Channel("ops", "slack", token=robot.token, endpoint=robot.endpoint("slack"))
+    assert alert.alert_main("settle", "cron01", channel, recovered=True)
+    assert robot.accepted == [] and (tmp_path / "failing" / "settle").exists()
+    monkeypatch.setenv("MONITOR_INVOCATION_ID", "inv-ran")  # a run that succeeded: the recovery goes out
+    assert alert.alert_main("settle", "cron01", channel, recovered=True)
+    assert len(robot.accepted) == 1 and not (tmp_path / "failing" / "settle").exists()

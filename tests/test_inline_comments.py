@@ -76,6 +76,8 @@ VALUES = {
         "after": ("b", None),  # chaining: [job:b] is added (inventory_with)
         "on_failure_run": ("b", None),
         "params": ("n=1", None),  # the url uses ${{n}} (inventory_with)
+        "catch_up": ("2h", None),
+        "concurrency": ("replace", None),
     },
 }
 KEYS = [(kind, key) for kind, keys in VALUES.items() for key in keys]

@@ -134,6 +134,14 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert_repeat = 30s\n",
                  "inv.ini:6: [job:a] alert_repeat: '30s' is under 1m: reminders that often are `each` (every "
                  "failed run)", id="alert-repeat-too-often"),
+    pytest.param("[defaults]\ncatch_up = twice\n[job:a]\nschedule = 0 * * * *\nurl = http://x/\n",
+                 "inv.ini:4: [defaults] catch_up: 'twice' is not once, none or a duration (e.g. 500ms, 90s, 5m, "
+                 "1h30m, 7d; units: ms, s, m, h, d)", id="issue23-catch-up-in-defaults"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\ncatch_up = 30s\n",
+                 "inv.ini:6: [job:a] catch_up: '30s' is under 1m: a slot that late is on time (use none to skip "
+                 "every missed slot)", id="issue23-catch-up-too-short"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nconcurrency = allow\n",
+                 "inv.ini:6: [job:a] concurrency: 'allow' is not one of forbid, replace", id="issue23-concurrency"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nschedule = 1 * * * *\nurl = http://x/\n",
                  "inv.ini:5: [job:a] schedule: appears twice; the first at line 4", id="duplicate-key"),
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\n\n[job:b]\nschedule = 0 * * * *\n"
@@ -433,3 +441,13 @@ def test_chained_jobs_parse_with_their_parents():
     assert jobs["load"].after == "extract" and jobs["extract"].on_failure_run == "cleanup"
     assert [(how, j.name) for how, j in inv.children("extract")] == [("after", "load"), ("on_failure", "cleanup")]
     assert inv.parents("cleanup") == (("on_failure", "extract"),)
+
+
+def test_issue23_catch_up_and_concurrency_come_from_defaults_and_a_job_overrides_them():
+    inv = parse(HOST + "[defaults]\ncatch_up = 2h\nconcurrency = replace\n[job:a]\nschedule = 0 7 * * *\n"
+                "url = http://x/\n[job:b]\nschedule = 0 2 * * *\nurl = http://y/\ncatch_up = once\n"
+                "concurrency = forbid\n[job:c]\nschedule = 0 3 * * *\nurl = http://z/\ncatch_up = none\n")
+    jobs = {j.name: j for j in inv.jobs}
+    assert (jobs["a"].catch_up, jobs["a"].concurrency) == (7200, "replace")
+    assert (jobs["b"].catch_up, jobs["b"].concurrency) == ("once", "forbid")
+    assert jobs["c"].catch_up == "none"

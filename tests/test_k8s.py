@@ -216,3 +216,17 @@ def test_kubernetes_has_no_chaining_a_chained_job_is_refused_and_its_parent_note
     assert "tidy" not in {d["metadata"]["name"] for d in documents}
     assert ("# note quartz-daily: Kubernetes CronJobs have no chaining: this CronJob does not start tidy "
             "(after / on_failure_run)") in text.splitlines()
+
+
+@pytest.mark.parametrize("keys, deadline, policy", [
+    pytest.param("", 3600, "Forbid", id="defaults: once, forbid"),
+    pytest.param("catch_up = 2h\nconcurrency = replace\n", 7200, "Replace", id="2h-replace"),
+    pytest.param("catch_up = none\nconcurrency = forbid\n", 60, "Forbid", id="none-forbid"),
+])
+def test_issue23_catch_up_and_concurrency_become_the_deadline_and_the_policy(tmp_path, keys, deadline, policy):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\n" + keys))
+    _, documents = exported(inventory.load(str(path), env=SECRETS))
+    spec = {d["metadata"]["name"]: d for d in documents}["quartz-daily"]["spec"]
+    assert (spec["startingDeadlineSeconds"], spec["concurrencyPolicy"]) == (deadline, policy)
+    validate({d["metadata"]["name"]: d for d in documents}["quartz-daily"], "1.30.0", strict=True)

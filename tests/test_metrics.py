@@ -2,6 +2,8 @@
 records -> counters that survive a restart, the textfile promtool accepts, and its refusals."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import os
 import shutil
@@ -257,8 +259,16 @@ def test_the_textfile_passes_promtool_check_metrics(host):
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stdout + result.stderr
 
 
+def skipped(job, started, kind="catch_up"):
+    reason = ("skipped: missed by 9h12m, catch_up = 2h" if kind == "catch_up"
+              else "skipped: previous run still running since 2026-12-06T02:00:00Z")
+    return replace(record(job, started, "skipped", 0.0), attempts=0, http_status=None, reason=reason, skipped=kind,
+                   run="s%d" % started)
+
+
 def test_every_family_is_written_once_with_help_and_type(host):
-    host[1].records = [record("settle", 1795600000.0), record("report", 1795603600.0, "failed")]
+    host[1].records = [record("settle", 1795600000.0), record("report", 1795603600.0, "failed"),
+                       skipped("report", 1795607200.0)]
     text = collect(host)
     names = [f.name for f in metrics.JOB_FAMILIES + metrics.HOST_FAMILIES]
     assert [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")] == names
@@ -306,3 +316,20 @@ def test_a_chained_job_has_its_series_without_a_timer(host):
     assert values[series("deployer_job_stopped", "load")] == 0
     assert values[series("deployer_job_next_run_timestamp_seconds", "load")] == 0
     assert values[series("deployer_job_period_seconds", "settle")] == 3600, "a timer's settings still win"
+
+
+def test_issue23_a_skipped_slot_is_counted_once_by_reason_and_is_neither_a_run_nor_a_failure(host):
+    host[1].records = [record("settle", 1795600000.0), skipped("settle", 1795603600.0),
+                       skipped("settle", 1795607200.0, "concurrency")]
+    text = collect(host)
+    label = 'deployer_host="%s",deployer_job="settle"' % HOST
+    assert f'deployer_job_skipped_total{{{label},reason="catch_up"}} 1' in text
+    assert f'deployer_job_skipped_total{{{label},reason="concurrency"}} 1' in text
+    assert f"deployer_job_runs_total{{{label}}} 1" in text and f"deployer_job_failures_total{{{label}}} 0" in text
+    assert f"deployer_job_last_success{{{label}}} 1" in text  # the last RUN succeeded
+    assert f"deployer_job_last_skipped_slot_timestamp_seconds{{{label}}} {1795607200 // 60 * 60}" in text
+    # Read again (the journal from its start: a lost cursor): nothing counts twice.
+    host[1].records = host[1].records + [skipped("settle", 1795610800.0, "concurrency")]
+    again = collect(host)
+    assert f'deployer_job_skipped_total{{{label},reason="concurrency"}} 2' in again
+    assert f'deployer_job_skipped_total{{{label},reason="catch_up"}} 1' in again

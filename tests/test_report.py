@@ -17,7 +17,7 @@ ENVELOPE = {"version", "command"}
 STATUS_KEYS = ENVELOPE | {"now", "hosts", "jobs", "inventory_only"}
 STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs", "machine", "owner", "same_machine_as",
                     "last_push"}
-STATUS_JOB_KEYS = {"host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
+STATUS_JOB_KEYS = {"skipped", "last_skipped", "host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
                    "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
                    "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
 INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
@@ -26,7 +26,7 @@ HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", 
 RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key",
             "params", "run_by", "after"}
 NOT_RUN_KEYS = {"slot", "parent", "parent_run", "parent_result", "reason"}
-SUMMARY_KEYS = {"runs", "failures", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
+SUMMARY_KEYS = {"runs", "failures", "skipped", "p50_duration", "max_duration", "slots", "missed_slots", "missed",
                 "slots_until"}
 RUN_DOCUMENT_KEYS = ENVELOPE | {"host", "job", "result", "reason", "exit_status", "systemd_result", "timezone",
                                 "run", "output", "merged_timer_elapse", "attached_since"}
@@ -163,7 +163,8 @@ def test_history_summary():
                                                     duration=75.0, source="systemd"), run(NOW - 100, int(NOW - 100))]
     doc = report.history_document("cron01", "settle", "UTC", NOW - 400, NOW, runs,
                                   [NOW - 300, NOW - 200, NOW - 100, NOW - 50], NOW - 20)
-    assert doc["summary"] == {"runs": 3, "failures": 1, "p50_duration": 0.2, "max_duration": 75.0, "slots": 4,
+    assert doc["summary"] == {"runs": 3, "failures": 1, "skipped": 0, "p50_duration": 0.2, "max_duration": 75.0,
+                              "slots": 4,
                               "missed_slots": 1, "missed": ["2026-11-25T13:59:10+00:00"],
                               "slots_until": "2026-11-25T13:59:40+00:00"}
     assert doc["runs"][1]["slot"] is None and doc["runs"][1]["attempts"] is None
@@ -331,3 +332,17 @@ def test_a_chained_jobs_history_says_why_it_ran_and_which_slots_did_not_run():
     text = report.history_text(document)
     assert "c1  after extract 2026-11-25T13:59:00Z succeeded" in text
     assert "not run: extract 2026-11-25T13:59:45Z failed" in text
+
+
+def test_issue23_a_skipped_slot_is_listed_covers_its_slot_and_is_neither_a_run_nor_a_failure():
+    skipped = RunInfo("s1", NOW - 200, "skipped", "skipped: missed by 9h12m, catch_up = 2h", slot=int(NOW - 200),
+                      duration=0.0)
+    runs = [run(NOW - 300, int(NOW - 300)), skipped, run(NOW - 100, int(NOW - 100))]
+    doc = report.history_document("cron01", "settle", "UTC", NOW - 400, NOW, runs,
+                                  [NOW - 300, NOW - 200, NOW - 100], NOW - 20)
+    assert [r["result"] for r in doc["runs"]] == ["ok", "skipped", "ok"]
+    assert doc["runs"][1]["reason"] == "skipped: missed by 9h12m, catch_up = 2h"
+    assert doc["summary"]["runs"] == 2 and doc["summary"]["failures"] == 0 and doc["summary"]["skipped"] == 1
+    assert doc["summary"]["missed_slots"] == 0  # recorded as skipped: accounted for, not missed
+    assert doc["summary"]["p50_duration"] == 0.2
+    assert ", 1 skipped (catch_up, concurrency), " in report.history_text(doc)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 import threading
 import sys
 
@@ -521,3 +522,127 @@ def test_a_parameter_in_a_json_body_stays_json():
     filled, values, refused = cli.with_params(spec, Slot(None, "r", "manual", params=(("note", 'a "quote"\n'),)))
     assert refused == "" and values == {"note": 'a "quote"\n'}
     assert __import__("json").loads(filled.body) == {"note": 'a "quote"\n'}
+
+
+# -- issue 23: catch_up and concurrency --------------------------------------------------------------
+
+SEVEN = 1796540400  # 2026-12-06T07:00:00Z
+
+
+@pytest.mark.parametrize("catch_up, elapsed, reason", [
+    pytest.param("once", SEVEN + 9 * 3600 + 720, "", id="once-runs-however-late"),
+    pytest.param(7200, SEVEN + 9 * 3600 + 720, "skipped: missed by 9h12m, catch_up = 2h", id="2h-missed-by-9h12m"),
+    pytest.param(7200, SEVEN + 3600, "", id="2h-missed-by-1h-runs"),
+    pytest.param("none", SEVEN + 61, "skipped: missed by 1m1s, catch_up = none", id="none-a-minute-late"),
+    pytest.param("none", SEVEN + 3, "", id="none-on-time-on-a-busy-host"),
+])
+def test_issue23_a_timer_run_later_than_catch_up_is_skipped(catch_up, elapsed, reason):
+    from deployer.hostside import cli
+    from deployer.hostside.slot import Slot
+
+    job = run.JobSpec(name="briefing", url="http://x/", catch_up=catch_up, calendar=("*-*-* 07:00:00",))
+    assert cli.missed_reason(job, Slot(SEVEN, "r1", elapsed=elapsed)) == reason
+    # What someone asked for is never skipped: a backfill, a manual run.
+    assert cli.missed_reason(job, Slot(SEVEN, "r1", "backfill", elapsed=elapsed)) == ""
+    assert cli.missed_reason(job, Slot(None, "r1", "manual")) == ""
+
+
+def test_issue23_a_skipped_slot_is_a_record_of_its_own_that_called_nothing():
+    from deployer.hostside import cli, record
+    from deployer.hostside.slot import Slot
+
+    job = run.JobSpec(name="briefing", url="http://x/", catch_up=7200, epoch=5)
+    made = cli.skipped_record(job, Slot(SEVEN, "inv1"), "skipped: missed by 9h12m, catch_up = 2h", "catch_up", "inv1")
+    fields = made.journal_fields()
+    assert (fields["DEPLOYER_RESULT"], fields["DEPLOYER_SKIPPED"], fields["DEPLOYER_ATTEMPTS"]) == \
+        ("skipped", "catch_up", "0")
+    assert fields["DEPLOYER_KEY"] == "briefing/2026-12-06T07:00:00Z" and fields["PRIORITY"] == record.PRIORITY_INFO
+    assert fields["MESSAGE"] == "briefing: slot 2026-12-06T07:00:00Z skipped: missed by 9h12m, catch_up = 2h"
+    assert record.RunRecord.from_journal(fields) == replace(made, started=round(made.started, 3))
+
+
+def fake_analyze(period):
+    """systemd-analyze for `*:*:0/period`-like lines: the first `iterations` multiples after `base`."""
+    def analyze(lines, base, iterations):
+        return [[(base // period + i) * period for i in range(1, iterations + 1)] for _ in lines]
+    return analyze
+
+
+def test_issue23_slots_that_came_while_a_timer_run_went_are_skipped_but_the_latest_which_runs_next():
+    from deployer.hostside import cli
+    from deployer.hostside.slot import Slot
+
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
+    sent = []
+    count = cli.record_overlaps(job, Slot(1000, "inv1", elapsed=1000.2), 1000.3, "inv1", lambda line: None,
+                                stamp_then=None, analyze=fake_analyze(10), now=1035.0, stamp_now=None,
+                                send=lambda r, ident: sent.append(r))
+    # 1010, 1020 and 1030 came; systemd starts one run when this one ends: 1030's (late). 1010, 1020 never run.
+    assert count == 2 and [r.slot for r in sent] == [1010, 1020]
+    assert {r.result for r in sent} == {"skipped"} and {r.skipped for r in sent} == {"concurrency"}
+    assert sent[0].reason == "skipped: previous run still running since 1970-01-01T00:16:40Z"
+    assert len({r.run for r in sent}) == 2 and all(r.run.startswith("inv1-s") for r in sent)
+    # A run that ended before the next slot skipped nothing.
+    assert cli.record_overlaps(job, Slot(1000, "inv2", elapsed=1000.2), 1000.3, "inv2", lambda line: None, None,
+                               analyze=fake_analyze(10), now=1009.9, stamp_now=None, send=sent.append) == 0
+
+
+def test_issue23_a_manual_run_counts_only_elapses_its_timer_stamped_while_it_went():
+    from deployer.hostside import cli
+    from deployer.hostside.slot import Slot
+
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
+    manual = Slot(None, "inv1", "manual")
+    # Paused (the stamp did not move): nothing came.
+    assert cli.overlapped_slots(job, manual, 1001.0, 1035.0, 5, 5, fake_analyze(10)) == []
+    # Elapsed at 1010, 1020, 1030 (stamped 1030): the agent runs 1030's slot after it; 1010 and 1020 are lost.
+    assert cli.overlapped_slots(job, manual, 1001.0, 1035.0, 5, int(1030.1e9), fake_analyze(10)) == [1010, 1020]
+    # In Kubernetes the CronJob controller decides.
+    assert cli.overlapped_slots(job, Slot(1000, "j", "cronjob"), 1000.0, 1035.0, None, None, fake_analyze(10)) == []
+
+
+def test_issue23_replace_ends_the_run_when_the_next_slot_comes(server):
+    import time
+
+    server.routes["/long"] = Reply(200, b"{}", delay=5)
+    begun = time.time()
+    verdict = run.run_job(spec(server, "/long", timeout=30, concurrency="replace"), log=lambda _: None,
+                          replace_at=begun + 1.0)
+    assert not verdict.ok and verdict.reason.startswith("replaced: the slot ") and "(concurrency = replace)" in verdict.reason
+    assert 0.9 <= verdict.duration < 4
+    assert not verdict.resume
+
+
+def test_issue23_replace_is_asked_only_of_a_timer_run_and_names_the_next_slot():
+    from deployer.hostside import cli
+    from deployer.hostside.slot import Slot
+
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",), concurrency="replace")
+    assert cli.replace_at(job, Slot(1000, "r"), print, fake_analyze(10)) == 1010.0
+    assert cli.replace_at(job, Slot(None, "r", "manual"), print, fake_analyze(10)) is None
+    assert cli.replace_at(run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",)), Slot(1000, "r"), print,
+                          fake_analyze(10)) is None
+
+
+def test_issue23_a_run_that_ended_before_the_next_slot_asks_systemd_analyze_nothing_more():
+    """The slot's own call already lists the elapses after it: forbid's check and replace's next
+    slot cost no second process (a burst's cost is its processes)."""
+    from deployer.hostside import cli
+    from deployer.hostside.slot import latest_elapse, Slot
+
+    calls = []
+
+    def counted(lines, base, iterations):
+        calls.append((tuple(lines), base))
+        return fake_analyze(10)(lines, base, iterations)
+
+    seen = cli.RememberedElapses(counted)
+    assert latest_elapse(["*:*:0/10"], 1000.4, seen) == 1000 and len(calls) == 1
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",), concurrency="replace")
+    assert cli.overlapped_slots(job, Slot(1000, "r"), 1000.4, 1009.0, None, None, seen) == []
+    assert cli.replace_at(job, Slot(1000, "r"), print, seen) == 1010.0
+    assert len(calls) == 1
+    # A run that outlasted the known elapses asks for the ones it went past.
+    assert cli.overlapped_slots(job, Slot(1000, "r"), 1000.4, 1200.0, None, None, seen)[:2] == [1010, 1020]
+    assert len(calls) > 1
+    assert cli.RememberedElapses(counted).next_after(["*:*:0/10"], 1000) is None  # nothing kept: not known

@@ -35,7 +35,7 @@ from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, Apply
                                         AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
-                                        ResumeRequest, RunAnswer,
+                                        ResumeRequest, RunAnswer, RunInfo,
                                         RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
                                         StopAnswer, StopRequest)
 
@@ -1063,7 +1063,7 @@ def op_status(host, request):
     except AgentError:
         owner = None  # a status still answers; the next push names the corrupt file
     pushed = last_push(host.systemd)
-    return StatusAnswer(jobs=with_last_runs(host, job_statuses(host, timers)), held=host.current_hold(),
+    return StatusAnswer(jobs=with_skips(host, with_last_runs(host, job_statuses(host, timers))), held=host.current_hold(),
                         machine=host.machine(), owner=owner if isinstance(owner, str) else None, last_push=pushed)
 
 
@@ -1114,6 +1114,24 @@ def with_last_runs(host, jobs):
     wanted = set(asked)
     last = {job: runs[-1] for job, runs in runs_from_journal(entries).items() if job in wanted}
     return tuple(replace(j, last_run=last[j.job]) if j.job in last else j for j in jobs)
+
+
+def with_skips(host, jobs):
+    """`jobs` with the slots each skipped, as the metrics collector counted them."""
+    try:
+        fd = os.open(host.layout.at(paths.METRICS_STATE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            kept = json.load(handle)["jobs"]
+        found = {}
+        for j in jobs:
+            job = kept.get(j.job) or {}
+            last = job.get("last_skipped")
+            found[j.job] = replace(j, skipped=sum((job.get("skipped") or {}).values()), last_skipped=last and RunInfo(
+                run=str(last["run"]), started=float(last["started"]), result="skipped", reason=str(last["reason"]),
+                slot=int(last["slot"]), duration=0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return tuple(jobs)
+    return tuple(found[j.job] for j in jobs)
 
 
 def op_history(host, request):

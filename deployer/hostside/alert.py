@@ -864,6 +864,9 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         failing = os.path.join(state, "failing", job)
         if not os.path.exists(failing):
             return True
+        if account_of(os.environ.get("MONITOR_INVOCATION_ID", ""), "").reason.startswith("skipped: "):
+            log(f"job {job}: a skipped slot (catch_up) called nothing: it is no recovery")
+            return True
         with job_lock(state, job):
             streak = load_streak(state, job)
             save_streak(state, job, None)

@@ -25,7 +25,7 @@ from .slot import Slot, _is_int, read_request, slot_of_run
 
 
 def slot_for(job: str, calendar: Sequence[str], run: str, parents: Sequence[str], env=os.environ,
-             log=lambda line: None) -> Slot:
+             log=lambda line: None, analyze=None) -> Slot:
     """The slot of this run: its parent's when a parent's OnSuccess=/OnFailure= started it, else
     as slot.slot_of_run says. What the agent asked (a manual run) wins: systemd 252 may leave
     $MONITOR_* of the last chained start in a later `systemctl start`'s environment."""
@@ -33,7 +33,7 @@ def slot_for(job: str, calendar: Sequence[str], run: str, parents: Sequence[str]
         chained = chained_slot(parents, run, env)
         if chained is not None:
             return chained
-    return slot_of_run(job, calendar, run, env=env, log=log)
+    return slot_of_run(job, calendar, run, env=env, log=log, **({"analyze": analyze} if analyze else {}))
 
 
 def write_chain_slot(job: str, slot: Slot, env=os.environ) -> bool:

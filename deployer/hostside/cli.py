@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -16,6 +17,8 @@ from .channels import CHANNEL_TYPES, Channel, Secret
 from . import paths, record
 from .run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
 from .chain import slot_for, write_chain_slot
+from .slot import ITERATIONS, Analyze, Slot, iso_utc, slot_of_run, stamp_of
+from .slot import analyze as slot_analyze
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -112,28 +115,38 @@ def main(argv: Optional[list] = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
-    the_slot = slot_for(spec.name, spec.calendar, run_id, tuple(args.chained_from), log=log)
+    stamp_then = stamp_of(spec.name)  # an elapse during a manual run moves it (systemd merges its start)
+    seen = RememberedElapses()  # the slot's own systemd-analyze answers: most runs need no other
+    the_slot = slot_for(spec.name, spec.calendar, run_id, tuple(args.chained_from), log=log, analyze=seen)
     write_chain_slot(spec.name, the_slot)
     log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}"
         + (f", after {the_slot.after}" if the_slot.after else ""))
+    missed = missed_reason(spec, the_slot)
+    if missed:  # a catch-up older than catch_up: nothing is called, nothing alerts; the record says so
+        log(f"job {spec.name}: slot {the_slot.name} {missed}")
+        record.send(skipped_record(spec, the_slot, missed, "catch_up", run_id), _identifier(spec.name))
+        return EXIT_OK
     spec, params, refused = with_params(spec, the_slot)
     if params:
         log("params %s" % ", ".join("%s=%s" % pair for pair in params.items())
             + (f" (asked by {the_slot.by})" if the_slot.by else ""))
+    started = time.time()
     try:
         if refused:
             raise ParamsRefused(refused)
         ping(spec.ping_url, "/start", log)
-        result = run_job(spec, log=log, slot=the_slot)
+        result = run_job(spec, log=log, slot=the_slot, replace_at=replace_at(spec, the_slot, log, seen))
     except ParamsRefused as error:
         result = RunResult(ok=False, reason=str(error), run_id=run_id, slot=the_slot.at or 0, started=time.time(),
-                           duration=0.0, attempts=0, key=the_slot.key(spec.name), epoch=spec.epoch)
+                           duration=0.0, attempts=0, key=the_slot.key(spec.name), epoch=spec.epoch,
+                           after=the_slot.after)
     except Interrupted:  # during the /start ping, before the first attempt
         result = RunResult(ok=False, reason=interruption(spec.name, run_id)[0], run_id=run_id,
                            slot=the_slot.at or 0, started=time.time(), duration=0.0, attempts=0, interrupted=True,
                            key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
+    record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen)
     if result.interrupted:
         # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
         # death (a clean stop for some service types): exit 1, and say why for the alert.
@@ -176,6 +189,145 @@ def with_params(spec: JobSpec, the_slot) -> tuple:
     filled = replace(spec, url=options.fill(spec.url, values, options.url_part),
                      body=options.fill(spec.body, values, body_part))
     return filled, values, ""
+
+
+# The most skipped slots one run records (a 1 s calendar under a day-long run would be 86,400).
+MAX_SKIPPED = 100
+
+
+def elapses_in(lines: Sequence[str], after: float, until: float, analyze: Analyze = slot_analyze,
+               limit: int = MAX_SKIPPED + 1) -> list:
+    """Every instant of any of `lines` in (after, until], oldest first, at most `limit` of them."""
+    found, base = set(), int(after)
+    for line in lines:
+        base = int(after)
+        for _ in range(limit):
+            elapses = [e for e in analyze([line], base, ITERATIONS)[0] if e > after]
+            found.update(e for e in elapses if e <= until)
+            if not elapses or elapses[-1] > until or len(found) >= limit:
+                break
+            base = elapses[-1]
+    return sorted(found)[:limit]
+
+
+def next_elapse(lines: Sequence[str], after: float, analyze: Analyze = slot_analyze) -> Optional[int]:
+    """The first instant of any of `lines` strictly after `after`; None if there is none."""
+    firsts = [elapses[0] for elapses in analyze(lines, int(after), 1) if elapses]
+    return min(firsts) if firsts else None
+
+
+class RememberedElapses:
+    """slot.analyze that keeps its answers: the slot's own call already lists the elapses after
+    the slot, so whether a later one came while the run went (and when the next comes) costs no
+    second systemd-analyze process in the common case (a process is the cost that counts in a
+    burst: docs/performance.md)."""
+
+    def __init__(self, analyze: Analyze = slot_analyze):
+        self.analyze, self.answers = analyze, []
+
+    def __call__(self, lines, base, iterations):
+        found = self.analyze(lines, base, iterations)
+        self.answers += [(line, base, list(elapses)) for line, elapses in zip(lines, found)]
+        return found
+
+    def next_after(self, lines, at) -> Optional[int]:
+        """The first elapse of any of `lines` after `at`, if the kept answers say it (each line
+        needs an answer that began at or before `at` and went past it); else None."""
+        firsts = []
+        for line in lines:
+            known = [min(e for e in elapses if e > at) for name, base, elapses in self.answers
+                     if name == line and base <= at and any(e > at for e in elapses)]
+            if not known:
+                return None
+            firsts.append(min(known))
+        return min(firsts) if firsts else None
+
+
+def replace_at(spec: JobSpec, the_slot: Slot, log, analyze=slot_analyze) -> Optional[float]:
+    """concurrency = replace: when the next slot comes (this run then ends, and its timer, armed
+    again by the run's end, starts that slot's run at once). Only a timer's run is replaced: a
+    manual run merges the timer's start instead (agent.run_merged_slot)."""
+    if spec.concurrency != "replace" or the_slot.how != "timer" or the_slot.at is None or not spec.calendar:
+        return None
+    try:
+        found = getattr(analyze, "next_after", lambda lines, at: None)(spec.calendar, the_slot.at)
+        found = found if found is not None else next_elapse(spec.calendar, the_slot.at, analyze)
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        log(f"cannot read the calendar ({error}): this run is not replaced by the next slot")
+        return None
+    return float(found) if found is not None else None
+
+
+def lateness(the_slot: Slot) -> float:
+    """How long after its slot the timer elapsed for this run (0 unless a timer started it): a
+    catch-up at boot, or a slot that waited for the previous run to end."""
+    if the_slot.how != "timer" or the_slot.at is None or the_slot.elapsed is None:
+        return 0.0
+    return max(the_slot.elapsed - the_slot.at, 0.0)
+
+
+def missed_reason(spec: JobSpec, the_slot: Slot) -> str:
+    """`skipped: missed by 9h12m, catch_up = 2h` when the timer elapsed for this slot later than
+    the job's catch_up allows (a slot missed while the host was down, run at boot; or one that
+    waited for a run that went on long); "" when it runs. Only a timer's run is ever skipped: a
+    manual run or a backfill was asked for by someone."""
+    allowed = options.catch_up_seconds(spec.catch_up)
+    late = lateness(the_slot)
+    if allowed is None or late <= allowed:
+        return ""
+    return "skipped: missed by %s, catch_up = %s" % (options.duration_text(int(late)),
+                                                     options.catch_up_text(spec.catch_up))
+
+
+def skipped_record(spec: JobSpec, the_slot: Slot, reason: str, kind: str, run: str) -> record.RunRecord:
+    return record.RunRecord(job=spec.name, run=run, slot=the_slot.at or 0, started=time.time(), duration=0.0,
+                            attempts=0, result="skipped", reason=reason, key=the_slot.key(spec.name),
+                            epoch=spec.epoch, skipped=kind)
+
+
+def overlapped_slots(spec: JobSpec, the_slot: Slot, started: float, now: float, stamp_then, stamp_now,
+                     analyze=slot_analyze) -> list:
+    """The slots that came while this run went and will never run (concurrency = forbid): systemd
+    starts no second run of a unit that is running. A timer's run holds its timer (systemd 252
+    arms it again only when the run ends, and then elapses it at once: the latest slot that came
+    runs then, late); a manual run merges the timer's start (the agent runs that elapse's slot
+    after it, agent.run_merged_slot). Either way every slot before the latest one that came is
+    dropped: those are returned. A manual run counts only an elapse its timer stamped meanwhile."""
+    if not spec.calendar or the_slot.how in ("cronjob", "clock"):
+        return []
+    if the_slot.how == "timer" and the_slot.at is not None:
+        after, until = the_slot.at, now
+    elif stamp_now is not None and stamp_now != stamp_then:
+        after, until = started, stamp_now / 1e9
+    else:
+        return []
+    known = getattr(analyze, "next_after", lambda lines, at: None)(spec.calendar, after)
+    if known is not None and known > until:
+        return []  # the next slot is still to come: nothing came (no systemd-analyze process)
+    try:
+        came = elapses_in(spec.calendar, after, until, analyze)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+    return came[:-1]
+
+
+def record_overlaps(spec: JobSpec, the_slot: Slot, started: float, run_id: str, log, stamp_then: Optional[int],
+                    analyze=slot_analyze, send=record.send, now: Optional[float] = None,
+                    stamp_now: Optional[int] = None) -> int:
+    """Record each slot this run made the job skip (`skipped: previous run still running since
+    ...`), each once, under a run id of its own; -> how many. `stamp_then`: the timer's stamp
+    when the run began."""
+    dropped = overlapped_slots(spec, the_slot, started, time.time() if now is None else now, stamp_then,
+                               stamp_of(spec.name) if stamp_now is None else stamp_now, analyze)
+    since = iso_utc(started)
+    for at in dropped[:MAX_SKIPPED]:
+        skipped = Slot(at, run_id)
+        reason = "skipped: previous run still running since %s" % since
+        log(f"job {spec.name}: slot {skipped.name} {reason}")
+        send(skipped_record(spec, skipped, reason, "concurrency", "%s-s%d" % (run_id[:40], at)), _identifier(spec.name))
+    if len(dropped) > MAX_SKIPPED:
+        log(f"job {spec.name}: more slots came while this run went; only the first {MAX_SKIPPED} are recorded")
+    return len(dropped)
 
 
 def _identifier(job: str) -> str:

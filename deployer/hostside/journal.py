@@ -125,6 +125,8 @@ def interrupted_runs(entries):
             run = record.RunRecord.from_journal(entry)
         except (KeyError, ValueError, TypeError):
             continue
+        if run.result == "skipped":
+            continue  # a skipped slot ran nothing: a resume stays due
         if run.resume and run.slot:
             found[run.job] = run.slot
         else:

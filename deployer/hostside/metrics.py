@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 from . import paths
 from .journal import Position, Recorded, read_records
+from .record import SKIP_KINDS
 
 # 2: each job's last run keeps its record's journal cursor (1 compared the records' start times).
 STATE_VERSION = 2
@@ -57,7 +58,16 @@ def add_records(state: dict, records: List[Recorded], now: float) -> dict:
     for recorded in records:
         record, position = recorded.record, Position.of(recorded.cursor)
         job = jobs.setdefault(record.job, {"since": now, "runs": 0, "failures": 0})
-        if position and not position.after(Position.of((job.get("last") or {}).get("cursor", ""))):
+        counted = (Position.of((job.get(kind) or {}).get("cursor", "")) for kind in ("last", "last_skipped"))
+        if position and not all(position.after(newest) for newest in counted):
+            continue
+        if record.result == "skipped":  # nothing ran: neither a run nor a failure, and not the last run
+            skipped = dict(job.get("skipped") or {})
+            kind = record.skipped if record.skipped in SKIP_KINDS else "catch_up"
+            skipped[kind] = skipped.get(kind, 0) + 1
+            job["skipped"] = skipped
+            job["last_skipped"] = {"slot": record.slot, "started": record.started, "reason": record.reason,
+                                   "kind": kind, "run": record.run, "cursor": recorded.cursor}
             continue
         job["runs"] += 1
         job["last"] = {"slot": record.slot, "started": record.started, "duration": record.duration,
@@ -106,6 +116,9 @@ JOB_FAMILIES = (
     Family("deployer_job_running", "gauge", "1 while a run is under way."),
     Family("deployer_job_running_since_timestamp_seconds", "gauge", "When the run under way started (0: none)."),
     Family("deployer_job_pushed_timestamp_seconds", "gauge", "When this host first saw the job."),
+    Family("deployer_job_skipped_total", "counter", "Slots skipped without a call, by reason: catch_up (missed "
+           "by more than the job's catch_up) or concurrency (came while the previous run was still going)."),
+    Family("deployer_job_last_skipped_slot_timestamp_seconds", "gauge", "Scheduled time of the last skipped slot."),
 )
 HOST_FAMILIES = (
     Family("deployer_heartbeat_timestamp_seconds", "gauge", "When the host last wrote its metrics (every minute)."),
@@ -149,6 +162,10 @@ def job_values(job: str, status, settings: Dict[str, float], state: dict) -> Dic
         "deployer_job_running": 1 if running else 0,
         "deployer_job_running_since_timestamp_seconds": epoch(status.started) if running else 0,
         "deployer_job_pushed_timestamp_seconds": kept.get("since", 0),
+        # One sample per reason, always both (a counter that appears only at its first skip
+        # would hide that first increase from rate()).
+        "deployer_job_skipped_total": {kind: (kept.get("skipped") or {}).get(kind, 0) for kind in SKIP_KINDS},
+        "deployer_job_last_skipped_slot_timestamp_seconds": (kept.get("last_skipped") or {}).get("slot"),
     }
 
 
@@ -158,8 +175,15 @@ def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]
     out = []
     host_label = 'deployer_host="%s"' % label_value(host)
     for family in JOB_FAMILIES:
-        samples = ['%s{%s,deployer_job="%s"} %s' % (family.name, host_label, label_value(job), number(values[family.name]))
-                   for job, values in sorted(jobs.items()) if values[family.name] is not None]
+        samples = []
+        for job, values in sorted(jobs.items()):
+            value = values[family.name]
+            labels = '%s,deployer_job="%s"' % (host_label, label_value(job))
+            if isinstance(value, dict):  # by reason
+                samples += ['%s{%s,reason="%s"} %s' % (family.name, labels, label_value(kind), number(count))
+                            for kind, count in value.items()]
+            elif value is not None:
+                samples.append('%s{%s} %s' % (family.name, labels, number(value)))
         if samples:
             out += ["# HELP %s %s" % (family.name, family.help), "# TYPE %s %s" % (family.name, family.kind)] + samples
     host_values = {"deployer_heartbeat_timestamp_seconds": '{%s} %s' % (host_label, number(round(now, 3))),

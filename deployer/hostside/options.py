@@ -112,6 +112,63 @@ def alert_repeat(value: str):
     return int(seconds) if seconds == int(seconds) else seconds
 
 
+# catch_up: what a slot missed while the host was down (Persistent=, run once at boot) does.
+CATCH_UP_WORDS = ("once", "none")
+# `none` still runs a slot whose timer elapsed this long after it: a busy host's PID 1 may elapse a
+# timer a few seconds late, and that is not a missed slot. It is also catch_up's least duration.
+ON_TIME = 60
+
+
+def catch_up(value: str):
+    """`once` (run the latest missed slot at boot, however late), `none` (a slot whose timer elapsed
+    more than ON_TIME after it is skipped) or a duration of at least 1m: a slot missed by more is
+    skipped (seconds)."""
+    if value.lower() in CATCH_UP_WORDS:
+        return value.lower()
+    try:
+        seconds = duration_seconds(value)
+    except Invalid:
+        raise Invalid("%r is not once, none or a duration (%s)" % (value, DURATION_SYNTAX)) from None
+    if seconds < ON_TIME:
+        raise Invalid("%r is under 1m: a slot that late is on time (use none to skip every missed slot)" % (value,))
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
+def catch_up_seconds(value) -> Optional[float]:
+    """How late a slot may start and still run: None for `once` (any), ON_TIME for `none`."""
+    return None if value == "once" else ON_TIME if value == "none" else float(value)
+
+
+def catch_up_text(value) -> str:
+    """As the inventory and the trigger's flag say it: `once`, `none`, `2h`, `90m`, `1h30m`."""
+    if value in CATCH_UP_WORDS:
+        return value
+    return duration_text(value)
+
+
+def duration_text(seconds: float) -> str:
+    """7200 -> `2h`, 5400 -> `1h30m`, 33120 -> `9h12m`, 90 -> `1m30s` (what duration_seconds reads)."""
+    whole, rest = int(seconds), seconds - int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append("%d%s" % (whole // size, unit))
+            whole %= size
+    if rest:
+        parts.append("%gms" % round(rest * 1000))
+    return "".join(parts) or "0s"
+
+
+# concurrency: a slot that comes while the job's previous run is still going.
+CONCURRENCY = ("forbid", "replace")
+
+
+def concurrency(value: str) -> str:
+    if value.lower() not in CONCURRENCY:
+        raise Invalid("%r is not one of %s" % (value, ", ".join(CONCURRENCY)))
+    return value.lower()
+
+
 def url(value: str) -> str:
     text(value)
     if len(value) > MAX_URL:
@@ -482,6 +539,15 @@ JOB_OPTIONS = (
            help="run when this job (same host) succeeded, for the same slot; no schedule of its own"),
     Option("on_failure_run", optional(name), job_only=True,
            help="the job (same host, no schedule of its own) run when this one failed, for the same slot"),
+
+    Option("catch_up", catch_up, default="once", flag="--catch-up", format=catch_up_text,
+           help="a slot missed while the host was down: once (run the latest one at boot, the default), "
+                "none (skip it) or a duration such as 2h (skip it when missed by more); a skipped slot is "
+                "recorded (history, status, metrics), not alerted"),
+    Option("concurrency", concurrency, default="forbid", flag="--concurrency",
+           help="a slot that comes while the previous run is still going: forbid (it does not start beside "
+                "it: the latest such slot runs when that run ends, each earlier one is skipped and recorded) "
+                "or replace (the run still going is ended and the new slot's run starts on time)"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in JOB_OPTIONS}
 TRIGGER_OPTIONS = tuple(option for option in JOB_OPTIONS if option.flag)

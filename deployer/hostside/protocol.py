@@ -147,6 +147,8 @@ class JobStatus:
     # The last run as the journal remembers it (its record, else PID 1's): systemd forgets a
     # paused timer's units, and a reboot forgets every unit's last run.
     last_run: Optional["RunInfo"] = None
+    skipped: int = 0  # slots skipped (catch_up, concurrency), as metrics.json counts them
+    last_skipped: Optional["RunInfo"] = None
 
 
 @dataclass(frozen=True)

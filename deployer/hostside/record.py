@@ -19,7 +19,9 @@ DYNAMIC_UIDS = range(61184, 65520)
 SENDER_FIELDS = ("_UID", "_SYSTEMD_UNIT")
 # `journalctl MESSAGE_ID=...` finds every run of every job.
 RUN_FINISHED = "5f0c1b0e9f5a4e2d8a7c3b6d1e2f4a90"
-RESULTS = ("ok", "failed", "fenced")
+RESULTS = ("ok", "failed", "fenced", "skipped")
+# DEPLOYER_SKIPPED of a slot that called nothing (docs/json.md)
+SKIP_KINDS = ("catch_up", "concurrency")
 # PID 1's own entries about a unit's run (they carry UNIT=, INVOCATION_ID=): "Failed with
 # result 'timeout'" (UNIT_RESULT=) and "Main process exited" (EXIT_CODE=, EXIT_STATUS=). They are
 # all a run killed before it could write its record leaves.
@@ -31,7 +33,7 @@ PRIORITY_INFO, PRIORITY_ERR = "6", "3"
 FIELDS = ("DEPLOYER_JOB", "DEPLOYER_RUN", "DEPLOYER_SLOT", "DEPLOYER_STARTED", "DEPLOYER_DURATION",
           "DEPLOYER_ATTEMPTS", "DEPLOYER_RESULT", "DEPLOYER_REASON", "DEPLOYER_HTTP_STATUS", "DEPLOYER_KEY",
           "DEPLOYER_EPOCH", "DEPLOYER_REACHED", "DEPLOYER_RESUME", "DEPLOYER_PARAMS", "DEPLOYER_RUN_BY",
-          "DEPLOYER_AFTER")
+          "DEPLOYER_AFTER", "DEPLOYER_SKIPPED")
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,12 @@ class RunRecord:
     params: str = ""  # the parameter values this run used, a JSON object: {"batch": "42"}
     by: str = ""  # who asked for a manual run (`deployer run`): user@client
     after: str = ""  # a chained run: "<parent> <its slot> succeeded|failed", why it ran
+    skipped: str = ""  # result "skipped": one of SKIP_KINDS
 
     @property
     def message(self) -> str:
+        if self.result == "skipped":
+            return f"{self.job}: slot {self.key.split('/', 1)[-1]} {self.reason}"
         plural = "" if self.attempts == 1 else "s"
         verdict = "ok" if self.result == "ok" else f"{self.result.upper()} ({self.reason})"
         return f"{self.job}: {verdict} in {self.duration:.2f}s ({self.attempts} attempt{plural})"
@@ -63,7 +68,7 @@ class RunRecord:
         return {
             "MESSAGE": self.message,
             "MESSAGE_ID": RUN_FINISHED,
-            "PRIORITY": PRIORITY_INFO if self.result == "ok" else PRIORITY_ERR,
+            "PRIORITY": PRIORITY_ERR if self.result in ("failed", "fenced") else PRIORITY_INFO,
             "DEPLOYER_JOB": self.job,
             "DEPLOYER_RUN": self.run,
             "DEPLOYER_SLOT": str(self.slot),
@@ -80,6 +85,7 @@ class RunRecord:
             "DEPLOYER_PARAMS": self.params,
             "DEPLOYER_RUN_BY": self.by,
             **({"DEPLOYER_AFTER": self.after} if self.after else {}),
+            **({"DEPLOYER_SKIPPED": self.skipped} if self.skipped else {}),
         }
 
     @classmethod
@@ -97,7 +103,8 @@ class RunRecord:
                    epoch=int(entry.get("DEPLOYER_EPOCH") or 0),
                    reached=tuple(c == "y" for c in entry.get("DEPLOYER_REACHED", "")),
                    resume=entry.get("DEPLOYER_RESUME") == "y", params=entry.get("DEPLOYER_PARAMS", ""),
-                   by=entry.get("DEPLOYER_RUN_BY", ""), after=entry.get("DEPLOYER_AFTER", ""))
+                   by=entry.get("DEPLOYER_RUN_BY", ""), after=entry.get("DEPLOYER_AFTER", ""),
+                   skipped=entry.get("DEPLOYER_SKIPPED", ""))
 
 
 def sent_by_the_job(entry: dict) -> bool:

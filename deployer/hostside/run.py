@@ -82,6 +82,8 @@ class JobSpec:
     resolution: int = 60  # seconds: X-Deployer-Scheduled-At of a manual run is its start floored to this
     calendar: tuple = ()  # the timer's OnCalendar= lines: the slot a run is for comes from them
     epoch: int = 0  # X-Deployer-Epoch: grows whenever the job's owner changes (the fence)
+    catch_up: object = "once"  # once | none | seconds (options.catch_up)
+    concurrency: str = "forbid"  # forbid | replace
     # From credentials (options.CREDENTIAL_OPTIONS): never on the command line.
     headers: tuple = ()
     body: str = ""
@@ -278,12 +280,14 @@ def saying_while_waiting(log: Callable[[str], None], label: str, every: float):
 
 def run_job(spec: JobSpec, log: Callable[[str], None] = print,
             sleep: Callable[[float], None] = time.sleep, slot: Optional[Slot] = None,
-            waiting_every: float = WAITING_EVERY) -> RunResult:
+            waiting_every: float = WAITING_EVERY, replace_at: Optional[float] = None) -> RunResult:
     """Every attempt within spec.timeout seconds in all; backoff 1s, 2s, 4s... between them (or
     the service's Retry-After); every `waiting_every` seconds of a request without its answer,
     a line says the run is waiting. An attempt the service may have seen is sent again only when
     that cannot run the work twice (may_resend). A SIGTERM (raised as Interrupted by the
-    caller's handler) ends the run as a failed one."""
+    caller's handler) ends the run as a failed one. `replace_at` (unix seconds, concurrency =
+    replace): the next slot; the run ends then, failed (`replaced: ...`), if it is still going,
+    so that its timer starts that slot's run at once."""
     wall = time.time()
     started = time.monotonic()
     deadline = started + spec.timeout
@@ -305,7 +309,8 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
         raise RunTimeout()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, spec.timeout)
+    replacing = replace_at is not None and replace_at - wall < spec.timeout
+    signal.setitimer(signal.ITIMER_REAL, max(replace_at - time.time(), 0.001) if replacing else spec.timeout)
     try:
         for attempt in range(1, attempts + 1):
             begin = time.monotonic()
@@ -350,6 +355,8 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
             sleep(pause)
     except RunTimeout:
         verdict = Verdict(False, f"timed out after {spec.timeout:g}s (whole run, retries included)")
+        if replacing and time.time() >= replace_at - 1:
+            verdict = Verdict(False, replaced_reason(replace_at))
         log(f"{spec.method} {shown}: {verdict.reason}")
     except Interrupted:
         interrupted = True
@@ -363,6 +370,10 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                      interrupted=interrupted, fenced=fenced, key=key, epoch=spec.epoch, reached=tuple(reached),
                      resume=interrupted and resumable and slot.at is not None
                      and (spec.async_ == "poll" or may_resend(spec)), after=slot.after)
+
+
+def replaced_reason(replace_at: float) -> str:
+    return f"replaced: the slot {iso_utc(replace_at)} came while it ran (concurrency = replace)"
 
 
 def key_in_progress(response: Response) -> bool:

@@ -52,6 +52,7 @@ class Slot:
     # What `deployer run` asked of this run: parameter values (name, value) and who asked.
     params: tuple = ()
     by: str = ""
+    elapsed: Optional[float] = None  # a timer's run: when the timer elapsed for it
 
     @property
     def name(self) -> str:
@@ -258,10 +259,10 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     if elapsed is None:
         return Slot(None, run, "manual")
     if not calendar:  # @reboot: the boot is the slot
-        return Slot(int(elapsed), run)
+        return Slot(int(elapsed), run, elapsed=elapsed)
     try:
         found = latest_elapse(calendar, elapsed, analyze)
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         log("cannot read the calendar (%s): the slot is the second the timer elapsed" % error)
         found = None
-    return Slot(found, run) if found is not None else Slot(int(elapsed), run, "clock")
+    return Slot(found, run, elapsed=elapsed) if found is not None else Slot(int(elapsed), run, "clock")

@@ -36,10 +36,11 @@ def journal(host, matches: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def records(host, job: str) -> list[RunRecord]:
-    """The job's run records that its own runs sent (what history, status and the metrics read)."""
+def records(host, job: str, skipped: bool = False) -> list[RunRecord]:
+    """The job's run records that its own runs sent (what history, status and the metrics read);
+    with `skipped`, the records of slots skipped instead (issue 23: they are not runs)."""
     return [RunRecord.from_journal(e) for e in journal(host, f"MESSAGE_ID={RUN_FINISHED} DEPLOYER_JOB={job}")
-            if sent_by_the_job(e)]
+            if sent_by_the_job(e) and (e.get("DEPLOYER_RESULT") == "skipped") == skipped]
 
 
 def runs(host, job: str) -> list[Run]:

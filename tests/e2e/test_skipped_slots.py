@@ -1,0 +1,153 @@
+"""Issue 23 items 5 and 6 on a real host: a catch-up older than the job's `catch_up` is skipped and
+recorded, a settlement with a longer one still runs; a slot that comes while the previous run
+goes is skipped and recorded once (concurrency = forbid), or ends that run and starts on time
+(concurrency = replace). Judged by the run records, the service's requests, `history --json`,
+`status --json` and the metrics file, never by when something happened to arrive."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from deployer.hostside import paths
+from deployer.hostside.slot import iso_utc
+from tests.e2e.runs import records, wait_until
+from tests.httpserver import Reply, json_reply
+
+pytestmark = pytest.mark.e2e
+
+
+def job(server, name: str, calendar: str, **extra: str) -> str:
+    lines = "".join(f"{k} = {v}\n" for k, v in extra.items())
+    return f"[job:{name}]\non_calendar = {calendar}\nurl = {server.url('/' + name)}\nretries = 0\n{lines}"
+
+
+def metrics(host) -> str:
+    return host.ssh(f"cat {paths.METRICS_DIR}/{paths.METRICS_FILE} 2>/dev/null || true").stdout
+
+
+def skipped_total(host, job_name: str, reason: str):
+    found = re.search(r'^deployer_job_skipped_total\{deployer_host="[^"]*",deployer_job="%s",reason="%s"\} (\d+)$'
+                      % (job_name, reason), metrics(host), re.M)
+    return int(found.group(1)) if found else None
+
+
+def history(deployer, path: str, name: str) -> dict:
+    return json.loads(deployer("history", name, "--since", "1h", "-i", path, "--json", check=True).stdout)
+
+
+def status_row(deployer, path: str, name: str) -> dict:
+    document = json.loads(deployer("status", "-i", path, "--json", check=True).stdout)
+    return next(row for row in document["jobs"] if row["job"] == name)
+
+
+def test_issue23_5_a_briefing_missed_overnight_is_skipped_and_recorded_a_settlement_still_runs(
+        shared_cron01, server, deployer, write_inventory):
+    host = shared_cron01
+    server.routes["/briefing"] = server.routes["/settle"] = json_reply({"code": 0})
+    # A calendar whose latest slot was 30 minutes ago and whose next is 30 minutes away: the only
+    # run in this test is the catch-up.
+    minute = (time.gmtime().tm_min + 30) % 60
+    calendar = f"*-*-* *:{minute:02d}:00"
+    path = write_inventory(host.inventory_host() + job(server, "briefing", calendar, catch_up="10m")
+                           + job(server, "settle", calendar, catch_up="2h"))
+    deployer("push", "-i", path, check=True)
+    # What a host that was down since before that slot finds at boot: its timers last elapsed two
+    # hours ago, so Persistent= runs the latest missed slot once, now.
+    for name in ("briefing", "settle"):
+        timer = paths.job_unit(name, "timer")
+        host.ssh(f"systemctl stop {timer} && touch -d @{int(time.time()) - 7200} {paths.TIMER_STAMPS}/stamp-{timer} "
+                 f"&& systemctl start {timer}")
+
+    settled = wait_until(lambda: records(host, "settle"), 60, "the settlement's catch-up run")
+    skipped = wait_until(lambda: records(host, "briefing", skipped=True), 60, "the briefing's skipped slot")
+    assert [r.result for r in settled] == ["ok"] and len(server.received("/settle")) == 1
+    assert server.received("/briefing") == [], "a skipped slot calls nothing"
+    assert records(host, "briefing") == [], "a skipped slot is not a run"
+    [record] = skipped
+    assert re.fullmatch(r"skipped: missed by (30m\d*s?|31m\d*s?|30m|31m), catch_up = 10m", record.reason), record.reason
+    assert record.slot == settled[0].slot and record.key == "briefing/" + iso_utc(record.slot)
+    assert (record.skipped, record.attempts) == ("catch_up", 0)
+    unit = paths.job_unit("briefing", "service")
+    assert host.ssh(f"systemctl show -p Result,ExecMainStatus --value {unit}").stdout.split() == ["success", "0"]
+
+    document = history(deployer, path, "briefing")
+    assert [(r["result"], r["reason"]) for r in document["runs"]] == [("skipped", record.reason)]
+    assert (document["summary"]["runs"], document["summary"]["failures"], document["summary"]["skipped"]) == (0, 0, 1)
+    assert "1 skipped" in deployer("history", "briefing", "--since", "1h", "-i", path, check=True).stdout
+
+    assert wait_until(lambda: skipped_total(host, "briefing", "catch_up") == 1, 90, "the metrics count it")
+    assert skipped_total(host, "briefing", "concurrency") == 0 and skipped_total(host, "settle", "catch_up") == 0
+    row = status_row(deployer, path, "briefing")
+    assert (row["result"], row["last_result"], row["reason"], row["skipped"]) == ("skipped", "skipped", record.reason, 1)
+    assert row["last_skipped"]["reason"] == record.reason
+    assert "1 slot skipped" in deployer("status", "-i", path, check=True).stdout
+    assert status_row(deployer, path, "settle")["result"] == "ok"
+
+
+def test_issue23_6_forbid_a_slot_that_comes_while_the_run_goes_is_skipped_once(shared_cron01, server, deployer,
+                                                                               write_inventory):
+    host = shared_cron01
+    calls = []
+
+    def reply(request):  # the first run takes 25 s: the next two 10 s slots come while it goes
+        calls.append(request)
+        return Reply(200, b'{"code": 0}', delay=25 if len(calls) == 1 else 0)
+
+    server.routes["/tick"] = reply
+    path = write_inventory(host.inventory_host() + job(server, "tick", "*:*:0/10", timeout="60s"))
+    deployer("push", "-i", path, check=True)
+
+    wait_until(lambda: records(host, "tick", skipped=True), 90, "the overlapped slots' records")
+    ran = wait_until(lambda: len(records(host, "tick")) >= 3 and records(host, "tick"), 60, "runs after it")
+    skips = records(host, "tick", skipped=True)
+    first = ran[0]
+    # The first run went 25 s from its start: every 10 s slot after its own up to its end came
+    # meanwhile. systemd started one run when it ended, for the latest of them; each earlier one
+    # never ran and is recorded, once.
+    came = list(range(first.slot + 10, int(first.started + first.duration) + 1, 10))
+    assert len(came) >= 2, came
+    assert ran[1].slot == came[-1], [(r.slot, r.result) for r in ran]
+    assert [s.slot for s in skips] == came[:-1], ([s.slot for s in skips], came)
+    assert {s.reason for s in skips} == {"skipped: previous run still running since %s" % iso_utc(first.started)}
+    assert {(s.result, s.skipped, s.attempts) for s in skips} == {("skipped", "concurrency", 0)}
+    heard = [r.headers.get("X-Deployer-Slot") for r in server.received("/tick")]
+    assert not {iso_utc(s.slot) for s in skips} & set(heard), "a skipped slot calls nothing"
+    assert len({s.run for s in skips}) == len(skips)
+
+    document = history(deployer, path, "tick")
+    listed = sorted(r["slot"] for r in document["runs"] if r["result"] == "skipped")
+    assert len(listed) == len(skips) == document["summary"]["skipped"]
+    assert document["summary"]["missed_slots"] == 0, "the skipped slots are accounted for"
+    assert wait_until(lambda: skipped_total(host, "tick", "concurrency") == len(skips), 90, "the metrics count them")
+    assert skipped_total(host, "tick", "catch_up") == 0
+    row = status_row(deployer, path, "tick")
+    assert row["skipped"] == len(skips) and row["last_skipped"]["reason"] == skips[-1].reason
+
+
+def test_issue23_6_replace_ends_the_run_still_going_and_the_new_slot_starts_on_time(shared_cron01, server, deployer,
+                                                                                   write_inventory):
+    host = shared_cron01
+    calls = []
+
+    def reply(request):
+        calls.append(request)
+        return Reply(200, b'{"code": 0}', delay=25 if len(calls) == 1 else 0)
+
+    server.routes["/tock"] = reply
+    path = write_inventory(host.inventory_host() + job(server, "tock", "*:*:0/10", timeout="60s",
+                                                       concurrency="replace"))
+    deployer("push", "-i", path, check=True)
+    assert "--concurrency replace" in host.ssh(f"systemctl show -p ExecStart --value {paths.job_unit('tock', 'service')}").stdout
+
+    found = wait_until(lambda: len(records(host, "tock")) >= 2 and records(host, "tock"), 90, "two runs")
+    first, second = found[:2]
+    assert first.result == "failed" and first.reason == (
+        f"replaced: the slot {iso_utc(first.slot + 10)} came while it ran (concurrency = replace)")
+    # The new slot's run started while the first request (25 s) was still outstanding: on time.
+    assert second.slot == first.slot + 10 and second.result == "ok"
+    assert second.started < first.started + 20, (first.started, second.started)
+    assert first.duration < 20
+    assert records(host, "tock", skipped=True) == []
