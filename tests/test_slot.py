@@ -182,10 +182,23 @@ def test_an_elapse_after_this_process_started_is_not_the_one_that_started_it(tmp
     os.utime(stamp, (1796568620.0004, 1796568620.0004))  # :20, read at :21
     env = {"TRIGGER_UNIT": "deployer-every2.timer"}
     assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568618.15) == \
-        pytest.approx(1796568618.15)  # PID 1 started the run at :18.14
+        pytest.approx(1796568618.15 + slot.START_MARGIN)  # PID 1 started the run at :18.14
     assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568621.3) == \
         pytest.approx(1796568620.0004)  # the stamp said when the elapse came, before this process
     assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: None) == pytest.approx(1796568620.0004)
+
+
+def test_a_start_that_reads_a_tick_before_its_own_elapse_still_names_that_elapses_slot(tmp_path):
+    """/proc truncates the start to 10 ms: a run started 5 ms after the :35 elapse read as
+    34.998 and named :34, which the run before it had named (a slot called twice)."""
+    stamp = tmp_path / "stamp-deployer-one.timer"
+    stamp.touch()
+    os.utime(stamp, (1796570315.0001, 1796570315.0001))
+    env = {"TRIGGER_UNIT": "deployer-one.timer"}
+    elapsed = slot.elapsed_at("one", env, str(tmp_path), started=lambda: 1796570314.998)
+    assert elapsed == pytest.approx(1796570315.0001)
+    assert slot.latest_elapse(["*:*:*"], elapsed, lambda lines, base, n: [[base + i for i in range(1, n + 1)]]) == \
+        1796570315
 
 
 def test_a_process_knows_when_it_was_started_on_the_wall_clock():
