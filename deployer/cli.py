@@ -147,6 +147,25 @@ def _job_host(inv, job: str, host_name: Optional[str]) -> tuple[str, object]:
     raise DeployerError(f"{inv.path}: no [job:{job}]{where}{_did_you_mean(job, names)}")
 
 
+def _ask_hosts(inv, names: list, ask, must: tuple = ()):
+    """`ask(agent)` of every host in `names`, in parallel -> ({name: (answer, None) or (None,
+    error)}, the names that did not answer). A host in `must` that does not answer is the
+    command's error (raised); another's is for the caller to warn of."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name):
+        try:
+            return ask(_connect(inv, name)), None
+        except DeployerError as error:
+            if name in must:
+                raise
+            return None, error
+
+    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
+        answers = dict(zip(names, pool.map(one, names)))
+    return answers, [name for name, (_, error) in answers.items() if error is not None]
+
+
 def _open_job(inventory_path: str, job: str, host_name: Optional[str]):
     """What every job command starts with: the inventory, the job's host, the Job, that host's agent."""
     inv = Options(inventory_path).inventory()
@@ -668,8 +687,6 @@ def history(job, inventory_path, host_name, since, as_json):
     A slot the job's catch_up or concurrency skipped is listed as `skipped` with its
     reason (it called nothing) and counted apart: it is neither a run nor a missed slot.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import remote
     from .report import history_document, history_text, job_zone, now_utc, since_time
 
@@ -684,17 +701,7 @@ def history(job, inventory_path, host_name, since, as_json):
     inv.host(primary)
     names = [primary] + ([] if host_name else [h.name for h in inv.hosts if h.name != primary])
 
-    def read(name):
-        try:
-            return remote.history(_connect(inv, name), job, start), None
-        except DeployerError as error:
-            if name == primary:
-                raise
-            return None, error
-
-    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
-        answers = dict(zip(names, pool.map(read, names)))
-    unread = [name for name, (_, error) in answers.items() if error is not None]
+    answers, unread = _ask_hosts(inv, names, lambda agent: remote.history(agent, job, start), must=(primary,))
     for name in unread:
         reason = " ".join(answers[name][1].lines()).removeprefix(f"host {name}: ")
         click.echo(f"deployer: warning: host {name}: {printable(reason)}; its runs of {job}, if any, "
@@ -740,8 +747,6 @@ def audit(inventory_path, host_name, since, as_json):
     a detail. `--json` adds the inventory file's sha256. Read from each host's journal
     (`journalctl MESSAGE_ID=8e1f5c2a6b7d4c0e9a3f1b2d4c6e8a01`); a host that cannot be read is named.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import remote
     from .report import audit_document, audit_text, now_utc, since_time
 
@@ -753,15 +758,7 @@ def audit(inventory_path, host_name, since, as_json):
     inv = Options(inventory_path).inventory()
     names = [_host_name(inv, host_name)] if host_name or len(inv.hosts) <= 1 else [h.name for h in inv.hosts]
 
-    def read(name):
-        try:
-            return remote.audit(_connect(inv, name), start), None
-        except DeployerError as error:
-            return None, error
-
-    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
-        answers = dict(zip(names, pool.map(read, names)))
-    unread = [name for name, (_, error) in answers.items() if error is not None]
+    answers, unread = _ask_hosts(inv, names, lambda agent: remote.audit(agent, start))
     for name in unread:
         reason = " ".join(answers[name][1].lines()).removeprefix(f"host {name}: ")
         click.echo(f"deployer: {'error' if host_name else 'warning'}: host {name}: {printable(reason)}; its "

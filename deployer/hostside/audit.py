@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import socket
 
 from . import protocol
 from .paths import JOURNAL_SOCKET
-from .record import encode
+from .record import send_fields
 
 # `journalctl MESSAGE_ID=...` finds every audited action.
 AUDIT = "8e1f5c2a6b7d4c0e9a3f1b2d4c6e8a01"
@@ -154,10 +153,4 @@ def from_journal(entry: dict) -> protocol.AuditEntry:
 
 def send(entry: protocol.AuditEntry, path: str = JOURNAL_SOCKET) -> bool:
     """Send the entry to the journal; False where there is none."""
-    fields = {"SYSLOG_IDENTIFIER": "deployer-agent", **journal_fields(entry)}
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
-            journal.sendto(encode(fields), path)
-        return True
-    except OSError:
-        return False
+    return send_fields({"SYSLOG_IDENTIFIER": "deployer-agent", **journal_fields(entry)}, path)

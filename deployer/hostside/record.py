@@ -136,7 +136,11 @@ def encode(fields: dict) -> bytes:
 
 def send(record: RunRecord, identifier: str, path: str = JOURNAL_SOCKET) -> bool:
     """Send the record to the journal; False where there is none (Kubernetes, a laptop)."""
-    fields = {"SYSLOG_IDENTIFIER": identifier, **record.journal_fields()}
+    return send_fields({"SYSLOG_IDENTIFIER": identifier, **record.journal_fields()}, path)
+
+
+def send_fields(fields: dict, path: str = JOURNAL_SOCKET) -> bool:
+    """One structured entry to journald's native socket; False where there is none."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
             journal.sendto(encode(fields), path)
