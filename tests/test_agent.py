@@ -1245,3 +1245,13 @@ def test_issue23_a_slot_skipped_at_boot_does_not_cancel_the_resume_of_a_run_the_
                            DEPLOYER_SKIPPED="catch_up")
     assert journal.interrupted_runs([cut, skipped]) == {"settle": 960}
     assert journal.interrupted_runs([cut, record_entry("settle", "a3", 5000.0)]) == {}  # a run that ended: none
+
+
+def test_every_operation_of_the_protocol_has_one_handler_and_no_handler_is_undeclared():
+    assert set(agent.HANDLERS) == {op.request for op in protocol.OPERATIONS.values()}
+
+
+def test_the_reads_and_the_operations_that_settle_a_switch_first_are_those_the_agent_always_had():
+    reads = {name for name, op in protocol.OPERATIONS.items() if op.reads}
+    assert reads == {"state", "status", "history", "audit"}
+    assert {name for name, op in protocol.OPERATIONS.items() if op.settles_first} == {"state", "status", "run"}

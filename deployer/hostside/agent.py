@@ -940,6 +940,18 @@ class Host:
 
 # -- operations -------------------------------------------------------------------------------
 
+# request type -> the op_* that answers it (protocol.OPERATIONS declares each operation once)
+HANDLERS: Dict[type, object] = {}
+
+
+def handles(request_type):
+    def register(function):
+        HANDLERS[request_type] = function
+        return function
+    return register
+
+
+@handles(StateRequest)
 def op_state(host, request):
     files = host.managed_files()
     contents = {}
@@ -953,6 +965,7 @@ def op_state(host, request):
                        owner=(owner or {}).get("host"), held=host.current_hold(), epochs=host.epochs())
 
 
+@handles(ApplyRequest)
 def op_apply(host, request):
     # A client that dies (killed, connection lost) must not stop a switch under way.
     if hasattr(signal, "SIGHUP"):
@@ -1054,6 +1067,7 @@ def check_unmanaged(host, current, writes, removes):
                              "remove it" % path)
 
 
+@handles(StatusRequest)
 def op_status(host, request):
     units = {unit_name(p) for p in host.managed_files() if paths.job_of_unit(p)} - {paths.RECOVER_UNIT}
     # A chained job (after =) has a service and no timer: it is listed by the timer it lacks.
@@ -1134,6 +1148,7 @@ def with_skips(host, jobs):
     return tuple(found[j.job] for j in jobs)
 
 
+@handles(HistoryRequest)
 def op_history(host, request):
     """Every run of one job since `request.since`: one journalctl call, records and PID 1's entries."""
     paths.job_unit(request.job, "service")  # a bad name is refused before it reaches journalctl
@@ -1159,6 +1174,7 @@ def who_asked():
     return "%s@%s" % (user, client) if client else user
 
 
+@handles(RunRequest)
 def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
@@ -1219,6 +1235,7 @@ def running_since(host, service):
     return iso_time(props.get("ExecMainStartTimestamp", ""))
 
 
+@handles(StopRequest)
 def op_stop(host, request):
     """Stop the job's run in progress: its trigger takes the SIGTERM as `deployer stop`'s and
     records the run as failed, stopped (its alert says so). Nothing running is an answer, not an
@@ -1296,6 +1313,7 @@ def stream_run_lines(host, follower, since, finished):
             finished.set()
 
 
+@handles(LogsRequest)
 def op_logs(host, request):
     args = ["-u", paths.job_unit(request.job, "service")]
     if request.lines:
@@ -1337,6 +1355,7 @@ def follow_lines(host, follower):
                 return
 
 
+@handles(PauseRequest)
 def op_pause(host, request):
     with host.locked():
         timer = host.installed(request.job, "timer")
@@ -1349,6 +1368,7 @@ def op_pause(host, request):
         return PauseAnswer(timer=timer)
 
 
+@handles(ResumeRequest)
 def op_resume(host, request):
     with host.locked():
         timer = host.installed(request.job, "timer")
@@ -1369,6 +1389,7 @@ def op_resume(host, request):
 ALERT_TEST_JOURNAL_WAIT = 15.0
 
 
+@handles(AlertTestRequest)
 def op_alert_test(host, request):
     """`deployer alert test`: start the channel's own alert unit as its test instance, which
     sends one test message exactly as a failed job's alert goes out (the unit's credentials,
@@ -1409,6 +1430,7 @@ def alert_test_answer(channel, entries, output, code=0, failure=""):
     return AlertTestAnswer(channel=channel, accepted=False, answer="not sent: " + why, output=output)
 
 
+@handles(HandoffRequest)
 def op_handoff(host, request):
     """The first step of `deployer move`: stop these timers here and say when."""
     with host.locked():
@@ -1419,6 +1441,7 @@ def op_handoff(host, request):
         return HandoffAnswer(stopped=tuple(timers), at=time.time())
 
 
+@handles(ReleaseRequest)
 def op_release(host, request):
     """`deployer release`: the operator confirms that this host still owns its jobs."""
     with host.locked():
@@ -1426,6 +1449,7 @@ def op_release(host, request):
         return ReleaseAnswer(released=held, started=started)
 
 
+@handles(AuditRequest)
 def op_audit(host, request):
     """`deployer audit`: the audit trail since `request.since`."""
     return AuditAnswer(entries=tuple(audit_entries(host.systemd, request.since)), now=time.time())
@@ -1474,11 +1498,6 @@ def record_action(host, request, answer, actor, began):
 
 # -- dispatch ---------------------------------------------------------------------------------
 
-OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
-              StopRequest: op_stop,
-              LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
-              HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history,
-              AlertTestRequest: op_alert_test, AuditRequest: op_audit}
 
 
 def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
@@ -1492,11 +1511,11 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
                              "(passwordless sudo for this user) in [host:%s]" % name)
-        if isinstance(request, (StateRequest, StatusRequest, RunRequest)) and os.path.exists(host.layout.journal):
+        if protocol.operation_of(request).settles_first and os.path.exists(host.layout.journal):
             with host.locked():  # an interrupted switch is finished before anything reads the host
                 host.roll_forward()
         began = time.time()
-        answer = OPERATIONS[type(request)](host, request)
+        answer = HANDLERS[type(request)](host, request)
     except protocol.ProtocolError as error:
         answer = Failure(error.code, error.message)
     except AgentError as error:
@@ -1625,7 +1644,6 @@ def renew_lease(seconds, layout=None, now=None):
 # heartbeat would keep the client waiting for ever, so the agent says where it is, and ends.
 READ_LIMIT_SECONDS = 150
 EXIT_STUCK = 70
-READS = (StateRequest, StatusRequest, HistoryRequest, AuditRequest)
 
 
 def watch_reads(raw, limit=READ_LIMIT_SECONDS):
@@ -1636,7 +1654,7 @@ def watch_reads(raw, limit=READ_LIMIT_SECONDS):
         request = protocol.decode_request(raw)[1]
     except Exception:  # noqa: BLE001 - whatever is wrong with it, handle() answers it
         return
-    if not isinstance(request, READS):
+    if not protocol.operation_of(request).reads:
         return
 
     main_thread = threading.main_thread().ident
