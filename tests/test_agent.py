@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import agent, journal, paths, protocol
+from deployer.hostside import agent, journal, paths, protocol, systemctl
 from deployer.hostside.agent import Journal, switch_plan
 from deployer.hostside.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
@@ -20,7 +20,7 @@ DATA = Path(__file__).parent / "data" / "agent"
 U = paths.UNIT_DIR
 
 
-class FakeSystemd(agent.Systemd):
+class FakeSystemd(systemctl.Systemd):
     """Records every command; `systemctl show` answers from tests/data/agent/, `is-active` says
     active, verify says `complaints`. Timers started are remembered in `active`."""
 
@@ -32,7 +32,7 @@ class FakeSystemd(agent.Systemd):
         self.stuck: set[str] = set()  # units that stay active whatever is asked
         self.shown = {}
         for name in ("show-timers.txt", "show-services.txt"):
-            self.shown.update(agent.parse_show((DATA / name).read_text()))
+            self.shown.update(systemctl.parse_show((DATA / name).read_text()))
 
     def run(self, args):
         args = tuple(args)
@@ -405,7 +405,7 @@ def test_owner_file_is_private_and_names_only_the_host(host):
 
 
 def test_systemd_analyze_never_reads_a_value_as_an_option():
-    argv = agent.verify_argv(["-h", "/x/deployer-a.timer"])
+    argv = systemctl.verify_argv(["-h", "/x/deployer-a.timer"])
     assert argv.index("--") < argv.index("-h")
 
 

@@ -488,7 +488,7 @@ def account_of(invocation: str, fallback: str) -> RunAccount:
 
 
 def _systemd():
-    from .agent import Systemd  # every journalctl call of the host programs goes through it
+    from .systemctl import Systemd  # every journalctl call of the host programs goes through it
 
     return Systemd()
 

@@ -383,6 +383,14 @@ def operation_of(request) -> Operation:
     return OPERATIONS[OP_OF_REQUEST[type(request)]]
 
 
+class AgentError(Exception):
+    """A refusal the client shows as one line; `code` is one of protocol.ERROR_CODES."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Failure:
     """What a refused request answers instead of its answer type."""
