@@ -10,6 +10,7 @@ Order: paths -> pure functions -> side effects -> operations -> dispatch.
 """
 import base64
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -228,9 +229,18 @@ def heartbeat():
     threading.Thread(target=beat, daemon=True).start()
 
 
+# Where progress goes: `@progress` lines on stderr for the SSH client; the in-process client
+# (remote.LocalAgent) takes them as calls, as it takes journal lines (Host.emit).
+PROGRESS_TO = contextvars.ContextVar("PROGRESS_TO", default=None)
+
+
 def progress(text):
     """A step the client may show on a terminal."""
-    say("@progress " + text)
+    to = PROGRESS_TO.get()
+    if to is None:
+        say("@progress " + text)
+    else:
+        to(text)
 
 
 # Timers started per systemctl call: small enough that the count a push shows moves (1,000
@@ -1340,9 +1350,16 @@ def record_action(host, request, answer, actor, began):
 
 
 
-def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
+def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progress_to=None):
     """One request (bytes) -> one answer (bytes). The in-process client calls this directly
-    (`emit`: where streamed journal lines go; else `@line` on stderr)."""
+    (`emit`: where streamed journal lines go, else `@line` on stderr; `progress_to`: where
+    progress goes, else `@progress` on stderr)."""
+    if progress_to is not None:
+        token = PROGRESS_TO.set(progress_to)
+        try:
+            return handle(raw, layout, systemd, require_root, emit)
+        finally:
+            PROGRESS_TO.reset(token)
     host = request = actor = None
     began = time.time()
     try:
