@@ -360,7 +360,7 @@ def watch_argv(host: Host, send: bool = False) -> list[str]:
 
 
 def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ...]:
-    """The watcher's service and timer (hostside/watch.py), only when some job of the host sets
+    """The watcher's service, its sender and its timer (hostside/watch.py), only when some job of the host sets
     alert_late or alert_long: a host without them runs nothing more."""
     from .hostside.watch import Watched, config_value
     from .hostside.options import WATCH_EVERY
@@ -377,12 +377,15 @@ def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ..
     env = _environment()
     service = env.get_template("watch.service.j2").render(
         marker=paths.MARKER, count=len(entries), every=WATCH_EVERY, watch_key=paths.WATCH_KEY,
-        config=config_value(entries, channels), argv=watch_argv(host), send_argv=watch_argv(host, send=True),
-        credentials=credentials, state_name=paths.ALERT_STATE_NAME, outbox=paths.WATCH_OUTBOX_NAME,
-        sandbox="strict")
+        config=config_value(entries, channels), argv=watch_argv(host), state=paths.WATCH_STATE,
+        outbox=paths.WATCH_OUTBOX, send_service=paths.WATCH_SEND_SERVICE)
+    sender = env.get_template("watch-send.service.j2").render(
+        marker=paths.MARKER, argv=watch_argv(host, send=True), credentials=credentials,
+        state_name=paths.ALERT_STATE_NAME, outbox_name=paths.WATCH_OUTBOX_NAME, sandbox="strict")
     timer = env.get_template("watch.timer.j2").render(marker=paths.MARKER, every=WATCH_EVERY,
                                                       service=paths.WATCH_SERVICE)
     return (ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_SERVICE}", service.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_SEND_SERVICE}", sender.encode()),
             ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_TIMER}", timer.encode()))
 
 

@@ -161,6 +161,20 @@ def test_a_pass_groups_by_channel_and_forgets_jobs_no_longer_watched():
     assert sorted(state) == ["other", "settle"]
 
 
+def test_the_sender_starts_only_when_there_is_something_to_send(tmp_path):
+    outbox, queue = tmp_path / "outbox", tmp_path / "queue"
+    assert not watch.anything_to_send(str(outbox), str(queue), ["ops"])
+    (queue / "ops").mkdir(parents=True)
+    (queue / "ops" / "1.0-1-ab.json.tmp").write_text("{")
+    assert not watch.anything_to_send(str(outbox), str(queue), ["ops"])
+    watch.write_outbox(str(outbox), {"ops": [{"kind": "late"}]}, 1.0)
+    assert watch.anything_to_send(str(outbox), str(queue), ["ops"])
+    for name in os.listdir(outbox):
+        os.unlink(outbox / name)
+    (queue / "ops" / "1.0-1-ab.json").write_text("{}")  # an alert not delivered yet
+    assert watch.anything_to_send(str(outbox), str(queue), ["ops"])
+
+
 def test_the_outbox_round_trip(tmp_path):
     assert watch.write_outbox(str(tmp_path), {}, 1.0) is None
     watch.write_outbox(str(tmp_path), {"ops": [{"kind": "late", "job": "a"}]}, 1.0)
@@ -188,14 +202,16 @@ def test_the_watcher_is_rendered_only_where_a_job_asks_for_it(tmp_path):
                        "alert = ops\nalert_long = 30m\nalert_late = 5m\n"
                        "\n[job:loose]\nschedule = 0 2 * * *\nurl = http://x/\nalert_late = 5m\n")  # no channel
     files = {f.name: f for f in render.host_files(inventory(tmp_path, watched), "cron01")}
-    assert paths.WATCH_TIMER in files and paths.WATCH_SERVICE in files
+    assert paths.WATCH_TIMER in files and paths.WATCH_SERVICE in files and paths.WATCH_SEND_SERVICE in files
     unit = files[paths.WATCH_SERVICE].content.decode()
+    sender = files[paths.WATCH_SEND_SERVICE].content.decode()
     line = next(x for x in unit.splitlines() if x.startswith(paths.WATCH_KEY + "="))
     assert watch.parse_config(line.split("=", 1)[1]) == (
         [Watched("settle", "ops", 300, 1800, ("*-*-* 02:00:00 Asia/Shanghai",))],
         {"ops": {"type": "dingtalk", "endpoint": ""}})
-    assert "LoadCredential=ops.token:/etc/deployer/credentials/ops.token" in unit
-    assert "token = t" not in unit and "=t\n" not in unit
+    assert "LoadCredential=ops.token:/etc/deployer/credentials/ops.token" in sender
+    assert "LoadCredential" not in unit and "User=deployer-alert" in sender  # root reads, the alert user sends
+    assert "=t\n" not in unit + sender
 
 
 def test_the_inventory_reads_the_thresholds(tmp_path):

@@ -1,12 +1,14 @@
 """The watcher: late slots and long runs (alert_late, alert_long), told to the job's alert channel
 once each, and told again when it clears.
 
-Run every options.WATCH_EVERY seconds by `deployer-host@watch.timer` as `trigger --watch`, as the
-alert units' dynamic user, on a host where some job sets alert_late or alert_long (none else
-renders it). One pass costs one `systemctl show` for the watched jobs' timers and services,
-whatever their number, and a `systemd-analyze calendar` only for a stopped timer's job; it
-sends through the alert program's own delivery (alert.deliver behind the channel's Coalescer:
-the same credentials, proxy, signing, rate limit and queue).
+Run every options.WATCH_EVERY seconds by `deployer-host@watch.timer` as `trigger --watch` (root:
+under DynamicUser= systemd cannot be asked over D-Bus), on a host where some job sets alert_late
+or alert_long (none else renders it). One pass costs one `systemctl show` for the watched jobs'
+timers and services, whatever their number, and a `systemd-analyze calendar` only for a stopped
+timer's job. What it has to tell it leaves in paths.WATCH_OUTBOX and starts the sender
+(`trigger --watch-send`, as the alert units' user with the channels' credentials), which delivers
+through the alert program's own code (alert.deliver behind the channel's Coalescer: the same
+credentials, proxy, signing, rate limit and queue).
 
 The rules (docs/alerts.md):
 - long: the job's service has been running (this invocation) longer than alert_long -> one alert
@@ -278,10 +280,12 @@ def watch_pass(watched, facts: dict, state: dict, host: str, now: float, next_af
 
 
 def write_outbox(directory: str, events: dict, now: float) -> Optional[str]:
-    """The events of a pass, as one file the sending step reads: owned like the directory (the
-    sending step's user), so that it can read it; None when there is nothing to send."""
+    """The events of a pass, as one file the sender reads: owned like the directory (the sender's
+    user, once it ran; before that systemd hands it the directory and all in it), so that it can
+    read and remove it; None when there is nothing to send."""
     if not events:
         return None
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     path = os.path.join(directory, "%.6f-%d.json" % (now, os.getpid()))
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(events, handle)
@@ -292,6 +296,19 @@ def write_outbox(directory: str, events: dict, now: float) -> Optional[str]:
         pass  # not root (a test): the same user reads it
     os.rename(path + ".tmp", path)
     return path
+
+
+def anything_to_send(outbox: str, queue: str, channels) -> bool:
+    """Whether the sender has work: a pass's events, or a channel's queue that is not empty (an
+    alert an earlier send could not deliver). A few listdir() calls: the sender (a sandboxed
+    process as another user) starts only then, not every pass."""
+    for directory in [outbox] + [os.path.join(queue, name) for name in channels]:
+        try:
+            if any(name.endswith(".json") for name in os.listdir(directory)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_outbox(directory: str) -> tuple:
@@ -315,12 +332,13 @@ def read_outbox(directory: str) -> tuple:
 
 def main(host_name: str, unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE,
          state_path: str = paths.WATCH_STATE) -> bool:
-    """The reading step (root, ExecStart=+): read the host, decide, remember, leave the events."""
+    """The watcher's pass (root): read the host, decide, remember, leave the events, and start
+    the sender when there is something to send."""
     from .agent import Systemd  # every systemctl/journalctl call of the host programs goes through it
     from .journal import run_account
 
     log = lambda line: print(line, flush=True)  # noqa: E731
-    watched, _channels = read_config(unit_path)
+    watched, channels = read_config(unit_path)
     systemd = Systemd()
     now = time.time()
 
@@ -330,14 +348,15 @@ def main(host_name: str, unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SER
     events, state = watch_pass(watched, read_facts(systemd, watched), load_state(state_path), host_name, now,
                                account=account, log=log)
     save_state(state_path, state)
-    outbox = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or paths.WATCH_OUTBOX
-    write_outbox(outbox, events, now)
+    write_outbox(paths.WATCH_OUTBOX, events, now)
+    if anything_to_send(paths.WATCH_OUTBOX, paths.ALERT_QUEUE, channels):
+        systemd.systemctl("start", "--no-block", paths.WATCH_SEND_SERVICE, check=False)
     return True
 
 
 def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bool:
-    """The sending step (the alert units' user, their state directory and the channels'
-    credentials): what the reading step left, through alert.deliver behind each channel's
+    """The sender (deployer-host@watch-send.service: the alert units' user, their state directory
+    and the channels' credentials): what the watcher left, through alert.deliver behind each channel's
     Coalescer. An event that cannot go out now stays in the channel's queue for the next pass."""
     from .alert import Coalescer, deliver, read_credential
     from .channels import Channel, Secret
@@ -352,9 +371,11 @@ def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bo
         coalescer = Coalescer(state_dir, name, log=log)
         channel = Channel(name, how["type"], token=Secret(read_credential(name + ".token")),
                           secret=Secret(read_credential(name + ".secret")), endpoint=how.get("endpoint") or None)
-        # Also what an earlier pass could not deliver (queued): the same channel, merged.
-        delivered = coalescer.run(events.get(name, []), lambda batch: deliver(channel, batch, log=log),
-                                  take_queued=True) and delivered
+        # Also what an earlier pass could not deliver (queued): the same channel, merged. Only its
+        # own events count: a queue left for the channel's alert units (busy channel) is theirs too.
+        own = events.get(name, [])
+        sent = coalescer.run(own, lambda batch: deliver(channel, batch, log=log), take_queued=True)
+        delivered = (sent or not own) and delivered
     for path in files:  # sent, or in the channel's queue now
         try:
             os.unlink(path)

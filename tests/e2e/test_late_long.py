@@ -13,6 +13,7 @@ from tests.httpserver import Reply
 pytestmark = pytest.mark.e2e
 
 WATCH_TIMER = "deployer-host@watch.timer"
+SENDER = "deployer-host@watch-send.service"
 
 
 def last_pass(host) -> str:
@@ -21,15 +22,17 @@ def last_pass(host) -> str:
 
 
 def wait_passes(host, more: int, timeout: float = 120) -> None:
-    """Until the watcher has finished `more` passes after now (each sees the host as it is now)."""
+    """Until the watcher has finished `more` passes after now (each sees the host as it is now),
+    and the sender it may have started is done."""
     seen, changes = last_pass(host), 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = last_pass(host)
         if now != seen:
             seen, changes = now, changes + 1
-            if changes >= more:
-                return
+        if changes >= more and host.ssh(f"systemctl is-active {SENDER}", check=False).stdout.strip() in (
+                "inactive", "failed"):
+            return
         time.sleep(0.5)
     raise AssertionError("the watcher made no pass:\n" + host.ssh(
         "systemctl status --no-pager deployer-host@watch.service; journalctl --no-pager -n 30 "
@@ -41,7 +44,8 @@ def titles(robot):  # noqa: F811
 
 
 def watcher_log(host) -> str:
-    return host.ssh("journalctl --no-pager -o short-precise -n 40 -u deployer-host@watch.service", check=False).stdout
+    return host.ssh(f"journalctl --no-pager -o short-precise -n 40 -u deployer-host@watch.service -u {SENDER}",
+                    check=False).stdout
 
 
 def test_a_run_longer_than_alert_long_alerts_once_and_once_more_when_it_ends(
@@ -106,3 +110,47 @@ alert_late = 30s
     # quiet's slots were as late as tick's, for longer: a paused job is never late.
     assert not [m for m in robot.accepted if "quiet" in m["markdown"]["text"]]
     assert robot.refused == []
+
+
+def test_a_held_host_is_late_and_the_release_ends_it(tmp_path, server, deployer, write_inventory):
+    """A host that came back after its lease ran out holds its jobs (failover): that is what the
+    late alert is for, and it names the hold."""
+    from tests.cronhost import CronHost
+    from tests.e2e.conftest import _require_nspawn
+    from tests.e2e.test_alerts import SECRET, TOKEN
+    from tests.robots import Robot
+
+    _require_nspawn()
+    server.routes["/tick"] = Reply(200, b'{"code":0}')
+    host = CronHost("cron02", workdir=tmp_path / "cron02", persistent=True).start()
+    try:
+        with Robot(token=TOKEN, secret=SECRET) as robot:
+            path = write_inventory(alert_inventory(host, robot, server, f"""
+[job:tick]
+schedule = * * * * *
+url = {server.url("/tick")}
+alert_late = 30s
+""").replace(host.inventory_host(), host.inventory_host(lease="10s")))
+            deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+            server.wait_for("/tick", timeout=90)
+            host.stop()
+            time.sleep(12)  # the lease (10 s) runs out while the host is down
+            host.start()
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and "deployer: job tick LATE on cron02" not in titles(robot):
+                time.sleep(0.5)
+            late = [m["markdown"]["text"].replace("\\", "") for m in robot.accepted
+                    if m["markdown"]["title"] == "deployer: job tick LATE on cron02"]
+            assert len(late) == 1, (titles(robot), watcher_log(host).splitlines())
+            assert "the host holds its jobs (failover hold)" in late[0], late[0]
+
+            deployer("push", "-i", path, env=SECRETS_ENV, check=True)  # releases the hold
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and "deployer: job tick started again on cron02" not in titles(robot):
+                time.sleep(0.5)
+            wait_passes(host, 2)
+            watcher = [t for t in titles(robot) if "LATE" in t or "started again" in t]
+            assert watcher == ["deployer: job tick LATE on cron02", "deployer: job tick started again on cron02"], (
+                titles(robot), watcher_log(host).splitlines())
+    finally:
+        host.stop()
