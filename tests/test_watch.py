@@ -31,6 +31,9 @@ class RecordedSystemd:
     def show(self, units, properties):
         return self.real.show(self, units, properties)
 
+    def properties(self, units, properties):  # as the real one where PID 1's socket cannot be used
+        return self.show(units, properties)
+
     def systemctl(self, *args, check=True):
         self.commands.append(["systemctl", *args])
         return 0, self.output, ""
@@ -47,6 +50,21 @@ def test_one_show_call_reads_every_watched_job_and_parses_as_recorded(tmp_path):
     facts = watch.read_facts(systemd, watched, layout)
     assert systemd.commands == [fixture["command"]]
     assert facts == {job: Facts(**value) for job, value in fixture["parsed"].items()}
+
+
+def test_the_d_bus_read_gives_the_same_facts():
+    """Systemd.properties (root: PID 1's private socket) renders values as agent.show_text does:
+    times as @<unix>, the invocation id (D-Bus `ay`) as systemctl's hex."""
+    from deployer.hostside.agent import show_text
+
+    fixture = json.loads((DATA / "show-settle-tick.json").read_text())
+    timer = {"ActiveState": "active", "NextElapseUSecRealtime": show_text("NextElapseUSecRealtime", 1796608800 * 10**6),
+             "LastTriggerUSec": show_text("LastTriggerUSec", 1796522400 * 10**6)}
+    service = {"ActiveState": "activating", "InvocationID": show_text("InvocationID", list(bytes.fromhex(RUN))),
+               "ExecMainStartTimestamp": show_text("ExecMainStartTimestamp", 1796522403 * 10**6),
+               "ExecMainExitTimestamp": show_text("ExecMainExitTimestamp", 0), "Result": "success",
+               "ExecMainStatus": show_text("ExecMainStatus", 0)}
+    assert watch.facts_of(timer, service, None, None, False, False) == Facts(**fixture["parsed"]["settle"])
 
 
 def test_paused_fenced_and_held_come_from_the_host_files(tmp_path):

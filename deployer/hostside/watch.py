@@ -102,8 +102,12 @@ class Facts:
 
 
 def shown_time(value: str) -> Optional[float]:
-    """`Sun 2026-12-06 02:00:03 UTC` (systemctl show under TZ=UTC) -> unix seconds; else None."""
-    parts = (value or "").split()
+    """`Sun 2026-12-06 02:00:03 UTC` (systemctl show under TZ=UTC) or `@1796522403` (the D-Bus
+    read, agent.show_text) -> unix seconds; else None (empty, `n/a`)."""
+    value = (value or "").strip()
+    if value.startswith("@") and value[1:].isdigit():
+        return float(value[1:]) or None
+    parts = value.split()
     if len(parts) == 4 and parts[3] == "UTC":
         try:
             return float(_calendar.timegm(time.strptime(parts[1] + " " + parts[2], "%Y-%m-%d %H:%M:%S")))
@@ -132,12 +136,13 @@ def _mtime(path: str) -> Optional[float]:
 
 
 def read_facts(systemd, watched, layout: paths.Layout = paths.Layout()) -> dict:
-    """job -> Facts, for every watched job: ONE `systemctl show` (in chunks of 500 units) for
-    all their timers and services; the rest are stat() calls."""
+    """job -> Facts, for every watched job: ONE read of all their timers' and services'
+    properties (Systemd.properties: a pipelined D-Bus conversation with PID 1, as root; `systemctl
+    show`, 500 units a call, where that socket cannot be used); the rest are stat() calls."""
     units = []
     for w in watched:
         units += [paths.job_unit(w.job, "timer"), paths.job_unit(w.job, "service")]
-    shown = systemd.show(units, sorted(set(TIMER_PROPERTIES + SERVICE_PROPERTIES))) if units else {}
+    shown = systemd.properties(units, sorted(set(TIMER_PROPERTIES + SERVICE_PROPERTIES))) if units else {}
     try:
         stopped = set(os.listdir(layout.paused_dir))
     except OSError:
