@@ -233,6 +233,11 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
                if job.alert and render.alert_policy_value(job)]
+    header += [f"# note {job.name}: alert_late has no Kubernetes equivalent: startingDeadlineSeconds (written from "
+               "catch_up) is not it: a slot that could not start within it is skipped, and nothing tells that a slot is late"
+               for job in inv.jobs if job.alert and job.alert_late]
+    header += [f"# note {job.name}: alert_long has no Kubernetes equivalent: activeDeadlineSeconds (written from "
+               "timeout) is not it: it kills the run, where alert_long tells once and lets it go on" for job in inv.jobs if job.alert and job.alert_long]
     header += [f"# note {job.name}: params: each scheduled run fills the declared defaults; Kubernetes has no "
                "manual run with values (`kubectl create job --from=cronjob/...` takes none): there `deployer run "
                "--set` has no equivalent" for job in inv.jobs if job.params]

@@ -348,6 +348,47 @@ def metrics_units(host: Host) -> tuple[ManagedFile, ...]:
     return files
 
 
+def watched_jobs(jobs) -> list:
+    """The jobs the host's watcher looks at: those with an alert channel and alert_late or
+    alert_long (the options need a channel to tell; without one they do nothing)."""
+    return [job for job in jobs if job.alert and (job.alert_late or job.alert_long)]
+
+
+def watch_argv(host: Host, send: bool = False) -> list[str]:
+    return [host.python, *PYTHON_FLAGS, paths.TRIGGER_PATH] + (["--watch-send"] if send else
+                                                                ["--watch", "--host-name", host.name])
+
+
+def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ...]:
+    """The watcher's service, its sender and its timer (hostside/watch.py), only when some job of the host sets
+    alert_late or alert_long: a host without them runs nothing more."""
+    from .hostside.watch import Watched, config_value
+    from .hostside.options import WATCH_EVERY
+
+    watched = watched_jobs(jobs)
+    if not watched:
+        return ()
+    entries = [Watched(job.name, job.alert, job.alert_late, job.alert_long,
+                       () if is_chained(job) or calendar_of(job).on_boot else tuple(calendar_of(job).lines))
+               for job in watched]
+    alerts = [inventory.alert(name) for name in sorted({job.alert for job in watched})]
+    channels = {a.name: {"type": a.type, "endpoint": a.endpoint or ""} for a in alerts}
+    credentials = [(f"{a.name}.{f.path.rsplit('.', 1)[1]}", f.path) for a in alerts for f in credential_files(a)]
+    env = _environment()
+    service = env.get_template("watch.service.j2").render(
+        marker=paths.MARKER, count=len(entries), every=WATCH_EVERY, watch_key=paths.WATCH_KEY,
+        config=config_value(entries, channels), argv=watch_argv(host), state=paths.WATCH_STATE,
+        outbox=paths.WATCH_OUTBOX, send_service=paths.WATCH_SEND_SERVICE)
+    sender = env.get_template("watch-send.service.j2").render(
+        marker=paths.MARKER, argv=watch_argv(host, send=True), credentials=credentials,
+        state_name=paths.ALERT_STATE_NAME, outbox_name=paths.WATCH_OUTBOX_NAME, sandbox="strict")
+    timer = env.get_template("watch.timer.j2").render(marker=paths.MARKER, every=WATCH_EVERY,
+                                                      service=paths.WATCH_SERVICE)
+    return (ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_SERVICE}", service.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_SEND_SERVICE}", sender.encode()),
+            ManagedFile(f"{paths.UNIT_DIR}/{paths.WATCH_TIMER}", timer.encode()))
+
+
 def jobs_slice(host: Host) -> ManagedFile:
     """The slice every job run of the host runs in, with the host's optional ceiling."""
     text = _environment().get_template("jobs.slice.j2").render(host=host, marker=paths.MARKER)
@@ -362,7 +403,7 @@ def host_files(inventory: Inventory, host_name: str, epochs: Optional[Mapping[st
     channels = sorted({j.alert for j in jobs if j.alert})
     alerts = tuple(f for name in channels for f in alert_units(inventory.alert(name), host))
     return ((jobs_slice(host),) + render_units(jobs, host.python, host.sandbox, bool(host.metrics_dir), epochs) + alerts
-            + lease_units(host) + metrics_units(host))
+            + lease_units(host) + metrics_units(host) + watch_units(inventory, host, jobs))
 
 
 def preview_files(inventory: Inventory, host_names: Iterable[str]) -> tuple[tuple[str, ManagedFile], ...]:

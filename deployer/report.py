@@ -163,6 +163,13 @@ def inventory_calendar(job) -> tuple[str, ...]:
     return to_calendar(job.schedule, job.on_calendar, job.timezone).lines
 
 
+def _watch_options(job) -> dict:
+    """The job's alert_late / alert_long in seconds as the host's watcher applies them: null when
+    unset, or when the job has no alert channel to tell (the options then do nothing)."""
+    on = bool(getattr(job, "alert", None))
+    return {"alert_late": job.alert_late if on else None, "alert_long": job.alert_long if on else None}
+
+
 def _expression(job) -> Optional[str]:
     if job is None:
         return None
@@ -209,6 +216,7 @@ def job_row(host: HostStatus, status: JobStatus, job, now: float, listed: bool =
         "inventory_host": job.host if job is not None else None, "also_on": list(also_on),
         "skipped": status.skipped, "last_skipped": None if skip is None else {
             "slot": iso(skip.slot or None, zone), "at": iso(skip.started, zone), "reason": skip.reason},
+        **_watch_options(job),
     }
 
 
@@ -262,7 +270,7 @@ def _absent_row(host: HostStatus, job) -> dict:
         result, reason = "not_installed", "in the inventory, not on the host: push pending"
     return {"host": host.name, "job": job.name, "result": result, "reason": reason,
             "inventory_schedule": list(inventory_calendar(job)), "timezone": job_zone(job),
-            "expression": _expression(job)}
+            "expression": _expression(job), **_watch_options(job)}
 
 
 def _inventory_only(hosts: Sequence[HostStatus], inventory_jobs: dict) -> list[dict]:

@@ -340,7 +340,8 @@ def test_issue24_2_an_unreachable_hosts_jobs_are_listed_as_unknown(fleet):
     assert text.stderr.strip() == f"deployer: error: host cron02: {reason}"
     assert document["inventory_only"] == [{
         "host": "cron02", "job": "tick", "result": "unknown", "reason": f"host unreachable: {reason}",
-        "inventory_schedule": ["Mon,Tue *-*-* 9:00 UTC"], "timezone": "UTC", "expression": "Mon,Tue *-*-* 9:00"}]
+        "inventory_schedule": ["Mon,Tue *-*-* 9:00 UTC"], "timezone": "UTC", "expression": "Mon,Tue *-*-* 9:00",
+        "alert_late": None, "alert_long": None}]
     assert [r["job"] for r in document["jobs"]] == ["settle", "tick"]  # `jobs`: as before, what hosts reported
 
 

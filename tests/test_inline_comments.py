@@ -72,6 +72,8 @@ VALUES = {
         "alert": ("ops", None),
         "alert_after": ("3", None),
         "alert_repeat": ("1h", None),
+        "alert_late": ("5m", None),
+        "alert_long": ("30m", None),
         "host": ("cron01", None),
         "after": ("b", None),  # chaining: [job:b] is added (inventory_with)
         "on_failure_run": ("b", None),

@@ -134,6 +134,12 @@ alert =
     pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert_repeat = 30s\n",
                  "inv.ini:6: [job:a] alert_repeat: '30s' is under 1m: reminders that often are `each` (every "
                  "failed run)", id="alert-repeat-too-often"),
+    pytest.param("[job:a]\nschedule = 0 * * * *\nurl = http://x/\nalert_late = soon\n",
+                 "inv.ini:6: [job:a] alert_late: 'soon' is not a duration (e.g. 500ms, 90s, 5m, 1h30m, 7d; units: "
+                 "ms, s, m, h, d)", id="issue23-alert-late"),
+    pytest.param("[defaults]\nalert_long = 10s\n[job:a]\nschedule = 0 * * * *\nurl = http://x/\n",
+                 "inv.ini:4: [defaults] alert_long: '10s' is under 30s: the host looks every 15s",
+                 id="issue23-alert-long-too-short-in-defaults"),
     pytest.param("[defaults]\ncatch_up = twice\n[job:a]\nschedule = 0 * * * *\nurl = http://x/\n",
                  "inv.ini:4: [defaults] catch_up: 'twice' is not once, none or a duration (e.g. 500ms, 90s, 5m, "
                  "1h30m, 7d; units: ms, s, m, h, d)", id="issue23-catch-up-in-defaults"),

@@ -193,6 +193,20 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
 
 
+def test_issue23_late_and_long_are_notes_not_deadlines(tmp_path):
+    path = tmp_path / "inventory.ini"
+    path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\nalert_late = 5m\n"
+                                      "alert_long = 30m\n"))
+    text, _ = exported(inventory.load(str(path), env=SECRETS))
+    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    assert notes == [
+        "# note quartz-daily: alert_late has no Kubernetes equivalent: startingDeadlineSeconds (written from catch_up) "
+        "is not it: a slot that could not start within it is skipped, and nothing tells that a slot is late",
+        "# note quartz-daily: alert_long has no Kubernetes equivalent: activeDeadlineSeconds (written from timeout) "
+        "is not it: it kills the run, where alert_long tells once and lets it go on"]
+    assert "alert_late" not in text.split("---", 1)[1] and "alert_long" not in text.split("---", 1)[1]
+
+
 def test_params_run_with_their_defaults_and_the_header_says_run_set_has_no_equivalent(tmp_path):
     path = tmp_path / "inventory.ini"
     path.write_text(INVENTORY.replace("url = http://svc/daily\n",

@@ -19,8 +19,9 @@ STATUS_HOST_KEYS = {"host", "address", "reachable", "error", "held", "jobs", "ma
                     "last_push"}
 STATUS_JOB_KEYS = {"skipped", "last_skipped", "host", "job", "result", "reason", "last_result", "last", "duration", "exit_status", "next",
                    "paused", "fenced", "held", "timer", "schedule", "timezone", "expression", "in_inventory",
-                   "inventory_schedule", "schedule_differs", "inventory_host", "also_on"}
-INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression"}
+                   "inventory_schedule", "schedule_differs", "inventory_host", "also_on", "alert_late", "alert_long"}
+INVENTORY_ONLY_KEYS = {"host", "job", "result", "reason", "inventory_schedule", "timezone", "expression",
+                       "alert_late", "alert_long"}
 HISTORY_KEYS = ENVELOPE | {"host", "job", "timezone", "since", "until", "runs", "summary", "hosts", "unread_hosts",
                            "after", "not_run"}
 RUN_KEYS = {"run", "slot", "started", "duration", "attempts", "result", "reason", "http_status", "source", "key",

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from . import paths
 from .cli import EXIT_FENCED
 from .journal import FailedRun, RunAccount, journal_failed_runs, run_account
-from .channels import CHANNEL_TYPES, AlertPolicy, Channel, build_outbound, exit_number
+from .channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
 from .protocol import duration_text
 from .run import trust_store
 
@@ -55,7 +55,29 @@ def clock_text(stamp: str) -> str:
     return clock_of_iso(stamp)
 
 
+# The watcher's events (hostside/watch.py): what the title says, and the paragraph for one.
+WATCH_VERBS = {"late": "LATE", "late_ended": "started again", "long": "STILL RUNNING", "long_ended": "finished"}
+
+
+def _watch_paragraph(e: dict, escape: Callable[[str], str]) -> str:
+    job = escape(e["job"])
+    if e["kind"] == "late":
+        return (f"{job}: slot {escape(e['slot'])} has not started, {escape(e['late_by'])} after its time "
+                f"(alert_late = {escape(e['alert_late'])}): {escape(e['reason'])}")
+    if e["kind"] == "late_ended":
+        return f"{job}: a run started at {escape(clock_text(e['started']))}, the late slot was {escape(e['slot'])}"
+    if e["kind"] == "long":
+        return (f"{job} still running after {escape(e['running_for'])} (alert_long = {escape(e['alert_long'])}), "
+                f"since {escape(clock_text(e['since']))}, run {escape(e['invocation'])}")
+    return f"{job} finished after {escape(e['ran_for'])}: {escape(e['result'])}, run {escape(e['invocation'])}"
+
+
 def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, str]:
+    if all(e.get("kind") in WATCH_KINDS for e in events):
+        e = events[0]
+        title = (f"deployer: job {escape(e['job'])} {WATCH_VERBS[e['kind']]} on {escape(e['host'])}"
+                 if len(events) == 1 else f"deployer: {len(events)} late or long jobs on {escape(e['host'])}")
+        return title, "\n\n".join([f"**{title}**"] + [_watch_paragraph(e, escape) for e in events])
     if len(events) == 1 and events[0].get("kind") == "held":
         e = events[0]
         title = (f"deployer: host {escape(e['host'])} HOLDS its jobs (" +
@@ -67,15 +89,18 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
                 if exit_number(e) == EXIT_FENCED else "FAILED")
         title = f"deployer: job {escape(e['job'])} {verb} on {escape(e['host'])}"
     else:
-        runs = [e for e in events if e.get("kind") != "held"]
+        runs = [e for e in events if e.get("kind") not in ("held",) + WATCH_KINDS]
         title = f"deployer: {len(runs)} job runs failed on {escape(events[0]['host'])}"
-        if len(runs) < len(events):  # a hold is no job run: said first (merged with a boot's failures)
+        if any(e.get("kind") == "held" for e in events):  # a hold is no job run: said first (merged with a boot's failures)
             title = (f"deployer: host {escape(events[0]['host'])} HOLDS its jobs; {len(runs)} job "
                      f"run{'s' if len(runs) != 1 else ''} failed")
     parts = [f"**{title}**"]
     for e in events:
         if e.get("kind") == "held":
             parts += _held_paragraphs(e, escape, len(events) > 1)
+            continue
+        if e.get("kind") in WATCH_KINDS:  # merged with failures (a queued event)
+            parts.append(_watch_paragraph(e, escape))
             continue
         if len(events) > 1:
             parts.append(f"**{escape(e['job'])}**")
@@ -139,6 +164,7 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
             held += _held_paragraphs(e, escape, True)
             continue
         key = "succeeded again" if e.get("kind") == "recovered" else \
+            WATCH_VERBS[e["kind"]].lower() if e.get("kind") in WATCH_KINDS else \
             f"failed: {escape(e['result'])}{escape(ended(e))}"
         groups.setdefault(key, {}).setdefault(escape(e["job"]), 0)
         groups[key][escape(e["job"])] += 1

@@ -185,7 +185,14 @@ EVENT_FIELDS = {
     "recovered": ("kind", "job", "host", "time", "failed_runs", "failing_for"),
     "held": ("kind", "host", "since", "time", "down_for", "lease", "reason"),
     "test": ("kind", "host", "time"),  # `deployer alert test`: no job failed
+    # The watcher (hostside/watch.py): a slot not started alert_late after its time, a run still
+    # going after alert_long, and each one's end.
+    "late": ("kind", "job", "host", "slot", "late_by", "alert_late", "reason", "time"),
+    "late_ended": ("kind", "job", "host", "slot", "started", "late_by", "time"),
+    "long": ("kind", "job", "host", "since", "running_for", "alert_long", "invocation", "time"),
+    "long_ended": ("kind", "job", "host", "since", "ran_for", "result", "invocation", "time"),
 }
+WATCH_KINDS = ("late", "late_ended", "long", "long_ended")
 
 
 def exit_number(event: dict) -> Optional[int]:

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--metrics", action="store_true", help="write the host's metrics file, ping heartbeat_url")
     metrics.add_argument("--metrics-dir", help="node_exporter's textfile directory")
     metrics.add_argument("--deployer-version", default="", help="the version label of deployer_build_info")
+    watch = parser.add_argument_group("watch mode (run by deployer-host@watch.service every 15 s)")
+    watch.add_argument("--watch", action="store_true", help="alert late slots (alert_late) and long runs "
+                       "(alert_long) of the jobs listed in the watch unit, once each, and when they clear (as root: "
+                       "reads systemd, leaves the events for --watch-send)")
+    watch.add_argument("--watch-send", action="store_true", help="send what --watch left, through the "
+                       "jobs' alert channels (as the alert units' user, with their credentials)")
     return parser
 
 
@@ -88,6 +94,10 @@ def main(argv: Optional[list] = None) -> int:
         from .metrics import main as metrics_main  # a job run never loads it
 
         return metrics_main(args.host_name, args.deployer_version, args.metrics_dir or paths.METRICS_DIR)
+    if args.watch or args.watch_send:
+        from .watch import main as watch_main, send_main  # a job run never loads them
+
+        return EXIT_OK if (send_main() if args.watch_send else watch_main(args.host_name)) else EXIT_FAILED
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")

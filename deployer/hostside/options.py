@@ -111,6 +111,21 @@ def alert_repeat(value: str):
     return int(seconds) if seconds == int(seconds) else seconds
 
 
+# alert_late / alert_long (issue 23 item 2): watched by the host's watcher (hostside/watch.py),
+# which looks every WATCH_EVERY seconds; a threshold under twice that could not be told from the
+# watcher's own delay.
+WATCH_EVERY = 15
+MIN_WATCHED = 2 * WATCH_EVERY
+
+
+def watched_duration(value: str):
+    """A duration of at least MIN_WATCHED (as seconds); empty: off."""
+    seconds = duration_seconds(value)
+    if seconds < MIN_WATCHED:
+        raise Invalid("%r is under %ds: the host looks every %ds" % (value, MIN_WATCHED, WATCH_EVERY))
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
 # catch_up: what a slot missed while the host was down (Persistent=, run once at boot) does.
 CATCH_UP_WORDS = ("once", "none")
 # `none` still runs a slot whose timer elapsed this long after it: a busy host's PID 1 may elapse a
@@ -531,6 +546,12 @@ JOB_OPTIONS = (
     Option("alert_repeat", alert_repeat,
            help="while it keeps failing: each (every failed run alerts), never (the first alert only) or a "
                 "duration between reminders; default each with alert_after = 1, else never"),
+    Option("alert_late", optional(watched_duration),
+           help="alert when a slot has not started this long after its time (timer stopped, host held, "
+                "clock wrong), once per late slot, and again when a run starts; at least 30s; default off"),
+    Option("alert_long", optional(watched_duration),
+           help="alert when a run is still going this long after it started, once per run, and when it "
+                "ends; at least 30s; default off"),
     Option("host", name, help="the [host:NAME] that runs the job"),
     # Chaining (issue 23 item 8): no flag of their own; the renderer turns them into the parent's
     # OnSuccess=/OnFailure= and the child's --chained-from.

@@ -143,6 +143,22 @@ METRICS_SOON_TIMER = UNIT_PREFIX + "host@metrics-soon.timer"
 # A key systemd ignores, in a job's timer: {"period", "timeout"} in seconds, from the renderer
 # (which knows the calendar), for the collector.
 METRICS_KEY = "X-Deployer-Metrics"
+# The watcher (issue 23 item 2): late slots and long runs of the jobs that set alert_late or
+# alert_long (hostside/watch.py). Instance names, like the collector's: never taken for a job's.
+# Rendered only on a host where some job asks for it. Its unit carries WATCH_KEY: what it watches.
+WATCH_SERVICE = UNIT_PREFIX + "host@watch.service"
+WATCH_TIMER = UNIT_PREFIX + "host@watch.timer"
+# Started by the watcher only when there is something to send: the sender, as the alert units' user.
+WATCH_SEND_SERVICE = UNIT_PREFIX + "host@watch-send.service"
+WATCH_KEY = "X-Deployer-Watch"
+# What the watcher told (root's, like the metrics' state), and where it (root: an unprivileged
+# user cannot ask systemd over D-Bus under DynamicUser=) leaves the events for the sender (the
+# alert units' user): the sender's RuntimeDirectory=. ALERT_QUEUE: each channel's queue of
+# undelivered alerts (alert.Coalescer), which the watcher looks into to start the sender.
+WATCH_STATE = STATE_DIR + "/watch.json"
+WATCH_OUTBOX_NAME = "deployer-watch"
+WATCH_OUTBOX = "/run/" + WATCH_OUTBOX_NAME
+ALERT_QUEUE = "/var/lib/private/" + ALERT_STATE_NAME + "/queue"
 # The [host:*] heartbeat_url: a root-only file, never in a unit (a Healthchecks URL is a secret).
 HEARTBEAT_URL = CREDENTIALS_DIR + "/host.heartbeat_url"
 

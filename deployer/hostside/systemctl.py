@@ -51,6 +51,7 @@ BUS_PROPERTIES = {
     "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
     "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
     "StatusText": dbus.SERVICE_INTERFACE,
+    "InvocationID": dbus.UNIT_INTERFACE,  # the watcher's (hostside/watch.py): which run is going
 }
 
 
@@ -63,6 +64,8 @@ def show_text(name, value):
     if name == "TimersCalendar":
         return " ".join("{ OnCalendar=%s ; next_elapse=%s }" % (spec, show_text("USec", elapse))
                         for _base, spec, elapse in value)
+    if name == "InvocationID" and isinstance(value, list):  # `ay`: systemctl prints it as hex
+        return bytes(value).hex()
     if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("USec", "Realtime", "Timestamp")):
         return "" if value in (0, USEC_INFINITY) else "@%d" % (value // 1000000)
     return str(value)

@@ -1,0 +1,156 @@
+"""Late slots and long runs, told by the host itself (issue 23 item 2: alert_late, alert_long), on
+a real host, to a real DingTalk-style robot: one alert each and one message when it clears,
+counted at the receiver; a paused job is never late."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.test_alerts import SECRETS_ENV, alert_inventory, robot  # noqa: F401
+from tests.httpserver import Reply
+
+pytestmark = pytest.mark.e2e
+
+WATCH_TIMER = "deployer-host@watch.timer"
+SENDER = "deployer-host@watch-send.service"
+
+
+def last_pass(host) -> str:
+    """When the watcher's last pass ended (monotonic usec): it changes once per pass."""
+    return host.ssh("systemctl show -p ExecMainExitTimestampMonotonic --value deployer-host@watch.service").stdout.strip()
+
+
+def wait_passes(host, more: int, timeout: float = 120) -> None:
+    """Until the watcher has finished `more` passes after now (each sees the host as it is now),
+    and the sender it may have started is done."""
+    seen, changes = last_pass(host), 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = last_pass(host)
+        if now != seen:
+            seen, changes = now, changes + 1
+        if changes >= more and host.ssh(f"systemctl is-active {SENDER}", check=False).stdout.strip() in (
+                "inactive", "failed"):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the watcher made no pass:\n" + host.ssh(
+        "systemctl status --no-pager deployer-host@watch.service; journalctl --no-pager -n 30 "
+        "-u deployer-host@watch.service", check=False).stdout)
+
+
+def titles(robot):  # noqa: F811
+    return [m["markdown"]["title"] for m in robot.accepted]
+
+
+def watcher_log(host) -> str:
+    return host.ssh(f"journalctl --no-pager -o short-precise -n 40 -u deployer-host@watch.service -u {SENDER}",
+                    check=False).stdout
+
+
+def test_a_run_longer_than_alert_long_alerts_once_and_once_more_when_it_ends(
+        shared_cron01, server, robot, deployer, write_inventory):  # noqa: F811
+    server.routes["/settle"] = Reply(200, b'{"code":0}', delay=50)
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, f"""
+[job:settle]
+schedule = 0 3 * * *
+url = {server.url("/settle")}
+timeout = 120s
+alert_long = 30s
+"""))
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+    assert shared_cron01.ssh(f"systemctl is-active {WATCH_TIMER}", check=False).stdout.strip() == "active"
+    shared_cron01.ssh("systemctl start --no-block deployer-settle.service")
+    server.wait_for("/settle", timeout=60)
+    robot.wait_accepted(2, timeout=180)
+    wait_passes(shared_cron01, 2)  # two more passes after the run ended: nothing more is sent
+
+    assert titles(robot) == ["deployer: job settle STILL RUNNING on cron01",
+                             "deployer: job settle finished on cron01"], (titles(robot), watcher_log(shared_cron01).splitlines())
+    assert robot.refused == []
+    long, ended = (m["markdown"]["text"].replace("\\", "") for m in robot.accepted)
+    assert "settle still running after " in long and "(alert_long = 30s), since " in long, long
+    assert "settle finished after " in ended and ": success, run " in ended, ended
+
+
+def test_a_stopped_timer_is_late_once_until_a_run_starts_and_a_paused_job_is_never_late(
+        shared_cron01, server, robot, deployer, write_inventory):  # noqa: F811
+    server.routes["/tick"] = Reply(200, b'{"code":0}')
+    server.routes["/quiet"] = Reply(200, b'{"code":0}')
+    path = write_inventory(alert_inventory(shared_cron01, robot, server, f"""
+[job:tick]
+schedule = * * * * *
+url = {server.url("/tick")}
+alert_late = 30s
+
+[job:quiet]
+schedule = * * * * *
+url = {server.url("/quiet")}
+alert_late = 30s
+"""))
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+    server.wait_for("/tick", timeout=90)
+    server.wait_for("/quiet", timeout=90)
+    # Both stop running in the same minute: one by hand (late), one paused (intended).
+    deployer("pause", "quiet", "-i", path, env=SECRETS_ENV, check=True)
+    shared_cron01.ssh("systemctl stop deployer-tick.timer")
+    robot.wait_accepted(1, timeout=180)
+    wait_passes(shared_cron01, 2)  # still late: told once
+    assert titles(robot) == ["deployer: job tick LATE on cron01"], (titles(robot), watcher_log(shared_cron01).splitlines())
+    late = robot.accepted[0]["markdown"]["text"].replace("\\", "")
+    assert "(alert_late = 30s): its timer is inactive" in late, late
+
+    runs = len(server.received("/tick"))
+    shared_cron01.ssh("systemctl start deployer-tick.timer")
+    server.wait_for("/tick", count=runs + 1, timeout=90)
+    robot.wait_accepted(2, timeout=120)
+    wait_passes(shared_cron01, 2)
+    assert titles(robot) == ["deployer: job tick LATE on cron01",
+                             "deployer: job tick started again on cron01"], (titles(robot), watcher_log(shared_cron01).splitlines())
+    # quiet's slots were as late as tick's, for longer: a paused job is never late.
+    assert not [m for m in robot.accepted if "quiet" in m["markdown"]["text"]]
+    assert robot.refused == []
+
+
+def test_a_held_host_is_late_and_the_release_ends_it(tmp_path, server, deployer, write_inventory):
+    """A host that came back after its lease ran out holds its jobs (failover): that is what the
+    late alert is for, and it names the hold."""
+    from tests.cronhost import CronHost
+    from tests.e2e.conftest import _require_nspawn
+    from tests.e2e.test_alerts import SECRET, TOKEN
+    from tests.robots import Robot
+
+    _require_nspawn()
+    server.routes["/tick"] = Reply(200, b'{"code":0}')
+    host = CronHost("cron02", workdir=tmp_path / "cron02", persistent=True).start()
+    try:
+        with Robot(token=TOKEN, secret=SECRET) as robot:
+            path = write_inventory(alert_inventory(host, robot, server, f"""
+[job:tick]
+schedule = * * * * *
+url = {server.url("/tick")}
+alert_late = 30s
+""").replace(host.inventory_host(), host.inventory_host(lease="10s")))
+            deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+            server.wait_for("/tick", timeout=90)
+            host.stop()
+            time.sleep(12)  # the lease (10 s) runs out while the host is down
+            host.start()
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and "deployer: job tick LATE on cron02" not in titles(robot):
+                time.sleep(0.5)
+            late = [m["markdown"]["text"].replace("\\", "") for m in robot.accepted
+                    if m["markdown"]["title"] == "deployer: job tick LATE on cron02"]
+            assert len(late) == 1, (titles(robot), watcher_log(host).splitlines())
+            assert "the host holds its jobs (failover hold)" in late[0], late[0]
+
+            deployer("push", "-i", path, env=SECRETS_ENV, check=True)  # releases the hold
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and "deployer: job tick started again on cron02" not in titles(robot):
+                time.sleep(0.5)
+            wait_passes(host, 2)
+            watcher = [t for t in titles(robot) if "LATE" in t or "started again" in t]
+            assert watcher == ["deployer: job tick LATE on cron02", "deployer: job tick started again on cron02"], (
+                titles(robot), watcher_log(host).splitlines())
+    finally:
+        host.stop()
