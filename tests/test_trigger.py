@@ -165,7 +165,10 @@ def test_probe16_5_a_slow_dripping_ping_never_holds_up_the_job(server):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
     assert len(server.received("/settle")) == 1 and len(server.received("/ping")) == 1
-    assert f"no answer within {run.PING_BUDGET:g}s; going on" in result.stdout
+    # The ping's budget ran out, or (a loaded machine reading the drip slowly) its socket's read
+    # timeout first: either way the ping gave up and the job went on.
+    assert f"no answer within {run.PING_BUDGET:g}s; going on" in result.stdout or \
+        "failed: timed out reading" in result.stdout, result.stdout
 
 
 def test_probe16_17_pings_do_not_follow_redirects(server):

@@ -30,7 +30,7 @@ def exec_start_urls(host, jobs: list[str]) -> dict[str, str]:
 @given(urls=st.lists(legal_url, min_size=8, max_size=8, unique=True))
 def test_odd_urls_reach_the_trigger_byte_for_byte(shared_cron01, deployer, write_inventory, urls):
     jobs = {f"odd{i}": url for i, url in enumerate(urls)}
-    body = "".join(f"[job:{name}]\nschedule = 0 3 * * *\nurl = {url}\nretries = 0\ntimeout = 3s\n"
+    body = "".join(f"[job:{name}]\nschedule = 0 3 * * *\nurl = {url}\nretries = 0\ntimeout = 30s\n"
                    for name, url in jobs.items())
     deployer("push", "-i", write_inventory(shared_cron01.inventory_host() + body), check=True)
 

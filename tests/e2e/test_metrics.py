@@ -214,7 +214,7 @@ def test_prometheus_scrapes_the_jobs_and_the_rules_fire(cron01, server, deployer
     path = push_with_a_run_due_soon(cron01, server, deployer, write_inventory)
     deployer("run", "bad", "-i", path, check=False)
     wait_for(lambda: prometheus.query("deployer_job_runs_total").get("once") == 1
-             and prometheus.query("deployer_job_failures_total").get("bad") == 2, 90, "once's and bad's runs scraped")
+             and prometheus.query("deployer_job_failures_total").get("bad") == 2, 240, "once's and bad's runs scraped")
     check_the_dashboard(prometheus)
 
     # docs/runbooks/pause.md: pausing the failing job quiets its page.
