@@ -76,7 +76,9 @@ class Clock:
 def test_a_burst_beyond_the_rate_limit_is_merged_not_dropped(tmp_path):
     clock = Clock()
     sent: list[list[dict]] = []
-    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    # quiet=0: every alert goes out at once, so that only the rate limit merges (the backstop
+    # behind the gathering of a storm, below).
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, quiet=0)
     for i in range(alert.RATE_LIMIT):
         assert coalescer.run({**EVENT, "job": f"job{i}"}, lambda events: sent.append(events) or True)
     # Five alerts over the limit: each queued its event and waits for the window.
@@ -357,6 +359,9 @@ def test_a_restart_sends_what_an_undelivered_alert_left_queued(tmp_path):
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     assert not coalescer.run({**EVENT, "job": "first"}, lambda events: False)
     sent: list = []
+    assert not coalescer.run([], lambda events: sent.append(events) or True, take_queued=True), \
+        "right after a failed delivery, only a later restart tries the channel again"
+    clock.t += alert.FAILED_PAUSE
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
     assert [e["job"] for e in sent[0]] == ["first"]
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
@@ -522,8 +527,10 @@ def storm_events(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("kind", ["dingtalk", "slack"])
-def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, monkeypatch, kind):
-    """Before: the merged message was cut at 4,000 characters and named 11 of the 82 jobs."""
+def test_issue23_3_a_storm_of_82_failed_jobs_is_one_message_that_names_every_one(robot, tmp_path, monkeypatch, kind):
+    """Issue 22 item 11, before: the merged message was cut at 4,000 characters and named 11 of
+    the 82 jobs. Issue 23 item 3, before: the first 18 alerts went out one by one and only the
+    rest were merged (19 messages); now the storm is one message (in parts when too long)."""
     events = storm_events(monkeypatch)
     names = {e["job"] for e in events}
     assert len(names) == 82
@@ -532,21 +539,69 @@ def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, m
     channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     send = lambda batch: alert.deliver(channel, batch, log=lambda _: None)  # noqa: E731
-    # The first RATE_LIMIT alerts go out one by one; the others queue and wait for the window,
-    # and the first of them to get through sends every queued one as one merged message.
-    for event in events[:alert.RATE_LIMIT]:
-        assert coalescer.run(event, send)
-    late = events[alert.RATE_LIMIT:]
-    queued = [coalescer.enqueue(event) for event in late]
-    assert all(coalescer.run(e, send, queued=q) for e, q in zip(late, queued))
+    # 82 alert units at once, as systemd starts them: each queues its failure, then waits for
+    # the channel to be quiet; the first to get through sends them all, the others find theirs sent.
+    queued = []
+    for event in events:
+        queued.append(coalescer.enqueue(event))
+        clock.t += 0.2
+    assert all(coalescer.run(e, send, queued=q) for e, q in zip(events, queued))
 
     texts = [_message_text(kind, message) for message in robot.accepted]
     assert all(len(text) <= alert.MAX_TEXT for text in texts)
+    parts = len(texts)
+    assert all(f"82 job runs failed on cron01{f' (part {i} of {parts})' if parts > 1 else ''}" in text
+               for i, text in enumerate(texts, 1)), [t[:80] for t in texts]
     named = {name for name in names if any(name in text for text in texts)}
     assert named == names, f"{len(names - named)} of 82 failed jobs named in no message: {sorted(names - named)}"
-    merged = texts[alert.RATE_LIMIT:]
-    assert merged and all("64 job runs failed on cron01" in text for text in merged)
     assert "(truncated)" not in "".join(texts)
+    groups = {alert.storm_group(e) for e in events}
+    assert all(any(group.replace("`", "") in text.replace("\\", "") for text in texts) for group in groups), groups
+
+
+def test_issue23_3_a_storm_is_grouped_by_reason_and_a_few_runs_keep_their_details():
+    reasons = ["status 500 not expected", "status 503 not expected", "code is 1, expected 0"]
+    events = [{**EVENT, "job": f"storm-{i:03d}", "reason": reasons[i % 3]} for i in range(100)]
+    (title, text), = alert.format_messages(events)
+    assert title == "deployer: 100 job runs failed on cron01"
+    for r, reason in enumerate(reasons):
+        header = f"**failed: {reason} (exit-code, exit status 1): {len(range(r, 100, 3))} runs of {len(range(r, 100, 3))} jobs**"
+        assert header in text, text
+        listed = text.split(header)[1].split("\n\n")[1].split(", ")
+        assert listed == [f"storm-{i:03d}" for i in range(r, 100, 3)]
+    few = alert.format_messages(events[:alert.STORM_RUNS])
+    assert len(few) == 1 and "> attempt 1/1" in few[0][1] and "runs of" not in few[0][1]
+
+
+def test_issue23_3_a_storm_waits_for_quiet_then_goes_out_once_and_a_lone_failure_waits_only_that(tmp_path):
+    clock = Clock()
+    sent: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    start = clock.t
+    assert coalescer.run({**EVENT, "job": "lone"}, lambda batch: sent.append(batch) or True)
+    assert [len(b) for b in sent] == [1] and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+    # A storm that goes on (one failure every 2 s for 100 s): held back at most GATHER_MAX.
+    sent.clear()
+    queued = []
+    for i in range(50):
+        queued.append(coalescer.enqueue({**EVENT, "job": f"j{i}"}))
+        clock.t += 2
+        if clock.t - start >= 5 + alert.GATHER_MAX + 1 and not sent:
+            assert coalescer.run({}, lambda batch: sent.append(batch) or True, queued=queued[0])
+    assert sent and all(coalescer.run([], lambda batch: sent.append(batch) or True, queued=q) for q in queued)
+    assert sum(len(b) for b in sent) == 50 and len(sent) == 2
+
+
+def test_issue23_3_after_a_failed_delivery_the_waiting_alerts_leave_it_to_a_restart(tmp_path):
+    clock = Clock()
+    tries: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    queued = [coalescer.enqueue({**EVENT, "job": f"j{i}"}) for i in range(20)]
+    results = [coalescer.run([], lambda batch: tries.append(batch) and False, queued=q) for q in queued]
+    assert results == [False] * 20 and len(tries) == 1, "one try for the storm, not one per alert"
+    clock.t += alert.FAILED_PAUSE
+    assert coalescer.run([], lambda batch: tries.append(batch) or True, take_queued=True)
+    assert len(tries[-1]) == 20
 
 
 def test_issue22_11_a_storm_too_large_for_one_message_is_split_into_parts():
