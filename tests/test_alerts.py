@@ -872,3 +872,31 @@ def test_a_streak_that_cannot_be_saved_leaves_no_empty_file(tmp_path, monkeypatc
     monkeypatch.setattr(alert.json, "dump", no_space)
     alert.save_streak(str(tmp_path), "settle", alert.Streak(failures=2, since=1.0))
     assert [p.name for p in (tmp_path / "streak").iterdir()] == []
+
+
+def test_issue23_3_a_storm_waits_for_an_alert_still_looking_up_its_failures(tmp_path):
+    """Under a storm's load an alert can take seconds to read the journal before it queues its
+    failure: the message waits for it (a marker from its start), else it would go out alone."""
+    clock = Clock()
+    sent: list = []
+    first = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    slow = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    slow.begin()
+    looked = []
+
+    def sleep(seconds):  # the slow alert queues its failure 20 s into the first one's wait
+        clock.sleep(seconds)
+        if clock.t - 1_000_000.0 >= 20 and not looked:
+            looked.append(slow.enqueue({**EVENT, "job": "slow"}))
+            slow.end()
+
+    first.sleep = sleep
+    assert first.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "slow"]]
+    # A marker its alert left behind (killed) holds a message back at most GATHER_MAX.
+    sent.clear()
+    dead = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    dead.begin()
+    start = clock.t
+    assert first.run({**EVENT, "job": "after"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start <= alert.GATHER_MAX + 1

@@ -285,6 +285,8 @@ class Coalescer:
         self.dir = os.path.join(state_dir, "queue", channel)
         self.sent_log = os.path.join(state_dir, f"{channel}.sent")
         self.failed_log = os.path.join(state_dir, f"{channel}.failed")
+        self.pending_dir = os.path.join(state_dir, "looking", channel)
+        self.pending = ""
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
         self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
@@ -375,14 +377,51 @@ class Coalescer:
         except OSError:
             pass
 
+    def begin(self) -> None:
+        """Say that this alert is looking up its failures (the journal, under a storm's load, can
+        take seconds): the burst is not over while it does. Ended by `run` (its events queued)
+        or `end`; a marker older than GATHER_MAX (its alert died) holds nothing back."""
+        name = f"{self.now():.6f}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.makedirs(self.pending_dir, exist_ok=True)
+            open(os.path.join(self.pending_dir, name), "w").close()
+            self.pending = name
+        except OSError:
+            pass  # a full disk: this alert's failures may go out in a message of their own
+
+    def end(self) -> None:
+        if self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.pending_dir, self.pending))
+            self.pending = ""
+
+    def _looking(self) -> list:
+        """When the other alerts still looking up their failures began."""
+        try:
+            names = os.listdir(self.pending_dir)
+        except OSError:
+            return []
+        stamps = []
+        for name in names:
+            if _stamp(name) < self.now() - GATHER_MAX:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.pending_dir, name))
+            elif name != self.pending:
+                stamps.append(_stamp(name))
+        return stamps
+
     def _gathered_until(self, names: list) -> float:
-        """When the batch of `names` is complete: `quiet` after the newest, at most GATHER_MAX
-        after the first. Events left by a failed delivery (older than ORPHANED_AFTER) ride along
-        without holding it back."""
+        """When the batch of `names` is complete: `quiet` after the newest and no other alert
+        still looking up its failures, at most GATHER_MAX after the first. Events left by a
+        failed delivery (older than ORPHANED_AFTER) ride along without holding it back."""
         fresh = [stamp for stamp in map(_stamp, names) if stamp > self.now() - ORPHANED_AFTER]
         if not fresh or self.quiet <= 0:
             return 0.0
-        return min(max(fresh) + self.quiet, min(fresh) + GATHER_MAX)
+        looking = self._looking()
+        cap = min(fresh + looking) + GATHER_MAX
+        if looking:
+            return min(self.now() + min(self.quiet, 0.5), cap)  # look again soon
+        return min(max(fresh) + self.quiet, cap)
 
     def _locked(self):
         import fcntl
@@ -412,6 +451,7 @@ class Coalescer:
             else:
                 self._remove([name for name in names if name])
                 memory = events
+        self.end()  # what this alert found is queued (or in hand)
         deadline = self.now() + give_up_after
         while True:
             lock = self._locked()
@@ -929,6 +969,18 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
     coalescer = Coalescer(state, channel.name, log=log)
+    if not recovered and mode == "":
+        coalescer.begin()  # a storm's message waits for this alert's failures too
+        try:
+            return _alert(job, host_name, channel, False, mode, state, coalescer, log)
+        finally:
+            coalescer.end()
+    return _alert(job, host_name, channel, recovered, mode, state, coalescer, log)
+
+
+def _alert(job: str, host_name: str, channel: Channel, recovered: bool, mode: str, state: str,
+           coalescer: "Coalescer", log: Callable[[str], None]) -> bool:
+    """alert_main's work, with the channel's coalescer."""
 
     def send(events: list, take_queued: bool = False) -> bool:
         delivered = coalescer.run(events, lambda batch: deliver(channel, batch, log=log), take_queued=take_queued)
