@@ -220,6 +220,9 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
                if job.alert and render.alert_policy_value(job)]
+    header += [f"# note alert {channel}: a storm (many jobs failing at once) is one message per channel on a cron "
+               "host; Kubernetes has no such gathering: there every failed pod sends its own message"
+               for channel in sorted({job.alert for job in inv.jobs if job.alert})]
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

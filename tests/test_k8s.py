@@ -188,6 +188,13 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
     path = tmp_path / "inventory.ini"
     path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\nalert_after = 3\n"))
     text, _ = exported(inventory.load(str(path), env=SECRETS))
-    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    notes = [line for line in text.splitlines() if line.startswith("# note quartz")]
     assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
+
+
+def test_issue23_3_storms_are_noted_as_a_cron_host_thing_per_channel(inv):
+    text, _ = exported(inv)
+    notes = [line for line in text.splitlines() if line.startswith("# note alert ")]
+    assert notes == ["# note alert ops: a storm (many jobs failing at once) is one message per channel on a cron "
+                     "host; Kubernetes has no such gathering: there every failed pod sends its own message"]
