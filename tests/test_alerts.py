@@ -900,3 +900,53 @@ def test_issue23_3_a_storm_waits_for_an_alert_still_looking_up_its_failures(tmp_
     start = clock.t
     assert first.run({**EVENT, "job": "after"}, lambda batch: sent.append(batch) or True)
     assert len(sent) == 1 and clock.t - start <= alert.GATHER_MAX + 1
+
+
+def test_issue23_3_a_storm_waits_for_its_jobs_still_running(tmp_path):
+    """The jobs of one minute fail over seconds (a busy host starts 100 runs slowly): the message
+    waits while a run of the channel's jobs that began with the storm still runs (asked at most
+    once a second), up to GATHER_MAX; a run that began long before holds nothing back."""
+    clock = Clock()
+    sent: list = []
+    asked: list = []
+    running = {"deployer-late.service": clock.t}
+
+    def in_flight(since):
+        asked.append(clock.t)
+        return [began for began in running.values() if began >= since]
+
+    waiting = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, in_flight=in_flight)
+    other = alert.Coalescer(str(tmp_path), "ops", now=clock.now)
+
+    def sleep(seconds):  # `late` fails 12 s into the wait, and its alert queues it
+        clock.sleep(seconds)
+        if clock.t - 1_000_000.0 >= 12 and "deployer-late.service" in running:
+            del running["deployer-late.service"]
+            other.enqueue({**EVENT, "job": "late"})
+
+    waiting.sleep = sleep
+    assert waiting.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "late"]]
+    assert len(asked) <= 2 + (clock.t - 1_000_000.0), "at most once a second"
+    sent.clear()
+    running["deployer-export.service"] = clock.t - 10 * alert.GATHER_MAX  # a long run: not the storm's
+    start = clock.t
+    assert waiting.run({**EVENT, "job": "alone"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+
+
+def test_issue23_3_runs_in_flight_are_started_and_not_yet_exited():
+    from deployer.hostside import record
+
+    class Systemd:
+        def journal_entries(self, args):
+            self.args = args
+            return [{"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-a.service", "__REALTIME_TIMESTAMP": "5000000"},
+                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-b.service", "__REALTIME_TIMESTAMP": "6000000"},
+                    {"MESSAGE_ID": record.UNIT_EXITED, "UNIT": "deployer-a.service", "__REALTIME_TIMESTAMP": "7000000"},
+                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-alert-ops@b.service",
+                     "__REALTIME_TIMESTAMP": "7000000"}]
+
+    systemd = Systemd()
+    assert journal.runs_in_flight(systemd, 4.0) == {"deployer-b.service": 6.0}
+    assert "_PID=1" in systemd.args and "--since=@4" in systemd.args

@@ -281,12 +281,16 @@ class Coalescer:
     """
 
     def __init__(self, state_dir: str, channel: str, now=time.time, sleep=time.sleep,
-                 log: Callable[[str], None] = print, quiet: float = GATHER_QUIET):
+                 log: Callable[[str], None] = print, quiet: float = GATHER_QUIET,
+                 in_flight: Optional[Callable[[float], list]] = None):
         self.dir = os.path.join(state_dir, "queue", channel)
         self.sent_log = os.path.join(state_dir, f"{channel}.sent")
         self.failed_log = os.path.join(state_dir, f"{channel}.failed")
         self.pending_dir = os.path.join(state_dir, "looking", channel)
         self.pending = ""
+        # (since) -> when the channel's job runs still running began, those begun since `since`
+        self.in_flight = in_flight
+        self.in_flight_cache = os.path.join(state_dir, f"{channel}.running")
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
         self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
@@ -421,7 +425,32 @@ class Coalescer:
         cap = min(fresh + looking) + GATHER_MAX
         if looking:
             return min(self.now() + min(self.quiet, 0.5), cap)  # look again soon
-        return min(max(fresh) + self.quiet, cap)
+        ready = min(max(fresh) + self.quiet, cap)
+        if ready <= self.now() < cap and self._running(min(fresh) - GATHER_MAX):
+            return min(self.now() + 1.0, cap)  # a job of the storm still running: it may fail too
+        return ready
+
+    def _running(self, since: float) -> bool:
+        """Whether a job run of this channel that began since `since` is still running; asked
+        at most once a second for every waiting alert (the answer is kept in a file)."""
+        if self.in_flight is None:
+            return False
+        try:
+            with open(self.in_flight_cache) as handle:
+                asked, running = json.load(handle)
+            if float(asked) > self.now() - 1.0:
+                return bool(running)
+        except (OSError, ValueError, TypeError):
+            pass
+        try:
+            running = bool(self.in_flight(since))
+        except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
+            self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
+            running = False
+        with contextlib.suppress(OSError):
+            with open(self.in_flight_cache, "w") as handle:
+                json.dump([self.now(), running], handle)
+        return running
 
     def _locked(self):
         import fcntl
@@ -886,6 +915,14 @@ def boot_id() -> str:
         return "unknown boot"
 
 
+def channel_runs_in_flight(channel: str, since: float, find=None) -> list:
+    """When the runs still running of the jobs alerting via `channel` began (since `since`)."""
+    from .journal import runs_in_flight
+
+    running = (find or (lambda s: runs_in_flight(_systemd(), s)))(since)
+    return [began for unit, began in running.items() if channel_of(paths.job_of_unit(unit)) == channel]
+
+
 def channel_of(job: str) -> str:
     """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
     prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
@@ -968,7 +1005,7 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    coalescer = Coalescer(state, channel.name, log=log)
+    coalescer = Coalescer(state, channel.name, log=log, in_flight=lambda since: channel_runs_in_flight(channel.name, since))
     if not recovered and mode == "":
         coalescer.begin()  # a storm's message waits for this alert's failures too
         try:

@@ -247,6 +247,24 @@ def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = N
     return failed_runs(systemd.journal_entries(args))
 
 
+def runs_in_flight(systemd, since: float) -> dict:
+    """{job service: when its run began (epoch seconds)} for the job runs PID 1 started since
+    `since` that have not ended yet ("Starting" without "Main process exited" after it)."""
+    entries = systemd.journal_entries([f"--since=@{max(int(since), 0)}", f"MESSAGE_ID={UNIT_STARTING}",
+                                       f"MESSAGE_ID={record.UNIT_EXITED}", "_PID=1"])
+    running: dict = {}
+    for entry in entries:
+        unit = entry.get("UNIT") if isinstance(entry, dict) else None
+        if not unit or not unit.endswith(".service") or not paths.job_of_unit(unit):
+            continue
+        if entry.get("MESSAGE_ID") == UNIT_STARTING:
+            with contextlib.suppress(TypeError, ValueError):
+                running[unit] = int(entry.get("__REALTIME_TIMESTAMP")) / 1e6
+        else:
+            running.pop(unit, None)
+    return running
+
+
 @dataclass(frozen=True)
 class RunAccount:
     """What a failed run's alert says of it: the slot and the reason first, then its last lines."""
