@@ -291,6 +291,7 @@ class Coalescer:
         # (since) -> when the channel's job runs still running began, those begun since `since`
         self.in_flight = in_flight
         self.in_flight_cache = os.path.join(state_dir, f"{channel}.running")
+        self.told_running = False
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
         self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
@@ -443,7 +444,11 @@ class Coalescer:
         except (OSError, ValueError, TypeError):
             pass
         try:
-            running = bool(self.in_flight(since))
+            began = self.in_flight(since)
+            running = bool(began)
+            if running and not self.told_running:
+                self.log(f"{len(began)} run(s) of this channel's jobs begun with this burst still running: waiting")
+                self.told_running = True
         except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
             self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
             running = False
@@ -498,6 +503,8 @@ class Coalescer:
                     recent = self._recent_sends()
                     if len(recent) < RATE_LIMIT:
                         carried, loaded = self._load(names)
+                        if len(carried + memory) > 1:
+                            self.log(f"{len(carried + memory)} events in one message")
                         if not send(carried + memory):
                             self._record_failure(True)
                             return False

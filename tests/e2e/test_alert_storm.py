@@ -100,7 +100,8 @@ endpoint = {robot.endpoint("slack")}
     want = f"deployer: {JOBS} job runs failed on cron01"
     titles = [title.strip("*") for title, _ in messages]
     assert titles == ([want] if parts == 1 else [f"{want} (part {i} of {parts})" for i in range(1, parts + 1)]), \
-        titles
+        f"{titles}\n" + shared_cron01.ssh(f"journalctl --no-pager -o short-precise -u 'deployer-alert-{channel}@*' "
+                                          "-g 'message|running|cannot|report'", check=False).stdout[-6000:]
     assert all(len(text) <= 4000 for _, text in messages)
     named: dict = {}
     for _, text in messages:
