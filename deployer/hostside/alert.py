@@ -446,9 +446,10 @@ class Coalescer:
         try:
             began = self.in_flight(since)
             running = bool(began)
-            if running and not self.told_running:
-                self.log(f"{len(began)} run(s) of this channel's jobs begun with this burst still running: waiting")
-                self.told_running = True
+            if not self.told_running:
+                self.log(f"{len(began)} run(s) of this channel's jobs begun with this burst still running"
+                         + (": waiting" if running else ""))
+                self.told_running = running
         except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
             self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
             running = False
