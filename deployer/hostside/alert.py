@@ -272,9 +272,10 @@ class Coalescer:
     most RATE_LIMIT messages per RATE_WINDOW.
 
     An alert queues its event in `state_dir` and waits until the channel has been quiet for
-    `quiet` seconds (no new event queued; at most GATHER_MAX after the first): the first alert
-    to get through then sends every queued event as one message, and the others find theirs
-    already sent. So a storm (many jobs failing in the same minute) is one message per
+    `quiet` seconds (no new event queued, no other alert still reading the journal, no run of
+    the channel's jobs begun with the burst still running; at most GATHER_MAX after the first):
+    the first alert to get through then sends every queued event as one message, and the
+    others find theirs already sent. So a storm (many jobs failing in the same minute) is one message per
     channel, and a lone failure waits `quiet` seconds. A failed delivery leaves the events
     queued for the unit's restart (or the next alert) to carry. A full disk only loses the
     queue, never the message in hand: an event that cannot be queued is sent at once.
