@@ -945,7 +945,10 @@ def test_issue23_3_runs_in_flight_are_started_and_not_yet_exited():
                     {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-b.service", "__REALTIME_TIMESTAMP": "6000000"},
                     {"MESSAGE_ID": record.UNIT_EXITED, "UNIT": "deployer-a.service", "__REALTIME_TIMESTAMP": "7000000"},
                     {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-alert-ops@b.service",
-                     "__REALTIME_TIMESTAMP": "7000000"}]
+                     "__REALTIME_TIMESTAMP": "7000000"},
+                    # A success logs no "Main process exited" (a debug line), only "Deactivated successfully".
+                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-c.service", "__REALTIME_TIMESTAMP": "8000000"},
+                    {"MESSAGE_ID": journal.UNIT_SUCCEEDED, "UNIT": "deployer-c.service", "__REALTIME_TIMESTAMP": "9000000"}]
 
     systemd = Systemd()
     assert journal.runs_in_flight(systemd, 4.0) == {"deployer-b.service": 6.0}

@@ -1014,7 +1014,9 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    coalescer = Coalescer(state, channel.name, log=log, in_flight=lambda since: channel_runs_in_flight(channel.name, since))
+    # Only a failure waits for the channel's runs still running (they may fail too).
+    running = None if recovered else (lambda since: channel_runs_in_flight(channel.name, since))
+    coalescer = Coalescer(state, channel.name, log=log, in_flight=running)
     if not recovered and mode == "":
         coalescer.begin()  # a storm's message waits for this alert's failures too
         try:

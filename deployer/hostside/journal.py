@@ -247,11 +247,17 @@ def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = N
     return failed_runs(systemd.journal_entries(args))
 
 
+# PID 1's "Deactivated successfully": a run that succeeded (its "Main process exited" is a debug
+# line, not in the journal).
+UNIT_SUCCEEDED = "7ad2d189f7e94e70a38c781354912448"
+
+
 def runs_in_flight(systemd, since: float) -> dict:
     """{job service: when its run began (epoch seconds)} for the job runs PID 1 started since
-    `since` that have not ended yet ("Starting" without "Main process exited" after it)."""
-    entries = systemd.journal_entries([f"--since=@{max(int(since), 0)}", f"MESSAGE_ID={UNIT_STARTING}",
-                                       f"MESSAGE_ID={record.UNIT_EXITED}", "_PID=1"])
+    `since` that have not ended yet ("Starting" without an exit, failure or success after it)."""
+    entries = systemd.journal_entries([f"--since=@{max(int(since), 0)}"] + [
+        f"MESSAGE_ID={m}" for m in (UNIT_STARTING, record.UNIT_EXITED, record.UNIT_FAILED, UNIT_SUCCEEDED)]
+        + ["_PID=1"])
     running: dict = {}
     for entry in entries:
         unit = entry.get("UNIT") if isinstance(entry, dict) else None
