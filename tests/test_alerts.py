@@ -935,21 +935,13 @@ def test_issue23_3_a_storm_waits_for_its_jobs_still_running(tmp_path):
     assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET)
 
 
-def test_issue23_3_runs_in_flight_are_started_and_not_yet_exited():
-    from deployer.hostside import record
-
-    class Systemd:
-        def journal_entries(self, args):
-            self.args = args
-            return [{"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-a.service", "__REALTIME_TIMESTAMP": "5000000"},
-                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-b.service", "__REALTIME_TIMESTAMP": "6000000"},
-                    {"MESSAGE_ID": record.UNIT_EXITED, "UNIT": "deployer-a.service", "__REALTIME_TIMESTAMP": "7000000"},
-                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-alert-ops@b.service",
-                     "__REALTIME_TIMESTAMP": "7000000"},
-                    # A success logs no "Main process exited" (a debug line), only "Deactivated successfully".
-                    {"MESSAGE_ID": journal.UNIT_STARTING, "UNIT": "deployer-c.service", "__REALTIME_TIMESTAMP": "8000000"},
-                    {"MESSAGE_ID": journal.UNIT_SUCCEEDED, "UNIT": "deployer-c.service", "__REALTIME_TIMESTAMP": "9000000"}]
-
-    systemd = Systemd()
-    assert journal.runs_in_flight(systemd, 4.0) == {"deployer-b.service": 6.0}
-    assert "_PID=1" in systemd.args and "--since=@4" in systemd.args
+def test_issue23_3_runs_in_flight_are_the_job_cgroups_of_the_jobs_slice(tmp_path, monkeypatch):
+    jobs = tmp_path / "deployer.slice" / "deployer-jobs.slice"
+    for unit in ("deployer-a.service", "deployer-b.service", "deployer-alert-ops@a.service"):
+        (jobs / unit).mkdir(parents=True)
+    (tmp_path / "deployer.slice" / "deployer-host@metrics.service").mkdir()
+    running = alert.runs_in_flight(str(tmp_path))
+    assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
+    monkeypatch.setattr(alert, "channel_of", lambda job: {"a": "ops", "b": "chat"}[job])
+    assert alert.channel_runs_in_flight("ops", 0, find=lambda: running) == [running["deployer-a.service"]]
+    assert alert.channel_runs_in_flight("ops", time.time() + 60, find=lambda: running) == []

@@ -247,30 +247,6 @@ def journal_failed_runs(systemd, unit: Optional[str], since: Optional[float] = N
     return failed_runs(systemd.journal_entries(args))
 
 
-# PID 1's "Deactivated successfully": a run that succeeded (its "Main process exited" is a debug
-# line, not in the journal).
-UNIT_SUCCEEDED = "7ad2d189f7e94e70a38c781354912448"
-
-
-def runs_in_flight(systemd, since: float) -> dict:
-    """{job service: when its run began (epoch seconds)} for the job runs PID 1 started since
-    `since` that have not ended yet ("Starting" without an exit, failure or success after it)."""
-    entries = systemd.journal_entries([f"--since=@{max(int(since), 0)}"] + [
-        f"MESSAGE_ID={m}" for m in (UNIT_STARTING, record.UNIT_EXITED, record.UNIT_FAILED, UNIT_SUCCEEDED)]
-        + ["_PID=1"])
-    running: dict = {}
-    for entry in entries:
-        unit = entry.get("UNIT") if isinstance(entry, dict) else None
-        if not unit or not unit.endswith(".service") or not paths.job_of_unit(unit):
-            continue
-        if entry.get("MESSAGE_ID") == UNIT_STARTING:
-            with contextlib.suppress(TypeError, ValueError):
-                running[unit] = int(entry.get("__REALTIME_TIMESTAMP")) / 1e6
-        else:
-            running.pop(unit, None)
-    return running
-
-
 @dataclass(frozen=True)
 class RunAccount:
     """What a failed run's alert says of it: the slot and the reason first, then its last lines."""
