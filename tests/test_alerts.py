@@ -942,6 +942,9 @@ def test_issue23_3_runs_in_flight_are_the_job_cgroups_of_the_jobs_slice(tmp_path
     (tmp_path / "deployer.slice" / "deployer-host@metrics.service").mkdir()
     running = alert.runs_in_flight(str(tmp_path))
     assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
+    hybrid = tmp_path / "hybrid"  # cgroup v1/hybrid: systemd's tree is under unified/ and systemd/
+    (hybrid / "unified" / "deployer.slice" / "deployer-jobs.slice" / "deployer-c.service").mkdir(parents=True)
+    assert list(alert.runs_in_flight(str(hybrid))) == ["deployer-c.service"]
     monkeypatch.setattr(alert, "channel_of", lambda job: {"a": "ops", "b": "chat"}[job])
     assert alert.channel_runs_in_flight("ops", 0, find=lambda: running) == [running["deployer-a.service"]]
     assert alert.channel_runs_in_flight("ops", time.time() + 60, find=lambda: running) == []

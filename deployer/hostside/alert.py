@@ -934,8 +934,11 @@ def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
     import glob
 
     slice_dir = paths.JOBS_SLICE.rsplit("-", 1)[0] + ".slice"  # deployer-jobs.slice is in deployer.slice
+    # cgroup v2 (unified), or v1/hybrid (systemd's own tree; e.g. in a container of an older host)
+    found = [os.path.join(root, sub, slice_dir) for sub in ("", "unified", "systemd")]
+    top = next((path for path in found if os.path.isdir(path)), found[0])
     running = {}
-    for path in glob.glob(os.path.join(root, slice_dir, "**", paths.UNIT_PREFIX + "*.service"), recursive=True):
+    for path in glob.glob(os.path.join(top, "**", paths.UNIT_PREFIX + "*.service"), recursive=True):
         unit = os.path.basename(path)
         if paths.job_of_unit(unit):
             with contextlib.suppress(OSError):
