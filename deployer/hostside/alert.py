@@ -44,6 +44,9 @@ GATHER_MAX = 60.0
 # After a failed delivery, the other alerts leave it to the units' restarts (RestartSec=20, so a
 # restart always tries) instead of each trying the channel again in turn.
 FAILED_PAUSE = 15.0
+# A job run that ended this lately may still be starting its alert (a busy host takes seconds to
+# start a sandboxed unit and Python): a storm's message waits that long after the last run seen.
+ALERT_STARTING = 15.0
 
 
 def _same(text: str) -> str:
@@ -428,20 +431,25 @@ class Coalescer:
         if looking:
             return min(self.now() + min(self.quiet, 0.5), cap)  # look again soon
         ready = min(max(fresh) + self.quiet, cap)
-        if ready <= self.now() < cap and self._running(min(fresh) - GATHER_MAX):
-            return min(self.now() + 1.0, cap)  # a job of the storm still running: it may fail too
+        if ready <= self.now() < cap:
+            seen = self._running(min(fresh) - GATHER_MAX)
+            if seen and seen + ALERT_STARTING > self.now():
+                # A job of the burst still runs (it may fail too), or ended so lately that its
+                # alert may not have started yet: look again in a second.
+                return min(self.now() + 1.0, seen + ALERT_STARTING, cap)
         return ready
 
-    def _running(self, since: float) -> bool:
-        """Whether a job run of this channel that began since `since` is still running; asked
-        at most once a second for every waiting alert (the answer is kept in a file)."""
+    def _running(self, since: float) -> float:
+        """When a job run of this channel that began since `since` was last seen running (0:
+        never); asked at most once a second for every waiting alert (kept in a file)."""
         if self.in_flight is None:
-            return False
+            return 0.0
+        seen = 0.0
         try:
             with open(self.in_flight_cache) as handle:
-                asked, running = json.load(handle)
-            if float(asked) > self.now() - 1.0:
-                return bool(running)
+                asked, seen = (float(x) for x in json.load(handle))
+            if asked > self.now() - 1.0:
+                return seen
         except (OSError, ValueError, TypeError):
             pass
         try:
@@ -454,10 +462,11 @@ class Coalescer:
         except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
             self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
             running = False
+        seen = self.now() if running else seen
         with contextlib.suppress(OSError):
             with open(self.in_flight_cache, "w") as handle:
-                json.dump([self.now(), running], handle)
-        return running
+                json.dump([self.now(), seen], handle)
+        return seen
 
     def _locked(self):
         import fcntl
