@@ -76,7 +76,9 @@ class Clock:
 def test_a_burst_beyond_the_rate_limit_is_merged_not_dropped(tmp_path):
     clock = Clock()
     sent: list[list[dict]] = []
-    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    # quiet=0: every alert goes out at once, so that only the rate limit merges (the backstop
+    # behind the gathering of a storm, below).
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, quiet=0)
     for i in range(alert.RATE_LIMIT):
         assert coalescer.run({**EVENT, "job": f"job{i}"}, lambda events: sent.append(events) or True)
     # Five alerts over the limit: each queued its event and waits for the window.
@@ -357,6 +359,9 @@ def test_a_restart_sends_what_an_undelivered_alert_left_queued(tmp_path):
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     assert not coalescer.run({**EVENT, "job": "first"}, lambda events: False)
     sent: list = []
+    assert not coalescer.run([], lambda events: sent.append(events) or True, take_queued=True), \
+        "right after a failed delivery, only a later restart tries the channel again"
+    clock.t += alert.FAILED_PAUSE
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
     assert [e["job"] for e in sent[0]] == ["first"]
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
@@ -522,8 +527,10 @@ def storm_events(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("kind", ["dingtalk", "slack"])
-def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, monkeypatch, kind):
-    """Before: the merged message was cut at 4,000 characters and named 11 of the 82 jobs."""
+def test_issue23_3_a_storm_of_82_failed_jobs_is_one_message_that_names_every_one(robot, tmp_path, monkeypatch, kind):
+    """Issue 22 item 11, before: the merged message was cut at 4,000 characters and named 11 of
+    the 82 jobs. Issue 23 item 3, before: the first 18 alerts went out one by one and only the
+    rest were merged (19 messages); now the storm is one message (in parts when too long)."""
     events = storm_events(monkeypatch)
     names = {e["job"] for e in events}
     assert len(names) == 82
@@ -532,21 +539,69 @@ def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, m
     channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     send = lambda batch: alert.deliver(channel, batch, log=lambda _: None)  # noqa: E731
-    # The first RATE_LIMIT alerts go out one by one; the others queue and wait for the window,
-    # and the first of them to get through sends every queued one as one merged message.
-    for event in events[:alert.RATE_LIMIT]:
-        assert coalescer.run(event, send)
-    late = events[alert.RATE_LIMIT:]
-    queued = [coalescer.enqueue(event) for event in late]
-    assert all(coalescer.run(e, send, queued=q) for e, q in zip(late, queued))
+    # 82 alert units at once, as systemd starts them: each queues its failure, then waits for
+    # the channel to be quiet; the first to get through sends them all, the others find theirs sent.
+    queued = []
+    for event in events:
+        queued.append(coalescer.enqueue(event))
+        clock.t += 0.2
+    assert all(coalescer.run(e, send, queued=q) for e, q in zip(events, queued))
 
     texts = [_message_text(kind, message) for message in robot.accepted]
     assert all(len(text) <= alert.MAX_TEXT for text in texts)
+    parts = len(texts)
+    assert all(f"82 job runs failed on cron01{f' (part {i} of {parts})' if parts > 1 else ''}" in text
+               for i, text in enumerate(texts, 1)), [t[:80] for t in texts]
     named = {name for name in names if any(name in text for text in texts)}
     assert named == names, f"{len(names - named)} of 82 failed jobs named in no message: {sorted(names - named)}"
-    merged = texts[alert.RATE_LIMIT:]
-    assert merged and all("64 job runs failed on cron01" in text for text in merged)
     assert "(truncated)" not in "".join(texts)
+    groups = {alert.storm_group(e) for e in events}
+    assert all(any(group.replace("`", "") in text.replace("\\", "") for text in texts) for group in groups), groups
+
+
+def test_issue23_3_a_storm_is_grouped_by_reason_and_a_few_runs_keep_their_details():
+    reasons = ["status 500 not expected", "status 503 not expected", "code is 1, expected 0"]
+    events = [{**EVENT, "job": f"storm-{i:03d}", "reason": reasons[i % 3]} for i in range(100)]
+    (title, text), = alert.format_messages(events)
+    assert title == "deployer: 100 job runs failed on cron01"
+    for r, reason in enumerate(reasons):
+        header = f"**failed: {reason} (exit-code, exit status 1): {len(range(r, 100, 3))} runs of {len(range(r, 100, 3))} jobs**"
+        assert header in text, text
+        listed = text.split(header)[1].split("\n\n")[1].split(", ")
+        assert listed == [f"storm-{i:03d}" for i in range(r, 100, 3)]
+    few = alert.format_messages(events[:alert.STORM_RUNS])
+    assert len(few) == 1 and "> attempt 1/1" in few[0][1] and "runs of" not in few[0][1]
+
+
+def test_issue23_3_a_storm_waits_for_quiet_then_goes_out_once_and_a_lone_failure_waits_only_that(tmp_path):
+    clock = Clock()
+    sent: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    start = clock.t
+    assert coalescer.run({**EVENT, "job": "lone"}, lambda batch: sent.append(batch) or True)
+    assert [len(b) for b in sent] == [1] and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+    # A storm that goes on (one failure every 2 s for 100 s): held back at most GATHER_MAX.
+    sent.clear()
+    queued = []
+    for i in range(50):
+        queued.append(coalescer.enqueue({**EVENT, "job": f"j{i}"}))
+        clock.t += 2
+        if clock.t - start >= 5 + alert.GATHER_MAX + 1 and not sent:
+            assert coalescer.run({}, lambda batch: sent.append(batch) or True, queued=queued[0])
+    assert sent and all(coalescer.run([], lambda batch: sent.append(batch) or True, queued=q) for q in queued)
+    assert sum(len(b) for b in sent) == 50 and len(sent) == 2
+
+
+def test_issue23_3_after_a_failed_delivery_the_waiting_alerts_leave_it_to_a_restart(tmp_path):
+    clock = Clock()
+    tries: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    queued = [coalescer.enqueue({**EVENT, "job": f"j{i}"}) for i in range(20)]
+    results = [coalescer.run([], lambda batch: tries.append(batch) and False, queued=q) for q in queued]
+    assert results == [False] * 20 and len(tries) == 1, "one try for the storm, not one per alert"
+    clock.t += alert.FAILED_PAUSE
+    assert coalescer.run([], lambda batch: tries.append(batch) or True, take_queued=True)
+    assert len(tries[-1]) == 20
 
 
 def test_issue22_11_a_storm_too_large_for_one_message_is_split_into_parts():
@@ -835,3 +890,79 @@ def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypa
     monkeypatch.setenv("MONITOR_INVOCATION_ID", "inv-ran")  # a run that succeeded: the recovery goes out
     assert alert.alert_main("settle", "cron01", channel, recovered=True)
     assert len(robot.accepted) == 1 and not (tmp_path / "failing" / "settle").exists()
+
+
+def test_issue23_3_a_storm_waits_for_an_alert_still_looking_up_its_failures(tmp_path):
+    """Under a storm's load an alert can take seconds to read the journal before it queues its
+    failure: the message waits for it (a marker from its start), else it would go out alone."""
+    clock = Clock()
+    sent: list = []
+    first = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    slow = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    slow.begin()
+    looked = []
+
+    def sleep(seconds):  # the slow alert queues its failure 20 s into the first one's wait
+        clock.sleep(seconds)
+        if clock.t - 1_000_000.0 >= 20 and not looked:
+            looked.append(slow.enqueue({**EVENT, "job": "slow"}))
+            slow.end()
+
+    first.sleep = sleep
+    assert first.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "slow"]]
+    # A marker its alert left behind (killed) holds a message back at most GATHER_MAX.
+    sent.clear()
+    dead = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    dead.begin()
+    start = clock.t
+    assert first.run({**EVENT, "job": "after"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start <= alert.GATHER_MAX + 1
+
+
+def test_issue23_3_a_storm_waits_for_its_jobs_still_running(tmp_path):
+    """The jobs of one minute fail over seconds (a busy host starts 100 runs slowly): the message
+    waits while a run of the channel's jobs that began with the storm still runs (asked at most
+    once a second), up to GATHER_MAX; a run that began long before holds nothing back."""
+    clock = Clock()
+    sent: list = []
+    asked: list = []
+    running = {"deployer-late.service": clock.t}
+
+    def in_flight(since):
+        asked.append(clock.t)
+        return [began for began in running.values() if began >= since]
+
+    waiting = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, in_flight=in_flight)
+    other = alert.Coalescer(str(tmp_path), "ops", now=clock.now)
+
+    def sleep(seconds):  # `late` fails 12 s into the wait, and its alert queues it
+        clock.sleep(seconds)
+        if clock.t - 1_000_000.0 >= 12 and "deployer-late.service" in running:
+            del running["deployer-late.service"]
+            other.enqueue({**EVENT, "job": "late"})
+
+    waiting.sleep = sleep
+    assert waiting.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "late"]]
+    assert len(asked) <= 2 + (clock.t - 1_000_000.0), "at most once a second"
+    sent.clear()
+    running["deployer-export.service"] = clock.t - 10 * alert.GATHER_MAX  # a long run: not the storm's
+    start = clock.t
+    assert waiting.run({**EVENT, "job": "alone"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+
+
+def test_issue23_3_runs_in_flight_are_the_job_cgroups_of_the_jobs_slice(tmp_path, monkeypatch):
+    jobs = tmp_path / "deployer.slice" / "deployer-jobs.slice"
+    for unit in ("deployer-a.service", "deployer-b.service", "deployer-alert-ops@a.service"):
+        (jobs / unit).mkdir(parents=True)
+    (tmp_path / "deployer.slice" / "deployer-host@metrics.service").mkdir()
+    running = alert.runs_in_flight(str(tmp_path))
+    assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
+    hybrid = tmp_path / "hybrid"  # cgroup v1/hybrid: systemd's tree is under unified/ and systemd/
+    (hybrid / "unified" / "deployer.slice" / "deployer-jobs.slice" / "deployer-c.service").mkdir(parents=True)
+    assert list(alert.runs_in_flight(str(hybrid))) == ["deployer-c.service"]
+    monkeypatch.setattr(alert, "channel_of", lambda job: {"a": "ops", "b": "chat"}[job])
+    assert alert.channel_runs_in_flight("ops", 0, find=lambda: running) == [running["deployer-a.service"]]
+    assert alert.channel_runs_in_flight("ops", time.time() + 60, find=lambda: running) == []

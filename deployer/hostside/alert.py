@@ -31,8 +31,22 @@ DELIVERY_ATTEMPTS = 3
 DELIVERY_TIMEOUT = (5.0, 10.0)
 MAX_LINES = 12
 MAX_TEXT = 4000
+# More failed runs than this in one message is a storm: grouped by reason, every job named,
+# rather than each run with its lines (issue 23 item 3).
+STORM_RUNS = 5
+REASON_IN_GROUP = 200
 # A queued event older than this has no live alert waiting to send it: the next alert does.
 ORPHANED_AFTER = RATE_WINDOW + 180
+# A storm is one message (issue 23 item 3): an alert waits until no other failure of its channel
+# has come for GATHER_QUIET seconds (at most GATHER_MAX after the first), then one sends them all.
+GATHER_QUIET = 5.0
+GATHER_MAX = 60.0
+# After a failed delivery, the other alerts leave it to the units' restarts (RestartSec=20, so a
+# restart always tries) instead of each trying the channel again in turn.
+FAILED_PAUSE = 15.0
+# A job run that ended this lately may still be starting its alert (a busy host takes seconds to
+# start a sandboxed unit and Python): a storm's message waits that long after the last run seen.
+ALERT_STARTING = 15.0
 
 
 def _same(text: str) -> str:
@@ -123,14 +137,16 @@ def _held_paragraphs(e: dict, escape: Callable[[str], str], named: bool) -> list
 def format_messages(events: list[dict], escape: Callable[[str], str] = _same) -> list:
     """The messages for `events`: [(title, text)], each text at most MAX_TEXT characters.
 
-    One message with every run's details when they fit. A storm that does not fit is grouped
-    by what happened (systemd's result and exit status), each group counting its runs and
-    naming every job; when even that does not fit, the groups go out over several messages,
-    each titled "part i of n". No job is ever cut off: an operator must see all of them."""
+    One message with every run's details when there are at most STORM_RUNS runs and they fit.
+    A storm (more runs, or too long) is grouped by what happened (each failed run's reason: the
+    run's verdict, or systemd's for a killed run), each group counting its runs and naming every
+    job; when even that does not fit, the groups go out over several messages, each titled
+    "part i of n". No job is ever cut off: an operator must see all of them."""
     title, text = _detailed(events, escape)
-    if len(text) <= MAX_TEXT:
+    runs = [e for e in events if e.get("kind") != "held"]
+    if len(text) <= MAX_TEXT and len(runs) <= STORM_RUNS:
         return [(title, text)]
-    if len(events) == 1:
+    if len(events) == 1:  # one run's own lines, too long: the job is named, its lines are cut
         return [(title, text[: MAX_TEXT - 20] + "\n\n(truncated)")]
     groups: dict = {}
     held = []
@@ -138,17 +154,15 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
         if e.get("kind") == "held":
             held += _held_paragraphs(e, escape, True)
             continue
-        key = "succeeded again" if e.get("kind") == "recovered" else \
-            f"failed: {escape(e['result'])}{escape(ended(e))}"
-        groups.setdefault(key, {}).setdefault(escape(e["job"]), 0)
-        groups[key][escape(e["job"])] += 1
+        groups.setdefault(storm_group(e, escape), {}).setdefault(escape(e["job"]), 0)
+        groups[storm_group(e, escape)][escape(e["job"])] += 1
     paragraphs = list(held)
     budget = MAX_TEXT - len(title) - 40  # the title, "part i of n", separators
     for key, jobs in groups.items():
-        runs = sum(jobs.values())
-        paragraphs.append(f"**{key}: {runs} run{'s' if runs > 1 else ''} of {len(jobs)} "
+        count = sum(jobs.values())
+        paragraphs.append(f"**{key}: {count} run{'s' if count > 1 else ''} of {len(jobs)} "
                           f"job{'s' if len(jobs) > 1 else ''}**")
-        names = [name + (f" ({count} runs)" if count > 1 else "") for name, count in jobs.items()]
+        names = [name + (f" ({times} runs)" if times > 1 else "") for name, times in jobs.items()]
         line = ""
         for name in names:  # every job named, the list split where a message would overflow
             if line and len(line) + 2 + len(name) > budget:
@@ -160,16 +174,33 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
     paragraphs.append(f"Each run's lines: `deployer status --host {host}`, `deployer logs JOB`")
     chunks, current = [], []
     for paragraph in paragraphs:
-        paragraph = paragraph[:budget]
-        if current and sum(len(p) + 2 for p in current) + len(paragraph) > budget:
-            chunks.append(current)
-            current = []
-        current.append(paragraph)
+        for piece in _pieces(paragraph, budget):  # never cut: a paragraph too long goes on in the next
+            if current and sum(len(p) + 2 for p in current) + len(piece) > budget:
+                chunks.append(current)
+                current = []
+            current.append(piece)
     chunks.append(current)
     if len(chunks) == 1:
         return [(title, "\n\n".join([f"**{title}**"] + chunks[0]))]
     titled = [f"{title} (part {i} of {len(chunks)})" for i in range(1, len(chunks) + 1)]
     return [(t, "\n\n".join([f"**{t}**"] + chunk)) for t, chunk in zip(titled, chunks)]
+
+
+def storm_group(event: dict, escape: Callable[[str], str] = _same) -> str:
+    """The group a run is named under in a storm's message: what happened to it. A failed run
+    by its reason (as `deployer history` shows it) and how systemd saw it end; a long reason is
+    shortened, saying so (the job is still named: `deployer logs JOB` has the whole)."""
+    if event.get("kind") == "recovered":
+        return "succeeded again"
+    reason = str(event.get("reason") or event.get("result") or "unknown")
+    if len(reason) > REASON_IN_GROUP:
+        reason = reason[:REASON_IN_GROUP] + "... (shortened)"
+    verb = "FENCED" if exit_number(event) == EXIT_FENCED else "failed"
+    return f"{verb}: {escape(reason)} ({escape(str(event.get('result') or 'unknown'))}{escape(ended(event))})"
+
+
+def _pieces(paragraph: str, budget: int) -> list:
+    return [paragraph[i:i + budget] for i in range(0, len(paragraph), budget)] or [""]
 
 
 class NotSent(Exception):
@@ -240,21 +271,33 @@ def _deliver_one(channel: Channel, title: str, text: str, events: list, log: Cal
 
 
 class Coalescer:
-    """Per channel, at most RATE_LIMIT messages per RATE_WINDOW; a burst beyond that is merged.
+    """Per channel, the failures of one moment go out as one message (issue 23 item 3), and at
+    most RATE_LIMIT messages per RATE_WINDOW.
 
-    Under the limit, an alert sends its own event from memory (with any left behind by an
-    earlier failed delivery). Over it, the event is queued in `state_dir` and the alert waits
-    for the window; the first to get through sends every queued event as one message, and the
-    others find theirs already sent. A failed delivery leaves the event queued for the next
-    alert to carry. A full disk only loses the queue, never the message in hand.
+    An alert queues its event in `state_dir` and waits until the channel has been quiet for
+    `quiet` seconds (no new event queued, no other alert still reading the journal, no run of
+    the channel's jobs begun with the burst still running; at most GATHER_MAX after the first):
+    the first alert to get through then sends every queued event as one message, and the
+    others find theirs already sent. So a storm (many jobs failing in the same minute) is one message per
+    channel, and a lone failure waits `quiet` seconds. A failed delivery leaves the events
+    queued for the unit's restart (or the next alert) to carry. A full disk only loses the
+    queue, never the message in hand: an event that cannot be queued is sent at once.
     """
 
     def __init__(self, state_dir: str, channel: str, now=time.time, sleep=time.sleep,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, quiet: float = GATHER_QUIET,
+                 in_flight: Optional[Callable[[float], list]] = None):
         self.dir = os.path.join(state_dir, "queue", channel)
         self.sent_log = os.path.join(state_dir, f"{channel}.sent")
+        self.failed_log = os.path.join(state_dir, f"{channel}.failed")
+        self.pending_dir = os.path.join(state_dir, "looking", channel)
+        self.pending = ""
+        # (since) -> when the channel's job runs still running began, those begun since `since`
+        self.in_flight = in_flight
+        self.in_flight_cache = os.path.join(state_dir, f"{channel}.running")
+        self.told_running = False
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
-        self.now, self.sleep, self.log = now, sleep, log
+        self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError:
@@ -285,7 +328,7 @@ class Coalescer:
         except OSError:
             return []
         for name in names:  # a .tmp left by a writer that died or ran out of space
-            if name.endswith(".tmp") and float(name.split("-", 1)[0]) < self.now() - ORPHANED_AFTER:
+            if name.endswith(".tmp") and _stamp(name) < self.now() - ORPHANED_AFTER:
                 try:
                     os.unlink(os.path.join(self.dir, name))
                 except OSError:
@@ -325,6 +368,106 @@ class Coalescer:
         except OSError:
             pass  # only the rate limit's memory is lost
 
+    def _failed_lately(self) -> bool:
+        """A delivery of this channel failed less than FAILED_PAUSE ago (its events are queued)."""
+        try:
+            with open(self.failed_log) as handle:
+                return float(handle.read().strip() or 0) > self.now() - FAILED_PAUSE
+        except (OSError, ValueError):
+            return False
+
+    def _record_failure(self, failed: bool) -> None:
+        try:
+            if failed:
+                with open(self.failed_log, "w") as handle:
+                    handle.write(f"{self.now():.3f}")
+            elif os.path.exists(self.failed_log):
+                os.unlink(self.failed_log)
+        except OSError:
+            pass
+
+    def begin(self) -> None:
+        """Say that this alert is looking up its failures (the journal, under a storm's load, can
+        take seconds): the burst is not over while it does. Ended by `run` (its events queued)
+        or `end`; a marker older than GATHER_MAX (its alert died) holds nothing back."""
+        name = f"{self.now():.6f}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.makedirs(self.pending_dir, exist_ok=True)
+            open(os.path.join(self.pending_dir, name), "w").close()
+            self.pending = name
+        except OSError:
+            pass  # a full disk: this alert's failures may go out in a message of their own
+
+    def end(self) -> None:
+        if self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.pending_dir, self.pending))
+            self.pending = ""
+
+    def _looking(self) -> list:
+        """When the other alerts still looking up their failures began."""
+        try:
+            names = os.listdir(self.pending_dir)
+        except OSError:
+            return []
+        stamps = []
+        for name in names:
+            if _stamp(name) < self.now() - GATHER_MAX:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.pending_dir, name))
+            elif name != self.pending:
+                stamps.append(_stamp(name))
+        return stamps
+
+    def _gathered_until(self, names: list) -> float:
+        """When the batch of `names` is complete: `quiet` after the newest and no other alert
+        still looking up its failures, at most GATHER_MAX after the first. Events left by a
+        failed delivery (older than ORPHANED_AFTER) ride along without holding it back."""
+        fresh = [stamp for stamp in map(_stamp, names) if stamp > self.now() - ORPHANED_AFTER]
+        if not fresh or self.quiet <= 0:
+            return 0.0
+        looking = self._looking()
+        cap = min(fresh + looking) + GATHER_MAX
+        if looking:
+            return min(self.now() + min(self.quiet, 0.5), cap)  # look again soon
+        ready = min(max(fresh) + self.quiet, cap)
+        if ready <= self.now() < cap:
+            seen = self._running(min(fresh) - GATHER_MAX)
+            if seen and seen + ALERT_STARTING > self.now():
+                # A job of the burst still runs (it may fail too), or ended so lately that its
+                # alert may not have started yet: look again in a second.
+                return min(self.now() + 1.0, seen + ALERT_STARTING, cap)
+        return ready
+
+    def _running(self, since: float) -> float:
+        """When a job run of this channel that began since `since` was last seen running (0:
+        never); asked at most once a second for every waiting alert (kept in a file)."""
+        if self.in_flight is None:
+            return 0.0
+        seen = 0.0
+        try:
+            with open(self.in_flight_cache) as handle:
+                asked, seen = (float(x) for x in json.load(handle))
+            if asked > self.now() - 1.0:
+                return seen
+        except (OSError, ValueError, TypeError):
+            pass
+        try:
+            began = self.in_flight(since)
+            running = bool(began)
+            if not self.told_running:
+                self.log(f"{len(began)} run(s) of this channel's jobs begun with this burst still running"
+                         + (": waiting" if running else ""))
+                self.told_running = running
+        except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
+            self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
+            running = False
+        seen = self.now() if running else seen
+        with contextlib.suppress(OSError):
+            with open(self.in_flight_cache, "w") as handle:
+                json.dump([self.now(), seen], handle)
+        return seen
+
     def _locked(self):
         import fcntl
 
@@ -337,46 +480,66 @@ class Coalescer:
 
     def run(self, events, send: Callable[[list], bool], give_up_after: float = 120.0,
             queued=None, take_queued: bool = False) -> bool:
-        """Deliver `events` (one event or a list; merged with queued ones when the channel is
-        busy, or always with `take_queued`); whether they went out (True when there was nothing
-        to send). `queued`: the name(s) under which this alert already queued them."""
+        """Deliver `events` (one event or a list) with every other event queued for the channel,
+        once the burst they belong to is over; whether they went out (True when there was
+        nothing to send, or another alert sent them). `queued`: the name(s) under which this
+        alert already queued them. `take_queued`: kept for the callers (every alert carries the
+        whole queue now). Less than FAILED_PAUSE after a failed delivery, nobody tries again:
+        the alert units' restarts do, one at a time, not every waiting alert in turn."""
         events = [events] if isinstance(events, dict) else list(events)
         queued = [queued] if isinstance(queued, str) else list(queued or [])
+        memory: list = []  # events the disk refused: sent at once, never held back
+        if events and not queued:
+            names = [self.enqueue(event) for event in events]
+            if all(names):
+                queued = names
+            else:
+                self._remove([name for name in names if name])
+                memory = events
+        self.end()  # what this alert found is queued (or in hand)
         deadline = self.now() + give_up_after
-        waited = False
         while True:
             lock = self._locked()
             try:
                 if queued and not any(os.path.exists(os.path.join(self.dir, q)) for q in queued):
-                    return True  # sent by another alert, merged into its message
-                recent = self._recent_sends()
-                if len(recent) < RATE_LIMIT:
-                    orphaned = self.now() - ORPHANED_AFTER
-                    others = [n for n in self._queued() if n not in queued and
-                              (waited or take_queued or float(n.split("-", 1)[0]) < orphaned)]
-                    carried, loaded = self._load(others)
-                    if not carried + events:
+                    return True  # sent by another alert, in the message of its burst
+                names = self._queued()
+                if not memory:
+                    if not names:
                         return True
-                    if not send(carried + events):
-                        if not queued:
-                            for event in events:
-                                self.enqueue(event)
-                        return False
-                    self._remove(loaded + queued)
-                    self._record_send(recent)
-                    return True
-                if not events:
-                    return False  # only queued events, and the channel is busy: a later alert
-                if not queued:
-                    queued = [name for name in map(self.enqueue, events) if name]
-                wait = min(recent) + RATE_WINDOW - self.now()
+                    if self._failed_lately():
+                        return False  # the channel just failed a batch: a restart sends it (RestartSec=)
+                    wait = self._gathered_until(names) - self.now()
+                if memory or wait <= 0:
+                    recent = self._recent_sends()
+                    if len(recent) < RATE_LIMIT:
+                        carried, loaded = self._load(names)
+                        if len(carried + memory) > 1:
+                            self.log(f"{len(carried + memory)} events in one message")
+                        if not send(carried + memory):
+                            self._record_failure(True)
+                            return False
+                        self._record_failure(False)
+                        self._remove(loaded)
+                        self._record_send(recent)
+                        return True
+                    if not queued and not memory:
+                        return False  # only others' events, and the channel is busy: a later alert
+                    wait = min(recent) + RATE_WINDOW - self.now()
             finally:
                 if lock:
                     lock.close()
             if self.now() + wait > deadline:
                 return False
-            waited = True
-            self.sleep(max(wait, 0.1))
+            self.sleep(max(wait, 0.05))
+
+
+def _stamp(name: str) -> float:
+    """When a queued event was queued (its file name begins with it)."""
+    try:
+        return float(name.split("-", 1)[0])
+    except ValueError:
+        return 0.0
 
 
 # -- which runs failed: systemd's own record in the journal --------------------------------------
@@ -770,6 +933,34 @@ def boot_id() -> str:
         return "unknown boot"
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
+    """{job service: when its run began} for every job run going on now: its cgroup in the jobs'
+    slice exists from its start until it has ended (PID 1's own state, readable by the alert's
+    user; the journal lags behind by many seconds under a storm's load)."""
+    import glob
+
+    slice_dir = paths.JOBS_SLICE.rsplit("-", 1)[0] + ".slice"  # deployer-jobs.slice is in deployer.slice
+    # cgroup v2 (unified), or v1/hybrid (systemd's own tree; e.g. in a container of an older host)
+    found = [os.path.join(root, sub, slice_dir) for sub in ("", "unified", "systemd")]
+    top = next((path for path in found if os.path.isdir(path)), found[0])
+    running = {}
+    for path in glob.glob(os.path.join(top, "**", paths.UNIT_PREFIX + "*.service"), recursive=True):
+        unit = os.path.basename(path)
+        if paths.job_of_unit(unit):
+            with contextlib.suppress(OSError):
+                running[unit] = os.stat(path).st_ctime
+    return running
+
+
+def channel_runs_in_flight(channel: str, since: float, find=runs_in_flight) -> list:
+    """When the runs still running of the jobs alerting via `channel` began (since `since`)."""
+    return [began for unit, began in find().items()
+            if began >= since and channel_of(paths.job_of_unit(unit)) == channel]
+
+
 def channel_of(job: str) -> str:
     """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
     prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
@@ -852,7 +1043,21 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    coalescer = Coalescer(state, channel.name, log=log)
+    # Only a failure waits for the channel's runs still running (they may fail too).
+    running = None if recovered else (lambda since: channel_runs_in_flight(channel.name, since))
+    coalescer = Coalescer(state, channel.name, log=log, in_flight=running)
+    if not recovered and mode == "":
+        coalescer.begin()  # a storm's message waits for this alert's failures too
+        try:
+            return _alert(job, host_name, channel, False, mode, state, coalescer, log)
+        finally:
+            coalescer.end()
+    return _alert(job, host_name, channel, recovered, mode, state, coalescer, log)
+
+
+def _alert(job: str, host_name: str, channel: Channel, recovered: bool, mode: str, state: str,
+           coalescer: "Coalescer", log: Callable[[str], None]) -> bool:
+    """alert_main's work, with the channel's coalescer."""
 
     def send(events: list, take_queued: bool = False) -> bool:
         delivered = coalescer.run(events, lambda batch: deliver(channel, batch, log=log), take_queued=take_queued)
@@ -878,19 +1083,23 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         log(f"job {job} succeeded after failing; telling {channel.name}")
         return send([recovered_event(job, host_name, streak, time.time())])
 
-    def report(name: str, **how) -> bool:
+    def report(name: str, deliver_now: Callable[..., bool] = send, **how) -> bool:
         policy = job_policy(name)
 
         def send_and_mark(events: list, take_queued: bool) -> bool:
             if events:  # every failed run: the next success ends the streak
                 mark(os.path.join(state, "failing", name), True)
-            return send(apply_policy(state, name, policy, events, log), take_queued)
+            return deliver_now(apply_policy(state, name, policy, events, log), take_queued)
 
         return report_failures(name, host_name, state, send_and_mark, log, **how)
 
     if mode == "boot":
-        held = held_events(host_name, state, channel.name)
-        return all([report(name) for name in boot_jobs(channel.name)] + [send(held, take_queued=True)])
+        # Every job's interrupted runs and the hold: one message (a storm), not one per job.
+        found: list = []
+        collect = lambda events, take_queued=False: found.extend(events) or True  # noqa: E731
+        for name in boot_jobs(channel.name):
+            report(name, collect)
+        return send(found + held_events(host_name, state, channel.name), take_queued=True)
     if mode == "sweep":
         # ExecStopPost= cannot read the unit's credentials (v252: permission denied): queue what
         # it finds and fail, so that the restart (RestartSec=) sends it.
