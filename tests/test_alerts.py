@@ -674,6 +674,32 @@ def test_issue24_5_a_runs_account_is_its_slot_reason_and_own_lines(killed):
                                              own + ("job settle: FAILED (status 500 not expected)",))
 
 
+def test_issue23_3_an_alert_waits_for_journald_to_have_the_runs_end_before_giving_its_reason(monkeypatch):
+    """Under a storm's load journald is seconds behind: the first reads have none of the run's
+    entries (only its first lines), and the reason would be systemd's result (`exit-code`), so a
+    storm's runs would be grouped by result, not by the reason each gave. The alert asks again."""
+    entries = run_entries()
+    reads: list = []
+
+    class Behind(RecordedSystemd):
+        def journal_entries(self, args):
+            reads.append(args)
+            return list(self.entries[:3] if len(reads) < 3 else self.entries)
+
+    monkeypatch.setattr(alert, "_systemd", lambda: Behind(entries))
+    monkeypatch.setattr(alert.time, "sleep", lambda seconds: None)
+    account = alert.account_of(INVOCATION, "exit-code")
+    assert (account.reason, account.complete, len(reads)) == ("status 500 not expected", True, 3)
+    reads.clear()  # the end never comes: the fallback, after ACCOUNT_WAIT
+    monkeypatch.setattr(alert, "ACCOUNT_WAIT", 0.0)
+    monkeypatch.setattr(Behind, "journal_entries", lambda self, args: reads.append(args) or entries[:3])
+    assert alert.account_of(INVOCATION, "exit-code").reason == "exit-code" and len(reads) == 1
+    reads.clear()  # nothing of the run at all (no journal): not waited for
+    monkeypatch.setattr(alert, "ACCOUNT_WAIT", 60.0)
+    monkeypatch.setattr(Behind, "journal_entries", lambda self, args: reads.append(args) or [])
+    assert alert.account_of(INVOCATION, "exit-code").reason == "exit-code" and len(reads) == 1
+
+
 def failed_settle_event(monkeypatch, killed: bool = False) -> dict:
     entries = run_entries(killed)
     monkeypatch.setattr(alert, "_systemd", lambda: RecordedSystemd(entries))
@@ -882,7 +908,7 @@ def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypa
     (tmp_path / "failing").mkdir()
     (tmp_path / "failing" / "settle").write_text("")
     reasons = {"inv-skipped": "skipped: missed by 9h12m, catch_up = 2h", "inv-ran": "status 200"}
-    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback: journal.RunAccount(
+    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback, **_: journal.RunAccount(
         "2026-12-06T07:00:00Z", reasons[invocation], ()))
     channel = channels.Channel("ops", "slack", token=robot.token, endpoint=robot.endpoint("slack"))
     assert alert.alert_main("settle", "cron01", channel, recovered=True)
@@ -892,77 +918,128 @@ def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypa
     assert len(robot.accepted) == 1 and not (tmp_path / "failing" / "settle").exists()
 
 
-def test_issue23_3_a_storm_waits_for_an_alert_still_looking_up_its_failures(tmp_path):
-    """Under a storm's load an alert can take seconds to read the journal before it queues its
-    failure: the message waits for it (a marker from its start), else it would go out alone."""
+def in_flight_of(clock, runs: dict, alerts: set):
+    """A Coalescer's `in_flight` over a fake PID 1: {run: when it began} and alert pids, changed
+    by the test as time goes on."""
+    def in_flight(since, until):
+        return alert.InFlight(sum(1 for began in runs.values() if since <= began <= until), frozenset(alerts))
+    return in_flight
+
+
+def test_issue23_3_a_storm_waits_for_alerts_still_looking_up_their_failures(tmp_path):
+    """Under a storm's load an alert takes seconds to read the journal before it queues its
+    failure: its unit's process (its cgroup) is in flight and not waiting, so the message waits
+    for it; else the first alert would go out alone."""
     clock = Clock()
     sent: list = []
-    first = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
-    slow = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
-    slow.begin()
-    looked = []
+    alerts = {101, 102}  # the gatherer (waiting) and a slow alert still reading the journal
+    first = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                            in_flight=in_flight_of(clock, {}, alerts), pid=101)
+    slow = alert.Coalescer(str(tmp_path), "ops", now=clock.now, pid=102)
+    start = clock.t
+    looked: list = []
 
-    def sleep(seconds):  # the slow alert queues its failure 20 s into the first one's wait
+    def sleep(seconds):  # the slow alert queues its failure 20 s into the wait, then waits too
         clock.sleep(seconds)
-        if clock.t - 1_000_000.0 >= 20 and not looked:
+        if clock.t - start >= 20 and not looked:
             looked.append(slow.enqueue({**EVENT, "job": "slow"}))
-            slow.end()
+            slow._wait_mark(True)
 
     first.sleep = sleep
     assert first.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
     assert [[e["job"] for e in batch] for batch in sent] == [["first", "slow"]]
-    # A marker its alert left behind (killed) holds a message back at most GATHER_MAX.
+    assert clock.t - start == pytest.approx(20 + alert.GATHER_SETTLE, abs=alert.GATHER_POLL)
+    # An alert stuck looking (it never queues) holds a message back at most GATHER_MAX.
     sent.clear()
-    dead = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
-    dead.begin()
+    slow._wait_mark(False)
     start = clock.t
     assert first.run({**EVENT, "job": "after"}, lambda batch: sent.append(batch) or True)
-    assert len(sent) == 1 and clock.t - start <= alert.GATHER_MAX + 1
+    assert len(sent) == 1 and alert.GATHER_MAX <= clock.t - start <= alert.GATHER_MAX + 1
 
 
-def test_issue23_3_a_storm_waits_for_its_jobs_still_running(tmp_path):
-    """The jobs of one minute fail over seconds (a busy host starts 100 runs slowly): the message
-    waits while a run of the channel's jobs that began with the storm still runs (asked at most
-    once a second), up to GATHER_MAX; a run that began long before holds nothing back."""
+def test_issue23_3_a_storm_waits_for_its_jobs_still_running_then_settles(tmp_path):
+    """The runs of one minute fail over seconds on a busy host: the message waits while a run of
+    the channel's jobs begun with the burst still runs, then GATHER_SETTLE more (PID 1 starts the
+    last run's alert a moment after the run's cgroup is gone)."""
     clock = Clock()
     sent: list = []
-    asked: list = []
-    running = {"deployer-late.service": clock.t}
-
-    def in_flight(since):
-        asked.append(clock.t)
-        return [began for began in running.values() if began >= since]
-
-    waiting = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, in_flight=in_flight)
+    runs = {"late": clock.t - 1}
+    waiting = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                              in_flight=in_flight_of(clock, runs, set()))
     other = alert.Coalescer(str(tmp_path), "ops", now=clock.now)
+    start = clock.t
 
-    def sleep(seconds):  # `late` fails 12 s into the wait, and its alert queues it
+    def sleep(seconds):  # `late` ends 12 s into the wait; its alert queues it 2 s later
         clock.sleep(seconds)
-        if clock.t - 1_000_000.0 >= 12 and "deployer-late.service" in running:
-            del running["deployer-late.service"]
+        if clock.t - start >= 12:
+            runs.pop("late", None)
+        if clock.t - start >= 14 and not sent and len(waiting._queued()) == 1:
             other.enqueue({**EVENT, "job": "late"})
 
     waiting.sleep = sleep
     assert waiting.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
     assert [[e["job"] for e in batch] for batch in sent] == [["first", "late"]]
-    assert len(asked) <= 2 + (clock.t - 1_000_000.0), "at most once a second"
-    sent.clear()
-    running["deployer-export.service"] = clock.t - 10 * alert.GATHER_MAX  # a long run: not the storm's
+    assert clock.t - start == pytest.approx(12 + alert.GATHER_SETTLE, abs=alert.GATHER_POLL)
+
+
+@pytest.mark.parametrize("began, why", [
+    pytest.param(-10 * alert.STORM_BEFORE, "a long run begun well before the failure", id="long-before"),
+    pytest.param(+30, "a run begun after the failure was queued (the next burst's)", id="after"),
+])
+def test_issue23_3_a_lone_failure_waits_only_the_quiet_for_runs_not_of_its_burst(tmp_path, began, why):
+    clock = Clock()
+    sent: list = []
+    runs = {"other": clock.t + began}
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                                in_flight=in_flight_of(clock, runs, set()))
     start = clock.t
-    assert waiting.run({**EVENT, "job": "alone"}, lambda batch: sent.append(batch) or True)
-    assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+    assert coalescer.run({**EVENT, "job": "lone"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET), why
 
 
-def test_issue23_3_runs_in_flight_are_the_job_cgroups_of_the_jobs_slice(tmp_path, monkeypatch):
-    jobs = tmp_path / "deployer.slice" / "deployer-jobs.slice"
-    for unit in ("deployer-a.service", "deployer-b.service", "deployer-alert-ops@a.service"):
-        (jobs / unit).mkdir(parents=True)
-    (tmp_path / "deployer.slice" / "deployer-host@metrics.service").mkdir()
-    running = alert.runs_in_flight(str(tmp_path))
+def test_issue23_3_an_alert_whose_event_the_gatherer_sent_returns_without_sending(tmp_path):
+    """One alert gathers (a lock); the others only watch their queued events go."""
+    import fcntl
+
+    clock = Clock()
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    gatherer = open(coalescer.gather_path, "a")
+    fcntl.flock(gatherer, fcntl.LOCK_EX)  # another alert gathers
+    name = coalescer.enqueue({**EVENT, "job": "mine"})
+
+    def sleep(seconds):  # the gatherer sends it 5 s later
+        clock.sleep(seconds)
+        if clock.t >= 1_000_005.0:
+            coalescer._remove([name])
+
+    coalescer.sleep = sleep
+    assert coalescer.run({**EVENT, "job": "mine"}, lambda batch: pytest.fail("sent twice"), queued=name)
+    gatherer.close()
+    assert not (tmp_path / "waiting" / "ops").exists() or not list((tmp_path / "waiting" / "ops").iterdir())
+
+
+def test_issue23_3_in_flight_is_read_from_the_cgroups_of_the_jobs_and_the_alert_units(tmp_path, monkeypatch):
+    for root in (tmp_path / "v2", tmp_path / "hybrid" / "unified"):
+        jobs = root / "deployer.slice" / "deployer-jobs.slice"
+        for unit in ("deployer-a.service", "deployer-b.service"):
+            (jobs / unit).mkdir(parents=True)
+        units = root / "system.slice"
+        for slice_, unit, pids in (("system-deployer\\x2dalert\\x2dops.slice", "deployer-alert-ops@a.service", "7\n8\n"),
+                                   ("system-deployer\\x2drecovery\\x2dops.slice", "deployer-recovery-ops@b.service", "9\n"),
+                                   ("system-deployer\\x2dboot\\x2dalert.slice", "deployer-boot-alert@ops.service", "10\n"),
+                                   ("system-deployer\\x2dalert\\x2dchat.slice", "deployer-alert-chat@c.service", "11\n")):
+            (units / slice_ / unit).mkdir(parents=True)
+            (units / slice_ / unit / "cgroup.procs").write_text(pids)
+    (tmp_path / "v2" / "deployer.slice" / "deployer-host@metrics.service").mkdir()
+    running = alert.runs_in_flight(str(tmp_path / "v2"))
     assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
-    hybrid = tmp_path / "hybrid"  # cgroup v1/hybrid: systemd's tree is under unified/ and systemd/
-    (hybrid / "unified" / "deployer.slice" / "deployer-jobs.slice" / "deployer-c.service").mkdir(parents=True)
-    assert list(alert.runs_in_flight(str(hybrid))) == ["deployer-c.service"]
-    monkeypatch.setattr(alert, "channel_of", lambda job: {"a": "ops", "b": "chat"}[job])
-    assert alert.channel_runs_in_flight("ops", 0, find=lambda: running) == [running["deployer-a.service"]]
-    assert alert.channel_runs_in_flight("ops", time.time() + 60, find=lambda: running) == []
+    assert sorted(alert.runs_in_flight(str(tmp_path / "hybrid"))) == ["deployer-a.service", "deployer-b.service"]
+    for root in ("v2", "hybrid"):
+        assert alert.alert_processes("ops", str(tmp_path / root)) == {7, 8, 9, 10}
+    began = running["deployer-a.service"]
+    seen = alert.channel_in_flight("ops", began - 1, began + 1, runs=lambda: running,
+                                   alerts=lambda channel: {7}, channel_of={"a": "ops", "b": "chat"}.get)
+    assert seen == alert.InFlight(1, frozenset({7}))
+    later = alert.channel_in_flight("ops", began + 1, began + 60, runs=lambda: running, alerts=lambda c: set(),
+                                    channel_of={"a": "ops", "b": "chat"}.get)
+    assert later == alert.InFlight(0, frozenset())

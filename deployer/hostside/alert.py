@@ -37,16 +37,23 @@ STORM_RUNS = 5
 REASON_IN_GROUP = 200
 # A queued event older than this has no live alert waiting to send it: the next alert does.
 ORPHANED_AFTER = RATE_WINDOW + 180
-# A storm is one message (issue 23 item 3): an alert waits until no other failure of its channel
-# has come for GATHER_QUIET seconds (at most GATHER_MAX after the first), then one sends them all.
-GATHER_QUIET = 5.0
-GATHER_MAX = 60.0
+# A storm is one message per channel (issue 23 item 3). An alert queues its event, then one
+# alert of the channel (the gatherer) sends everything queued once nothing of the channel is in
+# flight: no run of its jobs that began with the burst still running, no alert of the channel
+# still looking up its failures (both read from PID 1's cgroups, not guessed from the clock).
+# GATHER_QUIET after the newest event queued and GATHER_SETTLE after the last run or alert seen
+# in flight (PID 1 starts a failed run's alert unit a moment after the run's cgroup is gone);
+# never later than GATHER_MAX after the first event.
+GATHER_QUIET = 1.0
+GATHER_SETTLE = 3.0
+GATHER_MAX = 90.0
+GATHER_POLL = 0.5
+# The runs a storm waits for began at most this long before its first event was queued (and
+# before its newest): a run begun later is the next burst's, a long one begun earlier not the storm's.
+STORM_BEFORE = 60.0
 # After a failed delivery, the other alerts leave it to the units' restarts (RestartSec=20, so a
 # restart always tries) instead of each trying the channel again in turn.
 FAILED_PAUSE = 15.0
-# A job run that ended this lately may still be starting its alert (a busy host takes seconds to
-# start a sandboxed unit and Python): a storm's message waits that long after the last run seen.
-ALERT_STARTING = 15.0
 
 
 def _same(text: str) -> str:
@@ -270,33 +277,43 @@ def _deliver_one(channel: Channel, title: str, text: str, events: list, log: Cal
     return False
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """What of a channel PID 1 has going on now (its cgroups): how many runs of the channel's
+    jobs began in a time span and still run, and the processes of the channel's alert units."""
+
+    runs: int = 0
+    alert_pids: frozenset = frozenset()
+
+
 class Coalescer:
     """Per channel, the failures of one moment go out as one message (issue 23 item 3), and at
     most RATE_LIMIT messages per RATE_WINDOW.
 
-    An alert queues its event in `state_dir` and waits until the channel has been quiet for
-    `quiet` seconds (no new event queued, no other alert still reading the journal, no run of
-    the channel's jobs begun with the burst still running; at most GATHER_MAX after the first):
-    the first alert to get through then sends every queued event as one message, and the
-    others find theirs already sent. So a storm (many jobs failing in the same minute) is one message per
-    channel, and a lone failure waits `quiet` seconds. A failed delivery leaves the events
-    queued for the unit's restart (or the next alert) to carry. A full disk only loses the
-    queue, never the message in hand: an event that cannot be queued is sent at once.
+    An alert queues its event in `state_dir` and says it is waiting (a file named by its pid).
+    One waiting alert at a time is the gatherer (a lock): it sends every queued event as one
+    message when the burst is over: no run of the channel's jobs begun with it still running and
+    every alert process of the channel waiting (`in_flight`, PID 1's cgroups), GATHER_QUIET after
+    the newest event queued and GATHER_SETTLE after anything was last seen in flight, at most
+    GATHER_MAX after the first event. The other alerts find theirs sent. So a lone failure goes
+    out GATHER_QUIET after its alert queued it, and a storm is one message. Without `in_flight`
+    (Kubernetes, tests), only the quiet counts. A failed delivery leaves the events queued for
+    the unit's restart (or the next alert) to carry; an alert killed while it waits leaves its
+    event queued too. A full disk only loses the queue, never the message in hand: an event
+    that cannot be queued is sent at once.
     """
 
     def __init__(self, state_dir: str, channel: str, now=time.time, sleep=time.sleep,
                  log: Callable[[str], None] = print, quiet: float = GATHER_QUIET,
-                 in_flight: Optional[Callable[[float], list]] = None):
+                 in_flight: Optional[Callable[[float, float], InFlight]] = None, pid: Optional[int] = None):
         self.dir = os.path.join(state_dir, "queue", channel)
         self.sent_log = os.path.join(state_dir, f"{channel}.sent")
         self.failed_log = os.path.join(state_dir, f"{channel}.failed")
-        self.pending_dir = os.path.join(state_dir, "looking", channel)
-        self.pending = ""
-        # (since) -> when the channel's job runs still running began, those begun since `since`
-        self.in_flight = in_flight
-        self.in_flight_cache = os.path.join(state_dir, f"{channel}.running")
-        self.told_running = False
+        self.waiting_dir = os.path.join(state_dir, "waiting", channel)
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
+        self.gather_path = os.path.join(state_dir, f"{channel}.gather")
+        self.in_flight = in_flight
+        self.pid = os.getpid() if pid is None else pid
         self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -386,97 +403,74 @@ class Coalescer:
         except OSError:
             pass
 
-    def begin(self) -> None:
-        """Say that this alert is looking up its failures (the journal, under a storm's load, can
-        take seconds): the burst is not over while it does. Ended by `run` (its events queued)
-        or `end`; a marker older than GATHER_MAX (its alert died) holds nothing back."""
-        name = f"{self.now():.6f}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            os.makedirs(self.pending_dir, exist_ok=True)
-            open(os.path.join(self.pending_dir, name), "w").close()
-            self.pending = name
-        except OSError:
-            pass  # a full disk: this alert's failures may go out in a message of their own
-
-    def end(self) -> None:
-        if self.pending:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.pending_dir, self.pending))
-            self.pending = ""
-
-    def _looking(self) -> list:
-        """When the other alerts still looking up their failures began."""
-        try:
-            names = os.listdir(self.pending_dir)
-        except OSError:
-            return []
-        stamps = []
-        for name in names:
-            if _stamp(name) < self.now() - GATHER_MAX:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.pending_dir, name))
-            elif name != self.pending:
-                stamps.append(_stamp(name))
-        return stamps
-
-    def _gathered_until(self, names: list) -> float:
-        """When the batch of `names` is complete: `quiet` after the newest and no other alert
-        still looking up its failures, at most GATHER_MAX after the first. Events left by a
-        failed delivery (older than ORPHANED_AFTER) ride along without holding it back."""
-        fresh = [stamp for stamp in map(_stamp, names) if stamp > self.now() - ORPHANED_AFTER]
-        if not fresh or self.quiet <= 0:
-            return 0.0
-        looking = self._looking()
-        cap = min(fresh + looking) + GATHER_MAX
-        if looking:
-            return min(self.now() + min(self.quiet, 0.5), cap)  # look again soon
-        ready = min(max(fresh) + self.quiet, cap)
-        if ready <= self.now() < cap:
-            seen = self._running(min(fresh) - GATHER_MAX)
-            if seen and seen + ALERT_STARTING > self.now():
-                # A job of the burst still runs (it may fail too), or ended so lately that its
-                # alert may not have started yet: look again in a second.
-                return min(self.now() + 1.0, seen + ALERT_STARTING, cap)
-        return ready
-
-    def _running(self, since: float) -> float:
-        """When a job run of this channel that began since `since` was last seen running (0:
-        never); asked at most once a second for every waiting alert (kept in a file)."""
-        if self.in_flight is None:
-            return 0.0
-        seen = 0.0
-        try:
-            with open(self.in_flight_cache) as handle:
-                asked, seen = (float(x) for x in json.load(handle))
-            if asked > self.now() - 1.0:
-                return seen
-        except (OSError, ValueError, TypeError):
-            pass
-        try:
-            began = self.in_flight(since)
-            running = bool(began)
-            if not self.told_running:
-                self.log(f"{len(began)} run(s) of this channel's jobs begun with this burst still running"
-                         + (": waiting" if running else ""))
-                self.told_running = running
-        except Exception as error:  # noqa: BLE001 - the journal unreadable: gather by quiet alone
-            self.log(f"cannot tell which jobs still run ({error}); the burst ends when it is quiet")
-            running = False
-        seen = self.now() if running else seen
+    def _wait_mark(self, waiting: bool) -> None:
+        """Say (or stop saying) that this alert has queued what it found and only waits."""
+        path = os.path.join(self.waiting_dir, str(self.pid))
         with contextlib.suppress(OSError):
-            with open(self.in_flight_cache, "w") as handle:
-                json.dump([self.now(), seen], handle)
-        return seen
+            if waiting:
+                os.makedirs(self.waiting_dir, exist_ok=True)
+                open(path, "w").close()
+            else:
+                os.unlink(path)
 
-    def _locked(self):
+    def _waiting(self) -> set:
+        try:
+            return {int(name) for name in os.listdir(self.waiting_dir) if name.isdigit()}
+        except OSError:
+            return set()
+
+    def _busy(self, since: float, until: float) -> str:
+        """What of the channel is still in flight ("" when nothing): runs of its jobs begun
+        between `since` and `until`, or alert processes not waiting (looking up failures)."""
+        if self.in_flight is None:
+            return ""
+        try:
+            seen = self.in_flight(since, until)
+        except Exception as error:  # noqa: BLE001 - PID 1's cgroups unreadable: gather by the clock alone
+            self.log(f"cannot tell which runs and alerts are in flight ({error}); gathering by time alone")
+            self.in_flight = None
+            return ""
+        looking = set(seen.alert_pids) - self._waiting()
+        parts = [f"{seen.runs} run(s) of its jobs still running"] if seen.runs else []
+        parts += [f"{len(looking)} alert(s) still looking up failures"] if looking else []
+        return "; ".join(parts)
+
+    def _locked(self, path: Optional[str] = None, block: bool = True):
         import fcntl
 
         try:
-            handle = open(self.lock_path, "a")
+            handle = open(path or self.lock_path, "a")
         except OSError:
             return None  # no lock on a full disk; concurrent alerts may each send their own
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except OSError:
+            handle.close()
+            return False
         return handle
+
+    def _gather(self, deadline: float) -> None:
+        """As the gatherer: return when the burst of what is queued is over (or at `deadline`)."""
+        last_busy, told = 0.0, 0.0
+        while True:
+            fresh = [_stamp(n) for n in self._queued() if _stamp(n) > self.now() - ORPHANED_AFTER]
+            if not fresh or self.quiet <= 0:
+                return
+            cap = min(min(fresh) + GATHER_MAX, deadline)
+            if self.now() >= cap:
+                if last_busy:
+                    self.log(f"gathered for {GATHER_MAX:.0f} s and still in flight: sending what came")
+                return
+            busy = self._busy(min(fresh) - STORM_BEFORE, max(fresh))
+            if busy:
+                last_busy = self.now()
+                if self.now() >= told + 10:
+                    self.log(f"{len(fresh)} event(s) queued: waiting, {busy}")
+                    told = self.now()
+            ready = max(max(fresh) + self.quiet, last_busy + GATHER_SETTLE if last_busy else 0.0)
+            if not busy and self.now() >= ready:
+                return
+            self.sleep(max(min(ready - self.now(), GATHER_POLL) if not busy else GATHER_POLL, 0.05))
 
     def run(self, events, send: Callable[[list], bool], give_up_after: float = 120.0,
             queued=None, take_queued: bool = False) -> bool:
@@ -484,8 +478,8 @@ class Coalescer:
         once the burst they belong to is over; whether they went out (True when there was
         nothing to send, or another alert sent them). `queued`: the name(s) under which this
         alert already queued them. `take_queued`: kept for the callers (every alert carries the
-        whole queue now). Less than FAILED_PAUSE after a failed delivery, nobody tries again:
-        the alert units' restarts do, one at a time, not every waiting alert in turn."""
+        whole queue). Less than FAILED_PAUSE after a failed delivery, nobody tries again: the
+        alert units' restarts do, one at a time, not every waiting alert in turn."""
         events = [events] if isinstance(events, dict) else list(events)
         queued = [queued] if isinstance(queued, str) else list(queued or [])
         memory: list = []  # events the disk refused: sent at once, never held back
@@ -496,41 +490,61 @@ class Coalescer:
             else:
                 self._remove([name for name in names if name])
                 memory = events
-        self.end()  # what this alert found is queued (or in hand)
         deadline = self.now() + give_up_after
+        self._wait_mark(True)
+        try:
+            while True:
+                mine = [q for q in queued if os.path.exists(os.path.join(self.dir, q))]
+                if queued and not mine:
+                    return True  # sent by the gatherer, in the message of its burst
+                if not memory and not self._queued():
+                    return True
+                if self._failed_lately() and not memory:
+                    return False  # the channel just failed a batch: a restart sends it (RestartSec=)
+                gatherer = self._locked(self.gather_path, block=False) if not memory else None
+                if gatherer is False:  # another alert gathers: it sends ours too
+                    if self.now() > deadline:
+                        return False
+                    self.sleep(GATHER_POLL * 2)
+                    continue
+                try:
+                    if not memory:
+                        self._gather(deadline)
+                    return self._send(send, memory, bool(queued))
+                finally:
+                    if gatherer:
+                        gatherer.close()
+        finally:
+            self._wait_mark(False)
+
+    def _send(self, send: Callable[[list], bool], memory: list, mine: bool) -> bool:
+        """Send everything queued (and `memory`) as one message, within the rate limit (waiting
+        for the window when it is reached and this alert has events of its own)."""
         while True:
             lock = self._locked()
             try:
-                if queued and not any(os.path.exists(os.path.join(self.dir, q)) for q in queued):
-                    return True  # sent by another alert, in the message of its burst
-                names = self._queued()
-                if not memory:
-                    if not names:
+                recent = self._recent_sends()
+                if len(recent) < RATE_LIMIT:
+                    names = self._queued()
+                    carried, loaded = self._load(names)
+                    if not carried + memory:
                         return True
-                    if self._failed_lately():
-                        return False  # the channel just failed a batch: a restart sends it (RestartSec=)
-                    wait = self._gathered_until(names) - self.now()
-                if memory or wait <= 0:
-                    recent = self._recent_sends()
-                    if len(recent) < RATE_LIMIT:
-                        carried, loaded = self._load(names)
-                        if len(carried + memory) > 1:
-                            self.log(f"{len(carried + memory)} events in one message")
-                        if not send(carried + memory):
-                            self._record_failure(True)
-                            return False
-                        self._record_failure(False)
-                        self._remove(loaded)
-                        self._record_send(recent)
-                        return True
-                    if not queued and not memory:
-                        return False  # only others' events, and the channel is busy: a later alert
-                    wait = min(recent) + RATE_WINDOW - self.now()
+                    if names:  # how long the oldest waited: what an operator's alert was held back
+                        self.log(f"{len(carried + memory)} event(s) in one message, the oldest queued "
+                                 f"{self.now() - min(map(_stamp, names)):.1f} s ago")
+                    if not send(carried + memory):
+                        self._record_failure(True)
+                        return False
+                    self._record_failure(False)
+                    self._remove(loaded)
+                    self._record_send(recent)
+                    return True
+                if not mine and not memory:
+                    return False  # only others' events, and the channel is busy: a later alert
+                wait = min(recent) + RATE_WINDOW - self.now()
             finally:
                 if lock:
                     lock.close()
-            if self.now() + wait > deadline:
-                return False
             self.sleep(max(wait, 0.05))
 
 
@@ -558,6 +572,8 @@ SEEN_IDS = 500
 ROUNDS = 5
 # A sweep that finds nothing looks once more after this long (journald lag).
 JOURNAL_LAG = 1.0
+# How long a run's account waits for journald to have the run's end (alert's reason).
+ACCOUNT_WAIT = 20.0
 
 
 @dataclass(frozen=True)
@@ -646,8 +662,17 @@ def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: O
     return journal_failed_runs(_systemd(), unit, since, boot, after)
 
 
-def account_of(invocation: str, fallback: str) -> RunAccount:
-    return run_account(_systemd(), invocation, MAX_LINES, fallback)
+def account_of(invocation: str, fallback: str, wait: Optional[float] = None) -> RunAccount:
+    """The failed run's account; while the journal has the run's first entries but none of its
+    end (journald is behind: under a storm's load by many seconds), asked again each second, at
+    most `wait` (ACCOUNT_WAIT): else a storm's runs would be grouped by systemd's result, not by
+    the reason each gave. A journal with nothing of the run is not waited for."""
+    deadline = time.monotonic() + (ACCOUNT_WAIT if wait is None else wait)
+    while True:
+        account = run_account(_systemd(), invocation, MAX_LINES, fallback)
+        if account.complete or time.monotonic() >= deadline:
+            return account
+        time.sleep(1.0)
 
 
 def _systemd():
@@ -936,16 +961,20 @@ def boot_id() -> str:
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+def _cgroup_tree(root: str, top: str) -> str:
+    """`top` (a slice) in the cgroup tree systemd keeps: cgroup v2, or the unified/ or systemd/
+    hierarchy of v1/hybrid (e.g. in a container of an older host)."""
+    found = [os.path.join(root, sub, top) for sub in ("", "unified", "systemd")]
+    return next((path for path in found if os.path.isdir(path)), found[0])
+
+
 def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
     """{job service: when its run began} for every job run going on now: its cgroup in the jobs'
     slice exists from its start until it has ended (PID 1's own state, readable by the alert's
     user; the journal lags behind by many seconds under a storm's load)."""
     import glob
 
-    slice_dir = paths.JOBS_SLICE.rsplit("-", 1)[0] + ".slice"  # deployer-jobs.slice is in deployer.slice
-    # cgroup v2 (unified), or v1/hybrid (systemd's own tree; e.g. in a container of an older host)
-    found = [os.path.join(root, sub, slice_dir) for sub in ("", "unified", "systemd")]
-    top = next((path for path in found if os.path.isdir(path)), found[0])
+    top = _cgroup_tree(root, paths.JOBS_SLICE.rsplit("-", 1)[0] + ".slice")  # deployer-jobs.slice is in deployer.slice
     running = {}
     for path in glob.glob(os.path.join(top, "**", paths.UNIT_PREFIX + "*.service"), recursive=True):
         unit = os.path.basename(path)
@@ -955,10 +984,40 @@ def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
     return running
 
 
-def channel_runs_in_flight(channel: str, since: float, find=runs_in_flight) -> list:
-    """When the runs still running of the jobs alerting via `channel` began (since `since`)."""
-    return [began for unit, began in find().items()
-            if began >= since and channel_of(paths.job_of_unit(unit)) == channel]
+def alert_processes(channel: str, root: str = CGROUP_ROOT) -> set:
+    """The processes of `channel`'s alert units (failure, recovery, boot), from their cgroups: an
+    alert unit started by PID 1 has its cgroup before its program has read anything."""
+    import glob
+
+    top = _cgroup_tree(root, "system.slice")
+    units = (paths.alert_template(channel), paths.recovery_template(channel),
+             paths.boot_alert_unit(channel, "service"))
+    pids: set = set()
+    for unit in units:
+        for path in glob.glob(os.path.join(top, "*", unit.replace("@.service", "@*.service"), "cgroup.procs")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(path, encoding="ascii") as handle:
+                    pids.update(int(line) for line in handle if line.strip())
+    return pids
+
+
+def channel_in_flight(channel: str, since: float, until: float, runs=runs_in_flight,
+                      alerts=alert_processes, channel_of=None) -> InFlight:
+    """What of `channel` is in flight: its jobs' runs begun between `since` and `until`, and its
+    alert units' processes (Coalescer's `in_flight`)."""
+    channel_of = channel_of or _channel_of_cached
+    began = [t for unit, t in runs().items()
+             if since <= t <= until and channel_of(paths.job_of_unit(unit)) == channel]
+    return InFlight(len(began), frozenset(alerts(channel)))
+
+
+_CHANNELS: dict = {}
+
+
+def _channel_of_cached(job: str) -> str:
+    if job not in _CHANNELS:
+        _CHANNELS[job] = channel_of(job)
+    return _CHANNELS[job]
 
 
 def channel_of(job: str) -> str:
@@ -1043,15 +1102,9 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    # Only a failure waits for the channel's runs still running (they may fail too).
-    running = None if recovered else (lambda since: channel_runs_in_flight(channel.name, since))
-    coalescer = Coalescer(state, channel.name, log=log, in_flight=running)
-    if not recovered and mode == "":
-        coalescer.begin()  # a storm's message waits for this alert's failures too
-        try:
-            return _alert(job, host_name, channel, False, mode, state, coalescer, log)
-        finally:
-            coalescer.end()
+    # A failure or a recovery waits while others of its channel are in flight (a storm is one message).
+    coalescer = Coalescer(state, channel.name, log=log,
+                          in_flight=lambda since, until: channel_in_flight(channel.name, since, until))
     return _alert(job, host_name, channel, recovered, mode, state, coalescer, log)
 
 
@@ -1069,7 +1122,7 @@ def _alert(job: str, host_name: str, channel: Channel, recovered: bool, mode: st
         failing = os.path.join(state, "failing", job)
         if not os.path.exists(failing):
             return True
-        if account_of(os.environ.get("MONITOR_INVOCATION_ID", ""), "").reason.startswith("skipped: "):
+        if account_of(os.environ.get("MONITOR_INVOCATION_ID", ""), "", wait=0).reason.startswith("skipped: "):
             log(f"job {job}: a skipped slot (catch_up) called nothing: it is no recovery")
             return True
         with job_lock(state, job):
