@@ -1,4 +1,5 @@
-"""The alert program: one message per failed run (and one when a failing job recovers).
+"""The alert program: one message per failed run (and one when a failing job recovers); failures
+that come together (a storm) are one message per channel.
 
 Run by a job's OnFailure=/OnSuccess= unit as `trigger --alert`. Tokens arrive as systemd
 credentials ($CREDENTIALS_DIRECTORY/token), never as arguments. The event is sent from
