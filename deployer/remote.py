@@ -641,7 +641,8 @@ class LocalAgent(Agent):
         from .hostside import agent
 
         raw = agent.handle(protocol.encode_request(self.host, request, self.actor), layout=self.layout,
-                           systemd=self.systemd, require_root=False, emit=output or (lambda line: True))
+                           systemd=self.systemd, require_root=False, emit=output or (lambda line: True),
+                           progress_to=progress or (lambda text: None))
         return self._answer(request, raw)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import agent, journal, paths, protocol
+from deployer.hostside import agent, journal, paths, protocol, systemctl
 from deployer.hostside.agent import Journal, switch_plan
 from deployer.hostside.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
@@ -20,7 +20,7 @@ DATA = Path(__file__).parent / "data" / "agent"
 U = paths.UNIT_DIR
 
 
-class FakeSystemd(agent.Systemd):
+class FakeSystemd(systemctl.Systemd):
     """Records every command; `systemctl show` answers from tests/data/agent/, `is-active` says
     active, verify says `complaints`. Timers started are remembered in `active`."""
 
@@ -32,7 +32,7 @@ class FakeSystemd(agent.Systemd):
         self.stuck: set[str] = set()  # units that stay active whatever is asked
         self.shown = {}
         for name in ("show-timers.txt", "show-services.txt"):
-            self.shown.update(agent.parse_show((DATA / name).read_text()))
+            self.shown.update(systemctl.parse_show((DATA / name).read_text()))
 
     def run(self, args):
         args = tuple(args)
@@ -405,7 +405,7 @@ def test_owner_file_is_private_and_names_only_the_host(host):
 
 
 def test_systemd_analyze_never_reads_a_value_as_an_option():
-    argv = agent.verify_argv(["-h", "/x/deployer-a.timer"])
+    argv = systemctl.verify_argv(["-h", "/x/deployer-a.timer"])
     assert argv.index("--") < argv.index("-h")
 
 
@@ -1245,3 +1245,13 @@ def test_issue23_a_slot_skipped_at_boot_does_not_cancel_the_resume_of_a_run_the_
                            DEPLOYER_SKIPPED="catch_up")
     assert journal.interrupted_runs([cut, skipped]) == {"settle": 960}
     assert journal.interrupted_runs([cut, record_entry("settle", "a3", 5000.0)]) == {}  # a run that ended: none
+
+
+def test_every_operation_of_the_protocol_has_one_handler_and_no_handler_is_undeclared():
+    assert set(agent.HANDLERS) == {op.request for op in protocol.OPERATIONS.values()}
+
+
+def test_the_reads_and_the_operations_that_settle_a_switch_first_are_those_the_agent_always_had():
+    reads = {name for name, op in protocol.OPERATIONS.items() if op.reads}
+    assert reads == {"state", "status", "history", "audit"}
+    assert {name for name, op in protocol.OPERATIONS.items() if op.settles_first} == {"state", "status", "run"}

@@ -690,3 +690,152 @@ def test_validate_shows_when_a_chained_job_runs_and_a_bad_chain_is_one_line_exit
     refused = CliRunner().invoke(cli.main, ["validate", "-i", str(path)])
     assert refused.exit_code == 1
     assert refused.output == f"deployer: error: {path}:8: [job:load] after: no [job:extrct] (did you mean 'extract'?)\n"
+
+
+# --- issue 20: every host command in-process, against the real agent (LocalAgent + FakeSystemd) ---
+# The e2e suite proves them on real hosts; these decide their output and effect in milliseconds.
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from deployer.hostside import agent, paths  # noqa: E402
+from tests.test_agent import journal_socket  # noqa: E402
+
+HOSTS_WITH_A_CHANNEL = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
+             "[alert:ops]\ntype = dingtalk\ntoken = t0ken\n[defaults]\nretries = 0\nalert = ops\n")
+
+
+def two_jobs_on(host: str) -> str:
+    return HOSTS_WITH_A_CHANNEL + "".join(f"[job:{name}]\nschedule = 0 3 * * *\nurl = http://svc/{name}\nhost = {host}\n"
+                               for name in ("settle", "report"))
+
+
+class Journald:
+    """journald for an in-process host: what its agent sends to the journal socket is what its
+    journalctl answers (with the _UID journald adds: the agent's, root)."""
+
+    def __init__(self, root: Path, systemd):
+        self.sink, self.systemd = journal_socket(root), systemd
+        self.sink.settimeout(0)
+        systemd.journal = []
+
+    def collect(self) -> None:
+        while True:
+            try:
+                datagram = self.sink.recv(65536)
+            except BlockingIOError:
+                return
+            fields = dict(line.partition("=")[::2] for line in datagram.decode().splitlines())
+            self.systemd.journal.append(dict(fields, _UID="0", __CURSOR=f"c{len(self.systemd.journal)}"))
+
+
+@pytest.fixture
+def fleet_in_process(tmp_path, monkeypatch):
+    """Two in-process hosts; `run(inventory, *args)` runs the CLI against them -> (run, agents, journals)."""
+    agents = {name: remote.LocalAgent(name, str(tmp_path / name), FakeSystemd()) for name in ("cron01", "cron02")}
+    journals = {name: Journald(tmp_path / name, agent.systemd) for name, agent in agents.items()}
+    monkeypatch.setattr(cli, "_connect", lambda inv, host: agents[host])
+    path = tmp_path / "inventory.ini"
+
+    def run(inventory: str, *args: str):
+        path.write_text(inventory)
+        result = CliRunner().invoke(cli.main, [*args, "-i", str(path)])
+        for journal in journals.values():
+            journal.collect()
+        return result
+
+    return run, agents, journals
+
+
+def installed_jobs(agent) -> set:
+    return {paths.job_of_unit(p.rsplit("/", 1)[1]) for p in remote.read_state(agent).files if p.endswith(".timer")
+            and "/deployer-" in p and paths.job_of_unit(p.rsplit("/", 1)[1])}
+
+
+def test_issue20_pause_and_resume_run_in_process_and_stop_and_start_the_timer(fleet_in_process):
+    run, agents, _ = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    systemd = agents["cron01"].systemd
+    systemd.calls.clear()
+
+    paused = run(two_jobs_on("cron01"), "pause", "settle")
+    assert (paused.exit_code, paused.output) == (0, "job settle paused on cron01\n")
+    assert remote.read_state(agents["cron01"]).paused == {"deployer-settle.timer"}
+    assert ("disable", "--now", "deployer-settle.timer") in systemd.systemctl_calls()
+    assert "deployer-settle.timer" in systemd.stopped
+
+    resumed = run(two_jobs_on("cron01"), "resume", "settle")
+    assert resumed.exit_code == 0 and resumed.output.startswith("job settle resumed on cron01")
+    assert remote.read_state(agents["cron01"]).paused == set()
+    assert "deployer-settle.timer" not in systemd.stopped
+
+
+def test_issue20_release_in_process_says_not_held_then_releases_a_hold(fleet_in_process):
+    run, agents, _ = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    quiet = run(two_jobs_on("cron01"), "release", "--host", "cron01")
+    assert (quiet.exit_code, quiet.output) == (0, "host cron01: not held; nothing to release\n")
+
+    layout = agents["cron01"].layout
+    agent.renew_lease(300.0, layout, now=1000.0)
+    agent.hold_at_boot(layout, FakeSystemd(), now=1000.0 + 7980.0)  # back after 2h13m: its lease ran out
+    held = run(two_jobs_on("cron01"), "release", "--host", "cron01")
+    assert held.exit_code == 0, held.output
+    assert held.output.startswith("host cron01: released (") and held.output.endswith("; 2 job timers started\n")
+    assert "2h13m" in held.output
+    assert not os.path.exists(layout.held)
+
+
+def test_issue20_move_in_process_installs_on_the_target_then_removes_from_the_source(fleet_in_process):
+    run, agents, _ = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    assert installed_jobs(agents["cron01"]) == {"settle", "report"}
+
+    moved = run(two_jobs_on("cron02"), "move", "--from", "cron01", "--to", "cron02")
+    assert moved.exit_code == 0, moved.output
+    assert moved.output.splitlines()[0] == "moved 2 jobs from cron01 to cron02: report, settle"
+    assert installed_jobs(agents["cron02"]) == {"settle", "report"}
+    assert installed_jobs(agents["cron01"]) == set()
+    handoff = [c for c in agents["cron01"].systemd.systemctl_calls() if c[:2] == ("disable", "--now")]
+    assert handoff and set(handoff[0][2:]) == {"deployer-settle.timer", "deployer-report.timer"}
+
+
+
+def test_issue20_move_json_in_process_names_the_jobs_and_says_the_source_answered(fleet_in_process):
+    run, agents, _ = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    moved = run(two_jobs_on("cron02"), "move", "--from", "cron01", "--to", "cron02", "--json")
+    document = json.loads(moved.stdout)
+    assert (document["moved"], document["from"], document["to"]) == (["report", "settle"], "cron01", "cron02")
+    assert (document["source_unreachable"], document["forced"]) == (False, False)
+    assert installed_jobs(agents["cron02"]) == {"settle", "report"} and not installed_jobs(agents["cron01"])
+
+
+def test_issue20_audit_in_process_reads_back_what_the_agent_recorded(fleet_in_process):
+    run, agents, journals = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    assert run(two_jobs_on("cron01"), "pause", "settle").exit_code == 0
+
+    trail = json.loads(run(two_jobs_on("cron01"), "audit", "--host", "cron01", "--json").output)
+    assert [(e["action"], e["target"], e["outcome"]) for e in trail["entries"]] == [
+        ("push", None, "ok"), ("pause", "settle", "ok")]
+    text = run(two_jobs_on("cron01"), "audit", "--host", "cron01").output
+    assert " push " in text and " pause " in text and "settle" in text
+
+
+def test_issue20_alert_test_in_process_reports_what_the_channel_answered(fleet_in_process):
+    """The alert unit's answer as its program writes it to the journal (a recorded entry)."""
+    run, agents, _ = fleet_in_process
+    assert run(two_jobs_on("cron01"), "push", "--host", "cron01").exit_code == 0
+    systemd = agents["cron01"].systemd
+    systemd.journal = [{"__CURSOR": "c1", "_UID": "61900", "MESSAGE": "test message sent: HTTP 200, errcode 0",
+                        "DEPLOYER_ALERT_TEST": "ops", "DEPLOYER_ALERT_ACCEPTED": "y",
+                        "DEPLOYER_ALERT_HTTP_STATUS": "200", "DEPLOYER_ALERT_ANSWER": "errcode 0: ok"}]
+    tested = run(two_jobs_on("cron01"), "alert", "test", "ops")
+    assert tested.exit_code == 0, tested.output
+    assert "ops" in tested.output and "200" in tested.output and "errcode 0: ok" in tested.output
+    assert ("start", paths.alert_test_unit("ops")) in systemd.systemctl_calls()
+
+    systemd.journal = [dict(systemd.journal[0], _UID="1000")]  # a local user's forgery counts for nothing
+    forged = run(two_jobs_on("cron01"), "alert", "test", "ops")
+    assert forged.exit_code == 1 and "not sent" in forged.output

@@ -10,6 +10,7 @@ Order: paths -> pure functions -> side effects -> operations -> dispatch.
 """
 import base64
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -18,7 +19,6 @@ import os
 import select
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -26,12 +26,13 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
-from deployer.hostside import audit, dbus, paths, protocol, record
+from deployer.hostside import audit, paths, protocol, record
 from deployer.hostside.slot import iso_utc, stamp_of
+from deployer.hostside.systemctl import UNIT_CHUNK, Systemd, chunks
 from deployer.hostside.text import clock_of_iso
 from deployer.hostside.journal import (RUN_FIELDS, audit_entries, format_entry, interrupted_runs, last_push,
                                        run_matches, runs_from_journal)
-from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, AuditAnswer,
+from deployer.hostside.protocol import (AgentError, AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, AuditAnswer,
                                         AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest, Held,
                                         HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
@@ -44,17 +45,8 @@ from deployer.hostside.protocol import (AlertTestAnswer, AlertTestRequest, Apply
 LOCK_WAIT_SECONDS = 60
 # Enabled by every push: at boot, before any timer, it finishes an interrupted switch (--boot).
 RECOVER_UNIT = paths.RECOVER_UNIT
-# Units per systemctl call: 10,000 in one `stop` or `enable` outlive systemctl's D-Bus timeout.
-UNIT_CHUNK = 500
-VERIFY_CHUNK = 150  # verify's cost grows faster than linearly with the units it loads at once
 
 
-class AgentError(Exception):
-    """A refusal the client shows as one line; `code` is one of protocol.ERROR_CODES."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
 
 
 # -- pure functions ---------------------------------------------------------------------------
@@ -75,10 +67,6 @@ class Journal:
     reload: bool = False
     enable: Tuple[str, ...] = ()
     start: Tuple[str, ...] = ()
-
-
-def chunks(items, size):
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def unit_name(path):
@@ -120,32 +108,12 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
     )
 
 
-def verify_argv(unit_paths):
-    """`--` ends the options: no file name or calendar value is ever read as one (`-h`)."""
-    # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
-    return ["systemd-analyze", "verify", "--man=no", "--"] + list(unit_paths)
-
-
 def journal_to_json(journal):
     return json.dumps(protocol.to_json(journal))
 
 
 def journal_from_json(text):
     return protocol.from_json(Journal, json.loads(text))
-
-
-def parse_show(text):
-    """`systemctl show -p Id,...` output -> {unit: {property: value}}."""
-    shown, block = {}, {}
-    for line in text.splitlines() + [""]:
-        if not line.strip():
-            if block.get("Id"):
-                shown[block["Id"]] = block
-            block = {}
-            continue
-        key, _, value = line.partition("=")
-        block[key] = value
-    return shown
 
 
 def iso_time(value):
@@ -187,31 +155,9 @@ def lease_ran_out(lease, now):
     return Held(since=iso_time("@%d" % now), down_for_seconds=round(now - renewed, 3), lease_seconds=seconds)
 
 
-# The properties a status reads, by the D-Bus interface that holds them (Systemd.properties).
-BUS_PROPERTIES = {
-    "ActiveState": dbus.UNIT_INTERFACE,
-    "NextElapseUSecRealtime": dbus.TIMER_INTERFACE, "LastTriggerUSec": dbus.TIMER_INTERFACE,
-    "TimersCalendar": dbus.TIMER_INTERFACE,
-    "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
-    "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
-    "StatusText": dbus.SERVICE_INTERFACE,
-}
 
-
-USEC_INFINITY = (1 << 64) - 1  # systemd's "never" (e.g. the next elapse of a stopped timer)
 TIMER_STATUS = ("ActiveState", "NextElapseUSecRealtime", "LastTriggerUSec", "TimersCalendar")
 SERVICE_STATUS = ("ActiveState", "Result", "ExecMainStatus", "ExecMainStartTimestamp", "ExecMainExitTimestamp")
-
-
-def show_text(name, value):
-    """A D-Bus property value as `systemctl show` prints it (times as `@<unix>`, which
-    iso_time reads), so that both sources feed job_status alike."""
-    if name == "TimersCalendar":
-        return " ".join("{ OnCalendar=%s ; next_elapse=%s }" % (spec, show_text("USec", elapse))
-                        for _base, spec, elapse in value)
-    if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("USec", "Realtime", "Timestamp")):
-        return "" if value in (0, USEC_INFINITY) else "@%d" % (value // 1000000)
-    return str(value)
 
 
 def job_status(timer, t, s, paused, fenced=False):
@@ -234,111 +180,6 @@ STATUS_SCAN_LIMIT = 50000
 
 
 # -- side effects -----------------------------------------------------------------------------
-
-# systemctl prints times in the local zone; in UTC they can be parsed without guessing what
-# an abbreviation such as CST means.
-SYSTEMD_ENV = dict(os.environ, TZ="UTC", LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
-
-
-class Systemd:
-    """Every call to systemctl, systemd-analyze and journalctl: the boundary a test replaces."""
-
-    def run(self, args):
-        """-> (returncode, stdout, stderr)"""
-        result = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SYSTEMD_ENV,
-                                universal_newlines=True)
-        return result.returncode, result.stdout, result.stderr
-
-    def systemctl(self, *args, check=True):
-        code, out, err = self.run(("systemctl",) + args)
-        if check and code != 0:
-            raise AgentError(protocol.SYSTEMD, "systemctl %s: %s" % (" ".join(args[:3]), err.strip()))
-        return code, out, err
-
-    def show(self, units, properties):
-        """`systemctl show` for many units, UNIT_CHUNK per call -> {unit: {property: value}}."""
-        shown = {}
-        for chunk in chunks(list(units), UNIT_CHUNK):
-            shown.update(parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *chunk)[1]))
-        return shown
-
-    def properties(self, units, properties):
-        """Like show(), for the properties in BUS_PROPERTIES only, read with one pipelined D-Bus
-        conversation (see dbus.py for why not `systemctl show`); show() where PID 1's private
-        socket cannot be used."""
-        units, properties = list(units), list(properties)
-        try:
-            with dbus.Connection() as bus:
-                values = bus.get_properties((dbus.object_path(u), BUS_PROPERTIES[p], p)
-                                            for u in units for p in properties)
-        except (dbus.DBusError, OSError):
-            return self.show(units, properties)
-        shown = {}
-        for index, unit in enumerate(units):
-            row = values[index * len(properties):(index + 1) * len(properties)]
-            shown[unit] = dict({"Id": unit}, **{p: show_text(p, v) for p, v in zip(properties, row) if v is not None})
-        return shown
-
-    def verify(self, unit_paths):
-        """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines."""
-        complaints, running = [], []
-        workers = max(os.cpu_count() or 1, 1)
-        for chunk in chunks(list(unit_paths), VERIFY_CHUNK) + [None] * workers:
-            if chunk is not None:
-                running.append(subprocess.Popen(verify_argv(chunk),
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                universal_newlines=True, env=SYSTEMD_ENV))
-            while running and (chunk is None or len(running) >= workers):
-                process = running.pop(0)
-                output = process.communicate()[0]
-                lines = [line for line in output.splitlines() if line.strip()]
-                if process.returncode != 0 or lines:
-                    complaints += lines or ["exit status %d" % process.returncode]
-                if chunk is not None:
-                    break
-        return complaints
-
-    def journal_entries(self, args, stop=None, limit=None):
-        """`journalctl -o json ARGS` -> entries, read as they come: `stop(entry)` true, or `limit`
-        entries, ends the read (and journalctl) early."""
-        process = subprocess.Popen(["journalctl", "--no-pager", "-q", "-o", "json"] + list(args),
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
-        entries = []
-        try:
-            for line in process.stdout:
-                try:
-                    entry = json.loads(line.decode("utf-8", "replace"))
-                except ValueError:
-                    continue
-                entries.append(entry)
-                if (stop is not None and stop(entry)) or (limit and len(entries) >= limit):
-                    break
-        finally:
-            process.kill()
-            process.wait()
-        return entries
-
-    def follow(self, args):
-        """`journalctl -f -o json ARGS` as a running process (its stdout: one entry per line)."""
-        return subprocess.Popen(["journalctl", "--no-pager", "-q", "-f", "-o", "json"] + list(args),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
-
-    def wait_active(self, units, timeout=60, report=lambda active, total: None):
-        """Until every unit is active; `report(active, total)` when the count moved."""
-        deadline = time.monotonic() + timeout
-        reported = -1
-        while True:
-            states = self.systemctl("is-active", *units, check=False)[1].split()
-            pending = [u for u, state in zip(units, states) if state != "active"]
-            if len(units) - len(pending) != reported:
-                reported = len(units) - len(pending)
-                report(reported, len(units))
-            if not pending:
-                return
-            if time.monotonic() > deadline or any(s == "failed" for s in states):
-                raise AgentError(protocol.SYSTEMD, "timers did not start: %s" % ", ".join(pending[:5]))
-            time.sleep(0.05)
-
 
 class Stopwatch:
     """Seconds per step, returned with the answer so that a slow push says where it was slow."""
@@ -388,9 +229,18 @@ def heartbeat():
     threading.Thread(target=beat, daemon=True).start()
 
 
+# Where progress goes: `@progress` lines on stderr for the SSH client; the in-process client
+# (remote.LocalAgent) takes them as calls, as it takes journal lines (Host.emit).
+PROGRESS_TO = contextvars.ContextVar("PROGRESS_TO", default=None)
+
+
 def progress(text):
     """A step the client may show on a terminal."""
-    say("@progress " + text)
+    to = PROGRESS_TO.get()
+    if to is None:
+        say("@progress " + text)
+    else:
+        to(text)
 
 
 # Timers started per systemctl call: small enough that the count a push shows moves (1,000
@@ -940,6 +790,18 @@ class Host:
 
 # -- operations -------------------------------------------------------------------------------
 
+# request type -> the op_* that answers it (protocol.OPERATIONS declares each operation once)
+HANDLERS: Dict[type, object] = {}
+
+
+def handles(request_type):
+    def register(function):
+        HANDLERS[request_type] = function
+        return function
+    return register
+
+
+@handles(StateRequest)
 def op_state(host, request):
     files = host.managed_files()
     contents = {}
@@ -953,6 +815,7 @@ def op_state(host, request):
                        owner=(owner or {}).get("host"), held=host.current_hold(), epochs=host.epochs())
 
 
+@handles(ApplyRequest)
 def op_apply(host, request):
     # A client that dies (killed, connection lost) must not stop a switch under way.
     if hasattr(signal, "SIGHUP"):
@@ -1054,6 +917,7 @@ def check_unmanaged(host, current, writes, removes):
                              "remove it" % path)
 
 
+@handles(StatusRequest)
 def op_status(host, request):
     units = {unit_name(p) for p in host.managed_files() if paths.job_of_unit(p)} - {paths.RECOVER_UNIT}
     # A chained job (after =) has a service and no timer: it is listed by the timer it lacks.
@@ -1134,6 +998,7 @@ def with_skips(host, jobs):
     return tuple(found[j.job] for j in jobs)
 
 
+@handles(HistoryRequest)
 def op_history(host, request):
     """Every run of one job since `request.since`: one journalctl call, records and PID 1's entries."""
     paths.job_unit(request.job, "service")  # a bad name is refused before it reaches journalctl
@@ -1159,6 +1024,7 @@ def who_asked():
     return "%s@%s" % (user, client) if client else user
 
 
+@handles(RunRequest)
 def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
@@ -1219,6 +1085,7 @@ def running_since(host, service):
     return iso_time(props.get("ExecMainStartTimestamp", ""))
 
 
+@handles(StopRequest)
 def op_stop(host, request):
     """Stop the job's run in progress: its trigger takes the SIGTERM as `deployer stop`'s and
     records the run as failed, stopped (its alert says so). Nothing running is an answer, not an
@@ -1296,6 +1163,7 @@ def stream_run_lines(host, follower, since, finished):
             finished.set()
 
 
+@handles(LogsRequest)
 def op_logs(host, request):
     args = ["-u", paths.job_unit(request.job, "service")]
     if request.lines:
@@ -1337,6 +1205,7 @@ def follow_lines(host, follower):
                 return
 
 
+@handles(PauseRequest)
 def op_pause(host, request):
     with host.locked():
         timer = host.installed(request.job, "timer")
@@ -1349,6 +1218,7 @@ def op_pause(host, request):
         return PauseAnswer(timer=timer)
 
 
+@handles(ResumeRequest)
 def op_resume(host, request):
     with host.locked():
         timer = host.installed(request.job, "timer")
@@ -1369,6 +1239,7 @@ def op_resume(host, request):
 ALERT_TEST_JOURNAL_WAIT = 15.0
 
 
+@handles(AlertTestRequest)
 def op_alert_test(host, request):
     """`deployer alert test`: start the channel's own alert unit as its test instance, which
     sends one test message exactly as a failed job's alert goes out (the unit's credentials,
@@ -1409,6 +1280,7 @@ def alert_test_answer(channel, entries, output, code=0, failure=""):
     return AlertTestAnswer(channel=channel, accepted=False, answer="not sent: " + why, output=output)
 
 
+@handles(HandoffRequest)
 def op_handoff(host, request):
     """The first step of `deployer move`: stop these timers here and say when."""
     with host.locked():
@@ -1419,6 +1291,7 @@ def op_handoff(host, request):
         return HandoffAnswer(stopped=tuple(timers), at=time.time())
 
 
+@handles(ReleaseRequest)
 def op_release(host, request):
     """`deployer release`: the operator confirms that this host still owns its jobs."""
     with host.locked():
@@ -1426,6 +1299,7 @@ def op_release(host, request):
         return ReleaseAnswer(released=held, started=started)
 
 
+@handles(AuditRequest)
 def op_audit(host, request):
     """`deployer audit`: the audit trail since `request.since`."""
     return AuditAnswer(entries=tuple(audit_entries(host.systemd, request.since)), now=time.time())
@@ -1474,16 +1348,18 @@ def record_action(host, request, answer, actor, began):
 
 # -- dispatch ---------------------------------------------------------------------------------
 
-OPERATIONS = {StateRequest: op_state, ApplyRequest: op_apply, StatusRequest: op_status, RunRequest: op_run,
-              StopRequest: op_stop,
-              LogsRequest: op_logs, PauseRequest: op_pause, ResumeRequest: op_resume,
-              HandoffRequest: op_handoff, ReleaseRequest: op_release, HistoryRequest: op_history,
-              AlertTestRequest: op_alert_test, AuditRequest: op_audit}
 
 
-def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
+def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progress_to=None):
     """One request (bytes) -> one answer (bytes). The in-process client calls this directly
-    (`emit`: where streamed journal lines go; else `@line` on stderr)."""
+    (`emit`: where streamed journal lines go, else `@line` on stderr; `progress_to`: where
+    progress goes, else `@progress` on stderr)."""
+    if progress_to is not None:
+        token = PROGRESS_TO.set(progress_to)
+        try:
+            return handle(raw, layout, systemd, require_root, emit)
+        finally:
+            PROGRESS_TO.reset(token)
     host = request = actor = None
     began = time.time()
     try:
@@ -1492,11 +1368,11 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None):
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
                              "(passwordless sudo for this user) in [host:%s]" % name)
-        if isinstance(request, (StateRequest, StatusRequest, RunRequest)) and os.path.exists(host.layout.journal):
+        if protocol.operation_of(request).settles_first and os.path.exists(host.layout.journal):
             with host.locked():  # an interrupted switch is finished before anything reads the host
                 host.roll_forward()
         began = time.time()
-        answer = OPERATIONS[type(request)](host, request)
+        answer = HANDLERS[type(request)](host, request)
     except protocol.ProtocolError as error:
         answer = Failure(error.code, error.message)
     except AgentError as error:
@@ -1625,7 +1501,6 @@ def renew_lease(seconds, layout=None, now=None):
 # heartbeat would keep the client waiting for ever, so the agent says where it is, and ends.
 READ_LIMIT_SECONDS = 150
 EXIT_STUCK = 70
-READS = (StateRequest, StatusRequest, HistoryRequest, AuditRequest)
 
 
 def watch_reads(raw, limit=READ_LIMIT_SECONDS):
@@ -1636,7 +1511,7 @@ def watch_reads(raw, limit=READ_LIMIT_SECONDS):
         request = protocol.decode_request(raw)[1]
     except Exception:  # noqa: BLE001 - whatever is wrong with it, handle() answers it
         return
-    if not isinstance(request, READS):
+    if not protocol.operation_of(request).reads:
         return
 
     main_thread = threading.main_thread().ident

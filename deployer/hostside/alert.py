@@ -677,7 +677,7 @@ def account_of(invocation: str, fallback: str, wait: Optional[float] = None) -> 
 
 
 def _systemd():
-    from .agent import Systemd  # every journalctl call of the host programs goes through it
+    from .systemctl import Systemd  # every journalctl call of the host programs goes through it
 
     return Systemd()
 

@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, Sequence
 
 from . import options
 from .channels import CHANNEL_TYPES, Channel, Secret
 from . import paths, record
 from .run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
 from .chain import slot_for, write_chain_slot
-from .slot import ITERATIONS, Analyze, Slot, iso_utc, slot_of_run, stamp_of
+from .slot import ITERATIONS, Analyze, Slot, iso_utc, stamp_of
 from .slot import analyze as slot_analyze
 
 EXIT_OK = 0

@@ -1,7 +1,7 @@
 """The one reader of the journal on the cron host: run records and PID 1's entries about a job's
 units, turned into typed runs; and the audit trail's entries (hostside/audit.py). The agent (status, history, run, resume at boot), the alert
 program and the metrics collector all read runs here; the journalctl calls themselves go through
-the `Systemd` boundary they are given (agent.Systemd; a recording fake in tests), never run here.
+the `Systemd` boundary they are given (systemctl.Systemd; a recording fake in tests), never run here.
 Standard library only.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import time
 from dataclasses import dataclass
 from typing import Optional
 

@@ -346,7 +346,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
 def is_held(machine) -> bool:
     """A corrupt hold file holds too, and so does a boot that could not decide (as the agent reads
     them): the metrics say so every minute instead of stopping, which would look like a dead host."""
-    from .agent import AgentError
+    from .protocol import AgentError
 
     try:
         return machine.current_hold() is not None

@@ -347,23 +347,48 @@ class AlertTestAnswer:
     output: str = ""   # the test unit's journal lines
 
 
-# op name -> (request type, answer type)
-OPERATIONS = {
-    "state": (StateRequest, StateAnswer),
-    "apply": (ApplyRequest, ApplyAnswer),
-    "status": (StatusRequest, StatusAnswer),
-    "run": (RunRequest, RunAnswer),
-    "stop": (StopRequest, StopAnswer),
-    "logs": (LogsRequest, LogsAnswer),
-    "pause": (PauseRequest, PauseAnswer),
-    "resume": (ResumeRequest, ResumeAnswer),
-    "handoff": (HandoffRequest, HandoffAnswer),
-    "release": (ReleaseRequest, ReleaseAnswer),
-    "history": (HistoryRequest, HistoryAnswer),
-    "alert_test": (AlertTestRequest, AlertTestAnswer),
-    "audit": (AuditRequest, AuditAnswer),
-}
-OP_OF_REQUEST = {request: op for op, (request, _) in OPERATIONS.items()}
+@dataclass(frozen=True)
+class Operation:
+    """One request the agent answers: the one declaration both sides read. A new command on the
+    host is an entry here, its handler in agent.py (`@handles`) and the CLI command."""
+
+    name: str
+    request: type
+    answer: type
+    # A read: the agent's watchdog ends it if it hangs (agent.watch_reads). Reads change nothing.
+    reads: bool = False
+    # Finishes an interrupted switch first, so that what it reads or starts is the host as pushed.
+    settles_first: bool = False
+
+
+OPERATIONS = {op.name: op for op in (
+    Operation("state", StateRequest, StateAnswer, reads=True, settles_first=True),
+    Operation("apply", ApplyRequest, ApplyAnswer),
+    Operation("status", StatusRequest, StatusAnswer, reads=True, settles_first=True),
+    Operation("run", RunRequest, RunAnswer, settles_first=True),
+    Operation("stop", StopRequest, StopAnswer),
+    Operation("logs", LogsRequest, LogsAnswer),
+    Operation("pause", PauseRequest, PauseAnswer),
+    Operation("resume", ResumeRequest, ResumeAnswer),
+    Operation("handoff", HandoffRequest, HandoffAnswer),
+    Operation("release", ReleaseRequest, ReleaseAnswer),
+    Operation("history", HistoryRequest, HistoryAnswer, reads=True),
+    Operation("alert_test", AlertTestRequest, AlertTestAnswer),
+    Operation("audit", AuditRequest, AuditAnswer, reads=True),
+)}
+OP_OF_REQUEST = {op.request: op.name for op in OPERATIONS.values()}
+
+
+def operation_of(request) -> Operation:
+    return OPERATIONS[OP_OF_REQUEST[type(request)]]
+
+
+class AgentError(Exception):
+    """A refusal the client shows as one line; `code` is one of protocol.ERROR_CODES."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -461,7 +486,7 @@ def decode_envelope(raw):
                             % (version, PROTOCOL_VERSION, _advice(version)))
     if envelope.get("op") not in OPERATIONS:
         raise ProtocolError(BAD_REQUEST, "unknown operation %r" % (envelope.get("op"),))
-    request_type = OPERATIONS[envelope["op"]][0]
+    request_type = OPERATIONS[envelope["op"]].request
     actor = from_json(Actor, envelope.get("actor") or {})
     return envelope.get("host") or "?", from_json(request_type, envelope.get("body") or {}), actor
 
@@ -490,7 +515,7 @@ def decode_answer(request, raw):
                             % (version, PROTOCOL_VERSION, _advice(version)))
     if not document.get("ok"):
         return from_json(Failure, document.get("error") or {})
-    return from_json(OPERATIONS[OP_OF_REQUEST[type(request)]][1], document.get("body") or {})
+    return from_json(operation_of(request).answer, document.get("body") or {})
 
 
 def _advice(version):

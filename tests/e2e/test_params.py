@@ -54,5 +54,6 @@ retries = 0
     table = deployer("history", "settle", "-i", path, check=True).stdout
     assert "PARAMS" in table.splitlines()[0] and 'batch=42&x,region=e"u (by root@' in table
     wait_until(lambda: records(host, "tick"), timeout=60, what="a record of the scheduled run")
-    ticks = json.loads(deployer("history", "tick", "--json", "-i", path, check=True).stdout)["runs"]
+    ticks = [run for run in json.loads(deployer("history", "tick", "--json", "-i", path, check=True).stdout)["runs"]
+             if run["result"] != "skipped"]  # a slot skipped while a run went on a loaded machine called nothing
     assert ticks and all(run["params"] == {"n": "7"} and run["run_by"] is None for run in ticks)

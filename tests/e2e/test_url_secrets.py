@@ -5,6 +5,7 @@ service still gets the right request."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import pytest
@@ -19,8 +20,15 @@ PASSWORD, API_KEY = "PassW0rd-in-url", "ApiKey-in-query"
 
 
 def test_secrets_in_a_job_url_reach_the_service_and_nothing_else(cron01, server, deployer, write_inventory):
-    # Slow (a run to catch in `ps`) and failing (an alert quoting PID 1's lines about the unit).
-    server.routes["/report"] = Reply(500, b'{"code": 1}', delay=3.0)
+    # Held until `ps` has looked (a run to catch, however slow the machine is) and failing (an
+    # alert quoting PID 1's lines about the unit).
+    looked = threading.Event()
+
+    def held_then_failing(_request):
+        looked.wait(60)
+        return Reply(500, b'{"code": 1}')
+
+    server.routes["/report"] = held_then_failing
     url = server.url("/report").replace("http://", f"http://svc:{PASSWORD}@") + f"?api_key={API_KEY}&page=2"
     with Robot(token=TOKEN) as robot:
         path = write_inventory(cron01.inventory_host() + f"""
@@ -40,7 +48,10 @@ timeout = 10s
         shown = deployer("plan", "-i", path, check=True).stdout + pushed.stdout + pushed.stderr
 
         server.wait_for("/report", timeout=30)
-        during = cron01.ssh("ps -eo args ww; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
+        try:
+            during = cron01.ssh("ps -eo args ww; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
+        finally:
+            looked.set()
         assert "trigger.pyz" in during, "no run caught in ps"
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and not robot.accepted:

@@ -1,0 +1,173 @@
+"""The boundary to systemd on the cron host: every systemctl, systemd-analyze verify and journalctl
+process the agent, the alert program and the metrics collector start, and PID 1's properties over
+D-Bus (dbus.py), go through `Systemd`. Tests replace it with a recording fake (tests/data/agent).
+The trigger's own calendar question (slot.analyze) stays in slot.py: it runs for every slot and
+must not import the agent's modules. Standard library only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from . import dbus, protocol
+from .protocol import AgentError
+
+# Units per systemctl call: 10,000 in one `stop` or `enable` outlive systemctl's D-Bus timeout.
+UNIT_CHUNK = 500
+VERIFY_CHUNK = 150  # verify's cost grows faster than linearly with the units it loads at once
+
+
+def chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def verify_argv(unit_paths):
+    """`--` ends the options: no file name or calendar value is ever read as one (`-h`)."""
+    # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
+    return ["systemd-analyze", "verify", "--man=no", "--"] + list(unit_paths)
+
+
+def parse_show(text):
+    """`systemctl show -p Id,...` output -> {unit: {property: value}}."""
+    shown, block = {}, {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                shown[block["Id"]] = block
+            block = {}
+            continue
+        key, _, value = line.partition("=")
+        block[key] = value
+    return shown
+
+
+# The properties a status reads, by the D-Bus interface that holds them (Systemd.properties).
+BUS_PROPERTIES = {
+    "ActiveState": dbus.UNIT_INTERFACE,
+    "NextElapseUSecRealtime": dbus.TIMER_INTERFACE, "LastTriggerUSec": dbus.TIMER_INTERFACE,
+    "TimersCalendar": dbus.TIMER_INTERFACE,
+    "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
+    "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
+    "StatusText": dbus.SERVICE_INTERFACE,
+}
+
+
+USEC_INFINITY = (1 << 64) - 1  # systemd's "never" (e.g. the next elapse of a stopped timer)
+
+
+def show_text(name, value):
+    """A D-Bus property value as `systemctl show` prints it (times as `@<unix>`, which
+    iso_time reads), so that both sources feed job_status alike."""
+    if name == "TimersCalendar":
+        return " ".join("{ OnCalendar=%s ; next_elapse=%s }" % (spec, show_text("USec", elapse))
+                        for _base, spec, elapse in value)
+    if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("USec", "Realtime", "Timestamp")):
+        return "" if value in (0, USEC_INFINITY) else "@%d" % (value // 1000000)
+    return str(value)
+
+
+# systemctl prints times in the local zone; in UTC they can be parsed without guessing what
+# an abbreviation such as CST means.
+SYSTEMD_ENV = dict(os.environ, TZ="UTC", LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
+
+
+class Systemd:
+    """Every call to systemctl, systemd-analyze and journalctl: the boundary a test replaces."""
+
+    def run(self, args):
+        """-> (returncode, stdout, stderr)"""
+        result = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SYSTEMD_ENV,
+                                universal_newlines=True)
+        return result.returncode, result.stdout, result.stderr
+
+    def systemctl(self, *args, check=True):
+        code, out, err = self.run(("systemctl",) + args)
+        if check and code != 0:
+            raise AgentError(protocol.SYSTEMD, "systemctl %s: %s" % (" ".join(args[:3]), err.strip()))
+        return code, out, err
+
+    def show(self, units, properties):
+        """`systemctl show` for many units, UNIT_CHUNK per call -> {unit: {property: value}}."""
+        shown = {}
+        for chunk in chunks(list(units), UNIT_CHUNK):
+            shown.update(parse_show(self.systemctl("show", "-p", ",".join(["Id"] + list(properties)), *chunk)[1]))
+        return shown
+
+    def properties(self, units, properties):
+        """Like show(), for the properties in BUS_PROPERTIES only, read with one pipelined D-Bus
+        conversation (see dbus.py for why not `systemctl show`); show() where PID 1's private
+        socket cannot be used."""
+        units, properties = list(units), list(properties)
+        try:
+            with dbus.Connection() as bus:
+                values = bus.get_properties((dbus.object_path(u), BUS_PROPERTIES[p], p)
+                                            for u in units for p in properties)
+        except (dbus.DBusError, OSError):
+            return self.show(units, properties)
+        shown = {}
+        for index, unit in enumerate(units):
+            row = values[index * len(properties):(index + 1) * len(properties)]
+            shown[unit] = dict({"Id": unit}, **{p: show_text(p, v) for p, v in zip(properties, row) if v is not None})
+        return shown
+
+    def verify(self, unit_paths):
+        """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines."""
+        complaints, running = [], []
+        workers = max(os.cpu_count() or 1, 1)
+        for chunk in chunks(list(unit_paths), VERIFY_CHUNK) + [None] * workers:
+            if chunk is not None:
+                running.append(subprocess.Popen(verify_argv(chunk),
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                universal_newlines=True, env=SYSTEMD_ENV))
+            while running and (chunk is None or len(running) >= workers):
+                process = running.pop(0)
+                output = process.communicate()[0]
+                lines = [line for line in output.splitlines() if line.strip()]
+                if process.returncode != 0 or lines:
+                    complaints += lines or ["exit status %d" % process.returncode]
+                if chunk is not None:
+                    break
+        return complaints
+
+    def journal_entries(self, args, stop=None, limit=None):
+        """`journalctl -o json ARGS` -> entries, read as they come: `stop(entry)` true, or `limit`
+        entries, ends the read (and journalctl) early."""
+        process = subprocess.Popen(["journalctl", "--no-pager", "-q", "-o", "json"] + list(args),
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
+        entries = []
+        try:
+            for line in process.stdout:
+                try:
+                    entry = json.loads(line.decode("utf-8", "replace"))
+                except ValueError:
+                    continue
+                entries.append(entry)
+                if (stop is not None and stop(entry)) or (limit and len(entries) >= limit):
+                    break
+        finally:
+            process.kill()
+            process.wait()
+        return entries
+
+    def follow(self, args):
+        """`journalctl -f -o json ARGS` as a running process (its stdout: one entry per line)."""
+        return subprocess.Popen(["journalctl", "--no-pager", "-q", "-f", "-o", "json"] + list(args),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=SYSTEMD_ENV)
+
+    def wait_active(self, units, timeout=60, report=lambda active, total: None):
+        """Until every unit is active; `report(active, total)` when the count moved."""
+        deadline = time.monotonic() + timeout
+        reported = -1
+        while True:
+            states = self.systemctl("is-active", *units, check=False)[1].split()
+            pending = [u for u, state in zip(units, states) if state != "active"]
+            if len(units) - len(pending) != reported:
+                reported = len(units) - len(pending)
+                report(reported, len(units))
+            if not pending:
+                return
+            if time.monotonic() > deadline or any(s == "failed" for s in states):
+                raise AgentError(protocol.SYSTEMD, "timers did not start: %s" % ", ".join(pending[:5]))
+            time.sleep(0.05)
