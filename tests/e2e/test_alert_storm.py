@@ -131,3 +131,28 @@ endpoint = {robot.endpoint("slack")}
             runs = sum(1 for r in jobs[channel].values() if r == reason)
             assert named[name] == f"failed: {reason} (exit-code, exit status 1): {runs} runs of {runs} jobs", \
                 (name, named[name])
+
+
+def test_a_lone_failure_is_a_message_of_its_own_and_is_not_held_back_for_a_storm(
+        shared_cron01, server, robot, deployer, write_inventory):  # noqa: F811
+    """A lone failure has nothing of its channel in flight: its alert sends it after the quiet
+    (GATHER_QUIET), never after a storm's waits. Judged by what the alert recorded; the delay
+    from the run's failure to the message is printed, not judged (a busy machine is slow)."""
+    server.routes["/e500"] = Reply(500, b"settlement exploded")
+    path = write_inventory(alert_inventory(shared_cron01, robot, server,
+                                           "\n[job:lone]\nschedule = 0 3 * * *\nurl = " + server.url("/e500") + "\n"))
+    deployer("push", "-i", path, env=SECRETS_ENV, check=True)
+    deployer("run", "lone", "-i", path, env=SECRETS_ENV, check=False)
+    robot.wait_accepted(1, timeout=120)
+    wait_alert_units_idle(shared_cron01, timeout=120)
+    assert [m["markdown"]["title"] for m in robot.accepted] == ["deployer: job lone FAILED on cron01"]
+    said = shared_cron01.ssh("journalctl --no-pager -o cat -u 'deployer-alert-ops@lone.service' "
+                             "-g 'in one message|waiting|gathered'").stdout
+    assert said.startswith("1 event(s) in one message, the oldest queued ") and "waiting" not in said, said
+    queued = float(said.split("the oldest queued ")[1].split(" s ago")[0])
+    stamps = shared_cron01.ssh(
+        "journalctl --no-pager -o json --output-fields=MESSAGE -u deployer-lone.service -u 'deployer-alert-ops@lone.service' "
+        "| python3 -c 'import json,sys\n"
+        "for l in sys.stdin:\n e=json.loads(l); m=str(e.get(\"MESSAGE\"))\n"
+        " if \"Failed with result\" in m or \"accepted\" in m: print(int(e[\"__REALTIME_TIMESTAMP\"])/1e6, m[:60])'").stdout
+    print(f"lone failure: alert held {queued} s after queuing\n{stamps}")
