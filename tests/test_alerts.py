@@ -674,30 +674,55 @@ def test_issue24_5_a_runs_account_is_its_slot_reason_and_own_lines(killed):
                                              own + ("job settle: FAILED (status 500 not expected)",))
 
 
-def test_issue23_3_an_alert_waits_for_journald_to_have_the_runs_end_before_giving_its_reason(monkeypatch):
-    """Under a storm's load journald is seconds behind: the first reads have none of the run's
-    entries (only its first lines), and the reason would be systemd's result (`exit-code`), so a
-    storm's runs would be grouped by result, not by the reason each gave. The alert asks again."""
+def test_issue23_3_an_alert_waits_for_journald_to_catch_up_before_giving_its_reason(monkeypatch):
+    """Under a storm's load journald is tens of seconds behind: the first read has none of the
+    run's end, and the reason would be systemd's result (`exit-code`), so a storm's runs would be
+    grouped by result, not by the reason each gave. The alert waits for journald, then reads again."""
     entries = run_entries()
     reads: list = []
+    barriers: list = []
 
     class Behind(RecordedSystemd):
-        def journal_entries(self, args):
+        def journal_entries(self, args, **_):
             reads.append(args)
-            return list(self.entries[:3] if len(reads) < 3 else self.entries)
+            return list(self.entries[:3] if not barriers else self.entries)
 
     monkeypatch.setattr(alert, "_systemd", lambda: Behind(entries))
-    monkeypatch.setattr(alert.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(alert, "journal_barrier", lambda wait: barriers.append(wait) or True)
     account = alert.account_of(INVOCATION, "exit-code")
-    assert (account.reason, account.complete, len(reads)) == ("status 500 not expected", True, 3)
-    reads.clear()  # the end never comes: the fallback, after ACCOUNT_WAIT
-    monkeypatch.setattr(alert, "ACCOUNT_WAIT", 0.0)
-    monkeypatch.setattr(Behind, "journal_entries", lambda self, args: reads.append(args) or entries[:3])
-    assert alert.account_of(INVOCATION, "exit-code").reason == "exit-code" and len(reads) == 1
-    reads.clear()  # nothing of the run at all (no journal): not waited for
-    monkeypatch.setattr(alert, "ACCOUNT_WAIT", 60.0)
-    monkeypatch.setattr(Behind, "journal_entries", lambda self, args: reads.append(args) or [])
-    assert alert.account_of(INVOCATION, "exit-code").reason == "exit-code" and len(reads) == 1
+    assert (account.reason, account.complete, len(reads), barriers) == ("status 500 not expected", True, 2,
+                                                                         [alert.ACCOUNT_WAIT])
+    reads.clear()  # the journal had it at once: no barrier
+    assert alert.account_of(INVOCATION, "exit-code").reason == "status 500 not expected" and len(reads) == 1
+    assert barriers == [alert.ACCOUNT_WAIT]
+
+
+def test_issue23_3_the_journal_barrier_is_an_entry_read_back(tmp_path, monkeypatch):
+    """journald takes its native socket's entries in order: once the alert reads back an entry it
+    sent, the entries sent before it (the run's record, PID 1's failure) are readable too."""
+    import contextlib
+    import socket
+
+    path = str(tmp_path / "journal.socket")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    journald.setblocking(False)
+    got: list = []
+
+    class Journal:
+        def journal_entries(self, args, **_):
+            with contextlib.suppress(BlockingIOError):
+                got.append(journald.recv(65536))  # journald takes it in, one poll later
+                return []
+            token = args[0].split("=", 1)[1].encode()
+            return [{"MESSAGE": "waiting"}] if got and token in got[0] else []
+
+    monkeypatch.setattr(alert, "_systemd", Journal)
+    pauses: list = []
+    assert alert.journal_barrier(10, path, sleep=pauses.append) and pauses == [0.5]
+    assert b"DEPLOYER_ALERT_BARRIER=" in got[0] and b"SYSLOG_IDENTIFIER=deployer-alert" in got[0]
+    journald.close()
+    assert not alert.journal_barrier(10, str(tmp_path / "none"), sleep=pauses.append), "no journal: not waited for"
 
 
 def failed_settle_event(monkeypatch, killed: bool = False) -> dict:

@@ -573,8 +573,8 @@ SEEN_IDS = 500
 ROUNDS = 5
 # A sweep that finds nothing looks once more after this long (journald lag).
 JOURNAL_LAG = 1.0
-# How long a run's account waits for journald to have the run's end (alert's reason).
-ACCOUNT_WAIT = 20.0
+# How long a run's account waits for journald to catch up (the alert's reason).
+ACCOUNT_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -664,16 +664,37 @@ def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: O
 
 
 def account_of(invocation: str, fallback: str, wait: Optional[float] = None) -> RunAccount:
-    """The failed run's account; while the journal has the run's first entries but none of its
-    end (journald is behind: under a storm's load by many seconds), asked again each second, at
-    most `wait` (ACCOUNT_WAIT): else a storm's runs would be grouped by systemd's result, not by
-    the reason each gave. A journal with nothing of the run is not waited for."""
-    deadline = time.monotonic() + (ACCOUNT_WAIT if wait is None else wait)
+    """The failed run's account. When the journal has neither the run's record nor PID 1's
+    "Failed with result" (journald is behind: under a storm's load by tens of seconds), the alert
+    waits until journald has caught up with it (journal_barrier, at most `wait`) and reads again:
+    else a storm's runs would be grouped by systemd's result, not by the reason each gave."""
+    account = run_account(_systemd(), invocation, MAX_LINES, fallback)
+    wait = ACCOUNT_WAIT if wait is None else wait
+    if account.complete or not invocation or wait <= 0 or not journal_barrier(wait):
+        return account
+    return run_account(_systemd(), invocation, MAX_LINES, fallback)
+
+
+def journal_barrier(wait: float, socket_path: str = paths.JOURNAL_SOCKET, sleep=time.sleep) -> bool:
+    """Send journald an entry and wait until journalctl reads it back (at most `wait`): journald
+    takes the native socket's entries in order, so every entry sent before it (the run's record,
+    PID 1's "Failed with result") is readable then. False: no journal to ask, or not in time."""
+    from .record import encode
+
+    token = uuid.uuid4().hex
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+            sink.sendto(encode({"MESSAGE": "waiting for the journal to catch up", "SYSLOG_IDENTIFIER": "deployer-alert",
+                                "DEPLOYER_ALERT_BARRIER": token}), socket_path)
+    except OSError:
+        return False
+    deadline = time.monotonic() + wait
     while True:
-        account = run_account(_systemd(), invocation, MAX_LINES, fallback)
-        if account.complete or time.monotonic() >= deadline:
-            return account
-        time.sleep(1.0)
+        if _systemd().journal_entries([f"DEPLOYER_ALERT_BARRIER={token}"], limit=1):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(0.5)
 
 
 def _systemd():

@@ -256,8 +256,8 @@ class RunAccount:
     slot: Optional[str]  # `2026-12-01T02:00:00Z` or `manual-<run id>`; None: the run wrote no record
     reason: str
     lines: tuple
-    # False: the journal has the run's first entries but neither its record nor PID 1's "Failed
-    # with result" yet (journald is behind, as under a storm's load): the reason is the fallback.
+    # False: the journal has neither the run's record nor PID 1's "Failed with result" (journald
+    # may be behind, as under a storm's load): the reason is the fallback.
     complete: bool = True
 
 
@@ -288,7 +288,7 @@ def run_account(systemd, invocation: str, last: int, fallback: str = "failed") -
             and e.get("INVOCATION_ID") == invocation}
     failed = pid1.get(record.UNIT_FAILED)
     return RunAccount(None, killed_reason(failed, pid1.get(record.UNIT_EXITED)) if failed else fallback, lines,
-                      complete=failed is not None or not entries)
+                      complete=failed is not None)
 
 
 # What the metrics collector asks of a record (`--output-fields`), and who sent it.
