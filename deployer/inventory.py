@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
+from .hostside import paths
 from .hostside.channels import CHANNEL_TYPES
 from .hostside.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
                                 Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
@@ -16,10 +17,10 @@ from .hostside.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIM
 from .models import Alert, Host, Inventory, Job, Secret
 from .schedule import check_calendar_lines, to_calendar, unknown_macro
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME = paths.NAME
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BARE_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = paths.CONTROL
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 # A lease under 10s would be renewed every few seconds for no gain; one over a week would leave

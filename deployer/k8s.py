@@ -142,7 +142,7 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
                                                               "defaultMode": 0o400}}]}
     container = {
         "name": "trigger", "image": image, "args": trigger_args(job, epoch), "env": env, **mounts,
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": render.UNIT_MEMORY_MAX + "i"}},
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }

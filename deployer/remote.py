@@ -423,7 +423,7 @@ def _take_reports(err: bytearray, report: Callable[[str], None], output: Progres
 # What an answer may hold where a name or a word of a vocabulary is expected: text beyond these
 # (a job name with an escape sequence, a result "ok\x1b[2J") is refused, not printed. Free text
 # (reasons, journal lines, calendars) is escaped where it is printed (hostside/text.printable).
-_JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # paths._UNIT_WORD: the inventory's name rule
+_JOB_NAME = paths.NAME
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]{1,256}$")
 _SYSTEMD_WORD = re.compile(r"^[a-z-]{0,40}$")  # ActiveState=, Result=, UnitFileState= values
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")

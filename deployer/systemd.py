@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from .hostside.paths import BadName
+from .hostside.paths import CONTROL, BadName
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = CONTROL
 
 
 class UnsafeValue(BadName):

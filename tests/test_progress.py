@@ -64,8 +64,10 @@ def test_issue24_7_on_a_terminal_the_count_moves_on_one_line(monkeypatch):
     counted_push(bar, clock)
     bar.done()
     drawn = screen.getvalue().split("\r\033[K")
-    assert "push cron01: host: starting timers: 500/1000 (10s)" in drawn
+    # Issue 25: the rate and the time left, from the count since the step began (100 per 2 s).
+    assert "push cron01: host: starting timers: 500/1000 (10s, 50/s, 10s left)" in drawn
     assert "push cron01: host: starting timers: 1000/1000 (20s)" in drawn
+    assert "push cron01: host: starting timers: 100/1000 (2s, 50/s, 18s left)" in drawn
     assert "\n" not in screen.getvalue() and screen.getvalue().endswith("\r\033[K")
 
 
@@ -73,7 +75,7 @@ def test_issue24_7_in_a_log_a_long_counted_step_is_a_few_lines(monkeypatch):
     clock, pipe = Clock(), io.StringIO()
     monkeypatch.setattr(progress.time, "monotonic", clock)
     counted_push(Progress("push cron01", stream=pipe), clock)
-    assert pipe.getvalue().splitlines() == ["push cron01: host: starting timers: 500/1000 (10s)",
+    assert pipe.getvalue().splitlines() == ["push cron01: host: starting timers: 500/1000 (10s, 50/s, 10s left)",
                                             "push cron01: host: starting timers: 1000/1000 (20s)"]
 
 

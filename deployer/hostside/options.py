@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from . import rules
+from . import paths, rules
 
 
 class Invalid(ValueError):
     """A value an option refuses; the message completes "[section] key: ..."."""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_CONTROL, _NAME = paths.CONTROL, paths.NAME
 # The one duration syntax of the product: the inventory (timeout, poll_every, lease), the
 # trigger's flags and `deployer history/logs --since`. A number without a unit is seconds.
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

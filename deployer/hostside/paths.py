@@ -74,7 +74,11 @@ MACHINE_ID = "/etc/machine-id"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 STAGING = ".deployer-staging"  # beside each managed directory: new files wait here until the switch
 
-_UNIT_WORD = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The one name rule for hosts, jobs and channels (the inventory, the units, the agent and the
+# client all check it here): it becomes part of unit names, paths and journal fields.
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The control characters no value may carry into a unit file, a header or a line printed.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BadName(ValueError):
@@ -82,7 +86,7 @@ class BadName(ValueError):
 
 
 def _word(value: str) -> str:
-    if not _UNIT_WORD.match(value):
+    if not NAME.match(value):
         raise BadName("%r is not a valid unit name part" % (value,))
     return value
 
@@ -98,7 +102,7 @@ def job_of_unit(name: str):
     for suffix in (".timer", ".service"):
         if base.startswith(UNIT_PREFIX) and base.endswith(suffix) and "@" not in base:
             job = base[len(UNIT_PREFIX):-len(suffix)]
-            if _UNIT_WORD.match(job):
+            if NAME.match(job):
                 return job
     return None
 
