@@ -1068,3 +1068,18 @@ def test_issue23_3_in_flight_is_read_from_the_cgroups_of_the_jobs_and_the_alert_
     later = alert.channel_in_flight("ops", began + 1, began + 60, runs=lambda: running, alerts=lambda c: set(),
                                     channel_of={"a": "ops", "b": "chat"}.get)
     assert later == alert.InFlight(0, frozenset())
+
+
+def test_issue23_3_an_alert_killed_while_it_waits_loses_nothing(tmp_path):
+    """Killed while it waits (SIGKILL, the unit's timeout): its failure stays queued on disk, and
+    its waiting mark stays behind; the unit's restart (no $MONITOR_*) sends it."""
+    clock = Clock()
+    killed = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, pid=4242)
+    killed.enqueue({**EVENT, "job": "killed"})
+    killed._wait_mark(True)  # and then nothing: no cleanup runs after SIGKILL
+    clock.t += 30
+    sent: list = []
+    restart = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                              in_flight=lambda since, until: alert.InFlight(0, frozenset({7})), pid=7)
+    assert restart.run([], lambda batch: sent.append(batch) or True, take_queued=True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["killed"]]
