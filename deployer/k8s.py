@@ -248,6 +248,9 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
         if started and name in exported:
             header.append(f"# note {name}: Kubernetes CronJobs have no chaining: this CronJob does not start "
                           f"{', '.join(started)} (after / on_failure_run)")
+    header += [f"# note alert {channel}: a storm (many jobs failing at once) is one message per channel on a cron "
+               "host; Kubernetes has no such gathering: there every failed pod sends its own message"
+               for channel in sorted({job.alert for job in inv.jobs if job.alert})]
     import yaml
 
     documents = [yaml.safe_dump(m, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)

@@ -76,7 +76,9 @@ class Clock:
 def test_a_burst_beyond_the_rate_limit_is_merged_not_dropped(tmp_path):
     clock = Clock()
     sent: list[list[dict]] = []
-    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    # quiet=0: every alert goes out at once, so that only the rate limit merges (the backstop
+    # behind the gathering of a storm, below).
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, quiet=0)
     for i in range(alert.RATE_LIMIT):
         assert coalescer.run({**EVENT, "job": f"job{i}"}, lambda events: sent.append(events) or True)
     # Five alerts over the limit: each queued its event and waits for the window.
@@ -357,6 +359,9 @@ def test_a_restart_sends_what_an_undelivered_alert_left_queued(tmp_path):
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     assert not coalescer.run({**EVENT, "job": "first"}, lambda events: False)
     sent: list = []
+    assert not coalescer.run([], lambda events: sent.append(events) or True, take_queued=True), \
+        "right after a failed delivery, only a later restart tries the channel again"
+    clock.t += alert.FAILED_PAUSE
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
     assert [e["job"] for e in sent[0]] == ["first"]
     assert coalescer.run([], lambda events: sent.append(events) or True, take_queued=True)
@@ -522,8 +527,10 @@ def storm_events(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("kind", ["dingtalk", "slack"])
-def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, monkeypatch, kind):
-    """Before: the merged message was cut at 4,000 characters and named 11 of the 82 jobs."""
+def test_issue23_3_a_storm_of_82_failed_jobs_is_one_message_that_names_every_one(robot, tmp_path, monkeypatch, kind):
+    """Issue 22 item 11, before: the merged message was cut at 4,000 characters and named 11 of
+    the 82 jobs. Issue 23 item 3, before: the first 18 alerts went out one by one and only the
+    rest were merged (19 messages); now the storm is one message (in parts when too long)."""
     events = storm_events(monkeypatch)
     names = {e["job"] for e in events}
     assert len(names) == 82
@@ -532,21 +539,69 @@ def test_issue22_11_a_storm_of_82_failed_jobs_names_every_one(robot, tmp_path, m
     channel = channels.Channel("ops", kind, token=robot.token, secret=secret, endpoint=robot.endpoint(kind))
     coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
     send = lambda batch: alert.deliver(channel, batch, log=lambda _: None)  # noqa: E731
-    # The first RATE_LIMIT alerts go out one by one; the others queue and wait for the window,
-    # and the first of them to get through sends every queued one as one merged message.
-    for event in events[:alert.RATE_LIMIT]:
-        assert coalescer.run(event, send)
-    late = events[alert.RATE_LIMIT:]
-    queued = [coalescer.enqueue(event) for event in late]
-    assert all(coalescer.run(e, send, queued=q) for e, q in zip(late, queued))
+    # 82 alert units at once, as systemd starts them: each queues its failure, then waits for
+    # the channel to be quiet; the first to get through sends them all, the others find theirs sent.
+    queued = []
+    for event in events:
+        queued.append(coalescer.enqueue(event))
+        clock.t += 0.2
+    assert all(coalescer.run(e, send, queued=q) for e, q in zip(events, queued))
 
     texts = [_message_text(kind, message) for message in robot.accepted]
     assert all(len(text) <= alert.MAX_TEXT for text in texts)
+    parts = len(texts)
+    assert all(f"82 job runs failed on cron01{f' (part {i} of {parts})' if parts > 1 else ''}" in text
+               for i, text in enumerate(texts, 1)), [t[:80] for t in texts]
     named = {name for name in names if any(name in text for text in texts)}
     assert named == names, f"{len(names - named)} of 82 failed jobs named in no message: {sorted(names - named)}"
-    merged = texts[alert.RATE_LIMIT:]
-    assert merged and all("64 job runs failed on cron01" in text for text in merged)
     assert "(truncated)" not in "".join(texts)
+    groups = {alert.storm_group(e) for e in events}
+    assert all(any(group.replace("`", "") in text.replace("\\", "") for text in texts) for group in groups), groups
+
+
+def test_issue23_3_a_storm_is_grouped_by_reason_and_a_few_runs_keep_their_details():
+    reasons = ["status 500 not expected", "status 503 not expected", "code is 1, expected 0"]
+    events = [{**EVENT, "job": f"storm-{i:03d}", "reason": reasons[i % 3]} for i in range(100)]
+    (title, text), = alert.format_messages(events)
+    assert title == "deployer: 100 job runs failed on cron01"
+    for r, reason in enumerate(reasons):
+        header = f"**failed: {reason} (exit-code, exit status 1): {len(range(r, 100, 3))} runs of {len(range(r, 100, 3))} jobs**"
+        assert header in text, text
+        listed = text.split(header)[1].split("\n\n")[1].split(", ")
+        assert listed == [f"storm-{i:03d}" for i in range(r, 100, 3)]
+    few = alert.format_messages(events[:alert.STORM_RUNS])
+    assert len(few) == 1 and "> attempt 1/1" in few[0][1] and "runs of" not in few[0][1]
+
+
+def test_issue23_3_a_storm_waits_for_quiet_then_goes_out_once_and_a_lone_failure_waits_only_that(tmp_path):
+    clock = Clock()
+    sent: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    start = clock.t
+    assert coalescer.run({**EVENT, "job": "lone"}, lambda batch: sent.append(batch) or True)
+    assert [len(b) for b in sent] == [1] and clock.t - start == pytest.approx(alert.GATHER_QUIET)
+    # A storm that goes on (one failure every 2 s for 100 s): held back at most GATHER_MAX.
+    sent.clear()
+    queued = []
+    for i in range(50):
+        queued.append(coalescer.enqueue({**EVENT, "job": f"j{i}"}))
+        clock.t += 2
+        if clock.t - start >= 5 + alert.GATHER_MAX + 1 and not sent:
+            assert coalescer.run({}, lambda batch: sent.append(batch) or True, queued=queued[0])
+    assert sent and all(coalescer.run([], lambda batch: sent.append(batch) or True, queued=q) for q in queued)
+    assert sum(len(b) for b in sent) == 50 and len(sent) == 2
+
+
+def test_issue23_3_after_a_failed_delivery_the_waiting_alerts_leave_it_to_a_restart(tmp_path):
+    clock = Clock()
+    tries: list = []
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    queued = [coalescer.enqueue({**EVENT, "job": f"j{i}"}) for i in range(20)]
+    results = [coalescer.run([], lambda batch: tries.append(batch) and False, queued=q) for q in queued]
+    assert results == [False] * 20 and len(tries) == 1, "one try for the storm, not one per alert"
+    clock.t += alert.FAILED_PAUSE
+    assert coalescer.run([], lambda batch: tries.append(batch) or True, take_queued=True)
+    assert len(tries[-1]) == 20
 
 
 def test_issue22_11_a_storm_too_large_for_one_message_is_split_into_parts():
@@ -617,6 +672,57 @@ def test_issue24_5_a_runs_account_is_its_slot_reason_and_own_lines(killed):
     else:
         assert account == journal.RunAccount("2026-11-24T07:00:00Z", "status 500 not expected",
                                              own + ("job settle: FAILED (status 500 not expected)",))
+
+
+def test_issue23_3_an_alert_waits_for_journald_to_catch_up_before_giving_its_reason(monkeypatch):
+    """Under a storm's load journald is tens of seconds behind: the first read has none of the
+    run's end, and the reason would be systemd's result (`exit-code`), so a storm's runs would be
+    grouped by result, not by the reason each gave. The alert waits for journald, then reads again."""
+    entries = run_entries()
+    reads: list = []
+    barriers: list = []
+
+    class Behind(RecordedSystemd):
+        def journal_entries(self, args, **_):
+            reads.append(args)
+            return list(self.entries[:3] if not barriers else self.entries)
+
+    monkeypatch.setattr(alert, "_systemd", lambda: Behind(entries))
+    monkeypatch.setattr(alert, "journal_barrier", lambda wait: barriers.append(wait) or True)
+    account = alert.account_of(INVOCATION, "exit-code")
+    assert (account.reason, account.complete, len(reads), barriers) == ("status 500 not expected", True, 2,
+                                                                         [alert.ACCOUNT_WAIT])
+    reads.clear()  # the journal had it at once: no barrier
+    assert alert.account_of(INVOCATION, "exit-code").reason == "status 500 not expected" and len(reads) == 1
+    assert barriers == [alert.ACCOUNT_WAIT]
+
+
+def test_issue23_3_the_journal_barrier_is_an_entry_read_back(tmp_path, monkeypatch):
+    """journald takes its native socket's entries in order: once the alert reads back an entry it
+    sent, the entries sent before it (the run's record, PID 1's failure) are readable too."""
+    import contextlib
+    import socket
+
+    path = str(tmp_path / "journal.socket")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    journald.setblocking(False)
+    got: list = []
+
+    class Journal:
+        def journal_entries(self, args, **_):
+            with contextlib.suppress(BlockingIOError):
+                got.append(journald.recv(65536))  # journald takes it in, one poll later
+                return []
+            token = args[0].split("=", 1)[1].encode()
+            return [{"MESSAGE": "waiting"}] if got and token in got[0] else []
+
+    monkeypatch.setattr(alert, "_systemd", Journal)
+    pauses: list = []
+    assert alert.journal_barrier(10, path, sleep=pauses.append) and pauses == [0.5]
+    assert b"DEPLOYER_ALERT_BARRIER=" in got[0] and b"SYSLOG_IDENTIFIER=deployer-alert" in got[0]
+    journald.close()
+    assert not alert.journal_barrier(10, str(tmp_path / "none"), sleep=pauses.append), "no journal: not waited for"
 
 
 def failed_settle_event(monkeypatch, killed: bool = False) -> dict:
@@ -827,7 +933,7 @@ def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypa
     (tmp_path / "failing").mkdir()
     (tmp_path / "failing" / "settle").write_text("")
     reasons = {"inv-skipped": "skipped: missed by 9h12m, catch_up = 2h", "inv-ran": "status 200"}
-    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback: journal.RunAccount(
+    monkeypatch.setattr(alert, "account_of", lambda invocation, fallback, **_: journal.RunAccount(
         "2026-12-06T07:00:00Z", reasons[invocation], ()))
     channel = channels.Channel("ops", "slack", token=robot.token, endpoint=robot.endpoint("slack"))
     assert alert.alert_main("settle", "cron01", channel, recovered=True)
@@ -835,3 +941,145 @@ def test_issue23_a_skipped_slot_after_failures_is_no_recovery(tmp_path, monkeypa
     monkeypatch.setenv("MONITOR_INVOCATION_ID", "inv-ran")  # a run that succeeded: the recovery goes out
     assert alert.alert_main("settle", "cron01", channel, recovered=True)
     assert len(robot.accepted) == 1 and not (tmp_path / "failing" / "settle").exists()
+
+
+def in_flight_of(clock, runs: dict, alerts: set):
+    """A Coalescer's `in_flight` over a fake PID 1: {run: when it began} and alert pids, changed
+    by the test as time goes on."""
+    def in_flight(since, until):
+        return alert.InFlight(sum(1 for began in runs.values() if since <= began <= until), frozenset(alerts))
+    return in_flight
+
+
+def test_issue23_3_a_storm_waits_for_alerts_still_looking_up_their_failures(tmp_path):
+    """Under a storm's load an alert takes seconds to read the journal before it queues its
+    failure: its unit's process (its cgroup) is in flight and not waiting, so the message waits
+    for it; else the first alert would go out alone."""
+    clock = Clock()
+    sent: list = []
+    alerts = {101, 102}  # the gatherer (waiting) and a slow alert still reading the journal
+    first = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                            in_flight=in_flight_of(clock, {}, alerts), pid=101)
+    slow = alert.Coalescer(str(tmp_path), "ops", now=clock.now, pid=102)
+    start = clock.t
+    looked: list = []
+
+    def sleep(seconds):  # the slow alert queues its failure 20 s into the wait, then waits too
+        clock.sleep(seconds)
+        if clock.t - start >= 20 and not looked:
+            looked.append(slow.enqueue({**EVENT, "job": "slow"}))
+            slow._wait_mark(True)
+
+    first.sleep = sleep
+    assert first.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "slow"]]
+    assert clock.t - start == pytest.approx(20 + alert.GATHER_SETTLE, abs=alert.GATHER_POLL)
+    # An alert stuck looking (it never queues) holds a message back at most GATHER_MAX.
+    sent.clear()
+    slow._wait_mark(False)
+    start = clock.t
+    assert first.run({**EVENT, "job": "after"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and alert.GATHER_MAX <= clock.t - start <= alert.GATHER_MAX + 1
+
+
+def test_issue23_3_a_storm_waits_for_its_jobs_still_running_then_settles(tmp_path):
+    """The runs of one minute fail over seconds on a busy host: the message waits while a run of
+    the channel's jobs begun with the burst still runs, then GATHER_SETTLE more (PID 1 starts the
+    last run's alert a moment after the run's cgroup is gone)."""
+    clock = Clock()
+    sent: list = []
+    runs = {"late": clock.t - 1}
+    waiting = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                              in_flight=in_flight_of(clock, runs, set()))
+    other = alert.Coalescer(str(tmp_path), "ops", now=clock.now)
+    start = clock.t
+
+    def sleep(seconds):  # `late` ends 12 s into the wait; its alert queues it 2 s later
+        clock.sleep(seconds)
+        if clock.t - start >= 12:
+            runs.pop("late", None)
+        if clock.t - start >= 14 and not sent and len(waiting._queued()) == 1:
+            other.enqueue({**EVENT, "job": "late"})
+
+    waiting.sleep = sleep
+    assert waiting.run({**EVENT, "job": "first"}, lambda batch: sent.append(batch) or True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["first", "late"]]
+    assert clock.t - start == pytest.approx(12 + alert.GATHER_SETTLE, abs=alert.GATHER_POLL)
+
+
+@pytest.mark.parametrize("began, why", [
+    pytest.param(-10 * alert.STORM_BEFORE, "a long run begun well before the failure", id="long-before"),
+    pytest.param(+30, "a run begun after the failure was queued (the next burst's)", id="after"),
+])
+def test_issue23_3_a_lone_failure_waits_only_the_quiet_for_runs_not_of_its_burst(tmp_path, began, why):
+    clock = Clock()
+    sent: list = []
+    runs = {"other": clock.t + began}
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                                in_flight=in_flight_of(clock, runs, set()))
+    start = clock.t
+    assert coalescer.run({**EVENT, "job": "lone"}, lambda batch: sent.append(batch) or True)
+    assert len(sent) == 1 and clock.t - start == pytest.approx(alert.GATHER_QUIET), why
+
+
+def test_issue23_3_an_alert_whose_event_the_gatherer_sent_returns_without_sending(tmp_path):
+    """One alert gathers (a lock); the others only watch their queued events go."""
+    import fcntl
+
+    clock = Clock()
+    coalescer = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep)
+    gatherer = open(coalescer.gather_path, "a")
+    fcntl.flock(gatherer, fcntl.LOCK_EX)  # another alert gathers
+    name = coalescer.enqueue({**EVENT, "job": "mine"})
+
+    def sleep(seconds):  # the gatherer sends it 5 s later
+        clock.sleep(seconds)
+        if clock.t >= 1_000_005.0:
+            coalescer._remove([name])
+
+    coalescer.sleep = sleep
+    assert coalescer.run({**EVENT, "job": "mine"}, lambda batch: pytest.fail("sent twice"), queued=name)
+    gatherer.close()
+    assert not (tmp_path / "waiting" / "ops").exists() or not list((tmp_path / "waiting" / "ops").iterdir())
+
+
+def test_issue23_3_in_flight_is_read_from_the_cgroups_of_the_jobs_and_the_alert_units(tmp_path, monkeypatch):
+    for root in (tmp_path / "v2", tmp_path / "hybrid" / "unified"):
+        jobs = root / "deployer.slice" / "deployer-jobs.slice"
+        for unit in ("deployer-a.service", "deployer-b.service"):
+            (jobs / unit).mkdir(parents=True)
+        units = root / "system.slice"
+        for slice_, unit, pids in (("system-deployer\\x2dalert\\x2dops.slice", "deployer-alert-ops@a.service", "7\n8\n"),
+                                   ("system-deployer\\x2drecovery\\x2dops.slice", "deployer-recovery-ops@b.service", "9\n"),
+                                   ("system-deployer\\x2dboot\\x2dalert.slice", "deployer-boot-alert@ops.service", "10\n"),
+                                   ("system-deployer\\x2dalert\\x2dchat.slice", "deployer-alert-chat@c.service", "11\n")):
+            (units / slice_ / unit).mkdir(parents=True)
+            (units / slice_ / unit / "cgroup.procs").write_text(pids)
+    (tmp_path / "v2" / "deployer.slice" / "deployer-host@metrics.service").mkdir()
+    running = alert.runs_in_flight(str(tmp_path / "v2"))
+    assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
+    assert sorted(alert.runs_in_flight(str(tmp_path / "hybrid"))) == ["deployer-a.service", "deployer-b.service"]
+    for root in ("v2", "hybrid"):
+        assert alert.alert_processes("ops", str(tmp_path / root)) == {7, 8, 9, 10}
+    began = running["deployer-a.service"]
+    seen = alert.channel_in_flight("ops", began - 1, began + 1, runs=lambda: running,
+                                   alerts=lambda channel: {7}, channel_of={"a": "ops", "b": "chat"}.get)
+    assert seen == alert.InFlight(1, frozenset({7}))
+    later = alert.channel_in_flight("ops", began + 1, began + 60, runs=lambda: running, alerts=lambda c: set(),
+                                    channel_of={"a": "ops", "b": "chat"}.get)
+    assert later == alert.InFlight(0, frozenset())
+
+
+def test_issue23_3_an_alert_killed_while_it_waits_loses_nothing(tmp_path):
+    """Killed while it waits (SIGKILL, the unit's timeout): its failure stays queued on disk, and
+    its waiting mark stays behind; the unit's restart (no $MONITOR_*) sends it."""
+    clock = Clock()
+    killed = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, pid=4242)
+    killed.enqueue({**EVENT, "job": "killed"})
+    killed._wait_mark(True)  # and then nothing: no cleanup runs after SIGKILL
+    clock.t += 30
+    sent: list = []
+    restart = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep,
+                              in_flight=lambda since, until: alert.InFlight(0, frozenset({7})), pid=7)
+    assert restart.run([], lambda batch: sent.append(batch) or True, take_queued=True)
+    assert [[e["job"] for e in batch] for batch in sent] == [["killed"]]

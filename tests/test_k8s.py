@@ -188,7 +188,7 @@ def test_an_alert_policy_kubernetes_cannot_keep_is_noted_in_the_header(tmp_path)
     path = tmp_path / "inventory.ini"
     path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\nalert_after = 3\n"))
     text, _ = exported(inventory.load(str(path), env=SECRETS))
-    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    notes = [line for line in text.splitlines() if line.startswith("# note quartz")]
     assert notes == ["# note quartz-daily: alert_after/alert_repeat have no Kubernetes equivalent: there every "
                      "failed run alerts by itself (the trigger keeps no streak between pods)"]
 
@@ -198,7 +198,7 @@ def test_issue23_late_and_long_are_notes_not_deadlines(tmp_path):
     path.write_text(INVENTORY.replace("url = http://svc/daily\n", "url = http://svc/daily\nalert_late = 5m\n"
                                       "alert_long = 30m\n"))
     text, _ = exported(inventory.load(str(path), env=SECRETS))
-    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    notes = [line for line in text.splitlines() if line.startswith("# note quartz-daily")]
     assert notes == [
         "# note quartz-daily: alert_late has no Kubernetes equivalent: startingDeadlineSeconds (written from catch_up) "
         "is not it: a slot that could not start within it is skipped, and nothing tells that a slot is late",
@@ -212,11 +212,12 @@ def test_params_run_with_their_defaults_and_the_header_says_run_set_has_no_equiv
     path.write_text(INVENTORY.replace("url = http://svc/daily\n",
                                       "url = http://svc/daily?n=${{n}}\nparams = n=5\n"))
     text, _ = exported(inventory.load(str(path), env=SECRETS))
-    notes = [line for line in text.splitlines() if line.startswith("# note ")]
+    notes = [line for line in text.splitlines() if line.startswith("# note quartz-daily")]
     assert notes == ["# note quartz-daily: params: each scheduled run fills the declared defaults; Kubernetes has "
                      "no manual run with values (`kubectl create job --from=cronjob/...` takes none): there "
                      "`deployer run --set` has no equivalent"]
     assert "--params" in text and "n=5" in text
+
 
 def test_kubernetes_has_no_chaining_a_chained_job_is_refused_and_its_parent_noted(tmp_path):
     """Issue 23 item 8: a CronJob cannot start another; a chained job has no schedule to export."""
@@ -244,3 +245,10 @@ def test_issue23_catch_up_and_concurrency_become_the_deadline_and_the_policy(tmp
     spec = {d["metadata"]["name"]: d for d in documents}["quartz-daily"]["spec"]
     assert (spec["startingDeadlineSeconds"], spec["concurrencyPolicy"]) == (deadline, policy)
     validate({d["metadata"]["name"]: d for d in documents}["quartz-daily"], "1.30.0", strict=True)
+
+
+def test_issue23_3_storms_are_noted_as_a_cron_host_thing_per_channel(inv):
+    text, _ = exported(inv)
+    notes = [line for line in text.splitlines() if line.startswith("# note alert ")]
+    assert notes == ["# note alert ops: a storm (many jobs failing at once) is one message per channel on a cron "
+                     "host; Kubernetes has no such gathering: there every failed pod sends its own message"]

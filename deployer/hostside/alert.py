@@ -1,4 +1,5 @@
-"""The alert program: one message per failed run (and one when a failing job recovers).
+"""The alert program: one message per failed run (and one when a failing job recovers); failures
+that come together (a storm) are one message per channel.
 
 Run by a job's OnFailure=/OnSuccess= unit as `trigger --alert`. Tokens arrive as systemd
 credentials ($CREDENTIALS_DIRECTORY/token), never as arguments. The event is sent from
@@ -31,8 +32,29 @@ DELIVERY_ATTEMPTS = 3
 DELIVERY_TIMEOUT = (5.0, 10.0)
 MAX_LINES = 12
 MAX_TEXT = 4000
+# More failed runs than this in one message is a storm: grouped by reason, every job named,
+# rather than each run with its lines (issue 23 item 3).
+STORM_RUNS = 5
+REASON_IN_GROUP = 200
 # A queued event older than this has no live alert waiting to send it: the next alert does.
 ORPHANED_AFTER = RATE_WINDOW + 180
+# A storm is one message per channel (issue 23 item 3). An alert queues its event, then one
+# alert of the channel (the gatherer) sends everything queued once nothing of the channel is in
+# flight: no run of its jobs that began with the burst still running, no alert of the channel
+# still looking up its failures (both read from PID 1's cgroups, not guessed from the clock).
+# GATHER_QUIET after the newest event queued and GATHER_SETTLE after the last run or alert seen
+# in flight (PID 1 starts a failed run's alert unit a moment after the run's cgroup is gone);
+# never later than GATHER_MAX after the first event.
+GATHER_QUIET = 1.0
+GATHER_SETTLE = 3.0
+GATHER_MAX = 90.0
+GATHER_POLL = 0.5
+# The runs a storm waits for began at most this long before its first event was queued (and
+# before its newest): a run begun later is the next burst's, a long one begun earlier not the storm's.
+STORM_BEFORE = 60.0
+# After a failed delivery, the other alerts leave it to the units' restarts (RestartSec=20, so a
+# restart always tries) instead of each trying the channel again in turn.
+FAILED_PAUSE = 15.0
 
 
 def _same(text: str) -> str:
@@ -148,14 +170,16 @@ def _held_paragraphs(e: dict, escape: Callable[[str], str], named: bool) -> list
 def format_messages(events: list[dict], escape: Callable[[str], str] = _same) -> list:
     """The messages for `events`: [(title, text)], each text at most MAX_TEXT characters.
 
-    One message with every run's details when they fit. A storm that does not fit is grouped
-    by what happened (systemd's result and exit status), each group counting its runs and
-    naming every job; when even that does not fit, the groups go out over several messages,
-    each titled "part i of n". No job is ever cut off: an operator must see all of them."""
+    One message with every run's details when there are at most STORM_RUNS runs and they fit.
+    A storm (more runs, or too long) is grouped by what happened (each failed run's reason: the
+    run's verdict, or systemd's for a killed run), each group counting its runs and naming every
+    job; when even that does not fit, the groups go out over several messages, each titled
+    "part i of n". No job is ever cut off: an operator must see all of them."""
     title, text = _detailed(events, escape)
-    if len(text) <= MAX_TEXT:
+    runs = [e for e in events if e.get("kind") != "held"]
+    if len(text) <= MAX_TEXT and len(runs) <= STORM_RUNS:
         return [(title, text)]
-    if len(events) == 1:
+    if len(events) == 1:  # one run's own lines, too long: the job is named, its lines are cut
         return [(title, text[: MAX_TEXT - 20] + "\n\n(truncated)")]
     groups: dict = {}
     held = []
@@ -163,18 +187,15 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
         if e.get("kind") == "held":
             held += _held_paragraphs(e, escape, True)
             continue
-        key = "succeeded again" if e.get("kind") == "recovered" else \
-            WATCH_VERBS[e["kind"]].lower() if e.get("kind") in WATCH_KINDS else \
-            f"failed: {escape(e['result'])}{escape(ended(e))}"
-        groups.setdefault(key, {}).setdefault(escape(e["job"]), 0)
-        groups[key][escape(e["job"])] += 1
+        groups.setdefault(storm_group(e, escape), {}).setdefault(escape(e["job"]), 0)
+        groups[storm_group(e, escape)][escape(e["job"])] += 1
     paragraphs = list(held)
     budget = MAX_TEXT - len(title) - 40  # the title, "part i of n", separators
     for key, jobs in groups.items():
-        runs = sum(jobs.values())
-        paragraphs.append(f"**{key}: {runs} run{'s' if runs > 1 else ''} of {len(jobs)} "
+        count = sum(jobs.values())
+        paragraphs.append(f"**{key}: {count} run{'s' if count > 1 else ''} of {len(jobs)} "
                           f"job{'s' if len(jobs) > 1 else ''}**")
-        names = [name + (f" ({count} runs)" if count > 1 else "") for name, count in jobs.items()]
+        names = [name + (f" ({times} runs)" if times > 1 else "") for name, times in jobs.items()]
         line = ""
         for name in names:  # every job named, the list split where a message would overflow
             if line and len(line) + 2 + len(name) > budget:
@@ -186,16 +207,35 @@ def format_messages(events: list[dict], escape: Callable[[str], str] = _same) ->
     paragraphs.append(f"Each run's lines: `deployer status --host {host}`, `deployer logs JOB`")
     chunks, current = [], []
     for paragraph in paragraphs:
-        paragraph = paragraph[:budget]
-        if current and sum(len(p) + 2 for p in current) + len(paragraph) > budget:
-            chunks.append(current)
-            current = []
-        current.append(paragraph)
+        for piece in _pieces(paragraph, budget):  # never cut: a paragraph too long goes on in the next
+            if current and sum(len(p) + 2 for p in current) + len(piece) > budget:
+                chunks.append(current)
+                current = []
+            current.append(piece)
     chunks.append(current)
     if len(chunks) == 1:
         return [(title, "\n\n".join([f"**{title}**"] + chunks[0]))]
     titled = [f"{title} (part {i} of {len(chunks)})" for i in range(1, len(chunks) + 1)]
     return [(t, "\n\n".join([f"**{t}**"] + chunk)) for t, chunk in zip(titled, chunks)]
+
+
+def storm_group(event: dict, escape: Callable[[str], str] = _same) -> str:
+    """The group a run is named under in a storm's message: what happened to it. A failed run
+    by its reason (as `deployer history` shows it) and how systemd saw it end; a long reason is
+    shortened, saying so (the job is still named: `deployer logs JOB` has the whole)."""
+    if event.get("kind") == "recovered":
+        return "succeeded again"
+    if event.get("kind") in WATCH_KINDS:  # late or long (watch.py): what the watcher saw
+        return WATCH_VERBS[event["kind"]].lower()
+    reason = str(event.get("reason") or event.get("result") or "unknown")
+    if len(reason) > REASON_IN_GROUP:
+        reason = reason[:REASON_IN_GROUP] + "... (shortened)"
+    verb = "FENCED" if exit_number(event) == EXIT_FENCED else "failed"
+    return f"{verb}: {escape(reason)} ({escape(str(event.get('result') or 'unknown'))}{escape(ended(event))})"
+
+
+def _pieces(paragraph: str, budget: int) -> list:
+    return [paragraph[i:i + budget] for i in range(0, len(paragraph), budget)] or [""]
 
 
 class NotSent(Exception):
@@ -265,22 +305,44 @@ def _deliver_one(channel: Channel, title: str, text: str, events: list, log: Cal
     return False
 
 
-class Coalescer:
-    """Per channel, at most RATE_LIMIT messages per RATE_WINDOW; a burst beyond that is merged.
+@dataclass(frozen=True)
+class InFlight:
+    """What of a channel PID 1 has going on now (its cgroups): how many runs of the channel's
+    jobs began in a time span and still run, and the processes of the channel's alert units."""
 
-    Under the limit, an alert sends its own event from memory (with any left behind by an
-    earlier failed delivery). Over it, the event is queued in `state_dir` and the alert waits
-    for the window; the first to get through sends every queued event as one message, and the
-    others find theirs already sent. A failed delivery leaves the event queued for the next
-    alert to carry. A full disk only loses the queue, never the message in hand.
+    runs: int = 0
+    alert_pids: frozenset = frozenset()
+
+
+class Coalescer:
+    """Per channel, the failures of one moment go out as one message (issue 23 item 3), and at
+    most RATE_LIMIT messages per RATE_WINDOW.
+
+    An alert queues its event in `state_dir` and says it is waiting (a file named by its pid).
+    One waiting alert at a time is the gatherer (a lock): it sends every queued event as one
+    message when the burst is over: no run of the channel's jobs begun with it still running and
+    every alert process of the channel waiting (`in_flight`, PID 1's cgroups), GATHER_QUIET after
+    the newest event queued and GATHER_SETTLE after anything was last seen in flight, at most
+    GATHER_MAX after the first event. The other alerts find theirs sent. So a lone failure goes
+    out GATHER_QUIET after its alert queued it, and a storm is one message. Without `in_flight`
+    (Kubernetes, tests), only the quiet counts. A failed delivery leaves the events queued for
+    the unit's restart (or the next alert) to carry; an alert killed while it waits leaves its
+    event queued too. A full disk only loses the queue, never the message in hand: an event
+    that cannot be queued is sent at once.
     """
 
     def __init__(self, state_dir: str, channel: str, now=time.time, sleep=time.sleep,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, quiet: float = GATHER_QUIET,
+                 in_flight: Optional[Callable[[float, float], InFlight]] = None, pid: Optional[int] = None):
         self.dir = os.path.join(state_dir, "queue", channel)
         self.sent_log = os.path.join(state_dir, f"{channel}.sent")
+        self.failed_log = os.path.join(state_dir, f"{channel}.failed")
+        self.waiting_dir = os.path.join(state_dir, "waiting", channel)
         self.lock_path = os.path.join(state_dir, f"{channel}.lock")
-        self.now, self.sleep, self.log = now, sleep, log
+        self.gather_path = os.path.join(state_dir, f"{channel}.gather")
+        self.in_flight = in_flight
+        self.pid = os.getpid() if pid is None else pid
+        self.now, self.sleep, self.log, self.quiet = now, sleep, log, quiet
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError:
@@ -311,7 +373,7 @@ class Coalescer:
         except OSError:
             return []
         for name in names:  # a .tmp left by a writer that died or ran out of space
-            if name.endswith(".tmp") and float(name.split("-", 1)[0]) < self.now() - ORPHANED_AFTER:
+            if name.endswith(".tmp") and _stamp(name) < self.now() - ORPHANED_AFTER:
                 try:
                     os.unlink(os.path.join(self.dir, name))
                 except OSError:
@@ -351,58 +413,175 @@ class Coalescer:
         except OSError:
             pass  # only the rate limit's memory is lost
 
-    def _locked(self):
+    def _failed_lately(self) -> bool:
+        """A delivery of this channel failed less than FAILED_PAUSE ago (its events are queued)."""
+        try:
+            with open(self.failed_log) as handle:
+                return float(handle.read().strip() or 0) > self.now() - FAILED_PAUSE
+        except (OSError, ValueError):
+            return False
+
+    def _record_failure(self, failed: bool) -> None:
+        try:
+            if failed:
+                with open(self.failed_log, "w") as handle:
+                    handle.write(f"{self.now():.3f}")
+            elif os.path.exists(self.failed_log):
+                os.unlink(self.failed_log)
+        except OSError:
+            pass
+
+    def _wait_mark(self, waiting: bool) -> None:
+        """Say (or stop saying) that this alert has queued what it found and only waits."""
+        path = os.path.join(self.waiting_dir, str(self.pid))
+        with contextlib.suppress(OSError):
+            if waiting:
+                os.makedirs(self.waiting_dir, exist_ok=True)
+                open(path, "w").close()
+            else:
+                os.unlink(path)
+
+    def _waiting(self) -> set:
+        try:
+            return {int(name) for name in os.listdir(self.waiting_dir) if name.isdigit()}
+        except OSError:
+            return set()
+
+    def _busy(self, since: float, until: float) -> str:
+        """What of the channel is still in flight ("" when nothing): runs of its jobs begun
+        between `since` and `until`, or alert processes not waiting (looking up failures)."""
+        if self.in_flight is None:
+            return ""
+        try:
+            seen = self.in_flight(since, until)
+        except Exception as error:  # noqa: BLE001 - PID 1's cgroups unreadable: gather by the clock alone
+            self.log(f"cannot tell which runs and alerts are in flight ({error}); gathering by time alone")
+            self.in_flight = None
+            return ""
+        looking = set(seen.alert_pids) - self._waiting()
+        parts = [f"{seen.runs} run(s) of its jobs still running"] if seen.runs else []
+        parts += [f"{len(looking)} alert(s) still looking up failures"] if looking else []
+        return "; ".join(parts)
+
+    def _locked(self, path: Optional[str] = None, block: bool = True):
         import fcntl
 
         try:
-            handle = open(self.lock_path, "a")
+            handle = open(path or self.lock_path, "a")
         except OSError:
             return None  # no lock on a full disk; concurrent alerts may each send their own
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except OSError:
+            handle.close()
+            return False
         return handle
+
+    def _gather(self, deadline: float) -> None:
+        """As the gatherer: return when the burst of what is queued is over (or at `deadline`)."""
+        last_busy, told = 0.0, 0.0
+        while True:
+            fresh = [_stamp(n) for n in self._queued() if _stamp(n) > self.now() - ORPHANED_AFTER]
+            if not fresh or self.quiet <= 0:
+                return
+            cap = min(min(fresh) + GATHER_MAX, deadline)
+            if self.now() >= cap:
+                if last_busy:
+                    self.log(f"gathered for {GATHER_MAX:.0f} s and still in flight: sending what came")
+                return
+            busy = self._busy(min(fresh) - STORM_BEFORE, max(fresh))
+            if busy:
+                last_busy = self.now()
+                if self.now() >= told + 10:
+                    self.log(f"{len(fresh)} event(s) queued: waiting, {busy}")
+                    told = self.now()
+            ready = max(max(fresh) + self.quiet, last_busy + GATHER_SETTLE if last_busy else 0.0)
+            if not busy and self.now() >= ready:
+                return
+            self.sleep(max(min(ready - self.now(), GATHER_POLL) if not busy else GATHER_POLL, 0.05))
 
     def run(self, events, send: Callable[[list], bool], give_up_after: float = 120.0,
             queued=None, take_queued: bool = False) -> bool:
-        """Deliver `events` (one event or a list; merged with queued ones when the channel is
-        busy, or always with `take_queued`); whether they went out (True when there was nothing
-        to send). `queued`: the name(s) under which this alert already queued them."""
+        """Deliver `events` (one event or a list) with every other event queued for the channel,
+        once the burst they belong to is over; whether they went out (True when there was
+        nothing to send, or another alert sent them). `queued`: the name(s) under which this
+        alert already queued them. `take_queued`: kept for the callers (every alert carries the
+        whole queue). Less than FAILED_PAUSE after a failed delivery, nobody tries again: the
+        alert units' restarts do, one at a time, not every waiting alert in turn."""
         events = [events] if isinstance(events, dict) else list(events)
         queued = [queued] if isinstance(queued, str) else list(queued or [])
+        memory: list = []  # events the disk refused: sent at once, never held back
+        if events and not queued:
+            names = [self.enqueue(event) for event in events]
+            if all(names):
+                queued = names
+            else:
+                self._remove([name for name in names if name])
+                memory = events
         deadline = self.now() + give_up_after
-        waited = False
+        self._wait_mark(True)
+        try:
+            while True:
+                mine = [q for q in queued if os.path.exists(os.path.join(self.dir, q))]
+                if queued and not mine:
+                    return True  # sent by the gatherer, in the message of its burst
+                if not memory and not self._queued():
+                    return True
+                if self._failed_lately() and not memory:
+                    return False  # the channel just failed a batch: a restart sends it (RestartSec=)
+                gatherer = self._locked(self.gather_path, block=False) if not memory else None
+                if gatherer is False:  # another alert gathers: it sends ours too
+                    if self.now() > deadline:
+                        return False
+                    self.sleep(GATHER_POLL * 2)
+                    continue
+                try:
+                    if not memory:
+                        self._gather(deadline)
+                    return self._send(send, memory, bool(queued))
+                finally:
+                    if gatherer:
+                        gatherer.close()
+        finally:
+            self._wait_mark(False)
+
+    def _send(self, send: Callable[[list], bool], memory: list, mine: bool) -> bool:
+        """Send everything queued (and `memory`) as one message, within the rate limit (waiting
+        for the window when it is reached and this alert has events of its own)."""
         while True:
             lock = self._locked()
             try:
-                if queued and not any(os.path.exists(os.path.join(self.dir, q)) for q in queued):
-                    return True  # sent by another alert, merged into its message
                 recent = self._recent_sends()
                 if len(recent) < RATE_LIMIT:
-                    orphaned = self.now() - ORPHANED_AFTER
-                    others = [n for n in self._queued() if n not in queued and
-                              (waited or take_queued or float(n.split("-", 1)[0]) < orphaned)]
-                    carried, loaded = self._load(others)
-                    if not carried + events:
+                    names = self._queued()
+                    carried, loaded = self._load(names)
+                    if not carried + memory:
                         return True
-                    if not send(carried + events):
-                        if not queued:
-                            for event in events:
-                                self.enqueue(event)
+                    if names:  # how long the oldest waited: what an operator's alert was held back
+                        self.log(f"{len(carried + memory)} event(s) in one message, the oldest queued "
+                                 f"{self.now() - min(map(_stamp, names)):.1f} s ago")
+                    if not send(carried + memory):
+                        self._record_failure(True)
                         return False
-                    self._remove(loaded + queued)
+                    self._record_failure(False)
+                    self._remove(loaded)
                     self._record_send(recent)
                     return True
-                if not events:
-                    return False  # only queued events, and the channel is busy: a later alert
-                if not queued:
-                    queued = [name for name in map(self.enqueue, events) if name]
+                if not mine and not memory:
+                    return False  # only others' events, and the channel is busy: a later alert
                 wait = min(recent) + RATE_WINDOW - self.now()
             finally:
                 if lock:
                     lock.close()
-            if self.now() + wait > deadline:
-                return False
-            waited = True
-            self.sleep(max(wait, 0.1))
+            self.sleep(max(wait, 0.05))
+
+
+def _stamp(name: str) -> float:
+    """When a queued event was queued (its file name begins with it)."""
+    try:
+        return float(name.split("-", 1)[0])
+    except ValueError:
+        return 0.0
 
 
 # -- which runs failed: systemd's own record in the journal --------------------------------------
@@ -421,6 +600,8 @@ SEEN_IDS = 500
 ROUNDS = 5
 # A sweep that finds nothing looks once more after this long (journald lag).
 JOURNAL_LAG = 1.0
+# How long a run's account waits for journald to catch up (the alert's reason).
+ACCOUNT_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -509,8 +690,38 @@ def find_failed_runs(unit: Optional[str], since: Optional[float] = None, boot: O
     return journal_failed_runs(_systemd(), unit, since, boot, after)
 
 
-def account_of(invocation: str, fallback: str) -> RunAccount:
+def account_of(invocation: str, fallback: str, wait: Optional[float] = None) -> RunAccount:
+    """The failed run's account. When the journal has neither the run's record nor PID 1's
+    "Failed with result" (journald is behind: under a storm's load by tens of seconds), the alert
+    waits until journald has caught up with it (journal_barrier, at most `wait`) and reads again:
+    else a storm's runs would be grouped by systemd's result, not by the reason each gave."""
+    account = run_account(_systemd(), invocation, MAX_LINES, fallback)
+    wait = ACCOUNT_WAIT if wait is None else wait
+    if account.complete or not invocation or wait <= 0 or not journal_barrier(wait):
+        return account
     return run_account(_systemd(), invocation, MAX_LINES, fallback)
+
+
+def journal_barrier(wait: float, socket_path: str = paths.JOURNAL_SOCKET, sleep=time.sleep) -> bool:
+    """Send journald an entry and wait until journalctl reads it back (at most `wait`): journald
+    takes the native socket's entries in order, so every entry sent before it (the run's record,
+    PID 1's "Failed with result") is readable then. False: no journal to ask, or not in time."""
+    from .record import encode
+
+    token = uuid.uuid4().hex
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+            sink.sendto(encode({"MESSAGE": "waiting for the journal to catch up", "SYSLOG_IDENTIFIER": "deployer-alert",
+                                "DEPLOYER_ALERT_BARRIER": token}), socket_path)
+    except OSError:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        if _systemd().journal_entries([f"DEPLOYER_ALERT_BARRIER={token}"], limit=1):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(0.5)
 
 
 def _systemd():
@@ -796,6 +1007,68 @@ def boot_id() -> str:
         return "unknown boot"
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_tree(root: str, top: str) -> str:
+    """`top` (a slice) in the cgroup tree systemd keeps: cgroup v2, or the unified/ or systemd/
+    hierarchy of v1/hybrid (e.g. in a container of an older host)."""
+    found = [os.path.join(root, sub, top) for sub in ("", "unified", "systemd")]
+    return next((path for path in found if os.path.isdir(path)), found[0])
+
+
+def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
+    """{job service: when its run began} for every job run going on now: its cgroup in the jobs'
+    slice exists from its start until it has ended (PID 1's own state, readable by the alert's
+    user; the journal lags behind by many seconds under a storm's load)."""
+    import glob
+
+    top = _cgroup_tree(root, paths.JOBS_SLICE.rsplit("-", 1)[0] + ".slice")  # deployer-jobs.slice is in deployer.slice
+    running = {}
+    for path in glob.glob(os.path.join(top, "**", paths.UNIT_PREFIX + "*.service"), recursive=True):
+        unit = os.path.basename(path)
+        if paths.job_of_unit(unit):
+            with contextlib.suppress(OSError):
+                running[unit] = os.stat(path).st_ctime
+    return running
+
+
+def alert_processes(channel: str, root: str = CGROUP_ROOT) -> set:
+    """The processes of `channel`'s alert units (failure, recovery, boot), from their cgroups: an
+    alert unit started by PID 1 has its cgroup before its program has read anything."""
+    import glob
+
+    top = _cgroup_tree(root, "system.slice")
+    units = (paths.alert_template(channel), paths.recovery_template(channel),
+             paths.boot_alert_unit(channel, "service"))
+    pids: set = set()
+    for unit in units:
+        for path in glob.glob(os.path.join(top, "*", unit.replace("@.service", "@*.service"), "cgroup.procs")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(path, encoding="ascii") as handle:
+                    pids.update(int(line) for line in handle if line.strip())
+    return pids
+
+
+def channel_in_flight(channel: str, since: float, until: float, runs=runs_in_flight,
+                      alerts=alert_processes, channel_of=None) -> InFlight:
+    """What of `channel` is in flight: its jobs' runs begun between `since` and `until`, and its
+    alert units' processes (Coalescer's `in_flight`)."""
+    channel_of = channel_of or _channel_of_cached
+    began = [t for unit, t in runs().items()
+             if since <= t <= until and channel_of(paths.job_of_unit(unit)) == channel]
+    return InFlight(len(began), frozenset(alerts(channel)))
+
+
+_CHANNELS: dict = {}
+
+
+def _channel_of_cached(job: str) -> str:
+    if job not in _CHANNELS:
+        _CHANNELS[job] = channel_of(job)
+    return _CHANNELS[job]
+
+
 def channel_of(job: str) -> str:
     """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
     prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
@@ -878,7 +1151,15 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         return True if mode == "sweep" else test_main(channel, host_name)
     log = lambda line: print(line, flush=True)  # noqa: E731
     state = os.environ.get("STATE_DIRECTORY") or "/tmp"
-    coalescer = Coalescer(state, channel.name, log=log)
+    # A failure or a recovery waits while others of its channel are in flight (a storm is one message).
+    coalescer = Coalescer(state, channel.name, log=log,
+                          in_flight=lambda since, until: channel_in_flight(channel.name, since, until))
+    return _alert(job, host_name, channel, recovered, mode, state, coalescer, log)
+
+
+def _alert(job: str, host_name: str, channel: Channel, recovered: bool, mode: str, state: str,
+           coalescer: "Coalescer", log: Callable[[str], None]) -> bool:
+    """alert_main's work, with the channel's coalescer."""
 
     def send(events: list, take_queued: bool = False) -> bool:
         delivered = coalescer.run(events, lambda batch: deliver(channel, batch, log=log), take_queued=take_queued)
@@ -890,7 +1171,7 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         failing = os.path.join(state, "failing", job)
         if not os.path.exists(failing):
             return True
-        if account_of(os.environ.get("MONITOR_INVOCATION_ID", ""), "").reason.startswith("skipped: "):
+        if account_of(os.environ.get("MONITOR_INVOCATION_ID", ""), "", wait=0).reason.startswith("skipped: "):
             log(f"job {job}: a skipped slot (catch_up) called nothing: it is no recovery")
             return True
         with job_lock(state, job):
@@ -904,19 +1185,23 @@ def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode
         log(f"job {job} succeeded after failing; telling {channel.name}")
         return send([recovered_event(job, host_name, streak, time.time())])
 
-    def report(name: str, **how) -> bool:
+    def report(name: str, deliver_now: Callable[..., bool] = send, **how) -> bool:
         policy = job_policy(name)
 
         def send_and_mark(events: list, take_queued: bool) -> bool:
             if events:  # every failed run: the next success ends the streak
                 mark(os.path.join(state, "failing", name), True)
-            return send(apply_policy(state, name, policy, events, log), take_queued)
+            return deliver_now(apply_policy(state, name, policy, events, log), take_queued)
 
         return report_failures(name, host_name, state, send_and_mark, log, **how)
 
     if mode == "boot":
-        held = held_events(host_name, state, channel.name)
-        return all([report(name) for name in boot_jobs(channel.name)] + [send(held, take_queued=True)])
+        # Every job's interrupted runs and the hold: one message (a storm), not one per job.
+        found: list = []
+        collect = lambda events, take_queued=False: found.extend(events) or True  # noqa: E731
+        for name in boot_jobs(channel.name):
+            report(name, collect)
+        return send(found + held_events(host_name, state, channel.name), take_queued=True)
     if mode == "sweep":
         # ExecStopPost= cannot read the unit's credentials (v252: permission denied): queue what
         # it finds and fail, so that the restart (RestartSec=) sends it.

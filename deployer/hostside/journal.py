@@ -256,6 +256,9 @@ class RunAccount:
     slot: Optional[str]  # `2026-12-01T02:00:00Z` or `manual-<run id>`; None: the run wrote no record
     reason: str
     lines: tuple
+    # False: the journal has neither the run's record nor PID 1's "Failed with result" (journald
+    # may be behind, as under a storm's load): the reason is the fallback.
+    complete: bool = True
 
 
 def run_account(systemd, invocation: str, last: int, fallback: str = "failed") -> RunAccount:
@@ -284,7 +287,8 @@ def run_account(systemd, invocation: str, last: int, fallback: str = "failed") -
     pid1 = {e.get("MESSAGE_ID"): e for e in entries if isinstance(e, dict) and e.get("_PID") == "1"
             and e.get("INVOCATION_ID") == invocation}
     failed = pid1.get(record.UNIT_FAILED)
-    return RunAccount(None, killed_reason(failed, pid1.get(record.UNIT_EXITED)) if failed else fallback, lines)
+    return RunAccount(None, killed_reason(failed, pid1.get(record.UNIT_EXITED)) if failed else fallback, lines,
+                      complete=failed is not None)
 
 
 # What the metrics collector asks of a record (`--output-fields`), and who sent it.

@@ -72,10 +72,11 @@ def test_each_failed_run_gives_exactly_one_signed_alert(shared_cron01, server, r
                                            + job("fine", server.url("/fine"))))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
 
-    for name in ("e500", "business", "slow", "retry"):
+    # One at a time: failures that come together are one message (a storm, issue 23 item 3).
+    for count, name in enumerate(("e500", "business", "slow", "retry"), 1):
         deployer("run", name, "-i", path, env=SECRETS_ENV, check=False)
+        robot.wait_accepted(count)
     deployer("run", "fine", "-i", path, env=SECRETS_ENV, check=True)
-    robot.wait_accepted(4)
     wait_alert_units_idle(shared_cron01)
 
     titles = sorted(m["markdown"]["title"] for m in robot.accepted)
