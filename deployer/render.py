@@ -275,6 +275,8 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
         **common, argv=trigger_argv(job, python, chain.parents), fence_argv=fence_argv(job, python),
         chain_dir=paths.chain_dir(job.name).removeprefix("/run/") if chain.on_success or chain.on_failure else "",
         publish_argv=publish_argv(job.name),
+        through_dir="" if is_chained(job) or calendar_of(job).on_boot
+        else paths.through_dir(job.name).removeprefix("/run/"),
         chained_units=[paths.job_unit(name, "service") for name in chain.on_success + chain.on_failure],
         fenced=f"{paths.FENCED_DIR}/{timer}",
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
