@@ -1,6 +1,7 @@
 """The trigger against real HTTP servers on loopback."""
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import replace
 import threading
@@ -677,9 +678,23 @@ def test_issue23_6_the_next_run_asks_systemd_analyze_nothing_when_it_is_the_slot
     left = cli.leave_through(path, job, Slot(1000, "inv1"), [], "inv1", 1000.3, seen, now=1005.0)
     assert left["next"] == 1010 and len(calls) == 1
     taken = cli.take_through(path)
-    assert taken == left and not (directory / "through.json").exists(), "each is read by one run only"
+    assert {k: v for k, v in taken.items() if k != "unit_ended"} == left
+    assert not (directory / "through.json").exists(), "each is read by one run only"
     assert cli.record_coalesced(job, Slot(1010, "inv2"), taken, print, analyze=counted, send=None) == []
     assert len(calls) == 1
+    # The unit ended later than the run (its ExecStopPost= emptied the mark): 1010 came before.
+    left = cli.leave_through(path, job, Slot(1000, "inv1"), [], "inv1", 1000.3, seen, now=1005.0)
+    ended = directory / paths.THROUGH_ENDED
+    assert ended.exists() and ended.read_bytes() == b""
+    os.utime(ended, (1012.5, 1012.5))
+    taken = cli.take_through(path)
+    assert taken["unit_ended"] == 1012.5
+    sent = []
+    assert cli.record_coalesced(job, Slot(1020, "inv2"), taken, print, analyze=counted,
+                                send=lambda r, ident: sent.append(r)) == [1010]
+    assert sent[0].run == "inv1-s1010"
+    assert cli.record_coalesced(job, Slot(1020, "inv2"), {**taken, "unit_ended": 1003.0}, print, analyze=counted,
+                                send=None) == [], "a mark older than the run's end is an earlier run's"
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/elsewhere")
     assert cli.through_path("tick") == "", "outside its unit nothing is kept"
     # What a manual run or a backfill overlapped is not the timer's to continue from.

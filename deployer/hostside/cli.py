@@ -348,8 +348,9 @@ def record_overlaps(spec: JobSpec, the_slot: Slot, started: float, run_id: str, 
 # that one. If another slot comes before that elapse (the run's pings, its exit, ExecStopPost=:
 # the unit is still active), the timer names the newer one and the one handed on never runs. So
 # each timer run leaves what it accounted for (`through`: its slot or the last it recorded) and
-# when it ended; the next timer run records the slots after `through` and before its own that
-# came by that end: the previous run was still running at each of them. The two records
+# when it ended, and its unit's ExecStopPost= marks when the unit ended (a loaded host takes
+# seconds from the one to the other); the next timer run records the slots after `through` and
+# before its own that came by the later of the two: the previous run was still running at each. The two records
 # partition the slots: the end record takes those before the latest that came, the next run those
 # from there on, up to its own slot. A slot that came after the previous run had ended and before
 # the timer elapsed (the timer stopped: a pause, a hold, a push; PID 1 late) is no overlap: it is
@@ -377,7 +378,13 @@ def take_through(path: str) -> dict:
         os.unlink(path)
     except (OSError, ValueError):
         return {}
-    return found if isinstance(found, dict) else {}
+    if not isinstance(found, dict):
+        return {}
+    try:  # when the unit ended (its ExecStopPost= marked it): the run was still exiting until then
+        found["unit_ended"] = os.stat(os.path.join(os.path.dirname(path), paths.THROUGH_ENDED)).st_mtime
+    except OSError:
+        pass
+    return found
 
 
 def leave_through(path: str, spec: JobSpec, the_slot: Slot, recorded: Sequence[int], run_id: str, started: float,
@@ -394,10 +401,12 @@ def leave_through(path: str, spec: JobSpec, the_slot: Slot, recorded: Sequence[i
     left = {"run": run_id, "slot": the_slot.at, "through": through, "next": upcoming, "started": started,
             "ended": time.time() if now is None else now}
     if path:
-        temporary = path + ".tmp"
+        temporary, ended = path + ".tmp", os.path.join(os.path.dirname(path), paths.THROUGH_ENDED)
         try:
             with open(temporary, "w", encoding="utf-8") as handle:
                 json.dump(left, handle)
+            if not os.path.exists(ended):
+                os.close(os.open(ended, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
             os.replace(temporary, path)
         except OSError:
             return {}
@@ -411,6 +420,9 @@ def coalesced_slots(spec: JobSpec, the_slot: Slot, before: dict, analyze=slot_an
     if the_slot.how != "timer" or the_slot.at is None or not spec.calendar or not isinstance(through, int) \
             or isinstance(through, bool) or not isinstance(ended, (int, float)) or the_slot.at <= through:
         return []
+    unit_ended = before.get("unit_ended")
+    if isinstance(unit_ended, (int, float)) and not isinstance(unit_ended, bool):
+        ended = max(ended, unit_ended)  # older: a mark of an earlier run (its ExecStopPost= did not run)
     if isinstance(upcoming, int) and (the_slot.at <= upcoming or upcoming > ended):
         return []  # the common case: this run is the slot handed on (no systemd-analyze process)
     until = min(the_slot.at - 1, ended)

@@ -70,6 +70,9 @@ def chain_slot(job: str) -> str:
 # was down is not one a run overlapped).
 THROUGH_DIR = "/run/deployer-through"
 THROUGH_FILE = "through.json"
+# An empty file the run leaves beside it, emptied again by the unit's ExecStopPost= (as root): its
+# mtime is when the unit ended, later than the run's own end on a loaded host.
+THROUGH_ENDED = "ended"
 
 
 def through_dir(job: str) -> str:

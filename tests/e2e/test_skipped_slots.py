@@ -178,6 +178,10 @@ def test_issue23_6_every_slot_between_the_first_and_last_run_ran_once_or_was_rec
                60, "the last run's end")
     ran = records(host, "burst")
     skips = records(host, "burst", skipped=True)
+    # The unit's ExecStopPost= (as root) marked its end on what the run left for the next one.
+    latest = max(ran, key=lambda r: r.slot)
+    marked = float(host.ssh(f"stat -c %.Y {paths.through_dir('burst')}/{paths.THROUGH_ENDED}").stdout)
+    assert marked >= latest.started + latest.duration, (marked, latest)
     called = [r.headers.get("X-Deployer-Slot") for r in server.received("/burst")]
     first, last = min(r.slot for r in ran), max(r.slot for r in ran)
     # Judged by what was recorded: the slot each request named, each skipped slot's record.
