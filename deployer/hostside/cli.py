@@ -350,9 +350,9 @@ def record_overlaps(spec: JobSpec, the_slot: Slot, started: float, run_id: str, 
 # each timer run leaves what it accounted for (`through`: its slot or the last it recorded) and
 # when it ended, and its unit's ExecStopPost= marks when the unit ended (a loaded host takes
 # seconds from the one to the other); the next timer run records the slots after `through` and
-# before its own that came by the later of the two: the previous run was still running at each. The two records
-# partition the slots: the end record takes those before the latest that came, the next run those
-# from there on, up to its own slot. A slot that came after the previous run had ended and before
+# before its own that came by the later of the two: the previous run was still running at each.
+# The two records partition the slots: the end record takes those before the latest that came,
+# the next run those from there on, up to its own slot. A slot that came after the previous run had ended and before
 # the timer elapsed (the timer stopped: a pause, a hold, a push; PID 1 late) is no overlap: it is
 # left unrecorded (history counts it missed), and so is every slot before a reboot (the state
 # lives in /run), or after a run killed before its end (the state is taken at the start).

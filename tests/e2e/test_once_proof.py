@@ -363,7 +363,8 @@ def test_a_burst_of_100_jobs_every_key_names_its_slot(cron01, receiver, deployer
     # overlapped (at its end) or by the next run (what came before that run's unit ended).
     spans = {n: (min(slots), max(slots)) for n in names
              for slots in [[int(r["DEPLOYER_SLOT"]) for r in found if r["DEPLOYER_JOB"] == n]]}
-    between = [r for r in skipped if spans[r["DEPLOYER_JOB"]][0] < int(r["DEPLOYER_SLOT"]) < spans[r["DEPLOYER_JOB"]][1]]
+    between = [r for r in skipped
+               if spans[r["DEPLOYER_JOB"]][0] < int(r["DEPLOYER_SLOT"]) < spans[r["DEPLOYER_JOB"]][1]]
     print(f"burst: {coalesced} slots coalesced by systemd (a timer does not elapse while its run is queued), "
           f"{len(between)} of them recorded as skipped ({len(skipped)} skipped records in all)")
     assert len(between) == coalesced, "a slot between two runs neither ran nor was recorded skipped"
