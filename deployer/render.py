@@ -96,12 +96,17 @@ def trigger_argv(job: Job, python: str, parents: tuple = ()) -> list[str]:
     return argv
 
 
-def fence_argv(job: Job, python: str) -> list[str]:
-    """The job service's ExecStopPost=: after a fenced run only, stop the job's timer (as root)."""
+def fence_argv(job: Job, python: str, through: bool = False) -> list[str]:
+    """The job service's ExecStopPost=: after a fenced run only, stop the job's timer (as root).
+    `through` (a job whose runs leave what they accounted for, issue 23 item 6): first mark the
+    moment the unit ends on the run's paths.THROUGH_ENDED (a shell redirection: no process), so the
+    next run records the slots that came while the run was still exiting."""
     import shlex
 
     stop = " ".join(shlex.quote(a) for a in [python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--fenced", "--job", job.name])
-    return ["/bin/sh", "-c", f'test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
+    ended = shlex.quote(f"{paths.through_dir(job.name)}/{paths.THROUGH_ENDED}")
+    mark = f"test -f {ended} && : > {ended}; " if through else ""
+    return ["/bin/sh", "-c", f'{mark}test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
 
 
 # How many of a parent's latest slots its published file keeps: a child that starts later than
@@ -269,12 +274,14 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     timer = paths.job_unit(job.name, "timer")
     secrets = job_credentials(job, epoch)
     soon = [paths.METRICS_SOON_TIMER] if metrics else []
+    through = not is_chained(job) and not calendar_of(job).on_boot  # a calendar's timer: slots it may coalesce
     common = dict(job=job, marker=paths.MARKER, service=service, service_name=service[:-8], slice=paths.JOBS_SLICE,
                   sandbox=sandbox, held=paths.HELD, not_held=paths.NOT_HELD)
     service_text = env.get_template("job.service.j2").render(
-        **common, argv=trigger_argv(job, python, chain.parents), fence_argv=fence_argv(job, python),
+        **common, argv=trigger_argv(job, python, chain.parents), fence_argv=fence_argv(job, python, through),
         chain_dir=paths.chain_dir(job.name).removeprefix("/run/") if chain.on_success or chain.on_failure else "",
         publish_argv=publish_argv(job.name),
+        through_dir=paths.through_dir(job.name).removeprefix("/run/") if through else "",
         chained_units=[paths.job_unit(name, "service") for name in chain.on_success + chain.on_failure],
         fenced=f"{paths.FENCED_DIR}/{timer}",
         credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,

@@ -1,6 +1,7 @@
 """The trigger against real HTTP servers on loopback."""
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import replace
 import threading
@@ -581,13 +582,126 @@ def test_issue23_slots_that_came_while_a_timer_run_went_are_skipped_but_the_late
                                 stamp_then=None, analyze=fake_analyze(10), now=1035.0, stamp_now=None,
                                 send=lambda r, ident: sent.append(r))
     # 1010, 1020 and 1030 came; systemd starts one run when this one ends: 1030's (late). 1010, 1020 never run.
-    assert count == 2 and [r.slot for r in sent] == [1010, 1020]
+    assert count == [1010, 1020] and [r.slot for r in sent] == [1010, 1020]
     assert {r.result for r in sent} == {"skipped"} and {r.skipped for r in sent} == {"concurrency"}
     assert sent[0].reason == "skipped: previous run still running since 1970-01-01T00:16:40Z"
     assert len({r.run for r in sent}) == 2 and all(r.run.startswith("inv1-s") for r in sent)
     # A run that ended before the next slot skipped nothing.
     assert cli.record_overlaps(job, Slot(1000, "inv2", elapsed=1000.2), 1000.3, "inv2", lambda line: None, None,
-                               analyze=fake_analyze(10), now=1009.9, stamp_now=None, send=sent.append) == 0
+                               analyze=fake_analyze(10), now=1009.9, stamp_now=None, send=sent.append) == []
+
+
+def timer_runs(job, runs, analyze, send, lost=()):
+    """Timer runs of `job` one after another, as systemd starts them: each (slot, when it recorded
+    its overlaps, when it ended). Each takes what the run before it left (unless `lost`: a run
+    killed before its end leaves nothing), records what the timer coalesced, runs, records its
+    overlaps and leaves what it accounted for. -> the slots run."""
+    from deployer.hostside import cli
+    from deployer.hostside.slot import Slot
+
+    left, ran = {}, []
+    for number, (at, recorded_at, ended) in enumerate(runs):
+        the_slot, run_id = Slot(at, "inv%d" % number, elapsed=at + 0.2), "inv%d" % number
+        cli.record_coalesced(job, the_slot, left, lambda line: None, analyze=analyze, send=send)
+        ran.append(at)
+        recorded = cli.record_overlaps(job, the_slot, at + 0.3, run_id, lambda line: None, None, analyze=analyze,
+                                       send=send, now=recorded_at, stamp_now=None)
+        left = {} if number in lost else cli.leave_through("", job, the_slot, recorded, run_id, at + 0.3,
+                                                           analyze, now=ended)
+    return ran
+
+
+def test_issue23_6_the_end_record_and_the_next_runs_record_partition_the_slots_none_twice_none_lost():
+    """A run records at its end the slots that came while it went but the latest, which the timer
+    starts next; a slot that comes before the unit has ended makes the timer name a newer one. The
+    next run records those, from where the previous one's record stopped: together, every slot
+    between the first run and the last is run once or recorded skipped once."""
+    from deployer.hostside import cli
+
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
+    sent = []
+    # (slot, overlaps recorded at, run ended at); systemd's next elapse names the latest slot by then.
+    runs = [(1000, 1004.0, 1004.1),   # no overlap
+            (1010, 1025.0, 1031.0),   # 1020 came (handed on), then 1030 before the unit ended: 1030 runs
+            (1030, 1039.99, 1040.5),  # nothing came by its record; 1040 came as it ended: 1040 runs (no gap)
+            (1040, 1075.0, 1082.0),   # 1050, 1060 recorded at its end, 1070 handed on, 1080 came: 1080 runs
+            (1080, 1081.0, 1081.5),
+            (1090, 1099.0, 1099.5)]
+    ran = timer_runs(job, runs, fake_analyze(10), lambda r, ident: sent.append(r))
+    skipped = [r.slot for r in sent]
+    assert len(skipped) == len(set(skipped)), "a slot recorded twice"
+    assert not set(skipped) & set(ran), "a slot both run and recorded skipped"
+    assert sorted(skipped + ran) == list(range(1000, 1091, 10)), "a slot neither run nor recorded"
+    assert sorted(skipped) == [1020, 1050, 1060, 1070]
+    by_slot = {r.slot: r for r in sent}
+    # Recorded by the next run as the previous run's end would have: same reason, same run id.
+    assert by_slot[1020].reason == "skipped: previous run still running since %s" % cli.iso_utc(1010.3)
+    assert by_slot[1020].run == "inv1-s1020" and by_slot[1070].run == "inv3-s1070"
+    assert {r.skipped for r in sent} == {"concurrency"}
+
+
+def test_issue23_6_a_slot_that_came_after_the_previous_run_ended_is_not_an_overlap():
+    """The timer stopped after a run ended (a pause, a hold) and started again: the latest slot
+    missed runs (Persistent=), the ones before it came while nothing ran: not recorded as skipped
+    by concurrency (history counts them missed). Nor after a run killed before its end."""
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
+    sent = []
+    ran = timer_runs(job, [(1000, 1004.0, 1004.1), (1050, 1051.0, 1051.5)], fake_analyze(10), sent.append)
+    assert ran == [1000, 1050] and sent == []
+    # Overlapped 1020 (handed on), ended at 1025; the timer was stopped then, started at 1052.
+    ran = timer_runs(job, [(1010, 1025.0, 1025.5), (1050, 1052.0, 1052.5)], fake_analyze(10),
+                     lambda r, ident: sent.append(r))
+    assert [r.slot for r in sent] == [1020], "1020 came while 1010's run went; 1030, 1040 after it ended"
+    sent.clear()
+    timer_runs(job, [(1010, 1025.0, 1031.0), (1030, 1031.5, 1032.0)], fake_analyze(10),
+               lambda r, ident: sent.append(r), lost=(0,))
+    assert sent == [], "nothing left, nothing guessed"
+
+
+def test_issue23_6_the_next_run_asks_systemd_analyze_nothing_when_it_is_the_slot_handed_on(tmp_path, monkeypatch):
+    """The common case costs no process: the previous run left the slot it handed on."""
+    from deployer.hostside import cli, paths
+    from deployer.hostside.slot import Slot, latest_elapse
+
+    calls = []
+
+    def counted(lines, base, iterations):
+        calls.append(base)
+        return fake_analyze(10)(lines, base, iterations)
+
+    job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
+    directory = tmp_path / "deployer-tick"
+    directory.mkdir()
+    monkeypatch.setattr(paths, "through_dir", lambda name: str(directory))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/deployer-chain/deployer-tick:" + str(directory))
+    path = cli.through_path("tick")
+    assert path == str(directory / "through.json")
+    seen = cli.RememberedElapses(counted)
+    assert latest_elapse(job.calendar, 1000.2, seen) == 1000 and len(calls) == 1
+    left = cli.leave_through(path, job, Slot(1000, "inv1"), [], "inv1", 1000.3, seen, now=1005.0)
+    assert left["next"] == 1010 and len(calls) == 1
+    taken = cli.take_through(path)
+    assert {k: v for k, v in taken.items() if k != "unit_ended"} == left
+    assert not (directory / "through.json").exists(), "each is read by one run only"
+    assert cli.record_coalesced(job, Slot(1010, "inv2"), taken, print, analyze=counted, send=None) == []
+    assert len(calls) == 1
+    # The unit ended later than the run (its ExecStopPost= emptied the mark): 1010 came before.
+    left = cli.leave_through(path, job, Slot(1000, "inv1"), [], "inv1", 1000.3, seen, now=1005.0)
+    ended = directory / paths.THROUGH_ENDED
+    assert ended.exists() and ended.read_bytes() == b""
+    os.utime(ended, (1012.5, 1012.5))
+    taken = cli.take_through(path)
+    assert taken["unit_ended"] == 1012.5
+    sent = []
+    assert cli.record_coalesced(job, Slot(1020, "inv2"), taken, print, analyze=counted,
+                                send=lambda r, ident: sent.append(r)) == [1010]
+    assert sent[0].run == "inv1-s1010"
+    assert cli.record_coalesced(job, Slot(1020, "inv2"), {**taken, "unit_ended": 1003.0}, print, analyze=counted,
+                                send=None) == [], "a mark older than the run's end is an earlier run's"
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/elsewhere")
+    assert cli.through_path("tick") == "", "outside its unit nothing is kept"
+    # What a manual run or a backfill overlapped is not the timer's to continue from.
+    assert cli.leave_through(path, job, Slot(None, "m", "manual"), [], "m", 1000.0, seen) == {}
 
 
 def test_issue23_a_manual_run_counts_only_elapses_its_timer_stamped_while_it_went():

@@ -43,7 +43,7 @@ def write_chain_slot(job: str, slot: Slot, env=os.environ) -> bool:
         directory = chain_dir(job)
     except BadName:
         return False
-    if env.get("RUNTIME_DIRECTORY") != directory:
+    if directory not in env.get("RUNTIME_DIRECTORY", "").split(":"):  # one per RuntimeDirectory=
         return False  # no job starts this one's children (or not under systemd)
     path = os.path.join(directory, CHAIN_SLOT)
     text = json.dumps({"invocation": env.get("INVOCATION_ID", ""), "slot": slot.at, "run": slot.run})

@@ -131,10 +131,15 @@ def main(argv: Optional[list] = None) -> int:
     write_chain_slot(spec.name, the_slot)
     log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}"
         + (f", after {the_slot.after}" if the_slot.after else ""))
+    through_at = through_path(spec.name)
+    before = take_through(through_at)  # gone now: a run killed before its end leaves none (nothing guessed)
+    if the_slot.how == "timer":
+        record_coalesced(spec, the_slot, before, log, analyze=seen)
     missed = missed_reason(spec, the_slot)
     if missed:  # a catch-up older than catch_up: nothing is called, nothing alerts; the record says so
         log(f"job {spec.name}: slot {the_slot.name} {missed}")
         record.send(skipped_record(spec, the_slot, missed, "catch_up", run_id), _identifier(spec.name))
+        leave_through(through_at, spec, the_slot, [], run_id, time.time(), seen)
         return EXIT_OK
     spec, params, refused = with_params(spec, the_slot)
     if params:
@@ -156,7 +161,15 @@ def main(argv: Optional[list] = None) -> int:
                            key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
-    record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen)
+    recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen)
+    try:
+        return finish(args, spec, the_slot, result, run_id, log)
+    finally:  # the run's very end: a slot that comes after this is the next run's to account for
+        leave_through(through_at, spec, the_slot, recorded, run_id, started, seen)
+
+
+def finish(args, spec: JobSpec, the_slot: Slot, result: RunResult, run_id: str, log) -> int:
+    """The run's verdict: its pings, its inline alert, its exit status."""
     if result.interrupted:
         # A run cut short (a reboot, a stop) is a failed run whatever systemd makes of a SIGTERM
         # death (a clean stop for some service types): exit 1, and say why for the alert.
@@ -323,10 +336,10 @@ def overlapped_slots(spec: JobSpec, the_slot: Slot, started: float, now: float, 
 
 def record_overlaps(spec: JobSpec, the_slot: Slot, started: float, run_id: str, log, stamp_then: Optional[int],
                     analyze=slot_analyze, send=record.send, now: Optional[float] = None,
-                    stamp_now: Optional[int] = None) -> int:
+                    stamp_now: Optional[int] = None) -> list:
     """Record each slot this run made the job skip (`skipped: previous run still running since
-    ...`), each once, under a run id of its own; -> how many. `stamp_then`: the timer's stamp
-    when the run began."""
+    ...`), each once, under a run id of its own; -> the slots recorded. `stamp_then`: the timer's
+    stamp when the run began."""
     dropped = overlapped_slots(spec, the_slot, started, time.time() if now is None else now, stamp_then,
                                stamp_of(spec.name) if stamp_now is None else stamp_now, analyze)
     since = iso_utc(started)
@@ -337,7 +350,113 @@ def record_overlaps(spec: JobSpec, the_slot: Slot, started: float, run_id: str, 
         send(skipped_record(spec, skipped, reason, "concurrency", "%s-s%d" % (run_id[:40], at)), _identifier(spec.name))
     if len(dropped) > MAX_SKIPPED:
         log(f"job {spec.name}: more slots came while this run went; only the first {MAX_SKIPPED} are recorded")
-    return len(dropped)
+    return dropped[:MAX_SKIPPED]
+
+
+# Issue 23 item 6, the slots between two runs. A run records at its end the slots that came while
+# it went, but the latest: the timer, armed again only when the unit has ended, elapses at once for
+# that one. If another slot comes before that elapse (the run's pings, its exit, ExecStopPost=:
+# the unit is still active), the timer names the newer one and the one handed on never runs. So
+# each timer run leaves what it accounted for (`through`: its slot or the last it recorded) and
+# when it ended, and its unit's ExecStopPost= marks when the unit ended (a loaded host takes
+# seconds from the one to the other); the next timer run records the slots after `through` and
+# before its own that came by the later of the two: the previous run was still running at each.
+# The two records partition the slots: the end record takes those before the latest that came,
+# the next run those from there on, up to its own slot. A slot that came after the previous run had ended and before
+# the timer elapsed (the timer stopped: a pause, a hold, a push; PID 1 late) is no overlap: it is
+# left unrecorded (history counts it missed), and so is every slot before a reboot (the state
+# lives in /run), or after a run killed before its end (the state is taken at the start).
+
+
+def through_path(job: str) -> str:
+    """The job's state file, when this run has its directory (a timer's job, under its unit)."""
+    try:
+        directory = paths.through_dir(job)
+    except paths.BadName:
+        return ""
+    return os.path.join(directory, paths.THROUGH_FILE) \
+        if directory in os.environ.get("RUNTIME_DIRECTORY", "").split(":") else ""
+
+
+def take_through(path: str) -> dict:
+    """What the job's previous run left (see above), removed: each is read by one run only."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = json.loads(handle.read(4096))
+        os.unlink(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    try:  # when the unit ended (its ExecStopPost= marked it): the run was still exiting until then
+        found["unit_ended"] = os.stat(os.path.join(os.path.dirname(path), paths.THROUGH_ENDED)).st_mtime
+    except OSError:
+        pass
+    return found
+
+
+def leave_through(path: str, spec: JobSpec, the_slot: Slot, recorded: Sequence[int], run_id: str, started: float,
+                  analyze=slot_analyze, now: Optional[float] = None) -> dict:
+    """Leave what this run accounted for, for the next one; only a timer's run does (what a manual
+    run or a backfill overlapped is not the timer's to continue from). -> what was left."""
+    if the_slot.how != "timer" or the_slot.at is None or not spec.calendar:
+        return {}
+    through = max([the_slot.at, *recorded])
+    try:  # known without a process in the common case: the slot's own systemd-analyze answer
+        upcoming = getattr(analyze, "next_after", lambda lines, at: None)(spec.calendar, through)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        upcoming = None
+    left = {"run": run_id, "slot": the_slot.at, "through": through, "next": upcoming, "started": started,
+            "ended": time.time() if now is None else now}
+    if path:
+        temporary, ended = path + ".tmp", os.path.join(os.path.dirname(path), paths.THROUGH_ENDED)
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(left, handle)
+            if not os.path.exists(ended):
+                os.close(os.open(ended, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            os.replace(temporary, path)
+        except OSError:
+            return {}
+    return left
+
+
+def coalesced_slots(spec: JobSpec, the_slot: Slot, before: dict, analyze=slot_analyze) -> list:
+    """The slots after what the previous run accounted for and before this run's own, that came
+    while that run still went (by its end): the timer merged them into this run's elapse."""
+    through, upcoming, ended = before.get("through"), before.get("next"), before.get("ended")
+    if the_slot.how != "timer" or the_slot.at is None or not spec.calendar or not isinstance(through, int) \
+            or isinstance(through, bool) or not isinstance(ended, (int, float)) or the_slot.at <= through:
+        return []
+    unit_ended = before.get("unit_ended")
+    if isinstance(unit_ended, (int, float)) and not isinstance(unit_ended, bool):
+        ended = max(ended, unit_ended)  # older: a mark of an earlier run (its ExecStopPost= did not run)
+    if isinstance(upcoming, int) and (the_slot.at <= upcoming or upcoming > ended):
+        return []  # the common case: this run is the slot handed on (no systemd-analyze process)
+    until = min(the_slot.at - 1, ended)
+    try:
+        return elapses_in(spec.calendar, through, until, analyze, limit=MAX_SKIPPED)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+
+
+def record_coalesced(spec: JobSpec, the_slot: Slot, before: dict, log, analyze=slot_analyze,
+                     send=record.send) -> list:
+    """Record each coalesced_slots once, as the previous run's end would have (same reason, same
+    run id): -> the slots recorded."""
+    found = coalesced_slots(spec, the_slot, before, analyze)
+    started, previous = before.get("started"), before.get("run")
+    if not found or not isinstance(started, (int, float)) or not isinstance(previous, str):
+        return []
+    reason = "skipped: previous run still running since %s" % iso_utc(started)
+    for at in found:
+        skipped = Slot(at, previous)
+        log(f"job {spec.name}: slot {skipped.name} {reason} (it came before that run ended, after its own record)")
+        send(skipped_record(spec, skipped, reason, "concurrency", "%s-s%d" % (previous[:40], at)),
+             _identifier(spec.name))
+    return found
 
 
 def _identifier(job: str) -> str:

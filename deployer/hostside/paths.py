@@ -64,6 +64,21 @@ def chain_slot(job: str) -> str:
     return chain_dir(job) + ".json"
 
 
+# Issue 23 item 6: what a timer's run accounted for (its slot and the slots it recorded skipped)
+# and when it ended, for the job's next run (hostside/cli.py, take_through): the job's
+# RuntimeDirectory=, private to its dynamic user and gone at reboot (a slot missed while the host
+# was down is not one a run overlapped).
+THROUGH_DIR = "/run/deployer-through"
+THROUGH_FILE = "through.json"
+# An empty file the run leaves beside it, emptied again by the unit's ExecStopPost= (as root): its
+# mtime is when the unit ended, later than the run's own end on a loaded host.
+THROUGH_ENDED = "ended"
+
+
+def through_dir(job: str) -> str:
+    return THROUGH_DIR + "/" + job_unit(job, "service")[:-len(".service")]
+
+
 # The job credential that holds its epoch on this host (X-Deployer-Epoch, the fence).
 EPOCH_CREDENTIAL = "epoch"
 # Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).

@@ -151,3 +151,52 @@ def test_issue23_6_replace_ends_the_run_still_going_and_the_new_slot_starts_on_t
     assert second.started < first.started + 20, (first.started, second.started)
     assert first.duration < 20
     assert records(host, "tock", skipped=True) == []
+
+
+# A job every 2 s whose endpoint outlasts the period and answers just before a slot: the slot
+# comes while the run ends (its unit deactivating), after the run recorded what it skipped.
+TICK = 2
+
+
+def test_issue23_6_every_slot_between_the_first_and_last_run_ran_once_or_was_recorded_skipped_once(
+        shared_cron01, server, deployer, write_inventory):
+    host = shared_cron01
+
+    def reply(request):
+        now = time.time()
+        answer_at = (int(now + 3) // TICK + 1) * TICK - 0.03  # 3-5 s on: 30 ms before a slot
+        return Reply(200, b'{"code": 0}', delay=answer_at - now)
+
+    server.routes["/burst"] = reply
+    path = write_inventory(host.inventory_host() + job(server, "burst", f"*:*:0/{TICK}", timeout="60s"))
+    deployer("push", "-i", path, check=True)
+
+    wait_until(lambda: len(records(host, "burst")) >= 8, 180, "eight runs")
+    deployer("pause", "burst", "-i", path, check=True)  # no new run; the one going, if any, ends
+    unit = paths.job_unit("burst", "service")
+    wait_until(lambda: host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() in ("inactive", "failed"),
+               60, "the last run's end")
+    ran = records(host, "burst")
+    skips = records(host, "burst", skipped=True)
+    # The unit's ExecStopPost= (as root) marked its end on what the run left for the next one.
+    latest = max(ran, key=lambda r: r.slot)
+    marked = float(host.ssh(f"stat -c %.Y {paths.through_dir('burst')}/{paths.THROUGH_ENDED}").stdout)
+    assert marked >= latest.started + latest.duration, (marked, latest)
+    called = [r.headers.get("X-Deployer-Slot") for r in server.received("/burst")]
+    first, last = min(r.slot for r in ran), max(r.slot for r in ran)
+    # Judged by what was recorded: the slot each request named, each skipped slot's record.
+    assert len(called) == len(set(called)), "a slot called twice"
+    assert sorted(iso_utc(r.slot) for r in ran) == sorted(called)
+    skipped = [s.slot for s in skips]
+    assert len(skipped) == len(set(skipped)), "a slot recorded skipped twice"
+    assert not {iso_utc(s) for s in skipped} & set(called), "a slot both run and recorded skipped"
+    every = range(first, last + 1, TICK)
+    accounted = {r.slot for r in ran} | {s for s in skipped if first <= s <= last}
+    missing = [iso_utc(s) for s in every if s not in accounted]
+    assert not missing, f"{len(missing)} of {len(every)} slots neither ran nor were recorded skipped: {missing}"
+    assert {(s.result, s.skipped, s.attempts) for s in skips} == {("skipped", "concurrency", 0)}
+    assert all(s.reason.startswith("skipped: previous run still running since ") for s in skips)
+    assert len(skips) >= 2, "the endpoint outlasts the period: slots were skipped"
+    document = history(deployer, path, "burst")
+    assert document["summary"]["skipped"] == len(skips)
+    assert wait_until(lambda: skipped_total(host, "burst", "concurrency") == len(skips), 90, "the metrics count them")
