@@ -105,7 +105,9 @@ def fence_argv(job: Job, python: str, through: bool = False) -> list[str]:
 
     stop = " ".join(shlex.quote(a) for a in [python, *PYTHON_FLAGS, paths.TRIGGER_PATH, "--fenced", "--job", job.name])
     ended = shlex.quote(f"{paths.through_dir(job.name)}/{paths.THROUGH_ENDED}")
-    mark = f"test -f {ended} && : > {ended}; " if through else ""
+    # Root writes in a directory the job's dynamic user owns: never through a link it planted
+    # (the run's processes are gone by now: none can swap the file between the test and the write).
+    mark = f"test -f {ended} && ! test -h {ended} && : > {ended}; " if through else ""
     return ["/bin/sh", "-c", f'{mark}test "$EXIT_STATUS" != {EXIT_FENCED} || exec {stop}']
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -1060,7 +1061,7 @@ def test_issue23_3_in_flight_is_read_from_the_cgroups_of_the_jobs_and_the_alert_
     assert sorted(running) == ["deployer-a.service", "deployer-b.service"]
     assert sorted(alert.runs_in_flight(str(tmp_path / "hybrid"))) == ["deployer-a.service", "deployer-b.service"]
     for root in ("v2", "hybrid"):
-        assert alert.alert_processes("ops", str(tmp_path / root)) == {7, 8, 9, 10}
+        assert alert.alert_processes("ops", str(tmp_path / root)) == {7, 8, 10}, "the recovery unit (9) holds no storm"
     began = running["deployer-a.service"]
     seen = alert.channel_in_flight("ops", began - 1, began + 1, runs=lambda: running,
                                    alerts=lambda channel: {7}, channel_of={"a": "ops", "b": "chat"}.get)
@@ -1083,3 +1084,15 @@ def test_issue23_3_an_alert_killed_while_it_waits_loses_nothing(tmp_path):
                               in_flight=lambda since, until: alert.InFlight(0, frozenset({7})), pid=7)
     assert restart.run([], lambda batch: sent.append(batch) or True, take_queued=True)
     assert [[e["job"] for e in batch] for batch in sent] == [["killed"]]
+
+
+def test_issue23_3_a_killed_alerts_waiting_mark_is_dropped_and_never_hides_a_process_that_reuses_its_pid(tmp_path):
+    """A mark left by an alert killed while waiting (its pid gone from the cgroups) is removed:
+    were the pid reused by an alert still looking up failures, that one would count as waiting."""
+    coalescer = alert.Coalescer(str(tmp_path), "ops", in_flight=lambda since, until: alert.InFlight(0, frozenset({5})),
+                                pid=5)
+    os.makedirs(coalescer.waiting_dir)
+    for pid in (5, 77):
+        open(os.path.join(coalescer.waiting_dir, str(pid)), "w").close()
+    assert coalescer._busy(0.0, 1.0) == ""
+    assert sorted(os.listdir(coalescer.waiting_dir)) == ["5"]

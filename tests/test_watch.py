@@ -24,7 +24,7 @@ class RecordedSystemd:
     """Answers `systemctl show` with the recorded output, and keeps every command it was given."""
 
     def __init__(self, output: str):
-        from deployer.hostside.agent import Systemd
+        from deployer.hostside.systemctl import Systemd
 
         self.output, self.commands, self.real = output, [], Systemd
 

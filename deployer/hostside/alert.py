@@ -458,7 +458,11 @@ class Coalescer:
             self.log(f"cannot tell which runs and alerts are in flight ({error}); gathering by time alone")
             self.in_flight = None
             return ""
-        looking = set(seen.alert_pids) - self._waiting()
+        waiting = self._waiting()
+        for gone in waiting - set(seen.alert_pids) - {self.pid}:  # a killed alert's mark: its pid may come again
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.waiting_dir, str(gone)))
+        looking = set(seen.alert_pids) - waiting
         parts = [f"{seen.runs} run(s) of its jobs still running"] if seen.runs else []
         parts += [f"{len(looking)} alert(s) still looking up failures"] if looking else []
         return "; ".join(parts)
@@ -1034,13 +1038,14 @@ def runs_in_flight(root: str = CGROUP_ROOT) -> dict:
 
 
 def alert_processes(channel: str, root: str = CGROUP_ROOT) -> set:
-    """The processes of `channel`'s alert units (failure, recovery, boot), from their cgroups: an
-    alert unit started by PID 1 has its cgroup before its program has read anything."""
+    """The processes of `channel`'s failure and boot alert units, from their cgroups: an alert
+    unit started by PID 1 has its cgroup before its program has read anything. Not the recovery
+    units: one starts (its ExecCondition= at least) after every successful run, and on a channel
+    whose jobs succeed every few seconds they would hold a lone failure for GATHER_MAX."""
     import glob
 
     top = _cgroup_tree(root, "system.slice")
-    units = (paths.alert_template(channel), paths.recovery_template(channel),
-             paths.boot_alert_unit(channel, "service"))
+    units = (paths.alert_template(channel), paths.boot_alert_unit(channel, "service"))
     pids: set = set()
     for unit in units:
         for path in glob.glob(os.path.join(top, "*", unit.replace("@.service", "@*.service"), "cgroup.procs")):

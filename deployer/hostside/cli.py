@@ -132,9 +132,10 @@ def main(argv: Optional[list] = None) -> int:
     log(f"slot {the_slot.name} ({the_slot.how}), key {the_slot.key(spec.name)}, epoch {spec.epoch}"
         + (f", after {the_slot.after}" if the_slot.after else ""))
     through_at = through_path(spec.name)
-    before = take_through(through_at)  # gone now: a run killed before its end leaves none (nothing guessed)
+    # Only a timer's run takes what the previous one left (gone now: a run killed before its end
+    # leaves none, nothing is guessed); a manual run or backfill between two leaves it be.
     if the_slot.how == "timer":
-        record_coalesced(spec, the_slot, before, log, analyze=seen)
+        record_coalesced(spec, the_slot, take_through(through_at), log, analyze=seen)
     missed = missed_reason(spec, the_slot)
     if missed:  # a catch-up older than catch_up: nothing is called, nothing alerts; the record says so
         log(f"job {spec.name}: slot {the_slot.name} {missed}")

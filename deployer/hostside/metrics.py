@@ -306,7 +306,8 @@ def ping(url: str, log) -> bool:
 
 def collect(host: str, version: str, directory: str, layout=None, systemd=None, now=None, log=print) -> str:
     """One pass: records -> counters -> the textfile (returned as written); the heartbeat ping."""
-    from .agent import Host, Systemd, job_statuses
+    from .agent import Host, job_statuses
+    from .systemctl import Systemd
 
     layout = layout or paths.Layout()
     systemd = systemd or Systemd()

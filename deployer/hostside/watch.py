@@ -3,8 +3,8 @@ once each, and told again when it clears.
 
 Run every options.WATCH_EVERY seconds by `deployer-host@watch.timer` as `trigger --watch` (root:
 under DynamicUser= systemd cannot be asked over D-Bus), on a host where some job sets alert_late
-or alert_long (none else renders it). One pass costs one `systemctl show` for the watched jobs'
-timers and services, whatever their number, and a `systemd-analyze calendar` only for a stopped
+or alert_long (none else renders it). One pass costs one D-Bus read (systemctl.Systemd.properties)
+of the watched jobs' timers and services, whatever their number, and a `systemd-analyze calendar` only for a stopped
 timer's job. What it has to tell it leaves in paths.WATCH_OUTBOX and starts the sender
 (`trigger --watch-send`, as the alert units' user with the channels' credentials), which delivers
 through the alert program's own code (alert.deliver behind the channel's Coalescer: the same
@@ -80,7 +80,7 @@ def read_config(unit_path: str) -> tuple:
     raise ValueError("%s has no %s line" % (unit_path, paths.WATCH_KEY))
 
 
-# -- what the host says: one systemctl show, a few files -----------------------------------------
+# -- what the host says: one D-Bus read of the units' properties, a few files -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -292,13 +292,16 @@ def write_outbox(directory: str, events: dict, now: float) -> Optional[str]:
         return None
     os.makedirs(directory, mode=0o755, exist_ok=True)
     path = os.path.join(directory, "%.6f-%d.json" % (now, os.getpid()))
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+    # Root, in a directory the sender's user owns: a new file only (O_EXCL), never through a link
+    # planted there (O_NOFOLLOW), handed over by its descriptor, not by a name that can be swapped.
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(events, handle)
-    owner = os.stat(directory)
-    try:
-        os.chown(path + ".tmp", owner.st_uid, owner.st_gid)
-    except OSError:
-        pass  # not root (a test): the same user reads it
+        owner = os.stat(directory)
+        try:
+            os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
+        except OSError:
+            pass  # not root (a test): the same user reads it
     os.rename(path + ".tmp", path)
     return path
 
@@ -371,19 +374,29 @@ def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bo
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "/tmp"
     outbox = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or paths.WATCH_OUTBOX
     events, files = read_outbox(outbox)
-    delivered = True
+    for name in sorted(set(events) - set(channels)):
+        log(f"{len(events[name])} event(s) for channel {name}, no longer watched: dropped")
+    # Every event into its channel's queue first, then the outbox emptied: a sender killed after
+    # that finds them queued (and sends them once), not in the outbox again. An event the disk
+    # refuses stays in memory and goes out with its channel's message.
+    pending = {}
     for name, how in sorted(channels.items()):
         coalescer = Coalescer(state_dir, name, log=log)
-        channel = Channel(name, how["type"], token=Secret(read_credential(name + ".token")),
-                          secret=Secret(read_credential(name + ".secret")), endpoint=how.get("endpoint") or None)
-        # Also what an earlier pass could not deliver (queued): the same channel, merged. Only its
-        # own events count: a queue left for the channel's alert units (busy channel) is theirs too.
         own = events.get(name, [])
-        sent = coalescer.run(own, lambda batch: deliver(channel, batch, log=log), take_queued=True)
-        delivered = (sent or not own) and delivered
-    for path in files:  # sent, or in the channel's queue now
+        names = [coalescer.enqueue(event) for event in own]
+        pending[name] = (coalescer, how, [n for n in names if n], [e for e, n in zip(own, names) if not n])
+    for path in files:
         try:
             os.unlink(path)
         except OSError:
             pass
+    delivered = True
+    for name, (coalescer, how, queued, unqueued) in pending.items():
+        channel = Channel(name, how["type"], token=Secret(read_credential(name + ".token")),
+                          secret=Secret(read_credential(name + ".secret")), endpoint=how.get("endpoint") or None)
+        send = lambda batch, channel=channel: deliver(channel, batch, log=log)  # noqa: E731
+        # Also what an earlier pass could not deliver (queued): the same channel, merged.
+        sent = coalescer.run(unqueued, send) if unqueued else True
+        sent = coalescer.run([], send, queued=queued) and sent
+        delivered = (sent or not (queued or unqueued)) and delivered
     return delivered
