@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.e2e.runs import records, runs, wait_until
-from tests.httpserver import Reply, json_reply
+from tests.httpserver import Reply
 
 pytestmark = pytest.mark.e2e
 
@@ -45,25 +45,38 @@ timeout = 30s
     wait_until(lambda: records(host, "tick"), timeout=60, what="a first scheduled run")
 
     ran = deployer("run", "tick", "-i", path, check=True)
-    [manual] = [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key]
+    # The run has ended; its record may reach the journal a moment later (journald under load).
+    [manual] = wait_until(lambda: [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key
+                                   and r.ended], timeout=60, what="the manual run's record and end")
     merged = [s for s in range(int(manual.triggered) // PERIOD * PERIOD, int(manual.ended) + 1, PERIOD)
               if manual.triggered < s <= manual.ended]
     assert merged, f"no slot elapsed during the manual run ({manual.triggered:.1f}..{manual.ended:.1f})"
     latest = merged[-1]
     assert f"the timer elapsed at {iso(latest)[:-1]}" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
 
-    # systemd's own rule for a timer whose unit was busy: one run, for the latest slot passed.
+    # systemd's own rule for a timer whose unit was busy: one run, for the latest slot passed. On
+    # a loaded machine the follow-up run may start after the next slot too, and then stands for
+    # both (named by the later): the merged slot is then recorded skipped, once (issue 23 item 6).
+    # Either way it is accounted for once, never lost.
+    def accounted():
+        run_of_it = [r for r in records(host, "tick") if r.slot == latest]
+        skipped_it = [r for r in records(host, "tick", skipped=True) if r.slot == latest]
+        return (run_of_it, skipped_it) if run_of_it or skipped_it else None
+
     try:
-        wait_until(lambda: any(r.slot == latest for r in records(host, "tick")), timeout=60,
-                   what=f"the run of the slot {iso(latest)} merged into the manual run")
+        run_of_it, skipped_it = wait_until(accounted, timeout=60,
+                                  what=f"the run (or skipped record) of the slot {iso(latest)} merged into the manual run")
     except AssertionError:
         print([(iso(r.slot), r.key, r.result) for r in records(host, "tick")])
         print(host.ssh("journalctl -o short-precise --no-pager -n 80 -u deployer-tick.service").stdout)
         raise
     wait_until(lambda: any(r.slot > latest for r in records(host, "tick")), timeout=60,
                what="the next scheduled run")
+    run_of_it, skipped_it = accounted()
+    print(f"the merged slot {iso(latest)}: {'ran' if run_of_it else 'recorded skipped (the follow-up run came late)'}")
+    assert len(run_of_it) + len(skipped_it) == 1, (run_of_it, skipped_it)
     keys = [r.headers["Idempotency-Key"] for r in server.received("/tick")]
-    assert keys.count(f"tick/{iso(latest)}") == 1, keys
+    assert keys.count(f"tick/{iso(latest)}") == len(run_of_it), keys
     slots = [r.slot for r in records(host, "tick") if r.slot]
     assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
     assert all(r.result == "ok" for r in records(host, "tick"))
