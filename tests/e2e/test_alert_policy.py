@@ -40,5 +40,7 @@ alert_after = 3
     lead = recovered.replace("\\", "").split("\n\n")[1]  # markdown-escaped
     assert re.fullmatch(r"flaky recovered after 5 failed runs, ([0-9]+[hms])+", lead), recovered
     history = deployer("history", "flaky", "-i", path, "--json", env=SECRETS_ENV, check=True)
-    results = [run["result"] for run in json.loads(history.stdout)["runs"]]
+    # A slot that came while a failing run still retried (a loaded machine) is listed skipped:
+    # it called nothing, it is not a run (issue 23 item 6).
+    results = [run["result"] for run in json.loads(history.stdout)["runs"] if run["result"] != "skipped"]
     assert results[:6] == ["failed"] * 5 + ["ok"], results
