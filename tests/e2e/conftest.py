@@ -54,7 +54,7 @@ systemctl stop --all 'deployer*' 2>/dev/null
 rm -rf /etc/systemd/system/deployer* /etc/systemd/system/*.wants/deployer* /etc/systemd/system/.deployer* \
        /etc/deployer /var/lib/deployer /var/lib/.deployer* /var/lib/deployer-* /var/lib/private/deployer* \
        /var/lib/systemd/timers/stamp-deployer* /var/lib/prometheus/node-exporter/deployer.prom \
-       /var/lib/prometheus/node-exporter/.deployer* /run/deployer /run/deployer-through /run/deployer-watch
+       /var/lib/prometheus/node-exporter/.deployer* /run/deployer /run/deployer-through
 find /root /tmp -mindepth 1 -maxdepth 1 -newer /run/deployer-test-booted ! -name 'systemd-private-*' \
      -exec rm -rf {} +
 systemctl daemon-reload
