@@ -55,7 +55,7 @@ from tests.cronhost import CronHost  # noqa: E402
 UNIT_DIR = "/etc/systemd/system"
 STATIC_USER = "deployer"
 VARIANTS = ("deployer", "py-sandbox", "py-bare", "curl-sandbox", "curl-bare")
-# Opt-in (--variants): deployer.hostside.http from a zip on the host, in the sandbox: what a
+# Opt-in (--variants): deployer.host.http from a zip on the host, in the sandbox: what a
 # trigger built on it would cost at least.
 EXTRA_VARIANTS = ("hostside-sandbox", "deployer-fast",  # deployer-fast: the host's `sandbox = fast`
                   "deployer-nometrics")  # the host's `metrics_dir =` (empty): deployer before issue 14
@@ -185,7 +185,7 @@ def python_post(url: str) -> list[str]:
 
 
 def hostside_post(url: str) -> list[str]:
-    code = (f"import sys;sys.path.insert(0,'{HOSTSIDE_ZIP}');from deployer.hostside.http import request;"
+    code = (f"import sys;sys.path.insert(0,'{HOSTSIDE_ZIP}');from deployer.host.http import request;"
             f"raise SystemExit(request('POST','{url}').status//100!=2)")
     return ["/usr/bin/python3", "-I", "-S", "-c", code]
 
@@ -198,7 +198,7 @@ def hostside_zip() -> bytes:
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name in ("deployer/__init__.py", "deployer/hostside/__init__.py", "deployer/hostside/http.py"):
+        for name in ("deployer/__init__.py", "deployer/hostside/__init__.py", "deployer/host/http.py"):
             archive.writestr(name, b"" if name == "deployer/__init__.py" else (REPO / name).read_bytes())
     return buffer.getvalue()
 
@@ -332,7 +332,7 @@ class Bench:
     def collector_runs(self, due: int) -> int:
         """Starts of the metrics collector from the due second until its debounce timer is done
         (the every-minute heartbeat included when it fell in the burst)."""
-        from deployer.hostside import paths
+        from deployer.contract import paths
 
         for _ in range(100):  # the debounce timer may still wait to run the collector
             state = self.host.ssh(f"systemctl is-active {paths.METRICS_SOON_TIMER} {paths.METRICS_SERVICE}",
@@ -372,7 +372,7 @@ class Bench:
     def cost(self, runs: int = 5) -> dict[str, dict[str, float]]:
         """CPU (user+sys) and peak RSS of single runs on the host, from wait4's rusage."""
         from deployer import inventory
-        from deployer.hostside import paths
+        from deployer.contract import paths
         from deployer.render import metrics_argv, trigger_argv
 
         measurer = (

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What one POST costs a fresh process: deployer.hostside.http vs requests vs bare http.client.
+"""What one POST costs a fresh process: deployer.host.http vs requests vs bare http.client.
 
 Each client runs in its own `python -I` process (as the trigger does, once per run), POSTing
 to a loopback server in this process; CPU (user+sys) and peak RSS come from wait4, import time
@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 CLIENTS = {
-    "hostside.http": ("deployer.hostside.http",
-                      "from deployer.hostside.http import request; assert request('POST', URL, body=b'{}').status == 200"),
+    "hostside.http": ("deployer.host.http",
+                      "from deployer.host.http import request; assert request('POST', URL, body=b'{}').status == 200"),
     "requests": ("requests", "import requests; assert requests.post(URL, data=b'{}', timeout=(10, 60)).status_code == 200"),
     "http.client": ("http.client", "import http.client as h; c = h.HTTPConnection(HOST, PORT, timeout=60); "
                     "c.request('POST', '/x', body=b'{}'); assert c.getresponse().status == 200"),

@@ -95,7 +95,7 @@ def inventory_text(host: Optional[CronHost], jobs: int) -> str:
 def units_tar(inventory_path: Path, host_name: str) -> bytes:
     """The unit files the deployer would install (its host files under the unit directory)."""
     from deployer import inventory
-    from deployer.hostside import paths
+    from deployer.contract import paths
     from deployer.render import host_files
 
     buffer = io.BytesIO()

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployer.hostside import journal  # noqa: E402
-from deployer.hostside.record import RunRecord  # noqa: E402
+from deployer.host import journal  # noqa: E402
+from deployer.contract.record import RunRecord  # noqa: E402
 from tests.cronhost import CronHost  # noqa: E402
 
 RECORDS = 5  # per job; journald drops a sender above 10,000 entries in 30 s

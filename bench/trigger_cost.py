@@ -34,7 +34,7 @@ PHASES = r"""
 import os, sys, time
 t0 = time.process_time()
 sys.path.insert(0, PYZ)
-import deployer.hostside.cli as cli
+import deployer.host.trigger as cli
 t1 = time.process_time()
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 try:

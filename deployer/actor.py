@@ -3,7 +3,7 @@
 The local user, this machine's name, the inventory's sha256 (never its contents: it may hold
 tokens) and, when the inventory sits in a git work tree, its commit and whether the tree had
 uncommitted changes. Without git, or outside a work tree, those stay empty: nothing fails.
-The host adds the SSH user and address itself (hostside/audit.py): a client cannot choose them.
+The host adds the SSH user and address itself (contract/audit.py): a client cannot choose them.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import socket
 import subprocess
 from typing import Optional
 
-from .hostside.protocol import Actor
+from .contract.protocol import Actor
 
 GIT_TIMEOUT = 5.0
 

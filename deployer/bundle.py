@@ -1,4 +1,5 @@
-"""The trigger as one self-contained zipapp: deployer/hostside plus pure-Python `requests` and its deps.
+"""The trigger as one self-contained zipapp: the packages that run on the host (SHIPPED) plus pure-Python
+`requests` and its deps.
 
 The cron host may have nothing but python3 (Debian's has no `requests`), and we install
 nothing there with pip or apt. The archive is reproducible (fixed timestamps, sorted entries)
@@ -17,12 +18,15 @@ from pathlib import Path
 
 # Imported by requests at import time; charset_normalizer has pure-Python fallbacks for
 # its compiled modules, which a zip could not load anyway.
+# Ours: the contract both sides agree on, the host's programs, and the old module name that a
+# host's boot units written by an older deployer still start (deployer/hostside/__init__.py).
+SHIPPED = ("contract", "host", "hostside")
 PACKAGES = ("requests", "urllib3", "idna", "certifi", "charset_normalizer")
 SKIPPED_SUFFIXES = (".so", ".pyd", ".pyc", ".pyi")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 MAIN = b"""import sys
-from deployer.hostside.cli import main
+from deployer.host.trigger import main
 sys.exit(main())
 """
 
@@ -36,11 +40,10 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 def _sources() -> list[tuple[str, Path]]:
     """(name in the archive, file) for the host-side package and every file of the packages it needs."""
-    from . import hostside
-
-    package = Path(hostside.__file__).parent
-    found = [("deployer/__init__.py", package.parent / "__init__.py")]
-    found += [(f"deployer/hostside/{path.name}", path) for path in sorted(package.glob("*.py"))]
+    ours = Path(__file__).resolve().parent
+    found = [("deployer/__init__.py", ours / "__init__.py")]
+    for package in SHIPPED:
+        found += [(f"deployer/{package}/{path.name}", path) for path in sorted((ours / package).glob("*.py"))]
     for package in PACKAGES:
         root = Path(importlib.util.find_spec(package).origin).parent
         found += [(f"{package}/{path.relative_to(root).as_posix()}", path) for path in sorted(root.rglob("*"))

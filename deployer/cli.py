@@ -12,7 +12,7 @@ import click
 
 from . import colour
 from .errors import DeployerError, JobFailed
-from .hostside.text import printable
+from .contract.text import printable
 from .schedule import ScheduleError
 
 EPILOG = "Exit status: 0 ok, 1 failure (reason on stderr), 2 usage error."
@@ -309,7 +309,7 @@ def _check_zone_option(zone: str) -> None:
     from .schedule import is_zone
 
     if not is_zone(zone):
-        from .hostside.options import zone_hint
+        from .contract.options import zone_hint
 
         raise click.BadParameter(f"{zone!r} is not an IANA time zone{zone_hint(zone)}", param_hint="--timezone")
 
@@ -571,7 +571,7 @@ def move(inventory_path, source, target, force, as_json):
 
 
 def _duration(seconds: float) -> str:
-    from .hostside.protocol import duration_text
+    from .contract.protocol import duration_text
 
     return duration_text(seconds)
 
@@ -803,7 +803,7 @@ def _backfill_slot(job, text: str) -> int:
 
 def _run_params(job, given: tuple) -> tuple:
     """`--set NAME=VALUE`s -> ((name, value), ...), each checked against the job's params."""
-    from .hostside.options import Invalid, param_value
+    from .contract.options import Invalid, param_value
 
     declared = [name for name, _ in job.params or ()]
     found = {}
@@ -867,7 +867,7 @@ def run(job, slot_text, settings, force, inventory_path, host_name, as_json):
     A host that holds its jobs (see `deployer release`) refuses, unless --force. When JOB is
     already running, it says so and follows that run instead of starting one. Ctrl-C leaves the
     run going on the host (`deployer stop JOB` ends it).
-    Every line is the service's and the host's text: printed escaped (hostside/text.printable).
+    Every line is the service's and the host's text: printed escaped (contract/text.printable).
     """
     from . import remote
     from .report import job_zone, run_document

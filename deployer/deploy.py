@@ -11,8 +11,8 @@ from typing import Callable, Optional
 
 from . import remote
 from .errors import AgentRefused, DeployerError, RemoteCommandError, RemoteError
-from .hostside import paths
-from .hostside.protocol import ApplyAnswer, Takeover
+from .contract import paths
+from .contract.protocol import ApplyAnswer, Takeover
 from .models import Inventory, Plan, RemoteState
 from .plan import make_plan, removed_jobs, without_removals
 from .render import desired_files

@@ -81,7 +81,7 @@ class JobFailed(DeployerError):
 
 
 class AgentRefused(RemoteError):
-    """The agent on the host refused a request; `code` is one of hostside.protocol.ERROR_CODES
+    """The agent on the host refused a request; `code` is one of contract.protocol.ERROR_CODES
     (`locked`, `host_changed`, `wrong_owner`, ...), so callers can tell refusals apart."""
 
     def __init__(self, host: str, code: str, message: str):

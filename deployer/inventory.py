@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
-from .hostside import paths
-from .hostside.channels import CHANNEL_TYPES
-from .hostside.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
+from .contract import paths
+from .contract.channels import CHANNEL_TYPES
+from .contract.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
                                 Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
                                 url)
 from .models import Alert, Host, Inventory, Job, Secret

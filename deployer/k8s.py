@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import DeployerError
 from . import render
-from .hostside.slot import SCHEDULED_JOB_ENV
+from .contract.paths import SCHEDULED_JOB_ENV
 from .models import Inventory, Job, is_chained
 from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
 
@@ -29,7 +29,7 @@ STARTING_DEADLINE_SECONDS = 3600
 
 def starting_deadline(job: Job) -> int:
     """catch_up as Kubernetes' startingDeadlineSeconds: how late a missed slot may still start."""
-    from .hostside.options import catch_up_seconds
+    from .contract.options import catch_up_seconds
 
     seconds = catch_up_seconds(job.catch_up)
     return STARTING_DEADLINE_SECONDS if seconds is None else int(seconds)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
-from .hostside.channels import Channel, Secret
-from .hostside.options import JOB_OPTIONS
-from .hostside.paths import METRICS_DIR
+from .contract.channels import Channel, Secret
+from .contract.options import JOB_OPTIONS
+from .contract.paths import METRICS_DIR
 
 # An [alert:NAME] is the channel record the alert sender delivers through.
 Alert = Channel

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-from .hostside import paths
+from .contract import paths
 from .models import ManagedFile, Plan, RemoteState
 
 
@@ -160,7 +160,7 @@ def as_dict(plan: Plan) -> dict:
 def resend_notes(jobs) -> list[str]:
     """One line per job whose retries the once-rule limits: a POST or PATCH the service may have
     started (a read timeout, a 500/502/504) is not sent again without `idempotent = true`."""
-    from .hostside.run import IDEMPOTENT_METHODS
+    from .contract.options import IDEMPOTENT_METHODS
 
     return [f"[job:{j.name}] retries = {j.retries}: after a read timeout or a 500/502/504 this {j.method} is "
             f"not sent again (the service may have started it); set idempotent = true once the service "

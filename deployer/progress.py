@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from .hostside.text import printable
+from .contract.text import printable
 
 QUIET_SECONDS = 0.8  # a push quicker than this shows no progress at all
 # Not on a terminal: a counted step (`starting timers: 300/1000`) gets a line once it has gone

@@ -1,9 +1,9 @@
 """The one module that touches the cron host: SSH connection policy and the agent round trips.
 
 `Agent` is the seam: `SSHAgent` (built only by the CLI, over a fabric.Connection) runs
-deployer/hostside/agent.py on the host, one SSH exec per request; `LocalAgent` runs the same
+deployer/host/agent.py on the host, one SSH exec per request; `LocalAgent` runs the same
 agent in this process against a temporary root, for tests. The functions below take an Agent
-and speak the typed protocol (deployer/hostside/protocol.py).
+and speak the typed protocol (deployer/contract/protocol.py).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import AgentRefused, HostSetupError, RemoteCommandError, RemoteError
-from .hostside import paths, protocol
-from .hostside.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, HistoryAnswer,
+from .contract import paths, protocol
+from .contract.protocol import (ApplyAnswer, ApplyRequest, FileWrite, HandoffAnswer, HandoffRequest, HistoryAnswer,
                                 HistoryRequest, LogsRequest, PauseRequest, ReleaseAnswer, ReleaseRequest,
                                 ResumeRequest, RunAnswer, RunRequest, StateRequest, StatusAnswer, StatusRequest,
                                 StopAnswer, StopRequest, Takeover)
@@ -37,7 +37,7 @@ Progress = Optional[Callable[[str], None]]
 
 # The agent, shipped in the `python3 -c` argument (an in-memory package) with every module of
 # ours it imports (hostside_modules): derived from the imports, never a list kept by hand.
-AGENT_MODULE = "deployer.hostside.agent"
+AGENT_MODULE = "deployer.host.agent"
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
 # `import zlib,base64`: tests/e2e/test_faults.py finds a running agent by that text.
@@ -49,7 +49,7 @@ class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):
  def create_module(self,spec):return None
  def exec_module(self,module):exec(compile(S[module.__name__][1],'<deployer>/'+module.__name__,'exec'),module.__dict__)
 sys.meta_path.insert(0,F())
-import deployer.hostside.agent as agent
+import deployer.host.agent as agent
 agent.main()
 """
 MAX_ARGUMENT = 128 * 1024  # Linux's limit for one argv string (MAX_ARG_STRLEN)
@@ -422,7 +422,7 @@ def _take_reports(err: bytearray, report: Callable[[str], None], output: Progres
 
 # What an answer may hold where a name or a word of a vocabulary is expected: text beyond these
 # (a job name with an escape sequence, a result "ok\x1b[2J") is refused, not printed. Free text
-# (reasons, journal lines, calendars) is escaped where it is printed (hostside/text.printable).
+# (reasons, journal lines, calendars) is escaped where it is printed (contract/text.printable).
 _JOB_NAME = paths.NAME
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]{1,256}$")
 _SYSTEMD_WORD = re.compile(r"^[a-z-]{0,40}$")  # ActiveState=, Result=, UnitFileState= values
@@ -475,7 +475,7 @@ def _held_problem(held: Optional[protocol.Held]) -> Optional[str]:
 
 def _audit_problem(entry: Optional[protocol.AuditEntry]) -> Optional[str]:
     """An audit entry's words come from their vocabularies; its free text is escaped where shown."""
-    from .hostside import audit
+    from .contract import audit
 
     if entry is None:
         return None
@@ -638,7 +638,7 @@ class LocalAgent(Agent):
         self.actor = actor
 
     def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
-        from .hostside import agent
+        from .host import agent
 
         raw = agent.handle(protocol.encode_request(self.host, request, self.actor), layout=self.layout,
                            systemd=self.systemd, require_root=False, emit=output or (lambda line: True),

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
 from . import systemd
-from .hostside import paths
-from .hostside.cli import EXIT_FENCED
-from .hostside.channels import AlertPolicy
-from .hostside.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
+from .contract import paths
+from .contract.options import EXIT_FENCED
+from .contract.channels import AlertPolicy
+from .contract.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile, is_chained
 from .schedule import to_calendar
 
@@ -113,7 +113,7 @@ def fence_argv(job: Job, python: str, through: bool = False) -> list[str]:
 
 # How many of a parent's latest slots its published file keeps: a child that starts later than
 # this many parent runs after its own (a loaded host, a parent every second) is keyed by the
-# parent's run instead (hostside/chain.py).
+# parent's run instead (host/chain.py).
 CHAIN_KEEP = 100
 
 
@@ -369,10 +369,10 @@ def watch_argv(host: Host, send: bool = False) -> list[str]:
 
 
 def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ...]:
-    """The watcher's service, its sender and its timer (hostside/watch.py), only when some job of the host sets
+    """The watcher's service, its sender and its timer (host/watch.py), only when some job of the host sets
     alert_late or alert_long: a host without them runs nothing more."""
-    from .hostside.watch import Watched, config_value
-    from .hostside.options import WATCH_EVERY
+    from .host.watch import Watched, config_value
+    from .contract.options import WATCH_EVERY
 
     watched = watched_jobs(jobs)
     if not watched:
@@ -449,7 +449,7 @@ def lease_units(host: Host) -> tuple[ManagedFile, ...]:
     timer = env.get_template("lease.timer.j2").render(**common, lease=f"{host.lease:g}s", every=lease_every(host.lease),
                                                       service=paths.LEASE_SERVICE)
     service = env.get_template("lease.service.j2").render(
-        **common, argv=[host.python, "-m", "deployer.hostside.agent", "--renew-lease", f"{host.lease:g}"])
+        **common, argv=[host.python, "-m", "deployer.host.agent", "--renew-lease", f"{host.lease:g}"])
     hold = env.get_template("hold.service.j2").render(**common, held=paths.HELD, not_held=paths.NOT_HELD,
                                                       recover=paths.RECOVER_UNIT, python=host.python)
     return (ManagedFile(f"{paths.UNIT_DIR}/{paths.LEASE_SERVICE}", service.encode()),

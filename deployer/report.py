@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional, Sequence
 from zoneinfo import ZoneInfo
 
-from .hostside.options import DURATION_SYNTAX, Invalid, duration_seconds
-from .hostside.protocol import AuditEntry, Held, JobStatus, RunInfo, duration_text
-from .hostside.text import printable
+from .contract.options import DURATION_SYNTAX, Invalid, duration_seconds
+from .contract.protocol import AuditEntry, Held, JobStatus, RunInfo, duration_text
+from .contract.text import printable
 
 VERSION = 1  # of these documents; a key renamed or dropped is a new version
 # `result` of a job: its last run (ok, failed, running, never), unless it is paused or held.

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 from .errors import ScheduleError
-from .hostside.options import is_zone  # noqa: F401 - the one time-zone check, shared with the host side
+from .contract.options import is_zone  # noqa: F401 - the one time-zone check, shared with the host side
 
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -988,7 +988,7 @@ def check_slot(lines: tuple[str, ...], when: float, zone: str) -> int:
     """`when` if it is a slot of the calendar, else ScheduleError naming the nearest slots."""
     from datetime import datetime, timezone
 
-    from .hostside.slot import latest_elapse
+    from .host.slot import latest_elapse
 
     before = latest_elapse(lines, when)
     if before is not None and before == int(when) and when == int(when):

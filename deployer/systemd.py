@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .hostside.paths import CONTROL, BadName
+from .contract.paths import CONTROL, BadName
 
 _CONTROL = CONTROL
 

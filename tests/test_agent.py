@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import agent, journal, paths, protocol, systemctl
-from deployer.hostside.agent import Journal, switch_plan
-from deployer.hostside.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
+from deployer.contract import paths, protocol
+from deployer.host import agent, journal, systemctl
+from deployer.host.agent import Journal, switch_plan
+from deployer.contract.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
 
 DATA = Path(__file__).parent / "data" / "agent"
@@ -507,7 +508,7 @@ def test_the_recovery_unit_runs_the_agent_from_the_zipapp_before_timers():
     assert text.startswith(paths.MARKER + "\n")
     for line in ("DefaultDependencies=no", "Before=sysinit.target shutdown.target",
                  f"ConditionPathExists={paths.JOURNAL}", f"Environment=PYTHONPATH={paths.TRIGGER_PATH}",
-                 "ExecStart=/usr/bin/python3 -m deployer.hostside.agent --boot", "WantedBy=sysinit.target"):
+                 "ExecStart=/usr/bin/python3 -m deployer.host.agent --boot", "WantedBy=sysinit.target"):
         assert line in text.splitlines()
 
 
@@ -771,10 +772,10 @@ def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_w
     service, timer, hold = (f.content.decode().splitlines() for f in lease_units(Host("cron01", "x", lease=10.0)))
     for line in ("DefaultDependencies=no", f"Before=sysinit.target shutdown.target {paths.RECOVER_UNIT}",
                  "WantedBy=sysinit.target",
-                 "ExecStart=/usr/bin/python3 -m deployer.hostside.agent --hold-at-boot"):
+                 "ExecStart=/usr/bin/python3 -m deployer.host.agent --hold-at-boot"):
         assert line in hold
     assert "OnUnitActiveSec=3.333s" in timer and "OnBootSec=0" in timer
-    assert 'ExecStart="/usr/bin/python3" "-m" "deployer.hostside.agent" "--renew-lease" "10"' in service
+    assert 'ExecStart="/usr/bin/python3" "-m" "deployer.host.agent" "--renew-lease" "10"' in service
     assert switch_plan({}, {f"{U}/{paths.HOLD_UNIT}": "S/h"}, {}, [], set(), {}, 1.0).enable == (paths.HOLD_UNIT,)
     # It always runs (no condition on the lease): only it writes the marker that lets timers start.
     assert not [line for line in hold if line.startswith("ConditionPathExists=")]
@@ -782,7 +783,7 @@ def test_the_hold_unit_runs_before_timers_and_the_recovery_and_job_timers_skip_w
 # -- issue 13: runs from the journal (records, and PID 1's entries for runs killed without one) ------
 
 def record_entry(job, run, started, result="ok", reason="status 200", **extra):
-    from deployer.hostside.record import RunRecord
+    from deployer.contract.record import RunRecord
 
     fields = RunRecord(job, run, int(started) // 60 * 60, started, 0.5, 1, result, reason, 200).journal_fields()
     return {**fields, "__REALTIME_TIMESTAMP": str(int((started + 0.5) * 1e6)), "_PID": "812", "_UID": "61200",
@@ -795,7 +796,7 @@ def pid1(job, invocation, message_id, at, **fields):
 
 
 def test_runs_from_the_journal_records_and_a_run_killed_before_its_record():
-    from deployer.hostside.record import UNIT_EXITED, UNIT_FAILED
+    from deployer.contract.record import UNIT_EXITED, UNIT_FAILED
 
     entries = [
         pid1("settle", "aa", journal.UNIT_STARTING, 1000.0), record_entry("settle", "aa", 1000.1),
@@ -845,7 +846,7 @@ def test_status_reads_last_runs_with_one_journal_call_that_ends_once_each_job_ha
 
 
 def test_history_is_one_journal_call_and_keeps_runs_since(host):
-    from deployer.hostside.protocol import HistoryRequest
+    from deployer.contract.protocol import HistoryRequest
 
     host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.timer", unit("settle")),), expect=files(host)))
     host.systemd.journal = [record_entry("settle", "a", 900.0), record_entry("settle", "b", 1100.0)]
@@ -859,7 +860,7 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
     """`emit` gets each line of the run as journalctl -f hands it over; the answer repeats them."""
     import io
 
-    from deployer.hostside.protocol import RunRequest
+    from deployer.contract.protocol import RunRequest
 
     host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
                            expect=files(host)))
@@ -896,7 +897,7 @@ def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1
     holds its jobs, and the run is forced."""
     import io
 
-    from deployer.hostside.protocol import RunRequest
+    from deployer.contract.protocol import RunRequest
 
     host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
                            expect=files(host)))
@@ -947,7 +948,7 @@ def hold(host, down_for: float = 7980.0) -> None:
 def test_issue24_9_a_held_host_refuses_a_manual_run_without_force(host):
     """Before: `deployer run` ran a job on a held host without a word, though its jobs may have
     moved to another host while it was down (host-down.md)."""
-    from deployer.hostside.protocol import RunRequest
+    from deployer.contract.protocol import RunRequest
 
     host.call(ApplyRequest(write=(write(f"{U}/deployer-settle.service", unit("settle", "[Service]\n")),),
                            expect=files(host)))
@@ -1080,7 +1081,7 @@ def test_journal_positions_are_ordered_as_sd_journal_orders_entries(cursor, othe
 
 
 def test_failed_runs_keep_the_journals_order_after_a_clock_step():
-    from deployer.hostside.record import UNIT_FAILED
+    from deployer.contract.record import UNIT_FAILED
 
     entries = [pid1("settle", "ahead", UNIT_FAILED, 2000.0 + 86400, __CURSOR=f"{S};i=1"),
                pid1("settle", "back", UNIT_FAILED, 2000.0, __CURSOR=f"{S};i=2")]
@@ -1093,9 +1094,9 @@ def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
     import subprocess
     import sys
 
-    from deployer.hostside.protocol import StatusRequest, encode_request
+    from deployer.contract.protocol import StatusRequest, encode_request
 
-    program = ("import sys, time\nfrom deployer.hostside import agent\n"
+    program = ("import sys, time\nfrom deployer.host import agent\n"
                "agent.watch_reads(sys.stdin.buffer.read(), limit=0.5)\ntime.sleep(30)\n")
     done = subprocess.run([sys.executable, "-c", program], input=encode_request("cron01", StatusRequest()),
                           capture_output=True, timeout=20)
@@ -1146,7 +1147,7 @@ ACTOR = protocol.Actor("alice", "laptop", "push", "ab" * 32, "cd" * 20, True)
 
 
 def test_audit_records_who(tmp_path):
-    from deployer.hostside import audit
+    from deployer.contract import audit
 
     sink = journal_socket(tmp_path)
     host = LocalAgent("cron01", str(tmp_path), FakeSystemd(), actor=ACTOR)
@@ -1195,7 +1196,7 @@ def fake_proc(root: Path, chain):
 
 
 def test_the_ssh_origin_is_the_hosts_own_word_through_sudo(tmp_path):
-    from deployer.hostside.audit import ssh_origin
+    from deployer.contract.audit import ssh_origin
 
     # agent (sudo dropped SSH_CONNECTION) <- sudo <- the login's shell, which sshd gave it
     fake_proc(tmp_path, [(40, 30, {}), (30, 20, {"SUDO_USER": "deploy"}),
@@ -1207,7 +1208,7 @@ def test_the_ssh_origin_is_the_hosts_own_word_through_sudo(tmp_path):
 
 
 def test_audit_entries_forged_by_a_local_user_count_for_nothing(tmp_path):
-    from deployer.hostside import audit
+    from deployer.contract import audit
 
     entry = protocol.AuditEntry(1000.5, "pause", "ok", "a", "", "cron01", "root", "10.0.0.9", ACTOR)
     fields = {k: v for k, v in audit.journal_fields(entry).items()}

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import paths, protocol
-from deployer.hostside.protocol import ApplyRequest, RunRequest, StopRequest
+from deployer.contract import paths, protocol
+from deployer.contract.protocol import ApplyRequest, RunRequest, StopRequest
 from tests.test_agent import U, files, host, record_entry, unit, write  # noqa: F401 - host: the fixture
 
 SERVICE = "deployer-settle.service"

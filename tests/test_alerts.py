@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from deployer.hostside import alert, channels, journal
+from deployer.contract import channels
+from deployer.host import alert, journal
 from tests.conftest import REPO
 from tests.httpserver import Reply
 from tests.robots import Robot, openssl_hmac_b64
@@ -176,7 +177,7 @@ def test_the_alert_reads_the_jobs_method_and_url_from_the_unit_the_renderer_wrot
     """One fact, written by the renderer and read back by the alert program (not parsed out of
     Description=); the URL arrives without its password."""
     from deployer import render
-    from deployer.hostside import paths
+    from deployer.contract import paths
     from deployer.models import Job
 
     job = Job(name="odd", host="cron01", url="https://u:pw@h.example/a%20b/$x;y?q='\"&z=\\é", method="PUT",
@@ -377,7 +378,7 @@ def test_probe16_4_alerts_and_pings_trust_the_hosts_store_like_jobs(tmp_path, mo
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from deployer.hostside import run
+    from deployer.host import run
     from tests.tls import make_pki
 
     pki = make_pki(tmp_path / "pki")
@@ -838,7 +839,7 @@ def test_a_test_message_that_gets_no_answer_has_no_status(server):
 
 
 def test_the_agent_takes_the_test_answer_only_from_the_units_dynamic_user():
-    from deployer.hostside.agent import alert_test_answer
+    from deployer.host.agent import alert_test_answer
 
     fields = {"DEPLOYER_ALERT_TEST": "ops", "DEPLOYER_ALERT_ACCEPTED": "y", "DEPLOYER_ALERT_HTTP_STATUS": "200",
               "DEPLOYER_ALERT_ANSWER": "errcode 0: ok"}

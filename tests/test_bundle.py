@@ -25,8 +25,8 @@ def test_the_bundle_carries_bytecode_that_is_used(tmp_path):
 
     path = tmp_path / "trigger.pyz"
     path.write_bytes(trigger_bundle())
-    probe = f"import sys; sys.path.insert(0, {str(path)!r}); import deployer.hostside.run as r; print(r.__file__)"
+    probe = f"import sys; sys.path.insert(0, {str(path)!r}); import deployer.host.run as r; print(r.__file__)"
     loaded = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip().endswith("deployer/hostside/run.pyc"), "the module was compiled from source"
+    assert loaded.stdout.strip().endswith("deployer/host/run.pyc"), "the module was compiled from source"
     ran = subprocess.run([sys.executable, "-I", "-S", str(path), "--help"], capture_output=True, text=True)
     assert ran.returncode == 0 and "--url" in ran.stdout

@@ -1,12 +1,12 @@
-"""hostside/chain.py (issue 23 item 8): a run its parent's unit started stands for the parent's slot."""
+"""host/chain.py (issue 23 item 8): a run its parent's unit started stands for the parent's slot."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from deployer.hostside import chain, slot
-from deployer.hostside.slot import Slot
+from deployer.host import chain, slot
+from deployer.host.slot import Slot
 
 PARENT_RUN = "0123456789abcdef0123456789abcdef"
 SLOT = 1796522400  # 2026-12-06T02:00:00Z

@@ -86,7 +86,7 @@ import json  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from deployer import cli, remote  # noqa: E402
-from deployer.hostside import protocol  # noqa: E402
+from deployer.contract import protocol  # noqa: E402
 
 # A service's body and a compromised host's fields: clear screen, cursor moves, OSC 0 (window
 # title), OSC 8 (a link), bell, backspaces, a carriage return, 8-bit CSI, DEL.
@@ -180,7 +180,7 @@ def test_issue22_4_a_run_outside_its_vocabulary_is_refused(hostile, field, value
 # --- issue 22 item 14, issue 24 item 2: status shows what each host runs ----------------------
 
 from deployer.errors import DeployerError, RemoteError  # noqa: E402
-from deployer.hostside.protocol import JobStatus, StatusAnswer  # noqa: E402
+from deployer.contract.protocol import JobStatus, StatusAnswer  # noqa: E402
 
 MACHINE_A, MACHINE_B = "a" * 32, "b" * 32
 
@@ -490,8 +490,8 @@ def test_issue24_7_push_announces_its_plan_before_it_asks_and_before_it_changes_
 import re  # noqa: E402
 
 from deployer import report  # noqa: E402
-from deployer.hostside.journal import format_entry  # noqa: E402
-from deployer.hostside.protocol import RunInfo  # noqa: E402
+from deployer.host.journal import format_entry  # noqa: E402
+from deployer.contract.protocol import RunInfo  # noqa: E402
 
 CLOCK = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (UTC|CST|CET|CEST|[+-]\d\d)\b")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
@@ -699,7 +699,8 @@ def test_validate_shows_when_a_chained_job_runs_and_a_bad_chain_is_one_line_exit
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from deployer.hostside import agent, paths  # noqa: E402
+from deployer.contract import paths  # noqa: E402
+from deployer.host import agent
 from tests.test_agent import journal_socket  # noqa: E402
 
 HOSTS_WITH_A_CHANNEL = ("[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"

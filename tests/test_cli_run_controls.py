@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from deployer import cli, remote
 from deployer.errors import RemoteError
-from deployer.hostside import protocol
-from deployer.hostside.protocol import HistoryAnswer, RunInfo, StopAnswer
+from deployer.contract import protocol
+from deployer.contract.protocol import HistoryAnswer, RunInfo, StopAnswer
 from tests.test_cli import EVIL, RAW
 
 NOW = 1796529600.0

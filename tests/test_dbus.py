@@ -1,4 +1,4 @@
-"""The D-Bus wire format the agent speaks to PID 1 (hostside/dbus.py); the end-to-end proof that
+"""The D-Bus wire format the agent speaks to PID 1 (host/dbus.py); the end-to-end proof that
 it reads what `systemctl show` reads is tests/e2e/test_probe_agent.py."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deployer.hostside import dbus
+from deployer.host import dbus
 
 
 def test_unit_names_are_escaped_as_sd_bus_does():

@@ -8,7 +8,7 @@ import pytest
 
 from deployer import deploy, inventory, remote
 from deployer.errors import AgentRefused, DeployerError, RemoteError
-from deployer.hostside import paths, protocol
+from deployer.contract import paths, protocol
 from tests.test_agent import FakeSystemd
 
 HOSTS = "[host:cron01]\naddress = 10.0.0.1\n[host:cron02]\naddress = 10.0.0.2\n"
@@ -44,7 +44,7 @@ def test_a_second_push_plans_nothing(tmp_path, hosts):
 
 def test_a_push_with_nothing_to_change_still_releases_a_held_host(tmp_path, hosts):
     """`status` and `plan` say a push releases a held host: a push that changes no file too."""
-    from deployer.hostside import agent
+    from deployer.host import agent
 
     inv = load(tmp_path, jobs("cron01"))
     deploy.push(inv, "cron01", hosts["cron01"], hosts.get)

@@ -1,4 +1,4 @@
-"""deployer.hostside.http against real servers on loopback: plain, TLS with its own CA, mTLS,
+"""deployer.host.http against real servers on loopback: plain, TLS with its own CA, mTLS,
 slow, endless, redirecting and absent ones."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deployer.hostside.http import HttpError, Response, parse_url, request
+from deployer.host.http import HttpError, Response, parse_url, request
 from tests.tls import make_pki
 
 
@@ -390,7 +390,7 @@ def test_importing_it_loads_neither_email_nor_http_client_nor_ssl():
     import subprocess
     import sys
 
-    code = ("import sys, deployer.hostside.http; "
+    code = ("import sys, deployer.host.http; "
             "print(sorted(m for m in ('email', 'http.client', 'urllib.request', 'ssl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

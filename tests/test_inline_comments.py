@@ -12,7 +12,7 @@ import pytest
 
 from deployer import inventory
 from deployer.errors import InventoryError
-from deployer.hostside.options import JOB_OPTIONS, OPTIONS_BY_KEY, credentials
+from deployer.contract.options import JOB_OPTIONS, OPTIONS_BY_KEY, credentials
 from deployer.render import option_values, trigger_args
 
 BASE = {

@@ -356,7 +356,7 @@ BIG_JOB = "[job:big]\nschedule = * * * * *\nurl = http://svc/x\n"
 
 
 def test_a_body_over_systemds_credential_limit_is_refused_with_the_limit():
-    from deployer.hostside.options import CREDENTIALS_LIMIT, MAX_CREDENTIALS
+    from deployer.contract.options import CREDENTIALS_LIMIT, MAX_CREDENTIALS
 
     assert parse(HOST + BIG_JOB + "body = " + "x" * (MAX_CREDENTIALS - len("body")) + "\n").jobs[0].body
     found = problems(HOST + BIG_JOB + "body = " + "x" * (1024 * 1024 + 1) + "\n")
@@ -383,7 +383,7 @@ def test_a_huge_inventory_is_refused_before_it_is_read(tmp_path):
 
 
 def test_a_huge_local_file_is_refused_without_reading_it_whole(tmp_path):
-    from deployer.hostside.options import MAX_CREDENTIALS
+    from deployer.contract.options import MAX_CREDENTIALS
 
     big = tmp_path / "ca.pem"
     big.write_bytes(b"x" * (MAX_CREDENTIALS + 10))

@@ -1,4 +1,4 @@
-"""The metrics collector (hostside/metrics.py) against a temporary root and a recording systemd:
+"""The metrics collector (host/metrics.py) against a temporary root and a recording systemd:
 records -> counters that survive a restart, the textfile promtool accepts, and its refusals."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import subprocess
 
 import pytest
 
-from deployer.hostside import metrics, paths
-from deployer.hostside.agent import Systemd
-from deployer.hostside.record import RunRecord
+from deployer.contract import paths
+from deployer.host import metrics
+from deployer.host.agent import Systemd
+from deployer.contract.record import RunRecord
 
 HOST = "cron01"
 TIMER_SHOW = {

@@ -2,7 +2,8 @@
 import pytest
 
 from deployer import inventory, render
-from deployer.hostside import cli, options
+from deployer.contract import options
+from deployer.host import trigger as cli
 from deployer.models import Job
 
 

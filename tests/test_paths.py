@@ -1,7 +1,7 @@
 """Host paths and unit names: one declaration, and a Layout that moves them under a root."""
 import pytest
 
-from deployer.hostside import paths
+from deployer.contract import paths
 
 
 @pytest.mark.parametrize("job", ["../etc", "A", "-x", "a.b", "a/b", "", "x" * 64])

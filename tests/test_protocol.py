@@ -6,8 +6,8 @@ import json
 import pytest
 
 from deployer.errors import AgentRefused
-from deployer.hostside import protocol
-from deployer.hostside.protocol import (ApplyAnswer, ApplyRequest, Failure, FileWrite, HandoffAnswer,
+from deployer.contract import protocol
+from deployer.contract.protocol import (ApplyAnswer, ApplyRequest, Failure, FileWrite, HandoffAnswer,
                                         HandoffRequest, Held, HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer,
                                         LogsRequest, PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest,
                                         ResumeAnswer, ResumeRequest, RunAnswer, RunInfo, RunRequest, StateAnswer,

@@ -319,8 +319,8 @@ def test_a_sync_duplicate_while_running_gets_409_without_an_epoch(start):
 def test_the_trigger_waits_out_a_key_another_host_is_running(start):
     """The race of a move: the old owner's request for a slot is still running when the new
     owner sends the same slot. The new owner's run ends with the stored answer, not a failure."""
-    from deployer.hostside import run
-    from deployer.hostside.slot import Slot, parse_iso_utc
+    from deployer.host import run
+    from deployer.host.slot import Slot, parse_iso_utc
 
     service = start(work_seconds=3, key=None)
     old_owner = in_background(service.call, "POST", "/sync/settle", run_id="old-owner")

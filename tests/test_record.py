@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import socket
 
-from deployer.hostside import record
-from deployer.hostside.record import RunRecord
+from deployer.contract import record
+from deployer.contract.record import RunRecord
 
 FAILED = RunRecord(job="settle", run="abc123", slot=1_764_000_000, started=1_764_000_000.25, duration=1.5,
                    attempts=3, result="failed", reason="status 500,\nexpected 2xx", http_status=500)

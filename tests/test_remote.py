@@ -281,7 +281,7 @@ def test_issue22_4_a_stderr_line_without_end_is_cut_too(monkeypatch):
 
 
 def test_issue22_4_a_refusal_with_a_code_outside_the_protocol_is_not_taken_as_one():
-    from deployer.hostside import protocol
+    from deployer.contract import protocol
 
     agent = remote.LocalAgent("cron01", "/nonexistent", None)
     raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": False,

@@ -62,7 +62,7 @@ def test_trigger_arguments(job, expected_tail):
 
 
 def test_a_host_without_metrics_dir_gets_no_metrics_units(tmp_path):
-    from deployer.hostside import paths
+    from deployer.contract import paths
 
     source = (DATA / "golden.ini").read_text().replace("[host:cron01]\n", "[host:cron01]\nmetrics_dir =\n", 1)
     (tmp_path / "inv.ini").write_text(source)
@@ -73,7 +73,7 @@ def test_a_host_without_metrics_dir_gets_no_metrics_units(tmp_path):
 
 
 def test_the_heartbeat_url_is_a_root_only_file_never_in_a_unit(tmp_path):
-    from deployer.hostside import paths
+    from deployer.contract import paths
 
     source = (DATA / "golden.ini").read_text().replace(
         "[host:cron01]\n", "[host:cron01]\nheartbeat_url = https://hc.example/ping/s3cret\n", 1)
@@ -127,7 +127,7 @@ def test_units_a_frequent_timer_starts_have_no_start_limit():
     pytest.param("alert_after = 3\nalert =\n", None, id="no-alert-no-line"),
 ])
 def test_the_alert_policy_reaches_the_jobs_unit_only_when_it_is_not_the_default(tmp_path, keys, line):
-    from deployer.hostside import paths
+    from deployer.contract import paths
 
     (tmp_path / "inv.ini").write_text("[host:cron01]\naddress = h\n[alert:ops]\ntype = webhook\n"
                                       "endpoint = http://hook/\n[defaults]\nalert = ops\n"
@@ -199,7 +199,7 @@ def test_the_parents_published_slots_keep_the_latest_runs_as_json_lines(tmp_path
     import subprocess
 
     from deployer import render
-    from deployer.hostside import paths
+    from deployer.contract import paths
 
     script = render.publish_argv("extract")[2].replace(paths.CHAIN_DIR, str(tmp_path))
     (tmp_path / "deployer-extract").mkdir()

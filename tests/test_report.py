@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from deployer import report
-from deployer.hostside.protocol import Actor, ApplyAnswer, AuditEntry, Held, JobStatus, RunAnswer, RunInfo
+from deployer.contract.protocol import Actor, ApplyAnswer, AuditEntry, Held, JobStatus, RunAnswer, RunInfo
 from deployer.models import Plan
 
 # The contract: renaming or dropping a key is a new `version` (docs/json.md). Adding one is not,
@@ -267,7 +267,7 @@ ALERT_TEST_RESULT_KEYS = {"host", "channel", "type", "result", "http_status", "a
 ])
 def test_alert_test_document_keys_are_pinned_and_the_line_says_what_the_channel_answered(
         accepted, status, answer, result, line):
-    from deployer.hostside.protocol import AlertTestAnswer
+    from deployer.contract.protocol import AlertTestAnswer
 
     said = AlertTestAnswer("ops", accepted=accepted, http_status=status, answer=answer)
     doc = report.alert_test_document([("cron01", "dingtalk", said)])

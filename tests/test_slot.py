@@ -1,4 +1,4 @@
-"""The slot a run is for (hostside/slot.py): from the timer's stamp and its own calendar."""
+"""The slot a run is for (host/slot.py): from the timer's stamp and its own calendar."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.hostside import slot
+from deployer.host import slot
 
 DATA = Path(__file__).parent / "data" / "slot"
 DAY = 86400
@@ -206,7 +206,7 @@ def test_a_process_knows_when_it_was_started_on_the_wall_clock():
     import time
 
     before = time.time()
-    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5); from deployer.hostside import slot; "
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5); from deployer.host import slot; "
                           "print(slot.process_started())"], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
     after = time.time()

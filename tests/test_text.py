@@ -1,11 +1,11 @@
-"""hostside/text.py: what reaches a terminal (printable) and what a run masks (its secrets)."""
+"""contract/text.py: what reaches a terminal (printable) and what a run masks (its secrets)."""
 from __future__ import annotations
 
 import base64
 
 import pytest
 
-from deployer.hostside.text import MASK, Masker, printable, run_masker
+from deployer.contract.text import MASK, Masker, printable, run_masker
 
 # What a hostile service or host sends: clear screen, cursor moves, a window title (OSC 0), a
 # hyperlink (OSC 8), a bell, backspaces and a carriage return that overwrite what was printed,

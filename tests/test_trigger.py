@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from deployer.hostside import rules, run
+from deployer.contract import rules
+from deployer.host import run
 from tests.conftest import REPO
 from tests.httpserver import RecordingServer, Reply, json_reply
 
@@ -219,7 +220,7 @@ def test_redact_url_hides_userinfo_and_secret_looking_query_values(url, shown):
 
 
 def test_a_url_with_a_secret_reaches_the_run_as_a_credential_and_the_command_line_redacted(server, tmp_path):
-    from deployer.hostside import options
+    from deployer.contract import options
 
     server.routes["/x"] = json_reply({"code": 0})
     url = server.url("/x").replace("http://", "http://svc:PASSWORD@") + "?api_key=TOKEN&page=2"
@@ -460,7 +461,7 @@ def test_issue24_4_the_waiting_lines_stop_with_the_runs_timeout(server):
 def test_issue24_4_a_sigterm_is_deployer_stops_only_for_the_run_it_names(tmp_path):
     """`deployer stop` names the run before its SIGTERM: that run is stopped (not resumed at the
     next boot); any other SIGTERM (a shutdown) stays an interruption that may be resumed."""
-    from deployer.hostside import slot
+    from deployer.host import slot
 
     assert not slot.stopped_by_operator("settle", "run1", str(tmp_path))
     with open(slot.stop_path("settle", str(tmp_path)), "w") as marker:
@@ -477,7 +478,8 @@ def params_run(server, tmp_path, monkeypatch, asked=None, content_type="applicat
     the agent's request (params, by)."""
     import json
 
-    from deployer.hostside import cli, options, slot
+    from deployer.contract import options
+    from deployer.host import slot, trigger as cli
 
     monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
     monkeypatch.delenv("TRIGGER_UNIT", raising=False)
@@ -518,8 +520,9 @@ def test_a_parameter_the_unit_does_not_declare_fails_the_run_and_sends_nothing(s
 
 
 def test_a_parameter_in_a_json_body_stays_json():
-    from deployer.hostside import cli, options
-    from deployer.hostside.slot import Slot
+    from deployer.contract import options
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     spec = run.JobSpec(name="settle", url="http://svc/x", body='{"note": "${{note}}"}',
                        params=options.params("note=plain"))
@@ -541,8 +544,8 @@ SEVEN = 1796540400  # 2026-12-06T07:00:00Z
     pytest.param("none", SEVEN + 3, "", id="none-on-time-on-a-busy-host"),
 ])
 def test_issue23_a_timer_run_later_than_catch_up_is_skipped(catch_up, elapsed, reason):
-    from deployer.hostside import cli
-    from deployer.hostside.slot import Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     job = run.JobSpec(name="briefing", url="http://x/", catch_up=catch_up, calendar=("*-*-* 07:00:00",))
     assert cli.missed_reason(job, Slot(SEVEN, "r1", elapsed=elapsed)) == reason
@@ -552,8 +555,9 @@ def test_issue23_a_timer_run_later_than_catch_up_is_skipped(catch_up, elapsed, r
 
 
 def test_issue23_a_skipped_slot_is_a_record_of_its_own_that_called_nothing():
-    from deployer.hostside import cli, record
-    from deployer.hostside.slot import Slot
+    from deployer.contract import record
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     job = run.JobSpec(name="briefing", url="http://x/", catch_up=7200, epoch=5)
     made = cli.skipped_record(job, Slot(SEVEN, "inv1"), "skipped: missed by 9h12m, catch_up = 2h", "catch_up", "inv1")
@@ -573,8 +577,8 @@ def fake_analyze(period):
 
 
 def test_issue23_slots_that_came_while_a_timer_run_went_are_skipped_but_the_latest_which_runs_next():
-    from deployer.hostside import cli
-    from deployer.hostside.slot import Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
     sent = []
@@ -596,8 +600,8 @@ def timer_runs(job, runs, analyze, send, lost=()):
     its overlaps, when it ended). Each takes what the run before it left (unless `lost`: a run
     killed before its end leaves nothing), records what the timer coalesced, runs, records its
     overlaps and leaves what it accounted for. -> the slots run."""
-    from deployer.hostside import cli
-    from deployer.hostside.slot import Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     left, ran = {}, []
     for number, (at, recorded_at, ended) in enumerate(runs):
@@ -616,7 +620,7 @@ def test_issue23_6_the_end_record_and_the_next_runs_record_partition_the_slots_n
     starts next; a slot that comes before the unit has ended makes the timer name a newer one. The
     next run records those, from where the previous one's record stopped: together, every slot
     between the first run and the last is run once or recorded skipped once."""
-    from deployer.hostside import cli
+    from deployer.host import trigger as cli
 
     job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
     sent = []
@@ -660,8 +664,9 @@ def test_issue23_6_a_slot_that_came_after_the_previous_run_ended_is_not_an_overl
 
 def test_issue23_6_the_next_run_asks_systemd_analyze_nothing_when_it_is_the_slot_handed_on(tmp_path, monkeypatch):
     """The common case costs no process: the previous run left the slot it handed on."""
-    from deployer.hostside import cli, paths
-    from deployer.hostside.slot import Slot, latest_elapse
+    from deployer.contract import paths
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot, latest_elapse
 
     calls = []
 
@@ -706,8 +711,8 @@ def test_issue23_6_the_next_run_asks_systemd_analyze_nothing_when_it_is_the_slot
 
 
 def test_issue23_a_manual_run_counts_only_elapses_its_timer_stamped_while_it_went():
-    from deployer.hostside import cli
-    from deployer.hostside.slot import Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",))
     manual = Slot(None, "inv1", "manual")
@@ -732,8 +737,8 @@ def test_issue23_replace_ends_the_run_when_the_next_slot_comes(server):
 
 
 def test_issue23_replace_is_asked_only_of_a_timer_run_and_names_the_next_slot():
-    from deployer.hostside import cli
-    from deployer.hostside.slot import Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import Slot
 
     job = run.JobSpec(name="tick", url="http://x/", calendar=("*:*:0/10",), concurrency="replace")
     assert cli.replace_at(job, Slot(1000, "r"), print, fake_analyze(10)) == 1010.0
@@ -745,8 +750,8 @@ def test_issue23_replace_is_asked_only_of_a_timer_run_and_names_the_next_slot():
 def test_issue23_a_run_that_ended_before_the_next_slot_asks_systemd_analyze_nothing_more():
     """The slot's own call already lists the elapses after it: forbid's check and replace's next
     slot cost no second process (a burst's cost is its processes)."""
-    from deployer.hostside import cli
-    from deployer.hostside.slot import latest_elapse, Slot
+    from deployer.host import trigger as cli
+    from deployer.host.slot import latest_elapse, Slot
 
     calls = []
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from deployer import render
-from deployer.hostside import paths, watch
-from deployer.hostside.alert import format_messages
-from deployer.hostside.channels import CHANNEL_TYPES, EVENT_FIELDS, typed_event
-from deployer.hostside.watch import Facts, Watched, decide
+from deployer.contract import paths
+from deployer.host import watch
+from deployer.host.alert import format_messages
+from deployer.contract.channels import CHANNEL_TYPES, EVENT_FIELDS, typed_event
+from deployer.host.watch import Facts, Watched, decide
 
 DATA = Path(__file__).parent / "data" / "watch"
 SLOT = 1796522400.0  # 2026-12-06 02:00:00 UTC
@@ -24,7 +25,7 @@ class RecordedSystemd:
     """Answers `systemctl show` with the recorded output, and keeps every command it was given."""
 
     def __init__(self, output: str):
-        from deployer.hostside.systemctl import Systemd
+        from deployer.host.systemctl import Systemd
 
         self.output, self.commands, self.real = output, [], Systemd
 
@@ -55,7 +56,7 @@ def test_one_show_call_reads_every_watched_job_and_parses_as_recorded(tmp_path):
 def test_the_d_bus_read_gives_the_same_facts():
     """Systemd.properties (root: PID 1's private socket) renders values as systemctl.show_text does:
     times as @<unix>, the invocation id (D-Bus `ay`) as systemctl's hex."""
-    from deployer.hostside.systemctl import show_text
+    from deployer.host.systemctl import show_text
 
     fixture = json.loads((DATA / "show-settle-tick.json").read_text())
     timer = {"ActiveState": "active", "NextElapseUSecRealtime": show_text("NextElapseUSecRealtime", 1796608800 * 10**6),

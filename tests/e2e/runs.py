@@ -1,6 +1,6 @@
 """Judging a job's runs on a real host by what the host recorded, not by when requests arrived.
 
-Every run leaves a record in the journal (deployer/hostside/record.py: DEPLOYER_RUN is systemd's
+Every run leaves a record in the journal (deployer/contract/record.py: DEPLOYER_RUN is systemd's
 invocation id) naming its exact slot (DEPLOYER_SLOT, from the timer's calendar: issue 21), however
 late it started on a loaded machine. A run stopped before it could write its record (a move
 stops it mid-way) is found by PID 1's "Starting" entry for its invocation, written when the
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
+from deployer.contract.record import RUN_FINISHED, RunRecord, sent_by_the_job
 
 UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"  # systemd's "Starting <unit>..." (catalog id)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.hostside import audit
+from deployer.contract import audit
 from tests.cronhost import CronHost
 from tests.httpserver import json_reply
 from tests.robots import Robot

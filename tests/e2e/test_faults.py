@@ -13,7 +13,7 @@ import time
 import pytest
 
 from deployer import inventory
-from deployer.hostside import paths
+from deployer.contract import paths
 from deployer.render import desired_files
 
 pytestmark = pytest.mark.e2e

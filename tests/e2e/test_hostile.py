@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from deployer.hostside.run import redact_url
+from deployer.host.run import redact_url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

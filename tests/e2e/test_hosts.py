@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deployer.hostside import paths
+from deployer.contract import paths
 
 from tests.e2e.runs import assert_each_slot_ran_once, heard, runs, wait_for_runs, wait_until
 from tests.httpserver import json_reply

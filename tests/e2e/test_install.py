@@ -123,7 +123,8 @@ def test_the_wheel_carries_every_template_and_everything_the_host_is_sent(wheel)
     trigger zipapp are built from, and trigger.py."""
     names = _shipped(wheel)
     assert {f"deployer/units/{p.name}" for p in (REPO / "units").glob("*.j2")} <= names
-    assert {f"deployer/hostside/{p.name}" for p in (REPO / "deployer" / "hostside").glob("*.py")} <= names
+    for package in ("contract", "host", "hostside"):
+        assert {f"deployer/{package}/{p.name}" for p in (REPO / "deployer" / package).glob("*.py")} <= names
     assert {"deployer/__init__.py", "deployer/bundle.py", "deployer/remote.py", "trigger.py"} <= names
 
 

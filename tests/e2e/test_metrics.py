@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.hostside import paths
+from deployer.contract import paths
 from tests.cronhost import free_port
 from tests.httpserver import Reply, json_reply
 

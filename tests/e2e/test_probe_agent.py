@@ -188,7 +188,7 @@ def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(shared_c
 def test_status_of_a_thousand_jobs_right_after_the_push_costs_what_a_warm_one_does(shared_cron01, deployer,
                                                                                    write_inventory):
     """Before: the first status after the push took 28-65 s, a second one 3-6 s (PID 1 computed
-    UnitFileState for every unit on first sight; hostside/dbus.py). A ratio, not a wall-clock limit."""
+    UnitFileState for every unit on first sight; host/dbus.py). A ratio, not a wall-clock limit."""
     path = thousand_jobs(shared_cron01, write_inventory)
     deployer("push", "-i", path, check=True)
     started = time.monotonic()
@@ -216,9 +216,9 @@ print(json.dumps({"bus": values, "show": shown}))
 
 
 def test_the_dbus_reader_reads_what_systemctl_show_reads(shared_cron01, deployer, write_inventory, server):
-    """hostside/dbus.py against systemd's own client, property by property, for jobs that ran
+    """host/dbus.py against systemd's own client, property by property, for jobs that ran
     ok, failed, never ran and are paused."""
-    from deployer.hostside import agent, dbus, systemctl
+    from deployer.host import agent, dbus, systemctl
 
     server.routes["/ok"] = json_reply({"code": 0})
     path = write_inventory(shared_cron01.inventory_host() + job("ok", server.url("/ok")) + job("bad", "http://127.0.0.1:9/")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deployer.hostside import paths
+from deployer.contract import paths
 
 from tests.httpserver import Reply, json_reply
 

@@ -1,4 +1,4 @@
-"""Every run leaves one structured journal record on the host (hostside/record.py), in both sandboxes."""
+"""Every run leaves one structured journal record on the host (contract/record.py), in both sandboxes."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deployer.hostside.record import RUN_FINISHED, RunRecord, sent_by_the_job
+from deployer.contract.record import RUN_FINISHED, RunRecord, sent_by_the_job
 from tests.httpserver import Reply, json_reply
 
 pytestmark = pytest.mark.e2e
@@ -120,7 +120,7 @@ def test_issue22_10_a_flood_of_forged_records_hides_no_failed_jobs_reason(tmp_pa
     filled the 50,000 entries status reads newest first, and the failed job's reason vanished
     (and status took seconds). Now the query matches journald's own fields of the sender (the
     job's unit; the jobs' slice), which no local user can set. Prints status's time."""
-    from deployer.hostside.agent import STATUS_SCAN_LIMIT
+    from deployer.host.agent import STATUS_SCAN_LIMIT
     from tests.cronhost import CronHost
     from tests.e2e.conftest import _require_nspawn
 

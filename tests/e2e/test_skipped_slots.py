@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from deployer.hostside import paths
-from deployer.hostside.slot import iso_utc
+from deployer.contract import paths
+from deployer.host.slot import iso_utc
 from tests.e2e.runs import records, wait_until
 from tests.httpserver import Reply, json_reply
 

@@ -185,7 +185,7 @@ EVENT_FIELDS = {
     "recovered": ("kind", "job", "host", "time", "failed_runs", "failing_for"),
     "held": ("kind", "host", "since", "time", "down_for", "lease", "reason"),
     "test": ("kind", "host", "time"),  # `deployer alert test`: no job failed
-    # The watcher (hostside/watch.py): a slot not started alert_late after its time, a run still
+    # The watcher (host/watch.py): a slot not started alert_late after its time, a run still
     # going after alert_long, and each one's end.
     "late": ("kind", "job", "host", "slot", "late_by", "alert_late", "reason", "time"),
     "late_ended": ("kind", "job", "host", "slot", "started", "late_by", "time"),

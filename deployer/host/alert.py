@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from . import paths
-from .cli import EXIT_FENCED
-from .journal import FailedRun, RunAccount, journal_failed_runs, run_account
-from .channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
-from .protocol import duration_text
-from .run import trust_store
+from deployer.contract import paths
+from deployer.contract.options import EXIT_FENCED
+from deployer.host.journal import FailedRun, RunAccount, journal_failed_runs, run_account
+from deployer.contract.channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
+from deployer.contract.protocol import duration_text
+from deployer.host.run import trust_store
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
 RATE_LIMIT = 18
@@ -72,12 +72,12 @@ def clock_text(stamp: str) -> str:
     """An event's `time` (ISO 8601, the host's offset: kept as is in the webhook document) as
     every deployer text writes a moment: `2026-12-06 04:00:00 UTC` (as the journal lines of
     `deployer logs`). Anything else is shown as it came."""
-    from .text import clock_of_iso
+    from deployer.contract.text import clock_of_iso
 
     return clock_of_iso(stamp)
 
 
-# The watcher's events (hostside/watch.py): what the title says, and the paragraph for one.
+# The watcher's events (host/watch.py): what the title says, and the paragraph for one.
 WATCH_VERBS = {"late": "LATE", "late_ended": "started again", "long": "STILL RUNNING", "long_ended": "finished"}
 
 
@@ -710,7 +710,7 @@ def journal_barrier(wait: float, socket_path: str = paths.JOURNAL_SOCKET, sleep=
     """Send journald an entry and wait until journalctl reads it back (at most `wait`): journald
     takes the native socket's entries in order, so every entry sent before it (the run's record,
     PID 1's "Failed with result") is readable then. False: no journal to ask, or not in time."""
-    from .record import encode
+    from deployer.contract.record import encode
 
     token = uuid.uuid4().hex
     try:
@@ -729,7 +729,7 @@ def journal_barrier(wait: float, socket_path: str = paths.JOURNAL_SOCKET, sleep=
 
 
 def _systemd():
-    from .systemctl import Systemd  # every journalctl call of the host programs goes through it
+    from deployer.host.systemctl import Systemd  # every journalctl call of the host programs goes through it
 
     return Systemd()
 
@@ -1122,7 +1122,7 @@ def test_main(channel: Channel, host_name: str, journal: str = paths.JOURNAL_SOC
     """What the channel's alert unit runs as instance ALERT_TEST_INSTANCE: send a test message,
     log the answer, and leave it in the journal for the agent. True even when refused: the
     unit's Restart=on-failure must not send the test again."""
-    from .record import encode
+    from deployer.contract.record import encode
 
     accepted, status, detail = test_send(channel, host_name)
     verdict = "accepted" if accepted else "not accepted"

@@ -17,9 +17,9 @@ import os
 import pwd
 import re
 
-from . import protocol
-from .paths import JOURNAL_SOCKET
-from .record import send_fields
+from deployer.contract import protocol
+from deployer.contract.paths import JOURNAL_SOCKET
+from deployer.contract.record import send_fields
 
 # `journalctl MESSAGE_ID=...` finds every audited action.
 AUDIT = "8e1f5c2a6b7d4c0e9a3f1b2d4c6e8a01"

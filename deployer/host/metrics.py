@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from . import paths
-from .journal import Position, Recorded, read_records
-from .record import SKIP_KINDS
+from deployer.contract import paths
+from deployer.host.journal import Position, Recorded, read_records
+from deployer.contract.record import SKIP_KINDS
 
 # 2: each job's last run keeps its record's journal cursor (1 compared the records' start times).
 STATE_VERSION = 2
@@ -287,7 +287,7 @@ def installed_jobs(layout) -> Dict[str, str]:
 def ping(url: str, log) -> bool:
     from urllib.parse import urlsplit
 
-    from .run import TransportError, request
+    from deployer.host.run import TransportError, request
 
     # A Healthchecks-style URL is a secret as a whole (its path is the check's key): the log
     # names the monitor's host only.
@@ -306,8 +306,8 @@ def ping(url: str, log) -> bool:
 
 def collect(host: str, version: str, directory: str, layout=None, systemd=None, now=None, log=print) -> str:
     """One pass: records -> counters -> the textfile (returned as written); the heartbeat ping."""
-    from .agent import Host, job_statuses
-    from .systemctl import Systemd
+    from deployer.host.agent import Host, job_statuses
+    from deployer.host.systemctl import Systemd
 
     layout = layout or paths.Layout()
     systemd = systemd or Systemd()
@@ -347,7 +347,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
 def is_held(machine) -> bool:
     """A corrupt hold file holds too, and so does a boot that could not decide (as the agent reads
     them): the metrics say so every minute instead of stopping, which would look like a dead host."""
-    from .protocol import AgentError
+    from deployer.contract.protocol import AgentError
 
     try:
         return machine.current_hold() is not None

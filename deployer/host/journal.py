@@ -1,5 +1,5 @@
 """The one reader of the journal on the cron host: run records and PID 1's entries about a job's
-units, turned into typed runs; and the audit trail's entries (hostside/audit.py). The agent (status, history, run, resume at boot), the alert
+units, turned into typed runs; and the audit trail's entries (contract/audit.py). The agent (status, history, run, resume at boot), the alert
 program and the metrics collector all read runs here; the journalctl calls themselves go through
 the `Systemd` boundary they are given (systemctl.Systemd; a recording fake in tests), never run here.
 Standard library only.
@@ -12,9 +12,9 @@ import signal
 from dataclasses import dataclass
 from typing import Optional
 
-from . import audit, paths, record
-from .protocol import RunInfo
-from .text import utc_clock
+from deployer.contract import audit, paths, record
+from deployer.contract.protocol import RunInfo
+from deployer.contract.text import utc_clock
 
 # PID 1's "Starting <unit>..." (it carries the new run's INVOCATION_ID): when a killed run began.
 UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from . import paths, rules
+from deployer.contract import paths, rules
 
 
 class Invalid(ValueError):
@@ -28,6 +28,14 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(%s)?)+$" % _UNIT)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(%s)?" % _UNIT)
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# HTTP's idempotent methods (RFC 9110 9.2.2): sending one twice has the effect of sending it once.
+IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+# The trigger's exit statuses (the units and the alert program read them too).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # argparse's own, for a command line it refuses
+# The service refused this host's epoch (a 409 fence): the unit's ExecStopPost= stops the timer.
+EXIT_FENCED = 3
 MAX_TIMEOUT = 24 * 3600
 MAX_RETRIES = 10
 # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN) with "Argument list too long",
@@ -111,7 +119,7 @@ def alert_repeat(value: str):
     return int(seconds) if seconds == int(seconds) else seconds
 
 
-# alert_late / alert_long (issue 23 item 2): watched by the host's watcher (hostside/watch.py),
+# alert_late / alert_long (issue 23 item 2): watched by the host's watcher (host/watch.py),
 # which looks every WATCH_EVERY seconds; a threshold under twice that could not be told from the
 # watcher's own delay.
 WATCH_EVERY = 15
@@ -206,7 +214,7 @@ def redact_url(value: str) -> str:
     name alone too: it may be a token) and for every query value whose name looks secret."""
     from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-    from .text import SECRET_QUERY  # hiding a value that was not secret costs nothing: the URL is a credential
+    from deployer.contract.text import SECRET_QUERY  # hiding a value that was not secret costs nothing: the URL is a credential
 
     parts = urlsplit(value)
     netloc = parts.netloc

@@ -3,7 +3,7 @@
 `journalctl DEPLOYER_JOB=settle -o json` on the host lists a job's runs; `deployer history`
 and the metrics read the same fields. A run killed before it could write (systemd's timeout
 backstop, an OOM kill, a power loss) has no record: PID 1's own entries for the unit say so
-(hostside/alert.py reads them for alerts).
+(host/alert.py reads them for alerts).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from .paths import JOURNAL_SOCKET, BadName, job_unit
+from deployer.contract.paths import JOURNAL_SOCKET, BadName, job_unit
 
 # systemd's DynamicUser= range: every job run's user (both sandboxes), never a login's.
 DYNAMIC_UIDS = range(61184, 65520)

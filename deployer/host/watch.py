@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import paths
-from .options import duration_text as _duration_text
+from deployer.contract import paths
+from deployer.contract.options import duration_text as _duration_text
 
 
 def duration_text(seconds: float) -> str:
@@ -163,7 +163,7 @@ def read_facts(systemd, watched, layout: paths.Layout = paths.Layout()) -> dict:
 
 def next_after(lines, after: float) -> Optional[float]:
     """The first instant of any calendar line strictly after `after` (systemd-analyze)."""
-    from .slot import analyze
+    from deployer.host.slot import analyze
 
     firsts = [elapses[0] for elapses in analyze(list(lines), int(after), 1) if elapses]
     return float(min(firsts)) if firsts else None
@@ -342,8 +342,8 @@ def main(host_name: str, unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SER
          state_path: str = paths.WATCH_STATE) -> bool:
     """The watcher's pass (root): read the host, decide, remember, leave the events, and start
     the sender when there is something to send."""
-    from .systemctl import Systemd  # every systemctl/journalctl call of the host programs goes through it
-    from .journal import run_account
+    from deployer.host.systemctl import Systemd  # every systemctl/journalctl call of the host programs goes through it
+    from deployer.host.journal import run_account
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     watched, channels = read_config(unit_path)
@@ -366,8 +366,8 @@ def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bo
     """The sender (deployer-host@watch-send.service: the alert units' user, their state directory
     and the channels' credentials): what the watcher left, through alert.deliver behind each channel's
     Coalescer. An event that cannot go out now stays in the channel's queue for the next pass."""
-    from .alert import Coalescer, deliver, read_credential
-    from .channels import Channel, Secret
+    from deployer.host.alert import Coalescer, deliver, read_credential
+    from deployer.contract.channels import Channel, Secret
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     _watched, channels = read_config(unit_path)

@@ -44,12 +44,12 @@ TIMER_STAMPS = "/var/lib/systemd/timers"
 # The alert units' StateDirectory= (DynamicUser: systemd keeps it under /var/lib/private).
 ALERT_STATE_NAME = "deployer-alerts"
 FAILING_DIR = "/var/lib/private/" + ALERT_STATE_NAME + "/failing"
-# journald's native socket: where a run sends its structured record (hostside/record.py).
+# journald's native socket: where a run sends its structured record (contract/record.py).
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-# A manual run asked to backfill one slot finds it here (hostside/slot.py): written by the agent
+# A manual run asked to backfill one slot finds it here (host/slot.py): written by the agent
 # as root, readable by the run's dynamic user, never writable by another local user.
 BACKFILL_DIR = "/run/deployer-runs"
-# Chaining: where a parent's run leaves its slot for the runs it starts (hostside/chain.py).
+# Chaining: where a parent's run leaves its slot for the runs it starts (host/chain.py).
 CHAIN_DIR = "/run/deployer-chain"
 CHAIN_SLOT = "slot.json"
 
@@ -65,7 +65,7 @@ def chain_slot(job: str) -> str:
 
 
 # Issue 23 item 6: what a timer's run accounted for (its slot and the slots it recorded skipped)
-# and when it ended, for the job's next run (hostside/cli.py, take_through): the job's
+# and when it ended, for the job's next run (host/trigger.py, take_through): the job's
 # RuntimeDirectory=, private to its dynamic user and gone at reboot (a slot missed while the host
 # was down is not one a run overlapped).
 THROUGH_DIR = "/run/deployer-through"
@@ -125,6 +125,9 @@ def job_of_unit(name: str):
 # Every job run of this machine, together under one cgroup (systemd-cgtop shows them as one),
 # with the host's optional ceiling. Alerts stay outside it: they report what the ceiling kills.
 JOBS_SLICE = UNIT_PREFIX + "jobs.slice"
+# In Kubernetes, the pod's Job name (the downward API's `job-name` label, deployer/k8s.py): the
+# trigger's slot there.
+SCHEDULED_JOB_ENV = "DEPLOYER_SCHEDULED_JOB"
 # A key systemd ignores (X- prefix) in a job's [Unit]: one JSON line {"method", "url"} that the
 # alert program reads back, the URL without its password.
 REQUEST_KEY = "X-Deployer-Request"
@@ -159,7 +162,7 @@ METRICS_SOON_TIMER = UNIT_PREFIX + "host@metrics-soon.timer"
 # (which knows the calendar), for the collector.
 METRICS_KEY = "X-Deployer-Metrics"
 # The watcher (issue 23 item 2): late slots and long runs of the jobs that set alert_late or
-# alert_long (hostside/watch.py). Instance names, like the collector's: never taken for a job's.
+# alert_long (host/watch.py). Instance names, like the collector's: never taken for a job's.
 # Rendered only on a host where some job asks for it. Its unit carries WATCH_KEY: what it watches.
 WATCH_SERVICE = UNIT_PREFIX + "host@watch.service"
 WATCH_TIMER = UNIT_PREFIX + "host@watch.timer"

@@ -11,8 +11,9 @@ import os
 import subprocess
 import time
 
-from . import dbus, protocol
-from .protocol import AgentError
+from deployer.contract import protocol
+from deployer.host import dbus
+from deployer.contract.protocol import AgentError
 
 # Units per systemctl call: 10,000 in one `stop` or `enable` outlive systemctl's D-Bus timeout.
 UNIT_CHUNK = 500
@@ -51,7 +52,7 @@ BUS_PROPERTIES = {
     "Result": dbus.SERVICE_INTERFACE, "ExecMainStatus": dbus.SERVICE_INTERFACE,
     "ExecMainStartTimestamp": dbus.SERVICE_INTERFACE, "ExecMainExitTimestamp": dbus.SERVICE_INTERFACE,
     "StatusText": dbus.SERVICE_INTERFACE,
-    "InvocationID": dbus.UNIT_INTERFACE,  # the watcher's (hostside/watch.py): which run is going
+    "InvocationID": dbus.UNIT_INTERFACE,  # the watcher's (host/watch.py): which run is going
 }
 
 

@@ -12,19 +12,15 @@ import time
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from . import options
-from .channels import CHANNEL_TYPES, Channel, Secret
-from . import paths, record
-from .run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
-from .chain import slot_for, write_chain_slot
-from .slot import ITERATIONS, Analyze, Slot, iso_utc, stamp_of
-from .slot import analyze as slot_analyze
+from deployer.contract import options
+from deployer.contract.channels import CHANNEL_TYPES, Channel, Secret
+from deployer.contract import paths, record
+from deployer.host.run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
+from deployer.host.chain import slot_for, write_chain_slot
+from deployer.host.slot import ITERATIONS, Analyze, Slot, iso_utc, stamp_of
+from deployer.host.slot import analyze as slot_analyze
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-# The service refused this host's epoch (a 409 fence): the unit's ExecStopPost= stops the timer.
-EXIT_FENCED = 3
+from deployer.contract.options import EXIT_FAILED, EXIT_FENCED, EXIT_OK
 
 
 def _argument_type(parse):
@@ -91,24 +87,24 @@ def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.metrics:
-        from .metrics import main as metrics_main  # a job run never loads it
+        from deployer.host.metrics import main as metrics_main  # a job run never loads it
 
         return metrics_main(args.host_name, args.deployer_version, args.metrics_dir or paths.METRICS_DIR)
     if args.watch or args.watch_send:
-        from .watch import main as watch_main, send_main  # a job run never loads them
+        from deployer.host.watch import main as watch_main, send_main  # a job run never loads them
 
         return EXIT_OK if (send_main() if args.watch_send else watch_main(args.host_name)) else EXIT_FAILED
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")
-        from .alert import alert_main, read_credential  # a job run never loads the alert program
+        from deployer.host.alert import alert_main, read_credential  # a job run never loads the alert program
         mode = "boot" if args.boot else "sweep" if args.sweep else ""
         token, secret = ("", "") if args.sweep else (read_credential("token"), read_credential("secret"))
         channel = Channel(args.channel, args.type, token=Secret(token), secret=Secret(secret),
                           endpoint=args.endpoint or "")
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered, mode) else EXIT_FAILED
     if args.fenced:
-        from .agent import fence_main  # root, outside the run's sandbox
+        from deployer.host.agent import fence_main  # root, outside the run's sandbox
 
         return fence_main(args.job)
     if not args.url:
@@ -185,7 +181,7 @@ def finish(args, spec: JobSpec, the_slot: Slot, result: RunResult, run_id: str, 
         return EXIT_FENCED
     channel = inline_channel(args)
     if channel:  # the original recipe's -token, or DEPLOYER_ALERT_* (a Kubernetes Secret)
-        from .alert import deliver, failed_event
+        from deployer.host.alert import deliver, failed_event
 
         event = failed_event(job=spec.name, host=args.host_name, slot=the_slot.name, reason=result.reason,
                              method=spec.method, url=redact_url(spec.url), result=result.result,

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .paths import BACKFILL_DIR, TIMER_STAMPS, BadName, job_unit
+from deployer.contract.paths import SCHEDULED_JOB_ENV, BACKFILL_DIR, TIMER_STAMPS, BadName, job_unit
 
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 # How far back the slot is looked for, widening until one is found. A run on time elapsed
@@ -48,7 +48,7 @@ class Slot:
     at: Optional[int]
     run: str
     how: str = "timer"  # timer | backfill | manual | clock (the calendar could not be read) | after
-    after: str = ""  # a chained run (hostside/chain.py): "<parent> <its slot> succeeded|failed"
+    after: str = ""  # a chained run (host/chain.py): "<parent> <its slot> succeeded|failed"
     # What `deployer run` asked of this run: parameter values (name, value) and who asked.
     params: tuple = ()
     by: str = ""
@@ -192,8 +192,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# In Kubernetes, the pod's Job name (the downward API's `job-name` label, deployer/k8s.py).
-SCHEDULED_JOB_ENV = "DEPLOYER_SCHEDULED_JOB"
 _CRONJOB_MINUTE = re.compile(r"-(\d{8,10})$")
 
 

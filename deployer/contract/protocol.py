@@ -189,7 +189,7 @@ class Actor:
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One action recorded on a host by its agent (hostside/audit.py)."""
+    """One action recorded on a host by its agent (contract/audit.py)."""
 
     time: float                 # unix seconds
     action: str                 # one of audit.ACTIONS: push, handoff, pause, resume, release, run, stop, alert_test

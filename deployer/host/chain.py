@@ -20,8 +20,8 @@ import json
 import os
 from typing import Optional, Sequence
 
-from .paths import CHAIN_SLOT, BadName, chain_dir, chain_slot, job_unit
-from .slot import Slot, _is_int, read_request, slot_of_run
+from deployer.contract.paths import CHAIN_SLOT, BadName, chain_dir, chain_slot, job_unit
+from deployer.host.slot import Slot, _is_int, read_request, slot_of_run
 
 
 def slot_for(job: str, calendar: Sequence[str], run: str, parents: Sequence[str], env=os.environ,

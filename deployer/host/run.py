@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 
-from . import http
-from .http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
-from .http import Response
-from .options import redact_url
-from .record import RunRecord
-from .slot import Slot, iso_utc, stopped_by_operator
-from .rules import Verdict, judge, parse_expect_json, parse_expect_status
-from .text import Masker, run_masker
+from deployer.host import http
+from deployer.host.http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
+from deployer.host.http import Response
+from deployer.contract.options import IDEMPOTENT_METHODS, redact_url
+from deployer.contract.record import RunRecord
+from deployer.host.slot import Slot, iso_utc, stopped_by_operator
+from deployer.contract.rules import Verdict, judge, parse_expect_json, parse_expect_status
+from deployer.contract.text import Masker, run_masker
 
 BODY_EXCERPT = 200
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -39,7 +39,7 @@ def trust_store() -> Optional[str]:
 def request(method: str, url: str, headers: dict, timeout: tuple, body: bytes = b"",
             max_body: int = MAX_BODY, ca_file: Optional[str] = None,
             client_cert: Optional[tuple] = None) -> Response:
-    """One HTTP request with the standard-library client (hostside.http): never follows a
+    """One HTTP request with the standard-library client (host/http.py): never follows a
     redirect, verifies TLS against the host's trust store (or `ca_file`), reads at most
     `max_body` bytes of the answer, and holds the whole read to one deadline."""
     cert, key = client_cert or (None, None)
@@ -149,8 +149,6 @@ NOT_RESENT = ("not retried: the service may have started it "
               "(set idempotent = true once it dedupes on Idempotency-Key)")
 # The most a poll waits between two looks (poll_every grows to it), unless Retry-After says more.
 MAX_POLL_EVERY = 60.0
-# HTTP's idempotent methods (RFC 9110 9.2.2): sending one twice has the effect of sending it once.
-IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
 
 
 class Interrupted(BaseException):

@@ -1,0 +1,1555 @@
+"""The code that runs on the cron host (as root, stdlib only, python3 >= 3.7): one call = one round trip.
+
+The client ships this module and those it imports (deployer/contract, deployer/host) in the argument of
+`python3 -c` and the request as JSON on stdin (never in process arguments, so secrets stay out
+of `ps`); the agent answers one JSON document on stdout (protocol.py). Every host path comes
+from `paths.Layout`, every systemctl/systemd-analyze/journalctl call goes through one
+`Systemd` object: tests run this file in-process against a temporary root and a fake Systemd.
+
+Order: paths -> pure functions -> side effects -> operations -> dispatch.
+"""
+import base64
+import contextlib
+import contextvars
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import stat
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Dict, Tuple
+
+from deployer.contract import audit, paths, protocol, record
+from deployer.host.slot import iso_utc, stamp_of
+from deployer.host.systemctl import UNIT_CHUNK, Systemd, chunks
+from deployer.contract.text import clock_of_iso
+from deployer.host.journal import (RUN_FIELDS, audit_entries, format_entry, interrupted_runs, last_push,
+                                       run_matches, runs_from_journal)
+from deployer.contract.protocol import (AgentError, AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, AuditAnswer,
+                                        AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest, Held,
+                                        HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
+                                        PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
+                                        ResumeRequest, RunAnswer, RunInfo,
+                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
+                                        StopAnswer, StopRequest)
+
+# -- paths ------------------------------------------------------------------------------------
+
+LOCK_WAIT_SECONDS = 60
+# Enabled by every push: at boot, before any timer, it finishes an interrupted switch (--boot).
+RECOVER_UNIT = paths.RECOVER_UNIT
+
+
+
+
+# -- pure functions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Journal:
+    """A switch, written before it starts: every step may be repeated, so an interrupted switch
+    is finished by playing it again (roll_forward)."""
+
+    disable: Tuple[str, ...] = ()
+    restamp: Tuple[str, ...] = ()
+    forget: Tuple[str, ...] = ()
+    stopped_at: float = 0.0
+    stamps: Dict[str, float] = field(default_factory=dict)
+    renames: Tuple[Tuple[str, str], ...] = ()
+    removes: Tuple[str, ...] = ()
+    unpause: Tuple[str, ...] = ()
+    reload: bool = False
+    enable: Tuple[str, ...] = ()
+    start: Tuple[str, ...] = ()
+
+
+def unit_name(path):
+    return os.path.basename(path)
+
+
+def staging_path(path):
+    directory, name = os.path.split(path)
+    return os.path.join(directory, paths.STAGING, name)
+
+
+def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lambda path: path):
+    """What a switch does, as data: which timers to disable, restamp, enable and start, which
+    files to rename and remove. `current`: host path -> sha256; `staged`: host path -> staged
+    file; `starts`: host path -> start it now (else: enabled for boot only); `local`: host path
+    -> the file under the agent's layout."""
+    in_units = paths.UNIT_DIR + "/"
+    timers = [p for p in staged if p.endswith(".timer")]
+    added = [unit_name(p) for p in timers if p not in current]
+    changed = [unit_name(p) for p in timers if p in current]
+    boot_only = {unit_name(p) for p in timers if not starts.get(p, True)}
+    removed = [unit_name(p) for p in removes if p.endswith(".timer")]
+    return Journal(
+        disable=tuple(removed),
+        restamp=tuple(t for t in changed if t not in paused),
+        forget=tuple(removed) + tuple(t for t in added if t not in stamps),
+        stopped_at=now,
+        stamps={t: w for t, w in stamps.items() if t in added},
+        # Library files, then services, then timers: no timer ever points at a missing service.
+        renames=tuple((staged[p], local(p)) for p in sorted(staged, key=lambda p: (
+            p.startswith(in_units), p.endswith(".timer"), p))),
+        # Timers before their services, for the same reason.
+        removes=tuple(local(p) for p in sorted(removes, key=lambda p: not p.endswith(".timer"))),
+        unpause=tuple(t for t in removed if t in paused),
+        reload=any(p.startswith(in_units) for p in list(staged) + list(removes)),
+        enable=tuple(t for t in added if t not in paused) + tuple(
+            unit_name(p) for p in sorted(staged) if unit_name(p) in paths.BOOT_UNITS and p not in current),
+        start=tuple(t for t in added + changed if t not in boot_only and t not in paused),
+    )
+
+
+def journal_to_json(journal):
+    return json.dumps(protocol.to_json(journal))
+
+
+def journal_from_json(text):
+    return protocol.from_json(Journal, json.loads(text))
+
+
+def iso_time(value):
+    """`Tue 2026-11-24 07:41:06 UTC` (as printed under TZ=UTC) or `@<unix>` -> ISO 8601, or ""."""
+    value = value.strip()
+    if value.startswith("@"):
+        seconds = int(value[1:].split(".")[0])
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds)) if seconds else ""
+    parts = value.split()
+    if len(parts) == 4 and parts[3] == "UTC":
+        return "%sT%s+00:00" % (parts[1], parts[2])
+    return ""
+
+
+def calendar_info(value):
+    """TimersCalendar=`{ OnCalendar=X ; next_elapse=@N }...` -> ([X, ...], earliest next)."""
+    lines, nexts = [], []
+    for chunk in value.split("{")[1:]:
+        fields_ = dict(part.strip().partition("=")[::2] for part in chunk.rstrip("} ").split(" ; "))
+        if "OnCalendar" in fields_:
+            lines.append(fields_["OnCalendar"])
+        nexts.append(iso_time(fields_.get("next_elapse", "")))
+    return lines, min([n for n in nexts if n] or [""])
+
+
+# The takeovers kept in paths.TAKEOVERS (the newest).
+TAKEOVERS_KEPT = 50
+
+
+def lease_ran_out(lease, now):
+    """The lease document {"renewed", "seconds"} read at boot -> Held when it ran out before
+    `now`, else None. An unreadable lease holds too: a double run is the worse mistake."""
+    try:
+        renewed, seconds = float(lease["renewed"]), float(lease["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return Held(since=iso_time("@%d" % now), down_for_seconds=0.0, lease_seconds=0.0)
+    if now - renewed <= seconds:
+        return None
+    return Held(since=iso_time("@%d" % now), down_for_seconds=round(now - renewed, 3), lease_seconds=seconds)
+
+
+
+TIMER_STATUS = ("ActiveState", "NextElapseUSecRealtime", "LastTriggerUSec", "TimersCalendar")
+SERVICE_STATUS = ("ActiveState", "Result", "ExecMainStatus", "ExecMainStartTimestamp", "ExecMainExitTimestamp")
+
+
+def job_status(timer, t, s, paused, fenced=False):
+    """One job's `systemctl show` facts (timer `t`, service `s`) -> its JobStatus."""
+    calendar, next_elapse = calendar_info(t.get("TimersCalendar", ""))
+    active = t.get("ActiveState", "") == "active"
+    return JobStatus(job=paths.job_of_unit(timer), timer=timer, service=timer[:-len(".timer")] + ".service",
+                     timer_state=t.get("ActiveState", ""), enabled=t.get("UnitFileState", ""),
+                     calendar=tuple(calendar), next=next_elapse if active else "", paused=paused, fenced=fenced,
+                     last=iso_time(t.get("LastTriggerUSec", "")),
+                     service_state=s.get("ActiveState", ""), result=s.get("Result", ""),
+                     exit_status=int(s.get("ExecMainStatus") or 0), doing=s.get("StatusText", ""),
+                     started=iso_time(s.get("ExecMainStartTimestamp", "")),
+                     finished=iso_time(s.get("ExecMainExitTimestamp", "")))
+
+
+# A status reads the journal newest first and stops once every job it asks about has its
+# record; a job that never ran has none, so the read stops after this many entries at most.
+STATUS_SCAN_LIMIT = 50000
+
+
+# -- side effects -----------------------------------------------------------------------------
+
+class Stopwatch:
+    """Seconds per step, returned with the answer so that a slow push says where it was slow."""
+
+    def __init__(self):
+        self.steps, self.last = {}, time.monotonic()
+
+    def lap(self, name):
+        now = time.monotonic()
+        self.steps[name] = round(self.steps.get(name, 0) + now - self.last, 3)
+        self.last = now
+
+
+HEARTBEAT_SECONDS = 5  # the client gives up after remote.READ_TIMEOUT seconds of silence
+
+
+STDERR = threading.Lock()  # whole lines from the heartbeat and the work, never interleaved
+CLIENT_GONE = threading.Event()  # a write to the client failed: a `logs --follow` ends
+
+
+def say(line):
+    """One line to the client on stderr; a lost client must not stop the work."""
+    try:
+        with STDERR:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        return True
+    except (OSError, ValueError):
+        CLIENT_GONE.set()
+        return False
+
+
+def emit_line(text):
+    """A journal line the client prints as it comes (`deployer run`, `logs --follow`)."""
+    return say("@line " + text)
+
+
+def heartbeat():
+    """`@alive` on stderr every few seconds from a daemon thread: a long, quiet step (verify of
+    thousands of units) is told apart from a host that stopped answering."""
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            if not say("@alive"):
+                return
+
+    threading.Thread(target=beat, daemon=True).start()
+
+
+# Where progress goes: `@progress` lines on stderr for the SSH client; the in-process client
+# (remote.LocalAgent) takes them as calls, as it takes journal lines (Host.emit).
+PROGRESS_TO = contextvars.ContextVar("PROGRESS_TO", default=None)
+
+
+def progress(text):
+    """A step the client may show on a terminal."""
+    to = PROGRESS_TO.get()
+    if to is None:
+        say("@progress " + text)
+    else:
+        to(text)
+
+
+# Timers started per systemctl call: small enough that the count a push shows moves (1,000
+# timers took 20 s in one call, with nothing to show), large enough that calls stay few.
+START_CHUNK = 100
+COUNT_EVERY = 0.5  # seconds between two counts of one step (the client redraws one line)
+
+
+def counter(step):
+    """progress(`step: N/TOTAL`), at most every COUNT_EVERY seconds, and always the last."""
+    last = [0.0]
+
+    def report(done, total):
+        now = time.monotonic()
+        if done == total or now - last[0] >= COUNT_EVERY:
+            last[0] = now
+            progress("%s: %d/%d" % (step, done, total))
+
+    return report
+
+
+def start_timers(systemd, timers, prefix="", wait=True):
+    """Start timers in chunks, counting, then (`wait`) until all are active, counting."""
+    report = counter(prefix + "starting timers")
+    for done, chunk in ((i, timers[i:i + START_CHUNK]) for i in range(0, len(timers), START_CHUNK)):
+        report(done, len(timers))
+        # --no-block: one D-Bus call per timer without waiting for each job, then one check.
+        systemd.systemctl("start", "--no-block", *chunk)
+    report(len(timers), len(timers))
+    if wait:
+        systemd.wait_active(timers, report=counter(prefix + "timers active"))
+
+
+@dataclass
+class Host:
+    """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host name."""
+
+    layout: paths.Layout
+    systemd: Systemd
+    name: str = "?"
+    emit: object = emit_line  # where streamed journal lines go (in-process tests pass their own)
+
+    def sha256(self, path):
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+
+    def local(self, path):
+        """A host path of a managed file (from a request) -> the file under this layout. Refuses
+        anything but a plain name in one of the managed directories."""
+        directory, name = os.path.split(path)
+        if directory not in (paths.UNIT_DIR, paths.LIB_DIR, paths.CREDENTIALS_DIR) or not name \
+                or name.startswith(".") or name in ("..",):
+            raise AgentError(protocol.BAD_REQUEST, "%r is not a file the deployer manages" % (path,))
+        return self.layout.at(path)
+
+    def managed_files(self):
+        """host path -> sha256 of every file the deployer owns: marked units and its library files."""
+        return {self.layout.to_host(p): digest for p, digest in self.managed_local_files().items()}
+
+    def managed_local_files(self):
+        """managed_files, keyed by the path under this layout."""
+        found = {}
+        unit_dir, marker = self.layout.unit_dir, paths.MARKER.encode()
+        try:
+            names = sorted(os.listdir(unit_dir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            path = os.path.join(unit_dir, name)
+            if name.startswith(paths.UNIT_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    content = handle.read()
+                if content.startswith(marker):
+                    found[path] = hashlib.sha256(content).hexdigest()
+        for directory in (self.layout.lib_dir, self.layout.credentials_dir):
+            if os.path.isdir(directory):
+                for name in sorted(os.listdir(directory)):
+                    path = os.path.join(directory, name)
+                    if os.path.isfile(path):
+                        found[path] = self.sha256(path)
+        return found
+
+    def paused_timers(self):
+        try:
+            return set(os.listdir(self.layout.paused_dir))
+        except FileNotFoundError:
+            return set()
+
+    def fenced_timers(self):
+        """Timers this host stopped because their service fenced it (a newer owner holds them)."""
+        try:
+            return set(os.listdir(self.layout.fenced_dir))
+        except FileNotFoundError:
+            return set()
+
+    def epochs(self):
+        """job -> its epoch here (the 'epoch' credential the push wrote)."""
+        found = {}
+        suffix = "." + paths.EPOCH_CREDENTIAL
+        directory = self.layout.credentials_dir
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            job = name[len("jobs."):-len(suffix)] if name.startswith("jobs.") and name.endswith(suffix) else ""
+            try:
+                with open(os.path.join(directory, name), "rb") as handle:
+                    text = handle.read(32).strip()
+            except OSError:
+                continue
+            if job and text.isdigit():
+                found[job] = int(text)
+        return found
+
+    def fence(self, job):
+        """Stop `job`'s timer here and keep it stopped (as a pause does) until the job is granted to
+        this host again (a push with a new epoch) or resumed."""
+        timer = paths.job_unit(job, "timer")
+        # The fence marker last: the job's service has ConditionPathExists=! on it, so no run
+        # starts once it exists, before the timer is even stopped.
+        for directory in (self.layout.paused_dir, self.layout.fenced_dir):
+            os.makedirs(directory, exist_ok=True)
+            os.close(os.open(os.path.join(directory, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        # --no-block: this runs from the job service's ExecStopPost=, inside its stop.
+        self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
+        return timer
+
+    def runs_dir(self):
+        """Where the agent tells a run what it is for (paths.BACKFILL_DIR): a directory its dynamic
+        user can read and no other local user can write."""
+        directory = self.layout.backfill_dir
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory only root can write; remove it"
+                             % self.layout.to_host(directory))
+        return directory
+
+    def ask_run(self, job, slot=None, elapsed=None, ttl=None, params=(), by=""):
+        """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
+        timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
+        run of its own (slot.read_request: the environment cannot say, see there). A file its
+        dynamic user can read and no other local user can write; bound to the timer's stamp as
+        it is now, so that a run a newer elapse started is not taken for this one."""
+        path = os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        request = {"slot": int(slot)} if slot is not None else \
+            {"elapsed": float(elapsed)} if elapsed is not None else {"manual": True}
+        request["stamp"] = stamp_of(job, self.layout.timer_stamps)
+        if params:
+            request["params"] = dict(params)
+        if by:
+            request["by"] = by
+        if ttl:
+            request["until"] = time.time() + ttl
+        self.write_atomically(path, json.dumps(request), mode=0o644)
+        return path
+
+    def regrant(self, jobs, now=None):
+        """The operator confirmed this host owns `jobs` (a hold released, by `deployer release` or a
+        push): each gets an epoch above every one it had here, granted now, so that its service
+        fences whichever host ran it meanwhile (docs/receiving.md)."""
+        granted = int((now or time.time()) * 1000)
+        for job, epoch in self.epochs().items():
+            if job in jobs:
+                path = os.path.join(self.layout.credentials_dir, "jobs.%s.%s" % (job, paths.EPOCH_CREDENTIAL))
+                self.write_atomically(path, "%d\n" % max(granted, epoch + 1))
+
+    def unfence(self, timers):
+        """A job granted to this host again: its fence (and the pause that kept it) ends."""
+        for timer in timers:
+            fenced = os.path.join(self.layout.fenced_dir, timer)
+            if os.path.lexists(fenced):
+                os.unlink(fenced)
+                paused = os.path.join(self.layout.paused_dir, timer)
+                if os.path.lexists(paused):
+                    os.unlink(paused)
+
+    def private_dir(self, directory, mode=0o700):
+        """`directory`, created if missing, checked to be a real directory owned by us and not
+        writable by others: no local user can plant a link in it or hold a file there."""
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            pass
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory owned by root (a link, or planted "
+                             "by another user?): remove it and run the command again"
+                             % self.layout.to_host(directory))
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(directory, mode)
+        return directory
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Serialise pushes: a second one waits, then gives up with a clear message. The lock
+        lives in root's own 0700 directory and is opened without following links or truncating."""
+        lock = os.path.join(self.private_dir(self.layout.run_dir), os.path.basename(self.layout.lock))
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "cannot open the lock %s (%s): remove it and run the "
+                             "command again" % (self.layout.to_host(lock), error.strerror))
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise AgentError(protocol.LOCKED, "another push holds %s for over %ds"
+                                         % (self.layout.to_host(lock), LOCK_WAIT_SECONDS))
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    def read_state_file(self, path, what, recovery):
+        """A root-owned state file as JSON, None when absent; never through a link. Anything
+        unreadable is reported as corrupt_state, naming the file and the way out."""
+        shown = self.layout.to_host(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) cannot be opened: %s (a symbolic link?). %s"
+                             % (shown, what, error.strerror, recovery))
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read()
+        try:
+            document = json.loads(raw.decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            return document
+        except ValueError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) is corrupt (%s). %s"
+                             % (shown, what, "empty" if not raw.strip() else error, recovery))
+
+    def write_staged(self, path, content, mode):
+        """`content` beside `path`, in the staging directory; a partial file never stays."""
+        staged = staging_path(path)
+        # A directory holding secrets (mode 0600 files) is itself closed to others.
+        private = mode & 0o077 == 0
+        os.makedirs(os.path.dirname(staged), mode=0o700 if private else 0o755, exist_ok=True)
+        if private:
+            os.chmod(os.path.dirname(path), 0o700)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+            error.filename = error.filename or staged
+            raise
+        os.chmod(staged, mode)
+        return staged
+
+    def clear_staging(self):
+        for directory in self.layout.managed_dirs():
+            staging = os.path.join(directory, paths.STAGING)
+            if os.path.isdir(staging):
+                for name in os.listdir(staging):
+                    os.unlink(os.path.join(staging, name))
+
+    def write_atomically(self, path, text, mode=0o600):
+        """Write a state file whole or not at all; never through a link, never another's file."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        temporary = path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a leftover of a crash (unlink removes a link, not its target)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)  # no partial file left behind (a full disk)
+            raise
+
+    def stamp(self, timer):
+        return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
+
+    def triggered_since(self, timer, when):
+        """Whether the timer's Persistent= stamp says it ran after `when` (systemd touches the
+        stamp to the trigger time each time the timer elapses)."""
+        try:
+            return os.stat(self.stamp(timer)).st_mtime > when + 0.001
+        except FileNotFoundError:
+            return False
+
+    def last_stamp(self, timer):
+        try:
+            return os.stat(self.stamp(timer)).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def set_last_trigger(self, timers, when):
+        """A timer's last trigger (its Persistent= stamp), as systemd reads it when it starts."""
+        for timer in timers:
+            stamp = self.stamp(timer)
+            os.makedirs(self.layout.timer_stamps, exist_ok=True)
+            open(stamp, "a").close()
+            os.utime(stamp, (when, when))
+
+    def play(self, journal, boot=False):
+        """Carry out a switch; every step may be repeated. At boot (before sysinit.target, which
+        timers wait for) the timers are queued to start, not waited for."""
+        systemd = self.systemd
+        if journal.disable:
+            self.disable_timers(journal.disable)
+        # systemd issue 16732: a persistent timer whose new OnCalendar= has a time between its
+        # last trigger and now fires at once on reload. Its last trigger becomes the moment it
+        # was stopped: an old-schedule gap never fires, a slot inside the push still does.
+        # A replay must never create a run: a timer that triggered after that moment (it was
+        # started by the interrupted switch, then ran) keeps its stamp, else Persistent= would
+        # run again a slot that already ran.
+        # And a stamp never moves back: a timer that elapsed after `stopped_at` was noted but
+        # before its stop took effect keeps the time of that run (read once it can no longer
+        # fire, before `clean` removes the stamp), else its restart would run that slot again.
+        restamp = [t for t in journal.restamp if not self.triggered_since(t, journal.stopped_at)]
+        if restamp:
+            systemd.systemctl("stop", *restamp, check=False)
+            last = {t: max(journal.stopped_at, self.last_stamp(t)) for t in restamp}
+            systemd.systemctl("clean", "--what=state", *restamp, check=False)
+            for timer, when in last.items():
+                self.set_last_trigger([timer], when)
+        # A removed timer's stamp outlives it: the same job added again later would start from
+        # that old last trigger, and Persistent= would run at once a slot that passed while the
+        # job did not exist. A stamp written since the switch began is a real trigger's (a
+        # replay must keep it).
+        for timer in journal.forget:
+            if timer in journal.disable or not self.triggered_since(timer, journal.stopped_at):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.stamp(timer))
+        for timer, when in journal.stamps.items():
+            if not self.triggered_since(timer, when):
+                self.set_last_trigger([timer], when)
+        for staged, target in journal.renames:
+            if os.path.exists(staged):
+                os.rename(staged, target)
+        for path in journal.removes:
+            if os.path.exists(path):
+                os.unlink(path)
+        for timer in journal.unpause:
+            if os.path.exists(os.path.join(self.layout.paused_dir, timer)):
+                os.unlink(os.path.join(self.layout.paused_dir, timer))
+        if journal.reload:
+            progress("systemctl daemon-reload")
+            systemd.systemctl("daemon-reload")
+        if journal.enable:
+            progress("enabling %d timers" % len(journal.enable))
+            self.enable_units(journal.enable)
+        if journal.start:
+            start_timers(systemd, list(journal.start), wait=not boot)
+
+    def enable_units(self, units):
+        """Enable: a timer gets the link `systemctl enable` makes for its only [Install] line,
+        WantedBy=timers.target (tests/test_render.py holds every timer template to it); other
+        units (the boot units) are enabled by systemctl. One `systemctl enable` of 10,000 timers
+        outlived systemctl's D-Bus timeout on a loaded host (issue 25), and it searches every unit
+        directory for each unit's links."""
+        wants = os.path.join(self.layout.unit_dir, paths.TIMERS_WANTS)
+        timers = [u for u in units if u.endswith(".timer")]
+        if timers:
+            os.makedirs(wants, exist_ok=True)
+        for timer in timers:
+            link = os.path.join(wants, timer)
+            if not os.path.lexists(link):
+                os.symlink(paths.UNIT_DIR + "/" + timer, link)  # as systemctl makes it
+        others = [u for u in units if not u.endswith(".timer")]
+        if others:
+            self.systemd.systemctl("--no-reload", "enable", *others)
+
+    def disable_timers(self, timers):
+        """Stop timers, in chunks (one call for 10,000 units times out), each call checked, and
+        disable them; then check that none is still active. Only after that may their files go.
+        Timers whose file is already gone were disabled by the play this one repeats."""
+        present = [t for t in timers if os.path.exists(os.path.join(self.layout.unit_dir, t))]
+        for chunk in chunks(present, UNIT_CHUNK):
+            progress("stopping %d timers" % len(chunk))
+            # Stop the timers only: a run already in progress finishes, it is not killed.
+            self.systemd.systemctl("stop", *chunk)
+        # Disabled = the link `enable` made for WantedBy=timers.target removed (the only [Install]
+        # line of a job timer; job_statuses reads "enabled" from the same link). `systemctl
+        # disable` searches every unit directory for links to each unit it is given: with 10,000
+        # links in timers.target.wants a 500-unit call took 25-45 s, pruning 10,000 jobs 9.5 min.
+        wants = os.path.join(self.layout.unit_dir, paths.TIMERS_WANTS)
+        for timer in present:
+            link = os.path.join(wants, timer)
+            if os.path.lexists(link):
+                os.unlink(link)
+        still = [t for chunk in chunks(present, UNIT_CHUNK)
+                 for t, state in zip(chunk, self.systemd.systemctl("is-active", *chunk, check=False)[1].split())
+                 if state in ("active", "activating", "reloading")]
+        if still:
+            raise AgentError(protocol.SYSTEMD, "%d timers are still active after `systemctl stop` "
+                             "(%s); their files are kept. Run the command again" % (len(still), ", ".join(still[:5])))
+
+    def roll_forward(self, boot=False):
+        """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
+        shown = self.layout.to_host(self.layout.journal)
+        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
+                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
+        document = self.read_state_file(self.layout.journal, "the switch journal", recovery)
+        if document is None:
+            return False
+        try:
+            journal = protocol.from_json(Journal, document)
+        except protocol.ProtocolError as error:
+            raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
+                             % (shown, error.message, recovery))
+        self.play(journal, boot=boot)
+        os.unlink(self.layout.journal)
+        return True
+
+    def read_owner(self):
+        shown = self.layout.to_host(self.layout.owner)
+        return self.read_state_file(self.layout.owner, "which [host:NAME] this machine serves",
+                                    "Remove it (rm %s): the next push writes it again" % shown)
+
+    def check_owner(self):
+        """One machine serves one [host:NAME]: another host's jobs must never land here."""
+        owner = self.read_owner()
+        if owner and owner.get("host") != self.name:
+            raise AgentError(protocol.WRONG_OWNER, "this machine runs the jobs of host %r; refusing to install "
+                             "host %r's jobs here. Check the address in the inventory, or hand the jobs over "
+                             "with `deployer move`" % (owner.get("host"), self.name))
+
+    def read_held(self):
+        """Held when this host holds its jobs, else None. Fail closed: a hold file that cannot be
+        read still holds (its timers skip while it exists), and so does a boot whose hold check
+        failed (paths.HELD_RUN) or never decided (no paths.NOT_HELD, which the job timers need)."""
+        shown = self.layout.to_host(self.layout.held)
+        way_out = "`deployer release --host %s` (or a push) removes it" % self.name
+        try:
+            document = self.read_state_file(self.layout.held, "this host holds its jobs", way_out)
+            return None if document is None else protocol.from_json(Held, document)
+        except AgentError as error:
+            return Held(reason=str(error))
+        except protocol.ProtocolError as error:
+            return Held(reason="%s is corrupt (%s): the host holds its jobs; %s" % (shown, error.message, way_out))
+
+    def read_held_at_boot(self):
+        """The hold of a boot check that could not write paths.HELD, or of one that never decided."""
+        try:
+            document = self.read_state_file(self.layout.held_run, "the hold this boot decided", "")
+            if document is not None:
+                return protocol.from_json(Held, document)
+        except (AgentError, protocol.ProtocolError) as error:
+            return Held(reason=str(getattr(error, "message", error)))
+        if os.path.exists(self.layout.not_held) or not self.timers_need_a_decision():
+            return None
+        return Held(reason="the hold check at boot did not decide (see `journalctl -b -u %s` on the host)"
+                    % paths.HOLD_UNIT)
+
+    def timers_need_a_decision(self):
+        """Whether the installed job timers wait for paths.NOT_HELD (those of older pushes do not)."""
+        condition = "ConditionPathExists=" + paths.NOT_HELD
+        for timer in self.job_timers():
+            with contextlib.suppress(OSError), open(os.path.join(self.layout.unit_dir, timer), encoding="utf-8") as f:
+                if condition in f.read():
+                    return True
+        return False
+
+    def mark_not_held(self):
+        """The job timers may start (paths.NOT_HELD): the boot check found the lease valid, or a
+        push or release confirmed what this host owns."""
+        self.write_atomically(self.layout.not_held, "", 0o644)
+
+    def job_timers(self):
+        """The job timers installed here (files; whatever systemd thinks of them)."""
+        try:
+            names = os.listdir(self.layout.unit_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(".timer") and paths.job_of_unit(n) is not None)
+
+    def release(self, skip=()):
+        """End a hold: the job timers (but paused ones and `skip`, which the caller starts or
+        removes) start again, their last trigger now: the runs missed while the host was down and
+        then held are not made up (another host may have run them). -> (Held or None, started)"""
+        held = self.current_hold()
+        if held is None:
+            self.mark_not_held()
+            return None, ()
+        leave = self.paused_timers() | set(skip)
+        timers = [t for t in self.job_timers() if t not in leave]
+        self.set_last_trigger(timers, time.time())
+        self.regrant(self.epochs())
+        for marker in (self.layout.held, self.layout.held_run):
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise AgentError(protocol.CORRUPT_STATE, "cannot remove %s (%s): the host still holds its jobs; "
+                                 "make %s writable and release again"
+                                 % (self.layout.to_host(marker), error.strerror,
+                                    os.path.dirname(self.layout.to_host(marker))))
+        self.mark_not_held()  # before any timer starts: each needs it
+        if timers:
+            start_timers(self.systemd, timers, "releasing the hold: ")
+        return held, tuple(timers)
+
+    def current_hold(self):
+        """The hold in force: the one on disk, else the one this boot decided (or failed to)."""
+        return self.read_held() or self.read_held_at_boot()
+
+    def record_takeover(self, takeover):
+        shown = self.layout.to_host(self.layout.takeovers)
+        try:
+            document = self.read_state_file(self.layout.takeovers, "the takeovers recorded here",
+                                            "Move it aside (mv %s %s.broken)" % (shown, shown)) or {}
+        except AgentError:
+            document = {}  # a record must not stop the takeover that it records
+        kept = [t for t in document.get("takeovers", []) if isinstance(t, dict)][-(TAKEOVERS_KEPT - 1):]
+        entry = dict(protocol.to_json(takeover), at=time.time())
+        self.write_atomically(self.layout.takeovers, json.dumps({"takeovers": kept + [entry]}, indent=1), 0o644)
+
+    def machine(self):
+        """This machine in this boot, as StatusAnswer.machine says; "" when either id is unreadable
+        (a status must not fail for want of it)."""
+        ids = []
+        for path in (self.layout.machine_id, self.layout.boot_id):
+            try:
+                with open(path, "rb") as handle:
+                    ids.append(handle.read(64).strip())
+            except OSError:
+                return ""
+        if not all(ids):
+            return ""
+        return hashlib.sha256(b"deployer machine\n" + b"\n".join(ids)).hexdigest()[:32]
+
+    def installed(self, job, suffix):
+        unit = paths.job_unit(job, suffix)
+        if not os.path.exists(os.path.join(self.layout.unit_dir, unit)):
+            raise AgentError(protocol.NOT_INSTALLED, "%s is not installed here (push first?)" % unit)
+        return unit
+
+
+# -- operations -------------------------------------------------------------------------------
+
+# request type -> the op_* that answers it (protocol.OPERATIONS declares each operation once)
+HANDLERS: Dict[type, object] = {}
+
+
+def handles(request_type):
+    def register(function):
+        HANDLERS[request_type] = function
+        return function
+    return register
+
+
+@handles(StateRequest)
+def op_state(host, request):
+    files = host.managed_files()
+    contents = {}
+    if request.contents:
+        for path in files:
+            if path.startswith(paths.UNIT_DIR + "/"):
+                with open(host.layout.at(path), "rb") as handle:
+                    contents[path] = base64.b64encode(handle.read()).decode()
+    owner = host.read_owner()
+    return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
+                       owner=(owner or {}).get("host"), held=host.current_hold(), epochs=host.epochs())
+
+
+@handles(ApplyRequest)
+def op_apply(host, request):
+    # A client that dies (killed, connection lost) must not stop a switch under way.
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    watch = Stopwatch()
+    with host.locked():
+        watch.lap("lock")
+        return apply_locked(host, request, watch)
+
+
+def apply_locked(host, request, watch):
+    """Everything apply does under the host lock: recover, check, stage, verify, switch."""
+    layout = host.layout
+    unit_dir = paths.UNIT_DIR
+    recovered = host.roll_forward()
+    host.check_owner()
+    current = host.managed_files()
+    if current != request.expect:
+        raise AgentError(protocol.HOST_CHANGED,
+                         "the host changed since it was read (another push?); run the push again")
+    check_unmanaged(host, current, [w.path for w in request.write], request.remove)
+    host.clear_staging()
+    try:
+        progress("writing %d files" % len(request.write))
+        staged = {}
+        for item in request.write:
+            staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
+        os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+        watch.lap("stage")
+        units = sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/"))
+        progress("systemd-analyze verify: %d units" % len(units))
+        complaints = host.systemd.verify(units) if units else []
+        if complaints:
+            host.clear_staging()
+            raise AgentError(protocol.VERIFY_FAILED,
+                             "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
+        watch.lap("verify")
+        host.unfence(granted_timers(request.write))
+        paused = host.paused_timers()
+        journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
+                              [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
+                              local=host.local)
+        host.write_atomically(layout.owner, json.dumps({"host": host.name}))
+        host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        host.clear_staging()  # nothing was switched: the host keeps its current set
+        raise AgentError(protocol.NO_SPACE, "no space left on the host's disk (%s): nothing was changed; free "
+                         "some space and push again" % (layout.to_host(error.filename) if error.filename
+                                                         else "writing the new files"))
+    watch.lap("switch")
+    # A push confirms what the host owns: a hold ends here. The timers the switch starts, restarts
+    # or removes are its own; the others start now (before the switch: the held marker must be
+    # gone before the switch starts any timer, or systemd would skip the start).
+    released, _ = host.release(skip=set(journal.start) | set(journal.restamp) | set(journal.disable))
+    host.play(journal)
+    os.unlink(layout.journal)
+    if request.takeover is not None:
+        host.record_takeover(request.takeover)
+    refresh_metrics(host)
+    watch.lap("activate")
+    added = {unit_name(p) for p in staged if p not in current}
+    boot_only = {unit_name(w.path) for w in request.write if w.path.endswith(".timer") and not w.start}
+    # Every paused job the push leaves installed stays paused, changed or not: the push says so.
+    kept_paused = tuple(sorted(paused - set(journal.unpause)))
+    return ApplyAnswer(reloaded=journal.reload, started=tuple(t for t in journal.start if t in added),
+                       restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
+                       enabled_for_boot=tuple(sorted(boot_only)), kept_paused=kept_paused,
+                       recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
+
+
+def granted_timers(writes):
+    """The timers of jobs whose epoch this apply writes: granted to this host anew."""
+    suffix = "." + paths.EPOCH_CREDENTIAL
+    names = [os.path.basename(w.path) for w in writes]
+    return [paths.job_unit(n[len("jobs."):-len(suffix)], "timer") for n in names
+            if n.startswith("jobs.") and n.endswith(suffix)]
+
+
+def refresh_metrics(host):
+    """A push, pause or resume shows in the metrics at once: the collector is started (its own
+    unit, as root; --no-block: the agent does not wait for it). Hosts without metrics have no unit."""
+    if os.path.exists(os.path.join(host.layout.unit_dir, paths.METRICS_SERVICE)):
+        host.systemd.systemctl("start", "--no-block", paths.METRICS_SERVICE, check=False)
+
+
+def check_unmanaged(host, current, writes, removes):
+    """A deployer-* unit that is not ours (no marker, or a link) is never overwritten or pruned."""
+    for path in list(writes) + list(removes):
+        if path not in current and os.path.lexists(host.local(path)):
+            raise AgentError(protocol.UNMANAGED_FILE, "%s exists and was not written by deployer (no \"%s\" "
+                             "first line): refusing to overwrite it. Rename the job, or remove the file if "
+                             "it is an old copy" % (path, paths.MARKER[:24] + "..."))
+    for path in removes:
+        if path not in current:
+            raise AgentError(protocol.UNMANAGED_FILE, "%s is not a file deployer manages here: refusing to "
+                             "remove it" % path)
+
+
+@handles(StatusRequest)
+def op_status(host, request):
+    units = {unit_name(p) for p in host.managed_files() if paths.job_of_unit(p)} - {paths.RECOVER_UNIT}
+    # A chained job (after =) has a service and no timer: it is listed by the timer it lacks.
+    timers = sorted({u.rsplit(".", 1)[0] + ".timer" for u in units})
+    try:
+        owner = (host.read_owner() or {}).get("host")
+    except AgentError:
+        owner = None  # a status still answers; the next push names the corrupt file
+    pushed = last_push(host.systemd)
+    return StatusAnswer(jobs=with_skips(host, with_last_runs(host, job_statuses(host, timers))), held=host.current_hold(),
+                        machine=host.machine(), owner=owner if isinstance(owner, str) else None, last_push=pushed)
+
+
+def job_statuses(host, timers):
+    """The JobStatus of each job timer: what `deployer status` shows and the metrics collector
+    (metrics.py) exports, read once, the same way, so that the two agree."""
+    services = [t[:-len(".timer")] + ".service" for t in timers]
+    timer_props = host.systemd.properties([t for t in timers if os.path.exists(os.path.join(host.layout.unit_dir, t))],
+                                          TIMER_STATUS)
+    service_props = host.systemd.properties(services, SERVICE_STATUS)
+    # Enabled = linked from timers.target.wants (what `enable` does for WantedBy=timers.target),
+    # read here rather than asked of PID 1 (UnitFileState is the slow property; see dbus.py).
+    wants = os.path.join(host.layout.unit_dir, paths.TIMERS_WANTS)
+    for timer, props in timer_props.items():
+        props["UnitFileState"] = "enabled" if os.path.lexists(os.path.join(wants, timer)) else "disabled"
+    running = [name for name, props in service_props.items() if props.get("ActiveState") in ("activating", "deactivating")]
+    # What a run in progress says it is doing (the trigger's sd_notify STATUS=, e.g. waiting for
+    # the service to finish accepted work): asked of running services only.
+    for name, props in host.systemd.properties(running, ("StatusText",)).items() if running else ():
+        service_props.setdefault(name, {})["StatusText"] = props.get("StatusText", "")
+    paused, fenced = host.paused_timers(), host.fenced_timers()
+    return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused, t in fenced)
+                 for t, s in zip(timers, services))
+
+
+def needs_last_run(job):
+    """Does systemd leave out what status must say of this job's last run? A failure's reason is
+    in its record only; a paused timer's units are unloaded and a reboot forgets every last run."""
+    return job.paused or not job.finished or job.result not in ("", "success")
+
+
+def with_last_runs(host, jobs):
+    """`jobs` with `last_run` from ONE journalctl call for all that need it (needs_last_run), read
+    newest first and ended once each has its record (one that never ran has none:
+    STATUS_SCAN_LIMIT bounds the read)."""
+    asked = [j.job for j in jobs if needs_last_run(j)]
+    if not asked:
+        return tuple(jobs)
+    waiting = set(asked)
+
+    def done(entry):
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED and record.sent_by_the_job(entry):
+            waiting.discard(entry.get("DEPLOYER_JOB"))
+        return not waiting
+
+    entries = host.systemd.journal_entries(["-r", "--output-fields=" + ",".join(RUN_FIELDS)] + run_matches(asked),
+                                           stop=done, limit=STATUS_SCAN_LIMIT)
+    wanted = set(asked)
+    last = {job: runs[-1] for job, runs in runs_from_journal(entries).items() if job in wanted}
+    return tuple(replace(j, last_run=last[j.job]) if j.job in last else j for j in jobs)
+
+
+def with_skips(host, jobs):
+    """`jobs` with the slots each skipped, as the metrics collector counted them."""
+    try:
+        fd = os.open(host.layout.at(paths.METRICS_STATE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            kept = json.load(handle)["jobs"]
+        found = {}
+        for j in jobs:
+            job = kept.get(j.job) or {}
+            last = job.get("last_skipped")
+            found[j.job] = replace(j, skipped=sum((job.get("skipped") or {}).values()), last_skipped=last and RunInfo(
+                run=str(last["run"]), started=float(last["started"]), result="skipped", reason=str(last["reason"]),
+                slot=int(last["slot"]), duration=0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return tuple(jobs)
+    return tuple(found[j.job] for j in jobs)
+
+
+@handles(HistoryRequest)
+def op_history(host, request):
+    """Every run of one job since `request.since`: one journalctl call, records and PID 1's entries."""
+    paths.job_unit(request.job, "service")  # a bad name is refused before it reaches journalctl
+    entries = host.systemd.journal_entries(["--since=@%d" % max(int(request.since), 0),
+                                            "--output-fields=" + ",".join(RUN_FIELDS)] + run_matches([request.job]))
+    runs = runs_from_journal(entries).get(request.job, [])
+    try:  # a push that changes the schedule rewrites the timer: slots before it were another schedule's
+        installed = os.stat(os.path.join(host.layout.unit_dir, paths.job_unit(request.job, "timer"))).st_mtime
+    except OSError:
+        installed = 0.0
+    return HistoryAnswer(runs=tuple(r for r in runs if r.started >= request.since - 1), now=time.time(),
+                         scheduled_since=installed)
+
+
+# After its run ends, how long `run` waits for the run's last lines (its record) to reach the journal.
+JOURNAL_LAG = 3.0
+
+
+def who_asked():
+    """`user@client` of the SSH session that asked, as the host sees it (audit.ssh_origin): the
+    client's own word is not taken."""
+    user, client = audit.ssh_origin()
+    return "%s@%s" % (user, client) if client else user
+
+
+@handles(RunRequest)
+def op_run(host, request):
+    """Start the job's service and wait for it, streaming the run's journal lines as they come
+    (`@line` on stderr); the answer carries every line and the run's record."""
+    service = host.installed(request.job, "service")
+    if paths.job_unit(request.job, "timer") in host.fenced_timers():
+        raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
+                         "epoch (the job moved); `deployer resume %s` if this host should own it again"
+                         % (request.job, request.job))
+    held = check_run_on_hold(host, request)
+    attached = running_since(host, service)
+    if attached is not None:
+        if request.slot is not None or request.params:
+            asked = "a backfill" if request.slot is not None else "a run with --set"
+            raise AgentError(protocol.RUNNING, "%s is already running on %s (since %s): %s would not "
+                             "start; run it again when this run ends" % (request.job, host.name, clock_of_iso(attached)
+                                                                         if attached else "?", asked))
+        # systemctl start merges into the run in progress and returns when it ends.
+        host.emit("deployer: %s is already running on %s (since %s): following that run"
+                  % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
+    asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
+    stamp_before = stamp_of(request.job, host.layout.timer_stamps)
+    since = time.time()
+    follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
+    finished = threading.Event()  # the run's record was streamed
+    reader = threading.Thread(target=stream_run_lines, args=(host, follower, since, finished), daemon=True)
+    reader.start()
+    try:
+        code, _, err = host.systemd.systemctl("start", service, check=False)
+        props = host.systemd.show([service], ["InvocationID", "Result", "ExecMainStatus"]).get(service, {})
+        finished.wait(JOURNAL_LAG)
+    finally:
+        follower.kill()
+        follower.wait()
+        reader.join(1.0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(asked)
+    invocation = props.get("InvocationID", "")
+    merged = run_merged_slot(host, request.job, service, invocation, stamp_before,
+                             stamp_of(request.job, host.layout.timer_stamps))
+    entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
+    runs = runs_from_journal(entries).get(request.job, [])
+    return RunAnswer(ok=code == 0, result=props.get("Result", ""),
+                     exit_status=int(props.get("ExecMainStatus") or 0),
+                     output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
+                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held,
+                     attached=attached or "")
+
+
+RUNNING_STATES = ("activating", "active", "reloading", "deactivating")
+
+
+def running_since(host, service):
+    """When the run of `service` in progress started (ISO 8601; "" when systemd does not say),
+    or None when none runs."""
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return None
+    return iso_time(props.get("ExecMainStartTimestamp", ""))
+
+
+@handles(StopRequest)
+def op_stop(host, request):
+    """Stop the job's run in progress: its trigger takes the SIGTERM as `deployer stop`'s and
+    records the run as failed, stopped (its alert says so). Nothing running is an answer, not an
+    error."""
+    service = host.installed(request.job, "service")
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
+    if props.get("ActiveState") not in RUNNING_STATES:
+        return StopAnswer(stopped=False)
+    invocation = props.get("InvocationID", "")
+    # Names the run for its trigger: this SIGTERM is an operator's, so the run is not resumed at
+    # the next boot as a shutdown's would be (run.interruption).
+    marker = os.path.join(host.runs_dir(), paths.job_unit(request.job, "stop"))
+    host.write_atomically(marker, invocation, mode=0o644)
+    try:
+        host.systemd.systemctl("stop", service)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+    runs, deadline = [], time.monotonic() + JOURNAL_LAG
+    while invocation and not runs and time.monotonic() < deadline:  # the record reaches the journal late
+        runs = [run for run in runs_from_journal(host.systemd.journal_entries(
+            ["_SYSTEMD_INVOCATION_ID=" + invocation])).get(request.job, []) if run.source == "record"]
+        if not runs:
+            time.sleep(0.2)
+    return StopAnswer(stopped=True, started=iso_time(props.get("ExecMainStartTimestamp", "")),
+                      run=runs[-1] if runs else None)
+
+
+def check_run_on_hold(host, request):
+    """A held host's jobs may run elsewhere now (they were moved while it was down): a manual
+    run there could run one twice, so it needs `force`. -> the hold it was forced past, or None."""
+    held = host.current_hold()
+    if held is not None and not request.force:
+        why = held.reason or "was down %s" % protocol.duration_text(held.down_for_seconds)
+        raise AgentError(protocol.HELD, "this host holds its jobs (%s): %s may run on another host now. End "
+                         "the hold first (`deployer push` or `deployer release`), or run it anyway with --force"
+                         % (why, request.job))
+    return held
+
+
+# How long the run started for a merged timer elapse may take to read what it stands for.
+MERGED_TTL = 120
+
+
+def run_merged_slot(host, job, service, invocation, before, after):
+    """The timer elapsed while this manual run held the unit: systemd merged its start into the
+    running one, and the slot would run nowhere (issue 22 item 6). Start a run for that elapse's
+    slot now (its key is the slot's, so a service that already has it answers from its store).
+    `before`, `after`: the timer's stamp (ns) -> the elapse as ISO time, "" when the timer did not
+    elapse or its own run started anyway."""
+    if after is None or after == before:
+        return ""
+    now = host.systemd.show([service], ["InvocationID"]).get(service, {})
+    if now.get("InvocationID", "") != invocation:
+        return ""  # the timer's own run started after this one (not merged)
+    host.ask_run(job, elapsed=after / 1e9, ttl=MERGED_TTL)
+    host.systemd.systemctl("start", "--no-block", service, check=False)
+    shown = iso_time("@%d" % (after // 10 ** 9))
+    host.emit("%s deployer: the timer elapsed at %s during this manual run; systemd merged its start "
+              "into it, so its slot runs now (deployer-%s.service)" % (shown, shown, job))
+    return shown
+
+
+def stream_run_lines(host, follower, since, finished):
+    """The follower's entries written by the run (not PID 1's, not an earlier run's) -> host.emit."""
+    for line in follower.stdout:
+        try:
+            entry = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if int(entry.get("__REALTIME_TIMESTAMP") or 0) / 1e6 < since or not entry.get("_SYSTEMD_INVOCATION_ID"):
+            continue
+        host.emit(format_entry(entry))
+        if entry.get("MESSAGE_ID") == record.RUN_FINISHED:
+            finished.set()
+
+
+@handles(LogsRequest)
+def op_logs(host, request):
+    args = ["-u", paths.job_unit(request.job, "service")]
+    if request.lines:
+        args += ["-n", str(request.lines)]
+    if request.since is not None:
+        args.append("--since=@%d" % max(int(request.since), 0))
+    if not request.follow:
+        return LogsAnswer(output="".join(format_entry(e) + "\n" for e in host.systemd.journal_entries(args)
+                                         if "MESSAGE" in e))
+    follower = host.systemd.follow(args)
+    try:
+        follow_lines(host, follower)
+    finally:
+        follower.kill()
+        follower.wait()
+    return LogsAnswer()
+
+
+def follow_lines(host, follower):
+    """Stream entries until journalctl ends or the client goes away (a failed write, of a line
+    or of the heartbeat, sets CLIENT_GONE)."""
+    pending = b""
+    descriptor = follower.stdout.fileno()
+    while not CLIENT_GONE.is_set():
+        ready, _, _ = select.select([descriptor], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(descriptor, 1 << 16)
+        if not chunk:
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                entry = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if "MESSAGE" in entry and host.emit(format_entry(entry)) is False:
+                return
+
+
+@handles(PauseRequest)
+def op_pause(host, request):
+    with host.locked():
+        timer = host.installed(request.job, "timer")
+        os.makedirs(host.layout.paused_dir, exist_ok=True)
+        os.close(os.open(os.path.join(host.layout.paused_dir, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                         0o644))
+        # Disabled as well as stopped, so that a reboot does not bring it back.
+        host.systemd.systemctl("disable", "--now", timer)
+        refresh_metrics(host)
+        return PauseAnswer(timer=timer)
+
+
+@handles(ResumeRequest)
+def op_resume(host, request):
+    with host.locked():
+        timer = host.installed(request.job, "timer")
+        marker = os.path.join(host.layout.paused_dir, timer)
+        if os.path.exists(marker):
+            os.unlink(marker)
+        host.unfence([timer])
+        # Runs missed while paused are not made up: the last trigger becomes now.
+        host.systemd.systemctl("stop", timer, check=False)
+        host.systemd.systemctl("clean", "--what=state", timer, check=False)
+        host.set_last_trigger([timer], time.time())
+        host.systemd.systemctl("enable", "--now", timer)
+        refresh_metrics(host)
+        return ResumeAnswer(timer=timer)
+
+
+# How long the agent waits for a finished test's answer to reach the journal (a loaded journald lags).
+ALERT_TEST_JOURNAL_WAIT = 15.0
+
+
+@handles(AlertTestRequest)
+def op_alert_test(host, request):
+    """`deployer alert test`: start the channel's own alert unit as its test instance, which
+    sends one test message exactly as a failed job's alert goes out (the unit's credentials,
+    dynamic user, sandbox and the manager's proxy environment), and answer what the channel said."""
+    template = paths.alert_template(request.channel)
+    if not os.path.exists(os.path.join(host.layout.unit_dir, template)):
+        raise AgentError(protocol.NOT_INSTALLED, "alert channel %s is not installed on %s: no job pushed here "
+                         "alerts through it (push first?)" % (request.channel, host.name))
+    unit = paths.alert_test_unit(request.channel)
+    # The journal's end before the start: the test's lines are those after it. (Not by the
+    # unit's InvocationID: a finished oneshot nothing refers to is collected at once.)
+    last = host.systemd.journal_entries(["-n", "1"])
+    after = ["--after-cursor=" + last[-1]["__CURSOR"]] if last and "__CURSOR" in last[-1] else []
+    code, _, err = host.systemd.systemctl("start", unit, check=False)
+    deadline = time.monotonic() + ALERT_TEST_JOURNAL_WAIT
+    while True:
+        entries = host.systemd.journal_entries(after + ["_SYSTEMD_UNIT=" + unit])
+        if any("DEPLOYER_ALERT_TEST" in e for e in entries) or code != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    output = "".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e)
+    return alert_test_answer(request.channel, entries, output, code, err.strip())
+
+
+def alert_test_answer(channel, entries, output, code=0, failure=""):
+    """The answer from the test unit's journal entries: the one its program sent (TEST_FIELDS),
+    only from a dynamic user (the unit's), since any local user can write to the journal."""
+    for entry in entries:
+        uid = entry.get("_UID")
+        if entry.get("DEPLOYER_ALERT_TEST") != channel or not (isinstance(uid, str) and uid.isdigit()
+                                                               and int(uid) in record.DYNAMIC_UIDS):
+            continue
+        status = entry.get("DEPLOYER_ALERT_HTTP_STATUS") or ""
+        return AlertTestAnswer(channel=channel, accepted=entry.get("DEPLOYER_ALERT_ACCEPTED") == "y",
+                               http_status=int(status) if status.isdigit() else None,
+                               answer=str(entry.get("DEPLOYER_ALERT_ANSWER") or ""), output=output)
+    why = "the test unit failed (%s)" % failure if code != 0 else "the test unit wrote no answer"
+    return AlertTestAnswer(channel=channel, accepted=False, answer="not sent: " + why, output=output)
+
+
+@handles(HandoffRequest)
+def op_handoff(host, request):
+    """The first step of `deployer move`: stop these timers here and say when."""
+    with host.locked():
+        timers = [paths.job_unit(j, "timer") for j in request.jobs]
+        timers = [t for t in timers if os.path.exists(os.path.join(host.layout.unit_dir, t))]
+        if timers:
+            host.systemd.systemctl("disable", "--now", *timers)
+        return HandoffAnswer(stopped=tuple(timers), at=time.time())
+
+
+@handles(ReleaseRequest)
+def op_release(host, request):
+    """`deployer release`: the operator confirms that this host still owns its jobs."""
+    with host.locked():
+        held, started = host.release()
+        return ReleaseAnswer(released=held, started=started)
+
+
+@handles(AuditRequest)
+def op_audit(host, request):
+    """`deployer audit`: the audit trail since `request.since`."""
+    return AuditAnswer(entries=tuple(audit_entries(host.systemd, request.since)), now=time.time())
+
+
+def audited(request, answer):
+    """(action, target, detail) of a request the audit trail records, else None (reads are not)."""
+    kind = type(request)
+    if kind is ApplyRequest:
+        detail = "%d written, %d removed" % (len(request.write), len(request.remove))
+        if request.takeover is not None:
+            detail += ", took over %d jobs of unreachable %s%s" % (
+                len(request.takeover.jobs), request.takeover.source, " (forced)" if request.takeover.forced else "")
+        if isinstance(answer, ApplyAnswer) and answer.released is not None:
+            detail += ", released a hold"
+        return "push", "", detail
+    if kind is HandoffRequest:
+        return "handoff", ",".join(request.jobs), ""
+    if kind is RunRequest:
+        detail = ("slot %s" % iso_utc(request.slot)) if request.slot is not None else "manual"
+        return "run", request.job, detail + (", forced" if request.force else "")
+    if kind in (PauseRequest, ResumeRequest, StopRequest):
+        return {PauseRequest: "pause", ResumeRequest: "resume", StopRequest: "stop"}[kind], request.job, ""
+    if kind is ReleaseRequest:
+        return "release", "", ("was held" if getattr(answer, "released", None) else "not held")
+    if kind is AlertTestRequest:
+        accepted = getattr(answer, "accepted", None)
+        return "alert_test", request.channel, "" if accepted is None else ("accepted" if accepted else "not accepted")
+    return None
+
+
+def record_action(host, request, answer, actor, began):
+    """Write the audit entry of an action: the client's word (actor) and the host's own (the SSH
+    user and address), dated when the action began (a manual run's entry is written when it
+    ends, with its outcome). A journal that cannot be written never fails the action."""
+    what = audited(request, answer)
+    if what is None:
+        return
+    action, target, detail = what
+    ssh_user, ssh_from = audit.ssh_origin()
+    entry = AuditEntry(time=began, action=action, outcome=answer.code if isinstance(answer, Failure) else "ok",
+                       target=target, detail=detail, host=host.name, ssh_user=ssh_user, ssh_from=ssh_from,
+                       actor=audit.clean_actor(actor))
+    audit.send(entry, host.layout.at(paths.JOURNAL_SOCKET))
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+
+
+
+def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progress_to=None):
+    """One request (bytes) -> one answer (bytes). The in-process client calls this directly
+    (`emit`: where streamed journal lines go, else `@line` on stderr; `progress_to`: where
+    progress goes, else `@progress` on stderr)."""
+    if progress_to is not None:
+        token = PROGRESS_TO.set(progress_to)
+        try:
+            return handle(raw, layout, systemd, require_root, emit)
+        finally:
+            PROGRESS_TO.reset(token)
+    host = request = actor = None
+    began = time.time()
+    try:
+        name, request, actor = protocol.decode_envelope(raw)
+        host = Host(layout or paths.Layout(), systemd or Systemd(), name, emit or emit_line)
+        if require_root and os.geteuid() != 0:
+            raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
+                             "(passwordless sudo for this user) in [host:%s]" % name)
+        if protocol.operation_of(request).settles_first and os.path.exists(host.layout.journal):
+            with host.locked():  # an interrupted switch is finished before anything reads the host
+                host.roll_forward()
+        began = time.time()
+        answer = HANDLERS[type(request)](host, request)
+    except protocol.ProtocolError as error:
+        answer = Failure(error.code, error.message)
+    except AgentError as error:
+        answer = Failure(error.code, str(error))
+    except paths.BadName as error:
+        answer = Failure(protocol.BAD_REQUEST, str(error))
+    if host is not None:
+        record_action(host, request, answer, actor, began)
+    return protocol.encode_answer(answer)
+
+
+def boot(layout=None, systemd=None):
+    """deployer-recover.service: finish an interrupted switch before timers start. -> exit status"""
+    host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
+    try:
+        with host.locked():
+            finished = host.roll_forward(boot=True)
+    except AgentError as error:
+        sys.stderr.write("deployer agent --boot: %s\n" % error)
+        return 1
+    print("deployer: finished an interrupted switch" if finished else "deployer: no interrupted switch")
+    return 0
+
+
+def fence_main(job, layout=None, systemd=None):
+    """From a job service's ExecStopPost= (as root) after its run ended fenced: stop its timer."""
+    host = Host(layout or paths.Layout(), systemd or Systemd())
+    try:
+        timer = host.fence(job)
+    except (OSError, paths.BadName) as error:
+        say("cannot stop the timer of fenced job %s: %s" % (job, error))
+        return 1
+    say("%s: stopped; the job's service fenced this host (the job is owned elsewhere); `deployer status` "
+        "shows it fenced, `deployer resume %s` or a push that grants it here again restarts it" % (timer, job))
+    return 0
+
+
+def resume_interrupted(host):
+    """At boot, before any timer: start again, under the same slot key, each run the shutdown
+    interrupted (the service answers a finished key with its result, a running one with its
+    202 and Location, so polling resumes; nothing is executed twice)."""
+    try:
+        entries = host.systemd.journal_entries(["-b", "-1", "--output-fields=" + ",".join(RUN_FIELDS),
+                                                "MESSAGE_ID=" + record.RUN_FINISHED])
+    except OSError:
+        return ()
+    stopped = host.paused_timers() | host.fenced_timers()
+    resumed = []
+    for job, slot in sorted(interrupted_runs(entries).items()):
+        service = paths.job_unit(job, "service")
+        if paths.job_unit(job, "timer") in stopped or not os.path.exists(os.path.join(host.layout.unit_dir, service)):
+            continue
+        host.ask_run(job, slot=slot, ttl=RESUME_TTL)
+        host.systemd.systemctl("start", "--no-block", service, check=False)
+        resumed.append(job)
+        print("deployer: resuming %s's run for slot %s, interrupted by the shutdown (same key)"
+              % (job, iso_utc(slot)))
+    return tuple(resumed)
+
+
+# A resume's backfill request is read by the run it starts, once the network is up; after this
+# long a manual start no longer takes it for a resume.
+RESUME_TTL = 900
+
+
+def hold_at_boot(layout=None, systemd=None, now=None):
+    """deployer-lease@boot.service: before any timer, hold every job when the lease ran out while
+    the host was down (its jobs may have moved). Fail closed: the job timers start only once this
+    has written paths.NOT_HELD, so an error anywhere here holds; the hold goes to paths.HELD, or
+    to paths.HELD_RUN when that cannot be written (a read-only or full /var). -> exit status"""
+    host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
+    now = time.time() if now is None else now
+    held = None
+    try:
+        with host.locked():
+            if os.path.lexists(host.layout.held):
+                print("deployer: still holding every job (since an earlier boot) until `deployer push` or "
+                      "`deployer release`")
+                return 0
+            try:
+                lease = host.read_state_file(host.layout.lease, "the lease", "")
+            except AgentError:
+                lease = {}
+            if lease is None:
+                host.mark_not_held()
+                print("deployer: no lease recorded: the jobs run")
+                resume_interrupted(host)
+                return 0
+            held = lease_ran_out(lease, now)
+            if held is None:
+                host.mark_not_held()
+                print("deployer: lease still valid (renewed %s before this boot): the jobs run"
+                      % protocol.duration_text(now - float(lease["renewed"])))
+                resume_interrupted(host)
+                return 0
+            host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
+    except Exception as error:  # noqa: BLE001 - whatever went wrong, the jobs are held
+        reason = "the hold check at boot failed (%s)" % (
+            error if isinstance(error, (AgentError, OSError)) else "%s: %s" % (type(error).__name__, error))
+        held = Held(since=(held.since if held else iso_time("@%d" % now)),
+                    down_for_seconds=held.down_for_seconds if held else 0.0,
+                    lease_seconds=held.lease_seconds if held else 0.0, reason=reason)
+        with contextlib.suppress(Exception):
+            host.write_atomically(host.layout.held_run, json.dumps(protocol.to_json(held)), 0o644)
+        sys.stderr.write("deployer agent --hold-at-boot: HOLDING every job: %s; no job runs until `deployer push` "
+                         "or `deployer release`\n" % reason)
+        return 1
+    why = ("the lease (%s) ran out while this host was down (%s)"
+           % (protocol.duration_text(held.lease_seconds), protocol.duration_text(held.down_for_seconds))
+           if held.lease_seconds else "the lease file is unreadable")
+    print("deployer: HOLDING every job: %s; no job runs until `deployer push` or `deployer release` confirms "
+          "what this host still owns" % why)
+    return 0
+
+
+def renew_lease(seconds, layout=None, now=None):
+    """deployer-lease@renew.service: this host is up and runs its jobs, for `seconds` more."""
+    layout = layout or paths.Layout()
+    host = Host(layout, Systemd(), "lease")
+    host.write_atomically(layout.lease, json.dumps({"renewed": time.time() if now is None else now,
+                                                     "seconds": seconds}), 0o644)
+    return 0
+
+
+# A read that takes this long is stuck, not slow (status of 10,000 jobs takes seconds): the
+# heartbeat would keep the client waiting for ever, so the agent says where it is, and ends.
+READ_LIMIT_SECONDS = 150
+EXIT_STUCK = 70
+
+
+def watch_reads(raw, limit=READ_LIMIT_SECONDS):
+    """Give a read request `limit` seconds; then print every thread's stack to the client and exit."""
+    import faulthandler
+
+    try:
+        request = protocol.decode_request(raw)[1]
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, handle() answers it
+        return
+    if not protocol.operation_of(request).reads:
+        return
+
+    main_thread = threading.main_thread().ident
+
+    def expire():
+        say("deployer agent: %s did not finish within %ds (stuck); where each thread was:"
+            % (type(request).__name__, limit))
+        with STDERR:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        # Last, as one line: the client shows the last lines of what a failed agent said.
+        frames = traceback.extract_stack(sys._current_frames().get(main_thread))[-4:]
+        say("deployer agent: stuck in " + " > ".join("%s:%d %s" % (os.path.basename(f.filename), f.lineno, f.name)
+                                                    for f in frames))
+        os._exit(EXIT_STUCK)
+
+    watchdog = threading.Timer(limit, expire)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--boot"]:
+        sys.exit(boot())
+    if argv == ["--hold-at-boot"]:
+        sys.exit(hold_at_boot())
+    if len(argv) == 2 and argv[0] == "--renew-lease":
+        sys.exit(renew_lease(float(argv[1])))
+    heartbeat()
+    raw = sys.stdin.buffer.read()
+    watch_reads(raw)
+    answer = handle(raw)
+    try:
+        sys.stdout.buffer.write(answer)
+        sys.stdout.flush()
+    except OSError:
+        pass  # the client is gone; the work is done all the same
+
+
+if __name__ == "__main__":
+    main()
