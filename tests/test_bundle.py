@@ -30,3 +30,19 @@ def test_the_bundle_carries_bytecode_that_is_used(tmp_path):
     assert loaded.stdout.strip().endswith("deployer/host/run.pyc"), "the module was compiled from source"
     ran = subprocess.run([sys.executable, "-I", "-S", str(path), "--help"], capture_output=True, text=True)
     assert ran.returncode == 0 and "--url" in ran.stdout
+
+
+def test_boot_units_an_older_deployer_wrote_still_start_the_agent_from_a_new_bundle(tmp_path):
+    """A crash between the new archive and the new units leaves the old recovery and hold units
+    (`python3 -m deployer.hostside.agent --boot`) over the new archive: they must still find the agent."""
+    from deployer.bundle import trigger_bundle
+
+    path = tmp_path / "trigger.pyz"
+    path.write_bytes(trigger_bundle())
+    env = {"PYTHONPATH": str(path), "PATH": os.environ.get("PATH", "")}
+    ran = subprocess.run([sys.executable, "-m", "deployer.hostside.agent", "--help"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path)
+    new = subprocess.run([sys.executable, "-m", "deployer.host.agent", "--help"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path)
+    assert "No module named" not in ran.stderr, ran.stderr
+    assert (ran.returncode, ran.stdout) == (new.returncode, new.stdout)
