@@ -232,7 +232,7 @@ def render_yaml(inv: Inventory, manifests: list[dict[str, Any]], skipped: list[S
     header += [f"# skipped {s.job}: {s.reason}" for s in skipped]
     header += [f"# note {job.name}: alert_after/alert_repeat have no Kubernetes equivalent: there every failed run "
                "alerts by itself (the trigger keeps no streak between pods)" for job in inv.jobs
-               if job.alert and render.alert_policy_value(job)]
+               if render.alert_policy(job) is not None]
     header += [f"# note {job.name}: alert_late has no Kubernetes equivalent: startingDeadlineSeconds (written from "
                "catch_up) is not it: a slot that could not start within it is skipped, and nothing tells that a slot is late"
                for job in inv.jobs if job.alert and job.alert_late]

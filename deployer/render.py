@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
 from . import systemd
-from .contract import paths
+from .contract import paths, unitkeys
 from .contract.options import EXIT_FENCED
 from .contract.channels import AlertPolicy
 from .contract.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
@@ -227,17 +226,16 @@ def periods(jobs) -> dict:
     return found
 
 
-def metrics_settings(job: Job, period: int) -> str:
+def metrics_timing(job: Job, period: int) -> unitkeys.Timing:
     """The timer's X-Deployer-Metrics value: what the collector cannot learn from systemd."""
-    timeout = int(job.timeout) if float(job.timeout).is_integer() else job.timeout
-    return json.dumps({"period": period, "timeout": timeout}, sort_keys=True)
+    return unitkeys.Timing(period, job.timeout)
 
 
-def alert_policy_value(job: Job) -> str:
-    """The job's alert policy for its unit; "" for a job without alerts or with the default
+def alert_policy(job: Job) -> Optional[AlertPolicy]:
+    """The job's alert policy for its unit; None for a job without alerts or with the default
     (every failed run alerts), which the alert program assumes when the line is missing."""
     policy = AlertPolicy.of(job.alert_after, job.alert_repeat)
-    return policy.unit_value() if job.alert and policy != AlertPolicy() else ""
+    return policy if job.alert and policy != AlertPolicy() else None
 
 
 @dataclass(frozen=True)
@@ -286,10 +284,9 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
         through_dir=paths.through_dir(job.name).removeprefix("/run/") if through else "",
         chained_units=[paths.job_unit(name, "service") for name in chain.on_success + chain.on_failure],
         fenced=f"{paths.FENCED_DIR}/{timer}",
-        credentials=[(name, f.path) for name, f in secrets.items()], request_key=paths.REQUEST_KEY,
-        shown_url=redact_url(job.url),
-        request=json.dumps({"method": job.method, "url": redact_url(job.url)}, ensure_ascii=True),
-        alert_policy_key=paths.ALERT_POLICY_KEY, alert_policy=alert_policy_value(job),
+        credentials=[(name, f.path) for name, f in secrets.items()], shown_url=redact_url(job.url),
+        request_line=unitkeys.REQUEST.line(unitkeys.Request(job.method, redact_url(job.url))),
+        alert_policy_line=unitkeys.ALERT_POLICY.line(policy) if (policy := alert_policy(job)) else "",
         on_failure=([paths.instance(paths.alert_template(job.alert), job.name)] if job.alert else []) + soon
         + [paths.job_unit(name, "service") for name in chain.on_failure],
         on_success=([paths.instance(paths.recovery_template(job.alert), job.name)] if job.alert else []) + soon
@@ -301,8 +298,8 @@ def job_units(job: Job, python: str = "/usr/bin/python3", sandbox: str = "strict
     if metrics and period is None:
         period = periods([job])[job.name]
     timer_text = env.get_template("job.timer.j2").render(
-        **common, calendar=calendar, metrics_key=paths.METRICS_KEY,
-        metrics=metrics_settings(job, period) if metrics else "")
+        **common, calendar=calendar,
+        metrics_line=unitkeys.METRICS.line(metrics_timing(job, period)) if metrics else "")
     return (service_file,
             ManagedFile(f"{paths.UNIT_DIR}/{timer}", timer_text.encode(), start=not calendar.on_boot)) + tuple(secrets.values())
 
@@ -371,8 +368,8 @@ def watch_argv(host: Host, send: bool = False) -> list[str]:
 def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ...]:
     """The watcher's service, its sender and its timer (host/watch.py), only when some job of the host sets
     alert_late or alert_long: a host without them runs nothing more."""
-    from .host.watch import Watched, config_value
     from .contract.options import WATCH_EVERY
+    from .contract.unitkeys import WATCH, WatchChannel, WatchConfig, Watched
 
     watched = watched_jobs(jobs)
     if not watched:
@@ -381,12 +378,12 @@ def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ..
                        () if is_chained(job) or calendar_of(job).on_boot else tuple(calendar_of(job).lines))
                for job in watched]
     alerts = [inventory.alert(name) for name in sorted({job.alert for job in watched})]
-    channels = {a.name: {"type": a.type, "endpoint": a.endpoint or ""} for a in alerts}
+    channels = {a.name: WatchChannel(a.type, a.endpoint or "") for a in alerts}
     credentials = [(f"{a.name}.{f.path.rsplit('.', 1)[1]}", f.path) for a in alerts for f in credential_files(a)]
     env = _environment()
     service = env.get_template("watch.service.j2").render(
-        marker=paths.MARKER, count=len(entries), every=WATCH_EVERY, watch_key=paths.WATCH_KEY,
-        config=config_value(entries, channels), argv=watch_argv(host), state=paths.WATCH_STATE,
+        marker=paths.MARKER, count=len(entries), every=WATCH_EVERY,
+        watch_line=WATCH.line(WatchConfig(tuple(entries), channels)), argv=watch_argv(host), state=paths.WATCH_STATE,
         outbox=paths.WATCH_OUTBOX, send_service=paths.WATCH_SEND_SERVICE)
     sender = env.get_template("watch-send.service.j2").render(
         marker=paths.MARKER, argv=watch_argv(host, send=True), credentials=credentials,

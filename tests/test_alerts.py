@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from deployer.contract import channels
+from deployer.contract import channels, unitkeys
 from deployer.host import alert, journal
 from tests.conftest import REPO
 from tests.httpserver import Reply
@@ -877,13 +877,13 @@ def test_the_policy_decides_from_the_streak(policy, failures, alerted, now, send
 ])
 def test_the_policy_of_the_inventory_values_round_trips_through_the_unit(after, repeat, policy):
     assert channels.AlertPolicy.of(after, repeat) == policy
-    assert channels.AlertPolicy.from_unit_value(policy.unit_value()) == policy
+    assert unitkeys.ALERT_POLICY.read(unitkeys.ALERT_POLICY.line(policy)) == policy
 
 
 @pytest.mark.parametrize("text", ["", "{", '{"after": 0, "repeat": "each"}', '{"after": 2, "repeat": "sometimes"}',
                                   '{"after": 2, "repeat": -5}', "[]"])
 def test_an_unreadable_policy_line_means_every_failed_run_alerts(text):
-    assert channels.AlertPolicy.from_unit_value(text) == EACH
+    assert unitkeys.ALERT_POLICY.decode(text) == EACH
 
 
 def test_five_failures_then_a_success_under_alert_after_3_send_one_alert_and_one_recovery(tmp_path):

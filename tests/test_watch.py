@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployer import render
-from deployer.contract import paths
+from deployer.contract import paths, unitkeys
 from deployer.host import watch
 from deployer.host.alert import format_messages
 from deployer.contract.channels import CHANNEL_TYPES, EVENT_FIELDS, typed_event
@@ -224,10 +224,9 @@ def test_the_watcher_is_rendered_only_where_a_job_asks_for_it(tmp_path):
     assert paths.WATCH_TIMER in files and paths.WATCH_SERVICE in files and paths.WATCH_SEND_SERVICE in files
     unit = files[paths.WATCH_SERVICE].content.decode()
     sender = files[paths.WATCH_SEND_SERVICE].content.decode()
-    line = next(x for x in unit.splitlines() if x.startswith(paths.WATCH_KEY + "="))
-    assert watch.parse_config(line.split("=", 1)[1]) == (
-        [Watched("settle", "ops", 300, 1800, ("*-*-* 02:00:00 Asia/Shanghai",))],
-        {"ops": {"type": "dingtalk", "endpoint": ""}})
+    assert unitkeys.WATCH.read(unit) == unitkeys.WatchConfig(
+        (Watched("settle", "ops", 300, 1800, ("*-*-* 02:00:00 Asia/Shanghai",)),),
+        {"ops": unitkeys.WatchChannel("dingtalk", "")})
     assert "LoadCredential=ops.token:/etc/deployer/credentials/ops.token" in sender
     assert "LoadCredential" not in unit and "User=deployer-alert" in sender  # root reads, the alert user sends
     assert "=t\n" not in unit + sender

@@ -240,7 +240,7 @@ class AlertPolicy:
     `after` failed runs in a row before the first alert; then `repeat`: "each" (every failed run
     alerts: with after = 1, the behaviour before policies), "never" (that first alert only), or
     seconds between reminders. The renderer writes it into the job's unit (ALERT_POLICY_KEY=) when
-    it is not the default; the alert program reads it back from there: one codec, here."""
+    it is not the default; the alert program reads it back from there (unitkeys.ALERT_POLICY)."""
 
     after: int = 1
     repeat: object = "each"
@@ -249,21 +249,6 @@ class AlertPolicy:
     def of(cls, after: int, repeat) -> "AlertPolicy":
         """The inventory's values; `repeat` None (not set): each with after = 1, else never."""
         return cls(after, repeat if repeat is not None else "each" if after == 1 else "never")
-
-    def unit_value(self) -> str:
-        return json.dumps({"after": self.after, "repeat": self.repeat}, sort_keys=True)
-
-    @classmethod
-    def from_unit_value(cls, text: str) -> "AlertPolicy":
-        """Anything unreadable is the default: a job alerts on every failed run rather than never."""
-        try:
-            data = json.loads(text)
-            after, repeat = int(data["after"]), data["repeat"]
-        except (ValueError, KeyError, TypeError):
-            return cls()
-        if after < 1 or not (repeat in ("each", "never") or (isinstance(repeat, (int, float)) and repeat > 0)):
-            return cls()
-        return cls(after, repeat)
 
     def decide(self, failures: int, alerted: float, new: int, now: float) -> bool:
         """Whether `new` failed runs (taking the streak to `failures`) alert, the last alert of the

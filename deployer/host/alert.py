@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from deployer.contract import paths
+from deployer.contract import paths, unitkeys
 from deployer.contract.options import EXIT_FENCED
 from deployer.host.journal import FailedRun, RunAccount, journal_failed_runs, run_account
 from deployer.contract.channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
@@ -769,16 +769,8 @@ def failed_run_event(job: str, host: str, run: Optional[FailedRun] = None) -> di
 
 def job_request(job: str) -> tuple[str, str]:
     """METHOD and URL of a job, from the X-Deployer-Request= line the renderer wrote for us."""
-    prefix = paths.REQUEST_KEY + "="
-    try:
-        with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(prefix):
-                    request = json.loads(line[len(prefix):])
-                    return request["method"], request["url"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return "", "(unknown)"
+    request = unitkeys.REQUEST.read_unit(paths.job_unit(job, "service"))
+    return request.method, request.url
 
 
 def read_credential(name: str) -> str:
@@ -865,15 +857,7 @@ def save_streak(state: str, job: str, streak: Optional[Streak]) -> None:
 
 def job_policy(job: str) -> AlertPolicy:
     """The job's alert policy, from the line the renderer wrote into its unit (none: the default)."""
-    prefix = paths.ALERT_POLICY_KEY + "="
-    try:
-        with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(prefix):
-                    return AlertPolicy.from_unit_value(line[len(prefix):])
-    except OSError:
-        pass
-    return AlertPolicy()
+    return unitkeys.ALERT_POLICY.read_unit(paths.job_unit(job, "service"))
 
 
 def apply_policy(state: str, job: str, policy: AlertPolicy, events: list, log: Callable[[str], None],
@@ -1076,15 +1060,7 @@ def _channel_of_cached(job: str) -> str:
 
 def channel_of(job: str) -> str:
     """The alert channel of a job, from its unit's OnFailure= (rendered by the deployer)."""
-    prefix = "OnFailure=" + paths.UNIT_PREFIX + "alert-"
-    try:
-        with open(os.path.join(paths.UNIT_DIR, paths.job_unit(job, "service")), encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(prefix) and "@" in line:
-                    return line[len(prefix):].split("@", 1)[0]
-    except OSError:
-        pass
-    return ""
+    return unitkeys.alert_channel(unitkeys.unit_text(paths.job_unit(job, "service")))
 
 
 # The journal fields of a test's answer: the agent reads them from the test unit's invocation.

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 from deployer.contract import paths
 from deployer.host.journal import Position, Recorded, read_records
 from deployer.contract.record import SKIP_KINDS
+from deployer.contract.unitkeys import METRICS, Timing, unit_text
 
 # 2: each job's last run keeps its record's journal cursor (1 compared the records' start times).
 STATE_VERSION = 2
@@ -37,17 +38,6 @@ class MetricsError(Exception):
 
 
 # -- pure functions ---------------------------------------------------------------------------
-
-def timer_settings(text: str) -> Dict[str, float]:
-    """The renderer's `X-Deployer-Metrics={"period": ..., "timeout": ...}` line of a timer."""
-    prefix = paths.METRICS_KEY + "="
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            with contextlib.suppress(ValueError):
-                values = json.loads(line[len(prefix):])
-                return {k: float(values.get(k) or 0) for k in ("period", "timeout")}
-    return {"period": 0.0, "timeout": 0.0}
-
 
 def add_records(state: dict, records: List[Recorded], now: float) -> dict:
     """The counters and last run of each job after these records (in the journal's order). A
@@ -136,7 +126,7 @@ def number(value: float) -> str:
     return ("%.3f" % value).rstrip("0").rstrip(".") if value != int(value) else str(int(value))
 
 
-def job_values(job: str, status, settings: Dict[str, float], state: dict) -> Dict[str, Optional[float]]:
+def job_values(job: str, status, timing: Timing, state: dict) -> Dict[str, Optional[float]]:
     """One job's samples; None leaves a series out (no run yet: no last_* series)."""
     kept = state.get("jobs", {}).get(job, {})
     last = kept.get("last")
@@ -154,10 +144,10 @@ def job_values(job: str, status, settings: Dict[str, float], state: dict) -> Dic
         "deployer_job_last_attempts": last and last["attempts"],
         "deployer_job_last_http_status": last and last["http_status"],
         "deployer_job_next_run_timestamp_seconds": epoch(status.next),
-        "deployer_job_period_seconds": settings["period"],
-        "deployer_job_timeout_seconds": settings["timeout"],
+        "deployer_job_period_seconds": timing.period,
+        "deployer_job_timeout_seconds": timing.timeout,
         "deployer_job_paused": 1 if status.paused and not status.fenced else 0,
-        "deployer_job_stopped": 1 if not timer_on and not status.paused and settings["period"] else 0,
+        "deployer_job_stopped": 1 if not timer_on and not status.paused and timing.period else 0,
         "deployer_job_fenced": 1 if status.fenced else 0,
         "deployer_job_running": 1 if running else 0,
         "deployer_job_running_since_timestamp_seconds": epoch(status.started) if running else 0,
@@ -273,8 +263,7 @@ def installed_jobs(layout) -> Dict[str, str]:
         job = paths.job_of_unit(name)
         if not job or name == paths.RECOVER_UNIT:
             continue
-        with open(os.path.join(layout.unit_dir, name), encoding="utf-8") as handle:
-            text = handle.read()
+        text = unit_text(name, layout.unit_dir)
         if not text.startswith(paths.MARKER):
             continue
         if name.endswith(".timer"):
@@ -322,7 +311,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
     jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
     state = dict(state, jobs=jobs_state)
-    values = {status.job: job_values(status.job, status, timer_settings(units[status.job]), state)
+    values = {status.job: job_values(status.job, status, METRICS.read(units[status.job]), state)
               for status in statuses}
     text = textfile(host, version, values, now, held=is_held(machine))
     url = read_heartbeat_url(layout)

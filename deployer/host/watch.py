@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from deployer.contract import paths
+from deployer.contract.unitkeys import WATCH, Watched
 from deployer.contract.options import duration_text as _duration_text
 
 
@@ -39,45 +40,6 @@ TIMER_PROPERTIES = ("ActiveState", "NextElapseUSecRealtime", "LastTriggerUSec")
 SERVICE_PROPERTIES = ("ActiveState", "InvocationID", "ExecMainStartTimestamp", "ExecMainExitTimestamp", "Result",
                       "ExecMainStatus")
 RUNNING = ("activating", "active", "deactivating", "reloading")
-
-
-# -- what it watches: one line of its unit, written by the renderer ------------------------------
-
-
-@dataclass(frozen=True)
-class Watched:
-    """One job the watcher looks at: its thresholds (seconds; None: off), its alert channel, and
-    its timer's calendar lines (empty: no slots to be late for: chained, @reboot)."""
-
-    job: str
-    channel: str
-    late: Optional[float] = None
-    long: Optional[float] = None
-    calendar: tuple = ()
-
-
-def config_value(watched, channels: dict) -> str:
-    """The WATCH_KEY value: {"jobs": {job: {...}}, "channels": {name: {"type", "endpoint"}}}."""
-    return json.dumps({"jobs": {w.job: {"channel": w.channel, "late": w.late, "long": w.long,
-                                        "calendar": list(w.calendar)} for w in watched},
-                       "channels": channels}, sort_keys=True, separators=(",", ":"))
-
-
-def parse_config(text: str) -> tuple:
-    """-> ([Watched], {channel: {"type", "endpoint"}}); ValueError for anything unreadable."""
-    data = json.loads(text)
-    watched = [Watched(job, str(v["channel"]), v.get("late"), v.get("long"), tuple(v.get("calendar") or ()))
-               for job, v in sorted(data["jobs"].items())]
-    return watched, dict(data["channels"])
-
-
-def read_config(unit_path: str) -> tuple:
-    prefix = paths.WATCH_KEY + "="
-    with open(unit_path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith(prefix):
-                return parse_config(line[len(prefix):])
-    raise ValueError("%s has no %s line" % (unit_path, paths.WATCH_KEY))
 
 
 # -- what the host says: one D-Bus read of the units' properties, a few files -----------------------------------------
@@ -338,15 +300,15 @@ def read_outbox(directory: str) -> tuple:
     return merged, files
 
 
-def main(host_name: str, unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE,
-         state_path: str = paths.WATCH_STATE) -> bool:
+def main(host_name: str, state_path: str = paths.WATCH_STATE) -> bool:
     """The watcher's pass (root): read the host, decide, remember, leave the events, and start
     the sender when there is something to send."""
     from deployer.host.systemctl import Systemd  # every systemctl/journalctl call of the host programs goes through it
     from deployer.host.journal import run_account
 
     log = lambda line: print(line, flush=True)  # noqa: E731
-    watched, channels = read_config(unit_path)
+    config = WATCH.read_unit(paths.WATCH_SERVICE)
+    watched, channels = config.watched, config.channels
     systemd = Systemd()
     now = time.time()
 
@@ -362,7 +324,7 @@ def main(host_name: str, unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SER
     return True
 
 
-def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bool:
+def send_main() -> bool:
     """The sender (deployer-host@watch-send.service: the alert units' user, their state directory
     and the channels' credentials): what the watcher left, through alert.deliver behind each channel's
     Coalescer. An event that cannot go out now stays in the channel's queue for the next pass."""
@@ -370,7 +332,7 @@ def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bo
     from deployer.contract.channels import Channel, Secret
 
     log = lambda line: print(line, flush=True)  # noqa: E731
-    _watched, channels = read_config(unit_path)
+    channels = WATCH.read_unit(paths.WATCH_SERVICE).channels
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "/tmp"
     outbox = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or paths.WATCH_OUTBOX
     events, files = read_outbox(outbox)
@@ -392,8 +354,8 @@ def send_main(unit_path: str = paths.UNIT_DIR + "/" + paths.WATCH_SERVICE) -> bo
             pass
     delivered = True
     for name, (coalescer, how, queued, unqueued) in pending.items():
-        channel = Channel(name, how["type"], token=Secret(read_credential(name + ".token")),
-                          secret=Secret(read_credential(name + ".secret")), endpoint=how.get("endpoint") or None)
+        channel = Channel(name, how.type, token=Secret(read_credential(name + ".token")),
+                          secret=Secret(read_credential(name + ".secret")), endpoint=how.endpoint or None)
         send = lambda batch, channel=channel: deliver(channel, batch, log=log)  # noqa: E731
         # Also what an earlier pass could not deliver (queued): the same channel, merged.
         sent = coalescer.run(unqueued, send) if unqueued else True
