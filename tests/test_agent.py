@@ -349,6 +349,29 @@ def test_a_removed_job_leaves_no_stamp(host):
     assert not stamp.exists()
 
 
+def test_a_removed_job_leaves_no_skipped_slot_state_and_one_added_again_starts_without_it(host):
+    """Its state in /run/deployer-through (a link into /run/private, where systemd keeps a
+    DynamicUser= unit's preserved RuntimeDirectory=) outlived it: added again, its first run
+    recorded as skipped a slot of the job as it was before (found on a shared test host)."""
+    timer = f"{U}/deployer-a.timer"
+
+    def plant():
+        made = [Path(host.layout.at(d)) for d in paths.through_dirs("deployer-a.timer")]
+        for directory in made:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / paths.THROUGH_FILE).write_text('{"slot": 1000}')
+        return made
+
+    left = plant()  # by the job before it was removed, while it did not exist on this host
+    host.call(ApplyRequest(write=(write(timer, unit("a")),), expect={}))
+    assert not any(d.exists() for d in left)
+
+    left = plant()
+    host.call(ApplyRequest(remove=(timer,), expect=files(host)))
+    assert not any(d.exists() for d in left)
+    assert Path(host.layout.at(paths.THROUGH_DIR)).exists(), "other jobs' state stays"
+
+
 def test_a_replay_keeps_the_stamp_a_new_timer_wrote_after_the_switch_began(host):
     stamps = Path(host.layout.timer_stamps)
     stamps.mkdir(parents=True)

@@ -79,6 +79,17 @@ def through_dir(job: str) -> str:
     return THROUGH_DIR + "/" + job_unit(job, "service")[:-len(".service")]
 
 
+# Where systemd keeps THROUGH_DIR's contents: a preserved RuntimeDirectory= of a DynamicUser= unit
+# lives under /run/private, and THROUGH_DIR is only a link into it.
+THROUGH_PRIVATE_DIR = "/run/private/" + THROUGH_DIR[len("/run/"):]
+
+
+def through_dirs(timer: str) -> tuple:
+    """The job's state directory, the link and what it points at: both go when the job does."""
+    name = timer[:-len(".timer")]
+    return (THROUGH_DIR + "/" + name, THROUGH_PRIVATE_DIR + "/" + name)
+
+
 # The job credential that holds its epoch on this host (X-Deployer-Epoch, the fence).
 EPOCH_CREDENTIAL = "epoch"
 # Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import stat
 import sys
@@ -578,10 +579,14 @@ class Host:
         # that old last trigger, and Persistent= would run at once a slot that passed while the
         # job did not exist. A stamp written since the switch began is a real trigger's (a
         # replay must keep it).
+        # So does its skipped-slot state (/run/deployer-through): its first run would record as
+        # skipped a slot of the job as it was before.
         for timer in journal.forget:
             if timer in journal.disable or not self.triggered_since(timer, journal.stopped_at):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.stamp(timer))
+                for directory in paths.through_dirs(timer):
+                    shutil.rmtree(self.layout.at(directory), ignore_errors=True)
         for timer, when in journal.stamps.items():
             if not self.triggered_since(timer, when):
                 self.set_last_trigger([timer], when)

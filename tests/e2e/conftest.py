@@ -48,13 +48,15 @@ def cron02(tmp_path):
 
 # Everything a push (and the tests' own probes) leave on a host, gone; then the journal emptied
 # (`--rotate` closes the active file, `--vacuum-time` deletes every closed one), so that status,
-# history and metrics see no earlier test's runs.
+# history and metrics see no earlier test's runs. A preserved RuntimeDirectory= of a DynamicUser=
+# unit is a link into /run/private: both go, or systemd finds the link gone and its target there.
 RESET = r"""
 systemctl stop --all 'deployer*' 2>/dev/null
 rm -rf /etc/systemd/system/deployer* /etc/systemd/system/*.wants/deployer* /etc/systemd/system/.deployer* \
        /etc/deployer /var/lib/deployer /var/lib/.deployer* /var/lib/deployer-* /var/lib/private/deployer* \
        /var/lib/systemd/timers/stamp-deployer* /var/lib/prometheus/node-exporter/deployer.prom \
-       /var/lib/prometheus/node-exporter/.deployer* /run/deployer /run/deployer-through
+       /var/lib/prometheus/node-exporter/.deployer* /run/deployer \
+       /run/deployer-through /run/private/deployer-through /run/deployer-watch /run/private/deployer-watch
 find /root /tmp -mindepth 1 -maxdepth 1 -newer /run/deployer-test-booted ! -name 'systemd-private-*' \
      -exec rm -rf {} +
 systemctl daemon-reload
