@@ -103,10 +103,9 @@ def main(argv: Optional[list] = None) -> int:
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")
-        from .alert import alert_main, read_credential  # a job run never loads the alert program
+        from .alert import alert_main  # a job run never loads the alert program
         mode = "boot" if args.boot else "sweep" if args.sweep else ""
-        channel = received(args.channel, args.type, lambda key: getattr(args, key),
-                           lambda key: "" if args.sweep else read_credential(key))
+        channel = alert_channel(args)
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered, mode) else EXIT_FAILED
     if args.fenced:
         from .agent import fence_main  # root, outside the run's sandbox
@@ -119,9 +118,7 @@ def main(argv: Optional[list] = None) -> int:
         epoch = credential_epoch(args.epoch)
     except options.Invalid as error:
         parser.error(str(error))
-    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS}
-    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
-    spec = job_spec(args.job, values, resolution=args.resolution, calendar=tuple(args.calendar), epoch=epoch)
+    spec = spec_of(args, from_credentials, epoch)
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
@@ -167,6 +164,13 @@ def main(argv: Optional[list] = None) -> int:
         return finish(args, spec, the_slot, result, run_id, log)
     finally:  # the run's very end: a slot that comes after this is the next run's to account for
         leave_through(through_at, spec, the_slot, recorded, run_id, started, seen)
+
+
+def spec_of(args, from_credentials: dict, epoch: int) -> JobSpec:
+    """The run's JobSpec: every option from the arguments (or its credential), and the extras."""
+    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS}
+    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
+    return job_spec(args.job, values, resolution=args.resolution, calendar=tuple(args.calendar), epoch=epoch)
 
 
 def finish(args, spec: JobSpec, the_slot: Slot, result: RunResult, run_id: str, log) -> int:
@@ -500,6 +504,15 @@ def credential_values() -> dict:
             with open(path, encoding="utf-8") as handle:
                 values[option.dest] = option.parse(handle.read())
     return values
+
+
+def alert_channel(args) -> Channel:
+    """The alert unit's channel: its type's fields from the arguments, the secret ones from the
+    unit's credentials (a sweep reads none: it only queues)."""
+    from .alert import read_credential
+
+    return received(args.channel, args.type, lambda key: getattr(args, key),
+                    lambda key: "" if args.sweep else read_credential(key))
 
 
 def inline_channel(args) -> Optional[Channel]:
