@@ -6,11 +6,11 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 from .errors import InventoryError, Problem, ScheduleError
 from .contract import paths
-from .contract.channels import CHANNEL_TYPES
+from .contract.channels import CHANNEL_TYPES, Channel, all_fields, types_taking
 from .contract.options import (CREDENTIAL_OPTIONS, placeholders, CREDENTIALS_LIMIT, JOB_OPTIONS, MAX_CREDENTIALS, OPTIONS_BY_KEY,
                                 Invalid, boolean, credentials, credentials_size, duration_seconds, readable_file, text,
                                 url)
@@ -102,6 +102,24 @@ def lease(value: str) -> float:
 
 # --- the schema ---------------------------------------------------------------------------
 
+
+class _AlertKeys(Mapping):
+    """The [alert:NAME] keys: `type`, and every field a channel type declares (channels.py), read
+    from CHANNEL_TYPES when asked: a channel type's fields are declared there alone."""
+
+    def _keys(self) -> dict:
+        return {"type": one_of(tuple(CHANNEL_TYPES)), **{key: f.parse for key, f in all_fields().items()}}
+
+    def __getitem__(self, key: str) -> Callable[[str], object]:
+        return self._keys()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+
 SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
     "host": {
         "address": address,
@@ -121,11 +139,16 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[str], object]]] = {
         "lease": lease,
     },
     "defaults": {o.key: o.parse for o in JOB_OPTIONS if not o.job_only},
-    "alert": {"type": one_of(tuple(CHANNEL_TYPES)), "token": text, "secret": text, "endpoint": url},
+    "alert": _AlertKeys(),
     "job": {o.key: o.parse for o in JOB_OPTIONS},
 }
 REQUIRED = {"host": ("address",), "alert": ("type",), "job": tuple(o.key for o in JOB_OPTIONS if o.required)}
-SECRET_KEYS = {"token", "secret", "heartbeat_url"}  # a Healthchecks URL is its own password
+SECRET_KEYS = {"heartbeat_url"}  # a Healthchecks URL is its own password; and a channel's secret fields
+
+
+def _secret(kind: str, key: str) -> bool:
+    field_ = all_fields().get(key) if kind == "alert" else None
+    return key in SECRET_KEYS or bool(field_ and field_.secret)
 MULTILINE_KEYS = {o.key for o in JOB_OPTIONS if o.multiline}  # one value per (continuation) line
 
 
@@ -217,8 +240,15 @@ def _indented_lines(source: str, path: str) -> tuple[str, list[Problem]]:
 # (or a tab) before it, as every example writes it; one space is refused, not guessed. Other keys
 # cannot hold a space before `#` or `;` (a URL, a number, a zone, a cron line), so there `value ; x`
 # is always a comment.
-FREE_TEXT_KEYS = frozenset({"body", "headers", "expect_json", "content_type", "sign_secret", "token", "secret",
-                            "identity_file", "known_hosts", "ca_file", "client_cert", "client_key", "python"})
+# A channel's secret fields (a token, a signing secret) are free text too.
+FREE_TEXT_KEYS = frozenset({"body", "headers", "expect_json", "content_type", "sign_secret", "identity_file",
+                            "known_hosts", "ca_file", "client_cert", "client_key", "python"}
+                           | {key for key, f in all_fields().items() if f.secret})
+
+
+def _free_text(key: Optional[str]) -> bool:
+    field_ = all_fields().get(key or "")
+    return key in FREE_TEXT_KEYS or bool(field_ and field_.secret)
 _ESCAPED = re.compile(r"\\([#;])")
 
 
@@ -281,7 +311,7 @@ def _inline_comments(source: str, path: str) -> tuple[str, list[Problem]]:
         single_space = not raw[start - 2:start - 1].isspace() and raw[start - 1] == " "
         if _open_quote(value):
             why, otherwise = "inside a quoted string", "close the quote before a comment"
-        elif key in FREE_TEXT_KEYS and single_space:
+        elif _free_text(key) and single_space:
             why, otherwise = "after a single space", "put two spaces before a comment"
         else:
             continue
@@ -379,7 +409,7 @@ def _section_values(config, section: str, kind: str, env, report, variables: Opt
         except Invalid as error:
             report.add(section, key, str(error) + _quotes_hint(expanded))
             continue
-        values[key] = Secret(value) if key in SECRET_KEYS and value else value
+        values[key] = Secret(value) if _secret(kind, key) and value else value
     for key in REQUIRED.get(kind, ()):
         if key not in values and not report.has(section, key):
             report.add(section, key, "is required")
@@ -567,16 +597,18 @@ def _macro_on_calendar(line: str) -> Optional[str]:
 
 
 def _alert(title: str, values: dict, section: str, report: _Collector) -> Alert:
+    """The channel's fields as its type declares them (channels.CHANNEL_TYPES): each required one
+    given, none that only other types take."""
     kind = CHANNEL_TYPES[values["type"]]
-    if kind.token_required and not values.get("token") and not report.has(section, "token"):
-        report.add(section, "token", f"is required for type = {kind.name}")
-    if not kind.endpoint and not values.get("endpoint") and not report.has(section, "endpoint"):
-        report.add(section, "endpoint", f"is required for type = {kind.name}")
-    if values.get("secret") and not kind.signs:
-        signing = " and ".join(t.name for t in CHANNEL_TYPES.values() if t.signs)
-        report.add(section, "secret", f"signing is only for {signing}, not {kind.name}")
-    return Alert(name=title, type=kind.name, token=values.get("token", Secret("")),
-                 secret=values.get("secret"), endpoint=values.get("endpoint"))
+    for field_ in kind.fields:
+        if field_.required and not values.get(field_.key) and not report.has(section, field_.key):
+            report.add(section, field_.key, f"is required for type = {kind.name}")
+    for key in values:
+        if key != "type" and values[key] and not kind.field(key):
+            field_ = all_fields()[key]
+            report.add(section, key, f"{field_.purpose or key} is only for {' and '.join(types_taking(key))}, "
+                       f"not {kind.name}")
+    return Channel.of(title, kind.name, {key: value for key, value in values.items() if key != "type"})
 
 
 def _params_match(section, merged, report) -> bool:

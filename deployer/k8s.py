@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from .errors import DeployerError
 from . import render
+from .contract.channels import CHANNEL_TYPES
 from .contract.paths import SCHEDULED_JOB_ENV
 from .models import Inventory, Job, is_chained
 from .schedule import MACROS, QUARTZ_WEEKDAYS, schedule_kind, split_zone_prefix
@@ -112,6 +113,11 @@ def secret_name(channel: str) -> str:
     return f"deployer-alert-{channel}"
 
 
+def secret_fields(alert) -> list:
+    """The channel's secret fields it sets (channels.py): keys of its Secret, never values here."""
+    return [f for f in CHANNEL_TYPES[alert.type].fields if f.secret and alert.value(f.key)]
+
+
 def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], suspend: bool = False,
             epoch: int = 0) -> dict[str, Any]:
     schedule, zone = k8s_schedule(job)
@@ -126,12 +132,9 @@ def cronjob(inv: Inventory, job: Job, image: str, namespace: Optional[str], susp
     if job.alert:
         alert = inv.alert(job.alert)
         env += [{"name": "DEPLOYER_ALERT_TYPE", "value": alert.type}]
-        if alert.endpoint:
-            env += [{"name": "DEPLOYER_ALERT_ENDPOINT", "value": alert.endpoint}]
-        for key in ("token", "secret"):
-            if getattr(alert, key):
-                env.append({"name": f"DEPLOYER_ALERT_{key.upper()}", "valueFrom": {
-                    "secretKeyRef": {"name": secret_name(alert.name), "key": key}}})
+        env += [{"name": field.env, "value": str(alert.value(field.key))} for field in render.plain_fields(alert)]
+        env += [{"name": field.env, "valueFrom": {"secretKeyRef": {"name": secret_name(alert.name), "key": field.key}}}
+                for field in secret_fields(alert)]
     credentials = sorted(render.job_credentials(job))
     pod: dict[str, Any] = {}
     mounts: dict[str, Any] = {}
@@ -214,8 +217,8 @@ def secret_commands(inv: Inventory, namespace: Optional[str]) -> list[str]:
     commands = []
     for name in used:
         alert = inv.alert(name)
-        literals = " ".join(f"--from-literal={k}=\"${{{variable(inv, name, k)}}}\""
-                            for k in ("token", "secret") if getattr(alert, k))
+        literals = " ".join(f"--from-literal={f.key}=\"${{{variable(inv, name, f.key)}}}\""
+                            for f in secret_fields(alert))
         commands.append(f"kubectl{flag} create secret generic {secret_name(name)} {literals}")
     for job in inv.jobs:
         files = " ".join(f"--from-file={name}=./{job.name}.{name}" for name in sorted(render.job_credentials(job)))

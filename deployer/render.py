@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional
 from . import systemd
 from .contract import paths, unitkeys
 from .contract.options import EXIT_FENCED
-from .contract.channels import AlertPolicy
+from .contract.channels import CHANNEL_TYPES, AlertPolicy
 from .contract.options import OPTIONS_BY_KEY, command_line, credentials, redact_url
 from .models import Alert, Host, Inventory, Job, ManagedFile, is_chained
 from .schedule import to_calendar
@@ -149,15 +149,21 @@ def alert_argv(alert: Alert, host: Host, recovered: bool = False, mode: str = ""
         argv.append("--recovered")
     if mode:
         argv.append("--" + mode)
-    if alert.endpoint:
-        argv += ["--endpoint", alert.endpoint]
+    for field in plain_fields(alert):  # its type's fields that are not secret (channels.py)
+        argv += [field.flag, str(alert.value(field.key))]
     return argv
 
 
+def plain_fields(alert: Alert) -> list:
+    """The channel's fields it sets that go as arguments; the secret ones are credential_files."""
+    return [f for f in CHANNEL_TYPES[alert.type].fields if not f.secret and alert.value(f.key)]
+
+
 def credential_files(alert: Alert) -> tuple[ManagedFile, ...]:
-    """Root-only files that systemd hands to the alert unit with LoadCredential=."""
-    return tuple(ManagedFile(paths.credential(alert.name, kind), value.encode(), 0o600, secret=True)
-                 for kind, value in (("token", alert.token), ("secret", alert.secret)) if value)
+    """Root-only files that systemd hands to the alert unit with LoadCredential=: the channel's
+    secret fields it sets (token, signing secret, ...), each named by its key."""
+    return tuple(ManagedFile(paths.credential(alert.name, f.key), str(alert.value(f.key)).encode(), 0o600, secret=True)
+                 for f in CHANNEL_TYPES[alert.type].fields if f.secret and alert.value(f.key))
 
 
 def alert_units(alert: Alert, host: Host) -> tuple[ManagedFile, ...]:
@@ -378,7 +384,8 @@ def watch_units(inventory: Inventory, host: Host, jobs) -> tuple[ManagedFile, ..
                        () if is_chained(job) or calendar_of(job).on_boot else tuple(calendar_of(job).lines))
                for job in watched]
     alerts = [inventory.alert(name) for name in sorted({job.alert for job in watched})]
-    channels = {a.name: WatchChannel(a.type, a.endpoint or "") for a in alerts}
+    channels = {a.name: WatchChannel(a.type, {f.key: str(a.value(f.key) or "") for f in CHANNEL_TYPES[a.type].fields
+                                              if not f.secret}) for a in alerts}
     credentials = [(f"{a.name}.{f.path.rsplit('.', 1)[1]}", f.path) for a in alerts for f in credential_files(a)]
     env = _environment()
     service = env.get_template("watch.service.j2").render(

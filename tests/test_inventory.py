@@ -457,3 +457,11 @@ def test_issue23_catch_up_and_concurrency_come_from_defaults_and_a_job_overrides
     assert (jobs["a"].catch_up, jobs["a"].concurrency) == (7200, "replace")
     assert (jobs["b"].catch_up, jobs["b"].concurrency) == ("once", "forbid")
     assert jobs["c"].catch_up == "none"
+
+
+def test_every_host_key_is_a_host_field_and_every_host_field_a_key():
+    """Issue 20: [host:NAME]'s keys (SCHEMA) and models.Host's fields are two lists; this ties them
+    (a key without a field crashed the reader, a field without a key could never be set)."""
+    import dataclasses
+
+    assert set(inventory.SCHEMA["host"]) == {f.name for f in dataclasses.fields(Host)} - {"name"}

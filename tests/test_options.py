@@ -78,3 +78,44 @@ def test_a_wrong_time_zone_suggests_the_one_meant(text, hint):
     with pytest.raises(options.Invalid) as refused:
         options.timezone(text)
     assert str(refused.value) == f"{text!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC){hint}"
+
+
+def test_the_trigger_s_jobspec_has_a_field_per_option_that_reaches_a_run_with_the_option_s_default():
+    """Issue 20: JobSpec was a second, hand-kept list (with retries = 0 where the option says 2)."""
+    import dataclasses
+
+    from deployer.host import run
+
+    fields = {f.name: f for f in dataclasses.fields(run.JobSpec)}
+    reaching = [o for o in options.JOB_OPTIONS if o.flag or o.credential]
+    assert set(fields) == {"name"} | {o.dest for o in reaching} | {name for name, *_ in run.SPEC_EXTRAS}
+    for option in reaching:
+        default = fields[option.dest].default
+        assert default is dataclasses.MISSING if option.required else default == option.default, option.key
+    # The trigger's argument parser has the same defaults: a unit that leaves a flag out gets them.
+    parsed = cli.build_parser().parse_args(["--url", "http://svc/x"])
+    assert all(getattr(parsed, o.dest) == o.default for o in options.TRIGGER_OPTIONS if not o.required)
+
+
+def test_the_trigger_builds_its_jobspec_from_the_unit_s_arguments_and_credentials(tmp_path, monkeypatch):
+    """Every option of a job, rendered into its unit (command line and credentials) and read back
+    by the trigger, is the same value in the run's JobSpec."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("PEM\n")
+    the_job = job(method="PUT", timeout=90, retries=0, expect_status="200,204", expect_json="code=0",
+                  ping_url="http://hc/ping/x", idempotent=True, async_="poll", poll_every=2.5, body='{"a": 1}',
+                  headers=(("X-A", "b"),), sign_secret="k", catch_up="none", concurrency="replace",
+                  ca_file=options.local_file(str(ca)))
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    for name, f in render.job_credentials(the_job).items():
+        (directory / name).write_bytes(f.content)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+    args = cli.build_parser().parse_args(render.trigger_args(the_job))
+    spec = cli.spec_of(args, cli.credential_values(), epoch=7)
+    for option in options.JOB_OPTIONS:
+        if option.flag or option.credential:
+            wanted = getattr(the_job, option.dest)
+            wanted = str(directory / option.credential) if option.parse is options.local_file and wanted else wanted
+            assert getattr(spec, option.dest) == wanted, option.key
+    assert (spec.name, spec.epoch) == ("settle", 7)

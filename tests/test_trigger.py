@@ -68,7 +68,8 @@ def test_redact_url_hides_a_password():
 
 
 def spec(server, path, **kw):
-    return run.JobSpec(name="settle", url=server.url(path), **kw)
+    """One attempt unless the test says (a job's default, the trigger's too, is options' retries = 2)."""
+    return run.JobSpec(name="settle", url=server.url(path), **{"retries": 0, **kw})
 
 
 def test_run_job_posts_with_idempotency_headers(server):
@@ -110,7 +111,7 @@ def test_the_timeout_bounds_the_whole_run(server):
 
 def test_connection_refused_is_a_short_clear_line(server):
     lines: list[str] = []
-    verdict = run.run_job(run.JobSpec(name="x", url="http://127.0.0.1:1/x"), log=lines.append)
+    verdict = run.run_job(run.JobSpec(name="x", url="http://127.0.0.1:1/x", retries=0), log=lines.append)
     assert not verdict.ok
     assert lines[0].endswith("connection failed: connection refused")
 
@@ -410,9 +411,9 @@ def test_issue22_9_secrets_a_service_echoes_never_reach_the_log_or_the_reason(se
     server.routes["/biz"] = lambda record: json_reply({"code": 1, "token": record.headers.get("Authorization")})
     lines: list[str] = []
     url = server.url("/echo").replace("http://", f"http://svc:{PASSWORD}@")
-    echoed = run.run_job(run.JobSpec(name="x", url=url, headers=(("Authorization", f"Bearer {TOKEN}"),),
+    echoed = run.run_job(run.JobSpec(name="x", url=url, retries=0, headers=(("Authorization", f"Bearer {TOKEN}"),),
                                      sign_secret=SIGN), log=lines.append)
-    judged = run.run_job(run.JobSpec(name="x", url=server.url("/biz"), expect_json='token="no"',
+    judged = run.run_job(run.JobSpec(name="x", url=server.url("/biz"), retries=0, expect_json='token="no"',
                                      headers=(("Authorization", f"Bearer {TOKEN}"),)), log=lines.append)
     assert not echoed.ok and not judged.ok
     assert server.received("/echo")[0].headers["Authorization"] == f"Bearer {TOKEN}", "the request itself is intact"

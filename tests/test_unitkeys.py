@@ -25,7 +25,7 @@ ODD_URL = "https://u:***@h.example/a%20b/$x;y?q='\"&z=\\é\u2028"
 WATCH_CONFIG = WatchConfig(
     (Watched("a", "ops", late=300.0, calendar=("*-*-* 02:00:00 Asia/Shanghai", "Sat *-*-* 10:00:00")),
      Watched("b", "chat", long=1800)),
-    {"chat": WatchChannel("webhook", "https://hooks.example/x"), "ops": WatchChannel("dingtalk")})
+    {"chat": WatchChannel("webhook", {"endpoint": "https://hooks.example/x"}), "ops": WatchChannel("dingtalk", {"endpoint": ""})})
 
 
 def unit(*lines: str) -> str:
@@ -70,8 +70,8 @@ def test_every_key_round_trips_through_a_unit(key, value):
     pytest.param("deployer-host@watch.service", WATCH, WatchConfig(
         (Watched("child", "chat", late=60), Watched("policy-each", "ops", long=600),
          Watched("policy-remind", "chat", 300, 1800, ("*-*-* 03:00:00 Asia/Shanghai",))),
-        {"chat": WatchChannel("webhook", "https://hooks.example/x"),
-         "ops": WatchChannel("dingtalk", "https://robot.example/send")}), id="watch"),
+        {"chat": WatchChannel("webhook", {"endpoint": "https://hooks.example/x"}),
+         "ops": WatchChannel("dingtalk", {"endpoint": "https://robot.example/send"})}), id="watch"),
 ])
 def test_recorded_units_decode_to_what_they_say(name, key, value):
     assert key.read(RECORDED[name]) == value

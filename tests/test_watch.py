@@ -226,7 +226,7 @@ def test_the_watcher_is_rendered_only_where_a_job_asks_for_it(tmp_path):
     sender = files[paths.WATCH_SEND_SERVICE].content.decode()
     assert unitkeys.WATCH.read(unit) == unitkeys.WatchConfig(
         (Watched("settle", "ops", 300, 1800, ("*-*-* 02:00:00 Asia/Shanghai",)),),
-        {"ops": unitkeys.WatchChannel("dingtalk", "")})
+        {"ops": unitkeys.WatchChannel("dingtalk", {"endpoint": ""})})
     assert "LoadCredential=ops.token:/etc/deployer/credentials/ops.token" in sender
     assert "LoadCredential" not in unit and "User=deployer-alert" in sender  # root reads, the alert user sends
     assert "=t\n" not in unit + sender

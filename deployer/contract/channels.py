@@ -1,9 +1,11 @@
-"""Alert channels, each declared once: its endpoint, whether it takes a token and a signing
-secret, how text from elsewhere is escaped for it, the request that delivers a message, and
-how to tell that the channel accepted it.
+"""Alert channels, each declared once: its endpoint, the fields it takes (`fields`: token,
+signing secret, endpoint, or one of its own), how text from elsewhere is escaped for it, the
+request that delivers a message, and how to tell that the channel accepted it.
 
-The inventory's `[alert:NAME] type =` choices, its token/secret/endpoint rules, the trigger's
-`--type` choices and the message requests all read CHANNEL_TYPES. Pure: `now` is given.
+The inventory's `[alert:NAME]` keys and rules, the alert unit's credentials and arguments, the
+alert sender's arguments, the watcher's channel config and the Kubernetes export all read
+CHANNEL_TYPES and their `fields`: a channel type that needs one more field (Telegram's chat_id)
+is its `Field(...)` here, plus its use in the type's `build`. Pure: `now` is given.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+from deployer.contract import options
 
 
 class Secret(str):
@@ -24,14 +28,60 @@ class Secret(str):
 
 
 @dataclass(frozen=True)
+class Field:
+    """One key of an `[alert:NAME]` that a channel type takes.
+
+    `secret`: it reaches the alert sender as a credential (LoadCredential=, a Kubernetes Secret),
+    never on a command line, in a unit file or the journal; else as the argument `flag` (and, in
+    Kubernetes, the environment variable `env`). `purpose` names it in "... is only for T"."""
+
+    key: str
+    parse: Callable[[str], Any] = options.text
+    required: bool = False
+    secret: bool = False
+    purpose: str = ""
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        """Where a run that alerts by itself (Kubernetes) finds it."""
+        return "DEPLOYER_ALERT_" + self.key.upper()
+
+
+TOKEN = Field("token", required=True, secret=True, help="the robot's token (a credential)")
+SIGNING_SECRET = Field("secret", secret=True, purpose="signing", help="the robot's signing secret (a credential)")
+ENDPOINT = Field("endpoint", options.url, help="override the channel's URL (proxies, tests)")
+
+
+@dataclass(frozen=True)
 class Channel:
-    """One `[alert:NAME]`: the inventory's record and what the alert sender delivers through."""
+    """One `[alert:NAME]`: the inventory's record and what the alert sender delivers through.
+    The fields every type shares are attributes; a type's own ones are in `extra` (`value(key)`
+    reads either)."""
 
     name: str
     type: str
     token: Secret = Secret("")
     secret: Optional[Secret] = None
     endpoint: Optional[str] = None
+    extra: tuple = ()  # (key, value) pairs, sorted: the fields of its type beyond these three
+
+    @classmethod
+    def of(cls, name: str, type: str, values: dict) -> "Channel":
+        """From field key -> value (keys not given keep their defaults)."""
+        own = {key: value for key, value in values.items() if key in _SHARED}
+        extra = tuple(sorted((key, value) for key, value in values.items() if key not in _SHARED))
+        return cls(name, type, extra=extra, **own)
+
+    def value(self, key: str) -> Any:
+        return getattr(self, key) if key in _SHARED else dict(self.extra).get(key)
+
+
+_SHARED = ("token", "secret", "endpoint")
 
 
 @dataclass(frozen=True)
@@ -266,20 +316,49 @@ class AlertPolicy:
 class ChannelType:
     name: str
     build: Callable[..., Outbound]
-    endpoint: str = ""  # the default; empty: the inventory must give one
-    token_required: bool = True
-    signs: bool = False  # takes a signing `secret`
+    endpoint: str = ""  # the default; a type without one declares its `endpoint` field required
+    fields: tuple = (TOKEN, ENDPOINT)  # in the order they are checked, rendered and exported
     escape: Callable[[str], str] = webhook_escape  # text from elsewhere -> text in this channel's message
+
+    @property
+    def token_required(self) -> bool:
+        return any(f.key == "token" and f.required for f in self.fields)
+
+    def field(self, key: str) -> Optional[Field]:
+        return next((f for f in self.fields if f.key == key), None)
 
 
 CHANNEL_TYPES = {t.name: t for t in (
-    ChannelType("dingtalk", _dingtalk, "https://oapi.dingtalk.com/robot/send", signs=True, escape=markdown_escape),
+    ChannelType("dingtalk", _dingtalk, "https://oapi.dingtalk.com/robot/send", (TOKEN, SIGNING_SECRET, ENDPOINT),
+                escape=markdown_escape),
     ChannelType("wecom", _wecom, "https://qyapi.weixin.qq.com/cgi-bin/webhook/send", escape=markdown_escape),
-    ChannelType("feishu", _feishu, "https://open.feishu.cn/open-apis/bot/v2/hook/", signs=True,
+    ChannelType("feishu", _feishu, "https://open.feishu.cn/open-apis/bot/v2/hook/", (TOKEN, SIGNING_SECRET, ENDPOINT),
                 escape=feishu_escape),
     ChannelType("slack", _slack, "https://hooks.slack.com/services/", escape=slack_escape),
-    ChannelType("webhook", _webhook, token_required=False, escape=webhook_escape),
+    ChannelType("webhook", _webhook, fields=(replace(TOKEN, required=False), replace(ENDPOINT, required=True)),
+                escape=webhook_escape),
 )}
+
+
+def all_fields() -> dict:
+    """key -> Field, over every channel type (a key means one thing whichever type takes it)."""
+    found: dict = {}
+    for kind in CHANNEL_TYPES.values():
+        for field_ in kind.fields:
+            found.setdefault(field_.key, field_)
+    return found
+
+
+def types_taking(key: str) -> list:
+    return [kind.name for kind in CHANNEL_TYPES.values() if kind.field(key)]
+
+
+def received(name: str, type: str, plain: Callable[[str], Optional[str]], secret: Callable[[str], str]) -> Channel:
+    """The channel as the alert sender gets it: each field of its type from where it travels, a
+    secret one from `secret(key)` (its credential), the others from `plain(key)` (its argument);
+    as text, the inventory having parsed them."""
+    return Channel.of(name, type, {f.key: Secret(secret(f.key) or "") if f.secret else plain(f.key) or ""
+                                   for f in CHANNEL_TYPES[type].fields})
 
 
 def build_outbound(channel: Channel, title: str, text: str, events: list, now: float) -> Outbound:

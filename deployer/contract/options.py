@@ -475,6 +475,9 @@ class Option:
     root-only file that systemd hands to the run (LoadCredential=), for anything secret or
     too large for a command line: never in a unit file, `ps`, `systemctl show` or the journal.
     Neither: the deployer alone uses it.
+
+    `default` is the one default: the inventory's, the trigger's argument parser's (a unit that
+    leaves the flag out) and run.JobSpec's (generated from JOB_OPTIONS) alike.
     """
 
     key: str

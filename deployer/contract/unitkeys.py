@@ -193,10 +193,11 @@ class Watched:
 
 @dataclass(frozen=True)
 class WatchChannel:
-    """An alert channel the watcher tells, as its sender needs it (never its token)."""
+    """An alert channel the watcher tells, as its sender needs it: its type and the type's fields
+    that are not secret (channels.Field; the endpoint, where it has one). Never a token."""
 
     type: str
-    endpoint: str = ""
+    values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,7 @@ class WatchConfig:
 def _encode_watch(config: WatchConfig) -> str:
     return json.dumps({"jobs": {w.job: {"channel": w.channel, "late": w.late, "long": w.long,
                                         "calendar": list(w.calendar)} for w in config.watched},
-                       "channels": {name: {"type": c.type, "endpoint": c.endpoint}
-                                    for name, c in config.channels.items()}},
+                       "channels": {name: {**c.values, "type": c.type} for name, c in config.channels.items()}},
                       sort_keys=True, separators=(",", ":"))
 
 
@@ -221,7 +221,7 @@ def _decode_watch(text: str) -> WatchConfig:
         data = _json_object(text)
         watched = tuple(Watched(job, str(v["channel"]), v.get("late"), v.get("long"), tuple(v.get("calendar") or ()))
                         for job, v in sorted(data["jobs"].items()))
-        channels = {str(name): WatchChannel(str(c["type"]), str(c.get("endpoint") or ""))
+        channels = {str(name): WatchChannel(str(c["type"]), {str(k): str(v or "") for k, v in c.items() if k != "type"})
                     for name, c in data["channels"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"unreadable {paths.WATCH_KEY} value: {error!r}") from None

@@ -7,14 +7,14 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Optional
 
 
 from deployer.host import http
 from deployer.host.http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from deployer.host.http import Response
-from deployer.contract.options import IDEMPOTENT_METHODS, redact_url
+from deployer.contract.options import IDEMPOTENT_METHODS, JOB_OPTIONS, redact_url
 from deployer.contract.record import RunRecord
 from deployer.host.slot import Slot, iso_utc, stopped_by_operator
 from deployer.contract.rules import Verdict, judge, parse_expect_json, parse_expect_status
@@ -63,35 +63,36 @@ class RunTimeout(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What the trigger was asked to do (its arguments; see options.JOB_OPTIONS)."""
+# What the trigger takes beside the job's options: declared here alone (the options are JOB_OPTIONS').
+SPEC_EXTRAS = (
+    # seconds: X-Deployer-Scheduled-At of a manual run is its start floored to this
+    ("resolution", int, field(default=60)),
+    ("calendar", tuple, field(default=())),  # the timer's OnCalendar= lines: the slot a run is for comes from them
+    ("epoch", int, field(default=0)),  # X-Deployer-Epoch: grows whenever the job's owner changes (the fence)
+)
+# The options that reach a run: an argument of the trigger (`flag`) or a credential (never on the
+# command line). A file's option (ca_file, client_cert, client_key) holds the credential's path.
+SPEC_OPTIONS = tuple(o for o in JOB_OPTIONS if o.flag or o.credential)
 
-    name: str
-    url: str
-    method: str = "POST"
-    timeout: float = 60.0
-    retries: int = 0
-    expect_status: str = "2xx"
-    expect_json: str = ""
-    ping_url: Optional[str] = None
-    content_type: str = "application/json"
-    idempotent: bool = False  # the service dedupes on Idempotency-Key: a possibly-seen POST may be re-sent
-    async_: str = "none"  # "poll": a 202 with a Location is followed until the work ends
-    poll_every: float = 10.0
-    resolution: int = 60  # seconds: X-Deployer-Scheduled-At of a manual run is its start floored to this
-    calendar: tuple = ()  # the timer's OnCalendar= lines: the slot a run is for comes from them
-    epoch: int = 0  # X-Deployer-Epoch: grows whenever the job's owner changes (the fence)
-    catch_up: object = "once"  # once | none | seconds (options.catch_up)
-    concurrency: str = "forbid"  # forbid | replace
-    # From credentials (options.CREDENTIAL_OPTIONS): never on the command line.
-    headers: tuple = ()
-    body: str = ""
-    ca_file: Optional[str] = None
-    client_cert: Optional[str] = None
-    client_key: Optional[str] = None
-    sign_secret: Optional[str] = None
-    params: tuple = ()  # (name, default) pairs: ${{name}} in url and body (options.params)
+
+def _spec_fields() -> list:
+    required = [o for o in SPEC_OPTIONS if o.required]
+    return ([("name", str)] + [(o.dest, Any) for o in required]
+            + [(o.dest, Any, field(default=o.default)) for o in SPEC_OPTIONS if not o.required] + list(SPEC_EXTRAS))
+
+
+# What the trigger was asked to do: its name, a field per option of SPEC_OPTIONS with the option's
+# default (the trigger's argument parser has the same: one default per option), and SPEC_EXTRAS.
+JobSpec = make_dataclass("JobSpec", _spec_fields(), frozen=True)
+JobSpec.__module__ = __name__
+JobSpec.__doc__ = "What the trigger was asked to do (its arguments and credentials; see options.JOB_OPTIONS)."
+
+
+def job_spec(name: str, values: dict, **extras) -> "JobSpec":
+    """A JobSpec from option values by dest (the trigger's parsed arguments and credentials; other
+    keys are ignored) and SPEC_EXTRAS; what is not given keeps its default."""
+    known = {o.dest for o in SPEC_OPTIONS}
+    return JobSpec(name=name, **{k: v for k, v in values.items() if k in known}, **extras)
 
 
 def wire_target(url: str) -> str:

@@ -13,9 +13,9 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from deployer.contract import options
-from deployer.contract.channels import CHANNEL_TYPES, Channel, Secret
+from deployer.contract.channels import CHANNEL_TYPES, Channel, all_fields, received
 from deployer.contract import paths, record
-from deployer.host.run import Interrupted, JobSpec, RunResult, current_run_id, interruption, ping, redact_url, run_job
+from deployer.host.run import Interrupted, JobSpec, RunResult, job_spec, current_run_id, interruption, ping, redact_url, run_job
 from deployer.host.chain import slot_for, write_chain_slot
 from deployer.host.slot import ITERATIONS, Analyze, Slot, iso_utc, stamp_of
 from deployer.host.slot import analyze as slot_analyze
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "of --channel that no alert reported (the previous boot's interrupted ones)")
     alert.add_argument("--channel", help="alert channel name")
     alert.add_argument("--type", choices=sorted(CHANNEL_TYPES))
-    alert.add_argument("--endpoint", help="override the channel's URL (proxies, tests)")
+    for field in all_fields().values():  # the channels' fields that are not secret (channels.py)
+        if not field.secret:
+            alert.add_argument(field.flag, dest=field.key, help=field.help)
     alert.add_argument("--host-name", default=os.environ.get("DEPLOYER_HOST_NAME") or os.uname().nodename)
     metrics = parser.add_argument_group("metrics mode (run by deployer-host@metrics.service, as root)")
     metrics.add_argument("--metrics", action="store_true", help="write the host's metrics file, ping heartbeat_url")
@@ -97,11 +99,9 @@ def main(argv: Optional[list] = None) -> int:
     if args.alert:
         if not (args.channel and args.type):
             parser.error("--alert needs --channel and --type")
-        from deployer.host.alert import alert_main, read_credential  # a job run never loads the alert program
+        from deployer.host.alert import alert_main  # a job run never loads the alert program
         mode = "boot" if args.boot else "sweep" if args.sweep else ""
-        token, secret = ("", "") if args.sweep else (read_credential("token"), read_credential("secret"))
-        channel = Channel(args.channel, args.type, token=Secret(token), secret=Secret(secret),
-                          endpoint=args.endpoint or "")
+        channel = alert_channel(args)
         return EXIT_OK if alert_main(args.job, args.host_name, channel, args.recovered, mode) else EXIT_FAILED
     if args.fenced:
         from deployer.host.agent import fence_main  # root, outside the run's sandbox
@@ -114,10 +114,7 @@ def main(argv: Optional[list] = None) -> int:
         epoch = credential_epoch(args.epoch)
     except options.Invalid as error:
         parser.error(str(error))
-    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS if o.key != "retries"}
-    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
-    spec = JobSpec(name=args.job, resolution=args.resolution, retries=max(args.retries, 0),
-                   calendar=tuple(args.calendar), epoch=epoch, **values)
+    spec = spec_of(args, from_credentials, epoch)
     log = lambda line: print(line, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
@@ -163,6 +160,13 @@ def main(argv: Optional[list] = None) -> int:
         return finish(args, spec, the_slot, result, run_id, log)
     finally:  # the run's very end: a slot that comes after this is the next run's to account for
         leave_through(through_at, spec, the_slot, recorded, run_id, started, seen)
+
+
+def spec_of(args, from_credentials: dict, epoch: int) -> JobSpec:
+    """The run's JobSpec: every option from the arguments (or its credential), and the extras."""
+    values = {o.dest: getattr(args, o.dest) for o in options.TRIGGER_OPTIONS}
+    values.update(from_credentials)  # a URL with a secret: the command line has it redacted, the credential whole
+    return job_spec(args.job, values, resolution=args.resolution, calendar=tuple(args.calendar), epoch=epoch)
 
 
 def finish(args, spec: JobSpec, the_slot: Slot, result: RunResult, run_id: str, log) -> int:
@@ -491,22 +495,34 @@ def credential_values() -> dict:
         if not os.path.exists(path):
             continue
         if option.parse is options.local_file:
-            values[option.key] = path
+            values[option.dest] = path
         else:
             with open(path, encoding="utf-8") as handle:
-                values[option.key] = option.parse(handle.read())
+                values[option.dest] = option.parse(handle.read())
     return values
+
+
+def alert_channel(args) -> Channel:
+    """The alert unit's channel: its type's fields from the arguments, the secret ones from the
+    unit's credentials (a sweep reads none: it only queues)."""
+    from deployer.host.alert import read_credential
+
+    return received(args.channel, args.type, lambda key: getattr(args, key),
+                    lambda key: "" if args.sweep else read_credential(key))
 
 
 def inline_channel(args) -> Optional[Channel]:
     """Where a run alerts by itself (no OnFailure= unit): `-token`, else the environment."""
     env = os.environ
     kind = args.type or env.get("DEPLOYER_ALERT_TYPE") or ("dingtalk" if args.token else "")
-    token = args.token or env.get("DEPLOYER_ALERT_TOKEN", "")
-    if kind not in CHANNEL_TYPES or (CHANNEL_TYPES[kind].token_required and not token):
+    if kind not in CHANNEL_TYPES:
         return None
-    return Channel("inline", kind, token=Secret(token), secret=Secret(env.get("DEPLOYER_ALERT_SECRET", "")),
-                   endpoint=args.endpoint or env.get("DEPLOYER_ALERT_ENDPOINT", ""))
+    fields = CHANNEL_TYPES[kind].fields
+    named = {f.key: f.env for f in fields}  # DEPLOYER_ALERT_TOKEN, ..._SECRET, ..._ENDPOINT
+    channel = received("inline", kind, lambda key: getattr(args, key, None) or env.get(named[key], ""),
+                       lambda key: (args.token if key == "token" else "") or env.get(named[key], ""))
+    # Without its credential no channel can be told (a missing argument fails at delivery, logged).
+    return None if any(f.required and f.secret and not channel.value(f.key) for f in fields) else channel
 
 
 if __name__ == "__main__":

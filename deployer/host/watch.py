@@ -329,7 +329,7 @@ def send_main() -> bool:
     and the channels' credentials): what the watcher left, through alert.deliver behind each channel's
     Coalescer. An event that cannot go out now stays in the channel's queue for the next pass."""
     from deployer.host.alert import Coalescer, deliver, read_credential
-    from deployer.contract.channels import Channel, Secret
+    from deployer.contract.channels import received
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     channels = WATCH.read_unit(paths.WATCH_SERVICE).channels
@@ -354,8 +354,8 @@ def send_main() -> bool:
             pass
     delivered = True
     for name, (coalescer, how, queued, unqueued) in pending.items():
-        channel = Channel(name, how.type, token=Secret(read_credential(name + ".token")),
-                          secret=Secret(read_credential(name + ".secret")), endpoint=how.endpoint or None)
+        channel = received(name, how.type, lambda key: how.values.get(key) or None,
+                           lambda key, name=name: read_credential(name + "." + key))
         send = lambda batch, channel=channel: deliver(channel, batch, log=log)  # noqa: E731
         # Also what an earlier pass could not deliver (queued): the same channel, merged.
         sent = coalescer.run(unqueued, send) if unqueued else True
