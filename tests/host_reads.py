@@ -405,7 +405,7 @@ def fixtures_from_calls(calls, recorded_on):
             if head == "watch":
                 units = properties["units"]
                 command["watched"] = [dict(job=paths.job_of_unit(u), channel="ops", late=300, long=1800,
-                                           calendar=call_calendar(calls, paths.job_of_unit(u)))
+                                           calendar=CALENDAR_OF.get(paths.job_of_unit(u), []))
                                       for u in units if u.endswith(".timer")]
                 add("watch.read_facts", "jobs", dbus_call)
             else:
@@ -451,10 +451,6 @@ def fixtures_from_calls(calls, recorded_on):
         elif head == "follow" and kind == "follow":  # (the process's own call read nothing: the probe reads it)
             add("systemctl.follow", tail, call)
     return found
-
-
-def call_calendar(calls, job):
-    return CALENDAR_OF.get(job, [])
 
 
 CALENDAR_OF = {}  # set by the recorder: job -> its timer's calendar lines

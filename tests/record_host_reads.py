@@ -5,8 +5,9 @@
 Boots a cron host (tests/cronhost.py), pushes three jobs (`good` every minute, `bad` failing with
 an alert to a DingTalk-style robot, `never` whose timer never elapses), runs them, adds the odd
 cases a real host gives (a run PID 1 killed at its RuntimeMaxSec=, one that exited 3 without a
-record, a record with a non-UTF-8 MESSAGE and one whose field was sent twice: both from a job's
-own cgroup, as a real run's), then runs tests/host_reads_probe.py on the host: every read the
+record, a record with a non-UTF-8 MESSAGE and one whose field was sent twice, a resumable run's record
+and a skipped slot's: all sent from a job's own cgroup under a dynamic user, as a real run's; a
+run killed by SIGKILL), then runs tests/host_reads_probe.py on the host: every read the
 agent, the alert sender, the metrics collector and the watcher make, through the real `Systemd`
 boundary of the pushed trigger.pyz, with each process's and PID 1's raw answer kept. Each call
 becomes one fixture {"command", "output", "parsed"}; `parsed` is what the real parser makes of
@@ -56,6 +57,26 @@ two = base + [("DEPLOYER_REASON", "status 502"), ("DEPLOYER_HTTP_STATUS", "502")
               ("MESSAGE", "odd: FAILED twice")]
 sink.sendto(b"".join(field(k, v) for k, v in two), "/run/systemd/journal/socket")
 print("odd: sent")
+time.sleep(0.5)
+"""
+
+# A run the shutdown interrupted, that may be resumed (RunRecord.resume: accept-then-poll), then a
+# slot the same job skipped (which leaves the resume due): what agent.resume_interrupted reads.
+RESUMABLE_SENDER = ODD_SENDER.split("sink = ")[0].replace('"odd"', '"resumable"').replace("odd/", "resumable/") + r"""
+sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+slot = str(int(time.time()) // 60 * 60 - 60)
+one = [f for f in base if f[0] not in ("DEPLOYER_SLOT", "DEPLOYER_KEY")] + [
+    ("DEPLOYER_SLOT", slot), ("DEPLOYER_KEY", "resumable/" + slot), ("DEPLOYER_RESUME", "y"),
+    ("DEPLOYER_REASON", "interrupted while polling"), ("MESSAGE", "resumable: interrupted")]
+sink.sendto(b"".join(field(k, v) for k, v in one), "/run/systemd/journal/socket")
+time.sleep(0.2)
+# (sent by a later run: its own run id)
+two = [f for f in base if f[0] not in ("DEPLOYER_SLOT", "DEPLOYER_KEY", "DEPLOYER_RESULT", "DEPLOYER_RUN")] + [
+    ("DEPLOYER_RUN", run[::-1]),
+    ("DEPLOYER_SLOT", str(int(slot) + 60)), ("DEPLOYER_KEY", "resumable/" + str(int(slot) + 60)),
+    ("DEPLOYER_RESULT", "skipped"), ("DEPLOYER_REASON", "the previous run still ran"), ("MESSAGE", "resumable: skipped")]
+sink.sendto(b"".join(field(k, v) for k, v in two), "/run/systemd/journal/socket")
+print("resumable: sent")
 time.sleep(0.5)
 """
 
@@ -135,6 +156,12 @@ def record(keep: bool = False) -> list:
                  "sh -c 'echo crashing; exit 3'", check=False)
         host.ssh("systemd-run -q --wait --unit=deployer-odd.service --slice=deployer-jobs.slice -p DynamicUser=yes "
                  "python3 -c " + shlex.quote(ODD_SENDER), check=False)
+        host.ssh("systemd-run -q --wait --unit=deployer-resumable.service --slice=deployer-jobs.slice "
+                 "-p DynamicUser=yes python3 -c " + shlex.quote(RESUMABLE_SENDER), check=False)
+        # Killed by a signal: PID 1's "Main process exited, code=killed, status=9/KILL" ($$ is how a
+        # command line systemd-run hands to PID 1 says $).
+        host.ssh("systemd-run -q --unit=deployer-signalled.service --slice=deployer-jobs.slice -p DynamicUser=yes "
+                 "sh -c 'echo going; kill -9 $$$$'", check=False)
         host.ssh(f"cat > {BROKEN_UNIT}", input=BROKEN)
         # A timer's own run of `good` (through.json is a timer run's), and the collector's state.
         wait("a timer run of good", lambda: any(r.get("DEPLOYER_SLOT", "0") != "0" for r in records_of(host, "good")))
@@ -145,10 +172,12 @@ def record(keep: bool = False) -> list:
         invocations = {"failed-run": records_of(host, "bad")[0]["DEPLOYER_RUN"],
                        "ok-run": records_of(host, "good")[0]["DEPLOYER_RUN"],
                        "killed-run": host.ssh("systemctl show -p InvocationID --value deployer-killed.service"
-                                              ).stdout.strip()}
+                                              ).stdout.strip(),
+                       "signalled-run": host.ssh("systemctl show -p InvocationID --value deployer-signalled.service"
+                                                 ).stdout.strip()}
         plan = {
             "jobs": ["good", "bad", "never"], "odd": "odd", "failing": "bad", "never": "never",
-            "extra_history": ["killed", "crashed"],
+            "extra_history": ["killed", "crashed", "signalled", "resumable"],
             "calendars": CALENDARS, "invocations": invocations, "broken_unit": BROKEN_UNIT,
             "files": {"held:absent": "/var/lib/deployer/held.json", "lease": "/var/lib/deployer/lease.json",
                       "owner": "/var/lib/deployer/owner.json", "metrics": "/var/lib/deployer/metrics.json",

@@ -96,9 +96,6 @@ def fixture(read, case):
     return next(f for r, c, f in FIXTURES if (r, c) == (read, case))
 
 
-def test_host_reads_module_knows_every_read_it_replays():
-    assert all(callable(r.replay) for r in host_reads.READS.values())
-
 
 # -- the decisions on top of the reads, driven from the recordings -------------------------------
 
@@ -144,6 +141,9 @@ def test_history_from_the_recorded_journal(tmp_path):
         ("failed", "status 500 not expected", 500, "record")]
     assert [(r.result, r.reason, r.source) for r in history("killed").runs] == [("failed", "timeout", "systemd")]
     assert [(r.reason, r.duration) for r in history("crashed").runs] == [("exit-code (exit status 3)", -1.0)]
+    assert [r.reason for r in history("signalled").runs] == ["signal (killed, signal KILL)"]
+    assert [(r.result, r.reason) for r in history("resumable").runs] == [
+        ("failed", "interrupted while polling"), ("skipped", "the previous run still ran")]
     assert history("odd").runs == () and history("never").runs == ()
     good = history("good").runs
     assert [r.slot == 0 for r in good] == [True, False]  # the manual run, then the timer's slot
@@ -176,9 +176,25 @@ def test_alert_accounting_from_pid1s_recorded_entries(tmp_path, monkeypatch):
     assert [(e["job"], e["reason"], e["slot"], e["invocation"], e["exit_status"]) for e in sent] == [
         ("bad", "status 500 not expected", "manual-" + runs[0].invocation, runs[0].invocation, 1)]
     assert "attempt 1/1: POST" in "\n".join(sent[0]["lines"])
+    # A later sweep that finds the same run again (a lookup by time, with its margin) reports nothing.
     assert alert.report_failures("bad", "fixtures", str(tmp_path), send, lambda line: None, sweep=True,
-                                 find=find, sleep=lambda seconds: None)
+                                 find=lambda unit, **where: runs, sleep=lambda seconds: None)
     assert len(sent) == 1  # already reported
+
+
+def test_a_boot_resumes_the_interrupted_run_the_journal_recorded():
+    """journal.interrupted_runs (what agent.resume_interrupted starts again at boot): the resumable
+    run's slot; the slot skipped after it leaves the resume due."""
+    runs = parsed_now("journal.runs_from_journal", "history-resumable")["resumable"]
+    assert parsed_now("journal.interrupted_runs", "this-boot") == {"resumable": runs[0].slot}
+
+
+def test_an_alert_for_a_killed_run_says_how_pid1_saw_it_end():
+    """What the alert says of runs that wrote no record (journal.run_account, recorded)."""
+    assert parsed_now("journal.run_account", "signalled-run").reason == "signal (killed, signal KILL)"
+    assert parsed_now("journal.run_account", "signalled-run").lines == ("going",)
+    assert parsed_now("journal.run_account", "killed-run").reason == "timeout"
+    assert not parsed_now("journal.run_account", "no-such-run").complete
 
 
 def test_metrics_counters_from_the_recorded_records():
