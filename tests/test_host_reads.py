@@ -5,6 +5,8 @@ of the reads (status, history, alert accounting, metrics, the watcher) driven fr
 from __future__ import annotations
 
 import inspect
+import json
+import os
 
 import pytest
 
@@ -229,3 +231,41 @@ def test_watch_decisions_from_the_recorded_properties():
     assert state == {"late": {"slot": good.next_elapse, "alerted": good.next_elapse + 301}}
     for job in ("bad", "never"):  # not running, not due: nothing to say
         assert watch.decide(watched[job], facts[job], {}, "fixtures", now=good.exited + 1)[0] == []
+
+
+def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_path):
+    """agent.op_status end to end on the recorded answers, in the order the agent asked them on the
+    host: the last push (journal), the timers' and services' properties (D-Bus), the last runs of
+    the jobs that need one (journal); the state files as recorded (owner.json, metrics.json)."""
+    from pathlib import Path
+
+    from deployer.hostside import agent, paths, protocol
+
+    layout = paths.Layout(str(tmp_path))
+    os.makedirs(os.path.join(layout.unit_dir, paths.TIMERS_WANTS))
+    for job in ("good", "bad", "never"):
+        for suffix in ("timer", "service"):
+            Path(layout.unit_dir, paths.job_unit(job, suffix)).write_text(paths.MARKER + "\n")
+        os.symlink("../" + paths.job_unit(job, "timer"),
+                   os.path.join(layout.unit_dir, paths.TIMERS_WANTS, paths.job_unit(job, "timer")))
+    for read, case in (("state.agent", "owner"), ("state.metrics", "metrics")):
+        recorded = fixture(read, case)
+        os.makedirs(os.path.dirname(layout.at(recorded["command"]["file"])), exist_ok=True)
+        Path(layout.at(recorded["command"]["file"])).write_text(recorded["output"])
+    os.makedirs(layout.at(paths.HOLD_RUN_DIR))
+    Path(layout.not_held).write_text("")
+    asked = [fixture("journal.last_push", "status"), fixture("systemctl.properties", "status-timers"),
+             fixture("systemctl.properties", "status-services"),
+             fixture("journal.runs_from_journal", "status-last-runs")]
+    with host_reads.replaying(dict(asked[0], more=asked[1:])) as given:
+        answer = agent.op_status(agent.Host(layout=layout, systemd=systemctl.Systemd(), name="fixtures"),
+                                 protocol.StatusRequest())
+    assert given == [f["command"] if isinstance(f["command"], list) else {"dbus": "Get"} for f in asked]
+    rows = {row.job: row for row in answer.jobs}
+    assert sorted(rows) == ["bad", "good", "never"] and answer.owner == "fixtures" and answer.held is None
+    assert answer.last_push.action == "push" and answer.last_push.outcome == "ok"
+    assert rows["bad"].last_run.reason == "status 500 not expected" and rows["bad"].result == "exit-code"
+    assert rows["good"].last_run is None and rows["good"].enabled == "enabled"  # succeeded: systemd says all
+    assert rows["never"].last == "" and rows["never"].last_run is None
+    metrics_state = json.loads(fixture("state.metrics", "metrics")["output"])
+    assert rows["bad"].skipped == sum((metrics_state["jobs"]["bad"].get("skipped") or {}).values())
