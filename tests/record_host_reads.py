@@ -186,11 +186,20 @@ def record(keep: bool = False) -> list:
         }
         probe = (HERE / "host_reads_probe.py").read_text()
         answer = host.ssh("python3 - " + shlex.quote(json.dumps(plan)), input=probe, timeout=300)
+        calls = json.loads(answer.stdout)
+        # Last (a held host answers status differently): the hold a boot check writes when the lease
+        # ran out while the host was down (agent.hold_at_boot, run as at boot), as the agent reads it.
+        host.ssh("systemctl stop deployer-lease@renew.timer", check=False)
+        host.ssh("cat > /var/lib/deployer/lease.json", input=json.dumps({"renewed": time.time() - 3600, "seconds": 300}))
+        host.ssh("systemctl start deployer-lease@boot.service")
+        held = host.ssh("cat /var/lib/deployer/held.json", check=False)
+        calls.append({"label": "held", "kind": "file", "path": "/var/lib/deployer/held.json",
+                      "output": held.stdout if held.returncode == 0 else None})
         version = host.ssh("systemctl --version | head -1").stdout.strip()
         if keep:
-            (work / "calls.json").write_text(json.dumps([json.loads(answer.stdout), version]))
+            (work / "calls.json").write_text(json.dumps([calls, version]))
             print("kept", work)
-    return json.loads(answer.stdout), version
+    return calls, version
 
 
 def main() -> int:
