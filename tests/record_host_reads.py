@@ -2,8 +2,9 @@
 
     .venv/bin/python -m tests.record_host_reads [--keep | --from CALLS.json]
 
-Boots a cron host (tests/cronhost.py), pushes three jobs (`good` every minute, `bad` failing with
-an alert to a DingTalk-style robot, `never` whose timer never elapses), runs them, adds the odd
+Boots a cron host (tests/cronhost.py), pushes four jobs (`good` every minute, `bad` failing with
+an alert to a DingTalk-style robot, `never` whose timer never elapses, `long` still running when
+the reads are made, past its alert_long), runs them, adds the odd
 cases a real host gives (a run PID 1 killed at its RuntimeMaxSec=, one that exited 3 without a
 record, a record with a non-UTF-8 MESSAGE and one whose field was sent twice, a resumable run's record
 and a skipped slot's: all sent from a job's own cgroup under a dynamic user, as a real run's; a
@@ -32,7 +33,8 @@ from tests.robots import Robot
 
 HERE = Path(__file__).parent
 TOKEN, SECRET = "tok-record", "SEC-record"
-CALENDARS = {"good": ["*-*-* *:*:00 UTC"], "bad": ["*-*-* 03:00:00 UTC"], "never": ["2099-01-01 03:00:00 UTC"]}
+CALENDARS = {"good": ["*-*-* *:*:00 UTC"], "bad": ["*-*-* 03:00:00 UTC"], "never": ["*-01-01 03:00:00 UTC"],
+             "long": ["*-*-* 03:00:00 UTC"]}
 
 # A run's record as a real one is sent (journald's native protocol), from a unit in the jobs' slice
 # under a dynamic user: the odd ones a real host can get (journalctl -o json gives a non-UTF-8
@@ -127,6 +129,13 @@ alert = ops
 [job:never]
 schedule = 0 3 1 1 *
 url = {server.url("/ok")}
+
+[job:long]
+schedule = 0 3 * * *
+url = {server.url("/slow")}
+timeout = 150s
+alert_long = 30s
+alert = ops
 """
 
 
@@ -140,12 +149,15 @@ def record(keep: bool = False) -> list:
     work = Path(tempfile.mkdtemp(prefix="record-host-reads-"))
     home = work / "home"
     home.mkdir()
-    routes = {"/ok": json_reply({"code": 0}), "/bad": Reply(500, b"settlement exploded")}
+    routes = {"/ok": json_reply({"code": 0}), "/bad": Reply(500, b"settlement exploded"),
+              "/slow": Reply(200, b'{"code": 0}', delay=120)}
     with RecordingServer(routes) as server, Robot(token=TOKEN, secret=SECRET) as robot, \
             CronHost("fixtures", workdir=work / "host") as host:
         path = work / "inventory.ini"
         path.write_text(inventory(host, server, robot))
         deployer(home, "push", "-i", str(path))
+        # Still running when the reads are made: a run in progress, and the watcher's state of it.
+        host.ssh("systemctl start --no-block deployer-long.service")
         deployer(home, "run", "bad", "-i", str(path), check=False)
         deployer(home, "run", "good", "-i", str(path))
         robot.wait_accepted(1, timeout=60)
@@ -167,6 +179,8 @@ def record(keep: bool = False) -> list:
         wait("a timer run of good", lambda: any(r.get("DEPLOYER_SLOT", "0") != "0" for r in records_of(host, "good")))
         wait("the killed run's end", lambda: "failed" in host.ssh(
             "systemctl is-failed deployer-killed.service", check=False).stdout)
+        wait("the watcher's state of the long run", lambda: host.ssh(
+            "grep -q long /var/lib/deployer/watch.json", check=False).returncode == 0, timeout=150)
         wait("metrics.json", lambda: host.ssh("test -s /var/lib/deployer/metrics.json", check=False).returncode == 0)
         host.ssh("systemctl start deployer-host@metrics.service", check=False)
         invocations = {"failed-run": records_of(host, "bad")[0]["DEPLOYER_RUN"],
@@ -176,12 +190,12 @@ def record(keep: bool = False) -> list:
                        "signalled-run": host.ssh("systemctl show -p InvocationID --value deployer-signalled.service"
                                                  ).stdout.strip()}
         plan = {
-            "jobs": ["good", "bad", "never"], "odd": "odd", "failing": "bad", "never": "never",
+            "jobs": ["good", "bad", "never", "long"], "odd": "odd", "failing": "bad", "never": "never",
             "extra_history": ["killed", "crashed", "signalled", "resumable"],
             "calendars": CALENDARS, "invocations": invocations, "broken_unit": BROKEN_UNIT,
             "files": {"held:absent": "/var/lib/deployer/held.json", "lease": "/var/lib/deployer/lease.json",
                       "owner": "/var/lib/deployer/owner.json", "metrics": "/var/lib/deployer/metrics.json",
-                      "watch:absent": "/var/lib/deployer/watch.json",
+                      "watch": "/var/lib/deployer/watch.json",
                       "through": "/run/deployer-through/deployer-good/through.json"},
         }
         probe = (HERE / "host_reads_probe.py").read_text()

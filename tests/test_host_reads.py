@@ -231,6 +231,14 @@ def test_watch_decisions_from_the_recorded_properties():
     assert state == {"late": {"slot": good.next_elapse, "alerted": good.next_elapse + 301}}
     for job in ("bad", "never"):  # not running, not due: nothing to say
         assert watch.decide(watched[job], facts[job], {}, "fixtures", now=good.exited + 1)[0] == []
+    # `long` was running when recorded: long once past alert_long, and told once (the watcher's
+    # own state of that run, recorded: watch.json)
+    long, kept = facts["long"], parsed_now("state.watch", "watch")["long"]
+    assert long.service_state == "activating" and long.invocation == kept["long"]["invocation"]
+    assert watch.decide(watched["long"], long, {}, "fixtures", now=long.started + 1799)[0] == []
+    events, state = watch.decide(watched["long"], long, {}, "fixtures", now=long.started + 1801)
+    assert [e["kind"] for e in events] == ["long"] and state["long"]["invocation"] == long.invocation
+    assert watch.decide(watched["long"], long, kept, "fixtures", now=long.started + 1801)[0] == []
 
 
 def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_path):
@@ -243,7 +251,7 @@ def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_pa
 
     layout = paths.Layout(str(tmp_path))
     os.makedirs(os.path.join(layout.unit_dir, paths.TIMERS_WANTS))
-    for job in ("good", "bad", "never"):
+    for job in ("good", "bad", "never", "long"):
         for suffix in ("timer", "service"):
             Path(layout.unit_dir, paths.job_unit(job, suffix)).write_text(paths.MARKER + "\n")
         os.symlink("../" + paths.job_unit(job, "timer"),
@@ -255,14 +263,15 @@ def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_pa
     os.makedirs(layout.at(paths.HOLD_RUN_DIR))
     Path(layout.not_held).write_text("")
     asked = [fixture("journal.last_push", "status"), fixture("systemctl.properties", "status-timers"),
-             fixture("systemctl.properties", "status-services"),
+             fixture("systemctl.properties", "status-services"), fixture("systemctl.properties", "status-running"),
              fixture("journal.runs_from_journal", "status-last-runs")]
     with host_reads.replaying(dict(asked[0], more=asked[1:])) as given:
         answer = agent.op_status(agent.Host(layout=layout, systemd=systemctl.Systemd(), name="fixtures"),
                                  protocol.StatusRequest())
     assert given == [f["command"] if isinstance(f["command"], list) else {"dbus": "Get"} for f in asked]
     rows = {row.job: row for row in answer.jobs}
-    assert sorted(rows) == ["bad", "good", "never"] and answer.owner == "fixtures" and answer.held is None
+    assert sorted(rows) == ["bad", "good", "long", "never"] and answer.owner == "fixtures" and answer.held is None
+    assert rows["long"].service_state == "activating" and "waiting for the answer" in rows["long"].doing
     assert answer.last_push.action == "push" and answer.last_push.outcome == "ok"
     assert rows["bad"].last_run.reason == "status 500 not expected" and rows["bad"].result == "exit-code"
     assert rows["good"].last_run is None and rows["good"].enabled == "enabled"  # succeeded: systemd says all
