@@ -211,6 +211,9 @@ def test_metrics_counters_from_the_recorded_records():
     assert jobs["good"]["runs"] == len([r for r in recorded["records"] if r.record.job == "good"]) >= 2
     last_good = [r.cursor for r in recorded["records"] if r.record.job == "good"][-1]
     assert jobs["good"]["failures"] == 0 and jobs["good"]["last"]["cursor"] == last_good
+    # A skipped slot (recorded: `resumable`) is neither a run nor a failure.
+    assert (jobs["resumable"]["runs"], jobs["resumable"]["failures"], jobs["resumable"]["skipped"]) == (
+        1, 1, {"catch_up": 1})
     again = metrics.add_records(state, recorded["records"], now=0)  # the same journal read again
     assert again["jobs"] == jobs
 
