@@ -51,8 +51,6 @@ def boundary_reads():
     return names
 
 
-
-
 @pytest.mark.parametrize("read, case, fixture", FIXTURES, ids=["%s/%s" % (r, c) for r, c, _ in FIXTURES])
 def test_the_recorded_output_parses_as_recorded(read, case, fixture):
     assert fixture["read"] == read, "%s/%s.json is in the directory of another read" % (read, case)
