@@ -22,7 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from deployer.hostside import agent, cli, dbus, journal, metrics, paths, protocol, systemctl, watch
+from deployer.contract import paths, protocol
+from deployer.host import agent, dbus, journal, metrics, systemctl, trigger as cli, watch
 
 DATA = Path(__file__).parent / "data" / "host_reads"
 

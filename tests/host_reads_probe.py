@@ -17,7 +17,8 @@ import time
 
 sys.path.insert(0, "/var/lib/deployer/lib/trigger.pyz")
 
-from deployer.hostside import agent, dbus, journal, paths, protocol, systemctl, watch  # noqa: E402
+from deployer.contract import paths, protocol  # noqa: E402
+from deployer.host import agent, dbus, journal, systemctl, watch
 
 CALLS = []
 LABEL = ["?"]

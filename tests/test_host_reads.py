@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from deployer.hostside import dbus, journal, systemctl
+from deployer.host import dbus, journal, systemctl
 from tests import host_reads
 from tests.host_reads import READS, load_fixtures, parse
 
@@ -106,7 +106,7 @@ def parsed_now(read, case):
 
 def test_status_rows_from_the_recorded_properties_and_last_runs():
     """agent.job_status on what PID 1 answered (D-Bus), with the last runs the journal gave."""
-    from deployer.hostside import agent
+    from deployer.host import agent
 
     timers = parsed_now("systemctl.properties", "status-timers")
     services = parsed_now("systemctl.properties", "status-services")
@@ -129,7 +129,8 @@ def test_status_rows_from_the_recorded_properties_and_last_runs():
 def test_history_from_the_recorded_journal(tmp_path):
     """agent.op_history replayed: a failed run by its record, runs PID 1 alone tells of (killed at
     RuntimeMaxSec=, exited 3), records the parser refuses (a non-UTF-8 field, a field sent twice)."""
-    from deployer.hostside import agent, paths, protocol
+    from deployer.contract import paths, protocol
+    from deployer.host import agent
 
     def history(job):
         with host_reads.replaying(fixture("journal.runs_from_journal", "history-" + job)):
@@ -152,7 +153,7 @@ def test_history_from_the_recorded_journal(tmp_path):
 def test_alert_accounting_from_pid1s_recorded_entries(tmp_path, monkeypatch):
     """alert.report_failures: PID 1's failed run (recorded) alerts once, with its record's slot and
     reason (recorded run account); the same runs found again alert nothing."""
-    from deployer.hostside import alert
+    from deployer.host import alert
 
     runs = parsed_now("journal.journal_failed_runs", "unit")
 
@@ -199,7 +200,7 @@ def test_an_alert_for_a_killed_run_says_how_pid1_saw_it_end():
 
 def test_metrics_counters_from_the_recorded_records():
     """metrics.add_records on the records the collector read (journal.read_records, recorded)."""
-    from deployer.hostside import metrics
+    from deployer.host import metrics
 
     recorded = parsed_now("journal.read_records", "all")
     state = metrics.add_records({"version": metrics.STATE_VERSION, "cursor": "", "jobs": {}}, recorded["records"],
@@ -219,7 +220,7 @@ def test_metrics_counters_from_the_recorded_records():
 def test_watch_decisions_from_the_recorded_properties():
     """watch.decide on the facts read from PID 1 (recorded): a long run is only what is running;
     `good` (every minute, last run at its slot) is not late until its next slot passes."""
-    from deployer.hostside import watch
+    from deployer.host import watch
 
     facts = parsed_now("watch.read_facts", "jobs")
     watched = {w["job"]: watch.Watched(**w) for w in fixture("watch.read_facts", "jobs")["command"]["watched"]}
@@ -248,7 +249,8 @@ def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_pa
     the jobs that need one (journal); the state files as recorded (owner.json, metrics.json)."""
     from pathlib import Path
 
-    from deployer.hostside import agent, paths, protocol
+    from deployer.contract import paths, protocol
+    from deployer.host import agent
 
     layout = paths.Layout(str(tmp_path))
     os.makedirs(os.path.join(layout.unit_dir, paths.TIMERS_WANTS))
@@ -284,7 +286,8 @@ def test_op_status_makes_exactly_the_recorded_reads_and_answers_from_them(tmp_pa
 def test_the_hold_at_boot_from_the_recorded_lease_and_hold():
     """agent.lease_ran_out on the lease a host renewed (recorded), and the hold a boot check wrote
     when the lease had run out (recorded: agent.hold_at_boot on the host), as the agent reads it."""
-    from deployer.hostside import agent, protocol
+    from deployer.contract import protocol
+    from deployer.host import agent
 
     lease = parsed_now("state.agent", "lease")
     assert agent.lease_ran_out(lease, lease["renewed"] + lease["seconds"]) is None
