@@ -306,11 +306,10 @@ class Recorded:
 def read_records(systemd, cursor: str):
     """The run records the journal got after `cursor` ("" = all it holds), in the journal's
     order -> ([Recorded], new cursor)."""
-    args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=" + ",".join(RECORD_FIELDS),
-            "MESSAGE_ID=" + record.RUN_FINISHED]
+    args = ["--output-fields=" + ",".join(RECORD_FIELDS), "MESSAGE_ID=" + record.RUN_FINISHED]
     if cursor:
         args.append("--after-cursor=" + cursor)
-    code, out, err = systemd.run(args)
+    code, out = systemd.journal_read(args)
     if code != 0 and cursor:  # a cursor of a journal that is gone (a volatile journal, rotated)
         return read_records(systemd, "")
     records = []

@@ -155,6 +155,12 @@ class Systemd:
             process.wait()
         return entries
 
+    def journal_read(self, args):
+        """`journalctl -o json ARGS` whole -> (exit status, stdout): for a read that must know
+        whether journalctl refused it (a cursor of a journal that is gone)."""
+        code, out, _ = self.run(["journalctl", "--no-pager", "-o", "json"] + list(args))
+        return code, out
+
     def follow(self, args):
         """`journalctl -f -o json ARGS` as a running process (its stdout: one entry per line)."""
         return subprocess.Popen(["journalctl", "--no-pager", "-q", "-f", "-o", "json"] + list(args),
