@@ -10,7 +10,7 @@ import pytest
 
 from deployer.hostside import alert, paths, protocol, state
 from deployer.hostside.protocol import AgentError, Held, Takeover
-from deployer.hostside.state import HostState, Lease, Owner, TakenOver
+from deployer.hostside.state import HostState, Journal, Lease, Owner, TakenOver
 
 # What the agent before hostside/state.py wrote (its Host.write_atomically calls, run on a
 # Layout(tmp) and read back byte for byte): the new writers must write exactly these.
@@ -26,7 +26,17 @@ OLD_TAKEOVERS = (b'{\n "takeovers": [\n  {\n   "source": "cron02",\n   "jobs": [
                  b'   "at": 1796530400.5\n  },\n  {\n   "source": "cron03",\n   "jobs": [\n    "c"\n   ],\n'
                  b'   "unreachable_at": 0.0,\n   "waited_seconds": 0.0,\n   "forced": true,\n   "at": 1796530500\n'
                  b'  }\n ]\n}')
+OLD_JOURNAL = (b'{"disable": ["deployer-old.timer"], "restamp": ["deployer-a.timer"], "forget": ["deployer-old.timer"], '
+               b'"stopped_at": 1796530400.5, "stamps": {"deployer-b.timer": 1796530000.0}, "renames": '
+               b'[["/var/lib/deployer/.s/x", "/etc/systemd/system/deployer-a.timer"]], "removes": '
+               b'["/etc/systemd/system/deployer-old.timer"], "unpause": ["deployer-old.timer"], "reload": true, '
+               b'"enable": ["deployer-b.timer"], "start": ["deployer-a.timer", "deployer-b.timer"]}')
 
+JOURNAL = Journal(disable=("deployer-old.timer",), restamp=("deployer-a.timer",), forget=("deployer-old.timer",),
+                  stopped_at=1796530400.5, stamps={"deployer-b.timer": 1796530000.0},
+                  renames=(("/var/lib/deployer/.s/x", "/etc/systemd/system/deployer-a.timer"),),
+                  removes=("/etc/systemd/system/deployer-old.timer",), unpause=("deployer-old.timer",), reload=True,
+                  enable=("deployer-b.timer",), start=("deployer-a.timer", "deployer-b.timer"))
 HELD = Held(since="2026-12-06T04:13:00+00:00", down_for_seconds=7980.25, lease_seconds=300.0)
 HELD_RUN = Held(since="2026-12-06T04:00:00+00:00", reason="the hold check at boot failed ([Errno 30] Read-only file "
                 "system: '/var/lib/deployer/held.json.tmp')")
@@ -52,6 +62,8 @@ def mode(path):
 # -- the bytes of the previous version: read, and written the same ----------------------------
 
 FILES = [
+    pytest.param("journal", OLD_JOURNAL, lambda s: s.read_journal(), lambda s: s.write_journal(JOURNAL), JOURNAL,
+                 0o600, id="switch-journal"),
     pytest.param("owner", OLD_OWNER, lambda s: s.read_owner(), lambda s: s.write_owner(Owner("cron01")),
                  Owner("cron01"), 0o600, id="owner"),
     pytest.param("lease", OLD_LEASE, lambda s: s.read_lease(), lambda s: s.write_lease(Lease(1796522400.25, 300.0)),
@@ -100,6 +112,18 @@ def test_not_held_paused_and_fenced_are_empty_files(host):
 
 
 # -- garbled files --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [pytest.param(b"", id="empty"), pytest.param(b'{"disable": [', id="torn"),
+                                     pytest.param(b'{"disable": 3}', id="wrong-type")])
+def test_a_garbled_switch_journal_is_corrupt_state_naming_the_way_out(host, content):
+    put(host.layout.journal, content)
+    assert host.switch_pending()
+    with pytest.raises(state.Corrupt) as corrupt:
+        host.read_journal()
+    assert "mv /var/lib/deployer/pending-switch.json" in str(corrupt.value)
+    host.clear_journal()
+    assert not host.switch_pending() and host.read_journal() is None
+
 
 @pytest.mark.parametrize("content, detail", [pytest.param(b"", "empty", id="empty"),
                                              pytest.param(b'{"host": ', "Expecting value", id="torn"),
@@ -213,9 +237,10 @@ def test_every_write_goes_through_the_write_it_was_given(tmp_path):
     host.write_held_run(HELD_RUN)
     host.mark_not_held()
     host.record_takeover(Takeover("cron02"), now=1.0)
+    host.write_journal(JOURNAL)
     layout = host.layout
     assert [p for p, _, _ in written] == [layout.owner, layout.lease, layout.held, layout.held_run, layout.not_held,
-                                          layout.takeovers]
+                                          layout.takeovers, layout.journal]
     assert os.listdir(tmp_path) == []
 
 

@@ -23,11 +23,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Dict, Tuple
+from typing import Dict
 
 from deployer.hostside import audit, paths, protocol, record
-from deployer.hostside.state import (LOCK_WAIT_SECONDS, HostState, Lease, Owner, job_timers, read_document,
-                                     write_atomically)
+from deployer.hostside.state import (LOCK_WAIT_SECONDS, HostState, Journal, Lease, Owner, job_timers,  # noqa: F401
+                                     journal_from_json, journal_to_json, write_atomically)  # journal_*: for tests
 from deployer.hostside.slot import iso_utc, stamp_of
 from deployer.hostside.systemctl import UNIT_CHUNK, Systemd, chunks
 from deployer.hostside.text import clock_of_iso
@@ -50,24 +50,6 @@ RECOVER_UNIT = paths.RECOVER_UNIT
 
 
 # -- pure functions ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Journal:
-    """A switch, written before it starts: every step may be repeated, so an interrupted switch
-    is finished by playing it again (roll_forward)."""
-
-    disable: Tuple[str, ...] = ()
-    restamp: Tuple[str, ...] = ()
-    forget: Tuple[str, ...] = ()
-    stopped_at: float = 0.0
-    stamps: Dict[str, float] = field(default_factory=dict)
-    renames: Tuple[Tuple[str, str], ...] = ()
-    removes: Tuple[str, ...] = ()
-    unpause: Tuple[str, ...] = ()
-    reload: bool = False
-    enable: Tuple[str, ...] = ()
-    start: Tuple[str, ...] = ()
-
 
 def unit_name(path):
     return os.path.basename(path)
@@ -106,14 +88,6 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
             unit_name(p) for p in sorted(staged) if unit_name(p) in paths.BOOT_UNITS and p not in current),
         start=tuple(t for t in added + changed if t not in boot_only and t not in paused),
     )
-
-
-def journal_to_json(journal):
-    return json.dumps(protocol.to_json(journal))
-
-
-def journal_from_json(text):
-    return protocol.from_json(Journal, json.loads(text))
 
 
 def iso_time(value):
@@ -543,19 +517,11 @@ class Host:
 
     def roll_forward(self, boot=False):
         """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
-        shown = self.layout.to_host(self.layout.journal)
-        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
-                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
-        document = read_document(self.layout.journal, shown, "the switch journal", recovery)
-        if document is None:
+        journal = self.state.read_journal()
+        if journal is None:
             return False
-        try:
-            journal = protocol.from_json(Journal, document)
-        except protocol.ProtocolError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
-                             % (shown, error.message, recovery))
         self.play(journal, boot=boot)
-        os.unlink(self.layout.journal)
+        self.state.clear_journal()
         return True
 
     def release(self, skip=()):
@@ -669,7 +635,7 @@ def apply_locked(host, request, watch):
                               [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
                               local=host.local)
         host.state.write_owner(Owner(host.name))
-        host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+        host.state.write_journal(journal)  # from here on, the new set is the host's
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -683,7 +649,7 @@ def apply_locked(host, request, watch):
     # gone before the switch starts any timer, or systemd would skip the start).
     released, _ = host.release(skip=set(journal.start) | set(journal.restamp) | set(journal.disable))
     host.play(journal)
-    os.unlink(layout.journal)
+    host.state.clear_journal()
     if request.takeover is not None:
         host.state.record_takeover(request.takeover)
     refresh_metrics(host)
@@ -1174,7 +1140,7 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progres
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
                              "(passwordless sudo for this user) in [host:%s]" % name)
-        if protocol.operation_of(request).settles_first and os.path.exists(host.layout.journal):
+        if protocol.operation_of(request).settles_first and host.state.switch_pending():
             with host.state.locked():  # an interrupted switch is finished before anything reads the host
                 host.roll_forward()
         began = time.time()

@@ -1,15 +1,14 @@
 """The cron host's own state files, each read and written in one place (stdlib only, python3 >= 3.7).
 
-The push lock, which [host:NAME] this machine serves (owner), the lease, the hold (held, the
-hold a boot could not record, the boot's "not held"), paused and fenced timers, the takeovers:
-`HostState(layout)` is their one reader and one writer, with typed values (frozen dataclasses,
-protocol.Held for the hold). A read never follows a link; a write is whole or not at all
+The push lock, the switch journal, which [host:NAME] this machine serves (owner), the lease, the
+hold (held, the hold a boot could not record, the boot's "not held"), paused and fenced timers,
+the takeovers: `HostState(layout)` is their one reader and one writer, with typed values (frozen
+dataclasses, protocol.Held for the hold). A read never follows a link; a write is whole or not at all
 (write_atomically). The agent (root) writes them; the agent, the alert sweep (the alert units'
 dynamic user: the world-readable files only), the watcher and the metrics collector read them
 here. The bytes written are those of the versions before this module (tests/test_state.py pins
-them): a host upgraded in either direction reads what the other wrote.
-
-The switch journal is the agent's (agent.Journal, Host.roll_forward), read with read_document.
+them): a host upgraded in either direction reads what the other wrote. What the agent does with
+them (systemctl, the timers' stamps, playing a switch) stays in agent.Host.
 """
 import contextlib
 import fcntl
@@ -17,8 +16,8 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
 
 from deployer.hostside import paths, protocol
 from deployer.hostside.protocol import AgentError, Held, Takeover
@@ -42,6 +41,32 @@ class Lease:
 
     renewed: float
     seconds: float
+
+
+@dataclass(frozen=True)
+class Journal:
+    """A switch, written before it starts: every step may be repeated, so an interrupted switch
+    is finished by playing it again (agent.Host.roll_forward)."""
+
+    disable: Tuple[str, ...] = ()
+    restamp: Tuple[str, ...] = ()
+    forget: Tuple[str, ...] = ()
+    stopped_at: float = 0.0
+    stamps: Dict[str, float] = field(default_factory=dict)
+    renames: Tuple[Tuple[str, str], ...] = ()
+    removes: Tuple[str, ...] = ()
+    unpause: Tuple[str, ...] = ()
+    reload: bool = False
+    enable: Tuple[str, ...] = ()
+    start: Tuple[str, ...] = ()
+
+
+def journal_to_json(journal):
+    return json.dumps(protocol.to_json(journal))
+
+
+def journal_from_json(text):
+    return protocol.from_json(Journal, json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -205,6 +230,33 @@ class HostState:
             yield
         finally:
             os.close(fd)
+
+    # -- pending-switch.json: the switch journal ---------------------------------------------
+
+    def switch_pending(self):
+        return os.path.exists(self.layout.journal)
+
+    def read_journal(self) -> Optional[Journal]:
+        """The switch a crash or a kill interrupted, None when none was."""
+        shown = self.shown(self.layout.journal)
+        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
+                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
+        document = read_document(self.layout.journal, shown, "the switch journal", recovery)
+        if document is None:
+            return None
+        try:
+            return protocol.from_json(Journal, document)
+        except protocol.ProtocolError as error:
+            raise Corrupt("%s (the switch journal) is corrupt (%s). %s" % (shown, error.message, recovery),
+                          error.message)
+
+    def write_journal(self, journal: Journal):
+        """Written before the switch starts: from here on, the new set is the host's."""
+        self.write(self.layout.journal, journal_to_json(journal), 0o600)
+
+    def clear_journal(self):
+        """The switch is done."""
+        os.unlink(self.layout.journal)
 
     # -- owner.json -------------------------------------------------------------------------
 
