@@ -247,7 +247,8 @@ def start_timers(systemd, timers, prefix="", wait=True):
 class Host:
     """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host
     name. Host keeps what touches systemd, the managed files, the timers' stamps and the switch;
-    the host's state files (lock, owner, lease, hold, paused, fenced, takeovers) are `state`'s."""
+    the host's state files (lock, switch journal, owner, lease, hold, paused, fenced, takeovers)
+    are `state`'s (state.HostState)."""
 
     layout: paths.Layout
     systemd: Systemd
