@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from deployer.contract import paths, protocol
-from deployer.host import agent, dbus, journal, metrics, systemctl, trigger as cli, watch
+from deployer.host import agent, dbus, journal, metrics, state, systemctl, trigger as cli, watch
 
 DATA = Path(__file__).parent / "data" / "host_reads"
 
@@ -301,10 +301,14 @@ def _state_file(fixture, inside):
 
 
 def replay_state_document(fixture):
-    """The agent's root-owned state files (held.json, lease.json, owner.json): Host.read_state_file."""
+    """The agent's root-owned state files (held.json, lease.json, owner.json), as HostState reads
+    them (the typed value as JSON)."""
     inside = fixture["command"]["file"]
-    with _state_file(fixture, inside) as (layout, path):
-        return agent.Host(layout=layout, systemd=None).read_state_file(path, "recorded", "")
+    with _state_file(fixture, inside) as (layout, _):
+        host_state = state.HostState(layout)
+        value = {"held.json": host_state.read_held, "lease.json": host_state.read_lease,
+                 "owner.json": host_state.read_owner}[os.path.basename(inside)]()
+        return None if value is None else protocol.to_json(value)
 
 
 def replay_metrics_state(fixture):
@@ -352,7 +356,8 @@ READS = {
     "journal.audit_entries": Read(replay_audit, ("Systemd.journal_entries", "journal.audit_entries")),
     "journal.last_push": Read(replay_last_push, ("Systemd.journal_entries", "journal.last_push")),
     "watch.read_facts": Read(replay_watch, ("Systemd.properties", "watch.read_facts")),
-    "state.agent": Read(replay_state_document, ("agent.Host.read_state_file",)),
+    "state.agent": Read(replay_state_document, ("state.HostState.read_held", "state.HostState.read_lease",
+                                                "state.HostState.read_owner")),
     "state.metrics": Read(replay_metrics_state, ("metrics.read_state",)),
     "state.watch": Read(replay_watch_state, ("watch.load_state",)),
     "state.through": Read(replay_through, ("cli.take_through",)),

@@ -12,7 +12,7 @@ import pytest
 
 from deployer.errors import AgentRefused
 from deployer.contract import paths, protocol
-from deployer.host import agent, journal, systemctl
+from deployer.host import agent, journal, state, systemctl
 from deployer.host.agent import Journal, switch_plan
 from deployer.contract.protocol import ApplyRequest, FileWrite, RunInfo, StateRequest, StatusRequest
 from deployer.remote import LocalAgent
@@ -130,7 +130,7 @@ def test_switch_plan(current, staged, starts, removes, paused, stamps, expected)
 def test_journal_round_trips_through_json():
     journal = switch_plan({}, {f"{U}/deployer-a.timer": "S"}, {}, [f"{U}/deployer-b.timer"], set(),
                           {"deployer-a.timer": 2.0}, 1.0)
-    assert agent.journal_from_json(agent.journal_to_json(journal)) == journal
+    assert state.journal_from_json(state.journal_to_json(journal)) == journal
 
 
 # -- apply, replay, ownership, lock -----------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_an_interrupted_switch_is_replayed_by_the_next_read(host, tmp_path):
     journal = Journal(stopped_at=1.0, renames=((str(staged), target),), reload=True,
                       enable=("deployer-a.timer",), start=("deployer-a.timer",))
     Path(host.layout.journal).parent.mkdir(parents=True)
-    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+    Path(host.layout.journal).write_text(state.journal_to_json(journal))
 
     assert f"{U}/deployer-a.timer" in files(host)
     assert not os.path.exists(host.layout.journal) and not staged.exists()
@@ -169,7 +169,7 @@ def test_a_replay_repeated_after_a_second_crash_ends_the_same(host):
     journal = Journal(stopped_at=1.0, removes=(host.layout.at(target),), disable=("deployer-a.timer",),
                       reload=True)
     for _ in range(2):
-        Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+        Path(host.layout.journal).write_text(state.journal_to_json(journal))
         assert files(host) == {}
 
 
@@ -310,7 +310,7 @@ def test_a_replay_keeps_the_stamp_of_a_timer_that_ran_after_the_interrupted_swit
     for name, ran_at in (("a", 1030.0), ("c", 1040.0)):  # ran after the switch started them
         (stamps / f"stamp-deployer-{name}.timer").touch()
         os.utime(stamps / f"stamp-deployer-{name}.timer", (ran_at, ran_at))
-    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+    Path(host.layout.journal).write_text(state.journal_to_json(journal))
     host.systemd.calls.clear()
 
     files(host)  # replays the journal
@@ -380,7 +380,7 @@ def test_a_replay_keeps_the_stamp_a_new_timer_wrote_after_the_switch_began(host)
         os.utime(stamps / f"stamp-deployer-{name}.timer", (written, written))
     journal = Journal(forget=("deployer-a.timer", "deployer-b.timer"), stopped_at=1000.0)
     Path(host.layout.journal).parent.mkdir(parents=True, exist_ok=True)
-    Path(host.layout.journal).write_text(agent.journal_to_json(journal))
+    Path(host.layout.journal).write_text(state.journal_to_json(journal))
 
     files(host)  # replays the journal
 
@@ -513,7 +513,7 @@ def test_boot_recovery_finishes_the_switch_and_queues_timers_without_waiting(tmp
     journal = Journal(stopped_at=1.0, renames=((str(staged), layout.at(f"{U}/deployer-a.timer")),), reload=True,
                       enable=("deployer-a.timer",), start=("deployer-a.timer",))
     os.makedirs(layout.state_dir)
-    Path(layout.journal).write_text(agent.journal_to_json(journal))
+    Path(layout.journal).write_text(state.journal_to_json(journal))
 
     assert agent.boot(layout, systemd) == 0
 

@@ -287,12 +287,12 @@ def test_the_hold_at_boot_from_the_recorded_lease_and_hold():
     """agent.lease_ran_out on the lease a host renewed (recorded), and the hold a boot check wrote
     when the lease had run out (recorded: agent.hold_at_boot on the host), as the agent reads it."""
     from deployer.contract import protocol
-    from deployer.host import agent
+    from deployer.host import agent, state
 
-    lease = parsed_now("state.agent", "lease")
-    assert agent.lease_ran_out(lease, lease["renewed"] + lease["seconds"]) is None
-    held = agent.lease_ran_out(lease, lease["renewed"] + lease["seconds"] + 60)
-    assert (held.lease_seconds, held.down_for_seconds) == (lease["seconds"], lease["seconds"] + 60)
+    lease = state.Lease(**parsed_now("state.agent", "lease"))
+    assert agent.lease_ran_out(lease, lease.renewed + lease.seconds) is None
+    held = agent.lease_ran_out(lease, lease.renewed + lease.seconds + 60)
+    assert (held.lease_seconds, held.down_for_seconds) == (lease.seconds, lease.seconds + 60)
     on_disk = protocol.from_json(protocol.Held, parsed_now("state.agent", "held"))
     assert on_disk.lease_seconds == 300 and on_disk.down_for_seconds >= 3600 and on_disk.reason == ""
     assert parsed_now("state.agent", "held-absent") is None

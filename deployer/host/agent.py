@@ -12,7 +12,6 @@ import base64
 import contextlib
 import contextvars
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -25,9 +24,10 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Dict, Tuple
+from typing import Dict
 
 from deployer.contract import audit, paths, protocol, record
+from deployer.host.state import LOCK_WAIT_SECONDS, HostState, Journal, Lease, Owner, job_timers, write_atomically
 from deployer.host.slot import iso_utc, stamp_of
 from deployer.host.systemctl import UNIT_CHUNK, Systemd, chunks
 from deployer.contract.text import clock_of_iso
@@ -43,7 +43,6 @@ from deployer.contract.protocol import (AgentError, AlertTestAnswer, AlertTestRe
 
 # -- paths ------------------------------------------------------------------------------------
 
-LOCK_WAIT_SECONDS = 60
 # Enabled by every push: at boot, before any timer, it finishes an interrupted switch (--boot).
 RECOVER_UNIT = paths.RECOVER_UNIT
 
@@ -51,24 +50,6 @@ RECOVER_UNIT = paths.RECOVER_UNIT
 
 
 # -- pure functions ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Journal:
-    """A switch, written before it starts: every step may be repeated, so an interrupted switch
-    is finished by playing it again (roll_forward)."""
-
-    disable: Tuple[str, ...] = ()
-    restamp: Tuple[str, ...] = ()
-    forget: Tuple[str, ...] = ()
-    stopped_at: float = 0.0
-    stamps: Dict[str, float] = field(default_factory=dict)
-    renames: Tuple[Tuple[str, str], ...] = ()
-    removes: Tuple[str, ...] = ()
-    unpause: Tuple[str, ...] = ()
-    reload: bool = False
-    enable: Tuple[str, ...] = ()
-    start: Tuple[str, ...] = ()
-
 
 def unit_name(path):
     return os.path.basename(path)
@@ -109,14 +90,6 @@ def switch_plan(current, staged, starts, removes, paused, stamps, now, local=lam
     )
 
 
-def journal_to_json(journal):
-    return json.dumps(protocol.to_json(journal))
-
-
-def journal_from_json(text):
-    return protocol.from_json(Journal, json.loads(text))
-
-
 def iso_time(value):
     """`Tue 2026-11-24 07:41:06 UTC` (as printed under TZ=UTC) or `@<unix>` -> ISO 8601, or ""."""
     value = value.strip()
@@ -140,20 +113,15 @@ def calendar_info(value):
     return lines, min([n for n in nexts if n] or [""])
 
 
-# The takeovers kept in paths.TAKEOVERS (the newest).
-TAKEOVERS_KEPT = 50
-
-
 def lease_ran_out(lease, now):
-    """The lease document {"renewed", "seconds"} read at boot -> Held when it ran out before
-    `now`, else None. An unreadable lease holds too: a double run is the worse mistake."""
-    try:
-        renewed, seconds = float(lease["renewed"]), float(lease["seconds"])
-    except (KeyError, TypeError, ValueError):
+    """The Lease read at boot (None: unreadable) -> Held when it ran out before `now`, else None.
+    An unreadable lease holds too: a double run is the worse mistake."""
+    if lease is None:
         return Held(since=iso_time("@%d" % now), down_for_seconds=0.0, lease_seconds=0.0)
-    if now - renewed <= seconds:
+    if now - lease.renewed <= lease.seconds:
         return None
-    return Held(since=iso_time("@%d" % now), down_for_seconds=round(now - renewed, 3), lease_seconds=seconds)
+    return Held(since=iso_time("@%d" % now), down_for_seconds=round(now - lease.renewed, 3),
+                lease_seconds=lease.seconds)
 
 
 
@@ -277,12 +245,20 @@ def start_timers(systemd, timers, prefix="", wait=True):
 
 @dataclass
 class Host:
-    """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host name."""
+    """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host
+    name. Host keeps what touches systemd, the managed files, the timers' stamps and the switch;
+    the host's state files (lock, switch journal, owner, lease, hold, paused, fenced, takeovers)
+    are `state`'s (state.HostState)."""
 
     layout: paths.Layout
     systemd: Systemd
     name: str = "?"
     emit: object = emit_line  # where streamed journal lines go (in-process tests pass their own)
+    state: HostState = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # Every state file is written through this Host's write_atomically (a test makes it refuse one).
+        self.state = HostState(self.layout, self.name, self.write_atomically, LOCK_WAIT_SECONDS)
 
     def sha256(self, path):
         with open(path, "rb") as handle:
@@ -324,19 +300,6 @@ class Host:
                         found[path] = self.sha256(path)
         return found
 
-    def paused_timers(self):
-        try:
-            return set(os.listdir(self.layout.paused_dir))
-        except FileNotFoundError:
-            return set()
-
-    def fenced_timers(self):
-        """Timers this host stopped because their service fenced it (a newer owner holds them)."""
-        try:
-            return set(os.listdir(self.layout.fenced_dir))
-        except FileNotFoundError:
-            return set()
-
     def epochs(self):
         """job -> its epoch here (the 'epoch' credential the push wrote)."""
         found = {}
@@ -357,11 +320,7 @@ class Host:
         """Stop `job`'s timer here and keep it stopped (as a pause does) until the job is granted to
         this host again (a push with a new epoch) or resumed."""
         timer = paths.job_unit(job, "timer")
-        # The fence marker last: the job's service has ConditionPathExists=! on it, so no run
-        # starts once it exists, before the timer is even stopped.
-        for directory in (self.layout.paused_dir, self.layout.fenced_dir):
-            os.makedirs(directory, exist_ok=True)
-            os.close(os.open(os.path.join(directory, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        self.state.fence(timer)  # before the timer is even stopped, no run starts
         # --no-block: this runs from the job service's ExecStopPost=, inside its stop.
         self.systemd.systemctl("disable", "--now", "--no-block", timer, check=False)
         return timer
@@ -408,80 +367,6 @@ class Host:
                 path = os.path.join(self.layout.credentials_dir, "jobs.%s.%s" % (job, paths.EPOCH_CREDENTIAL))
                 self.write_atomically(path, "%d\n" % max(granted, epoch + 1))
 
-    def unfence(self, timers):
-        """A job granted to this host again: its fence (and the pause that kept it) ends."""
-        for timer in timers:
-            fenced = os.path.join(self.layout.fenced_dir, timer)
-            if os.path.lexists(fenced):
-                os.unlink(fenced)
-                paused = os.path.join(self.layout.paused_dir, timer)
-                if os.path.lexists(paused):
-                    os.unlink(paused)
-
-    def private_dir(self, directory, mode=0o700):
-        """`directory`, created if missing, checked to be a real directory owned by us and not
-        writable by others: no local user can plant a link in it or hold a file there."""
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            pass
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            raise AgentError(protocol.CORRUPT_STATE, "%s is not a directory owned by root (a link, or planted "
-                             "by another user?): remove it and run the command again"
-                             % self.layout.to_host(directory))
-        if stat.S_IMODE(info.st_mode) != mode:
-            os.chmod(directory, mode)
-        return directory
-
-    @contextlib.contextmanager
-    def locked(self):
-        """Serialise pushes: a second one waits, then gives up with a clear message. The lock
-        lives in root's own 0700 directory and is opened without following links or truncating."""
-        lock = os.path.join(self.private_dir(self.layout.run_dir), os.path.basename(self.layout.lock))
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "cannot open the lock %s (%s): remove it and run the "
-                             "command again" % (self.layout.to_host(lock), error.strerror))
-        try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise AgentError(protocol.LOCKED, "another push holds %s for over %ds"
-                                         % (self.layout.to_host(lock), LOCK_WAIT_SECONDS))
-                    time.sleep(0.2)
-            yield
-        finally:
-            os.close(fd)
-
-    def read_state_file(self, path, what, recovery):
-        """A root-owned state file as JSON, None when absent; never through a link. Anything
-        unreadable is reported as corrupt_state, naming the file and the way out."""
-        shown = self.layout.to_host(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) cannot be opened: %s (a symbolic link?). %s"
-                             % (shown, what, error.strerror, recovery))
-        with os.fdopen(fd, "rb") as handle:
-            raw = handle.read()
-        try:
-            document = json.loads(raw.decode("utf-8"))
-            if not isinstance(document, dict):
-                raise ValueError("not a JSON object")
-            return document
-        except ValueError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "%s (%s) is corrupt (%s). %s"
-                             % (shown, what, "empty" if not raw.strip() else error, recovery))
-
     def write_staged(self, path, content, mode):
         """`content` beside `path`, in the staging directory; a partial file never stays."""
         staged = staging_path(path)
@@ -510,23 +395,8 @@ class Host:
                     os.unlink(os.path.join(staging, name))
 
     def write_atomically(self, path, text, mode=0o600):
-        """Write a state file whole or not at all; never through a link, never another's file."""
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        temporary = path + ".tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)  # a leftover of a crash (unlink removes a link, not its target)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(temporary, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)  # no partial file left behind (a full disk)
-            raise
+        """Write a file whole or not at all (state.write_atomically): the state files, the run requests."""
+        write_atomically(path, text, mode)
 
     def stamp(self, timer):
         return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
@@ -597,8 +467,7 @@ class Host:
             if os.path.exists(path):
                 os.unlink(path)
         for timer in journal.unpause:
-            if os.path.exists(os.path.join(self.layout.paused_dir, timer)):
-                os.unlink(os.path.join(self.layout.paused_dir, timer))
+            self.state.unpause(timer)
         if journal.reload:
             progress("systemctl daemon-reload")
             systemd.systemctl("daemon-reload")
@@ -653,124 +522,30 @@ class Host:
 
     def roll_forward(self, boot=False):
         """Finish a switch that a crash or a kill interrupted. Returns whether there was one."""
-        shown = self.layout.to_host(self.layout.journal)
-        recovery = ("An interrupted push cannot be finished from it: move it aside (mv %s %s.broken), run "
-                    "`deployer push`, and check `systemctl list-timers 'deployer-*'`" % (shown, shown))
-        document = self.read_state_file(self.layout.journal, "the switch journal", recovery)
-        if document is None:
+        journal = self.state.read_journal()
+        if journal is None:
             return False
-        try:
-            journal = protocol.from_json(Journal, document)
-        except protocol.ProtocolError as error:
-            raise AgentError(protocol.CORRUPT_STATE, "%s (the switch journal) is corrupt (%s). %s"
-                             % (shown, error.message, recovery))
         self.play(journal, boot=boot)
-        os.unlink(self.layout.journal)
+        self.state.clear_journal()
         return True
-
-    def read_owner(self):
-        shown = self.layout.to_host(self.layout.owner)
-        return self.read_state_file(self.layout.owner, "which [host:NAME] this machine serves",
-                                    "Remove it (rm %s): the next push writes it again" % shown)
-
-    def check_owner(self):
-        """One machine serves one [host:NAME]: another host's jobs must never land here."""
-        owner = self.read_owner()
-        if owner and owner.get("host") != self.name:
-            raise AgentError(protocol.WRONG_OWNER, "this machine runs the jobs of host %r; refusing to install "
-                             "host %r's jobs here. Check the address in the inventory, or hand the jobs over "
-                             "with `deployer move`" % (owner.get("host"), self.name))
-
-    def read_held(self):
-        """Held when this host holds its jobs, else None. Fail closed: a hold file that cannot be
-        read still holds (its timers skip while it exists), and so does a boot whose hold check
-        failed (paths.HELD_RUN) or never decided (no paths.NOT_HELD, which the job timers need)."""
-        shown = self.layout.to_host(self.layout.held)
-        way_out = "`deployer release --host %s` (or a push) removes it" % self.name
-        try:
-            document = self.read_state_file(self.layout.held, "this host holds its jobs", way_out)
-            return None if document is None else protocol.from_json(Held, document)
-        except AgentError as error:
-            return Held(reason=str(error))
-        except protocol.ProtocolError as error:
-            return Held(reason="%s is corrupt (%s): the host holds its jobs; %s" % (shown, error.message, way_out))
-
-    def read_held_at_boot(self):
-        """The hold of a boot check that could not write paths.HELD, or of one that never decided."""
-        try:
-            document = self.read_state_file(self.layout.held_run, "the hold this boot decided", "")
-            if document is not None:
-                return protocol.from_json(Held, document)
-        except (AgentError, protocol.ProtocolError) as error:
-            return Held(reason=str(getattr(error, "message", error)))
-        if os.path.exists(self.layout.not_held) or not self.timers_need_a_decision():
-            return None
-        return Held(reason="the hold check at boot did not decide (see `journalctl -b -u %s` on the host)"
-                    % paths.HOLD_UNIT)
-
-    def timers_need_a_decision(self):
-        """Whether the installed job timers wait for paths.NOT_HELD (those of older pushes do not)."""
-        condition = "ConditionPathExists=" + paths.NOT_HELD
-        for timer in self.job_timers():
-            with contextlib.suppress(OSError), open(os.path.join(self.layout.unit_dir, timer), encoding="utf-8") as f:
-                if condition in f.read():
-                    return True
-        return False
-
-    def mark_not_held(self):
-        """The job timers may start (paths.NOT_HELD): the boot check found the lease valid, or a
-        push or release confirmed what this host owns."""
-        self.write_atomically(self.layout.not_held, "", 0o644)
-
-    def job_timers(self):
-        """The job timers installed here (files; whatever systemd thinks of them)."""
-        try:
-            names = os.listdir(self.layout.unit_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if n.endswith(".timer") and paths.job_of_unit(n) is not None)
 
     def release(self, skip=()):
         """End a hold: the job timers (but paused ones and `skip`, which the caller starts or
         removes) start again, their last trigger now: the runs missed while the host was down and
         then held are not made up (another host may have run them). -> (Held or None, started)"""
-        held = self.current_hold()
+        held = self.state.current_hold()
         if held is None:
-            self.mark_not_held()
+            self.state.mark_not_held()
             return None, ()
-        leave = self.paused_timers() | set(skip)
-        timers = [t for t in self.job_timers() if t not in leave]
+        leave = self.state.paused() | set(skip)
+        timers = [t for t in job_timers(self.layout) if t not in leave]
         self.set_last_trigger(timers, time.time())
         self.regrant(self.epochs())
-        for marker in (self.layout.held, self.layout.held_run):
-            try:
-                os.unlink(marker)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise AgentError(protocol.CORRUPT_STATE, "cannot remove %s (%s): the host still holds its jobs; "
-                                 "make %s writable and release again"
-                                 % (self.layout.to_host(marker), error.strerror,
-                                    os.path.dirname(self.layout.to_host(marker))))
-        self.mark_not_held()  # before any timer starts: each needs it
+        self.state.clear_hold()
+        self.state.mark_not_held()  # before any timer starts: each needs it
         if timers:
             start_timers(self.systemd, timers, "releasing the hold: ")
         return held, tuple(timers)
-
-    def current_hold(self):
-        """The hold in force: the one on disk, else the one this boot decided (or failed to)."""
-        return self.read_held() or self.read_held_at_boot()
-
-    def record_takeover(self, takeover):
-        shown = self.layout.to_host(self.layout.takeovers)
-        try:
-            document = self.read_state_file(self.layout.takeovers, "the takeovers recorded here",
-                                            "Move it aside (mv %s %s.broken)" % (shown, shown)) or {}
-        except AgentError:
-            document = {}  # a record must not stop the takeover that it records
-        kept = [t for t in document.get("takeovers", []) if isinstance(t, dict)][-(TAKEOVERS_KEPT - 1):]
-        entry = dict(protocol.to_json(takeover), at=time.time())
-        self.write_atomically(self.layout.takeovers, json.dumps({"takeovers": kept + [entry]}, indent=1), 0o644)
 
     def machine(self):
         """This machine in this boot, as StatusAnswer.machine says; "" when either id is unreadable
@@ -815,9 +590,9 @@ def op_state(host, request):
             if path.startswith(paths.UNIT_DIR + "/"):
                 with open(host.layout.at(path), "rb") as handle:
                     contents[path] = base64.b64encode(handle.read()).decode()
-    owner = host.read_owner()
-    return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.paused_timers())),
-                       owner=(owner or {}).get("host"), held=host.current_hold(), epochs=host.epochs())
+    owner = host.state.read_owner()
+    return StateAnswer(files=files, contents=contents, paused=tuple(sorted(host.state.paused())),
+                       owner=owner and owner.host, held=host.state.current_hold(), epochs=host.epochs())
 
 
 @handles(ApplyRequest)
@@ -827,7 +602,7 @@ def op_apply(host, request):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     watch = Stopwatch()
-    with host.locked():
+    with host.state.locked():
         watch.lap("lock")
         return apply_locked(host, request, watch)
 
@@ -837,7 +612,7 @@ def apply_locked(host, request, watch):
     layout = host.layout
     unit_dir = paths.UNIT_DIR
     recovered = host.roll_forward()
-    host.check_owner()
+    host.state.check_owner()
     current = host.managed_files()
     if current != request.expect:
         raise AgentError(protocol.HOST_CHANGED,
@@ -859,13 +634,13 @@ def apply_locked(host, request, watch):
             raise AgentError(protocol.VERIFY_FAILED,
                              "systemd-analyze verify refused the new units: " + " | ".join(complaints[-5:]))
         watch.lap("verify")
-        host.unfence(granted_timers(request.write))
-        paused = host.paused_timers()
+        host.state.unfence(granted_timers(request.write))
+        paused = host.state.paused()
         journal = switch_plan(current, staged, {w.path: w.start for w in request.write},
                               [p for p in request.remove if host.local(p)], paused, request.stamps, time.time(),
                               local=host.local)
-        host.write_atomically(layout.owner, json.dumps({"host": host.name}))
-        host.write_atomically(layout.journal, journal_to_json(journal))  # from here on, the new set is the host's
+        host.state.write_owner(Owner(host.name))
+        host.state.write_journal(journal)  # from here on, the new set is the host's
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -879,9 +654,9 @@ def apply_locked(host, request, watch):
     # gone before the switch starts any timer, or systemd would skip the start).
     released, _ = host.release(skip=set(journal.start) | set(journal.restamp) | set(journal.disable))
     host.play(journal)
-    os.unlink(layout.journal)
+    host.state.clear_journal()
     if request.takeover is not None:
-        host.record_takeover(request.takeover)
+        host.state.record_takeover(request.takeover)
     refresh_metrics(host)
     watch.lap("activate")
     added = {unit_name(p) for p in staged if p not in current}
@@ -928,12 +703,13 @@ def op_status(host, request):
     # A chained job (after =) has a service and no timer: it is listed by the timer it lacks.
     timers = sorted({u.rsplit(".", 1)[0] + ".timer" for u in units})
     try:
-        owner = (host.read_owner() or {}).get("host")
+        owner = host.state.read_owner()
     except AgentError:
         owner = None  # a status still answers; the next push names the corrupt file
     pushed = last_push(host.systemd)
-    return StatusAnswer(jobs=with_skips(host, with_last_runs(host, job_statuses(host, timers))), held=host.current_hold(),
-                        machine=host.machine(), owner=owner if isinstance(owner, str) else None, last_push=pushed)
+    return StatusAnswer(jobs=with_skips(host, with_last_runs(host, job_statuses(host, timers))),
+                        held=host.state.current_hold(), machine=host.machine(), owner=owner and owner.host,
+                        last_push=pushed)
 
 
 def job_statuses(host, timers):
@@ -953,7 +729,7 @@ def job_statuses(host, timers):
     # the service to finish accepted work): asked of running services only.
     for name, props in host.systemd.properties(running, ("StatusText",)).items() if running else ():
         service_props.setdefault(name, {})["StatusText"] = props.get("StatusText", "")
-    paused, fenced = host.paused_timers(), host.fenced_timers()
+    paused, fenced = host.state.paused(), host.state.fenced()
     return tuple(job_status(t, timer_props.get(t, {}), service_props.get(s, {}), t in paused, t in fenced)
                  for t, s in zip(timers, services))
 
@@ -1034,7 +810,7 @@ def op_run(host, request):
     """Start the job's service and wait for it, streaming the run's journal lines as they come
     (`@line` on stderr); the answer carries every line and the run's record."""
     service = host.installed(request.job, "service")
-    if paths.job_unit(request.job, "timer") in host.fenced_timers():
+    if paths.job_unit(request.job, "timer") in host.state.fenced():
         raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
@@ -1122,7 +898,7 @@ def op_stop(host, request):
 def check_run_on_hold(host, request):
     """A held host's jobs may run elsewhere now (they were moved while it was down): a manual
     run there could run one twice, so it needs `force`. -> the hold it was forced past, or None."""
-    held = host.current_hold()
+    held = host.state.current_hold()
     if held is not None and not request.force:
         why = held.reason or "was down %s" % protocol.duration_text(held.down_for_seconds)
         raise AgentError(protocol.HELD, "this host holds its jobs (%s): %s may run on another host now. End "
@@ -1212,11 +988,9 @@ def follow_lines(host, follower):
 
 @handles(PauseRequest)
 def op_pause(host, request):
-    with host.locked():
+    with host.state.locked():
         timer = host.installed(request.job, "timer")
-        os.makedirs(host.layout.paused_dir, exist_ok=True)
-        os.close(os.open(os.path.join(host.layout.paused_dir, timer), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
-                         0o644))
+        host.state.pause(timer)
         # Disabled as well as stopped, so that a reboot does not bring it back.
         host.systemd.systemctl("disable", "--now", timer)
         refresh_metrics(host)
@@ -1225,12 +999,10 @@ def op_pause(host, request):
 
 @handles(ResumeRequest)
 def op_resume(host, request):
-    with host.locked():
+    with host.state.locked():
         timer = host.installed(request.job, "timer")
-        marker = os.path.join(host.layout.paused_dir, timer)
-        if os.path.exists(marker):
-            os.unlink(marker)
-        host.unfence([timer])
+        host.state.unpause(timer)
+        host.state.unfence([timer])
         # Runs missed while paused are not made up: the last trigger becomes now.
         host.systemd.systemctl("stop", timer, check=False)
         host.systemd.systemctl("clean", "--what=state", timer, check=False)
@@ -1288,7 +1060,7 @@ def alert_test_answer(channel, entries, output, code=0, failure=""):
 @handles(HandoffRequest)
 def op_handoff(host, request):
     """The first step of `deployer move`: stop these timers here and say when."""
-    with host.locked():
+    with host.state.locked():
         timers = [paths.job_unit(j, "timer") for j in request.jobs]
         timers = [t for t in timers if os.path.exists(os.path.join(host.layout.unit_dir, t))]
         if timers:
@@ -1299,7 +1071,7 @@ def op_handoff(host, request):
 @handles(ReleaseRequest)
 def op_release(host, request):
     """`deployer release`: the operator confirms that this host still owns its jobs."""
-    with host.locked():
+    with host.state.locked():
         held, started = host.release()
         return ReleaseAnswer(released=held, started=started)
 
@@ -1373,8 +1145,8 @@ def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progres
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
                              "(passwordless sudo for this user) in [host:%s]" % name)
-        if protocol.operation_of(request).settles_first and os.path.exists(host.layout.journal):
-            with host.locked():  # an interrupted switch is finished before anything reads the host
+        if protocol.operation_of(request).settles_first and host.state.switch_pending():
+            with host.state.locked():  # an interrupted switch is finished before anything reads the host
                 host.roll_forward()
         began = time.time()
         answer = HANDLERS[type(request)](host, request)
@@ -1393,7 +1165,7 @@ def boot(layout=None, systemd=None):
     """deployer-recover.service: finish an interrupted switch before timers start. -> exit status"""
     host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
     try:
-        with host.locked():
+        with host.state.locked():
             finished = host.roll_forward(boot=True)
     except AgentError as error:
         sys.stderr.write("deployer agent --boot: %s\n" % error)
@@ -1424,7 +1196,7 @@ def resume_interrupted(host):
                                                 "MESSAGE_ID=" + record.RUN_FINISHED])
     except OSError:
         return ()
-    stopped = host.paused_timers() | host.fenced_timers()
+    stopped = host.state.paused() | host.state.fenced()
     resumed = []
     for job, slot in sorted(interrupted_runs(entries).items()):
         service = paths.job_unit(job, "service")
@@ -1449,31 +1221,32 @@ def hold_at_boot(layout=None, systemd=None, now=None):
     has written paths.NOT_HELD, so an error anywhere here holds; the hold goes to paths.HELD, or
     to paths.HELD_RUN when that cannot be written (a read-only or full /var). -> exit status"""
     host = Host(layout or paths.Layout(), systemd or Systemd(), "boot")
+    state = host.state
     now = time.time() if now is None else now
     held = None
     try:
-        with host.locked():
-            if os.path.lexists(host.layout.held):
+        with state.locked():
+            if state.held_on_disk():
                 print("deployer: still holding every job (since an earlier boot) until `deployer push` or "
                       "`deployer release`")
                 return 0
             try:
-                lease = host.read_state_file(host.layout.lease, "the lease", "")
+                lease, unreadable = state.read_lease(), False
             except AgentError:
-                lease = {}
-            if lease is None:
-                host.mark_not_held()
+                lease, unreadable = None, True  # lease_ran_out holds
+            if lease is None and not unreadable:
+                state.mark_not_held()
                 print("deployer: no lease recorded: the jobs run")
                 resume_interrupted(host)
                 return 0
             held = lease_ran_out(lease, now)
             if held is None:
-                host.mark_not_held()
+                state.mark_not_held()
                 print("deployer: lease still valid (renewed %s before this boot): the jobs run"
-                      % protocol.duration_text(now - float(lease["renewed"])))
+                      % protocol.duration_text(now - lease.renewed))
                 resume_interrupted(host)
                 return 0
-            host.write_atomically(host.layout.held, json.dumps(protocol.to_json(held)), 0o644)
+            state.write_held(held)
     except Exception as error:  # noqa: BLE001 - whatever went wrong, the jobs are held
         reason = "the hold check at boot failed (%s)" % (
             error if isinstance(error, (AgentError, OSError)) else "%s: %s" % (type(error).__name__, error))
@@ -1481,7 +1254,7 @@ def hold_at_boot(layout=None, systemd=None, now=None):
                     down_for_seconds=held.down_for_seconds if held else 0.0,
                     lease_seconds=held.lease_seconds if held else 0.0, reason=reason)
         with contextlib.suppress(Exception):
-            host.write_atomically(host.layout.held_run, json.dumps(protocol.to_json(held)), 0o644)
+            state.write_held_run(held)
         sys.stderr.write("deployer agent --hold-at-boot: HOLDING every job: %s; no job runs until `deployer push` "
                          "or `deployer release`\n" % reason)
         return 1
@@ -1495,10 +1268,8 @@ def hold_at_boot(layout=None, systemd=None, now=None):
 
 def renew_lease(seconds, layout=None, now=None):
     """deployer-lease@renew.service: this host is up and runs its jobs, for `seconds` more."""
-    layout = layout or paths.Layout()
-    host = Host(layout, Systemd(), "lease")
-    host.write_atomically(layout.lease, json.dumps({"renewed": time.time() if now is None else now,
-                                                     "seconds": seconds}), 0o644)
+    HostState(layout or paths.Layout()).write_lease(Lease(renewed=time.time() if now is None else now,
+                                                          seconds=seconds))
     return 0
 
 

@@ -22,8 +22,9 @@ from deployer.contract import paths, unitkeys
 from deployer.contract.options import EXIT_FENCED
 from deployer.host.journal import FailedRun, RunAccount, journal_failed_runs, run_account
 from deployer.contract.channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
-from deployer.contract.protocol import duration_text
+from deployer.contract.protocol import Held, duration_text
 from deployer.host.run import trust_store
+from deployer.host.state import Corrupt, read_held_file
 
 # DingTalk throttles a robot above 20 messages a minute; stay under it and merge the rest.
 RATE_LIMIT = 18
@@ -955,18 +956,17 @@ def held_events(host_name: str, state: str, channel: str, held_path: str = paths
                 held_run: str = paths.HELD_RUN) -> list:
     """The hold that the boot found (agent --hold-at-boot), once per hold and channel: the boot
     it began at is noted in the channel's state. A boot check that failed holds too (fail closed):
-    its hold is in `held_run` (/run) when `held_path` could not be written."""
-    held = None
+    its hold is in `held_run` (/run) when `held_path` could not be written. Read as the agent
+    reads them (state.read_held_file)."""
+    held = since = None
     for path in (held_path, held_run):
         try:
-            with open(path, encoding="utf-8") as handle:
-                held = json.load(handle)
-            since = str(held["since"])
-            break
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            held, since = {"reason": f"{path} is unreadable ({error})"}, boot_id()
+            held = read_held_file(path, path, "the hold", "")
+        except (Corrupt, OSError) as error:  # it holds all the same: alerted once per boot
+            why = error.detail if isinstance(error, Corrupt) else error.strerror
+            held, since = Held(reason=f"{path} is unreadable ({why})"), boot_id()
+        if held is not None:
+            since = since or held.since or boot_id()
             break
     if held is None:
         return []
@@ -983,8 +983,8 @@ def held_events(host_name: str, state: str, channel: str, held_path: str = paths
     except OSError:
         pass
     return [{"kind": "held", "host": host_name, "since": since, "time": now_text(),
-             "down_for": duration_text(float(held.get("down_for_seconds") or 0)),
-             "lease": duration_text(float(held.get("lease_seconds") or 0)), "reason": str(held.get("reason") or "")}]
+             "down_for": duration_text(held.down_for_seconds), "lease": duration_text(held.lease_seconds),
+             "reason": held.reason}]
 
 
 def boot_id() -> str:

@@ -296,6 +296,7 @@ def ping(url: str, log) -> bool:
 def collect(host: str, version: str, directory: str, layout=None, systemd=None, now=None, log=print) -> str:
     """One pass: records -> counters -> the textfile (returned as written); the heartbeat ping."""
     from deployer.host.agent import Host, job_statuses
+    from deployer.host.state import HostState
     from deployer.host.systemctl import Systemd
 
     layout = layout or paths.Layout()
@@ -313,7 +314,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     state = dict(state, jobs=jobs_state)
     values = {status.job: job_values(status.job, status, METRICS.read(units[status.job]), state)
               for status in statuses}
-    text = textfile(host, version, values, now, held=is_held(machine))
+    text = textfile(host, version, values, now, held=is_held(HostState(layout, host)))
     url = read_heartbeat_url(layout)
     due = url and now - state.get("pinged", 0) >= PING_INTERVAL
     if due:
@@ -333,13 +334,14 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     return text
 
 
-def is_held(machine) -> bool:
+def is_held(state) -> bool:
     """A corrupt hold file holds too, and so does a boot that could not decide (as the agent reads
-    them): the metrics say so every minute instead of stopping, which would look like a dead host."""
+    them, state.HostState): the metrics say so every minute instead of stopping, which would look
+    like a dead host."""
     from deployer.contract.protocol import AgentError
 
     try:
-        return machine.current_hold() is not None
+        return state.current_hold() is not None
     except AgentError:
         return True
 

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from deployer.contract import paths
 from deployer.contract.unitkeys import WATCH, Watched
 from deployer.contract.options import duration_text as _duration_text
+from deployer.host.state import HostState
 
 
 def duration_text(seconds: float) -> str:
@@ -105,15 +106,9 @@ def read_facts(systemd, watched, layout: paths.Layout = paths.Layout()) -> dict:
     for w in watched:
         units += [paths.job_unit(w.job, "timer"), paths.job_unit(w.job, "service")]
     shown = systemd.properties(units, sorted(set(TIMER_PROPERTIES + SERVICE_PROPERTIES))) if units else {}
-    try:
-        stopped = set(os.listdir(layout.paused_dir))
-    except OSError:
-        stopped = set()
-    try:
-        stopped |= set(os.listdir(layout.fenced_dir))
-    except OSError:
-        pass
-    held = any(os.path.exists(p) for p in (layout.held, layout.held_run)) or not os.path.exists(layout.not_held)
+    state = HostState(layout)
+    stopped = state.paused() | state.fenced()
+    held = state.current_hold() is not None
     found = {}
     for w in watched:
         timer, service = paths.job_unit(w.job, "timer"), paths.job_unit(w.job, "service")
