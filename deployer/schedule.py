@@ -297,7 +297,10 @@ def _existing_instants(zone: str, days, hours, minutes, seconds) -> set[datetime
 # transition tzdata has between FIRST_YEAR and LAST_YEAR:
 # - Debian cron (modelled by cronsim): a fixed-time job whose time was swallowed runs once
 #   right after the jump; a wildcard job (minute or hour field starting with '*') runs in
-#   both passes through a repeated time.
+#   both passes through a repeated time. (One thing a timer cannot copy: a fixed-time job
+#   with two times in one gap, `0,30 0 * * *` across Chile's midnight jump, runs twice in
+#   that minute under Debian, whose catch-up loop empties its queue between the skipped
+#   minutes: `if (job_runqueue()) sleep(10); virtualTime++; find_jobs(...)`. We run it once.)
 # - Quartz: see quartz_to_oncalendar (second pass only, nothing after a jump).
 # The transitions come from the zone's real history and rule (zoneinfo), not from the POSIX
 # rule string: Asia/Hebron's changes 50 hours past the nominal day, America/Nuuk's at 23:00

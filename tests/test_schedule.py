@@ -146,23 +146,43 @@ def systemd_runs(lines: list[str], base: datetime, count: int) -> list[datetime]
 
 
 def cron_runs(expression: str, zone: str, base: datetime, count: int) -> list[datetime]:
-    """Debian cron's runs, from cronsim, but for one case it gets wrong: a wildcard job (minute or
-    hour `*`: cron's MIN_STAR/HR_STAR) follows the wall clock and is never caught up after a
-    forward jump, so a wall time the jump skipped is no run. cronsim 2.9 maps such a time to the
-    instant after the gap when the gap starts at midnight (`* 0 * * 0`, America/Santiago,
-    2024-09-08: a run at 01:00 that neither cron nor systemd makes)."""
+    """Debian cron's runs after `base` (UTC), as instants.
+
+    Fixed-time jobs: cronsim, which models Debian's catch-up after a forward jump (its
+    fix-up mode works on the naive wall clock). Wildcard jobs (minute or hour field starting
+    with '*': cron's MIN_STAR/HR_STAR): the wall-clock minutes cronsim matches without a zone,
+    placed on the zone's clock by Debian's own rule (cron 3.0pl1-162, bookworm, cron.c main loop):
+
+        case 2: ... /* run wildcard jobs for current minute */
+                find_jobs(timeRunning, &database, TRUE, FALSE);
+        case 0: ... DST ending just run the wildcard jobs ...
+                find_jobs(timeRunning, &database, TRUE, FALSE);
+
+    where timeRunning is the new local wall minute (set_time: `clockTime = (StartTime +
+    GMToff) / SECONDS_PER_MINUTE`, find_jobs reads it with gmtime()). So a wildcard job runs
+    at every wall minute that exists, twice in a repeated one, and never for a wall minute a
+    jump swallowed. cronsim with a zone gets this wrong when a jump swallows midnight
+    (America/Santiago): it lands on the imaginary 00:00 (the instant of 01:00) and its next
+    step skips the real 01:00, or, for `* 1 ...`, the whole 01:xx hour; and it counted 00:00
+    for `* 0 * * 0`, which cron never runs (found by the property test)."""
     tz = ZoneInfo(zone)
-    wildcard = expression.split()[0].startswith("*") or expression.split()[1].startswith("*")
-    it = CronSim(expression, base.astimezone(tz))
-    runs = []
-    for moment in it:
-        on_the_wall = moment.astimezone(timezone.utc).astimezone(tz)
-        if wildcard and on_the_wall.replace(tzinfo=None) != moment.replace(tzinfo=None):
-            continue
-        runs.append(moment.astimezone(timezone.utc))
-        if len(runs) == count:
+    parts = expression.split()
+    if not (parts[0].startswith("*") or parts[1].startswith("*")):
+        return [moment.astimezone(timezone.utc)
+                for _, moment in zip(range(count), CronSim(expression, base.astimezone(tz)))]
+    # A clock change moves a wall time by at most 2 hours from its instant (2000-2099), so
+    # start 3 hours early on the wall (a second pass after `base`) and stop 3 hours past.
+    margin = timedelta(hours=3)
+    start = base.astimezone(tz).replace(tzinfo=None) - margin
+    runs: set[datetime] = set()
+    for wall in CronSim(expression, start):
+        if len(runs) >= count and wall > sorted(runs)[count - 1].astimezone(tz).replace(tzinfo=None) + margin:
             break
-    return runs
+        for fold in (0, 1):  # a repeated wall minute: both passes; elsewhere one instant
+            moment = wall.replace(tzinfo=tz, fold=fold).astimezone(timezone.utc)
+            if moment.astimezone(tz).replace(tzinfo=None) == wall and moment > base:
+                runs.add(moment)  # (a wall minute swallowed by a jump never reads back: no run)
+    return sorted(runs)[:count]
 
 
 def near_dst_changes():
@@ -184,6 +204,10 @@ fixed_time_crons = st.tuples(
 @given(expression=st.one_of(cron_expressions, fixed_time_crons), zone=st.sampled_from(DST_ZONES),
        base=near_dst_changes())
 @example(expression="* 0 * * 0", zone="America/Santiago", base=datetime(2024, 9, 1, 5, 0))  # a gap at midnight
+# The day starts at 01:00 (midnight swallowed): cron runs wildcard jobs at the new wall minute,
+# 01:00; cronsim made it an imaginary 00:00 and then skipped 01:00 (or the whole 01:xx hour).
+@example(expression="* * */2 * */2", zone="America/Santiago", base=datetime(2025, 9, 1, 4, 0))
+@example(expression="* 1 7 9 *", zone="America/Santiago", base=datetime(2025, 9, 1, 4, 0))
 def test_across_dst_changes_systemd_runs_exactly_when_debian_cron_would(expression, zone, base):
     """cronsim models Debian cron's DST rules: a fixed time swallowed by a forward jump runs
     right after it, a repeated one runs once, wildcard jobs follow the wall clock."""
