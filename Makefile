@@ -16,7 +16,7 @@ PROMETHEUS_UNITS := prometheus.service prometheus-node-exporter.service promethe
                     prometheus-node-exporter-ipmitool-sensor.timer prometheus-node-exporter-mellanox-hca-temp.timer \
                     prometheus-node-exporter-nvme.timer prometheus-node-exporter-smartmon.timer
 
-.PHONY: install system-packages test test-fast demo bench bench-scale bench-burst clean
+.PHONY: install system-packages check test test-slow test-fast demo bench bench-scale bench-burst clean
 
 install: system-packages $(VENV)/.installed
 
@@ -38,7 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-## All tests, end-to-end ones included (they boot real systemd hosts; they need root).
+## Everything CI runs (.ci/run): the suite, then the slow walks.
+check: test test-slow
+
+## All tests but the slow walks, end-to-end ones included (they boot real systemd hosts; they need root).
 ## Four workers take tests as they free up (worksteal: a file's tests spread over the workers,
 ## so the longest file no longer sets the time; each worker boots its own hosts, each in a
 ## cgroup of its own: tests/cronhost.py). Most e2e time is waiting for timers, not CPU: four
@@ -47,7 +50,12 @@ $(VENV)/.installed: pyproject.toml
 ## a load average of 100 and more.
 TEST_WORKERS ?= 4
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable -m 'not slow'
+
+## The slow walks (-m slow): every zone's every DST change 2000-2037 against cron and Quartz, and a
+## 30-slot gateway-timeout run. Apart, so that the suite an engineer runs stays short; CI runs both.
+test-slow: install
+	$(PY) -m pytest -n 2 --dist worksteal --hypothesis-profile=repeatable -m slow
 
 ## Unit tests only: no root, no containers, and not the slow every-zone schedule walk.
 test-fast: install
