@@ -92,7 +92,7 @@ class RecordingServer:
         with self.lock:
             return [r for r in self.requests if r.path.split("?")[0] == path]
 
-    def wait_for(self, path: str, count: int = 1, timeout: float = 20.0) -> list[Recorded]:
+    def wait_for(self, path: str, count: int = 1, timeout: float = 90.0) -> list[Recorded]:
         """Poll (never a fixed sleep) until `count` requests reached `path`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

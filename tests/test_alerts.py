@@ -434,7 +434,7 @@ def test_a_hold_found_at_boot_is_alerted_once_per_hold_and_channel(tmp_path):
     assert len(alert.held_events("cron02", state, "oncall", held_path=str(held))) == 1  # per channel
     title, text = alert.format_events(events)
     assert title == "deployer: host cron02 HOLDS its jobs (was down 2h13m)"
-    assert "lease (5m00s) ran out" in text and "deployer release --host cron02" in text
+    assert "lease (5m) ran out" in text and "deployer release --host cron02" in text
     held.write_text(json.dumps({"since": "2026-11-26T09:00:00+00:00", "down_for_seconds": 60, "lease_seconds": 10}))
     assert len(alert.held_events("cron02", state, "ops", held_path=str(held))) == 1  # a new hold
     held.unlink()
@@ -893,7 +893,7 @@ def test_five_failures_then_a_success_under_alert_after_3_send_one_alert_and_one
     for _ in range(5):
         sent += alert.apply_policy(str(tmp_path), "settle", AFTER3, [dict(EVENT)], lines.append,
                                    now=lambda: next(clock))
-    assert len(sent) == 1 and (sent[0]["failed_runs"], sent[0]["failing_for"]) == (3, "2m00s")
+    assert len(sent) == 1 and (sent[0]["failed_runs"], sent[0]["failing_for"]) == (3, "2m")
     assert "job settle: 2 failed run(s) in a row; no alert now (alert_after = 3)" in lines
     streak = alert.load_streak(str(tmp_path), "settle")
     assert (streak.failures, streak.since, streak.alerted) == (5, 1000, 1120)
@@ -1097,3 +1097,33 @@ def test_issue23_3_a_killed_alerts_waiting_mark_is_dropped_and_never_hides_a_pro
         open(os.path.join(coalescer.waiting_dir, str(pid)), "w").close()
     assert coalescer._busy(0.0, 1.0) == ""
     assert sorted(os.listdir(coalescer.waiting_dir)) == ["5"]
+
+
+def test_an_alert_killed_while_its_queued_events_wait_for_the_gatherer_does_not_report_them_again(tmp_path):
+    """ci12, a storm on a doubly loaded machine: alerts killed at TimeoutStartSec= while they
+    waited for the channel's gatherer had not marked their runs reported, and their restarts
+    named those jobs in a second and third message. The runs are marked once queued."""
+    now = time.time()
+    journal = Journal([run("a", now)])
+    clock = Clock()
+    coalescer = alert.Coalescer(str(tmp_path / "queue"), "ops", now=clock.now, sleep=clock.sleep, quiet=0)
+
+    class Killed(BaseException):
+        pass
+
+    def killed_while_delivering(events):
+        raise Killed()  # what TimeoutStartSec='s SIGTERM does to the waiting alert
+
+    def send(events, take_queued):
+        return coalescer.run(events, killed_while_delivering)
+
+    with pytest.raises(Killed):
+        alert.report_failures("x", "cron01", str(tmp_path), send, lambda _: None, find=journal.find,
+                              sleep=lambda _: None, monitored=run("a", now))
+    assert len(coalescer._queued()) == 1, "queued: the restart's alert sends it"
+
+    restarted: list = []
+    assert alert.report_failures("x", "cron01", str(tmp_path),
+                                 lambda events, take_queued: restarted.append(events) or True,
+                                 lambda _: None, find=journal.find, sleep=lambda _: None)
+    assert restarted == [], "the restart finds the run reported and queues it no second time"

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from deployer.contract import paths, rules
+from deployer.contract.text import duration_text as text_duration
 
 
 class Invalid(ValueError):
@@ -169,16 +170,8 @@ def catch_up_text(value) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """7200 -> `2h`, 5400 -> `1h30m`, 33120 -> `9h12m`, 90 -> `1m30s` (what duration_seconds reads)."""
-    whole, rest = int(seconds), seconds - int(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if whole >= size:
-            parts.append("%d%s" % (whole // size, unit))
-            whole %= size
-    if rest:
-        parts.append("%gms" % round(rest * 1000))
-    return "".join(parts) or "0s"
+    """A setting's duration exactly (what duration_seconds reads): 5400 -> `1h30m`."""
+    return text_duration(seconds)
 
 
 # concurrency: a slot that comes while the job's previous run is still going.

@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from deployer.contract.text import duration_text as text_duration
+
 # 1: untyped dicts with paths in the request (deployer <= 0.x). 2: this module.
 PROTOCOL_VERSION = 2
 
@@ -56,13 +58,9 @@ class Held:
 
 
 def duration_text(seconds):
-    """2h13m, 4m05s, 12s: how long a host was down, for a person (status, alerts, the boot log)."""
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-    if seconds >= 60:
-        return "%dm%02ds" % (seconds // 60, seconds % 60)
-    return "%ds" % seconds
+    """2h13m, 4m5s, 12s: how long something took or was down, for a person (status, alerts, the
+    boot log), in the one duration syntax (text.duration_text), its two largest units."""
+    return text_duration(int(seconds), largest=2)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,24 @@ import json
 import re
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+# The one way a duration is written, and what options.duration_seconds reads back.
+_DURATION_PARTS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def duration_text(seconds: float, largest: int = 0) -> str:
+    """7200 -> `2h`, 5400 -> `1h30m`, 90 -> `1m30s`, 0.5 -> `500ms`. With `largest`, only that many
+    of the largest units, the rest dropped (an elapsed time for a person: 7985 -> `2h13m`)."""
+    whole, rest = int(seconds), seconds - int(seconds)
+    parts = []
+    for unit, size in _DURATION_PARTS:
+        if whole >= size:
+            parts.append("%d%s" % (whole // size, unit))
+            whole %= size
+    if rest and not largest:
+        parts.append("%gms" % round(rest * 1000))
+    return "".join(parts[:largest] if largest else parts) or "0s"
+
+
 # C0 controls, DEL, C1 controls, and lone surrogates (which a terminal encoder cannot even write).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL_KEEPING_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")

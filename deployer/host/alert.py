@@ -9,6 +9,7 @@ because a full disk is exactly when alerts matter.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -47,6 +48,11 @@ ORPHANED_AFTER = RATE_WINDOW + 180
 # in flight (PID 1 starts a failed run's alert unit a moment after the run's cgroup is gone);
 # never later than GATHER_MAX after the first event.
 GATHER_QUIET = 1.0
+# What a report does once its events are queued on disk (Coalescer.run): it marks its runs
+# reported then, not after the channel's gatherer sent them, so that an alert killed while it
+# waits for the gatherer (TimeoutStartSec=, on a loaded host) is not restarted into reporting the
+# same runs again (a storm's jobs named in a second message). Queued, they go out all the same.
+ON_QUEUED: contextvars.ContextVar = contextvars.ContextVar("on_queued", default=None)
 GATHER_SETTLE = 3.0
 GATHER_MAX = 90.0
 GATHER_POLL = 0.5
@@ -523,6 +529,9 @@ class Coalescer:
             else:
                 self._remove([name for name in names if name])
                 memory = events
+        on_queued = ON_QUEUED.get()
+        if on_queued is not None and not memory:
+            on_queued()
         deadline = self.now() + give_up_after
         self._wait_mark(True)
         try:
@@ -929,8 +938,13 @@ def _report_failures(job, host_name, seen_path, unit, send_events, log, monitore
         if runs:
             log(f"job {job}: {len(runs)} failed run(s) to report: "
                 + ", ".join(f"{r.invocation or '?'} ({r.result})" for r in runs))
-        delivered = send_events([failed_run_event(job, host_name, r) for r in runs], take_queued) and delivered
-        seen = seen.add(runs)
+        marked = seen.add(runs)
+        token = ON_QUEUED.set(lambda: save_seen(seen_path, marked))
+        try:
+            delivered = send_events([failed_run_event(job, host_name, r) for r in runs], take_queued) and delivered
+        finally:
+            ON_QUEUED.reset(token)
+        seen = marked
         save_seen(seen_path, seen)
         take_queued = False
         if not runs:

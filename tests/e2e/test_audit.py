@@ -154,7 +154,7 @@ def test_a_manual_run_left_with_ctrl_c_is_recorded_all_the_same(
     running = subprocess.Popen([sys.executable, "-m", "deployer", "run", "slow", "-i", path], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    server.wait_for("/slow", timeout=30)  # the run is under way
+    server.wait_for("/slow", timeout=90)  # the run is under way
     running.send_signal(signal.SIGINT)
     _, err = running.communicate(timeout=30)
     assert "goes on on cron01" in err, err

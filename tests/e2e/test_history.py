@@ -106,7 +106,7 @@ def test_history_lists_runs_a_killed_run_and_missed_slots(shared_cron01, server,
     # Every run of the test, however long a loaded machine makes it (`--since 2m` dropped the first).
     since = datetime.fromtimestamp(int(started) - 60, timezone.utc).isoformat()
     deployer("push", "-i", path, check=True)
-    server.wait_for("/tick", count=3, timeout=20)
+    server.wait_for("/tick", count=3, timeout=90)
     deployer("pause", "tick", "-i", path, check=True)
     paused = time.time()
     # Three slots pass while paused (missed): every even second from paused + 2 to now - 2.
@@ -117,7 +117,7 @@ def test_history_lists_runs_a_killed_run_and_missed_slots(shared_cron01, server,
     pause_slots = [t for t in range(int(paused) + 1, int(resumed)) if t % 2 == 0]
     # A run killed before it could write its record: only PID 1's entries tell it.
     shared_cron01.ssh("systemctl start --no-block deployer-slow.service")
-    server.wait_for("/slow", timeout=20)
+    server.wait_for("/slow", timeout=90)
     # The run is one process (the trigger): --kill-whom=main, since the cgroup-wide kill of the
     # container's systemd sometimes fails with EIO ("Failed to send signal SIGKILL to auxiliary processes").
     shared_cron01.ssh("systemctl kill --kill-whom=main --signal=KILL deployer-slow.service")
@@ -219,7 +219,7 @@ def test_logs_follow_streams_until_interrupted_and_since_limits(shared_cron01, s
     server.routes["/tick"] = json_reply({"code": 0})
     path = write_inventory(shared_cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2"))
     deployer("push", "-i", path, check=True)
-    server.wait_for("/tick", count=2, timeout=20)
+    server.wait_for("/tick", count=2, timeout=90)
     environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     environment["HOME"] = str(isolated_home)
     # Ctrl-C's SIGINT as a terminal delivers it: a suite started in the background (`make test &`,

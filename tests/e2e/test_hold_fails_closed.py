@@ -78,7 +78,7 @@ retries = 0
 timeout = 5s
 """)
             deployer("push", "-i", path, check=True)
-            server.wait_for("/tick", timeout=20)
+            server.wait_for("/tick", timeout=90)
             host.stop()
             time.sleep(12)  # the lease (10 s) runs out while the host is down
             with broken_disk(host, how) as error:

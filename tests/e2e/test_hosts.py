@@ -57,7 +57,7 @@ def test_move_hands_a_job_over_without_a_double_or_a_missed_run(cron01, cron02, 
     hosts = cron01.inventory_host() + cron02.inventory_host()
     path = write_inventory(hosts + job(server, "tick", "cron01", "*:*:0/5"))
     deployer("push", "--host", "cron01", "-i", path, check=True)
-    server.wait_for("/tick", count=2, timeout=20)
+    server.wait_for("/tick", count=2, timeout=90)
     write_inventory(hosts + job(server, "tick", "cron02", "*:*:0/5"))
 
     moved = deployer("move", "--from", "cron01", "--to", "cron02", "-i", path, "--json", check=True)

@@ -22,7 +22,7 @@ content_type = text/plain \\; charset=utf-8
     deployer("validate", "-i", inventory, check=True)
     deployer("push", "--host", "cron01", "-i", inventory, check=True)
 
-    request = server.wait_for("/note;v=1", timeout=20)[0]
+    request = server.wait_for("/note;v=1", timeout=90)[0]
     assert request.body == b'{"note": "batch #7 ; retry", "tag":"#x;y"}'
     assert request.headers["X-Note"] == "batch #7 ; retry"
     assert request.headers["X-Tag"] == "#x;y"

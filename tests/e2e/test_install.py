@@ -95,7 +95,7 @@ url = {server.url("/installed")}
     assert "trigger.pyz\" \"--job\" \"installed\"" in service
 
     run([command, "push", "--host", "cron01", "-i", inventory], env=env, cwd=tmp_path)
-    assert server.wait_for("/installed", timeout=20)[0].headers["X-Deployer-Job"] == "installed"
+    assert server.wait_for("/installed", timeout=90)[0].headers["X-Deployer-Job"] == "installed"
 
 
 def test_a_zipped_install_renders(wheel, tmp_path, write_inventory):

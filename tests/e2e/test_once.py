@@ -77,7 +77,7 @@ retries = 0
         # A second push keeps the epoch: the owner did not change.
         deployer("push", "-i", path, "--yes", check=True)
         before = len(service.received("/tick"))
-        later = service.wait_for("/tick", before + 1, timeout=30)[-1]
+        later = service.wait_for("/tick", before + 1, timeout=90)[-1]
         assert later.headers["X-Deployer-Epoch"] in epoch
 
 
@@ -205,7 +205,7 @@ retries = 3
 idempotent = true
 """)
         deployer("push", "-i", path, "--yes", check=True)
-        service.wait_for("/settle", 1, timeout=30)
+        service.wait_for("/settle", 1, timeout=90)
         wait_until(lambda: cron01.ssh("systemctl is-active deployer-settle.timer", check=False).stdout.strip()
                    == "inactive", what="the fenced timer stopping")
         count = len(service.received("/settle"))

@@ -140,7 +140,7 @@ def test_a_black_holed_host_gives_a_one_line_error_naming_it_in_bounded_time(cro
     started = time.monotonic()
     run = subprocess.Popen([sys.executable, "-m", "deployer", "run", "slow", "-i", path], env=environment,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    server.wait_for("/slow", timeout=30)  # the agent is waiting for the job: the session is quiet
+    server.wait_for("/slow", timeout=90)  # the agent is waiting for the job: the session is quiet
     sessions = [p for p in descendants(cron01.process.pid) if open(f"/proc/{p}/comm").read().strip() == "sshd"]
     stopped = time.monotonic()
     for pid in sessions:
@@ -181,7 +181,10 @@ def test_removing_a_thousand_jobs_stops_every_timer_before_its_files_go(shared_c
     assert sum(line.startswith("- job j") for line in removed.stdout.splitlines()) == 20
     assert f"- ... and {JOBS - 20} more jobs to remove (deployer plan lists them all)" in removed.stdout
     assert f"removed {JOBS} jobs: j0000, " in removed.stdout and len(removed.stdout.splitlines()) < 60
-    assert shared_cron01.ssh("systemctl list-units --all --no-legend 'deployer-j[0-9]*' | wc -l").stdout.strip() == "0"
+    # Every unit stopped. PID 1 may still list a deleted one (not-found, inactive) until it collects
+    # it, which a loaded machine delays (9 of 1,000 were still listed once): stopped is what counts.
+    assert shared_cron01.ssh("systemctl list-units --all --plain --no-legend 'deployer-j[0-9]*' "
+                             "| awk '$3 != \"inactive\"'").stdout.strip() == ""
     assert shared_cron01.ssh("ls /etc/systemd/system | grep -cE '^deployer-j[0-9]+[.]' || true").stdout.strip() == "0"
 
 

@@ -57,7 +57,7 @@ def test_reboot_job_runs_at_boot_not_at_push(tmp_path, server, deployer, write_i
 
         host.restart()
 
-        server.wait_for("/boot", timeout=20)
+        server.wait_for("/boot", timeout=90)
         assert deployer("push", "-i", path, check=True).stdout.strip().endswith("unchanged")
         assert len(server.received("/boot")) == 1
 
@@ -67,7 +67,7 @@ def test_downtime_across_several_runs_gives_one_catch_up_run(tmp_path, server, d
     with CronHost("cron01", workdir=tmp_path / "cron01", persistent=True) as host:
         path = write_inventory(host.inventory_host() + calendar_job(server, "often", "*:*:0/10"))
         deployer("push", "-i", path, check=True)
-        server.wait_for("/often", timeout=25)
+        server.wait_for("/often", timeout=90)
         host.stop()
         down_at = time.time()
         second_slot = (int(down_at) // 10 + 2) * 10  # at least two scheduled times pass while it is down

@@ -86,7 +86,7 @@ endpoint = {robot.endpoint("wecom")}
 """ + jobs)
         pushed_at = time.time()
         deployer("push", "-i", path, check=True)
-        server.wait_for("/two", timeout=20)
+        server.wait_for("/two", timeout=90)
         time.sleep(MINUTES * 60)
         # Stop the timers and let the last runs end: then every start has its job result.
         cron01.ssh("systemctl stop deployer-one.timer deployer-two.timer")

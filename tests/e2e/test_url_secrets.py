@@ -47,7 +47,7 @@ timeout = 10s
         pushed = deployer("push", "-i", path, check=True)
         shown = deployer("plan", "-i", path, check=True).stdout + pushed.stdout + pushed.stderr
 
-        server.wait_for("/report", timeout=30)
+        server.wait_for("/report", timeout=90)
         try:
             during = cron01.ssh("ps -eo args ww; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
         finally:
