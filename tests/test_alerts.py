@@ -1104,7 +1104,7 @@ def test_an_alert_killed_while_its_queued_events_wait_for_the_gatherer_does_not_
     waited for the channel's gatherer had not marked their runs reported, and their restarts
     named those jobs in a second and third message. The runs are marked once queued."""
     now = time.time()
-    journal = Journal([run("a", now)])
+    journal = Journal([run("a", now)], boots={"0": [run("a", now)]})
     clock = Clock()
     coalescer = alert.Coalescer(str(tmp_path / "queue"), "ops", now=clock.now, sleep=clock.sleep, quiet=0)
 
@@ -1122,8 +1122,9 @@ def test_an_alert_killed_while_its_queued_events_wait_for_the_gatherer_does_not_
                               sleep=lambda _: None, monitored=run("a", now))
     assert len(coalescer._queued()) == 1, "queued: the restart's alert sends it"
 
-    restarted: list = []
+    # The killed unit's ExecStopPost= sweep (and then its restart) looks for failed runs not reported.
+    swept: list = []
     assert alert.report_failures("x", "cron01", str(tmp_path),
-                                 lambda events, take_queued: restarted.append(events) or True,
-                                 lambda _: None, find=journal.find, sleep=lambda _: None)
-    assert restarted == [], "the restart finds the run reported and queues it no second time"
+                                 lambda events, take_queued: swept.extend(events) or True,
+                                 lambda _: None, find=journal.find, sleep=lambda _: None, sweep=True)
+    assert swept == [], "the sweep finds the run reported and queues it no second time"
