@@ -191,14 +191,14 @@ def hostside_post(url: str) -> list[str]:
 
 
 def hostside_zip() -> bytes:
-    """deployer/hostside/ as source: zipimport compiles it on every run (a few ms; bytecode
+    """deployer/host/http.py as source: zipimport compiles it on every run (a few ms; bytecode
     compiled for the host's Python at push time would save them)."""
     import io
     import zipfile
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name in ("deployer/__init__.py", "deployer/hostside/__init__.py", "deployer/host/http.py"):
+        for name in ("deployer/__init__.py", "deployer/host/__init__.py", "deployer/host/http.py"):
             archive.writestr(name, b"" if name == "deployer/__init__.py" else (REPO / name).read_bytes())
     return buffer.getvalue()
 
