@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from deployer.contract import rules
-from deployer.host import run
+from deployer.host import http, run
 from tests.conftest import REPO
 from tests.httpserver import RecordingServer, Reply, json_reply
 
@@ -351,6 +351,29 @@ def test_a_key_in_progress_is_waited_for_only_until_the_run_times_out(server):
     result = run.run_job(spec(server, "/pay", timeout=2.5), log=lambda _: None)
     assert not result.ok and "timed out after 2.5s" in result.reason
     assert 2 <= len(server.received("/pay")) <= 3
+
+
+def test_no_ask_goes_out_when_the_next_would_have_no_time_left_for_its_answer(monkeypatch):
+    """ci14, a loaded machine: 409s with Retry-After: 1 in a 2.5 s run were asked at 0, 1, 2 and
+    once more at 2.5 s, with 1 ms left for the answer. On a clock of the test's: asks at 0, 1, 2."""
+    clock = [1000.0]
+    monkeypatch.setattr(run.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(run.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    asked = []
+    busy = http.Response(409, b"{}", False, 0.001, {"retry-after": "1"})
+
+    class Caller:
+        key = "settle/2026-12-06T10:00:00Z"
+
+        def send(self, method, url, body, deadline):
+            asked.append(clock[0] - 1000.0)
+            return busy
+
+    with pytest.raises(run.RunTimeout):
+        run.await_key(Caller(), run.JobSpec(name="settle", url="http://127.0.0.1:1/pay"), b"", busy, 1000.0 + 2.5,
+                      run.time.sleep)
+    assert asked == [1.0, 2.0]  # after the first ask (at 0), not at 2.5
+    assert clock[0] >= 1000.0 + 2.5, "it waited for the run's alarm (here: its stand-in)"
 
 
 def test_a_409_without_retry_after_is_the_services_conflict_and_not_resent(server):
