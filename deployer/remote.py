@@ -36,7 +36,7 @@ CONNECT_TIMEOUT = 15
 Progress = Optional[Callable[[str], None]]
 
 # The agent, shipped in the `python3 -c` argument (an in-memory package) with every module of
-# ours it imports (hostside_modules): derived from the imports, never a list kept by hand.
+# ours it imports (agent_modules): derived from the imports, never a list kept by hand.
 AGENT_MODULE = "deployer.host.agent"
 # A meta-path finder over {module: (is_package, source)}: the host needs nothing of ours installed,
 # and an installed `deployer` cannot shadow the version the client speaks. It starts with
@@ -86,7 +86,7 @@ def _imports(module: str, source: str) -> set[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def hostside_modules(start: str = AGENT_MODULE) -> tuple[str, ...]:
+def agent_modules(start: str = AGENT_MODULE) -> tuple[str, ...]:
     """`start` and every module of ours it imports, directly or not, with their packages."""
     root = Path(__file__).resolve().parent.parent
     exists = lambda name: (root.joinpath(*name.split("."), "__init__.py").exists()  # noqa: E731
@@ -95,7 +95,7 @@ def hostside_modules(start: str = AGENT_MODULE) -> tuple[str, ...]:
     while todo:
         name = todo.pop()
         if name in seen or not exists(name):
-            continue  # `from deployer.hostside import paths` names a module; `... import Held` does not
+            continue  # `from deployer.contract import paths` names a module; `... import Held` does not
         seen.add(name)
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
         todo += parents + sorted(_imports(name, _source(name)[1]))
@@ -117,7 +117,7 @@ def without_comments(source: str) -> str:
 def bootstrap() -> str:
     """The `python3 -c` program: the agent package packed in (without comments), zlib + base64."""
     sources = {m: (package, without_comments(text)) for m, (package, text) in
-               ((m, _source(m)) for m in hostside_modules())}
+               ((m, _source(m)) for m in agent_modules())}
     packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
     program = BOOTSTRAP % packed
     # The remote shell gets the whole command as one argument (sh -c), and sudo the program as

@@ -262,5 +262,5 @@ def test_the_alert_sweep_reads_the_hold_as_the_agent_does(tmp_path, monkeypatch)
 def test_state_ships_with_the_agent_and_in_the_trigger_bundle():
     from deployer import bundle, remote
 
-    assert "deployer.host.state" in remote.hostside_modules()
+    assert "deployer.host.state" in remote.agent_modules()
     assert "deployer/host/state.py" in [name for name, _ in bundle._sources()]
