@@ -764,11 +764,22 @@ def failed_event(*, job: str, host: str, slot: Optional[str], reason: str, metho
             "invocation": invocation, "lines": list(lines)}
 
 
+def with_exit_of(run: FailedRun, monitored: Optional[FailedRun]) -> FailedRun:
+    """`run` as the journal has it, with how it ended from $MONITOR_* when the journal lacks its
+    "Main process exited" entry and $MONITOR_* names the same run. PID 1 gives up on a journal
+    entry it cannot send within 10 ms (systemd's log.c), so under a storm's load some of its
+    entries are lost; PID 1 hands $MONITOR_* to the unit it starts, which loses nothing."""
+    if monitored is None or run.invocation != monitored.invocation or run.exit_status != "?":
+        return run
+    return replace(run, exit_status=monitored.exit_status, exit_code=monitored.exit_code)
+
+
 def failed_run_event(job: str, host: str, run: Optional[FailedRun] = None) -> dict:
     """One failed run as an alert event: its record's slot and reason (PID 1's for a run that
     wrote none), how systemd saw it end, and the run's own last lines."""
-    run = run or monitored_run(job) or FailedRun(paths.job_unit(job, "service"), "", "unknown", "?",
-                                                 int(time.time() * 1e6))
+    monitored = monitored_run(job)
+    run = with_exit_of(run or monitored or FailedRun(paths.job_unit(job, "service"), "", "unknown", "?",
+                                                     int(time.time() * 1e6)), monitored)
     method, url = job_request(job)
     account = account_of(run.invocation, run.result)
     return failed_event(job=job, host=host, slot=account.slot, reason=account.reason, method=method, url=url,
