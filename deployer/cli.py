@@ -4,7 +4,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -992,10 +994,18 @@ def logs(job, inventory_path, host_name, lines, since, follow):
     if not follow:
         click.echo(printable(remote.logs(agent, job, lines, since=start), newlines=True), nl=False)
         return
+    # Ctrl-C is how a follow ends. Taken as a flag the read looks at between reads, not as a
+    # KeyboardInterrupt that may land inside paramiko's (CI: once, a follow that never ended).
+    # The agent stops when its next write finds no client.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda number, frame: interrupted.set())
     try:
-        remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a follow ends; the agent stops when its next write finds no client
+        remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)),
+                    stop=interrupted.is_set)
+    except remote.Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @main.group()

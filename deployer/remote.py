@@ -316,7 +316,7 @@ UPLOAD_CHUNK = 1 << 18
 
 def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str = "command",
             progress: Progress = None, read_timeout: float = None, output: Progress = None,
-            max_streamed: Optional[int] = MAX_STREAMED) -> bytes:
+            max_streamed: Optional[int] = MAX_STREAMED, stop: Optional[Callable[[], bool]] = None) -> bytes:
     """Run one command with `stdin`; return all of stdout; raise RemoteCommandError on non-zero exit.
 
     Uses the paramiko channel directly: Invoke's stdin pump sleeps between 1 kB chunks,
@@ -328,6 +328,8 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     naming it; SSH keepalives keep idle NAT and firewall state open meanwhile. A host that
     sends more than MAX_ANSWER on stdout, MAX_STDERR of anything else on stderr, or more than
     `max_streamed` bytes of `@line`s (None: no limit, for a follow) is an error naming it.
+    `stop()` true (Ctrl-C during a follow, taken by a signal handler) raises Stopped between
+    reads, within half a second: never an exception in the middle of one of paramiko's.
     """
     read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
     _open(connection, host)
@@ -361,6 +363,8 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
         heard = time.monotonic()
         streamed = 0
         while True:
+            if stop is not None and stop():
+                raise Stopped()
             got = False
             while channel.recv_ready() and len(out) <= MAX_ANSWER:
                 out += channel.recv(1 << 16)
@@ -561,14 +565,20 @@ def paramiko_errors():
     return paramiko.SSHException
 
 
+class Stopped(Exception):
+    """The caller's `stop()` said so: the read ended where it was safe to leave."""
+
+
 class Agent:
     """The agent on one host, behind one method: a typed request in, its typed answer out.
     A refusal raises AgentRefused carrying the protocol's error code."""
 
     host: str
 
-    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
-        """`output`: called with each journal line the agent streams while it works."""
+    def call(self, request: Any, progress: Progress = None, output: Progress = None,
+             stop: Optional[Callable[[], bool]] = None) -> Any:
+        """`output`: called with each journal line the agent streams while it works. `stop()`
+        true ends a streaming call with Stopped."""
         raise NotImplementedError
 
     def _answer(self, request: Any, raw: bytes) -> Any:
@@ -598,14 +608,15 @@ class SSHAgent(Agent):
         self.host = host.name
         self.actor = actor  # who acts, from where: for the host's audit trail
 
-    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
+    def call(self, request: Any, progress: Progress = None, output: Progress = None,
+             stop: Optional[Callable[[], bool]] = None) -> Any:
         op = protocol.OP_OF_REQUEST[type(request)]
         try:
             follow = isinstance(request, LogsRequest) and request.follow
             raw = execute(self.connection, self.host_config, _agent_command(self.host_config),
                           protocol.encode_request(self.host, request, self.actor), step=f"agent {op}",
                           progress=progress,
-                          output=output, max_streamed=None if follow else MAX_STREAMED)
+                          output=output, max_streamed=None if follow else MAX_STREAMED, stop=stop)
         except RemoteCommandError as error:
             problem = _setup_problem(self.host_config, self.connection.user, error)
             if problem:
@@ -637,7 +648,8 @@ class LocalAgent(Agent):
         self.systemd = systemd
         self.actor = actor
 
-    def call(self, request: Any, progress: Progress = None, output: Progress = None) -> Any:
+    def call(self, request: Any, progress: Progress = None, output: Progress = None,
+             stop: Optional[Callable[[], bool]] = None) -> Any:
         from .host import agent
 
         raw = agent.handle(protocol.encode_request(self.host, request, self.actor), layout=self.layout,
@@ -710,9 +722,11 @@ def stop(agent: Agent, job: str) -> StopAnswer:
 
 
 def logs(agent: Agent, job: str, lines: Optional[int], since: Optional[float] = None, follow: bool = False,
-         output: Progress = None) -> str:
-    """The job's journal; with `follow`, its lines go to `output` as they come, until interrupted."""
-    return agent.call(LogsRequest(job=job, lines=lines, since=since, follow=follow), output=output).output
+         output: Progress = None, stop: Optional[Callable[[], bool]] = None) -> str:
+    """The job's journal; with `follow`, its lines go to `output` as they come, until `stop()`
+    (then Stopped)."""
+    return agent.call(LogsRequest(job=job, lines=lines, since=since, follow=follow), output=output,
+                      stop=stop).output
 
 
 def history(agent: Agent, job: str, since: float) -> HistoryAnswer:

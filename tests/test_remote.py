@@ -110,6 +110,19 @@ def test_a_host_that_stops_answering_is_an_error_naming_it_within_the_read_timeo
     assert connection.transport.keepalive == remote.KEEPALIVE_SECONDS
 
 
+def test_a_follow_stopped_by_ctrl_c_ends_between_reads_and_closes_its_channel():
+    """`deployer logs -f` takes Ctrl-C as a flag (cli.logs): the read looks at it between reads,
+    so no KeyboardInterrupt lands inside one of paramiko's (CI: a follow that never ended)."""
+    channel = ScriptedChannel([b"line\n"] * 1000, eof=False)
+    closed = []
+    channel.close = lambda: closed.append(True)
+    asked = []
+    with pytest.raises(remote.Stopped):
+        remote.execute(Connection(channel), HOST, "agent", b"{}", max_streamed=None,
+                       stop=lambda: asked.append(True) or len(asked) > 3)
+    assert len(asked) == 4 and closed == [True]
+
+
 # --- connecting: every failure is one line naming what to fix, never paramiko's traceback ---------
 
 def _inventory(tmp_path, port: int, **extra: str) -> str:
