@@ -19,7 +19,7 @@ What is covered, precisely:
 - Lines: systemd gets the lines whose years and months can touch the window (see
   `window_lines`; `test_window_lines_drop_only_lines_that_cannot_fire` checks that filter
   against systemd on whole line sets). Calls run two at a time (two processes).
-Slow (about 3 minutes on 2 quiet CPUs, 5 under load): `pytest -m 'not slow'` skips it in the edit loop; `make test` runs it.
+Slow (about 3 minutes on 2 quiet CPUs, 5 under load): `pytest -m 'not slow'` skips it in the edit loop; `make test-slow` runs it (CI runs both).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from cronsim import CronSim
 
 from deployer.schedule import clock_transitions, to_calendar
 from tests.quartz_reference import QuartzReference
-from tests.test_schedule import needs_systemd
+from tests.test_schedule import needs_systemd, systemd_expands_our_lines_to_exactly_crons_run_times
 
 pytestmark = [pytest.mark.slow, needs_systemd]
 UTC = timezone.utc
@@ -51,6 +51,9 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
 # in 2024; twice DST to DST, Tbilisi 2004 and Tomsk 2002), where systemd reads part of the repeated hour in its second pass, so a cron wildcard
 # job misses those first-pass runs. All are before NOW. The walk counts them exactly:
 KNOWN_SAME_FLAG_FALL_BACKS = 49
+
+# tests/test_schedule.py's property (cron expressions in random zones and times), walked longer.
+test_systemd_expands_our_lines_to_exactly_crons_run_times_1000 = systemd_expands_our_lines_to_exactly_crons_run_times(1000)
 
 
 def known(zone, change, expression):
