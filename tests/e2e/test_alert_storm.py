@@ -1,5 +1,5 @@
 """Alert storms on a real host (issue 23 item 3): the jobs of two channels fail in the same
-minute, fired by their own timers, and each channel gets exactly one message that names every
+second, fired by their own timers, and each channel gets exactly one message that names every
 one of its jobs exactly once, under the reason its run failed with. Counted at the receivers
 (a DingTalk robot and a Slack-style one on loopback), never judged by the clock."""
 from __future__ import annotations
@@ -23,11 +23,11 @@ NAME = re.compile(r"\b(?:ops|chat)-storm-\d{3}\b")
 
 
 def storm_jobs(server, at: int) -> tuple:
-    """{channel: {job: reason}} and the inventory's job sections. All at the one minute `at`
-    (unix seconds, UTC): a push that spans a minute boundary would otherwise start some timers
-    for one minute and the rest for the next (two storms); a timeout that a busy test machine
-    cannot reach, so that each run fails for its own reason."""
-    minute = time.strftime("%H:%M", time.gmtime(at))
+    """{channel: {job: reason}} and the inventory's job sections. All at the one second `at`
+    (unix seconds, UTC; a calendar that names it, not a period, so that a push taking a while
+    still starts every timer for the same moment: one storm); a timeout that a busy test
+    machine cannot reach, so that each run fails for its own reason."""
+    moment = time.strftime("%H:%M:%S", time.gmtime(at))
     jobs: dict = {channel: {} for channel in CHANNELS}
     sections = ""
     routes = list(ROUTES)
@@ -37,13 +37,13 @@ def storm_jobs(server, at: int) -> tuple:
             route = routes[i % len(routes)]
             reason, extra = ROUTES[route]
             jobs[channel][name] = reason
-            sections += (f"\n[job:{name}]\non_calendar = *-*-* {minute}:00\ntimezone = UTC\n"
+            sections += (f"\n[job:{name}]\non_calendar = *-*-* {moment}\ntimezone = UTC\n"
                          f"url = {server.url(route)}\nalert = {channel}\n"
                          f"timeout = 120s\n{extra}\n")
     return jobs, sections
 
 
-STORM_LEAD = 40  # seconds at least from now to the storm's minute
+STORM_LEAD = 40  # seconds from now to the storm: the push of 120 jobs on a loaded machine
 
 
 def fired(host) -> int:
@@ -80,8 +80,7 @@ def test_a_storm_of_100_failed_jobs_is_one_message_per_channel_naming_every_job(
         shared_cron01, server, robot, deployer, write_inventory):  # noqa: F811
     server.routes.update({"/e500": Reply(500, b"settlement exploded"), "/e503": Reply(503, b"busy"),
                           "/biz": json_reply({"code": 1, "msg": "ledger locked"})})
-    # The storm's minute: far enough ahead for the push of 120 jobs on a loaded machine.
-    storm_at = (int(time.time()) + STORM_LEAD) // 60 * 60 + 60
+    storm_at = int(time.time()) + STORM_LEAD
     jobs, sections = storm_jobs(server, storm_at)
     total = sum(len(names) for names in jobs.values())
     path = write_inventory(alert_inventory(shared_cron01, robot, server, f"""
@@ -93,8 +92,8 @@ endpoint = {robot.endpoint("slack")}
     began = time.monotonic()
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     print(f"push: {time.monotonic() - began:.1f} s")
-    assert time.time() < storm_at, "the push ended after the storm's minute: its timers wait for tomorrow"
-    # The timers fire at the storm's minute: every storm job starts then, in one go of PID 1.
+    assert time.time() < storm_at, "the push ended after the storm's moment: its timers wait for tomorrow"
+    # The timers fire at the storm's moment: every storm job starts then, in one go of PID 1.
     # Stopped once they all have (nothing more is due today; the shared host's reset removes them).
     deadline = time.monotonic() + 150
     while fired(shared_cron01) < total:

@@ -13,6 +13,10 @@ from tests.httpserver import Reply
 pytestmark = pytest.mark.e2e
 
 WATCH_TIMER = "deployer-host@watch.timer"
+# The late tests' jobs: every 10 s, not every minute, so that a slot is due (and late) within
+# seconds of a timer stopping, not up to a minute later; alert_late stays 30 s (the least the
+# watcher, looking every 15 s, can tell).
+EVERY_10S = "*:*:0/10"
 SENDER = "deployer-host@watch-send.service"
 
 
@@ -79,19 +83,19 @@ def test_a_stopped_timer_is_late_once_until_a_run_starts_and_a_paused_job_is_nev
     server.routes["/quiet"] = Reply(200, b'{"code":0}')
     path = write_inventory(alert_inventory(shared_cron01, robot, server, f"""
 [job:tick]
-schedule = * * * * *
+on_calendar = {EVERY_10S}
 url = {server.url("/tick")}
 alert_late = 30s
 
 [job:quiet]
-schedule = * * * * *
+on_calendar = {EVERY_10S}
 url = {server.url("/quiet")}
 alert_late = 30s
 """))
     deployer("push", "-i", path, env=SECRETS_ENV, check=True)
     server.wait_for("/tick", timeout=90)
     server.wait_for("/quiet", timeout=90)
-    # Both stop running in the same minute: one by hand (late), one paused (intended).
+    # Both stop running at once: one by hand (late), one paused (intended).
     deployer("pause", "quiet", "-i", path, env=SECRETS_ENV, check=True)
     shared_cron01.ssh("systemctl stop deployer-tick.timer")
     robot.wait_accepted(1, timeout=180)
@@ -127,7 +131,7 @@ def test_a_held_host_is_late_and_the_release_ends_it(tmp_path, server, deployer,
         with Robot(token=TOKEN, secret=SECRET) as robot:
             path = write_inventory(alert_inventory(host, robot, server, f"""
 [job:tick]
-schedule = * * * * *
+on_calendar = {EVERY_10S}
 url = {server.url("/tick")}
 alert_late = 30s
 """).replace(host.inventory_host(), host.inventory_host(lease="10s")))
