@@ -19,6 +19,22 @@ REPO = Path(__file__).resolve().parent.parent
 # is pinned with @example (e.g. test_schedule's midnight gap, test_fuzz's `\;`).
 settings.register_profile("repeatable", derandomize=True)
 
+# Each test of 10 s or more, in seconds, as one `make test` measured it (--durations=0; refresh
+# with tests/durations.py). Used only to order the run: longest first, so that with `--dist load`
+# (Makefile) the workers start the long waits at once and the short tests fill the gaps after,
+# instead of one long test starting last and setting the time. A test missing here runs after.
+DURATIONS = REPO / "tests" / "data" / "durations.json"
+
+
+def pytest_collection_modifyitems(config, items):
+    import json
+
+    try:
+        measured = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    items.sort(key=lambda item: -measured.get(item.nodeid, 0))  # stable: the rest keep their order
+
 
 @pytest.fixture
 def server():
