@@ -727,6 +727,34 @@ def test_issue23_3_the_journal_barrier_is_an_entry_read_back(tmp_path, monkeypat
     assert not alert.journal_barrier(10, str(tmp_path / "none"), sleep=pauses.append), "no journal: not waited for"
 
 
+def test_the_journal_barrier_reads_less_often_the_longer_journald_lags(tmp_path, monkeypatch):
+    """A storm's hundred alerts, each polling every 0.5 s, were most of the load that kept
+    journald behind: the pauses double up to 4 s, and the last one ends at the deadline."""
+    import socket
+
+    path = str(tmp_path / "journal.socket")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    reads: list = []
+
+    class Journal:
+        def journal_entries(self, args, **_):
+            reads.append(args)
+            return [{"MESSAGE": "waiting"}] if len(reads) == 7 else []
+
+    monkeypatch.setattr(alert, "_systemd", Journal)
+    pauses: list = []
+    assert alert.journal_barrier(60, path, sleep=pauses.append)
+    assert pauses == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    clock = iter([0.0, 1.0, 9.5, 10.5])
+    monkeypatch.setattr(alert.time, "monotonic", lambda: next(clock))
+    reads.clear()
+    pauses.clear()
+    assert not alert.journal_barrier(10, path, sleep=pauses.append)
+    assert pauses == [0.5, 0.5], "the last pause ends at the deadline"
+    journald.close()
+
+
 def failed_settle_event(monkeypatch, killed: bool = False) -> dict:
     entries = run_entries(killed)
     monkeypatch.setattr(alert, "_systemd", lambda: RecordedSystemd(entries))
