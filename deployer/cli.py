@@ -1,6 +1,7 @@
 """The `deployer` command: thin click commands over the core; DeployerError -> one line, exit 1."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -118,6 +119,21 @@ def _actor(inventory_path: str, command: str):
     from .actor import actor
 
     return actor(inventory_path, command)
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_flag():
+    """Ctrl-C during a streaming read (`logs -f`, `run`) as a flag the read looks at between
+    reads (remote.Stopped), never as a KeyboardInterrupt: one that lands just after paramiko took
+    a channel buffer's lock leaves it held, and the process hangs for good in the channel's close
+    (seen in CI: a `logs -f` alive 37 min after its SIGINT, its main thread and paramiko's
+    waiting on one BufferedPipe lock)."""
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda number, frame: interrupted.set())
+    try:
+        yield interrupted.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _open_host(inventory_path: str, host_name: Optional[str]):
@@ -887,8 +903,9 @@ def run(job, slot_text, settings, force, inventory_path, host_name, as_json):
             click.echo(printable(line))
 
     try:
-        result = remote.run(agent, job, output=show, slot=slot, force=force, params=params)
-    except KeyboardInterrupt:
+        with _ctrl_c_as_flag() as interrupted:
+            result = remote.run(agent, job, output=show, slot=slot, force=force, params=params, stop=interrupted)
+    except remote.Stopped:
         # Leaving stops only the watching: the run is a systemd service of the host's.
         goes_on = "the run goes on" if streamed else "the run, if it started, goes on"
         click.echo(f"\ndeployer: interrupted: {goes_on} on {host_name}; stop it with: deployer stop {job}",
@@ -994,18 +1011,12 @@ def logs(job, inventory_path, host_name, lines, since, follow):
     if not follow:
         click.echo(printable(remote.logs(agent, job, lines, since=start), newlines=True), nl=False)
         return
-    # Ctrl-C is how a follow ends. Taken as a flag the read looks at between reads, not as a
-    # KeyboardInterrupt that may land inside paramiko's (CI: once, a follow that never ended).
-    # The agent stops when its next write finds no client.
-    interrupted = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda number, frame: interrupted.set())
-    try:
-        remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)),
-                    stop=interrupted.is_set)
+    try:  # Ctrl-C is how a follow ends; the agent stops when its next write finds no client
+        with _ctrl_c_as_flag() as interrupted:
+            remote.logs(agent, job, lines, since=start, follow=True, output=lambda line: click.echo(printable(line)),
+                        stop=interrupted)
     except remote.Stopped:
         pass
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @main.group()

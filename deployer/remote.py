@@ -707,12 +707,12 @@ def release(agent: Agent) -> ReleaseAnswer:
 
 
 def run(agent: Agent, job: str, output: Progress = None, slot: Optional[int] = None,
-        force: bool = False, params: tuple = ()) -> RunAnswer:
-    """Run `job` now; `output` gets its journal lines as they happen. `slot` (unix seconds):
-    backfill that slot, under its Idempotency-Key, instead of a manual key of its own. `params`:
-    (name, value) pairs for the job's ${{name}} placeholders. A held host refuses (AgentRefused,
-    code `held`) unless `force`."""
-    return agent.call(RunRequest(job=job, slot=slot, force=force, params=tuple(params)), output=output)
+        force: bool = False, params: tuple = (), stop: Optional[Callable[[], bool]] = None) -> RunAnswer:
+    """Run `job` now; `output` gets its journal lines as they happen, until `stop()` (then
+    Stopped: the run goes on). `slot` (unix seconds): backfill that slot, under its
+    Idempotency-Key, instead of a manual key of its own. `params`: (name, value) pairs for the
+    job's ${{name}} placeholders. A held host refuses (AgentRefused, code `held`) unless `force`."""
+    return agent.call(RunRequest(job=job, slot=slot, force=force, params=tuple(params)), output=output, stop=stop)
 
 
 def stop(agent: Agent, job: str) -> StopAnswer:

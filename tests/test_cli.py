@@ -104,7 +104,7 @@ class HostileAgent(remote.Agent):
     def __init__(self, body: dict):
         self.body = body
 
-    def call(self, request, progress=None, output=None):
+    def call(self, request, progress=None, output=None, stop=None):
         op = protocol.OP_OF_REQUEST[type(request)]
         if output is not None:
             for line in (f"attempt 1/1: -> 500: {EVIL}", EVIL):
@@ -198,7 +198,7 @@ class RecordedAgent(remote.Agent):
     def __init__(self, host: str, answer: StatusAnswer):
         self.host, self.answer = host, answer
 
-    def call(self, request, progress=None, output=None):
+    def call(self, request, progress=None, output=None, stop=None):
         raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": True,
                           "body": protocol.to_json(self.answer)}).encode()
         return self._answer(request, raw)

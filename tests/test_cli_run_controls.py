@@ -2,6 +2,8 @@
 agents answer through the real protocol encoding and answer checks (the host side of each is
 proven end to end in tests/e2e/test_run_controls.py)."""
 import json
+import os
+import signal
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +20,9 @@ FLEET = ("[host:cron01]\naddress = 10.0.0.5\n[host:cron02]\naddress = 10.0.0.6\n
          "[job:batch]\nhost = cron02\nschedule = 0 5 * * *\nurl = http://svc/batch?n=${{n}}\nparams = n=1\n")
 
 
+CTRL_C = object()
+
+
 class AnsweringAgent(remote.Agent):
     """Answers every request with the answer a test gave; `stream` lines go to `output` first."""
 
@@ -25,11 +30,15 @@ class AnsweringAgent(remote.Agent):
         self.host, self.answer, self.stream, self.then = host, answer, stream, then
         self.asked: list = []
 
-    def call(self, request, progress=None, output=None):
+    def call(self, request, progress=None, output=None, stop=None):
         self.asked.append(request)
         for line in self.stream:
             if output is not None:
                 output(line)
+        if self.then is CTRL_C:  # the operator's Ctrl-C, as the SSH read loop sees it
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop is not None and stop(), "SIGINT did not reach the read as its stop flag"
+            raise remote.Stopped()
         if self.then is not None:
             raise self.then
         raw = json.dumps({"version": protocol.PROTOCOL_VERSION, "ok": True,
@@ -108,13 +117,13 @@ def test_history_host_reads_only_that_host_even_one_the_job_left(fleet):
 def test_ctrl_c_during_run_says_the_run_goes_on_and_how_to_stop_it(fleet):
     """Before: click's bare `Aborted!`, as if the run had ended with the command."""
     waiting = "attempt 1/1: POST http://svc/settle: waiting for the answer (30 s)"
-    agent = AnsweringAgent("cron02", None, stream=[waiting], then=KeyboardInterrupt())
+    agent = AnsweringAgent("cron02", None, stream=[waiting], then=CTRL_C)
     result, _ = fleet({"cron02": agent}, "run", "settle")
     assert result.exit_code == 1
     assert "waiting for the answer (30 s)" in result.stdout
     assert result.stderr.strip() == ("deployer: interrupted: the run goes on on cron02; stop it with: "
                                      "deployer stop settle")
-    quiet = AnsweringAgent("cron02", None, then=KeyboardInterrupt())
+    quiet = AnsweringAgent("cron02", None, then=CTRL_C)
     result, _ = fleet({"cron02": quiet}, "run", "settle", "--json")
     assert result.stderr.strip() == ("deployer: interrupted: the run, if it started, goes on on cron02; stop it "
                                      "with: deployer stop settle")
