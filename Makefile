@@ -52,8 +52,9 @@ TEST_WORKERS ?= 4
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable -m 'not slow'
 
-## The slow walks (-m slow): every zone's every DST change 2000-2037 against cron and Quartz, and a
-## 30-slot gateway-timeout run. Apart, so that the suite an engineer runs stays short; CI runs both.
+## The slow walks (-m slow): every zone's every DST change 2000-2037 against cron and Quartz, the
+## cron property's 1,000 examples, 9-kill fault walks and a 30-slot gateway-timeout run. Apart, so
+## that the suite an engineer runs stays short (it has 100 examples and 3 kills); CI runs both.
 test-slow: install
 	$(PY) -m pytest -n 2 --dist worksteal --hypothesis-profile=repeatable -m slow
 

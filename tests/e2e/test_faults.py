@@ -18,7 +18,9 @@ from deployer.render import desired_files
 
 pytestmark = pytest.mark.e2e
 
-KILLS = 6
+# How many kills a walk makes: a few in `make test`, more in the slow run (`make test-slow`; CI
+# runs both), so that the suite an engineer runs stays short and CI still walks far.
+KILLS = pytest.mark.parametrize("kills", [3, pytest.param(9, marks=pytest.mark.slow)])
 
 
 def jobs(first: int, last: int, minute: int) -> str:
@@ -67,14 +69,15 @@ def start_push(path: str, home) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+@KILLS
 def test_a_push_killed_at_random_moments_leaves_the_old_or_the_new_set(shared_cron01, two_inventories, deployer,
-                                                                        isolated_home):
+                                                                        isolated_home, kills):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     a, b = two_inventories
     deployer("push", "-i", a, check=True)
     outcomes = []
-    for attempt in range(KILLS):
+    for attempt in range(kills):
         before = host_files(shared_cron01)
         target = b if attempt % 2 == 0 else a
         push = start_push(target, isolated_home)
@@ -91,12 +94,13 @@ def test_a_push_killed_at_random_moments_leaves_the_old_or_the_new_set(shared_cr
     print(f"seed {seed}: {outcomes}")
 
 
+@KILLS
 def test_an_agent_killed_on_the_host_mid_switch_is_finished_by_the_next_command(shared_cron01, two_inventories, deployer,
-                                                                                 isolated_home):
+                                                                                 isolated_home, kills):
     a, b = two_inventories
     deployer("push", "-i", a, check=True)
     interrupted = 0
-    for attempt in range(KILLS):
+    for attempt in range(kills):
         target = b if attempt % 2 == 0 else a
         push = start_push(target, isolated_home)
         # Kill the agent itself, as a crash of the host's python would, once it is at work.
@@ -121,7 +125,7 @@ def test_an_agent_killed_on_the_host_mid_switch_is_finished_by_the_next_command(
         assert_consistent(shared_cron01)
         deployer("push", "-i", target, check=True)
         assert host_files(shared_cron01) == expected(target)
-    print(f"{interrupted} of {KILLS} kills landed mid-switch")
+    print(f"{interrupted} of {kills} kills landed mid-switch")
 
 
 def test_two_pushes_at_once_serialise_or_fail_clearly(shared_cron01, two_inventories, isolated_home, deployer):
