@@ -763,6 +763,30 @@ def failed_settle_event(monkeypatch, killed: bool = False) -> dict:
 
 
 @pytest.mark.parametrize("killed", [False, True])
+def test_a_control_process_killed_after_the_run_is_not_taken_for_the_runs_end(monkeypatch, killed):
+    """CI, a storm on a saturated host: the job's ExecStopPost= ran past TimeoutStopSec= and PID 1
+    logged "Control process exited, code=killed, status=15/TERM" under the run's MESSAGE_ID and
+    INVOCATION_ID (systemd 252, as recorded on a test host: COMMAND=ExecStopPost); 14 jobs were
+    grouped under `(exit-code, signal TERM)`. The run's end is its main process's (COMMAND=ExecStart)."""
+    control = {**PID1, "MESSAGE_ID": "98e322203f7a4ed290d09fe03c09fe15", "EXIT_CODE": "killed", "EXIT_STATUS": "15",
+               "COMMAND": "ExecStopPost",
+               "MESSAGE": "deployer-settle.service: Control process exited, code=killed, status=15/TERM"}
+    entries = [dict(e, COMMAND="ExecStart") if e.get("MESSAGE_ID") == "98e322203f7a4ed290d09fe03c09fe15" else e
+               for e in run_entries(killed)]
+    failed_at = next(i for i, e in enumerate(entries) if e.get("MESSAGE_ID") == "d9b373ed55a64feb8242e02dbe79a49c")
+    entries.insert(failed_at, control)  # PID 1 logs it after the main process's end, before "Failed with result"
+    [found] = journal.failed_runs(entries)
+    assert (found.exit_number, found.signal) == ((None, "KILL") if killed else (1, None))
+    monkeypatch.setattr(alert, "_systemd", lambda: RecordedSystemd(entries))
+    event = alert.failed_run_event("settle", "cron01", found)
+    assert alert.storm_group(event).endswith(", signal KILL)" if killed else "(exit-code, exit status 1)")
+    if killed:  # a run that wrote no record: PID 1's words, the main process's end
+        assert event["reason"] == "signal (killed, signal KILL)"
+        [run] = journal.runs_from_journal(entries)["settle"]
+        assert run.reason == "signal (killed, signal KILL)"
+
+
+@pytest.mark.parametrize("killed", [False, True])
 def test_a_run_whose_exit_entry_pid1_dropped_ends_as_monitor_says(monkeypatch, killed):
     """CI, a loaded machine, a storm of 120 failed jobs: PID 1 dropped some "Main process exited"
     entries (it gives up on one it cannot send within 10 ms) and 8 jobs were grouped under

@@ -20,7 +20,7 @@ from deployer.contract.text import utc_clock
 UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
 # The journal fields the run lookups read (`--output-fields`: the rest of an entry stays home).
 RUN_FIELDS = ("MESSAGE_ID",) + record.FIELDS + ("_PID", "UNIT", "INVOCATION_ID", "UNIT_RESULT", "EXIT_CODE",
-                                                 "EXIT_STATUS") + record.SENDER_FIELDS
+                                                 "EXIT_STATUS", "COMMAND") + record.SENDER_FIELDS
 
 
 def entry_text(value):
@@ -64,6 +64,14 @@ def run_matches(jobs):
             + (["UNIT=" + paths.job_unit(j, "service") for j in jobs] if per_job else []))
 
 
+def main_process_exit(entry) -> bool:
+    """Is this PID 1's "Main process exited" entry? PID 1 logs a control process's end (the job's
+    ExecStopPost=, killed when a loaded host runs it past TimeoutStopSec=) under the same
+    MESSAGE_ID and INVOCATION_ID; COMMAND= says which (`ExecStart`, `ExecStopPost`). Taking the
+    last one for the run's end grouped 14 jobs of a CI storm under `signal TERM`."""
+    return entry.get("MESSAGE_ID") == record.UNIT_EXITED and entry.get("COMMAND", "ExecStart") == "ExecStart"
+
+
 def killed_reason(failed, exited):
     """What PID 1 says of a run that wrote no record: `timeout (killed, signal KILL)`, `oom-kill`..."""
     reason = entry_text(failed.get("UNIT_RESULT")) or "failed"
@@ -93,8 +101,8 @@ def runs_from_journal(entries):
                 params=r.params, by=r.by, after=r.after))
         elif entry.get("_PID") == "1" and entry.get("INVOCATION_ID") and entry.get("UNIT"):
             run = seen.setdefault(entry_text(entry["INVOCATION_ID"]), {"unit": entry_text(entry["UNIT"])})
-            kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed",
-                    record.UNIT_EXITED: "exited"}.get(entry.get("MESSAGE_ID"))
+            kind = {UNIT_STARTING: "starting", record.UNIT_FAILED: "failed"}.get(entry.get("MESSAGE_ID"))
+            kind = "exited" if main_process_exit(entry) else kind
             if kind:
                 run[kind] = entry
     found = {}
@@ -222,7 +230,7 @@ def failed_runs(entries) -> list:
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("_PID") != "1" or not entry.get("INVOCATION_ID"):
             continue
-        if entry.get("MESSAGE_ID") == record.UNIT_EXITED:
+        if main_process_exit(entry):
             exits[entry["INVOCATION_ID"]] = (str(entry.get("EXIT_STATUS", "?")), str(entry.get("EXIT_CODE", "")))
         elif entry.get("MESSAGE_ID") == record.UNIT_FAILED and entry.get("UNIT"):
             failed.append(entry)
@@ -284,10 +292,10 @@ def run_account(systemd, invocation: str, last: int, fallback: str = "failed") -
     if finished is not None:
         return RunAccount(finished.key.split("/", 1)[1] if "/" in finished.key else None,
                           finished.reason or finished.result, lines)
-    pid1 = {e.get("MESSAGE_ID"): e for e in entries if isinstance(e, dict) and e.get("_PID") == "1"
-            and e.get("INVOCATION_ID") == invocation}
-    failed = pid1.get(record.UNIT_FAILED)
-    return RunAccount(None, killed_reason(failed, pid1.get(record.UNIT_EXITED)) if failed else fallback, lines,
+    pid1 = [e for e in entries if isinstance(e, dict) and e.get("_PID") == "1" and e.get("INVOCATION_ID") == invocation]
+    failed = next((e for e in pid1 if e.get("MESSAGE_ID") == record.UNIT_FAILED), None)
+    exited = next((e for e in pid1 if main_process_exit(e)), None)
+    return RunAccount(None, killed_reason(failed, exited) if failed else fallback, lines,
                       complete=failed is not None)
 
 
