@@ -42,12 +42,12 @@ $(VENV)/.installed: pyproject.toml
 check: test test-slow
 
 ## All tests but the slow walks, end-to-end ones included (they boot real systemd hosts; they need root).
-## Four workers, each starting with its share of the longest tests (tests/conftest.py deals them
-## out by tests/data/durations.json), then taking short ones from the others' queues as it frees
-## up (worksteal), so that no long test starts last and sets the time; each worker boots its own
-## hosts, each in a cgroup of its own: tests/cronhost.py. Most e2e time is waiting for timers, not CPU: four workers on two cores is
-## the measured compromise (docs/performance.md). TEST_WORKERS=1 runs them one by one. The tests
-## judge by what was recorded, not by time windows: they pass next to a load average of 100 and more.
+## Four workers take tests as they free up (worksteal: a file's tests spread over the workers,
+## so the longest file no longer sets the time; each worker boots its own hosts, each in a
+## cgroup of its own: tests/cronhost.py). Most e2e time is waiting for timers, not CPU: four
+## workers on two cores is the measured compromise (docs/performance.md). TEST_WORKERS=1 runs
+## them one by one. The tests judge by what was recorded, not by time windows: they pass next to
+## a load average of 100 and more.
 TEST_WORKERS ?= 4
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable -m 'not slow'
