@@ -27,6 +27,8 @@ NOT_READS = {
     "journal.Position.after": "compares two positions (tests/test_metrics.py)",
     "journal.FailedRun.exit_number": "a property of a parsed FailedRun",
     "journal.FailedRun.signal": "a property of a parsed FailedRun",
+    "journal.main_process_exit": "a predicate of the parsers over one entry (the main process's end, not a "
+                                 "control process's: tests/test_alerts.py, in systemd 252's recorded shape)",
 }
 
 
@@ -146,8 +148,10 @@ def test_history_from_the_recorded_journal(tmp_path):
     assert [(r.result, r.reason) for r in history("resumable").runs] == [
         ("failed", "interrupted while polling"), ("skipped", "the previous run still ran")]
     assert history("odd").runs == () and history("never").runs == ()
-    good = history("good").runs
-    assert [r.slot == 0 for r in good] == [True, False]  # the manual run, then the timer's slot
+    # The manual run, then a timer's slot (`good` runs every minute: the recording may hold a
+    # timer run before the manual one too).
+    manual = [r.slot == 0 for r in history("good").runs]
+    assert manual.count(True) == 1 and False in manual[manual.index(True):], manual
 
 
 def test_alert_accounting_from_pid1s_recorded_entries(tmp_path, monkeypatch):
