@@ -207,7 +207,8 @@ def redact_url(value: str) -> str:
     name alone too: it may be a token) and for every query value whose name looks secret."""
     from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-    from deployer.contract.text import SECRET_QUERY  # hiding a value that was not secret costs nothing: the URL is a credential
+    # hiding a value that was not secret costs nothing: the URL is a credential
+    from deployer.contract.text import SECRET_QUERY
 
     parts = urlsplit(value)
     netloc = parts.netloc

@@ -27,19 +27,18 @@ from dataclasses import dataclass, field, replace
 from typing import Dict
 
 from deployer.contract import audit, paths, protocol, record
-from deployer.host.state import LOCK_WAIT_SECONDS, HostState, Journal, Lease, Owner, job_timers, write_atomically
-from deployer.host.slot import iso_utc, stamp_of
-from deployer.host.systemctl import UNIT_CHUNK, Systemd, chunks
-from deployer.contract.text import clock_of_iso
-from deployer.host.journal import (RUN_FIELDS, audit_entries, format_entry, interrupted_runs, last_push,
-                                       run_matches, runs_from_journal)
-from deployer.contract.protocol import (AgentError, AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest, AuditAnswer,
-                                        AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest, Held,
-                                        HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
+from deployer.contract.protocol import (AgentError, AlertTestAnswer, AlertTestRequest, ApplyAnswer, ApplyRequest,
+                                        AuditAnswer, AuditEntry, AuditRequest, Failure, HandoffAnswer, HandoffRequest,
+                                        Held, HistoryAnswer, HistoryRequest, JobStatus, LogsAnswer, LogsRequest,
                                         PauseAnswer, PauseRequest, ReleaseAnswer, ReleaseRequest, ResumeAnswer,
-                                        ResumeRequest, RunAnswer, RunInfo,
-                                        RunRequest, StateAnswer, StateRequest, StatusAnswer, StatusRequest,
-                                        StopAnswer, StopRequest)
+                                        ResumeRequest, RunAnswer, RunInfo, RunRequest, StateAnswer, StateRequest,
+                                        StatusAnswer, StatusRequest, StopAnswer, StopRequest)
+from deployer.contract.text import clock_of_iso
+from deployer.host.journal import (RUN_FIELDS, audit_entries, format_entry, interrupted_runs, last_push, run_matches,
+                                   runs_from_journal)
+from deployer.host.slot import iso_utc, stamp_of
+from deployer.host.state import LOCK_WAIT_SECONDS, HostState, Journal, Lease, Owner, job_timers, write_atomically
+from deployer.host.systemctl import UNIT_CHUNK, Systemd, chunks
 
 # -- paths ------------------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from deployer.contract import paths, unitkeys
-from deployer.contract.options import EXIT_FENCED
-from deployer.host.journal import FailedRun, RunAccount, journal_failed_runs, run_account
 from deployer.contract.channels import CHANNEL_TYPES, WATCH_KINDS, AlertPolicy, Channel, build_outbound, exit_number
+from deployer.contract.options import EXIT_FENCED
 from deployer.contract.protocol import Held, duration_text
+from deployer.host.journal import FailedRun, RunAccount, journal_failed_runs, run_account
 from deployer.host.run import trust_store
 from deployer.host.state import Corrupt, read_held_file
 

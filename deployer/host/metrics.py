@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from deployer.contract import paths
-from deployer.host.journal import Position, Recorded, read_records
 from deployer.contract.record import SKIP_KINDS
 from deployer.contract.unitkeys import METRICS, Timing, unit_text
+from deployer.host.journal import Position, Recorded, read_records
 
 # 2: each job's last run keeps its record's journal cursor (1 compared the records' start times).
 STATE_VERSION = 2

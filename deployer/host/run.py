@@ -10,15 +10,14 @@ import uuid
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Optional
 
-
+from deployer.contract.options import IDEMPOTENT_METHODS, JOB_OPTIONS, redact_url
+from deployer.contract.record import RunRecord
+from deployer.contract.rules import Verdict, judge, parse_expect_json, parse_expect_status
+from deployer.contract.text import Masker, run_masker
 from deployer.host import http
 from deployer.host.http import HttpError as TransportError  # noqa: F401 - .reason, .retryable
 from deployer.host.http import Response
-from deployer.contract.options import IDEMPOTENT_METHODS, JOB_OPTIONS, redact_url
-from deployer.contract.record import RunRecord
 from deployer.host.slot import Slot, iso_utc, stopped_by_operator
-from deployer.contract.rules import Verdict, judge, parse_expect_json, parse_expect_status
-from deployer.contract.text import Masker, run_masker
 
 BODY_EXCERPT = 200
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from deployer.contract.paths import SCHEDULED_JOB_ENV, BACKFILL_DIR, TIMER_STAMPS, BadName, job_unit
+from deployer.contract.paths import BACKFILL_DIR, SCHEDULED_JOB_ENV, TIMER_STAMPS, BadName, job_unit
 
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 # How far back the slot is looked for, widening until one is found. A run on time elapsed

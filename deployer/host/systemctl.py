@@ -12,8 +12,8 @@ import subprocess
 import time
 
 from deployer.contract import protocol
-from deployer.host import dbus
 from deployer.contract.protocol import AgentError
+from deployer.host import dbus
 
 # Units per systemctl call: 10,000 in one `stop` or `enable` outlive systemctl's D-Bus timeout.
 UNIT_CHUNK = 500

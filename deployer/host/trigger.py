@@ -12,15 +12,15 @@ import time
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from deployer.contract import options
+from deployer.contract import options, paths, record
 from deployer.contract.channels import CHANNEL_TYPES, Channel, all_fields, received
-from deployer.contract import paths, record
-from deployer.host.run import Interrupted, JobSpec, RunResult, job_spec, current_run_id, interruption, ping, redact_url, run_job
-from deployer.host.chain import slot_for, write_chain_slot
-from deployer.host.slot import ITERATIONS, Analyze, Slot, iso_utc, stamp_of
-from deployer.host.slot import analyze as slot_analyze
-
 from deployer.contract.options import EXIT_FAILED, EXIT_FENCED, EXIT_OK
+from deployer.host.chain import slot_for, write_chain_slot
+from deployer.host.run import (Interrupted, JobSpec, RunResult, current_run_id, interruption, job_spec, ping,
+                               redact_url, run_job)
+from deployer.host.slot import ITERATIONS, Analyze, Slot
+from deployer.host.slot import analyze as slot_analyze
+from deployer.host.slot import iso_utc, stamp_of
 
 
 def _argument_type(parse):
@@ -93,7 +93,8 @@ def main(argv: Optional[list] = None) -> int:
 
         return metrics_main(args.host_name, args.deployer_version, args.metrics_dir or paths.METRICS_DIR)
     if args.watch or args.watch_send:
-        from deployer.host.watch import main as watch_main, send_main  # a job run never loads them
+        from deployer.host.watch import main as watch_main  # a job run never loads them
+        from deployer.host.watch import send_main
 
         return EXIT_OK if (send_main() if args.watch_send else watch_main(args.host_name)) else EXIT_FAILED
     if args.alert:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from deployer.contract import paths
-from deployer.contract.unitkeys import WATCH, Watched
 from deployer.contract.options import duration_text as _duration_text
+from deployer.contract.unitkeys import WATCH, Watched
 from deployer.host.state import HostState
 
 
@@ -298,8 +298,8 @@ def read_outbox(directory: str) -> tuple:
 def main(host_name: str, state_path: str = paths.WATCH_STATE) -> bool:
     """The watcher's pass (root): read the host, decide, remember, leave the events, and start
     the sender when there is something to send."""
-    from deployer.host.systemctl import Systemd  # every systemctl/journalctl call of the host programs goes through it
     from deployer.host.journal import run_account
+    from deployer.host.systemctl import Systemd  # every systemctl/journalctl call of the host programs goes through it
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     config = WATCH.read_unit(paths.WATCH_SERVICE)
@@ -323,8 +323,8 @@ def send_main() -> bool:
     """The sender (deployer-host@watch-send.service: the alert units' user, their state directory
     and the channels' credentials): what the watcher left, through alert.deliver behind each channel's
     Coalescer. An event that cannot go out now stays in the channel's queue for the next pass."""
-    from deployer.host.alert import Coalescer, deliver, read_credential
     from deployer.contract.channels import received
+    from deployer.host.alert import Coalescer, deliver, read_credential
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     channels = WATCH.read_unit(paths.WATCH_SERVICE).channels
