@@ -328,8 +328,9 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
     naming it; SSH keepalives keep idle NAT and firewall state open meanwhile. A host that
     sends more than MAX_ANSWER on stdout, MAX_STDERR of anything else on stderr, or more than
     `max_streamed` bytes of `@line`s (None: no limit, for a follow) is an error naming it.
-    `stop()` true (Ctrl-C during a follow, taken by a signal handler) raises Stopped between
-    reads, within half a second: never an exception in the middle of one of paramiko's.
+    `stop()` true (Ctrl-C, taken by a signal handler) raises Stopped before the command is sent
+    (nothing asked of the host), or between reads, within half a second: never an exception in
+    the middle of one of paramiko's.
     """
     read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
     _open(connection, host)
@@ -344,6 +345,8 @@ def execute(connection, host: Host, command: str, stdin: bytes = b"", step: str 
         raise RemoteError(host.name, f"{step}: cannot open a session on {host.address}: {error}") from None
     try:
         channel.settimeout(read_timeout)  # sendall() of the request gives up after it too
+        if stop is not None and stop():  # Ctrl-C while connecting: nothing is asked of the host
+            raise Stopped()
         channel.exec_command(command)
         try:
             for offset in range(0, len(stdin), UPLOAD_CHUNK):

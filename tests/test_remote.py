@@ -123,6 +123,14 @@ def test_a_follow_stopped_by_ctrl_c_ends_between_reads_and_closes_its_channel():
     assert len(asked) == 4 and closed == [True]
 
 
+def test_ctrl_c_while_connecting_asks_nothing_of_the_host():
+    """`deployer run` interrupted before its request went out must not start the run."""
+    channel = ScriptedChannel([b"{}"])
+    channel.exec_command = lambda command: pytest.fail("the command was sent")
+    with pytest.raises(remote.Stopped):
+        remote.execute(Connection(channel), HOST, "agent", b"{}", stop=lambda: True)
+
+
 # --- connecting: every failure is one line naming what to fix, never paramiko's traceback ---------
 
 def _inventory(tmp_path, port: int, **extra: str) -> str:
