@@ -6,6 +6,7 @@ whose upper layer is a directory we own, and its root is a tmpfs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -122,6 +123,8 @@ class CronHost:
             # Without PAM, no logind session per connection: with it, a connection arriving while
             # the previous session's user@0.service is stopping waited ~120 s for pam_systemd.
             "UsePAM no\n"
+            # One connection per user carries every session of the tests' own probes (ssh_args).
+            "MaxSessions 100\n"
         )
         host_public = host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
@@ -230,6 +233,7 @@ class CronHost:
         """SIGTERM asks the container to halt; once it hung, so escalate to SIGKILL."""
         if self.process is None or self.process.poll() is not None:
             return
+        self.close_connections()
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.process.pid, sig)
@@ -249,14 +253,34 @@ class CronHost:
 
     # -- using it -----------------------------------------------------------------------
 
-    def ssh_args(self, user: str = "root") -> list[str]:
+    def control_path(self, user: str = "root") -> str:
+        """The socket of this host's shared connection for `user` (short: a socket path has 108
+        bytes; this host's own: two hosts of one run never share a connection)."""
+        digest = hashlib.sha1(f"{self.workdir.resolve()}:{self.port}".encode()).hexdigest()[:12]
+        return f"{tempfile.gettempdir()}/dct-{digest}-{user}"
+
+    def ssh_args(self, user: str = "root", shared: bool = True) -> list[str]:
+        """`shared`: through one connection per host and user, kept open 60 s after its last use.
+        A test polls its host hundreds of times: a new connection costs ~90 ms of CPU (the key
+        exchange, sshd's start), a session in an open one ~12 ms. Not shared: a connection of its
+        own (a test that asks whether the host can be reached now: an open connection outlives
+        sshd's listener)."""
+        multiplex = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path(user)}",
+                     "-o", "ControlPersist=60"] if shared else ["-o", "ControlPath=none"]
         return ["ssh", "-i", str(self.key), "-p", str(self.port), "-F", "/dev/null",
                 "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"]
+                "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", *multiplex, f"{user}@127.0.0.1"]
+
+    def close_connections(self) -> None:
+        """End the shared connections (before a stop: a client must never reach a dying one)."""
+        for user in ("root",) + self.users:
+            if os.path.exists(self.control_path(user)):
+                subprocess.run(["ssh", "-o", f"ControlPath={self.control_path(user)}", "-O", "exit", "127.0.0.1"],
+                               capture_output=True, timeout=10)
 
     def ssh(self, command: str, check: bool = True, timeout: float = 60, user: str = "root",
-            input: Optional[str] = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.ssh_args(user) + [command], capture_output=True, text=True,
+            input: Optional[str] = None, shared: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.ssh_args(user, shared) + [command], capture_output=True, text=True,
                                 timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise CronHostError(f"{self.name}: {command!r} exited {result.returncode}: {result.stderr}")

@@ -64,7 +64,7 @@ def main() -> int:
         deployer("push", "--host", "cron01", env=env)
         if args.keep:
             say("The host stays up until Ctrl-C. Try, in another shell:")
-            print(f"  {' '.join(host.ssh_args())} systemctl list-timers")
+            print(f"  {' '.join(host.ssh_args(shared=False))} systemctl list-timers")
             exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in
                                ("CRON01_PORT", "CRON01_IDENTITY", "CRON01_KNOWN_HOSTS", "DEMO_SERVICE_PORT"))
             print(f"  {exports} .venv/bin/deployer status")
