@@ -53,7 +53,8 @@ test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable -m 'not slow'
 
 ## The slow walks (-m slow): every zone's every DST change 2000-2037 against cron and Quartz, the
-## cron property's 1,000 examples, 9-kill fault walks and a 30-slot gateway-timeout run. Apart, so
+## cron property's 1,000 examples, 9-kill fault walks, a 30-slot gateway-timeout run and the Java
+## reference service's minute-long once proofs (the Python one's run in `make test`). Apart, so
 ## that the suite an engineer runs stays short (it has 100 examples and 3 kills); CI runs both.
 test-slow: install
 	$(PY) -m pytest -n 2 --dist worksteal --hypothesis-profile=repeatable -m slow

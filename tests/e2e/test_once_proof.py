@@ -250,11 +250,14 @@ WORK, READ_TIMEOUT, PERIOD_1 = 3.0, 1.5, 6
 
 
 # The long scenarios run against the Python service only (the suite's time): the Java one answers
-# byte for byte alike (tests/test_receivers.py) and faces every other scenario here.
+# byte for byte alike (tests/test_receivers.py) and faces every other scenario here, the minute-long
+# ones in `make test-slow` (CI runs both).
 PYTHON_ONLY = pytest.mark.parametrize("receiver", ["python"], indirect=True)
+JAVA_IN_SLOW = pytest.mark.parametrize("receiver", ["python", pytest.param("java", marks=pytest.mark.slow)],
+                                       indirect=True)
 
 
-@pytest.mark.parametrize("receiver, slots", [("python", 8), ("java", 8),
+@pytest.mark.parametrize("receiver, slots", [("python", 8), pytest.param("java", 8, marks=pytest.mark.slow),
                                              pytest.param("python", 30, marks=pytest.mark.slow)],
                          indirect=["receiver"])
 def test_a_gateway_timeout_never_doubles_a_slot_and_poll_completes_every_one(cron01, receiver, deployer,
@@ -379,6 +382,7 @@ def test_a_burst_of_100_jobs_every_key_names_its_slot(cron01, receiver, deployer
 PERIOD_3 = 10
 
 
+@JAVA_IN_SLOW
 def test_the_catch_up_after_downtime_carries_the_latest_missed_slot(tmp_path, receiver, deployer, write_inventory):
     _require_nspawn()
     service = receiver()
@@ -595,7 +599,7 @@ def test_a_reboot_while_polling_resumes_the_same_key_and_executes_once(tmp_path,
     try:
         # One daily slot, far enough ahead for the push: the timer fires it once, and no Persistent=
         # catch-up after the reboot (the stamp says it ran).
-        due = (int(time.time()) + 60) // 10 * 10
+        due = (int(time.time()) + 35) // 10 * 10
         daily = time.strftime("*-*-* %H:%M:%S", time.gmtime(due))
         key = f"resume/{iso(due)}"
         path = write_inventory(host.inventory_host(lease="30m") + job(
