@@ -753,7 +753,8 @@ def _systemd():
 
 
 def monitored_run(job: str) -> Optional[FailedRun]:
-    """The run an OnFailure= start names in $MONITOR_* (None for a restart or a sweep)."""
+    """The run an OnFailure= start names in $MONITOR_* (None for a sweep or a boot). A Restart= of
+    the unit gets the first start's $MONITOR_* again (systemd 252): the run is queued by then."""
     invocation = os.environ.get("MONITOR_INVOCATION_ID", "")
     if not invocation:
         return None
@@ -1158,8 +1159,8 @@ def recovered_event(job: str, host_name: str, streak: Optional[Streak], now: flo
 def alert_main(job: str, host_name: str, channel: Channel, recovered: bool, mode: str = "") -> bool:
     """What the alert units run; whether the message went out (or was not needed).
 
-    mode "": an OnFailure= start ($MONITOR_*) or the unit's Restart= (no $MONITOR_*: it sends
-    what an earlier attempt queued); "sweep": the unit's ExecStopPost= (failures whose start
+    mode "": an OnFailure= start ($MONITOR_*) or the unit's Restart= (the same $MONITOR_*, a run
+    queued already: it sends what an earlier attempt queued); "sweep": the unit's ExecStopPost= (failures whose start
     systemd merged into this run); "boot": every job of the channel, once at boot."""
     if job == paths.ALERT_TEST_INSTANCE:
         return True if mode == "sweep" else test_main(channel, host_name)
