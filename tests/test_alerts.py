@@ -1147,7 +1147,7 @@ def test_issue23_3_in_flight_is_read_from_the_cgroups_of_the_jobs_and_the_alert_
 
 def test_issue23_3_an_alert_killed_while_it_waits_loses_nothing(tmp_path):
     """Killed while it waits (SIGKILL, the unit's timeout): its failure stays queued on disk, and
-    its waiting mark stays behind; the unit's restart (no $MONITOR_*) sends it."""
+    its waiting mark stays behind; the unit's restart sends it."""
     clock = Clock()
     killed = alert.Coalescer(str(tmp_path), "ops", now=clock.now, sleep=clock.sleep, pid=4242)
     killed.enqueue({**EVENT, "job": "killed"})
