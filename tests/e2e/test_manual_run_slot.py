@@ -46,8 +46,14 @@ timeout = 30s
 
     ran = deployer("run", "tick", "-i", path, check=True)
     # The run has ended; its record may reach the journal a moment later (journald under load).
-    [manual] = wait_until(lambda: [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key
-                                   and r.ended], timeout=60, what="the manual run's record and end")
+    # Waited for up to 2 min: a machine loaded far past its cores (load average 50 on 2) took longer.
+    try:
+        [manual] = wait_until(lambda: [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key
+                                       and r.ended], timeout=120, what="the manual run's record and end")
+    except AssertionError:  # which is missing: the record, or PID 1's entries of the run's start and end
+        print(runs(host, "tick"))
+        print(host.ssh("journalctl -o short-precise --no-pager -n 40 -u deployer-tick.service").stdout)
+        raise
     merged = [s for s in range(int(manual.triggered) // PERIOD * PERIOD, int(manual.ended) + 1, PERIOD)
               if manual.triggered < s <= manual.ended]
     assert merged, f"no slot elapsed during the manual run ({manual.triggered:.1f}..{manual.ended:.1f})"

@@ -328,7 +328,7 @@ url = {server.url('/good')}
     deployer("pause", "sleepy", "-i", path, check=True)
     deployer("run", "bad", "-i", path, check=False)
     shared_cron01.ssh(f"systemctl disable --now {paths.job_unit('moved', 'timer')}")  # what `move` does to a handed-off job
-    wait_for(lambda: textfile(shared_cron01).get(("deployer_job_runs_total", "once")) == 1, 60, "the timer's run of once")
+    wait_for(lambda: textfile(shared_cron01).get(("deployer_job_runs_total", "once")) == 1, 120, "the timer's run of once")
     shared_cron01.ssh(f"systemctl start {paths.METRICS_SERVICE}")  # the file as of now (the stopped timer too)
 
     status = json.loads(deployer("status", "--json", "-i", path, check=True).stdout)
@@ -439,7 +439,7 @@ def test_issue22_8_failures_count_after_a_run_with_the_clock_a_day_ahead(shared_
     path = write_inventory(jobs_inventory(host, server))
     deployer("push", "-i", path, check=True)
     run_a_day_ahead(host, "bad")
-    wait_for(lambda: textfile(host).get(("deployer_job_runs_total", "bad")) == 1, 60, "the day-ahead run in the file")
+    wait_for(lambda: textfile(host).get(("deployer_job_runs_total", "bad")) == 1, 120, "the day-ahead run in the file")
     assert textfile(host)["deployer_job_last_start_timestamp_seconds", "bad"] > time.time() + 80000
     for _ in range(2):  # the clock back where it belongs
         deployer("run", "bad", "-i", path, check=False)
