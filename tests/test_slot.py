@@ -148,6 +148,28 @@ def test_a_manual_run_is_manual_though_systemd_left_the_timer_in_its_environment
     assert slot.slot_of_run("settle", ("x",), "abc", env={}, analyze=fake).how == "backfill"
 
 
+def test_a_manual_run_stays_manual_when_the_timer_elapses_after_its_process_started(tmp_path, monkeypatch):
+    """Found on a loaded host: the agent asked for a manual run, PID 1 started it at :47.8, its
+    trigger read the request at :50.6, and the timer had elapsed at :50.0 into the active unit
+    (merged). The moved stamp was taken for "the timer started this run", capped at the process's
+    start: the run named the slot :40, the one the timer's previous run had named (one key, two
+    runs: an idempotent service would answer the manual run with the old run's stored result)."""
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    stamp = tmp_path / "stamp-deployer-tick.timer"
+    stamp.touch()
+    os.utime(stamp, (1796615760.4, 1796615760.4))  # the timer's previous run (here: 03:56:00)
+    env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615760400000"}
+    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
+    (tmp_path / "deployer-tick.json").write_text(json.dumps({"manual": True, "stamp": stamp.stat().st_mtime_ns}))
+    os.utime(stamp, (1796615770.05, 1796615770.05))  # elapsed while the manual run's unit was active
+    manual = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=fake, started=lambda: 1796615767.78)
+    assert (manual.how, manual.key("tick")) == ("manual", "tick/manual-e329")
+    # The same elapse before the process started: the timer started this run, the ask merged into it.
+    timer = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=fake, started=lambda: 1796615770.6)
+    assert (timer.how, timer.name) == ("timer", "2026-12-07T03:56:10Z")
+
+
 def test_a_cronjob_names_its_slot_in_the_jobs_name():
     assert slot.cronjob_slot("settle-29942240") == 29942240 * 60
     assert slot.cronjob_slot("settle-manual-001") is None
@@ -168,7 +190,7 @@ def test_an_unreadable_calendar_falls_back_to_the_elapse_second(tmp_path):
     env = {"TRIGGER_UNIT": "deployer-x.timer"}
     monkey = slot.elapsed_at
     try:
-        slot.elapsed_at = lambda job, env: monkey(job, env, str(tmp_path))
+        slot.elapsed_at = lambda job, env, **kw: monkey(job, env, str(tmp_path), **kw)
         found = slot.slot_of_run("x", ("*:*:*",), "r", env=env, analyze=broken, log=lines.append)
     finally:
         slot.elapsed_at = monkey

@@ -247,16 +247,32 @@ def elapsed_at(job: str, env, stamps: Optional[str] = None,
     return min(stamped, began + START_MARGIN) if began is not None else stamped
 
 
+def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] = process_started) -> bool:
+    """Whether the agent's start made this run though `$TRIGGER_UNIT` names the job's timer
+    (systemd 252 keeps it from the last timer start): the timer has not elapsed since the agent
+    asked, or it elapsed only after this run's process was started (the unit was active: that
+    start merged into this run, and the agent runs its slot after this one). A timer elapse before
+    the process started is what started it: the agent's start merged into the timer's."""
+    if not asked.bound:
+        return False
+    stamp = stamp_of(job)
+    if asked.stamp == stamp:
+        return True
+    began = started()
+    return stamp is not None and began is not None and stamp / 1e9 > began + START_MARGIN
+
+
 def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now: Callable[[], float] = time.time,
-                analyze: Analyze = analyze, log: Callable[[str], None] = lambda line: None) -> Slot:
+                analyze: Analyze = analyze, log: Callable[[str], None] = lambda line: None,
+                started: Callable[[], Optional[float]] = process_started) -> Slot:
     """The slot this run is for (see the module's docstring)."""
     scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
     if scheduled is not None:
         return Slot(scheduled, run, "cronjob")
-    asked, elapsed = read_request(job), elapsed_at(job, env)
+    asked, elapsed = read_request(job), elapsed_at(job, env, started=started)
     # systemd 252 keeps $TRIGGER_UNIT from the last timer start in a later manual start's
-    # environment: what the agent asked wins, unless the timer elapsed again since it asked.
-    if asked.kind and (elapsed is None or (asked.bound and asked.stamp == stamp_of(job))):
+    # environment: what the agent asked wins, unless the timer's elapse started this run.
+    if asked.kind and (elapsed is None or asked_start(job, asked, started)):
         if asked.kind == "backfill":
             return Slot(asked.slot, run, "backfill", params=asked.params, by=asked.by)
         if asked.kind == "manual":
