@@ -44,9 +44,9 @@ check: test test-slow
 ## All tests but the slow walks, end-to-end ones included (they boot real systemd hosts; they need root).
 ## Six workers take tests as they free up (worksteal: a file's tests spread over the workers,
 ## so the longest file no longer sets the time; each worker boots its own hosts, each in a
-## cgroup of its own: tests/cronhost.py). Most e2e time is waiting for timers: since the tests'
-## own probes share one SSH connection per host, four workers on two cores left the CPU half idle
-## in the e2e phase; six took 10:15 where four took 12:15 (docs/performance.md). TEST_WORKERS=1
+## cgroup of its own: tests/cronhost.py). Most e2e time is waiting for timers: four workers on
+## two cores left a third of the CPU idle after the first minutes; six took 10:15 where four took
+## 12:15, the CPU then 81% busy (docs/performance.md). TEST_WORKERS=1
 ## runs them one by one. The tests judge by what was recorded, not by time windows: they pass
 ## next to a load average of 100 and more.
 TEST_WORKERS ?= 6
