@@ -8,6 +8,7 @@ import pytest
 
 from deployer.contract import paths
 
+from tests.e2e.runs import wait_until
 from tests.httpserver import Reply, json_reply
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +62,9 @@ timezone = Asia/Shanghai
                       "deployer-lease@renew.timer").stdout.split() == ["enabled"] * 3
     assert timers(shared_cron01) == ["deployer-fast.timer", "deployer-hourly.timer", "deployer-nightly.timer"]
     assert shared_cron01.ssh("systemctl is-active deployer-lease@renew.timer").stdout.strip() == "active"
-    lease = json.loads(shared_cron01.ssh("cat /var/lib/deployer/lease.json").stdout)
+    # The timer's first run (OnBootSec=0: at once) writes the lease, after the push has returned.
+    lease = json.loads(wait_until(lambda: shared_cron01.ssh(f"cat {paths.LEASE}", check=False).stdout, 60,
+                                  "the lease's first renewal", every=0.5))
     assert lease["seconds"] == 300 and abs(lease["renewed"] - time.time()) < 60
     request = server.wait_for("/fast", timeout=60)[0]
     assert request.method == "POST"
