@@ -47,8 +47,8 @@ check: test test-slow
 ## cgroup of its own: tests/cronhost.py). Most e2e time is waiting for timers: four workers on
 ## two cores left a third of the CPU idle after the first minutes; six took 10:15 where four took
 ## 12:15, the CPU then 81% busy (docs/performance.md). TEST_WORKERS=1
-## runs them one by one. The tests judge by what was recorded, not by time windows: they pass
-## next to a load average of 100 and more.
+## runs them one by one. The tests judge by what was recorded, not by time windows; how they did
+## next to a load is in docs/performance.md.
 TEST_WORKERS ?= 6
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --hypothesis-profile=repeatable -m 'not slow'
