@@ -84,7 +84,8 @@ def test_replaying_an_interrupted_push_never_creates_a_run(shared_cron01, deploy
     deployer("push", "-i", path, check=True)
     # Keep the journal of the next push as it was when the switch ran (the state a kill between
     # `systemctl start` and its removal leaves); then let the push finish.
-    keep = subprocess.Popen(shared_cron01.ssh_args(shared=False) + [f"until cp {JOURNAL} /root/kept 2>/dev/null; do :; done"])
+    keep = subprocess.Popen(shared_cron01.ssh_args(shared=False)
+                            + [f"until cp {JOURNAL} /root/kept 2>/dev/null; do :; done"])
     write_inventory(shared_cron01.inventory_host() + job("tick", server.url("/tick"), "*:*:0/10"))
     deployer("push", "-i", path, check=True)
     keep.wait(timeout=30)
