@@ -48,7 +48,8 @@ timeout = 30s
 
     ran = deployer("run", "tick", "-i", path, check=True)
     # The run has ended; its record may reach the journal a moment later (journald under load).
-    # Waited for up to 2 min: a machine loaded far past its cores (load average 50 on 2) took longer.
+    # Up to 2 min, as most waits in the suite. When it fails it says which is missing (a loaded run's
+    # failure here was a manual run keyed as the timer's previous slot: host/slot.py asked_start).
     try:
         [manual] = wait_until(lambda: [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key
                                        and r.ended], timeout=120, what="the manual run's record and end")
