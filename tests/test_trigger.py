@@ -109,6 +109,20 @@ def test_the_timeout_bounds_the_whole_run(server):
     assert len(server.received("/slow")) == 1
 
 
+def test_a_read_timeout_at_the_runs_deadline_is_the_runs_timeout_on_a_slow_machine(server, monkeypatch):
+    """The request's timeouts end at the run's deadline; the run's alarm is armed a little after
+    (on a loaded CI machine, far enough for the read timeout to come first: the run then said
+    "timed out reading; not retried" for what was its own timeout). The alarm armed 0.3 s late
+    here, as such a machine does."""
+    arm = run.signal.setitimer
+    monkeypatch.setattr(run.signal, "setitimer",
+                        lambda which, seconds, *rest: arm(which, seconds + 0.3 if seconds else 0))
+    server.routes["/slow"] = Reply(200, b"{}", delay=3)
+    verdict = run.run_job(spec(server, "/slow", timeout=0.5, retries=5), log=lambda _: None)
+    assert not verdict.ok and verdict.reason == "timed out after 0.5s (whole run, retries included)", verdict.reason
+    assert len(server.received("/slow")) == 1
+
+
 def test_connection_refused_is_a_short_clear_line(server):
     lines: list[str] = []
     verdict = run.run_job(run.JobSpec(name="x", url="http://127.0.0.1:1/x", retries=0), log=lines.append)

@@ -338,6 +338,10 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print,
                 line = f"{prefix} -> {response.status} in {time.monotonic() - begin:.2f}s"
                 log(line if verdict.ok else f"{line}: {verdict.reason}: {excerpt(response.body, hide)}")
             except TransportError as error:
+                if time.monotonic() >= deadline - DEADLINE_SLACK:
+                    # The request's timeouts end at the run's deadline, a few ms before the run's
+                    # alarm (armed after `started`): the run timed out, not the attempt.
+                    await_alarm(deadline)
                 verdict = Verdict(False, error.reason, retryable=error.retryable, reached=error.sent)
                 reached.append(error.sent)
                 log(f"{prefix} -> error in {time.monotonic() - begin:.2f}s: {verdict.reason}")
@@ -381,6 +385,10 @@ def key_in_progress(response: Response) -> bool:
     without Retry-After is the service's own conflict and is judged like any other answer."""
     return response.status == 409 and bool(response.header("retry-after").strip()) \
         and fence_epoch(response) is None
+
+
+# A request's timeout that ends within this of the run's deadline is the run's timeout.
+DEADLINE_SLACK = 0.01
 
 
 def await_alarm(deadline: float) -> None:
