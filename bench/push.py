@@ -113,13 +113,13 @@ def measure(size: int, repeat: int, with_ansible: bool, workdir: Path) -> dict[s
             if attempt == 0:
                 for _ in range(repeat):
                     samples["noop"].append(timed(deployer + [str(path)], env))
-                    samples["ssh"].append(timed(host.ssh_args() + ["true"], env))
+                    samples["ssh"].append(timed(host.ssh_args(shared=False) + ["true"], env))
         with CronHost("bench", workdir=workdir / f"r{size}-{attempt}") as host:
             path.write_text(inventory_text(host, size))
             archive, timers = units_tar(str(path))
             script = (f"tar -x -C /etc/systemd/system && systemctl daemon-reload && "
                       f"systemctl enable --now {' '.join(timers)}")
-            samples["raw"].append(timed(host.ssh_args() + [script], env, archive))
+            samples["raw"].append(timed(host.ssh_args(shared=False) + [script], env, archive))
         if with_ansible and attempt == 0:
             with CronHost("bench", workdir=workdir / f"a{size}") as host:
                 path.write_text(inventory_text(host, size))

@@ -141,7 +141,7 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
         print(f"[{size} jobs, {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     with CronHost("bench", workdir=workdir / "host") as host:
-        ssh = host.ssh_args()
+        ssh = host.ssh_args(shared=False)
         path, empty = workdir / "inventory.ini", workdir / "empty.ini"
         path.write_text(inventory_text(host, size))
         empty.write_text(inventory_text(host, 0))
