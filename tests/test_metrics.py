@@ -70,6 +70,8 @@ class FakeSystemd(Systemd):
         if args[:2] == ("systemctl", "show"):
             shown = {**TIMER_SHOW, **SERVICE_SHOW}
             return 0, "\n\n".join("Id=%s\n%s" % (u, shown[u]) for u in args[4:] if u in shown) + "\n", ""
+        if args[:3] == ("systemctl", "stop", "--no-block"):
+            return 0, "", ""
         raise AssertionError(args)
 
     def properties(self, units, properties):  # never the D-Bus of the machine the tests run on
@@ -275,23 +277,37 @@ def test_every_family_is_written_once_with_help_and_type(host):
     assert [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")] == names
 
 
-def test_a_pass_that_read_records_looks_again_until_nothing_is_new(host):
+def test_a_pass_looks_again_until_nothing_new_is_in_the_journal(host):
     layout, systemd = host
     assert metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=systemd) == 1
 
     class Arriving(FakeSystemd):
-        """A run ends while each of the first two passes runs."""
+        """A run ends while each of the first two passes asks systemd for the jobs' state: after
+        the pass read the journal, as on a loaded host."""
 
-        def run(self, args):
-            if args[0] == "journalctl" and len(self.records) < 3:
+        def show(self, units, properties):
+            reads = [call for call in self.calls if call[0] == "journalctl"]
+            if len(self.records) < min(len(reads), 2):  # one run in each of the first two passes
                 self.records.append(record("settle", 1795600000.0 + 60 * len(self.records)))
-            return super().run(args)
+            return super().show(units, properties)
 
     arriving = Arriving()
     passes = metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=arriving)
-    assert passes == 4  # 1, 2 and 3 records read, then none
+    assert passes == 3  # none read, then each run by the pass after the one it ended in
     text = open(layout.at(paths.METRICS_DIR + "/" + paths.METRICS_FILE)).read()
-    assert parse(text)[series("deployer_job_runs_total", "settle")] == 3
+    assert parse(text)[series("deployer_job_runs_total", "settle")] == 2
+
+
+def test_each_pass_first_stops_the_debounce_timer_so_a_run_ending_in_it_arms_it_again(host):
+    """Started while it waits or has elapsed into this start, the timer does nothing: stopped
+    before the pass reads the journal, a run that ends after the read starts it anew."""
+    layout, systemd = host
+    systemd.records = [record("settle", 1795600000.0)]
+    assert metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=systemd) == 1
+    stop = ("systemctl", "stop", "--no-block", paths.METRICS_SOON_TIMER)
+    assert systemd.calls[0] == stop
+    assert [call[0] for call in systemd.calls[1:]].count("journalctl") == 2  # the pass, then the look
+    assert systemd.calls.count(stop) == 1
 
 
 def test_a_host_that_holds_its_jobs_says_so(host):

@@ -354,18 +354,27 @@ def read_heartbeat_url(layout) -> str:
     return ""
 
 
-# Passes of one start at most: runs that end while a pass runs start the debounce timer in vain
-# (it is still elapsing), so the pass looks again, in-process, until a pass finds nothing new.
+# Passes of one start at most: a run that ends while a pass runs is read by the next pass.
 MAX_PASSES = 5
 
 
 def collect_until_quiet(host: str, version: str, directory: str, layout=None, systemd=None, log=print) -> int:
-    """collect() until a pass reads no new record (the cursor stays); the number of passes."""
+    """collect() until nothing new is in the journal after a pass; the number of passes.
+
+    Each pass first stops the debounce timer: while it waits or has elapsed into this start, a
+    run's OnSuccess=/OnFailure= starting it does nothing, and a run ending after the last look
+    would wait for the minute's heartbeat (seen on a loaded host). Stopped, the next run's end
+    arms it again; a run that ended before the stop is in the journal this pass reads."""
+    from deployer.host.journal import read_records
+    from deployer.host.systemctl import Systemd
+
     layout = layout or paths.Layout()
+    systemd = systemd or Systemd()
     for number in range(1, MAX_PASSES + 1):
-        before = read_state(layout.at(paths.METRICS_STATE)).get("cursor", "")
+        systemd.systemctl("stop", "--no-block", paths.METRICS_SOON_TIMER, check=False)
         collect(host, version, directory, layout=layout, systemd=systemd, log=log)
-        if read_state(layout.at(paths.METRICS_STATE)).get("cursor", "") == before:
+        records, _ = read_records(systemd, read_state(layout.at(paths.METRICS_STATE)).get("cursor", ""))
+        if not records:
             break
     return number
 
