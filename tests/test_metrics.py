@@ -52,6 +52,7 @@ class FakeSystemd(Systemd):
         self.records: list[RunRecord] = []
         self.calls: list[tuple] = []
         self.forged: set[str] = set()  # runs sent by a local user, not by the job's service
+        self.shown = {**TIMER_SHOW, **SERVICE_SHOW}  # what `systemctl show` answers, by unit
 
     def sender(self, r: RunRecord) -> dict:
         if r.run in self.forged:
@@ -68,8 +69,11 @@ class FakeSystemd(Systemd):
                      for i, r in enumerate(self.records) if i >= start]
             return 0, "\n".join(lines) + "\n", ""
         if args[:2] == ("systemctl", "show"):
-            shown = {**TIMER_SHOW, **SERVICE_SHOW}
+            shown = self.shown
             return 0, "\n\n".join("Id=%s\n%s" % (u, shown[u]) for u in args[4:] if u in shown) + "\n", ""
+        if args[:2] == ("systemctl", "list-units"):  # every loaded unit and its ActiveState
+            states = {u: text.split("ActiveState=", 1)[1].split("\n", 1)[0] for u, text in self.shown.items()}
+            return 0, "".join("%s loaded %s sub deployer: a job\n" % (u, state) for u, state in states.items()), ""
         if args[:3] == ("systemctl", "stop", "--no-block"):
             return 0, "", ""
         raise AssertionError(args)
@@ -350,3 +354,97 @@ def test_issue23_a_skipped_slot_is_counted_once_by_reason_and_is_neither_a_run_n
     again = collect(host)
     assert f'deployer_job_skipped_total{{{label},reason="concurrency"}} 2' in again
     assert f'deployer_job_skipped_total{{{label},reason="catch_up"}} 1' in again
+
+
+# -- a pass costs what changed (issue 25) --------------------------------------------------------
+
+def asked(systemd, since=0):
+    """The units a pass asked `systemctl show` about, after call `since`."""
+    return {unit for call in systemd.calls[since:] if call[:2] == ("systemctl", "show")
+            for unit in call[4:]}
+
+
+REPORT_STARTED = ("ActiveState=active\nUnitFileState=enabled\nNextElapseUSecRealtime=\nLastTriggerUSec=n/a\n"
+                  "TimersCalendar={ OnCalendar=*-*-* 03:00:00 ; next_elapse=Thu 2026-11-26 03:00:00 UTC }")
+
+
+def test_a_second_pass_asks_only_about_jobs_that_may_have_changed(host):
+    layout, systemd = host
+    now = 1795615200.0
+    systemd.shown["deployer-report.timer"] = REPORT_STARTED
+    collect(host, now)
+    assert asked(systemd) == {"deployer-settle.timer", "deployer-settle.service",
+                              "deployer-report.timer", "deployer-report.service"}
+    # report's next elapse moved without a push (what no pass can see but by asking); settle is
+    # running and its next elapse (14:00) has come: only settle is asked about.
+    systemd.shown["deployer-report.timer"] = REPORT_STARTED.replace("03:00:00 UTC }", "04:00:00 UTC }")
+    calls = len(systemd.calls)
+    values = parse(collect(host, now + 60))
+    assert asked(systemd, calls) == {"deployer-settle.timer", "deployer-settle.service"}
+    assert values[series("deployer_job_next_run_timestamp_seconds", "report")] == 1795662000  # 03:00, as last seen
+    assert values[series("deployer_job_running", "settle")] == 1
+    # After FULL_EVERY every job is asked about again.
+    calls = len(systemd.calls)
+    values = parse(collect(host, now + 60 + metrics.FULL_EVERY))
+    assert "deployer-report.timer" in asked(systemd, calls)
+    assert values[series("deployer_job_next_run_timestamp_seconds", "report")] == 1795665600  # 04:00
+
+
+@pytest.mark.parametrize("change", ["nothing", "record", "pause", "fence", "next elapse", "push", "disable by hand",
+                                    "new boot", "clock stepped back", "timer stopped", "service running"])
+def test_what_makes_a_pass_ask_about_a_quiet_job_again(host, change, tmp_path):
+    layout, systemd = host
+    systemd.shown["deployer-report.timer"] = REPORT_STARTED
+    if change == "next elapse":  # 14:02, two minutes after the first pass
+        systemd.shown["deployer-report.timer"] = REPORT_STARTED.replace("Thu 2026-11-26 03:00", "Wed 2026-11-25 14:02")
+    wants = os.path.join(layout.unit_dir, paths.TIMERS_WANTS)
+    os.makedirs(wants)
+    os.symlink(os.path.join(layout.unit_dir, "deployer-report.timer"), os.path.join(wants, "deployer-report.timer"))
+    now = 1795615200.0
+    collect(host, now)
+    later = now + 60
+    if change == "record":
+        systemd.records.append(record("report", now + 10))
+    elif change in ("pause", "fence"):
+        marks = layout.paused_dir if change == "pause" else layout.fenced_dir
+        os.makedirs(marks, exist_ok=True)
+        open(os.path.join(marks, "deployer-report.timer"), "w").close()
+    elif change == "next elapse":
+        later = now + 180
+    elif change == "push":
+        os.rename(os.path.join(layout.unit_dir, "deployer-stray.timer"), os.path.join(layout.unit_dir, "x.timer"))
+    elif change == "disable by hand":  # `systemctl disable`: the link goes, the unit directory stays as it was
+        os.unlink(os.path.join(wants, "deployer-report.timer"))
+    elif change == "new boot":
+        os.makedirs(os.path.dirname(layout.boot_id), exist_ok=True)
+        with open(layout.boot_id, "w") as handle:
+            handle.write("5c2e1d0a-new-boot\n")
+    elif change == "clock stepped back":
+        later = now - 3600
+    elif change == "timer stopped":  # by hand, or a pause the last pass saw halfway (its marker, not the stop)
+        systemd.shown["deployer-report.timer"] = TIMER_SHOW["deployer-report.timer"]
+    elif change == "service running":  # a manual run, or one its parent started
+        systemd.shown["deployer-report.service"] = SERVICE_SHOW["deployer-settle.service"]
+    calls = len(systemd.calls)
+    collect(host, later)
+    assert ("deployer-report.timer" in asked(systemd, calls)) == (change != "nothing"), change
+
+
+def test_a_quiet_pass_asks_about_no_job():
+    """Pure: with nothing changed, nothing is asked (one list-units call said so)."""
+    seen = {"fingerprint": [1, 2, "b"], "full_at": 1000.0, "jobs": {
+        "a": {"timer_state": "active", "next": "2026-11-26T03:00:00+00:00", "service_state": "inactive",
+              "started": "", "paused": False, "fenced": False},
+        "chained": {"timer_state": "", "next": "", "service_state": "inactive", "started": "", "paused": False,
+                    "fenced": False}}}
+    quiet = {"deployer-a.timer": "active", "deployer-a.service": "inactive"}  # chained: nothing loaded
+
+    def ask(jobs=("a", "chained"), states=quiet, mark=(1, 2, "b"), now=1060.0):
+        return metrics.jobs_to_ask(seen, list(mark), list(jobs), set(), states, set(), set(), now)
+
+    assert ask() == set()
+    assert ask(states=dict(quiet, **{"deployer-a.service": "activating"})) == {"a"}
+    assert ask(states=dict(quiet, **{"deployer-a.timer": "inactive"})) == {"a"}
+    assert ask(jobs=("a", "chained", "new")) == {"new"}
+    assert ask(mark=(1, 3, "b")) is None
+    assert ask(now=1000.0 + metrics.FULL_EVERY) is None

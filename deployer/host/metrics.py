@@ -118,6 +118,53 @@ HOST_FAMILIES = (
 )
 
 
+# A pass asks PID 1 only about jobs whose state may have changed since the last pass: at 10,000
+# jobs, asking about every timer and service took 3.6 s of PID 1 each minute, and ran into the
+# unit's 50 s timeout while PID 1 was busy stopping timers (issue 25, docs/performance.md). The
+# rest keep what the last pass read. Every FULL_EVERY seconds, and whenever the unit directory,
+# timers.target.wants or the boot changed (a push, a disable by hand, a reboot), a pass asks
+# about all of them: a timer stopped by hand without a disable shows within FULL_EVERY.
+FULL_EVERY = 600
+# A service in these states is a run under way (job_values: deployer_job_running).
+RUNNING_STATES = ("activating", "deactivating", "reloading")
+SEEN_FIELDS = ("timer_state", "next", "service_state", "started", "paused", "fenced")
+
+
+def jobs_to_ask(seen: dict, fingerprint: list, jobs, recorded, states, paused, fenced, now: float):
+    """The jobs a pass must ask systemd about; None for all of them. `states`: unit -> ActiveState
+    of the loaded deployer units (one list-units call). A job is asked about when it is new, has
+    new records, its timer's state is not the one the last pass saw (a pause, resume, fence or
+    stop, also halfway through one), its service runs now or ran then, it was paused, resumed or
+    fenced since, or its timer's next elapse has come."""
+    full_at = seen.get("full_at", 0)
+    if seen.get("fingerprint") != fingerprint or not full_at <= now < full_at + FULL_EVERY:
+        return None
+    known = seen.get("jobs", {})
+    ask = set()
+    for job in jobs:
+        was, timer = known.get(job), paths.job_unit(job, "timer")
+        if (was is None or job in recorded
+                or (states.get(timer) or "inactive") != (was["timer_state"] or "inactive")
+                or states.get(paths.job_unit(job, "service")) in RUNNING_STATES
+                or was["service_state"] in RUNNING_STATES
+                or was["paused"] != (timer in paused) or was["fenced"] != (timer in fenced)
+                or (was["next"] and epoch(was["next"]) <= now)):
+            ask.add(job)
+    return ask
+
+
+def seen_of(status) -> dict:
+    return {field: getattr(status, field) for field in SEEN_FIELDS}
+
+
+def status_of(job: str, seen: dict):
+    """A JobStatus from what an earlier pass read (the fields job_values uses)."""
+    from deployer.contract.protocol import JobStatus
+
+    timer = paths.job_unit(job, "timer")
+    return JobStatus(job=job, timer=timer, service=paths.job_unit(job, "service"), **seen)
+
+
 def label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -273,6 +320,33 @@ def installed_jobs(layout) -> Dict[str, str]:
     return {**{job: "" for job in services if job not in jobs}, **jobs}
 
 
+def fingerprint(layout) -> list:
+    """What changes when jobs are pushed, enabled or disabled, or the host boots: the unit
+    directory and timers.target.wants (their mtimes), and the boot id."""
+    marks = []
+    for directory in (layout.unit_dir, os.path.join(layout.unit_dir, paths.TIMERS_WANTS)):
+        try:
+            marks.append(os.stat(directory).st_mtime_ns)
+        except FileNotFoundError:
+            marks.append(0)
+    try:
+        with open(layout.boot_id) as handle:
+            marks.append(handle.read().strip())
+    except OSError:
+        marks.append("")
+    return marks
+
+
+def unit_states(systemd) -> dict:
+    """unit -> ActiveState of every loaded deployer timer and service: one question to PID 1,
+    answered from its memory (a unit it has unloaded is inactive)."""
+    code, out, _ = systemd.systemctl("list-units", "--all", "--plain", "--no-legend", "--type=timer,service",
+                                     paths.UNIT_PREFIX + "*", check=False)
+    if code != 0:
+        return {}
+    return {fields[0]: fields[2] for fields in (line.split(None, 4) for line in out.splitlines()) if len(fields) > 2}
+
+
 def ping(url: str, log) -> bool:
     from urllib.parse import urlsplit
 
@@ -306,14 +380,24 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     state = read_state(state_path)
     records, cursor = read_records(systemd, state.get("cursor", ""))
     state = add_records(dict(state, cursor=cursor), records, now)
-    units = installed_jobs(layout)
+    seen, mark = state.get("seen") or {}, fingerprint(layout)
+    if seen.get("fingerprint") == mark and isinstance(seen.get("timing"), dict):
+        timing = {job: Timing(*value) for job, value in seen["timing"].items()}
+    else:
+        timing = {job: METRICS.read(text) for job, text in installed_jobs(layout).items()}
     machine = Host(layout, systemd, host)
-    statuses = job_statuses(machine, [paths.job_unit(job, "timer") for job in units])
+    ask = jobs_to_ask(seen, mark, timing, {r.record.job for r in records}, unit_states(systemd),
+                      machine.state.paused(), machine.state.fenced(), now)
+    asking = [paths.job_unit(job, "timer") for job in (timing if ask is None else sorted(ask))]
+    asked = job_statuses(machine, asking) if asking else ()
+    known = {} if ask is None else seen.get("jobs", {})
+    known = dict({job: known[job] for job in timing if job in known}, **{s.job: seen_of(s) for s in asked})
+    state["seen"] = {"fingerprint": mark, "full_at": now if ask is None else seen["full_at"], "jobs": known,
+                     "timing": {job: [t.period, t.timeout] for job, t in timing.items()}}
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
-    jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in units}
+    jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in timing}
     state = dict(state, jobs=jobs_state)
-    values = {status.job: job_values(status.job, status, METRICS.read(units[status.job]), state)
-              for status in statuses}
+    values = {job: job_values(job, status_of(job, known[job]), timing[job], state) for job in timing}
     text = textfile(host, version, values, now, held=is_held(HostState(layout, host)))
     url = read_heartbeat_url(layout)
     due = url and now - state.get("pinged", 0) >= PING_INTERVAL
