@@ -265,20 +265,20 @@ def validate(inventory_path, count):
     from .models import is_chained
 
     parents = inv.all_parents()
+    lines = []  # one write: 20,000 lines for 10,000 jobs
     for job, calendar, upcoming in zip(inv.jobs, calendars, runs):
         if is_chained(job):
-            click.echo(f"{job.name}  (host {job.host})  {chain_text(parents.get(job.name, ()))}")
+            lines.append(f"{job.name}  (host {job.host})  {chain_text(parents.get(job.name, ()))}")
             continue
         when = "at boot" if calendar.on_boot else ", ".join(_clock_text(t, calendar.timezone) for t in upcoming)
-        click.echo(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
+        lines.append(f"{job.name}  (host {job.host})  {' | '.join(calendar.lines) or '@reboot'}")
         if count:
-            click.echo(f"    next: {when or 'never'}")
+            lines.append(f"    next: {when or 'never'}")
     from .plan import resend_notes
 
-    for note in resend_notes(inv.jobs):
-        click.echo(f"note: {note}")
-    click.echo(f"{inventory_path}: ok ({len(inv.hosts)} hosts, {len(inv.alerts)} alerts, "
-               f"{len(inv.jobs)} jobs)")
+    lines += [f"note: {note}" for note in resend_notes(inv.jobs)]
+    lines.append(f"{inventory_path}: ok ({len(inv.hosts)} hosts, {len(inv.alerts)} alerts, {len(inv.jobs)} jobs)")
+    click.echo("\n".join(lines))
 
 
 @main.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})

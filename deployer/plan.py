@@ -157,15 +157,29 @@ def as_dict(plan: Plan) -> dict:
             "remove_jobs": list(removed_jobs(plan)), "kept_jobs": list(jobs_of(plan.kept))}
 
 
+# A note names this many jobs, then how many more (an inventory of 10,000 jobs gets one line).
+NOTE_NAMES = 5
+
+
 def resend_notes(jobs) -> list[str]:
-    """One line per job whose retries the once-rule limits: a POST or PATCH the service may have
-    started (a read timeout, a 500/502/504) is not sent again without `idempotent = true`."""
+    """One line per retries and method the once-rule limits, naming its jobs: a POST or PATCH
+    the service may have started (a read timeout, a 500/502/504) is not sent again without
+    `idempotent = true`."""
     from .contract.options import IDEMPOTENT_METHODS
 
-    return [f"[job:{j.name}] retries = {j.retries}: after a read timeout or a 500/502/504 this {j.method} is "
-            f"not sent again (the service may have started it); set idempotent = true once the service "
-            f"dedupes on Idempotency-Key (docs/receiving.md)"
-            for j in jobs if j.retries and not j.idempotent and j.method not in IDEMPOTENT_METHODS]
+    limited: dict[tuple, list[str]] = {}
+    for j in jobs:
+        if j.retries and not j.idempotent and j.method not in IDEMPOTENT_METHODS:
+            limited.setdefault((j.retries, j.method), []).append(j.name)
+    notes = []
+    for (retries, method), names in limited.items():
+        named = ", ".join(f"[job:{name}]" for name in names[:NOTE_NAMES])
+        if len(names) > NOTE_NAMES:
+            named += f" and {len(names) - NOTE_NAMES:,} more jobs"
+        notes.append(f"{named} retries = {retries}: after a read timeout or a 500/502/504 this {method} is "
+                     f"not sent again (the service may have started it); set idempotent = true once the service "
+                     f"dedupes on Idempotency-Key (docs/receiving.md)")
+    return notes
 
 
 def chains(jobs) -> list[dict]:

@@ -932,7 +932,7 @@ def next_runs_many(calendars: list[tuple[str, ...]], count: int, base=None) -> l
     blocks = [b for b in result.stdout.split("\n\n") if "Normalized form:" in b]
     if len(blocks) != len(flat):
         raise ScheduleError(f"unexpected systemd-analyze output ({len(blocks)} blocks for {len(flat)} lines)")
-    per_line = iter([{datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    per_line = iter([{datetime.fromisoformat(m).replace(tzinfo=timezone.utc)  # "%Y-%m-%d %H:%M:%S"
                       for m in _ELAPSE.findall(block)} for block in blocks])
     return [sorted(set().union(*(next(per_line) for _ in lines)))[:count] for lines in calendars]
 

@@ -84,3 +84,23 @@ def test_the_chains_are_listed_parent_first():
     assert chain_lines(jobs) == [
         "chain: load: after extract succeeded (same slot; deployer-extract.service OnSuccess=)",
         "chain: cleanup: after extract failed (same slot; deployer-extract.service OnFailure=)"]
+
+
+def test_a_resend_note_per_retries_and_method_names_five_jobs_then_counts():
+    """10,000 jobs with the default retries get one note, not 10,000 lines."""
+    from types import SimpleNamespace
+
+    from deployer.plan import resend_notes
+
+    def job(name, retries=2, method="POST", idempotent=False):
+        return SimpleNamespace(name=name, retries=retries, method=method, idempotent=idempotent)
+
+    many = [job(f"job{i:05d}") for i in range(10000)]
+    others = [job("once", retries=0), job("safe", idempotent=True), job("read", method="GET"),
+              job("patch", retries=3, method="PATCH")]
+    notes = resend_notes(many + others)
+    assert notes[0].startswith("[job:job00000], [job:job00001], [job:job00002], [job:job00003], [job:job00004] "
+                               "and 9,995 more jobs retries = 2: after a read timeout or a 500/502/504 this POST "
+                               "is not sent again")
+    assert notes[1].startswith("[job:patch] retries = 3: after a read timeout or a 500/502/504 this PATCH")
+    assert len(notes) == 2
