@@ -5,8 +5,9 @@ every minute (the heartbeat timer), a few seconds after runs end (the debounce t
 job's OnSuccess=/OnFailure= starts: a burst of 300 runs starts it a handful of times, not 300),
 and after every push, pause and resume (the agent starts it). Each time it reads the run records
 (record.py) the journal got since its cursor, adds them to the counters kept in
-paths.METRICS_STATE, asks systemd for the timers' state (as `deployer status` does, through the
-same agent function, so the two agree), and replaces one file, paths.METRICS_FILE, whole.
+paths.METRICS_STATE, asks systemd for the state of the jobs that may have changed since (as
+`deployer status` does, through the same agent function, so the two agree; see jobs_to_ask), and
+replaces one file, paths.METRICS_FILE, whole.
 
 Why not the trigger: a job runs as a DynamicUser in a sandbox, so it could write only where
 systemd hands it a directory (StateDirectory=, under /var/lib/private, which node_exporter
