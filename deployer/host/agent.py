@@ -467,12 +467,16 @@ class Host:
                 os.unlink(path)
         for timer in journal.unpause:
             self.state.unpause(timer)
-        if journal.reload:
-            progress("systemctl daemon-reload")
-            systemd.systemctl("daemon-reload")
+        # Enabled before the reload: the reload then loads each new timer as a want of
+        # timers.target. Linked after it, 10,000 timers took 37 s to start and 14 s per 500 to
+        # stop (each loaded on its own, and unloaded again once stopped); linked before, 5 s and
+        # 0.5 s (issue 25, docs/performance.md).
         if journal.enable:
             progress("enabling %d timers" % len(journal.enable))
             self.enable_units(journal.enable)
+        if journal.reload:
+            progress("systemctl daemon-reload")
+            systemd.systemctl("daemon-reload")
         if journal.start:
             start_timers(systemd, list(journal.start), wait=not boot)
 
