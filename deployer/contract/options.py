@@ -6,6 +6,7 @@ inventory, renders it onto the trigger's command line, and the trigger parses it
 the same parser. Parsers are pure and standard-library only, because the trigger runs them
 on the cron host; each raises `Invalid` with a message that completes "[section] key: ...".
 """
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -202,6 +203,7 @@ def url(value: str) -> str:
 
 
 
+@functools.lru_cache(maxsize=1024)  # a job's URL is redacted five times as its units render
 def redact_url(value: str) -> str:
     """The URL as a unit, `ps`, a log or an alert may show it: `***` for a password (for a user
     name alone too: it may be a token) and for every query value whose name looks secret."""
