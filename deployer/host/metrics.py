@@ -13,13 +13,13 @@ Why not the trigger: a job runs as a DynamicUser in a sandbox, so it could write
 systemd hands it a directory (StateDirectory=, under /var/lib/private, which node_exporter
 cannot read), and every run would pay for it. The record it already sends is the whole input.
 """
-import calendar
 import contextlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 from deployer.contract import paths
@@ -75,7 +75,8 @@ def add_records(state: dict, records: List[Recorded], now: float) -> dict:
 
 def epoch(iso: str) -> float:
     """`2026-11-25T14:00:00+00:00` (the agent's status times, always UTC) -> unix seconds; "" -> 0."""
-    return float(calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))) if iso else 0.0
+    # fromisoformat, not strptime: 20,000 calls a pass at 10,000 jobs (0.45 s with strptime)
+    return datetime.fromisoformat(iso[:19]).replace(tzinfo=timezone.utc).timestamp() if iso else 0.0
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,13 @@ def textfile(host: str, version: str, jobs: Dict[str, Dict[str, Optional[float]]
     """The node_exporter textfile: every family once, HELP and TYPE first (promtool's rules)."""
     out = []
     host_label = 'deployer_host="%s"' % label_value(host)
+    ordered = sorted(jobs.items())
+    job_labels = {job: '%s,deployer_job="%s"' % (host_label, label_value(job)) for job, _ in ordered}
     for family in JOB_FAMILIES:
         samples = []
-        for job, values in sorted(jobs.items()):
+        for job, values in ordered:
             value = values[family.name]
-            labels = '%s,deployer_job="%s"' % (host_label, label_value(job))
+            labels = job_labels[job]
             if isinstance(value, dict):  # by reason
                 samples += ['%s{%s,reason="%s"} %s' % (family.name, labels, label_value(kind), number(count))
                             for kind, count in value.items()]
