@@ -64,10 +64,20 @@ timeout = 30s
     # The agent names the moment PID 1 stamped the elapse: on a loaded host seconds after the slot
     # (:43 for :40), and still within the manual run; the slot run for it is the latest at or before.
     said = re.search(r"the timer elapsed at (\S+) during this manual run", ran.stdout + ran.stderr)
-    assert said, ran.stdout + ran.stderr
-    elapsed = datetime.fromisoformat(said.group(1)).timestamp()
-    assert manual.triggered < elapsed <= manual.ended + 1, (elapsed, manual)
-    assert elapsed // PERIOD * PERIOD == latest, (said.group(1), iso(latest))
+    if said:
+        elapsed = datetime.fromisoformat(said.group(1)).timestamp()
+        assert manual.triggered < elapsed <= manual.ended + 1, (elapsed, manual)
+        assert elapsed // PERIOD * PERIOD == latest, (said.group(1), iso(latest))
+    else:
+        # Nothing merged: on a loaded host PID 1 may elapse the timer only once the manual run has
+        # ended (seen in a loaded CI run), and the timer's own run then carries the slot. Proven
+        # by that run: started by PID 1 after the manual one ended, for this slot.
+        def own_run():
+            starts = {r.run: r.triggered for r in runs(host, "tick")}
+            return [(starts.get(r.run), r) for r in records(host, "tick") if r.slot == latest]
+
+        [(started, _)] = wait_until(own_run, timeout=60, what=f"the timer's own run of {iso(latest)}")
+        assert started is not None and started >= manual.ended, (started, manual, ran.stdout + ran.stderr)
 
     # systemd's own rule for a timer whose unit was busy: one run, for the latest slot passed. On
     # a loaded machine the follow-up run may start after the next slot too, and then stands for
