@@ -448,3 +448,28 @@ def test_a_quiet_pass_asks_about_no_job():
     assert ask(jobs=("a", "chained", "new")) == {"new"}
     assert ask(mark=(1, 3, "b")) is None
     assert ask(now=1000.0 + metrics.FULL_EVERY) is None
+
+
+@pytest.mark.parametrize("change", ["gone", "junk", "jobs not a dict", "a field missing", "a field more"])
+def test_what_another_version_left_in_the_state_makes_a_pass_ask_about_every_job(host, change):
+    layout, systemd = host
+    collect(host)
+    path = layout.at(paths.METRICS_STATE)
+    with open(path) as handle:
+        state = json.load(handle)
+    seen = state["seen"]  # from a pass a minute ago, the fingerprint unchanged: the next would ask about settle only
+    if change == "gone":
+        del state["seen"]
+    elif change == "junk":
+        state["seen"] = "junk"
+    elif change == "jobs not a dict":
+        seen["jobs"] = []
+    elif change == "a field missing":
+        del seen["jobs"]["report"]["next"]
+    else:
+        seen["jobs"]["report"]["new"] = 1
+    with open(path, "w") as handle:
+        json.dump(state, handle)
+    calls = len(systemd.calls)
+    collect(host, 1795615200.0 + 60)
+    assert "deployer-report.timer" in asked(systemd, calls)

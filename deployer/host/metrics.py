@@ -155,6 +155,16 @@ def jobs_to_ask(seen: dict, fingerprint: list, jobs, recorded, states, paused, f
     return ask
 
 
+def usable_seen(seen) -> dict:
+    """What the last pass read, or {} (every job is asked about) when it is not in this version's
+    shape: a state written by another version never stops the collector."""
+    if not isinstance(seen, dict) or not isinstance(seen.get("jobs"), dict) or not isinstance(
+            seen.get("full_at"), (int, float)):
+        return {}
+    fields = set(SEEN_FIELDS)
+    return seen if all(isinstance(v, dict) and set(v) == fields for v in seen["jobs"].values()) else {}
+
+
 def seen_of(status) -> dict:
     return {field: getattr(status, field) for field in SEEN_FIELDS}
 
@@ -384,7 +394,7 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     state = read_state(state_path)
     records, cursor = read_records(systemd, state.get("cursor", ""))
     state = add_records(dict(state, cursor=cursor), records, now)
-    seen, mark = state.get("seen") or {}, fingerprint(layout)
+    seen, mark = usable_seen(state.get("seen")), fingerprint(layout)
     if seen.get("fingerprint") == mark and isinstance(seen.get("timing"), dict):
         timing = {job: Timing(*value) for job, value in seen["timing"].items()}
     else:
