@@ -473,3 +473,52 @@ def test_what_another_version_left_in_the_state_makes_a_pass_ask_about_every_job
     calls = len(systemd.calls)
     collect(host, 1795615200.0 + 60)
     assert "deployer-report.timer" in asked(systemd, calls)
+
+
+def remove_keeping_the_directory_mtime(layout, name):
+    """A job's timer removed within the same tick of the directory's clock as the last pass."""
+    info = os.stat(layout.unit_dir)
+    os.unlink(os.path.join(layout.unit_dir, name))
+    os.utime(layout.unit_dir, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def jobs_in_the_file(host, now):
+    return parse(collect(host, now))['deployer_jobs{deployer_host="cron01"}']
+
+
+def test_a_unit_directory_changed_just_before_a_pass_makes_the_next_pass_read_it_again(host):
+    """Racy mtimes (as git's index has them): a push's last change can share the directory's mtime
+    with a pass that read the directory just before it."""
+    layout, _ = host
+    now = 1795615200.0
+    os.utime(layout.unit_dir, (now - 1, now - 1))  # changed a second before the pass
+    assert jobs_in_the_file(host, now) == 2
+    remove_keeping_the_directory_mtime(layout, "deployer-report.timer")
+    assert jobs_in_the_file(host, now + 60) == 1
+
+
+def test_every_full_pass_reads_the_unit_files_again(host):
+    layout, _ = host
+    now = 1795615200.0
+    os.utime(layout.unit_dir, (now - 100, now - 100))
+    assert jobs_in_the_file(host, now) == 2
+    remove_keeping_the_directory_mtime(layout, "deployer-report.timer")
+    assert jobs_in_the_file(host, now + 60) == 2  # nothing said it changed: as the last pass saw it
+    assert jobs_in_the_file(host, now + 60 + metrics.FULL_EVERY) == 1
+
+
+def test_when_list_units_fails_a_pass_asks_about_every_job(host):
+    layout, systemd = host
+    collect(host)
+
+    class Failing(FakeSystemd):
+        def run(self, args):
+            if tuple(args[:2]) == ("systemctl", "list-units"):
+                self.calls.append(tuple(args))
+                return 1, "", "Failed to connect to bus"
+            return super().run(args)
+
+    failing = Failing()
+    failing.shown = systemd.shown
+    metrics.collect(HOST, "1.2.3", paths.METRICS_DIR, layout=layout, systemd=failing, now=1795615200.0 + 60)
+    assert "deployer-report.timer" in asked(failing)

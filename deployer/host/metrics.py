@@ -125,7 +125,8 @@ HOST_FAMILIES = (
 # unit's 50 s timeout while PID 1 was busy stopping timers (issue 25, docs/performance.md). The
 # rest keep what the last pass read. Every FULL_EVERY seconds, and whenever the unit directory,
 # timers.target.wants or the boot changed (a push, a disable by hand, a reboot), a pass asks
-# about all of them: a timer stopped by hand without a disable shows within FULL_EVERY.
+# about all of them and reads the unit files again: what changes none of these (a unit file
+# edited in place, the clock or the zone changed) shows within FULL_EVERY.
 FULL_EVERY = 600
 # A service in these states is a run under way (job_values: deployer_job_running).
 RUNNING_STATES = ("activating", "deactivating", "reloading")
@@ -138,8 +139,7 @@ def jobs_to_ask(seen: dict, fingerprint: list, jobs, recorded, states, paused, f
     new records, its timer's state is not the one the last pass saw (a pause, resume, fence or
     stop, also halfway through one), its service runs now or ran then, it was paused, resumed or
     fenced since, or its timer's next elapse has come."""
-    full_at = seen.get("full_at", 0)
-    if seen.get("fingerprint") != fingerprint or not full_at <= now < full_at + FULL_EVERY:
+    if asks_about_all(seen, fingerprint, now):
         return None
     known = seen.get("jobs", {})
     ask = set()
@@ -153,6 +153,24 @@ def jobs_to_ask(seen: dict, fingerprint: list, jobs, recorded, states, paused, f
                 or (was["next"] and epoch(was["next"]) <= now)):
             ask.add(job)
     return ask
+
+
+def asks_about_all(seen: dict, fingerprint: list, now: float) -> bool:
+    """A pass asks about every job (and reads the unit files again) after a push, a disable or a
+    boot since the last pass, and every FULL_EVERY seconds (a clock stepped back too)."""
+    full_at = seen.get("full_at", 0)
+    return seen.get("fingerprint") != fingerprint or not full_at <= now < full_at + FULL_EVERY
+
+
+# A directory changed this close to a pass may change again within the same mtime (its clock
+# ticks coarsely): such a fingerprint is not kept, so the next pass asks about every job again.
+SETTLED_SECONDS = 2.0
+
+
+def settled(fingerprint: list, now: float):
+    """The fingerprint to keep: None while a directory in it changed in the last SETTLED_SECONDS."""
+    mtimes = [mark for mark in fingerprint if isinstance(mark, int) and mark]
+    return fingerprint if all(abs(now - mtime / 1e9) > SETTLED_SECONDS for mtime in mtimes) else None
 
 
 def usable_seen(seen) -> dict:
@@ -351,13 +369,14 @@ def fingerprint(layout) -> list:
     return marks
 
 
-def unit_states(systemd) -> dict:
+def unit_states(systemd) -> Optional[dict]:
     """unit -> ActiveState of every loaded deployer timer and service: one question to PID 1,
-    answered from its memory (a unit it has unloaded is inactive)."""
+    answered from its memory (a unit it has unloaded is inactive). None when it did not answer:
+    the pass then asks about every job."""
     code, out, _ = systemd.systemctl("list-units", "--all", "--plain", "--no-legend", "--type=timer,service",
                                      paths.UNIT_PREFIX + "*", check=False)
     if code != 0:
-        return {}
+        return None
     return {fields[0]: fields[2] for fields in (line.split(None, 4) for line in out.splitlines()) if len(fields) > 2}
 
 
@@ -395,18 +414,20 @@ def collect(host: str, version: str, directory: str, layout=None, systemd=None, 
     records, cursor = read_records(systemd, state.get("cursor", ""))
     state = add_records(dict(state, cursor=cursor), records, now)
     seen, mark = usable_seen(state.get("seen")), fingerprint(layout)
-    if seen.get("fingerprint") == mark and isinstance(seen.get("timing"), dict):
-        timing = {job: Timing(*value) for job, value in seen["timing"].items()}
-    else:
+    full = asks_about_all(seen, mark, now)
+    if full or not isinstance(seen.get("timing"), dict):
         timing = {job: METRICS.read(text) for job, text in installed_jobs(layout).items()}
+    else:
+        timing = {job: Timing(*value) for job, value in seen["timing"].items()}
     machine = Host(layout, systemd, host)
-    ask = jobs_to_ask(seen, mark, timing, {r.record.job for r in records}, unit_states(systemd),
-                      machine.state.paused(), machine.state.fenced(), now)
+    states = None if full else unit_states(systemd)
+    ask = None if states is None else jobs_to_ask(seen, mark, timing, {r.record.job for r in records}, states,
+                                                  machine.state.paused(), machine.state.fenced(), now)
     asking = [paths.job_unit(job, "timer") for job in (timing if ask is None else sorted(ask))]
     asked = job_statuses(machine, asking) if asking else ()
     known = {} if ask is None else seen.get("jobs", {})
     known = dict({job: known[job] for job in timing if job in known}, **{s.job: seen_of(s) for s in asked})
-    state["seen"] = {"fingerprint": mark, "full_at": now if ask is None else seen["full_at"], "jobs": known,
+    state["seen"] = {"fingerprint": settled(mark, now), "full_at": now if ask is None else seen["full_at"], "jobs": known,
                      "timing": {job: [t.period, t.timeout] for job, t in timing.items()}}
     # Only the installed jobs are kept: a job pruned and pushed again starts its counters again.
     jobs_state = {job: state["jobs"].get(job) or {"since": now, "runs": 0, "failures": 0} for job in timing}
