@@ -74,7 +74,7 @@ class FakeSystemd(Systemd):
         if args[:2] == ("systemctl", "list-units"):  # every loaded unit and its ActiveState
             states = {u: text.split("ActiveState=", 1)[1].split("\n", 1)[0] for u, text in self.shown.items()}
             return 0, "".join("%s loaded %s sub deployer: a job\n" % (u, state) for u, state in states.items()), ""
-        if args[:3] == ("systemctl", "stop", "--no-block"):
+        if args == ("systemctl", "stop", paths.METRICS_SOON_TIMER):
             return 0, "", ""
         raise AssertionError(args)
 
@@ -302,16 +302,16 @@ def test_a_pass_looks_again_until_nothing_new_is_in_the_journal(host):
     assert parse(text)[series("deployer_job_runs_total", "settle")] == 2
 
 
-def test_each_pass_first_stops_the_debounce_timer_so_a_run_ending_in_it_arms_it_again(host):
+def test_the_debounce_timer_is_stopped_after_each_pass_before_the_journal_is_looked_at_again(host):
     """Started while it waits or has elapsed into this start, the timer does nothing: stopped
-    before the pass reads the journal, a run that ends after the read starts it anew."""
+    before the last look at the journal, a run that ends after that look starts it anew."""
     layout, systemd = host
     systemd.records = [record("settle", 1795600000.0)]
     assert metrics.collect_until_quiet(HOST, "1", paths.METRICS_DIR, layout=layout, systemd=systemd) == 1
-    stop = ("systemctl", "stop", "--no-block", paths.METRICS_SOON_TIMER)
-    assert systemd.calls[0] == stop
-    assert [call[0] for call in systemd.calls[1:]].count("journalctl") == 2  # the pass, then the look
-    assert systemd.calls.count(stop) == 1
+    stop = ("systemctl", "stop", paths.METRICS_SOON_TIMER)
+    reads = [index for index, call in enumerate(systemd.calls) if call[0] == "journalctl"]
+    assert systemd.calls.count(stop) == 1 and len(reads) == 2  # the pass's read, then the look
+    assert reads[0] < systemd.calls.index(stop) < reads[1]
 
 
 def test_a_host_that_holds_its_jobs_says_so(host):

@@ -480,18 +480,20 @@ MAX_PASSES = 5
 def collect_until_quiet(host: str, version: str, directory: str, layout=None, systemd=None, log=print) -> int:
     """collect() until nothing new is in the journal after a pass; the number of passes.
 
-    Each pass first stops the debounce timer: while it waits or has elapsed into this start, a
-    run's OnSuccess=/OnFailure= starting it does nothing, and a run ending after the last look
-    would wait for the minute's heartbeat (seen on a loaded host). Stopped, the next run's end
-    arms it again; a run that ended before the stop is in the journal this pass reads."""
+    After each pass the debounce timer is stopped (and waited for), then the journal is looked at
+    once more. While the timer waits, or has elapsed into this very start (it stays active until
+    this unit ends), a run's OnSuccess=/OnFailure= starting it does nothing: a run ending after
+    the last look would wait for the minute's heartbeat (seen on loaded and unloaded CI runs).
+    Once it is stopped, a run that ends arms it anew, and one that ended before is in the journal
+    the look reads."""
     from deployer.host.journal import read_records
     from deployer.host.systemctl import Systemd
 
     layout = layout or paths.Layout()
     systemd = systemd or Systemd()
     for number in range(1, MAX_PASSES + 1):
-        systemd.systemctl("stop", "--no-block", paths.METRICS_SOON_TIMER, check=False)
         collect(host, version, directory, layout=layout, systemd=systemd, log=log)
+        systemd.systemctl("stop", paths.METRICS_SOON_TIMER, check=False)
         records, _ = read_records(systemd, read_state(layout.at(paths.METRICS_STATE)).get("cursor", ""))
         if not records:
             break
