@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 from deployer.contract import paths
+from deployer.contract.protocol import JobStatus
 from deployer.contract.record import SKIP_KINDS
 from deployer.contract.unitkeys import METRICS, Timing, unit_text
 from deployer.host.journal import Position, Recorded, read_records
@@ -189,8 +190,6 @@ def seen_of(status) -> dict:
 
 def status_of(job: str, seen: dict):
     """A JobStatus from what an earlier pass read (the fields job_values uses)."""
-    from deployer.contract.protocol import JobStatus
-
     timer = paths.job_unit(job, "timer")
     return JobStatus(job=job, timer=timer, service=paths.job_unit(job, "service"), **seen)
 
@@ -486,7 +485,6 @@ def collect_until_quiet(host: str, version: str, directory: str, layout=None, sy
     the last look would wait for the minute's heartbeat (seen on loaded and unloaded CI runs).
     Once it is stopped, a run that ends arms it anew, and one that ended before is in the journal
     the look reads."""
-    from deployer.host.journal import read_records
     from deployer.host.systemctl import Systemd
 
     layout = layout or paths.Layout()
