@@ -462,6 +462,28 @@ def test_a_boot_that_could_not_record_its_hold_is_alerted_once_with_the_reason(t
     assert "Read-only file system" in text
 
 
+def test_a_message_merging_kinds_counts_each_for_what_it_is_not_as_failed_runs():
+    """A channel's queue merges whatever came in its window: a recovery and the watcher's "started
+    again" in one message were titled "1 job runs failed" (a CI run of test_late_long)."""
+    recovered = {"kind": "recovered", "job": "tick", "host": "cron02", "failed_runs": 1,
+                 "failing_for": "40s", "time": "2026-12-06T04:01:00+00:00"}
+    started = {"kind": "late_ended", "job": "tick", "host": "cron02", "slot": "2026-12-06T04:00:10Z",
+               "started": "2026-12-06T04:00:50Z", "late_by": "40s", "time": "2026-12-06T04:01:00Z"}
+    failed = {"kind": "failed", "job": "settle", "host": "cron02", "method": "POST", "url": "http://h/x",
+              "result": "exit-code", "exit_status": 1, "time": "2026-12-06T04:00:00+00:00", "lines": []}
+
+    title, text = alert.format_events([recovered, started])
+    assert title == "deployer: job tick recovered; job tick started again on cron02"
+    assert "tick recovered after 1 failed run" in text and "tick: a run started at" in text
+    late = dict(started, kind="late", alert_late="30s", reason="the host holds its jobs")
+    title, _ = alert.format_events([failed, recovered, dict(started, job="other"), late])
+    assert title == "deployer: 1 job run failed; job tick recovered; 2 late or long jobs on cron02"
+    held = {"kind": "held", "host": "cron02", "down_for": "12s", "since": "x", "lease": "10s"}
+    title, text = alert.format_events([held, late])  # the hold, merged with a watcher's event only
+    assert title == "deployer: host cron02 HOLDS its jobs; job tick LATE"
+    assert "ran out while it was down" in text and "tick: slot 2026-12-06T04:00:10Z has not started" in text
+
+
 # --- issue 22 item 5: a service's text stays text in every channel ------------------------------
 
 HOSTILE = ["<!channel> <!here> <@U024BE7LH> <http://evil.example/|click here> & more",

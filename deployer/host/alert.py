@@ -118,11 +118,7 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
                 if exit_number(e) == EXIT_FENCED else "FAILED")
         title = f"deployer: job {escape(e['job'])} {verb} on {escape(e['host'])}"
     else:
-        runs = [e for e in events if e.get("kind") not in ("held",) + WATCH_KINDS]
-        title = f"deployer: {len(runs)} job runs failed on {escape(events[0]['host'])}"
-        if any(e.get("kind") == "held" for e in events):  # a hold is no job run: said first (merged with a boot's failures)
-            title = (f"deployer: host {escape(events[0]['host'])} HOLDS its jobs; {len(runs)} job "
-                     f"run{'s' if len(runs) != 1 else ''} failed")
+        title = _merged_title(events, escape)
     parts = [f"**{title}**"]
     for e in events:
         if e.get("kind") == "held":
@@ -152,6 +148,28 @@ def _detailed(events: list[dict], escape: Callable[[str], str]) -> tuple[str, st
         parts.append(f"result: {escape(e['result'])}{escape(ended(e))}, at {escape(clock_text(e['time']))}"
                      + (f", run {escape(e['invocation'])}" if e.get("invocation") else ""))
     return title, "\n\n".join(parts)
+
+
+def _merged_title(events: list[dict], escape: Callable[[str], str]) -> str:
+    """The title of a message that merges kinds (a channel's queue gathers whatever came within
+    its window): each kind counted for what it is, a hold first. A recovery or a watcher's event
+    is never counted as a failed run."""
+    host = escape(events[0]["host"])
+    failed = [e for e in events if e.get("kind") not in ("held", "recovered") + WATCH_KINDS]
+    recovered = [e for e in events if e.get("kind") == "recovered"]
+    watched = [e for e in events if e.get("kind") in WATCH_KINDS]
+    pieces = []
+    if failed:
+        pieces.append(f"{len(failed)} job run{'s' if len(failed) != 1 else ''} failed")
+    if recovered:
+        pieces.append(f"job {escape(recovered[0]['job'])} recovered" if len(recovered) == 1
+                      else f"{len(recovered)} jobs recovered")
+    if watched:
+        pieces.append(f"job {escape(watched[0]['job'])} {WATCH_VERBS[watched[0]['kind']]}" if len(watched) == 1
+                      else f"{len(watched)} late or long jobs")
+    if any(e.get("kind") == "held" for e in events):  # a hold is no job run: said first
+        return f"deployer: host {host} HOLDS its jobs" + "".join("; " + p for p in pieces)
+    return f"deployer: {'; '.join(pieces)} on {host}"
 
 
 def ended(event: dict) -> str:
