@@ -38,6 +38,8 @@ def jobs_of(files: Iterable[str]) -> tuple[str, ...]:
 
 def removed_jobs(plan: Plan) -> tuple[str, ...]:
     """Jobs none of whose units stay: a job that became chained loses its timer, not itself."""
+    if not plan.remove:
+        return ()
     staying = set(jobs_of([f.path for f in plan.add + plan.change] + list(plan.unchanged)))
     return tuple(j for j in jobs_of(plan.remove) if j not in staying)
 

@@ -196,9 +196,12 @@ def url(value: str) -> str:
         raise Invalid("%r is not a valid URL (%s)" % (value, error)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid("%r is not an http:// or https:// URL with a host" % (value,))
-    if any(c.isspace() for c in value):
+    if _WHITE_SPACE.search(value):
         raise Invalid("%r contains white space (encode it as %%20)" % (value,))
     return value
+
+
+_WHITE_SPACE = re.compile(r"\s")  # str.isspace()'s characters (both are Py_UNICODE_ISSPACE)
 
 
 
