@@ -170,6 +170,32 @@ def test_a_manual_run_stays_manual_when_the_timer_elapses_after_its_process_star
     assert (timer.how, timer.name) == ("timer", "2026-12-07T03:56:10Z")
 
 
+def test_a_timer_run_that_began_just_before_the_agent_asked_keeps_the_timers_slot(tmp_path, monkeypatch):
+    """The agent found the unit idle, the timer elapsed and PID 1 started its run, and only then
+    did the agent write its request, bound to the stamp of that very elapse; the agent's start
+    merged into the timer's run. Its trigger, slow to start on a loaded host, read the request
+    after it was written: the stamp had not moved since, and the timer's slot became a manual run
+    (the slot ran, but was recorded nowhere). A process older than the request is not its start."""
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    stamp = tmp_path / "stamp-deployer-tick.timer"
+    stamp.touch()
+    os.utime(stamp, (1796615770.05, 1796615770.05))  # the elapse that started the run
+    env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615770050000"}
+    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
+    asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "asked": 1796615771.3}
+    (tmp_path / "deployer-tick.json").write_text(json.dumps(asked))
+    timer = slot.slot_of_run("tick", ("x",), "e330", env=env, analyze=fake, started=lambda: 1796615770.2)
+    assert (timer.how, timer.name) == ("timer", "2026-12-07T03:56:10Z")
+    # The agent's own start: its process begins after the request, and the request stands.
+    manual = slot.slot_of_run("tick", ("x",), "e331", env=env, analyze=fake, started=lambda: 1796615771.5)
+    assert (manual.how, manual.key("tick")) == ("manual", "tick/manual-e331")
+    # An older agent's request (no "asked") is read as before.
+    (tmp_path / "deployer-tick.json").write_text(json.dumps({"manual": True, "stamp": stamp.stat().st_mtime_ns}))
+    older = slot.slot_of_run("tick", ("x",), "e332", env=env, analyze=fake, started=lambda: 1796615770.2)
+    assert older.how == "manual"
+
+
 def test_a_cronjob_names_its_slot_in_the_jobs_name():
     assert slot.cronjob_slot("settle-29942240") == 29942240 * 60
     assert slot.cronjob_slot("settle-manual-001") is None

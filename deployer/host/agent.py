@@ -351,8 +351,9 @@ class Host:
             request["params"] = dict(params)
         if by:
             request["by"] = by
+        request["asked"] = time.time()  # before the start it asks for: a process older than this is not that start's
         if ttl:
-            request["until"] = time.time() + ttl
+            request["until"] = request["asked"] + ttl
         self.write_atomically(path, json.dumps(request), mode=0o644)
         return path
 

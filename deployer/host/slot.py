@@ -153,6 +153,7 @@ class Asked:
     bound: bool = False  # stamp says when it was asked (an older agent's request does not)
     params: tuple = ()  # (name, value) pairs `deployer run --set` gave
     by: str = ""  # who asked: user@client, as the agent saw the SSH connection
+    at: Optional[float] = None  # when it asked (unix seconds; an older agent's request does not say)
 
 
 def stamp_of(job: str, stamps: Optional[str] = None) -> Optional[int]:
@@ -180,11 +181,13 @@ def read_request(job: str) -> Asked:
     params = tuple((name, value) for name, value in given.items()
                    if isinstance(name, str) and isinstance(value, str)) if isinstance(given, dict) else ()
     by = request.get("by") if isinstance(request.get("by"), str) else ""
+    at = request.get("asked")
+    at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
     if _is_int(slot):
-        return Asked("backfill", slot=slot, stamp=stamp, bound=bound, params=params, by=by)
+        return Asked("backfill", slot=slot, stamp=stamp, bound=bound, params=params, by=by, at=at)
     if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool):
-        return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound)
-    return Asked("manual", stamp=stamp, bound=bound, params=params, by=by) if request.get("manual") is True \
+        return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound, at=at)
+    return Asked("manual", stamp=stamp, bound=bound, params=params, by=by, at=at) if request.get("manual") is True \
         else Asked()
 
 
@@ -252,13 +255,17 @@ def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] =
     (systemd 252 keeps it from the last timer start): the timer has not elapsed since the agent
     asked, or it elapsed only after this run's process was started (the unit was active: that
     start merged into this run, and the agent runs its slot after this one). A timer elapse before
-    the process started is what started it: the agent's start merged into the timer's."""
+    the process started is what started it: the agent's start merged into the timer's. So is a
+    process that was started before the agent asked (the agent asks, then starts): the timer had
+    elapsed and started it just before the ask, which then bound to that elapse's stamp."""
     if not asked.bound:
+        return False
+    began = started()
+    if asked.at is not None and began is not None and began + START_MARGIN < asked.at:
         return False
     stamp = stamp_of(job)
     if asked.stamp == stamp:
         return True
-    began = started()
     return stamp is not None and began is not None and stamp / 1e9 > began + START_MARGIN
 
 
