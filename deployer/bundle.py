@@ -9,12 +9,12 @@ bytecode for this Python's version (used where the host's Python has the same).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import io
-import os
 import zipfile
 from pathlib import Path
+
+from . import buildcache
 
 # Imported by requests at import time; charset_normalizer has pure-Python fallbacks for
 # its compiled modules, which a zip could not load anyway.
@@ -51,35 +51,18 @@ def _sources() -> list[tuple[str, Path]]:
     return found
 
 
-def _cache_path(sources: list[tuple[str, Path]]) -> Path:
+def _cache_name(sources: list[tuple[str, Path]]) -> str:
     """Keyed by every source's name, size and mtime: a changed trigger.py or upgraded
     `requests` gives a new key, and an unchanged one costs a stat per file, not a zip."""
     # This file too: a change in how the bundle is built must not reuse one built the old way.
-    key = hashlib.sha256(MAIN + importlib.util.MAGIC_NUMBER + Path(__file__).read_bytes())
-    for name, path in sources:
-        stat = path.stat()
-        key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deployer"
-    return cache / f"trigger-{key.hexdigest()[:24]}.pyz"
+    salt = MAIN + importlib.util.MAGIC_NUMBER + Path(__file__).read_bytes()
+    return f"trigger-{buildcache.key(salt, sources)}.pyz"
 
 
 @functools.lru_cache(maxsize=1)
 def trigger_bundle() -> bytes:
     sources = _sources()
-    cached = _cache_path(sources)
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
-    content = _build(sources)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(content)
-        temporary.replace(cached)
-    except OSError:
-        pass  # a read-only home only costs the rebuild
-    return content
+    return buildcache.cached(_cache_name(sources), lambda: _build(sources))
 
 
 # Compiles every module in a fresh interpreter: marshal's output depends on the state of the
