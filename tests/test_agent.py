@@ -931,10 +931,11 @@ def test_a_run_streams_its_lines_and_answers_them_with_its_record(host):
     assert answer.output.splitlines() == streamed and answer.ok and answer.run.run == "inv1"
 
 
-def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1", held: bool = False):
+def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1", held: bool = False,
+                       key: str = ""):
     """A manual run of `settle` on the fake host; the timer's stamp is touched while it runs
     when `elapse_during_it` (what systemd does when the timer elapses then). `held`: the host
-    holds its jobs, and the run is forced."""
+    holds its jobs, and the run is forced. `key`: the Idempotency-Key the run's record names."""
     import io
 
     from deployer.contract.protocol import RunRequest
@@ -943,7 +944,7 @@ def start_a_manual_run(host, elapse_during_it: bool, new_invocation: str = "inv1
                            expect=files(host)))
     if held:
         hold(host)
-    lines = [dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1")]
+    lines = [dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1", DEPLOYER_KEY=key)]
 
     class Follower:
         stdout = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
@@ -1017,6 +1018,17 @@ def test_a_timer_elapse_merged_into_a_manual_run_runs_its_slot_after_it(host):
     assert request["stamp"] == os.stat(host.layout.at(paths.TIMER_STAMPS + "/stamp-deployer-settle.timer")).st_mtime_ns
     assert answer.merged_elapse == "2026-12-06T07:17:40+00:00"
     assert "the timer elapsed at 2026-12-06T07:17:40+00:00 during this manual run" in streamed[-1]
+
+
+def test_a_request_that_joined_the_timers_run_says_so(host):
+    """The timer started a run between the agent's look (nothing running) and its start, which
+    joined that run: the run kept the timer's slot (slot.asked_start), and the operator is told
+    that this was the timer's run, not a manual one."""
+    answer, streamed = start_a_manual_run(host, elapse_during_it=False, key="settle/2026-12-06T07:17:00Z")
+    assert answer.attached and answer.run.key == "settle/2026-12-06T07:17:00Z"
+    assert "the job's timer started a run (slot " in streamed[-1] and "which joined it" in streamed[-1]
+    manual, streamed = start_a_manual_run(host, elapse_during_it=False, key="settle/manual-inv1")
+    assert not manual.attached and not [line for line in streamed if "joined" in line]
 
 
 @pytest.mark.parametrize("elapsed, invocation", [pytest.param(False, "inv1", id="no-elapse"),

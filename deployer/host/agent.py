@@ -851,11 +851,28 @@ def op_run(host, request):
                              stamp_of(request.job, host.layout.timer_stamps))
     entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
     runs = runs_from_journal(entries).get(request.job, [])
+    run = runs[-1] if runs else None
+    if attached is None and run is not None and run.source == "record" and not run_asked_for(run, request):
+        # The timer started a run between the check above and the start: the start joined it,
+        # and that run kept the timer's slot (slot.asked_start), as it should.
+        attached = iso_time("@%d" % run.started)
+        host.emit("deployer: the job's timer started a run (slot %s) just before this request, which joined it%s"
+                  % (iso_time("@%d" % run.slot) if run.slot else "?",
+                     "; what was asked (--slot, --set) did not run: ask again" if request.slot is not None
+                     or request.params else ""))
     return RunAnswer(ok=code == 0, result=props.get("Result", ""),
                      exit_status=int(props.get("ExecMainStatus") or 0),
                      output="".join(format_entry(e) + "\n" for e in entries if "MESSAGE" in e),
-                     error=err.strip(), run=runs[-1] if runs else None, merged_elapse=merged, held=held,
+                     error=err.strip(), run=run, merged_elapse=merged, held=held,
                      attached=attached or "")
+
+
+def run_asked_for(run, request):
+    """Whether the recorded `run` is the one `request` asked for: its backfill slot, or a manual
+    run (its key says manual-<invocation>; a record without a key cannot say, and is taken to be)."""
+    if request.slot is not None:
+        return run.slot == request.slot
+    return not run.key or "/manual-" in run.key
 
 
 RUNNING_STATES = ("activating", "active", "reloading", "deactivating")

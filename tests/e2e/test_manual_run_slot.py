@@ -46,7 +46,14 @@ timeout = 30s
     deployer("push", "-i", path, "--yes", check=True)
     wait_until(lambda: records(host, "tick"), timeout=60, what="a first scheduled run")
 
-    ran = deployer("run", "tick", "-i", path, check=True)
+    for _ in range(3):
+        ran = deployer("run", "tick", "-i", path, check=True)
+        # The timer may start a run between the agent's look and its start (a 10 s period on a
+        # loaded machine): the request joins it, that run keeps the timer's slot, and the agent
+        # says so. That is no manual run: ask again.
+        if "which joined it" not in ran.stdout + ran.stderr:
+            break
+        print("joined the timer's run:", ran.stdout + ran.stderr)
     # The run has ended; its record may reach the journal a moment later (journald under load).
     # Up to 2 min, as most waits in the suite. When it fails it says which is missing (a loaded run's
     # failure here was a manual run keyed as the timer's previous slot: host/slot.py asked_start).
