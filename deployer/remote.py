@@ -118,7 +118,7 @@ def without_comments(source: str) -> str:
 @functools.lru_cache(maxsize=1)
 def bootstrap() -> str:
     """The `python3 -c` program: the agent package packed in (without comments), zlib + base64.
-    Packing it took a command 0.1 s of CPU (a third of `history`'s own): it is kept in the build
+    Packing it took a command 0.1 s of CPU (a quarter of `history`'s own): it is kept in the build
     cache, keyed by every source file of the package (any of them may be the agent's)."""
     root = Path(__file__).resolve().parent
     files = [(str(path.relative_to(root)), path) for path in sorted(root.rglob("*.py"))]
