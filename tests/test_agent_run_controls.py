@@ -80,6 +80,76 @@ def test_a_run_asked_while_the_job_runs_says_it_follows_that_run(host):  # noqa:
     assert answer.attached == "2026-12-06T04:00:00+00:00" and answer.ok and answer.run.run == "inv1"
 
 
+def test_a_run_that_joins_one_going_leaves_that_runs_own_request_in_place(host):  # noqa: F811
+    """Another `deployer run` started the run going, whose trigger may not have read its request
+    yet: replaced by this one, made after that run began, it would have taken itself for the
+    timer's run (slot.asked_start) and named the timer's last slot (a helper's review)."""
+    installed(host, ActiveState="activating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    theirs = ask_path(host)
+    os.makedirs(os.path.dirname(theirs), exist_ok=True)
+    with open(theirs, "w") as request:
+        request.write('{"manual": true, "stamp": null, "by": "alice@laptop", "asked_boot": 1.0}')
+    seen_at_start = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            with open(theirs) as request:
+                seen_at_start.append(json.load(request))
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([])
+    host.call(RunRequest("settle"), output=lambda line: None)
+    assert seen_at_start == [{"manual": True, "stamp": None, "by": "alice@laptop", "asked_boot": 1.0}]
+    assert os.path.exists(theirs), "that run's own agent removes it when its run ends"
+
+
+def test_a_run_started_here_is_asked_for_on_the_boot_clock_and_its_own_record_is_its_answer(host):  # noqa: F811
+    """The request says when it was made on CLOCK_BOOTTIME (slot.asked_start compares a process's
+    start with it), and the answer is the run's own record, not a slot it recorded skipped after
+    it (those come last): read as "not the manual run asked for", they had said it joined the timer's."""
+    installed(host, ActiveState="inactive", InvocationID="inv1")
+    manual = dict(record_entry("settle", "inv1", time.time() + 1), _SYSTEMD_INVOCATION_ID="inv1",
+                  DEPLOYER_KEY="settle/manual-inv1")
+    skipped = dict(record_entry("settle", "inv1-skip", time.time() + 2, result="skipped",
+                                reason="skipped: previous run still running"), _SYSTEMD_INVOCATION_ID="inv1",
+                   DEPLOYER_KEY="settle/2026-12-06T04:01:00Z")
+    requests = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            with open(ask_path(host)) as request:
+                requests.append(json.load(request))
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([manual, skipped])
+    host.systemd.journal = [manual, skipped]
+    streamed: list[str] = []
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    answer = host.call(RunRequest("settle"), output=streamed.append)
+    assert before <= requests[0]["asked_boot"] <= time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert answer.run.key == "settle/manual-inv1" and not answer.attached
+    assert not [line for line in streamed if "joined" in line]
+
+
+def ask_path(host):  # noqa: F811
+    return os.path.join(host.layout.backfill_dir, paths.job_unit("settle", "json"))
+
+
+class _Follower:
+    def __init__(self, entries):
+        self.stdout = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
+
+    def kill(self):
+        pass
+
+    def wait(self):
+        pass
+
+
 def test_a_backfill_asked_while_the_job_runs_is_refused(host):  # noqa: F811
     installed(host, ActiveState="activating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
     with pytest.raises(AgentRefused, match="a backfill would not start") as refused:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,8 @@ def test_a_timer_run_that_began_just_before_the_agent_asked_keeps_the_timers_slo
     did the agent write its request, bound to the stamp of that very elapse; the agent's start
     merged into the timer's run. Its trigger, slow to start on a loaded host, read the request
     after it was written: the stamp had not moved since, and the timer's slot became a manual run
-    (the slot ran, but was recorded nowhere). A process older than the request is not its start."""
+    (the slot ran, but was recorded nowhere). A process older than the request is not its start;
+    both times on CLOCK_BOOTTIME (/proc's clock for a start), which a wall-clock step does not move."""
     monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
     monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
     stamp = tmp_path / "stamp-deployer-tick.timer"
@@ -183,17 +185,31 @@ def test_a_timer_run_that_began_just_before_the_agent_asked_keeps_the_timers_slo
     os.utime(stamp, (1796615770.05, 1796615770.05))  # the elapse that started the run
     env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615770050000"}
     fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
-    asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "asked": 1796615771.3}
+    asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "asked_boot": 5000.30}
+
+    def run(name, born):
+        return slot.slot_of_run("tick", ("x",), name, env=env, analyze=fake, started=lambda: 1796615770.2,
+                                since_boot=lambda: born)
+
     (tmp_path / "deployer-tick.json").write_text(json.dumps(asked))
-    timer = slot.slot_of_run("tick", ("x",), "e330", env=env, analyze=fake, started=lambda: 1796615770.2)
+    timer = run("e330", born=5000.19)  # began 0.11 s before the request: more than the margin
     assert (timer.how, timer.name) == ("timer", "2026-12-07T03:56:10Z")
-    # The agent's own start: its process begins after the request, and the request stands.
-    manual = slot.slot_of_run("tick", ("x",), "e331", env=env, analyze=fake, started=lambda: 1796615771.5)
-    assert (manual.how, manual.key("tick")) == ("manual", "tick/manual-e331")
-    # An older agent's request (no "asked") is read as before.
+    # The agent's own start: its process begins after the request (or within /proc's tick of it).
+    assert run("e331", born=5000.31).key("tick") == "tick/manual-e331"
+    assert run("e332", born=5000.21).key("tick") == "tick/manual-e332"
+    # A backfill request is read the same way: its slot for its own start only.
+    (tmp_path / "deployer-tick.json").write_text(json.dumps(dict(asked, manual=None, slot=SHANGHAI_2AM)))
+    assert run("e333", born=5000.31).how == "backfill"
+    assert run("e334", born=5000.0).how == "timer"
+    # An older agent's request (no "asked_boot") is read as before.
     (tmp_path / "deployer-tick.json").write_text(json.dumps({"manual": True, "stamp": stamp.stat().st_mtime_ns}))
-    older = slot.slot_of_run("tick", ("x",), "e332", env=env, analyze=fake, started=lambda: 1796615770.2)
-    assert older.how == "manual"
+    assert run("e335", born=1.0).how == "manual"
+
+
+def test_a_process_knows_when_it_was_started_on_the_boot_clock_and_the_wall_clock():
+    born, wall = slot.process_started_since_boot(), slot.process_started()
+    assert 0 < born <= time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert abs((time.time() - wall) - (time.clock_gettime(time.CLOCK_BOOTTIME) - born)) < 0.05
 
 
 def test_a_cronjob_names_its_slot_in_the_jobs_name():

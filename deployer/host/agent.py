@@ -341,7 +341,7 @@ class Host:
         run of its own (slot.read_request: the environment cannot say, see there). A file its
         dynamic user can read and no other local user can write; bound to the timer's stamp as
         it is now, so that a run a newer elapse started is not taken for this one."""
-        path = os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
+        path = self.ask_path(job)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         request = {"slot": int(slot)} if slot is not None else \
@@ -351,11 +351,17 @@ class Host:
             request["params"] = dict(params)
         if by:
             request["by"] = by
-        request["asked"] = time.time()  # before the start it asks for: a process older than this is not that start's
+        # Before the start it asks for: a process started before this is not that start's (on
+        # /proc's clock for a process's start, which a step of the wall clock does not move).
+        request["asked_boot"] = time.clock_gettime(time.CLOCK_BOOTTIME)
         if ttl:
-            request["until"] = request["asked"] + ttl
+            request["until"] = time.time() + ttl
         self.write_atomically(path, json.dumps(request), mode=0o644)
         return path
+
+    def ask_path(self, job):
+        """Where ask_run leaves what the run it starts stands for."""
+        return os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
 
     def regrant(self, jobs, now=None):
         """The operator confirmed this host owns `jobs` (a hold released, by `deployer release` or a
@@ -829,7 +835,13 @@ def op_run(host, request):
         # systemctl start merges into the run in progress and returns when it ends.
         host.emit("deployer: %s is already running on %s (since %s): following that run"
                   % (request.job, host.name, clock_of_iso(attached) if attached else "?"))
-    asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
+    if attached is not None and os.path.exists(host.ask_path(request.job)):
+        # The run going may not have read what it was asked to stand for yet (another `deployer
+        # run` started it): replaced, it would take this request, made after it began, for the
+        # timer's (slot.asked_start). This start only joins it.
+        asked = None
+    else:
+        asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
@@ -844,15 +856,18 @@ def op_run(host, request):
         follower.kill()
         follower.wait()
         reader.join(1.0)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(asked)
+        if asked is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(asked)
     invocation = props.get("InvocationID", "")
     merged = run_merged_slot(host, request.job, service, invocation, stamp_before,
                              stamp_of(request.job, host.layout.timer_stamps))
     entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
     runs = runs_from_journal(entries).get(request.job, [])
-    run = runs[-1] if runs else None
-    if attached is None and run is not None and run.source == "record" and not run_asked_for(run, request):
+    # Its own record, not one of the slots it recorded skipped (they come after it).
+    ran = [r for r in runs if r.result != "skipped"]
+    run = ran[-1] if ran else runs[-1] if runs else None
+    if attached is None and ran and run.source == "record" and not run_asked_for(run, request):
         # The timer started a run between the check above and the start: the start joined it,
         # and that run kept the timer's slot (slot.asked_start), as it should.
         attached = iso_time("@%d" % run.started)

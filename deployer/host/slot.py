@@ -153,7 +153,10 @@ class Asked:
     bound: bool = False  # stamp says when it was asked (an older agent's request does not)
     params: tuple = ()  # (name, value) pairs `deployer run --set` gave
     by: str = ""  # who asked: user@client, as the agent saw the SSH connection
-    at: Optional[float] = None  # when it asked (unix seconds; an older agent's request does not say)
+    # When it asked, in CLOCK_BOOTTIME seconds: /proc's clock for a process's start, which a
+    # step of the wall clock does not move (the request is in /run: of this boot). None: an
+    # older agent's request.
+    asked_boot: Optional[float] = None
 
 
 def stamp_of(job: str, stamps: Optional[str] = None) -> Optional[int]:
@@ -181,14 +184,14 @@ def read_request(job: str) -> Asked:
     params = tuple((name, value) for name, value in given.items()
                    if isinstance(name, str) and isinstance(value, str)) if isinstance(given, dict) else ()
     by = request.get("by") if isinstance(request.get("by"), str) else ""
-    at = request.get("asked")
+    at = request.get("asked_boot")
     at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
     if _is_int(slot):
-        return Asked("backfill", slot=slot, stamp=stamp, bound=bound, params=params, by=by, at=at)
+        return Asked("backfill", slot=slot, stamp=stamp, bound=bound, params=params, by=by, asked_boot=at)
     if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool):
-        return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound, at=at)
-    return Asked("manual", stamp=stamp, bound=bound, params=params, by=by, at=at) if request.get("manual") is True \
-        else Asked()
+        return Asked("elapsed", elapsed=float(elapsed), stamp=stamp, bound=bound, asked_boot=at)
+    return Asked("manual", stamp=stamp, bound=bound, params=params, by=by, asked_boot=at) \
+        if request.get("manual") is True else Asked()
 
 
 def _is_int(value) -> bool:
@@ -210,16 +213,24 @@ def cronjob_slot(job_name: str) -> Optional[int]:
 START_MARGIN = 0.1
 
 
-def process_started(stat: str = "/proc/self/stat") -> Optional[float]:
-    """When this process was started, unix seconds (to the clock tick): /proc's start time, since
-    boot, placed on the wall clock by CLOCK_BOOTTIME (which /proc counts in since Linux 4.17)."""
+def process_started_since_boot(stat: str = "/proc/self/stat") -> Optional[float]:
+    """When this process was started, CLOCK_BOOTTIME seconds (to the clock tick: /proc counts
+    its start time in that clock since Linux 4.17)."""
     try:
         with open(stat, encoding="ascii", errors="replace") as handle:
             fields = handle.read().rpartition(")")[2].split()  # after `(comm)`: field 3 onwards
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+def process_started(stat: str = "/proc/self/stat") -> Optional[float]:
+    """When this process was started, unix seconds (to the clock tick): its start since boot,
+    placed on the wall clock by CLOCK_BOOTTIME."""
+    since_boot = process_started_since_boot(stat)
+    if since_boot is None:
+        return None
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
 def elapsed_at(job: str, env, stamps: Optional[str] = None,
@@ -250,7 +261,8 @@ def elapsed_at(job: str, env, stamps: Optional[str] = None,
     return min(stamped, began + START_MARGIN) if began is not None else stamped
 
 
-def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] = process_started) -> bool:
+def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] = process_started,
+                since_boot: Callable[[], Optional[float]] = process_started_since_boot) -> bool:
     """Whether the agent's start made this run though `$TRIGGER_UNIT` names the job's timer
     (systemd 252 keeps it from the last timer start): the timer has not elapsed since the agent
     asked, or it elapsed only after this run's process was started (the unit was active: that
@@ -260,18 +272,20 @@ def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] =
     elapsed and started it just before the ask, which then bound to that elapse's stamp."""
     if not asked.bound:
         return False
-    began = started()
-    if asked.at is not None and began is not None and began + START_MARGIN < asked.at:
+    born = since_boot() if asked.asked_boot is not None else None
+    if born is not None and born + START_MARGIN < asked.asked_boot:
         return False
     stamp = stamp_of(job)
     if asked.stamp == stamp:
         return True
+    began = started()
     return stamp is not None and began is not None and stamp / 1e9 > began + START_MARGIN
 
 
 def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now: Callable[[], float] = time.time,
                 analyze: Analyze = analyze, log: Callable[[str], None] = lambda line: None,
-                started: Callable[[], Optional[float]] = process_started) -> Slot:
+                started: Callable[[], Optional[float]] = process_started,
+                since_boot: Callable[[], Optional[float]] = process_started_since_boot) -> Slot:
     """The slot this run is for (see the module's docstring)."""
     scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
     if scheduled is not None:
@@ -279,7 +293,7 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     asked, elapsed = read_request(job), elapsed_at(job, env, started=started)
     # systemd 252 keeps $TRIGGER_UNIT from the last timer start in a later manual start's
     # environment: what the agent asked wins, unless the timer's elapse started this run.
-    if asked.kind and (elapsed is None or asked_start(job, asked, started)):
+    if asked.kind and (elapsed is None or asked_start(job, asked, started, since_boot)):
         if asked.kind == "backfill":
             return Slot(asked.slot, run, "backfill", params=asked.params, by=asked.by)
         if asked.kind == "manual":

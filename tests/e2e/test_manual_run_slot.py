@@ -60,7 +60,7 @@ timeout = 30s
     try:
         [manual] = wait_until(lambda: [r for r in runs(host, "tick") if r.record and "/manual-" in r.record.key
                                        and r.ended], timeout=120, what="the manual run's record and end")
-    except AssertionError:  # which is missing: the record, or PID 1's entries of the run's start and end
+    except (AssertionError, ValueError):  # which is missing (or is there twice): the record, or PID 1's entries
         print(runs(host, "tick"))
         print(host.ssh("journalctl -o short-precise --no-pager -n 40 -u deployer-tick.service").stdout)
         raise
