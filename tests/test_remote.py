@@ -326,3 +326,107 @@ def test_the_agent_command_fits_one_argument_with_room_for_sudo_and_quoting():
 def test_the_shipped_agent_has_no_comments_and_every_line_where_it_was():
     source = 'x = "# kept"  # gone\n# gone\n\ndef f():  # gone\n    return 1\n'
     assert remote.without_comments(source) == 'x = "# kept"\n\n\ndef f():\n    return 1\n'
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's cache of compiled modules is root's")
+
+
+def _agent_on_this_machine(program: str, *prefix: str) -> str:
+    """The packed agent run here by the host's python, given an unreadable request: every module
+    is imported, and the answer (a refusal) touches nothing."""
+    import subprocess
+
+    done = subprocess.run([*prefix, "/usr/bin/python3", "-c", program], input=b"not a request",
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+@ROOT_ONLY
+def test_the_agent_keeps_its_compiled_modules_only_where_nobody_but_root_may_write(tmp_path):
+    import marshal
+
+    cache = tmp_path / "cache" / "agent"
+    program = remote._pack(str(cache))
+    assert '"bad_request"' in _agent_on_this_machine(program)
+    [kept] = list(cache.iterdir())
+    assert kept.name.endswith(".bin") and oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    compiled = marshal.loads(kept.read_bytes())
+    assert set(compiled) == set(remote.agent_modules())
+
+    # What is kept is what runs: a planted agent (root's, as only root could plant it) answers.
+    planted = {name: (package, compile("", name, "exec")) for name, (package, _) in compiled.items()}
+    planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
+    kept.write_bytes(marshal.dumps(planted))
+    assert _agent_on_this_machine(program).strip() == "from the cache"
+
+    # A file others may write is not read, and is replaced by the agent's own.
+    kept.chmod(0o666)
+    assert '"bad_request"' in _agent_on_this_machine(program)
+    assert oct(kept.stat().st_mode & 0o777) == "0o600" and marshal.loads(kept.read_bytes()).keys() == compiled.keys()
+    assert "from the cache" not in _agent_on_this_machine(program)
+
+    # Nor in a directory others may write (they could swap the file): neither read nor written.
+    kept.write_bytes(marshal.dumps(planted))
+    cache.chmod(0o777)
+    assert '"bad_request"' in _agent_on_this_machine(program)
+    assert kept.read_bytes() == marshal.dumps(planted)
+
+    # A link planted in its place is not followed.
+    cache.chmod(0o700)
+    elsewhere = tmp_path / "elsewhere.bin"
+    elsewhere.write_bytes(marshal.dumps(planted))
+    kept.unlink()
+    kept.symlink_to(elsewhere)
+    assert '"bad_request"' in _agent_on_this_machine(program)
+    assert not kept.is_symlink() and elsewhere.read_bytes() == marshal.dumps(planted)
+
+
+@ROOT_ONLY
+def test_a_corrupt_or_foreign_cache_file_is_compiled_anew_and_another_versions_old_file_removed(tmp_path):
+    cache = tmp_path / "agent"
+    program = remote._pack(str(cache))
+    _agent_on_this_machine(program)
+    [kept] = list(cache.iterdir())
+    for damage in (b"", b"\x00garbage", __import__("marshal").dumps(["not", "a", "dict"])):
+        kept.write_bytes(damage)
+        assert '"bad_request"' in _agent_on_this_machine(program)
+        assert kept.read_bytes() not in (b"", b"\x00garbage")
+    old, fresh = cache / "0123-cpython-311.bin", cache / "4567-cpython-311.bin"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    kept.unlink()
+    _agent_on_this_machine(program)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([kept.name, fresh.name])
+
+
+@ROOT_ONLY
+def test_an_agent_that_is_not_root_runs_roots_cache_and_writes_none():
+    import marshal
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root's alone: nobody can reach it
+    try:
+        top.chmod(0o755)
+        cache = top / "agent"
+        program = remote._pack(str(cache))
+        _agent_on_this_machine(program)
+        [kept] = list(cache.iterdir())
+        cache.chmod(0o755)
+        kept.chmod(0o644)
+        compiled = marshal.loads(kept.read_bytes())
+        planted = {name: (package, compile("", name, "exec")) for name, (package, _) in compiled.items()}
+        planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
+        kept.write_bytes(marshal.dumps(planted))
+        # A file only root may write is safe for anyone to read (a non-root agent is refused anyway).
+        nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        assert _agent_on_this_machine(program, *nobody).strip() == "from the cache"
+        kept.unlink()
+        assert '"bad_request"' in _agent_on_this_machine(program, *nobody)  # cannot write: compiles, answers
+        assert list(cache.iterdir()) == []
+    finally:
+        shutil.rmtree(top)
