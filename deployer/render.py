@@ -202,9 +202,19 @@ def job_credentials(job: Job, epoch: Optional[int] = None, values: Optional[dict
     files = {name: ManagedFile(paths.job_credential(job.name, name), content, 0o600, secret=True)
              for name, content in credentials(values).items()}
     if epoch is not None:  # a cron host's (Kubernetes passes its own on the command line)
-        files[paths.EPOCH_CREDENTIAL] = ManagedFile(paths.job_credential(job.name, paths.EPOCH_CREDENTIAL),
-                                                    b"%d\n" % epoch, 0o600)
+        files[paths.EPOCH_CREDENTIAL] = epoch_file(job.name, epoch)
     return files
+
+
+def epoch_file(job: str, epoch: int) -> ManagedFile:
+    return ManagedFile(paths.job_credential(job, paths.EPOCH_CREDENTIAL), b"%d\n" % epoch, 0o600)
+
+
+def with_epochs(files: Iterable[ManagedFile], epochs: Mapping[str, int]) -> tuple[ManagedFile, ...]:
+    """`files` with each job's epoch credential holding the epoch in `epochs`, in place: a push
+    renders before it has read the host, which decides the epochs (deploy.plan_push)."""
+    granted = {epoch_file(job, epoch).path: epoch_file(job, epoch) for job, epoch in epochs.items()}
+    return tuple(granted.get(f.path, f) for f in files)
 
 
 # A native or Quartz calendar's period is the longest gap between its next PERIOD_RUNS runs from

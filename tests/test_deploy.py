@@ -244,3 +244,49 @@ def test_no_prune_keeps_jobs_no_longer_listed_and_installs_the_new_ones(tmp_path
     assert pushed.plan.remove == () and {deploy.job_of_timer(p) for p in pushed.plan.kept} - {None} == {"a", "b"}
     again = deploy.push(smaller, "cron01", hosts["cron01"], hosts.get, prune=False)
     assert again.plan.is_noop and again.result is None
+
+
+class SlowReadAgent(remote.Agent):
+    """An agent whose state read waits (up to 5 s) for the units' rendering to have begun."""
+
+    def __init__(self, agent: remote.LocalAgent, rendering, fail: bool = False):
+        self.agent, self.host, self.rendering, self.fail = agent, agent.host, rendering, fail
+        self.read_saw_rendering = None
+
+    def call(self, request, progress=None, output=None, stop=None):
+        if isinstance(request, protocol.StateRequest):
+            self.read_saw_rendering = self.rendering.wait(5)
+            if self.fail:
+                raise RemoteError(self.host, "agent state: cron01 stopped answering")
+        return self.agent.call(request, progress, output, stop)
+
+
+def _rendering_watched(monkeypatch):
+    import threading
+
+    rendering = threading.Event()
+    render = deploy.desired_files
+
+    def watched(*args, **kwargs):
+        rendering.set()
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(deploy, "desired_files", watched)
+    return rendering
+
+
+def test_the_host_is_read_while_the_units_are_rendered(tmp_path, hosts, monkeypatch):
+    inv = load(tmp_path, jobs("cron01"))
+    agent = SlowReadAgent(hosts["cron01"], _rendering_watched(monkeypatch))
+    pushed = deploy.push(inv, "cron01", agent, hosts.get)
+    assert agent.read_saw_rendering is True
+    assert "deployer-a.timer" in pushed.result.started
+    assert deploy.push(inv, "cron01", agent, hosts.get).plan.is_noop  # the epochs set in after are the host's
+
+
+def test_a_state_read_that_fails_while_rendering_is_the_pushs_error(tmp_path, hosts, monkeypatch):
+    inv = load(tmp_path, jobs("cron01"))
+    agent = SlowReadAgent(hosts["cron01"], _rendering_watched(monkeypatch), fail=True)
+    with pytest.raises(RemoteError, match="stopped answering"):
+        deploy.push(inv, "cron01", agent, hosts.get)
+    assert timers(hosts["cron01"]) == set()

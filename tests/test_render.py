@@ -212,3 +212,15 @@ def test_the_parents_published_slots_keep_the_latest_runs_as_json_lines(tmp_path
     lines = published.read_text().splitlines()
     assert len(lines) == render.CHAIN_KEEP and lines[0] == '{"invocation": "5"}' and lines[-1] == '{"invocation": "104"}'
     assert published.stat().st_mode & 0o777 == 0o644
+
+
+def test_epochs_set_in_after_rendering_give_the_files_rendered_with_them():
+    """A push renders while the host is read, then sets in the epochs that read decides."""
+    from deployer.render import desired_files, with_epochs
+
+    inv = inventory.load(str(DATA / "golden.ini"), env=ENV)
+    for host in inv.hosts:
+        epochs = {job.name: 1700000000 + number for number, job in enumerate(inv.jobs_for(host.name))}
+        assert epochs
+        assert with_epochs(desired_files(inv, host.name), epochs) == desired_files(inv, host.name, epochs)
+        assert with_epochs(desired_files(inv, host.name), epochs) != desired_files(inv, host.name)
