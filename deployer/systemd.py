@@ -8,6 +8,7 @@ a newline in a unit file would start a new directive.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from .contract.paths import CONTROL, BadName
@@ -39,6 +40,9 @@ class Specifier(str):
         return super().__new__(cls, value)
 
 
+# Most of a job's Exec arguments are every job's (the python, the trigger's flags): 21 a job, a
+# third of a 10,000-job render's time. typed: a Specifier("%i") is not quoted as the text "%i" is.
+@functools.lru_cache(maxsize=4096, typed=True)
 def quote_exec_arg(value: str) -> str:
     """One Exec*= argument that systemd passes to the process byte for byte."""
     if isinstance(value, Specifier):
