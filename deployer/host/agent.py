@@ -242,6 +242,15 @@ def start_timers(systemd, timers, prefix="", wait=True):
         systemd.wait_active(timers, report=counter(prefix + "timers active"))
 
 
+def _entries(directory):
+    """The entries of `directory` by name ([] when it is not there)."""
+    try:
+        with os.scandir(directory) as found:
+            return sorted(found, key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 @dataclass
 class Host:
     """What an operation acts on: the paths (a Layout), the systemd boundary, the client's host
@@ -278,25 +287,20 @@ class Host:
 
     def managed_local_files(self):
         """managed_files, keyed by the path under this layout."""
+        # scandir: a directory entry says whether it is a plain file, where a stat and an lstat of
+        # each of 20,000 units had been a fifth of a 10,000-job host's read.
         found = {}
         unit_dir, marker = self.layout.unit_dir, paths.MARKER.encode()
-        try:
-            names = sorted(os.listdir(unit_dir))
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            path = os.path.join(unit_dir, name)
-            if name.startswith(paths.UNIT_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as handle:
+        for entry in _entries(unit_dir):
+            if entry.name.startswith(paths.UNIT_PREFIX) and entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as handle:
                     content = handle.read()
                 if content.startswith(marker):
-                    found[path] = hashlib.sha256(content).hexdigest()
+                    found[entry.path] = hashlib.sha256(content).hexdigest()
         for directory in (self.layout.lib_dir, self.layout.credentials_dir):
-            if os.path.isdir(directory):
-                for name in sorted(os.listdir(directory)):
-                    path = os.path.join(directory, name)
-                    if os.path.isfile(path):
-                        found[path] = self.sha256(path)
+            for entry in _entries(directory):
+                if entry.is_file():
+                    found[entry.path] = self.sha256(entry.path)
         return found
 
     def epochs(self):
