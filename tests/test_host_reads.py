@@ -23,6 +23,7 @@ NOT_READS = {
     "dbus.Connection.close": "closes the socket",
     "systemctl.chunks": "splits a list",
     "systemctl.verify_argv": "builds verify's argv (the fixtures' commands show it)",
+    "systemctl.without_timers_wants_argv": "wraps verify's argv (the fixtures' commands show it)",
     "journal.run_matches": "builds journalctl's matches (the fixtures' commands show them)",
     "journal.Position.after": "compares two positions (tests/test_metrics.py)",
     "journal.FailedRun.exit_number": "a property of a parsed FailedRun",

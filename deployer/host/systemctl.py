@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from deployer.contract import protocol
+from deployer.contract import paths, protocol
 from deployer.contract.protocol import AgentError
 from deployer.host import dbus
 
@@ -28,6 +28,22 @@ def verify_argv(unit_paths):
     """`--` ends the options: no file name or calendar value is ever read as one (`-h`)."""
     # --man=no: otherwise verify runs `man` for every Documentation= line (15x slower).
     return ["systemd-analyze", "verify", "--man=no", "--"] + list(unit_paths)
+
+
+# verify loads timers.target with any unit it checks (a timer's default dependencies, and
+# basic.target's), and with it every timer its .wants directory names: on a host of 10,000 jobs
+# one unit took 5.5 s to verify, and a push changing every job took 133 such calls. So verify
+# runs in a mount namespace of its own where that directory is an empty tmpfs, which nothing
+# else sees: 0.2 s. Where no namespace may be made (a container without CAP_SYS_ADMIN) or the
+# directory is not there, verify runs as it is.
+TIMERS_WANTS_DIR = paths.UNIT_DIR + "/" + paths.TIMERS_WANTS
+_HIDE_THEN_EXEC = 'mount -t tmpfs -o size=16k,mode=0755 deployer-verify "$1" && shift && exec "$@"'
+
+
+def without_timers_wants_argv(argv):
+    """`argv` run where TIMERS_WANTS_DIR is empty."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _HIDE_THEN_EXEC, "sh",
+            TIMERS_WANTS_DIR] + list(argv)
 
 
 def parse_show(text):
@@ -120,9 +136,11 @@ class Systemd:
         """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines."""
         complaints, running = [], []
         workers = max(os.cpu_count() or 1, 1)
+        hidden = self.run(without_timers_wants_argv(["true"]))[0] == 0
         for chunk in chunks(list(unit_paths), VERIFY_CHUNK) + [None] * workers:
             if chunk is not None:
-                running.append(subprocess.Popen(verify_argv(chunk),
+                argv = without_timers_wants_argv(verify_argv(chunk)) if hidden else verify_argv(chunk)
+                running.append(subprocess.Popen(argv,
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                 universal_newlines=True, env=SYSTEMD_ENV))
             while running and (chunk is None or len(running) >= workers):
