@@ -9,6 +9,8 @@ For each size, one freshly booted host:
                    of the glob, daemon-reload: its time is the "by-hand removal" row), then the
                    deployer pushes the same jobs to the same host.
   no-op push       reference: one ssh call hashing every deployer unit file
+  one job changed  a push of the inventory with one job's URL changed; reference: writing that
+                   job's unit back by hand over ssh, one daemon-reload, a restart of its timer
   status --json    reference: `systemctl list-timers --all 'deployer-*'` over ssh
   history JOB      reference: `journalctl -u deployer-JOB.service` over ssh
   metrics pass     `systemctl start deployer-host@metrics.service` over ssh, timed: once with
@@ -110,6 +112,13 @@ def units_tar(inventory_path: Path, host_name: str) -> bytes:
     return buffer.getvalue()
 
 
+def unit_file(inventory_path: Path, name: str) -> bytes:
+    from deployer import inventory
+    from deployer.render import host_files
+
+    return next(f.content for f in host_files(inventory.load(str(inventory_path)), "bench") if f.name == name)
+
+
 # The by-hand first push: job timers only (as the deployer starts them; boot-only timers stay).
 BY_HAND_PUSH = (
     "set -e; cd /etc/systemd/system && tar -x && mkdir -p timers.target.wants && "
@@ -170,6 +179,17 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
         noop = median([run(deployer + ["push", "--yes"] + inv, env, workdir=workdir) for _ in range(repeat)])
         hashing = median([run(ssh + [HASH_UNITS], env, workdir=workdir) for _ in range(repeat)])
         rows.append(Row("no-op push", noop, hashing.seconds, "one ssh hashing the unit files"))
+
+        log("one job changed")
+        job = f"job{size // 3:05d}"
+        original = path.read_text()
+        path.write_text(original.replace(f"/job/{size // 3}\n", f"/job/{size // 3}?changed=1\n"))
+        changed = run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
+        path.write_text(original)
+        by_hand_change = run(ssh + [f"cat > /etc/systemd/system/deployer-{job}.service && systemctl daemon-reload "
+                                    f"&& systemctl restart deployer-{job}.timer"],
+                             env, unit_file(path, f"deployer-{job}.service"), workdir)
+        rows.append(Row("one job changed", changed, by_hand_change.seconds, "its unit by hand, daemon-reload, restart"))
 
         log("status --json")
         list_timers = ssh + ["systemctl list-timers --all 'deployer-*' >/dev/null"]
