@@ -478,11 +478,21 @@ def test_verify_hides_timers_wants_where_a_mount_namespace_may_be_made(monkeypat
     units = ["/s/deployer-j%03d.service" % i for i in range(200)]
     assert systemctl.Systemd().verify(units) == []
     assert processes.commands[0] == systemctl.without_timers_wants_argv(["true"])
-    chunks = [units[:systemctl.VERIFY_CHUNK], units[systemctl.VERIFY_CHUNK:]]
-    expected = [systemctl.verify_argv(c) for c in chunks]
+    expected = [systemctl.verify_argv(c) for c in systemctl.verify_chunks(units, os.cpu_count() or 1)]
     if probe == 0:
         expected = [systemctl.without_timers_wants_argv(argv) for argv in expected]
     assert processes.commands[1:] == expected
+
+
+@pytest.mark.parametrize("units, workers, sizes", [
+    (20, 2, [20]), (400, 2, [200, 200]), (1000, 2, [500, 500]), (1000, 8, [150] * 6 + [100]),
+    (20000, 2, [500] * 40), (301, 2, [151, 150]),
+])
+def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_500(units, workers, sizes):
+    """A call costs 0.19 s before its first unit, and more than linearly beyond 1,000 units."""
+    paths_ = ["/s/deployer-j%05d.service" % i for i in range(units)]
+    found = systemctl.verify_chunks(paths_, workers)
+    assert [len(c) for c in found] == sizes and [p for c in found for p in c] == paths_
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-analyze"), reason="needs root and systemd")
