@@ -213,7 +213,7 @@ def epoch_file(job: str, epoch: int) -> ManagedFile:
 def with_epochs(files: Iterable[ManagedFile], epochs: Mapping[str, int]) -> tuple[ManagedFile, ...]:
     """`files` with each job's epoch credential holding the epoch in `epochs`, in place: a push
     renders before it has read the host, which decides the epochs (deploy.plan_push)."""
-    granted = {epoch_file(job, epoch).path: epoch_file(job, epoch) for job, epoch in epochs.items()}
+    granted = {f.path: f for f in (epoch_file(job, epoch) for job, epoch in epochs.items())}
     return tuple(granted.get(f.path, f) for f in files)
 
 

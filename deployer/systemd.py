@@ -40,8 +40,8 @@ class Specifier(str):
         return super().__new__(cls, value)
 
 
-# Most of a job's Exec arguments are every job's (the python, the trigger's flags): 21 a job, a
-# third of a 10,000-job render's time. typed: a Specifier("%i") is not quoted as the text "%i" is.
+# Most of a job's Exec arguments are every job's (the python, the trigger's flags): a render of
+# 10,000 jobs quoted 210,000 of them. typed: a Specifier("%i") is not quoted as the text "%i" is.
 @functools.lru_cache(maxsize=4096, typed=True)
 def quote_exec_arg(value: str) -> str:
     """One Exec*= argument that systemd passes to the process byte for byte."""
