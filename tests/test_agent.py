@@ -496,14 +496,21 @@ def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_500(uni
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-analyze"), reason="needs root and systemd")
-def test_verify_with_timers_wants_hidden_says_what_plain_verify_says(tmp_path):
-    """On this machine's own systemd: the namespace changes what verify loads, not its verdict."""
+def test_verify_with_timers_wants_hidden_says_what_plain_verify_says(tmp_path, monkeypatch):
+    """On this machine's own systemd: the directory is empty for verify alone, and verify's
+    verdict is the one it gives without the namespace."""
+    wants = tmp_path / "timers.target.wants"
+    wants.mkdir()
+    (wants / "deployer-x.timer").symlink_to("/etc/systemd/system/deployer-x.timer")
+    monkeypatch.setattr(systemctl, "TIMERS_WANTS_DIR", str(wants))
+    inside = subprocess.run(systemctl.without_timers_wants_argv(["ls", "-A", str(wants)]), capture_output=True,
+                            text=True)
+    assert (inside.returncode, inside.stdout, inside.stderr) == (0, "", "")
+    assert os.listdir(wants) == ["deployer-x.timer"]  # for everyone else, as it was
+
     good, bad = tmp_path / "deployer-good.service", tmp_path / "deployer-bad.service"
-    wants = Path(systemctl.TIMERS_WANTS_DIR)
-    seen = sorted(os.listdir(wants)) if wants.is_dir() else None
     good.write_text("[Service]\nExecStart=/bin/true\n")
     bad.write_text("[Service]\nExecStart=relative/path\n")
-    assert subprocess.run(systemctl.without_timers_wants_argv(["true"])).returncode == 0
     for unit in (good, bad):
         plain = subprocess.run(systemctl.verify_argv([str(unit)]), capture_output=True, text=True)
         hidden = subprocess.run(systemctl.without_timers_wants_argv(systemctl.verify_argv([str(unit)])),
@@ -511,7 +518,6 @@ def test_verify_with_timers_wants_hidden_says_what_plain_verify_says(tmp_path):
         assert (hidden.returncode, hidden.stdout + hidden.stderr) == (plain.returncode, plain.stdout + plain.stderr)
     assert systemctl.Systemd().verify([str(good)]) == []
     assert any("relative/path" in line for line in systemctl.Systemd().verify([str(bad)]))
-    assert (sorted(os.listdir(wants)) if wants.is_dir() else None) == seen  # hidden from verify alone
 
 
 # -- issue 16 item 11: removing many jobs is batched and checked -------------------------------------
