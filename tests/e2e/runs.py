@@ -58,6 +58,22 @@ def runs(host, job: str) -> list[Run]:
     return sorted(found, key=lambda run: run.triggered)
 
 
+def described(hosts: dict, job: str) -> str:
+    """Each host's runs of `job` (slot, epoch, start and end) and its last journal lines: what a
+    failed slot check needs to say which host ran what (a double in the move test, ci-C of
+    2026-12-07, printed only the slots)."""
+    lines = []
+    for name, host in hosts.items():
+        for run in runs(host, job):
+            record = run.record
+            lines.append("%s run %s started %.3f ended %s slot %s epoch %s" % (
+                name, run.run[:8], run.triggered, "%.3f" % run.ended if run.ended else "-",
+                record.slot if record else "-", record.epoch if record else "-"))
+        lines.append(host.ssh(f"journalctl -q --no-pager -o short-unix -u deployer-{job}.timer "
+                              f"-u deployer-{job}.service | tail -n 60", check=False).stdout)
+    return "\n".join(lines)
+
+
 def heard(found: list[Run], requests) -> list[Run]:
     """The runs whose request the service received (X-Deployer-Run-Id is the invocation id);
     asserts that no run sent two requests."""

@@ -8,7 +8,7 @@ import pytest
 
 from deployer.contract import paths
 
-from tests.e2e.runs import assert_each_slot_ran_once, heard, runs, wait_for_runs, wait_until
+from tests.e2e.runs import assert_each_slot_ran_once, described, heard, runs, wait_for_runs, wait_until
 from tests.httpserver import json_reply
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,10 @@ def test_move_hands_a_job_over_without_a_double_or_a_missed_run(cron01, cron02, 
     # Judged by slot (when PID 1 of either host started each run the service heard), not by when
     # requests arrived: each 5 s slot ran once, on one host.
     both = sorted(runs(cron01, "tick") + runs(cron02, "tick"), key=lambda run: run.triggered)
-    assert_each_slot_ran_once(heard(both, server.received("/tick")), 5)
+    try:
+        assert_each_slot_ran_once(heard(both, server.received("/tick")), 5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{described({'cron01': cron01, 'cron02': cron02}, 'tick')}") from None
     assert "up to date" in deployer("push", "--host", "cron02", "-i", path, check=True).stdout
 
 
