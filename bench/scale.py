@@ -183,7 +183,10 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
         log("one job changed")
         job = f"job{size // 3:05d}"
         original = path.read_text()
-        path.write_text(original.replace(f"/job/{size // 3}\n", f"/job/{size // 3}?changed=1\n"))
+        edited = original.replace(f"/job/{size // 3}\n", f"/job/{size // 3}?changed=1\n")
+        if edited == original:
+            raise SystemExit(f"no [job:{job}] url to change")
+        path.write_text(edited)
         changed = run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
         path.write_text(original)
         by_hand_change = run(ssh + [f"cat > /etc/systemd/system/deployer-{job}.service && systemctl daemon-reload "
