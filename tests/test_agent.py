@@ -369,6 +369,49 @@ def test_a_removed_job_leaves_no_stamp(host):
     assert not stamp.exists()
 
 
+class Listing(FakeSystemd):
+    """`systemctl list-jobs` lists `queued` start jobs."""
+
+    queued: tuple = ()
+
+    def run(self, args):
+        if tuple(args[:2]) == ("systemctl", "list-jobs"):
+            self.calls.append(tuple(args))
+            return 0, "".join(f"{n} {u} start waiting\n" for n, u in enumerate(self.queued, 7)), ""
+        return super().run(args)
+
+
+@pytest.mark.parametrize("how", ["running", "queued"])
+def test_a_removed_job_keeps_its_stamp_while_its_last_run_may_still_read_it(tmp_path, how):
+    """The run names its slot from the stamp (host/slot.py). Removed under a run that had not
+    read it yet (the move's push to the old host), it named the timer's first slot again."""
+    host = LocalAgent("cron01", str(tmp_path), Listing())
+    timers = [f"{U}/deployer-{name}.timer" for name in ("a", "b")]
+    host.call(ApplyRequest(write=tuple(write(t, unit(t)) for t in timers), expect={}))
+    stamps = Path(host.layout.timer_stamps)
+    stamps.mkdir(parents=True, exist_ok=True)
+    for name in ("a", "b"):
+        (stamps / f"stamp-deployer-{name}.timer").touch()
+    if how == "running":
+        host.systemd.shown["deployer-a.service"] = {"Id": "deployer-a.service", "ActiveState": "activating"}
+        host.systemd.shown["deployer-b.service"] = {"Id": "deployer-b.service", "ActiveState": "inactive"}
+    else:
+        host.systemd.queued = ("deployer-a.service", "deployer-other.service")
+
+    host.call(ApplyRequest(remove=tuple(timers), expect=files(host)))
+
+    assert (stamps / "stamp-deployer-a.timer").exists()
+    assert not (stamps / "stamp-deployer-b.timer").exists()
+    assert files(host) == {}
+
+    # added again later, its first run does not start from that old stamp
+    host.systemd.shown.pop("deployer-a.service", None)
+    host.systemd.queued = ()
+    os.utime(stamps / "stamp-deployer-a.timer", (1000.0, 1000.0))
+    host.call(ApplyRequest(write=(write(timers[0], unit("a")),), expect={}))
+    assert not (stamps / "stamp-deployer-a.timer").exists()
+
+
 def test_a_removed_job_leaves_no_skipped_slot_state_and_one_added_again_starts_without_it(host):
     """Its state in /run/deployer-through (a link into /run/private, where systemd keeps a
     DynamicUser= unit's preserved RuntimeDirectory=) outlived it: added again, its first run
@@ -1084,7 +1127,7 @@ def test_a_timer_elapse_merged_into_a_manual_run_runs_its_slot_after_it(host):
                       ("systemctl", "start", "--no-block", "deployer-settle.service")]
     with open(host.layout.at(paths.BACKFILL_DIR + "/deployer-settle.json")) as asked:
         request = json.load(asked)
-    assert request["elapsed"] == pytest.approx(1796541460.4)
+    assert request["elapsed"] == pytest.approx(1796541460.4, abs=1e-3)
     assert request["stamp"] == os.stat(host.layout.at(paths.TIMER_STAMPS + "/stamp-deployer-settle.timer")).st_mtime_ns
     assert answer.merged_elapse == "2026-12-06T07:17:40+00:00"
     assert "the timer elapsed at 2026-12-06T07:17:40+00:00 during this manual run" in streamed[-1]

@@ -87,15 +87,43 @@ def test_with_this_machines_systemd(line, at, expected):
     assert slot.latest_elapse([line], at) == expected
 
 
+def test_a_stamp_removed_under_a_run_does_not_name_the_timers_first_slot(tmp_path):
+    """A push removing the job (the move's push to the old host) took the stamp before its last
+    run read it; `$TRIGGER_TIMER_REALTIME_USEC`, the timer's first elapse, named a slot that had
+    run long before: a double (found by the move test on a slow CI machine)."""
+    env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796531205000000"}
+    slept = []
+    elapsed = slot.elapsed_at("tick", env, str(tmp_path), started=lambda: 1796531215.02, persistent=True,
+                              sleep=slept.append)
+    assert elapsed == pytest.approx(1796531215.02 + slot.START_MARGIN, abs=1e-3)
+    assert sum(slept) == pytest.approx(slot.STAMP_WAIT)
+    # an @reboot timer (OnBootSec=, no Persistent=) has no stamp: the variable is its elapse
+    assert slot.elapsed_at("tick", env, str(tmp_path), started=lambda: 1796531215.02) == \
+        pytest.approx(1796531205.0, abs=1e-3)
+
+
+def test_a_stamp_a_restamp_writes_back_is_waited_for(tmp_path):
+    """A push changing the job removes the stamp (`systemctl clean`) and writes it again."""
+    stamp = tmp_path / "stamp-deployer-tick.timer"
+    env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796531205000000"}
+
+    def restamped(seconds):
+        stamp.touch()
+        os.utime(stamp, (1796531210.4, 1796531210.4))
+
+    assert slot.elapsed_at("tick", env, str(tmp_path), started=lambda: 1796531215.02, persistent=True,
+                           sleep=restamped) == pytest.approx(1796531210.4, abs=1e-3)
+
+
 def test_the_elapse_comes_from_the_jobs_own_timer_stamp(tmp_path):
     stamp = tmp_path / "stamp-deployer-settle.timer"
     stamp.touch()
     os.utime(stamp, (1796531230.0019, 1796531230.0019))
     env = {"TRIGGER_UNIT": "deployer-settle.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796531202087600"}
-    assert slot.elapsed_at("settle", env, str(tmp_path)) == pytest.approx(1796531230.0019)
+    assert slot.elapsed_at("settle", env, str(tmp_path)) == pytest.approx(1796531230.0019, abs=1e-3)
     # systemd 252 keeps the first elapse in the variable: it counts only where there is no stamp
     assert slot.elapsed_at("other", {**env, "TRIGGER_UNIT": "deployer-other.timer"}, str(tmp_path)) == \
-        pytest.approx(1796531202.0876)
+        pytest.approx(1796531202.0876, abs=1e-3)
     assert slot.elapsed_at("settle", {**env, "TRIGGER_UNIT": "deployer-evil.timer"}, str(tmp_path)) is None
     assert slot.elapsed_at("settle", {}, str(tmp_path)) is None
 
@@ -246,10 +274,11 @@ def test_an_elapse_after_this_process_started_is_not_the_one_that_started_it(tmp
     os.utime(stamp, (1796568620.0004, 1796568620.0004))  # :20, read at :21
     env = {"TRIGGER_UNIT": "deployer-every2.timer"}
     assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568618.15) == \
-        pytest.approx(1796568618.15 + slot.START_MARGIN)  # PID 1 started the run at :18.14
+        pytest.approx(1796568618.15 + slot.START_MARGIN, abs=1e-3)  # PID 1 started the run at :18.14
     assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: 1796568621.3) == \
-        pytest.approx(1796568620.0004)  # the stamp said when the elapse came, before this process
-    assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: None) == pytest.approx(1796568620.0004)
+        pytest.approx(1796568620.0004, abs=1e-3)  # the stamp said when the elapse came, before this process
+    assert slot.elapsed_at("every2", env, str(tmp_path), started=lambda: None) == \
+        pytest.approx(1796568620.0004, abs=1e-3)
 
 
 def test_a_start_that_reads_a_tick_before_its_own_elapse_still_names_that_elapses_slot(tmp_path):
@@ -260,7 +289,7 @@ def test_a_start_that_reads_a_tick_before_its_own_elapse_still_names_that_elapse
     os.utime(stamp, (1796570315.0001, 1796570315.0001))
     env = {"TRIGGER_UNIT": "deployer-one.timer"}
     elapsed = slot.elapsed_at("one", env, str(tmp_path), started=lambda: 1796570314.998)
-    assert elapsed == pytest.approx(1796570315.0001)
+    assert elapsed == pytest.approx(1796570315.0001, abs=1e-3)
     assert slot.latest_elapse(["*:*:*"], elapsed, lambda lines, base, n: [[base + i for i in range(1, n + 1)]]) == \
         1796570315
 

@@ -433,6 +433,19 @@ class Host:
             open(stamp, "a").close()
             os.utime(stamp, (when, when))
 
+    def running_jobs(self, timers):
+        """The jobs of these (stopped) timers whose service is running or queued to start."""
+        services = [paths.job_unit(job, "service") for job in map(paths.job_of_unit, timers) if job]
+        if not services:
+            return set()
+        shown = self.systemd.properties(services, ["ActiveState"])
+        active = {unit for unit, props in shown.items()
+                  if props.get("ActiveState") in ("activating", "active", "deactivating", "reloading")}
+        queued = {line.split()[1] for line in self.systemd.systemctl("list-jobs", "--plain", "--no-legend",
+                                                                     check=False)[1].splitlines()
+                  if len(line.split()) > 1}
+        return {paths.job_of_unit(unit) for unit in set(services) & (active | queued)}
+
     def play(self, journal, boot=False):
         """Carry out a switch; every step may be repeated. At boot (before sysinit.target, which
         timers wait for) the timers are queued to start, not waited for."""
@@ -461,7 +474,13 @@ class Host:
         # replay must keep it).
         # So does its skipped-slot state (/run/deployer-through): its first run would record as
         # skipped a slot of the job as it was before.
+        # A removed timer's last run may still be starting, and reads the stamp to name its slot
+        # (host/slot.py): without it, it named the timer's first slot again (a double, found by
+        # the move test on a slow CI machine). That stamp stays; adding the job again forgets it.
+        running = self.running_jobs([t for t in journal.forget if t in journal.disable])
         for timer in journal.forget:
+            if paths.job_of_unit(timer) in running:
+                continue
             if timer in journal.disable or not self.triggered_since(timer, journal.stopped_at):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.stamp(timer))

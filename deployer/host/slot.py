@@ -233,15 +233,26 @@ def process_started(stat: str = "/proc/self/stat") -> Optional[float]:
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
+# How long a run waits for its timer's stamp to come back: a push that restamps a changed timer
+# removes it (`systemctl clean`) and writes it again a moment later.
+STAMP_WAIT = 2.0
+
+
 def elapsed_at(job: str, env, stamps: Optional[str] = None,
-               started: Callable[[], Optional[float]] = process_started) -> Optional[float]:
+               started: Callable[[], Optional[float]] = process_started, persistent: bool = False,
+               sleep: Callable[[float], None] = time.sleep) -> Optional[float]:
     """When the job's own timer elapsed to start this run; None when no timer started it.
 
     The stamp says the timer's latest elapse when it is read. On a busy host the trigger may be
     read it seconds after PID 1 started it, and an elapse in between (merged into this run: the
     unit was already active) has moved the stamp: the run was started by an elapse no later than
     its own process, so the moment is capped there (found by test_pushes_during_firing_windows
-    on a loaded CI machine: a run PID 1 started at :18 named the slot :20)."""
+    on a loaded CI machine: a run PID 1 started at :18 named the slot :20).
+
+    A `persistent` timer (Persistent=: a calendar job's) stamps every elapse before its run
+    starts, so a stamp that is missing was removed under this run: by a push restamping the
+    timer (it comes back at once) or removing it. `$TRIGGER_TIMER_REALTIME_USEC` names the
+    timer's first elapse there (systemd 252), a slot long done: the moment is this run's start."""
     trigger = env.get("TRIGGER_TIMER_REALTIME_USEC", "")
     try:
         timer = job_unit(job, "timer")
@@ -249,16 +260,30 @@ def elapsed_at(job: str, env, stamps: Optional[str] = None,
         return None
     if env.get("TRIGGER_UNIT") != timer:
         return None
-    try:
-        stamped = os.stat(os.path.join(stamps or TIMER_STAMPS, "stamp-" + timer)).st_mtime
-    except OSError:
-        return int(trigger) / 1e6 if trigger.isdigit() else None
+    path = os.path.join(stamps or TIMER_STAMPS, "stamp-" + timer)
+    stamped = _mtime(path)
+    waited = 0.0
+    while stamped is None and persistent and waited < STAMP_WAIT:
+        sleep(0.05)
+        waited += 0.05
+        stamped = _mtime(path)
     began = started()
+    if stamped is None:
+        if persistent and began is not None:
+            return began + START_MARGIN
+        return int(trigger) / 1e6 if trigger.isdigit() else None
     # /proc counts the start in clock ticks, truncated: a start a few ms after its own elapse
     # can read as before it, and capping there named the slot before, one its own run had named
     # (a double, found by the start-limit test). An elapse within the margin after the start
     # came while this run went: merged into it, it starts no other run to name it.
     return min(stamped, began + START_MARGIN) if began is not None else stamped
+
+
+def _mtime(path: str) -> Optional[float]:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def asked_start(job: str, asked: Asked, started: Callable[[], Optional[float]] = process_started,
@@ -290,7 +315,7 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
     if scheduled is not None:
         return Slot(scheduled, run, "cronjob")
-    asked, elapsed = read_request(job), elapsed_at(job, env, started=started)
+    asked, elapsed = read_request(job), elapsed_at(job, env, started=started, persistent=bool(calendar))
     # systemd 252 keeps $TRIGGER_UNIT from the last timer start in a later manual start's
     # environment: what the agent asked wins, unless the timer's elapse started this run.
     if asked.kind and (elapsed is None or asked_start(job, asked, started, since_boot)):

@@ -75,6 +75,43 @@ def test_move_hands_a_job_over_without_a_double_or_a_missed_run(cron01, cron02, 
     assert "up to date" in deployer("push", "--host", "cron02", "-i", path, check=True).stdout
 
 
+def test_a_run_still_starting_when_its_job_moves_names_its_own_slot(cron01, cron02, server, deployer,
+                                                                    write_inventory):
+    """The move's push to the old host removed the timer's stamp before that host's last run had
+    read it, and the run named the timer's first slot again: a double (ci-C, 2026-12-07, on a
+    slow machine). Here that run is held until the new host has run too: its trigger reads the
+    agent's run request (slot.read_request) just before the stamp, and that file is a FIFO the
+    test writes to when it is time (a loaded host delays a trigger the same way, by seconds)."""
+    server.routes["/tick"] = json_reply({"code": 0})
+    hosts = cron01.inventory_host() + cron02.inventory_host()
+    path = write_inventory(hosts + job(server, "tick", "cron01", "*:*:0/5"))
+    deployer("push", "--host", "cron01", "-i", path, check=True)
+    wait_for_runs(cron01, "tick", 2, timeout=40)  # the timer's first slot is long done
+    request = f"{paths.BACKFILL_DIR}/deployer-tick.json"
+    cron01.ssh(f"mkdir -p {paths.BACKFILL_DIR} && mkfifo -m 0644 {request}")
+    gated_at = time.time()
+    held = wait_until(lambda: [run.run for run in runs(cron01, "tick") if not run.record and run.triggered > gated_at],
+                      20, "a run of tick held before it reads its stamp", every=0.5)
+
+    write_inventory(hosts + job(server, "tick", "cron02", "*:*:0/5"))
+    deployer("move", "--from", "cron01", "--to", "cron02", "-i", path, check=True)
+    wait_for_runs(cron02, "tick", 1, timeout=40)
+    # the host keeps the stamp for that run (the trigger's fallback, its own start, would name
+    # the right slot here too: the process started on time)
+    assert cron01.ssh(f"test -e {paths.TIMER_STAMPS}/stamp-deployer-tick.timer", check=False).returncode == 0, \
+        "the push removing the job took the stamp its held run has yet to read"
+    cron01.ssh(f"timeout 20 sh -c 'echo {{}} > {request}' && rm {request}")
+    wait_until(lambda: all(run.record for run in runs(cron01, "tick")), 30, "the held run's record", every=0.5)
+    wait_for_runs(cron02, "tick", 2, timeout=40)
+
+    assert len(held) == 1, held
+    both = sorted(runs(cron01, "tick") + runs(cron02, "tick"), key=lambda run: run.triggered)
+    try:
+        assert_each_slot_ran_once(heard(both, server.received("/tick")), 5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{described({'cron01': cron01, 'cron02': cron02}, 'tick')}") from None
+
+
 def test_pause_survives_a_push_and_resume_restarts_the_timer(shared_cron01, server, deployer, write_inventory):
     server.routes["/tick"] = json_reply({"code": 0})
     path = write_inventory(shared_cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2"))
