@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from deployer.contract import rules
+from deployer.contract import paths, rules
 from deployer.host import http, run
 from tests.conftest import REPO
 from tests.httpserver import RecordingServer, Reply, json_reply
@@ -680,6 +680,19 @@ def test_issue23_6_the_end_record_and_the_next_runs_record_partition_the_slots_n
     assert by_slot[1020].reason == "skipped: previous run still running since %s" % cli.iso_utc(1010.3)
     assert by_slot[1020].run == "inv1-s1020" and by_slot[1070].run == "inv3-s1070"
     assert {r.skipped for r in sent} == {"concurrency"}
+
+
+def test_a_timer_no_longer_enabled_here_has_no_overlaps_to_record(tmp_path):
+    """Paused, removed or moved to another host while the run went: its link is gone."""
+    from deployer.host import trigger as cli
+
+    wants = tmp_path / paths.TIMERS_WANTS
+    wants.mkdir()
+    assert not cli.timer_enabled("settle", str(tmp_path))
+    (wants / "deployer-settle.timer").symlink_to("../deployer-settle.timer")  # dangling, as systemctl links
+    assert cli.timer_enabled("settle", str(tmp_path))
+    assert not cli.timer_enabled("other", str(tmp_path))
+    assert not cli.timer_enabled("../x", str(tmp_path))
 
 
 def test_issue23_6_a_slot_that_came_after_the_previous_run_ended_is_not_an_overlap():

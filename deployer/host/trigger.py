@@ -156,7 +156,8 @@ def main(argv: Optional[list] = None) -> int:
                            key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
-    recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen)
+    recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen) \
+        if timer_enabled(spec.name) else []
     try:
         return finish(args, spec, the_slot, result, run_id, log)
     finally:  # the run's very end: a slot that comes after this is the next run's to account for
@@ -308,6 +309,17 @@ def skipped_record(spec: JobSpec, the_slot: Slot, reason: str, kind: str, run: s
     return record.RunRecord(job=spec.name, run=run, slot=the_slot.at or 0, started=time.time(), duration=0.0,
                             attempts=0, result="skipped", reason=reason, key=the_slot.key(spec.name),
                             epoch=spec.epoch, skipped=kind)
+
+
+def timer_enabled(job: str, unit_dir: str = paths.UNIT_DIR) -> bool:
+    """Whether the job's timer still runs on this host: its link in timers.target.wants, gone
+    once a push paused or removed the job (a move's too). Slots that came after that are not
+    this run's overlaps: the timer was stopped, or another host ran them (found by the move
+    test with a held run: the old host recorded as skipped a slot the new one ran)."""
+    try:
+        return os.path.lexists(os.path.join(unit_dir, paths.TIMERS_WANTS, paths.job_unit(job, "timer")))
+    except paths.BadName:
+        return False
 
 
 def overlapped_slots(spec: JobSpec, the_slot: Slot, started: float, now: float, stamp_then, stamp_now,
