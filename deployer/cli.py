@@ -43,6 +43,12 @@ class Options:
 
         return inventory.load(self.inventory_path)
 
+    def inventory_for_job(self, job: str):
+        """What a read of one job's runs needs: the hosts and that job, checked (load_for_job)."""
+        from . import inventory
+
+        return inventory.load_for_job(self.inventory_path, job)
+
 
 def _or_group(ctx, param, value):
     """An option given after the subcommand wins; else the same option given before it
@@ -184,9 +190,11 @@ def _ask_hosts(inv, names: list, ask, must: tuple = ()):
     return answers, [name for name, (_, error) in answers.items() if error is not None]
 
 
-def _open_job(inventory_path: str, job: str, host_name: Optional[str]):
-    """What every job command starts with: the inventory, the job's host, the Job, that host's agent."""
-    inv = Options(inventory_path).inventory()
+def _open_job(inventory_path: str, job: str, host_name: Optional[str], reading: bool = False):
+    """What every job command starts with: the inventory, the job's host, the Job, that host's
+    agent. `reading` (a command that only reads the job's runs): only what it uses is checked."""
+    options = Options(inventory_path)
+    inv = options.inventory_for_job(job) if reading else options.inventory()
     host_name, the_job = _job_host(inv, job, host_name)
     return inv, host_name, the_job, _connect(inv, host_name)
 
@@ -713,7 +721,7 @@ def history(job, inventory_path, host_name, since, as_json):
         start = since_time(since, now)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
-    inv = Options(inventory_path).inventory()
+    inv = Options(inventory_path).inventory_for_job(job)
     own_host, the_job = _job_host(inv, job, None)
     primary = host_name or own_host
     inv.host(primary)
@@ -1007,7 +1015,7 @@ def logs(job, inventory_path, host_name, lines, since, follow):
             raise click.BadParameter(str(error), param_hint="--since") from None
     if lines is None and start is None:
         lines = 50
-    _, _, _, agent = _open_job(inventory_path, job, host_name)
+    _, _, _, agent = _open_job(inventory_path, job, host_name, reading=True)
     if not follow:
         click.echo(printable(remote.logs(agent, job, lines, since=start), newlines=True), nl=False)
         return

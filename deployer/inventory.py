@@ -434,7 +434,53 @@ def declared_names(path: str, kind: str) -> list[str]:
 
 def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
     """Read and check an inventory; raise InventoryError listing every problem found."""
+    return parse(_source(path), path, os.environ if env is None else env)
+
+
+def load_for_job(path: str, job: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
+    """The inventory as a read of one job's runs needs it (`history`, `logs`): [defaults], every
+    [host:*] and [alert:*], and [job:JOB] are read and checked as `load` reads them; of each other
+    job only its name and `on_failure_run` (which decides whether JOB may go without a schedule).
+    The Inventory holds JOB alone. At 10,000 jobs checking them all cost `history` three times
+    what its one journal read costs (issue 25); and a mistake in another job's section does not
+    hide a job's runs on the day they are needed. A JOB the file does not declare is `load`'s
+    error, with its did-you-mean."""
     env = os.environ if env is None else env
+    source = _source(path)
+    focused = _only_job(source.removeprefix("\ufeff"), job)
+    if focused is None:
+        return parse(source, path, env)
+    return parse(focused[0], path, env, others=focused[1])
+
+
+def _only_job(source: str, job: str) -> Optional[tuple[str, dict[str, str]]]:
+    """The source with every line of the other job sections blanked (the line numbers kept, for
+    the errors), and those jobs' names -> `on_failure_run` as written ("" when none); None if
+    no [job:JOB] is written."""
+    lines = source.split("\n")
+    others: dict[str, str] = {}
+    other, found = None, False
+    for index, raw in enumerate(lines):
+        if raw.startswith("[") and "]" in raw:  # a header (indented, it is a value's next line)
+            kind, _, title = raw[1:raw.index("]")].partition(":")
+            kind, title = kind.strip(), title.strip()
+            other = title if kind == "job" and title != job else None
+            found = found or (kind == "job" and title == job)
+            if other is None:
+                continue
+            others.setdefault(other, "")
+        elif other is None:
+            continue
+        key = _KEY.match(raw)
+        if key and not raw[:1].isspace() and key.group(1).lower() == "on_failure_run":
+            value = raw[key.end():]
+            cut = _comment_start(value)
+            others[other] = (value if cut < 0 else value[:cut]).strip()
+        lines[index] = ""
+    return ("\n".join(lines), others) if found else None
+
+
+def _source(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -450,10 +496,12 @@ def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
         raise InventoryError([Problem(path, None, None, f"cannot read: {error.strerror}")]) from None
     except UnicodeDecodeError:
         raise InventoryError([Problem(path, None, None, "is not UTF-8 text")]) from None
-    return parse(source, path, env)
+    return source
 
 
-def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
+def parse(source: str, path: str, env: Mapping[str, str], others: Optional[Mapping[str, str]] = None) -> Inventory:
+    """Check an inventory's text. `others`: jobs whose sections load_for_job took out (name ->
+    on_failure_run as written), declared but not checked."""
     # A UTF-8 byte order mark (Windows editors write one) is not a key before any [section].
     source, indented = _indented_lines(source.removeprefix("\ufeff"), path)
     source, commented = _inline_comments(source, path)
@@ -510,10 +558,11 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Inventory:
             report.add("defaults", key, f"no [{key}:{ref}]" + _suggest(ref, declared[key]))
     # Jobs another one starts when it fails: they have no schedule of their own (see _job).
     failure_targets = {v["on_failure_run"] for _, _, v in job_sections if v.get("on_failure_run")}
+    failure_targets |= {_expand(target, env)[0] for target in (others or {}).values() if target}
     jobs = [j for j in (_job(s, t, v, defaults, declared["host"], declared["alert"], report, t in failure_targets)
                         for s, t, v in job_sections) if j]
     _check_native_calendars(jobs, report)
-    _check_chains(jobs, [t for _, t, _ in job_sections], report)
+    _check_chains(jobs, [t for _, t, _ in job_sections] + list(others or ()), report)
     if report.problems:
         raise InventoryError(report.problems)
     return Inventory(path, tuple(hosts), tuple(alerts), tuple(jobs), variables)

@@ -465,3 +465,93 @@ def test_every_host_key_is_a_host_field_and_every_host_field_a_key():
     import dataclasses
 
     assert set(inventory.SCHEMA["host"]) == {f.name for f in dataclasses.fields(Host)} - {"name"}
+
+
+# -- load_for_job: what `history` and `logs` read (issue 25) -----------------------------------
+
+RICH = """\ufeff[host:cron01]
+address = 10.0.0.5
+[host:cron02]
+address = 10.0.0.6
+
+[alert:ops]
+type = dingtalk
+token = ${DINGTALK_TOKEN}
+
+[defaults]
+host = cron01
+timezone = Asia/Shanghai
+alert = ops
+
+[job:settle]
+schedule = 0 * * * *
+url = http://svc/settle?key=${DINGTALK_SECRET}
+on_failure_run = cleanup  ; undoes a half settle
+headers =
+  X-A: 1
+  X-B: 2   ; two values
+
+[job:report]
+after = settle
+url = http://svc/report  # a comment
+
+[job:cleanup]
+url = http://svc/cleanup
+body = {"note": "batch \\#7"}
+
+[job:nightly]
+host = cron02
+on_calendar =
+  *-*-* 02:00:00
+  *-*-* 03:00:00
+url = http://svc/nightly
+"""
+
+
+@pytest.mark.parametrize("name", ["settle", "report", "cleanup", "nightly"])
+def test_a_job_read_alone_is_the_job_the_whole_inventory_reads(tmp_path, name):
+    path = tmp_path / "inv.ini"
+    path.write_text(RICH)
+    whole = inventory.load(str(path), ENV)
+    alone = inventory.load_for_job(str(path), name, ENV)
+    assert alone.jobs == tuple(j for j in whole.jobs if j.name == name)
+    assert (alone.hosts, alone.alerts) == (whole.hosts, whole.alerts)
+
+
+def test_a_mistake_in_another_job_does_not_hide_this_ones_runs(tmp_path):
+    path = tmp_path / "inv.ini"
+    path.write_text(RICH + "\n[job:broken]\nschedule = 61 * * * *\nurl = http://svc/${UNSET}\nbogus = 1\n"
+                           "url = twice\n  url = indented\nbody = {\"a\": \"b #c\"}\n[job:Bad Name]\nurl = x\n")
+    with pytest.raises(InventoryError):
+        inventory.load(str(path), ENV)
+    assert inventory.load_for_job(str(path), "settle", ENV).jobs[0].name == "settle"
+
+
+def test_a_mistake_in_the_job_read_is_the_same_error_on_the_same_line(tmp_path):
+    path = tmp_path / "inv.ini"
+    path.write_text(RICH.replace("schedule = 0 * * * *", "schedule = 0 * * *\nbogus = 1"))
+    with pytest.raises(InventoryError) as whole:
+        inventory.load(str(path), ENV)
+    with pytest.raises(InventoryError) as alone:
+        inventory.load_for_job(str(path), "settle", ENV)
+    assert alone.value.lines() == whole.value.lines()
+    assert any(":17:" in line or "line 17" in line for line in alone.value.lines()), alone.value.lines()
+
+
+def test_a_failure_target_read_alone_still_needs_no_schedule_and_a_chain_still_names_a_real_job(tmp_path):
+    path = tmp_path / "inv.ini"
+    path.write_text(RICH.replace("after = settle", "after = setle"))
+    with pytest.raises(InventoryError) as alone:
+        inventory.load_for_job(str(path), "report", ENV)
+    assert alone.value.lines() == [f"{path}:24: [job:report] after: no [job:setle] (did you mean 'settle'?)"]
+    assert inventory.load_for_job(str(path), "cleanup", ENV).jobs[0].name == "cleanup"  # on_failure_run's target
+
+
+def test_a_job_not_in_the_file_is_the_whole_reads_error(tmp_path):
+    path = tmp_path / "inv.ini"
+    path.write_text(RICH + "[job:broken]\nbogus = 1\n")
+    with pytest.raises(InventoryError) as whole:
+        inventory.load(str(path), ENV)
+    with pytest.raises(InventoryError) as alone:
+        inventory.load_for_job(str(path), "setle", ENV)
+    assert alone.value.lines() == whole.value.lines()

@@ -258,3 +258,23 @@ def test_logs_follow_streams_until_interrupted_and_since_limits(shared_cron01, s
     # ended (a loaded machine took 27 s to run it; the lines shown had come 3 s before it began).
     # A stamp is a whole second: 1 s more.
     assert min(stamps) >= called - 3 - 1, (called, min(stamps))
+
+
+def test_a_mistake_in_another_job_does_not_hide_a_jobs_runs(shared_cron01, server, deployer, write_inventory):
+    """`history` and `logs` check what they read: the hosts and their job (issue 25: at 10,000
+    jobs, checking every one cost `history` three times its journal read)."""
+    server.routes["/tick"] = json_reply({"code": 0})
+    good = shared_cron01.inventory_host() + job(server, "tick", "cron01", "*:*:0/2")
+    path = write_inventory(good)
+    deployer("push", "-i", path, check=True)
+    server.wait_for("/tick", timeout=60)
+    write_inventory(good + "[job:half-edited]\nschedule = 61 * * * *\nurl = http://svc/${NOT_SET_ANYWHERE}\n")
+
+    tick = json.loads(deployer("history", "tick", "-i", path, "--since", "1h", "--json", check=True).stdout)
+    logs = deployer("logs", "tick", "-i", path, "-n", "5", check=True).stdout
+    push = deployer("push", "-i", path, check=False)
+
+    assert tick["job"] == "tick" and [r for r in tick["runs"] if r["result"] == "ok"], tick
+    assert "deployer-tick" in logs
+    assert push.returncode == 1 and "[job:half-edited]" in push.stderr and "Traceback" not in push.stderr
+    assert shared_cron01.ssh("ls /etc/systemd/system | grep -c '^deployer-half-edited' || true").stdout.strip() == "0"
