@@ -461,8 +461,9 @@ def _only_job(source: str, job: str) -> Optional[tuple[str, dict[str, str]]]:
     others: dict[str, str] = {}
     other, found = None, False
     for index, raw in enumerate(lines):
-        if raw.startswith("[") and "]" in raw:  # a header (indented, it is a value's next line)
-            kind, _, title = raw[1:raw.index("]")].partition(":")
+        stripped = raw.strip()
+        if stripped.startswith("[") and "]" in stripped:  # a header, as _line_numbers reads one
+            kind, _, title = stripped[1:stripped.index("]")].partition(":")
             kind, title = kind.strip(), title.strip()
             other = title if kind == "job" and title != job else None
             found = found or (kind == "job" and title == job)
