@@ -13,6 +13,7 @@ import pytest
 from deployer.errors import AgentRefused
 from deployer.contract import paths, protocol
 from deployer.contract.protocol import ApplyRequest, RunRequest, StopRequest
+from deployer.host.state import write_atomically
 from tests.test_agent import U, files, host, record_entry, unit, write  # noqa: F401 - host: the fixture
 
 SERVICE = "deployer-settle.service"
@@ -156,3 +157,46 @@ def test_a_backfill_asked_while_the_job_runs_is_refused(host):  # noqa: F811
         host.call(RunRequest("settle", slot=1796529600))
     assert refused.value.code == protocol.RUNNING
     assert not [c for c in host.systemd.calls if c[:2] == ("systemctl", "start")]
+
+
+def test_a_run_asked_while_the_last_one_is_ending_is_a_run_of_its_own(host):  # noqa: F811
+    """Deactivating (its ExecStopPost=): `systemctl start` waits for that run's end and starts a
+    new one, which must find this request; it does not follow the run that is ending."""
+    installed(host, ActiveState="deactivating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    requests = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            with open(ask_path(host)) as request:
+                requests.append(json.load(request))
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([])
+    streamed: list[str] = []
+    answer = host.call(RunRequest("settle"), output=streamed.append)
+    assert requests and requests[0]["manual"] is True
+    assert not answer.attached and not [line for line in streamed if "following" in line]
+
+
+def test_a_run_leaves_the_request_another_run_wrote_after_it(host):  # noqa: F811
+    """Its run ended, then another `deployer run` asked and started a new one before this agent
+    cleaned up: removing that request made the new run take itself for the timer's."""
+    installed(host, ActiveState="inactive", InvocationID="inv1")
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            write_atomically(ask_path(host), '{"manual": true, "by": "bob@laptop"}', mode=0o644)
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([])
+    host.call(RunRequest("settle"), output=lambda line: None)
+    with open(ask_path(host)) as request:
+        assert json.load(request)["by"] == "bob@laptop"
+
+    host.systemd.run = run
+    host.call(RunRequest("settle"), output=lambda line: None)
+    assert not os.path.exists(ask_path(host)), "its own request is removed"

@@ -363,6 +363,14 @@ class Host:
         self.write_atomically(path, json.dumps(request), mode=0o644)
         return path
 
+    def withdraw(self, path, written):
+        """Remove the request ask_run wrote at `path` (inode `written`), unless another agent's
+        replaced it since: a `deployer run` that started once this one's run ended, and whose
+        run may not have read it yet (removed, that run took itself for the timer's)."""
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == written:
+                os.unlink(path)
+
     def ask_path(self, job):
         """Where ask_run leaves what the run it starts stands for."""
         return os.path.join(self.runs_dir(), paths.job_unit(job, "json"))
@@ -439,8 +447,7 @@ class Host:
         if not services:
             return set()
         shown = self.systemd.properties(services, ["ActiveState"])
-        active = {unit for unit, props in shown.items()
-                  if props.get("ActiveState") in ("activating", "active", "deactivating", "reloading")}
+        active = {unit for unit, props in shown.items() if props.get("ActiveState") in RUNNING_STATES}
         queued = {line.split()[1] for line in self.systemd.systemctl("list-jobs", "--plain", "--no-legend",
                                                                      check=False)[1].splitlines()
                   if len(line.split()) > 1}
@@ -865,6 +872,7 @@ def op_run(host, request):
         asked = None
     else:
         asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
+        written = os.stat(asked).st_ino
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
@@ -880,8 +888,7 @@ def op_run(host, request):
         follower.wait()
         reader.join(1.0)
         if asked is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(asked)
+            host.withdraw(asked, written)
     invocation = props.get("InvocationID", "")
     merged = run_merged_slot(host, request.job, service, invocation, stamp_before,
                              stamp_of(request.job, host.layout.timer_stamps))
@@ -914,13 +921,16 @@ def run_asked_for(run, request):
 
 
 RUNNING_STATES = ("activating", "active", "reloading", "deactivating")
+# A start joins a run in these; one that is deactivating (its ExecStopPost=) ends first, and
+# the start then makes a run of its own.
+JOINABLE_STATES = ("activating", "active", "reloading")
 
 
 def running_since(host, service):
-    """When the run of `service` in progress started (ISO 8601; "" when systemd does not say),
-    or None when none runs."""
+    """When the run of `service` in progress, which a start would join, started (ISO 8601; ""
+    when systemd does not say), or None when none runs or the one going is ending."""
     props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp"]).get(service, {})
-    if props.get("ActiveState") not in RUNNING_STATES:
+    if props.get("ActiveState") not in JOINABLE_STATES:
         return None
     return iso_time(props.get("ExecMainStartTimestamp", ""))
 
