@@ -200,3 +200,22 @@ def test_a_run_leaves_the_request_another_run_wrote_after_it(host):  # noqa: F81
     host.systemd.run = run
     host.call(RunRequest("settle"), output=lambda line: None)
     assert not os.path.exists(ask_path(host)), "its own request is removed"
+
+
+def test_a_run_asked_while_the_timers_run_goes_is_not_asked_of_that_run(host):  # noqa: F811
+    """The request names the run going (its invocation id): that run keeps the timer's slot even
+    if it reads the request before its stamp (slot.read_request)."""
+    installed(host, ActiveState="activating", InvocationID="timers-run", ExecMainStartTimestamp=STARTED)
+    requests = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            with open(ask_path(host)) as request:
+                requests.append(json.load(request))
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([])
+    host.call(RunRequest("settle"), output=lambda line: None)
+    assert requests[0]["manual"] is True and requests[0]["not_for"] == "timers-run"

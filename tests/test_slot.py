@@ -177,6 +177,27 @@ def test_a_manual_run_is_manual_though_systemd_left_the_timer_in_its_environment
     assert slot.slot_of_run("settle", ("x",), "abc", env={}, analyze=fake).how == "backfill"
 
 
+def test_a_request_made_while_a_run_went_is_not_that_runs(tmp_path, monkeypatch):
+    """`deployer run` while the timer's run goes: its start joins that run, and the request is for
+    a run the start makes if that one ends first. The timer's run, started within START_MARGIN
+    of the request and bound to the same stamp, took it for its own and named itself manual: the
+    timer's slot never ran under its key (a helper's review). The agent names the run going."""
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    stamp = tmp_path / "stamp-deployer-tick.timer"
+    stamp.touch()
+    os.utime(stamp, (1796615770.0, 1796615770.0))
+    env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615700000000"}
+    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
+    asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "not_for": "timers-run"}
+    (tmp_path / "deployer-tick.json").write_text(json.dumps(asked))
+    timers = slot.slot_of_run("tick", ("x",), "timers-run", env=env, analyze=fake, started=lambda: 1796615770.02)
+    assert (timers.how, timers.name) == ("timer", "2026-12-07T03:56:10Z")
+    # the run the agent's start made after that one ended is the manual run asked for
+    assert slot.slot_of_run("tick", ("x",), "next-run", env=env, analyze=fake, started=lambda: 1796615775.0).how \
+        == "manual"
+
+
 def test_a_manual_run_stays_manual_when_the_timer_elapses_after_its_process_started(tmp_path, monkeypatch):
     """Found on a loaded host: the agent asked for a manual run, PID 1 started it at :47.8, its
     trigger read the request at :50.6, and the timer had elapsed at :50.0 into the active unit

@@ -339,12 +339,13 @@ class Host:
                              % self.layout.to_host(directory))
         return directory
 
-    def ask_run(self, job, slot=None, elapsed=None, ttl=None, params=(), by=""):
+    def ask_run(self, job, slot=None, elapsed=None, ttl=None, params=(), by="", not_for=""):
         """Tell the run the agent is about to start what it stands for: `slot` to backfill, the
         timer `elapsed` (unix seconds) whose start systemd merged into a manual run, else a manual
         run of its own (slot.read_request: the environment cannot say, see there). A file its
         dynamic user can read and no other local user can write; bound to the timer's stamp as
-        it is now, so that a run a newer elapse started is not taken for this one."""
+        it is now, so that a run a newer elapse started is not taken for this one. `not_for`:
+        the invocation id of a run going, which is not the one asked."""
         path = self.ask_path(job)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -355,6 +356,8 @@ class Host:
             request["params"] = dict(params)
         if by:
             request["by"] = by
+        if not_for:
+            request["not_for"] = not_for
         # Before the start it asks for: a process started before this is not that start's (on
         # /proc's clock for a process's start, which a step of the wall clock does not move).
         request["asked_boot"] = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -855,7 +858,7 @@ def op_run(host, request):
                          "epoch (the job moved); `deployer resume %s` if this host should own it again"
                          % (request.job, request.job))
     held = check_run_on_hold(host, request)
-    attached = running_since(host, service)
+    attached, going = running_since(host, service)
     if attached is not None:
         if request.slot is not None or request.params:
             asked = "a backfill" if request.slot is not None else "a run with --set"
@@ -871,7 +874,9 @@ def op_run(host, request):
         # timer's (slot.asked_start). This start only joins it.
         asked = None
     else:
-        asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked())
+        # Not for the run going, if one is (a timer's, a chained one's): this start joins it, and
+        # it may read this before it reads its stamp; the request is for a run this start makes.
+        asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked(), not_for=going)
         written = os.stat(asked).st_ino
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
@@ -927,12 +932,13 @@ JOINABLE_STATES = ("activating", "active", "reloading")
 
 
 def running_since(host, service):
-    """When the run of `service` in progress, which a start would join, started (ISO 8601; ""
-    when systemd does not say), or None when none runs or the one going is ending."""
-    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp"]).get(service, {})
+    """The run of `service` in progress, which a start would join: when it started (ISO 8601; ""
+    when systemd does not say) and its invocation id; (None, "") when none runs or the one going
+    is ending."""
+    props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
     if props.get("ActiveState") not in JOINABLE_STATES:
-        return None
-    return iso_time(props.get("ExecMainStartTimestamp", ""))
+        return None, ""
+    return iso_time(props.get("ExecMainStartTimestamp", "")), props.get("InvocationID", "")
 
 
 @handles(StopRequest)

@@ -29,7 +29,7 @@ def slot_for(job: str, calendar: Sequence[str], run: str, parents: Sequence[str]
     """The slot of this run: its parent's when a parent's OnSuccess=/OnFailure= started it, else
     as slot.slot_of_run says. What the agent asked (a manual run) wins: systemd 252 may leave
     $MONITOR_* of the last chained start in a later `systemctl start`'s environment."""
-    if parents and not read_request(job).kind:
+    if parents and not read_request(job, run).kind:
         chained = chained_slot(parents, run, env)
         if chained is not None:
             return chained

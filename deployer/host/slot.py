@@ -167,11 +167,14 @@ def stamp_of(job: str, stamps: Optional[str] = None) -> Optional[int]:
         return None
 
 
-def read_request(job: str) -> Asked:
-    """What the agent asked this run to stand for, if it asked (and the ask has not expired)."""
+def read_request(job: str, run: str = "") -> Asked:
+    """What the agent asked this run (invocation id `run`) to stand for, if it asked (and the ask
+    has not expired, and is not for a run other than the one going, `not_for`: this one)."""
     try:
         with open(backfill_path(job), encoding="utf-8") as handle:
             request = json.load(handle)
+        if run and request.get("not_for") == run:
+            return Asked()  # asked while this run went: for the run the agent's start makes after it
         until = request.get("until")
         slot, elapsed, stamp = request.get("slot"), request.get("elapsed"), request.get("stamp")
     except (OSError, ValueError, AttributeError, BadName):
@@ -315,7 +318,7 @@ def slot_of_run(job: str, calendar: Sequence[str], run: str, env=os.environ, now
     scheduled = cronjob_slot(env.get(SCHEDULED_JOB_ENV, ""))
     if scheduled is not None:
         return Slot(scheduled, run, "cronjob")
-    asked, elapsed = read_request(job), elapsed_at(job, env, started=started, persistent=bool(calendar))
+    asked, elapsed = read_request(job, run), elapsed_at(job, env, started=started, persistent=bool(calendar))
     # systemd 252 keeps $TRIGGER_UNIT from the last timer start in a later manual start's
     # environment: what the agent asked wins, unless the timer's elapse started this run.
     if asked.kind and (elapsed is None or asked_start(job, asked, started, since_boot)):
