@@ -460,9 +460,17 @@ def _only_job(source: str, job: str) -> Optional[tuple[str, dict[str, str]]]:
     lines = source.split("\n")
     others: dict[str, str] = {}
     other, found = None, False
+    key_indent = None  # the indentation of the key whose value is open (INI's continuation rule)
     for index, raw in enumerate(lines):
         stripped = raw.strip()
-        if stripped.startswith("[") and "]" in stripped:  # a header, as _line_numbers reads one
+        indent = len(raw) - len(raw.lstrip())
+        more = key_indent is not None and indent > key_indent  # more of that key's value
+        if not stripped:
+            key_indent = None  # empty_lines_in_values=False: a blank line ends a value
+        elif stripped[0] not in ";#" and not more:
+            key_indent = indent
+        if not more and stripped.startswith("[") and "]" in stripped:
+            key_indent = None
             kind, _, title = stripped[1:stripped.index("]")].partition(":")
             kind, title = kind.strip(), title.strip()
             other = title if kind == "job" and title != job else None
@@ -473,7 +481,7 @@ def _only_job(source: str, job: str) -> Optional[tuple[str, dict[str, str]]]:
         elif other is None:
             continue
         key = _KEY.match(raw)
-        if key and not raw[:1].isspace() and key.group(1).lower() == "on_failure_run":
+        if key and not more and key.group(1).lower() == "on_failure_run":
             value = raw[key.end():]
             cut = _comment_start(value)
             others[other] = (value if cut < 0 else value[:cut]).strip()

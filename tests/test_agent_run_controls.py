@@ -219,3 +219,24 @@ def test_a_run_asked_while_the_timers_run_goes_is_not_asked_of_that_run(host):  
     host.systemd.follow = lambda args: _Follower([])
     host.call(RunRequest("settle"), output=lambda line: None)
     assert requests[0]["manual"] is True and requests[0]["not_for"] == "timers-run"
+
+
+def test_a_run_asked_as_a_fenced_run_ends_is_refused_as_fenced(host):  # noqa: F811
+    """The run ending (deactivating) was fenced: its ExecStopPost= marks the job fenced, and the
+    start this request makes is held back by that (ConditionPathExists=!): no run, the same
+    invocation. Before: reported as the timer's run this request joined, ok."""
+    installed(host, ActiveState="deactivating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            os.makedirs(host.layout.fenced_dir, exist_ok=True)  # as the ending run's ExecStopPost= does
+            open(os.path.join(host.layout.fenced_dir, "deployer-settle.timer"), "w").close()
+        return run(args)
+
+    host.systemd.run = systemd_run
+    host.systemd.follow = lambda args: _Follower([])
+    host.systemd.journal = [dict(record_entry("settle", "inv1", time.time() - 1), _SYSTEMD_INVOCATION_ID="inv1")]
+    with pytest.raises(AgentRefused, match="job settle is fenced on this host") as refused:
+        host.call(RunRequest("settle"), output=lambda line: None)
+    assert refused.value.code == protocol.NOT_INSTALLED

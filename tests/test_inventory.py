@@ -521,7 +521,8 @@ def test_a_job_read_alone_is_the_job_the_whole_inventory_reads(tmp_path, name):
 def test_a_mistake_in_another_job_does_not_hide_this_ones_runs(tmp_path):
     path = tmp_path / "inv.ini"
     path.write_text(RICH + "\n[job:broken]\nschedule = 61 * * * *\nurl = http://svc/${UNSET}\nbogus = 1\n"
-                           "url = twice\n  url = indented\nbody = {\"a\": \"b #c\"}\n[job:Bad Name]\nurl = x\n")
+                           "url = twice\n  url = indented\nbody = {\"a\": \"b #c\"}\n[job:Bad Name]\nurl = x\n"
+                           "[job:half]\nbody =\n  [1, 2]\n  [job:settle]\n\n  [job:indented-after-a-blank]\nurl = y\n")
     with pytest.raises(InventoryError):
         inventory.load(str(path), ENV)
     assert inventory.load_for_job(str(path), "settle", ENV).jobs[0].name == "settle"

@@ -820,3 +820,32 @@ def test_issue23_a_run_that_ended_before_the_next_slot_asks_systemd_analyze_noth
     assert cli.overlapped_slots(job, Slot(1000, "r"), 1000.4, 1200.0, None, None, seen)[:2] == [1010, 1020]
     assert len(calls) > 1
     assert cli.RememberedElapses(counted).next_after(["*:*:0/10"], 1000) is None  # nothing kept: not known
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_run_whose_timer_was_stopped_under_it_leaves_nothing_for_a_next_run(server, tmp_path, monkeypatch,
+                                                                             enabled):
+    """Paused (or removed, or moved) while it went: the slots since are not its overlaps, neither
+    recorded by it nor left (through.json) for the run after a resume to record (a helper's
+    review: the first run after a resume recorded the paused slots as skipped)."""
+    from deployer.host import slot, trigger as cli
+    from deployer.host.slot import Slot
+
+    server.routes["/tick"] = json_reply({"code": 0})
+    directory = tmp_path / "deployer-tick"
+    directory.mkdir()
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(paths, "through_dir", lambda name: str(directory))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(cli, "slot_for", lambda job, calendar, run_id, parents, **kw: Slot(1000, run_id, "timer"))
+    monkeypatch.setattr(cli, "timer_enabled", lambda job: enabled)
+    overlaps = []
+    monkeypatch.setattr(cli, "record_overlaps", lambda *a, **kw: overlaps.append(a) or [])
+    monkeypatch.setattr(cli.record, "send", lambda record, identifier: True)
+
+    assert cli.main(["--job", "tick", "--url", server.url("/tick"), "--retries", "0",
+                     "--calendar", "*:*:0/5"]) == 0
+
+    assert (directory / paths.THROUGH_FILE).exists() == enabled
+    assert bool(overlaps) == enabled

@@ -345,7 +345,8 @@ class Host:
         run of its own (slot.read_request: the environment cannot say, see there). A file its
         dynamic user can read and no other local user can write; bound to the timer's stamp as
         it is now, so that a run a newer elapse started is not taken for this one. `not_for`:
-        the invocation id of a run going, which is not the one asked."""
+        the invocation id of a run going, which is not the one asked. -> (path, the inode
+        written: Host.withdraw removes that file only)."""
         path = self.ask_path(job)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -363,8 +364,7 @@ class Host:
         request["asked_boot"] = time.clock_gettime(time.CLOCK_BOOTTIME)
         if ttl:
             request["until"] = time.time() + ttl
-        self.write_atomically(path, json.dumps(request), mode=0o644)
-        return path
+        return path, self.write_atomically(path, json.dumps(request), mode=0o644)
 
     def withdraw(self, path, written):
         """Remove the request ask_run wrote at `path` (inode `written`), unless another agent's
@@ -416,8 +416,9 @@ class Host:
                     os.unlink(os.path.join(staging, name))
 
     def write_atomically(self, path, text, mode=0o600):
-        """Write a file whole or not at all (state.write_atomically): the state files, the run requests."""
-        write_atomically(path, text, mode)
+        """Write a file whole or not at all (state.write_atomically): the state files, the run
+        requests. -> the inode written."""
+        return write_atomically(path, text, mode)
 
     def stamp(self, timer):
         return os.path.join(self.layout.timer_stamps, "stamp-" + timer)
@@ -486,14 +487,14 @@ class Host:
         # skipped a slot of the job as it was before.
         # A removed timer's last run may still be starting, and reads the stamp to name its slot
         # (host/slot.py): without it, it named the timer's first slot again (a double, found by
-        # the move test on a slow CI machine). That stamp stays; adding the job again forgets it.
+        # the move test on a slow CI machine). That stamp stays, as a file systemd ignores: a
+        # push adding the job again forgets it, a move bringing it back restamps it.
         running = self.running_jobs([t for t in journal.forget if t in journal.disable])
         for timer in journal.forget:
-            if paths.job_of_unit(timer) in running:
-                continue
             if timer in journal.disable or not self.triggered_since(timer, journal.stopped_at):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.stamp(timer))
+                if paths.job_of_unit(timer) not in running:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.stamp(timer))
                 for directory in paths.through_dirs(timer):
                     shutil.rmtree(self.layout.at(directory), ignore_errors=True)
         for timer, when in journal.stamps.items():
@@ -854,9 +855,7 @@ def op_run(host, request):
     (`@line` on stderr); the answer carries every line and the run's record."""
     service = host.installed(request.job, "service")
     if paths.job_unit(request.job, "timer") in host.state.fenced():
-        raise AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
-                         "epoch (the job moved); `deployer resume %s` if this host should own it again"
-                         % (request.job, request.job))
+        raise fenced_error(request.job)
     held = check_run_on_hold(host, request)
     attached, going = running_since(host, service)
     if attached is not None:
@@ -874,10 +873,10 @@ def op_run(host, request):
         # timer's (slot.asked_start). This start only joins it.
         asked = None
     else:
-        # Not for the run going, if one is (a timer's, a chained one's): this start joins it, and
-        # it may read this before it reads its stamp; the request is for a run this start makes.
-        asked = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked(), not_for=going)
-        written = os.stat(asked).st_ino
+        # Not for the unit's run going, if one is (a timer's, a chained one's, one ending): this
+        # start joins it or waits for its end, and it may read this before it reads its stamp.
+        asked, written = host.ask_run(request.job, slot=request.slot, params=request.params, by=who_asked(),
+                                      not_for=going)
     stamp_before = stamp_of(request.job, host.layout.timer_stamps)
     since = time.time()
     follower = host.systemd.follow(["--since=@%d" % int(since), "_SYSTEMD_UNIT=" + service])
@@ -895,6 +894,11 @@ def op_run(host, request):
         if asked is not None:
             host.withdraw(asked, written)
     invocation = props.get("InvocationID", "")
+    if attached is None and going and invocation == going:
+        # The start made no run: a condition held it back. The run that was ending (deactivating)
+        # when this was asked may have been fenced, and its ExecStopPost= marked the job so.
+        if paths.job_unit(request.job, "timer") in host.state.fenced():
+            raise fenced_error(request.job)
     merged = run_merged_slot(host, request.job, service, invocation, stamp_before,
                              stamp_of(request.job, host.layout.timer_stamps))
     entries = host.systemd.journal_entries(["_SYSTEMD_INVOCATION_ID=" + invocation]) if invocation else []
@@ -917,6 +921,11 @@ def op_run(host, request):
                      attached=attached or "")
 
 
+def fenced_error(job):
+    return AgentError(protocol.NOT_INSTALLED, "job %s is fenced on this host: its service holds a newer owner's "
+                      "epoch (the job moved); `deployer resume %s` if this host should own it again" % (job, job))
+
+
 def run_asked_for(run, request):
     """Whether the recorded `run` is the one `request` asked for: its backfill slot, or a manual
     run (its key says manual-<invocation>; a record without a key cannot say, and is taken to be)."""
@@ -932,12 +941,12 @@ JOINABLE_STATES = ("activating", "active", "reloading")
 
 
 def running_since(host, service):
-    """The run of `service` in progress, which a start would join: when it started (ISO 8601; ""
-    when systemd does not say) and its invocation id; (None, "") when none runs or the one going
-    is ending."""
+    """When the run of `service` in progress, which a start would join, started (ISO 8601; ""
+    when systemd does not say; None when none runs or the one going is ending), and the unit's
+    invocation id (that run's, or the last one's)."""
     props = host.systemd.show([service], ["ActiveState", "ExecMainStartTimestamp", "InvocationID"]).get(service, {})
     if props.get("ActiveState") not in JOINABLE_STATES:
-        return None, ""
+        return None, props.get("InvocationID", "")
     return iso_time(props.get("ExecMainStartTimestamp", "")), props.get("InvocationID", "")
 
 

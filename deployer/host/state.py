@@ -111,7 +111,8 @@ def read_document(path, shown, what, recovery):
 
 
 def write_atomically(path, text, mode=0o600):
-    """Write a state file whole or not at all; never through a link, never another's file."""
+    """Write a state file whole or not at all; never through a link, never another's file.
+    -> the inode written (a writer racing this one may have put its own file in place)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     temporary = path + ".tmp"
@@ -123,11 +124,13 @@ def write_atomically(path, text, mode=0o600):
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            written = os.fstat(handle.fileno()).st_ino
         os.rename(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(temporary)  # no partial file left behind (a full disk)
         raise
+    return written
 
 
 def read_held_file(path, shown, what, way_out):

@@ -156,12 +156,15 @@ def main(argv: Optional[list] = None) -> int:
                            key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
-    recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen) \
-        if timer_enabled(spec.name) else []
+    # A timer paused, removed or moved while the run went (its link is gone) has no overlaps here,
+    # now or for its next run to record (leave_through): it was stopped, or another host ran them.
+    enabled = timer_enabled(spec.name)
+    recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen) if enabled else []
     try:
         return finish(args, spec, the_slot, result, run_id, log)
     finally:  # the run's very end: a slot that comes after this is the next run's to account for
-        leave_through(through_at, spec, the_slot, recorded, run_id, started, seen)
+        if enabled:
+            leave_through(through_at, spec, the_slot, recorded, run_id, started, seen)
 
 
 def spec_of(args, from_credentials: dict, epoch: int) -> JobSpec:
@@ -311,13 +314,14 @@ def skipped_record(spec: JobSpec, the_slot: Slot, reason: str, kind: str, run: s
                             epoch=spec.epoch, skipped=kind)
 
 
-def timer_enabled(job: str, unit_dir: str = paths.UNIT_DIR) -> bool:
+def timer_enabled(job: str, unit_dir: Optional[str] = None) -> bool:
     """Whether the job's timer still runs on this host: its link in timers.target.wants, gone
     once a push paused or removed the job (a move's too). Slots that came after that are not
     this run's overlaps: the timer was stopped, or another host ran them (found by the move
     test with a held run: the old host recorded as skipped a slot the new one ran)."""
     try:
-        return os.path.lexists(os.path.join(unit_dir, paths.TIMERS_WANTS, paths.job_unit(job, "timer")))
+        return os.path.lexists(os.path.join(unit_dir or paths.UNIT_DIR, paths.TIMERS_WANTS,
+                                            paths.job_unit(job, "timer")))
     except paths.BadName:
         return False
 
