@@ -255,7 +255,10 @@ def elapsed_at(job: str, env, stamps: Optional[str] = None,
     A `persistent` timer (Persistent=: a calendar job's) stamps every elapse before its run
     starts, so a stamp that is missing was removed under this run: by a push restamping the
     timer (it comes back at once) or removing it. `$TRIGGER_TIMER_REALTIME_USEC` names the
-    timer's first elapse there (systemd 252), a slot long done: the moment is this run's start."""
+    timer's first elapse there (systemd 252), a slot long done: the moment is this run's start.
+    That is exact for a run started on time; one that waited (a queued start) names the latest
+    slot by then, as a catch-up does. The host keeps a removed timer's stamp while its run goes
+    (agent.Host.running_jobs), so this is the last resort."""
     trigger = env.get("TRIGGER_TIMER_REALTIME_USEC", "")
     try:
         timer = job_unit(job, "timer")
