@@ -116,16 +116,7 @@ def test_a_run_started_here_is_asked_for_on_the_boot_clock_and_its_own_record_is
     skipped = dict(record_entry("settle", "inv1-skip", time.time() + 2, result="skipped",
                                 reason="skipped: previous run still running"), _SYSTEMD_INVOCATION_ID="inv1",
                    DEPLOYER_KEY="settle/2026-12-06T04:01:00Z")
-    requests = []
-    run = host.systemd.run
-
-    def systemd_run(args):
-        if tuple(args) == ("systemctl", "start", SERVICE):
-            with open(ask_path(host)) as request:
-                requests.append(json.load(request))
-        return run(args)
-
-    host.systemd.run = systemd_run
+    requests = requests_at_start(host)
     host.systemd.follow = lambda args: _Follower([manual, skipped])
     host.systemd.journal = [manual, skipped]
     streamed: list[str] = []
@@ -138,6 +129,21 @@ def test_a_run_started_here_is_asked_for_on_the_boot_clock_and_its_own_record_is
 
 def ask_path(host):  # noqa: F811
     return os.path.join(host.layout.backfill_dir, paths.job_unit("settle", "json"))
+
+
+def requests_at_start(host):  # noqa: F811
+    """What the agent's request held when `systemctl start` ran: one entry per start."""
+    seen = []
+    run = host.systemd.run
+
+    def systemd_run(args):
+        if tuple(args) == ("systemctl", "start", SERVICE):
+            with open(ask_path(host)) as request:
+                seen.append(json.load(request))
+        return run(args)
+
+    host.systemd.run = systemd_run
+    return seen
 
 
 class _Follower:
@@ -163,16 +169,7 @@ def test_a_run_asked_while_the_last_one_is_ending_is_a_run_of_its_own(host):  # 
     """Deactivating (its ExecStopPost=): `systemctl start` waits for that run's end and starts a
     new one, which must find this request; it does not follow the run that is ending."""
     installed(host, ActiveState="deactivating", InvocationID="inv1", ExecMainStartTimestamp=STARTED)
-    requests = []
-    run = host.systemd.run
-
-    def systemd_run(args):
-        if tuple(args) == ("systemctl", "start", SERVICE):
-            with open(ask_path(host)) as request:
-                requests.append(json.load(request))
-        return run(args)
-
-    host.systemd.run = systemd_run
+    requests = requests_at_start(host)
     host.systemd.follow = lambda args: _Follower([])
     streamed: list[str] = []
     answer = host.call(RunRequest("settle"), output=streamed.append)
@@ -206,16 +203,7 @@ def test_a_run_asked_while_the_timers_run_goes_is_not_asked_of_that_run(host):  
     """The request names the run going (its invocation id): that run keeps the timer's slot even
     if it reads the request before its stamp (slot.read_request)."""
     installed(host, ActiveState="activating", InvocationID="timers-run", ExecMainStartTimestamp=STARTED)
-    requests = []
-    run = host.systemd.run
-
-    def systemd_run(args):
-        if tuple(args) == ("systemctl", "start", SERVICE):
-            with open(ask_path(host)) as request:
-                requests.append(json.load(request))
-        return run(args)
-
-    host.systemd.run = systemd_run
+    requests = requests_at_start(host)
     host.systemd.follow = lambda args: _Follower([])
     host.call(RunRequest("settle"), output=lambda line: None)
     assert requests[0]["manual"] is True and requests[0]["not_for"] == "timers-run"

@@ -155,26 +155,36 @@ def test_a_timer_elapse_merged_into_a_manual_run_gets_its_slot(tmp_path, monkeyp
     assert slot.slot_of_run("settle", ("*-*-* *:*:00/10",), "abc", env={}).how == "manual"
 
 
+def stamped(tmp_path, monkeypatch, job: str, at: float):
+    """The host's state in tmp_path: the job's timer last elapsed at `at` (its Persistent= stamp)."""
+    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
+    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
+    stamp = tmp_path / f"stamp-deployer-{job}.timer"
+    stamp.touch()
+    os.utime(stamp, (at, at))
+    return stamp
+
+
+def every_10_s(lines, base, iterations):
+    """systemd-analyze for a calendar of every 10 s: the first elapse after `base`."""
+    return [[base - base % 10 + 10]]
+
+
 def test_a_manual_run_is_manual_though_systemd_left_the_timer_in_its_environment(tmp_path, monkeypatch):
     """systemd 252: a `systemctl start` after a timer run still has $TRIGGER_UNIT set to the
     timer. The agent's request says manual; a newer elapse since it asked (the stamp moved) means
     the timer started this run, and its slot wins."""
-    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
-    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
-    stamp = tmp_path / "stamp-deployer-settle.timer"
-    stamp.touch()
-    os.utime(stamp, (1796541460.0, 1796541460.0))
+    stamp = stamped(tmp_path, monkeypatch, "settle", 1796541460.0)
     env = {"TRIGGER_UNIT": "deployer-settle.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796541000000000"}
-    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
     asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns}
     (tmp_path / "deployer-settle.json").write_text(json.dumps(asked))
-    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "manual"
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=every_10_s).how == "manual"
     os.utime(stamp, (1796541470.2, 1796541470.2))  # the timer elapsed after the agent asked
-    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "timer"
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=every_10_s).how == "timer"
     # An older agent's request (no stamp) counts only where no timer is named.
     (tmp_path / "deployer-settle.json").write_text(json.dumps({"slot": SHANGHAI_2AM}))
-    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=fake).how == "timer"
-    assert slot.slot_of_run("settle", ("x",), "abc", env={}, analyze=fake).how == "backfill"
+    assert slot.slot_of_run("settle", ("x",), "abc", env=env, analyze=every_10_s).how == "timer"
+    assert slot.slot_of_run("settle", ("x",), "abc", env={}, analyze=every_10_s).how == "backfill"
 
 
 def test_a_request_made_while_a_run_went_is_not_that_runs(tmp_path, monkeypatch):
@@ -182,19 +192,14 @@ def test_a_request_made_while_a_run_went_is_not_that_runs(tmp_path, monkeypatch)
     a run the start makes if that one ends first. The timer's run, started within START_MARGIN
     of the request and bound to the same stamp, took it for its own and named itself manual: the
     timer's slot never ran under its key (a helper's review). The agent names the run going."""
-    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
-    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
-    stamp = tmp_path / "stamp-deployer-tick.timer"
-    stamp.touch()
-    os.utime(stamp, (1796615770.0, 1796615770.0))
+    stamp = stamped(tmp_path, monkeypatch, "tick", 1796615770.0)
     env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615700000000"}
-    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
     asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "not_for": "timers-run"}
     (tmp_path / "deployer-tick.json").write_text(json.dumps(asked))
-    timers = slot.slot_of_run("tick", ("x",), "timers-run", env=env, analyze=fake, started=lambda: 1796615770.02)
+    timers = slot.slot_of_run("tick", ("x",), "timers-run", env=env, analyze=every_10_s, started=lambda: 1796615770.02)
     assert (timers.how, timers.name) == ("timer", "2026-12-07T03:56:10Z")
     # the run the agent's start made after that one ended is the manual run asked for
-    assert slot.slot_of_run("tick", ("x",), "next-run", env=env, analyze=fake, started=lambda: 1796615775.0).how \
+    assert slot.slot_of_run("tick", ("x",), "next-run", env=env, analyze=every_10_s, started=lambda: 1796615775.0).how \
         == "manual"
 
 
@@ -204,19 +209,14 @@ def test_a_manual_run_stays_manual_when_the_timer_elapses_after_its_process_star
     (merged). The moved stamp was taken for "the timer started this run", capped at the process's
     start: the run named the slot :40, the one the timer's previous run had named (one key, two
     runs: an idempotent service would answer the manual run with the old run's stored result)."""
-    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
-    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
-    stamp = tmp_path / "stamp-deployer-tick.timer"
-    stamp.touch()
-    os.utime(stamp, (1796615760.4, 1796615760.4))  # the timer's previous run (here: 03:56:00)
+    stamp = stamped(tmp_path, monkeypatch, "tick", 1796615760.4)  # the timer's previous run (here: 03:56:00)
     env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615760400000"}
-    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
     (tmp_path / "deployer-tick.json").write_text(json.dumps({"manual": True, "stamp": stamp.stat().st_mtime_ns}))
     os.utime(stamp, (1796615770.05, 1796615770.05))  # elapsed while the manual run's unit was active
-    manual = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=fake, started=lambda: 1796615767.78)
+    manual = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=every_10_s, started=lambda: 1796615767.78)
     assert (manual.how, manual.key("tick")) == ("manual", "tick/manual-e329")
     # The same elapse before the process started: the timer started this run, the ask merged into it.
-    timer = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=fake, started=lambda: 1796615770.6)
+    timer = slot.slot_of_run("tick", ("x",), "e329", env=env, analyze=every_10_s, started=lambda: 1796615770.6)
     assert (timer.how, timer.name) == ("timer", "2026-12-07T03:56:10Z")
 
 
@@ -227,17 +227,12 @@ def test_a_timer_run_that_began_just_before_the_agent_asked_keeps_the_timers_slo
     after it was written: the stamp had not moved since, and the timer's slot became a manual run
     (the slot ran, but was recorded nowhere). A process older than the request is not its start;
     both times on CLOCK_BOOTTIME (/proc's clock for a start), which a wall-clock step does not move."""
-    monkeypatch.setattr(slot, "BACKFILL_DIR", str(tmp_path))
-    monkeypatch.setattr(slot, "TIMER_STAMPS", str(tmp_path))
-    stamp = tmp_path / "stamp-deployer-tick.timer"
-    stamp.touch()
-    os.utime(stamp, (1796615770.05, 1796615770.05))  # the elapse that started the run
+    stamp = stamped(tmp_path, monkeypatch, "tick", 1796615770.05)  # the elapse that started the run
     env = {"TRIGGER_UNIT": "deployer-tick.timer", "TRIGGER_TIMER_REALTIME_USEC": "1796615770050000"}
-    fake = lambda lines, base, iterations: [[base - base % 10 + 10]]  # noqa: E731 (every 10 s)
     asked = {"manual": True, "stamp": stamp.stat().st_mtime_ns, "asked_boot": 5000.30}
 
     def run(name, born):
-        return slot.slot_of_run("tick", ("x",), name, env=env, analyze=fake, started=lambda: 1796615770.2,
+        return slot.slot_of_run("tick", ("x",), name, env=env, analyze=every_10_s, started=lambda: 1796615770.2,
                                 since_boot=lambda: born)
 
     (tmp_path / "deployer-tick.json").write_text(json.dumps(asked))
