@@ -853,9 +853,7 @@ MAX_SLOTS = 20000  # slots enumerated for a history's missed-slot count (a job e
 def _slots(job, start: float, until: float):
     """The job's scheduled slots in [start, until - grace] (a slot younger than the job's timeout
     may still be running) -> (slots, the end of the window they cover); (None, None) for @reboot."""
-    from datetime import datetime, timezone
-
-    from .schedule import next_runs, to_calendar
+    from .schedule import elapses_between, to_calendar
 
     calendar = to_calendar(job.schedule, job.on_calendar, job.timezone)
     if calendar.on_boot:
@@ -863,12 +861,7 @@ def _slots(job, start: float, until: float):
     end = until - float(job.timeout) - 10
     if end <= start:
         return [], end
-    found = [t.timestamp() for t in next_runs(calendar.lines, MAX_SLOTS,
-                                               base=datetime.fromtimestamp(start - 1, timezone.utc))]
-    slots = [t for t in found if start <= t <= end]
-    if len(found) == MAX_SLOTS and found[-1] < end:
-        end = found[-1]  # the schedule is too dense to count the whole window: say up to where
-    return slots, end
+    return elapses_between(calendar.lines, start, end, MAX_SLOTS)
 
 
 @main.command(epilog=EPILOG)

@@ -396,3 +396,30 @@ def test_a_schedule_whose_first_day_is_years_away_is_not_refused():
     """Found by the property test: `*/7` of January on a Sunday (vixie cron ANDs the two day
     fields when one starts with `*`) first comes on 2034-01-01; an 8-year look refused it."""
     assert cron_to_oncalendar("* * */7 1 0", "UTC")
+
+
+@needs_systemd
+@pytest.mark.parametrize("lines, hours", [
+    (("*-*-* 05:05:00 UTC",), 24 * 7),                      # daily, a week
+    (("*-*-* *:*:00/2 UTC",), 11),                         # every 2 s: more than the limit holds
+    (("*-*-* *:00/15:00 UTC", "Mon *-*-* 09:30:00 UTC"), 24 * 30),
+    (("2027-03-01 12:00:00 UTC",), 24 * 400),               # one elapse, then none
+    (("*-*-* 02:30:00 Europe/Berlin",), 24 * 60),           # a zone, over its clock change
+])
+def test_elapses_between_are_those_of_one_long_enumeration_from_few_iterations(monkeypatch, lines, hours):
+    from datetime import datetime, timezone
+
+    from deployer import schedule
+
+    start = datetime(2027, 2, 20, 7, 13, 20, tzinfo=timezone.utc).timestamp()
+    end, limit = start + hours * 3600, 20000
+    everything = [t.timestamp() for t in schedule.next_runs(lines, limit, base=datetime.fromtimestamp(start - 1, timezone.utc))]
+    covered = everything[-1] if len(everything) == limit and everything[-1] < end else end
+    iterations = []
+    analyze = schedule._analyze
+    monkeypatch.setattr(schedule, "_analyze", lambda l, count, base=None: iterations.append(count) or analyze(l, count, base))
+
+    assert schedule.elapses_between(lines, start, end, limit) == ([t for t in everything if start <= t <= covered], covered)
+    assert sum(iterations) <= max(4 * len([t for t in everything if t <= covered]), 64 * len(iterations))
+    if hours == 24 * 7:
+        assert iterations == [64]
