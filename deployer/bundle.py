@@ -59,6 +59,11 @@ def _cache_name(sources: list[tuple[str, Path]]) -> str:
     return f"trigger-{buildcache.key(salt, sources)}.pyz"
 
 
+def cache_name() -> str:
+    """The name the bundle this deployer builds is kept under: it changes with any of its sources."""
+    return _cache_name(_sources())
+
+
 @functools.lru_cache(maxsize=1)
 def trigger_bundle() -> bytes:
     sources = _sources()

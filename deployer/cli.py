@@ -500,15 +500,30 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
 
     Reads the host's state in one round trip and uploads only what differs; new units
     are checked with `systemd-analyze verify` on the host before anything is switched.
+    When nothing it reads changed since its last push from this machine (the inventory's
+    text, the variables it names, its local files, the deployer itself), it only asks the
+    host whether it still holds exactly those files: `up to date` without reading the
+    inventory again (the record is in ~/.cache/deployer/pushed).
     A job new to this host must not still be installed on another host of the inventory.
     It shows its plan first, as `plan` does (at most 20 jobs of each kind). On a terminal,
     a push that would remove jobs names them and asks first (--yes does not ask; --no-prune
     keeps them). Without a terminal it removes them, as `plan` showed.
     """
-    from . import deploy
+    from . import deploy, inventory, lastpush
+    from .models import Inventory
     from .progress import Progress
 
-    inv = Options(inventory_path).inventory()
+    source = inventory.read_source(inventory_path)
+    inputs = lastpush.key(inventory_path, source, host_name, os.environ)
+    last = lastpush.find(inputs, inventory_path, host_name)
+    if last is not None:
+        known = Inventory(inventory_path, hosts=(last.host,), alerts=(), jobs=())
+        pushed = deploy.up_to_date(last, _connect(known, last.host_name))
+        if pushed is not None:
+            _print_push(pushed, as_json)
+            return
+    host_option = host_name
+    inv = inventory.parse(source, inventory_path, os.environ)
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
     confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
@@ -519,9 +534,13 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
             progress.done()
             _print_plan(host_name, the_plan, inv.path, state.held, limit=PUSH_LISTS)
 
+    def remember(files) -> None:
+        lastpush.record(inputs, inventory_path, host_option, inv.host(host_name), files, lastpush.local_files(inv))
+
     try:
         pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
-                             progress=progress.update, prune=not no_prune, confirm=confirm, announce=announce)
+                             progress=progress.update, prune=not no_prune, confirm=confirm, announce=announce,
+                             remember=remember)
     finally:
         progress.done()
     _print_push(pushed, as_json, announced=not pushed.plan.is_noop)

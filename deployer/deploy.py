@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
-from . import remote
+from . import lastpush, remote
 from .errors import AgentRefused, DeployerError, RemoteCommandError, RemoteError
 from .contract import paths
 from .contract.protocol import ApplyAnswer, Takeover
@@ -140,11 +140,30 @@ def in_background(work: Callable[[], T]) -> Callable[[], T]:
     return result
 
 
+def up_to_date(entry: lastpush.Entry, agent: remote.Agent) -> Optional[Pushed]:
+    """The push of `entry`'s inputs, if the host still holds exactly the files it made the host
+    hold (nothing held): `up to date`, without a parse or a render. None: a full push decides."""
+    matched, state = remote.holds(agent, entry.digest)
+    check_owner(state, entry.host_name)
+    if state.held is not None or not matched:
+        return None
+    paused = tuple(sorted(state.paused))
+    return Pushed(entry.host_name, Plan(unchanged=entry.files), ApplyAnswer(kept_paused=paused) if paused else None)
+
+
+def held_files(plan: Plan, state: RemoteState) -> dict[str, str]:
+    """path -> sha256 of what the host holds after `plan` was applied to `state`."""
+    held = {path: state.files[path] for path in plan.unchanged + plan.kept}
+    held.update((f.path, f.sha256) for f in plan.add + plan.change)
+    return held
+
+
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
          progress: Callable[[str], None] = lambda text: None, stamps: Optional[dict] = None,
          cross_check: bool = True, prune: bool = True, confirm: Optional[Confirm] = None,
          takeover: Optional[Takeover] = None, above: Optional[dict] = None,
-         announce: Callable[[Plan, RemoteState], None] = lambda plan, state: None) -> Pushed:
+         announce: Callable[[Plan, RemoteState], None] = lambda plan, state: None,
+         remember: Callable[[dict], None] = lambda files: None) -> Pushed:
     """Make the host hold exactly the inventory's files for it (one read, one apply).
 
     `prune=False` removes nothing. `confirm` is asked before a push that removes jobs; the host
@@ -152,6 +171,7 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
     `takeover`: the jobs come from that unreachable host (deployer move); recorded on this one.
     `above`: job -> an epoch the new one must exceed (the source's, in a move).
     `announce` is given a plan that changes something, before `confirm` and before any change.
+    `remember` is given what the host holds once the push succeeded (path -> sha256).
     """
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune, above=above)
@@ -159,10 +179,12 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         # Nothing to change, but a paused job stays paused: say so, as a push that changes it does.
         paused = tuple(sorted(state.paused))
         if state.held is None:
+            remember(held_files(the_plan, state))
             return Pushed(host_name, the_plan, ApplyAnswer(kept_paused=paused) if paused else None)
         # The host holds its jobs: the push confirms it owns them all.
         progress("releasing the host's hold")
         answer = remote.release(agent)
+        remember(held_files(the_plan, state))
         return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released,
                                                        kept_paused=paused))
     announce(the_plan, state)
@@ -175,6 +197,7 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         progress("checking that no other host runs the new jobs")
         check_not_elsewhere(inv, host_name, added, connect, skip=(takeover.source,) if takeover else ())
     result = remote.apply(agent, the_plan, state, progress=progress, stamps=stamps, takeover=takeover)
+    remember(held_files(the_plan, state))
     return Pushed(host_name, the_plan, result, takeover)
 
 

@@ -434,7 +434,7 @@ def declared_names(path: str, kind: str) -> list[str]:
 
 def load(path: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
     """Read and check an inventory; raise InventoryError listing every problem found."""
-    return parse(_source(path), path, os.environ if env is None else env)
+    return parse(read_source(path), path, os.environ if env is None else env)
 
 
 def load_for_job(path: str, job: str, env: Optional[Mapping[str, str]] = None) -> Inventory:
@@ -446,7 +446,7 @@ def load_for_job(path: str, job: str, env: Optional[Mapping[str, str]] = None) -
     hide a job's runs on the day they are needed. A JOB the file does not declare is `load`'s
     error, with its did-you-mean."""
     env = os.environ if env is None else env
-    source = _source(path)
+    source = read_source(path)
     focused = _only_job(source.removeprefix("\ufeff"), job)
     if focused is None:
         return parse(source, path, env)
@@ -489,7 +489,8 @@ def _only_job(source: str, job: str) -> Optional[tuple[str, dict[str, str]]]:
     return ("\n".join(lines), others) if found else None
 
 
-def _source(path: str) -> str:
+def read_source(path: str) -> str:
+    """The inventory's text, as `load` reads it: `load(path)` is `parse(readread_source(path), path, os.environ)`."""
     try:
         with open(path, encoding="utf-8") as handle:
             size = os.fstat(handle.fileno()).st_size

@@ -761,6 +761,13 @@ def read_state(agent: Agent, contents: bool = False) -> RemoteState:
                        epochs=dict(answer.epochs))
 
 
+def holds(agent: Agent, files_digest: str) -> tuple[bool, RemoteState]:
+    """Whether the host holds exactly the files of `files_digest` (protocol.files_digest), and its
+    state but the files and the epochs (neither is sent)."""
+    answer = agent.call(StateRequest(expect=files_digest))
+    return bool(answer.matched), RemoteState(paused=frozenset(answer.paused), owner=answer.owner, held=answer.held)
+
+
 def apply(agent: Agent, plan: Plan, state: RemoteState, progress: Progress = None,
           stamps: Optional[dict] = None, takeover: Optional[Takeover] = None) -> ApplyAnswer:
     """Stage, verify, then switch; `state` guards against a host that changed meanwhile.

@@ -94,6 +94,9 @@ def through_dirs(timer: str) -> tuple:
 EPOCH_CREDENTIAL = "epoch"
 # Jobs this host stopped by itself after a service fenced them (a 409 with a higher epoch).
 FENCED_DIR = STATE_DIR + "/fenced"
+# The sha256 of each managed file as last read, with its inode, size, mtime and ctime: a state
+# read hashes only the files changed since (agent.FileHashes).
+FILE_HASHES = STATE_DIR + "/file-hashes"
 # Who this machine is (issue 24 item 2: one machine must not answer for two [host:NAME]s). The
 # agent sends neither as is, only a digest of both (protocol.StatusAnswer.machine).
 MACHINE_ID = "/etc/machine-id"
@@ -308,6 +311,10 @@ class Layout:
     @property
     def timer_stamps(self) -> str:
         return self.at(TIMER_STAMPS)
+
+    @property
+    def file_hashes(self) -> str:
+        return self.at(FILE_HASHES)
 
     @property
     def machine_id(self) -> str:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import pytest
 
 from deployer.contract import paths
+from deployer.host import hashes
 
 from tests.e2e.runs import wait_until
 from tests.httpserver import Reply, json_reply
@@ -91,6 +93,41 @@ def test_second_identical_push_writes_nothing_and_does_not_reload(shared_cron01,
     assert len(json.loads(again.stdout)["unchanged"]) == 15
     assert generation(shared_cron01) == after_first
     assert file_stamps(shared_cron01) == stamps
+
+
+def test_a_push_of_unchanged_inputs_still_sees_each_change_on_the_host_and_in_its_inputs(
+        shared_cron01, server, deployer, write_inventory, isolated_home):
+    """A push of the inputs of the last push (deployer/lastpush.py) reads no inventory, and the
+    host hashes only the files changed since its last read (deployer/host/hashes.py): a change by
+    hand that keeps a file's size and mtime, and a changed environment variable, are pushed."""
+    inventory = write_inventory(shared_cron01.inventory_host() + jobs_ini(
+        server, a="0 * * * *|/a", b="schedule = 5 4 * * *\nurl = " + server.url("/b?key=${E2E_KEY}")))
+    one = {"E2E_KEY": "one"}
+    assert "pushed" in deployer("push", "-i", inventory, env=one, check=True).stdout
+    time.sleep(hashes.RACY_SECONDS + 0.5)  # the files are old enough for the host to keep their hashes
+    assert "up to date" in deployer("push", "-i", inventory, env=one, check=True).stdout
+    assert list((isolated_home / ".cache" / "deployer" / "pushed").iterdir()), "the push kept its record"
+    timer = "/etc/systemd/system/deployer-a.timer"
+    kept = f"import marshal; print({timer!r} in marshal.load(open({paths.FILE_HASHES!r}, 'rb')))"
+    assert shared_cron01.ssh(f"python3 -c {shlex.quote(kept)}").stdout.strip() == "True"
+    assert "up to date" in deployer("push", "-i", inventory, env=one, check=True).stdout
+
+    # In place (the same inode), the same size, the mtime put back: only its ctime tells.
+    shared_cron01.ssh(f"m=$(stat -c %y {timer}) && o=$(grep -bo AccuracySec=1s {timer} | cut -d: -f1) && "
+                      f"printf 9 | dd of={timer} bs=1 seek=$((o + 12)) conv=notrunc status=none && "
+                      f"touch -d \"$m\" {timer}")
+    assert "AccuracySec=9s" in shared_cron01.ssh(f"cat {timer}").stdout
+    pushed = deployer("push", "-i", inventory, env=one, check=True).stdout
+    assert "pushed: 0 add, 1 change" in pushed, pushed
+    assert "AccuracySec=1s" in shared_cron01.ssh(f"cat {timer}").stdout
+    assert "up to date" in deployer("push", "-i", inventory, env=one, check=True).stdout
+
+    two = {"E2E_KEY": "two"}
+    assert "pushed: 0 add, 1 change" in deployer("push", "-i", inventory, env=two, check=True).stdout
+    assert "up to date" in deployer("push", "-i", inventory, env=two, check=True).stdout
+    server.routes["/b"] = json_reply({"code": 0})
+    deployer("run", "b", "-i", inventory, env=two, check=True)
+    assert server.wait_for("/b", timeout=60)[-1].path == "/b?key=two"
 
 
 def test_changed_and_removed_jobs_are_updated_and_pruned(shared_cron01, server, deployer, write_inventory):

@@ -1,0 +1,80 @@
+"""The sha256 of each file the deployer manages, kept from one state read to the next with the
+file's device, inode, size, mtime and ctime: a read hashes only the files changed since. At
+10,000 jobs hashing all 30,000 files was 0.6 s of every no-op push (issue 25); a stat of each is
+a tenth of that.
+
+A write to a file, or a new file in its place, sets its ctime to the kernel's clock, and nothing
+sets a ctime back. So a file whose ctime is what it was when its hash was taken holds the bytes
+hashed then, with one exception: a change within the same tick of the clock as the hash. A hash
+is therefore kept only for a file whose ctime was at least RACY_SECONDS old when it was read (as
+git's index treats a "racily clean" entry); a younger file is hashed on every read until it ages.
+"""
+from __future__ import annotations
+
+import marshal
+import os
+import time
+
+RACY_SECONDS = 2.0
+
+
+def _signature(status: os.stat_result) -> tuple:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def _ours(status: os.stat_result) -> bool:
+    """Written by this user and by nobody else (as the agent's compiled modules: remote.BOOTSTRAP)."""
+    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
+
+
+class FileHashes:
+    """`digest(path, status, read)` -> the file's sha256 (or what `read` says of it), from the
+    cache while the file's signature is unchanged; `save()` keeps the hashes of this read."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.known = self._load()
+        self.seen: dict = {}
+
+    def _load(self) -> dict:
+        try:
+            if not _ours(os.stat(os.path.dirname(self.path))):
+                return {}
+            with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
+                if not _ours(os.fstat(handle.fileno())):
+                    return {}
+                known = marshal.loads(handle.read())
+            return known if isinstance(known, dict) else {}
+        except (OSError, ValueError, EOFError, TypeError):
+            return {}
+
+    def digest(self, path: str, status: os.stat_result, read):
+        """`status`: the file's lstat, taken before `read()` reads it."""
+        signature = _signature(status)
+        known = self.known.get(path)
+        if known is not None and known[0] == signature:
+            self.seen[path] = known
+            return known[1]
+        value = read()
+        if status.st_ctime_ns < (time.time() - RACY_SECONDS) * 1e9:
+            self.seen[path] = (signature, value)
+        return value
+
+    def save(self) -> None:
+        """Keep what this read hashed (the files gone since are dropped). Best effort: a cache
+        that cannot be written costs the next read its hashing, nothing else."""
+        if self.seen == self.known:
+            return
+        temporary = "%s.%d.tmp" % (self.path, os.getpid())
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600), "wb") as handle:
+                handle.write(marshal.dumps(self.seen))
+            os.replace(temporary, self.path)
+        except (OSError, ValueError):
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
