@@ -151,11 +151,14 @@ def up_to_date(entry: lastpush.Entry, agent: remote.Agent) -> Optional[Pushed]:
     return Pushed(entry.host_name, Plan(unchanged=entry.files), ApplyAnswer(kept_paused=paused) if paused else None)
 
 
-def held_files(plan: Plan, state: RemoteState) -> dict[str, str]:
-    """path -> sha256 of what the host holds after `plan` was applied to `state`."""
-    held = {path: state.files[path] for path in plan.unchanged + plan.kept}
-    held.update((f.path, f.sha256) for f in plan.add + plan.change)
-    return held
+def _remember(remember: Callable[[dict], None], plan: Plan, state: RemoteState) -> None:
+    """Give `remember` the files the host holds after `plan` was applied to `state` (path ->
+    sha256), when they are exactly the inventory's: with files kept by --no-prune, a later push
+    of the same inputs without it has something to remove."""
+    if not plan.kept:
+        held = {path: state.files[path] for path in plan.unchanged}
+        held.update((f.path, f.sha256) for f in plan.add + plan.change)
+        remember(held)
 
 
 def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
@@ -171,7 +174,8 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
     `takeover`: the jobs come from that unreachable host (deployer move); recorded on this one.
     `above`: job -> an epoch the new one must exceed (the source's, in a move).
     `announce` is given a plan that changes something, before `confirm` and before any change.
-    `remember` is given what the host holds once the push succeeded (path -> sha256).
+    `remember` is given what the host holds once the push succeeded (path -> sha256), unless
+    --no-prune kept files there.
     """
     progress("reading the host's state")
     the_plan, state = plan_push(inv, host_name, agent, prune=prune, above=above)
@@ -179,12 +183,12 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         # Nothing to change, but a paused job stays paused: say so, as a push that changes it does.
         paused = tuple(sorted(state.paused))
         if state.held is None:
-            remember(held_files(the_plan, state))
+            _remember(remember, the_plan, state)
             return Pushed(host_name, the_plan, ApplyAnswer(kept_paused=paused) if paused else None)
         # The host holds its jobs: the push confirms it owns them all.
         progress("releasing the host's hold")
         answer = remote.release(agent)
-        remember(held_files(the_plan, state))
+        _remember(remember, the_plan, state)
         return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released,
                                                        kept_paused=paused))
     announce(the_plan, state)
@@ -197,7 +201,7 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
         progress("checking that no other host runs the new jobs")
         check_not_elsewhere(inv, host_name, added, connect, skip=(takeover.source,) if takeover else ())
     result = remote.apply(agent, the_plan, state, progress=progress, stamps=stamps, takeover=takeover)
-    remember(held_files(the_plan, state))
+    _remember(remember, the_plan, state)
     return Pushed(host_name, the_plan, result, takeover)
 
 

@@ -219,3 +219,13 @@ def test_an_entry_not_used_for_a_month_is_forgotten(tmp_path, monkeypatch):
     os.utime(old, (0, 0))
     lastpush.record("k", "new.ini", None, host, {}, {})
     assert not old.exists() and lastpush.find("k", "new.ini", None) is not None
+
+
+def test_a_push_after_one_that_kept_jobs_with_no_prune_removes_them(cron01):
+    push, _, _ = cron01
+    push()
+    without_report = INVENTORY[:INVENTORY.index("[job:report]")]
+    assert "kept 1 job" in push(without_report, "--no-prune")
+    assert "kept 1 job" in push(without_report, "--no-prune")
+    assert "removed 1 job: report" in push(without_report)
+    assert "up to date" in push(without_report)
