@@ -8,7 +8,9 @@ For each size, one freshly booted host:
                    The reference goes first, then is taken off by hand (rm, one `systemctl stop`
                    of the glob, daemon-reload: its time is the "by-hand removal" row), then the
                    deployer pushes the same jobs to the same host.
-  no-op push       reference: one ssh call hashing every deployer unit file
+  no-op push       reference: one ssh call hashing every deployer unit file; once as an operator
+                   pushes again (the last push's record is there), once without it (the first
+                   push from another machine or after an upgrade: parse and render)
   one job changed  a push of the inventory with one job's URL changed; reference: writing that
                    job's unit back by hand over ssh, one daemon-reload, a restart of its timer
   status --json    reference: `systemctl list-timers --all 'deployer-*'` over ssh
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -179,6 +182,16 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
         noop = median([run(deployer + ["push", "--yes"] + inv, env, workdir=workdir) for _ in range(repeat)])
         hashing = median([run(ssh + [HASH_UNITS], env, workdir=workdir) for _ in range(repeat)])
         rows.append(Row("no-op push", noop, hashing.seconds, "one ssh hashing the unit files"))
+        # Without the last push's record (deployer/lastpush.py): from another machine, or the first
+        # push after an upgrade of the deployer: the inventory parsed and every unit rendered.
+        records = Path(env.get("XDG_CACHE_HOME") or Path(env["HOME"]) / ".cache") / "deployer" / "pushed"
+
+        def without_record() -> Sample:
+            shutil.rmtree(records, ignore_errors=True)
+            return run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
+
+        full_noop = median([without_record() for _ in range(repeat)])
+        rows.append(Row("no-op push, no record", full_noop, hashing.seconds, "one ssh hashing the unit files"))
 
         log("one job changed")
         job = f"job{size // 3:05d}"
