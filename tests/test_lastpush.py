@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,12 +52,17 @@ def no_parse(monkeypatch):
     monkeypatch.setattr(inventory, "parse", refuse)
 
 
-def test_a_second_push_of_the_same_inputs_says_up_to_date_without_a_parse(cron01, monkeypatch):
+def test_a_second_push_of_the_same_inputs_says_up_to_date_without_a_parse(cron01, monkeypatch, tmp_path):
     push, agent, path = cron01
+    records = tmp_path / "cache" / "deployer" / "pushed"
     assert "pushed" in push()
-    full = push()  # the full no-op: it also writes the record again
+    shutil.rmtree(records)
+    full = push()  # a full no-op (no record): it writes the record again
+    shutil.rmtree(records)
+    full_json = push(INVENTORY, "--json")
     no_parse(monkeypatch)
     assert push() == full == "host cron01: up to date: 0 add, 0 change, 0 remove, 16 unchanged\n"
+    assert push(INVENTORY, "--json") == full_json
 
 
 def test_the_record_holds_no_secret_and_only_its_owner_may_read_it(cron01, tmp_path):
