@@ -510,6 +510,7 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     keeps them). Without a terminal it removes them, as `plan` showed.
     """
     from . import deploy, inventory, lastpush
+    from .contract.options import recording_local_reads
     from .models import Inventory
     from .progress import Progress
 
@@ -523,7 +524,8 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
             _print_push(pushed, as_json)
             return
     host_option = host_name
-    inv = inventory.parse(source, inventory_path, os.environ)
+    with recording_local_reads() as local_reads:
+        inv = inventory.parse(source, inventory_path, os.environ)
     host_name = _host_name(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
     confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
@@ -535,7 +537,8 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
             _print_plan(host_name, the_plan, inv.path, state.held, limit=PUSH_LISTS)
 
     def remember(files) -> None:
-        lastpush.record(inputs, inventory_path, host_option, inv.host(host_name), files, lastpush.local_files(inv))
+        lastpush.record(inputs, inventory_path, host_option, inv.host(host_name), files,
+                        lastpush.local_files(local_reads))
 
     try:
         pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),

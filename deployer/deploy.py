@@ -187,8 +187,7 @@ def push(inv: Inventory, host_name: str, agent: remote.Agent, connect: Connect,
             return Pushed(host_name, the_plan, ApplyAnswer(kept_paused=paused) if paused else None)
         # The host holds its jobs: the push confirms it owns them all.
         progress("releasing the host's hold")
-        answer = remote.release(agent)
-        _remember(remember, the_plan, state)
+        answer = remote.release(agent)  # it grants the jobs new epochs: the files are not `state`'s any more
         return Pushed(host_name, the_plan, ApplyAnswer(started=answer.started, released=answer.released,
                                                        kept_paused=paused))
     announce(the_plan, state)

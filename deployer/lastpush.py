@@ -33,6 +33,10 @@ from .models import Host
 
 FORMAT = b"deployer last push 1\n"
 FORGET_AFTER = 30 * 86400  # seconds an entry is kept after its push
+# What reaching the host takes (remote.connect, the agent's command): all of Host a record keeps.
+# Not the rest: heartbeat_url is a secret.
+CONNECTION_FIELDS = ("name", "address", "port", "user", "identity_file", "known_hosts", "host_key", "sudo",
+                     "python")
 _VARIABLE_NAME = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"  # inventory._VARIABLE: any name it could expand
 # Where this machine's calendar answers come from: schedule._analyze runs systemd-analyze with
 # PATH=/usr/bin:/bin, and zoneinfo reads the system's zones (tzdata.zi changes with every update).
@@ -45,10 +49,10 @@ class Entry:
     """The last push that left `host_name` up to date from these inputs."""
 
     host_name: str
-    host: Host  # how to reach it (the inventory's [host:NAME], as parsed)
+    host: Host  # how to reach it (the inventory's [host:NAME], as parsed: CONNECTION_FIELDS only)
     files: tuple  # the path of every file the push left on the host
     digest: str  # protocol.files_digest of those files (path -> sha256)
-    local_files: dict  # a local file the inventory named (its path, `~` expanded) -> sha256 of its bytes
+    local_files: dict  # a local file the parse read (its path, `~` expanded) -> [limit, sha256 of the bytes]
 
 
 def _stats(files: Iterable[Path]) -> list:
@@ -70,11 +74,23 @@ def _metadata_files() -> list[Path]:
     for entry in sys.path:
         try:
             with os.scandir(entry or ".") as names:
-                found += [Path(n.path, "METADATA") for n in names
-                          if n.name.startswith("deployer-") and n.name.endswith((".dist-info", ".egg-info"))]
+                found += [Path(n.path, leaf) for n in names for leaf in ("METADATA", "PKG-INFO")
+                          if n.name.startswith("deployer") and n.name.endswith((".dist-info", ".egg-info"))]
         except OSError:
             continue
     return sorted(found)
+
+
+def _zone_data() -> list[Path]:
+    """Where zoneinfo reads zones here: its search path's tzdata.zi, else the `tzdata` package."""
+    import importlib.util
+    import zoneinfo
+
+    found = [Path(directory, "tzdata.zi") for directory in zoneinfo.TZPATH]
+    spec = importlib.util.find_spec("tzdata")
+    if spec is not None and spec.origin:
+        found += sorted(Path(spec.origin).parent.glob("*.py")) + [Path(spec.origin).parent / "zoneinfo" / "tzdata.zi"]
+    return found
 
 
 def _code_and_calendar(ours: Optional[Path] = None) -> bytes:
@@ -101,7 +117,8 @@ def _code_and_calendar(ours: Optional[Path] = None) -> bytes:
         "templates": templates,
         "bundle": bundle.cache_name(),
         "jinja2": _stats(sorted(jinja.glob("*.py"))),
-        "calendar": _stats(Path(p) for p in CALENDAR_FILES) + [os.path.realpath("/etc/localtime")],
+        "calendar": _stats(Path(p) for p in CALENDAR_FILES) + [os.path.realpath("/etc/localtime")] +
+        _stats(_zone_data()),
         "tz": [os.environ.get("TZ"), os.environ.get("PYTHONTZPATH")],
         "variable syntax": re.compile(_VARIABLE_NAME).pattern,
     }
@@ -124,31 +141,22 @@ def key(inventory_path: str, source: str, host_option: Optional[str], env: Mappi
 
 def _entry_path(inventory_path: str, host_option: Optional[str]) -> Path:
     # One entry per inventory and --host: a new push of them replaces the last one's.
-    name = hashlib.sha256(f"{os.path.abspath(inventory_path)}\0{host_option or ''}".encode()).hexdigest()[:32]
+    name = hashlib.sha256(f"{os.path.abspath(inventory_path)}\0{host_option or ''}".encode(
+        "utf-8", "surrogateescape")).hexdigest()[:32]
     return buildcache.directory() / "pushed" / f"{name}.json"
 
 
-def local_files(inventory) -> dict:
-    """path -> sha256 of every local file the parsed inventory read (the bytes it read), or None
-    for a file it only checked it could read (an SSH key: validate says when it cannot)."""
-    from .contract.options import LocalFile
-
-    found = {}
-    for item in inventory.hosts + inventory.alerts + inventory.jobs:
-        for field in dataclasses.fields(item):
-            value = getattr(item, field.name)
-            if isinstance(value, LocalFile):
-                found[os.path.expanduser(value)] = hashlib.sha256(value.content).hexdigest()
-    for host in inventory.hosts:
-        if host.identity_file:
-            found.setdefault(os.path.expanduser(host.identity_file), None)
-    return found
+def local_files(reads: Mapping[str, tuple]) -> dict:
+    """options.recording_local_reads() of a parse -> path -> [the limit it read up to, sha256 of
+    the bytes it read] (a limit of 0: a file it only checked it could read, an SSH key)."""
+    return {path: [limit, hashlib.sha256(content).hexdigest()] for path, (limit, content) in reads.items()}
 
 
-def _same(path: str, digest: Optional[str]) -> bool:
+def _same(path: str, limit: int, digest: str) -> bool:
+    from .contract.options import read_local_path
+
     try:
-        with open(path, "rb") as handle:
-            return digest is None or hashlib.sha256(handle.read()).hexdigest() == digest
+        return hashlib.sha256(read_local_path(path, limit)).hexdigest() == digest
     except OSError:
         return False
 
@@ -160,26 +168,23 @@ def record(the_key: str, inventory_path: str, host_option: Optional[str], host: 
     a cache that cannot be written costs the next push its parse and render, nothing else."""
     from .contract.protocol import files_digest
 
-    document = {"key": the_key, "host_name": host.name, "host": dataclasses.asdict(host),
+    document = {"key": the_key, "host_name": host.name,
+                "host": {name: getattr(host, name) for name in CONNECTION_FIELDS},
                 "files": sorted(files), "digest": files_digest(files), "local_files": dict(local)}
-    path = _entry_path(inventory_path, host_option)
     try:
+        path = _entry_path(inventory_path, host_option)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         for other in path.parent.iterdir():  # an inventory not pushed for a month (or gone)
-            if other.stat().st_mtime < time.time() - FORGET_AFTER:
-                other.unlink()
+            try:
+                if other.stat().st_mtime < time.time() - FORGET_AFTER:
+                    other.unlink()
+            except OSError:
+                continue  # another push's, removed meanwhile
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             json.dump(document, handle)
         temporary.replace(path)
-    except OSError:
-        pass
-
-
-def forget(inventory_path: str, host_option: Optional[str]) -> None:
-    try:
-        _entry_path(inventory_path, host_option).unlink()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path that is not text (UnicodeEncodeError)
         pass
 
 
@@ -195,5 +200,5 @@ def find(the_key: str, inventory_path: str, host_option: Optional[str]) -> Optio
                       document["digest"], dict(document["local_files"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return entry if all(_same(path, digest) for path, digest in entry.local_files.items()) else None
+    return entry if all(_same(path, *read) for path, read in entry.local_files.items()) else None
 

@@ -67,9 +67,10 @@ def test_a_second_push_of_the_same_inputs_says_up_to_date_without_a_parse(cron01
 
 def test_the_record_holds_no_secret_and_only_its_owner_may_read_it(cron01, tmp_path):
     push, _, _ = cron01
-    push()
+    push(INVENTORY.replace("address = 10.0.0.1\n", "address = 10.0.0.1\nheartbeat_url = https://hc.example/p1ng\n"))
     [record] = (tmp_path / "cache" / "deployer" / "pushed").iterdir()
-    assert "s3cret" not in record.read_text() and record.stat().st_mode & 0o077 == 0
+    assert "s3cret" not in record.read_text() and "p1ng" not in record.read_text()
+    assert record.stat().st_mode & 0o077 == 0
     assert record.parent.stat().st_mode & 0o077 == 0
 
 
@@ -169,7 +170,8 @@ def test_the_code_the_templates_and_the_calendar_data_are_in_the_key(monkeypatch
     assert {Path(m[0]) for m in described["modules"]} == modules
     assert {name for name, _ in described["templates"]} == {p.name for p in (package / "units").iterdir()}
     assert described["bundle"] == bundle.cache_name()
-    assert [Path(m[0]).parent.name for m in described["installed"]] == ["deployer-0.1.0.dist-info"]
+    installed = [m for m in described["installed"] if m[1] is not None]
+    assert "deployer-0.1.0.dist-info" in [Path(m[0]).parent.name for m in installed]
 
     zone_data = tmp_path / "tzdata.zi"
     zone_data.write_text("# version 2026a\n")
@@ -196,8 +198,7 @@ def test_an_entry_whose_local_file_changed_is_not_found(tmp_path, monkeypatch):
     local = tmp_path / "client.pem"
     local.write_text("one")
     host = inventory.parse(INVENTORY, "inv.ini", {"SETTLE_TOKEN": "a"}).hosts[0]
-    lastpush.record("k", "inv.ini", None, host, {"/etc/x": "00"},
-                    {str(local): hashlib.sha256(b"one").hexdigest()})
+    lastpush.record("k", "inv.ini", None, host, {"/etc/x": "00"}, lastpush.local_files({str(local): (10, b"one")}))
     assert lastpush.find("k", "inv.ini", None).host == host
     assert lastpush.find("other key", "inv.ini", None) is None
     local.write_text("two")
@@ -235,3 +236,25 @@ def test_a_push_after_one_that_kept_jobs_with_no_prune_removes_them(cron01):
     assert "kept 1 job" in push(without_report, "--no-prune")
     assert "removed 1 job: report" in push(without_report)
     assert "up to date" in push(without_report)
+
+
+def test_a_local_file_in_defaults_that_every_job_overrides_is_still_an_input(cron01, tmp_path):
+    """The parse reads it (and refuses the inventory without it), though no job keeps its value."""
+    push, _, path = cron01
+    defaults, own = tmp_path / "d.pem", tmp_path / "j.pem"
+    defaults.write_text("d\n")
+    own.write_text("j\n")
+    text = INVENTORY.replace("[job:settle]", f"[defaults]\nca_file = {defaults}\n[job:settle]") + f"ca_file = {own}\n"
+    text = text.replace("url = http://svc/settle", f"ca_file = {own}\nurl = http://svc/settle")
+    push(text)
+    assert "up to date" in push(text)
+    defaults.unlink()
+    result = CliRunner().invoke(cli.main, ["push", "-i", str(path)])
+    assert result.exit_code == 1 and "[defaults] ca_file: cannot read" in result.output, result.output
+
+
+def test_a_record_that_cannot_be_named_is_not_kept_and_the_push_still_succeeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    host = inventory.parse(INVENTORY, "inv.ini", {"SETTLE_TOKEN": "a"}).hosts[0]
+    lastpush.record("k", "inv-\udcff.ini", None, host, {}, {})  # a name that is not UTF-8: no exception
+    assert lastpush.find("k", "inv-\udcff.ini", None) is not None

@@ -6,6 +6,8 @@ inventory, renders it onto the trigger's command line, and the trigger parses it
 the same parser. Parsers are pure and standard-library only, because the trigger runs them
 on the cron host; each raises `Invalid` with a message that completes "[section] key: ...".
 """
+import contextlib
+import contextvars
 import functools
 import re
 from dataclasses import dataclass
@@ -427,6 +429,28 @@ class LocalFile(str):
     content: bytes = b""
 
 
+# While `recording_local_reads()` is on: every local file read (its path -> (limit, the bytes
+# read)), in [defaults] too, whether a job kept the value or not. The last push's record
+# (deployer/lastpush.py) is keyed by them.
+_LOCAL_READS = contextvars.ContextVar("local_reads", default=None)
+
+
+@contextlib.contextmanager
+def recording_local_reads():
+    reads: dict = {}
+    token = _LOCAL_READS.set(reads)
+    try:
+        yield reads
+    finally:
+        _LOCAL_READS.reset(token)
+
+
+def read_local_path(path: str, limit: int) -> bytes:
+    """Up to `limit` bytes of the file at `path` (OSError if it cannot be read)."""
+    with open(path, "rb") as handle:
+        return handle.read(limit)
+
+
 def _read_local(value: str, limit: int) -> bytes:
     """Up to `limit` bytes of a file on the deployer's machine, `~` expanded as ssh and the shell
     do; Invalid names the file as written and, when `~` changed it, as opened."""
@@ -434,11 +458,14 @@ def _read_local(value: str, limit: int) -> bytes:
 
     path = os.path.expanduser(value)
     try:
-        with open(path, "rb") as handle:
-            return handle.read(limit)
+        content = read_local_path(path, limit)
     except OSError as error:
         shown = value if path == value else "%s (%s)" % (value, path)
         raise Invalid("cannot read %s: %s" % (shown, error.strerror)) from None
+    reads = _LOCAL_READS.get()
+    if reads is not None:
+        reads[path] = (limit, content)
+    return content
 
 
 def readable_file(value: str) -> str:

@@ -33,6 +33,9 @@ class FileHashes:
 
     def __init__(self, path: str):
         self.path = path
+        # Before any file's stat: a file whose ctime is RACY_SECONDS older than this was that old
+        # when it was read, however long the read took.
+        self.started = time.time()
         self.known = self._load()
         self.seen: dict = {}
 
@@ -49,14 +52,14 @@ class FileHashes:
             return {}
 
     def digest(self, path: str, status: os.stat_result, read):
-        """`status`: the file's lstat, taken before `read()` reads it."""
+        """`status`: the file's stat, taken after this FileHashes was made and before `read()` reads it."""
         signature = _signature(status)
         known = self.known.get(path)
         if known is not None and known[0] == signature:
             self.seen[path] = known
             return known[1]
         value = read()
-        if status.st_ctime_ns < (time.time() - RACY_SECONDS) * 1e9:
+        if status.st_ctime_ns < (self.started - RACY_SECONDS) * 1e9:
             self.seen[path] = (signature, value)
         return value
 
