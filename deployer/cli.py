@@ -516,10 +516,10 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
 
     source = inventory.read_source(inventory_path)
     inputs = lastpush.key(inventory_path, source, host_name, os.environ)
-    last = lastpush.find(inputs, inventory_path, host_name)
+    last, asked = lastpush.find(inputs, inventory_path, host_name), None
     if last is not None:
-        known = Inventory(inventory_path, hosts=(last.host,), alerts=(), jobs=())
-        pushed = deploy.up_to_date(last, _connect(known, last.host_name))
+        asked = _connect(Inventory(inventory_path, hosts=(last.host,), alerts=(), jobs=()), last.host_name)
+        pushed = deploy.up_to_date(last, asked)
         if pushed is not None:
             _print_push(pushed, as_json)
             return
@@ -527,6 +527,9 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
     with recording_local_reads() as local_reads:
         inv = inventory.parse(source, inventory_path, os.environ)
     host_name = _host_name(inv, host_name)
+    # The question's connection serves the full push too (the same inputs name the same host; checked).
+    agent = asked if asked is not None and lastpush.reached_alike(last.host, inv.host(host_name)) \
+        else _connect(inv, host_name)
     progress = Progress(f"push {host_name}", enabled=not as_json)
     confirm = None if yes else _ask_before_pruning(host_name, inv.path, progress)
 
@@ -541,7 +544,7 @@ def push(inventory_path, host_name, as_json, no_prune, yes):
                         lastpush.local_files(local_reads))
 
     try:
-        pushed = deploy.push(inv, host_name, _connect(inv, host_name), lambda name: _connect(inv, name),
+        pushed = deploy.push(inv, host_name, agent, lambda name: _connect(inv, name),
                              progress=progress.update, prune=not no_prune, confirm=confirm, announce=announce,
                              remember=remember)
     finally:

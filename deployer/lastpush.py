@@ -55,6 +55,11 @@ class Entry:
     local_files: dict  # a local file the parse read (its path, `~` expanded) -> [limit, sha256 of the bytes]
 
 
+def reached_alike(recorded: Host, host: Host) -> bool:
+    """Whether `host` is reached as the record's host was (the same CONNECTION_FIELDS)."""
+    return all(getattr(recorded, name) == getattr(host, name) for name in CONNECTION_FIELDS)
+
+
 def _stats(files: Iterable[Path]) -> list:
     found = []
     for path in files:

@@ -258,3 +258,14 @@ def test_a_record_that_cannot_be_named_is_not_kept_and_the_push_still_succeeds(t
     host = inventory.parse(INVENTORY, "inv.ini", {"SETTLE_TOKEN": "a"}).hosts[0]
     lastpush.record("k", "inv-\udcff.ini", None, host, {}, {})  # a name that is not UTF-8: no exception
     assert lastpush.find("k", "inv-\udcff.ini", None) is not None
+
+
+def test_a_full_push_after_the_question_uses_the_same_connection(cron01, monkeypatch):
+    push, agent, _ = cron01
+    push()
+    connected = []
+    monkeypatch.setattr(cli, "_connect", lambda inv, host: connected.append(inv.host(host).address) or agent)
+    unit = Path(agent.layout.at(paths.UNIT_DIR + "/deployer-report.timer"))
+    unit.write_text(unit.read_text().replace("02:30", "03:30"))
+    assert "pushed: 0 add, 1 change" in push()  # the record's question, then the full push
+    assert connected == ["10.0.0.1"], "one connection: the question's"
