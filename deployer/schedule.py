@@ -290,11 +290,13 @@ def _existing_instants(zone: str, days, hours, minutes, seconds) -> set[datetime
 
 # --- clock changes: the zone's actual transitions, as tzdata (zoneinfo) records them -------
 #
-# systemd resolves a local time in a calendar's zone like this: a time swallowed by a forward
-# jump does not happen; a time that happens twice (clocks fall back) happens in its first
-# pass only. Where the job's meaning differs, we add lines for the exact instants, written
-# in UTC (any zone's offset, half hours included, is expressible that way), for every
-# transition tzdata has between FIRST_YEAR and LAST_YEAR:
+# systemd resolves a local time in a calendar's zone like this: a time swallowed by a forward jump
+# does not happen; a time that happens twice (clocks fall back) happens in its first pass only
+# (counted from before it: from a base inside the second pass, the times still ahead in that hour
+# elapse in the second pass, which a timer meets only when it starts there without a stamp;
+# tests/test_schedule.py second_pass_rest). Where the job's meaning differs, we add lines for the
+# exact instants, written in UTC (any zone's offset, half hours included, is expressible that
+# way), for every transition tzdata has between FIRST_YEAR and LAST_YEAR:
 # - Debian cron (modelled by cronsim): a fixed-time job whose time was swallowed runs once
 #   right after the jump; a wildcard job (minute or hour field starting with '*') runs in
 #   both passes through a repeated time. (One thing a timer cannot copy: a fixed-time job
