@@ -12,10 +12,11 @@ word, so each one is named here):
   third-party packages it ships and this Python's bytecode magic) and jinja2;
 - this machine's calendar data: the systemd-analyze that checks and expands calendars, and the
   time-zone database that converts cron schedules in a zone.
-The local files the inventory names (ca_file, client_cert, client_key) are listed in the entry with
-the hash of the bytes the parse read, and read again to compare: same text, same environment, so
-the same paths. Anything the host holds decides for itself: the host's files are read and compared
-hash by hash, as a full push compares them; an entry only saves the client's half.
+Every local file the parse read (ca_file, client_cert, client_key, in [defaults] too, and the SSH
+key it checks it can read) is listed in the entry with the hash of the bytes the parse read, and
+read again to compare: same text, same environment, so the same paths. Anything the host holds
+decides for itself: the host compares its files with the digest of those the last push left, hash
+by hash (host/hashes.py); an entry only saves the client's half.
 """
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def _same(path: str, limit: int, digest: str) -> bool:
 
 
 def record(the_key: str, inventory_path: str, host_option: Optional[str], host: Host,
-           files: Mapping[str, str], local: Mapping[str, str]) -> None:
+           files: Mapping[str, str], local: Mapping[str, list]) -> None:
     """Keep what a push that left the host up to date made it hold (`files`: path -> sha256; the
     epochs included: a host whose epoch moved since, by a move, is pushed in full). Best effort:
     a cache that cannot be written costs the next push its parse and render, nothing else."""
