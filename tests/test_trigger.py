@@ -688,11 +688,19 @@ def test_a_timer_no_longer_enabled_here_has_no_overlaps_to_record(tmp_path):
 
     wants = tmp_path / paths.TIMERS_WANTS
     wants.mkdir()
-    assert not cli.timer_enabled("settle", str(tmp_path))
-    (wants / "deployer-settle.timer").symlink_to("../deployer-settle.timer")  # dangling, as systemctl links
-    assert cli.timer_enabled("settle", str(tmp_path))
-    assert not cli.timer_enabled("other", str(tmp_path))
-    assert not cli.timer_enabled("../x", str(tmp_path))
+    assert cli.timer_link("settle", str(tmp_path)) is None
+    link = wants / "deployer-settle.timer"
+    link.symlink_to("../deployer-settle.timer")  # dangling, as systemctl links
+    first = cli.timer_link("settle", str(tmp_path))
+    assert first is not None and cli.timer_link("settle", str(tmp_path)) == first
+    assert cli.timer_link("other", str(tmp_path)) is None
+    assert cli.timer_link("../x", str(tmp_path)) is None
+    # A pause and a resume: the link goes, and comes back as another one.
+    keep = wants / "keep"
+    keep.symlink_to("x")  # holds the inode number, as other links on a host would
+    link.unlink()
+    link.symlink_to("../deployer-settle.timer")
+    assert cli.timer_link("settle", str(tmp_path)) not in (None, first)
 
 
 def test_issue23_6_a_slot_that_came_after_the_previous_run_ended_is_not_an_overlap():
@@ -822,9 +830,14 @@ def test_issue23_a_run_that_ended_before_the_next_slot_asks_systemd_analyze_noth
     assert cli.RememberedElapses(counted).next_after(["*:*:0/10"], 1000) is None  # nothing kept: not known
 
 
-@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("links, enabled", [
+    pytest.param([(7, 1), (7, 1)], True, id="enabled-all-along"),
+    pytest.param([(7, 1), None], False, id="paused"),
+    pytest.param([(7, 1), (8, 2)], False, id="paused-and-resumed"),
+    pytest.param([None, None], False, id="paused-before"),
+])
 def test_a_run_whose_timer_was_stopped_under_it_leaves_nothing_for_a_next_run(server, tmp_path, monkeypatch,
-                                                                             enabled):
+                                                                             links, enabled):
     """Paused (or removed, or moved) while it went: the slots since are not its overlaps, neither
     recorded by it nor left (through.json) for the run after a resume to record (a helper's
     review: the first run after a resume recorded the paused slots as skipped)."""
@@ -839,7 +852,7 @@ def test_a_run_whose_timer_was_stopped_under_it_leaves_nothing_for_a_next_run(se
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setattr(cli, "slot_for", lambda job, calendar, run_id, parents, **kw: Slot(1000, run_id, "timer"))
-    monkeypatch.setattr(cli, "timer_enabled", lambda job: enabled)
+    monkeypatch.setattr(cli, "timer_link", lambda job: links.pop(0))
     overlaps = []
     monkeypatch.setattr(cli, "record_overlaps", lambda *a, **kw: overlaps.append(a) or [])
     monkeypatch.setattr(cli.record, "send", lambda record, identifier: True)

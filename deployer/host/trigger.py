@@ -120,6 +120,7 @@ def main(argv: Optional[list] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = current_run_id()
     stamp_then = stamp_of(spec.name)  # an elapse during a manual run moves it (systemd merges its start)
+    link_then = timer_link(spec.name)
     seen = RememberedElapses()  # the slot's own systemd-analyze answers: most runs need no other
     the_slot = slot_for(spec.name, spec.calendar, run_id, tuple(args.chained_from), log=log, analyze=seen)
     write_chain_slot(spec.name, the_slot)
@@ -156,9 +157,10 @@ def main(argv: Optional[list] = None) -> int:
                            key=the_slot.key(spec.name), epoch=spec.epoch, after=the_slot.after)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.send(result.record(spec.name, json.dumps(params) if params else "", the_slot.by), _identifier(spec.name))
-    # A timer paused, removed or moved while the run went (its link is gone) has no overlaps here,
-    # now or for its next run to record (leave_through): it was stopped, or another host ran them.
-    enabled = timer_enabled(spec.name)
+    # A timer paused, removed or moved while the run went (its link is gone, or made anew by a
+    # resume) has no overlaps here, now or for its next run to record (leave_through): it was
+    # stopped, or another host ran them.
+    enabled = link_then is not None and timer_link(spec.name) == link_then
     recorded = record_overlaps(spec, the_slot, started, run_id, log, stamp_then, analyze=seen) if enabled else []
     try:
         return finish(args, spec, the_slot, result, run_id, log)
@@ -314,16 +316,18 @@ def skipped_record(spec: JobSpec, the_slot: Slot, reason: str, kind: str, run: s
                             epoch=spec.epoch, skipped=kind)
 
 
-def timer_enabled(job: str, unit_dir: Optional[str] = None) -> bool:
-    """Whether the job's timer still runs on this host: its link in timers.target.wants, gone
-    once a push paused or removed the job (a move's too). Slots that came after that are not
-    this run's overlaps: the timer was stopped, or another host ran them (found by the move
-    test with a held run: the old host recorded as skipped a slot the new one ran)."""
+def timer_link(job: str, unit_dir: Optional[str] = None) -> Optional[tuple]:
+    """The job's timer link in timers.target.wants, as (inode, ctime), or None: gone once a push
+    paused or removed the job (a move's too), and made anew when it resumes. A run that finds the
+    same link at its end as at its start ran under a timer that ran all along. Slots that came
+    otherwise are not its overlaps: the timer was stopped, or another host ran them (found by the
+    move test with a held run: the old host recorded as skipped a slot the new one ran; and by the
+    history test: a run that went through a whole pause recorded the paused slots as skipped)."""
     try:
-        return os.path.lexists(os.path.join(unit_dir or paths.UNIT_DIR, paths.TIMERS_WANTS,
-                                            paths.job_unit(job, "timer")))
-    except paths.BadName:
-        return False
+        link = os.lstat(os.path.join(unit_dir or paths.UNIT_DIR, paths.TIMERS_WANTS, paths.job_unit(job, "timer")))
+    except (OSError, paths.BadName):
+        return None
+    return (link.st_ino, link.st_ctime_ns)
 
 
 def overlapped_slots(spec: JobSpec, the_slot: Slot, started: float, now: float, stamp_then, stamp_now,

@@ -200,3 +200,37 @@ def test_issue23_6_every_slot_between_the_first_and_last_run_ran_once_or_was_rec
     document = history(deployer, path, "burst")
     assert document["summary"]["skipped"] == len(skips)
     assert wait_until(lambda: skipped_total(host, "burst", "concurrency") == len(skips), 90, "the metrics count them")
+
+
+def test_a_run_that_goes_through_a_whole_pause_records_none_of_the_paused_slots(shared_cron01, server, deployer,
+                                                                              write_inventory):
+    """A run still going when its job is paused, and still going when it resumes: the slots of
+    the pause are missed, not skipped by it (its timer was stopped under it; the resume made its
+    link anew). Found by the history test on an unloaded CI run: 'the paused slots judged missed'."""
+    host = shared_cron01
+    calls, release = [], []
+
+    def reply(request):  # the first run goes until the test lets it end
+        calls.append(request)
+        if len(calls) == 1:
+            wait_until(lambda: release, 120, "the test to let the first run end", every=0.2)
+        return Reply(200, b'{"code": 0}')
+
+    server.routes["/tick"] = reply
+    path = write_inventory(host.inventory_host() + job(server, "tick", "*:*:0/5", timeout="120s"))
+    deployer("push", "-i", path, check=True)
+    server.wait_for("/tick", timeout=90)
+    deployer("pause", "tick", "-i", path, check=True)
+    paused = time.time()
+    wait_until(lambda: time.time() > paused + 11, 20, "two slots while paused")
+    deployer("resume", "tick", "-i", path, check=True)
+    resumed = time.time()
+    release.append(True)
+    paused_slots = [t for t in range(int(paused) + 1, int(resumed)) if t % 5 == 0]
+    assert len(paused_slots) >= 2, paused_slots
+    [first] = wait_until(lambda: records(host, "tick")[:1], 90, "the first run's record")
+    # Its overlaps are sent after its record, before its unit ends.
+    wait_until(lambda: host.ssh("systemctl is-active deployer-tick.service", check=False).stdout.strip()
+               != "active", 60, "the first run's end")
+    skipped = {s.slot for s in records(host, "tick", skipped=True)}
+    assert not skipped & set(paused_slots), (sorted(skipped), paused_slots, first.slot)
