@@ -59,6 +59,7 @@ def _cache_name(sources: list[tuple[str, Path]]) -> str:
     return f"trigger-{buildcache.key(salt, sources)}.pyz"
 
 
+@functools.lru_cache(maxsize=1)  # once a process: a push's key (lastpush) names it, and its render builds it
 def cache_name() -> str:
     """The name the bundle this deployer builds is kept under: it changes with any of its sources."""
     return _cache_name(_sources())
@@ -66,8 +67,7 @@ def cache_name() -> str:
 
 @functools.lru_cache(maxsize=1)
 def trigger_bundle() -> bytes:
-    sources = _sources()
-    return buildcache.cached(_cache_name(sources), lambda: _build(sources))
+    return buildcache.cached(cache_name(), lambda: _build(_sources()))
 
 
 # Compiles every module in a fresh interpreter: marshal's output depends on the state of the
