@@ -336,7 +336,7 @@ def _agent_on_this_machine(program: str, *prefix: str) -> str:
     is imported, and the answer (a refusal) touches nothing."""
     import subprocess
 
-    done = subprocess.run([*prefix, "/usr/bin/python3", "-c", program], input=b"not a request",
+    done = subprocess.run([*prefix, "/usr/bin/python3", *remote.AGENT_FLAGS, "-c", program], input=b"not a request",
                           capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
@@ -353,18 +353,23 @@ def test_the_agent_keeps_its_compiled_modules_only_where_nobody_but_root_may_wri
     assert kept.name.endswith(".bin") and oct(kept.stat().st_mode & 0o777) == "0o600"
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
     compiled = marshal.loads(kept.read_bytes())
+    dataclass_codes = compiled.pop("")  # the code dataclasses generated for the agent's classes
     assert set(compiled) == set(remote.agent_modules())
+    history_request = "def __init__(self,job:_type_job,since:_type_since)"
+    assert any(history_request in text for text in dataclass_codes)
 
     # What is kept is what runs: a planted agent (root's, as only root could plant it) answers.
     planted = {name: (package, compile("", name, "exec")) for name, (package, _) in compiled.items()}
     planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
+    planted[remote.CODE_CACHE_MODULE] = compiled[remote.CODE_CACHE_MODULE]
     kept.write_bytes(marshal.dumps(planted))
     assert _agent_on_this_machine(program).strip() == "from the cache"
 
     # A file others may write is not read, and is replaced by the agent's own.
     kept.chmod(0o666)
     assert '"bad_request"' in _agent_on_this_machine(program)
-    assert oct(kept.stat().st_mode & 0o777) == "0o600" and marshal.loads(kept.read_bytes()).keys() == compiled.keys()
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert marshal.loads(kept.read_bytes()).keys() == compiled.keys() | {""}
     assert "from the cache" not in _agent_on_this_machine(program)
 
     # Nor in a directory others may write (they could swap the file): neither read nor written.
@@ -419,8 +424,9 @@ def test_an_agent_that_is_not_root_runs_roots_cache_and_writes_none():
         cache.chmod(0o755)
         kept.chmod(0o644)
         compiled = marshal.loads(kept.read_bytes())
-        planted = {name: (package, compile("", name, "exec")) for name, (package, _) in compiled.items()}
+        planted = {name: (entry[0], compile("", name, "exec")) for name, entry in compiled.items() if name}
         planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
+        planted[remote.CODE_CACHE_MODULE] = compiled[remote.CODE_CACHE_MODULE]
         kept.write_bytes(marshal.dumps(planted))
         # A file only root may write is safe for anyone to read (a non-root agent is refused anyway).
         nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
