@@ -361,7 +361,7 @@ def test_the_agent_keeps_its_compiled_modules_only_where_nobody_but_root_may_wri
     # What is kept is what runs: a planted agent (root's, as only root could plant it) answers.
     planted = {name: (package, compile("", name, "exec")) for name, (package, _) in compiled.items()}
     planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
-    planted[remote.CODE_CACHE_MODULE] = compiled[remote.CODE_CACHE_MODULE]
+    planted[remote.PROCESS_MODULE] = compiled[remote.PROCESS_MODULE]
     kept.write_bytes(marshal.dumps(planted))
     assert _agent_on_this_machine(program).strip() == "from the cache"
 
@@ -426,7 +426,7 @@ def test_an_agent_that_is_not_root_runs_roots_cache_and_writes_none():
         compiled = marshal.loads(kept.read_bytes())
         planted = {name: (entry[0], compile("", name, "exec")) for name, entry in compiled.items() if name}
         planted[remote.AGENT_MODULE] = (False, compile("def main(): print('from the cache')", "x", "exec"))
-        planted[remote.CODE_CACHE_MODULE] = compiled[remote.CODE_CACHE_MODULE]
+        planted[remote.PROCESS_MODULE] = compiled[remote.PROCESS_MODULE]
         kept.write_bytes(marshal.dumps(planted))
         # A file only root may write is safe for anyone to read (a non-root agent is refused anyway).
         nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
