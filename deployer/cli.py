@@ -752,7 +752,14 @@ def history(job, inventory_path, host_name, since, as_json):
     inv.host(primary)
     names = [primary] + ([] if host_name else [h.name for h in inv.hosts if h.name != primary])
 
-    answers, unread = _ask_hosts(inv, names, lambda agent: remote.history(agent, job, start), must=(primary,))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as counting:
+        # The schedule's slots are counted here (systemd-analyze) while the hosts answer: from
+        # `start` to a minute past now, a window that holds the one the answer sets unless the host's
+        # clock runs more than a minute ahead (then they are counted again).
+        counted = counting.submit(_slots, the_job, start, now + 60)
+        answers, unread = _ask_hosts(inv, names, lambda agent: remote.history(agent, job, start), must=(primary,))
     for name in unread:
         reason = " ".join(answers[name][1].lines()).removeprefix(f"host {name}: ")
         click.echo(f"deployer: warning: host {name}: {printable(reason)}; its runs of {job}, if any, "
@@ -762,8 +769,8 @@ def history(job, inventory_path, host_name, since, as_json):
     answer = answers[primary][0]
     until = answer.now or now
     # Slots count from when the timer, as it is now, was installed: before, another schedule (or none).
-    slots, slots_until = _slots(the_job, max(start, answer.scheduled_since), until) if answer.scheduled_since \
-        else (None, None)
+    slots, slots_until = _slots_within(counted.result(), the_job, max(start, answer.scheduled_since), until) \
+        if answer.scheduled_since else (None, None)
     not_run = []
     if the_job is not None and the_job.after:  # why a chained run did not run: its parent's failed runs
         from .report import not_run_entries
@@ -887,6 +894,21 @@ def _slots(job, start: float, until: float):
     if end <= start:
         return [], end
     return elapses_between(calendar.lines, start, end, MAX_SLOTS)
+
+
+def _slots_within(counted, job, start: float, until: float):
+    """`_slots(job, start, until)`, taken from `counted` (what `_slots` gave for a window that
+    starts no later) where it covers the window; else counted anew. A count that covers its
+    window whole holds fewer than MAX_SLOTS, so the part of it taken does too."""
+    slots, covered = counted
+    if slots is None:
+        return None, None
+    end = until - float(job.timeout) - 10
+    if end <= start:
+        return [], end
+    if covered < end:  # the host's clock is ahead, or the count stopped at MAX_SLOTS
+        return _slots(job, start, until)
+    return [t for t in slots if start <= t <= end], end
 
 
 @main.command(epilog=EPILOG)

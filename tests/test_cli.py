@@ -841,3 +841,40 @@ def test_issue20_alert_test_in_process_reports_what_the_channel_answered(fleet_i
     systemd.journal = [dict(systemd.journal[0], _UID="1000")]  # a local user's forgery counts for nothing
     forged = run(two_jobs_on("cron01"), "alert", "test", "ops")
     assert forged.exit_code == 1 and "not sent" in forged.output
+
+
+# --- history: the slots counted while the hosts answer ------------------------------------------
+
+from deployer.inventory import parse as parse_inventory  # noqa: E402
+
+
+def _job(schedule: str, timeout: str = "60s"):
+    source = (f"[host:cron01]\naddress = 127.0.0.1\n\n[job:settle]\nschedule = {schedule}\ntimeout = {timeout}\n"
+              "url = http://127.0.0.1/settle\n")
+    [job] = parse_inventory(source, "inventory.ini", {}).jobs
+    return job
+
+
+@pytest.mark.parametrize("schedule", ["0 2 * * *", "*/5 * * * *", "@reboot", "@hourly"])
+@pytest.mark.parametrize("installed_ago, host_ahead", [(7 * 86400, 0.3), (3600, 30.0), (200, 0.3), (40, 0.3),
+                                                        (86400, 90.0), (86400, -20.0)])
+def test_history_counts_the_slots_of_the_window_the_answer_sets_from_the_ones_counted_meanwhile(
+        schedule, installed_ago, host_ahead):
+    now = 1796663700.25 - 5  # a slot of */5 five seconds on: in the window a host 90 s ahead adds
+    start = now - 7 * 86400
+    job = _job(schedule)
+    counted = cli._slots(job, start, now + 60)
+    installed, until = now - installed_ago, now + host_ahead
+    assert cli._slots_within(counted, job, max(start, installed), until) == cli._slots(job, max(start, installed), until)
+
+
+@pytest.mark.parametrize("limit", [500, 2000])
+def test_a_window_too_dense_to_count_whole_is_cut_where_a_count_of_its_own_would_cut_it(monkeypatch, limit):
+    monkeypatch.setattr(cli, "MAX_SLOTS", limit)
+    now = 1796663730.25
+    job = _job("*/1 * * * *", timeout="10s")  # 1,440 a day: a limit of 500 comes first, one of 2,000 not
+    counted = cli._slots(job, now - 86400, now + 60)
+    for installed in (now - 86400, now - 40000, now - 20000):
+        within = cli._slots_within(counted, job, installed, now + 1)
+        assert within == cli._slots(job, installed, now + 1)
+    assert len(cli._slots_within(counted, job, now - 86400, now + 1)[0]) == min(limit, 1440)
