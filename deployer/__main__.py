@@ -4,7 +4,10 @@ one command to the next, installed before any class of ours is made."""
 from .buildcache import directory
 from .contract import process
 
-process.install_for_user(str(directory()))
+try:
+    process.install_for_user(str(directory()))
+except (OSError, RuntimeError, KeyError):  # no home to keep a cache in: a cache never stops a command
+    pass
 
 from .cli import main as cli  # noqa: E402 - after the install: cli's imports make classes
 

@@ -899,7 +899,7 @@ def _slots(job, start: float, until: float):
 def _slots_within(counted, job, start: float, until: float):
     """`_slots(job, start, until)`, taken from `counted` (what `_slots` gave for a window that
     starts no later) where it covers the window; else counted anew. A count that covers its
-    window whole holds fewer than MAX_SLOTS, so the part of it taken does too."""
+    window whole was not cut by MAX_SLOTS, and neither would a count of a part of it be."""
     slots, covered = counted
     if slots is None:
         return None, None

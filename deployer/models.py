@@ -43,8 +43,9 @@ def _job_fields():
 
 
 # One [job:NAME]: its name, its host, and a field per option of options.JOB_OPTIONS.
-Job = make_dataclass("Job", _job_fields(), frozen=True)
-Job.__module__ = __name__
+# Made in this module ("__module__"), not in `types`: its generated code is compiled once per
+# machine as every class of ours (contract/process.py).
+Job = make_dataclass("Job", _job_fields(), frozen=True, namespace={"__module__": __name__})
 Job.__doc__ = "One [job:NAME] with every option of options.JOB_OPTIONS resolved ([defaults] applied)."
 
 

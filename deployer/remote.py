@@ -57,10 +57,10 @@ AGENT_FLAGS = ("-I", "-S")
 # agent's modules are imported, when either was compiled anew. The agent ends without the
 # interpreter's teardown (process.exit_now): 11 ms more.
 AGENT_CACHE = "/var/cache/deployer/agent"
-BOOTSTRAP = """import zlib,base64,sys,json,os,time,marshal,hashlib,importlib.machinery as M
+BOOTSTRAP = """import zlib,base64,sys,json,os,time,marshal,importlib.machinery as M
 P='%s'
 D='%s'
-K=D+'/'+hashlib.sha256(P.encode()).hexdigest()[:32]+'-'+str(sys.implementation.cache_tag)+'.bin'
+K=D+'/%s-'+str(sys.implementation.cache_tag)+'.bin'
 def safe(s):return s.st_uid==0 and not s.st_mode&0o22
 def load():
  try:
@@ -177,7 +177,10 @@ def bootstrap() -> str:
 def _pack(cache: str = AGENT_CACHE) -> str:
     sources = {m: (package, without_comments(text)) for m, (package, text) in
                ((m, _source(m)) for m in agent_modules())}
-    return BOOTSTRAP % (base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode(), cache)
+    packed = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
+    # The cache file is named by the whole program (this one's layout of it too) and the directory.
+    name = hashlib.sha256((BOOTSTRAP + packed + cache).encode()).hexdigest()[:32]
+    return BOOTSTRAP % (packed, cache, name)
 
 
 def _agent_command(host: Host) -> str:

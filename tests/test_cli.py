@@ -859,13 +859,17 @@ def _job(schedule: str, timeout: str = "60s"):
 @pytest.mark.parametrize("installed_ago, host_ahead", [(7 * 86400, 0.3), (3600, 30.0), (200, 0.3), (40, 0.3),
                                                         (86400, 90.0), (86400, -20.0)])
 def test_history_counts_the_slots_of_the_window_the_answer_sets_from_the_ones_counted_meanwhile(
-        schedule, installed_ago, host_ahead):
+        monkeypatch, schedule, installed_ago, host_ahead):
     now = 1796663700.25 - 5  # a slot of */5 five seconds on: in the window a host 90 s ahead adds
     start = now - 7 * 86400
     job = _job(schedule)
     counted = cli._slots(job, start, now + 60)
     installed, until = now - installed_ago, now + host_ahead
-    assert cli._slots_within(counted, job, max(start, installed), until) == cli._slots(job, max(start, installed), until)
+    counts = []
+    real = cli._slots
+    monkeypatch.setattr(cli, "_slots", lambda *args: counts.append(args) or real(*args))
+    assert cli._slots_within(counted, job, max(start, installed), until) == real(job, max(start, installed), until)
+    assert len(counts) == (host_ahead > 60 and schedule != "@reboot")  # counted again only when it must be
 
 
 @pytest.mark.parametrize("limit", [500, 2000])

@@ -82,8 +82,9 @@ def _spec_fields() -> list:
 
 # What the trigger was asked to do: its name, a field per option of SPEC_OPTIONS with the option's
 # default (the trigger's argument parser has the same: one default per option), and SPEC_EXTRAS.
-JobSpec = make_dataclass("JobSpec", _spec_fields(), frozen=True)
-JobSpec.__module__ = __name__
+# Made in this module ("__module__"), not in `types`: its generated code is compiled once per
+# machine as every class of ours (contract/process.py).
+JobSpec = make_dataclass("JobSpec", _spec_fields(), frozen=True, namespace={"__module__": __name__})
 JobSpec.__doc__ = "What the trigger was asked to do (its arguments and credentials; see options.JOB_OPTIONS)."
 
 
