@@ -13,7 +13,9 @@ that name, nothing is cached and nothing else changes. The client keeps the code
 directory, the agent beside its compiled modules (remote.BOOTSTRAP). Either is read only when
 this user alone may write it: it is code.
 
-**The end.** `exit_now`: Python's teardown of every module and object it loaded.
+**The end.** Python tears down every module and object it loaded before it exits: 40-60 ms
+with paramiko, cryptography, invoke and click loaded. `exit_now` ends the process without it,
+as Python would in everything else.
 """
 # No `from __future__ import annotations` here: the builtin exec, called from this module for
 # anyone else's classes, compiles with this module's __future__ flags (their annotations would
