@@ -119,6 +119,29 @@ def assert_each_slot_ran_once(found: list[Run], period: int) -> None:
             f"the run for {slot_a % 60} ended at {a.ended:.1f}; the next names {slot_b % 60}, not the latest slot then"
 
 
+def timer_stopped(host, job: str) -> Optional[float]:
+    """When PID 1 last stopped the job's timer on `host` (a move's handoff), or None."""
+    stops = [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in journal(host, f"_PID=1 UNIT=deployer-{job}.timer")
+             if isinstance(e.get("MESSAGE"), str) and "Deactivated successfully" in e["MESSAGE"]]
+    return stops[-1] if stops else None
+
+
+def assert_handed_over(old: list[Run], new: list[Run], period: int, old_timer_stopped: float) -> None:
+    """A job moved from one host to another (each host's own runs checked by
+    assert_each_slot_ran_once): the new host's slots come after the old host's, so none ran twice,
+    and a slot that neither ran is one the old host's timer met before it stopped there while that
+    host's last run still went (a timer does not elapse while its unit runs; the handoff's stamp
+    starts the new host after it). Merging the two hosts' runs into one sequence would ask the new
+    host to name the latest slot at the old run's end, which only the old timer could."""
+    last, first = old[-1], new[0]
+    assert last.slot(period) < first.slot(period), \
+        f"the new host ran slot {first.slot(period) % 60}, not after the old host's last ({last.slot(period) % 60})"
+    for slot in range(last.slot(period) + period, first.slot(period), period):
+        assert slot <= old_timer_stopped and last.ended is not None and last.ended >= slot, \
+            f"slot {slot % 60} ran on neither host, though the old host's last run had ended ({last.ended}) " \
+            f"or its timer had stopped ({old_timer_stopped:.1f})"
+
+
 def wait_until(condition, timeout: float, what: str, every: float = 0.1):
     """Poll `condition` until it is true (returned) or `timeout` seconds pass (AssertionError)."""
     deadline = time.monotonic() + timeout

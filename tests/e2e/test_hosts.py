@@ -8,8 +8,8 @@ import pytest
 
 from deployer.contract import paths
 
-from tests.e2e.runs import (assert_each_slot_ran_once, described, heard, records, runs, wait_for_runs,
-                            wait_until)
+from tests.e2e.runs import (assert_each_slot_ran_once, assert_handed_over, described, heard, records, runs,
+                            timer_stopped, wait_for_runs, wait_until)
 from tests.httpserver import json_reply
 
 pytestmark = pytest.mark.e2e
@@ -105,9 +105,17 @@ def test_a_run_still_starting_when_its_job_moves_names_its_own_slot(cron01, cron
     wait_until(lambda: all(run.record for run in runs(cron01, "tick")), 30, "the held run's record", every=0.5)
 
     assert len(held) == 1, held
-    both = sorted(runs(cron01, "tick") + runs(cron02, "tick"), key=lambda run: run.triggered)
+    # Each host's runs by its own timer's rule, and the handover between them: a slot the old
+    # timer met while the held run went is skipped there (as any overlap), and when the move ended
+    # after it, the new host starts after it too (ci-G, 2026-12-07: the old timer stopped at :40.07,
+    # after the slot :40; in every earlier run the move had stopped it before the slot).
+    received = server.received("/tick")
+    old, new = (heard(runs(host, "tick"), received) for host in (cron01, cron02))
     try:
-        assert_each_slot_ran_once(heard(both, server.received("/tick")), 5)
+        assert_each_slot_ran_once(old, 5)
+        assert_each_slot_ran_once(new, 5)
+        assert_handed_over(old, new, 5, timer_stopped(cron01, "tick"))
+        assert old[-1].run == held[0] and old[-1].slot(5) == int(old[-1].triggered) // 5 * 5  # its own slot
     except AssertionError as error:
         raise AssertionError(f"{error}\n{described({'cron01': cron01, 'cron02': cron02}, 'tick')}") from None
     # Two of cron02's slots came while the held run went: they are not its overlaps to record
