@@ -126,13 +126,14 @@ def timer_stopped(host, job: str) -> Optional[float]:
     return stops[-1] if stops else None
 
 
-def assert_handed_over(old: list[Run], new: list[Run], period: int, old_timer_stopped: float) -> None:
+def assert_handed_over(old: list[Run], new: list[Run], period: int, old_timer_stopped: Optional[float]) -> None:
     """A job moved from one host to another (each host's own runs checked by
     assert_each_slot_ran_once): the new host's slots come after the old host's, so none ran twice,
     and a slot that neither ran is one the old host's timer met before it stopped there while that
     host's last run still went (a timer does not elapse while its unit runs; the handoff's stamp
     starts the new host after it). Merging the two hosts' runs into one sequence would ask the new
     host to name the latest slot at the old run's end, which only the old timer could."""
+    assert old_timer_stopped is not None, "the old host's timer was never stopped: the job did not move"
     last, first = old[-1], new[0]
     assert last.slot(period) < first.slot(period), \
         f"the new host ran slot {first.slot(period) % 60}, not after the old host's last ({last.slot(period) % 60})"
