@@ -78,21 +78,45 @@ def file_name() -> str:
 
 
 def _ours(status: os.stat_result) -> bool:
+    """Written by this user and by nobody else."""
     return status.st_uid == os.geteuid() and not status.st_mode & 0o022
 
 
-def load(path: str) -> dict:
-    """The codes kept at `path`; {} when there are none, or when anyone but this user may write
-    the file or its directory, or when it is not a marshalled dict of text -> code."""
+def read_kept(path: str):
+    """What `keep` wrote at `path`; None when there is none, when anyone but this user may write
+    the file or its directory (it is read with marshal: code, or what code trusts), or when it
+    does not unmarshal."""
     try:
         if not _ours(os.stat(os.path.dirname(path))):
-            return {}
+            return None
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
             if not _ours(os.fstat(handle.fileno())):
-                return {}
-            codes = marshal.loads(handle.read())
+                return None
+            return marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):
-        return {}
+        return None
+
+
+def keep(path: str, value, directory_mode: int) -> None:
+    """`value` marshalled at `path` (0600), whole or not at all. Best effort: a cache that cannot
+    be written costs its next reader the work it saved, nothing else."""
+    temporary = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.makedirs(os.path.dirname(path), mode=directory_mode, exist_ok=True)
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600),
+                  "wb") as handle:
+            handle.write(marshal.dumps(value))
+        os.replace(temporary, path)
+    except (OSError, ValueError):
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def load(path: str) -> dict:
+    """The codes kept at `path` ({} when read_kept finds none, or not a dict of text -> code)."""
+    codes = read_kept(path)
     if not isinstance(codes, dict):
         return {}
     code_type = type(load.__code__)
@@ -100,21 +124,12 @@ def load(path: str) -> dict:
 
 
 def save(path: str, cache: CodeCache) -> None:
-    """Keep `cache`'s codes at `path` (0600, its directory 0700), whole or not at all; a cache that
-    cannot be written only costs the next process the compiling."""
-    temporary = "%s.%d.tmp" % (path, os.getpid())
+    """Keep `cache`'s codes at `path` (its directory 0700)."""
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         _remove_stale_temporaries(path)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with open(descriptor, "wb") as handle:
-            handle.write(marshal.dumps(cache.to_keep()))
-        os.replace(temporary, path)
-    except (OSError, ValueError):
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+    except OSError:
+        pass
+    keep(path, cache.to_keep(), 0o700)
 
 
 def _remove_stale_temporaries(path: str) -> None:

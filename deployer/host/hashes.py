@@ -11,20 +11,16 @@ git's index treats a "racily clean" entry); a younger file is hashed on every re
 """
 from __future__ import annotations
 
-import marshal
 import os
 import time
+
+from deployer.contract.process import keep, read_kept
 
 RACY_SECONDS = 2.0
 
 
 def _signature(status: os.stat_result) -> tuple:
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-
-
-def _ours(status: os.stat_result) -> bool:
-    """Written by this user and by nobody else (as the agent's compiled modules: remote.BOOTSTRAP)."""
-    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
 
 
 class FileHashes:
@@ -40,16 +36,8 @@ class FileHashes:
         self.seen: dict = {}
 
     def _load(self) -> dict:
-        try:
-            if not _ours(os.stat(os.path.dirname(self.path))):
-                return {}
-            with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
-                if not _ours(os.fstat(handle.fileno())):
-                    return {}
-                known = marshal.loads(handle.read())
-            return known if isinstance(known, dict) else {}
-        except (OSError, ValueError, EOFError, TypeError):
-            return {}
+        known = read_kept(self.path)  # as the agent's compiled modules: only if this user alone may write it
+        return known if isinstance(known, dict) else {}
 
     def digest(self, path: str, status: os.stat_result, read):
         """`status`: the file's stat, taken after this FileHashes was made and before `read()` reads it."""
@@ -68,16 +56,4 @@ class FileHashes:
         that cannot be written costs the next read its hashing, nothing else."""
         if self.seen == self.known:
             return
-        temporary = "%s.%d.tmp" % (self.path, os.getpid())
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              0o600), "wb") as handle:
-                handle.write(marshal.dumps(self.seen))
-            os.replace(temporary, self.path)
-        except (OSError, ValueError):
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-
+        keep(self.path, self.seen, 0o755)
