@@ -61,7 +61,7 @@ class FakeSystemd(systemctl.Systemd):
     def properties(self, units, properties):  # never the D-Bus of the machine the tests run on
         return self.show(units, properties)
 
-    def verify(self, unit_paths):
+    def verify(self, unit_paths, total=None):
         self.calls.append(("systemd-analyze", "verify", "--man=no") + tuple(unit_paths))
         return list(self.complaints)
 
@@ -510,7 +510,7 @@ class _VerifyProcesses:
 
     def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
         self.commands.append(list(args))
-        return types.SimpleNamespace(communicate=lambda: ("", ""), returncode=0)
+        return types.SimpleNamespace(communicate=lambda: ("", ""), returncode=0, poll=lambda: 0)
 
 
 @pytest.mark.parametrize("probe", [0, 1])
@@ -536,6 +536,62 @@ def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_500(uni
     paths_ = ["/s/deployer-j%05d.service" % i for i in range(units)]
     found = systemctl.verify_chunks(paths_, workers)
     assert [len(c) for c in found] == sizes and [p for c in found for p in c] == paths_
+
+
+class _ChunkChecks:
+    """subprocess for Systemd.verify while the units are written: verify call `i` ends once
+    `ends_after[i]` more units have been written since it started, and says `chunk i`."""
+
+    PIPE, STDOUT = -1, -2
+
+    def __init__(self, ends_after):
+        self.ends_after, self.written, self.started, self.killed = ends_after, 0, [], []
+
+    def run(self, args, **kwargs):
+        return subprocess.CompletedProcess(list(args), 1, "", "")  # no mount namespace here
+
+    def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
+        index, began = len(self.started), self.written
+        self.started.append((index, began, len([a for a in args if a.endswith(".service")])))
+        call = types.SimpleNamespace(returncode=None)
+        ended = lambda: self.written >= began + self.ends_after[index]  # noqa: E731
+        call.poll = lambda: 0 if ended() else None
+        call.communicate = lambda: (setattr(call, "returncode", 0), (f"chunk {index}\n", ""))[1]
+        call.kill = lambda: self.killed.append(index)
+        call.wait = lambda: None
+        return call
+
+    def units(self, count, fail_at=None):
+        for number in range(count):
+            if number == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += 1
+            yield f"/s/deployer-j{number:05d}.service"
+
+
+def test_verify_checks_each_chunk_while_the_next_is_written_and_answers_in_chunk_order(monkeypatch):
+    """A 10,000-job push writes 20,000 units and verifies them, each most of 10 s: at once, not
+    one after the other. A call that ends frees its CPU for the next chunk while units are still
+    being written; what the calls say comes back in the units' order, whichever ended first."""
+    checks = _ChunkChecks(ends_after=[600, 10**6, 100, 10**6])
+    monkeypatch.setattr(systemctl, "subprocess", checks)
+    monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
+    said = systemctl.Systemd().verify(checks.units(2000), total=2000)
+    assert said == ["chunk 0", "chunk 1", "chunk 2", "chunk 3"]
+    # (call, units written when it started, units it checks): the third and fourth started when
+    # a call had ended, the last one as the last unit was written
+    assert checks.started == [(0, 500, 500), (1, 1000, 500), (2, 1500, 500), (3, 2000, 500)]
+    assert checks.killed == []
+
+
+def test_a_write_that_fails_while_verify_runs_stops_the_calls_and_is_what_the_push_says(monkeypatch):
+    checks = _ChunkChecks(ends_after=[10**6] * 4)
+    monkeypatch.setattr(systemctl, "subprocess", checks)
+    monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
+    with pytest.raises(OSError) as failed:
+        systemctl.Systemd().verify(checks.units(2000, fail_at=1200), total=2000)
+    assert failed.value.errno == errno.ENOSPC
+    assert [index for index, _, _ in checks.started] == [0, 1] and sorted(checks.killed) == [0, 1]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-analyze"), reason="needs root and systemd")
@@ -1275,15 +1331,15 @@ def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
 def test_issue24_7_timers_start_in_chunks_and_the_count_is_reported(capsys):
     """Before: one `systemctl start` of 1,000 timers (20 s) behind one `starting 1000 timers`."""
     systemd = FakeSystemd()
-    timers = [f"deployer-j{i}.timer" for i in range(250)]
+    timers = [f"deployer-j{i}.timer" for i in range(1200)]
     agent.start_timers(systemd, timers)
     starts = [call for call in systemd.systemctl_calls() if call[0] == "start"]
-    assert [len(call) - 2 for call in starts] == [100, 100, 50]
+    assert [len(call) - 2 for call in starts] == [500, 500, 200]
     assert [t for call in starts for t in call[2:]] == timers
     reported = [line for line in capsys.readouterr().err.splitlines() if line.startswith("@progress")]
-    assert reported[0] == "@progress starting timers: 0/250"
-    assert "@progress starting timers: 250/250" in reported
-    assert reported[-1] == "@progress timers active: 250/250"
+    assert reported[0] == "@progress starting timers: 0/1200"
+    assert "@progress starting timers: 1200/1200" in reported
+    assert reported[-1] == "@progress timers active: 1200/1200"
 
 
 # -- issue 23 item 9: the audit trail ---------------------------------------------------------------

@@ -212,9 +212,10 @@ def progress(text):
         to(text)
 
 
-# Timers started per systemctl call: small enough that the count a push shows moves (1,000
-# timers took 20 s in one call, with nothing to show), large enough that calls stay few.
-START_CHUNK = 100
+# Timers started per systemctl call: small enough that the count a push shows moves (0.3 s a
+# call), large enough that calls stay few (2,000 timers: 1.1 s in calls of 100, 0.9 s in calls of
+# 500; PID 1 is the rest: pipelined D-Bus StartUnit calls took 1.1 s).
+START_CHUNK = UNIT_CHUNK
 COUNT_EVERY = 0.5  # seconds between two counts of one step (the client redraws one line)
 
 
@@ -685,15 +686,11 @@ def apply_locked(host, request, watch):
     check_unmanaged(host, current, [w.path for w in request.write], request.remove)
     host.clear_staging()
     try:
-        progress("writing %d files" % len(request.write))
         staged = {}
-        for item in request.write:
-            staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
-        os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
-        watch.lap("stage")
-        units = sorted(s for p, s in staged.items() if p.startswith(unit_dir + "/"))
-        progress("systemd-analyze verify: %d units" % len(units))
-        complaints = host.systemd.verify(units) if units else []
+        units = sum(1 for item in request.write if item.path.startswith(unit_dir + "/"))
+        progress("writing %d files, checking %d units (systemd-analyze verify)" % (len(request.write), units))
+        staging = stage(host, request.write, staged, watch)
+        complaints = host.systemd.verify(staging, total=units) if units else list(staging)  # ([]: no unit)
         if complaints:
             host.clear_staging()
             raise AgentError(protocol.VERIFY_FAILED,
@@ -732,6 +729,18 @@ def apply_locked(host, request, watch):
                        restarted=tuple(t for t in journal.start if t not in added), stopped=journal.disable,
                        enabled_for_boot=tuple(sorted(boot_only)), kept_paused=kept_paused,
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
+
+
+def stage(host, writes, staged, watch):
+    """Write `writes` to their staging directories (staged: host path -> staged path), yielding
+    each staged unit as it is written: verify checks a chunk while the next is written."""
+    for item in writes:
+        staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode)
+        if item.path.startswith(paths.UNIT_DIR + "/"):
+            yield staged[item.path]
+    os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+    watch.lap("stage")
+    progress("systemd-analyze verify")
 
 
 def granted_timers(writes):

@@ -235,6 +235,35 @@ def test_bad_inventory_is_refused_and_changes_nothing(shared_cron01, server, dep
     assert file_stamps(shared_cron01) == stamps
 
 
+def test_a_unit_verify_refuses_in_a_late_chunk_stops_the_push_before_anything_changes(
+        shared_cron01, server, deployer, write_inventory):
+    """verify checks each chunk of units while the next is written (a 10,000-job push does both
+    at once): a complaint about one unit of a later chunk still refuses the whole push, and the
+    host keeps what it had, with nothing left staged. The complaint is the host's own: an
+    operator's drop-in for one new job's service, with a key this systemd does not know."""
+    before = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a"))
+    deployer("push", "-i", before, check=True)
+    many = {f"j{number:03d}": f"0 3 * * *|/j{number}" for number in range(400)}
+    after = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a", **many), "many.ini")
+    drop_in = "/etc/systemd/system/deployer-j350.service.d"
+    shared_cron01.ssh(f"mkdir {drop_in} && printf '[Service]\\nNoSuchKey=1\\n' > {drop_in}/operator.conf")
+    stamps, credentials = file_stamps(shared_cron01), shared_cron01.ssh("ls -l /etc/deployer/credentials").stdout
+
+    refused = deployer("push", "-i", after, check=False)
+
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "systemd-analyze verify refused the new units" in refused.stderr
+    assert f"{drop_in}/operator.conf:2: Unknown key 'NoSuchKey'" in refused.stderr
+    assert file_stamps(shared_cron01) == stamps
+    assert shared_cron01.ssh("ls -l /etc/deployer/credentials").stdout == credentials
+    assert shared_cron01.ssh(f"find /etc -path '*/{paths.STAGING}/*'").stdout == ""
+    assert timers(shared_cron01) == ["deployer-a.timer"]
+
+    shared_cron01.ssh(f"rm -r {drop_in}")
+    deployer("push", "-i", after, check=True)
+    assert len(timers(shared_cron01)) == 401
+
+
 def test_unknown_host_key_is_refused_by_default(shared_cron01, deployer, write_inventory, tmp_path, server):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
