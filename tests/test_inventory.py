@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deployer import inventory
 from deployer.errors import InventoryError
@@ -556,3 +558,47 @@ def test_a_job_not_in_the_file_is_the_whole_reads_error(tmp_path):
     with pytest.raises(InventoryError) as alone:
         inventory.load_for_job(str(path), "setle", ENV)
     assert alone.value.lines() == whole.value.lines()
+
+
+# The section search of _only_job against its line-by-line reading, on inventories built from
+# the lines that decide it: section lines (spaced, `[job]`, `[job:]`, no `]`, indented),
+# on_failure_run however written (case, `:`, a comment, a longer key, indented), values that
+# run on over indented lines, comments, blank lines and CRLF.
+LINE = st.sampled_from([
+    "[job:a]", "[job:b]", "[ job : b ]", "[job: a ]", "[job]", "[job:]", "[host:cron01]", "[alert:ops]", "[defaults]",
+    "[jobs:a]", "[job:a] trailing", "[not closed", "  [job:b]", "\t[job:a]", "[JOB:b]", "[Job:a]",
+    "on_failure_run = a", "ON_FAILURE_RUN: b  ; why", "on_failure_run=c # not a comment", "On_Failure_Run =",
+    "on_failure_runner = x", "  on_failure_run = d", "on_faılure_run = e", "url = http://svc/a", "headers =",
+    "  X-A: 1", "    more", "; comment [job:b]", "# on_failure_run = z", "", " ", "key = [job:b]"])
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(LINE, max_size=14), crlf=st.booleans(), job=st.sampled_from(["a", "b", ""]))
+def test_the_section_search_reads_every_inventory_as_the_line_by_line_reading(lines, crlf, job):
+    source = ("\r\n" if crlf else "\n").join(lines) + ("\n" if len(lines) % 2 else "")  # ending or not
+    assert inventory._only_job(source, job) == inventory._only_job_by_line(source, job)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([
+    "schedule = 0 * * * *\nurl = http://svc/x", "url = http://svc/y\non_failure_run = c",
+    "schedule = 0 * * * *\nurl = http://svc/z\nheaders =\n  X-A: 1\n\n", "url = http://svc/w", "bogus = 1",
+    "schedule = 61 * * * *\nurl = http://svc/v", "after = a\nurl = http://svc/u"])), min_size=1, max_size=6),
+    job=st.sampled_from(["a", "b", "c", "d"]))
+def test_a_job_read_from_the_cut_text_is_the_one_read_with_every_line_kept(tmp_path_factory, jobs, job):
+    """load_for_job reads the other jobs' sections cut out, and again with them blanked when it
+    finds a mistake: what it reads, or the errors it names with their lines, are the same."""
+    source = "[host:cron01]\naddress = 10.0.0.5\n\n" + "".join(f"[job:{n}]\n{body}\n" for n, body in jobs)
+    path = tmp_path_factory.mktemp("inv") / "inventory.ini"
+    path.write_text(source)
+    blanked = inventory._only_job(source, job)
+    if blanked is None:
+        return
+    try:
+        expected = inventory.parse(blanked[0], str(path), ENV, others=blanked[1])
+    except InventoryError as error:
+        with pytest.raises(InventoryError) as alone:
+            inventory.load_for_job(str(path), job, ENV)
+        assert alone.value.lines() == error.lines()
+    else:
+        assert inventory.load_for_job(str(path), job, ENV) == expected
