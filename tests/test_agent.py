@@ -1,6 +1,8 @@
 """The host agent, in-process against a temporary root and a fake Systemd (recorded outputs)."""
 from __future__ import annotations
 
+import base64
+import dataclasses
 import errno
 import fcntl
 import json
@@ -214,6 +216,28 @@ def test_a_host_that_changed_since_it_was_read_is_told_apart_from_a_held_lock(ho
         with pytest.raises(AgentRefused) as locked:
             host.call(ApplyRequest())
     assert locked.value.code == protocol.LOCKED and "another push holds /run/deployer/lock" in str(locked.value)
+
+
+def test_each_file_has_the_mode_asked_for_whatever_the_umask_and_secrets_sit_in_a_closed_directory(host):
+    """The staging makes each directory once, not once per file (30,000 files at 10,000 jobs),
+    and sets each file's mode on its descriptor: a root umask of 077 must not leave a unit
+    unreadable to systemd's DynamicUser= runs, nor 000 make a secret readable to all."""
+    secret = paths.job_credential("a", paths.EPOCH_CREDENTIAL)
+    public = [f"{U}/deployer-a.service", f"{U}/deployer-a.timer", paths.TRIGGER_PATH]
+    writes = tuple(FileWrite(path=p, content=base64.b64encode(unit("a")).decode(), mode=0o644, start=False)
+                   for p in public) + (FileWrite(path=secret, content=base64.b64encode(b"7\n").decode(), mode=0o600),)
+    os.makedirs(os.path.dirname(host.layout.at(secret)), mode=0o755)
+    for umask in (0o077, 0o000):
+        old = os.umask(umask)
+        try:
+            host.call(ApplyRequest(write=writes, expect=files(host)))
+        finally:
+            os.umask(old)
+        modes = {p: os.stat(host.layout.at(p)).st_mode & 0o777 for p in public + [secret]}
+        assert modes == dict({p: 0o644 for p in public}, **{secret: 0o600}), (oct(umask), modes)
+        assert os.stat(os.path.dirname(host.layout.at(secret))).st_mode & 0o777 == 0o700
+        writes = tuple(dataclasses.replace(w, content=base64.b64encode(unit("a", "#%o\n" % umask)).decode())
+                       if w.path != secret else w for w in writes)
 
 
 def test_verify_complaints_refuse_the_push_and_leave_nothing_staged(tmp_path):
