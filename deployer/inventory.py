@@ -480,15 +480,17 @@ def _only_job(source: str, job: str, keep_lines: bool = True) -> Optional[tuple[
     text = "\n" + source
     if _INDENTED_SECTION_OR_FAILURE_RUN.search(text):
         return _only_job_by_line(source, job)
-    kept = [found.start() for found in _OTHER_THAN_JOB_SECTION.finditer(text)]
+    kept = [section.start() for section in _OTHER_THAN_JOB_SECTION.finditer(text)]
     others: dict[str, str] = {}
-    for found in _JOB_SECTION.finditer(text):
-        title = (found.group(1) or "").strip()
+    found = False
+    for section in _JOB_SECTION.finditer(text):
+        title = (section.group(1) or "").strip()
         if title == job:
-            kept.append(found.start())
+            kept.append(section.start())
+            found = True
         else:
             others[title] = ""
-    if not any(_title(text, start) == job for start in kept):
+    if not found:
         return None
     for failure_run in _FAILURE_RUN.finditer(text):  # a section's last counts, as in configparser
         title = _title(text, _section_before(text, failure_run.start()))
