@@ -179,7 +179,6 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
 
         log("deployer first push")
         first = run(deployer + ["push", "--yes"] + inv, env, workdir=workdir)
-
         installed = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
         enabled = host.ssh(f"systemctl is-enabled deployer-job{size - 1:05d}.timer", check=False).stdout.strip()
         if installed != size or enabled != "enabled":
