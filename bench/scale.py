@@ -8,7 +8,7 @@ For each size, one freshly booted host:
                    The reference goes first, then is taken off by hand (rm, one `systemctl stop`
                    of the glob, daemon-reload: its time is the "by-hand removal" row), then the
                    deployer pushes the same jobs to the same host. The reference and its removal
-                   run once more after every deployer command (the mean of the two counts): a
+                   run once more after all the deployer's commands (the mean of the two counts): a
                    push writes 20,000 files at 10,000 jobs, and this machine's disk took from 2
                    to 15 s for the same files from one minute to the next, so a reference taken
                    only before would favour whichever side ran first.
@@ -253,6 +253,9 @@ def measure(size: int, repeat: int, workdir: Path) -> tuple[list[Row], dict[str,
 
         log("by-hand first push and removal, again")
         by_hand_again = run(ssh + [BY_HAND_PUSH], env, units_tar(path, "bench"), workdir)
+        installed = int(host.ssh("systemctl list-timers --all --no-legend 'deployer-job*' | wc -l").stdout)
+        if installed != size:
+            raise SystemExit(f"by-hand push, again: {installed} timers active, not {size}")
         by_hand_removal_again = run(ssh + [BY_HAND_REMOVE], env, workdir=workdir)
         log(f"by-hand first push: {by_hand.seconds:.2f} s before, {by_hand_again.seconds:.2f} s after; "
             f"removal: {by_hand_removal.seconds:.2f} s, {by_hand_removal_again.seconds:.2f} s")

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import types
 from pathlib import Path
@@ -63,8 +64,10 @@ class FakeSystemd(systemctl.Systemd):
     def properties(self, units, properties):  # never the D-Bus of the machine the tests run on
         return self.show(units, properties)
 
-    def verify(self, unit_paths, total=None):
+    def verify(self, unit_paths, meanwhile=None):
         self.calls.append(("systemd-analyze", "verify", "--man=no") + tuple(unit_paths))
+        if meanwhile is not None:
+            meanwhile()
         return list(self.complaints)
 
     journal: list = []  # the entries every journalctl call answers, in the order given
@@ -218,26 +221,35 @@ def test_a_host_that_changed_since_it_was_read_is_told_apart_from_a_held_lock(ho
     assert locked.value.code == protocol.LOCKED and "another push holds /run/deployer/lock" in str(locked.value)
 
 
-def test_each_file_has_the_mode_asked_for_whatever_the_umask_and_secrets_sit_in_a_closed_directory(host):
-    """The staging makes each directory once, not once per file (30,000 files at 10,000 jobs),
-    and sets each file's mode on its descriptor: a root umask of 077 must not leave a unit
-    unreadable to systemd's DynamicUser= runs, nor 000 make a secret readable to all."""
-    secret = paths.job_credential("a", paths.EPOCH_CREDENTIAL)
+def test_each_file_has_the_mode_asked_for_whatever_the_umask_and_secrets_sit_in_a_closed_directory(
+        host, monkeypatch):
+    """The staging makes each directory once per push, not once per file (30,000 files at 10,000
+    jobs), and sets each file's mode on its descriptor: root's umask 077 must not leave a unit or
+    the trigger unreadable to systemd's DynamicUser= runs; a credentials directory someone
+    opened is closed again by the next push that writes a secret into it."""
+    secrets = [paths.job_credential(job, paths.EPOCH_CREDENTIAL) for job in ("a", "b")]
     public = [f"{U}/deployer-a.service", f"{U}/deployer-a.timer", paths.TRIGGER_PATH]
-    writes = tuple(FileWrite(path=p, content=base64.b64encode(unit("a")).decode(), mode=0o644, start=False)
-                   for p in public) + (FileWrite(path=secret, content=base64.b64encode(b"7\n").decode(), mode=0o600),)
-    os.makedirs(os.path.dirname(host.layout.at(secret)), mode=0o755)
-    for umask in (0o077, 0o000):
+    credentials = os.path.dirname(host.layout.at(secrets[0]))
+    os.makedirs(credentials)
+    made = []
+    real_makedirs = agent.os.makedirs
+    monkeypatch.setattr(agent.os, "makedirs", lambda path, *a, **k: (made.append(path), real_makedirs(path, *a, **k)))
+    for umask in (0o077, 0o022):
+        writes = tuple(FileWrite(path=p, content=base64.b64encode(unit("a", "#%o\n" % umask)).decode(), mode=0o644,
+                                 start=False) for p in public) + tuple(
+            FileWrite(path=p, content=base64.b64encode(b"%o\n" % umask).decode(), mode=0o600) for p in secrets)
+        os.chmod(credentials, 0o755)
+        made.clear()
         old = os.umask(umask)
         try:
             host.call(ApplyRequest(write=writes, expect=files(host)))
         finally:
             os.umask(old)
-        modes = {p: os.stat(host.layout.at(p)).st_mode & 0o777 for p in public + [secret]}
-        assert modes == dict({p: 0o644 for p in public}, **{secret: 0o600}), (oct(umask), modes)
-        assert os.stat(os.path.dirname(host.layout.at(secret))).st_mode & 0o777 == 0o700
-        writes = tuple(dataclasses.replace(w, content=base64.b64encode(unit("a", "#%o\n" % umask)).decode())
-                       if w.path != secret else w for w in writes)
+        modes = {p: os.stat(host.layout.at(p)).st_mode & 0o777 for p in public + secrets}
+        assert modes == dict({p: 0o644 for p in public}, **{p: 0o600 for p in secrets}), (oct(umask), modes)
+        assert os.stat(credentials).st_mode & 0o777 == 0o700
+        staging_dirs = {os.path.dirname(agent.staging_path(host.layout.at(p))) for p in public + secrets}
+        assert sorted(p for p in made if p in staging_dirs) == sorted(staging_dirs)  # once each
 
 
 def test_verify_complaints_refuse_the_push_and_leave_nothing_staged(tmp_path):
@@ -534,7 +546,7 @@ class _VerifyProcesses:
 
     def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
         self.commands.append(list(args))
-        return types.SimpleNamespace(communicate=lambda: ("", ""), returncode=0, poll=lambda: 0)
+        return types.SimpleNamespace(communicate=lambda: ("", ""), returncode=0)
 
 
 @pytest.mark.parametrize("probe", [0, 1])
@@ -562,61 +574,70 @@ def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_500(uni
     assert [len(c) for c in found] == sizes and [p for c in found for p in c] == paths_
 
 
-class _ChunkChecks:
-    """subprocess for Systemd.verify while the units are written: verify call `i` ends once
-    `ends_after[i]` more units have been written since it started, and says `chunk i`."""
+class _HeldChecks:
+    """subprocess for Systemd.verify: each call says `chunk N` and ends once `release` is set."""
 
     PIPE, STDOUT = -1, -2
 
-    def __init__(self, ends_after):
-        self.ends_after, self.written, self.started, self.killed = ends_after, 0, [], []
+    def __init__(self):
+        self.started, self.killed, self.release = [], [], threading.Event()
 
     def run(self, args, **kwargs):
         return subprocess.CompletedProcess(list(args), 1, "", "")  # no mount namespace here
 
     def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
-        index, began = len(self.started), self.written
-        self.started.append((index, began, len([a for a in args if a.endswith(".service")])))
+        index = len(self.started)
+        self.started.append(index)
         call = types.SimpleNamespace(returncode=None)
-        ended = lambda: self.written >= began + self.ends_after[index]  # noqa: E731
-        call.poll = lambda: 0 if ended() else None
-        call.communicate = lambda: (setattr(call, "returncode", 0), (f"chunk {index}\n", ""))[1]
+
+        def communicate():
+            assert self.release.wait(5), "a verify call was waited for before the work beside it let it end"
+            call.returncode = 0
+            return f"chunk {index}\n", ""
+
+        call.communicate = communicate
         call.kill = lambda: self.killed.append(index)
         call.wait = lambda: None
         return call
 
-    def units(self, count, fail_at=None):
-        for number in range(count):
-            if number == fail_at:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.written += 1
-            yield f"/s/deployer-j{number:05d}.service"
 
-
-def test_verify_checks_each_chunk_while_the_next_is_written_and_answers_in_chunk_order(monkeypatch):
-    """A push checks its units while it writes them, not after (1,000 jobs: 1.2 s of verify beside
-    2.6 s of writing left 0.57 s). A call that ends frees its CPU for the next chunk while units
-    are still being written; what the calls say comes back in the units' order, whichever ended
-    first."""
-    checks = _ChunkChecks(ends_after=[600, 10**6, 100, 10**6])
+def test_verify_runs_while_the_other_files_are_written_and_answers_when_both_are_done(monkeypatch):
+    """A push writes its units, then checks them while it writes the rest (its 10,000 epoch
+    credentials at 10,000 jobs) and flushes them: the first calls run before that work ends, and
+    verify answers, in the units' order, only once it has."""
+    checks, done = _HeldChecks(), []
     monkeypatch.setattr(systemctl, "subprocess", checks)
     monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
-    said = systemctl.Systemd().verify(checks.units(2000), total=2000)
-    assert said == ["chunk 0", "chunk 1", "chunk 2", "chunk 3"]
-    # (call, units written when it started, units it checks): the third and fourth started when
-    # a call had ended, the last one as the last unit was written
-    assert checks.started == [(0, 500, 500), (1, 1000, 500), (2, 1500, 500), (3, 2000, 500)]
-    assert checks.killed == []
+
+    def meanwhile():
+        deadline = time.monotonic() + 5
+        while len(checks.started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done.append(list(checks.started))  # the calls running while this works
+        checks.release.set()
+        time.sleep(0.2)
+        done.append("written")
+
+    units = ["/s/deployer-j%05d.service" % i for i in range(1200)]
+    assert systemctl.Systemd().verify(units, meanwhile=meanwhile) == ["chunk 0", "chunk 1", "chunk 2"]
+    assert done == [[0, 1], "written"] and checks.started == [0, 1, 2] and checks.killed == []
 
 
-def test_a_write_that_fails_while_verify_runs_stops_the_calls_and_is_what_the_push_says(monkeypatch):
-    checks = _ChunkChecks(ends_after=[10**6] * 4)
+def test_a_write_that_fails_beside_verify_stops_its_calls_and_is_what_the_push_says(monkeypatch):
+    checks = _HeldChecks()
     monkeypatch.setattr(systemctl, "subprocess", checks)
     monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
+
+    def meanwhile():
+        while len(checks.started) < 2:
+            time.sleep(0.01)
+        threading.Timer(0.5, checks.release.set).start()  # the running calls end after the failure
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     with pytest.raises(OSError) as failed:
-        systemctl.Systemd().verify(checks.units(2000, fail_at=1200), total=2000)
+        systemctl.Systemd().verify(["/s/deployer-j%05d.service" % i for i in range(2000)], meanwhile=meanwhile)
     assert failed.value.errno == errno.ENOSPC
-    assert [index for index, _, _ in checks.started] == [0, 1] and sorted(checks.killed) == [0, 1]
+    assert checks.started == [0, 1] and checks.killed == [1], "the calls went on after the work beside them failed"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-analyze"), reason="needs root and systemd")

@@ -587,7 +587,8 @@ def test_the_section_search_reads_every_inventory_as_the_line_by_line_reading(li
     job=st.sampled_from(["a", "b", "c", "d"]))
 def test_a_job_read_from_the_cut_text_is_the_one_read_with_every_line_kept(tmp_path_factory, jobs, job):
     """load_for_job reads the other jobs' sections cut out, and again with them blanked when it
-    finds a mistake: what it reads, or the errors it names with their lines, are the same."""
+    finds a mistake: it reads the same inventory, and the cut text refuses whatever the blanked
+    one refuses (else load_for_job would return where it must raise)."""
     source = "[host:cron01]\naddress = 10.0.0.5\n\n" + "".join(f"[job:{n}]\n{body}\n" for n, body in jobs)
     path = tmp_path_factory.mktemp("inv") / "inventory.ini"
     path.write_text(source)

@@ -692,11 +692,27 @@ def apply_locked(host, request, watch):
     check_unmanaged(host, current, [w.path for w in request.write], request.remove)
     host.clear_staging()
     try:
-        staged = {}
-        units = sum(1 for item in request.write if item.path.startswith(unit_dir + "/"))
-        progress("writing %d files, checking %d units (systemd-analyze verify)" % (len(request.write), units))
-        staging = stage(host, request.write, staged, watch)
-        complaints = host.systemd.verify(staging, total=units) if units else list(staging)  # ([]: no unit)
+        staged, ready = {}, set()
+        units = [item for item in request.write if item.path.startswith(unit_dir + "/")]
+        others = [item for item in request.write if not item.path.startswith(unit_dir + "/")]
+        progress("writing %d units" % len(units))
+        stage(host, units, staged, ready)
+        watch.lap("stage")
+
+        def write_the_rest():
+            progress("writing %d files" % len(others))
+            stage(host, others, staged, ready)
+            os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
+
+        # verify checks the units while the other files (10,000 epoch credentials at 10,000 jobs)
+        # are written: every unit is staged before it starts, as a unit it loads by reference
+        # (a slice, an alert template, a chained job) must be the new one.
+        if units:
+            progress("systemd-analyze verify: %d units" % len(units))
+            complaints = host.systemd.verify(sorted(staged[item.path] for item in units), meanwhile=write_the_rest)
+        else:
+            write_the_rest()
+            complaints = []
         if complaints:
             host.clear_staging()
             raise AgentError(protocol.VERIFY_FAILED,
@@ -737,17 +753,11 @@ def apply_locked(host, request, watch):
                        recovered_interrupted_push=recovered, seconds=watch.steps, released=released)
 
 
-def stage(host, writes, staged, watch):
-    """Write `writes` to their staging directories (staged: host path -> staged path), yielding
-    each staged unit as it is written: verify checks a chunk while the next is written."""
-    ready = set()
+def stage(host, writes, staged, ready):
+    """Write `writes` to their staging directories (staged: host path -> staged path; ready: the
+    directories this push has made)."""
     for item in writes:
         staged[item.path] = host.write_staged(host.local(item.path), base64.b64decode(item.content), item.mode, ready)
-        if item.path.startswith(paths.UNIT_DIR + "/"):
-            yield staged[item.path]
-    os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
-    watch.lap("stage")
-    progress("systemd-analyze verify")
 
 
 def granted_timers(writes):

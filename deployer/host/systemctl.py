@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 
 from deployer.contract import paths, protocol
@@ -27,15 +28,34 @@ def chunks(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def verify_chunk_size(total, workers):
-    """Units per verify call for `total` units on `workers` CPUs: as even as VERIFY_CHUNK allows."""
-    low, high = VERIFY_CHUNK
-    return min(high, max(low, -(-total // workers)))
-
-
 def verify_chunks(unit_paths, workers):
-    """The verify calls for `unit_paths` on `workers` CPUs."""
-    return chunks(list(unit_paths), verify_chunk_size(len(unit_paths), workers))
+    """The verify calls for `unit_paths` on `workers` CPUs: as even as VERIFY_CHUNK allows."""
+    low, high = VERIFY_CHUNK
+    return chunks(list(unit_paths), min(high, max(low, -(-len(unit_paths) // workers))))
+
+
+class _Beside:
+    """`work` (or nothing) in a thread, its error kept for the caller."""
+
+    def __init__(self, work):
+        self.errors, self.thread = [], None
+        if work is not None:
+            self.thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+            self.thread.start()
+
+    def _run(self, work):
+        try:
+            work()
+        except BaseException as error:  # noqa: B902 (raised again in the caller's thread)
+            self.errors.append(error)
+
+    def raise_its_error(self):
+        if self.errors:
+            raise self.errors[0]
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
 
 
 def verify_argv(unit_paths):
@@ -146,58 +166,38 @@ class Systemd:
             shown[unit] = dict({"Id": unit}, **{p: show_text(p, v) for p, v in zip(properties, row) if v is not None})
         return shown
 
-    def verify(self, unit_paths, total=None):
-        """systemd-analyze verify on the staged units, in parallel calls -> complaint lines.
-        `unit_paths` may be an iterator that writes each unit as it is read, `total` long: a call
-        starts as soon as its chunk is written, so the units are checked while the rest are
-        written (a 10,000-job push writes 30,000 files in 2 to 14 s on the machines measured, and
-        verify takes 8 s of two CPUs)."""
+    def verify(self, unit_paths, meanwhile=None):
+        """systemd-analyze verify on the staged units, in parallel chunks -> complaint lines.
+        `meanwhile`: work done in a thread while the calls run (a push writes its other files
+        and flushes them); an error it raises stops the calls and is raised here, and nothing
+        returns before it has ended."""
+        complaints, running = [], []
         workers = max(os.cpu_count() or 1, 1)
-        if total is None:
-            unit_paths = list(unit_paths)
-            total = len(unit_paths)
-        size = verify_chunk_size(total, workers)
-        hidden = self.run(without_timers_wants_argv(["true"]))[0] == 0
-        # (index, chunk) to check; (index, process) checking; index -> what it said
-        waiting, running, said = [], [], {}
-        queued = 0
-
-        def start_what_may():
-            while waiting and len(running) < workers:
-                index, chunk = waiting.pop(0)
-                argv = without_timers_wants_argv(verify_argv(chunk)) if hidden else verify_argv(chunk)
-                process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           universal_newlines=True, env=SYSTEMD_ENV)
-                running.append((index, process))
-
-        def collect(index, process):
-            running.remove((index, process))
-            output = process.communicate()[0]
-            lines = [line for line in output.splitlines() if line.strip()]
-            said[index] = lines if process.returncode == 0 or lines else ["exit status %d" % process.returncode]
-
+        beside = _Beside(meanwhile)
         try:
-            chunk = []
-            for path in unit_paths:
-                chunk.append(path)
-                if len(chunk) == size:
-                    waiting.append((queued, chunk))
-                    queued, chunk = queued + 1, []
-                if waiting:  # a call may have ended since: its CPU is free for the next
-                    for index, process in [r for r in running if r[1].poll() is not None]:
-                        collect(index, process)
-                    start_what_may()
-            if chunk:
-                waiting.append((queued, chunk))
-            start_what_may()
-            while running:
-                collect(*running[0])
-                start_what_may()
+            hidden = self.run(without_timers_wants_argv(["true"]))[0] == 0
+            for chunk in verify_chunks(list(unit_paths), workers) + [None] * workers:
+                beside.raise_its_error()
+                if chunk is not None:
+                    argv = without_timers_wants_argv(verify_argv(chunk)) if hidden else verify_argv(chunk)
+                    running.append(subprocess.Popen(argv,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                    universal_newlines=True, env=SYSTEMD_ENV))
+                while running and (chunk is None or len(running) >= workers):
+                    output = running[0].communicate()[0]
+                    process = running.pop(0)
+                    lines = [line for line in output.splitlines() if line.strip()]
+                    if process.returncode != 0 or lines:
+                        complaints += lines or ["exit status %d" % process.returncode]
+                    if chunk is not None:
+                        break
         finally:
-            for _index, process in running:
+            for process in running:
                 process.kill()
                 process.wait()
-        return [line for index in sorted(said) for line in said[index]]
+            beside.wait()
+        beside.raise_its_error()
+        return complaints
 
     def journal_entries(self, args, stop=None, limit=None):
         """`journalctl -o json ARGS` -> entries, read as they come: `stop(entry)` true, or `limit`

@@ -235,12 +235,13 @@ def test_bad_inventory_is_refused_and_changes_nothing(shared_cron01, server, dep
     assert file_stamps(shared_cron01) == stamps
 
 
-def test_a_unit_verify_refuses_in_a_late_chunk_stops_the_push_before_anything_changes(
+def test_a_unit_verify_refuses_stops_the_push_before_anything_changes(
         shared_cron01, server, deployer, write_inventory):
-    """verify checks each chunk of units while the next is written (a 10,000-job push does both
-    at once): a complaint about one unit of a later chunk still refuses the whole push, and the
-    host keeps what it had, with nothing left staged. The complaint is the host's own: an
-    operator's drop-in for one new job's service, with a key this systemd does not know."""
+    """verify checks the units in parallel calls while the push writes its other files (the
+    jobs' epoch credentials): a complaint about one unit of a later call still refuses the whole
+    push, and the host keeps what it had, credentials too, with nothing left staged. The
+    complaint is the host's own: an operator's drop-in for one new job's service, with a key
+    this systemd does not know."""
     before = write_inventory(shared_cron01.inventory_host() + jobs_ini(server, a="0 * * * *|/a"))
     deployer("push", "-i", before, check=True)
     many = {f"j{number:03d}": f"0 3 * * *|/j{number}" for number in range(400)}
