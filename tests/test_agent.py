@@ -616,11 +616,18 @@ def test_verify_runs_while_the_other_files_are_written_and_answers_when_both_are
         done.append(list(checks.started))  # the calls running while this works
         checks.release.set()
         time.sleep(0.2)
+        agent.progress("writing 1 files")  # where the caller's progress goes (remote.LocalAgent's)
         done.append("written")
 
     units = ["/s/deployer-j%05d.service" % i for i in range(1200)]
-    assert systemctl.Systemd().verify(units, meanwhile=meanwhile) == ["chunk 0", "chunk 1", "chunk 2"]
+    shown = []
+    token = agent.PROGRESS_TO.set(shown.append)
+    try:
+        assert systemctl.Systemd().verify(units, meanwhile=meanwhile) == ["chunk 0", "chunk 1", "chunk 2"]
+    finally:
+        agent.PROGRESS_TO.reset(token)
     assert done == [[0, 1], "written"] and checks.started == [0, 1, 2] and checks.killed == []
+    assert shown == ["writing 1 files"]
 
 
 def test_a_write_that_fails_beside_verify_stops_its_calls_and_is_what_the_push_says(monkeypatch):

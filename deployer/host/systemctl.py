@@ -6,6 +6,7 @@ must not import the agent's modules. Standard library only.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import subprocess
@@ -35,12 +36,14 @@ def verify_chunks(unit_paths, workers):
 
 
 class _Beside:
-    """`work` (or nothing) in a thread, its error kept for the caller."""
+    """`work` (or nothing) in a thread, in the caller's context (where its progress goes), its
+    error kept for the caller."""
 
     def __init__(self, work):
         self.errors, self.thread = [], None
         if work is not None:
-            self.thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+            self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, work),
+                                           daemon=True)
             self.thread.start()
 
     def _run(self, work):
