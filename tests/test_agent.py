@@ -64,7 +64,7 @@ class FakeSystemd(systemctl.Systemd):
     def properties(self, units, properties):  # never the D-Bus of the machine the tests run on
         return self.show(units, properties)
 
-    def verify(self, unit_paths, meanwhile=None):
+    def verify(self, unit_paths, meanwhile=None, report=lambda done, total: None):
         self.calls.append(("systemd-analyze", "verify", "--man=no") + tuple(unit_paths))
         if meanwhile is not None:
             meanwhile()
@@ -533,15 +533,18 @@ def test_systemd_analyze_never_reads_a_value_as_an_option():
 
 
 class _VerifyProcesses:
-    """subprocess for Systemd.verify: the namespace probe answers `probe`, every verify is clean."""
+    """subprocess for Systemd.verify: `systemd-analyze --version` says `version`, the namespace
+    probe answers `probe`, every verify is clean."""
 
     PIPE, STDOUT = -1, -2
 
-    def __init__(self, probe: int):
-        self.probe, self.commands = probe, []
+    def __init__(self, probe: int, version: str = "systemd 249 (249.11-0ubuntu3)\n+PAM +AUDIT\n"):
+        self.probe, self.version, self.commands = probe, version, []
 
     def run(self, args, **kwargs):
         self.commands.append(list(args))
+        if list(args) == ["systemd-analyze", "--version"]:
+            return subprocess.CompletedProcess(list(args), 0, self.version, "")
         return subprocess.CompletedProcess(list(args), self.probe, "", "")
 
     def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
@@ -550,32 +553,68 @@ class _VerifyProcesses:
 
 
 @pytest.mark.parametrize("probe", [0, 1])
-def test_verify_hides_timers_wants_where_a_mount_namespace_may_be_made(monkeypatch, probe):
-    """verify loads every timer timers.target.wants names (5.5 s a unit at 10,000 jobs)."""
+def test_older_verify_hides_timers_wants_where_a_mount_namespace_may_be_made(monkeypatch, probe):
+    """Before systemd 250, verify loads every timer timers.target.wants names (5.5 s a unit at
+    10,000 jobs), and cannot be told to leave the units it names alone."""
     processes = _VerifyProcesses(probe)
     monkeypatch.setattr(systemctl, "subprocess", processes)
-    units = ["/s/deployer-j%03d.service" % i for i in range(200)]
+    units = ["/s/deployer-j%03d.service" % i for i in range(1200)]
     assert systemctl.Systemd().verify(units) == []
-    assert processes.commands[0] == systemctl.without_timers_wants_argv(["true"])
-    expected = [systemctl.verify_argv(c) for c in systemctl.verify_chunks(units, os.cpu_count() or 1)]
+    assert processes.commands[:2] == [["systemd-analyze", "--version"], systemctl.without_timers_wants_argv(["true"])]
+    chunks = systemctl.verify_chunks(units, os.cpu_count() or 1, systemctl.VERIFY_CHUNK_WITH_DEPENDENCIES)
+    expected = [["systemd-analyze", "verify", "--man=no", "--"] + c for c in chunks]
+    assert max(len(c) for c in chunks) <= 500
     if probe == 0:
         expected = [systemctl.without_timers_wants_argv(argv) for argv in expected]
-    assert processes.commands[1:] == expected
+    assert processes.commands[2:] == expected
+
+
+@pytest.mark.parametrize("version", ["systemd 250 (250.4-1)\n", "systemd 252 (252.39-1~deb12u2)\n+PAM\n",
+                                     "systemd 257 (257.9-1~deb13u1)\n"])
+def test_verify_checks_each_unit_on_its_own_where_systemd_can(monkeypatch, version):
+    """From systemd 250 on: --recursive-errors=no, in calls of up to 2,500 units, no namespace."""
+    processes = _VerifyProcesses(0, version)
+    monkeypatch.setattr(systemctl, "subprocess", processes)
+    monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
+    units = ["/s/deployer-j%05d.service" % i for i in range(20000)]
+    assert systemctl.Systemd().verify(units) == []
+    assert processes.commands[0] == ["systemd-analyze", "--version"]
+    calls = processes.commands[1:]
+    assert [c[:5] for c in calls] == [["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", "--"]] * 8
+    assert [p for c in calls for p in c[5:]] == units
+
+
+@pytest.mark.parametrize("text, version", [
+    ("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT", 252), ("systemd 250\n", 250), ("", 0),
+    ("systemd\n", 0), ("systemd-analyze: unknown option\n", 0), ("systemd v252\n", 0)])
+def test_systemd_version_is_read_from_the_first_words_or_is_0(text, version):
+    assert systemctl.systemd_version(text) == version
 
 
 @pytest.mark.parametrize("units, workers, sizes", [
     (20, 2, [20]), (400, 2, [200, 200]), (1000, 2, [500, 500]), (1000, 8, [150] * 6 + [100]),
-    (20000, 2, [500] * 40), (301, 2, [151, 150]),
+    (20000, 2, [2500] * 8), (301, 2, [151, 150]), (3000, 2, [1500, 1500]),
 ])
-def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_500(units, workers, sizes):
-    """A call costs 0.19 s before its first unit, and more than linearly beyond 1,000 units."""
+def test_verify_splits_the_units_evenly_over_the_cpus_in_calls_of_150_to_2500(units, workers, sizes):
+    """A call costs 0.14 s before its first unit: as few calls as the CPUs allow, each small
+    enough that the last one does not run alone for long."""
     paths_ = ["/s/deployer-j%05d.service" % i for i in range(units)]
     found = systemctl.verify_chunks(paths_, workers)
     assert [len(c) for c in found] == sizes and [p for c in found for p in c] == paths_
 
 
+@pytest.mark.parametrize("units, workers, sizes", [
+    (1000, 2, [500, 500]), (20000, 2, [500] * 40), (301, 2, [151, 150])])
+def test_older_verify_is_given_at_most_500_units_a_call(units, workers, sizes):
+    """Older verify grows more than linearly beyond 1,000 units (its start jobs)."""
+    paths_ = ["/s/deployer-j%05d.service" % i for i in range(units)]
+    found = systemctl.verify_chunks(paths_, workers, systemctl.VERIFY_CHUNK_WITH_DEPENDENCIES)
+    assert [len(c) for c in found] == sizes and [p for c in found for p in c] == paths_
+
+
 class _HeldChecks:
-    """subprocess for Systemd.verify: each call says `chunk N` and ends once `release` is set."""
+    """subprocess for Systemd.verify on systemd 252: each call says `chunk N` and ends once
+    `release` is set."""
 
     PIPE, STDOUT = -1, -2
 
@@ -583,7 +622,7 @@ class _HeldChecks:
         self.started, self.killed, self.release = [], [], threading.Event()
 
     def run(self, args, **kwargs):
-        return subprocess.CompletedProcess(list(args), 1, "", "")  # no mount namespace here
+        return subprocess.CompletedProcess(list(args), 0, "systemd 252 (252.39-1~deb12u2)\n", "")
 
     def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
         index = len(self.started)
@@ -619,15 +658,17 @@ def test_verify_runs_while_the_other_files_are_written_and_answers_when_both_are
         agent.progress("writing 1 files")  # where the caller's progress goes (remote.LocalAgent's)
         done.append("written")
 
-    units = ["/s/deployer-j%05d.service" % i for i in range(1200)]
-    shown = []
+    units = ["/s/deployer-j%05d.service" % i for i in range(6000)]  # calls of 2,500, 2,500, 1,000
+    shown, counted = [], []
     token = agent.PROGRESS_TO.set(shown.append)
     try:
-        assert systemctl.Systemd().verify(units, meanwhile=meanwhile) == ["chunk 0", "chunk 1", "chunk 2"]
+        assert systemctl.Systemd().verify(units, meanwhile=meanwhile, report=lambda *count: counted.append(count)) \
+            == ["chunk 0", "chunk 1", "chunk 2"]
     finally:
         agent.PROGRESS_TO.reset(token)
     assert done == [[0, 1], "written"] and checks.started == [0, 1, 2] and checks.killed == []
     assert shown == ["writing 1 files"]
+    assert counted == [(0, 6000), (2500, 6000), (5000, 6000), (6000, 6000)]
 
 
 def test_a_write_that_fails_beside_verify_stops_its_calls_and_is_what_the_push_says(monkeypatch):
@@ -642,7 +683,7 @@ def test_a_write_that_fails_beside_verify_stops_its_calls_and_is_what_the_push_s
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError) as failed:
-        systemctl.Systemd().verify(["/s/deployer-j%05d.service" % i for i in range(2000)], meanwhile=meanwhile)
+        systemctl.Systemd().verify(["/s/deployer-j%05d.service" % i for i in range(6000)], meanwhile=meanwhile)
     assert failed.value.errno == errno.ENOSPC
     assert checks.started == [0, 1] and checks.killed == [1], "the calls went on after the work beside them failed"
 
@@ -670,6 +711,38 @@ def test_verify_with_timers_wants_hidden_says_what_plain_verify_says(tmp_path, m
         assert (hidden.returncode, hidden.stdout + hidden.stderr) == (plain.returncode, plain.stdout + plain.stderr)
     assert systemctl.Systemd().verify([str(good)]) == []
     assert any("relative/path" in line for line in systemctl.Systemd().verify([str(bad)]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-analyze")
+                    or systemctl.systemd_version(subprocess.run(["systemd-analyze", "--version"], capture_output=True,
+                                                                text=True).stdout) < systemctl.OWN_ERRORS_SINCE,
+                    reason="needs root and systemd 250")
+def test_verify_reports_each_units_own_mistakes_and_its_drop_ins_not_the_units_it_names(tmp_path):
+    """On this machine's own systemd: a push refuses what it writes, as this host would load it
+    (drop-ins included), not an operator's unit one of its units names."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    operators = tmp_path / "operators.service"
+    operators.write_text("[Service]\nExecStart=/bin/true\nNoSuchKey=1\n")
+    names = staging / "deployer-names.service"
+    names.write_text("[Unit]\nAfter=%s\nOnFailure=%s\n[Service]\nExecStart=/bin/true\n" % (operators.name, operators.name))
+    wrong = staging / "deployer-wrong.service"
+    wrong.write_text("[Service]\nExecStart=relative/path\n")
+    own = staging / "deployer-own.timer"
+    own.write_text("[Timer]\nOnCalendar=*-*-* 25:00:00\nUnit=%s\n" % operators.name)
+    drop_in = staging / "deployer-dropped.service.d"
+    drop_in.mkdir()
+    (staging / "deployer-dropped.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (drop_in / "operator.conf").write_text("[Service]\nAnotherNoSuchKey=1\n")
+    shutil.copy(operators, staging / operators.name)  # where verify looks for the units named
+
+    said = systemctl.Systemd().verify([str(staging / n) for n in ("deployer-dropped.service", "deployer-names.service",
+                                                                   "deployer-own.timer", "deployer-wrong.service")])
+    assert any("relative/path" in line for line in said)
+    assert any("25:00:00" in line for line in said)
+    assert any("AnotherNoSuchKey" in line and "operator.conf" in line for line in said)
+    assert not any("NoSuchKey" in line and "operators.service" in line for line in said), said
+    assert systemctl.Systemd().verify([str(staging / "deployer-names.service")]) == []
 
 
 # -- issue 16 item 11: removing many jobs is batched and checked -------------------------------------

@@ -705,11 +705,12 @@ def apply_locked(host, request, watch):
             os.sync()  # every staged byte on disk before anything is switched: one flush, not one per file
 
         # verify checks the units while the other files (10,000 epoch credentials at 10,000 jobs)
-        # are written: every unit is staged before it starts, as a unit it loads by reference
-        # (a slice, an alert template, a chained job) must be the new one.
+        # are written, in another directory: every unit is staged before it starts. A call took
+        # twice as long while files were added to the directory of its units (2,500 units: 0.67 s
+        # alone, 1.45 s beside a writer there, 0.69 s beside one writing elsewhere).
         if units:
-            progress("systemd-analyze verify: %d units" % len(units))
-            complaints = host.systemd.verify(sorted(staged[item.path] for item in units), meanwhile=write_the_rest)
+            complaints = host.systemd.verify(sorted(staged[item.path] for item in units), meanwhile=write_the_rest,
+                                             report=counter("systemd-analyze verify"))
         else:
             write_the_rest()
             complaints = []
