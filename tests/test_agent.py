@@ -1435,6 +1435,22 @@ def test_failed_runs_keep_the_journals_order_after_a_clock_step():
     assert [r.invocation for r in journal.failed_runs(entries)] == ["ahead", "back"]
 
 
+def test_the_agent_decodes_a_request_once(tmp_path, monkeypatch):
+    """A push of 10,000 jobs is 30,000 files: the watchdog and the handler share one decoding."""
+    from deployer.contract.protocol import StateRequest, encode_request
+
+    decodings = []
+    decode_envelope = protocol.decode_envelope
+    monkeypatch.setattr(protocol, "decode_envelope", lambda raw: decodings.append(1) or decode_envelope(raw))
+    decoded = agent.decode(encode_request("cron01", StateRequest()))
+    answer = agent.handle(b"", layout=paths.Layout(str(tmp_path)), systemd=FakeSystemd(), require_root=False,
+                          decoded=decoded)
+    assert json.loads(answer)["ok"] is True and decodings == [1]
+    refused = agent.decode(b"{not json")
+    assert isinstance(refused, protocol.ProtocolError)
+    assert json.loads(agent.handle(b"{not json", decoded=refused, require_root=False))["ok"] is False
+
+
 def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
     """The heartbeat keeps a client waiting as long as the agent lives: a status that never ends
     (seen once under heavy load: 300 s) must end, saying where each thread was."""
@@ -1444,7 +1460,7 @@ def test_a_stuck_read_says_where_it_was_and_ends_instead_of_beating_for_ever():
     from deployer.contract.protocol import StatusRequest, encode_request
 
     program = ("import sys, time\nfrom deployer.host import agent\n"
-               "agent.watch_reads(sys.stdin.buffer.read(), limit=0.5)\ntime.sleep(30)\n")
+               "agent.watch_reads(agent.decode(sys.stdin.buffer.read()), limit=0.5)\ntime.sleep(30)\n")
     done = subprocess.run([sys.executable, "-c", program], input=encode_request("cron01", StatusRequest()),
                           capture_output=True, timeout=20)
     err = done.stderr.decode()

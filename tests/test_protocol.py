@@ -1,7 +1,9 @@
 """The typed protocol to the agent: every request and answer survives JSON, versions are checked."""
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 import pytest
 
@@ -59,6 +61,24 @@ def test_the_actor_travels_in_the_envelope_and_its_absence_is_nobody():
     assert protocol.decode_envelope(raw) == ("cron01", PauseRequest("a"), ACTOR)
     assert protocol.decode_request(raw) == ("cron01", PauseRequest("a"))
     assert protocol.decode_envelope(protocol.encode_request("cron01", PauseRequest("a")))[2] == protocol.Actor()
+
+
+def test_a_large_request_travels_compressed_and_a_small_one_as_json():
+    writes = tuple(FileWrite(path=f"/etc/systemd/system/deployer-j{i:05d}.service",
+                             content=base64.b64encode(b"[Service]\nExecStart=/bin/true %d\n" % i).decode(),
+                             mode=0o644, start=True) for i in range(2000))
+    large = protocol.encode_request("cron01", ApplyRequest(write=writes, expect={}), ACTOR)
+    small = protocol.encode_request("cron01", PauseRequest("a"), ACTOR)
+    assert small.startswith(b"{") and json.loads(small)["op"] == "pause"
+    assert len(zlib.decompress(large)) > protocol.COMPRESS_ABOVE > 4 * len(large)
+    assert protocol.decode_envelope(large) == ("cron01", ApplyRequest(write=writes, expect={}), ACTOR)
+
+
+@pytest.mark.parametrize("raw", [b"x\x9c not zlib at all", zlib.compress(b"[1, 2]"), zlib.compress(b"\xff\xfe")])
+def test_a_request_that_is_neither_json_nor_compressed_json_is_refused_plainly(raw):
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode_request(raw)
+    assert refused.value.code == protocol.BAD_REQUEST
 
 
 def test_every_operation_has_an_example():

@@ -1259,20 +1259,32 @@ def record_action(host, request, answer, actor, began):
 
 
 
-def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progress_to=None):
-    """One request (bytes) -> one answer (bytes). The in-process client calls this directly
-    (`emit`: where streamed journal lines go, else `@line` on stderr; `progress_to`: where
-    progress goes, else `@progress` on stderr)."""
+def decode(raw):
+    """A request's bytes -> (host name, request, actor), or the error that refuses it (handle
+    answers it). Decoded once: a push of 10,000 jobs is 30,000 files."""
+    try:
+        return protocol.decode_envelope(raw)
+    except (protocol.ProtocolError, paths.BadName) as error:
+        return error
+
+
+def handle(raw, layout=None, systemd=None, require_root=True, emit=None, progress_to=None, decoded=None):
+    """One request (bytes; `decoded`: what decode() made of them) -> one answer (bytes). The
+    in-process client calls this directly (`emit`: where streamed journal lines go, else `@line`
+    on stderr; `progress_to`: where progress goes, else `@progress` on stderr)."""
     if progress_to is not None:
         token = PROGRESS_TO.set(progress_to)
         try:
-            return handle(raw, layout, systemd, require_root, emit)
+            return handle(raw, layout, systemd, require_root, emit, decoded=decoded)
         finally:
             PROGRESS_TO.reset(token)
     host = request = actor = None
     began = time.time()
     try:
-        name, request, actor = protocol.decode_envelope(raw)
+        decoded = decode(raw) if decoded is None else decoded
+        if isinstance(decoded, Exception):
+            raise decoded
+        name, request, actor = decoded
         host = Host(layout or paths.Layout(), systemd or Systemd(), name, emit or emit_line)
         if require_root and os.geteuid() != 0:
             raise AgentError(protocol.NOT_ROOT, "needs root on the host: log in as root, or set `sudo = true` "
@@ -1411,14 +1423,14 @@ READ_LIMIT_SECONDS = 150
 EXIT_STUCK = 70
 
 
-def watch_reads(raw, limit=READ_LIMIT_SECONDS):
-    """Give a read request `limit` seconds; then print every thread's stack to the client and exit."""
+def watch_reads(decoded, limit=READ_LIMIT_SECONDS):
+    """Give a read request (`decoded`: what decode() made of it) `limit` seconds; then print every
+    thread's stack to the client and exit."""
     import faulthandler
 
-    try:
-        request = protocol.decode_request(raw)[1]
-    except Exception:  # noqa: BLE001 - whatever is wrong with it, handle() answers it
-        return
+    if isinstance(decoded, Exception):
+        return  # handle() answers it
+    request = decoded[1]
     if not protocol.operation_of(request).reads:
         return
 
@@ -1450,8 +1462,9 @@ def main(argv=None):
         sys.exit(renew_lease(float(argv[1])))
     heartbeat()
     raw = sys.stdin.buffer.read()
-    watch_reads(raw)
-    answer = handle(raw)
+    decoded = decode(raw)
+    watch_reads(decoded)
+    answer = handle(raw, decoded=decoded)
     try:
         sys.stdout.buffer.write(answer)
         sys.stdout.flush()
