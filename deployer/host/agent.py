@@ -525,8 +525,11 @@ class Host:
             if not self.triggered_since(timer, when):
                 self.set_last_trigger([timer], when)
         for staged, target in journal.renames:
-            if os.path.exists(staged):
+            try:
                 os.rename(staged, target)
+            except FileNotFoundError:
+                if os.path.exists(staged):
+                    raise  # not a rename this play repeats: its target's directory is gone
         for path in journal.removes:
             if os.path.exists(path):
                 os.unlink(path)
