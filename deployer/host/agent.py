@@ -422,9 +422,13 @@ class Host:
                 ready.add((directory, private))
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            try:
                 os.fchmod(fd, mode)  # the mode asked for, whatever the umask took from it
-                handle.write(content)
+                rest = memoryview(content)  # os.write, not a file object: 20,000 files at 10,000 jobs
+                while rest:
+                    rest = rest[os.write(fd, rest):]
+            finally:
+                os.close(fd)
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(staged)
