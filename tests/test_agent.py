@@ -584,6 +584,41 @@ def test_verify_checks_each_unit_on_its_own_where_systemd_can(monkeypatch, versi
     assert [p for c in calls for p in c[5:]] == units
 
 
+class _AbortingOnTheFlag(_VerifyProcesses):
+    """A systemd 251 whose verify aborts on --recursive-errors=no at the first slice (systemd#29350,
+    fixed in 255 and in some distributions' 250-254); without the flag it says `said`."""
+
+    def __init__(self, said):
+        super().__init__(1, "systemd 251 (251.8-586.fc37)\n")
+        self.said = said
+
+    def Popen(self, args, **kwargs):  # noqa: N802 (subprocess's name)
+        self.commands.append(list(args))
+        if "--recursive-errors=no" in args:
+            return types.SimpleNamespace(communicate=lambda: ("Assertion 'u' failed at src/core/unit.c:123, function "
+                                                              "unit_has_name(). Aborting.\n", ""), returncode=-6,
+                                         kill=lambda: None, wait=lambda: None)
+        return types.SimpleNamespace(communicate=lambda: (self.said, ""), returncode=1 if self.said else 0)
+
+
+@pytest.mark.parametrize("said, complaints", [("", []), ("/s/deployer-j00001.service:3: Unknown key\n",
+                                                         ["/s/deployer-j00001.service:3: Unknown key"])])
+def test_a_verify_that_aborts_on_checking_each_unit_on_its_own_checks_them_the_older_way(monkeypatch, said, complaints):
+    """Not a refusal naming an assertion: the push is checked as on an older systemd."""
+    processes = _AbortingOnTheFlag(said)
+    monkeypatch.setattr(systemctl, "subprocess", processes)
+    monkeypatch.setattr(systemctl.os, "cpu_count", lambda: 2)
+    units = ["/s/deployer-j%05d.service" % i for i in range(6000)]  # with the flag: calls of 2,500, 2,500, 1,000
+    counted = []
+    assert systemctl.Systemd().verify(units, report=lambda *count: counted.append(count)) == complaints * 12
+    own = [c for c in processes.commands if "--recursive-errors=no" in c]
+    older = [c for c in processes.commands if c[:2] == ["systemd-analyze", "verify"] and c not in own]
+    assert len(own) == 2, "a call started after one aborted"  # the two running when it did
+    assert [p for c in older for p in c[4:]] == units and max(len(c) - 4 for c in older) <= 500
+    assert processes.commands[0] == ["systemd-analyze", "--version"]
+    assert counted[0] == (0, 6000) and counted[-1] == (6000, 6000)
+
+
 @pytest.mark.parametrize("text, version", [
     ("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT", 252), ("systemd 250\n", 250), ("", 0),
     ("systemd\n", 0), ("systemd-analyze: unknown option\n", 0), ("systemd v252\n", 0)])
@@ -705,10 +740,11 @@ def test_verify_with_timers_wants_hidden_says_what_plain_verify_says(tmp_path, m
     good.write_text("[Service]\nExecStart=/bin/true\n")
     bad.write_text("[Service]\nExecStart=relative/path\n")
     for unit in (good, bad):
-        plain = subprocess.run(systemctl.verify_argv([str(unit)]), capture_output=True, text=True)
-        hidden = subprocess.run(systemctl.without_timers_wants_argv(systemctl.verify_argv([str(unit)])),
+        plain = subprocess.run(systemctl.verify_argv([str(unit)], own_errors=False), capture_output=True, text=True)
+        hidden = subprocess.run(systemctl.without_timers_wants_argv(systemctl.verify_argv([str(unit)], own_errors=False)),
                                 capture_output=True, text=True)
         assert (hidden.returncode, hidden.stdout + hidden.stderr) == (plain.returncode, plain.stdout + plain.stderr)
+    monkeypatch.setattr(systemctl, "OWN_ERRORS_SINCE", 10 ** 6)  # the older path, whatever this systemd is
     assert systemctl.Systemd().verify([str(good)]) == []
     assert any("relative/path" in line for line in systemctl.Systemd().verify([str(bad)]))
 
@@ -725,11 +761,13 @@ def test_verify_reports_each_units_own_mistakes_and_its_drop_ins_not_the_units_i
     operators = tmp_path / "operators.service"
     operators.write_text("[Service]\nExecStart=/bin/true\nNoSuchKey=1\n")
     names = staging / "deployer-names.service"
-    names.write_text("[Unit]\nAfter=%s\nOnFailure=%s\n[Service]\nExecStart=/bin/true\n" % (operators.name, operators.name))
+    names.write_text("[Unit]\nAfter=%s\nOnFailure=%s\n[Service]\nExecStart=/bin/true\nSlice=deployer-jobs.slice\n"
+                     % (operators.name, operators.name))
+    (staging / "deployer-jobs.slice").write_text("[Slice]\nMemoryMax=1G\n")
     wrong = staging / "deployer-wrong.service"
     wrong.write_text("[Service]\nExecStart=relative/path\n")
     own = staging / "deployer-own.timer"
-    own.write_text("[Timer]\nOnCalendar=*-*-* 25:00:00\nUnit=%s\n" % operators.name)
+    own.write_text("[Timer]\nOnCalendar=*-*-* 25:00:00\n")
     drop_in = staging / "deployer-dropped.service.d"
     drop_in.mkdir()
     (staging / "deployer-dropped.service").write_text("[Service]\nExecStart=/bin/true\n")
@@ -742,7 +780,11 @@ def test_verify_reports_each_units_own_mistakes_and_its_drop_ins_not_the_units_i
     assert any("25:00:00" in line for line in said)
     assert any("AnotherNoSuchKey" in line and "operator.conf" in line for line in said)
     assert not any("NoSuchKey" in line and "operators.service" in line for line in said), said
-    assert systemctl.Systemd().verify([str(staging / "deployer-names.service")]) == []
+    assert systemctl.Systemd().verify([str(staging / n) for n in ("deployer-jobs.slice", "deployer-names.service")]) == []
+    # a job's slice is loaded with it: a mistake there is one of the push's own
+    (staging / "deployer-jobs.slice").write_text("[Slice]\nCPUQuota=bogus\n")
+    assert any("CPUQuota" in line or "CPU quota" in line for line in
+               systemctl.Systemd().verify([str(staging / "deployer-names.service")]))
 
 
 # -- issue 16 item 11: removing many jobs is batched and checked -------------------------------------
@@ -1435,8 +1477,27 @@ def test_failed_runs_keep_the_journals_order_after_a_clock_step():
     assert [r.invocation for r in journal.failed_runs(entries)] == ["ahead", "back"]
 
 
-def test_the_agent_decodes_a_request_once(tmp_path, monkeypatch):
-    """A push of 10,000 jobs is 30,000 files: the watchdog and the handler share one decoding."""
+def test_the_agent_decodes_a_request_once(monkeypatch):
+    """A push of 10,000 jobs is 30,000 files: the read watchdog and the handler share one decoding."""
+    import io
+    import sys
+
+    from deployer.contract.protocol import StateRequest, encode_request
+
+    decodings, watched, handled = [], [], []
+    decode_envelope = protocol.decode_envelope
+    monkeypatch.setattr(protocol, "decode_envelope", lambda raw: decodings.append(1) or decode_envelope(raw))
+    monkeypatch.setattr(agent, "heartbeat", lambda: None)
+    monkeypatch.setattr(agent, "watch_reads", watched.append)
+    monkeypatch.setattr(agent, "handle", lambda raw, decoded=None: handled.append(decoded) or b"{}")
+    raw = encode_request("cron01", StateRequest())
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
+    monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(buffer=io.BytesIO(), flush=lambda: None))
+    agent.main([])
+    assert decodings == [1] and watched == handled and handled[0][:2] == ("cron01", StateRequest())
+
+
+def test_a_request_decoded_before_is_handled_as_it_was_decoded(tmp_path, monkeypatch):
     from deployer.contract.protocol import StateRequest, encode_request
 
     decodings = []
